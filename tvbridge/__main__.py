@@ -1,0 +1,3 @@
+from tvbridge.cli import main
+
+raise SystemExit(main())

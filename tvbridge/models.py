@@ -1,0 +1,190 @@
+"""The alert and its legs as tvbridge understands them; no I/O and no parsing.
+
+These classes are shaped for our domain (`side`, `order_type`, `Decimal` prices), not for TradingView's JSON:
+the mapping from the alert's keys (`transactionType`, `orderType`, ...) lives in `parsing.py`. Broker plugins
+receive `OrderLeg` / `CancelLeg` inside the request types of `tvbridge.broker`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime  # noqa: TC003 - attrs resolves annotations at runtime for cattrs
+from decimal import Decimal
+
+import attrs
+
+
+class AlertType(enum.StrEnum):
+    MULTI_LEG_ORDER = "multi_leg_order"
+    SINGLE_ORDER = "single_order"
+    CANCEL_ORDER = "cancel_order"
+
+
+class Side(enum.StrEnum):
+    BUY = "B"
+    SELL = "S"
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "MKT"
+    LIMIT = "LMT"
+    STOP_LOSS = "SL"
+    STOP_LOSS_MARKET = "SL-M"
+
+
+class Exchange(enum.StrEnum):
+    NSE = "NSE"
+    BSE = "BSE"
+    NFO = "NFO"
+    BFO = "BFO"
+    MCX = "MCX"
+
+
+class Instrument(enum.StrEnum):
+    EQUITY = "EQ"
+    FUTURE = "FUT"
+    OPTION = "OPT"
+    CALL = "CE"
+    PUT = "PE"
+
+
+class OptionType(enum.StrEnum):
+    CALL = "CE"
+    PUT = "PE"
+
+
+class Product(enum.StrEnum):
+    CNC = "C"
+    INTRADAY = "I"
+    MARGIN = "M"
+    MTF = "MTF"
+
+
+class PositionAction(enum.StrEnum):
+    EXIT_ALL = "EXIT_ALL"
+
+
+@attrs.frozen(kw_only=True)
+class Meta:
+    """TradingView's bar information; `timenow` drives the age check."""
+
+    interval: str | None = None
+    time: str | None = None
+    timenow: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OrderLeg:
+    """One order to place. Options always carry `option_type`, `strike_price` and `expiry_date` here: the
+    guide's `instrument: CE|PE` is folded into `Instrument.OPTION` by the parser."""
+
+    side: Side
+    order_type: OrderType
+    quantity: int
+    exchange: Exchange
+    symbol: str
+    instrument: Instrument
+    product: Product
+    sort_order: int | None = None
+    price: Decimal = Decimal(0)
+    trigger_price: Decimal | None = None
+    option_type: OptionType | None = None
+    strike_price: Decimal | None = None
+    expiry_date: date | None = None
+    manage_position: PositionAction | None = None
+    amo_time: str | None = None
+    meta: Meta | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CancelLeg:
+    """What to cancel: a broker `order_id`, or tvbridge's open orders for `symbol` (and `side`, if given)."""
+
+    symbol: str | None = None
+    exchange: Exchange | None = None
+    side: Side | None = None
+    order_id: str | None = None
+    sort_order: int | None = None
+    meta: Meta | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OrderAlert:
+    """A `multi_leg_order` or `single_order` alert; `legs` are already in `sort_order`."""
+
+    alert_type: AlertType
+    legs: tuple[OrderLeg, ...]
+    key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CancelAlert:
+    alert_type: AlertType
+    legs: tuple[CancelLeg, ...]
+    key: str | None = None
+
+
+Alert = OrderAlert | CancelAlert
+
+
+def oldest_timenow(alert: Alert) -> datetime | None:
+    """The alert's `meta.timenow`: the oldest of its legs' stamps, so one stale leg makes the alert stale."""
+    stamps = [leg.meta.timenow for leg in alert.legs if leg.meta is not None and leg.meta.timenow is not None]
+    return min(stamps) if stamps else None
+
+
+class LegStatus(enum.StrEnum):
+    """A leg's outcome as the response, the order log and the journal report it."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    TEST_MODE = "test_mode"
+    UNKNOWN = "unknown"
+    PENDING = "pending"
+    STALE = "stale"
+
+
+class AlertStatus(enum.StrEnum):
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    TEST_MODE = "test_mode"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    ACCEPTED = "accepted"
+
+
+@attrs.frozen(kw_only=True)
+class LegResult:
+    """One leg on one account, as answered to TradingView and written to the order log."""
+
+    leg_number: int
+    account: str
+    broker: str
+    symbol: str
+    exchange: str
+    transaction: str
+    quantity: str
+    order_type: str
+    product_type: str
+    price: str
+    status: LegStatus
+    message: str
+    order_id: str | None = None
+    client_order_id: str | None = None
+    order_state: str | None = None
+
+
+def summarize(results: list[LegResult]) -> AlertStatus:
+    """The top-level `status` of a processed alert from its legs' results."""
+    statuses = {r.status for r in results}
+    if not statuses:
+        return AlertStatus.FAILED
+    if statuses == {LegStatus.TEST_MODE}:
+        return AlertStatus.TEST_MODE
+    if statuses <= {LegStatus.SUCCESS, LegStatus.TEST_MODE}:
+        return AlertStatus.SUCCESS
+    if statuses & {LegStatus.SUCCESS, LegStatus.TEST_MODE}:
+        return AlertStatus.PARTIAL
+    return AlertStatus.FAILED
