@@ -1,0 +1,97 @@
+"""Test-only broker plugins, registered under `tvbridge.brokers` by `conftest.py` through a real dist-info.
+
+`scripted`: places orders in memory, and can be told (per account config) to be slow, to reject, or to
+lose the answer after placing (unknown outcome), so the core's handling of each case can be seen from the
+outside. Its orders are kept in a JSON-lines file in the data dir, so tests of a subprocess server can read
+what the broker received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any, Self
+
+import attrs
+
+from tvbridge.broker import (
+    API_VERSION,
+    BrokerContext,
+    BrokerRejectedError,
+    BrokerUnknownOutcomeError,
+    CancelRequest,
+    Capabilities,
+    Health,
+    OrderRequest,
+    OrderResult,
+    OrderState,
+)
+from tvbridge.models import OrderType
+
+
+@attrs.frozen(kw_only=True)
+class ScriptedSettings:
+    delay_s: float = 0.0
+    reject_symbols: tuple[str, ...] = ()
+    lose_answer_symbols: tuple[str, ...] = ()
+    order_types: tuple[str, ...] = ()
+
+
+class ScriptedBroker:
+    api_version = API_VERSION
+
+    def __init__(self, settings: ScriptedSettings, context: BrokerContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.orders: dict[str, OrderResult] = {}
+        self.path = context.data_dir / f"scripted-{context.account}.jsonl"
+        types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
+        self.capabilities = Capabilities(order_types=types)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
+        known = {f.name for f in attrs.fields(ScriptedSettings)}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown key {sorted(unknown)[0]}")
+        values: dict[str, Any] = dict(settings)
+        for key in ("reject_symbols", "lose_answer_symbols", "order_types"):
+            if key in values:
+                values[key] = tuple(values[key])  # type: ignore[arg-type]  # TOML lists
+        return cls(ScriptedSettings(**values), context)
+
+    async def start(self) -> None:
+        self.context.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        if request.client_order_id in self.orders:
+            return self.orders[request.client_order_id]
+        if self.settings.delay_s:
+            await asyncio.sleep(self.settings.delay_s)
+        leg = request.leg
+        if leg.symbol in self.settings.reject_symbols:
+            raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
+        order_id = f"S{len(self.orders) + 1:05d}"
+        result = OrderResult(order_id=order_id, state=OrderState.FILLED, message="filled",
+                             client_order_id=request.client_order_id, filled_quantity=leg.quantity)
+        self.orders[request.client_order_id] = result
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"client_order_id": request.client_order_id, "order_id": order_id,
+                                "symbol": leg.symbol, "side": leg.side.value, "quantity": leg.quantity}) + "\n")
+        if leg.symbol in self.settings.lose_answer_symbols:
+            raise BrokerUnknownOutcomeError("connection dropped after sending")
+        return result
+
+    async def cancel(self, request: CancelRequest) -> list[OrderResult]:
+        del request
+        return []
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        return self.orders.get(client_order_id)
+
+    async def health(self) -> Health:
+        return Health(ok=True)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,60 @@
+"""`create_app()`: all the wiring, and nothing else.
+
+Resources open in `cleanup_ctx` order and close in reverse: the journal and the order log open first and close
+last, so brokers that finish late still have somewhere to record what they did.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from tvbridge import handlers
+from tvbridge.executor import Executor
+from tvbridge.journal import journal_ctx
+from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
+from tvbridge.lifecycle import ServiceState, on_shutdown
+from tvbridge.middlewares import build_middlewares
+from tvbridge.orderlog import order_log_ctx
+from tvbridge.registry import brokers_ctx, brokers_of
+from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import cattrs
+
+    from tvbridge.config import Config
+    from tvbridge.secretstore import Credentials
+
+
+async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[EXECUTOR] = Executor(
+        brokers=app[BROKERS],
+        broker_names=brokers_of(config),
+        journal=app[JOURNAL],
+        order_log=app[ORDER_LOG],
+        on_leg_failure=config.alerts.on_leg_failure,
+    )
+    yield
+
+
+def create_app(config: Config, converter: cattrs.Converter, credentials: Credentials) -> web.Application:
+    app = web.Application(
+        middlewares=build_middlewares(config, credentials),
+        client_max_size=config.limits.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[CONVERTER] = converter
+    app[CREDENTIALS] = credentials
+    app[STATE] = ServiceState()
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/", handlers.index)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_post("/webhook", handlers.webhook, name=WEBHOOK)
+    app.router.add_post("/webhook/{path_token}", handlers.webhook, name=WEBHOOK_TOKEN)
+    app.router.add_get("/alerts/{alert_id}", handlers.get_alert)
+    return app

@@ -1,0 +1,186 @@
+"""The `tvbridge` command: argv -> config -> logging -> serve, and the small admin commands.
+
+Exit codes: 0 clean stop (also after SIGTERM / Ctrl-C), 1 runtime failure at start (port taken, journal or
+broker cannot start), 2 bad configuration or usage. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from tvbridge import __version__
+from tvbridge.app import create_app
+from tvbridge.config import effective_settings, find_config_file, load_config
+from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.logsetup import configure_logging
+from tvbridge.parsing import ALERT_EXAMPLE, make_converter
+from tvbridge.registry import build_brokers
+from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import cattrs
+
+    from tvbridge.config import Config
+    from tvbridge.secretstore import Credentials
+
+log = structlog.get_logger()
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvbridge", description="TradingView alerts to broker orders.")
+    parser.add_argument("--version", action="version", version=f"tvbridge {__version__}")
+    parser.add_argument("--config", help="config file (default: $TVBRIDGE_CONFIG, else ./config.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the webhook server")
+    sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
+    secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
+    secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"tvbridge: {message}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace, converter: cattrs.Converter) -> Config:
+    cwd = Path.cwd()
+    return load_config(find_config_file(args.config, os.environ, cwd), converter, os.environ, cwd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    converter = make_converter()
+    try:
+        config = _load(args, converter)
+        if args.command == "check-config":
+            return _check_config(config, converter)
+        if args.command == "secret":
+            return _secret(config, rotate=args.rotate)
+        return _serve(config, converter)
+    except (ConfigError, PluginError) as e:
+        return _fail(f"config error: {e}", EXIT_CONFIG)
+    except TvBridgeError as e:
+        return _fail(str(e), EXIT_RUNTIME)
+
+
+def _check_config(config: Config, converter: cattrs.Converter) -> int:
+    build_brokers(config)  # each account's own settings are validated by its plugin
+    print(json.dumps(effective_settings(config, converter), indent=2, default=str))
+    print("config ok", file=sys.stderr)
+    return EXIT_OK
+
+
+def _secret(config: Config, *, rotate: bool) -> int:
+    if config.auth.secret:
+        print("The webhook secret comes from auth.secret / WEBHOOK_SECRET (config, .env or environment).")
+        print("To rotate it: set a new value there, restart, and update the \"secret\" of every TradingView alert.")
+        return EXIT_OK
+    path = config.data_path(SECRET_FILE).resolve()
+    if rotate:
+        path.unlink(missing_ok=True)
+    credentials = resolve_credentials(config)
+    print(f"The webhook secret is in {path} (mode 0600). Show it with: cat {path}")
+    if rotate:
+        print("A new secret was generated. Restart tvbridge and update the \"secret\" of every TradingView alert.")
+    else:
+        print("To rotate it: tvbridge secret --rotate, restart, then update your TradingView alerts.")
+    del credentials
+    return EXIT_OK
+
+
+def _broker_secrets(config: Config) -> list[str]:
+    found: list[str] = []
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, str) and key in {"access_token", "api_key", "api_secret", "password", "token",
+                                               "totp_secret"}:
+            found.append(node)
+
+    walk({name: dict(table) for name, table in config.accounts.items()})
+    return found
+
+
+def _first_run_notice(credentials: Credentials, url: str) -> None:
+    if "secret" not in credentials.generated or credentials.secret_file is None:
+        return
+    where = credentials.secret_file.resolve()
+    template: dict[str, Any] = {**ALERT_EXAMPLE, "secret": f"<the contents of {where}>"}
+    print(
+        f"tvbridge: first run: generated a strong webhook secret in {where} (mode 0600).\n"
+        f"  Show it with: cat {where}\n"
+        "  Paste this as the alert message in TradingView, with \"secret\" set to that value:\n"
+        f"{json.dumps(template, indent=2)}\n"
+        f"  Webhook URL: {url} (TradingView needs it reachable on port 80/443: see the README)\n",
+        file=sys.stderr,
+    )
+
+
+def _serve(config: Config, converter: cattrs.Converter) -> int:
+    credentials = resolve_credentials(config)
+    log_file = config.data_path(config.logging.file) if config.logging.file else None
+    configure_logging(
+        level=config.logging.level,
+        fmt=config.logging.format,
+        file=log_file,
+        secrets=[*credentials.all, *_broker_secrets(config)],
+    )
+    app = create_app(config, converter, credentials)
+    try:
+        return asyncio.run(_run(app, config, credentials))
+    except OSError as e:
+        log.error("server.start_failed", error=str(e))
+        return _fail(f"cannot start: {e}", EXIT_RUNTIME)
+
+
+async def _run(app: web.Application, config: Config, credentials: Credentials) -> int:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.server.shutdown_grace_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+    except (PluginError, ConfigError) as e:
+        await runner.cleanup()
+        raise ConfigError(str(e)) from None
+    except TvBridgeError as e:
+        await runner.cleanup()
+        log.error("server.start_failed", error=str(e))
+        return _fail(f"cannot start: {e}", EXIT_RUNTIME)
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://{host}:{port}/webhook"
+        _first_run_notice(credentials, url)
+        log.info(
+            "server.started", host=host, port=port, version=__version__, accounts=list(config.routing.accounts),
+            secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
+        )
+        await stop.wait()
+        log.info("server.stopping", reason="signal")
+    finally:
+        await runner.cleanup()
+        log.info("server.stopped")
+    return EXIT_OK

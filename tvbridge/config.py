@@ -1,0 +1,286 @@
+"""The configuration: its shape, its defaults, and where values come from.
+
+Sources, later ones winning: the defaults below, `config.toml` (or `--config FILE` / `TVBRIDGE_CONFIG`), a `.env`
+file in the working directory, the process environment. In the last two, the guide's variables
+(`WEBHOOK_SECRET`, `WEBHOOK_HOST`, `WEBHOOK_PORT`, `ENABLE_DHAN`, `DHAN_CLIENT_ID`, `DHAN_ACCESS_TOKEN`) and any
+key as `TVBRIDGE_<SECTION>__<KEY>` (values are read as TOML values when they parse as one, else as strings).
+
+Unknown keys stop the start (a typo must not silently leave a guard off). Secrets are `repr=False` and are
+masked by `effective_settings()`; the broker accounts' tables are validated by their own plugins.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import cattrs
+from dotenv import dotenv_values
+
+from tvbridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TRADINGVIEW_IPS: Final = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
+SECRET_KEYS: Final = frozenset({"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret",
+                                "password", "token", "totp_secret"})
+"""Keys whose values are never printed, logged or answered, wherever they appear."""
+
+_non_negative = attrs.validators.ge(0)
+_positive = attrs.validators.gt(0)
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    data_dir: Path = Path()
+    response_deadline_s: float = attrs.field(default=2.5, validator=_positive)
+    shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
+    admin_token: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class AuthConfig:
+    secret: str = attrs.field(default="", repr=False)
+    path_token: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class LimitsConfig:
+    max_body_bytes: int = attrs.field(default=65536, validator=_positive)
+    read_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    """A client that has not sent its whole body by then is cut off (slow-client protection)."""
+
+
+@attrs.frozen(kw_only=True)
+class IpAllowlistConfig:
+    enabled: bool = False
+    allow: tuple[str, ...] = TRADINGVIEW_IPS
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitConfig:
+    enabled: bool = True
+    per_strategy_per_s: float = attrs.field(default=5.0, validator=_positive)
+    per_strategy_burst: int = attrs.field(default=20, validator=_positive)
+    per_ip_per_s: float = attrs.field(default=5.0, validator=_positive)
+    per_ip_burst: int = attrs.field(default=20, validator=_positive)
+    global_per_s: float = attrs.field(default=200.0, validator=_positive)
+    auth_failures_per_min: int = attrs.field(default=10, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class DedupeConfig:
+    enabled: bool = True
+    window_s: float = attrs.field(default=60.0, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
+class AlertsConfig:
+    max_age_s: float = attrs.field(default=300.0, validator=_positive)
+    on_leg_failure: Literal["stop", "continue"] = "stop"
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    file: str = "webhook_server.log"
+    """Relative paths are under `server.data_dir`; an empty string turns the file off (stdout only)."""
+
+
+@attrs.frozen(kw_only=True)
+class OrderLogConfig:
+    file: str = "webhook_orders.csv"
+
+
+@attrs.frozen(kw_only=True)
+class JournalConfig:
+    path: str = "tvbridge.sqlite3"
+    synchronous: Literal["normal", "full"] = "full"
+    """full: a 2xx answer survives power loss; normal: it survives a crash of the process, not of the machine."""
+
+
+@attrs.frozen(kw_only=True)
+class RoutingConfig:
+    accounts: tuple[str, ...] = ()
+    """Empty means the default: `["dhan"]` when `DHAN_CLIENT_ID` is set, else `["paper"]`."""
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    ip_allowlist: IpAllowlistConfig = IpAllowlistConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    order_log: OrderLogConfig = OrderLogConfig()
+    journal: JournalConfig = JournalConfig()
+    routing: RoutingConfig = RoutingConfig()
+    accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+
+    def data_path(self, name: str) -> Path:
+        """`name` resolved against the data directory (absolute paths stay as they are)."""
+        return self.server.data_dir / Path(name).expanduser()
+
+    def broker_of(self, account: str) -> str:
+        """The entry point name an account uses: its `broker` key, or the account's own name."""
+        return str(self.accounts.get(account, {}).get("broker", account))
+
+    @property
+    def live_accounts(self) -> list[str]:
+        return [name for name in self.routing.accounts if _truthy(self.accounts.get(name, {}).get("live", False))]
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def _parse_env_value(raw: str) -> object:
+    """`"30"` -> 30, `"false"` -> False, `'["a"]'` -> ["a"]; anything that is not a TOML value stays a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: object) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: cannot set a key under {part}, which is not a table")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], object, str]]:
+    """(key path, value, variable name) for every variable that sets a config key."""
+    guide: dict[str, list[str]] = {
+        "WEBHOOK_SECRET": ["auth", "secret"],
+        "WEBHOOK_HOST": ["server", "host"],
+        "WEBHOOK_PORT": ["server", "port"],
+        "DHAN_CLIENT_ID": ["accounts", "dhan", "client_id"],
+        "DHAN_ACCESS_TOKEN": ["accounts", "dhan", "access_token"],
+    }
+    for name, path in guide.items():
+        if env.get(name):
+            # secrets and ids stay strings even when they look like numbers
+            value: object = env[name] if path[-1] != "port" else _parse_env_value(env[name])
+            yield path, value, name
+    if "ENABLE_DHAN" in env:
+        yield ["accounts", "dhan", "live"], _truthy(env["ENABLE_DHAN"]), "ENABLE_DHAN"
+    for name, raw in env.items():
+        if name.startswith("TVBRIDGE_") and "__" in name:
+            parts = [p.lower() for p in name.removeprefix("TVBRIDGE_").split("__")]
+            if all(parts):
+                value = raw if parts[-1] in SECRET_KEYS else _parse_env_value(raw)
+                yield parts, value, name
+
+
+def read_config_tree(path: Path | None, env: Mapping[str, str], cwd: Path) -> dict[str, Any]:
+    """The merged raw TOML tree (file, then `.env`, then the environment), before validation."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    dotenv = cwd / ".env"
+    merged_env: dict[str, str] = {}
+    if dotenv.is_file():
+        merged_env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    merged_env.update(env)
+    dhan_from_env = bool(merged_env.get("DHAN_CLIENT_ID"))
+    for key_path, value, _name in _environment_overrides(merged_env):
+        _set_path(tree, key_path, value)
+    accounts = tree.get("accounts")
+    if dhan_from_env and isinstance(accounts, dict) and isinstance(accounts.get("dhan"), dict):
+        accounts["dhan"].setdefault("broker", "dhan")
+        routing = tree.setdefault("routing", {})
+        if isinstance(routing, dict) and not routing.get("accounts"):
+            routing["accounts"] = ["dhan"]
+    return tree
+
+
+def _format_errors(exc: cattrs.BaseValidationError) -> list[str]:
+    lines = []
+    for line in cattrs.transform_error(exc, path=""):
+        message, _, where = line.rpartition(" @ ")
+        lines.append(f"{where.lstrip('.') or '(top level)'}: {message}")
+    return lines
+
+
+def _finish(config: Config) -> Config:
+    """Fill in the defaults that depend on other keys, and check the cross-key rules."""
+    accounts = {name: dict(table) for name, table in config.accounts.items()}
+    routes = config.routing.accounts or ("paper",)
+    if "paper" in routes and "paper" not in accounts:
+        accounts["paper"] = {"broker": "paper"}
+    missing = [name for name in routes if name not in accounts]
+    if missing:
+        raise ConfigError(f"routing.accounts: no [accounts.{missing[0]}] table for account {missing[0]!r}")
+    for name, table in accounts.items():
+        if not isinstance(table.get("broker", name), str):
+            raise ConfigError(f"accounts.{name}.broker: must be a string (the broker plugin's name)")
+    return attrs.evolve(config, routing=RoutingConfig(accounts=tuple(routes)), accounts=accounts)
+
+
+def load_config(
+    path: Path | None,
+    converter: cattrs.Converter,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """The validated config; raises `ConfigError` with one line naming the first bad key."""
+    tree = read_config_tree(path, os.environ if env is None else env, cwd or Path.cwd())
+    try:
+        config = converter.structure(tree, Config)
+    except cattrs.BaseValidationError as e:
+        raise ConfigError("; ".join(_format_errors(e))) from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    return _finish(config)
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
+    """`--config`, else `TVBRIDGE_CONFIG`, else `./config.toml` if it exists, else none (defaults only)."""
+    if explicit:
+        return Path(explicit)
+    if env.get("TVBRIDGE_CONFIG"):
+        return Path(env["TVBRIDGE_CONFIG"])
+    default = cwd / "config.toml"
+    return default if default.is_file() else None
+
+
+def mask(value: object) -> object:
+    return "********" if value else ""
+
+
+def effective_settings(config: Config, converter: cattrs.Converter) -> dict[str, Any]:
+    """The config as plain data with every secret masked, for `tvbridge check-config`."""
+    tree: dict[str, Any] = converter.unstructure(config)
+
+    def scrub(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: mask(v) if k in SECRET_KEYS else scrub(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [scrub(v) for v in node]
+        return node
+
+    scrubbed = scrub(tree)
+    assert isinstance(scrubbed, dict)  # noqa: S101 - scrub keeps a dict a dict
+    return scrubbed

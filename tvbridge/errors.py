@@ -1,0 +1,116 @@
+"""tvbridge's own exceptions and the one place they map to HTTP statuses.
+
+Code raises; only `middlewares/errors.py` turns an exception into a response, looking its class (or the
+nearest base class) up in `HTTP_STATUS`. The tree::
+
+    TvBridgeError
+    +-- ConfigError            bad config at start (the CLI exits 2; never an HTTP answer)
+    +-- PluginError            a broker plugin cannot be loaded or does not fit the interface
+    +-- RequestError           refused with a 4xx; nothing was recorded
+    |   +-- BadRequestError        400 body is not a JSON object
+    |   +-- AuthError              401 wrong or missing secret
+    |   +-- ForbiddenError         403 source address not allowed
+    |   +-- PayloadTooLargeError   413
+    |   +-- InvalidAlertError      422 the alert is JSON but not a valid alert (`errors` lists every problem)
+    |   +-- NotFoundError          404
+    |   +-- RateLimitedError       429 (`retry_after_s`)
+    +-- UnavailableError       503 nothing was recorded; TradingView may resend
+        +-- ShuttingDownError
+        +-- JournalError           the journal could not be written
+        +-- HaltedError            trading halted by the kill switch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+
+class TvBridgeError(Exception):
+    """Base class. `str(exc)` is what the user reads: no secrets, no internals."""
+
+
+class ConfigError(TvBridgeError):
+    pass
+
+
+class PluginError(TvBridgeError):
+    pass
+
+
+class RequestError(TvBridgeError):
+    pass
+
+
+class BadRequestError(RequestError):
+    pass
+
+
+class AuthError(RequestError):
+    def __init__(self, message: str = "Invalid webhook secret") -> None:
+        super().__init__(message)
+
+
+class ForbiddenError(RequestError):
+    pass
+
+
+class PayloadTooLargeError(RequestError):
+    pass
+
+
+class NotFoundError(RequestError):
+    pass
+
+
+class InvalidAlertError(RequestError):
+    """422. `errors` are `path: message` lines, one per problem, all of them at once."""
+
+    def __init__(self, errors: Sequence[str], message: str = "Payload validation error") -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class RateLimitedError(RequestError):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(TvBridgeError):
+    pass
+
+
+class ShuttingDownError(UnavailableError):
+    def __init__(self, message: str = "shutting down, resend later") -> None:
+        super().__init__(message)
+
+
+class JournalError(UnavailableError):
+    pass
+
+
+class HaltedError(UnavailableError):
+    def __init__(self, message: str = "trading halted") -> None:
+        super().__init__(message)
+
+
+HTTP_STATUS: Final[Mapping[type[TvBridgeError], int]] = {
+    BadRequestError: 400,
+    AuthError: 401,
+    ForbiddenError: 403,
+    NotFoundError: 404,
+    PayloadTooLargeError: 413,
+    InvalidAlertError: 422,
+    RateLimitedError: 429,
+    UnavailableError: 503,
+}
+
+
+def http_status_of(exc: TvBridgeError) -> int:
+    """The status for `exc`: its class or the nearest base class in `HTTP_STATUS`; 500 if none (a bug)."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)  # type: ignore[call-overload]  # __mro__ holds plain types
+        if status is not None:
+            return status
+    return 500

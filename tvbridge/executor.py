@@ -1,0 +1,276 @@
+"""Running an accepted alert: its legs on each routed account, then the records of what happened.
+
+Per account, legs run one after another in `sort_order`; when one fails, the later ones are skipped unless
+`alerts.on_leg_failure = "continue"` (a half-placed bracket is worse than none). An unknown outcome always stops
+the account's remaining legs. Accounts run side by side and independently: one account's failure never blocks
+another's legs. Every broker exception that is not a typed rejection is treated as an unknown outcome and
+resolved with `lookup()` by client order id before anything is reported, so nothing is ever placed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import structlog
+
+from tvbridge.broker import (
+    BrokerError,
+    BrokerUnknownOutcomeError,
+    BrokerUnsupportedError,
+    CancelRequest,
+    OrderRequest,
+    OrderResult,
+    OrderState,
+    check_supported,
+)
+from tvbridge.models import (
+    Alert,
+    CancelAlert,
+    CancelLeg,
+    LegResult,
+    LegStatus,
+    OrderLeg,
+    summarize,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from tvbridge.broker import Broker
+    from tvbridge.journal import Journal, PlannedLeg
+    from tvbridge.orderlog import OrderLog
+
+log = structlog.get_logger()
+
+FAILED_STATES = frozenset({OrderState.REJECTED, OrderState.CANCELLED})
+
+
+def client_order_id(alert_id: str, leg_number: int) -> str:
+    """Deterministic, at most 25 characters of [A-Za-z0-9_-]: the broker-side key for idempotency."""
+    return f"{alert_id}-{leg_number}"
+
+
+def planned_legs(alert_id: str, alert: Alert, accounts: Sequence[str]) -> list[PlannedLeg]:
+    from tvbridge.journal import PlannedLeg  # noqa: PLC0415 - journal's types stay out of the import graph
+
+    cancel = isinstance(alert, CancelAlert)
+    return [
+        PlannedLeg(account=account, leg_number=n, client_order_id=None if cancel else client_order_id(alert_id, n))
+        for account in accounts
+        for n in range(1, len(alert.legs) + 1)
+    ]
+
+
+def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, str]:
+    if isinstance(leg, OrderLeg):
+        return {
+            "symbol": leg.symbol,
+            "exchange": leg.exchange.value,
+            "transaction": leg.side.value,
+            "quantity": str(leg.quantity),
+            "order_type": leg.order_type.value,
+            "product_type": leg.product.value,
+            "price": str(leg.price),
+        }
+    return {
+        "symbol": leg.symbol or "",
+        "exchange": leg.exchange.value if leg.exchange else "",
+        "transaction": leg.side.value if leg.side else "",
+        "quantity": "",
+        "order_type": "CANCEL",
+        "product_type": "",
+        "price": "",
+    }
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        brokers: Mapping[str, Broker],
+        broker_names: Mapping[str, str],
+        journal: Journal,
+        order_log: OrderLog,
+        on_leg_failure: Literal["stop", "continue"],
+    ) -> None:
+        self._brokers = brokers
+        self._broker_names = broker_names
+        self._journal = journal
+        self._order_log = order_log
+        self._continue = on_leg_failure == "continue"
+
+    async def run(
+        self, alert_id: str, alert: Alert, accounts: Sequence[str], warnings: Sequence[str]
+    ) -> dict[str, Any]:
+        """Place the alert's legs, record the results, and return the response body."""
+        started = time.perf_counter()
+        per_account = await asyncio.gather(*(self._run_account(alert_id, alert, a) for a in accounts))
+        results = [r for account_results in per_account for r in account_results]
+        status = summarize(results)
+        body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
+        try:
+            await self._journal.finish_alert(alert_id, status.value, body, results)
+        except Exception:
+            log.exception("journal.finish_failed", alert_id=alert_id)
+        try:
+            await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
+        log.info(
+            "alert.processed", alert_id=alert_id, status=status.value, legs=len(results),
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return body
+
+    async def _run_account(self, alert_id: str, alert: Alert, account: str) -> list[LegResult]:
+        results: list[LegResult] = []
+        stop_reason = ""
+        for number, leg in enumerate(alert.legs, start=1):
+            if stop_reason:
+                results.append(self.result_for(account, number, leg, LegStatus.SKIPPED, f"skipped: {stop_reason}"))
+                continue
+            started = time.perf_counter()
+            if isinstance(leg, CancelLeg):
+                result = await self._cancel(alert_id, account, number, leg)
+            else:
+                result = await self._place(alert_id, account, number, leg)
+            results.append(result)
+            log.info(
+                "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
+                alert_id=alert_id, leg=number, account=account, broker=result.broker, status=result.status.value,
+                order_id=result.order_id, message=result.message,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            if result.status is LegStatus.UNKNOWN:
+                stop_reason = f"leg {number} has an unknown outcome"
+            elif result.status is LegStatus.FAILED and not self._continue:
+                stop_reason = f"leg {number} failed"
+        return results
+
+    def result_for(
+        self,
+        account: str,
+        number: int,
+        leg: OrderLeg | CancelLeg,
+        status: LegStatus,
+        message: str,
+        *,
+        order: OrderResult | None = None,
+        client_id: str | None = None,
+    ) -> LegResult:
+        return LegResult(
+            leg_number=number,
+            account=account,
+            broker=self._broker_names.get(account, account),
+            status=status,
+            message=message,
+            order_id=order.order_id if order else None,
+            client_order_id=client_id,
+            order_state=order.state.value if order else None,
+            **_leg_fields(leg),
+        )
+
+    async def _place(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult:
+        broker = self._brokers[account]
+        client_id = client_order_id(alert_id, number)
+        request = OrderRequest(client_order_id=client_id, alert_id=alert_id, leg_number=number, leg=leg)
+        try:
+            check_supported(broker.capabilities, leg)
+            order = await broker.place(request)
+        except BrokerUnsupportedError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
+        except BrokerUnknownOutcomeError as e:
+            return await self._resolve_unknown(account, number, leg, client_id, str(e))
+        except BrokerError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+        except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
+            log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
+        return self._from_order(account, number, leg, order, client_id)
+
+    def _from_order(
+        self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str
+    ) -> LegResult:
+        if order.state is OrderState.DRY_RUN:
+            status = LegStatus.TEST_MODE
+        elif order.state in FAILED_STATES:
+            status = LegStatus.FAILED
+        else:
+            status = LegStatus.SUCCESS
+        message = order.message or f"order {order.state.value}"
+        return self.result_for(account, number, leg, status, message, order=order, client_id=client_id)
+
+    async def _resolve_unknown(
+        self, account: str, number: int, leg: OrderLeg, client_id: str, reason: str
+    ) -> LegResult:
+        broker = self._brokers[account]
+        try:
+            found = await broker.lookup(client_id)
+        except Exception as e:  # noqa: BLE001 - still unknown; reported as such
+            return self.result_for(
+                account, number, leg, LegStatus.UNKNOWN,
+                f"outcome unknown ({reason}); lookup failed too ({e}): check the broker before resending",
+                client_id=client_id,
+            )
+        if found is None:
+            return self.result_for(
+                account, number, leg, LegStatus.UNKNOWN,
+                f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending",
+                client_id=client_id,
+            )
+        return self._from_order(account, number, leg, found, client_id)
+
+    async def _cancel(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> LegResult:
+        broker = self._brokers[account]
+        try:
+            if not broker.capabilities.cancel:
+                raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
+            cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
+        except BrokerError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
+        except Exception as e:
+            log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            return self.result_for(account, number, leg, LegStatus.FAILED, f"broker plugin error: {e}")
+        ids = [c.order_id for c in cancelled if c.order_id]
+        message = f"cancelled {len(ids)} order(s)" + (f": {', '.join(ids)}" if ids else "")
+        status = LegStatus.TEST_MODE if any(c.state is OrderState.DRY_RUN for c in cancelled) else LegStatus.SUCCESS
+        result = self.result_for(account, number, leg, status, message)
+        return result if not ids else _with_order_id(result, ",".join(ids))
+
+
+def _with_order_id(result: LegResult, order_id: str) -> LegResult:
+    return attrs.evolve(result, order_id=order_id)
+
+
+def response_body(
+    alert_id: str, alert_type: str, status: str, results: Sequence[LegResult], warnings: Sequence[str]
+) -> dict[str, Any]:
+    """The guide's success body, extended with `alert_id`, per-leg `account` and `warnings`."""
+    return {
+        "status": status,
+        "message": f"Processed {len(results)} order leg(s)",
+        "alertType": alert_type,
+        "alert_id": alert_id,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "results": [
+            {
+                "leg_number": r.leg_number,
+                "symbol": r.symbol,
+                "transaction": r.transaction,
+                "quantity": r.quantity,
+                "status": r.status.value,
+                "message": r.message,
+                "order_id": r.order_id,
+                "account": r.account,
+                "broker": r.broker,
+                "client_order_id": r.client_order_id,
+                "order_state": r.order_state,
+            }
+            for r in results
+        ],
+        "warnings": list(warnings),
+    }

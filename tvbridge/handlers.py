@@ -1,0 +1,165 @@
+"""The HTTP endpoints. Guards have run before a webhook handler is reached (see `middlewares/__init__.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from tvbridge import __version__
+from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
+from tvbridge.executor import Executor, planned_legs, response_body
+from tvbridge.keys import (
+    ALERT_ID,
+    BROKERS,
+    CONFIG,
+    CONVERTER,
+    CREDENTIALS,
+    EXECUTOR,
+    JOURNAL,
+    ORDER_LOG,
+    RAW_ALERT,
+    SOURCE_IP,
+    STATE,
+)
+from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow
+from tvbridge.parsing import parse_alert, unknown_keys
+
+if TYPE_CHECKING:
+    from tvbridge.models import Alert
+
+log = structlog.get_logger()
+
+
+async def index(_request: web.Request) -> web.Response:
+    return web.json_response({"service": "tvbridge", "version": __version__, "status": "running"})
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when every dependency works; 503 naming what is broken otherwise."""
+    app = request.app
+    checks: dict[str, Any] = {}
+    journal = app[JOURNAL]
+    checks["journal"] = {"ok": journal.healthy, **({"detail": journal.last_error} if not journal.healthy else {})}
+    for account, broker in app[BROKERS].items():
+        try:
+            async with asyncio.timeout(2):
+                result = await broker.health()
+            checks[f"broker:{account}"] = {"ok": result.ok, **({"detail": result.detail} if result.detail else {})}
+        except Exception as e:  # noqa: BLE001 - a failing health check is a finding, not an error
+            checks[f"broker:{account}"] = {"ok": False, "detail": f"health check failed: {type(e).__name__}"}
+    state = app[STATE]
+    if state.shutting_down:
+        checks["server"] = {"ok": False, "detail": "shutting down"}
+    healthy = all(check["ok"] for check in checks.values())
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "checks": checks,
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """Parse, age-check, journal, then run the legs; answer 200 with results or 202 after the deadline."""
+    app = request.app
+    config = app[CONFIG]
+    state = app[STATE]
+    if state.shutting_down:
+        raise ShuttingDownError
+    alert_id = request[ALERT_ID]
+    raw = request[RAW_ALERT]
+    alert = parse_alert(raw, app[CONVERTER])
+    warnings = unknown_keys(raw)
+    accounts = config.routing.accounts
+    journal = app[JOURNAL]
+
+    age_s = _age_s(alert)
+    if age_s is not None and age_s > config.alerts.max_age_s:
+        return await _refuse_stale(request, alert, age_s, warnings)
+
+    await journal.record_alert(
+        alert_id=alert_id,
+        alert_type=alert.alert_type.value,
+        payload=raw,
+        dedupe_key=None,
+        source=request.get(SOURCE_IP),
+        legs=planned_legs(alert_id, alert, accounts),
+    )
+    log.info("alert.accepted", alert_type=alert.alert_type.value, legs=len(alert.legs), accounts=list(accounts),
+             warnings=warnings or None)
+    task = state.spawn(app[EXECUTOR].run(alert_id, alert, accounts, warnings), name=f"alert-{alert_id}")
+    done, _ = await asyncio.wait({task}, timeout=config.server.response_deadline_s)
+    if done:
+        return web.json_response(task.result())
+    log.info("alert.deferred", deadline_s=config.server.response_deadline_s)
+    return web.json_response(
+        {
+            "status": AlertStatus.ACCEPTED.value,
+            "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
+            "alertType": alert.alert_type.value,
+            "alert_id": alert_id,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "results": [],
+            "warnings": warnings,
+        },
+        status=202,
+    )
+
+
+def _age_s(alert: Alert) -> float | None:
+    stamp = oldest_timenow(alert)
+    if stamp is None:
+        return None
+    return (datetime.now(UTC) - stamp).total_seconds()
+
+
+async def _refuse_stale(request: web.Request, alert: Alert, age_s: float, warnings: list[str]) -> web.Response:
+    """422 with status `stale`: nothing is sent, and the refusal is on record (journal, order log, log)."""
+    app = request.app
+    config = app[CONFIG]
+    alert_id = request[ALERT_ID]
+    message = f"alert is stale: meta.timenow is {age_s:.0f} s old, the limit is {config.alerts.max_age_s:.0f} s"
+    results = [
+        _stale_result(app, account, n, leg, message)
+        for account in config.routing.accounts
+        for n, leg in enumerate(alert.legs, start=1)
+    ]
+    body = response_body(alert_id, alert.alert_type.value, AlertStatus.STALE.value, results, warnings)
+    body["message"] = message
+    await app[JOURNAL].record_alert(
+        alert_id=alert_id, alert_type=alert.alert_type.value, payload=request[RAW_ALERT], dedupe_key=None,
+        source=request.get(SOURCE_IP), legs=[], status=AlertStatus.STALE.value,
+    )
+    await app[JOURNAL].finish_alert(alert_id, AlertStatus.STALE.value, body, results)
+    await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+    log.warning("alert.stale", age_s=round(age_s, 1), max_age_s=config.alerts.max_age_s)
+    return web.json_response(body, status=422)
+
+
+def _stale_result(app: web.Application, account: str, number: int, leg: Any, message: str) -> LegResult:
+    executor: Executor = app[EXECUTOR]
+    return executor.result_for(account, number, leg, LegStatus.STALE, message)
+
+
+def require_admin(request: web.Request) -> None:
+    """Admin endpoints take `Authorization: Bearer <server.admin_token>`."""
+    expected = request.app[CREDENTIALS].admin_token
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
+        raise AuthError("admin token required: Authorization: Bearer <admin token>")
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    require_admin(request)
+    wanted = request.match_info["alert_id"]
+    record = await request.app[JOURNAL].get_alert(wanted)
+    if record is None:
+        raise NotFoundError(f"no alert {wanted!r} in the journal")
+    return web.json_response(record)

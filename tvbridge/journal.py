@@ -1,0 +1,221 @@
+"""The durable journal: every accepted alert and every leg's state, in SQLite (WAL).
+
+An alert is written here, with all its legs `pending`, before any order is sent and before any 2xx answer;
+each leg's result is written when the broker answers. What is in the journal is what crash recovery and
+`GET /alerts/<id>` rely on. The secret is removed from the stored payload.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from tvbridge.errors import JournalError
+from tvbridge.sqlite import SqliteWorker, Synchronous
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import AsyncIterator, Mapping, Sequence
+    from pathlib import Path
+
+    from aiohttp import web
+
+    from tvbridge.models import LegResult
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id     TEXT PRIMARY KEY,
+    received_at  TEXT NOT NULL,
+    alert_type   TEXT NOT NULL,
+    dedupe_key   TEXT,
+    source       TEXT,
+    payload      TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    response     TEXT,
+    updated_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
+CREATE INDEX IF NOT EXISTS alerts_dedupe ON alerts (dedupe_key, received_at);
+CREATE TABLE IF NOT EXISTS legs (
+    alert_id         TEXT NOT NULL REFERENCES alerts (alert_id),
+    account          TEXT NOT NULL,
+    leg_number       INTEGER NOT NULL,
+    client_order_id  TEXT,
+    state            TEXT NOT NULL,
+    order_id         TEXT,
+    message          TEXT,
+    result           TEXT,
+    updated_at       TEXT NOT NULL,
+    PRIMARY KEY (alert_id, account, leg_number)
+);
+"""
+
+UNFINISHED: Final = "accepted"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@attrs.frozen(kw_only=True)
+class PlannedLeg:
+    account: str
+    leg_number: int
+    client_order_id: str | None
+
+
+class Journal:
+    """Async facade over the journal's SQLite file; every write is committed before it returns."""
+
+    def __init__(self, path: Path, synchronous: Synchronous = "full") -> None:
+        self.path = path
+        self._db = SqliteWorker(path, synchronous=synchronous, name="journal")
+        self.healthy = True
+        self.last_error = ""
+
+    async def open(self) -> None:
+        try:
+            await self._db.start()
+            await self._db.write(_create)
+        except Exception as e:
+            raise JournalError(f"journal {self.path} cannot be opened: {e}") from e
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _write(self, fn: Any) -> Any:
+        try:
+            result = await self._db.write(fn)
+        except Exception as e:
+            self.healthy = False
+            self.last_error = f"{type(e).__name__}: {e}"
+            raise JournalError("journal unwritable: the alert was not recorded") from e
+        self.healthy = True
+        return result
+
+    async def record_alert(
+        self,
+        *,
+        alert_id: str,
+        alert_type: str,
+        payload: Mapping[str, Any],
+        dedupe_key: str | None,
+        source: str | None,
+        legs: Sequence[PlannedLeg],
+        status: str = UNFINISHED,
+    ) -> None:
+        """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails."""
+        stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
+        now = _now()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, now, alert_type, dedupe_key, source, stored, status, now),
+            )
+            conn.executemany(
+                "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                [(alert_id, leg.account, leg.leg_number, leg.client_order_id, now) for leg in legs],
+            )
+
+        await self._write(insert)
+
+    async def record_leg(self, alert_id: str, result: LegResult) -> None:
+        await self._write(lambda conn: _update_leg(conn, alert_id, result))
+
+    async def finish_alert(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
+    ) -> None:
+        """Store the final status, the answer given (or that would have been) and the legs' results."""
+        text = json.dumps(response, default=str)
+
+        def finish(conn: sqlite3.Connection) -> None:
+            for result in results:
+                _update_leg(conn, alert_id, result)
+            conn.execute(
+                "UPDATE alerts SET status = ?, response = ?, updated_at = ? WHERE alert_id = ?",
+                (status, text, _now(), alert_id),
+            )
+
+        await self._write(finish)
+
+    async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+            if row is None:
+                return None
+            legs = conn.execute(
+                "SELECT account, leg_number, client_order_id, state, order_id, message, result, updated_at"
+                " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
+                (alert_id,),
+            ).fetchall()
+            return {
+                "alert_id": row["alert_id"],
+                "received_at": row["received_at"],
+                "alert_type": row["alert_type"],
+                "status": row["status"],
+                "updated_at": row["updated_at"],
+                "payload": json.loads(row["payload"]),
+                "response": json.loads(row["response"]) if row["response"] else None,
+                "legs": [
+                    {**{k: leg[k] for k in leg.keys() if k != "result"},  # noqa: SIM118 - sqlite3.Row
+                     "result": json.loads(leg["result"]) if leg["result"] else None}
+                    for leg in legs
+                ],
+            }
+
+        return await self._db.read(fetch)
+
+    async def unfinished(self) -> list[str]:
+        """Ids of alerts accepted but not finished (crash recovery's work list), oldest first."""
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT alert_id FROM alerts WHERE status = ? ORDER BY received_at", (UNFINISHED,)
+            ).fetchall()
+        )
+        return [row["alert_id"] for row in rows]
+
+    async def integrity_ok(self) -> bool:
+        row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())
+        return bool(row and row[0] == "ok")
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> None:
+    state = result.status.value
+    payload = json.dumps(attrs.asdict(result), default=str)
+    updated = conn.execute(
+        "UPDATE legs SET state = ?, order_id = ?, message = ?, result = ?, client_order_id = COALESCE(?,"
+        " client_order_id), updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",
+        (state, result.order_id, result.message, payload, result.client_order_id, _now(), alert_id,
+         result.account, result.leg_number),
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (alert_id, result.account, result.leg_number, result.client_order_id, state, result.order_id,
+             result.message, payload, _now()),
+        )
+
+
+async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open the journal before the first request, close it after the last."""
+    from tvbridge.keys import CONFIG, JOURNAL  # noqa: PLC0415 - keys imports this module's types
+
+    config = app[CONFIG]
+    journal = Journal(config.data_path(config.journal.path), synchronous=config.journal.synchronous)
+    await journal.open()
+    app[JOURNAL] = journal
+    yield
+    await journal.close()

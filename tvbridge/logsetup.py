@@ -1,0 +1,109 @@
+"""Logging, configured once by the CLI: structlog events rendered through the standard library's handlers.
+
+The log file always gets one JSON object per line (what a collector tails); stdout gets a human console format
+on a terminal and JSON otherwise (`logging.format`). The file handler is a `WatchedFileHandler`, so logrotate's
+move-and-create is followed without a signal. Keys that name secrets, and the configured secret values
+themselves wherever they appear, are replaced before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from tvbridge.config import SECRET_KEYS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from pathlib import Path
+
+    from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED: Final = "[redacted]"
+
+
+class Redactor:
+    """A structlog processor that removes secrets by key and by value."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = [s for s in secrets if s]
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+        return {key: self._clean(key, value) for key, value in event_dict.items()}
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if key in SECRET_KEYS:
+            return REDACTED
+        if isinstance(value, str):
+            for secret in self.secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self._clean(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean("", v) for v in value]
+        return value
+
+
+def configure_logging(
+    *, level: str, fmt: str, file: Path | None, secrets: Iterable[str] = (), stream: Any = None
+) -> None:
+    """Configure structlog and the root logger; call once per process, before the first event."""
+    stream = stream or sys.stdout
+    redact = Redactor(secrets)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    json_formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    stream_formatter = (
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+        if console
+        else json_formatter
+    )
+    handlers: list[logging.Handler] = []
+    stream_handler = logging.StreamHandler(stream)
+    stream_handler.setFormatter(stream_formatter)
+    handlers.append(stream_handler)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        file_handler.setFormatter(json_formatter)
+        handlers.append(file_handler)
+
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own http.request event replaces it
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        cache_logger_on_first_use=True,
+    )

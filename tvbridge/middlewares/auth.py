@@ -1,0 +1,60 @@
+"""Step 5: the alert must carry the webhook secret, or arrive on the path token's URL.
+
+Both are compared in constant time (`hmac.compare_digest`). The body is decoded here, once (400 when it is not
+a JSON object), because the secret is inside it: TradingView cannot set headers. A refusal is logged with the
+source address and never with what was sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+
+from tvbridge.errors import AuthError
+from tvbridge.keys import RAW_ALERT, SOURCE_IP
+from tvbridge.middlewares.body_limit import body_of
+from tvbridge.parsing import decode_body
+from tvbridge.routes import PATH_TOKEN, is_webhook
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
+
+    from tvbridge.secretstore import Credentials
+
+log = structlog.get_logger()
+
+
+def same_secret(given: object, expected: str) -> bool:
+    if not isinstance(given, str) or not expected:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def auth(credentials: Credentials) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or not is_webhook(request):
+            return await handler(request)
+        token = request.match_info.get(PATH_TOKEN)
+        if token is not None:
+            if not credentials.path_token:
+                raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
+            if not same_secret(token, credentials.path_token):
+                log.warning("auth.failed", reason="wrong path token", source=request.get(SOURCE_IP))
+                raise AuthError
+            request[RAW_ALERT] = decode_body(body_of(request))
+            return await handler(request)
+        raw = decode_body(body_of(request))
+        request[RAW_ALERT] = raw
+        if "secret" not in raw:
+            log.warning("auth.failed", reason="no secret in the alert", source=request.get(SOURCE_IP))
+            raise AuthError("Invalid webhook secret: the alert has no secret")
+        if not same_secret(raw["secret"], credentials.secret):
+            log.warning("auth.failed", reason="wrong secret", source=request.get(SOURCE_IP))
+            raise AuthError
+        return await handler(request)
+
+    return middleware

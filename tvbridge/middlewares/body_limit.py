@@ -1,0 +1,54 @@
+"""Step 3: bound the body's size and the time a client may take to send it.
+
+A declared `Content-Length` over `limits.max_body_bytes` is refused before anything is read; a chunked body is
+read only until it passes the limit. A client that sends too slowly is cut off after `limits.read_timeout_s`.
+The bytes are kept for later steps (`body_of`), so the body is read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from tvbridge.errors import BadRequestError, PayloadTooLargeError
+from tvbridge.routes import is_webhook
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
+
+    from tvbridge.config import LimitsConfig
+
+BODY: Final = web.RequestKey[bytes]("body")
+
+
+def body_of(request: web.Request) -> bytes:
+    return request.get(BODY, b"")
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(f"body too large: {request.content_length} bytes, the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"body too large: over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_limit(config: LimitsConfig) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST" and is_webhook(request):
+            try:
+                async with asyncio.timeout(config.read_timeout_s):
+                    request[BODY] = await read_limited(request, config.max_body_bytes)
+            except TimeoutError:
+                raise BadRequestError(f"body not received within {config.read_timeout_s} s") from None
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,423 @@
+"""The one cattrs converter, and the alert parser built on it.
+
+`make_converter()` is the only place structure hooks are registered. It serves two masters:
+
+* the config (`tvbridge.config`): unknown keys are errors, so a typo stops the start;
+* the alert (Dhan's TradingView JSON): TradingView sends every value as a string, Dhan's panel and traders add
+  keys of their own, so values are accepted as strings or natural JSON types, unknown keys are collected as
+  `warnings`, and every problem in the alert is reported at once with its path (`order_legs[0].quantity`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from tvbridge import config as config_module
+from tvbridge.errors import BadRequestError, InvalidAlertError
+from tvbridge.models import (
+    AlertType,
+    CancelAlert,
+    CancelLeg,
+    Exchange,
+    Instrument,
+    Meta,
+    OptionType,
+    OrderAlert,
+    OrderLeg,
+    OrderType,
+    PositionAction,
+    Product,
+    Side,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from tvbridge.models import Alert
+
+E = TypeVar("E", bound=Enum)
+
+PLACEHOLDER: Final = re.compile(r"\{\{\s*[^{}]*?\s*\}\}")
+
+# Alert keys (Dhan's / the guide's spelling) for our attribute names.
+LEG_KEYS: Final = {
+    "side": "transactionType",
+    "order_type": "orderType",
+    "product": "productType",
+    "trigger_price": "triggerPrice",
+    "amo_time": "amoTime",
+}
+ALERT_KEYS: Final = {"alert_type": "alertType", "legs": "order_legs", "key": "id"}
+ROOT_EXTRA_KEYS: Final = frozenset({"secret", "idempotency_key"})
+
+ALIASES: Final[Mapping[type[Enum], Mapping[str, str]]] = {
+    Side: {"BUY": "B", "SELL": "S"},
+    OrderType: {"MARKET": "MKT", "LIMIT": "LMT", "STOP_LOSS": "SL", "SL_M": "SL-M", "SLM": "SL-M",
+                "STOP_LOSS_MARKET": "SL-M"},
+    Product: {"CNC": "C", "INTRADAY": "I", "MIS": "I", "MARGIN": "M", "NRML": "M"},
+}
+
+
+def _check_placeholder(value: str) -> None:
+    found = PLACEHOLDER.search(value)
+    if found:
+        msg = f"unreplaced TradingView placeholder {found.group(0)}: TradingView did not fill it in"
+        raise ValueError(msg)
+
+
+def _structure_str(value: object, _: type) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"must be a string, got {_describe(value)}")
+    text = str(value).strip()
+    _check_placeholder(text)
+    return text
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _text_of(value: object) -> str:
+    """A scalar as text, refusing objects, lists, null and booleans with a message that says what came."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"expected a value, got {_describe(value)}")
+    text = str(value).strip()
+    _check_placeholder(text)
+    return text
+
+
+def _structure_decimal(value: object, _: type) -> Decimal:
+    text = _text_of(value)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"must be a number, got {text!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError(f"must be a number >= 0, got {text!r}")
+    return number
+
+
+def _structure_int(value: object, _: type) -> int:
+    text = _text_of(value)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"must be a whole number, got {text!r}") from None
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ValueError(f"must be a whole number, got {text!r}")
+    return int(number)
+
+
+def _structure_enum(value: object, cls: type[E]) -> E:
+    text = _text_of(value)
+    normalized = text.upper() if cls is not AlertType else text.lower()
+    normalized = ALIASES.get(cls, {}).get(normalized, normalized)
+    try:
+        return cls(normalized)
+    except ValueError:
+        allowed = ", ".join(str(member.value) for member in cls)
+        raise ValueError(f"must be one of {allowed}, got {text!r}") from None
+
+
+def _structure_date(value: object, _: type) -> date:
+    text = _text_of(value)
+    try:
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        raise ValueError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _structure_datetime(value: object, _: type) -> datetime:
+    text = _text_of(value)
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        try:  # TradingView's {{time}} can also arrive as epoch milliseconds
+            stamp = datetime.fromtimestamp(int(text) / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            raise ValueError(f"must be an ISO 8601 time such as 2025-11-20T10:30:00Z, got {text!r}") from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _leg_problems(leg: OrderLeg) -> list[Exception]:
+    """Rules that span fields; each error is attributed to the field the trader has to fix."""
+    problems: list[Exception] = []
+
+    def add(field: str, message: str) -> None:
+        problems.append(_field_error(field, message))
+
+    if leg.quantity <= 0:
+        add("quantity", f"must be a positive whole number, got {leg.quantity}")
+    if leg.order_type in {OrderType.LIMIT, OrderType.STOP_LOSS} and leg.price <= 0:
+        add("price", f"must be > 0 for orderType {leg.order_type}")
+    if leg.order_type in {OrderType.STOP_LOSS, OrderType.STOP_LOSS_MARKET} and not leg.trigger_price:
+        add("triggerPrice", f"is required (> 0) for orderType {leg.order_type}")
+    if not leg.symbol:
+        add("symbol", "must not be empty")
+    if leg.instrument is Instrument.OPTION:
+        if leg.option_type is None:
+            add("option_type", "is required for instrument OPT (CE or PE)")
+        for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
+            if value is None:
+                add(field, "is required for options (the nearest expiry is not guessed)")
+    return problems
+
+
+def _field_error(field: str, message: str) -> ValueError:
+    error = ValueError(message)
+    error.add_note(cattrs.errors.AttributeValidationNote(f"Structuring class @ attribute {field}", field, str))
+    return error
+
+
+def _fold_option(raw: Mapping[str, Any], leg: OrderLeg) -> OrderLeg:
+    """The guide's `instrument: CE|PE` is an option with that type; keep one shape for brokers."""
+    if leg.instrument in {Instrument.CALL, Instrument.PUT}:
+        option_type = OptionType(leg.instrument.value)
+        if leg.option_type is not None and leg.option_type is not option_type and raw.get("option_type"):
+            raise ClassValidationError(
+                "option",
+                [_field_error("option_type", f"{leg.option_type} contradicts instrument {leg.instrument}")],
+                OrderLeg,
+            )
+        return attrs.evolve(leg, instrument=Instrument.OPTION, option_type=option_type)
+    return leg
+
+
+def _renamed(cls: type, keys: Mapping[str, str]) -> dict[str, Any]:
+    return {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
+
+
+def _error_name(name: str, keys: Mapping[str, str]) -> str:
+    return keys.get(name, name)
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter for the alert and the config; build it once and share it (`keys.CONVERTER`)."""
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(Decimal, _structure_decimal)
+    converter.register_structure_hook(date, _structure_date)
+    converter.register_structure_hook(datetime, _structure_datetime)
+    converter.register_structure_hook(Path, lambda value, _: Path(_text_of(value)))
+    converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook(Decimal, str)
+    # Our enums are StrEnums: registered one by one, or the `str` hook would win by MRO and skip the check.
+    for enum_cls in (AlertType, Side, OrderType, Exchange, Instrument, OptionType, Product, PositionAction):
+        converter.register_structure_hook(enum_cls, _structure_enum)
+
+    def int_hook(value: object, cls: type) -> int:
+        if cls is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"must be true or false, got {_describe(value)}")
+            return value
+        return _structure_int(value, cls)
+
+    converter.register_structure_hook(int, int_hook)
+    converter.register_structure_hook(bool, int_hook)
+
+    def float_hook(value: object, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, got {_describe(value)}")
+        return float(value)
+
+    converter.register_structure_hook(float, float_hook)
+
+    # The config: every class in tvbridge.config refuses unknown keys.
+    def config_hook_factory(cls: type) -> Callable[[Any, type], Any]:
+        return make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+
+    converter.register_structure_hook_factory(
+        lambda t: attrs.has(t) and getattr(t, "__module__", "") == config_module.__name__, config_hook_factory
+    )
+
+    # The alert.
+    base_leg = make_dict_structure_fn(OrderLeg, converter, **_renamed(OrderLeg, LEG_KEYS))
+    base_cancel = make_dict_structure_fn(CancelLeg, converter, **_renamed(CancelLeg, LEG_KEYS))
+    base_order_alert = make_dict_structure_fn(OrderAlert, converter, **_renamed(OrderAlert, ALERT_KEYS))
+    base_cancel_alert = make_dict_structure_fn(CancelAlert, converter, **_renamed(CancelAlert, ALERT_KEYS))
+    converter.register_structure_hook(Meta, make_dict_structure_fn(Meta, converter))
+
+    def leg_hook(raw: object, _: type) -> OrderLeg:
+        raw = _expect_object(raw)
+        try:
+            leg = base_leg(raw, OrderLeg)
+        except ClassValidationError as e:
+            raise ClassValidationError(e.message, _renamed_notes(e.exceptions, LEG_KEYS), OrderLeg) from None
+        leg = _fold_option(raw, leg)
+        problems = _leg_problems(leg)
+        if problems:
+            raise ClassValidationError("invalid order leg", problems, OrderLeg)
+        return leg
+
+    def cancel_hook(raw: object, _: type) -> CancelLeg:
+        raw = _expect_object(raw)
+        try:
+            leg = base_cancel(raw, CancelLeg)
+        except ClassValidationError as e:
+            raise ClassValidationError(e.message, _renamed_notes(e.exceptions, LEG_KEYS), CancelLeg) from None
+        if not leg.order_id and not leg.symbol:
+            raise ClassValidationError("cancel", [_field_error("symbol", "give a symbol or an order_id")], CancelLeg)
+        return leg
+
+    converter.register_structure_hook(OrderLeg, leg_hook)
+    converter.register_structure_hook(CancelLeg, cancel_hook)
+
+    def alert_hook(raw: object, _: type) -> Alert:
+        raw = dict(_expect_object(raw))
+        if "id" not in raw and raw.get("idempotency_key") is not None:
+            raw["id"] = raw["idempotency_key"]
+        is_cancel = isinstance(raw.get("alertType"), str) and raw["alertType"].strip().lower() == "cancel_order"
+        try:
+            alert: Alert = (
+                base_cancel_alert(raw, CancelAlert) if is_cancel else base_order_alert(raw, OrderAlert)
+            )
+        except ClassValidationError as e:
+            cls = CancelAlert if is_cancel else OrderAlert
+            raise ClassValidationError(e.message, _renamed_notes(e.exceptions, ALERT_KEYS), cls) from None
+        return _check_alert(alert)
+
+    converter.register_structure_hook_func(lambda t: t in (OrderAlert, CancelAlert) or t == (OrderAlert | CancelAlert),
+                                           alert_hook)
+    return converter
+
+
+def _renamed_notes(exceptions: list[Exception], keys: Mapping[str, str]) -> list[Exception]:
+    """cattrs notes carry our attribute names; the trader reads the alert's keys (`transactionType`)."""
+    for exc in exceptions:
+        for note in getattr(exc, "__notes__", []):
+            if isinstance(note, cattrs.errors.AttributeValidationNote) and note.name in keys:
+                note.name = keys[note.name]
+    return exceptions
+
+
+def _expect_object(raw: object) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"must be a JSON object, got {_describe(raw)}")
+    return raw
+
+
+def _check_alert(alert: Alert) -> Alert:
+    problems: list[Exception] = []
+    if not alert.legs:
+        problems.append(_field_error("order_legs", "must hold at least one leg"))
+    if alert.alert_type is AlertType.SINGLE_ORDER and len(alert.legs) > 1:
+        problems.append(_field_error("order_legs", f"single_order takes exactly one leg, got {len(alert.legs)}"))
+    if problems:
+        raise ClassValidationError("invalid alert", problems, type(alert))
+    if isinstance(alert, OrderAlert):
+        ordered = sorted(enumerate(alert.legs), key=lambda p: (p[1].sort_order if p[1].sort_order is not None
+                                                                else p[0] + 1, p[0]))
+        return attrs.evolve(alert, legs=tuple(leg for _, leg in ordered))
+    return alert
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; `BadRequestError` (400) says why it is not one."""
+    try:
+        raw = json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequestError("body is not JSON: it is not UTF-8 text") from None
+    except ValueError as e:
+        detail = "the body is empty" if not body.strip() else str(e)
+        raise BadRequestError(f"body is not JSON: {detail}") from None
+    if not isinstance(raw, dict):
+        raise BadRequestError(f"body must be a JSON object (the alert), got {_describe(raw)}")
+    return raw
+
+
+def _format_exception(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return str(exc)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown keys: {', '.join(sorted(exc.extra_fields))}"
+    return cattrs.v.format_exception(exc, type_)
+
+
+def validation_messages(exc: Exception) -> list[str]:
+    """`path: message` lines for everything wrong in an alert, paths written as the trader wrote them."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        lines = cattrs.transform_error(exc, path="", format_exception=_format_exception)
+    else:
+        lines = [f"{_format_exception(exc, None)} @ "]
+    out = []
+    for line in lines:
+        message, _, where = line.rpartition(" @ ")
+        out.append(f"{where.lstrip('.') or 'alert'}: {message}")
+    return out
+
+
+def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
+    """Warnings for keys the alert format does not know (a typo such as `triggerprice` must be visible)."""
+    warnings: list[str] = []
+    root_known = {ALERT_KEYS.get(f.name, f.name) for f in attrs.fields(OrderAlert)} | ROOT_EXTRA_KEYS
+    leg_known = {LEG_KEYS.get(f.name, f.name) for f in attrs.fields(OrderLeg)}
+    leg_known |= {LEG_KEYS.get(f.name, f.name) for f in attrs.fields(CancelLeg)}
+    meta_known = {f.name for f in attrs.fields(Meta)}
+
+    def check(mapping: Mapping[str, Any], known: set[str] | frozenset[str], where: str) -> None:
+        for key in mapping:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                warnings.append(f"{where}{key}: unknown key, ignored{hint}")
+
+    check(raw, root_known, "")
+    legs = raw.get("order_legs")
+    if isinstance(legs, list):
+        for i, leg in enumerate(legs):
+            if isinstance(leg, dict):
+                check(leg, leg_known, f"order_legs[{i}].")
+                meta = leg.get("meta")
+                if isinstance(meta, dict):
+                    check(meta, meta_known, f"order_legs[{i}].meta.")
+    return warnings
+
+
+def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:
+    """The alert in `raw`; `InvalidAlertError` (422) lists every problem with its path."""
+    try:
+        alert: Alert = converter.structure(raw, OrderAlert | CancelAlert)  # type: ignore[arg-type]  # a union is a valid target for a registered hook
+    except (cattrs.BaseValidationError, ValueError) as e:
+        raise InvalidAlertError(validation_messages(e)) from None
+    return alert
+
+
+ALERT_EXAMPLE: Final = {
+    "secret": "...",
+    "alertType": "multi_leg_order",
+    "order_legs": [
+        {
+            "transactionType": "B",
+            "orderType": "MKT",
+            "quantity": "1",
+            "exchange": "NSE",
+            "symbol": "{{ticker}}",
+            "instrument": "EQ",
+            "productType": "C",
+            "sort_order": "1",
+            "price": "0",
+            "meta": {"interval": "{{interval}}", "time": "{{time}}", "timenow": "{{timenow}}"},
+        }
+    ],
+}

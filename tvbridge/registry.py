@@ -1,0 +1,119 @@
+"""Finding broker plugins through the `tvbridge.brokers` entry point group, and building the accounts.
+
+The core imports no broker: `paper` and `dhan` are found the same way as a third-party plugin. Only the
+brokers that configured accounts use are loaded, and every problem (not installed, import error, wrong API
+version, missing methods, bad settings) is a `PluginError` naming the account, the entry point and the
+distribution, raised at start so the CLI exits before the first alert, not on it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+
+from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext
+from tvbridge.errors import PluginError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from aiohttp import web
+
+    from tvbridge.config import Config
+
+log = structlog.get_logger()
+
+REQUIRED_METHODS = ("from_settings", "start", "place", "cancel", "lookup", "health", "aclose")
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+
+def installed_plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def describe(ep: EntryPoint) -> PluginInfo:
+    dist = ep.dist
+    return PluginInfo(
+        name=ep.name,
+        value=ep.value,
+        distribution=dist.name if dist is not None else "?",
+        version=dist.version if dist is not None else "?",
+    )
+
+
+def load_plugin_class(name: str, *, account: str = "") -> type[Any]:
+    """The plugin class registered as `name`; `PluginError` says why it cannot be used."""
+    where = f"account {account!r}: " if account else ""
+    available = installed_plugins()
+    ep = available.get(name)
+    if ep is None:
+        known = ", ".join(sorted(available)) or "none"
+        raise PluginError(f"{where}no broker plugin named {name!r} is installed (installed: {known})")
+    info = describe(ep)
+    origin = f"entry point {name!r} ({info.value}) from {info.distribution} {info.version}"
+    try:
+        cls = ep.load()
+    except Exception as e:
+        raise PluginError(f"{where}{origin} failed to import: {type(e).__name__}: {e}") from e
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        raise PluginError(f"{where}{origin} does not implement the broker interface: missing {', '.join(missing)}")
+    version = getattr(cls, "api_version", None)
+    if version != API_VERSION:
+        raise PluginError(
+            f"{where}{origin} was written for broker API version {version!r}; this tvbridge speaks {API_VERSION}"
+        )
+    return cls
+
+
+def build_brokers(config: Config) -> dict[str, Broker]:
+    """One plugin instance per routed account, each from its own config table."""
+    brokers: dict[str, Broker] = {}
+    for account in config.routing.accounts:
+        table = dict(config.accounts.get(account, {}))
+        name = str(table.pop("broker", account))
+        cls = load_plugin_class(name, account=account)
+        context = BrokerContext(account=account, data_dir=config.server.data_dir)
+        try:
+            broker = cls.from_settings(table, context)
+        except (ValueError, TypeError, KeyError) as e:
+            raise PluginError(f"accounts.{account}: {e}") from None
+        if not isinstance(broker, Broker):
+            raise PluginError(f"accounts.{account}: {name}.from_settings did not return a broker")
+        brokers[account] = broker
+    return brokers
+
+
+async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
+    from tvbridge.keys import BROKERS, CONFIG  # noqa: PLC0415 - keys imports this module's types
+
+    brokers = build_brokers(app[CONFIG])
+    started: list[tuple[str, Broker]] = []
+    try:
+        for account, broker in brokers.items():
+            await broker.start()
+            started.append((account, broker))
+            log.info("broker.started", account=account, broker=type(broker).__name__)
+        app[BROKERS] = brokers
+        yield
+    finally:
+        for account, broker in reversed(started):
+            try:
+                await broker.aclose()
+            except Exception:
+                log.exception("broker.close_failed", account=account)
+
+
+def brokers_of(config: Config) -> Mapping[str, str]:
+    return {account: config.broker_of(account) for account in config.routing.accounts}

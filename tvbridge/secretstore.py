@@ -1,0 +1,102 @@
+"""Where the webhook secret and the admin token come from, and the first-run generation of strong ones.
+
+There is no default secret. A configured one (`auth.secret` / `WEBHOOK_SECRET`) wins; otherwise the secret is
+read from `webhook_secret.txt` in the data directory, and generated there (mode 0600) on the first run. The same
+holds for the admin token (`server.admin_token`, `admin_token.txt`). Secrets are never logged: the console
+names the file, not its contents.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from tvbridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tvbridge.config import Config
+
+SECRET_FILE: Final = "webhook_secret.txt"
+ADMIN_TOKEN_FILE: Final = "admin_token.txt"
+WEAK_SECRETS: Final = frozenset({"GTcl4", "changeme", "secret", "password"})
+MIN_LIVE_SECRET_LENGTH: Final = 16
+
+
+@attrs.frozen(kw_only=True)
+class Credentials:
+    secret: str = attrs.field(repr=False)
+    path_token: str = attrs.field(repr=False)
+    admin_token: str = attrs.field(repr=False)
+    secret_file: Path | None = None
+    """Where the secret lives when it was not configured (None: from config or environment)."""
+    admin_token_file: Path | None = None
+    generated: tuple[str, ...] = ()
+    """Names of what this run generated (`secret`, `admin_token`), for the first-run message."""
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.secret, self.path_token, self.admin_token) if s)
+
+
+def _read_or_create(path: Path) -> tuple[str, bool]:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        value = ""
+    if value:
+        return value, False
+    value = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+    os.chmod(path, 0o600)  # noqa: PTH101 - also when the file existed with wider permissions
+    return value, True
+
+
+def weak_secret_problem(secret: str) -> str | None:
+    if secret in WEAK_SECRETS:
+        return "is a well-known default"
+    if len(secret) < MIN_LIVE_SECRET_LENGTH:
+        return f"is shorter than {MIN_LIVE_SECRET_LENGTH} characters"
+    return None
+
+
+def resolve_credentials(config: Config) -> Credentials:
+    """The secrets this run uses; `ConfigError` when a live account would run behind a weak secret."""
+    generated: list[str] = []
+    secret_file = admin_file = None
+    secret = config.auth.secret
+    try:
+        if not secret:
+            secret_file = config.data_path(SECRET_FILE)
+            secret, created = _read_or_create(secret_file)
+            if created:
+                generated.append("secret")
+        admin_token = config.server.admin_token
+        if not admin_token:
+            admin_file = config.data_path(ADMIN_TOKEN_FILE)
+            admin_token, created = _read_or_create(admin_file)
+            if created:
+                generated.append("admin_token")
+    except OSError as e:
+        raise ConfigError(f"server.data_dir: cannot keep the generated secret there: {e.strerror}") from None
+    problem = weak_secret_problem(secret)
+    if problem and config.live_accounts:
+        raise ConfigError(
+            f"auth.secret {problem}; live trading ({', '.join(config.live_accounts)}) needs a strong secret:"
+            " remove it to have one generated, or set 16+ random characters"
+        )
+    return Credentials(
+        secret=secret,
+        path_token=config.auth.path_token,
+        admin_token=admin_token,
+        secret_file=secret_file,
+        admin_token_file=admin_file,
+        generated=tuple(generated),
+    )

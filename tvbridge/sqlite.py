@@ -1,0 +1,152 @@
+"""One SQLite connection on one thread, with group commit.
+
+SQLite connections are not for sharing across threads and its calls block, so every statement runs on a
+dedicated thread. Writes that arrive while a commit is under way are batched into the next transaction (group
+commit): under load one fsync covers many alerts, while a lone alert still commits at once. Each write runs in
+its own SAVEPOINT, so one failing write fails only its own caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+Synchronous = Literal["off", "normal", "full", "extra"]
+MAX_BATCH: Final = 256
+
+_Job = tuple["Callable[[sqlite3.Connection], object]", "asyncio.Future[object]", bool]
+
+
+class SqliteWorker:
+    """Runs functions of a connection on its own thread; `write()` calls are group-committed."""
+
+    def __init__(self, path: Path, *, synchronous: Synchronous = "full", name: str = "sqlite") -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ready: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = 0
+        """Transactions committed (for the benchmark's group-commit figure)."""
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        self._thread.start()
+        await self._ready
+
+    async def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(fn, write=False)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside a transaction; returns once it is committed (durable per `synchronous`)."""
+        return await self._submit(fn, write=True)
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        if self._loop is None or not self._thread.is_alive():
+            raise sqlite3.ProgrammingError(f"{self._path}: the database is not open")
+        future: asyncio.Future[object] = self._loop.create_future()
+        self._jobs.put((fn, future, write))
+        return await future  # type: ignore[return-value]  # the future holds fn's result
+
+    def _resolve(self, future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
+        assert self._loop is not None  # noqa: S101 - set in start()
+
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed while we worked: nobody is waiting
+            self._loop.call_soon_threadsafe(settle)
+
+    def _connect(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, OSError) as e:
+            assert self._ready is not None  # noqa: S101 - set in start()
+            self._resolve(self._ready, None, e)  # type: ignore[arg-type]  # a Future[None] is a Future[object]
+            return
+        assert self._ready is not None  # noqa: S101 - set in start()
+        self._resolve(self._ready, None, None)  # type: ignore[arg-type]  # a Future[None] is a Future[object]
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        reads = [job for job in batch if not job[2]]
+        writes = [job for job in batch if job[2]]
+        for fn, future, _ in reads:
+            try:
+                self._resolve(future, fn(conn), None)
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
+                self._resolve(future, None, e)
+        if not writes:
+            return
+        outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future, _ in writes:
+                try:
+                    conn.execute("SAVEPOINT job")
+                    result = fn(conn)
+                    conn.execute("RELEASE job")
+                    outcomes.append((future, result, None))
+                except Exception as e:  # noqa: BLE001 - this write fails alone
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    outcomes.append((future, None, e))
+            conn.execute("COMMIT")
+            self.batches += 1
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            outcomes = [(future, None, e) for _, future, _ in writes]
+        for future, result, error in outcomes:
+            self._resolve(future, result, error)
