@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,7 @@ def test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     dist = root / "tvbridge_testbrokers-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tvbridge-testbrokers\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[tvbridge.brokers]\nscripted = tvbridge_testbrokers:ScriptedBroker\n"
-    )
+    (dist / "entry_points.txt").write_text("[tvbridge.brokers]\nscripted = tvbridge_testbrokers:ScriptedBroker\n")
     paths = [str(root), str(SUPPORT)]
     sys.path[:0] = paths
     old = os.environ.get("PYTHONPATH")
@@ -59,16 +57,24 @@ def now_iso() -> str:
 def leg(**overrides: Any) -> dict[str, Any]:
     """One order leg as the guide's alert template sends it (all strings)."""
     base: dict[str, Any] = {
-        "transactionType": "B", "orderType": "MKT", "quantity": "10", "exchange": "NSE", "symbol": "RELIANCE",
-        "instrument": "EQ", "productType": "C", "sort_order": "1", "price": "0",
+        "transactionType": "B",
+        "orderType": "MKT",
+        "quantity": "10",
+        "exchange": "NSE",
+        "symbol": "RELIANCE",
+        "instrument": "EQ",
+        "productType": "C",
+        "sort_order": "1",
+        "price": "0",
         "meta": {"interval": "1D", "time": "2025-11-20T09:15:00Z", "timenow": now_iso()},
     }
     base.update(overrides)
     return base
 
 
-def alert(*legs: dict[str, Any], secret: str = SECRET, alert_type: str = "multi_leg_order",
-          **root: Any) -> dict[str, Any]:
+def alert(
+    *legs: dict[str, Any], secret: str = SECRET, alert_type: str = "multi_leg_order", **root: Any
+) -> dict[str, Any]:
     return {"secret": secret, "alertType": alert_type, "order_legs": list(legs) or [leg()], **root}
 
 
@@ -101,5 +107,5 @@ def make_client(aiohttp_client: Any, converter: Any) -> ClientFactory:
 
 
 @pytest.fixture
-async def client(make_client: ClientFactory, config: Config) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    yield await make_client(config)
+async def client(make_client: ClientFactory, config: Config) -> TestClient[web.Request, web.Application]:
+    return await make_client(config)

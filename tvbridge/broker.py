@@ -26,13 +26,14 @@ Errors::
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from decimal import Decimal
-from pathlib import Path  # noqa: TC003 - attrs resolves annotations at runtime
-from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
+from pathlib import Path
+from typing import Final, Protocol, Self, runtime_checkable
 
 import attrs
 
-from tvbridge.models import (  # noqa: TC001 - attrs resolves annotations at runtime
+from tvbridge.models import (
     CancelLeg,
     Exchange,
     Instrument,
@@ -40,9 +41,6 @@ from tvbridge.models import (  # noqa: TC001 - attrs resolves annotations at run
     OrderType,
     Product,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
 
 API_VERSION: Final = 1
 """Bumped when a change to this module would break existing plugins. A plugin declares the version it was

@@ -90,7 +90,7 @@ def _check_config(config: Config, converter: cattrs.Converter) -> int:
 def _secret(config: Config, *, rotate: bool) -> int:
     if config.auth.secret:
         print("The webhook secret comes from auth.secret / WEBHOOK_SECRET (config, .env or environment).")
-        print("To rotate it: set a new value there, restart, and update the \"secret\" of every TradingView alert.")
+        print('To rotate it: set a new value there, restart, and update the "secret" of every TradingView alert.')
         return EXIT_OK
     path = config.data_path(SECRET_FILE).resolve()
     if rotate:
@@ -98,7 +98,7 @@ def _secret(config: Config, *, rotate: bool) -> int:
     credentials = resolve_credentials(config)
     print(f"The webhook secret is in {path} (mode 0600). Show it with: cat {path}")
     if rotate:
-        print("A new secret was generated. Restart tvbridge and update the \"secret\" of every TradingView alert.")
+        print('A new secret was generated. Restart tvbridge and update the "secret" of every TradingView alert.')
     else:
         print("To rotate it: tvbridge secret --rotate, restart, then update your TradingView alerts.")
     del credentials
@@ -112,8 +112,14 @@ def _broker_secrets(config: Config) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, k)
-        elif isinstance(node, str) and key in {"access_token", "api_key", "api_secret", "password", "token",
-                                               "totp_secret"}:
+        elif isinstance(node, str) and key in {
+            "access_token",
+            "api_key",
+            "api_secret",
+            "password",
+            "token",
+            "totp_secret",
+        }:
             found.append(node)
 
     walk({name: dict(table) for name, table in config.accounts.items()})
@@ -128,7 +134,7 @@ def _first_run_notice(credentials: Credentials, url: str) -> None:
     print(
         f"tvbridge: first run: generated a strong webhook secret in {where} (mode 0600).\n"
         f"  Show it with: cat {where}\n"
-        "  Paste this as the alert message in TradingView, with \"secret\" set to that value:\n"
+        '  Paste this as the alert message in TradingView, with "secret" set to that value:\n'
         f"{json.dumps(template, indent=2)}\n"
         f"  Webhook URL: {url} (TradingView needs it reachable on port 80/443: see the README)\n",
         file=sys.stderr,
@@ -148,13 +154,12 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
     try:
         return asyncio.run(_run(app, config, credentials))
     except OSError as e:
-        log.error("server.start_failed", error=str(e))
+        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
 async def _run(app: web.Application, config: Config, credentials: Credentials) -> int:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.server.shutdown_grace_s)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,7 +171,7 @@ async def _run(app: web.Application, config: Config, credentials: Credentials) -
         raise ConfigError(str(e)) from None
     except TvBridgeError as e:
         await runner.cleanup()
-        log.error("server.start_failed", error=str(e))
+        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -175,7 +180,11 @@ async def _run(app: web.Application, config: Config, credentials: Credentials) -
         url = f"http://{host}:{port}/webhook"
         _first_run_notice(credentials, url)
         log.info(
-            "server.started", host=host, port=port, version=__version__, accounts=list(config.routing.accounts),
+            "server.started",
+            host=host,
+            port=port,
+            version=__version__,
+            accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
         await stop.wait()

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 TRADINGVIEW_IPS: Final = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
-SECRET_KEYS: Final = frozenset({"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret",
-                                "password", "token", "totp_secret"})
+SECRET_KEYS: Final = frozenset(
+    {"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret", "password", "token", "totp_secret"}
+)
 """Keys whose values are never printed, logged or answered, wherever they appear."""
 
-_non_negative = attrs.validators.ge(0)
-_positive = attrs.validators.gt(0)
+_non_negative = attrs.validators.ge(0.0)
+_positive = attrs.validators.gt(0.0)
+_positive_int = attrs.validators.gt(0)
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +55,7 @@ class AuthConfig:
 
 @attrs.frozen(kw_only=True)
 class LimitsConfig:
-    max_body_bytes: int = attrs.field(default=65536, validator=_positive)
+    max_body_bytes: int = attrs.field(default=65536, validator=_positive_int)
     read_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     """A client that has not sent its whole body by then is cut off (slow-client protection)."""
 
@@ -69,11 +71,11 @@ class IpAllowlistConfig:
 class RateLimitConfig:
     enabled: bool = True
     per_strategy_per_s: float = attrs.field(default=5.0, validator=_positive)
-    per_strategy_burst: int = attrs.field(default=20, validator=_positive)
+    per_strategy_burst: int = attrs.field(default=20, validator=_positive_int)
     per_ip_per_s: float = attrs.field(default=5.0, validator=_positive)
-    per_ip_burst: int = attrs.field(default=20, validator=_positive)
+    per_ip_burst: int = attrs.field(default=20, validator=_positive_int)
     global_per_s: float = attrs.field(default=200.0, validator=_positive)
-    auth_failures_per_min: int = attrs.field(default=10, validator=_positive)
+    auth_failures_per_min: int = attrs.field(default=10, validator=_positive_int)
 
 
 @attrs.frozen(kw_only=True)

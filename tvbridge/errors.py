@@ -22,8 +22,10 @@ nearest base class) up in `HTTP_STATUS`. The tree::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 class TvBridgeError(Exception):
@@ -110,7 +112,7 @@ HTTP_STATUS: Final[Mapping[type[TvBridgeError], int]] = {
 def http_status_of(exc: TvBridgeError) -> int:
     """The status for `exc`: its class or the nearest base class in `HTTP_STATUS`; 500 if none (a bug)."""
     for cls in type(exc).__mro__:
-        status = HTTP_STATUS.get(cls)  # type: ignore[call-overload]  # __mro__ holds plain types
+        status = HTTP_STATUS.get(cls)
         if status is not None:
             return status
     return 500

@@ -121,7 +121,10 @@ class Executor:
         except Exception:
             log.exception("order_log.write_failed", alert_id=alert_id)
         log.info(
-            "alert.processed", alert_id=alert_id, status=status.value, legs=len(results),
+            "alert.processed",
+            alert_id=alert_id,
+            status=status.value,
+            legs=len(results),
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return body
@@ -129,7 +132,8 @@ class Executor:
     async def _run_account(self, alert_id: str, alert: Alert, account: str) -> list[LegResult]:
         results: list[LegResult] = []
         stop_reason = ""
-        for number, leg in enumerate(alert.legs, start=1):
+        legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
+        for number, leg in enumerate(legs, start=1):
             if stop_reason:
                 results.append(self.result_for(account, number, leg, LegStatus.SKIPPED, f"skipped: {stop_reason}"))
                 continue
@@ -141,8 +145,13 @@ class Executor:
             results.append(result)
             log.info(
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
-                alert_id=alert_id, leg=number, account=account, broker=result.broker, status=result.status.value,
-                order_id=result.order_id, message=result.message,
+                alert_id=alert_id,
+                leg=number,
+                account=account,
+                broker=result.broker,
+                status=result.status.value,
+                order_id=result.order_id,
+                message=result.message,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             if result.status is LegStatus.UNKNOWN:
@@ -192,9 +201,7 @@ class Executor:
             return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
         return self._from_order(account, number, leg, order, client_id)
 
-    def _from_order(
-        self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str
-    ) -> LegResult:
+    def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
         if order.state is OrderState.DRY_RUN:
             status = LegStatus.TEST_MODE
         elif order.state in FAILED_STATES:
@@ -212,13 +219,19 @@ class Executor:
             found = await broker.lookup(client_id)
         except Exception as e:  # noqa: BLE001 - still unknown; reported as such
             return self.result_for(
-                account, number, leg, LegStatus.UNKNOWN,
+                account,
+                number,
+                leg,
+                LegStatus.UNKNOWN,
                 f"outcome unknown ({reason}); lookup failed too ({e}): check the broker before resending",
                 client_id=client_id,
             )
         if found is None:
             return self.result_for(
-                account, number, leg, LegStatus.UNKNOWN,
+                account,
+                number,
+                leg,
+                LegStatus.UNKNOWN,
                 f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending",
                 client_id=client_id,
             )

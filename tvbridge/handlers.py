@@ -90,8 +90,13 @@ async def webhook(request: web.Request) -> web.Response:
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, accounts),
     )
-    log.info("alert.accepted", alert_type=alert.alert_type.value, legs=len(alert.legs), accounts=list(accounts),
-             warnings=warnings or None)
+    log.info(
+        "alert.accepted",
+        alert_type=alert.alert_type.value,
+        legs=len(alert.legs),
+        accounts=list(accounts),
+        warnings=warnings or None,
+    )
     task = state.spawn(app[EXECUTOR].run(alert_id, alert, accounts, warnings), name=f"alert-{alert_id}")
     done, _ = await asyncio.wait({task}, timeout=config.server.response_deadline_s)
     if done:
@@ -131,9 +136,15 @@ async def _refuse_stale(request: web.Request, alert: Alert, age_s: float, warnin
     ]
     body = response_body(alert_id, alert.alert_type.value, AlertStatus.STALE.value, results, warnings)
     body["message"] = message
+    raw: dict[str, Any] = request[RAW_ALERT]
     await app[JOURNAL].record_alert(
-        alert_id=alert_id, alert_type=alert.alert_type.value, payload=request[RAW_ALERT], dedupe_key=None,
-        source=request.get(SOURCE_IP), legs=[], status=AlertStatus.STALE.value,
+        alert_id=alert_id,
+        alert_type=alert.alert_type.value,
+        payload=raw,
+        dedupe_key=None,
+        source=request.get(SOURCE_IP),
+        legs=[],
+        status=AlertStatus.STALE.value,
     )
     await app[JOURNAL].finish_alert(alert_id, AlertStatus.STALE.value, body, results)
     await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)

@@ -163,8 +163,10 @@ class Journal:
                 "payload": json.loads(row["payload"]),
                 "response": json.loads(row["response"]) if row["response"] else None,
                 "legs": [
-                    {**{k: leg[k] for k in leg.keys() if k != "result"},  # noqa: SIM118 - sqlite3.Row
-                     "result": json.loads(leg["result"]) if leg["result"] else None}
+                    {
+                        **{k: leg[k] for k in leg.keys() if k != "result"},  # noqa: SIM118 - sqlite3.Row
+                        "result": json.loads(leg["result"]) if leg["result"] else None,
+                    }
                     for leg in legs
                 ],
             }
@@ -197,15 +199,33 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
     updated = conn.execute(
         "UPDATE legs SET state = ?, order_id = ?, message = ?, result = ?, client_order_id = COALESCE(?,"
         " client_order_id), updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",
-        (state, result.order_id, result.message, payload, result.client_order_id, _now(), alert_id,
-         result.account, result.leg_number),
+        (
+            state,
+            result.order_id,
+            result.message,
+            payload,
+            result.client_order_id,
+            _now(),
+            alert_id,
+            result.account,
+            result.leg_number,
+        ),
     )
     if updated.rowcount == 0:
         conn.execute(
             "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (alert_id, result.account, result.leg_number, result.client_order_id, state, result.order_id,
-             result.message, payload, _now()),
+            (
+                alert_id,
+                result.account,
+                result.leg_number,
+                result.client_order_id,
+                state,
+                result.order_id,
+                result.message,
+                payload,
+                _now(),
+            ),
         )
 
 

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 import cattrs
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+if TYPE_CHECKING:  # the keys name these types as strings: importing them at runtime would be circular
+    from collections.abc import Mapping  # noqa: F401
+    from typing import Any  # noqa: F401
 
-    from tvbridge.broker import Broker
-    from tvbridge.config import Config
-    from tvbridge.journal import Journal
-    from tvbridge.lifecycle import ServiceState
-    from tvbridge.orderlog import OrderLog
-    from tvbridge.executor import Executor
-    from tvbridge.secretstore import Credentials
+    from tvbridge.broker import Broker  # noqa: F401
+    from tvbridge.config import Config  # noqa: F401
+    from tvbridge.executor import Executor  # noqa: F401
+    from tvbridge.journal import Journal  # noqa: F401
+    from tvbridge.lifecycle import ServiceState  # noqa: F401
+    from tvbridge.orderlog import OrderLog  # noqa: F401
+    from tvbridge.secretstore import Credentials  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")

@@ -8,7 +8,7 @@ receive `OrderLeg` / `CancelLeg` inside the request types of `tvbridge.broker`.
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime  # noqa: TC003 - attrs resolves annotations at runtime for cattrs
+from datetime import date, datetime
 from decimal import Decimal
 
 import attrs

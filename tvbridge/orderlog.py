@@ -26,8 +26,18 @@ if TYPE_CHECKING:
     from tvbridge.models import LegResult
 
 GUIDE_COLUMNS: Final = (
-    "timestamp", "alert_type", "symbol", "exchange", "transaction", "quantity", "order_type", "product_type",
-    "price", "status", "order_id", "message",
+    "timestamp",
+    "alert_type",
+    "symbol",
+    "exchange",
+    "transaction",
+    "quantity",
+    "order_type",
+    "product_type",
+    "price",
+    "status",
+    "order_id",
+    "message",
 )
 COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id")
 FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")

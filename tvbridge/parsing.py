@@ -43,7 +43,7 @@ from tvbridge.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from tvbridge.models import Alert
 
@@ -64,8 +64,14 @@ ROOT_EXTRA_KEYS: Final = frozenset({"secret", "idempotency_key"})
 
 ALIASES: Final[Mapping[type[Enum], Mapping[str, str]]] = {
     Side: {"BUY": "B", "SELL": "S"},
-    OrderType: {"MARKET": "MKT", "LIMIT": "LMT", "STOP_LOSS": "SL", "SL_M": "SL-M", "SLM": "SL-M",
-                "STOP_LOSS_MARKET": "SL-M"},
+    OrderType: {
+        "MARKET": "MKT",
+        "LIMIT": "LMT",
+        "STOP_LOSS": "SL",
+        "SL_M": "SL-M",
+        "SLM": "SL-M",
+        "STOP_LOSS_MARKET": "SL-M",
+    },
     Product: {"CNC": "C", "INTRADAY": "I", "MIS": "I", "MARGIN": "M", "NRML": "M"},
 }
 
@@ -212,7 +218,13 @@ def _error_name(name: str, keys: Mapping[str, str]) -> str:
 def make_converter() -> cattrs.Converter:
     """The converter for the alert and the config; build it once and share it (`keys.CONVERTER`)."""
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    _register_scalars(converter)
+    _register_config(converter)
+    _register_alert(converter)
+    return converter
 
+
+def _register_scalars(converter: cattrs.Converter) -> None:
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(Decimal, _structure_decimal)
     converter.register_structure_hook(date, _structure_date)
@@ -223,33 +235,35 @@ def make_converter() -> cattrs.Converter:
     # Our enums are StrEnums: registered one by one, or the `str` hook would win by MRO and skip the check.
     for enum_cls in (AlertType, Side, OrderType, Exchange, Instrument, OptionType, Product, PositionAction):
         converter.register_structure_hook(enum_cls, _structure_enum)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(float, _structure_float)
 
-    def int_hook(value: object, cls: type) -> int:
-        if cls is bool:
-            if not isinstance(value, bool):
-                raise ValueError(f"must be true or false, got {_describe(value)}")
-            return value
-        return _structure_int(value, cls)
 
-    converter.register_structure_hook(int, int_hook)
-    converter.register_structure_hook(bool, int_hook)
+def _structure_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_describe(value)}")
+    return value
 
-    def float_hook(value: object, _: type) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a number, got {_describe(value)}")
-        return float(value)
 
-    converter.register_structure_hook(float, float_hook)
+def _structure_float(value: object, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {_describe(value)}")
+    return float(value)
 
-    # The config: every class in tvbridge.config refuses unknown keys.
-    def config_hook_factory(cls: type) -> Callable[[Any, type], Any]:
+
+def _register_config(converter: cattrs.Converter) -> None:
+    """Every class in `tvbridge.config` refuses unknown keys: a typo in config.toml stops the start."""
+
+    def factory(cls: type) -> Callable[[Any, type], Any]:
         return make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
 
     converter.register_structure_hook_factory(
-        lambda t: attrs.has(t) and getattr(t, "__module__", "") == config_module.__name__, config_hook_factory
+        lambda t: attrs.has(t) and getattr(t, "__module__", "") == config_module.__name__, factory
     )
 
-    # The alert.
+
+def _register_alert(converter: cattrs.Converter) -> None:
     base_leg = make_dict_structure_fn(OrderLeg, converter, **_renamed(OrderLeg, LEG_KEYS))
     base_cancel = make_dict_structure_fn(CancelLeg, converter, **_renamed(CancelLeg, LEG_KEYS))
     base_order_alert = make_dict_structure_fn(OrderAlert, converter, **_renamed(OrderAlert, ALERT_KEYS))
@@ -278,35 +292,33 @@ def make_converter() -> cattrs.Converter:
             raise ClassValidationError("cancel", [_field_error("symbol", "give a symbol or an order_id")], CancelLeg)
         return leg
 
-    converter.register_structure_hook(OrderLeg, leg_hook)
-    converter.register_structure_hook(CancelLeg, cancel_hook)
-
     def alert_hook(raw: object, _: type) -> Alert:
         raw = dict(_expect_object(raw))
         if "id" not in raw and raw.get("idempotency_key") is not None:
             raw["id"] = raw["idempotency_key"]
-        is_cancel = isinstance(raw.get("alertType"), str) and raw["alertType"].strip().lower() == "cancel_order"
+        kind = raw.get("alertType")
+        is_cancel = isinstance(kind, str) and kind.strip().lower() == AlertType.CANCEL_ORDER.value
+        cls: type[OrderAlert | CancelAlert] = CancelAlert if is_cancel else OrderAlert
         try:
-            alert: Alert = (
-                base_cancel_alert(raw, CancelAlert) if is_cancel else base_order_alert(raw, OrderAlert)
-            )
+            alert: Alert = base_cancel_alert(raw, CancelAlert) if is_cancel else base_order_alert(raw, OrderAlert)
         except ClassValidationError as e:
-            cls = CancelAlert if is_cancel else OrderAlert
             raise ClassValidationError(e.message, _renamed_notes(e.exceptions, ALERT_KEYS), cls) from None
         return _check_alert(alert)
 
-    converter.register_structure_hook_func(lambda t: t in (OrderAlert, CancelAlert) or t == (OrderAlert | CancelAlert),
-                                           alert_hook)
-    return converter
+    converter.register_structure_hook(OrderLeg, leg_hook)
+    converter.register_structure_hook(CancelLeg, cancel_hook)
+    converter.register_structure_hook_func(
+        lambda t: t in (OrderAlert, CancelAlert) or t == (OrderAlert | CancelAlert), alert_hook
+    )
 
 
-def _renamed_notes(exceptions: list[Exception], keys: Mapping[str, str]) -> list[Exception]:
+def _renamed_notes(exceptions: Sequence[Exception], keys: Mapping[str, str]) -> list[Exception]:
     """cattrs notes carry our attribute names; the trader reads the alert's keys (`transactionType`)."""
     for exc in exceptions:
         for note in getattr(exc, "__notes__", []):
             if isinstance(note, cattrs.errors.AttributeValidationNote) and note.name in keys:
                 note.name = keys[note.name]
-    return exceptions
+    return list(exceptions)
 
 
 def _expect_object(raw: object) -> Mapping[str, Any]:
@@ -324,8 +336,9 @@ def _check_alert(alert: Alert) -> Alert:
     if problems:
         raise ClassValidationError("invalid alert", problems, type(alert))
     if isinstance(alert, OrderAlert):
-        ordered = sorted(enumerate(alert.legs), key=lambda p: (p[1].sort_order if p[1].sort_order is not None
-                                                                else p[0] + 1, p[0]))
+        ordered = sorted(
+            enumerate(alert.legs), key=lambda p: (p[1].sort_order if p[1].sort_order is not None else p[0] + 1, p[0])
+        )
         return attrs.evolve(alert, legs=tuple(leg for _, leg in ordered))
     return alert
 

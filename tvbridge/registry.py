@@ -62,7 +62,7 @@ def load_plugin_class(name: str, *, account: str = "") -> type[Any]:
     info = describe(ep)
     origin = f"entry point {name!r} ({info.value}) from {info.distribution} {info.version}"
     try:
-        cls = ep.load()
+        cls: type[Any] = ep.load()
     except Exception as e:
         raise PluginError(f"{where}{origin} failed to import: {type(e).__name__}: {e}") from e
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(cls, m, None))]

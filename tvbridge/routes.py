@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 WEBHOOK: Final = "webhook"
-WEBHOOK_TOKEN: Final = "webhook_token"
-PATH_TOKEN: Final = "path_token"
+WEBHOOK_TOKEN: Final = "webhook_token"  # noqa: S105 - a route name
+PATH_TOKEN: Final = "path_token"  # noqa: S105 - a URL variable name
 """The match_info key of `/webhook/{path_token}`."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -17,12 +18,10 @@ import attrs
 from tvbridge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tvbridge.config import Config
 
-SECRET_FILE: Final = "webhook_secret.txt"
-ADMIN_TOKEN_FILE: Final = "admin_token.txt"
+SECRET_FILE: Final = "webhook_secret.txt"  # noqa: S105 - a file name
+ADMIN_TOKEN_FILE: Final = "admin_token.txt"  # noqa: S105 - a file name
 WEAK_SECRETS: Final = frozenset({"GTcl4", "changeme", "secret", "password"})
 MIN_LIVE_SECRET_LENGTH: Final = 16
 

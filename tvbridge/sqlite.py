@@ -13,11 +13,11 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 T = TypeVar("T")
 Synchronous = Literal["off", "normal", "full", "extra"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -28,6 +27,9 @@ from tvbridge.broker import (
     OrderState,
 )
 from tvbridge.models import OrderType
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -54,11 +56,11 @@ class ScriptedBroker:
         known = {f.name for f in attrs.fields(ScriptedSettings)}
         unknown = set(settings) - known
         if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]}")
+            raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
         for key in ("reject_symbols", "lose_answer_symbols", "order_types"):
             if key in values:
-                values[key] = tuple(values[key])  # type: ignore[arg-type]  # TOML lists
+                values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
 
     async def start(self) -> None:
@@ -73,12 +75,27 @@ class ScriptedBroker:
         if leg.symbol in self.settings.reject_symbols:
             raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
         order_id = f"S{len(self.orders) + 1:05d}"
-        result = OrderResult(order_id=order_id, state=OrderState.FILLED, message="filled",
-                             client_order_id=request.client_order_id, filled_quantity=leg.quantity)
+        result = OrderResult(
+            order_id=order_id,
+            state=OrderState.FILLED,
+            message="filled",
+            client_order_id=request.client_order_id,
+            filled_quantity=leg.quantity,
+        )
         self.orders[request.client_order_id] = result
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"client_order_id": request.client_order_id, "order_id": order_id,
-                                "symbol": leg.symbol, "side": leg.side.value, "quantity": leg.quantity}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "client_order_id": request.client_order_id,
+                        "order_id": order_id,
+                        "symbol": leg.symbol,
+                        "side": leg.side.value,
+                        "quantity": leg.quantity,
+                    }
+                )
+                + "\n"
+            )
         if leg.symbol in self.settings.lose_answer_symbols:
             raise BrokerUnknownOutcomeError("connection dropped after sending")
         return result

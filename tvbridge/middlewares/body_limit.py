@@ -24,7 +24,8 @@ BODY: Final = web.RequestKey[bytes]("body")
 
 
 def body_of(request: web.Request) -> bytes:
-    return request.get(BODY, b"")
+    body: bytes = request.get(BODY, b"")
+    return body
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

@@ -40,9 +40,14 @@ def errors() -> Middleware:
                 extra["errors"] = e.errors
             if isinstance(e, RateLimitedError):
                 headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
-            log.info("request.refused", status=status, reason=type(e).__name__, message=str(e),
-                     source=request.get(SOURCE_IP), **({"errors": e.errors} if isinstance(e, InvalidAlertError)
-                                                        else {}))
+            log.info(
+                "request.refused",
+                status=status,
+                reason=type(e).__name__,
+                message=str(e),
+                source=request.get(SOURCE_IP),
+                **({"errors": e.errors} if isinstance(e, InvalidAlertError) else {}),
+            )
             response = error_response(request, status, str(e), **extra)
             response.headers.update(headers)
             return response

@@ -40,8 +40,12 @@ def request_id() -> Middleware:
         response = await handler(request)
         response.headers["X-Request-ID"] = alert_id
         log.info(
-            "http.request", method=request.method, path=public_path(request), status=response.status,
-            source=request[SOURCE_IP], latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            "http.request",
+            method=request.method,
+            path=public_path(request),
+            status=response.status,
+            source=request[SOURCE_IP],
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return response
 
