@@ -10,10 +10,16 @@ import pytest
 from conftest import alert, leg
 
 from tvbridge.errors import BadRequestError, InvalidAlertError
-from tvbridge.models import CancelAlert, Instrument, OptionType, OrderAlert, OrderType, Product, Side
+from tvbridge.models import CancelAlert, Instrument, OptionType, OrderAlert, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import decode_body, make_converter, parse_alert, unknown_keys
 
 CONVERTER = make_converter()
+
+
+def order_legs(raw: dict[str, Any]) -> tuple[OrderLeg, ...]:
+    parsed = parse_alert(raw, CONVERTER)
+    assert isinstance(parsed, OrderAlert)
+    return parsed.legs
 
 
 def errors_of(raw: dict[str, Any]) -> list[str]:
@@ -57,7 +63,7 @@ def test_dhan_panel_option_format() -> None:
             quantity="75",
         )
     )
-    (option,) = parse_alert(raw, CONVERTER).legs
+    (option,) = order_legs(raw)
     assert option.instrument is Instrument.OPTION
     assert option.option_type is OptionType.CALL
     assert option.strike_price == Decimal(24500)
@@ -67,7 +73,7 @@ def test_dhan_panel_option_format() -> None:
 def test_guide_ce_with_strike_and_expiry_is_an_option() -> None:
     """The guide's instrument CE is folded into OPT + option_type CE."""
     raw = alert(leg(exchange="NFO", symbol="NIFTY", instrument="PE", strike_price="24000", expiry_date="2026-12-31"))
-    (option,) = parse_alert(raw, CONVERTER).legs
+    (option,) = order_legs(raw)
     assert option.instrument is Instrument.OPTION
     assert option.option_type is OptionType.PUT
 
