@@ -44,9 +44,9 @@ def test_guide_payload_parses_into_domain_types() -> None:
 
 def test_natural_json_types_are_accepted_too() -> None:
     """Numbers may come as JSON numbers instead of strings."""
-    parsed = parse_alert(alert(leg(quantity=5, price=101.5, sort_order=1)), CONVERTER)
-    assert parsed.legs[0].quantity == 5
-    assert parsed.legs[0].price == Decimal("101.5")
+    (only,) = order_legs(alert(leg(quantity=5, price=101.5, sort_order=1)))
+    assert only.quantity == 5
+    assert only.price == Decimal("101.5")
 
 
 def test_dhan_panel_option_format() -> None:
