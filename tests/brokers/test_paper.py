@@ -159,6 +159,7 @@ async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: P
 
     crossing = await broker.place(order("c3", side=Side.SELL, quantity=1, price=Decimal(2790)))
     assert "PAPER-000001 filled at 2800" in crossing.message
+    assert crossing.details["moved_orders"] == ["PAPER-000001"]
     filled = await broker.lookup("c1")
     assert filled is not None
     assert filled.state is OrderState.FILLED
@@ -179,6 +180,16 @@ async def test_sell_limit_fills_when_a_later_price_reaches_it(broker: PaperBroke
     assert orders["c1"].average_price == Decimal(3000)
     assert orders["c2"].state is OrderState.OPEN
     assert orders["c3"].state is OrderState.OPEN
+
+
+async def test_a_price_crosses_only_orders_on_the_same_exchange_and_contract(broker: PaperBroker) -> None:
+    """An alert's price on BSE, or on another contract of the same symbol, leaves NSE:RELIANCE orders resting."""
+    await broker.place(order("lmt", order_type=OrderType.LIMIT, price=Decimal(2800)))
+    await broker.place(order("bse", exchange=Exchange.BSE, side=Side.SELL, price=Decimal(2000)))
+    await broker.place(order("fut", instrument=Instrument.FUTURE, expiry_date=date(2026, 11, 26), price=Decimal(1)))
+
+    [resting] = await broker.orders(resting_only=True)
+    assert resting.client_order_id == "lmt"
 
 
 async def test_limit_order_that_the_reference_price_already_meets_fills_at_once(broker: PaperBroker) -> None:
@@ -309,6 +320,18 @@ async def test_positions_track_net_quantity_average_price_and_realized_pnl(broke
     assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, Decimal(200))
 
 
+async def test_a_fill_at_an_unknown_price_makes_the_average_and_pnl_unknown_not_wrong(broker: PaperBroker) -> None:
+    """After a fill without a price, the position's average and realized P&L are None rather than made up."""
+    await broker.place(order("unknown", symbol="TCS"))
+    await broker.place(order("known", symbol="TCS", quantity=5, price=Decimal(100)))
+    adding = only(await broker.positions())
+    assert (adding.net_quantity, adding.average_price) == (15, None)
+
+    await broker.place(order("close", symbol="TCS", side=Side.SELL, quantity=15, price=Decimal(110)))
+    closed = only(await broker.positions(include_flat=True))
+    assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, None)
+
+
 async def test_positions_are_kept_per_contract_and_product(broker: PaperBroker) -> None:
     """A call, a put and the same stock in another product are separate positions with their own prices."""
     option = {
@@ -350,6 +373,21 @@ async def test_exit_all_closes_the_open_position_whatever_the_legs_side_and_quan
     await broker.place(order("short", side=Side.SELL, quantity=4, price=Decimal(2900)))
     await broker.place(order("exit2", side=Side.SELL, manage_position=PositionAction.EXIT_ALL))
     assert (await broker.orders())[-1].side is Side.BUY
+    assert await broker.positions() == []
+
+
+async def test_exit_all_with_a_price_first_fills_what_that_price_crosses(broker: PaperBroker) -> None:
+    """The EXIT_ALL leg's price fills a resting buy limit first, so the exit closes the whole, larger position."""
+    await broker.place(order("long", quantity=5, price=Decimal(2900)))
+    await broker.place(order("add", quantity=3, order_type=OrderType.LIMIT, price=Decimal(2800)))
+
+    result = await broker.place(
+        order("exit", side=Side.SELL, price=Decimal(2790), manage_position=PositionAction.EXIT_ALL)
+    )
+
+    assert result.filled_quantity == 8
+    assert result.average_price == Decimal(2790)
+    assert result.details["moved_orders"] == ["PAPER-000002"]
     assert await broker.positions() == []
 
 
@@ -447,6 +485,17 @@ async def test_cancel_of_an_unknown_or_filled_order_is_rejected(broker: PaperBro
         await broker.cancel(cancel(order_id=filled.order_id))
     with pytest.raises(BrokerRejectedError, match="needs an order_id or a symbol"):
         await broker.cancel(cancel())
+
+
+async def test_cancel_by_order_id_with_another_symbol_is_rejected(broker: PaperBroker) -> None:
+    """An order id whose order is for another symbol or side than the cancel leg says is refused, not cancelled."""
+    placed = await broker.place(order("c1", order_type=OrderType.LIMIT, price=Decimal(2000)))
+
+    with pytest.raises(BrokerRejectedError, match="not symbol TCS"):
+        await broker.cancel(cancel(order_id=placed.order_id, symbol="TCS"))
+    with pytest.raises(BrokerRejectedError, match="not side S"):
+        await broker.cancel(cancel(order_id=placed.order_id, side=Side.SELL))
+    assert len(await broker.orders(resting_only=True)) == 1
 
 
 async def test_cancel_by_symbol_cancels_only_that_symbols_resting_orders(broker: PaperBroker) -> None:
@@ -585,6 +634,22 @@ async def test_health_follows_the_lifecycle(context: BrokerContext) -> None:
         await broker.place(order("c1"))
     with pytest.raises(BrokerUnavailableError, match="closed"):
         await broker.start()
+
+
+async def test_aclose_lets_calls_already_made_finish(context: BrokerContext) -> None:
+    """Calls made before aclose() complete (shutdown must not drop an order half-way); the file then has them."""
+    broker = await started(context)
+    # gather starts its tasks in order: the five place() calls reach the worker queue before aclose() does
+    *results, _ = await asyncio.gather(
+        *(broker.place(order(f"c{i}", price=Decimal(2900))) for i in range(5)), broker.aclose()
+    )
+
+    assert [r.state for r in results if r is not None] == [OrderState.FILLED] * 5
+    reopened = await started(context)
+    try:
+        assert len(await reopened.orders()) == 5
+    finally:
+        await reopened.aclose()
 
 
 async def test_start_fails_clearly_when_the_database_cannot_be_opened(tmp_path: Path) -> None:

@@ -271,12 +271,12 @@ class Book:
             _check_leg(leg)
             now = _now()
             contract = contract_key(leg)
-            crossed = self._cross(leg, contract, request, now) if leg.price > 0 else []
+            moved = self._cross(leg, contract, request, now) if leg.price > 0 else []
             side, quantity, exit_note = leg.side, leg.quantity, ""
-            if leg.manage_position is PositionAction.EXIT_ALL:
+            if leg.manage_position == PositionAction.EXIT_ALL:  # ==, not is: a plain "EXIT_ALL" string counts too
                 net = self._net(leg.exchange, contract, leg.product)
                 if net == 0:
-                    return self._record_noop(request, contract, now)
+                    return _with_moved(self._record_noop(request, contract, now), leg, moved)
                 side = Side.SELL if net > 0 else Side.BUY
                 quantity = abs(net)
                 exit_note = f"EXIT_ALL closes the {'long' if net > 0 else 'short'} position of {abs(net)}; "
@@ -286,10 +286,7 @@ class Book:
             order = self._insert(request, contract, decision, now)
             if order.state is OrderState.FILLED:
                 self._apply_to_position(order, order.average_price, now)
-            message = order.message
-            if crossed:
-                message += f" (this leg's price {_fmt(leg.price)} also moved: {'; '.join(crossed)})"
-            return order.to_result(message)
+            return _with_moved(order.to_result(), leg, moved)
 
     def cancel(self, request: CancelRequest) -> list[OrderResult]:
         leg = request.leg
@@ -320,9 +317,14 @@ class Book:
                 return order.to_result()
             return self._find_noop(client_order_id)
 
-    def orders(self) -> list[PaperOrder]:
+    def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
+        sql = "SELECT * FROM orders"
+        params: tuple[str, ...] = ()
+        if resting_only:
+            sql += " WHERE state IN (?, ?)"
+            params = RESTING
         with _reading():
-            return [_order(row) for row in self._db.execute("SELECT * FROM orders ORDER BY id")]
+            return [_order(row) for row in self._db.execute(sql + " ORDER BY id", params)]
 
     def positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
         sql = "SELECT * FROM positions"
@@ -402,15 +404,15 @@ class Book:
             return _decide_limit(new, leg.price, reference, name)
         return _decide_stop(new, leg, reference, name)
 
-    def _cross(self, leg: OrderLeg, contract: str, request: OrderRequest, now: datetime) -> list[str]:
-        """Fill or trigger the resting orders that this leg's price crosses; say what moved."""
+    def _cross(self, leg: OrderLeg, contract: str, request: OrderRequest, now: datetime) -> list[tuple[str, str]]:
+        """Fill or trigger the resting orders that this leg's price crosses; return (order id, what happened)."""
         market = leg.price
         source = f"alert {request.alert_id} leg {request.leg_number} brought price {_fmt(market)}"
         rows = self._db.execute(
             "SELECT * FROM orders WHERE exchange = ? AND contract = ? AND state IN (?, ?) ORDER BY id",
             (str(leg.exchange), contract, *RESTING),
         ).fetchall()
-        moved: list[str] = []
+        moved: list[tuple[str, str]] = []
         for row in rows:
             order = _order(row)
             q = order.quantity
@@ -423,7 +425,7 @@ class Book:
                     self._fill(
                         order, market, f"filled: {_side_word(order.side)} {q} at {_fmt(market)}, {triggered}", now
                     )
-                    moved.append(f"{order.order_id} filled at {_fmt(market)}")
+                    moved.append((order.order_id, f"filled at {_fmt(market)}"))
                 elif _limit_crossed(order.side, market, order.price):
                     self._fill(
                         order,
@@ -431,15 +433,15 @@ class Book:
                         f"filled: {_side_word(order.side)} {q} at {_fmt(order.price)}, {triggered}",
                         now,
                     )
-                    moved.append(f"{order.order_id} filled at {_fmt(order.price)}")
+                    moved.append((order.order_id, f"filled at {_fmt(order.price)}"))
                 else:
                     message = f"open: {triggered}; rests as a {_side_word(order.side)} limit at {_fmt(order.price)}"
                     self._update(order, state=OrderState.OPEN, message=message, now=now)
-                    moved.append(f"{order.order_id} triggered")
+                    moved.append((order.order_id, "triggered"))
             elif _limit_crossed(order.side, market, order.price):
                 message = f"filled: {_side_word(order.side)} {q} at {_fmt(order.price)}, the limit: {source}"
                 self._fill(order, order.price, message, now)
-                moved.append(f"{order.order_id} filled at {_fmt(order.price)}")
+                moved.append((order.order_id, f"filled at {_fmt(order.price)}"))
         return moved
 
     def _fill(self, order: PaperOrder, price: Decimal, message: str, now: datetime) -> None:
@@ -692,6 +694,18 @@ def _as_duplicate(result: OrderResult) -> OrderResult:
         result,
         message=f"already handled {where} (same client order id {result.client_order_id}); now: {result.message}",
         details={**result.details, "duplicate": True},
+    )
+
+
+def _with_moved(result: OrderResult, leg: OrderLeg, moved: list[tuple[str, str]]) -> OrderResult:
+    """Tell the trader which resting orders this leg's price filled or triggered (they are not in the result)."""
+    if not moved:
+        return result
+    what = "; ".join(f"{order_id} {happened}" for order_id, happened in moved)
+    return attrs.evolve(
+        result,
+        message=f"{result.message} (this leg's price {_fmt(leg.price)} also moved: {what})",
+        details={**result.details, "moved_orders": [order_id for order_id, _ in moved]},
     )
 
 

@@ -129,9 +129,10 @@ class PaperBroker:
             return Health(ok=False, detail=str(e))
         return Health(ok=True, detail=f"paper database {self._settings.db_path}: {resting} resting order(s)")
 
-    async def orders(self) -> list[PaperOrder]:
-        """Every order of this paper account, oldest first (for tests, a status page, a flatten command)."""
-        return await self._call(Book.orders)
+    async def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
+        """This paper account's orders, oldest first (for tests, a status page, a flatten command); with
+        `resting_only`, just the OPEN and TRIGGER_PENDING ones."""
+        return await self._call(lambda book: book.orders(resting_only=resting_only))
 
     async def positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
         """Open positions (and, with `include_flat`, closed ones with their realized P&L)."""
