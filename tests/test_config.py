@@ -114,3 +114,28 @@ def test_effective_settings_mask_every_secret(tmp_path: Path) -> None:
         if secret != "1":
             assert secret not in shown
     assert "********" in shown
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_toml_is_the_defaults() -> None:
+    """config.toml in the repo loads cleanly and changes nothing: it documents the defaults."""
+    shipped = load_config(REPO / "config.toml", CONVERTER, {}, REPO)
+    assert shipped == load_config(None, CONVERTER, {}, REPO)
+
+
+def test_shipped_config_toml_shows_every_key() -> None:
+    """Every key of every section appears in config.toml (set or commented), so the file stays the reference."""
+    import attrs  # noqa: PLC0415 - only here
+
+    from tvbridge.config import Config  # noqa: PLC0415 - only here
+
+    text = (REPO / "config.toml").read_text()
+    for section in attrs.fields(Config):
+        if section.name == "accounts":
+            continue
+        assert f"[{section.name}]" in text, section.name
+        block = text.split(f"[{section.name}]", 1)[1].split("\n[", 1)[0]
+        for key in attrs.fields(section.type):  # type: ignore[arg-type]  # sections are attrs classes
+            assert f"{key.name} = " in block, f"{section.name}.{key.name} is not in config.toml"

@@ -6,13 +6,13 @@ status page or a flatten command can read the paper account without knowing its 
 
 from __future__ import annotations
 
-from datetime import date, datetime  # noqa: TC003 - attrs resolves annotations at runtime
-from decimal import Decimal  # noqa: TC003 - attrs resolves annotations at runtime
+from datetime import date, datetime
+from decimal import Decimal
 
 import attrs
 
 from tvbridge.broker import OrderResult, OrderState
-from tvbridge.models import (  # noqa: TC001 - attrs resolves annotations at runtime
+from tvbridge.models import (
     Exchange,
     Instrument,
     OptionType,

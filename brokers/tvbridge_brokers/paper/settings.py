@@ -67,7 +67,7 @@ def _parse_prices(value: object) -> Mapping[str, Decimal]:
         return MappingProxyType({})
     if not isinstance(value, Mapping):
         msg = f"prices: expected a table of contract = price, got {value!r}"
-        raise ValueError(msg)  # noqa: TRY004 - config errors are ValueError so the loader names the key
+        raise ValueError(msg)
     prices: dict[str, Decimal] = {}
     for key, raw in value.items():
         if not isinstance(key, str) or not key.strip():
@@ -80,7 +80,7 @@ def _parse_prices(value: object) -> Mapping[str, Decimal]:
 def _parse_price(name: str, raw: object) -> Decimal:
     bad = f"{name}: {raw!r} is not a price (a positive number, e.g. 2900.5)"
     if isinstance(raw, bool) or not isinstance(raw, str | int | float | Decimal):
-        raise ValueError(bad)  # noqa: TRY004 - config errors are ValueError so the loader names the key
+        raise ValueError(bad)
     if isinstance(raw, float) and not math.isfinite(raw):
         raise ValueError(bad)
     try:
