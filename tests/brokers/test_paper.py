@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+import structlog.testing
 from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 from tvbridge.broker import (
@@ -146,7 +147,7 @@ async def test_market_order_without_any_price_fills_at_an_unknown_price(broker: 
 
 async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: PaperBroker) -> None:
     """A buy limit below the market rests OPEN; a later alert's price above it leaves it; one at or below it fills
-    it at the limit price, and the alert that crossed it says so."""
+    it at the limit price, and the answer to the alert that crossed it (and a log line) say so."""
     resting = await broker.place(order("c1", order_type=OrderType.LIMIT, price=Decimal(2800)))
     assert resting.state is OrderState.OPEN
     assert resting.filled_quantity == 0
@@ -157,9 +158,18 @@ async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: P
     assert still is not None
     assert still.state is OrderState.OPEN
 
-    crossing = await broker.place(order("c3", side=Side.SELL, quantity=1, price=Decimal(2790)))
+    with structlog.testing.capture_logs() as logs:
+        crossing = await broker.place(order("c3", side=Side.SELL, quantity=1, price=Decimal(2790)))
     assert "PAPER-000001 filled at 2800" in crossing.message
     assert crossing.details["moved_orders"] == ["PAPER-000001"]
+    assert logs == [
+        {
+            "event": "paper.orders_moved",
+            "log_level": "info",
+            "order_ids": ["PAPER-000001"],
+            "by_client_order_id": "c3",
+        }
+    ]
     filled = await broker.lookup("c1")
     assert filled is not None
     assert filled.state is OrderState.FILLED
@@ -610,6 +620,26 @@ async def test_an_order_placed_just_before_a_crash_is_found_and_not_placed_again
         assert only(await broker.positions()).net_quantity == 10
     finally:
         await broker.aclose()
+
+
+async def test_a_database_locked_by_another_process_fails_the_order_cleanly(
+    broker: PaperBroker, tmp_path: Path
+) -> None:
+    """While another writer holds the file past the 1 s busy timeout, place() raises BrokerUnavailableError and
+    places nothing; once the lock is gone the same client order id places normally."""
+    other = sqlite3.connect(tmp_path / "paper-practice.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BrokerUnavailableError, match="nothing was done"):
+            await broker.place(order("c1", price=Decimal(2900)))
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+    assert await broker.lookup("c1") is None
+    placed = await broker.place(order("c1", price=Decimal(2900)))
+    assert placed.state is OrderState.FILLED
+    assert len(await broker.orders()) == 1
 
 
 async def test_health_follows_the_lifecycle(context: BrokerContext) -> None:

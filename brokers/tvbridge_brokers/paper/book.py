@@ -36,7 +36,7 @@ that alerts carry):
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
@@ -352,18 +352,24 @@ class Book:
             raise BrokerUnavailableError(f"paper database is busy or unavailable, nothing was done: {e}") from e
         try:
             yield
-        except BaseException as e:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise BrokerUnavailableError(f"paper database error, nothing was done: {e}") from e
+        except sqlite3.Error as e:
+            self._rollback()
+            raise BrokerUnavailableError(f"paper database error, nothing was done: {e}") from e
+        except BaseException:
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self._rollback()
             raise BrokerUnknownOutcomeError(f"paper database error while committing: {e}") from e
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            # the error that got us here is the one to report; if even ROLLBACK fails, SQLite discards the
+            # uncommitted transaction when the connection closes or the file is next opened
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _find(self, client_order_id: str) -> OrderResult | None:
         order = self._find_order(client_order_id)

@@ -15,6 +15,8 @@ import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
+import structlog
+
 from tvbridge.broker import (
     BrokerError,
     BrokerUnavailableError,
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from .models import PaperOrder, PaperPosition
 
 T = TypeVar("T")
+
+log = structlog.get_logger()
 
 CAPABILITIES: Final = Capabilities(live=False)
 """Every order type, product, exchange and instrument: paper is where a trader tries anything first."""
@@ -103,7 +107,11 @@ class PaperBroker:
         while committing: ask `lookup()`).
         """
         check_supported(self.capabilities, request.leg)
-        return await self._call(lambda book: book.place(request))
+        result = await self._call(lambda book: book.place(request))
+        moved = result.details.get("moved_orders")
+        if moved:  # fills of earlier orders happen on this alert's price, outside their own alert's log lines
+            log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
+        return result
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         """Cancel by `leg.order_id`, or every resting order for `leg.symbol` (narrowed by exchange and side).
