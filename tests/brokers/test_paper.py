@@ -682,6 +682,21 @@ async def test_aclose_lets_calls_already_made_finish(context: BrokerContext) -> 
         await reopened.aclose()
 
 
+async def test_concurrent_start_and_aclose_leave_one_clean_state(context: BrokerContext) -> None:
+    """Two start() calls at once open the database once; an aclose() racing a start() ends closed, not half-open."""
+    broker = PaperBroker.from_settings({}, context)
+    await asyncio.gather(broker.start(), broker.start())
+    await broker.place(order("c1", price=Decimal(1)))
+    assert len(await broker.orders()) == 1
+    await broker.aclose()
+
+    racing = PaperBroker.from_settings({}, context)
+    await asyncio.gather(racing.start(), racing.aclose())
+    assert not (await racing.health()).ok
+    with pytest.raises(BrokerUnavailableError, match="closed"):
+        await racing.orders()
+
+
 async def test_start_fails_clearly_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
     """A db_path that is a directory makes start() raise BrokerUnavailableError naming the file."""
     (tmp_path / "dir.sqlite3").mkdir()
