@@ -15,9 +15,11 @@ that alerts carry):
 
 * MKT fills at once, whole: at the leg's price if > 0, else at the contract's reference price, else at an
   unknown price (`average_price` None, and the message says so).
-* Every leg whose price is > 0 is taken as the contract's latest market price. Before the new order is handled,
-  the resting orders it crosses fill or trigger, oldest first: a buy limit when price <= limit, a sell limit when
-  price >= limit; a buy stop when price >= trigger, a sell stop when price <= trigger.
+* Every leg whose price is > 0 (any order type) is taken as the contract's latest market price for the orders
+  already resting on it (same exchange and contract, any product). Before the new order is handled, the resting
+  orders that price crosses fill or trigger, oldest first: a buy limit when price <= limit, a sell limit when
+  price >= limit; a buy stop when price >= trigger, a sell stop when price <= trigger. The price is not stored:
+  only alerts move resting orders.
 * A new LMT, SL or SL-M is checked against the reference price only, never against its own price: that price is
   the level the trader chose, and taking it as the market would fill every limit order on arrival. Without a
   reference price a new limit rests (OPEN) and a new stop waits (TRIGGER_PENDING).
