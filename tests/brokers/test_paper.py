@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import random
 import sqlite3
 import sys
 import textwrap
@@ -328,6 +329,29 @@ async def test_positions_track_net_quantity_average_price_and_realized_pnl(broke
     assert await broker.positions() == []
     closed = only(await broker.positions(include_flat=True))
     assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, Decimal(200))
+
+
+async def test_realized_pnl_of_a_round_trip_is_what_was_sold_minus_what_was_bought(broker: PaperBroker) -> None:
+    """Over any sequence of fills that ends flat, realized P&L equals sell proceeds minus buy costs (a fixed
+    pseudo-random sequence of 60 market orders crossing zero many times, then a close)."""
+    rng = random.Random(20261125)  # noqa: S311 - a fixed, reproducible test sequence, not a secret
+    cash = Decimal(0)
+    for i in range(60):
+        side = rng.choice([Side.BUY, Side.SELL])
+        quantity = rng.randint(1, 20)
+        price = Decimal(rng.randint(9000, 11000)) / 100
+        await broker.place(order(f"c{i}", side=side, quantity=quantity, price=price))
+        cash += quantity * price * (1 if side is Side.SELL else -1)
+    still_open = await broker.positions()
+    net = still_open[0].net_quantity if still_open else 0
+    if net:
+        closing = await broker.place(order("close", price=Decimal(100), manage_position=PositionAction.EXIT_ALL))
+        cash += closing.filled_quantity * Decimal(100) * (1 if net > 0 else -1)
+
+    flat = only(await broker.positions(include_flat=True))
+    assert flat.net_quantity == 0
+    assert flat.realized_pnl is not None
+    assert abs(flat.realized_pnl - cash) < Decimal("1e-15")  # only the averages' 28-digit rounding may differ
 
 
 async def test_a_fill_at_an_unknown_price_makes_the_average_and_pnl_unknown_not_wrong(broker: PaperBroker) -> None:
