@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import random
 import sqlite3
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+import structlog.testing
 from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 from tvbridge.broker import (
@@ -146,7 +148,7 @@ async def test_market_order_without_any_price_fills_at_an_unknown_price(broker: 
 
 async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: PaperBroker) -> None:
     """A buy limit below the market rests OPEN; a later alert's price above it leaves it; one at or below it fills
-    it at the limit price, and the alert that crossed it says so."""
+    it at the limit price, and the answer to the alert that crossed it (and a log line) say so."""
     resting = await broker.place(order("c1", order_type=OrderType.LIMIT, price=Decimal(2800)))
     assert resting.state is OrderState.OPEN
     assert resting.filled_quantity == 0
@@ -157,9 +159,18 @@ async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: P
     assert still is not None
     assert still.state is OrderState.OPEN
 
-    crossing = await broker.place(order("c3", side=Side.SELL, quantity=1, price=Decimal(2790)))
+    with structlog.testing.capture_logs() as logs:
+        crossing = await broker.place(order("c3", side=Side.SELL, quantity=1, price=Decimal(2790)))
     assert "PAPER-000001 filled at 2800" in crossing.message
     assert crossing.details["moved_orders"] == ["PAPER-000001"]
+    assert logs == [
+        {
+            "event": "paper.orders_moved",
+            "log_level": "info",
+            "order_ids": ["PAPER-000001"],
+            "by_client_order_id": "c3",
+        }
+    ]
     filled = await broker.lookup("c1")
     assert filled is not None
     assert filled.state is OrderState.FILLED
@@ -318,6 +329,29 @@ async def test_positions_track_net_quantity_average_price_and_realized_pnl(broke
     assert await broker.positions() == []
     closed = only(await broker.positions(include_flat=True))
     assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, Decimal(200))
+
+
+async def test_realized_pnl_of_a_round_trip_is_what_was_sold_minus_what_was_bought(broker: PaperBroker) -> None:
+    """Over any sequence of fills that ends flat, realized P&L equals sell proceeds minus buy costs (a fixed
+    pseudo-random sequence of 60 market orders crossing zero many times, then a close)."""
+    rng = random.Random(20261125)  # noqa: S311 - a fixed, reproducible test sequence, not a secret
+    cash = Decimal(0)
+    for i in range(60):
+        side = rng.choice([Side.BUY, Side.SELL])
+        quantity = rng.randint(1, 20)
+        price = Decimal(rng.randint(9000, 11000)) / 100
+        await broker.place(order(f"c{i}", side=side, quantity=quantity, price=price))
+        cash += quantity * price * (1 if side is Side.SELL else -1)
+    still_open = await broker.positions()
+    net = still_open[0].net_quantity if still_open else 0
+    if net:
+        closing = await broker.place(order("close", price=Decimal(100), manage_position=PositionAction.EXIT_ALL))
+        cash += closing.filled_quantity * Decimal(100) * (1 if net > 0 else -1)
+
+    flat = only(await broker.positions(include_flat=True))
+    assert flat.net_quantity == 0
+    assert flat.realized_pnl is not None
+    assert abs(flat.realized_pnl - cash) < Decimal("1e-15")  # only the averages' 28-digit rounding may differ
 
 
 async def test_a_fill_at_an_unknown_price_makes_the_average_and_pnl_unknown_not_wrong(broker: PaperBroker) -> None:
@@ -612,6 +646,26 @@ async def test_an_order_placed_just_before_a_crash_is_found_and_not_placed_again
         await broker.aclose()
 
 
+async def test_a_database_locked_by_another_process_fails_the_order_cleanly(
+    broker: PaperBroker, tmp_path: Path
+) -> None:
+    """While another writer holds the file past the 1 s busy timeout, place() raises BrokerUnavailableError and
+    places nothing; once the lock is gone the same client order id places normally."""
+    other = sqlite3.connect(tmp_path / "paper-practice.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BrokerUnavailableError, match="nothing was done"):
+            await broker.place(order("c1", price=Decimal(2900)))
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+    assert await broker.lookup("c1") is None
+    placed = await broker.place(order("c1", price=Decimal(2900)))
+    assert placed.state is OrderState.FILLED
+    assert len(await broker.orders()) == 1
+
+
 async def test_health_follows_the_lifecycle(context: BrokerContext) -> None:
     """Unhealthy before start and after aclose, healthy in between; calls after aclose raise, nothing placed."""
     broker = PaperBroker.from_settings({}, context)
@@ -650,6 +704,21 @@ async def test_aclose_lets_calls_already_made_finish(context: BrokerContext) -> 
         assert len(await reopened.orders()) == 5
     finally:
         await reopened.aclose()
+
+
+async def test_concurrent_start_and_aclose_leave_one_clean_state(context: BrokerContext) -> None:
+    """Two start() calls at once open the database once; an aclose() racing a start() ends closed, not half-open."""
+    broker = PaperBroker.from_settings({}, context)
+    await asyncio.gather(broker.start(), broker.start())
+    await broker.place(order("c1", price=Decimal(1)))
+    assert len(await broker.orders()) == 1
+    await broker.aclose()
+
+    racing = PaperBroker.from_settings({}, context)
+    await asyncio.gather(racing.start(), racing.aclose())
+    assert not (await racing.health()).ok
+    with pytest.raises(BrokerUnavailableError, match="closed"):
+        await racing.orders()
 
 
 async def test_start_fails_clearly_when_the_database_cannot_be_opened(tmp_path: Path) -> None:

@@ -15,9 +15,11 @@ that alerts carry):
 
 * MKT fills at once, whole: at the leg's price if > 0, else at the contract's reference price, else at an
   unknown price (`average_price` None, and the message says so).
-* Every leg whose price is > 0 is taken as the contract's latest market price. Before the new order is handled,
-  the resting orders it crosses fill or trigger, oldest first: a buy limit when price <= limit, a sell limit when
-  price >= limit; a buy stop when price >= trigger, a sell stop when price <= trigger.
+* Every leg whose price is > 0 (any order type) is taken as the contract's latest market price for the orders
+  already resting on it (same exchange and contract, any product). Before the new order is handled, the resting
+  orders that price crosses fill or trigger, oldest first: a buy limit when price <= limit, a sell limit when
+  price >= limit; a buy stop when price >= trigger, a sell stop when price <= trigger. The price is not stored:
+  only alerts move resting orders.
 * A new LMT, SL or SL-M is checked against the reference price only, never against its own price: that price is
   the level the trader chose, and taking it as the market would fill every limit order on arrival. Without a
   reference price a new limit rests (OPEN) and a new stop waits (TRIGGER_PENDING).
@@ -36,7 +38,7 @@ that alerts carry):
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
@@ -352,18 +354,24 @@ class Book:
             raise BrokerUnavailableError(f"paper database is busy or unavailable, nothing was done: {e}") from e
         try:
             yield
-        except BaseException as e:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise BrokerUnavailableError(f"paper database error, nothing was done: {e}") from e
+        except sqlite3.Error as e:
+            self._rollback()
+            raise BrokerUnavailableError(f"paper database error, nothing was done: {e}") from e
+        except BaseException:
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self._rollback()
             raise BrokerUnknownOutcomeError(f"paper database error while committing: {e}") from e
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            # the error that got us here is the one to report; if even ROLLBACK fails, SQLite discards the
+            # uncommitted transaction when the connection closes or the file is next opened
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _find(self, client_order_id: str) -> OrderResult | None:
         order = self._find_order(client_order_id)

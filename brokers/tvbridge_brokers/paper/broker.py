@@ -15,6 +15,8 @@ import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
+import structlog
+
 from tvbridge.broker import (
     BrokerError,
     BrokerUnavailableError,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = structlog.get_logger()
+
 CAPABILITIES: Final = Capabilities(live=False)
 """Every order type, product, exchange and instrument: paper is where a trader tries anything first."""
 
@@ -51,6 +55,9 @@ class PaperBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._book: Book | None = None
         self._closed = False
+        # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
+        # arrives during start() must close what that start() opened
+        self._lifecycle = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
@@ -67,33 +74,35 @@ class PaperBroker:
 
     async def start(self) -> None:
         """Open (or create) the database; raise `BrokerUnavailableError` if it cannot be used. Idempotent."""
-        if self._closed:
-            raise BrokerUnavailableError("the paper broker was closed; build a new one")
-        if self._book is not None:
-            return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper")
-        opening = executor.submit(Book.open, self._settings.db_path, self._settings.prices)
-        try:
-            book = await asyncio.wrap_future(opening)
-        except BaseException:
-            # cancelled while opening: the open still completes on the worker, so close it there, then let go
-            executor.submit(_close_if_opened, opening)
-            executor.shutdown(wait=False)
-            raise
-        self._book, self._executor = book, executor
+        async with self._lifecycle:
+            if self._closed:
+                raise BrokerUnavailableError("the paper broker was closed; build a new one")
+            if self._book is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper")
+            opening = executor.submit(Book.open, self._settings.db_path, self._settings.prices)
+            try:
+                book = await asyncio.wrap_future(opening)
+            except BaseException:
+                # cancelled while opening: the open still completes on the worker, so close it there, then let go
+                executor.submit(_close_if_opened, opening)
+                executor.shutdown(wait=False)
+                raise
+            self._book, self._executor = book, executor
 
     async def aclose(self) -> None:
         """Close the database and stop the worker thread once the calls already queued have run. Idempotent."""
-        self._closed = True
-        book, executor = self._book, self._executor
-        self._book = self._executor = None
-        if executor is None:
-            return
-        try:
-            if book is not None:
-                await asyncio.wrap_future(executor.submit(book.close))
-        finally:
-            executor.shutdown(wait=True)
+        self._closed = True  # at once, before waiting for a start() in progress: no new calls from here on
+        async with self._lifecycle:
+            book, executor = self._book, self._executor
+            self._book = self._executor = None
+            if executor is None:
+                return
+            try:
+                if book is not None:
+                    await asyncio.wrap_future(executor.submit(book.close))
+            finally:
+                executor.shutdown(wait=True)
 
     async def place(self, request: OrderRequest) -> OrderResult:
         """Place `request.leg`, or return the order already placed under `request.client_order_id`.
@@ -103,7 +112,11 @@ class PaperBroker:
         while committing: ask `lookup()`).
         """
         check_supported(self.capabilities, request.leg)
-        return await self._call(lambda book: book.place(request))
+        result = await self._call(lambda book: book.place(request))
+        moved = result.details.get("moved_orders")
+        if moved:  # fills of earlier orders happen on this alert's price, outside their own alert's log lines
+            log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
+        return result
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         """Cancel by `leg.order_id`, or every resting order for `leg.symbol` (narrowed by exchange and side).

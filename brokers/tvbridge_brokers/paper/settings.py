@@ -8,9 +8,14 @@ Keys::
     [accounts.paper]
     broker = "paper"
     db_path = "paper-paper.sqlite3"   # default: <data_dir>/paper-<account>.sqlite3; relative to data_dir
-    [accounts.paper.prices]           # reference prices, per contract or EXCHANGE:contract
+    [accounts.paper.prices]           # reference prices, per contract or EXCHANGE:contract (looked up first)
     RELIANCE = 2900.5
     "NSE:INFY" = "1500.25"
+    "NIFTY FUT 2026-11-26" = 24100
+    "NFO:NIFTY 2026-11-26 24000 CE" = 120.5
+
+A reference price is what a market order with price 0 fills at, and what a new limit or stop order is checked
+against on arrival (see `book.py` for the rules). Contract names are spelled as `book.contract_key()` builds them.
 """
 
 from __future__ import annotations
