@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 import structlog.testing
-from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 from tvbridge.broker import (
     Broker,
@@ -40,6 +39,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
+from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
