@@ -6,22 +6,38 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tvbridge import handlers
+from tvbridge import handlers, tradingday
+from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.executor import Executor
+from tvbridge.halt import halt_path
 from tvbridge.journal import journal_ctx
-from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
+from tvbridge.keys import (
+    BROKERS,
+    CALENDAR,
+    CLOCK,
+    CONFIG,
+    CONVERTER,
+    CREDENTIALS,
+    EXECUTOR,
+    JOURNAL,
+    ORDER_LOG,
+    STATE,
+)
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
+from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
+from tvbridge.sessions import Calendar
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     import cattrs
 
@@ -29,19 +45,38 @@ if TYPE_CHECKING:
     from tvbridge.secretstore import Credentials
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    guard = RiskGuard(
+        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.routing.accounts},
+        brokers=app[BROKERS],
+        journal=app[JOURNAL],
+        halt_file=halt_path(config.server.data_dir),
+        clock=app[CLOCK],
+    )
     app[EXECUTOR] = Executor(
         brokers=app[BROKERS],
         broker_names=brokers_of(config),
         journal=app[JOURNAL],
         order_log=app[ORDER_LOG],
         on_leg_failure=config.alerts.on_leg_failure,
+        before_send=guard.before_send,
     )
     yield
 
 
-def create_app(config: Config, converter: cattrs.Converter, credentials: Credentials) -> web.Application:
+def create_app(
+    config: Config,
+    converter: cattrs.Converter,
+    credentials: Credentials,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+) -> web.Application:
+    """The application; `clock` is injected so tests can stand at any moment of the exchange week."""
     app = web.Application(
         middlewares=build_middlewares(config, credentials),
         client_max_size=config.limits.max_body_bytes,
@@ -50,11 +85,14 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    app[CLOCK] = clock
+    app[CALENDAR] = Calendar.from_config(config.sessions)
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx, scheduler_ctx])
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)
     app.router.add_post("/webhook", handlers.webhook, name=WEBHOOK)
     app.router.add_post("/webhook/{path_token}", handlers.webhook, name=WEBHOOK_TOKEN)
     app.router.add_get("/alerts/{alert_id}", handlers.get_alert)
+    tradingday.add_routes(app)
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
@@ -18,7 +18,7 @@ from tvbridge.sqlite import SqliteWorker, Synchronous
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
     from aiohttp import web
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS legs (
 """
 
 UNFINISHED: Final = "accepted"
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -106,8 +107,12 @@ class Journal:
         source: str | None,
         legs: Sequence[PlannedLeg],
         status: str = UNFINISHED,
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
-        """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails."""
+        """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
+
+        `also` runs in the same transaction (the closed-market queue adds its rows that way, so an alert is
+        never journaled as queued without its queue entry, nor the other way round)."""
         stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
         now = _now()
 
@@ -122,6 +127,8 @@ class Journal:
                 " VALUES (?, ?, ?, ?, 'pending', ?)",
                 [(alert_id, leg.account, leg.leg_number, leg.client_order_id, now) for leg in legs],
             )
+            if also is not None:
+                also(conn)
 
         await self._write(insert)
 
@@ -181,6 +188,27 @@ class Journal:
             ).fetchall()
         )
         return [row["alert_id"] for row in rows]
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the journal's connection (for modules that keep their own tables in the journal file)."""
+        return await self._db.read(fn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a committed transaction; `JournalError` if it fails."""
+        result: T = await self._write(fn)
+        return result
+
+    async def count_orders(self, account: str, *, since: datetime) -> int:
+        """Legs of `account` that reached (or may have reached) the broker since `since`: the daily risk count."""
+        stamp = since.astimezone(UTC).isoformat()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM legs WHERE account = ? AND updated_at >= ? AND client_order_id IS NOT NULL"
+                " AND (order_id IS NOT NULL OR state IN ('success', 'placed', 'unknown', 'test_mode', 'sending'))",
+                (account, stamp),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def integrity_ok(self) -> bool:
         row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())

@@ -8,9 +8,11 @@ import cattrs
 from aiohttp import web
 
 if TYPE_CHECKING:  # the keys name these types as strings: importing them at runtime would be circular
-    from collections.abc import Mapping  # noqa: F401
+    from collections.abc import Callable, Mapping  # noqa: F401
+    from datetime import datetime  # noqa: F401
     from typing import Any  # noqa: F401
 
+    from tvbridge.alertqueue import Scheduler  # noqa: F401
     from tvbridge.broker import Broker  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
+    from tvbridge.sessions import Calendar  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")
@@ -27,6 +30,10 @@ ORDER_LOG = web.AppKey["OrderLog"]("order_log")
 BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 EXECUTOR = web.AppKey["Executor"]("executor")
 STATE = web.AppKey["ServiceState"]("state")
+CLOCK = web.AppKey["Callable[[], datetime]"]("clock")
+"""Now, as an aware datetime: exchange sessions, the queue and the daily risk count ask it, never the machine."""
+CALENDAR = web.AppKey["Calendar"]("calendar")
+SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 
 ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
