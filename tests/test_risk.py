@@ -54,8 +54,10 @@ def order_leg(quantity: int = 10, price: str = "0", symbol: str = "RELIANCE") ->
             RiskConfig(max_notional_per_order=Decimal(100000)),
             order_leg(50),
             None,
-            "risk: no price to check max_notional_per_order against (a market order without a price in the alert"
-            " or a reference price): nothing was sent",
+            (
+                "risk: no price to check max_notional_per_order against (a market order without a price in the"
+                " alert or a reference price): nothing was sent"
+            ),
         ),
         (
             RiskConfig(blocked_symbols=("yesbank",)),

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.app import create_app
+from tvbridge.commands import trading
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.logsetup import configure_logging
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
+    trading.add_parsers(sub)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(config, converter)
         if args.command == "secret":
             return _secret(config, rotate=args.rotate)
+        if args.command in trading.COMMANDS:
+            return trading.run(config, args)
         return _serve(config, converter)
     except (ConfigError, PluginError) as e:
         return _fail(f"config error: {e}", EXIT_CONFIG)

@@ -118,14 +118,15 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
             reason=f"market closed ({why}); when_closed is reject: nothing was sent; next open {show(opens)}",
         )
     if mode == "amo":
-        amo_time = next((leg.amo_time for leg in alert.legs if leg.amo_time), None) or config.sessions.amo_time
+        default_amo = config.sessions.amo_time
+        amo_time = next((leg.amo_time for leg in alert.legs if leg.amo_time), None) or default_amo
         if config.broker_of(account) in config.sessions.amo_brokers:
             if all(in_amo_window(calendar, exchange, now) for exchange in exchanges):
                 return Decision(
                     account=account,
                     action="amo",
                     reason=f"market closed ({why}); sent as an after-market order ({amo_time})",
-                    amo_time=amo_time,
+                    amo_time=default_amo,
                 )
             window = amo_window_start(calendar, exchanges, now)
             at = min(window, opens) if window and opens else opens

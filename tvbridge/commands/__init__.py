@@ -1,0 +1,1 @@
+"""Subcommands of the `tvbridge` command, one module per area; `cli.py` wires them in."""
