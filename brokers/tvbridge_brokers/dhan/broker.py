@@ -45,7 +45,7 @@ from tvbridge.broker import (
     check_supported,
 )
 from tvbridge_brokers.dhan.client import DhanClient
-from tvbridge_brokers.dhan.errors import NO_DATA, TOKEN_EXPIRED, REAUTH_HELP, Answer
+from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, Answer
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
 from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
 from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract

@@ -120,7 +120,7 @@ def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Contract]:
         is_option = name in OPTION_NAMES
         if not (is_option or name in FUTURE_NAMES or name in EQUITY_NAMES):
             continue
-        symbol = row[i_sym].strip().upper()
+        symbol = row[i_sym].strip()
         try:
             lot = int(float(row[i_lot] or "1"))
             expiry = None if name in EQUITY_NAMES else _expiry(row[i_exp])
@@ -132,7 +132,7 @@ def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Contract]:
             security_id=row[i_id].strip(),
             instrument_name=name,
             trading_symbol=symbol,
-            underlying=symbol if name in EQUITY_NAMES else symbol.split("-", 1)[0],
+            underlying=(symbol if name in EQUITY_NAMES else symbol.split("-", 1)[0]).upper(),
             lot_size=max(lot, 1),
             expiry=expiry,
             strike=_strike(row[i_strike]) if is_option else None,
@@ -157,7 +157,7 @@ class InstrumentMaster:
             self._count += 1
             if c.instrument_name in EQUITY_NAMES:
                 # NSE lists a symbol once per series (EQ, BE, ...); the first row wins, the master lists EQ first
-                self._equities.setdefault((c.exchange, c.trading_symbol), c)
+                self._equities.setdefault((c.exchange, c.underlying), c)
             elif c.expiry is None:
                 continue
             elif c.option_type is None or c.strike is None:
