@@ -20,6 +20,7 @@ from aiohttp import web
 
 TOKEN: Final = "tok-SECRET-0123456789abcdef"
 CLIENT_ID: Final = "1000000001"
+BODY: Final = web.RequestKey("body", dict[str, Any])
 
 _ERRORS: Final = {
     "DH-901": ("Invalid_Authentication", "Client ID or user generated access token is invalid or expired."),
@@ -126,7 +127,7 @@ class FakeDhan:
         body = json.loads(raw) if raw else None
         token = request.headers.get("access-token", "")
         self.requests.append(Recorded(request.method, request.path, body, token))
-        request["body"] = body
+        request[BODY] = body or {}
         if token not in self.valid_tokens or request.headers.get("client-id") != CLIENT_ID:
             return _error("DH-901", 401)
         response: web.StreamResponse = await handler(request)
@@ -152,7 +153,7 @@ class FakeDhan:
         return web.Response()
 
     async def _place(self, request: web.Request) -> web.StreamResponse:
-        body = request["body"] or {}
+        body = request[BODY]
         order_id = str(next(self._ids))
 
         def take() -> None:

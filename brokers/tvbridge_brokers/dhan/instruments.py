@@ -100,7 +100,13 @@ def _strike(text: str) -> Decimal | None:
         value = Decimal(text.strip())
     except InvalidOperation:
         return None
-    return value.normalize() if value > 0 else None
+    return normalize_strike(value) if value > 0 else None
+
+
+def normalize_strike(value: Decimal) -> Decimal:
+    """One key per strike: 24000, 24000.0 and 24000.00000 are the same (and print as 24000, not 2.4E+4)."""
+    value = value.normalize()
+    return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]  # int here
 
 
 def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Contract]:
@@ -205,7 +211,7 @@ class InstrumentMaster:
         return live[nth - 1]
 
     def option(self, exchange: str, underlying: str, *, expiry: date, strike: Decimal, option_type: str) -> Contract:
-        key = (exchange, underlying, expiry, strike.normalize(), option_type)
+        key = (exchange, underlying, expiry, normalize_strike(strike), option_type)
         found = self._options.get(key)
         if found is not None:
             return found
@@ -221,7 +227,7 @@ class InstrumentMaster:
         strikes = sorted(
             {k[3] for k in self._options if k[:3] == (exchange, underlying, expiry) and k[4] == option_type}
         )
-        near = _nearest(strikes, strike.normalize())
+        near = _nearest(strikes, normalize_strike(strike))
         raise BrokerRejectedError(
             f"strike_price {strike}: no {underlying} {option_type} strike on {expiry.isoformat()} "
             f"(nearest listed: {', '.join(str(s) for s in near) or 'none'})"
