@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+
+_EPSILON: Final = 1e-9
+_MIN_DELAY_S: Final = 1e-3
 
 
 class TokenBucket:
@@ -47,10 +51,10 @@ class TokenBucket:
         waited = 0.0
         async with self._lock:
             self._refill()
-            while self._tokens < 1:
-                delay = (1 - self._tokens) / self._rate
+            while self._tokens < 1 - _EPSILON:  # float refill may land a hair below 1: never spin on it
+                delay = max((1 - self._tokens) / self._rate, _MIN_DELAY_S)
                 await self._sleep(delay)
                 waited += delay
                 self._refill()
-            self._tokens -= 1
+            self._tokens = max(self._tokens - 1, 0.0)
         return waited
