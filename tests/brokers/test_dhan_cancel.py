@@ -57,5 +57,5 @@ async def test_cancel_of_a_filled_order_is_refused(dhan_live: DhanBroker, fake_d
 
 async def test_cancel_needs_an_order_id_or_a_symbol(dhan_live: DhanBroker) -> None:
     """An empty cancel leg is refused instead of cancelling everything."""
-    with pytest.raises(BrokerRejectedError, match="^cancel_order needs an order_id or a symbol$"):
+    with pytest.raises(BrokerRejectedError, match=r"^cancel_order needs an order_id or a symbol$"):
         await dhan_live.cancel(cancel())
