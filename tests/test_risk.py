@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import ClientFactory, alert, leg, with_accounts
+from helpers import ClientFactory, alert, leg, with_accounts
 
 from tvbridge.config import Config, RiskConfig
 from tvbridge.errors import ConfigError

@@ -13,7 +13,7 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import alert, leg, with_accounts
+from helpers import alert, leg, with_accounts
 
 from tvbridge.alertqueue import list_entries
 from tvbridge.app import create_app
