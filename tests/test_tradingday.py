@@ -18,7 +18,7 @@ from helpers import alert, leg, with_accounts
 from tvbridge.alertqueue import list_entries
 from tvbridge.app import create_app
 from tvbridge.config import Config, ExtraSession, SessionsConfig
-from tvbridge.keys import CREDENTIALS, JOURNAL, SCHEDULER
+from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL, SCHEDULER
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 
@@ -377,3 +377,76 @@ async def test_queue_cancel_removes_a_queued_alert(start: Any, config: Config, c
     record = await client.app[JOURNAL].get_alert(body["alert_id"])
     assert record is not None
     assert record["status"] == "cancelled"
+
+
+# flatten
+
+
+def paper(config: Config) -> Config:
+    return with_accounts(config, {"paper": {"broker": "paper", "prices": {"RELIANCE": 2900, "INFY": 1500}}})
+
+
+async def open_some_positions(client: Client) -> None:
+    """Long 10 RELIANCE, short 3 INFY, and a resting buy limit far below the market."""
+    for the_leg in (
+        leg(quantity="10"),
+        leg(symbol="INFY", transactionType="S", quantity="3"),
+        leg(symbol="INFY", orderType="LMT", price="1000", quantity="5"),
+    ):
+        body = await (await client.post("/webhook", json=alert(the_leg))).json()
+        assert body["status"] == "success", body
+
+
+async def test_flatten_endpoint_shows_the_plan_then_closes(start: Any, config: Config) -> None:
+    """POST /admin/flatten without confirm changes nothing; with confirm it cancels the resting order and closes
+    every position on the paper account (also while halted)."""
+    config = paper(config)
+    client = await start(config)
+    await open_some_positions(client)
+    await client.post("/admin/halt", headers=admin(client))
+    response = await client.post("/admin/flatten", json={"account": "paper"}, headers=admin(client))
+    body = await response.json()
+    assert body["done"] == []
+    closes = sorted((c["side"], c["quantity"], c["symbol"]) for c in body["plan"]["close"])
+    assert closes == [("B", 3, "INFY"), ("S", 10, "RELIANCE")]
+    assert len(body["plan"]["cancel"]) == 1
+    broker = client.app[BROKERS]["paper"]
+    assert len(await broker.positions()) == 2
+
+    response = await client.post("/admin/flatten", json={"account": "paper", "confirm": True}, headers=admin(client))
+    body = await response.json()
+    assert len(body["done"]) == 3
+    assert await broker.positions() == []
+    assert await broker.orders(resting_only=True) == []
+
+
+async def test_flatten_cli_acts_only_with_yes(start: Any, config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tvbridge flatten --account paper` prints the plan and does nothing; with --yes it closes the positions."""
+    from tvbridge.commands.trading import main as trading_main  # noqa: PLC0415 - the CLI entry under test
+
+    config = paper(config)
+    client = await start(config)
+    await open_some_positions(client)
+    await client.close()
+    assert await asyncio.to_thread(trading_main, config, ["flatten", "--account", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "account paper: 1 order(s) to cancel, 2 position(s) to close" in out
+    assert "close: SELL 10 NSE RELIANCE (C) at market" in out
+    assert "nothing was done: run again with --yes to do this" in out
+    assert await asyncio.to_thread(trading_main, config, ["flatten", "--account", "paper", "--yes"]) == 0
+    assert await asyncio.to_thread(trading_main, config, ["flatten", "--account", "paper"]) == 0
+    assert "account paper: 0 order(s) to cancel, 0 position(s) to close" in capsys.readouterr().out
+
+
+async def test_queued_alert_is_in_the_order_log_and_journal(start: Any, config: Config, clock: Clock) -> None:
+    """A queued alert: the order log has a `queued` row, GET /alerts/<id> shows status `queued`."""
+    config = sessions_on(scripted(config))
+    clock.at = SUNDAY
+    client = await start(config)
+    body = await (await client.post("/webhook", json=alert())).json()
+    record = await (await client.get(f"/alerts/{body['alert_id']}", headers=admin(client))).json()
+    assert record["status"] == "queued"
+    assert [leg["state"] for leg in record["legs"]] == ["queued"]
+    rows = config.data_path("webhook_orders.csv").read_text().splitlines()
+    assert "queued" in rows[-1]
+    assert body["alert_id"] in rows[-1]

@@ -19,19 +19,21 @@ nothing ran now). The kill switch is `tvbridge/halt.py`; this module gives it it
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge import alertqueue
+from tvbridge import alertqueue, keys
 from tvbridge.errors import BadRequestError, HaltedError
 from tvbridge.executor import planned_legs, response_body
+from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
 from tvbridge.keys import (
     ALERT_ID,
+    BROKERS,
     CALENDAR,
     CLOCK,
     CONFIG,
@@ -267,6 +269,14 @@ def _leg_results(body: dict[str, Any]) -> list[LegResult]:
     ]
 
 
+def _dedupe_key(request: web.Request) -> str | None:
+    """The dedupe middleware's key for this alert (guards branch: `keys.DEDUPE_KEY`), so a resend of a queued
+    alert is answered as a duplicate; None where that middleware is not part of the build."""
+    key = getattr(keys, "DEDUPE_KEY", None)
+    value = request.get(key) if key is not None else None
+    return str(value) if value is not None else None
+
+
 async def handle_closed(
     request: web.Request, alert: Alert, decisions: Sequence[Decision], warnings: list[str]
 ) -> web.Response:
@@ -283,7 +293,7 @@ async def handle_closed(
         alert_id=alert_id,
         alert_type=alert.alert_type.value,
         payload=raw,
-        dedupe_key=None,
+        dedupe_key=_dedupe_key(request),
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, config.routing.accounts),
         status="accepted" if running else AlertStatus.QUEUED.value,
@@ -317,6 +327,7 @@ async def handle_closed(
             "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
             "alertType": alert.alert_type.value,
             "alert_id": alert_id,
+            "timestamp": datetime.now(UTC).isoformat(),
             "results": [],
             "warnings": warnings,
         },
@@ -421,7 +432,29 @@ async def resume(request: web.Request) -> web.Response:
     return web.json_response({"halted": False, "was_halted": was})
 
 
+async def flatten(request: web.Request) -> web.Response:
+    """`{"account": NAME}` answers the plan; `{"account": NAME, "confirm": true}` carries it out."""
+    from tvbridge.handlers import require_admin  # noqa: PLC0415 - handlers imports this module
+
+    require_admin(request)
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise BadRequestError('body is not JSON: send {"account": "NAME", "confirm": false}') from None
+    account = str(raw.get("account")) if isinstance(raw, dict) else ""
+    brokers = request.app[BROKERS]
+    if account not in brokers:
+        raise BadRequestError(f"account: must be one of {', '.join(brokers)}")
+    broker = brokers[account]
+    plan = await make_plan(account, broker)
+    body: dict[str, Any] = {"plan": plan.as_json(), "done": []}
+    if raw.get("confirm") is True and not plan.unsupported:
+        body["done"] = await execute(plan, broker)
+    return web.json_response(body)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/market", market)
     app.router.add_post("/admin/halt", halt)
     app.router.add_post("/admin/resume", resume)
+    app.router.add_post("/admin/flatten", flatten)
