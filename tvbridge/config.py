@@ -157,6 +157,13 @@ def _hhmm(_instance: object, attribute: attrs.Attribute[str], value: str) -> Non
         raise ValueError(f"{attribute.name} must be a time HH:MM (exchange time, 24 h), got {value!r}")
 
 
+def _exchanges(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    known = ("NSE", "BSE", "NFO", "BFO", "MCX")
+    unknown = [e for e in value if e not in known]
+    if unknown or not value:
+        raise ValueError(f"{attribute.name} must list exchanges from {', '.join(known)}, got {list(value)}")
+
+
 @attrs.frozen(kw_only=True)
 class ExtraSession:
     """A one-off session (Muhurat trading): open `open`..`close` on `date` for `exchanges`, even on a holiday."""
@@ -164,8 +171,12 @@ class ExtraSession:
     date: date
     open: str = attrs.field(validator=_hhmm)
     close: str = attrs.field(validator=_hhmm)
-    exchanges: tuple[str, ...] = ("NSE", "BSE", "NFO", "BFO", "MCX")
+    exchanges: tuple[str, ...] = attrs.field(default=("NSE", "BSE", "NFO", "BFO", "MCX"), validator=_exchanges)
     name: str = "special session"
+
+    def __attrs_post_init__(self) -> None:
+        if self.close <= self.open:
+            raise ValueError(f"close {self.close} must be after open {self.open} (sessions end the same day)")
 
 
 @attrs.frozen(kw_only=True)
