@@ -17,7 +17,7 @@ from helpers import alert, leg, with_accounts
 
 from tvbridge.alertqueue import list_entries
 from tvbridge.app import create_app
-from tvbridge.config import Config, ExtraSession, SessionsConfig
+from tvbridge.config import Config, ExtraSession, RiskConfig, SessionsConfig
 from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL, SCHEDULER
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
@@ -450,3 +450,12 @@ async def test_queued_alert_is_in_the_order_log_and_journal(start: Any, config: 
     rows = config.data_path("webhook_orders.csv").read_text().splitlines()
     assert "queued" in rows[-1]
     assert body["alert_id"] in rows[-1]
+
+
+def test_documented_keys_are_the_defaults(converter: Any) -> None:
+    """docs/config-keys-tradingdays.toml (folded into config.toml) loads and changes nothing."""
+    from tvbridge.config import load_config  # noqa: PLC0415 - only here
+
+    repo = Path(__file__).resolve().parent.parent
+    documented = load_config(repo / "docs" / "config-keys-tradingdays.toml", converter, {}, repo)
+    assert (documented.sessions, documented.risk) == (SessionsConfig(), RiskConfig())
