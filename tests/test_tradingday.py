@@ -459,3 +459,66 @@ def test_documented_keys_are_the_defaults(converter: Any) -> None:
     repo = Path(__file__).resolve().parent.parent
     documented = load_config(repo / "docs" / "config-keys-tradingdays.toml", converter, {}, repo)
     assert (documented.sessions, documented.risk) == (SessionsConfig(), RiskConfig())
+
+
+async def test_claimed_but_unsent_entries_are_sent_after_a_crash(start: Any, config: Config, clock: Clock) -> None:
+    """A crash after the scheduler claimed an entry (state `sending`) but before it handed the legs over: the
+    entry is queued again at the next start and sent once."""
+    config = sessions_on(scripted(config))
+    clock.at = SUNDAY
+    client = await start(config)
+    body = await (await client.post("/webhook", json=alert())).json()
+    await client.app[JOURNAL].write(lambda conn: conn.execute("UPDATE queue SET state = 'sending'"))
+    await client.close()
+
+    client = await start(config)
+    clock.at = ist("2026-11-30T09:16")
+    await client.app[SCHEDULER].run_due()
+    await client.app[SCHEDULER].run_due()
+    assert [o["client_order_id"] for o in received(config)] == [f"{body['alert_id']}-1"]
+
+
+async def test_accounts_decide_each_for_itself(start: Any, config: Config, clock: Clock) -> None:
+    """At 22:00 one account sends an AMO at once while another queues: 200 with both kinds of leg results; the
+    queued one is sent at the open."""
+    config = sessions_on(
+        with_accounts(config, {"live": {"broker": "scripted", "when_closed": "amo"}, "s": {"broker": "scripted"}}),
+        amo_brokers=("scripted",),
+    )
+    clock.at = WEDNESDAY_22
+    client = await start(config)
+    response = await client.post("/webhook", json=alert())
+    body = await response.json()
+    assert response.status == 200
+    assert {r["account"]: r["status"] for r in body["results"]} == {"live": "success", "s": "queued"}
+    assert body["scheduled_at"] == "2026-11-26T09:15:00+05:30"
+    assert [o["amo_time"] for o in received(config, "live")] == ["OPEN"]
+    assert received(config, "s") == []
+    clock.at = ist("2026-11-26T09:15")
+    await client.app[SCHEDULER].run_due()
+    assert len(received(config, "s")) == 1
+    assert len(received(config, "live")) == 1
+
+
+async def test_muhurat_session_places_on_a_sunday_evening(start: Any, config: Config, clock: Clock) -> None:
+    """An extra session (Muhurat trading) opens NSE on a Sunday evening: alerts in it are placed at once."""
+    muhurat = ExtraSession(date=date(2026, 11, 29), open="18:00", close="19:00", name="Muhurat trading")
+    config = sessions_on(scripted(config), extra_sessions=(muhurat,))
+    clock.at = ist("2026-11-29T18:30")
+    client = await start(config)
+    assert (await (await client.post("/webhook", json=alert())).json())["status"] == "success"
+
+
+async def test_risk_limits_apply_when_a_queued_alert_is_sent(start: Any, config: Config, clock: Clock) -> None:
+    """A queued alert is checked against the risk limits when it is sent, like any other."""
+    config = attrs.evolve(sessions_on(scripted(config)), risk=RiskConfig(max_qty_per_order=5))
+    clock.at = SUNDAY
+    client = await start(config)
+    body = await (await client.post("/webhook", json=alert())).json()
+    clock.at = ist("2026-11-30T09:15")
+    await client.app[SCHEDULER].run_due()
+    record = await client.app[JOURNAL].get_alert(body["alert_id"])
+    assert record is not None
+    assert record["status"] == "failed"
+    assert record["legs"][0]["message"] == "risk: quantity 10 is over max_qty_per_order 5"
+    assert received(config) == []

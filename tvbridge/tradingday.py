@@ -113,6 +113,8 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
     why = "; ".join(f"{exchange} is closed: {calendar.status(exchange, now).reason}" for exchange in closed)
     opens = calendar.all_open_from(exchanges, now)
     mode = config.when_closed(account)
+    if opens is None:  # e.g. extra_holidays covering a month: nothing to wait for, so nothing is kept
+        return Decision(account=account, action="reject", reason=f"market closed ({why}) and no session within a month")
     if mode == "reject":
         return Decision(
             account=account,
@@ -131,14 +133,14 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
                     amo_time=default_amo,
                 )
             window = amo_window_start(calendar, exchanges, now)
-            at = min(window, opens) if window and opens else opens
+            at = min(window, opens) if window else opens
             return Decision(
                 account=account,
                 action="queue",
                 at=at,
                 reason=f"market closed ({why}); outside the after-market window: queued until {show(at)}",
             )
-        at = opens + AMO_OFFSETS.get(amo_time.upper(), timedelta(0)) if opens else None
+        at = opens + AMO_OFFSETS.get(amo_time.upper(), timedelta(0))
         return Decision(
             account=account,
             action="queue",
