@@ -6,6 +6,7 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,9 +14,10 @@ from aiohttp import web
 from tvbridge import handlers
 from tvbridge.executor import Executor
 from tvbridge.journal import journal_ctx
-from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
+from tvbridge.keys import BROKERS, CLOCK, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
+from tvbridge.middlewares.dedupe import dedupe_ctx
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -50,7 +52,8 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    app[CLOCK] = time.monotonic
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, dedupe_ctx, brokers_ctx, executor_ctx])
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

@@ -26,8 +26,10 @@ from tvbridge.logsetup import configure_logging
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Sequence
 
     import cattrs
@@ -150,15 +152,18 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
         file=log_file,
         secrets=[*credentials.all, *_broker_secrets(config)],
     )
+    ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
     try:
-        return asyncio.run(_run(app, config, credentials))
+        return asyncio.run(_run(app, config, credentials, ssl_context))
     except OSError as e:
         log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
-async def _run(app: web.Application, config: Config, credentials: Credentials) -> int:
+async def _run(
+    app: web.Application, config: Config, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,16 +179,17 @@ async def _run(app: web.Application, config: Config, credentials: Credentials) -
         log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
+        site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
         await site.start()
         host, port = runner.addresses[0][:2]
-        url = f"http://{host}:{port}/webhook"
+        url = f"{'https' if ssl_context else 'http'}://{host}:{port}/webhook"
         _first_run_notice(credentials, url)
         log.info(
             "server.started",
             host=host,
             port=port,
             version=__version__,
+            tls=ssl_context is not None,
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
