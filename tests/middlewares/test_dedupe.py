@@ -123,7 +123,7 @@ async def test_repeat_while_the_first_runs_gets_202(make_client: ClientFactory, 
     assert running.status == 202
     assert body["status"] == "duplicate"
     assert body["duplicate_of"] == first_id
-    await asyncio.wait_for(asyncio.gather(*client.app[STATE].tasks), WAIT_S)  # type: ignore[index]  # app is set
+    await asyncio.wait_for(asyncio.gather(*client.app[STATE].tasks), WAIT_S)
     done = await client.post("/webhook", json=raw)
     body = await done.json()
     assert done.status == 200
@@ -163,7 +163,7 @@ async def test_out_of_the_window_the_alert_runs_again(make_client: ClientFactory
     client = await make_client(config)
     raw = alert()
     assert (await (await client.post("/webhook", json=raw)).json())["status"] == "success"
-    journal = client.app[JOURNAL]  # type: ignore[index]  # app is set
+    journal = client.app[JOURNAL]
     cleared = await journal.prune_dedupe_keys((datetime.now(UTC) + timedelta(seconds=1)).isoformat())
     assert cleared == 1
     await client.close()
