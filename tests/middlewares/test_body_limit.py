@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 from conftest import ClientFactory
+from structlog.testing import capture_logs
 
 from tvbridge.config import Config, LimitsConfig
 
@@ -27,16 +28,18 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, str]:
 
 
 async def test_one_mib_chunked_body_gets_413(make_client: ClientFactory, config: Config) -> None:
-    """A 1 MiB body sent chunked (no Content-Length) is refused with 413 and the contract's error body."""
+    """A 1 MiB body sent chunked (no Content-Length) is refused with 413, the contract's body and a log line."""
     client = await make_client(config)
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(16):
             yield b"x" * (MIB // 16)
 
-    response = await asyncio.wait_for(client.post("/webhook", data=chunks()), WAIT_S)
+    with capture_logs() as events:
+        response = await asyncio.wait_for(client.post("/webhook", data=chunks()), WAIT_S)
     body = await response.json()
     assert response.status == 413
+    assert [e["reason"] for e in events if e["event"] == "body_limit.refused"] == ["body over the limit while reading"]
     assert body["status"] == "error"
     assert body["message"].startswith("body too large")
     assert body["alert_id"] == response.headers["X-Request-ID"]
