@@ -12,6 +12,7 @@ from tvbridge.models import CancelLeg, Exchange, Side
 
 if TYPE_CHECKING:
     from fake_dhan import FakeDhan
+
     from tvbridge_brokers.dhan import DhanBroker
 
 

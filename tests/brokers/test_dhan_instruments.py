@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
+
+from tvbridge.broker import BrokerRejectedError
 from tvbridge_brokers.dhan import refresh_instruments
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, load_master, sample_master_path
 from tvbridge_brokers.dhan.refresh import RefreshError
-
-from tvbridge.broker import BrokerRejectedError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -113,7 +113,7 @@ async def test_refresh_replaces_the_master(tmp_path: Path, master_server: Callab
 
     assert rows == 27
     assert dest.read_bytes() == sample_master_path().read_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == [dest.name]  # noqa: ASYNC240 - a test's own tmp dir
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]
 
 
 @pytest.mark.parametrize(
@@ -137,4 +137,4 @@ async def test_a_failed_refresh_keeps_the_old_master(
 
     assert message in str(caught.value)
     assert dest.read_bytes() == sample_master_path().read_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == [dest.name]  # noqa: ASYNC240 - a test's own tmp dir
+    assert [p.name for p in tmp_path.iterdir()] == [dest.name]

@@ -6,16 +6,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fake_dhan import TOKEN
+
+from tvbridge.broker import API_VERSION, BrokerContext, BrokerError
 from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.instruments import sample_master_path
 from tvbridge_brokers.dhan.settings import DEFAULT_BASE_URL, DhanSettings, parse_settings
 
-from tvbridge.broker import API_VERSION, BrokerContext, BrokerError
-
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
 
 
 def test_defaults_are_dry_run_on_dhans_real_api() -> None:

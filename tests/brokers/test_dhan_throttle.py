@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tvbridge_brokers.dhan.throttle import TokenBucket
 
 

@@ -9,12 +9,13 @@ import pytest
 import structlog
 from dhan_support import leg, request
 from fake_dhan import TOKEN, FakeDhan, Misbehave
-from tvbridge_brokers.dhan.settings import parse_settings
 
 from tvbridge.broker import BrokerError
+from tvbridge_brokers.dhan.settings import parse_settings
 
 if TYPE_CHECKING:
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
+
     from tvbridge_brokers.dhan import DhanBroker
 
 

@@ -64,7 +64,7 @@ class DhanSettings:
 
 def _str(key: str, value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{key}: expected a string, got {type(value).__name__}")  # noqa: TRY004 - as above
+        raise ValueError(f"{key}: expected a string, got {type(value).__name__}")
     return value.strip()
 
 
@@ -78,7 +78,7 @@ def _bool(key: str, value: object) -> bool:
 
 def _positive(key: str, value: object, limit: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{key}: expected a number")  # noqa: TRY004 - config errors are ValueErrors naming the key
+        raise ValueError(f"{key}: expected a number")
     try:
         number = float(value)
     except ValueError:
