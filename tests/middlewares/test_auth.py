@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import attrs
-from conftest import SECRET, ClientFactory, alert
+from helpers import SECRET, ClientFactory, alert
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 

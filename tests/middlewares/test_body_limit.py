@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import attrs
-from conftest import ClientFactory
+from helpers import ClientFactory
 from structlog.testing import capture_logs
 
 from tvbridge.config import Config, LimitsConfig

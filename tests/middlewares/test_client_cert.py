@@ -20,11 +20,11 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import SECRET, alert
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers import SECRET, alert
 from server_process import ServerProcess
 from structlog.testing import capture_logs
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
-from conftest import SECRET, ClientFactory, alert, leg, with_accounts
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig, RateLimitConfig, ServerConfig

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import ClientFactory, alert
+from helpers import ClientFactory, alert
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 

@@ -11,7 +11,7 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import SECRET, alert, leg, with_accounts
+from helpers import SECRET, alert, leg, with_accounts
 from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
