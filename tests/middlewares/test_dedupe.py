@@ -20,8 +20,7 @@ WAIT_S = 10.0
 
 def scripted(config: Config, **settings: Any) -> Config:
     """Orders go to the test broker `scripted`, which writes each one it receives to a JSON-lines file."""
-    config = with_accounts(config, {"s": {"broker": "scripted", **settings}})
-    return attrs.evolve(config, rate_limit=RateLimitConfig(enabled=False))
+    return with_accounts(config, {"s": {"broker": "scripted", **settings}})
 
 
 def orders_received(config: Config) -> list[dict[str, Any]]:
@@ -77,8 +76,12 @@ async def test_repeat_gets_duplicate_with_the_first_results(make_client: ClientF
 
 
 async def test_fifty_simultaneous_copies_place_one_order(make_client: ClientFactory, config: Config) -> None:
-    """Fifty identical alerts sent at once: one runs, forty-nine are answered as its duplicates."""
+    """Fifty identical alerts sent at once: one runs, forty-nine are answered as its duplicates.
+
+    With the default rate limits (a strategy burst of 20): the repeats cost no strategy tokens.
+    """
     config = scripted(config)
+    assert config.rate_limit == RateLimitConfig()
     client = await make_client(config)
     raw = alert()
     responses = await asyncio.wait_for(asyncio.gather(*(client.post("/webhook", json=raw) for _ in range(50))), WAIT_S)
@@ -170,6 +173,17 @@ async def test_out_of_the_window_the_alert_runs_again(make_client: ClientFactory
     restarted = await make_client(config)
     assert (await (await restarted.post("/webhook", json=raw)).json())["status"] == "success"
     assert len(orders_received(config)) == 2
+
+
+async def test_a_rate_limited_first_copy_is_not_remembered(make_client: ClientFactory, config: Config) -> None:
+    """A first copy refused 429 by its strategy's limit leaves no claim: the copy after the refill runs."""
+    config = attrs.evolve(scripted(config), rate_limit=RateLimitConfig(per_strategy_burst=1, per_strategy_per_s=1e-6))
+    client = await make_client(config)
+    assert (await client.post("/webhook", json=alert(id="first"))).status == 200
+    raw = alert(id="second")
+    assert (await client.post("/webhook", json=raw)).status == 429
+    assert (await client.post("/webhook", json=raw)).status == 429  # judged again, not "duplicate"
+    assert len(orders_received(config)) == 1
 
 
 async def test_dedupe_can_be_turned_off(make_client: ClientFactory, config: Config) -> None:

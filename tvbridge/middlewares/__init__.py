@@ -13,10 +13,11 @@ Outermost first:
                     global bucket when empty (429 + `Retry-After`); needs `SOURCE_IP`;
 7. `auth`           secret in the body or a path token, constant-time; decodes the body once (400 if not JSON);
                     sets `AUTHENTICATED`, by which `rate_limit` tells failures from genuine alerts;
-8. `rate_limit`     after auth: the strategy's bucket and a global token, for genuine alerts only (per-strategy
-                    limiting needs the secret checked and the alert decoded); needs `RAW_ALERT`;
-9. `dedupe`         the same alert within the window runs once; needs `RAW_ALERT`, sets `DEDUPE_KEY` for the
-                    handler to journal.
+8. `dedupe`         the same alert within the window runs once; needs `RAW_ALERT`, sets `DEDUPE_KEY` for the
+                    handler to journal;
+9. `rate_limit`     after dedupe: the strategy's bucket and a global token, for genuine alerts that will run
+                    (per-strategy limiting needs the secret checked and the alert decoded; a repeat answered
+                    from its first copy places nothing, so it costs no token and fifty copies are fifty 200s).
 
 Each guard can be turned off in config (`ip_allowlist.enabled`, `rate_limit.enabled`, `dedupe.enabled`,
 `auth.require_client_cert`; the body limit and the secret always apply). Guards act on the webhook routes
@@ -57,6 +58,6 @@ def build_middlewares(config: Config, credentials: Credentials) -> list[Middlewa
         ip_allowlist(config.ip_allowlist),
         rate_limit_before_auth,
         auth(credentials),
-        rate_limit_after_auth,
         dedupe(config.dedupe),
+        rate_limit_after_auth,
     ]

@@ -19,8 +19,11 @@ Two records make "once" hold:
 The repeat gets 200 with status `duplicate`, `duplicate_of` (the first copy's alert id) and the first one's
 results from the journal, or 202 while the first one is still running. Nothing is journaled for a repeat: it
 placed nothing. A first copy answered 4xx/5xx (invalid, stale, journal unwritable) releases its claim and
-is not recorded under the key, so a corrected or resent alert runs. Claims older than the window are dropped
-as new ones are made, and a background task clears the journal's keys once they are out of the window.
+is not recorded under the key, so a corrected or resent alert runs (also a 429 from the per-strategy limit,
+the step after this one). A first copy answered 200 stays the first even when its status is `failed` (the
+broker rejected it): it was run, and running it again is a new decision (give it a new `id`).
+Claims older than the window are dropped as new ones are made, and a background task clears the journal's
+keys once they are out of the window.
 """
 
 from __future__ import annotations

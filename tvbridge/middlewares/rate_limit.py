@@ -1,4 +1,4 @@
-"""Steps 5 and 7: token buckets, so that no single source or strategy can flood the broker or starve the others.
+"""Steps 6 and 9: token buckets, so that no single source or strategy can flood the broker or starve the others.
 
 Every TradingView alert arrives from the same four addresses, so a plain per-IP limit would throttle a trader's
 own alerts. The limits are therefore split around `auth`:
@@ -12,8 +12,10 @@ own alerts. The limits are therefore split around `auth`:
   - addresses on an enabled `ip_allowlist.allow` (TradingView's own) are exempt from both: anyone can make
     TradingView send wrong secrets to your URL, and locking TradingView out would lose the genuine alerts.
   A request is refused here also when the global bucket is empty.
-* after auth (`after_auth`), for genuine alerts: the strategy's bucket (`per_strategy_per_s` /
-  `per_strategy_burst`), then one token of the global bucket (`global_per_s`, burst one second's worth).
+* after auth and dedupe (`after_auth`), for genuine alerts that will run (a repeat answered by `dedupe` places
+  nothing and costs nothing; a first copy refused here releases its dedupe claim): the strategy's bucket
+  (`per_strategy_per_s` / `per_strategy_burst`), then one token of the global bucket (`global_per_s`, burst
+  one second's worth).
   The strategy is the credential used (a hash of the secret or path token) plus the alert's sorted set of
   `EXCHANGE:SYMBOL`, so a runaway strategy is throttled while another strategy's alerts still get through.
   Failed requests take their global token when they fail. Each request takes a global token only once its
