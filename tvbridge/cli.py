@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
     build_brokers(config)  # each account's own settings are validated by its plugin
+    server_context(config)  # the TLS certificate, key and client CA files load
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
     print("config ok", file=sys.stderr)
     return EXIT_OK
