@@ -186,6 +186,17 @@ async def test_a_rate_limited_first_copy_is_not_remembered(make_client: ClientFa
     assert len(orders_received(config)) == 1
 
 
+async def test_a_copy_with_a_wrong_secret_is_refused_not_answered(make_client: ClientFactory, config: Config) -> None:
+    """The key leaves the secret out, but auth runs first: a replay with a wrong secret gets 401, no results."""
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert()
+    assert (await client.post("/webhook", json=raw)).status == 200
+    replay = await client.post("/webhook", json={**raw, "secret": "not-the-secret"})
+    assert replay.status == 401
+    assert "results" not in await replay.json()
+
+
 async def test_dedupe_can_be_turned_off(make_client: ClientFactory, config: Config) -> None:
     """With dedupe.enabled = false every copy runs."""
     config = attrs.evolve(scripted(config), dedupe=DedupeConfig(enabled=False))
