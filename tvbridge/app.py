@@ -18,6 +18,7 @@ from tvbridge.keys import BROKERS, CLOCK, CONFIG, CONVERTER, CREDENTIALS, EXECUT
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
 from tvbridge.middlewares.dedupe import dedupe_ctx
+from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -53,7 +54,7 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
     app[CLOCK] = time.monotonic
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, dedupe_ctx, brokers_ctx, executor_ctx])
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx])
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

@@ -35,7 +35,7 @@ from tvbridge.middlewares.body_limit import body_limit
 from tvbridge.middlewares.client_cert import client_cert
 from tvbridge.middlewares.dedupe import dedupe
 from tvbridge.middlewares.errors import errors
-from tvbridge.middlewares.ip_allowlist import ip_allowlist, parse_networks
+from tvbridge.middlewares.ip_allowlist import ip_allowlist
 from tvbridge.middlewares.rate_limit import rate_limit
 from tvbridge.middlewares.request_id import request_id
 
@@ -47,9 +47,7 @@ if TYPE_CHECKING:
 
 
 def build_middlewares(config: Config, credentials: Credentials) -> list[Middleware]:
-    # TradingView's own addresses are exempt from per-address limits (see rate_limit.py) when the allowlist is on
-    exempt = parse_networks(config.ip_allowlist.allow) if config.ip_allowlist.enabled else ()
-    rate_limit_before_auth, rate_limit_after_auth = rate_limit(config.rate_limit, credentials, exempt)
+    rate_limit_before_auth, rate_limit_after_auth = rate_limit(config.rate_limit, credentials)
     return [
         request_id(),
         errors(),

@@ -37,12 +37,12 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import AuthError, RateLimitedError, RequestError
-from tvbridge.keys import AUTHENTICATED, CLOCK, RAW_ALERT, SOURCE_IP
-from tvbridge.middlewares.ip_allowlist import contains, parse_address
+from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, RATE_LIMITER, RAW_ALERT, SOURCE_IP
+from tvbridge.middlewares.ip_allowlist import contains, parse_address, parse_networks
 from tvbridge.routes import PATH_TOKEN, is_webhook
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
     from typing import Any
 
     from aiohttp.typedefs import Handler, Middleware
@@ -180,16 +180,14 @@ def _guarded(config: RateLimitConfig, request: web.Request) -> bool:
     return config.enabled and request.method == "POST" and is_webhook(request)
 
 
-def rate_limit(
-    config: RateLimitConfig, credentials: Credentials, exempt: Sequence[IPNetwork] = ()
-) -> tuple[Middleware, Middleware]:
-    """The two halves around `auth`: (before_auth, after_auth), sharing one `RateLimiter`."""
-    limiter = RateLimiter(config, exempt)
+def rate_limit(config: RateLimitConfig, credentials: Credentials) -> tuple[Middleware, Middleware]:
+    """The two halves around `auth` and `dedupe`: (before_auth, after_auth), sharing `app[RATE_LIMITER]`."""
 
     @web.middleware
     async def before_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _guarded(config, request):
             return await handler(request)
+        limiter = request.app[RATE_LIMITER]
         source = request.get(SOURCE_IP, "")
         limiter.check_source(source, request.app[CLOCK]())
         try:
@@ -205,7 +203,18 @@ def rate_limit(
             return await handler(request)
         credential = credentials.path_token if PATH_TOKEN in request.match_info else credentials.secret
         raw: dict[str, Any] = request[RAW_ALERT]
-        limiter.check_strategy(strategy_of(raw, credential), request.app[CLOCK]())
+        request.app[RATE_LIMITER].check_strategy(strategy_of(raw, credential), request.app[CLOCK]())
         return await handler(request)
 
     return before_auth, after_auth
+
+
+async def rate_limit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the bucket tables, in memory (nothing to close; idle buckets are pruned as keys arrive).
+
+    TradingView's own addresses are exempt from the per-address limits when the allowlist is on (see above).
+    """
+    config = app[CONFIG]
+    exempt = parse_networks(config.ip_allowlist.allow) if config.ip_allowlist.enabled else ()
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit, exempt)
+    yield
