@@ -23,7 +23,8 @@ Each guard can be turned off in config (`ip_allowlist.enabled`, `rate_limit.enab
 `auth.require_client_cert`; the body limit and the secret always apply). Guards act on the webhook routes
 only (`routes.is_webhook`); the admin endpoints check the admin token in their handlers. A guard's refusal is
 an exception (answered by `errors`) after one JSON log line of its own with the reason; the alert id is in
-every line through the log context.
+every line through the log context. The guards' tables (`RATE_LIMITER`, `DEDUPER`) are app state, made by
+`rate_limit_ctx` and `dedupe_ctx` (registered in `app.py`); the middlewares here only read them.
 """
 
 from __future__ import annotations
