@@ -228,7 +228,7 @@ def test_an_unreadable_certificate_is_a_config_error(config: Config, tmp_path: P
 
 
 async def test_tvbridge_serve_speaks_https(tmp_path: Path, pki: Pki) -> None:
-    """`tvbridge serve` with server.tls_cert serves HTTPS and checks TradingView's certificate."""
+    """`tvbridge serve` with server.tls_cert serves HTTPS, checks TradingView's certificate and logs refusals."""
     env = {
         "WEBHOOK_SECRET": SECRET,
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
@@ -252,3 +252,7 @@ async def test_tvbridge_serve_speaks_https(tmp_path: Path, pki: Pki) -> None:
                 assert (await accepted.json())["status"] == "success"
     finally:
         assert await asyncio.to_thread(server.stop) == 0
+    [refusal] = [e for e in server.events() if e.get("event") == "client_cert.refused"]
+    assert refusal["reason"] == "no client certificate"
+    assert len(refusal["alert_id"]) == 17  # bound by the log context: every guard line carries it
+    assert SECRET not in server.output
