@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
 from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+from server_process import ServerProcess
 from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig, RateLimitConfig, ServerConfig
@@ -195,6 +197,38 @@ async def test_a_copy_with_a_wrong_secret_is_refused_not_answered(make_client: C
     replay = await client.post("/webhook", json={**raw, "secret": "not-the-secret"})
     assert replay.status == 401
     assert "results" not in await replay.json()
+
+
+async def test_journal_that_cannot_answer_means_503(make_client: ClientFactory, config: Config) -> None:
+    """If the journal cannot tell whether the alert is a repeat, it is refused with 503 (resend), not run."""
+    config = scripted(config)
+    client = await make_client(config)
+    await client.app[JOURNAL].close()
+    response = await client.post("/webhook", json=alert())
+    assert response.status == 503
+    assert (await response.json())["message"].startswith("journal unreadable")
+    assert orders_received(config) == []
+
+
+def test_duplicate_after_a_process_restart(tmp_path: Path) -> None:
+    """`tvbridge serve` stopped and started again on the same data directory still answers the repeat."""
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    body = json.dumps(alert()).encode()
+    first_server = ServerProcess(tmp_path, env).start()
+    try:
+        status, _, first = first_server.post("/webhook", body)
+    finally:
+        assert first_server.stop() == 0
+    assert status == 200
+    second_server = ServerProcess(tmp_path, env).start()
+    try:
+        status, _, again = second_server.post("/webhook", body)
+    finally:
+        assert second_server.stop() == 0
+    assert status == 200
+    assert again["status"] == "duplicate"
+    assert again["duplicate_of"] == first["alert_id"]
+    assert again["results"] == first["results"]
 
 
 async def test_dedupe_can_be_turned_off(make_client: ClientFactory, config: Config) -> None:

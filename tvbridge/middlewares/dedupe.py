@@ -39,7 +39,7 @@ import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge.errors import UnavailableError
+from tvbridge.errors import JournalError, UnavailableError
 from tvbridge.journal import UNFINISHED
 from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT
 from tvbridge.routes import is_webhook
@@ -119,8 +119,16 @@ class Deduper:
             claim.answered.set_result(answered)
 
     async def first_in_journal(self, key: str) -> dict[str, Any] | None:
+        """The first copy's journal record within the window; `JournalError` (503) if the journal cannot say.
+
+        Without an answer the alert might be a repeat, so it is refused (TradingView resends a 503), not run.
+        """
         since = (datetime.now(UTC) - timedelta(seconds=self.window_s)).isoformat()
-        return await self.journal.find_by_dedupe_key(key, since)
+        try:
+            return await self.journal.find_by_dedupe_key(key, since)
+        except Exception as e:
+            log.exception("dedupe.lookup_failed")
+            raise JournalError("journal unreadable: cannot tell whether this alert is a repeat; resend later") from e
 
 
 def duplicate_answer(request: web.Request, first_id: str, record: Mapping[str, Any] | None) -> web.Response:
