@@ -22,6 +22,7 @@ import cattrs
 from dotenv import dotenv_values
 
 from tvbridge.errors import ConfigError
+from tvbridge.validation import validation_messages
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,15 +33,31 @@ SECRET_KEYS: Final = frozenset(
 )
 """Keys whose values are never printed, logged or answered, wherever they appear."""
 
-_non_negative = attrs.validators.ge(0.0)
-_positive = attrs.validators.gt(0.0)
-_positive_int = attrs.validators.gt(0)
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be 0..65535, got {value}")
 
 
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    port: int = attrs.field(default=8080, validator=_port)
     data_dir: Path = Path()
     response_deadline_s: float = attrs.field(default=2.5, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
@@ -218,14 +235,6 @@ def read_config_tree(path: Path | None, env: Mapping[str, str], cwd: Path) -> di
     return tree
 
 
-def _format_errors(exc: cattrs.BaseValidationError) -> list[str]:
-    lines = []
-    for line in cattrs.transform_error(exc, path=""):
-        message, _, where = line.rpartition(" @ ")
-        lines.append(f"{where.lstrip('.') or '(top level)'}: {message}")
-    return lines
-
-
 def _finish(config: Config) -> Config:
     """Fill in the defaults that depend on other keys, and check the cross-key rules."""
     accounts = {name: dict(table) for name, table in config.accounts.items()}
@@ -252,7 +261,7 @@ def load_config(
     try:
         config = converter.structure(tree, Config)
     except cattrs.BaseValidationError as e:
-        raise ConfigError("; ".join(_format_errors(e))) from None
+        raise ConfigError("; ".join(validation_messages(e, root="(top level)"))) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     return _finish(config)

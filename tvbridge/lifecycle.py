@@ -53,5 +53,5 @@ async def on_shutdown(app: web.Application) -> None:
 
     state = app[STATE]
     state.shutting_down = True
-    log.info("server.stopping")
+    log.info("server.draining", running=len(state.tasks))
     await state.drain(app[CONFIG].server.shutdown_grace_s)

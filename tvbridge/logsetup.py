@@ -51,9 +51,18 @@ class Redactor:
 
 
 def configure_logging(
-    *, level: str, fmt: str, file: Path | None, secrets: Iterable[str] = (), stream: Any = None
+    *,
+    level: str,
+    fmt: str,
+    file: Path | None,
+    secrets: Iterable[str] = (),
+    stream: Any = None,
+    cache: bool = True,
 ) -> None:
-    """Configure structlog and the root logger; call once per process, before the first event."""
+    """Configure structlog and the root logger; call once per process, before the first event.
+
+    `cache=False` is for tests that configure logging more than once in a process.
+    """
     stream = stream or sys.stdout
     redact = Redactor(secrets)
     shared: list[Processor] = [
@@ -105,5 +114,5 @@ def configure_logging(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
