@@ -17,6 +17,7 @@ from tvbridge.models import OrderType
 
 ROOT = Path(__file__).parent.parent
 SAMPLE_SETTINGS = ROOT / "plugins" / "tvbridge-samplebroker" / "conformance.toml"
+PAPER_SETTINGS = ROOT / "tests" / "support" / "paper-conformance.toml"
 SCRIPTED_SETTINGS = ROOT / "tests" / "support" / "scripted-conformance.toml"
 
 SLOPPY = '''
@@ -92,6 +93,14 @@ def test_scripted_plugin_passes_the_kit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert outcome(result) == {"passed": 11, "skipped": 2}, result.stdout
     assert "no [prices] resting" in result.stdout
+
+
+def test_paper_broker_passes_the_kit(tmp_path: Path) -> None:
+    """The paper broker passes; it never loses an answer, so only that check is skipped, saying why."""
+    result = run_kit(tmp_path, "--tvbridge-broker=paper", f"--tvbridge-broker-settings={PAPER_SETTINGS}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert outcome(result) == {"passed": 12, "skipped": 1}, result.stdout
+    assert "no [unknown_outcome] table" in result.stdout
 
 
 def test_a_plugin_that_breaks_the_rules_fails_the_kit(tmp_path: Path) -> None:

@@ -312,3 +312,26 @@ def test_brokers_command_json_uses_configured_account_settings(tmp_path: Path) -
     sample = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}["sample"]
     assert sample["capabilities"] is None
     assert "accounts.sample.base_url: required key missing" in sample["capabilities_error"]
+
+
+async def test_sample_account_beside_the_paper_account(
+    make_client: ClientFactory, config: Config, venue: Venue
+) -> None:
+    """The issue's own example: a live-style account and `paper-shadow` beside it receive the same alert; each
+    result and order log row names its account and broker, so live fills can be compared with paper."""
+    accounts = {
+        "samplex": sample_account(venue),
+        "paper-shadow": {"broker": "paper", "prices": {"RELIANCE": "100"}},
+    }
+    config = with_accounts(config, accounts, ["samplex", "paper-shadow"])
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg()))
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["status"] == "success"
+    results = by_account(body)
+    assert results["samplex"][0]["order_id"] == "SX000001"
+    assert results["paper-shadow"][0]["broker"] == "paper"
+    assert results["paper-shadow"][0]["order_state"] == "filled"
+    rows = order_log_rows(config)
+    assert sorted((r["account"], r["broker"]) for r in rows) == [("paper-shadow", "paper"), ("samplex", "sample")]

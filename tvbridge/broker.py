@@ -277,7 +277,9 @@ class Broker(Protocol):
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         """Cancel by `leg.order_id`, or every open order this plugin placed for `leg.symbol` (and `leg.side`).
         Return the orders now cancelled (an empty list when there was nothing to cancel); raise
-        `BrokerRejectedError` for an unknown order id or one that can no longer be cancelled."""
+        `BrokerRejectedError` for an unknown order id or one that can no longer be cancelled. Cancelling an order
+        that is already cancelled changes nothing: raise `BrokerRejectedError`, or return it again as cancelled
+        (idempotent, like `place()`), or return an empty list."""
         ...
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
