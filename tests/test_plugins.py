@@ -335,3 +335,14 @@ async def test_sample_account_beside_the_paper_account(
     assert results["paper-shadow"][0]["order_state"] == "filled"
     rows = order_log_rows(config)
     assert sorted((r["account"], r["broker"]) for r in rows) == [("paper-shadow", "paper"), ("samplex", "sample")]
+
+
+def test_load_time_check_covers_every_protocol_method() -> None:
+    """The methods tvbridge checks when it loads a plugin are exactly the Broker protocol's methods, so a
+    plugin missing one is refused at start, by name, not on the first alert."""
+    from tvbridge.broker import Broker  # noqa: PLC0415 - compared with the registry's list
+    from tvbridge.registry import REQUIRED_METHODS  # noqa: PLC0415 - the list under test
+
+    methods = {name for name, value in vars(Broker).items() if not name.startswith("_") and callable(value)}
+    methods |= {name for name, value in vars(Broker).items() if isinstance(value, classmethod)}
+    assert set(REQUIRED_METHODS) == methods
