@@ -14,9 +14,11 @@ import pytest
 
 from tvbridge.conformance.spec import SpecError, load_spec
 from tvbridge.models import OrderType
+from tvbridge.registry import installed_plugins
 
 ROOT = Path(__file__).parent.parent
 SAMPLE_SETTINGS = ROOT / "plugins" / "tvbridge-samplebroker" / "conformance.toml"
+DHAN_SETTINGS = ROOT / "tests" / "support" / "dhan-conformance.toml"
 PAPER_SETTINGS = ROOT / "tests" / "support" / "paper-conformance.toml"
 SCRIPTED_SETTINGS = ROOT / "tests" / "support" / "scripted-conformance.toml"
 
@@ -101,6 +103,17 @@ def test_paper_broker_passes_the_kit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert outcome(result) == {"passed": 12, "skipped": 1}, result.stdout
     assert "no [unknown_outcome] table" in result.stdout
+
+
+@pytest.mark.skipif(
+    "dhan" not in installed_plugins(), reason="the dhan broker is not merged into this branch yet (branch dhan)"
+)
+def test_dhan_broker_passes_the_kit(tmp_path: Path) -> None:
+    """The Dhan broker, live against the fake Dhan API, passes every check: DH-906 is a rejection, an order
+    taken without an answer is resolved by correlation id."""
+    result = run_kit(tmp_path, "--tvbridge-broker=dhan", f"--tvbridge-broker-settings={DHAN_SETTINGS}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert outcome(result) == {"passed": 13}, result.stdout
 
 
 def test_a_plugin_that_breaks_the_rules_fails_the_kit(tmp_path: Path) -> None:
