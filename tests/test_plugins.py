@@ -346,3 +346,15 @@ def test_load_time_check_covers_every_protocol_method() -> None:
     methods = {name for name, value in vars(Broker).items() if not name.startswith("_") and callable(value)}
     methods |= {name for name, value in vars(Broker).items() if isinstance(value, classmethod)}
     assert set(REQUIRED_METHODS) == methods
+
+
+def test_check_config_exits_2_naming_the_account_and_key(tmp_path: Path) -> None:
+    """`tvbridge check-config` with a typo in a plugin's table exits 2 with one stderr line naming
+    accounts.NAME.key, and no traceback."""
+    (tmp_path / "config.toml").write_text(SAMPLE_CONFIG + 'api_kye = "k"\n')
+    result = run_cli(tmp_path, "check-config")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "tvbridge: config error: accounts.samplex.api_kye: unknown key (known keys: base_url, api_key, timeout_s, "
+        "live)\n"
+    )
