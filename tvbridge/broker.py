@@ -7,7 +7,8 @@ what users write as `broker = "..."` in an `[accounts.NAME]` table::
     [project.entry-points."tvbridge.brokers"]
     sample = "tvbridge_samplebroker:SampleBroker"
 
-Everything a plugin needs is importable from this module, and everything in it is covered by `API_VERSION`:
+Everything a plugin needs is importable from this module (the leg types of `tvbridge.models` are re-exported
+here), and everything in it is covered by `API_VERSION`:
 a change that would break an existing plugin bumps it, additions (a new optional field, a new helper) do not.
 `docs/plugins.md` is the guide; `plugins/tvbridge-samplebroker` is a complete worked example, and
 `pytest --tvbridge-broker=NAME` (the conformance kit, `tvbridge.conformance`) checks a plugin against the rules.
@@ -29,7 +30,8 @@ Rules every plugin keeps, because real money depends on them:
 * `place()` is idempotent on `request.client_order_id`: asked twice for the same id, it must not place twice
   (look the order up first, or let the broker reject the duplicate id).
 * A call whose outcome is not known (timeout, dropped connection after sending) raises
-  `BrokerUnknownOutcomeError`, never `BrokerRejectedError`: tvbridge then asks `lookup()` before any retry.
+  `BrokerUnknownOutcomeError`, never `BrokerRejectedError`: tvbridge then asks `lookup()`, and never resends
+  blindly.
 * Errors are raised as the types below; anything else is treated as an unknown outcome.
 * Never block the event loop: a synchronous client runs in `asyncio.to_thread()` under `asyncio.timeout()`.
   TradingView gives up after 3 s, so keep your own timeouts well under that.
@@ -66,9 +68,11 @@ from tvbridge.models import (
     CancelLeg,
     Exchange,
     Instrument,
+    OptionType,
     OrderLeg,
     OrderType,
     Product,
+    Side,
 )
 
 __all__ = [
@@ -83,13 +87,21 @@ __all__ = [
     "BrokerUnavailableError",
     "BrokerUnknownOutcomeError",
     "BrokerUnsupportedError",
+    "CancelLeg",
     "CancelRequest",
     "Capabilities",
+    "Exchange",
     "Health",
+    "Instrument",
+    "OptionType",
+    "OrderLeg",
     "OrderRequest",
     "OrderResult",
     "OrderState",
+    "OrderType",
+    "Product",
     "SettingsError",
+    "Side",
     "check_supported",
     "settings_from",
 ]

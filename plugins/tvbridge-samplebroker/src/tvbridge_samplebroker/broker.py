@@ -22,14 +22,17 @@ from tvbridge.broker import (
     BrokerUnavailableError,
     BrokerUnknownOutcomeError,
     Capabilities,
+    Exchange,
     Health,
+    Instrument,
     OrderResult,
     OrderState,
+    OrderType,
+    Product,
     SettingsError,
     check_supported,
     settings_from,
 )
-from tvbridge.models import Exchange, Instrument, OrderType, Product
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
