@@ -14,7 +14,6 @@ import pytest
 
 from tvbridge.conformance.spec import SpecError, load_spec
 from tvbridge.models import OrderType
-from tvbridge.registry import installed_plugins
 
 ROOT = Path(__file__).parent.parent
 SAMPLE_SETTINGS = ROOT / "plugins" / "tvbridge-samplebroker" / "conformance.toml"
@@ -105,9 +104,6 @@ def test_paper_broker_passes_the_kit(tmp_path: Path) -> None:
     assert "no [unknown_outcome] table" in result.stdout
 
 
-@pytest.mark.skipif(
-    "dhan" not in installed_plugins(), reason="the dhan broker is not merged into this branch yet (branch dhan)"
-)
 def test_dhan_broker_passes_the_kit(tmp_path: Path) -> None:
     """The Dhan broker, live against the fake Dhan API, passes every check: DH-906 is a rejection, an order
     taken without an answer is resolved by correlation id."""
