@@ -17,7 +17,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
-from tvbridge_samplebroker.fake_api import FakeVenue, serve
+
+try:
+    from tvbridge_samplebroker.fake_api import FakeVenue, serve
+except ImportError as e:  # fail loudly, never skip: issue 7 requires the sample plugin installed in CI
+    msg = (
+        "tvbridge-samplebroker is not installed: pip install -e plugins/tvbridge-samplebroker (scripts/install-dev.sh)"
+    )
+    raise ImportError(msg) from e
 
 from tvbridge.config import Config, RoutingConfig
 from tvbridge.errors import PluginError
