@@ -20,6 +20,7 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.app import create_app
+from tvbridge.commands import brokers as brokers_command
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.logsetup import configure_logging
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
+    brokers_command.add_parser(sub)
     return parser
 
 
@@ -66,9 +68,20 @@ def _load(args: argparse.Namespace, converter: cattrs.Converter) -> Config:
     return load_config(find_config_file(args.config, os.environ, cwd), converter, os.environ, cwd)
 
 
+def _load_optional(args: argparse.Namespace, converter: cattrs.Converter) -> Config | None:
+    """The config for commands that are useful without one (`brokers`): a broken config is said, not fatal."""
+    try:
+        return _load(args, converter)
+    except ConfigError as e:
+        print(f"tvbridge: config not used ({e})", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     converter = make_converter()
+    if args.command == "brokers":
+        return brokers_command.run(args, _load_optional(args, converter))
     try:
         config = _load(args, converter)
         if args.command == "check-config":
