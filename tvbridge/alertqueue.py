@@ -259,14 +259,14 @@ def _after_crash(conn: sqlite3.Connection) -> None:
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: create the queue table; send rows left `sending` by a crash again; run the scheduler."""
     from tvbridge import tradingday  # noqa: PLC0415 - tradingday imports this module
-    from tvbridge.keys import CLOCK, CONFIG, JOURNAL, SCHEDULER  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import CONFIG, JOURNAL, NOW, SCHEDULER  # noqa: PLC0415 - keys imports this module's types
 
     journal = app[JOURNAL]
     await journal.write(create_schema)
     await journal.write(_after_crash)
     scheduler = Scheduler(
         journal=journal,
-        clock=app[CLOCK],
+        clock=app[NOW],
         data_dir=app[CONFIG].server.data_dir,
         send=lambda alert_id, accounts: tradingday.send_queued(app, alert_id, accounts),
     )

@@ -6,6 +6,7 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -25,11 +26,14 @@ from tvbridge.keys import (
     CREDENTIALS,
     EXECUTOR,
     JOURNAL,
+    NOW,
     ORDER_LOG,
     STATE,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
+from tvbridge.middlewares.dedupe import dedupe_ctx
+from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
@@ -56,7 +60,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         brokers=app[BROKERS],
         journal=app[JOURNAL],
         halt_file=halt_path(config.server.data_dir),
-        clock=app[CLOCK],
+        clock=app[NOW],
     )
     app[EXECUTOR] = Executor(
         brokers=app[BROKERS],
@@ -85,9 +89,12 @@ def create_app(
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
-    app[CLOCK] = clock
+    app[CLOCK] = time.monotonic
+    app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx, scheduler_ctx])
+    app.cleanup_ctx.extend(
+        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, scheduler_ctx]
+    )
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

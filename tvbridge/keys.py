@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.executor import Executor  # noqa: F401
     from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
+    from tvbridge.middlewares.dedupe import Deduper  # noqa: F401
+    from tvbridge.middlewares.rate_limit import RateLimiter  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
@@ -30,8 +32,9 @@ ORDER_LOG = web.AppKey["OrderLog"]("order_log")
 BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 EXECUTOR = web.AppKey["Executor"]("executor")
 STATE = web.AppKey["ServiceState"]("state")
-CLOCK = web.AppKey["Callable[[], datetime]"]("clock")
-"""Now, as an aware datetime: exchange sessions, the queue and the daily risk count ask it, never the machine."""
+NOW = web.AppKey["Callable[[], datetime]"]("now")
+"""The wall clock as an aware datetime: exchange sessions, the queue and the daily risk count ask it (never the
+machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
 CALENDAR = web.AppKey["Calendar"]("calendar")
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 
@@ -39,3 +42,12 @@ ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 """The body decoded as a JSON object, once, by whichever step needs it first (see `parsing.raw_alert`)."""
 SOURCE_IP = web.RequestKey[str]("source_ip")
+AUTHENTICATED = web.RequestKey[bool]("authenticated")
+"""Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
+DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
+"""Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
+
+CLOCK = web.AppKey["Callable[[], float]"]("clock")
+"""Monotonic seconds for the guards' token buckets; `time.monotonic` unless a test moves time itself."""
+RATE_LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
+DEDUPER = web.AppKey["Deduper"]("deduper")

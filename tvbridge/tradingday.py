@@ -26,7 +26,7 @@ import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge import alertqueue, keys
+from tvbridge import alertqueue
 from tvbridge.errors import BadRequestError, HaltedError
 from tvbridge.executor import planned_legs, response_body
 from tvbridge.flatten import execute, make_plan
@@ -35,11 +35,12 @@ from tvbridge.keys import (
     ALERT_ID,
     BROKERS,
     CALENDAR,
-    CLOCK,
     CONFIG,
     CONVERTER,
+    DEDUPE_KEY,
     EXECUTOR,
     JOURNAL,
+    NOW,
     ORDER_LOG,
     RAW_ALERT,
     SCHEDULER,
@@ -155,7 +156,7 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
 
 def plan(app: web.Application, alert: Alert) -> list[Decision]:
     config = app[CONFIG]
-    now = app[CLOCK]()
+    now = app[NOW]()
     return [decide(config, app[CALENDAR], alert, account, now) for account in config.routing.accounts]
 
 
@@ -271,14 +272,6 @@ def _leg_results(body: dict[str, Any]) -> list[LegResult]:
     ]
 
 
-def _dedupe_key(request: web.Request) -> str | None:
-    """The dedupe middleware's key for this alert (guards branch: `keys.DEDUPE_KEY`), so a resend of a queued
-    alert is answered as a duplicate; None where that middleware is not part of the build."""
-    key = getattr(keys, "DEDUPE_KEY", None)
-    value = request.get(key) if key is not None else None
-    return str(value) if value is not None else None
-
-
 async def handle_closed(
     request: web.Request, alert: Alert, decisions: Sequence[Decision], warnings: list[str]
 ) -> web.Response:
@@ -295,7 +288,7 @@ async def handle_closed(
         alert_id=alert_id,
         alert_type=alert.alert_type.value,
         payload=raw,
-        dedupe_key=_dedupe_key(request),
+        dedupe_key=request.get(DEDUPE_KEY),  # a resend of a queued alert is a duplicate
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, config.routing.accounts),
         status="accepted" if running else AlertStatus.QUEUED.value,
@@ -345,7 +338,7 @@ async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) 
         log.error("queue.alert_missing", accounts=accounts)
         return
     alert = parse_alert(record["payload"], app[CONVERTER])
-    now = app[CLOCK]()
+    now = app[NOW]()
     decisions = [decide(app[CONFIG], app[CALENDAR], alert, account, now) for account in accounts]
     for d in decisions:
         if d.action == "queue" and d.at is not None:
@@ -380,7 +373,7 @@ async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) 
 async def market(request: web.Request) -> web.Response:
     """Per exchange: open or closed, why, and the next open, in exchange time."""
     app = request.app
-    now = app[CLOCK]()
+    now = app[NOW]()
     calendar = app[CALENDAR]
     exchanges = {}
     for exchange in EXCHANGES:

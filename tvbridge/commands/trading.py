@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 COMMANDS = ("halt", "resume", "queue", "flatten")
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the trading-day subcommands on the main `tvbridge` parser."""
     halt = sub.add_parser("halt", help="kill switch: refuse every alert and send nothing until `tvbridge resume`")
     halt.add_argument("--reason", default="", help="shown in /health, /market and every refused alert")
@@ -46,16 +46,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvbridge")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(config: Config, argv: Sequence[str]) -> int:
     """Run one trading-day command (argv without the program name); returns the exit code."""
-    return run(config, _parser().parse_args(argv))
+    return run(_parser().parse_args(argv), config)
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, config: Config) -> int:
     path = halt_path(config.server.data_dir)
     if args.command == "halt":
         state = set_halt(path, reason=args.reason or "halted with `tvbridge halt`", by=f"cli ({getpass.getuser()})")
