@@ -522,3 +522,26 @@ async def test_risk_limits_apply_when_a_queued_alert_is_sent(start: Any, config:
     assert record["status"] == "failed"
     assert record["legs"][0]["message"] == "risk: quantity 10 is over max_qty_per_order 5"
     assert received(config) == []
+
+
+async def test_resend_of_a_queued_alert_is_a_duplicate(start: Any, config: Config, clock: Clock) -> None:
+    """TradingView resends (or a script fires twice) while the first copy is queued: the copy is answered
+    `duplicate` with the first one's scheduled time, and only one order goes out at the open."""
+    config = sessions_on(scripted(config))
+    clock.at = SUNDAY
+    client = await start(config)
+    payload = alert()
+    first = await (await client.post("/webhook", json=payload)).json()
+    response = await client.post("/webhook", json=payload)
+    second = await response.json()
+    assert response.status == 200
+    assert (second["status"], second["duplicate_of"], second["first_status"]) == (
+        "duplicate",
+        first["alert_id"],
+        "queued",
+    )
+    assert second["scheduled_at"] == "2026-11-30T09:15:00+05:30"
+    assert len(await list_entries(client.app[JOURNAL])) == 1
+    clock.at = ist("2026-11-30T09:15")
+    await client.app[SCHEDULER].run_due()
+    assert len(received(config)) == 1
