@@ -57,6 +57,7 @@ QUEUED: Final = "queued"
 SENDING: Final = "sending"
 SENT: Final = "sent"
 CANCELLED: Final = "cancelled"
+FAILED: Final = "failed"
 
 
 def _utc(moment: datetime) -> str:
@@ -201,7 +202,9 @@ class Scheduler:
                     try:
                         await self._send(alert_id, accounts)
                     except Exception:
+                        # a bug, not a closed market: keep it out of the loop and visible (`queue list --all`)
                         log.exception("queue.send_failed", accounts=accounts)
+                        await self._mark(alert_id, accounts, FAILED)
             return len(by_alert)
 
     async def requeue(self, alert_id: str, account: str, moment: datetime, reason: str) -> None:
@@ -214,11 +217,14 @@ class Scheduler:
         )
 
     async def mark_sent(self, alert_id: str, accounts: Iterable[str]) -> None:
+        await self._mark(alert_id, accounts, SENT)
+
+    async def _mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
         names = list(accounts)
         await self._journal.write(
             lambda conn: conn.executemany(
-                "UPDATE queue SET state = 'sent', updated_at = ? WHERE alert_id = ? AND account = ?",
-                [(_now(), alert_id, account) for account in names],
+                "UPDATE queue SET state = ?, updated_at = ? WHERE alert_id = ? AND account = ?",
+                [(state, _now(), alert_id, account) for account in names],
             )
         )
 

@@ -36,12 +36,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     queue_sub = queue.add_subparsers(dest="queue_command", required=True)
     listing = queue_sub.add_parser("list", help="show queued alerts")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="also entries already sent, cancelled or failed")
     cancel = queue_sub.add_parser("cancel", help="remove a queued alert (its alert id) so it is never sent")
     cancel.add_argument("alert_id")
     cancel.add_argument("--account", help="only this account's entry")
     flatten = sub.add_parser("flatten", help="cancel an account's open orders and close its positions")
     flatten.add_argument("--account", required=True)
     flatten.add_argument("--yes", action="store_true", help="act; without it the plan is only shown")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry): the halt must still work
+        return "unknown user"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +66,7 @@ def main(config: Config, argv: Sequence[str]) -> int:
 def run(args: argparse.Namespace, config: Config) -> int:
     path = halt_path(config.server.data_dir)
     if args.command == "halt":
-        state = set_halt(path, reason=args.reason or "halted with `tvbridge halt`", by=f"cli ({getpass.getuser()})")
+        state = set_halt(path, reason=args.reason or "halted with `tvbridge halt`", by=f"cli ({_user()})")
         print(f"trading halted: {state.reason}. Alerts get 503 and nothing is sent. Undo: tvbridge resume")
         return 0
     if args.command == "resume":
@@ -82,7 +90,7 @@ async def _queue(config: Config, args: argparse.Namespace) -> int:
     journal = await _open_journal(config)
     try:
         if args.queue_command == "list":
-            entries = await alertqueue.list_entries(journal)
+            entries = await alertqueue.list_entries(journal, include_done=args.all)
             if args.json:
                 print(json.dumps([e.as_json() for e in entries], indent=2))
             elif not entries:
