@@ -157,3 +157,13 @@ def test_bad_account_limit_stops_the_start(tmp_path: Any) -> None:
     }
     with pytest.raises(ConfigError, match=r"accounts.paper: max_qty_per_order must be > 0, got 0"):
         load_config(None, make_converter(), env, tmp_path)
+
+
+def test_stop_market_is_valued_at_its_trigger_price() -> None:
+    """An SL-M leg has no price: its trigger price values it for max_notional_per_order."""
+    from tvbridge.risk import reference_price  # noqa: PLC0415 - only here
+
+    stop = attrs.evolve(order_leg(100), order_type=OrderType.STOP_LOSS_MARKET, trigger_price=Decimal(2800))
+    assert reference_price(None, stop) == Decimal(2800)
+    with pytest.raises(RiskLimitError, match="notional 280000"):
+        check_leg(RiskConfig(max_notional_per_order=Decimal(100000)), stop, reference_price(None, stop))

@@ -1,8 +1,8 @@
 """Risk limits: the last check before a leg reaches a broker, so a fat-fingered alert template stays an alert.
 
-`check_leg()` is pure: quantity, notional (the leg's price, else the paper account's reference price), the symbol
-lists. `RiskGuard.before_send()` is the executor's hook before every `place()`: it also refuses while the kill
-switch is on and keeps the per-account daily order count. A refused leg raises `RiskLimitError`; the executor
+`check_leg()` is pure: quantity, notional (the leg's price or trigger price, else paper's reference price), the
+symbol lists. `RiskGuard.before_send()` is the executor's hook before every `place()`: it also refuses while the
+kill switch is on and keeps the per-account daily order count. A refused leg raises `RiskLimitError`; the executor
 reports it `failed` with the message, which names the limit, and nothing is sent.
 
 The daily count (`max_orders_per_day`, per account, per exchange-time day) lives in memory and is seeded from the
@@ -42,9 +42,12 @@ def _norm(symbol: str) -> str:
 
 
 def reference_price(broker: Broker | None, leg: OrderLeg) -> Decimal | None:
-    """The leg's price when it has one, else the paper account's configured price for the symbol (if any)."""
+    """The leg's price when it has one, else its trigger price (SL-M), else the paper account's configured price
+    for the symbol (if any)."""
     if leg.price > 0:
         return leg.price
+    if leg.trigger_price is not None and leg.trigger_price > 0:
+        return leg.trigger_price
     settings = getattr(broker, "settings", None)
     prices: Mapping[str, Decimal] | None = getattr(settings, "prices", None)
     if not prices:
