@@ -299,7 +299,10 @@ async def handle_closed(
         log.info("alert.queued", account=d.account, scheduled_at=d.at.isoformat() if d.at else None, reason=d.reason)
     for d in rejected:
         log.warning("alert.rejected_closed", account=d.account, reason=d.reason)
-    await app[ORDER_LOG].append(waiting, alert_id=alert_id, alert_type=alert.alert_type.value)
+    try:  # journaled already: a CSV problem must not turn the answer into a 500
+        await app[ORDER_LOG].append(waiting, alert_id=alert_id, alert_type=alert.alert_type.value)
+    except Exception:
+        log.exception("order_log.write_failed")
     if queued:
         app[SCHEDULER].wake.set()
 
