@@ -452,15 +452,6 @@ async def test_queued_alert_is_in_the_order_log_and_journal(start: Any, config: 
     assert body["alert_id"] in rows[-1]
 
 
-def test_documented_keys_are_the_defaults(converter: Any) -> None:
-    """docs/config-keys-tradingdays.toml (folded into config.toml) loads and changes nothing."""
-    from tvbridge.config import load_config  # noqa: PLC0415 - only here
-
-    repo = Path(__file__).resolve().parent.parent
-    documented = load_config(repo / "docs" / "config-keys-tradingdays.toml", converter, {}, repo)
-    assert (documented.sessions, documented.risk) == (SessionsConfig(), RiskConfig())
-
-
 async def test_claimed_but_unsent_entries_are_sent_after_a_crash(start: Any, config: Config, clock: Clock) -> None:
     """A crash after the scheduler claimed an entry (state `sending`) but before it handed the legs over: the
     entry is queued again at the next start and sent once."""
