@@ -17,6 +17,7 @@ from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOU
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
 from tvbridge.orderlog import order_log_ctx
+from tvbridge.recovery import recovery_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 
@@ -39,6 +40,8 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         on_leg_failure=config.alerts.on_leg_failure,
     )
     yield
+    # an alert spawned while the server was stopping must not outlive the brokers and the journal
+    await app[STATE].drain(config.server.shutdown_grace_s)
 
 
 def create_app(config: Config, converter: cattrs.Converter, credentials: Credentials) -> web.Application:
@@ -50,7 +53,8 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    # recovery last: it needs the brokers and the executor, and must finish before the first request
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx, recovery_ctx])
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

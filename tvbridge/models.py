@@ -143,6 +143,8 @@ class LegStatus(enum.StrEnum):
     UNKNOWN = "unknown"
     PENDING = "pending"
     STALE = "stale"
+    EXPIRED = "expired"
+    """Found unsent by crash recovery after `alerts.max_age_s`: deliberately never sent."""
 
 
 class AlertStatus(enum.StrEnum):
