@@ -9,6 +9,7 @@ never fires). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
 
     python bench/run.py                 # figures on stdout, bench/results/latest.{json,md}
     PEERS_ROUNDS=4 python bench/run.py  # more rounds (medians are reported); other PEERS_* pass through
+    BENCH_JOURNAL_SYNC=normal python bench/run.py   # the journal's `synchronous` (default: full)
 
 Never run from the tests: it takes minutes and measures the machine as much as the code.
 """
@@ -157,9 +158,11 @@ def main() -> int:
         print(f"bench: {script} not found (set PEERS_DIR)", file=sys.stderr)
         return 2
     venv = bench_venv()
+    synchronous = os.environ.get("BENCH_JOURNAL_SYNC", "full")
     env = {
         **os.environ,
         **RAISED_LIMITS,
+        "TVBRIDGE_JOURNAL__SYNCHRONOUS": synchronous,
         "PEERS_ONLY": os.environ.get("PEERS_ONLY", " ".join(PEERS)),
         "TVBRIDGE_CMD": f"{shlex.quote(str(venv / 'bin' / 'python'))} -m tvbridge serve",
     }
@@ -182,7 +185,7 @@ def main() -> int:
         "requests": os.environ.get("PEERS_N", "10000"),
         "rounds": os.environ.get("PEERS_ROUNDS", "2"),
         "seconds": round(time.monotonic() - started, 1),
-        "journal_synchronous": "full",
+        "journal_synchronous": synchronous,
     }
     result = {"meta": meta, **summary, "raw": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
