@@ -1,7 +1,7 @@
-"""A real `python -m tvbridge serve` in a subprocess, for the tests that need signals and restarts.
+"""Running `python -m tvbridge serve` as a real subprocess for tests: start, find the port, stop with a signal.
 
-The server binds 127.0.0.1 port 0 and logs JSON; its port comes from the `server.started` line. stdout and
-stderr go to files in the data directory (no pipe to fill up and block the server). Every wait is bounded.
+The port is read from the `server.started` JSON line on stdout (the server binds port 0). Every wait is
+bounded; a server that does not come up within the limit fails the test with what it printed.
 """
 
 from __future__ import annotations
@@ -9,122 +9,131 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
-from typing import TYPE_CHECKING, Any
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from pathlib import Path
-
-from tests.conftest import SECRET
-
-ADMIN_TOKEN = "admin-token-0123456789abcdef"
-START_TIMEOUT_S = 30.0
-
-
-def server_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a test server: a `scripted` account `sim`, JSON logs, no log file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TVBRIDGE_", "WEBHOOK_"))}
-    env.update(
-        {
-            "WEBHOOK_SECRET": SECRET,
-            "TVBRIDGE_SERVER__HOST": "127.0.0.1",
-            "TVBRIDGE_SERVER__PORT": "0",
-            "TVBRIDGE_SERVER__DATA_DIR": str(data_dir),
-            "TVBRIDGE_SERVER__ADMIN_TOKEN": ADMIN_TOKEN,
-            "TVBRIDGE_LOGGING__FORMAT": "json",
-            "TVBRIDGE_LOGGING__FILE": "",
-            "TVBRIDGE_ROUTING__ACCOUNTS": '["sim"]',
-            "TVBRIDGE_ACCOUNTS__SIM__BROKER": "scripted",
-        }
-    )
-    env.update(extra or {})
-    return env
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None, *, name: str = "server") -> None:
-        self.data_dir = data_dir
-        self.env = server_env(data_dir, env)
-        self.out = data_dir / f"{name}.out"
-        self.err = data_dir / f"{name}.err"
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, cwd: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.cwd = cwd
+        self.env = {
+            **os.environ,
+            "TVBRIDGE_LOGGING__FORMAT": "json",
+            "TVBRIDGE_SERVER__PORT": "0",
+            "TVBRIDGE_SERVER__HOST": "127.0.0.1",
+            **env,
+        }
+        self.args = args or ["serve"]
+        self.stdout_lines: list[str] = []
+        self.stderr = ""
         self.port = 0
+        self._proc: subprocess.Popen[str] | None = None
+        self._started = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> ServerProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tvbridge", *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        if not self._started.wait(START_TIMEOUT_S):
+            self.kill()
+            msg = f"server did not start within {START_TIMEOUT_S} s: {self.stdout_lines} {self.stderr}"
+            raise AssertionError(msg)
+        return self
+
+    def _read_stdout(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.stdout_lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "server.started":
+                self.port = int(event["port"])
+                self._started.set()
+        self._started.set()  # stdout closed: the process ended
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
+        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method="POST")  # noqa: S310 - loopback
+        return _send(request)
 
-    def start(self) -> ServerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tvbridge", "serve"], cwd=self.data_dir, env=self.env, stdout=out, stderr=err
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            started = [e for e in self.events() if e.get("event") == "server.started"]
-            if started:
-                self.port = int(started[-1]["port"])
-                return self
-            if self.proc.poll() is not None:
-                msg = f"server exited with {self.proc.returncode}: {self.err.read_text()[-2000:]}"
-                raise AssertionError(msg)
-            time.sleep(0.02)
-        self.kill()
-        raise AssertionError(f"no server.started line within {START_TIMEOUT_S} s: {self.err.read_text()[-2000:]}")
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})  # noqa: S310 - loopback
+        return _send(request)
 
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far (a line torn by a kill is skipped)."""
-        events = []
-        for line in self.out.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        try:
+            _, self.stderr = self._proc.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            _, self.stderr = self._proc.communicate(timeout=STOP_TIMEOUT_S)
+            raise
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_TIMEOUT_S)
+        return self._proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, no flush."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.wait(10)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self.wait()
 
-    def wait(self, timeout_s: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout_s)
+    @property
+    def output(self) -> str:
+        return "".join(self.stdout_lines) + self.stderr
 
-    def terminate(self, timeout_s: float = 30) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout_s)
-
-
-def scripted_orders(data_dir: Path, account: str = "sim") -> list[dict[str, Any]]:
-    """What the scripted broker received, in order (complete lines only)."""
-    path = data_dir / f"scripted-{account}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.stdout_lines:
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
 
 
-def journal_rows(data_dir: Path) -> tuple[dict[str, str], dict[tuple[str, int], str], str]:
-    """(alert status by id, leg state by (alert id, leg number), integrity_check) read straight from the file."""
-    conn = sqlite3.connect(data_dir / "tvbridge.sqlite3")
+def _send(request: urllib.request.Request) -> tuple[int, dict[str, Any], Any]:
+    import urllib.error  # noqa: PLC0415 - only here
+
     try:
-        alerts = dict(conn.execute("SELECT alert_id, status FROM alerts").fetchall())
-        legs = {(a, n): s for a, n, s in conn.execute("SELECT alert_id, leg_number, state FROM legs").fetchall()}
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-    return alerts, legs, integrity
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read() or b"null")
+
+
+def run_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tvbridge", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-
-from tests.conftest import alert, leg
-from tests.server_process import ServerProcess, journal_rows, scripted_orders
+from durability_server import KillableServer, journal_rows, scripted_orders
+from helpers import alert, leg
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,8 +58,8 @@ def check_exactly_once(data_dir: Path, answered_2xx: set[str]) -> None:
             assert legs[alert_id, n] == "placed"
 
 
-def start(data_dir: Path, env: dict[str, str] | None = None, name: str = "server") -> ServerProcess:
-    return ServerProcess(data_dir, env, name=name).start()
+def start(data_dir: Path, env: dict[str, str] | None = None, name: str = "server") -> KillableServer:
+    return KillableServer(data_dir, env, name=name).start()
 
 
 @pytest.mark.parametrize("point", ["after_record", "before_send", "after_send", "before_finish"])

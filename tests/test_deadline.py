@@ -7,14 +7,14 @@ import csv
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
-from tests.conftest import alert, leg, with_accounts
-from tests.server_process import ADMIN_TOKEN, scripted_orders
+from durability_server import ADMIN_TOKEN, scripted_orders
+from helpers import alert, leg, with_accounts
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import ClientFactory
+    from helpers import ClientFactory
+
     from tvbridge.config import Config
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

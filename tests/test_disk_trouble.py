@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-
-from tests.conftest import alert, leg
-from tests.server_process import ServerProcess, journal_rows, scripted_orders, server_env
+from durability_server import KillableServer, journal_rows, scripted_orders, server_env
+from helpers import alert, leg
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pr
 async def test_unwritable_journal_gives_503_and_recovers(tmp_path: Path) -> None:
     """With writes refused, `/webhook` answers 503 "journal unwritable" and `/health` 503 naming the journal;
     nothing reaches the broker. Once writes work again both are back to 200 without a restart."""
-    server = await asyncio.to_thread(ServerProcess(tmp_path).start)
+    server = await asyncio.to_thread(KillableServer(tmp_path).start)
     soft, hard = resource.prlimit(server.pid, resource.RLIMIT_FSIZE)
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:

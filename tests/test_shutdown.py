@@ -10,15 +10,14 @@ import time
 from typing import TYPE_CHECKING
 
 import aiohttp
-
-from tests.conftest import alert, leg
-from tests.server_process import ServerProcess, journal_rows, scripted_orders
+from durability_server import KillableServer, journal_rows, scripted_orders
+from helpers import alert, leg
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-async def wait_for_event(server: ServerProcess, event: str, timeout_s: float = 10) -> None:
+async def wait_for_event(server: KillableServer, event: str, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not any(e.get("event") == event for e in server.events()):
         assert time.monotonic() < deadline, f"no {event} within {timeout_s} s"
@@ -33,7 +32,7 @@ async def test_sigterm_answers_503_finishes_in_flight_and_exits_0(tmp_path: Path
         "TVBRIDGE_SERVER__RESPONSE_DEADLINE_S": "0.2",
         "TVBRIDGE_SERVER__SHUTDOWN_GRACE_S": "10",
     }
-    server = await asyncio.to_thread(ServerProcess(tmp_path, env).start)
+    server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:
             assert response.status == 202
@@ -67,7 +66,7 @@ async def test_grace_runs_out_the_alert_stays_journaled_and_recovery_sends_it(tm
         "TVBRIDGE_SERVER__RESPONSE_DEADLINE_S": "0.2",
         "TVBRIDGE_SERVER__SHUTDOWN_GRACE_S": "0.5",
     }
-    server = await asyncio.to_thread(ServerProcess(tmp_path, env).start)
+    server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response,
@@ -81,7 +80,7 @@ async def test_grace_runs_out_the_alert_stays_journaled_and_recovery_sends_it(tm
     assert alerts[alert_id] == "accepted"
     assert legs[alert_id, 1] == "sending"
 
-    restarted = await asyncio.to_thread(ServerProcess(tmp_path, name="restarted").start)
+    restarted = await asyncio.to_thread(KillableServer(tmp_path, name="restarted").start)
     assert await asyncio.to_thread(restarted.terminate) == 0
     alerts, legs, integrity = journal_rows(tmp_path)
     assert integrity == "ok"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tests.conftest import alert, leg, with_accounts
-from tests.server_process import scripted_orders
+from durability_server import scripted_orders
+from helpers import alert, leg, with_accounts
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import ClientFactory
+    from helpers import ClientFactory
+
     from tvbridge.config import Config
 
 

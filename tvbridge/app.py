@@ -6,6 +6,7 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,9 +14,11 @@ from aiohttp import web
 from tvbridge import handlers
 from tvbridge.executor import Executor
 from tvbridge.journal import journal_ctx
-from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
+from tvbridge.keys import BROKERS, CLOCK, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.middlewares import build_middlewares
+from tvbridge.middlewares.dedupe import dedupe_ctx
+from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.recovery import recovery_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
@@ -53,8 +56,11 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
+    app[CLOCK] = time.monotonic
     # recovery last: it needs the brokers and the executor, and must finish before the first request
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx, recovery_ctx])
+    app.cleanup_ctx.extend(
+        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx]
+    )
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

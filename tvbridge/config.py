@@ -11,6 +11,7 @@ masked by `effective_settings()`; the broker accounts' tables are validated by t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import cattrs
 from dotenv import dotenv_values
 
 from tvbridge.errors import ConfigError
+from tvbridge.validation import validation_messages
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -32,25 +34,50 @@ SECRET_KEYS: Final = frozenset(
 )
 """Keys whose values are never printed, logged or answered, wherever they appear."""
 
-_non_negative = attrs.validators.ge(0.0)
-_positive = attrs.validators.gt(0.0)
-_positive_int = attrs.validators.gt(0)
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be 0..65535, got {value}")
 
 
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    port: int = attrs.field(default=8080, validator=_port)
     data_dir: Path = Path()
     response_deadline_s: float = attrs.field(default=2.5, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     admin_token: str = attrs.field(default="", repr=False)
+    tls_cert: str = ""
+    """PEM certificate chain: serve HTTPS directly (TradingView calls only ports 80 and 443). Empty: plain HTTP."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (empty: the key is in the `tls_cert` file)."""
 
 
 @attrs.frozen(kw_only=True)
 class AuthConfig:
     secret: str = attrs.field(default="", repr=False)
     path_token: str = attrs.field(default="", repr=False)
+    require_client_cert: bool = False
+    """Webhook callers must present a verified client certificate with CN `TradingView Webhooks` (needs
+    `server.tls_cert`; behind a proxy, let the proxy check it: docs/guards.md)."""
+    client_ca_file: str = ""
+    """PEM CA bundle that client certificates must chain to; empty: the system's trusted CAs."""
 
 
 @attrs.frozen(kw_only=True)
@@ -60,11 +87,21 @@ class LimitsConfig:
     """A client that has not sent its whole body by then is cut off (slow-client protection)."""
 
 
+def _networks(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    """Every entry must be an IP address or a CIDR network, checked at start (a typo must not open the door)."""
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{attribute.name}: {entry!r} is not an IP address or CIDR network") from None
+
+
 @attrs.frozen(kw_only=True)
 class IpAllowlistConfig:
     enabled: bool = False
-    allow: tuple[str, ...] = TRADINGVIEW_IPS
-    trusted_proxies: tuple[str, ...] = ()
+    allow: tuple[str, ...] = attrs.field(default=TRADINGVIEW_IPS, validator=_networks)
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    """Proxies whose `X-Forwarded-For` is believed; applies even when `enabled` is false (the logged source)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -106,8 +143,9 @@ class OrderLogConfig:
 @attrs.frozen(kw_only=True)
 class JournalConfig:
     path: str = "tvbridge.sqlite3"
-    synchronous: Literal["normal", "full"] = "full"
-    """full: a 2xx answer survives power loss; normal: it survives a crash of the process, not of the machine."""
+    synchronous: Literal["normal", "full"] = "normal"
+    """normal: a 2xx answer survives a crash of the process (kill -9), not of the machine; full: also a power cut,
+    at one fsync per commit (group commit shares it between concurrent alerts)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -218,14 +256,6 @@ def read_config_tree(path: Path | None, env: Mapping[str, str], cwd: Path) -> di
     return tree
 
 
-def _format_errors(exc: cattrs.BaseValidationError) -> list[str]:
-    lines = []
-    for line in cattrs.transform_error(exc, path=""):
-        message, _, where = line.rpartition(" @ ")
-        lines.append(f"{where.lstrip('.') or '(top level)'}: {message}")
-    return lines
-
-
 def _finish(config: Config) -> Config:
     """Fill in the defaults that depend on other keys, and check the cross-key rules."""
     accounts = {name: dict(table) for name, table in config.accounts.items()}
@@ -238,6 +268,13 @@ def _finish(config: Config) -> Config:
     for name, table in accounts.items():
         if not isinstance(table.get("broker", name), str):
             raise ConfigError(f"accounts.{name}.broker: must be a string (the broker plugin's name)")
+    if config.auth.require_client_cert and not config.server.tls_cert:
+        raise ConfigError(
+            "auth.require_client_cert: needs server.tls_cert (tvbridge can only check a certificate"
+            " on a TLS connection it terminates; behind a proxy, let the proxy check it)"
+        )
+    if config.server.tls_key and not config.server.tls_cert:
+        raise ConfigError("server.tls_key: set server.tls_cert too")
     return attrs.evolve(config, routing=RoutingConfig(accounts=tuple(routes)), accounts=accounts)
 
 
@@ -252,7 +289,7 @@ def load_config(
     try:
         config = converter.structure(tree, Config)
     except cattrs.BaseValidationError as e:
-        raise ConfigError("; ".join(_format_errors(e))) from None
+        raise ConfigError("; ".join(validation_messages(e, root="(top level)"))) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     return _finish(config)

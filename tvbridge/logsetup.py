@@ -50,10 +50,30 @@ class Redactor:
         return value
 
 
+class RenderOnceFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders a record once, however many handlers (file, stdout) share this formatter."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: str | None = getattr(record, "_tvbridge_json", None)
+        if line is None:
+            line = super().format(record)
+            record._tvbridge_json = line  # noqa: SLF001 - our own cache attribute on the record
+        return line
+
+
 def configure_logging(
-    *, level: str, fmt: str, file: Path | None, secrets: Iterable[str] = (), stream: Any = None
+    *,
+    level: str,
+    fmt: str,
+    file: Path | None,
+    secrets: Iterable[str] = (),
+    stream: Any = None,
+    cache: bool = True,
 ) -> None:
-    """Configure structlog and the root logger; call once per process, before the first event."""
+    """Configure structlog and the root logger; call once per process, before the first event.
+
+    `cache=False` is for tests that configure logging more than once in a process.
+    """
     stream = stream or sys.stdout
     redact = Redactor(secrets)
     shared: list[Processor] = [
@@ -62,7 +82,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
-    json_formatter = structlog.stdlib.ProcessorFormatter(
+    json_formatter = RenderOnceFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -105,5 +125,5 @@ def configure_logging(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

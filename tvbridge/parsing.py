@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from tvbridge import config as config_module
@@ -41,6 +41,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
+from tvbridge.validation import validation_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -357,29 +358,6 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return raw
 
 
-def _format_exception(exc: BaseException, type_: type | None) -> str:
-    if isinstance(exc, KeyError):
-        return "required field missing"
-    if isinstance(exc, ValueError | TypeError) and str(exc):
-        return str(exc)
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown keys: {', '.join(sorted(exc.extra_fields))}"
-    return cattrs.v.format_exception(exc, type_)
-
-
-def validation_messages(exc: Exception) -> list[str]:
-    """`path: message` lines for everything wrong in an alert, paths written as the trader wrote them."""
-    if isinstance(exc, ClassValidationError | IterableValidationError):
-        lines = cattrs.transform_error(exc, path="", format_exception=_format_exception)
-    else:
-        lines = [f"{_format_exception(exc, None)} @ "]
-    out = []
-    for line in lines:
-        message, _, where = line.rpartition(" @ ")
-        out.append(f"{where.lstrip('.') or 'alert'}: {message}")
-    return out
-
-
 def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
     """Warnings for keys the alert format does not know (a typo such as `triggerprice` must be visible)."""
     warnings: list[str] = []
@@ -412,7 +390,7 @@ def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:
     try:
         alert: Alert = converter.structure(raw, OrderAlert | CancelAlert)  # type: ignore[arg-type]  # a union is a valid target for a registered hook
     except (cattrs.BaseValidationError, ValueError) as e:
-        raise InvalidAlertError(validation_messages(e)) from None
+        raise InvalidAlertError(validation_messages(e, root="alert")) from None
     return alert
 
 

@@ -1,0 +1,166 @@
+"""`PaperBroker`: the plugin tvbridge talks to; it owns the worker thread and the lifecycle, `book.py` the rules.
+
+SQLite is blocking, and the event loop must answer TradingView within 3 s, so every database call runs on one
+dedicated `ThreadPoolExecutor(max_workers=1)`. One thread, not a pool: the connection lives on it, and calls run
+strictly one after another, which is also what makes concurrent `place()` calls with one client order id safe (the
+second one finds the first one's order inside its own transaction).
+
+If a caller stops waiting (its task is cancelled by a deadline), a call already running still finishes and commits;
+tvbridge learns the outcome through `lookup()`, which is the contract for an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Final, Self, TypeVar
+
+import structlog
+
+from tvbridge.broker import (
+    BrokerError,
+    BrokerUnavailableError,
+    Capabilities,
+    Health,
+    check_supported,
+)
+
+from .book import Book
+from .settings import PaperSettings, parse_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from tvbridge.broker import BrokerContext, CancelRequest, OrderRequest, OrderResult
+
+    from .models import PaperOrder, PaperPosition
+
+T = TypeVar("T")
+
+log = structlog.get_logger()
+
+CAPABILITIES: Final = Capabilities(live=False)
+"""Every order type, product, exchange and instrument: paper is where a trader tries anything first."""
+
+HEALTH_TIMEOUT_S: Final = 2.0
+
+
+class PaperBroker:
+    """Simulated fills and positions in a SQLite file; the default account and the test double."""
+
+    api_version: int = 1
+
+    def __init__(self, settings: PaperSettings) -> None:
+        self._settings = settings
+        self._executor: ThreadPoolExecutor | None = None
+        self._book: Book | None = None
+        self._closed = False
+        # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
+        # arrives during start() must close what that start() opened
+        self._lifecycle = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
+        """Build from `[accounts.NAME]` (minus `broker`); raise `ValueError` naming an unknown or bad key."""
+        return cls(parse_settings(settings, context))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    @property
+    def settings(self) -> PaperSettings:
+        return self._settings
+
+    async def start(self) -> None:
+        """Open (or create) the database; raise `BrokerUnavailableError` if it cannot be used. Idempotent."""
+        async with self._lifecycle:
+            if self._closed:
+                raise BrokerUnavailableError("the paper broker was closed; build a new one")
+            if self._book is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper")
+            opening = executor.submit(
+                Book.open, self._settings.db_path, self._settings.prices, self._settings.synchronous
+            )
+            try:
+                book = await asyncio.wrap_future(opening)
+            except BaseException:
+                # cancelled while opening: the open still completes on the worker, so close it there, then let go
+                executor.submit(_close_if_opened, opening)
+                executor.shutdown(wait=False)
+                raise
+            self._book, self._executor = book, executor
+
+    async def aclose(self) -> None:
+        """Close the database and stop the worker thread once the calls already queued have run. Idempotent."""
+        self._closed = True  # at once, before waiting for a start() in progress: no new calls from here on
+        async with self._lifecycle:
+            book, executor = self._book, self._executor
+            self._book = self._executor = None
+            if executor is None:
+                return
+            try:
+                if book is not None:
+                    await asyncio.wrap_future(executor.submit(book.close))
+            finally:
+                executor.shutdown(wait=True)
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        """Place `request.leg`, or return the order already placed under `request.client_order_id`.
+
+        Raises `BrokerUnsupportedError` / `BrokerRejectedError` (nothing placed), `BrokerUnavailableError` (not
+        running, or a database error before anything was written) or `BrokerUnknownOutcomeError` (a database error
+        while committing: ask `lookup()`).
+        """
+        check_supported(self.capabilities, request.leg)
+        result = await self._call(lambda book: book.place(request))
+        moved = result.details.get("moved_orders")
+        if moved:  # fills of earlier orders happen on this alert's price, outside their own alert's log lines
+            log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
+        return result
+
+    async def cancel(self, request: CancelRequest) -> list[OrderResult]:
+        """Cancel by `leg.order_id`, or every resting order for `leg.symbol` (narrowed by exchange and side).
+
+        Raises `BrokerRejectedError` for an unknown order id, an order that already filled, or a leg that names
+        neither an order id nor a symbol. Nothing resting for the symbol: an empty list.
+        """
+        return await self._call(lambda book: book.cancel(request))
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        return await self._call(lambda book: book.lookup(client_order_id))
+
+    async def health(self) -> Health:
+        """Healthy when the database file answers a query within 2 s."""
+        if self._book is None:
+            return Health(ok=False, detail="paper broker is closed" if self._closed else "paper broker not started")
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                resting = await self._call(Book.count_resting)
+        except TimeoutError:
+            return Health(ok=False, detail=f"paper database did not answer within {HEALTH_TIMEOUT_S:g} s")
+        except BrokerError as e:
+            return Health(ok=False, detail=str(e))
+        return Health(ok=True, detail=f"paper database {self._settings.db_path}: {resting} resting order(s)")
+
+    async def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
+        """This paper account's orders, oldest first (for tests, a status page, a flatten command); with
+        `resting_only`, just the OPEN and TRIGGER_PENDING ones."""
+        return await self._call(lambda book: book.orders(resting_only=resting_only))
+
+    async def positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
+        """Open positions (and, with `include_flat`, closed ones with their realized P&L)."""
+        return await self._call(lambda book: book.positions(include_flat=include_flat))
+
+    async def _call(self, job: Callable[[Book], T]) -> T:
+        book, executor = self._book, self._executor
+        if book is None or executor is None:
+            state = "closed" if self._closed else "not started"
+            raise BrokerUnavailableError(f"the paper broker is {state}: nothing was done")
+        return await asyncio.wrap_future(executor.submit(job, book))
+
+
+def _close_if_opened(opening: Future[Book]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

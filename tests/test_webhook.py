@@ -1,0 +1,260 @@
+"""POST /webhook through the real server: status codes, bodies, the orders a broker got, the order log."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+from structlog.testing import capture_logs
+
+from tvbridge.config import AlertsConfig, Config
+from tvbridge.orderlog import COLUMNS, GUIDE_COLUMNS
+
+
+def scripted(config: Config, **settings: Any) -> Config:
+    return with_accounts(config, {"s": {"broker": "scripted", **settings}})
+
+
+def orders_received(config: Config, account: str = "s") -> list[dict[str, Any]]:
+    path = config.data_path(f"scripted-{account}.jsonl")
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def order_log(config: Config) -> list[dict[str, str]]:
+    with config.data_path("webhook_orders.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json", None])
+async def test_alert_is_placed_whatever_the_content_type(
+    make_client: ClientFactory, config: Config, content_type: str | None
+) -> None:
+    """TradingView sends text/plain or application/json; curl may send none. All three work."""
+    config = scripted(config)
+    client = await make_client(config)
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await client.post("/webhook", data=json.dumps(alert()).encode(), headers=headers)
+    body = await response.json()
+    assert response.status == 200
+    assert body["status"] == "success"
+    assert body["message"] == "Processed 1 order leg(s)"
+    assert body["alertType"] == "multi_leg_order"
+    assert body["alert_id"] == response.headers["X-Request-ID"]
+    (result,) = body["results"]
+    assert result | {"order_id": None} == {
+        "leg_number": 1,
+        "symbol": "RELIANCE",
+        "transaction": "B",
+        "quantity": "10",
+        "status": "success",
+        "message": "filled",
+        "order_id": None,
+        "account": "s",
+        "broker": "scripted",
+        "client_order_id": f"{body['alert_id']}-1",
+        "order_state": "filled",
+    }
+    assert orders_received(config) == [
+        {
+            "client_order_id": f"{body['alert_id']}-1",
+            "order_id": result["order_id"],
+            "symbol": "RELIANCE",
+            "side": "B",
+            "quantity": 10,
+        }
+    ]
+
+
+async def test_order_log_has_the_guides_columns_first(make_client: ClientFactory, config: Config) -> None:
+    """webhook_orders.csv: the guide's twelve columns in its order, then ours; one row per leg."""
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", quantity="3")))
+    alert_id = (await response.json())["alert_id"]
+    header = config.data_path("webhook_orders.csv").read_text().splitlines()[0].split(",")
+    assert header[:12] == list(GUIDE_COLUMNS)
+    assert header == list(COLUMNS)
+    (row,) = order_log(config)
+    assert row["alert_type"] == "multi_leg_order"
+    assert (row["symbol"], row["exchange"], row["transaction"], row["quantity"]) == ("INFY", "NSE", "B", "3")
+    assert (row["order_type"], row["product_type"], row["price"], row["status"]) == ("MKT", "C", "0", "success")
+    assert row["alert_id"] == alert_id
+    assert row["leg_number"] == "1"
+    assert row["account"] == "s"
+    assert datetime.fromisoformat(row["timestamp"]).tzinfo is not None
+
+
+async def test_order_log_cells_cannot_run_as_formulas(make_client: ClientFactory, config: Config) -> None:
+    """A symbol like =HYPERLINK(...) is written as text, not as a spreadsheet formula."""
+    config = scripted(config, reject_symbols=["=HYPERLINK(1)"])
+    client = await make_client(config)
+    await client.post("/webhook", json=alert(leg(symbol="=HYPERLINK(1)")))
+    (row,) = order_log(config)
+    assert row["symbol"] == "'=HYPERLINK(1)"
+    assert row["status"] == "failed"
+    assert not any(value.startswith(("=", "+", "-", "@")) for value in row.values())
+
+
+async def test_failed_leg_skips_the_later_legs(make_client: ClientFactory, config: Config) -> None:
+    """A half-placed bracket is worse than none: after a failed leg, the later legs are not sent."""
+    config = scripted(config, reject_symbols=["BAD"])
+    client = await make_client(config)
+    legs = [leg(symbol="GOOD", sort_order="1"), leg(symbol="BAD", sort_order="2"), leg(symbol="LATER", sort_order="3")]
+    response = await client.post("/webhook", json=alert(*legs))
+    body = await response.json()
+    assert response.status == 200
+    assert body["status"] == "partial"
+    assert [(r["symbol"], r["status"]) for r in body["results"]] == [
+        ("GOOD", "success"),
+        ("BAD", "failed"),
+        ("LATER", "skipped"),
+    ]
+    assert body["results"][1]["message"] == "BAD is not tradeable here"
+    assert body["results"][2]["message"] == "skipped: leg 2 failed"
+    assert [o["symbol"] for o in orders_received(config)] == ["GOOD"]
+    assert [row["status"] for row in order_log(config)] == ["success", "failed", "skipped"]
+
+
+async def test_on_leg_failure_continue_runs_the_rest(make_client: ClientFactory, config: Config) -> None:
+    config = attrs.evolve(scripted(config, reject_symbols=["BAD"]), alerts=AlertsConfig(on_leg_failure="continue"))
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="BAD"), leg(symbol="LATER", sort_order="2")))
+    body = await response.json()
+    assert [(r["symbol"], r["status"]) for r in body["results"]] == [("BAD", "failed"), ("LATER", "success")]
+    assert [o["symbol"] for o in orders_received(config)] == ["LATER"]
+
+
+async def test_all_legs_failing_is_status_failed(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config, reject_symbols=["BAD"])
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(symbol="BAD")))).json()
+    assert body["status"] == "failed"
+
+
+async def test_unsupported_order_type_fails_before_sending(make_client: ClientFactory, config: Config) -> None:
+    """A leg outside the broker's declared capabilities is refused with a message; nothing is sent."""
+    config = scripted(config, order_types=["MKT"])
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(orderType="LMT", price="100")))).json()
+    assert body["results"][0]["status"] == "failed"
+    assert body["results"][0]["message"] == "not sent: orderType LMT is not supported by this broker (supported: MKT)"
+    assert orders_received(config) == []
+
+
+async def test_unknown_outcome_is_resolved_by_lookup_not_resent(make_client: ClientFactory, config: Config) -> None:
+    """The broker took the order but the answer was lost: found by client order id, placed once."""
+    config = scripted(config, lose_answer_symbols=["FLAKY"])
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(symbol="FLAKY")))).json()
+    assert body["status"] == "success"
+    assert body["results"][0]["order_id"] == "S00001"
+    assert len(orders_received(config)) == 1
+
+
+async def test_stale_alert_is_refused_and_nothing_is_placed(make_client: ClientFactory, config: Config) -> None:
+    """meta.timenow older than alerts.max_age_s: 422, status stale, no order, a row in the order log."""
+    config = scripted(config)
+    client = await make_client(config)
+    old = (datetime.now(UTC) - timedelta(seconds=config.alerts.max_age_s + 60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(meta={"interval": "1D", "time": old, "timenow": old})))
+    body = await response.json()
+    assert response.status == 422
+    assert body["status"] == "stale"
+    assert body["alert_id"] == response.headers["X-Request-ID"]
+    assert body["message"].startswith("alert is stale: meta.timenow is ")
+    assert orders_received(config) == []
+    assert [row["status"] for row in order_log(config)] == ["stale"]
+
+
+async def test_alert_without_meta_has_no_age_check(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert(leg())
+    del raw["order_legs"][0]["meta"]
+    response = await client.post("/webhook", json=raw)
+    assert response.status == 200
+
+
+async def test_unknown_keys_come_back_as_warnings(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(triggerprice="5")))).json()
+    assert body["status"] == "success"
+    assert body["warnings"] == ["order_legs[0].triggerprice: unknown key, ignored (did you mean triggerPrice?)"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        (b"not json", 400, "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (b"[1]", 400, "body must be a JSON object (the alert), got a list"),
+        (b"3", 400, "body must be a JSON object (the alert), got 3"),
+        (json.dumps(alert(secret="wrong")).encode(), 401, "Invalid webhook secret"),
+        (json.dumps({"alertType": "single_order"}).encode(), 401, "Invalid webhook secret: the alert has no secret"),
+        (json.dumps({**alert(), "secret": 12345}).encode(), 401, "Invalid webhook secret"),
+    ],
+)
+async def test_refusals(make_client: ClientFactory, config: Config, payload: bytes, status: int, message: str) -> None:
+    """Each refusal: its status, the guide's message, the alert id in body and header, nothing placed."""
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", data=payload, headers={"Content-Type": "text/plain"})
+    body = await response.json()
+    assert response.status == status
+    assert body == {"status": "error", "message": message, "alert_id": response.headers["X-Request-ID"]}
+    assert orders_received(config) == []
+
+
+async def test_invalid_alert_lists_every_problem(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(quantity="ten", orderType="SL-M", symbol="{{ticker}}")))
+    body = await response.json()
+    assert response.status == 422
+    assert body["message"] == "Payload validation error"
+    assert body["errors"] == [
+        "order_legs[0].quantity: must be a whole number, got 'ten'",
+        "order_legs[0].symbol: unreplaced TradingView placeholder {{ticker}}: TradingView did not fill it in",
+    ]
+
+
+async def test_body_over_the_limit_is_413(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    big = json.dumps(alert(leg(symbol="X" * config.limits.max_body_bytes))).encode()
+    response = await client.post("/webhook", data=big)
+    assert response.status == 413
+    assert (await response.json())["message"].startswith("body too large")
+
+
+async def test_secret_never_appears_in_responses_or_logs(make_client: ClientFactory, config: Config) -> None:
+    """Accepted or refused, the secret is in no answer and no log event."""
+    config = scripted(config)
+    client = await make_client(config)
+    with capture_logs() as events:
+        answers = [
+            await (await client.post("/webhook", json=alert())).text(),
+            await (await client.post("/webhook", json=alert(secret=SECRET + "x"))).text(),
+            await (await client.post("/webhook", json=alert(leg(quantity="x")))).text(),
+        ]
+    assert events
+    assert SECRET not in "".join(answers)
+    assert SECRET not in repr(events)
+    assert SECRET not in Path(config.data_path("webhook_orders.csv")).read_text()
+
+
+async def test_cancel_order_alert(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert({"symbol": "INFY", "transactionType": "S"}, alert_type="cancel_order")
+    body = await (await client.post("/webhook", json=raw)).json()
+    assert body["status"] == "success"
+    assert body["results"][0]["message"] == "cancelled 0 order(s)"
