@@ -4,8 +4,8 @@ Runs `../shared/peers/run_peers.sh` (override with PEERS_DIR) with tvbridge in t
 alternation as the bare aiohttp floor and the guide's FastAPI server, so the ratios come from one run on one
 noisy machine. tvbridge is started the way the guide's server is (WEBHOOK_* environment, its working directory)
 from a venv of its own with the paper broker, every guard on, the journal on (`synchronous = normal`, the
-default; `BENCH_JOURNAL_SYNC=full` for the other) and only the rate limits raised out of the way (load.py sends unique alerts, so dedupe stays on and
-never fires). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
+default; `BENCH_JOURNAL_SYNC=full` for the other) and only the rate limits raised out of the way (load.py sends
+unique alerts, so dedupe stays on and never fires). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
 
     python bench/run.py                 # figures on stdout, bench/results/latest.{json,md}
     PEERS_ROUNDS=4 python bench/run.py  # more rounds (medians are reported); other PEERS_* pass through
