@@ -13,6 +13,7 @@ import collections
 import csv
 import os
 import random
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +41,24 @@ async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
         return None
 
 
-def check_exactly_once(data_dir: Path, answered_2xx: set[str]) -> None:
-    """The invariants, read from the files the server left behind."""
+def paper_orders(data_dir: Path) -> list[str]:
+    """The client order ids in the paper broker's own SQLite file, after its integrity check."""
+    conn = sqlite3.connect(data_dir / "paper-paper.sqlite3")
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return [row[0] for row in conn.execute("SELECT client_order_id FROM orders")]
+    finally:
+        conn.close()
+
+
+def check_exactly_once(data_dir: Path, answered_2xx: set[str], orders: list[str] | None = None) -> None:
+    """The invariants, read from the files the server left behind (the scripted broker's by default)."""
     alerts, legs, integrity = journal_rows(data_dir)
     assert integrity == "ok"
     assert [a for a, status in alerts.items() if status == "accepted"] == [], "an alert was left unfinished"
-    orders = scripted_orders(data_dir)
-    counts = collections.Counter(o["client_order_id"] for o in orders)
+    if orders is None:
+        orders = [o["client_order_id"] for o in scripted_orders(data_dir)]
+    counts = collections.Counter(orders)
     assert [cid for cid, n in counts.items() if n > 1] == [], "an order was placed twice"
     for cid in counts:
         alert_id = cid.rsplit("-", 1)[0]
@@ -94,15 +106,14 @@ async def test_kill_at_a_named_point_then_restart(tmp_path: Path, point: str) ->
     assert {(interrupted[0], "1"), (interrupted[0], "2")} <= logged
 
 
-async def test_random_kills_during_a_burst(tmp_path: Path) -> None:
-    """Three rounds of a concurrent burst of two-leg alerts, each cut by SIGKILL at a random moment, each
-    followed by a restart: every alert answered 2xx has each leg exactly once at the broker, none extra."""
+async def kill_bursts(tmp_path: Path, env: dict[str, str], rounds: int = 3) -> set[str]:
+    """`rounds` concurrent bursts of two-leg alerts, each cut by SIGKILL at a random moment and followed by a
+    restart; returns the ids of the alerts answered 2xx. Ends with a clean start and SIGTERM."""
     seed = int(os.environ.get("TVBRIDGE_TEST_SEED", str(random.randrange(1 << 30))))  # noqa: S311 - a test schedule, not a secret
     rng = random.Random(seed)  # noqa: S311 - same
     answered: set[str] = set()
-    env = {"TVBRIDGE_ACCOUNTS__SIM__DELAY_S": "0.003"}
     counter = 0
-    for round_ in range(3):
+    for round_ in range(rounds):
         server = await asyncio.to_thread(start, tmp_path, env, f"round{round_}")
 
         async def burst(url: str, first: int) -> list[tuple[int, dict[str, Any]] | None]:
@@ -122,10 +133,26 @@ async def test_random_kills_during_a_burst(tmp_path: Path) -> None:
         for outcome in await asyncio.wait_for(task, 20):
             if outcome is not None and 200 <= outcome[0] < 300:
                 answered.add(outcome[1]["alert_id"])
-    final = await asyncio.to_thread(start, tmp_path, None, "final")
+    final = await asyncio.to_thread(start, tmp_path, env, "final")
     assert await asyncio.to_thread(final.terminate) == 0
     assert answered, f"seed {seed}: no alert was answered before the kills"
+    return answered
+
+
+async def test_random_kills_during_a_burst(tmp_path: Path) -> None:
+    """Three rounds of a concurrent burst of two-leg alerts, each cut by SIGKILL at a random moment, each
+    followed by a restart: every alert answered 2xx has each leg exactly once at the broker, none extra."""
+    answered = await kill_bursts(tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__DELAY_S": "0.003"})
     check_exactly_once(tmp_path, answered)
+
+
+async def test_random_kills_with_the_paper_broker(tmp_path: Path) -> None:
+    """The same with the paper broker (its own SQLite file, idempotent on client order id): every alert answered
+    2xx has each leg exactly once in paper's orders, no order without a journaled alert, both files intact."""
+    prices = "\n".join(f"SYM{i} = 100" for i in range(120))
+    (tmp_path / "config.toml").write_text(f'[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\n{prices}\n')
+    answered = await kill_bursts(tmp_path, {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'})
+    check_exactly_once(tmp_path, answered, paper_orders(tmp_path))
 
 
 async def test_unsent_leg_expires_after_max_age(tmp_path: Path) -> None:
