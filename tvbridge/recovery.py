@@ -40,7 +40,11 @@ def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
     stored = leg.get("result")
     if not isinstance(stored, dict):
         return None
-    return LegResult(**{**stored, "status": LegStatus(stored["status"])})
+    try:
+        return LegResult(**{**stored, "status": LegStatus(stored["status"])})
+    except (TypeError, ValueError, KeyError):  # written by another version: ask the broker instead of guessing
+        log.warning("recovery.result_unreadable", leg=leg.get("leg_number"), account=leg.get("account"))
+        return None
 
 
 async def recover(journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter) -> int:
