@@ -134,7 +134,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         (
             f"Measured {meta['when']} on {meta['cpus']} cores, Python {meta['python']}, client {meta['client']},"
-            f" {meta['requests']} requests per mode, medians of {meta['rounds']} rounds (one run: compare ratios)."
+            f" {meta['requests']} requests per mode, medians of {meta['rounds']} rounds (one run: compare ratios);"
+            f" tvbridge: paper broker, journal.synchronous = {meta['journal_synchronous']}."
         ),
         "",
         "| server | req/s at c=32 | p50 ms at c=1 | p99 ms at c=1 | p99 ms at c=32 | peak RSS MB | non-2xx |",
