@@ -35,6 +35,7 @@ from tvbridge.middlewares import build_middlewares
 from tvbridge.middlewares.dedupe import dedupe_ctx
 from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.orderlog import order_log_ctx
+from tvbridge.recovery import recovery_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -71,6 +72,8 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         before_send=guard.before_send,
     )
     yield
+    # an alert spawned while the server was stopping must not outlive the brokers and the journal
+    await app[STATE].drain(config.server.shutdown_grace_s)
 
 
 def create_app(
@@ -92,8 +95,9 @@ def create_app(
     app[CLOCK] = time.monotonic
     app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
+    # recovery after brokers and executor, before the first request and before the queue's scheduler
     app.cleanup_ctx.extend(
-        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, scheduler_ctx]
+        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx, scheduler_ctx]
     )
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)

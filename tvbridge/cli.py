@@ -24,6 +24,7 @@ from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import trading
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
@@ -213,6 +214,7 @@ async def _run(
         )
         await stop.wait()
         log.info("server.stopping", reason="signal")
+        await begin_shutdown(app)  # 503 to new alerts while in-flight ones finish; then stop listening
     finally:
         await runner.cleanup()
         log.info("server.stopped")

@@ -65,15 +65,20 @@ class SqliteWorker:
         return await future  # type: ignore[return-value]  # the future holds fn's result
 
     def _resolve(self, future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
+        self._resolve_all([(future, result, error)])
+
+    def _resolve_all(self, outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]]) -> None:
+        """Settle a batch's futures with one wake-up of the event loop (one self-pipe write, not one each)."""
         assert self._loop is not None  # noqa: S101 - set in start()
 
         def settle() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
 
         with contextlib.suppress(RuntimeError):  # the loop closed while we worked: nobody is waiting
             self._loop.call_soon_threadsafe(settle)
@@ -119,34 +124,47 @@ class SqliteWorker:
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        reads = [job for job in batch if not job[2]]
-        writes = [job for job in batch if job[2]]
-        for fn, future, _ in reads:
-            try:
-                self._resolve(future, fn(conn), None)
-            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
-                self._resolve(future, None, e)
-        if not writes:
-            return
         outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        for fn, future, write in batch:
+            if write:
+                continue
+            try:
+                outcomes.append((future, fn(conn), None))
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
+                outcomes.append((future, None, e))
+        writes = [job for job in batch if job[2]]
+        if writes:
+            outcomes.extend(self._commit(conn, writes))
+        self._resolve_all(outcomes)
+
+    def _commit(
+        self, conn: sqlite3.Connection, writes: list[_Job]
+    ) -> list[tuple[asyncio.Future[object], object, BaseException | None]]:
+        """All writes in one transaction; each in a SAVEPOINT when there are several, so one failing write
+        fails alone (a lone write needs none: its failure rolls the transaction back)."""
+        outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        alone = len(writes) == 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future, _ in writes:
                 try:
-                    conn.execute("SAVEPOINT job")
+                    if not alone:
+                        conn.execute("SAVEPOINT job")
                     result = fn(conn)
-                    conn.execute("RELEASE job")
+                    if not alone:
+                        conn.execute("RELEASE job")
                     outcomes.append((future, result, None))
-                except Exception as e:  # noqa: BLE001 - this write fails alone
+                except Exception as e:
+                    if alone:
+                        raise
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
                     outcomes.append((future, None, e))
             conn.execute("COMMIT")
             self.batches += 1
-        except sqlite3.Error as e:
+        except Exception as e:  # noqa: BLE001 - the transaction failed: every write in it failed
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            outcomes = [(future, None, e) for _, future, _ in writes]
-        for future, result, error in outcomes:
-            self._resolve(future, result, error)
+            return [(future, None, e) for _, future, _ in writes]
+        return outcomes
