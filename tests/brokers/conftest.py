@@ -7,11 +7,10 @@ file without clashing.
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from dhan_support import now
+from dhan_support import MakeDhan, now
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.instruments import sample_master_path
@@ -19,9 +18,8 @@ from tvbridge_brokers.dhan.instruments import sample_master_path
 from tvbridge.broker import BrokerContext
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
-
-MakeDhan = Callable[..., Awaitable[DhanBroker]]
 
 
 @pytest.fixture

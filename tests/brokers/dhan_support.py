@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from tvbridge_brokers.dhan.broker import IST
 
 from tvbridge.broker import OrderRequest
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+
+if TYPE_CHECKING:
+    from tvbridge_brokers.dhan import DhanBroker
+
+MakeDhan = Callable[..., Awaitable["DhanBroker"]]
+"""The `make_dhan` fixture: `await make_dhan(settings, account=...)` builds and starts a broker."""
 
 NOW: Final = datetime(2026, 11, 25, 10, 0, tzinfo=IST)
 """A Wednesday: NIFTY's November future (2026-11-24) has expired, December's is the nearest."""

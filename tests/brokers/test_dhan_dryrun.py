@@ -12,7 +12,7 @@ from tvbridge.broker import BrokerRejectedError, CancelRequest, OrderState
 from tvbridge.models import CancelLeg, Exchange, Instrument, OptionType, Product
 
 if TYPE_CHECKING:
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
     from fake_dhan import FakeDhan
     from tvbridge_brokers.dhan import DhanBroker
 

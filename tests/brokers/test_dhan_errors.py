@@ -18,7 +18,7 @@ from tvbridge.broker import (
 )
 
 if TYPE_CHECKING:
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
     from tvbridge_brokers.dhan import DhanBroker
 
 

@@ -15,7 +15,7 @@ from tvbridge.broker import API_VERSION, BrokerContext, BrokerError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
 
 
 def test_defaults_are_dry_run_on_dhans_real_api() -> None:

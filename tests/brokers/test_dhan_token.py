@@ -14,7 +14,7 @@ from tvbridge_brokers.dhan.settings import parse_settings
 from tvbridge.broker import BrokerError
 
 if TYPE_CHECKING:
-    from conftest import MakeDhan
+    from dhan_support import MakeDhan
     from tvbridge_brokers.dhan import DhanBroker
 
 
