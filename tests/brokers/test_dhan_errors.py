@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -224,3 +225,13 @@ async def test_dhan_unreachable_is_an_unknown_outcome(make_dhan: MakeDhan, dhan_
 
     assert not health.ok
     assert health.detail.startswith("Dhan unreachable: no usable answer from Dhan")
+
+
+async def test_the_same_client_order_id_at_the_same_moment_sends_once(
+    dhan_live: DhanBroker, fake_dhan: FakeDhan
+) -> None:
+    """Two place() calls for one client order id racing each other still make one order at Dhan."""
+    first, second = await asyncio.gather(dhan_live.place(request()), dhan_live.place(request()))
+
+    assert first.order_id == second.order_id
+    assert len(fake_dhan.placed()) == 1
