@@ -149,7 +149,7 @@ async def test_a_hang_past_the_timeout_is_resolved_by_lookup(dhan_live: DhanBrok
 
     assert list(fake_dhan.orders) == [result.order_id]
     assert "no answer from Dhan within 0.5 s" in result.message
-    assert 0.5 <= elapsed < 1.5
+    assert 0.5 <= elapsed < 2.5  # inside TradingView's 3 s, with room for a loaded CI machine
 
 
 async def test_unknown_outcome_when_the_lookup_fails_too(dhan_live: DhanBroker, fake_dhan: FakeDhan) -> None:
