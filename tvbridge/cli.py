@@ -22,7 +22,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import trading
-from tvbridge.config import effective_settings, find_config_file, load_config
+from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging
@@ -133,14 +133,7 @@ def _broker_secrets(config: Config) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, k)
-        elif isinstance(node, str) and key in {
-            "access_token",
-            "api_key",
-            "api_secret",
-            "password",
-            "token",
-            "totp_secret",
-        }:
+        elif isinstance(node, str) and is_secret_key(key):
             found.append(node)
 
     walk({name: dict(table) for name, table in config.accounts.items()})

@@ -177,7 +177,9 @@ def require_admin(request: web.Request) -> None:
     expected = request.app[CREDENTIALS].admin_token
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    ):
         log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 
