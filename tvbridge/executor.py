@@ -139,8 +139,17 @@ class Executor:
     ) -> dict[str, Any]:
         """Place the alert's legs, record the results, and return the response body."""
         started = time.perf_counter()
-        per_account = await asyncio.gather(*(self._run_account(alert_id, alert, a, resume) for a in accounts))
-        results = [r for account_results in per_account for r in account_results]
+        per_account = await asyncio.gather(
+            *(self._run_account(alert_id, alert, a, resume) for a in accounts), return_exceptions=True
+        )
+        results: list[LegResult] = []
+        for account, outcome in zip(accounts, per_account, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):  # cancellation, exit: not ours to swallow
+                    raise outcome
+                results.extend(self._account_crashed(alert_id, alert, account, outcome))
+            else:
+                results.extend(outcome)
         status = summarize(results)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
         crash_point("before_finish")
@@ -162,6 +171,24 @@ class Executor:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return body
+
+    def _account_crashed(self, alert_id: str, alert: Alert, account: str, error: Exception) -> list[LegResult]:
+        """A bug while running one account must not cost the other accounts their records: this account's legs
+        are reported `unknown` (some may have been sent) and the journal keeps them for a check."""
+        log.error("account.failed", alert_id=alert_id, account=account, error=f"{type(error).__name__}: {error}")
+        message = "outcome unknown (internal error while sending): check the broker before resending"
+        legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
+        return [
+            self.result_for(
+                account,
+                n,
+                leg,
+                LegStatus.UNKNOWN,
+                message,
+                client_id=client_order_id(alert_id, n) if isinstance(leg, OrderLeg) else None,
+            )
+            for n, leg in enumerate(legs, start=1)
+        ]
 
     async def _run_account(self, alert_id: str, alert: Alert, account: str, resume: Resume | None) -> list[LegResult]:
         results: list[LegResult] = []
@@ -311,6 +338,7 @@ class Executor:
         request = OrderRequest(client_order_id=client_id, alert_id=alert_id, leg_number=number, leg=leg)
         try:
             order = await broker.place(request)
+            result = self._from_order(account, number, leg, order, client_id)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(account, number, leg, client_id, str(e))
         except BrokerError as e:
@@ -318,7 +346,7 @@ class Executor:
         except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
-        return self._from_order(account, number, leg, order, client_id)
+        return result
 
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
         if order.state is OrderState.DRY_RUN:
@@ -362,14 +390,16 @@ class Executor:
             if not broker.capabilities.cancel:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
             cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
+            ids = [c.order_id for c in cancelled if c.order_id]
+            dry_run = any(c.state is OrderState.DRY_RUN for c in cancelled)
         except BrokerError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
-        except Exception as e:
+        except Exception as e:  # a plugin bug: some orders may be cancelled already
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
-            return self.result_for(account, number, leg, LegStatus.FAILED, f"broker plugin error: {e}")
-        ids = [c.order_id for c in cancelled if c.order_id]
+            message = f"cancel outcome unknown (broker plugin error: {e}): check the broker"
+            return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
         message = f"cancelled {len(ids)} order(s)" + (f": {', '.join(ids)}" if ids else "")
-        status = LegStatus.TEST_MODE if any(c.state is OrderState.DRY_RUN for c in cancelled) else LegStatus.SUCCESS
+        status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
 

@@ -38,6 +38,8 @@ class ScriptedSettings:
     delay_s: float = 0.0
     reject_symbols: tuple[str, ...] = ()
     lose_answer_symbols: tuple[str, ...] = ()
+    bad_answer_symbols: tuple[str, ...] = ()
+    """Place the order, then answer with something that is not an OrderResult (a plugin bug)."""
     order_types: tuple[str, ...] = ()
 
 
@@ -59,7 +61,7 @@ class ScriptedBroker:
         if unknown:
             raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
-        for key in ("reject_symbols", "lose_answer_symbols", "order_types"):
+        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
@@ -112,6 +114,8 @@ class ScriptedBroker:
             )
         if leg.symbol in self.settings.lose_answer_symbols:
             raise BrokerUnknownOutcomeError("connection dropped after sending")
+        if leg.symbol in self.settings.bad_answer_symbols:
+            return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
