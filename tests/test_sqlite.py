@@ -59,3 +59,45 @@ async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         await db.write(insert(3))
     await db.close()
+
+
+async def test_a_write_that_rolls_back_the_transaction_fails_the_whole_batch(tmp_path: Path) -> None:
+    """Disk full inside a batch: SQLite rolls the whole transaction back, so every write of the batch is
+    reported failed and none of them is in the database (never 'failed' for a write that was committed)."""
+    import threading  # noqa: PLC0415 - only here
+
+    db = await make(tmp_path)
+    await db.write(lambda conn: conn.execute("CREATE TABLE big (x TEXT)"))
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(db.write(lambda _conn: gate.wait(10)))
+
+    def before(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO big VALUES ('A')")
+
+    def disk_full(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        conn.execute("INSERT INTO big VALUES (?)", ("x" * 100_000,))
+
+    def after(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA max_page_count=1000000")
+        conn.execute("INSERT INTO big VALUES ('D')")
+
+    batch = asyncio.gather(db.write(before), db.write(disk_full), db.write(after), return_exceptions=True)
+    for _ in range(5):  # let the three writes reach the queue while the blocker holds the worker
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(blocker, return_exceptions=True)  # it may share the failed batch: fine
+    outcomes = await batch
+    assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
+    rows = await db.read(lambda conn: conn.execute("SELECT x FROM big WHERE length(x) < 10").fetchall())
+    assert rows == []
+    await db.close()
+
+
+async def test_a_write_after_close_is_refused_not_left_hanging(tmp_path: Path) -> None:
+    db = await make(tmp_path)
+    closing = asyncio.ensure_future(db.close())
+    with pytest.raises(sqlite3.ProgrammingError, match="not open|closed"):
+        await asyncio.wait_for(db.write(insert(9)), timeout=5)
+    await closing

@@ -36,6 +36,7 @@ class SqliteWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.batches = 0
         """Transactions committed (for the benchmark's group-commit figure)."""
 
@@ -46,6 +47,7 @@ class SqliteWorker:
         await self._ready
 
     async def close(self) -> None:
+        self._closing = True
         if self._thread.is_alive():
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -58,7 +60,7 @@ class SqliteWorker:
         return await self._submit(fn, write=True)
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        if self._loop is None or not self._thread.is_alive():
+        if self._loop is None or self._closing or not self._thread.is_alive():
             raise sqlite3.ProgrammingError(f"{self._path}: the database is not open")
         future: asyncio.Future[object] = self._loop.create_future()
         self._jobs.put((fn, future, write))
@@ -105,6 +107,21 @@ class SqliteWorker:
             self._serve(conn)
         finally:
             conn.close()
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Jobs that raced close() and landed behind the sentinel: answered, never left hanging."""
+        closed = sqlite3.ProgrammingError(f"{self._path}: the database was closed")
+        leftovers: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftovers.append((job[1], None, closed))
+        if leftovers:
+            self._resolve_all(leftovers)
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
@@ -155,11 +172,15 @@ class SqliteWorker:
                         conn.execute("RELEASE job")
                     outcomes.append((future, result, None))
                 except Exception as e:
-                    if alone:
+                    if alone or not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (disk full, I/O error): the writes before
+                        # this one are gone too, and the ones after must not run in autocommit. All failed.
                         raise
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
+                    if not conn.in_transaction:
+                        raise
                     outcomes.append((future, None, e))
             conn.execute("COMMIT")
             self.batches += 1
