@@ -98,6 +98,6 @@ async def test_a_write_that_rolls_back_the_transaction_fails_the_whole_batch(tmp
 async def test_a_write_after_close_is_refused_not_left_hanging(tmp_path: Path) -> None:
     db = await make(tmp_path)
     closing = asyncio.ensure_future(db.close())
-    with pytest.raises(sqlite3.ProgrammingError, match="not open|closed"):
+    with pytest.raises(sqlite3.ProgrammingError, match=r"not open|closed"):
         await asyncio.wait_for(db.write(insert(9)), timeout=5)
     await closing
