@@ -20,20 +20,22 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.app import create_app
+from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
-from tvbridge.commands import trading
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
+from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
 from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     import cattrs
 
@@ -47,11 +49,13 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvbridge", description="TradingView alerts to broker orders.")
     parser.add_argument("--version", action="version", version=f"tvbridge {__version__}")
     parser.add_argument("--config", help="config file (default: $TVBRIDGE_CONFIG, else ./config.toml if present)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for command in extra.values():
+        command.add_parser(sub)
     sub.add_parser("serve", help="run the webhook server")
     sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
@@ -81,7 +85,8 @@ def _load_optional(args: argparse.Namespace, converter: cattrs.Converter) -> Con
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per subcommand
-    args = _parser().parse_args(argv)
+    extra = plugin_commands()
+    args = _parser(extra).parse_args(argv)
     converter = make_converter()
     if args.command == "brokers":
         return brokers_command.run(args, _load_optional(args, converter))
@@ -93,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _check_config(config, converter)
         if args.command == "secret":
             return _secret(config, rotate=args.rotate)
-        return _serve(config, converter)
+        if args.command in extra:
+            return extra[args.command].run(args, config)
+        return _serve(config, converter, lambda: _load(args, converter))
     except (ConfigError, PluginError) as e:
         return _fail(f"config error: {e}", EXIT_CONFIG)
     except TvBridgeError as e:
@@ -155,7 +162,7 @@ def _first_run_notice(credentials: Credentials, url: str) -> None:
     )
 
 
-def _serve(config: Config, converter: cattrs.Converter) -> int:
+def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[[], Config] | None = None) -> int:
     credentials = resolve_credentials(config)
     log_file = config.data_path(config.logging.file) if config.logging.file else None
     configure_logging(
@@ -167,20 +174,28 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
     try:
-        return asyncio.run(_run(app, config, credentials, ssl_context))
+        return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
     except OSError as e:
-        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
+        log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
 async def _run(
-    app: web.Application, config: Config, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    config: Config,
+    credentials: Credentials,
+    ssl_context: ssl.SSLContext | None = None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reload_config is not None:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: app[STATE].spawn(reload_brokers(app, reload_config), name="reload")
+        )
     try:
         await runner.setup()
     except (PluginError, ConfigError) as e:
@@ -188,7 +203,7 @@ async def _run(
         raise ConfigError(str(e)) from None
     except TvBridgeError as e:
         await runner.cleanup()
-        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
+        log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
@@ -205,7 +220,10 @@ async def _run(
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
+        pid_file = config.data_path(PID_FILE)
+        write_pid_file(pid_file)
         await stop.wait()
+        pid_file.unlink(missing_ok=True)
         log.info("server.stopping", reason="signal")
         await begin_shutdown(app)  # 503 to new alerts while in-flight ones finish; then stop listening
     finally:
