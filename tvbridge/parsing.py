@@ -14,7 +14,7 @@ import difflib
 import json
 import re
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -52,6 +52,19 @@ E = TypeVar("E", bound=Enum)
 
 PLACEHOLDER: Final = re.compile(r"\{\{\s*[^{}]*?\s*\}\}")
 
+# Numbers are checked as ASCII text with bounded length BEFORE any int()/Decimal() conversion: `1e3000000` or a
+# 60 KB digit string would otherwise freeze the event loop (int(Decimal("1e400000")) is quadratic) or make
+# 10 MB order-log rows. A sign is let through the pattern so the range checks can say what is wrong with `-3`.
+MAX_INT_DIGITS: Final = 9
+MAX_DECIMAL_DIGITS: Final = (10, 8)
+WHOLE: Final = re.compile(r"(-?)([0-9]{1,9})(?:\.0{1,8})?")
+NUMERIC: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+DECIMAL: Final = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,8})?")
+ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+EPOCH_MS: Final = re.compile(r"[0-9]{1,15}")
+MAX_STAMP_CHARS: Final = 40
+MAX_SHOWN_CHARS: Final = 40
+
 # Alert keys (Dhan's / the guide's spelling) for our attribute names.
 LEG_KEYS: Final = {
     "side": "transactionType",
@@ -85,52 +98,84 @@ def _check_placeholder(value: str) -> None:
 
 
 def _structure_str(value: object, _: type) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+    """Text; a JSON integer is taken as its digits, a float is not (1e20 would become "1e+20")."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"must be a string, got {_describe(value)}")
     text = str(value).strip()
     _check_placeholder(text)
     return text
 
 
+def _structure_symbol(value: object, _: type) -> str:
+    """A symbol is a JSON string: a number would be reformatted (1e20 -> "1e+20") and name another instrument."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_describe(value)}")
+    return _structure_str(value, str)
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for a message, cut short: an error line must not echo 60 KB back."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
 def _describe(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str):
+        return _shown(value)
     return repr(value)
 
 
 def _text_of(value: object) -> str:
-    """A scalar as text, refusing objects, lists, null and booleans with a message that says what came."""
+    """A scalar as text, refusing objects, lists, null and booleans with a message that says what came.
+
+    A JSON float becomes its `repr` (1e+30, 101.5), so the number checks below see its exponent too."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"expected a value, got {_describe(value)}")
-    text = str(value).strip()
+    text = (repr(value) if isinstance(value, float) else str(value)).strip()
     _check_placeholder(text)
     return text
 
 
 def _structure_decimal(value: object, _: type) -> Decimal:
+    """Plain ASCII decimal text, at most 10 digits before the point and 8 after; checked before Decimal()."""
+    if isinstance(value, Decimal):  # from our own code (tests, conformance specs), not from JSON
+        value = str(value)
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {_describe(value)}")
     text = _text_of(value)
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"must be a number, got {text!r}") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"must be a number >= 0, got {text!r}")
-    return number
+    if DECIMAL.fullmatch(text):
+        return Decimal(text)
+    if not NUMERIC.fullmatch(text):
+        raise ValueError(f"must be a number, got {_shown(text)}")
+    if text.startswith("-"):
+        raise ValueError(f"must be a number >= 0, got {_shown(text)}")
+    before, after = MAX_DECIMAL_DIGITS
+    raise ValueError(
+        f"must have at most {before} digits before the decimal point and {after} after, got {_shown(text)}"
+    )
 
 
 def _structure_int(value: object, _: type) -> int:
+    """ASCII digits only (at most 9, an optional `.0`); no exponent, `_`, other scripts' digits or booleans."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, got {_describe(value)}")
     text = _text_of(value)
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"must be a whole number, got {text!r}") from None
-    if not number.is_finite() or number != number.to_integral_value():
-        raise ValueError(f"must be a whole number, got {text!r}")
-    return int(number)
+    whole = WHOLE.fullmatch(text)
+    if whole:
+        sign, digits = whole.groups()
+        return -int(digits) if sign else int(digits)
+    if NUMERIC.fullmatch(text) and "." not in text:
+        raise ValueError(f"must be a whole number of at most {MAX_INT_DIGITS} digits, got {_shown(text)}")
+    raise ValueError(f"must be a whole number, got {_shown(text)}")
 
 
 def _structure_enum(value: object, cls: type[E]) -> E:
@@ -149,20 +194,28 @@ def _structure_date(value: object, _: type) -> date:
         return value
     text = _text_of(value)
     try:
-        return date.fromisoformat(text[:10])
+        if ISO_DATE.fullmatch(text):
+            return date.fromisoformat(text)
+        # A full ISO timestamp (2026-11-26T00:00:00Z) is taken if it parses completely; `2026-11-26garbage` is not.
+        if len(text) <= MAX_STAMP_CHARS and ISO_DATE.match(text) and text[10:11] in {"T", " "}:
+            return datetime.fromisoformat(text).date()
     except ValueError:
-        raise ValueError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+        pass
+    raise ValueError(f"must be a date YYYY-MM-DD, got {_shown(text)}")
 
 
 def _structure_datetime(value: object, _: type) -> datetime:
     text = _text_of(value)
+    stamp: datetime | None = None
     try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        try:  # TradingView's {{time}} can also arrive as epoch milliseconds
+        if EPOCH_MS.fullmatch(text):  # TradingView's {{time}} can also arrive as epoch milliseconds
             stamp = datetime.fromtimestamp(int(text) / 1000, UTC)
-        except (ValueError, OverflowError, OSError):
-            raise ValueError(f"must be an ISO 8601 time such as 2025-11-20T10:30:00Z, got {text!r}") from None
+        elif len(text) <= MAX_STAMP_CHARS and ISO_DATE.match(text):
+            stamp = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        pass
+    if stamp is None:
+        raise ValueError(f"must be an ISO 8601 time such as 2025-11-20T10:30:00Z, got {_shown(text)}")
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
@@ -182,11 +235,19 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
     if not leg.symbol:
         add("symbol", "must not be empty")
     if leg.instrument is Instrument.OPTION:
-        if leg.option_type is None:
-            add("option_type", "is required for instrument OPT (CE or PE)")
-        for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
-            if value is None:
-                add(field, "is required for options (the nearest expiry is not guessed)")
+        problems.extend(_option_problems(leg))
+    return problems
+
+
+def _option_problems(leg: OrderLeg) -> list[Exception]:
+    problems: list[Exception] = []
+    if leg.option_type is None:
+        problems.append(_field_error("option_type", "is required for instrument OPT (CE or PE)"))
+    for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
+        if value is None:
+            problems.append(_field_error(field, "is required for options (the nearest expiry is not guessed)"))
+    if leg.strike_price is not None and leg.strike_price <= 0:
+        problems.append(_field_error("strike_price", f"must be > 0 for options, got {leg.strike_price}"))
     return problems
 
 
@@ -211,7 +272,10 @@ def _fold_option(raw: Mapping[str, Any], leg: OrderLeg) -> OrderLeg:
 
 
 def _renamed(cls: type, keys: Mapping[str, str]) -> dict[str, Any]:
-    return {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
+    overrides = {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
+    if "symbol" in attrs.fields_dict(cls):
+        overrides["symbol"] = override(struct_hook=_structure_symbol)
+    return overrides
 
 
 def _error_name(name: str, keys: Mapping[str, str]) -> str:
