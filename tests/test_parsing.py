@@ -300,6 +300,12 @@ def test_expiry_date_as_a_date_or_a_complete_timestamp(expiry: str) -> None:
     assert option.expiry_date == date(2026, 11, 26)
 
 
+@pytest.mark.parametrize(("meta", "shown"), [("string", "'string'"), ([1, 2], "a list"), (42, "42"), (True, "true")])
+def test_meta_must_be_an_object(meta: object, shown: str) -> None:
+    """A meta that is not an object used to become an empty Meta: no timenow, no age check."""
+    assert errors_of(alert(leg(meta=meta))) == [f"order_legs[0].meta: must be a JSON object, got {shown}"]
+
+
 @pytest.mark.parametrize("timenow", ["2025-11-20T09:15:00Zjunk", "1" * 16, "x" * 100])
 def test_timenow_must_parse_completely(timenow: str) -> None:
     errors = errors_of(alert(leg(meta={"timenow": timenow})))
@@ -322,3 +328,46 @@ def test_symbol_must_be_a_string(symbol: object, shown: str) -> None:
     assert errors_of(alert({"symbol": symbol}, alert_type="cancel_order")) == [
         f"order_legs[0].symbol: must be a string, got {shown}"
     ]
+
+
+def test_at_most_50_legs() -> None:
+    assert errors_of(alert(*[leg()] * 51)) == ["order_legs: at most 50 legs in one alert, got 51"]
+    assert len(order_legs(alert(*[leg()] * 50))) == 50
+
+
+def test_thousands_of_empty_legs_are_refused_fast() -> None:
+    """64 KB of `{}` legs blocked the event loop for 6.4 s and answered 8 MB."""
+    raw = decode_body(b'{"secret": "s", "alertType": "multi_leg_order", "order_legs": [' + b"{}," * 21000 + b"{}]}")
+    started = time.perf_counter()
+    assert errors_of(raw) == ["order_legs: at most 50 legs in one alert, got 21001"]
+    assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize(("legs", "shown"), [("abc", "'abc'"), ({"a": {}}, "an object"), (7, "7")])
+def test_order_legs_must_be_a_list(legs: object, shown: str) -> None:
+    """A string was walked character by character: one error line per character."""
+    assert errors_of({"secret": "s", "alertType": "multi_leg_order", "order_legs": legs}) == [
+        f"order_legs: must be a JSON list of legs, got {shown}"
+    ]
+
+
+def test_error_lines_are_capped_at_50() -> None:
+    """50 legs of `{}` make 350 problems: the answer lists 50 and says how many more there are."""
+    errors = errors_of(alert(*[{}] * 50))
+    assert len(errors) == 51
+    assert errors[:2] == [
+        "order_legs[0].transactionType: required field missing",
+        "order_legs[0].orderType: required field missing",
+    ]
+    assert errors[-1] == "... and 300 more problem(s) not shown: fix these first"
+
+
+def test_unknown_key_warnings_are_capped_at_50() -> None:
+    """Thousands of unknown keys took a difflib lookup each (0.24 s for 6000) and filled the answer."""
+    raw = alert(leg(**{f"k{i}": 0 for i in range(6000)}))
+    started = time.perf_counter()
+    warnings = unknown_keys(raw)
+    assert time.perf_counter() - started < 0.05
+    assert len(warnings) == 51
+    assert warnings[0] == "order_legs[0].k0: unknown key, ignored"
+    assert warnings[-1] == "... and 5950 more unknown key(s) not shown"

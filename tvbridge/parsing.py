@@ -63,6 +63,8 @@ DECIMAL: Final = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,8})?")
 ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 EPOCH_MS: Final = re.compile(r"[0-9]{1,15}")
 MAX_STAMP_CHARS: Final = 40
+MAX_LEGS: Final = 50
+MAX_ERROR_LINES: Final = 50
 MAX_SHOWN_CHARS: Final = 40
 
 # Alert keys (Dhan's / the guide's spelling) for our attribute names.
@@ -335,7 +337,7 @@ def _register_alert(converter: cattrs.Converter) -> None:
     base_cancel = make_dict_structure_fn(CancelLeg, converter, **_renamed(CancelLeg, LEG_KEYS))
     base_order_alert = make_dict_structure_fn(OrderAlert, converter, **_renamed(OrderAlert, ALERT_KEYS))
     base_cancel_alert = make_dict_structure_fn(CancelAlert, converter, **_renamed(CancelAlert, ALERT_KEYS))
-    converter.register_structure_hook(Meta, make_dict_structure_fn(Meta, converter))
+    _register_meta(converter)
 
     def leg_hook(raw: object, _: type) -> OrderLeg:
         raw = _expect_object(raw)
@@ -363,6 +365,7 @@ def _register_alert(converter: cattrs.Converter) -> None:
         raw = dict(_expect_object(raw))
         if "id" not in raw and raw.get("idempotency_key") is not None:
             raw["id"] = raw["idempotency_key"]
+        _check_legs_list(raw.get("order_legs"))
         kind = raw.get("alertType")
         is_cancel = isinstance(kind, str) and kind.strip().lower() == AlertType.CANCEL_ORDER.value
         cls: type[OrderAlert | CancelAlert] = CancelAlert if is_cancel else OrderAlert
@@ -379,6 +382,16 @@ def _register_alert(converter: cattrs.Converter) -> None:
     )
 
 
+def _register_meta(converter: cattrs.Converter) -> None:
+    base_meta = make_dict_structure_fn(Meta, converter)
+
+    def meta_hook(raw: object, _: type) -> Meta:
+        # "meta": "x" or [...] must not pass as an empty Meta: that would skip the age check unseen.
+        return base_meta(_expect_object(raw), Meta)
+
+    converter.register_structure_hook(Meta, meta_hook)
+
+
 def _renamed_notes(exceptions: Sequence[Exception], keys: Mapping[str, str]) -> list[Exception]:
     """cattrs notes carry our attribute names; the trader reads the alert's keys (`transactionType`)."""
     for exc in exceptions:
@@ -392,6 +405,21 @@ def _expect_object(raw: object) -> Mapping[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"must be a JSON object, got {_describe(raw)}")
     return raw
+
+
+def _check_legs_list(legs: object) -> None:
+    """`order_legs` is a list of at most MAX_LEGS legs, checked before any leg is looked at: 64 KB of `{}` legs
+    took seconds and answered megabytes; a string or an object would be walked character by character or key
+    by key."""
+    if legs is None:
+        return  # "required field missing" comes from cattrs
+    if not isinstance(legs, list):
+        problem = f"must be a JSON list of legs, got {_describe(legs)}"
+    elif len(legs) > MAX_LEGS:
+        problem = f"at most {MAX_LEGS} legs in one alert, got {len(legs)}"
+    else:
+        return
+    raise ClassValidationError("invalid alert", [_field_error("order_legs", problem)], OrderAlert)
 
 
 def _check_alert(alert: Alert) -> Alert:
@@ -432,9 +460,15 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
     leg_known |= {LEG_KEYS.get(f.name, f.name) for f in attrs.fields(CancelLeg)}
     meta_known = {f.name for f in attrs.fields(Meta)}
 
+    left_out = 0
+
     def check(mapping: Mapping[str, Any], known: set[str] | frozenset[str], where: str) -> None:
+        nonlocal left_out
         for key in mapping:
             if key not in known:
+                if len(warnings) >= MAX_ERROR_LINES:  # difflib per key is slow: thousands of keys blocked the loop
+                    left_out += 1
+                    continue
                 close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warnings.append(f"{where}{key}: unknown key, ignored{hint}")
@@ -448,6 +482,8 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
                 meta = leg.get("meta")
                 if isinstance(meta, dict):
                     check(meta, meta_known, f"order_legs[{i}].meta.")
+    if left_out:
+        warnings.append(f"... and {left_out} more unknown key(s) not shown")
     return warnings
 
 
@@ -456,8 +492,16 @@ def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:
     try:
         alert: Alert = converter.structure(raw, OrderAlert | CancelAlert)  # type: ignore[arg-type]  # a union is a valid target for a registered hook
     except (cattrs.BaseValidationError, ValueError) as e:
-        raise InvalidAlertError(validation_messages(e, root="alert")) from None
+        raise InvalidAlertError(_capped(validation_messages(e, root="alert"))) from None
     return alert
+
+
+def _capped(lines: list[str]) -> list[str]:
+    """At most MAX_ERROR_LINES lines in a 422, and a last line saying how many were left out."""
+    if len(lines) <= MAX_ERROR_LINES:
+        return lines
+    more = len(lines) - MAX_ERROR_LINES
+    return [*lines[:MAX_ERROR_LINES], f"... and {more} more problem(s) not shown: fix these first"]
 
 
 ALERT_EXAMPLE: Final = {
