@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -360,6 +361,30 @@ def test_error_lines_are_capped_at_50() -> None:
         "order_legs[0].orderType: required field missing",
     ]
     assert errors[-1] == "... and 300 more problem(s) not shown: fix these first"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"order_legs": [{"transactionType": "B", "quantity": "1", "transactionType": "S"}]}',
+            "body has the key 'transactionType' twice in one object: send each key once",
+        ),
+        (b'{"secret": "a", "secret": "a"}', "body has the key 'secret' twice in one object: send each key once"),
+        (b"[" * 3000, "body is not JSON: it is nested too deeply"),
+        (b'{"a":' * 3000, "body is not JSON: it is nested too deeply"),
+    ],
+)
+def test_duplicate_keys_and_deep_nesting_are_400(body: bytes, message: str) -> None:
+    """A repeated key used to win silently (B then S: a sell); deep nesting raised RecursionError (500)."""
+    with pytest.raises(BadRequestError) as caught:
+        decode_body(body)
+    assert str(caught.value) == message
+
+
+def test_same_key_in_different_objects_is_fine() -> None:
+    raw = decode_body(json.dumps(alert(leg(), leg())).encode())
+    assert len(raw["order_legs"]) == 2
 
 
 def test_unknown_key_warnings_are_capped_at_50() -> None:

@@ -438,12 +438,33 @@ def _check_alert(alert: Alert) -> Alert:
     return alert
 
 
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook`: a key given twice is refused (`"transactionType":"B", ..., "transactionType":"S"`
+    would otherwise silently sell). One dict() and two len() per object: the cheap path stays in C."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object; `BadRequestError` (400) says why it is not one."""
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise BadRequestError("body is not JSON: it is not UTF-8 text") from None
+    except DuplicateKeyError as e:
+        raise BadRequestError(f"body has the key {_shown(str(e))} twice in one object: send each key once") from None
+    except RecursionError:
+        raise BadRequestError("body is not JSON: it is nested too deeply") from None
     except ValueError as e:
         detail = "the body is empty" if not body.strip() else str(e)
         raise BadRequestError(f"body is not JSON: {detail}") from None
