@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tvbridge import __version__, tradingday
 from tvbridge.crashpoints import crash_point
+from tvbridge.deadline import answer_in_time
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
@@ -123,22 +124,12 @@ async def webhook(request: web.Request) -> web.Response:
         accounts=list(accounts),
         warnings=warnings or None,
     )
-    task = state.spawn(app[EXECUTOR].run(alert_id, alert, accounts, warnings), name=f"alert-{alert_id}")
-    done, _ = await asyncio.wait({task}, timeout=config.server.response_deadline_s)
-    if done:
-        return web.json_response(task.result())
-    log.info("alert.deferred", deadline_s=config.server.response_deadline_s)
-    return web.json_response(
-        {
-            "status": AlertStatus.ACCEPTED.value,
-            "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
-            "alertType": alert.alert_type.value,
-            "alert_id": alert_id,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "results": [],
-            "warnings": warnings,
-        },
-        status=202,
+    return await answer_in_time(
+        app,
+        app[EXECUTOR].run(alert_id, alert, accounts, warnings),
+        alert_id=alert_id,
+        alert_type=alert.alert_type.value,
+        warnings=warnings,
     )
 
 

@@ -18,8 +18,7 @@ nothing ran now). The kill switch is `tvbridge/halt.py`; this module gives it it
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -27,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import alertqueue
+from tvbridge.deadline import answer_in_time
 from tvbridge.errors import BadRequestError, HaltedError
 from tvbridge.executor import planned_legs, response_body
 from tvbridge.flatten import execute, make_plan
@@ -45,7 +45,6 @@ from tvbridge.keys import (
     RAW_ALERT,
     SCHEDULER,
     SOURCE_IP,
-    STATE,
 )
 from tvbridge.models import AlertStatus, CancelAlert, CancelLeg, LegResult, LegStatus, OrderAlert, OrderLeg, summarize
 from tvbridge.parsing import parse_alert
@@ -315,22 +314,7 @@ async def handle_closed(
     if not running:
         body = await finish()
         return web.json_response(body, status=202 if queued else 200)
-    task = app[STATE].spawn(finish(), name=f"alert-{alert_id}")
-    done, _ = await asyncio.wait({task}, timeout=config.server.response_deadline_s)
-    if done:
-        return web.json_response(task.result())
-    return web.json_response(
-        {
-            "status": AlertStatus.ACCEPTED.value,
-            "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
-            "alertType": alert.alert_type.value,
-            "alert_id": alert_id,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "results": [],
-            "warnings": warnings,
-        },
-        status=202,
-    )
+    return await answer_in_time(app, finish(), alert_id=alert_id, alert_type=alert.alert_type.value, warnings=warnings)
 
 
 async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) -> None:

@@ -1,0 +1,49 @@
+"""Answering within TradingView's window: the outcome if it is ready in time, else 202 while it keeps running.
+
+TradingView cancels a webhook after 3 seconds and never resends a timed-out one, so an alert that was
+journaled but has not finished by `server.response_deadline_s` is answered 202 with its id; the task is owned by
+the service (`ServiceState`), not by the request, so it finishes (and is recorded) whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from tvbridge.keys import CONFIG, STATE
+from tvbridge.models import AlertStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+
+log = structlog.get_logger()
+
+
+async def answer_in_time(
+    app: web.Application,
+    work: Coroutine[Any, Any, dict[str, Any]],
+    *,
+    alert_id: str,
+    alert_type: str,
+    warnings: Sequence[str],
+) -> web.Response:
+    deadline_s = app[CONFIG].server.response_deadline_s
+    task = app[STATE].spawn(work, name=f"alert-{alert_id}")
+    done, _ = await asyncio.wait({task}, timeout=deadline_s)
+    if done:
+        return web.json_response(task.result())
+    log.info("alert.deferred", deadline_s=deadline_s)
+    body = {
+        "status": AlertStatus.ACCEPTED.value,
+        "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
+        "alertType": alert_type,
+        "alert_id": alert_id,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "results": [],
+        "warnings": list(warnings),
+    }
+    return web.json_response(body, status=202)
