@@ -22,7 +22,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
-from tvbridge.logsetup import configure_logging
+from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
@@ -158,12 +158,17 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
+def _reopen_logs() -> None:
+    log.info("log.reopened", files=reopen_log_files())
+
+
 async def _run(app: web.Application, config: Config, credentials: Credentials) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)  # logrotate's postrotate; the default would kill us
     try:
         await runner.setup()
     except (PluginError, ConfigError) as e:
