@@ -13,8 +13,9 @@ from aiohttp import web
 from tvbridge import handlers
 from tvbridge.executor import Executor
 from tvbridge.journal import journal_ctx
-from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, ORDER_LOG, STATE
+from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, METRICS, ORDER_LOG, STATE
 from tvbridge.lifecycle import ServiceState, on_shutdown
+from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
 from tvbridge.middlewares import build_middlewares
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
@@ -32,11 +33,12 @@ if TYPE_CHECKING:
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[EXECUTOR] = Executor(
-        brokers=app[BROKERS],
+        brokers=instrument_brokers(app[BROKERS], app[METRICS]),
         broker_names=brokers_of(config),
         journal=app[JOURNAL],
         order_log=app[ORDER_LOG],
         on_leg_failure=config.alerts.on_leg_failure,
+        metrics=app[METRICS],
     )
     yield
 
@@ -51,6 +53,10 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
     app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(metrics_ctx)
+    if config.metrics.enabled:
+        app.router.add_get("/metrics", metrics_handler)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

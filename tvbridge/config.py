@@ -128,6 +128,17 @@ class JournalConfig:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """`GET /metrics` (docs/operations.md): who may scrape without the admin token."""
+
+    enabled: bool = True
+    require_token: bool = False
+    """true: every scrape needs the admin token (Bearer, or Basic's password), also from `allow`."""
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """Addresses (IPs or CIDRs) that may scrape without the token; loopback by default."""
+
+
+@attrs.frozen(kw_only=True)
 class RoutingConfig:
     accounts: tuple[str, ...] = ()
     """Empty means the default: `["dhan"]` when `DHAN_CLIENT_ID` is set, else `["paper"]`."""
@@ -146,6 +157,7 @@ class Config:
     order_log: OrderLogConfig = OrderLogConfig()
     journal: JournalConfig = JournalConfig()
     routing: RoutingConfig = RoutingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
     def data_path(self, name: str) -> Path:

@@ -27,6 +27,7 @@ from tvbridge.broker import (
     OrderState,
     check_supported,
 )
+from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
     CancelAlert,
@@ -96,12 +97,14 @@ class Executor:
         journal: Journal,
         order_log: OrderLog,
         on_leg_failure: Literal["stop", "continue"],
+        metrics: Metrics | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
         self._journal = journal
         self._order_log = order_log
         self._continue = on_leg_failure == "continue"
+        self._metrics = metrics or Metrics()
 
     async def run(
         self, alert_id: str, alert: Alert, accounts: Sequence[str], warnings: Sequence[str]
@@ -111,6 +114,7 @@ class Executor:
         per_account = await asyncio.gather(*(self._run_account(alert_id, alert, a) for a in accounts))
         results = [r for account_results in per_account for r in account_results]
         status = summarize(results)
+        self._metrics.alert_finished(status.value)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
         try:
             await self._journal.finish_alert(alert_id, status.value, body, results)
@@ -143,6 +147,7 @@ class Executor:
             else:
                 result = await self._place(alert_id, account, number, leg)
             results.append(result)
+            self._metrics.leg_finished(result)
             log.info(
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
                 alert_id=alert_id,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__
+from tvbridge import __version__, metrics
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
@@ -149,6 +149,7 @@ async def _refuse_stale(request: web.Request, alert: Alert, age_s: float, warnin
     await app[JOURNAL].finish_alert(alert_id, AlertStatus.STALE.value, body, results)
     await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
     log.warning("alert.stale", age_s=round(age_s, 1), max_age_s=config.alerts.max_age_s)
+    metrics.alert_outcome(app, AlertStatus.STALE.value)
     return web.json_response(body, status=422)
 
 

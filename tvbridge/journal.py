@@ -18,7 +18,7 @@ from tvbridge.sqlite import SqliteWorker, Synchronous
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
     from aiohttp import web
@@ -85,6 +85,10 @@ class Journal:
 
     async def close(self) -> None:
         await self._db.close()
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Report each commit's duration in seconds (BEGIN to COMMIT, fsync included) to `observer` (metrics)."""
+        self._db.on_commit = observer
 
     async def _write(self, fn: Any) -> Any:
         try:
