@@ -17,6 +17,7 @@ from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOU
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
 from tvbridge.middlewares import build_middlewares
+from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -57,6 +58,7 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app.cleanup_ctx.append(metrics_ctx)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)
