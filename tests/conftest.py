@@ -1,4 +1,4 @@
-"""Shared fixtures: a config rooted in tmp_path, the app with its real lifecycle, a test broker plugin.
+"""Shared fixtures (helpers to import live in helpers.py): a config rooted in tmp_path, the app with its real lifecycle, a test broker plugin.
 
 The test plugin (`tests/support/tvbridge_testbrokers.py`) is registered the way any plugin is: a dist-info
 with an `entry_points.txt` on `sys.path` (and on `PYTHONPATH` for subprocess servers). tvbridge has no test
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from helpers import SECRET, ClientFactory
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, load_config
@@ -25,8 +24,6 @@ from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
 
 SUPPORT = Path(__file__).parent / "support"
-SECRET = "test-secret-0123456789abcdef"
-ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,34 +47,6 @@ def test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["PYTHONPATH"] = old
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def leg(**overrides: Any) -> dict[str, Any]:
-    """One order leg as the guide's alert template sends it (all strings)."""
-    base: dict[str, Any] = {
-        "transactionType": "B",
-        "orderType": "MKT",
-        "quantity": "10",
-        "exchange": "NSE",
-        "symbol": "RELIANCE",
-        "instrument": "EQ",
-        "productType": "C",
-        "sort_order": "1",
-        "price": "0",
-        "meta": {"interval": "1D", "time": "2025-11-20T09:15:00Z", "timenow": now_iso()},
-    }
-    base.update(overrides)
-    return base
-
-
-def alert(
-    *legs: dict[str, Any], secret: str = SECRET, alert_type: str = "multi_leg_order", **root: Any
-) -> dict[str, Any]:
-    return {"secret": secret, "alertType": alert_type, "order_legs": list(legs) or [leg()], **root}
-
-
 @pytest.fixture
 def converter() -> Any:
     return make_converter()
@@ -88,12 +57,6 @@ def config(tmp_path: Path, converter: Any) -> Config:
     """Paper broker, files in tmp_path, a known secret, rate limits out of the way."""
     env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
     return load_config(None, converter, env, tmp_path)
-
-
-def with_accounts(config: Config, accounts: dict[str, dict[str, Any]], routes: list[str] | None = None) -> Config:
-    from tvbridge.config import RoutingConfig  # noqa: PLC0415 - only these helpers need it
-
-    return attrs.evolve(config, accounts=accounts, routing=RoutingConfig(accounts=tuple(routes or accounts)))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from conftest import alert, leg
+from helpers import alert, leg
 from server_process import ServerProcess, run_cli
 
 GUIDE_SECRET = "guide-env-secret-0123456789"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import SECRET, ClientFactory, alert, with_accounts
+from helpers import SECRET, ClientFactory, alert, with_accounts
 
 from tvbridge.config import Config
 from tvbridge.logsetup import configure_logging

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from conftest import ClientFactory, alert, leg
+from helpers import ClientFactory, alert, leg
 
 from tvbridge.config import Config
 from tvbridge.keys import BROKERS

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import alert, leg
+from helpers import alert, leg
 
 from tvbridge.errors import BadRequestError, InvalidAlertError
 from tvbridge.models import CancelAlert, Instrument, OptionType, OrderAlert, OrderLeg, OrderType, Product, Side

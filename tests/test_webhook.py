@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import SECRET, ClientFactory, alert, leg, with_accounts
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 from structlog.testing import capture_logs
 
 from tvbridge.config import AlertsConfig, Config

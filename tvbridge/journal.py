@@ -70,7 +70,7 @@ class PlannedLeg:
 class Journal:
     """Async facade over the journal's SQLite file; every write is committed before it returns."""
 
-    def __init__(self, path: Path, synchronous: Synchronous = "full") -> None:
+    def __init__(self, path: Path, synchronous: Synchronous = "normal") -> None:
         self.path = path
         self._db = SqliteWorker(path, synchronous=synchronous, name="journal")
         self.healthy = True

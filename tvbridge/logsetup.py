@@ -50,6 +50,17 @@ class Redactor:
         return value
 
 
+class RenderOnceFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders a record once, however many handlers (file, stdout) share this formatter."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: str | None = getattr(record, "_tvbridge_json", None)
+        if line is None:
+            line = super().format(record)
+            record._tvbridge_json = line  # noqa: SLF001 - our own cache attribute on the record
+        return line
+
+
 def configure_logging(
     *,
     level: str,
@@ -71,7 +82,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
-    json_formatter = structlog.stdlib.ProcessorFormatter(
+    json_formatter = RenderOnceFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -3,7 +3,8 @@
 The first twelve columns are the guide's, in its order, so existing spreadsheets and `column -t` habits keep
 working; tvbridge's own columns follow. A field that a spreadsheet would run as a formula (starting with `=`,
 `+`, `-`, `@`, tab or carriage return) is prefixed with `'`. The file is written from the event loop through
-aiofiles, one alert's rows in one write, so rows of concurrent alerts never interleave.
+aiofiles, one alert's rows in one write, so rows of concurrent alerts never interleave. The file is line-buffered:
+each write reaches the operating system at once (`tail -f` sees it) in a single trip to aiofiles' thread.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class OrderLog:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = await aiofiles.open(self.path, mode="a", encoding="utf-8", newline="")
+        self._file = await aiofiles.open(self.path, mode="a", encoding="utf-8", newline="", buffering=1)
         if await self._file.tell() == 0:
             await self._write([list(COLUMNS)])
 
@@ -102,7 +103,6 @@ class OrderLog:
             if self._file is None:
                 raise RuntimeError("order log is closed")
             await self._file.write(buffer.getvalue())
-            await self._file.flush()
 
 
 async def order_log_ctx(app: web.Application) -> AsyncIterator[None]:

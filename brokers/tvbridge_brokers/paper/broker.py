@@ -80,7 +80,9 @@ class PaperBroker:
             if self._book is not None:
                 return
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper")
-            opening = executor.submit(Book.open, self._settings.db_path, self._settings.prices)
+            opening = executor.submit(
+                Book.open, self._settings.db_path, self._settings.prices, self._settings.synchronous
+            )
             try:
                 book = await asyncio.wrap_future(opening)
             except BaseException:

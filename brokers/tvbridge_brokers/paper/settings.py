@@ -33,7 +33,7 @@ import attrs
 if TYPE_CHECKING:
     from tvbridge.broker import BrokerContext
 
-KNOWN_KEYS: Final = ("db_path", "prices")
+KNOWN_KEYS: Final = ("db_path", "prices", "synchronous")
 IGNORED_KEYS: Final = frozenset({"broker"})
 """The entry point name; tvbridge strips it, but a table passed whole must not fail on it."""
 
@@ -43,6 +43,8 @@ class PaperSettings:
     db_path: Path
     prices: Mapping[str, Decimal] = attrs.field(factory=lambda: MappingProxyType({}))
     """Reference price per contract (`RELIANCE`) or per `EXCHANGE:contract` (`NSE:RELIANCE`, looked up first)."""
+    synchronous: str = "normal"
+    """SQLite durability: "normal" survives a process crash, "full" also a power cut (one fsync per order)."""
 
 
 def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> PaperSettings:
@@ -53,7 +55,11 @@ def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> Pa
             raise ValueError(msg)
     db_path = _parse_db_path(settings.get("db_path"), context)
     prices = _parse_prices(settings.get("prices"))
-    return PaperSettings(db_path=db_path, prices=prices)
+    synchronous = settings.get("synchronous", "normal")
+    if synchronous not in {"normal", "full"}:
+        msg = f'synchronous: must be "normal" or "full", got {synchronous!r}'
+        raise ValueError(msg)
+    return PaperSettings(db_path=db_path, prices=prices, synchronous=str(synchronous))
 
 
 def _parse_db_path(value: object, context: BrokerContext) -> Path:

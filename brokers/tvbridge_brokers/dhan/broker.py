@@ -1,0 +1,436 @@
+"""`DhanBroker`: the `tvbridge.broker.Broker` plugin for Dhan, on the official dhanhq 2.3 client.
+
+It owns the order lifecycle and the safety rules; the pieces live next to it: `settings` (the account table),
+`instruments` (security ids), `mapping` (leg -> `place_order` arguments), `client` (dhanhq off the loop with a
+timeout), `errors` (Dhan's error codes), `orders` (Dhan's order JSON -> `OrderResult`), `throttle`, `ledger`.
+
+The rules, in the order `place()` applies them:
+
+1. Everything that can be checked locally is checked before anything is sent (capabilities, correlation id,
+   contract, every mapped field); a refusal names the alert field.
+2. Dry-run (`live = false`) stops here: no HTTP at all, the result carries what would have been sent.
+3. After a DH-901 every order fails fast with `BrokerAuthError` until `reconfigure()` (SIGHUP) brings a token.
+4. If the ledger shows this client order id was tried before (a retry, or a restart after a crash), the order
+   is looked up by correlation id first and returned if Dhan has it: one order, never two.
+5. The throttle waits for a slot, the intent is fsynced to the ledger, then the order is sent with
+   `tag = client_order_id` (Dhan's correlationId).
+6. A definite Dhan error raises the typed error. Anything ambiguous (timeout, dropped connection, empty or HTML
+   body, DH-908+) is resolved by `get_order_by_correlationID` before returning: found -> that order; not found
+   -> `BrokerUnknownOutcomeError` (the order may still appear; nothing is re-sent here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, ClassVar, Final, Self
+
+import attrs
+import structlog
+
+from tvbridge.broker import (
+    API_VERSION,
+    BrokerAuthError,
+    BrokerError,
+    BrokerRejectedError,
+    BrokerUnavailableError,
+    BrokerUnknownOutcomeError,
+    CancelRequest,
+    Capabilities,
+    Health,
+    OrderResult,
+    OrderState,
+    check_supported,
+)
+from tvbridge_brokers.dhan.client import DhanClient
+from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, Answer
+from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
+from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
+from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract
+from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
+from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
+from tvbridge_brokers.dhan.throttle import TokenBucket
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from tvbridge.broker import BrokerContext, OrderRequest
+    from tvbridge_brokers.dhan.mapping import PlaceOrder
+
+log = structlog.get_logger()
+
+IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
+HEALTH_CACHE_S: Final = 10.0
+"""/health may be polled every few seconds; one fund-limit call per 10 s is plenty to notice an expired token."""
+
+
+def _now_ist() -> datetime:
+    return datetime.now(IST)
+
+
+class DhanBroker:
+    """Orders on one Dhan account. Build with `from_settings`; see the module docstring for the rules."""
+
+    api_version: ClassVar[int] = API_VERSION
+
+    def __init__(
+        self, settings: DhanSettings, context: BrokerContext, *, clock: Callable[[], datetime] = _now_ist
+    ) -> None:
+        self._settings = settings
+        self._context = context
+        self._clock = clock
+        self._client: DhanClient | None = None
+        self._retired: list[DhanClient] = []
+        self._master: InstrumentMaster | None = None
+        self._master_stamp: tuple[str, float] | None = None
+        self._throttle = TokenBucket(settings.max_orders_per_s)
+        self._ledger = OrderLedger(ledger_path(context.data_dir, context.account))
+        self._auth_failed = False
+        self._health: tuple[float, Health] | None = None
+        self._health_lock = asyncio.Lock()
+        self._id_locks: dict[str, asyncio.Lock] = {}
+        self._dry_runs: dict[str, OrderResult] = {}
+        self._log = log.bind(broker="dhan", account=context.account)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Mapping[str, object],
+        context: BrokerContext,
+        *,
+        clock: Callable[[], datetime] = _now_ist,
+    ) -> Self:
+        """Validate the account table (`ValueError` naming the key). `clock` (aware, IST) is for tests."""
+        parsed = parse_settings(settings)
+        _refuse_sample_when_live(parsed)
+        return cls(parsed, context, clock=clock)
+
+    def __repr__(self) -> str:
+        mode = "live" if self._settings.live else "dry-run"
+        return f"<DhanBroker account={self._context.account!r} {mode} client_id={self._settings.client_id!r}>"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(live=self._settings.live)
+
+    @property
+    def settings(self) -> DhanSettings:
+        return self._settings
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Load the instrument master and the ledger; in live mode check the token once (an expired one does
+        not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it)."""
+        self._master = await self._load_master(self._settings)
+        await asyncio.to_thread(self._ledger.load)
+        if self._settings.live:
+            self._client = DhanClient(self._settings)
+            health = await self.health()
+            self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
+        else:
+            self._log.info("dhan.started", live=False, instruments=len(self._master))
+
+    async def aclose(self) -> None:
+        clients = [*self._retired, *([self._client] if self._client else [])]
+        self._client = None
+        self._retired = []
+        await asyncio.gather(*(c.aclose() for c in clients))
+
+    async def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """Pick up an edited account table (SIGHUP): a new token, timeout, rate, URL or instrument master.
+
+        Always clears the DH-901 halt (a SIGHUP means "try again"); the next `health()` checks the token.
+        `live` cannot change without a restart (the core decides about secrets and routing at start).
+        Raises `ValueError` for a bad table, `BrokerError` if a new master cannot be loaded; the running
+        configuration is kept whole when it raises."""
+        new = parse_settings(settings)
+        _refuse_sample_when_live(new)
+        old = self._settings
+        if new.live != old.live:
+            raise ValueError("live: switching between dry-run and live needs a restart")
+        master = self._master
+        if self._master is None or self._master_changed(new):
+            master = await self._load_master(new)
+        changed = sorted(f.name for f in attrs.fields(DhanSettings) if getattr(new, f.name) != getattr(old, f.name))
+        self._settings = new
+        self._master = master
+        if new.max_orders_per_s != old.max_orders_per_s:
+            self._throttle = TokenBucket(new.max_orders_per_s)
+        if new.live and self._client is not None:
+            self._retired.append(self._client)
+            self._client = DhanClient(new)
+        self._auth_failed = False
+        self._health = None
+        self._log.info("dhan.reconfigured", changed=changed)  # names only: never the values
+
+    # orders
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        cid = request.client_order_id
+        check_client_order_id(cid)
+        check_supported(self.capabilities, request.leg)
+        contract = resolve_contract(request.leg, self._require_master(), today=self._clock().astimezone(IST).date())
+        order = build_place_order(request.leg, contract, client_order_id=cid)
+        if not self._settings.live:
+            return self._dry_run(request, order)
+        client = self._live_client()
+        async with self._id_locks.setdefault(cid, asyncio.Lock()):
+            if self._ledger.get(cid) is not None:
+                earlier = await self._lookup_before_retry(client, cid)
+                if earlier is not None:
+                    return earlier
+            await self._throttle.acquire()
+            entry = Entry(
+                client_order_id=cid,
+                symbol=request.leg.symbol.strip().upper(),
+                trading_symbol=order.trading_symbol,
+                exchange=request.leg.exchange.value,
+                side=request.leg.side.value,
+                security_id=order.security_id,
+            )
+            try:
+                await asyncio.to_thread(self._ledger.record, entry)
+            except OSError as e:
+                raise BrokerUnavailableError(
+                    f"cannot record the order before sending it ({e}); nothing was sent"
+                ) from e
+            self._log.info("dhan.order.sending", client_order_id=cid, alert_id=request.alert_id, order=order.kwargs())
+            answer = await client.call("place_order", **order.kwargs())
+            result = await self._placed(client, cid, answer)
+            if result.order_id:
+                await self._remember(attrs.evolve(entry, order_id=result.order_id))
+            self._log.info("dhan.order.placed", client_order_id=cid, order_id=result.order_id, state=result.state.value)
+            return result
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        """Dhan's order with this correlation id, or None if Dhan says it has none. Dry-run: the dry-run
+        result of this process, if any. Raises `BrokerUnavailableError` when Dhan cannot be asked."""
+        if not self._settings.live:
+            return self._dry_runs.get(client_order_id)
+        return await self._fetch_by_correlation(self._live_client(), client_order_id)
+
+    async def cancel(self, request: CancelRequest) -> list[OrderResult]:
+        leg = request.leg
+        if leg.order_id is None and not (leg.symbol and leg.symbol.strip()):
+            raise BrokerRejectedError("cancel_order needs an order_id or a symbol")
+        if not self._settings.live:
+            target = f"Dhan order {leg.order_id}" if leg.order_id else f"the open orders placed for {leg.symbol}"
+            return [
+                OrderResult(order_id=leg.order_id, state=OrderState.DRY_RUN, message=f"dry-run: would cancel {target}")
+            ]
+        client = self._live_client()
+        if leg.order_id is not None:
+            return [await self._cancel_one(client, leg.order_id)]
+        symbol = (leg.symbol or "").strip().upper()
+        results = []
+        for entry in self._ledger.entries():
+            if symbol not in {entry.symbol, entry.trading_symbol}:
+                continue
+            if (leg.exchange and leg.exchange.value != entry.exchange) or (leg.side and leg.side.value != entry.side):
+                continue
+            current = await self._current(client, entry)
+            if current is None or current.state not in OPEN_STATES or current.order_id is None:
+                continue
+            results.append(await self._cancel_one(client, current.order_id))
+        return results
+
+    async def health(self) -> Health:
+        """Dry-run: always ok. Live: a fund-limits call (cached for 10 s) proves the token; after a DH-901 it
+        stays failed, without calling Dhan, until `reconfigure()`."""
+        if not self._settings.live:
+            rows = len(self._master) if self._master else 0
+            return Health(ok=True, detail=f"dry-run: nothing is sent to Dhan ({rows} instruments loaded)")
+        if self._client is None:
+            return Health(ok=False, detail="dhan broker not started")
+        if self._auth_failed:
+            return Health(ok=False, detail=REAUTH_HELP)
+        async with self._health_lock:
+            if self._health is not None and time.monotonic() - self._health[0] < HEALTH_CACHE_S:
+                return self._health[1]
+            answer = await self._client.call("get_fund_limits")
+            if answer.ok:
+                health = Health(ok=True, detail="Dhan token valid")
+            elif answer.error is not None:
+                self._check_auth(answer)
+                health = Health(ok=False, detail=str(answer.error))
+            else:
+                health = Health(ok=False, detail=f"Dhan unreachable: {answer.ambiguous}")
+            self._health = (time.monotonic(), health)
+            return health
+
+    # internals
+
+    def _dry_run(self, request: OrderRequest, order: PlaceOrder) -> OrderResult:
+        kwargs = order.kwargs()
+        message = (
+            f"dry-run: not sent to Dhan; {order.trading_symbol} security_id {order.security_id}: "
+            f"place_order({json.dumps(kwargs, separators=(',', ':'))})"
+        )
+        result = OrderResult(
+            order_id=None,
+            state=OrderState.DRY_RUN,
+            message=message,
+            client_order_id=request.client_order_id,
+            details={
+                "security_id": order.security_id,
+                "trading_symbol": order.trading_symbol,
+                "lot_size": order.lot_size,
+                "place_order": kwargs,
+            },
+        )
+        self._dry_runs[request.client_order_id] = result
+        self._log.info("dhan.order.dry_run", client_order_id=request.client_order_id, order=kwargs)
+        return result
+
+    def _live_client(self) -> DhanClient:
+        if self._auth_failed:
+            raise BrokerAuthError(REAUTH_HELP)
+        if self._client is None:
+            raise BrokerUnavailableError("dhan broker not started")
+        return self._client
+
+    def _require_master(self) -> InstrumentMaster:
+        if self._master is None:
+            raise BrokerUnavailableError("dhan broker not started: the instrument master is not loaded")
+        return self._master
+
+    def _check_auth(self, answer: Answer) -> None:
+        if answer.error_code == TOKEN_EXPIRED and not self._auth_failed:
+            self._auth_failed = True
+            self._health = None
+            self._log.error("dhan.token.rejected", detail=REAUTH_HELP)
+
+    async def _placed(self, client: DhanClient, cid: str, answer: Answer) -> OrderResult:
+        if answer.ok and isinstance(answer.data, dict) and answer.data.get("orderId"):
+            return to_result(answer.data, client_order_id=cid)
+        if answer.error is not None:
+            self._check_auth(answer)
+            self._log.warning("dhan.order.refused", client_order_id=cid, code=answer.error_code)
+            raise answer.error
+        reason = answer.ambiguous or "Dhan's answer had no orderId"
+        self._log.warning("dhan.order.ambiguous", client_order_id=cid, reason=reason)
+        try:
+            found = await self._fetch_by_correlation(client, cid)
+        except BrokerError as e:
+            raise BrokerUnknownOutcomeError(
+                f"the order may or may not be at Dhan: placement got {reason}; the lookup by correlation id "
+                f"{cid} failed too ({e}). Check Dhan's order book before sending it again."
+            ) from e
+        if found is None:
+            raise BrokerUnknownOutcomeError(
+                f"the order may or may not be at Dhan: placement got {reason} and no order with correlation id "
+                f"{cid} is there yet (it may still appear). Check Dhan's order book before sending it again."
+            )
+        self._log.warning("dhan.order.reconciled", client_order_id=cid, order_id=found.order_id)
+        return attrs.evolve(
+            found, message=f"{found.message}; placement answer lost ({reason}), found by correlation id"
+        )
+
+    async def _lookup_before_retry(self, client: DhanClient, cid: str) -> OrderResult | None:
+        try:
+            found = await self._fetch_by_correlation(client, cid)
+        except BrokerError as e:
+            raise BrokerUnknownOutcomeError(
+                f"client order id {cid} was sent before and Dhan cannot be asked about it now ({e}); not re-sending"
+            ) from e
+        if found is not None:
+            self._log.info("dhan.order.already_placed", client_order_id=cid, order_id=found.order_id)
+            return attrs.evolve(
+                found, message=f"{found.message}; already placed with this client order id, not sent again"
+            )
+        return None
+
+    async def _fetch_by_correlation(self, client: DhanClient, cid: str) -> OrderResult | None:
+        answer = await client.call("get_order_by_correlationID", cid)
+        if answer.ok:
+            orders = answer.data if isinstance(answer.data, list) else [answer.data]
+            matching = [o for o in orders if isinstance(o, dict) and o.get("orderId")]
+            if len(matching) > 1:
+                self._log.error("dhan.order.duplicate_correlation_id", client_order_id=cid, count=len(matching))
+            return to_result(matching[0], client_order_id=cid) if matching else None
+        if answer.error_code == NO_DATA:
+            return None
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        raise BrokerUnavailableError(f"cannot look up correlation id {cid}: {answer.ambiguous}")
+
+    async def _current(self, client: DhanClient, entry: Entry) -> OrderResult | None:
+        if entry.order_id is None:
+            return await self._fetch_by_correlation(client, entry.client_order_id)
+        answer = await client.call("get_order_by_id", entry.order_id)
+        if answer.ok and isinstance(answer.data, dict):
+            return to_result(answer.data, client_order_id=entry.client_order_id)
+        if answer.ok and isinstance(answer.data, list) and answer.data and isinstance(answer.data[0], dict):
+            return to_result(answer.data[0], client_order_id=entry.client_order_id)
+        if answer.error_code == NO_DATA:
+            return None
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        raise BrokerUnavailableError(f"cannot read Dhan order {entry.order_id}: {answer.ambiguous}")
+
+    async def _cancel_one(self, client: DhanClient, order_id: str) -> OrderResult:
+        await self._throttle.acquire()
+        answer = await client.call("cancel_order", order_id)
+        if answer.ok and isinstance(answer.data, dict):
+            return to_result({"orderId": order_id, **answer.data}, client_order_id=None)
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        current = await self._current(
+            client,
+            Entry(
+                client_order_id="",
+                symbol="",
+                trading_symbol="",
+                exchange="",
+                side="",
+                security_id="",
+                order_id=order_id,
+            ),
+        )
+        if current is not None and current.state is OrderState.CANCELLED:
+            return current
+        state = current.details.get("orderStatus") if current else "unknown"
+        raise BrokerUnknownOutcomeError(f"cancel of Dhan order {order_id} got {answer.ambiguous}; it is now {state}")
+
+    async def _remember(self, entry: Entry) -> None:
+        try:
+            await asyncio.to_thread(self._ledger.record, entry)
+        except OSError as e:  # the intent line is already there: a retry still looks the order up first
+            self._log.warning("dhan.ledger.write_failed", client_order_id=entry.client_order_id, error=str(e))
+
+    def _master_path(self, settings: DhanSettings) -> Path:
+        configured = settings.instruments_path
+        path = configured or default_instruments_path(self._context.data_dir)
+        if path.exists():
+            return path
+        if configured is None and not settings.live:
+            self._log.warning("dhan.instruments.sample", missing=str(path), using=str(sample_master_path()))
+            return sample_master_path()
+        raise BrokerError(f"instrument master not found at {path}: run `tvbridge dhan instruments refresh`")
+
+    def _master_changed(self, settings: DhanSettings) -> bool:
+        path = self._master_path(settings)
+        return self._master_stamp != (str(path), path.stat().st_mtime)
+
+    async def _load_master(self, settings: DhanSettings) -> InstrumentMaster:
+        path = self._master_path(settings)
+        try:
+            master = await asyncio.to_thread(load_master, path)
+            self._master_stamp = (str(path), path.stat().st_mtime)
+        except (OSError, MasterFormatError) as e:
+            raise BrokerError(f"cannot load the Dhan instrument master {path}: {e}") from e
+        self._log.info("dhan.instruments.loaded", path=str(path), rows=len(master))
+        return master
+
+
+def _refuse_sample_when_live(settings: DhanSettings) -> None:
+    path = settings.instruments_path
+    if settings.live and path is not None and path.resolve() == sample_master_path().resolve():
+        raise ValueError("instruments_path: the shipped sample master cannot be used for live orders")

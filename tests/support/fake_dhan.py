@@ -1,0 +1,218 @@
+"""A fake Dhan API v2 for the tests: an aiohttp server on 127.0.0.1, port 0, that the real dhanhq client talks to.
+
+It keeps an order book, checks the `access-token` header like Dhan (DH-901 when it is not accepted), records
+every request it receives (method, path, JSON body) and can be told, one request at a time, to misbehave:
+answer a Dhan error code, take the order and answer an empty body, answer an HTML page without taking it, take
+the order and drop the connection, or take the order and hang until the server closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import json
+from collections import defaultdict, deque
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+
+TOKEN: Final = "tok-SECRET-0123456789abcdef"
+CLIENT_ID: Final = "1000000001"
+BODY: Final = web.RequestKey("body", dict[str, Any])
+
+_ERRORS: Final = {
+    "DH-901": ("Invalid_Authentication", "Client ID or user generated access token is invalid or expired."),
+    "DH-904": ("Rate_Limit", "Too many requests on server from single user breaching rate limits."),
+    "DH-905": ("Input_Exception", "Missing required fields, bad values for parameters etc."),
+    "DH-906": ("Order_Error", "Incorrect request for order and cannot be processed."),
+    "DH-907": ("Data_Error", "System is unable to fetch data due to incorrect parameters or no data present."),
+    "DH-908": ("Internal_Server_Error", "Server was not able to process API request."),
+}
+
+
+class Kind(enum.Enum):
+    ERROR = "error"
+    EMPTY = "empty"
+    HTML = "html"
+    DROP = "drop"
+    HANG = "hang"
+
+
+@attrs.frozen
+class Misbehave:
+    kind: Kind
+    code: str = ""
+    take_order: bool = False
+
+    @classmethod
+    def error(cls, code: str) -> Misbehave:
+        return cls(Kind.ERROR, code)
+
+    @classmethod
+    def empty_body(cls, *, take_order: bool = True) -> Misbehave:
+        return cls(Kind.EMPTY, take_order=take_order)
+
+    @classmethod
+    def html(cls, *, take_order: bool = False) -> Misbehave:
+        return cls(Kind.HTML, take_order=take_order)
+
+    @classmethod
+    def drop_after_taking_order(cls) -> Misbehave:
+        return cls(Kind.DROP, take_order=True)
+
+    @classmethod
+    def hang_after_taking_order(cls) -> Misbehave:
+        return cls(Kind.HANG, take_order=True)
+
+
+@attrs.frozen
+class Recorded:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    token: str
+
+
+class FakeDhan:
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.valid_tokens: set[str] = {TOKEN}
+        self.script: dict[str, deque[Misbehave]] = defaultdict(deque)
+        self._ids = itertools.count(52000000001)
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v2"
+
+    def next_reply(self, endpoint: str, *behaviours: Misbehave) -> None:
+        """Queue misbehaviours for `endpoint` (place, lookup, order, cancel, funds), one per request."""
+        self.script[endpoint].extend(behaviours)
+
+    def placed(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every POST /orders the fake received, in order."""
+        return [r.body or {} for r in self.requests if r.method == "POST" and r.path == "/v2/orders"]
+
+    def set_status(self, order_id: str, status: str, **fields: Any) -> None:
+        self.orders[order_id].update(orderStatus=status, **fields)
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._record_and_auth])
+        app.router.add_post("/v2/orders", self._place)
+        app.router.add_get("/v2/orders/external/{cid}", self._by_correlation)
+        app.router.add_get("/v2/orders/{order_id}", self._by_id)
+        app.router.add_delete("/v2/orders/{order_id}", self._cancel)
+        app.router.add_get("/v2/fundlimit", self._funds)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _record_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        token = request.headers.get("access-token", "")
+        self.requests.append(Recorded(request.method, request.path, body, token))
+        request[BODY] = body or {}
+        if token not in self.valid_tokens or request.headers.get("client-id") != CLIENT_ID:
+            return _error("DH-901", 401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _misbehave(self, endpoint: str, request: web.Request, take: Any = None) -> web.StreamResponse | None:
+        if not self.script[endpoint]:
+            return None
+        how = self.script[endpoint].popleft()
+        if how.take_order and take is not None:
+            take()
+        if how.kind is Kind.ERROR:
+            return _error(how.code, 401 if how.code == "DH-901" else 400)
+        if how.kind is Kind.EMPTY:
+            return web.Response(status=200, body=b"")
+        if how.kind is Kind.HTML:
+            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        if how.kind is Kind.DROP:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        await self._release.wait()  # HANG: until the test's server closes
+        return web.Response()
+
+    async def _place(self, request: web.Request) -> web.StreamResponse:
+        body = request[BODY]
+        order_id = str(next(self._ids))
+
+        def take() -> None:
+            self.orders[order_id] = {
+                **body,
+                "orderId": order_id,
+                "orderStatus": "PENDING",
+                "filledQty": 0,
+                "averageTradedPrice": 0,
+                "tradingSymbol": "",
+            }
+
+        failed = await self._misbehave("place", request, take)
+        if failed is not None:
+            return failed
+        take()
+        return web.json_response({"orderId": order_id, "orderStatus": "TRANSIT"})
+
+    async def _by_correlation(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("lookup", request)
+        if failed is not None:
+            return failed
+        cid = request.match_info["cid"]
+        found = [o for o in self.orders.values() if o.get("correlationId") == cid]
+        if not found:
+            return _error("DH-907", 400)
+        return web.json_response(found[0])
+
+    async def _by_id(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("order", request)
+        if failed is not None:
+            return failed
+        order = self.orders.get(request.match_info["order_id"])
+        return web.json_response(order) if order else _error("DH-907", 400)
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        order_id = request.match_info["order_id"]
+
+        def take() -> None:
+            self.orders[order_id]["orderStatus"] = "CANCELLED"
+
+        failed = await self._misbehave("cancel", request, take)
+        if failed is not None:
+            return failed
+        order = self.orders.get(order_id)
+        if order is None:
+            return _error("DH-906", 400)
+        if order["orderStatus"] not in {"PENDING", "TRANSIT", "PART_TRADED"}:
+            return _error("DH-906", 400)
+        take()
+        return web.json_response({"orderId": order_id, "orderStatus": "CANCELLED"})
+
+    async def _funds(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("funds", request)
+        if failed is not None:
+            return failed
+        return web.json_response({"dhanClientId": CLIENT_ID, "availabelBalance": 100000.0, "sodLimit": 100000.0})
+
+
+def _error(code: str, status: int) -> web.Response:
+    error_type, message = _ERRORS.get(code, ("Others", "Something went wrong"))
+    return web.json_response({"errorType": error_type, "errorCode": code, "errorMessage": message}, status=status)
