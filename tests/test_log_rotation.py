@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import SECRET, alert, leg
+from helpers import SECRET, alert, leg
 from ops_process import OpsServer
 
 WAIT_S = 10.0

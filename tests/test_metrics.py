@@ -12,7 +12,7 @@ import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import SECRET, ClientFactory, alert, leg, with_accounts
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 from ops_tools import require_tool
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import ClientFactory, alert
+from helpers import ClientFactory, alert
 from openapi_spec_validator import validate
 
 from tvbridge.config import Config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import attrs
-from conftest import ClientFactory, alert, leg, with_accounts
+from helpers import ClientFactory, alert, leg, with_accounts
 from ops_tools import free_port, require_tool
 
 from tvbridge.config import Config, MetricsConfig

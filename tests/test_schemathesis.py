@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SECRET
+from helpers import SECRET
 from ops_process import OpsServer
 
 ADMIN_TOKEN = "admin-token-for-schemathesis-0123456789"

@@ -158,7 +158,9 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
-def _reopen_logs() -> None:
+def _on_sighup() -> None:
+    """SIGHUP: reopen the log file (after logrotate). Anything else to redo on SIGHUP belongs here too: asyncio
+    keeps one handler per signal."""
     log.info("log.reopened", files=reopen_log_files())
 
 
@@ -168,7 +170,7 @@ async def _run(app: web.Application, config: Config, credentials: Credentials) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reopen_logs)  # logrotate's postrotate; the default would kill us
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)  # logrotate's postrotate; the default action would kill us
     try:
         await runner.setup()
     except (PluginError, ConfigError) as e:
