@@ -13,10 +13,22 @@ from aiohttp import web
 from tvbridge import handlers
 from tvbridge.executor import Executor
 from tvbridge.journal import journal_ctx
-from tvbridge.keys import BROKERS, CONFIG, CONVERTER, CREDENTIALS, EXECUTOR, JOURNAL, METRICS, ORDER_LOG, STATE
+from tvbridge.keys import (
+    BROKERS,
+    CONFIG,
+    CONVERTER,
+    CREDENTIALS,
+    EXECUTOR,
+    JOURNAL,
+    METRICS,
+    NOTIFIER,
+    ORDER_LOG,
+    STATE,
+)
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
 from tvbridge.middlewares import build_middlewares
+from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
@@ -34,12 +46,13 @@ if TYPE_CHECKING:
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[EXECUTOR] = Executor(
-        brokers=instrument_brokers(app[BROKERS], app[METRICS]),
+        brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),
         broker_names=brokers_of(config),
         journal=app[JOURNAL],
         order_log=app[ORDER_LOG],
         on_leg_failure=config.alerts.on_leg_failure,
         metrics=app[METRICS],
+        notifier=app[NOTIFIER],
     )
     yield
 
@@ -55,7 +68,8 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[STATE] = ServiceState()
     app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
     app[METRICS] = Metrics()
-    app.cleanup_ctx.append(metrics_ctx)
+    app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
+    app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_handler)

@@ -148,7 +148,7 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
         level=config.logging.level,
         fmt=config.logging.format,
         file=log_file,
-        secrets=[*credentials.all, *_broker_secrets(config)],
+        secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
     )
     app = create_app(config, converter, credentials)
     try:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.journal import Journal, PlannedLeg
+    from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
 
 log = structlog.get_logger()
@@ -98,6 +99,7 @@ class Executor:
         order_log: OrderLog,
         on_leg_failure: Literal["stop", "continue"],
         metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -105,6 +107,7 @@ class Executor:
         self._order_log = order_log
         self._continue = on_leg_failure == "continue"
         self._metrics = metrics or Metrics()
+        self._notifier = notifier
 
     async def run(
         self, alert_id: str, alert: Alert, accounts: Sequence[str], warnings: Sequence[str]
@@ -120,6 +123,8 @@ class Executor:
             await self._journal.finish_alert(alert_id, status.value, body, results)
         except Exception:
             log.exception("journal.finish_failed", alert_id=alert_id)
+            if self._notifier is not None:
+                self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
         try:
             await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
         except Exception:
@@ -148,6 +153,8 @@ class Executor:
                 result = await self._place(alert_id, account, number, leg)
             results.append(result)
             self._metrics.leg_finished(result)
+            if self._notifier is not None:
+                self._notifier.leg_finished(alert_id, result)
             log.info(
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
                 alert_id=alert_id,

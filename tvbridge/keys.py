@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.metrics import Metrics  # noqa: F401
+    from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
 
@@ -30,6 +31,7 @@ EXECUTOR = web.AppKey["Executor"]("executor")
 STATE = web.AppKey["ServiceState"]("state")
 METRICS = web.AppKey["Metrics"]("metrics")
 """The app's own Prometheus registry and metrics (never the process-global default registry)."""
+NOTIFIER = web.AppKey["Notifier"]("notifier")
 
 ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from tvbridge.broker import Broker
     from tvbridge.config import MetricsConfig
     from tvbridge.models import LegResult
+    from tvbridge.notify import Notifier
 
 log = structlog.get_logger()
 
@@ -204,10 +205,12 @@ class TimedBroker:
     and marks the account's credentials invalid after an auth error (valid again after a call succeeds).
     Everything else is the broker's own attribute."""
 
-    def __init__(self, account: str, broker: Broker, metrics: Metrics) -> None:
+    def __init__(self, account: str, broker: Broker, metrics: Metrics, notifier: Notifier | None = None) -> None:
         self._account = account
         self._broker = broker
         self._metrics = metrics
+        self._notifier = notifier
+        self._token_ok = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
@@ -221,9 +224,13 @@ class TimedBroker:
         except BaseException as e:
             self._metrics.broker_errors.labels(account=self._account, operation=operation, code=reason_of(e)).inc()
             if isinstance(e, BrokerAuthError):
+                if self._token_ok and self._notifier is not None:  # once per expiry, not per refused call
+                    self._notifier.event("token_expired", f"{self._account}: {e}")
+                self._token_ok = False
                 self._metrics.token_valid.labels(account=self._account).set(0)
             raise
         else:
+            self._token_ok = True
             self._metrics.token_valid.labels(account=self._account).set(1)
             return result
         finally:
@@ -240,9 +247,13 @@ class TimedBroker:
         return await self._timed("lookup", self._broker.lookup(client_order_id))
 
 
-def instrument_brokers(brokers: Mapping[str, Broker], metrics: Metrics) -> dict[str, Broker]:
-    """The brokers the executor calls, each timed and counted (see `TimedBroker`)."""
-    return {account: cast("Broker", TimedBroker(account, broker, metrics)) for account, broker in brokers.items()}
+def instrument_brokers(
+    brokers: Mapping[str, Broker], metrics: Metrics, notifier: Notifier | None = None
+) -> dict[str, Broker]:
+    """The brokers the executor calls, each timed and counted (see `TimedBroker`); an auth error notifies."""
+    return {
+        account: cast("Broker", TimedBroker(account, broker, metrics, notifier)) for account, broker in brokers.items()
+    }
 
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
