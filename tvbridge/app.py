@@ -33,6 +33,7 @@ from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
+from tvbridge.status import status_events, status_page
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -73,6 +74,8 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_handler)
+    app.router.add_get("/status", status_page)
+    app.router.add_get("/status/events", status_events)
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

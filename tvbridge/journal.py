@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS legs (
 """
 
 UNFINISHED: Final = "accepted"
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -85,6 +86,10 @@ class Journal:
 
     async def close(self) -> None:
         await self._db.close()
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only function of the connection on the journal's thread (reports: the status page)."""
+        return await self._db.read(fn)
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report each commit's duration in seconds (BEGIN to COMMIT, fsync included) to `observer` (metrics)."""

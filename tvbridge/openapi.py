@@ -316,4 +316,6 @@ def build_openapi(paths_extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 async def openapi_handler(_request: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+    from tvbridge.status import status_paths  # noqa: PLC0415 - status imports the app's keys; keep this module light
+
+    return web.json_response(build_openapi(status_paths()))
