@@ -45,6 +45,8 @@ class OpsServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> OpsServer:
+        """Start (again: stdout is appended to, and only a new `server.started` line counts)."""
+        before = sum(1 for e in self.events() if e.get("event") == "server.started")
         with self.stdout.open("ab") as out, self.stderr.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tvbridge", "serve"], cwd=self.data_dir, env=self.env, stdout=out, stderr=err
@@ -52,7 +54,7 @@ class OpsServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             started = [e for e in self.events() if e.get("event") == "server.started"]
-            if started:
+            if len(started) > before:
                 self.port = int(started[-1]["port"])
                 return self
             if self.proc.poll() is not None:
