@@ -48,9 +48,11 @@ async def scrape(client: Client, headers: dict[str, str] | None = None) -> str:
 
 
 async def send_mix(client: Client) -> None:
-    """3 placed, 1 rejected, 1 stale, 1 wrong secret, 1 invalid alert."""
-    for _ in range(3):
-        assert (await client.post("/webhook", json=alert())).status == 200
+    """3 placed, 1 repeat of the first, 1 rejected, 1 stale, 1 wrong secret, 1 invalid alert."""
+    for n in range(3):
+        assert (await client.post("/webhook", json=alert(leg(quantity=str(n + 1), meta=None)))).status == 200
+    repeat = await client.post("/webhook", json=alert(leg(quantity="1", meta=None)))
+    assert (await repeat.json())["status"] == "duplicate"
     assert (await client.post("/webhook", json=alert(leg(symbol="BAD")))).status == 200
     old = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     stale = alert(leg(meta={"interval": "1D", "time": old, "timenow": old}))
@@ -69,7 +71,9 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     assert value(found, "tvbridge_alerts_total", outcome="success") == 3
     assert value(found, "tvbridge_alerts_total", outcome="failed") == 1
     assert value(found, "tvbridge_alerts_total", outcome="stale") == 1
-    assert ("tvbridge_alerts_total", frozenset({("outcome", "duplicate")})) in found  # every outcome, from 0
+    assert value(found, "tvbridge_alerts_total", outcome="duplicate") == 1
+    assert value(found, "tvbridge_dedupe_hits_total") == 1
+    assert ("tvbridge_alerts_total", frozenset({("outcome", "partial")})) in found  # every outcome, from 0
     assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="success") == 3
     assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="failed") == 1
     assert value(found, "tvbridge_refusals_total", reason="auth") == 1
@@ -79,7 +83,7 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     assert value(found, "tvbridge_broker_token_valid", account="s") == 1
     assert value(found, "tvbridge_broker_up", account="s", broker="scripted") == 1
     webhook = {"route": "/webhook", "method": "POST"}
-    assert value(found, "tvbridge_request_duration_seconds_count", **webhook, status="200") == 4
+    assert value(found, "tvbridge_request_duration_seconds_count", **webhook, status="200") == 5
     assert value(found, "tvbridge_request_duration_seconds_count", **webhook, status="401") == 1
     assert value(found, "tvbridge_journal_commit_seconds_count") >= 5
     assert value(found, "tvbridge_build_info", version="0.1.0", python=found_python(found)) == 1

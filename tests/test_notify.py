@@ -90,8 +90,8 @@ async def test_a_storm_of_failures_is_one_message_with_a_count(
     """Eight failures in a row: the first is sent at once, the other seven become one message saying so, and
     nothing more is sent (the server is stopped, which sends anything still held back)."""
     client = await make_client(notifying(config, sink, 1.0))
-    for _ in range(8):
-        assert (await client.post("/webhook", json=alert(leg(symbol="BAD")))).status == 200
+    for n in range(8):  # different quantities: not repeats for dedupe
+        assert (await client.post("/webhook", json=alert(leg(symbol="BAD", quantity=str(n + 1))))).status == 200
     first, summary = await sink.wait_for(2)
     assert first["title"] == "tvbridge: order leg failed"
     assert summary["title"] == "tvbridge: order leg failed (7 more)"
@@ -111,8 +111,9 @@ async def test_held_back_failures_are_sent_at_shutdown(config: Config, sink: Sin
     from aiohttp import ClientSession  # noqa: PLC0415 - only here
 
     async with ClientSession() as session:
-        for _ in range(3):
-            async with session.post(server.make_url("/webhook"), json=alert(leg(symbol="BAD"))) as response:
+        for n in range(3):
+            bad = alert(leg(symbol="BAD", quantity=str(n + 1)))
+            async with session.post(server.make_url("/webhook"), json=bad) as response:
                 assert response.status == 200
     await server.close()
     titles = [m["title"] for m in await sink.wait_for(2)]

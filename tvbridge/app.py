@@ -6,6 +6,7 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from tvbridge.executor import Executor
 from tvbridge.journal import journal_ctx
 from tvbridge.keys import (
     BROKERS,
+    CLOCK,
     CONFIG,
     CONVERTER,
     CREDENTIALS,
@@ -28,6 +30,8 @@ from tvbridge.keys import (
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
 from tvbridge.middlewares import build_middlewares
+from tvbridge.middlewares.dedupe import dedupe_ctx
+from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
@@ -67,7 +71,8 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CONVERTER] = converter
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, brokers_ctx, executor_ctx])
+    app[CLOCK] = time.monotonic
+    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx])
     app[METRICS] = Metrics()
     app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])

@@ -1,17 +1,42 @@
 """The broker plugin interface: the whole surface a plugin author reads.
 
-A broker plugin is a class registered under the entry point group `tvbridge.brokers` (the entry point's name is
-what users write as `broker = "..."` in `[accounts.NAME]`). tvbridge builds one instance per account with
-`from_settings(settings, context)`, calls `start()` once before the first order and `aclose()` once at shutdown.
+A broker plugin is a class registered under the entry point group `tvbridge.brokers`; the entry point's name is
+what users write as `broker = "..."` in an `[accounts.NAME]` table::
+
+    # your plugin's pyproject.toml
+    [project.entry-points."tvbridge.brokers"]
+    sample = "tvbridge_samplebroker:SampleBroker"
+
+Everything a plugin needs is importable from this module (the leg types of `tvbridge.models` are re-exported
+here), and everything in it is covered by `API_VERSION`:
+a change that would break an existing plugin bumps it, additions (a new optional field, a new helper) do not.
+`docs/plugins.md` is the guide; `plugins/tvbridge-samplebroker` is a complete worked example, and
+`pytest --tvbridge-broker=NAME` (the conformance kit, `tvbridge.conformance`) checks a plugin against the rules.
+
+The life of a plugin instance (one per account; two accounts on the same broker get two instances):
+
+1. At start, tvbridge loads the class, checks `api_version` and the methods of `Broker` (a mismatch stops the
+   start with a message naming the entry point and its distribution), then calls
+   `from_settings(settings, context)` with the account's table minus `broker`. Validate the table there
+   (`settings_from()` does it for an attrs class) and do no I/O.
+2. `await start()` once, before the first order: open sessions, load reference data.
+3. `place()`, `cancel()`, `lookup()` and `health()` are called from the event loop, possibly concurrently
+   (several alerts at once); `place()` only after tvbridge checked the leg against `capabilities`.
+4. `await aclose()` once at shutdown, and only if `start()` returned: a `start()` that raises cleans up what it
+   opened before raising.
 
 Rules every plugin keeps, because real money depends on them:
 
 * `place()` is idempotent on `request.client_order_id`: asked twice for the same id, it must not place twice
   (look the order up first, or let the broker reject the duplicate id).
 * A call whose outcome is not known (timeout, dropped connection after sending) raises
-  `BrokerUnknownOutcomeError`, never `BrokerRejectedError`: tvbridge then asks `lookup()` before any retry.
+  `BrokerUnknownOutcomeError`, never `BrokerRejectedError`: tvbridge then asks `lookup()`, and never resends
+  blindly.
 * Errors are raised as the types below; anything else is treated as an unknown outcome.
-* No secret (token, password) in an exception message, a result message or a log line.
+* Never block the event loop: a synchronous client runs in `asyncio.to_thread()` under `asyncio.timeout()`.
+  TradingView gives up after 3 s, so keep your own timeouts well under that.
+* No secret (token, password) in an exception message, a result message, a `repr` or a log line
+  (`attrs.field(repr=False)` on the settings field).
 
 Errors::
 
@@ -21,6 +46,9 @@ Errors::
     +-- BrokerUnavailableError     transient: nothing was placed, a later try may work
     |   +-- BrokerAuthError        credentials expired or wrong; nothing was placed
     +-- BrokerUnknownOutcomeError  the order may or may not exist: resolve with lookup()
+
+    ValueError
+    +-- SettingsError              an account table is invalid (raised by settings_from())
 """
 
 from __future__ import annotations
@@ -29,24 +57,64 @@ import enum
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, Protocol, Self, runtime_checkable
+from typing import Final, Protocol, Self, TypeVar, runtime_checkable
 
 import attrs
+import cattrs
+from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 
 from tvbridge.models import (
     CancelLeg,
     Exchange,
     Instrument,
+    OptionType,
     OrderLeg,
     OrderType,
     Product,
+    Side,
 )
+
+__all__ = [
+    "API_VERSION",
+    "ENTRY_POINT_GROUP",
+    "OPEN_STATES",
+    "Broker",
+    "BrokerAuthError",
+    "BrokerContext",
+    "BrokerError",
+    "BrokerRejectedError",
+    "BrokerUnavailableError",
+    "BrokerUnknownOutcomeError",
+    "BrokerUnsupportedError",
+    "CancelLeg",
+    "CancelRequest",
+    "Capabilities",
+    "Exchange",
+    "Health",
+    "Instrument",
+    "OptionType",
+    "OrderLeg",
+    "OrderRequest",
+    "OrderResult",
+    "OrderState",
+    "OrderType",
+    "Product",
+    "SettingsError",
+    "Side",
+    "check_supported",
+    "settings_from",
+]
 
 API_VERSION: Final = 1
 """Bumped when a change to this module would break existing plugins. A plugin declares the version it was
-written for as the class attribute `api_version`; tvbridge refuses a plugin whose version differs."""
+written for as the class attribute `api_version = API_VERSION`; tvbridge refuses a plugin whose version differs,
+with a message naming the plugin, both versions and what to do."""
 
 ENTRY_POINT_GROUP: Final = "tvbridge.brokers"
+"""The entry point group tvbridge searches for broker plugins."""
+
+T = TypeVar("T")
 
 
 class BrokerError(Exception):
@@ -54,37 +122,62 @@ class BrokerError(Exception):
 
 
 class BrokerRejectedError(BrokerError):
-    pass
+    """The broker refused the order (bad price, no margin, unknown symbol...): nothing was placed. The leg is
+    reported `failed` with this message; a resend would be refused again."""
 
 
 class BrokerUnsupportedError(BrokerError):
-    pass
+    """The leg asks for something this broker or account cannot do: nothing was sent. `check_supported()` raises
+    it from `capabilities`; raise it yourself for finer rules (e.g. no MTF on this segment)."""
 
 
 class BrokerUnavailableError(BrokerError):
-    pass
+    """Transient: the broker could not be reached or refused to serve (rate limit, maintenance) *before* the
+    order was accepted, so nothing was placed and a later try may work."""
 
 
 class BrokerAuthError(BrokerUnavailableError):
-    pass
+    """Credentials are expired or wrong: nothing was placed. Also what `health()` reports as not ok."""
 
 
 class BrokerUnknownOutcomeError(BrokerError):
-    pass
+    """The request may have reached the broker (timeout or dropped connection after sending): the order may or
+    may not exist. tvbridge calls `lookup(client_order_id)` before reporting and never resends blindly."""
+
+
+class SettingsError(ValueError):
+    """An account's table is invalid. `problems` are `(key, message)` pairs, all of them at once; tvbridge shows
+    each as `accounts.NAME.key: message`. A plugin may also raise a plain `ValueError("key: message")`."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{key}: {message}" if key else message for key, message in self.problems))
 
 
 class OrderState(enum.StrEnum):
-    """Where an order stands at the broker, as the broker reported it (never assumed)."""
+    """Where an order stands at the broker, as the broker reported it (never assumed: since 2026 Dhan turns a
+    market order into a protected limit order, which may rest `open`)."""
 
     PENDING = "pending"
+    """Accepted by the API, not yet at the exchange (or the broker did not say more)."""
     OPEN = "open"
+    """Resting on the book (a limit order that did not cross)."""
     TRIGGER_PENDING = "trigger_pending"
+    """A stop order waiting for its trigger price."""
     PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    """Refused after acceptance (by the exchange or the broker's risk checks). Refused up front: raise
+    `BrokerRejectedError` instead; tvbridge reports both as a failed leg."""
     DRY_RUN = "dry_run"
-    """Validated and resolved, deliberately not sent (test mode)."""
+    """Validated and resolved, deliberately not sent (test mode); reported as leg status `test_mode`."""
+
+
+OPEN_STATES: Final = frozenset(
+    {OrderState.PENDING, OrderState.OPEN, OrderState.TRIGGER_PENDING, OrderState.PARTIALLY_FILLED}
+)
+"""States in which an order can still be cancelled."""
 
 
 @attrs.frozen(kw_only=True)
@@ -92,22 +185,31 @@ class BrokerContext:
     """What tvbridge tells a plugin about where it runs."""
 
     account: str
+    """The account's name (`[accounts.NAME]`): put it in log lines and per-account file names."""
     data_dir: Path
+    """tvbridge's data directory (`server.data_dir`); keep files there, named after the account."""
 
 
 @attrs.frozen(kw_only=True)
 class OrderRequest:
     """Place `leg` on the account. `client_order_id` is deterministic (alert id + leg number), at most 25
-    characters of `[A-Za-z0-9_-]`, and is the key for idempotency and `lookup()`."""
+    characters of `[A-Za-z0-9_-]` (Dhan's correlation id limit), the same for every account the alert goes to,
+    and is the key for idempotency and `lookup()`: send it to the broker as its client order id / tag."""
 
     client_order_id: str
     alert_id: str
+    """tvbridge's id of the alert (also in the journal, the order log and every log line)."""
     leg_number: int
+    """1-based, in `sort_order`."""
     leg: OrderLeg
+    """The leg as parsed and validated: `tvbridge.models.OrderLeg` (Decimal prices, enums, options complete)."""
 
 
 @attrs.frozen(kw_only=True)
 class CancelRequest:
+    """Cancel `leg.order_id`, or (without one) every open order this plugin placed for `leg.symbol`, and only
+    on `leg.side` when given."""
+
     alert_id: str
     leg_number: int
     leg: CancelLeg
@@ -116,12 +218,14 @@ class CancelRequest:
 @attrs.frozen(kw_only=True)
 class OrderResult:
     """The broker's answer for one order. `message` is for the trader; `details` may hold what was sent
-    (dry-run) or the broker's own status text."""
+    (dry-run) or the broker's own status text (JSON-serialisable values only)."""
 
     order_id: str | None
+    """The broker's own order id (None only for a dry run that produced none)."""
     state: OrderState
     message: str = ""
     client_order_id: str | None = None
+    """Echo `request.client_order_id`: the conformance kit checks it."""
     filled_quantity: int = 0
     average_price: Decimal | None = None
     details: Mapping[str, object] = attrs.field(factory=dict)
@@ -129,58 +233,85 @@ class OrderResult:
 
 @attrs.frozen(kw_only=True)
 class Capabilities:
-    """What the broker can do; a leg outside it fails before anything is sent."""
+    """What the broker can do; a leg outside it fails before anything is sent (`check_supported()`), with a
+    message that names the alert field and what is supported. Defaults: everything tvbridge knows."""
 
     order_types: frozenset[OrderType] = frozenset(OrderType)
     products: frozenset[Product] = frozenset(Product)
     exchanges: frozenset[Exchange] = frozenset(Exchange)
     instruments: frozenset[Instrument] = frozenset(Instrument)
     cancel: bool = True
+    """False: `cancel_order` alerts fail for this account without calling `cancel()`."""
     live: bool = False
     """True when orders reach a real market (used for the weak-secret refusal and the README's warnings)."""
 
 
 @attrs.frozen(kw_only=True)
 class Health:
+    """One health check: `ok = False` turns `/health` to 503 with `detail` as the reason (no secrets)."""
+
     ok: bool
     detail: str = ""
 
 
 @runtime_checkable
 class Broker(Protocol):
-    """What every broker plugin class implements (class attributes `api_version`, `capabilities`)."""
+    """What every broker plugin class implements. Class attribute `api_version = API_VERSION`; every method
+    below is required (tvbridge checks their presence when it loads the plugin)."""
 
     api_version: int
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
-        """Build from the account's config table (minus `broker`). Raise `ValueError` naming the bad key."""
+        """Build from the account's config table (minus `broker`), with no I/O. Reject unknown keys and bad
+        values by raising `ValueError` naming the key (`settings_from()` does it for an attrs class); tvbridge
+        reports it as `accounts.NAME.key: message` and does not start."""
         ...
 
     @property
-    def capabilities(self) -> Capabilities: ...
-
-    async def start(self) -> None:
-        """Open sessions, load reference data; raise `BrokerError` if the account cannot work at all."""
+    def capabilities(self) -> Capabilities:
+        """What this account supports; may depend on the settings (e.g. `live`). Read before every `place()`."""
         ...
 
-    async def place(self, request: OrderRequest) -> OrderResult: ...
+    async def start(self) -> None:
+        """Open sessions, load reference data; raise `BrokerError` if the account cannot work at all (tvbridge
+        then refuses to start). Called once, before the first order."""
+        ...
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        """Send one order and return what the broker says about it (`state` as reported, not assumed).
+
+        Idempotent on `request.client_order_id`. Raise `BrokerRejectedError` when refused,
+        `BrokerUnavailableError` / `BrokerAuthError` when nothing was sent, `BrokerUnknownOutcomeError` when it
+        may have been sent (tvbridge then calls `lookup()`); you may resolve the doubt yourself first."""
+        ...
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
-        """Cancel by `leg.order_id`, or every open order this plugin placed for `leg.symbol` (and `leg.side`)."""
+        """Cancel by `leg.order_id`, or every open order this plugin placed for `leg.symbol` (and `leg.side`).
+        Return the orders now cancelled (an empty list when there was nothing to cancel); raise
+        `BrokerRejectedError` for an unknown order id or one that can no longer be cancelled. Cancelling an order
+        that is already cancelled changes nothing: raise `BrokerRejectedError`, or return it again as cancelled
+        (idempotent, like `place()`), or return an empty list."""
         ...
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
-        """The order placed with this client order id, or None if the broker has none."""
+        """The order placed with this client order id, in its current state, or None if the broker has none.
+        Crash recovery and unknown outcomes depend on it: ask the broker, not only local memory, when you can."""
         ...
 
-    async def health(self) -> Health: ...
+    async def health(self) -> Health:
+        """Cheap enough to be polled every few seconds (cache a remote check); never raises."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close sessions and files; called once at shutdown when `start()` succeeded."""
+        ...
 
 
 def check_supported(capabilities: Capabilities, leg: OrderLeg) -> None:
-    """Raise `BrokerUnsupportedError` naming the field when the leg is outside the broker's capabilities."""
+    """Raise `BrokerUnsupportedError` naming the field when the leg is outside the broker's capabilities.
+
+    tvbridge calls it before `place()`; a plugin may call it again inside `place()` when used on its own."""
     checks = (
         ("orderType", leg.order_type, capabilities.order_types),
         ("productType", leg.product, capabilities.products),
@@ -192,3 +323,44 @@ def check_supported(capabilities: Capabilities, leg: OrderLeg) -> None:
             supported = ", ".join(sorted(allowed))
             msg = f"{field} {value} is not supported by this broker (supported: {supported})"
             raise BrokerUnsupportedError(msg)
+
+
+def settings_from(cls: type[T], settings: Mapping[str, object]) -> T:
+    """The account table as an instance of the plugin's own attrs class `cls`, or `SettingsError` listing every
+    problem with its key: unknown keys (a typo must stop the start, not leave a default silently on), missing
+    required keys, values of the wrong type. Values are converted the way tvbridge's own config is (`Decimal`
+    and `Path` fields welcome; booleans must be TOML booleans). Raise your own `SettingsError` for rules that
+    span keys."""
+    from tvbridge.parsing import make_converter  # noqa: PLC0415 - parsing imports the models this module exports
+
+    converter = make_converter()
+    converter.register_structure_hook_factory(
+        attrs.has, lambda t: make_dict_structure_fn(t, converter, _cattrs_forbid_extra_keys=True)
+    )
+    try:
+        return converter.structure(dict(settings), cls)
+    except cattrs.BaseValidationError as e:
+        raise SettingsError(_problems(e, cls)) from None
+
+
+def _problems(error: cattrs.BaseValidationError, cls: type) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    known = ", ".join(f.name for f in attrs.fields(cls)) if attrs.has(cls) else ""
+    for exc in error.exceptions:
+        if isinstance(exc, ForbiddenExtraKeysError):
+            problems.extend((key, f"unknown key (known keys: {known})") for key in sorted(exc.extra_fields))
+    rest = [exc for exc in error.exceptions if not isinstance(exc, ForbiddenExtraKeysError)]
+    if rest:
+        group = error.derive(rest)
+        for line in cattrs.transform_error(group, path="", format_exception=_format):
+            message, _, where = line.rpartition(" @ ")
+            problems.append((where.lstrip("."), message))
+    return problems
+
+
+def _format(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, ValueError) and not isinstance(exc, cattrs.BaseValidationError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)

@@ -20,14 +20,17 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.app import create_app
+from tvbridge.commands import brokers as brokers_command
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Sequence
 
     import cattrs
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
+    brokers_command.add_parser(sub)
     return parser
 
 
@@ -64,9 +68,20 @@ def _load(args: argparse.Namespace, converter: cattrs.Converter) -> Config:
     return load_config(find_config_file(args.config, os.environ, cwd), converter, os.environ, cwd)
 
 
+def _load_optional(args: argparse.Namespace, converter: cattrs.Converter) -> Config | None:
+    """The config for commands that are useful without one (`brokers`): a broken config is said, not fatal."""
+    try:
+        return _load(args, converter)
+    except ConfigError as e:
+        print(f"tvbridge: config not used ({e})", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     converter = make_converter()
+    if args.command == "brokers":
+        return brokers_command.run(args, _load_optional(args, converter))
     try:
         config = _load(args, converter)
         if args.command == "check-config":
@@ -82,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
     build_brokers(config)  # each account's own settings are validated by its plugin
+    server_context(config)  # the TLS certificate, key and client CA files load
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
     print("config ok", file=sys.stderr)
     return EXIT_OK
@@ -150,9 +166,10 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
         file=log_file,
         secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
     )
+    ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
     try:
-        return asyncio.run(_run(app, config, credentials))
+        return asyncio.run(_run(app, config, credentials, ssl_context))
     except OSError as e:
         log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
@@ -164,7 +181,9 @@ def _on_sighup() -> None:
     log.info("log.reopened", files=reopen_log_files())
 
 
-async def _run(app: web.Application, config: Config, credentials: Credentials) -> int:
+async def _run(
+    app: web.Application, config: Config, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,16 +200,17 @@ async def _run(app: web.Application, config: Config, credentials: Credentials) -
         log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
+        site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
         await site.start()
         host, port = runner.addresses[0][:2]
-        url = f"http://{host}:{port}/webhook"
+        url = f"{'https' if ssl_context else 'http'}://{host}:{port}/webhook"
         _first_run_notice(credentials, url)
         log.info(
             "server.started",
             host=host,
             port=port,
             version=__version__,
+            tls=ssl_context is not None,
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )

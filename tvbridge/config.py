@@ -11,6 +11,7 @@ masked by `effective_settings()`; the broker accounts' tables are validated by t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -63,12 +64,21 @@ class ServerConfig:
     response_deadline_s: float = attrs.field(default=2.5, validator=_positive)
     shutdown_grace_s: float = attrs.field(default=10.0, validator=_non_negative)
     admin_token: str = attrs.field(default="", repr=False)
+    tls_cert: str = ""
+    """PEM certificate chain: serve HTTPS directly (TradingView calls only ports 80 and 443). Empty: plain HTTP."""
+    tls_key: str = ""
+    """PEM private key of `tls_cert` (empty: the key is in the `tls_cert` file)."""
 
 
 @attrs.frozen(kw_only=True)
 class AuthConfig:
     secret: str = attrs.field(default="", repr=False)
     path_token: str = attrs.field(default="", repr=False)
+    require_client_cert: bool = False
+    """Webhook callers must present a verified client certificate with CN `TradingView Webhooks` (needs
+    `server.tls_cert`; behind a proxy, let the proxy check it: docs/guards.md)."""
+    client_ca_file: str = ""
+    """PEM CA bundle that client certificates must chain to; empty: the system's trusted CAs."""
 
 
 @attrs.frozen(kw_only=True)
@@ -78,11 +88,21 @@ class LimitsConfig:
     """A client that has not sent its whole body by then is cut off (slow-client protection)."""
 
 
+def _networks(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    """Every entry must be an IP address or a CIDR network, checked at start (a typo must not open the door)."""
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{attribute.name}: {entry!r} is not an IP address or CIDR network") from None
+
+
 @attrs.frozen(kw_only=True)
 class IpAllowlistConfig:
     enabled: bool = False
-    allow: tuple[str, ...] = TRADINGVIEW_IPS
-    trusted_proxies: tuple[str, ...] = ()
+    allow: tuple[str, ...] = attrs.field(default=TRADINGVIEW_IPS, validator=_networks)
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    """Proxies whose `X-Forwarded-For` is believed; applies even when `enabled` is false (the logged source)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -284,6 +304,13 @@ def _finish(config: Config) -> Config:
     for name, table in accounts.items():
         if not isinstance(table.get("broker", name), str):
             raise ConfigError(f"accounts.{name}.broker: must be a string (the broker plugin's name)")
+    if config.auth.require_client_cert and not config.server.tls_cert:
+        raise ConfigError(
+            "auth.require_client_cert: needs server.tls_cert (tvbridge can only check a certificate"
+            " on a TLS connection it terminates; behind a proxy, let the proxy check it)"
+        )
+    if config.server.tls_key and not config.server.tls_cert:
+        raise ConfigError("server.tls_key: set server.tls_cert too")
     return attrs.evolve(config, routing=RoutingConfig(accounts=tuple(routes)), accounts=accounts)
 
 

@@ -19,6 +19,7 @@ from tvbridge.keys import (
     CONFIG,
     CONVERTER,
     CREDENTIALS,
+    DEDUPE_KEY,
     EXECUTOR,
     JOURNAL,
     ORDER_LOG,
@@ -86,7 +87,7 @@ async def webhook(request: web.Request) -> web.Response:
         alert_id=alert_id,
         alert_type=alert.alert_type.value,
         payload=raw,
-        dedupe_key=None,
+        dedupe_key=request.get(DEDUPE_KEY),  # set by middlewares/dedupe.py; a stale refusal below gets none
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, accounts),
     )

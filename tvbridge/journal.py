@@ -182,6 +182,33 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def find_by_dedupe_key(self, dedupe_key: str, since: str) -> dict[str, Any] | None:
+        """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT alert_id, status, response FROM alerts WHERE dedupe_key = ? AND received_at >= ?"
+                " ORDER BY received_at LIMIT 1",
+                (dedupe_key, since),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        response = json.loads(row["response"]) if row["response"] else None
+        return {"alert_id": row["alert_id"], "status": row["status"], "response": response}
+
+    async def prune_dedupe_keys(self, before: str) -> int:
+        """Clear the dedupe keys of alerts received before `before` (ISO UTC); the alerts themselves stay."""
+        return int(
+            await self._write(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE alerts SET dedupe_key = NULL WHERE dedupe_key IS NOT NULL AND received_at < ?",
+                        (before,),
+                    ).rowcount
+                )
+            )
+        )
+
     async def unfinished(self) -> list[str]:
         """Ids of alerts accepted but not finished (crash recovery's work list), oldest first."""
         rows = await self._db.read(

@@ -8,7 +8,7 @@ import cattrs
 from aiohttp import web
 
 if TYPE_CHECKING:  # the keys name these types as strings: importing them at runtime would be circular
-    from collections.abc import Mapping  # noqa: F401
+    from collections.abc import Callable, Mapping  # noqa: F401
     from typing import Any  # noqa: F401
 
     from tvbridge.broker import Broker  # noqa: F401
@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.metrics import Metrics  # noqa: F401
+    from tvbridge.middlewares.dedupe import Deduper  # noqa: F401
+    from tvbridge.middlewares.rate_limit import RateLimiter  # noqa: F401
     from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
@@ -37,3 +39,12 @@ ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 """The body decoded as a JSON object, once, by whichever step needs it first (see `parsing.raw_alert`)."""
 SOURCE_IP = web.RequestKey[str]("source_ip")
+AUTHENTICATED = web.RequestKey[bool]("authenticated")
+"""Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
+DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
+"""Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
+
+CLOCK = web.AppKey["Callable[[], float]"]("clock")
+"""Monotonic seconds for the guards' token buckets; `time.monotonic` unless a test moves time itself."""
+RATE_LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
+DEDUPER = web.AppKey["Deduper"]("deduper")

@@ -8,13 +8,14 @@ distribution, raised at start so the CLI exits before the first alert, not on it
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
 
-from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext
+from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, SettingsError
 from tvbridge.errors import PluginError
 
 if TYPE_CHECKING:
@@ -69,11 +70,67 @@ def load_plugin_class(name: str, *, account: str = "") -> type[Any]:
     if missing:
         raise PluginError(f"{where}{origin} does not implement the broker interface: missing {', '.join(missing)}")
     version = getattr(cls, "api_version", None)
-    if version != API_VERSION:
+    if version is None:
         raise PluginError(
-            f"{where}{origin} was written for broker API version {version!r}; this tvbridge speaks {API_VERSION}"
+            f"{where}{origin} does not declare api_version: set `api_version = tvbridge.broker.API_VERSION` "
+            f"on the class (this tvbridge speaks broker API version {API_VERSION})"
+        )
+    if version != API_VERSION:
+        older = isinstance(version, int) and version < API_VERSION
+        fix = f"upgrade {info.distribution}" if older else f"upgrade tvbridge or install an older {info.distribution}"
+        raise PluginError(
+            f"{where}{origin} was written for broker API version {version!r}, but this tvbridge "
+            f"{_tvbridge_version()} speaks version {API_VERSION}: {fix}"
         )
     return cls
+
+
+def _tvbridge_version() -> str:
+    from tvbridge import __version__  # noqa: PLC0415 - only error messages need it
+
+    return __version__
+
+
+@attrs.frozen(kw_only=True)
+class PluginReport:
+    """One installed plugin as `tvbridge brokers` shows it: loaded (`error` empty) or not, and why."""
+
+    info: PluginInfo
+    api_version: object = None
+    error: str = ""
+    cls: type[Any] | None = None
+
+
+def discover() -> list[PluginReport]:
+    """Every installed plugin, each loaded on its own: one that fails to import or does not fit the interface
+    is reported with its error and does not hide the others."""
+    reports: list[PluginReport] = []
+    for name, ep in sorted(installed_plugins().items()):
+        info = describe(ep)
+        try:
+            cls = load_plugin_class(name)
+        except PluginError as e:
+            reports.append(PluginReport(info=info, error=str(e)))
+            continue
+        reports.append(PluginReport(info=info, api_version=cls.api_version, cls=cls))
+    return reports
+
+
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w\-]*(?:[.\[][\w\-.\[\]]*)?): ")
+
+
+def settings_problem(account: str, error: ValueError) -> str:
+    """`accounts.NAME.key: message` for every problem the plugin reported (a `SettingsError`, or a plain
+    `ValueError("key: message")`); `accounts.NAME: message` when the plugin named no key."""
+    if isinstance(error, SettingsError):
+        return "; ".join(
+            f"accounts.{account}.{key}: {message}" if key else f"accounts.{account}: {message}"
+            for key, message in error.problems
+        )
+    text = str(error)
+    if _KEY_PREFIX.match(text):
+        return f"accounts.{account}.{text}"
+    return f"accounts.{account}: {text}"
 
 
 def build_brokers(config: Config) -> dict[str, Broker]:
@@ -86,8 +143,10 @@ def build_brokers(config: Config) -> dict[str, Broker]:
         context = BrokerContext(account=account, data_dir=config.server.data_dir)
         try:
             broker = cls.from_settings(table, context)
-        except (ValueError, TypeError, KeyError) as e:
-            raise PluginError(f"accounts.{account}: {e}") from None
+        except ValueError as e:
+            raise PluginError(settings_problem(account, e)) from None
+        except (TypeError, KeyError) as e:
+            raise PluginError(f"accounts.{account}: {type(e).__name__}: {e}") from None
         if not isinstance(broker, Broker):
             raise PluginError(f"accounts.{account}: {name}.from_settings did not return a broker")
         brokers[account] = broker

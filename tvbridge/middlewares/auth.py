@@ -3,6 +3,10 @@
 Both are compared in constant time (`hmac.compare_digest`). The body is decoded here, once (400 when it is not
 a JSON object), because the secret is inside it: TradingView cannot set headers. A refusal is logged with the
 source address and never with what was sent.
+
+On success it sets `request[AUTHENTICATED]`: `rate_limit` (an outer step) charges every webhook request that
+fails without it to the source address, and a raised `AuthError` also to that address's failed-auth bucket.
+So the accounting needs no call from here into the limiter, and turning rate limiting off leaves auth as is.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import AuthError
-from tvbridge.keys import RAW_ALERT, SOURCE_IP
+from tvbridge.keys import AUTHENTICATED, RAW_ALERT, SOURCE_IP
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.parsing import decode_body
 from tvbridge.routes import PATH_TOKEN, is_webhook
@@ -46,6 +50,7 @@ def auth(credentials: Credentials) -> Middleware:
                 log.warning("auth.failed", reason="wrong path token", source=request.get(SOURCE_IP))
                 raise AuthError
             request[RAW_ALERT] = decode_body(body_of(request))
+            request[AUTHENTICATED] = True
             return await handler(request)
         raw = decode_body(body_of(request))
         request[RAW_ALERT] = raw
@@ -55,6 +60,7 @@ def auth(credentials: Credentials) -> Middleware:
         if not same_secret(raw["secret"], credentials.secret):
             log.warning("auth.failed", reason="wrong secret", source=request.get(SOURCE_IP))
             raise AuthError
+        request[AUTHENTICATED] = True
         return await handler(request)
 
     return middleware

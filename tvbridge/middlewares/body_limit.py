@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
+import structlog
 from aiohttp import web
 
 from tvbridge.errors import BadRequestError, PayloadTooLargeError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from tvbridge.config import LimitsConfig
 
 BODY: Final = web.RequestKey[bytes]("body")
+log = structlog.get_logger()
 
 
 def body_of(request: web.Request) -> bytes:
@@ -30,12 +32,14 @@ def body_of(request: web.Request) -> bytes:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
+        log.warning("body_limit.refused", reason="declared Content-Length over the limit", limit=limit)
         raise PayloadTooLargeError(f"body too large: {request.content_length} bytes, the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(65536):
         size += len(chunk)
         if size > limit:
+            log.warning("body_limit.refused", reason="body over the limit while reading", limit=limit)
             raise PayloadTooLargeError(f"body too large: over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -49,6 +53,7 @@ def body_limit(config: LimitsConfig) -> Middleware:
                 async with asyncio.timeout(config.read_timeout_s):
                     request[BODY] = await read_limited(request, config.max_body_bytes)
             except TimeoutError:
+                log.warning("body_limit.refused", reason="body not received in time", timeout_s=config.read_timeout_s)
                 raise BadRequestError(f"body not received within {config.read_timeout_s} s") from None
         return await handler(request)
 

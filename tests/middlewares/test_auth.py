@@ -1,0 +1,89 @@
+"""Auth through the real server: the secret or the path token, refusals logged without what was sent."""
+
+from __future__ import annotations
+
+import attrs
+from helpers import SECRET, ClientFactory, alert
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from tvbridge.config import Config
+
+PATH_TOKEN = "path-token-0123456789abcdef"
+
+
+def with_path_token(config: Config) -> Config:
+    return attrs.evolve(config, auth=attrs.evolve(config.auth, path_token=PATH_TOKEN))
+
+
+async def test_wrong_secret_is_401_and_never_logged(make_client: ClientFactory, config: Config) -> None:
+    """A wrong secret: 401 "Invalid webhook secret", one auth.failed line with the source, no secret anywhere."""
+    client = await make_client(config)
+    guess = "my-guess-at-the-secret"
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=alert(secret=guess))
+    body = await response.json()
+    assert response.status == 401
+    assert body["message"] == "Invalid webhook secret"
+    [line] = [e for e in events if e["event"] == "auth.failed"]
+    assert line["reason"] == "wrong secret"
+    assert line["source"] == "127.0.0.1"
+    assert line["alert_id"] == body["alert_id"]
+    assert guess not in repr(events)
+    assert SECRET not in repr(events)
+    assert guess not in await response.text()
+
+
+async def test_missing_secret_is_401(make_client: ClientFactory, config: Config) -> None:
+    """An alert without a secret is refused with a message that says so."""
+    client = await make_client(config)
+    raw = alert()
+    del raw["secret"]
+    response = await client.post("/webhook", json=raw)
+    assert response.status == 401
+    assert (await response.json())["message"] == "Invalid webhook secret: the alert has no secret"
+
+
+async def test_a_secret_that_is_not_a_string_is_refused(make_client: ClientFactory, config: Config) -> None:
+    """A number or an object in `secret` is a wrong secret, not a crash."""
+    client = await make_client(config)
+    for secret in (12345, {"a": 1}, None):
+        assert (await client.post("/webhook", json={**alert(), "secret": secret})).status == 401
+
+
+async def test_path_token_authenticates_without_a_secret(make_client: ClientFactory, config: Config) -> None:
+    """On /webhook/<path_token> the alert needs no secret in its body."""
+    client = await make_client(with_path_token(config))
+    raw = alert()
+    del raw["secret"]
+    with capture_logs() as events:
+        response = await client.post(f"/webhook/{PATH_TOKEN}", json=raw)
+    assert response.status == 200
+    assert PATH_TOKEN not in repr(events)
+    assert {e["path"] for e in events if e["event"] == "http.request"} == {"/webhook/<path_token>"}
+
+
+async def test_wrong_path_token_is_401_and_not_logged(make_client: ClientFactory, config: Config) -> None:
+    """A wrong path token is refused like a wrong secret; neither token appears in the log."""
+    client = await make_client(with_path_token(config))
+    with capture_logs() as events:
+        response = await client.post("/webhook/not-the-token", json=alert())
+    assert response.status == 401
+    assert "not-the-token" not in repr(events)
+    assert PATH_TOKEN not in repr(events)
+    [line] = [e for e in events if e["event"] == "auth.failed"]
+    assert line["reason"] == "wrong path token"
+
+
+async def test_path_route_without_a_configured_token_is_404(make_client: ClientFactory, config: Config) -> None:
+    """Without auth.path_token there is no /webhook/<anything> route at all."""
+    client = await make_client(config)
+    assert (await client.post("/webhook/anything", json=alert())).status == 404
+
+
+async def test_body_that_is_not_json_is_400(make_client: ClientFactory, config: Config) -> None:
+    """The secret is inside the body, so a body that is not a JSON object is refused before any compare."""
+    client = await make_client(config)
+    response = await client.post("/webhook", data=b"BUY RELIANCE")
+    assert response.status == 400
+    assert (await response.json())["message"].startswith("body is not JSON")

@@ -1,0 +1,177 @@
+"""Rate limits through the real server: per strategy, per source address for failures, global; 429 + Retry-After.
+
+Time is a fake clock put in the app (`keys.CLOCK`), so refills are exact and no test sleeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from helpers import SECRET, alert, leg, with_accounts
+from structlog.testing import capture_logs
+
+from tvbridge.app import create_app
+from tvbridge.config import Config, DedupeConfig, IpAllowlistConfig, RateLimitConfig
+from tvbridge.keys import CLOCK
+from tvbridge.middlewares.rate_limit import MAX_ENTRIES, PRUNE_EVERY_S, TokenBuckets, strategy_of
+from tvbridge.secretstore import resolve_credentials
+
+Client = TestClient[web.Request, web.Application]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def read(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def start(aiohttp_client: Any, converter: Any, clock: FakeClock) -> Any:
+    """Start the app with `rate_limit` overrides, the scripted broker, dedupe off and the fake clock."""
+
+    async def go(config: Config, **limits: Any) -> Client:
+        config = with_accounts(config, {"s": {"broker": "scripted"}})
+        config = attrs.evolve(
+            config,
+            rate_limit=RateLimitConfig(**limits),
+            dedupe=DedupeConfig(enabled=False),
+            ip_allowlist=attrs.evolve(config.ip_allowlist, trusted_proxies=("127.0.0.1",)),
+        )
+        app = create_app(config, converter, resolve_credentials(config))
+        app[CLOCK] = clock.read
+        client: Client = await aiohttp_client(app)
+        return client
+
+    return go
+
+
+def from_ip(address: str) -> dict[str, str]:
+    """Requests from the test client come through 127.0.0.1, a trusted proxy here, on behalf of `address`."""
+    return {"X-Forwarded-For": address}
+
+
+async def test_burst_over_the_strategy_limit_gets_429_others_pass(start: Any, config: Config) -> None:
+    """A strategy over its burst gets 429 with Retry-After; another strategy's alert still gets through."""
+    client = await start(config, per_strategy_burst=3, per_strategy_per_s=0.5)
+    for _ in range(3):
+        assert (await client.post("/webhook", json=alert(leg(symbol="RELIANCE")))).status == 200
+    with capture_logs() as events:
+        refused = await client.post("/webhook", json=alert(leg(symbol="RELIANCE")))
+    body = await refused.json()
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "2"  # one token at 0.5/s
+    assert body["status"] == "error"
+    assert body["message"].startswith("rate limited: too many alerts for this strategy")
+    [line] = [e for e in events if e["event"] == "rate_limit.refused"]
+    assert line["scope"] == "strategy"
+    assert line["reason"]
+    assert (await client.post("/webhook", json=alert(leg(symbol="INFY")))).status == 200
+
+
+async def test_the_strategy_bucket_refills(start: Any, config: Config, clock: FakeClock) -> None:
+    """After 1/rate seconds one more alert of the throttled strategy is accepted, and only one."""
+    client = await start(config, per_strategy_burst=1, per_strategy_per_s=0.5)
+    assert (await client.post("/webhook", json=alert())).status == 200
+    assert (await client.post("/webhook", json=alert())).status == 429
+    clock.now += 2.0
+    assert (await client.post("/webhook", json=alert())).status == 200
+    assert (await client.post("/webhook", json=alert())).status == 429
+
+
+async def test_failed_auth_locks_the_address_out(start: Any, config: Config, clock: FakeClock) -> None:
+    """After `auth_failures_per_min` wrong secrets even the right one gets 429, until the bucket refills."""
+    client = await start(config, auth_failures_per_min=3)
+    with capture_logs() as events:
+        for _ in range(3):
+            assert (await client.post("/webhook", json=alert(secret="guess-1"))).status == 401
+        locked = await client.post("/webhook", json=alert())
+    assert locked.status == 429
+    assert locked.headers["Retry-After"] == "20"  # 3 per minute: one every 20 s
+    assert "failed authentications" in (await locked.json())["message"]
+    assert "guess-1" not in repr(events)
+    assert SECRET not in repr(events)
+    clock.now += 20.0
+    assert (await client.post("/webhook", json=alert())).status == 200
+
+
+async def test_one_flooding_address_does_not_starve_others(start: Any, config: Config) -> None:
+    """Unauthenticated junk from one address is cut off there; other addresses, genuine or not, are served."""
+    client = await start(config, per_ip_burst=2, per_ip_per_s=0.1)
+    for _ in range(2):
+        assert (await client.post("/webhook", data=b"junk", headers=from_ip("198.51.100.1"))).status == 400
+    flood = await client.post("/webhook", data=b"junk", headers=from_ip("198.51.100.1"))
+    assert flood.status == 429
+    assert flood.headers["Retry-After"] == "10"
+    assert (await client.post("/webhook", data=b"junk", headers=from_ip("198.51.100.2"))).status == 400
+    assert (await client.post("/webhook", json=alert(), headers=from_ip("198.51.100.2"))).status == 200
+
+
+async def test_genuine_alerts_do_not_use_the_address_bucket(start: Any, config: Config) -> None:
+    """Every TradingView alert comes from a few addresses: authenticated alerts never drain a per-IP bucket."""
+    client = await start(config, per_ip_burst=1, per_ip_per_s=0.01)
+    for symbol in ("RELIANCE", "INFY", "TCS", "SBIN"):
+        assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
+
+
+async def test_the_global_limit(start: Any, config: Config, clock: FakeClock) -> None:
+    """Over `global_per_s` every strategy waits; the next second lets one more through."""
+    client = await start(config, global_per_s=2)
+    for symbol in ("RELIANCE", "INFY"):
+        assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
+    refused = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "1"
+    clock.now += 0.5
+    assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 200
+
+
+async def test_allowlisted_addresses_are_never_locked_out(start: Any, config: Config) -> None:
+    """With the allowlist on, TradingView's own addresses are exempt from per-address lockouts."""
+    config = attrs.evolve(config, ip_allowlist=IpAllowlistConfig(enabled=True, allow=("52.89.214.238",)))
+    client = await start(config, auth_failures_per_min=1, per_ip_burst=1)
+    tradingview = from_ip("52.89.214.238")
+    for _ in range(3):
+        assert (await client.post("/webhook", json=alert(secret="wrong"), headers=tradingview)).status == 401
+    assert (await client.post("/webhook", json=alert(), headers=tradingview)).status == 200
+
+
+async def test_rate_limits_can_be_turned_off(start: Any, config: Config) -> None:
+    """With rate_limit.enabled = false nothing is throttled."""
+    client = await start(config, enabled=False, per_strategy_burst=1)
+    for _ in range(3):
+        assert (await client.post("/webhook", json=alert())).status == 200
+
+
+def test_strategy_key_is_credential_and_symbols() -> None:
+    """The strategy is the credential's hash plus the sorted EXCHANGE:SYMBOL set; the secret is not in it."""
+    two = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"))
+    swapped = alert(leg(symbol="TCS"), leg(symbol="INFY", sort_order="2"))
+    assert strategy_of(two, SECRET) == strategy_of(swapped, SECRET)
+    assert strategy_of(two, SECRET).endswith("|NSE:INFY,NSE:TCS")
+    assert strategy_of(two, SECRET) != strategy_of(two, "path-token")
+    assert SECRET not in strategy_of(two, SECRET)
+
+
+def test_idle_buckets_are_pruned() -> None:
+    """Buckets that have refilled completely are dropped, and a table never exceeds MAX_ENTRIES keys."""
+    buckets = TokenBuckets(rate_per_s=1.0, capacity=2)
+    for n in range(100):
+        buckets.take(n, now=0.0)
+    assert len(buckets.buckets) == 100
+    buckets.take("late", now=PRUNE_EVERY_S)  # all others refilled long ago
+    assert set(buckets.buckets) == {"late"}
+    flood = TokenBuckets(rate_per_s=0.001, capacity=1)
+    for n in range(MAX_ENTRIES + 10):
+        flood.take(n, now=1.0)
+    assert len(flood.buckets) <= MAX_ENTRIES

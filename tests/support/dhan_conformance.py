@@ -1,0 +1,60 @@
+"""The conformance kit's venue for the Dhan broker: the fake Dhan API (`fake_dhan.py`, beside this file), told
+to refuse one symbol and to hang after taking an order for another, and a live account pointing at it.
+
+    pytest --tvbridge-broker=dhan --tvbridge-broker-settings=tests/support/dhan-conformance.toml
+
+The kit puts this directory on `sys.path`, so `fake_dhan` imports as it does in the Dhan tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from fake_dhan import BODY, CLIENT_ID, TOKEN, FakeDhan, Misbehave
+
+from tvbridge_brokers.dhan.instruments import sample_master_path
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from aiohttp import web
+
+REJECTED_SECURITY_ID: Final = "11536"  # TCS: the fake answers DH-906, order rejected
+HANGING_SECURITY_ID: Final = "1594"  # INFY: the fake takes the order, then never answers
+
+
+class ConformanceFakeDhan(FakeDhan):
+    """The fake, misbehaving by security id: the kit's contract is "this leg is refused / loses its answer"."""
+
+    async def _place(self, request: web.Request) -> web.StreamResponse:
+        security_id = str(request[BODY].get("securityId"))
+        if security_id == REJECTED_SECURITY_ID:
+            self.next_reply("place", Misbehave.error("DH-906"))
+        elif security_id == HANGING_SECURITY_ID:
+            self.next_reply("place", Misbehave.hang_after_taking_order())
+        return await super()._place(request)
+
+
+@contextlib.asynccontextmanager
+async def venue(settings: Mapping[str, object]) -> AsyncIterator[dict[str, object]]:
+    fake = ConformanceFakeDhan()
+    await fake.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        master = Path(tmp) / "master.csv"
+        shutil.copyfile(sample_master_path(), master)  # a live account refuses the shipped sample itself
+        try:
+            yield {
+                "client_id": CLIENT_ID,
+                "access_token": TOKEN,
+                "live": True,
+                "base_url": fake.base_url,
+                "instruments_path": str(master),
+                "max_orders_per_s": 1000,
+                **settings,
+            }
+        finally:
+            await fake.close()

@@ -1,0 +1,217 @@
+"""Step 8: the same alert within `dedupe.window_s` runs once; the repeat is answered from the first one.
+
+TradingView resends an alert after a 5xx, a trader's script can fire twice, and a replayed request must not
+trade again. The key (`dedupe_key`):
+
+* the trader's own root `id` (or `idempotency_key`) when the alert has one;
+* otherwise a SHA-256 of the alert's canonical JSON (sorted keys, no whitespace) without `secret` and without
+  `meta.timenow` (at the root and in each leg): a resend and a double-fired alert have the same content and
+  differ at most in `timenow`, while two different bars differ in `meta.time` (or the price) and both run.
+
+Two records make "once" hold:
+
+* an in-process claim (key -> the first copy's alert id and a future), taken without an `await` between the
+  look-up and the claim, so fifty copies arriving at the same moment find one first copy and wait for it
+  (up to `server.response_deadline_s`);
+* the journal: the first copy's row carries the key (`request[DEDUPE_KEY]`, written by the webhook handler
+  with the alert, before any order), so a copy that arrives after a restart is found there.
+
+The repeat gets 200 with status `duplicate`, `duplicate_of` (the first copy's alert id) and the first one's
+results from the journal, or 202 while the first one is still running. Nothing is journaled for a repeat: it
+placed nothing. A first copy answered 4xx/5xx (invalid, stale, journal unwritable) releases its claim and
+is not recorded under the key, so a corrected or resent alert runs (also a 429 from the per-strategy limit,
+the step after this one). A first copy answered 200 stays the first even when its status is `failed` (the
+broker rejected it): it was run, and running it again is a new decision (give it a new `id`).
+Claims older than the window are dropped as new ones are made, and a background task clears the journal's
+keys once they are out of the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import structlog
+from aiohttp import web
+
+from tvbridge.errors import JournalError, UnavailableError
+from tvbridge.journal import UNFINISHED
+from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT
+from tvbridge.metrics import dedupe_hit
+from tvbridge.routes import is_webhook
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from aiohttp.typedefs import Handler, Middleware
+
+    from tvbridge.config import DedupeConfig
+    from tvbridge.journal import Journal
+
+log = structlog.get_logger()
+
+OWN_KEYS: Final = ("id", "idempotency_key")
+MIN_PRUNE_EVERY_S: Final = 60.0
+MAX_ROUNDS: Final = 3
+"""How many failed first copies a waiting copy sits through before it answers 503 (each wait is bounded)."""
+
+
+def dedupe_key(raw: Mapping[str, Any]) -> str:
+    """The alert's dedupe key: `id:<hash>` from the trader's own key, else `body:<hash>` of its content."""
+    for name in OWN_KEYS:
+        own = raw.get(name)
+        if isinstance(own, str | int) and not isinstance(own, bool) and str(own).strip():
+            return "id:" + hashlib.sha256(str(own).strip().encode("utf-8")).hexdigest()
+    content = {k: _without_timenow(v) if k == "meta" else v for k, v in raw.items() if k != "secret"}
+    legs = content.get("order_legs")
+    if isinstance(legs, list):
+        content["order_legs"] = [
+            {k: _without_timenow(v) if k == "meta" else v for k, v in leg.items()} if isinstance(leg, dict) else leg
+            for leg in legs
+        ]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "body:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _without_timenow(meta: object) -> object:
+    return {k: v for k, v in meta.items() if k != "timenow"} if isinstance(meta, dict) else meta
+
+
+@attrs.define
+class Claim:
+    alert_id: str
+    at: float
+    answered: asyncio.Future[bool]
+    """True: the first copy was answered 2xx and is in the journal; False: it failed, the claim is released."""
+
+
+class Deduper:
+    """The in-process claims; the durable half is the journal's `dedupe_key` column."""
+
+    def __init__(self, window_s: float, journal: Journal) -> None:
+        self.window_s = window_s
+        self.journal = journal
+        self.claims: dict[str, Claim] = {}
+        self._pruned_at = float("-inf")
+
+    def live_claim(self, key: str, now: float) -> Claim | None:
+        claim = self.claims.get(key)
+        if claim is None or now - claim.at > self.window_s:
+            return None
+        return claim
+
+    def claim(self, key: str, alert_id: str, now: float) -> Claim:
+        if now - self._pruned_at >= self.window_s:
+            self._pruned_at = now
+            self.claims = {k: c for k, c in self.claims.items() if not c.answered.done() or now - c.at <= self.window_s}
+        claim = Claim(alert_id=alert_id, at=now, answered=asyncio.get_running_loop().create_future())
+        self.claims[key] = claim
+        return claim
+
+    def release(self, key: str, claim: Claim, *, answered: bool) -> None:
+        if not answered and self.claims.get(key) is claim:
+            del self.claims[key]
+        if not claim.answered.done():
+            claim.answered.set_result(answered)
+
+    async def first_in_journal(self, key: str) -> dict[str, Any] | None:
+        """The first copy's journal record within the window; `JournalError` (503) if the journal cannot say.
+
+        Without an answer the alert might be a repeat, so it is refused (TradingView resends a 503), not run.
+        """
+        since = (datetime.now(UTC) - timedelta(seconds=self.window_s)).isoformat()
+        try:
+            return await self.journal.find_by_dedupe_key(key, since)
+        except Exception as e:
+            log.exception("dedupe.lookup_failed")
+            raise JournalError("journal unreadable: cannot tell whether this alert is a repeat; resend later") from e
+
+
+def duplicate_answer(request: web.Request, first_id: str, record: Mapping[str, Any] | None) -> web.Response:
+    """200 `duplicate` with the first copy's results, or 202 while the first copy is still running."""
+    response: Mapping[str, Any] = (record or {}).get("response") or {}
+    first_status = (record or {}).get("status", UNFINISHED)
+    running = first_status == UNFINISHED or not response
+    message = (
+        f"duplicate of alert {first_id}, still running: GET /alerts/{first_id} for the outcome"
+        if running
+        else f"duplicate of alert {first_id} (same alert within dedupe.window_s): not run again"
+    )
+    body = {
+        **response,
+        "status": "duplicate",
+        "message": message,
+        "alert_id": request[ALERT_ID],
+        "duplicate_of": first_id,
+        "first_status": first_status,
+        "results": response.get("results", []),
+        "warnings": response.get("warnings", []),
+    }
+    log.info("dedupe.duplicate", reason="same alert within the window", duplicate_of=first_id, running=running)
+    dedupe_hit(request.app)
+    return web.json_response(body, status=202 if running else 200)
+
+
+def dedupe(config: DedupeConfig) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not config.enabled or not config.window_s or RAW_ALERT not in request or not is_webhook(request):
+            return await handler(request)
+        deduper = request.app[DEDUPER]
+        clock = request.app[CLOCK]
+        deadline_s = request.app[CONFIG].server.response_deadline_s
+        raw: dict[str, Any] = request[RAW_ALERT]
+        key = dedupe_key(raw)
+        rounds = 0
+        while (claim := deduper.live_claim(key, clock())) is not None:
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                raise UnavailableError("earlier copies of this alert failed; resend later")
+            done, _pending = await asyncio.wait({claim.answered}, timeout=deadline_s)
+            if done and not claim.answered.result():
+                continue  # the first copy failed: this one may run
+            return duplicate_answer(request, claim.alert_id, await deduper.first_in_journal(key))
+        claim = deduper.claim(key, request[ALERT_ID], clock())
+        answered = False
+        try:
+            record = await deduper.first_in_journal(key)
+            if record is not None:  # recorded before a restart
+                claim.alert_id = record["alert_id"]
+                answered = True
+                return duplicate_answer(request, record["alert_id"], record)
+            request[DEDUPE_KEY] = key
+            response = await handler(request)
+            answered = response.status < 400
+            return response
+        finally:
+            deduper.release(key, claim, answered=answered)
+
+    return middleware
+
+
+async def dedupe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the claims table, and a task that clears journal keys once they are out of the window."""
+    config = app[CONFIG].dedupe
+    journal = app[JOURNAL]
+    app[DEDUPER] = Deduper(config.window_s, journal)
+    task = asyncio.create_task(_prune_journal(journal, config.window_s), name="dedupe-prune")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _prune_journal(journal: Journal, window_s: float) -> None:
+    while True:
+        try:
+            cleared = await journal.prune_dedupe_keys((datetime.now(UTC) - timedelta(seconds=window_s)).isoformat())
+            if cleared:
+                log.info("dedupe.pruned", cleared=cleared)
+        except Exception:
+            log.exception("dedupe.prune_failed")
+        await asyncio.sleep(max(window_s, MIN_PRUNE_EVERY_S))
