@@ -136,3 +136,32 @@ async def test_a_new_alert_appears_in_chromium_within_2_s(
         assert await asyncio.to_thread(driver.save_screenshot, str(ARTIFACTS / "status.png"))
     finally:
         await asyncio.to_thread(driver.quit)
+
+
+async def test_tvbridge_status_prints_the_pages_summary(
+    make_client: ClientFactory, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tvbridge status` asks the running server with the admin token and prints health and today's alerts;
+    with a wrong token it says so on stderr and exits 1."""
+    import argparse  # noqa: PLC0415 - only here
+
+    import attrs  # noqa: PLC0415 - only here
+
+    from tvbridge.commands import status as status_command  # noqa: PLC0415 - only here
+    from tvbridge.config import ServerConfig  # noqa: PLC0415 - only here
+
+    client = await scripted_client(make_client, config)
+    sent = await (await client.post("/webhook", json=alert(leg(symbol="BAD")))).json()
+    assert client.app is not None
+    token = client.app[CREDENTIALS].admin_token
+    assert client.port is not None
+    cli_config = attrs.evolve(config, server=ServerConfig(port=client.port, admin_token=token))
+    args = argparse.Namespace(url=None, json=False)
+    assert await asyncio.to_thread(status_command.run, args, cli_config) == 0
+    out = capsys.readouterr().out
+    assert f"tvbridge 0.1.0 at http://127.0.0.1:{client.port}: accepting alerts · not halted · journal ok" in out
+    assert "  s            ok" in out
+    assert f"{sent['alert_id']}  multi_leg_order  failed    s #1 B 10 BAD: failed" in out
+    wrong = attrs.evolve(cli_config, server=ServerConfig(port=client.port, admin_token="wrong"))
+    assert await asyncio.to_thread(status_command.run, args, wrong) == 1
+    assert "the admin token was refused" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from aiohttp import web
 from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import brokers as brokers_command
+from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.logsetup import configure_logging, reopen_log_files
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
     brokers_command.add_parser(sub)
+    status_command.add_parser(sub)
     return parser
 
 
@@ -77,7 +79,7 @@ def _load_optional(args: argparse.Namespace, converter: cattrs.Converter) -> Con
         return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per subcommand
     args = _parser().parse_args(argv)
     converter = make_converter()
     if args.command == "brokers":
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(config, converter)
         if args.command == "secret":
             return _secret(config, rotate=args.rotate)
+        if args.command == "status":
+            return status_command.run(args, config)
         return _serve(config, converter)
     except (ConfigError, PluginError) as e:
         return _fail(f"config error: {e}", EXIT_CONFIG)

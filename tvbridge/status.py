@@ -209,6 +209,9 @@ async def status_page(request: web.Request) -> web.Response:
     if (refused := _refusal(request)) is not None:
         return refused
     data = await summary(request.app)
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and "text/html" not in accept:  # `tvbridge status`, scripts
+        return web.json_response(data, dumps=lambda d: json.dumps(d, default=str))
     brokers = "".join(
         f'<tr>{_cell(b["account"])}<td class="{"ok" if b["ok"] else "bad"}">{"ok" if b["ok"] else "DOWN"}</td>'
         f"{_cell(b['detail'])}</tr>"
@@ -284,7 +287,13 @@ def status_paths() -> dict[str, Any]:
                 "operationId": "statusPage",
                 "security": security,
                 "responses": {
-                    "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "the page; its summary as JSON with `Accept: application/json`",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        },
+                    },
                     "401": unauthorized,
                 },
             }
