@@ -126,3 +126,17 @@ def test_an_unknown_event_kind_is_a_config_error(config: Config, converter: Any)
 
     with pytest.raises(ConfigError, match="unknown event 'leg_faild'"):
         load_config(None, converter, {"TVBRIDGE_NOTIFY__EVENTS": '["leg_faild"]'}, config.server.data_dir)
+
+
+def test_urls_are_secrets_and_a_bad_one_stops_the_start(config: Config, converter: Any) -> None:
+    """`tvbridge check-config` masks notify.urls (they carry bot tokens); a URL apprise does not know is a
+    config error that does not echo the URL."""
+    from tvbridge.config import effective_settings  # noqa: PLC0415 - only here
+    from tvbridge.notify import Notifier  # noqa: PLC0415 - only here
+
+    secret_url = "tgram://123456:SECRET-BOT-TOKEN/987"
+    shown = effective_settings(attrs.evolve(config, notify=NotifyConfig(urls=(secret_url,))), converter)
+    assert shown["notify"]["urls"] == "********"
+    with pytest.raises(ConfigError) as raised:
+        Notifier(NotifyConfig(urls=("nosuchscheme://x-SECRET",)))
+    assert "SECRET" not in str(raised.value)
