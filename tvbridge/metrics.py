@@ -103,7 +103,7 @@ class Metrics:
         )
         self.journal_commit = Histogram(
             "tvbridge_journal_commit_seconds",
-            "Journal transactions, BEGIN to COMMIT (fsync included); one may carry many alerts (group commit).",
+            "Time for a journal write to be committed, the wait for its group commit and the fsync included.",
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )

@@ -13,7 +13,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 if TYPE_CHECKING:
@@ -39,8 +38,6 @@ class SqliteWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         """Transactions committed (for the benchmark's group-commit figure)."""
-        self.on_commit: Callable[[float], None] | None = None
-        """Called on the worker thread with each committed transaction's seconds, BEGIN to COMMIT (metrics)."""
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -132,7 +129,6 @@ class SqliteWorker:
         if not writes:
             return
         outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
-        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future, _ in writes:
@@ -148,8 +144,6 @@ class SqliteWorker:
                     outcomes.append((future, None, e))
             conn.execute("COMMIT")
             self.batches += 1
-            if self.on_commit is not None:
-                self.on_commit(time.perf_counter() - started)
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
