@@ -148,16 +148,25 @@ class ExpiredBroker:
     async def place(self, _request: object) -> object:
         raise BrokerAuthError("access token expired")
 
+    async def cancel(self, _request: object) -> object:
+        error = BrokerAuthError("access token expired")
+        error.code = "DH-901"  # type: ignore[attr-defined]  # a plugin's own attribute
+        raise error
+
 
 async def test_an_auth_error_marks_the_token_invalid() -> None:
-    """A broker call refused for its credentials sets tvbridge_broker_token_valid to 0 and counts the error."""
+    """A broker call refused for its credentials sets tvbridge_broker_token_valid to 0 and counts the error,
+    by the exception's own short `code` when the plugin sets one, else by its class."""
     metrics = Metrics()
     broker = instrument_brokers({"dhan": ExpiredBroker()}, metrics)["dhan"]  # type: ignore[dict-item]  # a stub
     with pytest.raises(BrokerAuthError):
         await broker.place(None)  # type: ignore[arg-type]  # the stub takes anything
+    with pytest.raises(BrokerAuthError):
+        await broker.cancel(None)  # type: ignore[arg-type]  # same
     found = samples(metrics.exposition().decode())
     assert value(found, "tvbridge_broker_token_valid", account="dhan") == 0
     assert value(found, "tvbridge_broker_errors_total", account="dhan", operation="place", code="broker_auth") == 1
+    assert value(found, "tvbridge_broker_errors_total", account="dhan", operation="cancel", code="DH-901") == 1
 
 
 async def test_promtool_accepts_the_exposition(make_client: ClientFactory, config: Config) -> None:

@@ -189,6 +189,16 @@ def reason_of(exc: BaseException) -> str:
     return _CAMEL.sub("_", type(exc).__name__.removesuffix("Error")).lower() or "error"
 
 
+_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+def error_code(exc: BaseException) -> str:
+    """A broker error's label: its `code` attribute when the plugin sets a short one (Dhan's `DH-906`), else
+    the class (`broker_rejected`)."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and _CODE.match(code) else reason_of(exc)
+
+
 def route_of(request: web.Request) -> str:
     """The route's template (`/webhook/{path_token}`, never the token itself), or `unmatched`."""
     resource = request.match_info.route.resource
@@ -222,7 +232,7 @@ class TimedBroker:
         try:
             result = await call
         except BaseException as e:
-            self._metrics.broker_errors.labels(account=self._account, operation=operation, code=reason_of(e)).inc()
+            self._metrics.broker_errors.labels(account=self._account, operation=operation, code=error_code(e)).inc()
             if isinstance(e, BrokerAuthError):
                 if self._token_ok and self._notifier is not None:  # once per expiry, not per refused call
                     self._notifier.event("token_expired", f"{self._account}: {e}")
