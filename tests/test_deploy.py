@@ -234,3 +234,39 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     found = re.search(r"Overall exposure level for tvbridge.service: ([0-9.]+)", rated.stdout)
     assert found is not None, rated.stdout + rated.stderr
     assert float(found.group(1)) <= 2.0
+
+
+def test_prometheus_files_pass_promtool(tmp_path: Path) -> None:
+    """deploy/prometheus: `promtool check rules` accepts the alert rules, and `promtool check config` the
+    scrape job (with its token file pointed at a temporary one)."""
+    promtool = require_tool("promtool", "prometheus")
+    rules = DEPLOY / "prometheus" / "tvbridge-rules.yml"
+    checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 8 rules found" in checked.stdout
+    token = tmp_path / "token"
+    token.write_text("x")
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert "/etc/prometheus/tvbridge_admin_token" in config
+    (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/tvbridge_admin_token", str(token)))
+    (tmp_path / "tvbridge-rules.yml").write_text(rules.read_text())
+    command = [promtool, "check", "config", str(tmp_path / "prometheus.yml")]
+    checked = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    """deploy/Dockerfile (not built in CI: no container engine) copies only paths the repository has, and runs
+    the installed `tvbridge serve` as a non-root user."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    repo = DEPLOY.parent
+    sources = [
+        part
+        for line in text.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for part in line.split()[1:-1]
+    ]
+    assert sources
+    assert all((repo / source).exists() for source in sources), sources
+    assert "USER tvbridge" in text
+    assert 'CMD ["tvbridge", "serve"]' in text
