@@ -55,3 +55,15 @@ async def test_webhook_describes_the_alert_and_every_answer(make_client: ClientF
     assert schemas["Alert"]["required"] == ["secret", "alertType", "order_legs"]
     assert set(schemas["Leg"]["properties"]["orderType"]["enum"]) >= {"MKT", "LMT", "SL", "SL-M"}
     assert set(alert()["order_legs"][0]) <= set(schemas["Leg"]["properties"])  # the guide's template is covered
+
+
+def test_the_full_description_is_valid_too() -> None:
+    """The document before it is cut to the app's routes (it also describes the market clock and the admin
+    endpoints of the trading-day code) is valid OpenAPI, so no build serves an invalid one."""
+    from tvbridge.openapi import full_document  # noqa: PLC0415 - only here
+
+    document = full_document()
+    validate(document)
+    assert {"/market", "/admin/halt", "/admin/resume", "/admin/flatten", "/status", "/status/events"} <= set(
+        document["paths"]
+    )

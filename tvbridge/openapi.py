@@ -315,7 +315,118 @@ def build_openapi(paths_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-async def openapi_handler(_request: web.Request) -> web.Response:
+def _admin_operations() -> dict[str, Any]:
+    """The kill switch, flattening and the market clock (added by the trading-day code when it is installed)."""
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    halted_body = {
+        "type": "object",
+        "required": ["halted"],
+        "properties": {
+            "halted": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "since": {"type": "string"},
+            "was_halted": {"type": "boolean"},
+        },
+    }
+    reason_body = {
+        "required": False,
+        "content": {JSON: {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}},
+    }
+
+    def admin(summary: str, operation_id: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "operationId": operation_id,
+                "security": bearer,
+                "requestBody": body,
+                "responses": {
+                    "200": {"description": "done", "content": {JSON: {"schema": ok}}},
+                    "400": _error("the body is not JSON, or names no known account"),
+                    "401": _error("admin token required"),
+                },
+            }
+        }
+
+    flatten_body = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["account"],
+                    "properties": {"account": {"type": "string"}, "confirm": {"type": "boolean"}},
+                }
+            }
+        },
+    }
+    exchange = {
+        "type": "object",
+        "properties": {
+            "open": {"type": "boolean"},
+            "phase": {"type": "string"},
+            "reason": {"type": "string"},
+            "next_open": {"type": ["string", "null"]},
+            "closes_at": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "/market": {
+            "get": {
+                "summary": "Per exchange: open or closed, why, and the next open (exchange time)",
+                "operationId": "market",
+                "responses": {
+                    "200": {
+                        "description": "the market clock",
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "timestamp": {"type": "string"},
+                                        "timezone": {"type": "string"},
+                                        "sessions_enabled": {"type": "boolean"},
+                                        "halted": {"type": "boolean"},
+                                        "exchanges": {"type": "object", "additionalProperties": exchange},
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/admin/halt": admin("Halt trading (the kill switch)", "halt", reason_body, halted_body),
+        "/admin/resume": admin("Resume trading", "resume", reason_body, halted_body),
+        "/admin/flatten": admin(
+            "Close an account's open positions: the plan, or with confirm the orders",
+            "flatten",
+            flatten_body,
+            {"type": "object", "properties": {"plan": {}, "done": {"type": "array"}}},
+        ),
+    }
+
+
+def served(document: dict[str, Any], app: web.Application) -> dict[str, Any]:
+    """The document cut to the operations `app` serves: one description for every build, never a route that
+    answers 404."""
+    routes = {
+        (route.method.lower(), route.resource.canonical) for route in app.router.routes() if route.resource is not None
+    }
+    paths: dict[str, Any] = {}
+    for path, item in document["paths"].items():
+        kept = {method: op for method, op in item.items() if (method, path) in routes}
+        if kept:
+            paths[path] = kept
+    return {**document, "paths": paths}
+
+
+def full_document() -> dict[str, Any]:
+    """Every operation any build of tvbridge may serve."""
     from tvbridge.status import status_paths  # noqa: PLC0415 - status imports the app's keys; keep this module light
 
-    return web.json_response(build_openapi(status_paths()))
+    return build_openapi({**status_paths(), **_admin_operations()})
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(served(full_document(), request.app))
