@@ -6,13 +6,14 @@ Prometheus' conventions: a `tvbridge_` prefix, base units (`_seconds`), `_total`
 small, bounded set of values (account names, statuses, error classes; never an alert id or a symbol).
 
 Code elsewhere counts through the functions below (`refused(app, reason)`, `dedupe_hit(app)`,
-`set_halted(app, halted)`, ...) or through the executor's `Metrics` object; broker calls are timed by wrapping
+`set_queued(app, count)`, ...) or through the executor's `Metrics` object; broker calls are timed by wrapping
 the broker objects the executor uses (`instrument_brokers`), so no plugin knows about metrics.
 `GET /metrics` serves the text format to loopback (or `metrics.allow`) and to anyone with the admin token.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import platform
 import re
@@ -171,9 +172,14 @@ def alert_outcome(app: web.Application, outcome: str) -> None:
         metrics.alert_finished(outcome)
 
 
-def set_halted(app: web.Application, halted: bool) -> None:
-    if (metrics := metrics_of(app)) is not None:
-        metrics.halted.set(1 if halted else 0)
+def is_halted(app: web.Application) -> bool:
+    """Whether the kill switch is on: the halt file of `tvbridge.halt` (the trading-day code), in builds that
+    have it; looked up at run time so this module works with and without it."""
+    try:
+        halt = importlib.import_module("tvbridge.halt")
+    except ImportError:
+        return False
+    return halt.read_halt(halt.halt_path(app[CONFIG].server.data_dir)) is not None
 
 
 def set_queued(app: web.Application, count: int) -> None:
@@ -271,6 +277,7 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     state = app[STATE]
     metrics.in_flight.set_function(lambda: len(state.tasks))
+    metrics.halted.set_function(lambda: 1 if is_halted(app) else 0)
     app[JOURNAL].observe_commits(metrics.journal_commit.observe)
     for account in app[BROKERS]:
         metrics.token_valid.labels(account=account).set(1)

@@ -27,6 +27,7 @@ from aiohttp import web
 from tvbridge import __version__
 from tvbridge.access import has_admin_token
 from tvbridge.keys import ALERT_ID, BROKERS, CONFIG, CREDENTIALS, JOURNAL, SOURCE_IP, STATE
+from tvbridge.metrics import is_halted
 
 if TYPE_CHECKING:
     import sqlite3
@@ -156,7 +157,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "started_at": state.started_at.isoformat(),
             "now": now.isoformat(),
             "accepting": not state.shutting_down,
-            "halted": bool(getattr(state, "halted", False)),
+            "halted": is_halted(app),
             "journal_ok": journal.healthy,
             "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
         },
