@@ -54,8 +54,13 @@ def converter() -> Any:
 
 @pytest.fixture
 def config(tmp_path: Path, converter: Any) -> Config:
-    """Paper broker, files in tmp_path, a known secret, rate limits out of the way."""
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    """Paper broker, files in tmp_path, a known secret, rate limits out of the way; exchange sessions off, so
+    tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on)."""
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
+        "TVBRIDGE_SESSIONS__ENABLED": "false",
+    }
     return load_config(None, converter, env, tmp_path)
 
 

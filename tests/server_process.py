@@ -28,6 +28,8 @@ class ServerProcess:
             "TVBRIDGE_LOGGING__FORMAT": "json",
             "TVBRIDGE_SERVER__PORT": "0",
             "TVBRIDGE_SERVER__HOST": "127.0.0.1",
+            # the machine's clock decides here: without this, a run at night would queue instead of place
+            "TVBRIDGE_SESSIONS__ENABLED": "false",
             **env,
         }
         self.args = args or ["serve"]

@@ -181,19 +181,14 @@ async def test_promtool_accepts_the_exposition(make_client: ClientFactory, confi
     assert result.stdout.strip() == ""
 
 
-async def test_halted_follows_the_kill_switch(
-    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """tvbridge_halted reads the kill switch (tvbridge.halt's halt file) at each scrape: 1 while it is on."""
-    import sys  # noqa: PLC0415 - only here
-    import types  # noqa: PLC0415 - only here
-    from pathlib import Path  # noqa: PLC0415 - only here
+async def test_halted_follows_the_kill_switch(make_client: ClientFactory, config: Config) -> None:
+    """tvbridge_halted reads the kill switch's halt file at each scrape (the CLI can halt without the server):
+    1 while it is on, 0 after resume."""
+    from tvbridge.halt import clear_halt, halt_path, set_halt  # noqa: PLC0415 - only here
 
-    halt = types.ModuleType("tvbridge.halt")
-    halt.halt_path = lambda data_dir: Path(data_dir) / "HALTED"  # type: ignore[attr-defined]  # a stand-in
-    halt.read_halt = lambda path: "halted" if path.exists() else None  # type: ignore[attr-defined]  # same
-    monkeypatch.setitem(sys.modules, "tvbridge.halt", halt)
     client = await make_client(scripted(config))
     assert value(samples(await scrape(client)), "tvbridge_halted") == 0
-    (config.server.data_dir / "HALTED").write_text("{}")
+    set_halt(halt_path(config.server.data_dir), reason="test", by="test")
     assert value(samples(await scrape(client)), "tvbridge_halted") == 1
+    clear_halt(halt_path(config.server.data_dir))
+    assert value(samples(await scrape(client)), "tvbridge_halted") == 0

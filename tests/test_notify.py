@@ -140,3 +140,20 @@ def test_urls_are_secrets_and_a_bad_one_stops_the_start(config: Config, converte
     with pytest.raises(ConfigError) as raised:
         Notifier(NotifyConfig(urls=("nosuchscheme://x-SECRET",)))
     assert "SECRET" not in str(raised.value)
+
+
+async def test_halt_and_resume_notify(make_client: ClientFactory, config: Config, sink: Sink) -> None:
+    """POST /admin/halt and /admin/resume each send a message (the kill switch is news for the operator)."""
+    from tvbridge.keys import CREDENTIALS  # noqa: PLC0415 - only here
+
+    client = await make_client(notifying(config, sink, 60))
+    assert client.app is not None
+    auth = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+    assert (await client.post("/admin/halt", json={"reason": "news"}, headers=auth)).status == 200
+    assert (await client.post("/admin/resume", headers=auth)).status == 200
+    halted, resumed = await sink.wait_for(2)
+    assert (halted["title"], halted["message"]) == (
+        "tvbridge: trading halted",
+        "trading halted through the admin API: news",
+    )
+    assert resumed["title"] == "tvbridge: trading resumed"

@@ -7,15 +7,19 @@ last, so brokers that finish late still have somewhere to record what they did.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tvbridge import handlers
+from tvbridge import handlers, tradingday
+from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.executor import Executor
+from tvbridge.halt import halt_path
 from tvbridge.journal import journal_ctx
 from tvbridge.keys import (
     BROKERS,
+    CALENDAR,
     CLOCK,
     CONFIG,
     CONVERTER,
@@ -24,6 +28,7 @@ from tvbridge.keys import (
     JOURNAL,
     METRICS,
     NOTIFIER,
+    NOW,
     ORDER_LOG,
     STATE,
 )
@@ -36,11 +41,13 @@ from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
+from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
+from tvbridge.sessions import Calendar
 from tvbridge.status import status_events, status_page
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     import cattrs
 
@@ -48,8 +55,19 @@ if TYPE_CHECKING:
     from tvbridge.secretstore import Credentials
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    guard = RiskGuard(
+        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.routing.accounts},
+        brokers=app[BROKERS],
+        journal=app[JOURNAL],
+        halt_file=halt_path(config.server.data_dir),
+        clock=app[NOW],
+    )
     app[EXECUTOR] = Executor(
         brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),
         broker_names=brokers_of(config),
@@ -58,11 +76,19 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         on_leg_failure=config.alerts.on_leg_failure,
         metrics=app[METRICS],
         notifier=app[NOTIFIER],
+        before_send=guard.before_send,
     )
     yield
 
 
-def create_app(config: Config, converter: cattrs.Converter, credentials: Credentials) -> web.Application:
+def create_app(
+    config: Config,
+    converter: cattrs.Converter,
+    credentials: Credentials,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+) -> web.Application:
+    """The application; `clock` is injected so tests can stand at any moment of the exchange week."""
     app = web.Application(
         middlewares=build_middlewares(config, credentials),
         client_max_size=config.limits.max_body_bytes,
@@ -72,19 +98,24 @@ def create_app(config: Config, converter: cattrs.Converter, credentials: Credent
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
     app[CLOCK] = time.monotonic
-    app.cleanup_ctx.extend([journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx])
     app[METRICS] = Metrics()
     app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
-    app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_get("/status", status_page)
     app.router.add_get("/status/events", status_events)
+    app[NOW] = clock
+    app[CALENDAR] = Calendar.from_config(config.sessions)
+    app.cleanup_ctx.extend(
+        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, scheduler_ctx]
+    )
+    app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)
     app.router.add_post("/webhook", handlers.webhook, name=WEBHOOK)
     app.router.add_post("/webhook/{path_token}", handlers.webhook, name=WEBHOOK_TOKEN)
     app.router.add_get("/alerts/{alert_id}", handlers.get_alert)
+    tradingday.add_routes(app)
     return app

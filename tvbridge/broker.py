@@ -263,9 +263,9 @@ class Broker(Protocol):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
-        """Build from the account's config table (minus `broker`), with no I/O. Reject unknown keys and bad
-        values by raising `ValueError` naming the key (`settings_from()` does it for an attrs class); tvbridge
-        reports it as `accounts.NAME.key: message` and does not start."""
+        """Build from the account's config table (minus `broker` and tvbridge's own `config.ACCOUNT_KEYS`), with
+        no I/O. Reject unknown keys and bad values by raising `ValueError` naming the key (`settings_from()` does
+        it for an attrs class); tvbridge reports it as `accounts.NAME.key: message` and does not start."""
         ...
 
     @property

@@ -22,6 +22,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import status as status_command
+from tvbridge.commands import trading
 from tvbridge.config import effective_settings, find_config_file, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.logsetup import configure_logging, reopen_log_files
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
     brokers_command.add_parser(sub)
     status_command.add_parser(sub)
+    trading.add_parser(sub)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return brokers_command.run(args, _load_optional(args, converter))
     try:
         config = _load(args, converter)
+        if args.command in trading.COMMANDS:
+            return trading.run(args, config)
         if args.command == "check-config":
             return _check_config(config, converter)
         if args.command == "secret":

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -188,6 +191,87 @@ class RoutingConfig:
     """Empty means the default: `["dhan"]` when `DHAN_CLIENT_ID` is set, else `["paper"]`."""
 
 
+AMO_TIMES: Final = ("OPEN", "OPEN_30", "OPEN_60")
+"""When an after-market order goes to the exchange. Dhan also documents PRE_OPEN, but dhanhq 2.3 refuses it."""
+WHEN_CLOSED: Final = ("queue", "amo", "reject")
+_HHMM: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _amo_time(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value.upper() == "PRE_OPEN":
+        raise ValueError(
+            f"{attribute.name} PRE_OPEN is refused by the Dhan client (dhanhq 2.3): use OPEN, OPEN_30 or OPEN_60"
+        )
+    if value not in AMO_TIMES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(AMO_TIMES)}, got {value!r}")
+
+
+def _hhmm(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _HHMM.match(value):
+        raise ValueError(f"{attribute.name} must be a time HH:MM (exchange time, 24 h), got {value!r}")
+
+
+def _exchanges(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    known = ("NSE", "BSE", "NFO", "BFO", "MCX")
+    unknown = [e for e in value if e not in known]
+    if unknown or not value:
+        raise ValueError(f"{attribute.name} must list exchanges from {', '.join(known)}, got {list(value)}")
+
+
+@attrs.frozen(kw_only=True)
+class ExtraSession:
+    """A one-off session (Muhurat trading): open `open`..`close` on `date` for `exchanges`, even on a holiday."""
+
+    date: date
+    open: str = attrs.field(validator=_hhmm)
+    close: str = attrs.field(validator=_hhmm)
+    exchanges: tuple[str, ...] = attrs.field(default=("NSE", "BSE", "NFO", "BFO", "MCX"), validator=_exchanges)
+    name: str = "special session"
+
+    def __attrs_post_init__(self) -> None:
+        if self.close <= self.open:
+            raise ValueError(f"close {self.close} must be after open {self.open} (sessions end the same day)")
+
+
+@attrs.frozen(kw_only=True)
+class SessionsConfig:
+    """Exchange hours (see `tvbridge/calendar.py` and docs/trading-days.md)."""
+
+    enabled: bool = True
+    """Off: every alert is sent at once, whatever the time (the behaviour before sessions existed)."""
+    when_closed: Literal["queue", "amo", "reject"] = "queue"
+    """What an alert does when its exchange is closed; also settable per account in `[accounts.NAME]`."""
+    amo_time: str = attrs.field(default="OPEN", validator=_amo_time)
+    amo_brokers: tuple[str, ...] = ("dhan",)
+    """Brokers (entry point names) that take after-market orders; for others `amo` waits in the queue instead."""
+    extra_holidays: tuple[date, ...] = ()
+    extra_sessions: tuple[ExtraSession, ...] = ()
+
+
+def _limit(_instance: object, attribute: attrs.Attribute[Any], value: int | Decimal | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class RiskConfig:
+    """Per-order limits, checked before anything is sent (see `tvbridge/risk.py`); unset means no limit.
+
+    Each key may also be set in an `[accounts.NAME]` table, where it replaces the `[risk]` value for that account.
+    """
+
+    max_qty_per_order: int | None = attrs.field(default=None, validator=_limit)
+    max_notional_per_order: Decimal | None = attrs.field(default=None, validator=_limit)
+    max_orders_per_day: int | None = attrs.field(default=None, validator=_limit)
+    allowed_symbols: tuple[str, ...] = ()
+    """Empty: every symbol is allowed (unless blocked)."""
+    blocked_symbols: tuple[str, ...] = ()
+
+
+ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed"})
+"""Keys of `[accounts.NAME]` that tvbridge itself reads; they are removed before the table reaches the plugin."""
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -203,6 +287,8 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    risk: RiskConfig = RiskConfig()
     accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
     def data_path(self, name: str) -> Path:
@@ -212,6 +298,24 @@ class Config:
     def broker_of(self, account: str) -> str:
         """The entry point name an account uses: its `broker` key, or the account's own name."""
         return str(self.accounts.get(account, {}).get("broker", account))
+
+    def when_closed(self, account: str) -> str:
+        """The account's `when_closed`, else `[sessions] when_closed`."""
+        return str(self.accounts.get(account, {}).get("when_closed", self.sessions.when_closed))
+
+    def risk_of(self, account: str, converter: cattrs.Converter) -> RiskConfig:
+        """`[risk]` with the account's own risk keys laid over it; `ConfigError` names a bad key."""
+        table = self.accounts.get(account, {})
+        own = {k: v for k, v in table.items() if k in ACCOUNT_KEYS and k != "when_closed"}
+        if not own:
+            return self.risk
+        merged = {**converter.unstructure(self.risk), **own}
+        try:
+            return converter.structure({k: v for k, v in merged.items() if v is not None}, RiskConfig)
+        except cattrs.BaseValidationError as e:
+            raise ConfigError("; ".join(validation_messages(e, root=f"accounts.{account}"))) from None
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"accounts.{account}: {e}") from None
 
     @property
     def live_accounts(self) -> list[str]:
@@ -328,7 +432,12 @@ def load_config(
         raise ConfigError("; ".join(validation_messages(e, root="(top level)"))) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
-    return _finish(config)
+    config = _finish(config)
+    for account in config.accounts:
+        config.risk_of(account, converter)  # a bad per-account limit stops the start, like any bad key
+        if config.when_closed(account) not in WHEN_CLOSED:
+            raise ConfigError(f"accounts.{account}.when_closed: must be one of {', '.join(WHEN_CLOSED)}")
+    return config
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:

@@ -37,9 +37,10 @@ from tvbridge.models import (
     OrderLeg,
     summarize,
 )
+from tvbridge.risk import RiskLimitError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from tvbridge.broker import Broker
     from tvbridge.journal import Journal, PlannedLeg
@@ -100,6 +101,7 @@ class Executor:
         on_leg_failure: Literal["stop", "continue"],
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -108,6 +110,8 @@ class Executor:
         self._continue = on_leg_failure == "continue"
         self._metrics = metrics or Metrics()
         self._notifier = notifier
+        self._before_send = before_send
+        """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
 
     async def run(
         self, alert_id: str, alert: Alert, accounts: Sequence[str], warnings: Sequence[str]
@@ -201,9 +205,13 @@ class Executor:
         request = OrderRequest(client_order_id=client_id, alert_id=alert_id, leg_number=number, leg=leg)
         try:
             check_supported(broker.capabilities, leg)
+            if self._before_send is not None:
+                await self._before_send(account, leg)
             order = await broker.place(request)
         except BrokerUnsupportedError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
+        except RiskLimitError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(account, number, leg, client_id, str(e))
         except BrokerError as e:

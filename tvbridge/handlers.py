@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__, metrics
+from tvbridge import __version__, metrics, tradingday
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
@@ -56,6 +56,7 @@ async def health(request: web.Request) -> web.Response:
     state = app[STATE]
     if state.shutting_down:
         checks["server"] = {"ok": False, "detail": "shutting down"}
+    checks.update(tradingday.health_checks(app))
     healthy = all(check["ok"] for check in checks.values())
     body = {
         "status": "healthy" if healthy else "unhealthy",
@@ -72,6 +73,7 @@ async def webhook(request: web.Request) -> web.Response:
     state = app[STATE]
     if state.shutting_down:
         raise ShuttingDownError
+    tradingday.check_halted(app)
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
     alert = parse_alert(raw, app[CONVERTER])
@@ -82,6 +84,10 @@ async def webhook(request: web.Request) -> web.Response:
     age_s = _age_s(alert)
     if age_s is not None and age_s > config.alerts.max_age_s:
         return await _refuse_stale(request, alert, age_s, warnings)
+
+    decisions = tradingday.plan(app, alert)
+    if any(d.action != "now" for d in decisions):
+        return await tradingday.handle_closed(request, alert, decisions, warnings)
 
     await journal.record_alert(
         alert_id=alert_id,

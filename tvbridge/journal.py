@@ -55,13 +55,11 @@ CREATE TABLE IF NOT EXISTS legs (
 """
 
 UNFINISHED: Final = "accepted"
+T = TypeVar("T")
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-T = TypeVar("T")
 
 
 @attrs.frozen(kw_only=True)
@@ -91,10 +89,6 @@ class Journal:
     async def close(self) -> None:
         await self._db.close()
 
-    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only function of the connection on the journal's thread (reports: the status page)."""
-        return await self._db.read(fn)
-
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
         `observer` (metrics: that wait is part of every answer's 3-second budget)."""
@@ -123,8 +117,12 @@ class Journal:
         source: str | None,
         legs: Sequence[PlannedLeg],
         status: str = UNFINISHED,
+        also: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
-        """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails."""
+        """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
+
+        `also` runs in the same transaction (the closed-market queue adds its rows that way, so an alert is
+        never journaled as queued without its queue entry, nor the other way round)."""
         stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
         now = _now()
 
@@ -139,6 +137,8 @@ class Journal:
                 " VALUES (?, ?, ?, ?, 'pending', ?)",
                 [(alert_id, leg.account, leg.leg_number, leg.client_order_id, now) for leg in legs],
             )
+            if also is not None:
+                also(conn)
 
         await self._write(insert)
 
@@ -225,6 +225,27 @@ class Journal:
             ).fetchall()
         )
         return [row["alert_id"] for row in rows]
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the journal's connection (for modules that keep their own tables in the journal file)."""
+        return await self._db.read(fn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a committed transaction; `JournalError` if it fails."""
+        result: T = await self._write(fn)
+        return result
+
+    async def count_orders(self, account: str, *, since: datetime) -> int:
+        """Legs of `account` that reached (or may have reached) the broker since `since`: the daily risk count."""
+        stamp = since.astimezone(UTC).isoformat()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM legs WHERE account = ? AND updated_at >= ? AND client_order_id IS NOT NULL"
+                " AND (order_id IS NOT NULL OR state IN ('success', 'placed', 'unknown', 'test_mode', 'sending'))",
+                (account, stamp),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def integrity_ok(self) -> bool:
         row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())

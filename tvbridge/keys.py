@@ -9,8 +9,10 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the keys name these types as strings: importing them at runtime would be circular
     from collections.abc import Callable, Mapping  # noqa: F401
+    from datetime import datetime  # noqa: F401
     from typing import Any  # noqa: F401
 
+    from tvbridge.alertqueue import Scheduler  # noqa: F401
     from tvbridge.broker import Broker  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
+    from tvbridge.sessions import Calendar  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")
@@ -34,6 +37,11 @@ STATE = web.AppKey["ServiceState"]("state")
 METRICS = web.AppKey["Metrics"]("metrics")
 """The app's own Prometheus registry and metrics (never the process-global default registry)."""
 NOTIFIER = web.AppKey["Notifier"]("notifier")
+NOW = web.AppKey["Callable[[], datetime]"]("now")
+"""The wall clock as an aware datetime: exchange sessions, the queue and the daily risk count ask it (never the
+machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
+CALENDAR = web.AppKey["Calendar"]("calendar")
+SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 
 ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")

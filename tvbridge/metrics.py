@@ -13,7 +13,6 @@ the broker objects the executor uses (`instrument_brokers`), so no plugin knows 
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import platform
 import re
@@ -35,7 +34,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tvbridge import __version__
 from tvbridge.access import has_admin_token
+from tvbridge.alertqueue import list_entries
 from tvbridge.errors import AuthError
+from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import BROKERS, CONFIG, JOURNAL, METRICS, SOURCE_IP, STATE
 from tvbridge.models import AlertStatus
 
@@ -110,7 +111,9 @@ class Metrics:
         )
         self.in_flight = Gauge("tvbridge_alerts_in_flight", "Alerts whose legs are still running.", registry=registry)
         self.queued = Gauge(
-            "tvbridge_alerts_queued", "Alerts waiting to be sent (e.g. for the market to open).", registry=registry
+            "tvbridge_alerts_queued",
+            "Queued legs waiting for their exchange to open (one per alert and account).",
+            registry=registry,
         )
         self.halted = Gauge("tvbridge_halted", "1 while trading is halted by the kill switch.", registry=registry)
         self.broker_up = Gauge(
@@ -173,13 +176,9 @@ def alert_outcome(app: web.Application, outcome: str) -> None:
 
 
 def is_halted(app: web.Application) -> bool:
-    """Whether the kill switch is on: the halt file of `tvbridge.halt` (the trading-day code), in builds that
-    have it; looked up at run time so this module works with and without it."""
-    try:
-        halt = importlib.import_module("tvbridge.halt")
-    except ImportError:
-        return False
-    return halt.read_halt(halt.halt_path(app[CONFIG].server.data_dir)) is not None
+    """Whether the kill switch is on (its halt file, `tvbridge.halt`): read at each scrape, since the CLI can
+    halt without telling the server."""
+    return read_halt(halt_path(app[CONFIG].server.data_dir)) is not None
 
 
 def set_queued(app: web.Application, count: int) -> None:
@@ -324,4 +323,5 @@ async def metrics_handler(request: web.Request) -> web.Response:
         raise AuthError("admin token required to scrape: Authorization: Bearer <admin token>")
     metrics = app[METRICS]
     await _refresh_broker_health(app, metrics)
+    metrics.queued.set(len(await list_entries(app[JOURNAL])))
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -143,6 +143,8 @@ class LegStatus(enum.StrEnum):
     UNKNOWN = "unknown"
     PENDING = "pending"
     STALE = "stale"
+    QUEUED = "queued"
+    """The exchange is closed: waits in the journal's queue for its next window (`tvbridge/alertqueue.py`)."""
 
 
 class AlertStatus(enum.StrEnum):
@@ -153,6 +155,7 @@ class AlertStatus(enum.StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     ACCEPTED = "accepted"
+    QUEUED = "queued"
 
 
 @attrs.frozen(kw_only=True)

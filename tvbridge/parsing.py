@@ -145,6 +145,8 @@ def _structure_enum(value: object, cls: type[E]) -> E:
 
 
 def _structure_date(value: object, _: type) -> date:
+    if type(value) is date:  # a bare TOML date in config.toml (extra_holidays = [2026-11-24]) arrives parsed
+        return value
     text = _text_of(value)
     try:
         return date.fromisoformat(text[:10])

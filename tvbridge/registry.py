@@ -16,6 +16,7 @@ import attrs
 import structlog
 
 from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, SettingsError
+from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError
 
 if TYPE_CHECKING:
@@ -134,10 +135,14 @@ def settings_problem(account: str, error: ValueError) -> str:
 
 
 def build_brokers(config: Config) -> dict[str, Broker]:
-    """One plugin instance per routed account, each from its own config table."""
+    """One plugin instance per routed account, each from its own config table.
+
+    The table reaches the plugin without `broker` and without the keys tvbridge reads itself (`ACCOUNT_KEYS`:
+    the risk limits and `when_closed`), so plugins that refuse unknown keys need not know them.
+    """
     brokers: dict[str, Broker] = {}
     for account in config.routing.accounts:
-        table = dict(config.accounts.get(account, {}))
+        table = {k: v for k, v in config.accounts.get(account, {}).items() if k not in ACCOUNT_KEYS}
         name = str(table.pop("broker", account))
         cls = load_plugin_class(name, account=account)
         context = BrokerContext(account=account, data_dir=config.server.data_dir)

@@ -145,7 +145,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
     """Everything the page shows, as JSON (the event stream sends this)."""
     now = datetime.now(UTC)
     journal = app[JOURNAL]
-    today = await journal.query(lambda conn: _alerts_today(conn, _day_start_utc(now)))
+    today = await journal.read(lambda conn: _alerts_today(conn, _day_start_utc(now)))
     brokers = app.get(BROKERS, {})
     state = app[STATE]
     config = app[CONFIG]
@@ -260,7 +260,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
             count, latest = row.fetchone()
             return f"{count}:{latest}"
 
-        version = await journal.query(changed)
+        version = await journal.read(changed)
         if version != seen:
             seen = version
             data = json.dumps(await summary(app), default=str)

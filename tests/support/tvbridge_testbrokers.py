@@ -92,6 +92,7 @@ class ScriptedBroker:
                         "symbol": leg.symbol,
                         "side": leg.side.value,
                         "quantity": leg.quantity,
+                        **({"amo_time": leg.amo_time} if leg.amo_time else {}),
                     }
                 )
                 + "\n"

@@ -1,0 +1,131 @@
+"""`tvbridge halt | resume | queue list | queue cancel ID | flatten --account NAME [--yes]`.
+
+These work beside a running server: the halt file and the journal's queue table are what the server reads
+(halt on every alert, the queue at least every 30 s), so no restart or signal is needed. `flatten` opens the
+account's broker itself, shows the plan, and acts only with `--yes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from typing import TYPE_CHECKING
+
+from tvbridge import alertqueue
+from tvbridge.flatten import execute, make_plan
+from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
+from tvbridge.journal import Journal
+from tvbridge.registry import build_brokers
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tvbridge.config import Config
+
+COMMANDS = ("halt", "resume", "queue", "flatten")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the trading-day subcommands on the main `tvbridge` parser."""
+    halt = sub.add_parser("halt", help="kill switch: refuse every alert and send nothing until `tvbridge resume`")
+    halt.add_argument("--reason", default="", help="shown in /health, /market and every refused alert")
+    sub.add_parser("resume", help="turn the kill switch off")
+    queue = sub.add_parser("queue", help="alerts waiting for their exchange to open")
+    queue_sub = queue.add_subparsers(dest="queue_command", required=True)
+    listing = queue_sub.add_parser("list", help="show queued alerts")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="also entries already sent, cancelled or failed")
+    cancel = queue_sub.add_parser("cancel", help="remove a queued alert (its alert id) so it is never sent")
+    cancel.add_argument("alert_id")
+    cancel.add_argument("--account", help="only this account's entry")
+    flatten = sub.add_parser("flatten", help="cancel an account's open orders and close its positions")
+    flatten.add_argument("--account", required=True)
+    flatten.add_argument("--yes", action="store_true", help="act; without it the plan is only shown")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry): the halt must still work
+        return "unknown user"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvbridge")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(config: Config, argv: Sequence[str]) -> int:
+    """Run one trading-day command (argv without the program name); returns the exit code."""
+    return run(_parser().parse_args(argv), config)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    path = halt_path(config.server.data_dir)
+    if args.command == "halt":
+        state = set_halt(path, reason=args.reason or "halted with `tvbridge halt`", by=f"cli ({_user()})")
+        print(f"trading halted: {state.reason}. Alerts get 503 and nothing is sent. Undo: tvbridge resume")
+        return 0
+    if args.command == "resume":
+        was = read_halt(path)
+        clear_halt(path)
+        print("trading resumed" if was else "trading was not halted")
+        return 0
+    if args.command == "queue":
+        return asyncio.run(_queue(config, args))
+    return asyncio.run(_flatten(config, args.account, confirm=args.yes))
+
+
+async def _open_journal(config: Config) -> Journal:
+    journal = Journal(config.data_path(config.journal.path), synchronous=config.journal.synchronous)
+    await journal.open()
+    await journal.write(alertqueue.create_schema)
+    return journal
+
+
+async def _queue(config: Config, args: argparse.Namespace) -> int:
+    journal = await _open_journal(config)
+    try:
+        if args.queue_command == "list":
+            entries = await alertqueue.list_entries(journal, include_done=args.all)
+            if args.json:
+                print(json.dumps([e.as_json() for e in entries], indent=2))
+            elif not entries:
+                print("the queue is empty")
+            for e in entries if not args.json else []:
+                print(f"{e.alert_id}  {e.account}  {e.state}  at {e.not_before.isoformat()}  {e.reason}")
+            return 0
+        cancelled = await alertqueue.cancel_entries(journal, args.alert_id, args.account)
+        if not cancelled:
+            print(f"nothing queued for alert {args.alert_id}")
+            return 1
+        for e in cancelled:
+            print(f"cancelled {e.alert_id} on {e.account} (was due {e.not_before.isoformat()})")
+        return 0
+    finally:
+        await journal.close()
+
+
+async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
+    if account not in config.routing.accounts:
+        print(f"no routed account {account!r} (accounts: {', '.join(config.routing.accounts)})")
+        return 2
+    broker = build_brokers(config)[account]
+    await broker.start()
+    try:
+        plan = await make_plan(account, broker)
+        for line in plan.lines():
+            print(line)
+        if plan.unsupported:
+            return 1
+        if not confirm:
+            print("nothing was done: run again with --yes to do this")
+            return 0
+        for line in await execute(plan, broker):
+            print(line)
+        return 0
+    finally:
+        await broker.aclose()
