@@ -49,7 +49,8 @@ async def test_status_needs_the_admin_token(make_client: ClientFactory, config: 
 
 
 async def test_status_shows_todays_alerts_and_their_legs(make_client: ClientFactory, config: Config) -> None:
-    """With the token (Basic or Bearer): an HTML page listing each of today's alerts with its status and legs."""
+    """With the token (Basic or Bearer): an HTML page listing each exchange's state and each of today's alerts
+    with its status and legs."""
     client = await scripted_client(make_client, config)
     ok = await (await client.post("/webhook", json=alert())).json()
     bad = await (await client.post("/webhook", json=alert(leg(symbol="BAD")))).json()
@@ -60,6 +61,7 @@ async def test_status_shows_todays_alerts_and_their_legs(make_client: ClientFact
     assert f'<tr data-alert-id="{ok["alert_id"]}" class="success">' in page
     assert f'<tr data-alert-id="{bad["alert_id"]}" class="failed">' in page
     assert "s #1 B 10 BAD: failed" in page
+    assert '<tbody id="market"><tr><td>NSE</td>' in page
     assert client.app is not None
     token = client.app[CREDENTIALS].admin_token
     assert (await client.get("/status", headers={"Authorization": f"Bearer {token}"})).status == 200
@@ -82,6 +84,7 @@ async def test_the_event_stream_sends_the_summary(make_client: ClientFactory, co
     assert [a["alert_id"] for a in data["alerts"]] == [sent["alert_id"]]
     assert data["brokers"] == [{"account": "s", "ok": True, "detail": ""}]
     assert data["server"]["accepting"] is True
+    assert [m["exchange"] for m in data["market"]] == ["NSE", "BSE", "NFO", "BFO", "MCX"]
 
 
 def _chrome(tmp_path: Path) -> Any:

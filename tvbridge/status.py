@@ -26,8 +26,9 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.access import has_admin_token
-from tvbridge.keys import ALERT_ID, BROKERS, CONFIG, CREDENTIALS, JOURNAL, SOURCE_IP, STATE
+from tvbridge.keys import ALERT_ID, BROKERS, CALENDAR, CONFIG, CREDENTIALS, JOURNAL, NOW, SOURCE_IP, STATE
 from tvbridge.metrics import is_halted
+from tvbridge.sessions import EXCHANGES
 
 if TYPE_CHECKING:
     import sqlite3
@@ -151,7 +152,22 @@ async def summary(app: web.Application) -> dict[str, Any]:
     config = app[CONFIG]
     health = await asyncio.gather(*(_broker_health(a, b) for a, b in brokers.items()))
     positions = [p for found in await asyncio.gather(*(_positions(a, b) for a, b in brokers.items())) for p in found]
+    clock = app[NOW]()
+    calendar = app[CALENDAR]
+    market = []
+    for exchange in EXCHANGES:
+        found = calendar.status(exchange, clock)
+        market.append(
+            {
+                "exchange": exchange,
+                "open": found.open,
+                "phase": found.phase,
+                "reason": found.reason,
+                "next_open": found.next_open.astimezone(MARKET_TZ).isoformat() if found.next_open else None,
+            }
+        )
     return {
+        "market": market,
         "server": {
             "version": __version__,
             "started_at": state.started_at.isoformat(),
@@ -196,6 +212,15 @@ PAGE: Final = (resources.files("tvbridge") / "status.html").read_text(encoding="
 """The page; its script renders the stream's summaries the same way `render_alerts` does on the server."""
 
 
+def render_market(market: list[dict[str, Any]]) -> str:
+    return "".join(
+        f'<tr>{_cell(m["exchange"])}<td class="{"ok" if m["open"] else "bad"}">{html.escape(m["phase"])}</td>'
+        f"{_cell(m['reason'])}{_cell(('next open ' + m['next_open'][:16].replace('T', ' ')) if m['next_open'] else '')}"
+        "</tr>"
+        for m in market
+    )
+
+
 def _server_html(server: dict[str, Any]) -> str:
     parts = [
         '<span class="ok">accepting alerts</span>' if server["accepting"] else '<span class="bad">shutting down</span>',
@@ -227,6 +252,7 @@ async def status_page(request: web.Request) -> web.Response:
         PAGE.replace("__VERSION__", html.escape(__version__))
         .replace("__SERVER__", _server_html(data["server"]))
         .replace("__BROKERS__", brokers)
+        .replace("__MARKET__", render_market(data["market"]))
         .replace("__COUNT__", f"({len(data['alerts'])})")
         .replace("__ALERTS__", render_alerts(data["alerts"]))
         .replace("__POSITIONS__", positions)

@@ -72,7 +72,11 @@ def render(summary: dict[str, Any], url: str) -> str:
         "journal ok" if server["journal_ok"] else "JOURNAL FAILING",
         f"up since {server['started_at'][:19]}Z",
     ]
-    lines = [f"tvbridge {server['version']} at {url}: " + " · ".join(state), "", "Brokers:"]
+    lines = [f"tvbridge {server['version']} at {url}: " + " · ".join(state), "", "Market (IST):"]
+    for m in summary.get("market", []):
+        when = f"  next open {m['next_open'][:16].replace('T', ' ')}" if m["next_open"] else ""
+        lines.append(f"  {m['exchange']:<5} {m['phase']:<9} {m['reason']}{when}")
+    lines += ["", "Brokers:"]
     lines += [
         f"  {b['account']:<12} {'ok' if b['ok'] else 'DOWN'}" + (f"  {b['detail']}" if b["detail"] else "")
         for b in summary["brokers"]
