@@ -141,3 +141,18 @@ def test_shipped_config_toml_shows_every_key() -> None:
         block = text.split(f"[{section.name}]", 1)[1].split("\n[", 1)[0]
         for key in attrs.fields(section.type):  # type: ignore[arg-type]  # sections are attrs classes
             assert f"{key.name} = " in block, f"{section.name}.{key.name} is not in config.toml"
+
+
+def test_plugin_secrets_are_masked_by_name(tmp_path: Path) -> None:
+    """A third-party plugin's client_secret or refresh_token is masked like ours; its ids stay strings."""
+    env = {
+        "TVBRIDGE_ACCOUNTS__X__CLIENT_SECRET": "cs-123",
+        "TVBRIDGE_ACCOUNTS__X__REFRESH_TOKEN": "rt-456",
+        "TVBRIDGE_ACCOUNTS__X__CLIENT_ID": "1100012345",
+    }
+    config = load_config(None, CONVERTER, env, tmp_path)
+    assert config.accounts["x"]["client_id"] == "1100012345"
+    shown = str(effective_settings(config, CONVERTER))
+    assert "cs-123" not in shown
+    assert "rt-456" not in shown
+    assert "1100012345" in shown

@@ -89,3 +89,31 @@ def test_console_format_for_a_terminal_json_otherwise(tmp_path: Path) -> None:
         for handler in root.handlers[:]:
             root.removeHandler(handler)
         structlog.reset_defaults()
+
+
+async def test_a_traceback_never_carries_a_secret(log_file: Path, aiohttp_client: Any) -> None:
+    """A bug whose frame holds the secret logs its traceback without frame locals, and redacted."""
+    from aiohttp import web  # noqa: PLC0415 - only here
+
+    from tvbridge.middlewares.errors import errors  # noqa: PLC0415 - only here
+    from tvbridge.middlewares.request_id import request_id  # noqa: PLC0415 - only here
+
+    async def broken(_: web.Request) -> web.Response:
+        expected = SECRET
+        raise RuntimeError("boom " + expected[:0])
+
+    app = web.Application(middlewares=[request_id(), errors()])
+    app.router.add_post("/x", broken)
+    client = await aiohttp_client(app)
+    assert (await client.post("/x")).status == 500
+    (failed,) = [x for x in lines(log_file) if x["event"] == "request.failed"]
+    assert failed["exception"][0]["exc_type"] == "RuntimeError"
+    assert SECRET not in log_file.read_text()
+
+
+def test_plugin_secret_keys_are_redacted_by_name(log_file: Path) -> None:
+    """Keys a plugin may use for secrets (client_secret, refresh_token, api_key) are redacted too."""
+    structlog.get_logger().info("test.keys", client_secret="a", refresh_token="b", api_key="c", dedupe_key="d")
+    (line,) = [x for x in lines(log_file) if x["event"] == "test.keys"]
+    assert [line[k] for k in ("client_secret", "refresh_token", "api_key")] == ["[redacted]"] * 3
+    assert line["dedupe_key"] == "d"

@@ -258,3 +258,31 @@ async def test_cancel_order_alert(make_client: ClientFactory, config: Config) ->
     body = await (await client.post("/webhook", json=raw)).json()
     assert body["status"] == "success"
     assert body["results"][0]["message"] == "cancelled 0 order(s)"
+
+
+async def test_a_lone_surrogate_as_secret_is_a_wrong_secret(make_client: ClientFactory, config: Config) -> None:
+    """A secret that cannot be encoded is refused like any wrong secret: 401, never 500."""
+    client = await make_client(scripted(config))
+    body = b'{"secret": "\\ud800", "alertType": "single_order", "order_legs": []}'
+    response = await client.post("/webhook", data=body)
+    assert response.status == 401
+
+
+async def test_admin_token_with_undecodable_bytes_is_refused(make_client: ClientFactory, config: Config) -> None:
+    client = await make_client(scripted(config))
+    response = await client.get("/alerts/x", headers={"Authorization": "Bearer \udcff\udcfe"})
+    assert response.status == 401
+
+
+async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: ClientFactory, config: Config) -> None:
+    """A plugin that places the order and then answers garbage: the order is found by client order id, the
+    alert is answered 200 and finished in the journal, and nothing is placed twice."""
+    config = scripted(config, bad_answer_symbols=["ODD"])
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="ODD")))
+    body = await response.json()
+    assert response.status == 200
+    assert body["status"] == "success"
+    assert body["results"][0]["order_id"] == "S00001"
+    assert len(orders_received(config)) == 1
+    assert [row["status"] for row in order_log(config)] == ["success"]

@@ -40,6 +40,7 @@ from tvbridge.middlewares.rate_limit import rate_limit_ctx
 from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
+from tvbridge.recovery import recovery_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -79,6 +80,8 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         before_send=guard.before_send,
     )
     yield
+    # an alert spawned while the server was stopping must not outlive the brokers and the journal
+    await app[STATE].drain(config.server.shutdown_grace_s)
 
 
 def create_app(
@@ -107,8 +110,9 @@ def create_app(
     app.router.add_get("/status/events", status_events)
     app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
+    # recovery after brokers and executor, before the first request and before the queue's scheduler
     app.cleanup_ctx.extend(
-        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, scheduler_ctx]
+        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx, scheduler_ctx]
     )
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe
     app.on_shutdown.append(on_shutdown)

@@ -23,8 +23,9 @@ from tvbridge.app import create_app
 from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import status as status_command
 from tvbridge.commands import trading
-from tvbridge.config import effective_settings, find_config_file, load_config
+from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
@@ -136,14 +137,7 @@ def _broker_secrets(config: Config) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, k)
-        elif isinstance(node, str) and key in {
-            "access_token",
-            "api_key",
-            "api_secret",
-            "password",
-            "token",
-            "totp_secret",
-        }:
+        elif isinstance(node, str) and is_secret_key(key):
             found.append(node)
 
     walk({name: dict(table) for name, table in config.accounts.items()})
@@ -224,6 +218,7 @@ async def _run(
         )
         await stop.wait()
         log.info("server.stopping", reason="signal")
+        await begin_shutdown(app)  # 503 to new alerts while in-flight ones finish; then stop listening
     finally:
         await runner.cleanup()
         log.info("server.stopped")

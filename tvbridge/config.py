@@ -36,7 +36,14 @@ SECRET_KEYS: Final = frozenset(
     {"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret", "password", "token", "totp_secret"}
     | {"urls"}  # notify.urls: apprise URLs carry bot tokens and passwords
 )
-"""Keys whose values are never printed, logged or answered, wherever they appear."""
+"""Keys whose values are never printed, logged or answered, wherever they appear (see `is_secret_key`)."""
+SECRET_SUFFIXES: Final = ("token", "secret", "password", "passphrase", "private_key", "api_key", "secret_key")
+
+
+def is_secret_key(name: str) -> bool:
+    """True for a key that holds a secret: ours, and a plugin's (`client_secret`, `refresh_token`, ...)."""
+    lowered = name.lower()
+    return lowered in SECRET_KEYS or lowered.endswith(SECRET_SUFFIXES)
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -365,8 +372,14 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
         if name.startswith("TVBRIDGE_") and "__" in name:
             parts = [p.lower() for p in name.removeprefix("TVBRIDGE_").split("__")]
             if all(parts):
-                value = raw if parts[-1] in SECRET_KEYS else _parse_env_value(raw)
+                value = raw if _keep_as_text(parts) else _parse_env_value(raw)
                 yield parts, value, name
+
+
+def _keep_as_text(path: list[str]) -> bool:
+    """Secrets and ids stay strings even when they look like numbers (a Dhan client id is all digits)."""
+    key = path[-1]
+    return is_secret_key(key) or key.endswith("_id") or key in {"host", "broker", "symbol"}
 
 
 def read_config_tree(path: Path | None, env: Mapping[str, str], cwd: Path) -> dict[str, Any]:
@@ -460,7 +473,7 @@ def effective_settings(config: Config, converter: cattrs.Converter) -> dict[str,
 
     def scrub(node: object) -> object:
         if isinstance(node, dict):
-            return {k: mask(v) if k in SECRET_KEYS else scrub(v) for k, v in node.items()}
+            return {k: mask(v) if is_secret_key(k) else scrub(v) for k, v in node.items()}
         if isinstance(node, list | tuple):
             return [scrub(v) for v in node]
         return node

@@ -5,12 +5,19 @@ Per account, legs run one after another in `sort_order`; when one fails, the lat
 the account's remaining legs. Accounts run side by side and independently: one account's failure never blocks
 another's legs. Every broker exception that is not a typed rejection is treated as an unknown outcome and
 resolved with `lookup()` by client order id before anything is reported, so nothing is ever placed twice.
+
+Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
+leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
+mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
+the same path with a `Resume`: settled legs are reused, open ones are looked up first and sent only when the
+broker does not have them and the alert is still young enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +34,8 @@ from tvbridge.broker import (
     OrderState,
     check_supported,
 )
+from tvbridge.crashpoints import crash_point
+from tvbridge.errors import JournalError
 from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
@@ -40,7 +49,7 @@ from tvbridge.models import (
 from tvbridge.risk import RiskLimitError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from tvbridge.broker import Broker
     from tvbridge.journal import Journal, PlannedLeg
@@ -50,6 +59,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 FAILED_STATES = frozenset({OrderState.REJECTED, OrderState.CANCELLED})
+
+
+@attrs.frozen(kw_only=True)
+class Resume:
+    """What crash recovery found in the journal for one unfinished alert."""
+
+    settled: Mapping[tuple[str, int], LegResult]
+    """(account, leg number) -> the journaled result of legs that need nothing more."""
+    may_send: bool
+    """False once the alert is older than `alerts.max_age_s`: what the broker lacks is marked expired."""
+    age_s: float
+    max_age_s: float
 
 
 def client_order_id(alert_id: str, leg_number: int) -> str:
@@ -114,25 +135,43 @@ class Executor:
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
 
     async def run(
-        self, alert_id: str, alert: Alert, accounts: Sequence[str], warnings: Sequence[str]
+        self,
+        alert_id: str,
+        alert: Alert,
+        accounts: Sequence[str],
+        warnings: Sequence[str],
+        *,
+        resume: Resume | None = None,
     ) -> dict[str, Any]:
         """Place the alert's legs, record the results, and return the response body."""
         started = time.perf_counter()
-        per_account = await asyncio.gather(*(self._run_account(alert_id, alert, a) for a in accounts))
-        results = [r for account_results in per_account for r in account_results]
+        per_account = await asyncio.gather(
+            *(self._run_account(alert_id, alert, a, resume) for a in accounts), return_exceptions=True
+        )
+        results: list[LegResult] = []
+        for account, outcome in zip(accounts, per_account, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):  # cancellation, exit: not ours to swallow
+                    raise outcome
+                results.extend(self._account_crashed(alert_id, alert, account, outcome))
+            else:
+                results.extend(outcome)
         status = summarize(results)
         self._metrics.alert_finished(status.value)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
+        crash_point("before_finish")
+        # the order log first: a crash between the two leaves the alert unfinished, so recovery writes its rows
+        # again (a repeated row, same alert id and leg) rather than never (a missing one)
+        try:
+            await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
         try:
             await self._journal.finish_alert(alert_id, status.value, body, results)
         except Exception:
             log.exception("journal.finish_failed", alert_id=alert_id)
             if self._notifier is not None:
                 self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
-        try:
-            await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
-        except Exception:
-            log.exception("order_log.write_failed", alert_id=alert_id)
         log.info(
             "alert.processed",
             alert_id=alert_id,
@@ -142,19 +181,36 @@ class Executor:
         )
         return body
 
-    async def _run_account(self, alert_id: str, alert: Alert, account: str) -> list[LegResult]:
+    def _account_crashed(self, alert_id: str, alert: Alert, account: str, error: Exception) -> list[LegResult]:
+        """A bug while running one account must not cost the other accounts their records: this account's legs
+        are reported `unknown` (some may have been sent) and the journal keeps them for a check."""
+        log.error("account.failed", alert_id=alert_id, account=account, error=f"{type(error).__name__}: {error}")
+        message = "outcome unknown (internal error while sending): check the broker before resending"
+        legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
+        return [
+            self.result_for(
+                account,
+                n,
+                leg,
+                LegStatus.UNKNOWN,
+                message,
+                client_id=client_order_id(alert_id, n) if isinstance(leg, OrderLeg) else None,
+            )
+            for n, leg in enumerate(legs, start=1)
+        ]
+
+    async def _run_account(self, alert_id: str, alert: Alert, account: str, resume: Resume | None) -> list[LegResult]:
         results: list[LegResult] = []
         stop_reason = ""
         legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
+        unjournaled: LegResult | None = None
         for number, leg in enumerate(legs, start=1):
             if stop_reason:
                 results.append(self.result_for(account, number, leg, LegStatus.SKIPPED, f"skipped: {stop_reason}"))
                 continue
             started = time.perf_counter()
-            if isinstance(leg, CancelLeg):
-                result = await self._cancel(alert_id, account, number, leg)
-            else:
-                result = await self._place(alert_id, account, number, leg)
+            result = await self._leg(alert_id, account, number, leg, resume=resume, done=unjournaled)
+            unjournaled = result
             results.append(result)
             self._metrics.leg_finished(result)
             if self._notifier is not None:
@@ -175,6 +231,77 @@ class Executor:
             elif result.status is LegStatus.FAILED and not self._continue:
                 stop_reason = f"leg {number} failed"
         return results
+
+    async def _leg(
+        self,
+        alert_id: str,
+        account: str,
+        number: int,
+        leg: OrderLeg | CancelLeg,
+        *,
+        resume: Resume | None,
+        done: LegResult | None,
+    ) -> LegResult:
+        """One leg: (on recovery: reuse or look up first), mark `sending`, call the broker."""
+        if resume is not None:
+            settled = resume.settled.get((account, number))
+            if settled is not None:
+                return settled
+            if isinstance(leg, OrderLeg):
+                found = await self._recovery_lookup(alert_id, account, number, leg)
+                if found is not None:
+                    return found
+            if not resume.may_send:
+                return self._expired(alert_id, account, number, leg, resume)
+        if isinstance(leg, OrderLeg):
+            refused = await self._refuse_before_send(alert_id, account, number, leg)
+            if refused is not None:
+                return refused
+        try:
+            await self._journal.mark_sending(alert_id, account, number, done)
+        except JournalError as e:
+            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))  # noqa: TRY400 - the journal logged its own cause
+            client_id = client_order_id(alert_id, number) if isinstance(leg, OrderLeg) else None
+            return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
+        crash_point("before_send")
+        if isinstance(leg, CancelLeg):
+            result = await self._cancel(alert_id, account, number, leg)
+        else:
+            result = await self._place(alert_id, account, number, leg)
+        crash_point("after_send")
+        return result
+
+    async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
+        """Does the broker already have this leg? None when it has not; an `unknown` result when it cannot say."""
+        client_id = client_order_id(alert_id, number)
+        try:
+            found = await self._brokers[account].lookup(client_id)
+        except Exception as e:  # noqa: BLE001 - cannot tell: never resend blind
+            message = f"recovery: lookup of {client_id} failed ({e}): check the broker before resending"
+            return self.result_for(account, number, leg, LegStatus.UNKNOWN, message, client_id=client_id)
+        if found is None:
+            return None
+        log.info("recovery.leg_found", alert_id=alert_id, leg=number, account=account, order_id=found.order_id)
+        return self._from_order(account, number, leg, found, client_id)
+
+    def _expired(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, resume: Resume
+    ) -> LegResult:
+        client_id = client_order_id(alert_id, number) if isinstance(leg, OrderLeg) else None
+        message = (
+            f"expired: not sent after a restart; the alert is {resume.age_s:.0f} s old and alerts.max_age_s is"
+            f" {resume.max_age_s:.0f} s" + (f"; the broker has no order {client_id}" if client_id else "")
+        )
+        log.warning(
+            "recovery.leg_expired",
+            alert_id=alert_id,
+            leg=number,
+            account=account,
+            client_order_id=client_id,
+            age_s=round(resume.age_s, 1),
+            max_age_s=resume.max_age_s,
+        )
+        return self.result_for(account, number, leg, LegStatus.EXPIRED, message, client_id=client_id)
 
     def result_for(
         self,
@@ -199,19 +326,31 @@ class Executor:
             **_leg_fields(leg),
         )
 
+    async def _refuse_before_send(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
+        """Capabilities and risk limits, checked before the leg is marked `sending`: a refused leg never counts as
+        (possibly) sent, neither for recovery nor for `max_orders_per_day`."""
+        client_id = client_order_id(alert_id, number)
+        try:
+            check_supported(self._brokers[account].capabilities, leg)
+            if self._before_send is not None:
+                await self._before_send(account, leg)
+        except BrokerUnsupportedError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
+        except RiskLimitError as e:
+            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+        except Exception as e:  # a failing check must never let the leg through; nothing was sent
+            log.exception("leg.check_failed", alert_id=alert_id, leg=number, account=account)
+            message = f"not sent: the pre-send checks failed ({type(e).__name__})"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        return None
+
     async def _place(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult:
         broker = self._brokers[account]
         client_id = client_order_id(alert_id, number)
         request = OrderRequest(client_order_id=client_id, alert_id=alert_id, leg_number=number, leg=leg)
         try:
-            check_supported(broker.capabilities, leg)
-            if self._before_send is not None:
-                await self._before_send(account, leg)
             order = await broker.place(request)
-        except BrokerUnsupportedError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
-        except RiskLimitError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+            result = self._from_order(account, number, leg, order, client_id)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(account, number, leg, client_id, str(e))
         except BrokerError as e:
@@ -219,7 +358,7 @@ class Executor:
         except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
-        return self._from_order(account, number, leg, order, client_id)
+        return result
 
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
         if order.state is OrderState.DRY_RUN:
@@ -263,14 +402,16 @@ class Executor:
             if not broker.capabilities.cancel:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
             cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
+            ids = [c.order_id for c in cancelled if c.order_id]
+            dry_run = any(c.state is OrderState.DRY_RUN for c in cancelled)
         except BrokerError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
-        except Exception as e:
+        except Exception as e:  # a plugin bug: some orders may be cancelled already
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
-            return self.result_for(account, number, leg, LegStatus.FAILED, f"broker plugin error: {e}")
-        ids = [c.order_id for c in cancelled if c.order_id]
+            message = f"cancel outcome unknown (broker plugin error: {e}): check the broker"
+            return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
         message = f"cancelled {len(ids)} order(s)" + (f": {', '.join(ids)}" if ids else "")
-        status = LegStatus.TEST_MODE if any(c.state is OrderState.DRY_RUN for c in cancelled) else LegStatus.SUCCESS
+        status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
 

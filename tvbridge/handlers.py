@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__, metrics, tradingday
+from tvbridge.crashpoints import crash_point
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
@@ -45,7 +46,13 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     checks: dict[str, Any] = {}
     journal = app[JOURNAL]
-    checks["journal"] = {"ok": journal.healthy, **({"detail": journal.last_error} if not journal.healthy else {})}
+    try:  # a real write: a full disk or a read-only file shows here, not only on the next alert
+        async with asyncio.timeout(2):
+            writable = await journal.probe()
+    except TimeoutError:
+        writable = False
+        journal.last_error = "journal write timed out"
+    checks["journal"] = {"ok": writable, **({"detail": journal.last_error} if not writable else {})}
     for account, broker in app[BROKERS].items():
         try:
             async with asyncio.timeout(2):
@@ -97,6 +104,7 @@ async def webhook(request: web.Request) -> web.Response:
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, accounts),
     )
+    crash_point("after_record")
     log.info(
         "alert.accepted",
         alert_type=alert.alert_type.value,
@@ -170,7 +178,9 @@ def require_admin(request: web.Request) -> None:
     expected = request.app[CREDENTIALS].admin_token
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    ):
         log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 

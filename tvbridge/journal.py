@@ -1,13 +1,27 @@
 """The durable journal: every accepted alert and every leg's state, in SQLite (WAL).
 
-An alert is written here, with all its legs `pending`, before any order is sent and before any 2xx answer;
-each leg's result is written when the broker answers. What is in the journal is what crash recovery and
-`GET /alerts/<id>` rely on. The secret is removed from the stored payload.
+An alert is written here, with all its legs `pending`, before any order is sent and before any 2xx answer.
+Each leg is marked `sending` (committed) before its broker call, and its result is written when the broker
+answers, so after a crash every leg is in one of these states (`LEG_STATES`):
+
+    pending    never handed to a broker
+    sending    handed to the broker, answer not recorded: the order may exist (recovery looks it up)
+    unknown    the broker call failed in transit and lookup could not settle it
+    placed     the broker has the order (any live state: open, filled, ...)
+    cancelled  a cancel leg that ran
+    failed     refused by the broker or never sendable; nothing placed
+    skipped    not sent because an earlier leg of the account failed or is unknown
+    expired    found unsent by crash recovery after `alerts.max_age_s`: never sent
+    test_mode  dry run; stale: refused at arrival (too old)
+
+What is in the journal is what crash recovery and `GET /alerts/<id>` rely on. The secret is removed from the
+stored payload. Durability per `journal.synchronous` and group commit: see `docs/durability.md`.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -15,16 +29,24 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 
 from tvbridge.errors import JournalError
+from tvbridge.models import LegStatus
 from tvbridge.sqlite import SqliteWorker, Synchronous
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
     from aiohttp import web
 
     from tvbridge.models import LegResult
+
+
+def leg_state(result: LegResult) -> str:
+    """The journal's state for a leg's outcome (see the module docstring)."""
+    if result.status is LegStatus.SUCCESS:
+        return "cancelled" if result.order_type == "CANCEL" else "placed"
+    return result.status.value
+
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -39,6 +61,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     updated_at   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
+CREATE TABLE IF NOT EXISTS heartbeat (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    at  TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS alerts_dedupe ON alerts (dedupe_key, received_at);
 CREATE TABLE IF NOT EXISTS legs (
     alert_id         TEXT NOT NULL REFERENCES alerts (alert_id),
@@ -56,6 +82,11 @@ CREATE TABLE IF NOT EXISTS legs (
 
 UNFINISHED: Final = "accepted"
 T = TypeVar("T")
+OPEN_LEG_STATES: Final = frozenset({"pending", "sending", "unknown"})
+"""Legs whose outcome crash recovery still has to settle."""
+LEG_STATES: Final = frozenset(
+    {*OPEN_LEG_STATES, "placed", "cancelled", "failed", "skipped", "expired", "test_mode", "stale"}
+)
 
 
 def _now() -> str:
@@ -98,6 +129,8 @@ class Journal:
         started = time.perf_counter()
         try:
             result = await self._db.write(fn)
+        except sqlite3.IntegrityError as e:  # a bad row, not a bad disk: the journal itself is fine
+            raise JournalError(f"journal refused the write: {e}") from e
         except Exception as e:
             self.healthy = False
             self.last_error = f"{type(e).__name__}: {e}"
@@ -144,6 +177,31 @@ class Journal:
 
     async def record_leg(self, alert_id: str, result: LegResult) -> None:
         await self._write(lambda conn: _update_leg(conn, alert_id, result))
+
+    async def mark_sending(self, alert_id: str, account: str, leg_number: int, done: LegResult | None) -> None:
+        """Commit `sending` for a leg before its broker call, with the previous leg's result (`done`) in the
+        same transaction: one commit per leg, and recovery knows exactly which leg may be at the broker."""
+
+        def mark(conn: sqlite3.Connection) -> None:
+            if done is not None:
+                _update_leg(conn, alert_id, done)
+            conn.execute(
+                "UPDATE legs SET state = 'sending', updated_at = ?"
+                " WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                (_now(), alert_id, account, leg_number),
+            )
+
+        await self._write(mark)
+
+    async def probe(self) -> bool:
+        """Write a heartbeat row: whether the journal can take a write now (for `/health`)."""
+        try:
+            await self._write(
+                lambda conn: conn.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (_now(),))
+            )
+        except JournalError:
+            return False
+        return True
 
     async def finish_alert(
         self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
@@ -259,7 +317,7 @@ def _create(conn: sqlite3.Connection) -> None:
 
 
 def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> None:
-    state = result.status.value
+    state = leg_state(result)
     payload = json.dumps(attrs.asdict(result), default=str)
     updated = conn.execute(
         "UPDATE legs SET state = ?, order_id = ?, message = ?, result = ?, client_order_id = COALESCE(?,"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from tvbridge.config import SECRET_KEYS
+from tvbridge.config import is_secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,7 +36,7 @@ class Redactor:
         return {key: self._clean(key, value) for key, value in event_dict.items()}
 
     def _clean(self, key: str, value: Any) -> Any:
-        if key in SECRET_KEYS:
+        if is_secret_key(key):
             return REDACTED
         if isinstance(value, str):
             for secret in self.secrets:
@@ -80,13 +80,15 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
     ]
+    # Tracebacks without frame locals (they hold the secret being compared, the raw body, the request), and
+    # redaction after the traceback is rendered, as the last step before the renderer: nothing gets past it.
     json_formatter = RenderOnceFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
+            redact,
             structlog.processors.JSONRenderer(),
         ],
     )
@@ -96,6 +98,8 @@ def configure_logging(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,  # plain text, no locals, and redacted below
+                redact,
                 structlog.dev.ConsoleRenderer(colors=False),
             ],
         )

@@ -145,6 +145,8 @@ class LegStatus(enum.StrEnum):
     STALE = "stale"
     QUEUED = "queued"
     """The exchange is closed: waits in the journal's queue for its next window (`tvbridge/alertqueue.py`)."""
+    EXPIRED = "expired"
+    """Found unsent by crash recovery after `alerts.max_age_s`: deliberately never sent."""
 
 
 class AlertStatus(enum.StrEnum):

@@ -91,6 +91,13 @@ def resolve_credentials(config: Config) -> Credentials:
             f"auth.secret {problem}; live trading ({', '.join(config.live_accounts)}) needs a strong secret:"
             " remove it to have one generated, or set 16+ random characters"
         )
+    if config.auth.path_token and config.live_accounts:
+        token_problem = weak_secret_problem(config.auth.path_token)
+        if token_problem:
+            raise ConfigError(
+                f"auth.path_token {token_problem}; a path token alone authenticates live orders"
+                f" ({', '.join(config.live_accounts)}): use 16+ random characters"
+            )
     return Credentials(
         secret=secret,
         path_token=config.auth.path_token,

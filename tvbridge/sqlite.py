@@ -36,6 +36,7 @@ class SqliteWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.batches = 0
         """Transactions committed (for the benchmark's group-commit figure)."""
 
@@ -46,6 +47,7 @@ class SqliteWorker:
         await self._ready
 
     async def close(self) -> None:
+        self._closing = True
         if self._thread.is_alive():
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -58,22 +60,27 @@ class SqliteWorker:
         return await self._submit(fn, write=True)
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        if self._loop is None or not self._thread.is_alive():
+        if self._loop is None or self._closing or not self._thread.is_alive():
             raise sqlite3.ProgrammingError(f"{self._path}: the database is not open")
         future: asyncio.Future[object] = self._loop.create_future()
         self._jobs.put((fn, future, write))
         return await future  # type: ignore[return-value]  # the future holds fn's result
 
     def _resolve(self, future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
+        self._resolve_all([(future, result, error)])
+
+    def _resolve_all(self, outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]]) -> None:
+        """Settle a batch's futures with one wake-up of the event loop (one self-pipe write, not one each)."""
         assert self._loop is not None  # noqa: S101 - set in start()
 
         def settle() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
 
         with contextlib.suppress(RuntimeError):  # the loop closed while we worked: nobody is waiting
             self._loop.call_soon_threadsafe(settle)
@@ -100,6 +107,21 @@ class SqliteWorker:
             self._serve(conn)
         finally:
             conn.close()
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Jobs that raced close() and landed behind the sentinel: answered, never left hanging."""
+        closed = sqlite3.ProgrammingError(f"{self._path}: the database was closed")
+        leftovers: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftovers.append((job[1], None, closed))
+        if leftovers:
+            self._resolve_all(leftovers)
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
@@ -119,34 +141,51 @@ class SqliteWorker:
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        reads = [job for job in batch if not job[2]]
-        writes = [job for job in batch if job[2]]
-        for fn, future, _ in reads:
-            try:
-                self._resolve(future, fn(conn), None)
-            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
-                self._resolve(future, None, e)
-        if not writes:
-            return
         outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        for fn, future, write in batch:
+            if write:
+                continue
+            try:
+                outcomes.append((future, fn(conn), None))
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
+                outcomes.append((future, None, e))
+        writes = [job for job in batch if job[2]]
+        if writes:
+            outcomes.extend(self._commit(conn, writes))
+        self._resolve_all(outcomes)
+
+    def _commit(
+        self, conn: sqlite3.Connection, writes: list[_Job]
+    ) -> list[tuple[asyncio.Future[object], object, BaseException | None]]:
+        """All writes in one transaction; each in a SAVEPOINT when there are several, so one failing write
+        fails alone (a lone write needs none: its failure rolls the transaction back)."""
+        outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        alone = len(writes) == 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future, _ in writes:
                 try:
-                    conn.execute("SAVEPOINT job")
+                    if not alone:
+                        conn.execute("SAVEPOINT job")
                     result = fn(conn)
-                    conn.execute("RELEASE job")
+                    if not alone:
+                        conn.execute("RELEASE job")
                     outcomes.append((future, result, None))
-                except Exception as e:  # noqa: BLE001 - this write fails alone
+                except Exception as e:
+                    if alone or not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (disk full, I/O error): the writes before
+                        # this one are gone too, and the ones after must not run in autocommit. All failed.
+                        raise
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
+                    if not conn.in_transaction:
+                        raise
                     outcomes.append((future, None, e))
             conn.execute("COMMIT")
             self.batches += 1
-        except sqlite3.Error as e:
+        except Exception as e:  # noqa: BLE001 - the transaction failed: every write in it failed
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            outcomes = [(future, None, e) for _, future, _ in writes]
-        for future, result, error in outcomes:
-            self._resolve(future, result, error)
+            return [(future, None, e) for _, future, _ in writes]
+        return outcomes

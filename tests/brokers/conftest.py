@@ -19,6 +19,7 @@ from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 

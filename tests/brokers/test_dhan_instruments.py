@@ -138,3 +138,17 @@ async def test_a_failed_refresh_keeps_the_old_master(
     assert message in str(caught.value)
     assert dest.read_bytes() == sample_master_path().read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == [dest.name]
+
+
+def test_a_changed_master_is_never_answered_from_a_stale_cache(tmp_path: Path) -> None:
+    """The second load of a file comes from the index cache; once the file is replaced (a refresh), the
+    new contents are what lookups answer, so a stale cache can never give a wrong security id."""
+    path = tmp_path / "master.csv"
+    shutil.copyfile(sample_master_path(), path)
+    assert load_master(path).equity("NSE", "RELIANCE").security_id == "2885"
+    assert load_master(path).equity("NSE", "RELIANCE").security_id == "2885"
+    replaced = tmp_path / "new.csv"
+    replaced.write_text(sample_master_path().read_text().replace("NSE,E,2885,", "NSE,E,9999,"))
+    replaced.replace(path)
+
+    assert load_master(path).equity("NSE", "RELIANCE").security_id == "9999"

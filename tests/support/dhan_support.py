@@ -14,8 +14,8 @@ from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, 
 from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.broker import IST
 
-MakeDhan = Callable[..., Awaitable[DhanBroker]]
-"""The `make_dhan` fixture: build and start a DhanBroker from settings."""
+MakeDhan = Callable[..., Awaitable["DhanBroker"]]
+"""The `make_dhan` fixture: `await make_dhan(settings, account=...)` builds and starts a broker."""
 
 NOW: Final = datetime(2026, 11, 25, 10, 0, tzinfo=IST)
 """A Wednesday: NIFTY's November future (2026-11-24) has expired, December's is the nearest."""

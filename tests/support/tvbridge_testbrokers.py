@@ -3,7 +3,8 @@
 `scripted`: places orders in memory, and can be told (per account config) to be slow, to reject, or to
 lose the answer after placing (unknown outcome), so the core's handling of each case can be seen from the
 outside. Its orders are kept in a JSON-lines file in the data dir, so tests of a subprocess server can read
-what the broker received.
+what the broker received; like a real broker it still knows them after tvbridge restarts (`start()` reads
+the file back), which is what crash recovery's `lookup()` relies on.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ScriptedSettings:
     delay_s: float = 0.0
     reject_symbols: tuple[str, ...] = ()
     lose_answer_symbols: tuple[str, ...] = ()
+    bad_answer_symbols: tuple[str, ...] = ()
+    """Place the order, then answer with something that is not an OrderResult (a plugin bug)."""
     order_types: tuple[str, ...] = ()
 
 
@@ -58,13 +61,25 @@ class ScriptedBroker:
         if unknown:
             raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
-        for key in ("reject_symbols", "lose_answer_symbols", "order_types"):
+        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
 
     async def start(self) -> None:
         self.context.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if not line.endswith("}"):  # torn by a kill mid-write: the broker never confirmed it
+                    continue
+                order = json.loads(line)
+                self.orders[order["client_order_id"]] = OrderResult(
+                    order_id=order["order_id"],
+                    state=OrderState.FILLED,
+                    message="filled",
+                    client_order_id=order["client_order_id"],
+                    filled_quantity=order["quantity"],
+                )
 
     async def place(self, request: OrderRequest) -> OrderResult:
         if request.client_order_id in self.orders:
@@ -99,6 +114,8 @@ class ScriptedBroker:
             )
         if leg.symbol in self.settings.lose_answer_symbols:
             raise BrokerUnknownOutcomeError("connection dropped after sending")
+        if leg.symbol in self.settings.bad_answer_symbols:
+            return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:

@@ -34,7 +34,8 @@ log = structlog.get_logger()
 def same_secret(given: object, expected: str) -> bool:
     if not isinstance(given, str) or not expected:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # surrogatepass: a lone surrogate in the JSON ("\ud800") must be a wrong secret, not a 500
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def auth(credentials: Credentials) -> Middleware:

@@ -362,17 +362,21 @@ class DhanBroker:
     async def _current(self, client: DhanClient, entry: Entry) -> OrderResult | None:
         if entry.order_id is None:
             return await self._fetch_by_correlation(client, entry.client_order_id)
-        answer = await client.call("get_order_by_id", entry.order_id)
-        if answer.ok and isinstance(answer.data, dict):
-            return to_result(answer.data, client_order_id=entry.client_order_id)
-        if answer.ok and isinstance(answer.data, list) and answer.data and isinstance(answer.data[0], dict):
-            return to_result(answer.data[0], client_order_id=entry.client_order_id)
+        return await self._order_by_id(client, entry.order_id, client_order_id=entry.client_order_id)
+
+    async def _order_by_id(
+        self, client: DhanClient, order_id: str, *, client_order_id: str | None
+    ) -> OrderResult | None:
+        answer = await client.call("get_order_by_id", order_id)
+        data = answer.data[0] if answer.ok and isinstance(answer.data, list) and answer.data else answer.data
+        if answer.ok and isinstance(data, dict):
+            return to_result(data, client_order_id=client_order_id)
         if answer.error_code == NO_DATA:
             return None
         if answer.error is not None:
             self._check_auth(answer)
             raise answer.error
-        raise BrokerUnavailableError(f"cannot read Dhan order {entry.order_id}: {answer.ambiguous}")
+        raise BrokerUnavailableError(f"cannot read Dhan order {order_id}: {answer.ambiguous}")
 
     async def _cancel_one(self, client: DhanClient, order_id: str) -> OrderResult:
         await self._throttle.acquire()
@@ -382,21 +386,14 @@ class DhanBroker:
         if answer.error is not None:
             self._check_auth(answer)
             raise answer.error
-        current = await self._current(
-            client,
-            Entry(
-                client_order_id="",
-                symbol="",
-                trading_symbol="",
-                exchange="",
-                side="",
-                security_id="",
-                order_id=order_id,
-            ),
-        )
+        # the cancel's answer was lost: Dhan's view of the order decides
+        try:
+            current = await self._order_by_id(client, order_id, client_order_id=None)
+        except BrokerError as e:
+            raise BrokerUnknownOutcomeError(f"cancel of Dhan order {order_id} got {answer.ambiguous}; {e}") from e
         if current is not None and current.state is OrderState.CANCELLED:
             return current
-        state = current.details.get("orderStatus") if current else "unknown"
+        state = current.details.get("orderStatus") if current else "not found"
         raise BrokerUnknownOutcomeError(f"cancel of Dhan order {order_id} got {answer.ambiguous}; it is now {state}")
 
     async def _remember(self, entry: Entry) -> None:

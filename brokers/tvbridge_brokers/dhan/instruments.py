@@ -5,6 +5,10 @@ strike and CE/PE for derivatives). The master has about 200k rows, so it is pars
 legs ask (no scan per order), and only the rows we can trade are kept (equity, futures, options; not indices or
 currency). Downloading a fresh master is `refresh.py`'s job; turning a leg into order fields is `mapping.py`'s.
 
+The index holds only str/int tuples (expiries as ISO dates, strikes as normalized decimal text), which makes it
+cheap to build and lets `load_master` keep a `marshal` copy next to the CSV: the first load parses the CSV
+(about a second for the real file), later loads of the same file read the copy in a fraction of that.
+
 Every lookup failure raises `BrokerRejectedError` with a message a trader can act on: the closest symbols for a
 typo, the listed expiries or strikes for a contract that does not exist. Nothing is sent when that happens.
 """
@@ -12,20 +16,24 @@ typo, the listed expiries or strikes for a contract that does not exist. Nothing
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import difflib
+import marshal
+import os
+import sys
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
 from tvbridge.broker import BrokerRejectedError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 REQUIRED_COLUMNS: Final = (
     "SEM_EXM_EXCH_ID",
@@ -46,6 +54,8 @@ OPTION_NAMES: Final = frozenset({"OPTIDX", "OPTSTK", "OPTFUT"})
 
 SAMPLE_MASTER_NAME: Final = "api-scrip-master-sample.csv"
 MAX_SUGGESTIONS: Final = 5
+CACHE_FORMAT: Final = 1
+"""Bumped when the index layout changes, so an old cache is ignored."""
 
 
 def sample_master_path() -> Path:
@@ -88,19 +98,23 @@ def check_header(header: list[str]) -> None:
     _header_index(header)
 
 
-def _expiry(text: str) -> date | None:
+def _expiry(text: str) -> str:
     text = text.strip()
     if len(text) < 10 or not text[0].isdigit():
-        return None
-    return date.fromisoformat(text[:10])
+        return ""
+    return date.fromisoformat(text[:10]).isoformat()
 
 
-def _strike(text: str) -> Decimal | None:
+def _strike(text: str) -> str:
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
-        return None
-    return normalize_strike(value) if value > 0 else None
+        return ""
+    return str(normalize_strike(value)) if value > 0 else ""
+
+
+def _lot(text: str) -> int:
+    return max(int(float(text or "1")), 1)
 
 
 def normalize_strike(value: Decimal) -> Decimal:
@@ -109,7 +123,37 @@ def normalize_strike(value: Decimal) -> Decimal:
     return value.quantize(Decimal(1)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]  # int here
 
 
-def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Contract]:
+Row = tuple[str, str, str, str, str, str, int, str, str, str]
+"""exchange, segment, security id, instrument name, trading symbol, underlying, lot size, expiry (ISO or ""),
+strike (normalized text or ""), option type (or ""). Plain tuples: 200k attrs instances would cost seconds."""
+
+_T = TypeVar("_T")
+
+
+def _checked(parse: Callable[[str], _T], text: str, source: str, line: int) -> _T:
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise MasterFormatError(f"{source} line {line}: {e}") from None
+
+
+def _contract(row: Row) -> Contract:
+    exchange, segment, security_id, name, symbol, underlying, lot, expiry, strike, option_type = row
+    return Contract(
+        exchange=exchange,
+        segment=segment,
+        security_id=security_id,
+        instrument_name=name,
+        trading_symbol=symbol,
+        underlying=underlying,
+        lot_size=lot,
+        expiry=date.fromisoformat(expiry) if expiry else None,
+        strike=Decimal(strike) if strike else None,
+        option_type=option_type or None,
+    )
+
+
+def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Row]:
     try:
         header = next(rows)
     except StopIteration:
@@ -119,61 +163,84 @@ def _parse_rows(rows: Iterator[list[str]], source: str) -> Iterator[Contract]:
     i_name, i_sym, i_lot = col["SEM_INSTRUMENT_NAME"], col["SEM_TRADING_SYMBOL"], col["SEM_LOT_UNITS"]
     i_exp, i_strike, i_opt = col["SEM_EXPIRY_DATE"], col["SEM_STRIKE_PRICE"], col["SEM_OPTION_TYPE"]
     width = max(col.values()) + 1
+    # a few hundred distinct expiries, strikes and lot sizes repeat over 200k rows: parse each text once
+    expiries: dict[str, str] = {}
+    strikes: dict[str, str] = {}
+    lots: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if len(row) < width:
             continue  # a short trailing line; the real master ends with one
         name = row[i_name].strip()
-        is_option = name in OPTION_NAMES
-        if not (is_option or name in FUTURE_NAMES or name in EQUITY_NAMES):
+        expiry = strike = option_type = ""
+        if name in OPTION_NAMES or name in FUTURE_NAMES:
+            text = row[i_exp]
+            expiry = (
+                expiries[text] if text in expiries else expiries.setdefault(text, _checked(_expiry, text, source, line))
+            )
+            if not expiry:
+                continue  # a derivative without an expiry cannot be traded by date
+            if name in OPTION_NAMES:
+                text = row[i_strike]
+                strike = strikes[text] if text in strikes else strikes.setdefault(text, _strike(text))
+                option_type = row[i_opt].strip().upper()
+                if not strike or option_type not in {"CE", "PE"}:
+                    continue
+        elif name not in EQUITY_NAMES:
             continue
+        text = row[i_lot]
+        lot = lots[text] if text in lots else lots.setdefault(text, _checked(_lot, text, source, line))
         symbol = row[i_sym].strip()
-        try:
-            lot = int(float(row[i_lot] or "1"))
-            expiry = None if name in EQUITY_NAMES else _expiry(row[i_exp])
-        except ValueError as e:
-            raise MasterFormatError(f"{source} line {line}: {e}") from None
-        yield Contract(
-            exchange=row[i_exch].strip().upper(),
-            segment=row[i_seg].strip().upper(),
-            security_id=row[i_id].strip(),
-            instrument_name=name,
-            trading_symbol=symbol,
-            underlying=(symbol if name in EQUITY_NAMES else symbol.split("-", 1)[0]).upper(),
-            lot_size=max(lot, 1),
-            expiry=expiry,
-            strike=_strike(row[i_strike]) if is_option else None,
-            option_type=row[i_opt].strip().upper() if is_option else None,
+        yield (
+            row[i_exch].strip().upper(),
+            row[i_seg].strip().upper(),
+            row[i_id].strip(),
+            name,
+            symbol,
+            (symbol.split("-", 1)[0] if expiry else symbol).upper(),
+            lot,
+            expiry,
+            strike,
+            option_type,
         )
 
 
-OptionKey = tuple[str, str, date, Decimal, str]
+Index = tuple[
+    dict[tuple[str, str], Row],
+    dict[tuple[str, str], list[Row]],
+    dict[tuple[str, str, str, str, str], Row],
+    int,
+]
+
+
+def build_index(rows: Iterable[Row]) -> Index:
+    equities: dict[tuple[str, str], Row] = {}
+    futures: dict[tuple[str, str], list[Row]] = {}
+    options: dict[tuple[str, str, str, str, str], Row] = {}
+    count = 0
+    for row in rows:
+        count += 1
+        exchange, _, _, _, _, underlying, _, expiry, strike, option_type = row
+        if not expiry:
+            # NSE lists a symbol once per series (EQ, BE, ...): the first row wins, the master lists EQ first
+            equities.setdefault((exchange, underlying), row)
+        elif not strike:
+            futures.setdefault((exchange, underlying), []).append(row)
+        else:
+            options.setdefault((exchange, underlying, expiry, strike, option_type), row)
+    for listed in futures.values():
+        listed.sort(key=lambda row: (row[7], row[3]))
+    return equities, futures, options, count
 
 
 class InstrumentMaster:
     """The indexed master. Build it with `load_master(path)` (blocking: run it off the event loop)."""
 
-    def __init__(self, contracts: Iterable[Contract], *, source: str) -> None:
+    def __init__(self, index: Index, *, source: str) -> None:
         self.source = source
-        self._equities: dict[tuple[str, str], Contract] = {}
-        self._futures: dict[tuple[str, str], list[Contract]] = {}
-        self._options: dict[OptionKey, Contract] = {}
-        self._option_expiries: dict[tuple[str, str], set[date]] = {}
-        self._count = 0
-        for c in contracts:
-            self._count += 1
-            if c.instrument_name in EQUITY_NAMES:
-                # NSE lists a symbol once per series (EQ, BE, ...); the first row wins, the master lists EQ first
-                self._equities.setdefault((c.exchange, c.underlying), c)
-            elif c.expiry is None:
-                continue
-            elif c.option_type is None or c.strike is None:
-                self._futures.setdefault((c.exchange, c.underlying), []).append(c)
-            else:
-                key = (c.exchange, c.underlying, c.expiry, c.strike, c.option_type)
-                self._options.setdefault(key, c)
-                self._option_expiries.setdefault((c.exchange, c.underlying), set()).add(c.expiry)
-        for futures in self._futures.values():
-            futures.sort(key=lambda c: (c.expiry or date.min, c.instrument_name))
+        self._equities, self._futures, self._options, self._count = index
+        self._option_expiries: dict[tuple[str, str], set[str]] = {}
+        for exchange, underlying, expiry, _, _ in self._options:
+            self._option_expiries.setdefault((exchange, underlying), set()).add(expiry)
 
     def __len__(self) -> int:
         return self._count
@@ -186,50 +253,51 @@ class InstrumentMaster:
         if found is None:
             names = [s for (e, s) in self._equities if e == exchange]
             raise BrokerRejectedError(_unknown(symbol, f"{exchange} equity", names))
-        return found
+        return _contract(found)
 
     def future(self, exchange: str, underlying: str, *, today: date, expiry: date | None, nth: int = 1) -> Contract:
         """The future expiring on `expiry`, or else the `nth` (1 = nearest) not yet expired on `today`."""
-        listed = self._futures.get((exchange, underlying))
+        listed = self._futures.get((exchange, underlying), [])
         if not listed:
             names = {u for (e, u) in self._futures if e == exchange}
             raise BrokerRejectedError(_unknown(underlying, f"{exchange} futures underlying", names))
         if expiry is not None:
-            for c in listed:
-                if c.expiry == expiry:
-                    return c
+            wanted = expiry.isoformat()
+            for row in listed:
+                if row[7] == wanted:
+                    return _contract(row)
             raise BrokerRejectedError(
-                f"expiry_date {expiry.isoformat()}: no {underlying} future expires that day "
-                f"(listed: {_dates(c.expiry for c in listed)})"
+                f"expiry_date {wanted}: no {underlying} future expires that day "
+                f"(listed: {_dates(r[7] for r in listed)})"
             )
-        live = [c for c in listed if c.expiry is not None and c.expiry >= today]
+        first = today.isoformat()
+        live = [row for row in listed if row[7] >= first]
         if len(live) < nth:
             raise BrokerRejectedError(
-                f"symbol {underlying}: no unexpired future number {nth} on {today.isoformat()} "
-                f"(listed: {_dates(c.expiry for c in listed)}); refresh the instrument master"
+                f"symbol {underlying}: no unexpired future number {nth} on {first} "
+                f"(listed: {_dates(r[7] for r in listed)}); refresh the instrument master"
             )
-        return live[nth - 1]
+        return _contract(live[nth - 1])
 
     def option(self, exchange: str, underlying: str, *, expiry: date, strike: Decimal, option_type: str) -> Contract:
-        key = (exchange, underlying, expiry, normalize_strike(strike), option_type)
-        found = self._options.get(key)
+        wanted = expiry.isoformat()
+        found = self._options.get((exchange, underlying, wanted, str(normalize_strike(strike)), option_type))
         if found is not None:
-            return found
+            return _contract(found)
         expiries = self._option_expiries.get((exchange, underlying))
         if not expiries:
             names = {u for (e, u) in self._option_expiries if e == exchange}
             raise BrokerRejectedError(_unknown(underlying, f"{exchange} options underlying", names))
-        if expiry not in expiries:
+        if wanted not in expiries:
             raise BrokerRejectedError(
-                f"expiry_date {expiry.isoformat()}: no {underlying} options expire that day "
-                f"(listed: {_dates(expiries)})"
+                f"expiry_date {wanted}: no {underlying} options expire that day (listed: {_dates(expiries)})"
             )
         strikes = sorted(
-            {k[3] for k in self._options if k[:3] == (exchange, underlying, expiry) and k[4] == option_type}
+            {Decimal(k[3]) for k in self._options if k[:3] == (exchange, underlying, wanted) and k[4] == option_type}
         )
         near = _nearest(strikes, normalize_strike(strike))
         raise BrokerRejectedError(
-            f"strike_price {strike}: no {underlying} {option_type} strike on {expiry.isoformat()} "
+            f"strike_price {strike}: no {underlying} {option_type} strike on {wanted} "
             f"(nearest listed: {', '.join(str(s) for s in near) or 'none'})"
         )
 
@@ -240,8 +308,8 @@ def _unknown(symbol: str, what: str, names: Iterable[str]) -> str:
     return f"symbol {symbol} is not a known {what} in the instrument master{hint}"
 
 
-def _dates(values: Iterable[date | None]) -> str:
-    return ", ".join(sorted({d.isoformat() for d in values if d is not None})) or "none"
+def _dates(values: Iterable[str]) -> str:
+    return ", ".join(sorted(set(values))) or "none"
 
 
 def _nearest(strikes: list[Decimal], strike: Decimal) -> list[Decimal]:
@@ -249,9 +317,57 @@ def _nearest(strikes: list[Decimal], strike: Decimal) -> list[Decimal]:
     return strikes[max(at - 2, 0) : at + 2]
 
 
-def load_master(path: Path) -> InstrumentMaster:
-    """Parse and index the master at `path`. Blocking (about a second for the real file): call it in a thread.
+def _cache_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.index")
 
-    Raises `OSError` when the file cannot be read, `MasterFormatError` when it is not a Dhan master."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        return InstrumentMaster(_parse_rows(csv.reader(f), str(path)), source=str(path))
+
+def _cache_key(path: Path) -> tuple[int | str, ...]:
+    stat = path.stat()
+    return (
+        CACHE_FORMAT,
+        sys.version_info.major,
+        sys.version_info.minor,
+        str(path.resolve()),
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime_ns,
+    )
+
+
+def _read_cache(path: Path, key: tuple[int | str, ...]) -> Index | None:
+    try:
+        # marshal holds only str/int/tuple/dict/list here and is read from our own data directory, written by us;
+        # one read, because marshal.load(file) is several times slower
+        stored_key, index = marshal.loads(_cache_path(path).read_bytes())  # noqa: S302
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    return index if stored_key == key else None
+
+
+def _write_cache(path: Path, key: tuple[int | str, ...], index: Index) -> None:
+    """Best effort (a read-only directory just means no cache); atomic, so a reader never sees half a file."""
+    cache = _cache_path(path)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(marshal.dumps((key, index)))
+        tmp.replace(cache)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def load_master(path: Path, *, cache: bool = True) -> InstrumentMaster:
+    """Parse and index the master at `path`. Blocking: call it in a thread.
+
+    With `cache`, the index is kept next to the file (`.<name>.index`, keyed by the file's size and mtime) so
+    the next load of the same file skips the CSV parse. Raises `OSError` when the file cannot be read,
+    `MasterFormatError` when it is not a Dhan master."""
+    key = _cache_key(path)
+    cache = cache and path.resolve() != sample_master_path().resolve()  # never write into the installed package
+    index = _read_cache(path, key) if cache else None
+    if index is None:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            index = build_index(_parse_rows(csv.reader(f), str(path)))
+        if cache:
+            _write_cache(path, key, index)
+    return InstrumentMaster(index, source=str(path))

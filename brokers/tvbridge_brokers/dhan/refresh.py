@@ -49,7 +49,7 @@ async def refresh_instruments(url: str, dest: Path, *, min_rows: int = 1, timeou
             out.flush()
             os.fsync(out.fileno())
         try:
-            master = await asyncio.to_thread(load_master, tmp)
+            master = await asyncio.to_thread(load_master, tmp, cache=False)
         except (ValueError, OSError, UnicodeDecodeError) as e:
             raise RefreshError(f"{url} is not a usable Dhan instrument master: {e}") from e
         rows = len(master)

@@ -1,0 +1,84 @@
+"""The 3-second rule: a slow broker gets a 202 with the alert id in time, and the outcome still lands."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from durability_server import ADMIN_TOKEN, scripted_orders
+from helpers import alert, leg, with_accounts
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def slow_config(config: Config, delay_s: float) -> Config:
+    config = with_accounts(config, {"sim": {"broker": "scripted", "delay_s": delay_s}})
+    server = attrs.evolve(config.server, response_deadline_s=0.2, admin_token=ADMIN_TOKEN)
+    return attrs.evolve(config, server=server)
+
+
+async def poll_alert(client: Any, alert_id: str, timeout_s: float = 10) -> dict[str, Any]:
+    """GET /alerts/<id> until the alert is no longer `accepted` (bounded)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            response = await client.get(f"/alerts/{alert_id}", headers=AUTH)
+            assert response.status == 200
+            record: dict[str, Any] = await response.json()
+            if record["status"] != "accepted":
+                return record
+            await asyncio.sleep(0.05)
+
+
+async def test_slow_broker_gets_202_then_the_result_lands(
+    make_client: ClientFactory, config: Config, tmp_path: Path
+) -> None:
+    """A broker slower than `response_deadline_s` gets 202 with the alert id at the deadline; execution goes on,
+    and `GET /alerts/<id>` then shows the leg placed, the broker has the order once, and the CSV has its row."""
+    client = await make_client(slow_config(config, delay_s=0.6))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    elapsed = loop.time() - started
+    body = await response.json()
+    assert response.status == 202
+    assert elapsed < 0.6
+    alert_id = body["alert_id"]
+    assert response.headers["X-Request-ID"] == alert_id
+    assert body["status"] == "accepted"
+
+    record = await poll_alert(client, alert_id)
+    assert record["status"] == "success"
+    assert [(lg["leg_number"], lg["state"]) for lg in record["legs"]] == [(1, "placed")]
+    assert record["legs"][0]["order_id"]
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{alert_id}-1"]
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["alert_id"] == alert_id]
+    assert [(r["symbol"], r["status"]) for r in rows] == [("INFY", "success")]
+
+
+async def test_while_running_the_journal_shows_the_leg_sending(make_client: ClientFactory, config: Config) -> None:
+    """During the broker call the journal already says `sending` for that leg (what recovery relies on)."""
+    client = await make_client(slow_config(config, delay_s=1.0))
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert response.status == 202
+    alert_id = (await response.json())["alert_id"]
+    record = await (await client.get(f"/alerts/{alert_id}", headers=AUTH)).json()
+    assert record["status"] == "accepted"
+    assert [lg["state"] for lg in record["legs"]] == ["sending"]
+    assert (await poll_alert(client, alert_id))["status"] == "success"
+
+
+async def test_get_alert_needs_the_admin_token(make_client: ClientFactory, config: Config) -> None:
+    """`GET /alerts/<id>` without the admin token is 401; an unknown id is 404."""
+    client = await make_client(slow_config(config, delay_s=0))
+    assert (await client.get("/alerts/nope")).status == 401
+    assert (await client.get("/alerts/nope", headers=AUTH)).status == 404

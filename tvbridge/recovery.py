@@ -1,0 +1,107 @@
+"""Crash recovery: finish the alerts that an earlier run accepted (journaled, maybe answered 2xx) but did not
+finish, because it was killed, lost power, or ran out of shutdown grace.
+
+It runs once at start, after the brokers have started and before the server accepts traffic (the cleanup_ctx
+after `executor_ctx`), so no new alert races it. For each unfinished alert, oldest first, the executor runs it
+again with a `Resume`: legs the journal shows settled are kept; every open leg (`pending`, `sending`,
+`unknown`) is first looked up at its account's broker by its client order id; what the broker has is recorded,
+what it lacks is sent (with the same client order id, so a broker that did get it does not place it twice)
+while the alert is younger than `alerts.max_age_s`, and marked `expired` with a `recovery.leg_expired` warning
+otherwise. The alert is then finished like any other: journal, order log, log line.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from tvbridge.errors import InvalidAlertError
+from tvbridge.executor import Resume
+from tvbridge.journal import OPEN_LEG_STATES
+from tvbridge.models import LegResult, LegStatus, oldest_timenow
+from tvbridge.parsing import parse_alert, unknown_keys
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    import cattrs
+    from aiohttp import web
+
+    from tvbridge.config import Config
+    from tvbridge.executor import Executor
+    from tvbridge.journal import Journal
+
+log = structlog.get_logger()
+
+
+def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
+    stored = leg.get("result")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return LegResult(**{**stored, "status": LegStatus(stored["status"])})
+    except (TypeError, ValueError, KeyError):  # written by another version: ask the broker instead of guessing
+        log.warning("recovery.result_unreadable", leg=leg.get("leg_number"), account=leg.get("account"))
+        return None
+
+
+async def recover(journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter) -> int:
+    """Finish every unfinished alert in the journal; returns how many there were."""
+    alert_ids = await journal.unfinished()
+    if alert_ids:
+        log.warning("recovery.started", alerts=len(alert_ids))
+    for alert_id in alert_ids:
+        with structlog.contextvars.bound_contextvars(alert_id=alert_id):
+            await _recover_one(alert_id, journal, executor, config, converter)
+    if alert_ids:
+        log.warning("recovery.done", alerts=len(alert_ids))
+    return len(alert_ids)
+
+
+async def _recover_one(
+    alert_id: str, journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter
+) -> None:
+    record = await journal.get_alert(alert_id)
+    if record is None:  # listed a moment ago; nothing else writes during recovery
+        return
+    raw: dict[str, Any] = record["payload"]
+    try:
+        alert = parse_alert(raw, converter)
+    except InvalidAlertError as e:  # it parsed when accepted: only a changed parser can get here
+        log.error("recovery.unreadable", errors=e.errors)  # noqa: TRY400 - the errors say it all
+        await journal.finish_alert(alert_id, "failed", {"status": "failed", "message": "unreadable after restart"})
+        return
+    legs = record["legs"]
+    accounts = list(dict.fromkeys(leg["account"] for leg in legs)) or list(config.routing.accounts)
+    settled: dict[tuple[str, int], LegResult] = {}
+    for leg in legs:
+        result = _stored_result(leg)
+        if leg["state"] not in OPEN_LEG_STATES and result is not None:
+            settled[leg["account"], leg["leg_number"]] = result
+    now = datetime.now(UTC)
+    born = datetime.fromisoformat(record["received_at"])
+    timenow = oldest_timenow(alert)
+    if timenow is not None:
+        born = min(born, timenow)
+    age_s = (now - born).total_seconds()
+    max_age_s = config.alerts.max_age_s
+    resume = Resume(settled=settled, may_send=age_s <= max_age_s, age_s=age_s, max_age_s=max_age_s)
+    log.warning(
+        "recovery.alert",
+        age_s=round(age_s, 1),
+        open_legs=[
+            f"{leg['account']}#{leg['leg_number']}:{leg['state']}" for leg in legs if leg["state"] in OPEN_LEG_STATES
+        ],
+        may_send=resume.may_send,
+    )
+    await executor.run(alert_id, alert, accounts, unknown_keys(raw), resume=resume)
+
+
+async def recovery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: recover before the first request (registered after the brokers and the executor)."""
+    from tvbridge.keys import CONFIG, CONVERTER, EXECUTOR, JOURNAL  # noqa: PLC0415 - keys imports this module's types
+
+    await recover(app[JOURNAL], app[EXECUTOR], app[CONFIG], app[CONVERTER])
+    yield
