@@ -91,6 +91,27 @@ class SyslogNg:
                 f"--pidfile={d / 'syslog-ng.pid'}", f"--control={d / 'syslog-ng.ctl'}", stdout=out, stderr=out,
             )  # fmt: skip
 
+    async def wait_acknowledged(self, count: int) -> None:
+        """Until the http() destination has `count` deliveries answered (`written`), so their read position is
+        acknowledged: a stop right after the sink got a line but before syslog-ng read the answer would send
+        that line again after the restart (syslog-ng delivers at least once)."""
+        ctl = require_tool("syslog-ng-ctl", "syslog-ng-core")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        written = -1
+        while loop.time() < deadline:
+            proc = await asyncio.create_subprocess_exec(
+                ctl, "stats", f"--control={self.directory / 'syslog-ng.ctl'}", stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            rows = [line.split(";") for line in out.decode().splitlines()]
+            counts = [int(r[5]) for r in rows if len(r) == 6 and "d_tvbridge_http" in r[1] and r[4] == "written"]
+            written = sum(counts) if counts else -1
+            if written >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"syslog-ng acknowledged {written} of {count} lines")
+
     async def stop(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -133,7 +154,9 @@ async def test_syslog_ng_forwards_every_line_once_through_rotation_and_restarts(
         log.rename(data / "webhook_server.log.1")  # logrotate: move, then SIGHUP
         server.signal(signal.SIGHUP)
         await post_alerts(server, 10)
-        await sink.wait_for(len(file_lines(data / "webhook_server.log.1", log)))
+        sent = len(file_lines(data / "webhook_server.log.1", log))
+        await sink.wait_for(sent)
+        await collector.wait_acknowledged(sent)
         await collector.stop()
         await post_alerts(server, 10)  # written while the collector is down
         await collector.start()

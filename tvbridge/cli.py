@@ -20,21 +20,23 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.app import create_app
+from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import status as status_command
-from tvbridge.commands import trading
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
+from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
 from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     import cattrs
 
@@ -48,11 +50,13 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvbridge", description="TradingView alerts to broker orders.")
     parser.add_argument("--version", action="version", version=f"tvbridge {__version__}")
     parser.add_argument("--config", help="config file (default: $TVBRIDGE_CONFIG, else ./config.toml if present)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for command in extra.values():
+        command.add_parser(sub)
     sub.add_parser("serve", help="run the webhook server")
     sub.add_parser("check-config", help="validate the config and print the effective settings, secrets masked")
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
@@ -83,7 +87,8 @@ def _load_optional(args: argparse.Namespace, converter: cattrs.Converter) -> Con
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per subcommand
-    args = _parser().parse_args(argv)
+    extra = plugin_commands()
+    args = _parser(extra).parse_args(argv)
     converter = make_converter()
     if args.command == "brokers":
         return brokers_command.run(args, _load_optional(args, converter))
@@ -97,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _secret(config, rotate=args.rotate)
         if args.command == "status":
             return status_command.run(args, config)
-        return _serve(config, converter)
+        if args.command in extra:
+            return extra[args.command].run(args, config)
+        return _serve(config, converter, lambda: _load(args, converter))
     except (ConfigError, PluginError) as e:
         return _fail(f"config error: {e}", EXIT_CONFIG)
     except TvBridgeError as e:
@@ -159,7 +166,7 @@ def _first_run_notice(credentials: Credentials, url: str) -> None:
     )
 
 
-def _serve(config: Config, converter: cattrs.Converter) -> int:
+def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[[], Config] | None = None) -> int:
     credentials = resolve_credentials(config)
     log_file = config.data_path(config.logging.file) if config.logging.file else None
     configure_logging(
@@ -171,27 +178,34 @@ def _serve(config: Config, converter: cattrs.Converter) -> int:
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
     try:
-        return asyncio.run(_run(app, config, credentials, ssl_context))
+        return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
     except OSError as e:
-        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
+        log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
-def _on_sighup() -> None:
-    """SIGHUP: reopen the log file (after logrotate). Anything else to redo on SIGHUP belongs here too: asyncio
-    keeps one handler per signal."""
+def _on_sighup(app: web.Application, reload_config: Callable[[], Config] | None) -> None:
+    """SIGHUP: reopen the log file (after logrotate), then re-read the brokers' account tables (a renewed token)."""
     log.info("log.reopened", files=reopen_log_files())
+    if reload_config is not None:
+        app[STATE].spawn(reload_brokers(app, reload_config), name="reload")
 
 
 async def _run(
-    app: web.Application, config: Config, credentials: Credentials, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    config: Config,
+    credentials: Credentials,
+    ssl_context: ssl.SSLContext | None = None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup)  # logrotate's postrotate; the default action would kill us
+    # SIGHUP (logrotate's postrotate; a renewed broker token): asyncio keeps one handler per signal, so this one
+    # reopens the log file and reloads the brokers' account tables; the default action would kill us
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, app, reload_config)
     try:
         await runner.setup()
     except (PluginError, ConfigError) as e:
@@ -199,7 +213,7 @@ async def _run(
         raise ConfigError(str(e)) from None
     except TvBridgeError as e:
         await runner.cleanup()
-        log.error("server.start_failed", error=str(e))  # noqa: TRY400 - the message says it all; no traceback for a config problem
+        log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
@@ -216,7 +230,10 @@ async def _run(
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
+        pid_file = config.data_path(PID_FILE)
+        write_pid_file(pid_file)
         await stop.wait()
+        pid_file.unlink(missing_ok=True)
         log.info("server.stopping", reason="signal")
         await begin_shutdown(app)  # 503 to new alerts while in-flight ones finish; then stop listening
     finally:

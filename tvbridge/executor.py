@@ -260,7 +260,7 @@ class Executor:
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
-            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))  # noqa: TRY400 - the journal logged its own cause
+            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))
             client_id = client_order_id(alert_id, number) if isinstance(leg, OrderLeg) else None
             return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
         crash_point("before_send")

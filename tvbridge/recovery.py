@@ -70,7 +70,7 @@ async def _recover_one(
     try:
         alert = parse_alert(raw, converter)
     except InvalidAlertError as e:  # it parsed when accepted: only a changed parser can get here
-        log.error("recovery.unreadable", errors=e.errors)  # noqa: TRY400 - the errors say it all
+        log.error("recovery.unreadable", errors=e.errors)
         await journal.finish_alert(alert_id, "failed", {"status": "failed", "message": "unreadable after restart"})
         return
     legs = record["legs"]

@@ -134,6 +134,12 @@ def settings_problem(account: str, error: ValueError) -> str:
     return f"accounts.{account}: {text}"
 
 
+def plugin_table(config: Config, account: str) -> tuple[str, dict[str, Any]]:
+    """The account's broker name and the table its plugin sees (without `broker` and tvbridge's own keys)."""
+    table = {k: v for k, v in config.accounts.get(account, {}).items() if k not in ACCOUNT_KEYS}
+    return str(table.pop("broker", account)), table
+
+
 def build_brokers(config: Config) -> dict[str, Broker]:
     """One plugin instance per routed account, each from its own config table.
 
@@ -142,8 +148,7 @@ def build_brokers(config: Config) -> dict[str, Broker]:
     """
     brokers: dict[str, Broker] = {}
     for account in config.routing.accounts:
-        table = {k: v for k, v in config.accounts.get(account, {}).items() if k not in ACCOUNT_KEYS}
-        name = str(table.pop("broker", account))
+        name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
         context = BrokerContext(account=account, data_dir=config.server.data_dir)
         try:
