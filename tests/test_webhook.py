@@ -286,3 +286,88 @@ async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: Clie
     assert body["results"][0]["order_id"] == "S00001"
     assert len(orders_received(config)) == 1
     assert [row["status"] for row in order_log(config)] == ["success"]
+
+
+async def test_alert_from_the_future_is_refused_as_stale(make_client: ClientFactory, config: Config) -> None:
+    """A future meta.timenow has a negative age and passed the age check forever: more than 60 s ahead is
+    refused like a stale alert (422, status stale, on record), with a message about the clock."""
+    config = scripted(config)
+    client = await make_client(config)
+    ahead = (datetime.now(UTC) + timedelta(seconds=600)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    legs = [leg(meta={"timenow": now}), leg(symbol="INFY", sort_order="2", meta={"timenow": ahead})]
+    response = await client.post("/webhook", json=alert(*legs))
+    body = await response.json()
+    assert response.status == 422
+    assert body["status"] == "stale"
+    assert body["message"].startswith("alert is stale: meta.timenow is ")
+    assert body["message"].endswith(
+        " s ahead of this server's clock, the limit is 60 s; check the clock of the server and of the alert's sender"
+    )
+    assert orders_received(config) == []
+    assert [row["status"] for row in order_log(config)] == ["stale", "stale"]
+
+
+async def test_small_clock_skew_ahead_is_accepted(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    ahead = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(meta={"timenow": ahead})))
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "errors"),
+    [
+        (alert(leg(meta="string")), ["order_legs[0].meta: must be a JSON object, got 'string'"]),
+        (alert(leg(meta=[])), ["order_legs[0].meta: must be a JSON object, got a list"]),
+        (alert(*[leg()] * 51), ["order_legs: at most 50 legs in one alert, got 51"]),
+        (alert(leg(quantity="1e3000000")), ["order_legs[0].quantity: must be a whole number, got '1e3000000'"]),
+        (alert(leg(symbol=1e20)), ["order_legs[0].symbol: must be a string, got 1e+20"]),
+    ],
+)
+async def test_refused_alerts_name_the_field(
+    make_client: ClientFactory, config: Config, raw: dict[str, Any], errors: list[str]
+) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=raw)
+    body = await response.json()
+    assert response.status == 422
+    assert body["errors"] == errors
+    assert orders_received(config) == []
+
+
+async def test_many_problems_answer_at_most_51_lines(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(*[{"meta": {}}] * 50))
+    body = await response.json()
+    assert response.status == 422
+    assert len(body["errors"]) == 51
+    assert body["errors"][-1] == "... and 300 more problem(s) not shown: fix these first"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            json.dumps(alert())
+            .replace('"transactionType": "B"', '"transactionType": "B", "transactionType": "S"')
+            .encode(),
+            "body has the key 'transactionType' twice in one object: send each key once",
+        ),
+        (b"[" * 3000, "body is not JSON: it is nested too deeply"),
+    ],
+)
+async def test_duplicate_keys_and_deep_nesting_are_400(
+    make_client: ClientFactory, config: Config, payload: bytes, message: str
+) -> None:
+    """A repeated key silently won (B, then S: a sell); deep nesting was a RecursionError and a 500."""
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", data=payload)
+    body = await response.json()
+    assert response.status == 400
+    assert body["message"] == message
+    assert orders_received(config) == []

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+MAX_AHEAD_S = 60.0
+"""A `meta.timenow` further ahead of our clock than this is refused as stale: clocks are wrong somewhere."""
+
 
 async def index(_request: web.Request) -> web.Response:
     return web.json_response({"service": "tvbridge", "version": __version__, "status": "running"})
@@ -90,7 +93,15 @@ async def webhook(request: web.Request) -> web.Response:
 
     age_s = _age_s(alert)
     if age_s is not None and age_s > config.alerts.max_age_s:
-        return await _refuse_stale(request, alert, age_s, warnings)
+        message = f"alert is stale: meta.timenow is {age_s:.0f} s old, the limit is {config.alerts.max_age_s:.0f} s"
+        return await _refuse_stale(request, alert, age_s, warnings, message)
+    ahead_s = _ahead_s(alert)
+    if ahead_s is not None and ahead_s > MAX_AHEAD_S:
+        message = (
+            f"alert is stale: meta.timenow is {ahead_s:.0f} s ahead of this server's clock, the limit is"
+            f" {MAX_AHEAD_S:.0f} s; check the clock of the server and of the alert's sender"
+        )
+        return await _refuse_stale(request, alert, -ahead_s, warnings, message)
 
     decisions = tradingday.plan(app, alert)
     if any(d.action != "now" for d in decisions):
@@ -131,6 +142,15 @@ async def webhook(request: web.Request) -> web.Response:
     )
 
 
+def _ahead_s(alert: Alert) -> float | None:
+    """How far the newest `meta.timenow` is ahead of our clock: a future stamp has a negative age and would
+    pass the age check forever, so it is refused beyond `MAX_AHEAD_S` (clock skew)."""
+    stamps = [leg.meta.timenow for leg in alert.legs if leg.meta is not None and leg.meta.timenow is not None]
+    if not stamps:
+        return None
+    return (max(stamps) - datetime.now(UTC)).total_seconds()
+
+
 def _age_s(alert: Alert) -> float | None:
     stamp = oldest_timenow(alert)
     if stamp is None:
@@ -138,12 +158,14 @@ def _age_s(alert: Alert) -> float | None:
     return (datetime.now(UTC) - stamp).total_seconds()
 
 
-async def _refuse_stale(request: web.Request, alert: Alert, age_s: float, warnings: list[str]) -> web.Response:
-    """422 with status `stale`: nothing is sent, and the refusal is on record (journal, order log, log)."""
+async def _refuse_stale(
+    request: web.Request, alert: Alert, age_s: float, warnings: list[str], message: str
+) -> web.Response:
+    """422 with status `stale`: nothing is sent, and the refusal is on record (journal, order log, log).
+    `age_s` is negative for a `meta.timenow` ahead of our clock."""
     app = request.app
     config = app[CONFIG]
     alert_id = request[ALERT_ID]
-    message = f"alert is stale: meta.timenow is {age_s:.0f} s old, the limit is {config.alerts.max_age_s:.0f} s"
     results = [
         _stale_result(app, account, n, leg, message)
         for account in config.routing.accounts

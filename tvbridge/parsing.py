@@ -14,7 +14,7 @@ import difflib
 import json
 import re
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -52,6 +52,21 @@ E = TypeVar("E", bound=Enum)
 
 PLACEHOLDER: Final = re.compile(r"\{\{\s*[^{}]*?\s*\}\}")
 
+# Numbers are checked as ASCII text with bounded length BEFORE any int()/Decimal() conversion: `1e3000000` or a
+# 60 KB digit string would otherwise freeze the event loop (int(Decimal("1e400000")) is quadratic) or make
+# 10 MB order-log rows. A sign is let through the pattern so the range checks can say what is wrong with `-3`.
+MAX_INT_DIGITS: Final = 9
+MAX_DECIMAL_DIGITS: Final = (10, 8)
+WHOLE: Final = re.compile(r"(-?)([0-9]{1,9})(?:\.0{1,8})?")
+NUMERIC: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+DECIMAL: Final = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,8})?")
+ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+EPOCH_MS: Final = re.compile(r"[0-9]{1,15}")
+MAX_STAMP_CHARS: Final = 40
+MAX_LEGS: Final = 50
+MAX_ERROR_LINES: Final = 50
+MAX_SHOWN_CHARS: Final = 40
+
 # Alert keys (Dhan's / the guide's spelling) for our attribute names.
 LEG_KEYS: Final = {
     "side": "transactionType",
@@ -85,52 +100,84 @@ def _check_placeholder(value: str) -> None:
 
 
 def _structure_str(value: object, _: type) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+    """Text; a JSON integer is taken as its digits, a float is not (1e20 would become "1e+20")."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"must be a string, got {_describe(value)}")
     text = str(value).strip()
     _check_placeholder(text)
     return text
 
 
+def _structure_symbol(value: object, _: type) -> str:
+    """A symbol is a JSON string: a number would be reformatted (1e20 -> "1e+20") and name another instrument."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_describe(value)}")
+    return _structure_str(value, str)
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for a message, cut short: an error line must not echo 60 KB back."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
 def _describe(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str):
+        return _shown(value)
     return repr(value)
 
 
 def _text_of(value: object) -> str:
-    """A scalar as text, refusing objects, lists, null and booleans with a message that says what came."""
+    """A scalar as text, refusing objects, lists, null and booleans with a message that says what came.
+
+    A JSON float becomes its `repr` (1e+30, 101.5), so the number checks below see its exponent too."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"expected a value, got {_describe(value)}")
-    text = str(value).strip()
+    text = (repr(value) if isinstance(value, float) else str(value)).strip()
     _check_placeholder(text)
     return text
 
 
 def _structure_decimal(value: object, _: type) -> Decimal:
+    """Plain ASCII decimal text, at most 10 digits before the point and 8 after; checked before Decimal()."""
+    if isinstance(value, Decimal):  # from our own code (tests, conformance specs), not from JSON
+        value = str(value)
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {_describe(value)}")
     text = _text_of(value)
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"must be a number, got {text!r}") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"must be a number >= 0, got {text!r}")
-    return number
+    if DECIMAL.fullmatch(text):
+        return Decimal(text)
+    if not NUMERIC.fullmatch(text):
+        raise ValueError(f"must be a number, got {_shown(text)}")
+    if text.startswith("-"):
+        raise ValueError(f"must be a number >= 0, got {_shown(text)}")
+    before, after = MAX_DECIMAL_DIGITS
+    raise ValueError(
+        f"must have at most {before} digits before the decimal point and {after} after, got {_shown(text)}"
+    )
 
 
 def _structure_int(value: object, _: type) -> int:
+    """ASCII digits only (at most 9, an optional `.0`); no exponent, `_`, other scripts' digits or booleans."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, got {_describe(value)}")
     text = _text_of(value)
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"must be a whole number, got {text!r}") from None
-    if not number.is_finite() or number != number.to_integral_value():
-        raise ValueError(f"must be a whole number, got {text!r}")
-    return int(number)
+    whole = WHOLE.fullmatch(text)
+    if whole:
+        sign, digits = whole.groups()
+        return -int(digits) if sign else int(digits)
+    if NUMERIC.fullmatch(text) and "." not in text:
+        raise ValueError(f"must be a whole number of at most {MAX_INT_DIGITS} digits, got {_shown(text)}")
+    raise ValueError(f"must be a whole number, got {_shown(text)}")
 
 
 def _structure_enum(value: object, cls: type[E]) -> E:
@@ -149,20 +196,28 @@ def _structure_date(value: object, _: type) -> date:
         return value
     text = _text_of(value)
     try:
-        return date.fromisoformat(text[:10])
+        if ISO_DATE.fullmatch(text):
+            return date.fromisoformat(text)
+        # A full ISO timestamp (2026-11-26T00:00:00Z) is taken if it parses completely; `2026-11-26garbage` is not.
+        if len(text) <= MAX_STAMP_CHARS and ISO_DATE.match(text) and text[10:11] in {"T", " "}:
+            return datetime.fromisoformat(text).date()
     except ValueError:
-        raise ValueError(f"must be a date YYYY-MM-DD, got {text!r}") from None
+        pass
+    raise ValueError(f"must be a date YYYY-MM-DD, got {_shown(text)}")
 
 
 def _structure_datetime(value: object, _: type) -> datetime:
     text = _text_of(value)
+    stamp: datetime | None = None
     try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        try:  # TradingView's {{time}} can also arrive as epoch milliseconds
+        if EPOCH_MS.fullmatch(text):  # TradingView's {{time}} can also arrive as epoch milliseconds
             stamp = datetime.fromtimestamp(int(text) / 1000, UTC)
-        except (ValueError, OverflowError, OSError):
-            raise ValueError(f"must be an ISO 8601 time such as 2025-11-20T10:30:00Z, got {text!r}") from None
+        elif len(text) <= MAX_STAMP_CHARS and ISO_DATE.match(text):
+            stamp = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        pass
+    if stamp is None:
+        raise ValueError(f"must be an ISO 8601 time such as 2025-11-20T10:30:00Z, got {_shown(text)}")
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
@@ -182,11 +237,19 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
     if not leg.symbol:
         add("symbol", "must not be empty")
     if leg.instrument is Instrument.OPTION:
-        if leg.option_type is None:
-            add("option_type", "is required for instrument OPT (CE or PE)")
-        for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
-            if value is None:
-                add(field, "is required for options (the nearest expiry is not guessed)")
+        problems.extend(_option_problems(leg))
+    return problems
+
+
+def _option_problems(leg: OrderLeg) -> list[Exception]:
+    problems: list[Exception] = []
+    if leg.option_type is None:
+        problems.append(_field_error("option_type", "is required for instrument OPT (CE or PE)"))
+    for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
+        if value is None:
+            problems.append(_field_error(field, "is required for options (the nearest expiry is not guessed)"))
+    if leg.strike_price is not None and leg.strike_price <= 0:
+        problems.append(_field_error("strike_price", f"must be > 0 for options, got {leg.strike_price}"))
     return problems
 
 
@@ -211,7 +274,10 @@ def _fold_option(raw: Mapping[str, Any], leg: OrderLeg) -> OrderLeg:
 
 
 def _renamed(cls: type, keys: Mapping[str, str]) -> dict[str, Any]:
-    return {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
+    overrides = {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
+    if "symbol" in attrs.fields_dict(cls):
+        overrides["symbol"] = override(struct_hook=_structure_symbol)
+    return overrides
 
 
 def _error_name(name: str, keys: Mapping[str, str]) -> str:
@@ -271,7 +337,7 @@ def _register_alert(converter: cattrs.Converter) -> None:
     base_cancel = make_dict_structure_fn(CancelLeg, converter, **_renamed(CancelLeg, LEG_KEYS))
     base_order_alert = make_dict_structure_fn(OrderAlert, converter, **_renamed(OrderAlert, ALERT_KEYS))
     base_cancel_alert = make_dict_structure_fn(CancelAlert, converter, **_renamed(CancelAlert, ALERT_KEYS))
-    converter.register_structure_hook(Meta, make_dict_structure_fn(Meta, converter))
+    _register_meta(converter)
 
     def leg_hook(raw: object, _: type) -> OrderLeg:
         raw = _expect_object(raw)
@@ -299,6 +365,7 @@ def _register_alert(converter: cattrs.Converter) -> None:
         raw = dict(_expect_object(raw))
         if "id" not in raw and raw.get("idempotency_key") is not None:
             raw["id"] = raw["idempotency_key"]
+        _check_legs_list(raw.get("order_legs"))
         kind = raw.get("alertType")
         is_cancel = isinstance(kind, str) and kind.strip().lower() == AlertType.CANCEL_ORDER.value
         cls: type[OrderAlert | CancelAlert] = CancelAlert if is_cancel else OrderAlert
@@ -315,6 +382,16 @@ def _register_alert(converter: cattrs.Converter) -> None:
     )
 
 
+def _register_meta(converter: cattrs.Converter) -> None:
+    base_meta = make_dict_structure_fn(Meta, converter)
+
+    def meta_hook(raw: object, _: type) -> Meta:
+        # "meta": "x" or [...] must not pass as an empty Meta: that would skip the age check unseen.
+        return base_meta(_expect_object(raw), Meta)
+
+    converter.register_structure_hook(Meta, meta_hook)
+
+
 def _renamed_notes(exceptions: Sequence[Exception], keys: Mapping[str, str]) -> list[Exception]:
     """cattrs notes carry our attribute names; the trader reads the alert's keys (`transactionType`)."""
     for exc in exceptions:
@@ -328,6 +405,21 @@ def _expect_object(raw: object) -> Mapping[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"must be a JSON object, got {_describe(raw)}")
     return raw
+
+
+def _check_legs_list(legs: object) -> None:
+    """`order_legs` is a list of at most MAX_LEGS legs, checked before any leg is looked at: 64 KB of `{}` legs
+    took seconds and answered megabytes; a string or an object would be walked character by character or key
+    by key."""
+    if legs is None:
+        return  # "required field missing" comes from cattrs
+    if not isinstance(legs, list):
+        problem = f"must be a JSON list of legs, got {_describe(legs)}"
+    elif len(legs) > MAX_LEGS:
+        problem = f"at most {MAX_LEGS} legs in one alert, got {len(legs)}"
+    else:
+        return
+    raise ClassValidationError("invalid alert", [_field_error("order_legs", problem)], OrderAlert)
 
 
 def _check_alert(alert: Alert) -> Alert:
@@ -346,12 +438,33 @@ def _check_alert(alert: Alert) -> Alert:
     return alert
 
 
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook`: a key given twice is refused (`"transactionType":"B", ..., "transactionType":"S"`
+    would otherwise silently sell). One dict() and two len() per object: the cheap path stays in C."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object; `BadRequestError` (400) says why it is not one."""
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise BadRequestError("body is not JSON: it is not UTF-8 text") from None
+    except DuplicateKeyError as e:
+        raise BadRequestError(f"body has the key {_shown(str(e))} twice in one object: send each key once") from None
+    except RecursionError:
+        raise BadRequestError("body is not JSON: it is nested too deeply") from None
     except ValueError as e:
         detail = "the body is empty" if not body.strip() else str(e)
         raise BadRequestError(f"body is not JSON: {detail}") from None
@@ -368,9 +481,15 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
     leg_known |= {LEG_KEYS.get(f.name, f.name) for f in attrs.fields(CancelLeg)}
     meta_known = {f.name for f in attrs.fields(Meta)}
 
+    left_out = 0
+
     def check(mapping: Mapping[str, Any], known: set[str] | frozenset[str], where: str) -> None:
+        nonlocal left_out
         for key in mapping:
             if key not in known:
+                if len(warnings) >= MAX_ERROR_LINES:  # difflib per key is slow: thousands of keys blocked the loop
+                    left_out += 1
+                    continue
                 close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warnings.append(f"{where}{key}: unknown key, ignored{hint}")
@@ -384,6 +503,8 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
                 meta = leg.get("meta")
                 if isinstance(meta, dict):
                     check(meta, meta_known, f"order_legs[{i}].meta.")
+    if left_out:
+        warnings.append(f"... and {left_out} more unknown key(s) not shown")
     return warnings
 
 
@@ -392,8 +513,16 @@ def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:
     try:
         alert: Alert = converter.structure(raw, OrderAlert | CancelAlert)  # type: ignore[arg-type]  # a union is a valid target for a registered hook
     except (cattrs.BaseValidationError, ValueError) as e:
-        raise InvalidAlertError(validation_messages(e, root="alert")) from None
+        raise InvalidAlertError(_capped(validation_messages(e, root="alert"))) from None
     return alert
+
+
+def _capped(lines: list[str]) -> list[str]:
+    """At most MAX_ERROR_LINES lines in a 422, and a last line saying how many were left out."""
+    if len(lines) <= MAX_ERROR_LINES:
+        return lines
+    more = len(lines) - MAX_ERROR_LINES
+    return [*lines[:MAX_ERROR_LINES], f"... and {more} more problem(s) not shown: fix these first"]
 
 
 ALERT_EXAMPLE: Final = {
