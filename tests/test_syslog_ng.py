@@ -112,6 +112,12 @@ class SyslogNg:
             await asyncio.sleep(0.1)
         raise AssertionError(f"syslog-ng acknowledged {written} of {count} lines")
 
+    async def kill(self) -> None:
+        """Whatever happened in the test, no syslog-ng outlives it."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
     async def stop(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -147,30 +153,33 @@ async def test_syslog_ng_forwards_every_line_once_through_rotation_and_restarts(
     env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_RATE_LIMIT__ENABLED": "false", "TVBRIDGE_DEDUPE__ENABLED": "false"}
     collector = SyslogNg(binary, collector_dir, log, f"http://127.0.0.1:{sink.server.port}/ingest")
 
-    server = OpsServer(data, env).start()
     try:
-        await collector.start()
-        await post_alerts(server, 20)
-        log.rename(data / "webhook_server.log.1")  # logrotate: move, then SIGHUP
-        server.signal(signal.SIGHUP)
-        await post_alerts(server, 10)
-        sent = len(file_lines(data / "webhook_server.log.1", log))
-        await sink.wait_for(sent)
-        await collector.wait_acknowledged(sent)
-        await collector.stop()
-        await post_alerts(server, 10)  # written while the collector is down
-        await collector.start()
-    finally:
-        assert server.stop() == 0, server.output()
-    server = OpsServer(data, env).start()
-    try:
-        await post_alerts(server, 5)
-    finally:
-        assert server.stop() == 0, server.output()
+        server = OpsServer(data, env).start()
+        try:
+            await collector.start()
+            await post_alerts(server, 20)
+            log.rename(data / "webhook_server.log.1")  # logrotate: move, then SIGHUP
+            server.signal(signal.SIGHUP)
+            await post_alerts(server, 10)
+            sent = len(file_lines(data / "webhook_server.log.1", log))
+            await sink.wait_for(sent)
+            await collector.wait_acknowledged(sent)
+            await collector.stop()
+            await post_alerts(server, 10)  # written while the collector is down
+            await collector.start()
+        finally:
+            assert server.stop() == 0, server.output()
+        server = OpsServer(data, env).start()
+        try:
+            await post_alerts(server, 5)
+        finally:
+            assert server.stop() == 0, server.output()
 
-    expected = file_lines(data / "webhook_server.log.1", log)
-    await sink.wait_for(len(expected))
-    await collector.stop()
+        expected = file_lines(data / "webhook_server.log.1", log)
+        await sink.wait_for(len(expected))
+        await collector.stop()
+    finally:
+        await collector.kill()
     assert collections.Counter(sink.lines) == collections.Counter(expected)  # every line, exactly once
     parsed = collector.parsed.read_text().splitlines()
     assert collections.Counter(parsed) == collections.Counter(
