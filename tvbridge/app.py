@@ -26,20 +26,26 @@ from tvbridge.keys import (
     CREDENTIALS,
     EXECUTOR,
     JOURNAL,
+    METRICS,
+    NOTIFIER,
     NOW,
     ORDER_LOG,
     STATE,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
+from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
 from tvbridge.middlewares import build_middlewares
 from tvbridge.middlewares.dedupe import dedupe_ctx
 from tvbridge.middlewares.rate_limit import rate_limit_ctx
+from tvbridge.notify import Notifier, notify_ctx
+from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.recovery import recovery_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 from tvbridge.sessions import Calendar
+from tvbridge.status import status_events, status_page
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -64,11 +70,13 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=app[NOW],
     )
     app[EXECUTOR] = Executor(
-        brokers=app[BROKERS],
+        brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),
         broker_names=brokers_of(config),
         journal=app[JOURNAL],
         order_log=app[ORDER_LOG],
         on_leg_failure=config.alerts.on_leg_failure,
+        metrics=app[METRICS],
+        notifier=app[NOTIFIER],
         before_send=guard.before_send,
     )
     yield
@@ -93,12 +101,20 @@ def create_app(
     app[CREDENTIALS] = credentials
     app[STATE] = ServiceState()
     app[CLOCK] = time.monotonic
+    app[METRICS] = Metrics()
+    app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
+    if config.metrics.enabled:
+        app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
+    app.router.add_get("/status", status_page)
+    app.router.add_get("/status/events", status_events)
     app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
     # recovery after brokers and executor, before the first request and before the queue's scheduler
     app.cleanup_ctx.extend(
         [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx, scheduler_ctx]
     )
+    app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", handlers.index)
     app.router.add_get("/health", handlers.health)

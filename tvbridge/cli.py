@@ -22,11 +22,12 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
+from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
-from tvbridge.logsetup import configure_logging
+from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
@@ -61,6 +62,7 @@ def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     secret = sub.add_parser("secret", help="where the webhook secret is, and how to rotate it")
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
     brokers_command.add_parser(sub)
+    status_command.add_parser(sub)
     trading.add_parser(sub)
     return parser
 
@@ -98,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _check_config(config, converter)
         if args.command == "secret":
             return _secret(config, rotate=args.rotate)
+        if args.command == "status":
+            return status_command.run(args, config)
         if args.command in extra:
             return extra[args.command].run(args, config)
         return _serve(config, converter, lambda: _load(args, converter))
@@ -169,7 +173,7 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
         level=config.logging.level,
         fmt=config.logging.format,
         file=log_file,
-        secrets=[*credentials.all, *_broker_secrets(config)],
+        secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
     )
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
@@ -178,6 +182,13 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
     except OSError as e:
         log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
+
+
+def _on_sighup(app: web.Application, reload_config: Callable[[], Config] | None) -> None:
+    """SIGHUP: reopen the log file (after logrotate), then re-read the brokers' account tables (a renewed token)."""
+    log.info("log.reopened", files=reopen_log_files())
+    if reload_config is not None:
+        app[STATE].spawn(reload_brokers(app, reload_config), name="reload")
 
 
 async def _run(
@@ -192,10 +203,9 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if reload_config is not None:
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: app[STATE].spawn(reload_brokers(app, reload_config), name="reload")
-        )
+    # SIGHUP (logrotate's postrotate; a renewed broker token): asyncio keeps one handler per signal, so this one
+    # reopens the log file and reloads the brokers' account tables; the default action would kill us
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, app, reload_config)
     try:
         await runner.setup()
     except (PluginError, ConfigError) as e:

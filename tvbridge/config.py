@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 TRADINGVIEW_IPS: Final = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
 SECRET_KEYS: Final = frozenset(
     {"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret", "password", "token", "totp_secret"}
+    | {"urls"}  # notify.urls: apprise URLs carry bot tokens and passwords
 )
 """Keys whose values are never printed, logged or answered, wherever they appear (see `is_secret_key`)."""
 SECRET_SUFFIXES: Final = ("token", "secret", "password", "passphrase", "private_key", "api_key", "secret_key")
@@ -159,6 +160,39 @@ class JournalConfig:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """`GET /metrics` (docs/operations.md): who may scrape without the admin token."""
+
+    enabled: bool = True
+    require_token: bool = False
+    """true: every scrape needs the admin token (Bearer, or Basic's password), also from `allow`."""
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """Addresses (IPs or CIDRs) that may scrape without the token; loopback by default."""
+
+
+def _notify_kinds(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    from tvbridge.notify import KINDS  # noqa: PLC0415 - notify imports config's types
+
+    unknown = [kind for kind in value if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"{attribute.name}: unknown event {unknown[0]!r}; known: {', '.join(KINDS)}")
+
+
+@attrs.frozen(kw_only=True)
+class NotifyConfig:
+    """Notifications through apprise (docs/operations.md); off while `urls` is empty."""
+
+    urls: tuple[str, ...] = attrs.field(default=(), repr=False)
+    """apprise URLs (tgram://, discord://, slack://, mailto://, json://...); they hold tokens: kept secret."""
+    events: tuple[str, ...] = attrs.field(
+        default=("leg_failed", "unknown_outcome", "token_expired", "halted", "resumed", "queued_sent", "journal_error"),
+        validator=_notify_kinds,
+    )
+    min_interval_s: float = attrs.field(default=60.0, validator=_non_negative)
+    """Per kind, events within this long after a message are folded into one message with their count."""
+
+
+@attrs.frozen(kw_only=True)
 class RoutingConfig:
     accounts: tuple[str, ...] = ()
     """Empty means the default: `["dhan"]` when `DHAN_CLIENT_ID` is set, else `["paper"]`."""
@@ -258,6 +292,8 @@ class Config:
     order_log: OrderLogConfig = OrderLogConfig()
     journal: JournalConfig = JournalConfig()
     routing: RoutingConfig = RoutingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
     sessions: SessionsConfig = SessionsConfig()
     risk: RiskConfig = RiskConfig()
     accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)

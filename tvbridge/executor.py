@@ -36,6 +36,7 @@ from tvbridge.broker import (
 )
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
+from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
     CancelAlert,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.journal import Journal, PlannedLeg
+    from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
 
 log = structlog.get_logger()
@@ -118,6 +120,8 @@ class Executor:
         journal: Journal,
         order_log: OrderLog,
         on_leg_failure: Literal["stop", "continue"],
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
         before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
     ) -> None:
         self._brokers = brokers
@@ -125,6 +129,8 @@ class Executor:
         self._journal = journal
         self._order_log = order_log
         self._continue = on_leg_failure == "continue"
+        self._metrics = metrics or Metrics()
+        self._notifier = notifier
         self._before_send = before_send
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
 
@@ -151,6 +157,7 @@ class Executor:
             else:
                 results.extend(outcome)
         status = summarize(results)
+        self._metrics.alert_finished(status.value)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
         crash_point("before_finish")
         # the order log first: a crash between the two leaves the alert unfinished, so recovery writes its rows
@@ -163,6 +170,8 @@ class Executor:
             await self._journal.finish_alert(alert_id, status.value, body, results)
         except Exception:
             log.exception("journal.finish_failed", alert_id=alert_id)
+            if self._notifier is not None:
+                self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
         log.info(
             "alert.processed",
             alert_id=alert_id,
@@ -203,6 +212,9 @@ class Executor:
             result = await self._leg(alert_id, account, number, leg, resume=resume, done=unjournaled)
             unjournaled = result
             results.append(result)
+            self._metrics.leg_finished(result)
+            if self._notifier is not None:
+                self._notifier.leg_finished(alert_id, result)
             log.info(
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
                 alert_id=alert_id,

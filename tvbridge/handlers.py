@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__, tradingday
+from tvbridge import __version__, metrics, tradingday
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
@@ -177,6 +177,7 @@ async def _refuse_stale(
     await app[JOURNAL].finish_alert(alert_id, AlertStatus.STALE.value, body, results)
     await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
     log.warning("alert.stale", age_s=round(age_s, 1), max_age_s=config.alerts.max_age_s)
+    metrics.alert_outcome(app, AlertStatus.STALE.value)
     return web.json_response(body, status=422)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -107,6 +108,7 @@ class Journal:
         self._db = SqliteWorker(path, synchronous=synchronous, name="journal")
         self.healthy = True
         self.last_error = ""
+        self._on_commit: Callable[[float], None] | None = None
 
     async def open(self) -> None:
         try:
@@ -118,7 +120,13 @@ class Journal:
     async def close(self) -> None:
         await self._db.close()
 
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Report the seconds each write took to be committed, waiting for its group commit included, to
+        `observer` (metrics: that wait is part of every answer's 3-second budget)."""
+        self._on_commit = observer
+
     async def _write(self, fn: Any) -> Any:
+        started = time.perf_counter()
         try:
             result = await self._db.write(fn)
         except sqlite3.IntegrityError as e:  # a bad row, not a bad disk: the journal itself is fine
@@ -128,6 +136,8 @@ class Journal:
             self.last_error = f"{type(e).__name__}: {e}"
             raise JournalError("journal unwritable: the alert was not recorded") from e
         self.healthy = True
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started)
         return result
 
     async def record_alert(

@@ -18,8 +18,10 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.executor import Executor  # noqa: F401
     from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
+    from tvbridge.metrics import Metrics  # noqa: F401
     from tvbridge.middlewares.dedupe import Deduper  # noqa: F401
     from tvbridge.middlewares.rate_limit import RateLimiter  # noqa: F401
+    from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
@@ -32,6 +34,9 @@ ORDER_LOG = web.AppKey["OrderLog"]("order_log")
 BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 EXECUTOR = web.AppKey["Executor"]("executor")
 STATE = web.AppKey["ServiceState"]("state")
+METRICS = web.AppKey["Metrics"]("metrics")
+"""The app's own Prometheus registry and metrics (never the process-global default registry)."""
+NOTIFIER = web.AppKey["Notifier"]("notifier")
 NOW = web.AppKey["Callable[[], datetime]"]("now")
 """The wall clock as an aware datetime: exchange sessions, the queue and the daily risk count ask it (never the
 machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""

@@ -131,3 +131,18 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         cache_logger_on_first_use=cache,
     )
+
+
+def reopen_log_files() -> list[str]:
+    """SIGHUP: reopen every log file that logrotate moved away, so the next line goes to the new file.
+
+    `WatchedFileHandler` notices a move by itself before each line; this makes the reopen happen now (the old
+    file is closed at once, as `postrotate ... kill -HUP` expects). A file still in place is left open: nothing
+    is lost or written twice either way.
+    """
+    reopened: list[str] = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()
+            reopened.append(handler.baseFilename)
+    return reopened

@@ -25,7 +25,7 @@ import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge import alertqueue
+from tvbridge import alertqueue, notify
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import BadRequestError, HaltedError
 from tvbridge.executor import planned_legs, response_body
@@ -350,6 +350,7 @@ async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) 
         body = _combined_body(alert_id, alert, [*ran, *failed], [], [])
         await journal.finish_alert(alert_id, body["status"], body, failed)
         log.info("queue.sent", accounts=names, status=body["status"])
+        notify.event(app, "queued_sent", f"queued alert {alert_id} sent to {', '.join(names)}: {body['status']}")
     if running or dropped:
         await scheduler.mark_sent(alert_id, [d.account for d in [*running, *dropped]])
 
@@ -401,6 +402,7 @@ async def halt(request: web.Request) -> web.Response:
     reason = await _reason(request) or "halted through POST /admin/halt"
     state = set_halt(halt_path(request.app[CONFIG].server.data_dir), reason=reason, by="admin api")
     log.warning("trading.halted", reason=reason, by="admin api")
+    notify.event(request.app, "halted", f"trading halted through the admin API: {reason}")
     return web.json_response({"halted": True, "reason": state.reason, "since": state.since})
 
 
@@ -410,6 +412,7 @@ async def resume(request: web.Request) -> web.Response:
     require_admin(request)
     was = clear_halt(halt_path(request.app[CONFIG].server.data_dir))
     log.warning("trading.resumed", by="admin api", was_halted=was)
+    notify.event(request.app, "resumed", "trading resumed through the admin API")
     request.app[SCHEDULER].wake.set()
     return web.json_response({"halted": False, "was_halted": was})
 

@@ -42,6 +42,7 @@ from aiohttp import web
 from tvbridge.errors import JournalError, UnavailableError
 from tvbridge.journal import UNFINISHED
 from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT
+from tvbridge.metrics import dedupe_hit
 from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ def duplicate_answer(request: web.Request, first_id: str, record: Mapping[str, A
         "warnings": response.get("warnings", []),
     }
     log.info("dedupe.duplicate", reason="same alert within the window", duplicate_of=first_id, running=running)
+    dedupe_hit(request.app)
     return web.json_response(body, status=202 if running else 200)
 
 

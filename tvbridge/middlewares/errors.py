@@ -15,6 +15,7 @@ from aiohttp import web
 
 from tvbridge.errors import InvalidAlertError, RateLimitedError, TvBridgeError, http_status_of
 from tvbridge.keys import ALERT_ID, SOURCE_IP
+from tvbridge.metrics import reason_of, refused
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
@@ -34,6 +35,7 @@ def errors() -> Middleware:
             return await handler(request)
         except TvBridgeError as e:
             status = http_status_of(e)
+            refused(request.app, reason_of(e))
             extra: dict[str, Any] = {}
             headers: dict[str, str] = {}
             if isinstance(e, InvalidAlertError):

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge.keys import ALERT_ID, SOURCE_IP
+from tvbridge.metrics import observe_request
 from tvbridge.routes import public_path
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def request_id() -> Middleware:
         started = time.perf_counter()
         response = await handler(request)
         response.headers["X-Request-ID"] = alert_id
+        observe_request(request, response.status, time.perf_counter() - started)
         log.info(
             "http.request",
             method=request.method,

@@ -1,0 +1,159 @@
+"""Notifications: a JSON-webhook target (apprise's `json://`) on a loopback sink the test runs.
+
+What the operator gets: a message per failed leg, never a secret, never a slower answer to TradingView (the sink
+is slow on purpose), and a storm of failures folded into one message with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+
+from tvbridge.config import Config, NotifyConfig
+from tvbridge.errors import ConfigError
+
+SINK_DELAY_S = 1.0
+WAIT_S = 20.0
+
+
+@attrs.define
+class Sink:
+    server: TestServer
+    received: list[dict[str, Any]]
+    arrived: asyncio.Condition
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.server.port}/hook"
+
+    async def wait_for(self, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(WAIT_S), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.received) >= count)
+        return self.received
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    """A slow chat API: it takes a second to answer each message."""
+    received: list[dict[str, Any]] = []
+    arrived = asyncio.Condition()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        async with arrived:
+            arrived.notify_all()
+        await asyncio.sleep(SINK_DELAY_S)  # a slow target, not synchronisation
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield Sink(server, received, arrived)
+    await server.close()
+
+
+def notifying(config: Config, sink: Sink, min_interval_s: float) -> Config:
+    config = with_accounts(config, {"s": {"broker": "scripted", "reject_symbols": ["BAD"]}})
+    return attrs.evolve(config, notify=NotifyConfig(urls=(sink.url,), min_interval_s=min_interval_s))
+
+
+async def test_a_failed_leg_notifies_without_delaying_the_answer(
+    make_client: ClientFactory, config: Config, sink: Sink
+) -> None:
+    """The webhook answers long before the slow target has taken the message; the message names the account,
+    the leg, the broker's reason and the alert id, and holds no secret. A placed leg notifies nothing."""
+    client = await make_client(notifying(config, sink, 60))
+    assert (await client.post("/webhook", json=alert())).status == 200
+    started = time.perf_counter()
+    response = await client.post("/webhook", json=alert(leg(symbol="BAD")))
+    assert time.perf_counter() - started < SINK_DELAY_S / 2
+    alert_id = (await response.json())["alert_id"]
+    (message,) = await sink.wait_for(1)
+    assert message["title"] == "tvbridge: order leg failed"
+    assert "s leg 1 (B 10 BAD): BAD is not tradeable here" in message["message"]
+    assert alert_id in message["message"]
+    assert SECRET not in str(message)
+
+
+async def test_a_storm_of_failures_is_one_message_with_a_count(
+    make_client: ClientFactory, config: Config, sink: Sink
+) -> None:
+    """Eight failures in a row: the first is sent at once, the other seven become one message saying so, and
+    nothing more is sent (the server is stopped, which sends anything still held back)."""
+    client = await make_client(notifying(config, sink, 1.0))
+    for n in range(8):  # different quantities: not repeats for dedupe
+        assert (await client.post("/webhook", json=alert(leg(symbol="BAD", quantity=str(n + 1))))).status == 200
+    first, summary = await sink.wait_for(2)
+    assert first["title"] == "tvbridge: order leg failed"
+    assert summary["title"] == "tvbridge: order leg failed (7 more)"
+    assert summary["message"].startswith("7 more since the last message. The latest: s leg 1")
+    await client.close()
+    assert len(sink.received) == 2
+
+
+async def test_held_back_failures_are_sent_at_shutdown(config: Config, sink: Sink, converter: Any) -> None:
+    """Failures folded into a later message are not lost when the server stops first."""
+    from tvbridge.app import create_app  # noqa: PLC0415 - a server stopped by hand here
+    from tvbridge.secretstore import resolve_credentials  # noqa: PLC0415 - same
+
+    app = create_app(notifying(config, sink, 3600), converter, resolve_credentials(config))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    from aiohttp import ClientSession  # noqa: PLC0415 - only here
+
+    async with ClientSession() as session:
+        for n in range(3):
+            bad = alert(leg(symbol="BAD", quantity=str(n + 1)))
+            async with session.post(server.make_url("/webhook"), json=bad) as response:
+                assert response.status == 200
+    await server.close()
+    titles = [m["title"] for m in await sink.wait_for(2)]
+    assert titles == ["tvbridge: order leg failed", "tvbridge: order leg failed (2 more)"]
+
+
+def test_an_unknown_event_kind_is_a_config_error(config: Config, converter: Any) -> None:
+    """A typo in notify.events stops the start, naming the known kinds."""
+    from tvbridge.config import load_config  # noqa: PLC0415 - only here
+
+    with pytest.raises(ConfigError, match="unknown event 'leg_faild'"):
+        load_config(None, converter, {"TVBRIDGE_NOTIFY__EVENTS": '["leg_faild"]'}, config.server.data_dir)
+
+
+def test_urls_are_secrets_and_a_bad_one_stops_the_start(config: Config, converter: Any) -> None:
+    """`tvbridge check-config` masks notify.urls (they carry bot tokens); a URL apprise does not know is a
+    config error that does not echo the URL."""
+    from tvbridge.config import effective_settings  # noqa: PLC0415 - only here
+    from tvbridge.notify import Notifier  # noqa: PLC0415 - only here
+
+    secret_url = "tgram://123456:SECRET-BOT-TOKEN/987"
+    shown = effective_settings(attrs.evolve(config, notify=NotifyConfig(urls=(secret_url,))), converter)
+    assert shown["notify"]["urls"] == "********"
+    with pytest.raises(ConfigError) as raised:
+        Notifier(NotifyConfig(urls=("nosuchscheme://x-SECRET",)))
+    assert "SECRET" not in str(raised.value)
+
+
+async def test_halt_and_resume_notify(make_client: ClientFactory, config: Config, sink: Sink) -> None:
+    """POST /admin/halt and /admin/resume each send a message (the kill switch is news for the operator)."""
+    from tvbridge.keys import CREDENTIALS  # noqa: PLC0415 - only here
+
+    client = await make_client(notifying(config, sink, 60))
+    assert client.app is not None
+    auth = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+    assert (await client.post("/admin/halt", json={"reason": "news"}, headers=auth)).status == 200
+    assert (await client.post("/admin/resume", headers=auth)).status == 200
+    halted, resumed = await sink.wait_for(2)
+    assert (halted["title"], halted["message"]) == (
+        "tvbridge: trading halted",
+        "trading halted through the admin API: news",
+    )
+    assert resumed["title"] == "tvbridge: trading resumed"

@@ -1,0 +1,345 @@
+"""`GET /status`: what happened today, at a glance, in a browser; live through server-sent events.
+
+For the operator who wants to see, without a terminal, whether the server and brokers are healthy, whether
+trading is halted, which alerts came today (India's trading day, Asia/Kolkata) with their legs and results, and
+the paper broker's open positions. The page needs the admin token (HTTP Basic with the token as password, so a
+browser asks for it; or Bearer). It opens `GET /status/events`, an event stream that sends the whole summary
+again whenever the journal changes; the stream's URL carries an HMAC of the admin token (never the token), so
+the browser's EventSource needs no header. The journal is the only source of the alerts shown: what the page
+shows is what recovery and `GET /alerts/<id>` see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+from datetime import UTC, datetime, time
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiohttp import web
+
+from tvbridge import __version__
+from tvbridge.access import has_admin_token
+from tvbridge.keys import ALERT_ID, BROKERS, CALENDAR, CONFIG, CREDENTIALS, JOURNAL, NOW, SOURCE_IP, STATE
+from tvbridge.metrics import is_halted
+from tvbridge.sessions import EXCHANGES
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from tvbridge.broker import Broker
+
+log = structlog.get_logger()
+
+MARKET_TZ: Final = ZoneInfo("Asia/Kolkata")
+MAX_ALERTS: Final = 200
+POLL_S: Final = 0.25
+"""How often an open event stream looks for a change in the journal (one small read)."""
+KEEPALIVE_S: Final = 15.0
+
+
+def _stream_key(request: web.Request) -> str:
+    token = request.app[CREDENTIALS].admin_token
+    return hmac.new(token.encode(), b"tvbridge status events", hashlib.sha256).hexdigest()
+
+
+def _refusal(request: web.Request, *, stream: bool = False) -> web.Response | None:
+    """None when the request may see the status; else the 401 that makes a browser ask for the token."""
+    if has_admin_token(request):
+        return None
+    if stream and hmac.compare_digest(request.query.get("key", ""), _stream_key(request)):
+        return None
+    log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
+    body = {"status": "error", "message": "admin token required", "alert_id": request.get(ALERT_ID)}
+    return web.json_response(
+        body, status=401, headers={"WWW-Authenticate": 'Basic realm="tvbridge status", charset="UTF-8"'}
+    )
+
+
+def _day_start_utc(now: datetime) -> str:
+    local = now.astimezone(MARKET_TZ)
+    return datetime.combine(local.date(), time(), MARKET_TZ).astimezone(UTC).isoformat()
+
+
+def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT alert_id, received_at, alert_type, status, updated_at FROM alerts WHERE received_at >= ?"
+        " ORDER BY received_at DESC LIMIT ?",
+        (since, MAX_ALERTS),
+    ).fetchall()
+    ids = [row["alert_id"] for row in rows]
+    legs: dict[str, list[dict[str, Any]]] = {alert_id: [] for alert_id in ids}
+    if ids:
+        marks = ",".join("?" * len(ids))
+        for leg in conn.execute(
+            f"SELECT alert_id, account, leg_number, state, order_id, message, result FROM legs"  # noqa: S608 - only placeholders
+            f" WHERE alert_id IN ({marks}) ORDER BY account, leg_number",
+            ids,
+        ):
+            result = json.loads(leg["result"]) if leg["result"] else {}
+            legs[leg["alert_id"]].append(
+                {
+                    "account": leg["account"],
+                    "leg": leg["leg_number"],
+                    "state": leg["state"],
+                    "symbol": result.get("symbol", ""),
+                    "transaction": result.get("transaction", ""),
+                    "quantity": result.get("quantity", ""),
+                    "order_id": leg["order_id"],
+                    "message": leg["message"] or "",
+                }
+            )
+    version = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,)).fetchone()
+    return {
+        "version": f"{version[0]}:{version[1]}",
+        "alerts": [
+            {
+                "alert_id": row["alert_id"],
+                "received_at": row["received_at"],
+                "alert_type": row["alert_type"],
+                "status": row["status"],
+                "legs": legs[row["alert_id"]],
+            }
+            for row in rows
+        ],
+    }
+
+
+async def _broker_health(account: str, broker: Broker) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(2):
+            health = await broker.health()
+    except Exception as e:  # noqa: BLE001 - a failing health check is a finding
+        return {"account": account, "ok": False, "detail": f"health check failed: {type(e).__name__}"}
+    return {"account": account, "ok": health.ok, "detail": health.detail}
+
+
+async def _positions(account: str, broker: Broker) -> list[dict[str, Any]]:
+    """Open positions of brokers that can list them (the paper broker); others show none."""
+    positions = getattr(broker, "positions", None)
+    if positions is None:
+        return []
+    try:
+        async with asyncio.timeout(2):
+            found = await positions()
+    except Exception:  # noqa: BLE001 - positions are a nicety on this page
+        return []
+    return [
+        {
+            "account": account,
+            "symbol": str(getattr(p, "symbol", "")),
+            "exchange": str(getattr(p, "exchange", "")),
+            "net_quantity": str(getattr(p, "net_quantity", "")),
+            "average_price": str(getattr(p, "average_price", "") or ""),
+        }
+        for p in found
+    ]
+
+
+async def summary(app: web.Application) -> dict[str, Any]:
+    """Everything the page shows, as JSON (the event stream sends this)."""
+    now = datetime.now(UTC)
+    journal = app[JOURNAL]
+    today = await journal.read(lambda conn: _alerts_today(conn, _day_start_utc(now)))
+    brokers = app.get(BROKERS, {})
+    state = app[STATE]
+    config = app[CONFIG]
+    health = await asyncio.gather(*(_broker_health(a, b) for a, b in brokers.items()))
+    positions = [p for found in await asyncio.gather(*(_positions(a, b) for a, b in brokers.items())) for p in found]
+    clock = app[NOW]()
+    calendar = app[CALENDAR]
+    market = []
+    for exchange in EXCHANGES:
+        found = calendar.status(exchange, clock)
+        market.append(
+            {
+                "exchange": exchange,
+                "open": found.open,
+                "phase": found.phase,
+                "reason": found.reason,
+                "next_open": found.next_open.astimezone(MARKET_TZ).isoformat() if found.next_open else None,
+            }
+        )
+    return {
+        "market": market,
+        "server": {
+            "version": __version__,
+            "started_at": state.started_at.isoformat(),
+            "now": now.isoformat(),
+            "accepting": not state.shutting_down,
+            "halted": is_halted(app),
+            "journal_ok": journal.healthy,
+            "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
+        },
+        "brokers": health,
+        "positions": positions,
+        **today,
+    }
+
+
+def _cell(value: object) -> str:
+    return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
+
+
+def render_alerts(alerts: list[dict[str, Any]]) -> str:
+    """Server-side rendering of the alerts table body (the page's script renders the same from the stream)."""
+    rows = []
+    for alert in alerts:
+        legs = "; ".join(
+            f"{leg['account']} #{leg['leg']} {leg['transaction']} {leg['quantity']} {leg['symbol']}: {leg['state']}"
+            + (f" ({leg['order_id']})" if leg["order_id"] else "")
+            for leg in alert["legs"]
+        )
+        rows.append(
+            f'<tr data-alert-id="{html.escape(alert["alert_id"])}" class="{html.escape(alert["status"])}">'
+            + _cell(alert["received_at"][11:19])
+            + _cell(alert["alert_id"])
+            + _cell(alert["alert_type"])
+            + _cell(alert["status"])
+            + _cell(legs)
+            + "</tr>"
+        )
+    return "\n".join(rows) or '<tr><td colspan="5">no alerts today</td></tr>'
+
+
+PAGE: Final = (resources.files("tvbridge") / "status.html").read_text(encoding="utf-8")
+"""The page; its script renders the stream's summaries the same way `render_alerts` does on the server."""
+
+
+def render_market(market: list[dict[str, Any]]) -> str:
+    return "".join(
+        f'<tr>{_cell(m["exchange"])}<td class="{"ok" if m["open"] else "bad"}">{html.escape(m["phase"])}</td>'
+        f"{_cell(m['reason'])}{_cell(('next open ' + m['next_open'][:16].replace('T', ' ')) if m['next_open'] else '')}"
+        "</tr>"
+        for m in market
+    )
+
+
+def _server_html(server: dict[str, Any]) -> str:
+    parts = [
+        '<span class="ok">accepting alerts</span>' if server["accepting"] else '<span class="bad">shutting down</span>',
+        '<span class="bad">HALTED</span>' if server["halted"] else "not halted",
+        "journal " + ('<span class="ok">ok</span>' if server["journal_ok"] else '<span class="bad">FAILING</span>'),
+        f"up since {html.escape(server['started_at'])}",
+    ]
+    return " · ".join(parts)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    if (refused := _refusal(request)) is not None:
+        return refused
+    data = await summary(request.app)
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and "text/html" not in accept:  # `tvbridge status`, scripts
+        return web.json_response(data, dumps=lambda d: json.dumps(d, default=str))
+    brokers = "".join(
+        f'<tr>{_cell(b["account"])}<td class="{"ok" if b["ok"] else "bad"}">{"ok" if b["ok"] else "DOWN"}</td>'
+        f"{_cell(b['detail'])}</tr>"
+        for b in data["brokers"]
+    )
+    positions = "".join(
+        f"<tr>{_cell(p['account'])}{_cell(p['exchange'] + ' ' + p['symbol'])}{_cell(p['net_quantity'])}"
+        f"{_cell(p['average_price'])}</tr>"
+        for p in data["positions"]
+    )
+    page = (
+        PAGE.replace("__VERSION__", html.escape(__version__))
+        .replace("__SERVER__", _server_html(data["server"]))
+        .replace("__BROKERS__", brokers)
+        .replace("__MARKET__", render_market(data["market"]))
+        .replace("__COUNT__", f"({len(data['alerts'])})")
+        .replace("__ALERTS__", render_alerts(data["alerts"]))
+        .replace("__POSITIONS__", positions)
+        .replace("__KEY__", _stream_key(request))
+    )
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self' 'unsafe-inline'"},
+    )
+
+
+async def status_events(request: web.Request) -> web.StreamResponse:
+    """The summary as `event: summary` now and after every change in the journal; a comment keeps it open."""
+    if (refused := _refusal(request, stream=True)) is not None:
+        return refused
+    app = request.app
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    journal = app[JOURNAL]
+    loop = asyncio.get_running_loop()
+    seen = ""
+    quiet_since = loop.time()
+    while not app[STATE].shutting_down:
+        since = _day_start_utc(datetime.now(UTC))
+
+        def changed(conn: sqlite3.Connection, since: str = since) -> str:
+            row = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,))
+            count, latest = row.fetchone()
+            return f"{count}:{latest}"
+
+        version = await journal.read(changed)
+        if version != seen:
+            seen = version
+            data = json.dumps(await summary(app), default=str)
+            await response.write(f"event: summary\ndata: {data}\n\n".encode())
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since > KEEPALIVE_S:
+            await response.write(b": keepalive\n\n")
+            quiet_since = loop.time()
+        await asyncio.sleep(POLL_S)  # the stream's own pace: one small journal read per tick
+    return response
+
+
+def status_paths() -> dict[str, Any]:
+    """The OpenAPI description of the two routes (merged into /openapi.json)."""
+    unauthorized = {
+        "description": "the admin token is missing or wrong (asks for HTTP Basic)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    security: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
+    return {
+        "/status": {
+            "get": {
+                "summary": "The live status page (HTML)",
+                "operationId": "statusPage",
+                "security": security,
+                "responses": {
+                    "200": {
+                        "description": "the page; its summary as JSON with `Accept: application/json`",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        },
+                    },
+                    "401": unauthorized,
+                },
+            }
+        },
+        "/status/events": {
+            "get": {
+                "summary": "Server-sent events: the page's summary, again after each change",
+                "operationId": "statusEvents",
+                "security": security,
+                "parameters": [
+                    {"name": "key", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "an event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "401": unauthorized,
+                },
+            }
+        },
+    }
