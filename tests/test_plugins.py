@@ -9,13 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import helpers
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
+from helpers import SECRET, ClientFactory
 from structlog.testing import capture_logs
 
 try:
@@ -36,24 +35,13 @@ if TYPE_CHECKING:
 
 
 Venue = tuple[FakeVenue, str]
-ClientFactory = Callable[[Config], Awaitable[TestClient[web.Request, web.Application]]]
-SECRET = "test-secret-0123456789abcdef"  # conftest's
 
 
 def leg(**overrides: str) -> dict[str, Any]:
     """One leg as the guide's alert template sends it (strings), without `meta` (no age check)."""
-    base = {
-        "transactionType": "B",
-        "orderType": "MKT",
-        "quantity": "10",
-        "exchange": "NSE",
-        "symbol": "RELIANCE",
-        "instrument": "EQ",
-        "productType": "C",
-        "sort_order": "1",
-        "price": "0",
-    }
-    return {**base, **overrides}
+    without_meta = helpers.leg(**overrides)
+    del without_meta["meta"]
+    return without_meta
 
 
 def alert(*legs: dict[str, Any]) -> dict[str, Any]:
