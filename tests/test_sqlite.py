@@ -1,4 +1,5 @@
-"""The journal's SQLite worker: group commit, and one bad write failing alone."""
+"""The journal's SQLite flavours (on the event loop, or on a worker thread): group commit, one bad write failing
+alone, a transaction that fails failing all its writes, nothing left hanging at close."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tvbridge.sqlite import SqliteWorker
+from tvbridge.sqlite import InlineSqlite, SqliteWorker, open_database
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,16 +24,25 @@ def insert(value: int) -> Callable[[sqlite3.Connection], int]:
     return fn
 
 
-async def make(tmp_path: Path) -> SqliteWorker:
-    db = SqliteWorker(tmp_path / "w.sqlite3", synchronous="normal")
+Database = InlineSqlite | SqliteWorker
+
+
+@pytest.fixture(params=["inline", "thread"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def make(tmp_path: Path, flavour: str = "thread") -> Database:
+    path = tmp_path / "w.sqlite3"
+    db: Database = InlineSqlite(path, synchronous="normal") if flavour == "inline" else SqliteWorker(path)
     await db.start()
     await db.write(lambda conn: conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
     return db
 
 
-async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+async def test_concurrent_writes_share_commits(tmp_path: Path, flavour: str) -> None:
     """200 writes issued at once are all committed, in far fewer transactions than writes."""
-    db = await make(tmp_path)
+    db = await make(tmp_path, flavour)
     before = db.batches
     results = await asyncio.gather(*(db.write(insert(i)) for i in range(200)))
     assert results == list(range(200))
@@ -41,9 +51,9 @@ async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     await db.close()
 
 
-async def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
+async def test_a_failing_write_fails_alone(tmp_path: Path, flavour: str) -> None:
     """In one batch, a write that violates a constraint raises to its caller; the others are committed."""
-    db = await make(tmp_path)
+    db = await make(tmp_path, flavour)
     await db.write(insert(1))
     outcomes: tuple[object, ...] = await asyncio.gather(
         db.write(insert(2)),
@@ -95,9 +105,64 @@ async def test_a_write_that_rolls_back_the_transaction_fails_the_whole_batch(tmp
     await db.close()
 
 
-async def test_a_write_after_close_is_refused_not_left_hanging(tmp_path: Path) -> None:
-    db = await make(tmp_path)
+async def test_a_write_after_close_is_refused_not_left_hanging(tmp_path: Path, flavour: str) -> None:
+    db = await make(tmp_path, flavour)
     closing = asyncio.ensure_future(db.close())
     with pytest.raises(sqlite3.ProgrammingError, match=r"not open|closed"):
         await asyncio.wait_for(db.write(insert(9)), timeout=5)
     await closing
+
+
+async def test_on_the_loop_a_failed_transaction_fails_every_write_of_its_group(tmp_path: Path) -> None:
+    """The same promise as the worker's: writes issued in one loop turn share a transaction, and when SQLite
+    rolls it back (disk full) every one of them is reported failed and none is in the database."""
+    db = await make(tmp_path, "inline")
+    await db.write(lambda conn: conn.execute("CREATE TABLE big (x TEXT)"))
+
+    def before(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO big VALUES ('A')")
+
+    def disk_full(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        conn.execute("INSERT INTO big VALUES (?)", ("x" * 100_000,))
+
+    def after(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA max_page_count=1000000")
+        conn.execute("INSERT INTO big VALUES ('D')")
+
+    outcomes = await asyncio.gather(db.write(before), db.write(disk_full), db.write(after), return_exceptions=True)
+    assert all(isinstance(o, sqlite3.Error) for o in outcomes), outcomes
+    assert await db.read(lambda conn: conn.execute("SELECT x FROM big WHERE length(x) < 10").fetchall()) == []
+    await db.close()
+
+
+async def test_on_the_loop_a_returned_write_is_committed_and_close_checkpoints(tmp_path: Path) -> None:
+    """A write that returned is visible to another connection at once (committed, not buffered); after close
+    the checkpointer has moved everything into the database file and emptied the WAL."""
+    path = tmp_path / "w.sqlite3"
+    db = InlineSqlite(path, synchronous="normal")
+    await db.start()
+    await db.write(lambda conn: conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
+    await asyncio.gather(*(db.write(insert(i)) for i in range(300)))
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    finally:
+        other.close()
+    await db.close()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    reopened = sqlite3.connect(path)
+    try:
+        assert reopened.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    finally:
+        reopened.close()
+
+
+def test_the_setting_chooses_the_flavour(tmp_path: Path) -> None:
+    """Commits that fsync (full) must not block the event loop: they get the worker thread."""
+    assert isinstance(open_database(tmp_path / "a", synchronous="normal", name="j"), InlineSqlite)
+    assert isinstance(open_database(tmp_path / "b", synchronous="full", name="j"), SqliteWorker)
+    with pytest.raises(ValueError, match="fsyncs every commit"):
+        InlineSqlite(tmp_path / "c", synchronous="full")

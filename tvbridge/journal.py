@@ -30,7 +30,7 @@ import attrs
 
 from tvbridge.errors import JournalError
 from tvbridge.models import LegStatus
-from tvbridge.sqlite import SqliteWorker, Synchronous
+from tvbridge.sqlite import Synchronous, open_database
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -105,7 +105,7 @@ class Journal:
 
     def __init__(self, path: Path, synchronous: Synchronous = "normal") -> None:
         self.path = path
-        self._db = SqliteWorker(path, synchronous=synchronous, name="journal")
+        self._db = open_database(path, synchronous=synchronous, name="journal")
         self.healthy = True
         self.last_error = ""
         self._on_commit: Callable[[float], None] | None = None

@@ -1,9 +1,18 @@
-"""One SQLite connection on one thread, with group commit.
+"""SQLite with group commit, in two flavours chosen by `synchronous`.
 
-SQLite connections are not for sharing across threads and its calls block, so every statement runs on a
-dedicated thread. Writes that arrive while a commit is under way are batched into the next transaction (group
-commit): under load one fsync covers many alerts, while a lone alert still commits at once. Each write runs in
-its own SAVEPOINT, so one failing write fails only its own caller.
+`InlineSqlite` (synchronous "normal" or "off"): the connection lives on the event loop's thread. A commit there
+only hands pages to the OS (no fsync), tens of microseconds, which is cheaper than a hop to a worker thread and
+back. Writes issued during one turn of the event loop run together in one transaction at the end of that turn
+(group commit), so under load many alerts share a commit while a lone alert still commits at once. The fsyncs
+that `normal` does make (at checkpoints) happen on a checkpointer thread with its own connection, never on the
+event loop: the loop's connection has automatic checkpoints turned off.
+
+`SqliteWorker` (synchronous "full" or "extra"): every commit fsyncs, milliseconds that must not block the event
+loop, so the connection lives on a dedicated thread. Writes that arrive while a commit is under way are batched
+into the next transaction (group commit): one fsync covers many alerts.
+
+Either way each write of a group runs in its own SAVEPOINT, so one failing write fails only its own caller, and
+a write returns only once its transaction is committed.
 """
 
 from __future__ import annotations
@@ -13,17 +22,164 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 T = TypeVar("T")
 Synchronous = Literal["off", "normal", "full", "extra"]
 MAX_BATCH: Final = 256
 
-_Job = tuple["Callable[[sqlite3.Connection], object]", "asyncio.Future[object]", bool]
+CHECKPOINT_EVERY_S: Final = 1.0
+"""How often the checkpointer moves the WAL's pages into the database file (and fsyncs, with `normal`)."""
+
+_Future: TypeAlias = "asyncio.Future[object]"
+_Job: TypeAlias = tuple["Callable[[sqlite3.Connection], object]", _Future, bool]
+_Outcome: TypeAlias = tuple[_Future, object, "BaseException | None"]
+INLINE: Final = frozenset({"off", "normal"})
+"""The `synchronous` settings whose commits do not fsync, so they may run on the event loop (`InlineSqlite`)."""
+
+
+def connect(path: Path, synchronous: Synchronous, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """A WAL connection in autocommit mode (we say BEGIN and COMMIT ourselves), rows as `sqlite3.Row`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_database(path: Path, *, synchronous: Synchronous, name: str) -> InlineSqlite | SqliteWorker:
+    """The flavour `synchronous` calls for (see the module docstring)."""
+    if synchronous in INLINE:
+        return InlineSqlite(path, synchronous=synchronous, name=name)
+    return SqliteWorker(path, synchronous=synchronous, name=name)
+
+
+class InlineSqlite:
+    """A connection on the event loop's thread; `write()` calls of one loop turn share a transaction."""
+
+    def __init__(self, path: Path, *, synchronous: Synchronous = "normal", name: str = "sqlite") -> None:
+        if synchronous not in INLINE:
+            raise ValueError(f"synchronous={synchronous!r} fsyncs every commit: use SqliteWorker")
+        self._path = path
+        self._synchronous = synchronous
+        self._name = name
+        self._conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], object], _Future]] = []
+        self._checkpointer: Checkpointer | None = None
+        self.batches = 0
+        """Transactions committed (for the benchmark's group-commit figure)."""
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        conn = connect(self._path, self._synchronous)
+        try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the event loop
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._checkpointer = Checkpointer(self._path, self._synchronous, name=f"{self._name}-checkpoint")
+        self._checkpointer.start()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        pending, self._pending = self._pending, []
+        if pending:  # writes queued in this very turn: committed, not dropped
+            self._settle(commit_group(conn, pending))
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+        conn.close()
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self._open())
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside a transaction at the end of this loop turn; returns once it is committed."""
+        self._open()
+        assert self._loop is not None  # noqa: S101 - set in start()
+        future: _Future = self._loop.create_future()
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append((fn, future))
+        return await future  # type: ignore[return-value]  # the future holds fn's result
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError(f"{self._path}: the database is not open")
+        return self._conn
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self._conn is None:
+            closed = sqlite3.ProgrammingError(f"{self._path}: the database was closed")
+            self._settle([(future, None, closed) for _, future in pending])
+            return
+        for start in range(0, len(pending), MAX_BATCH):
+            self._settle(commit_group(self._conn, pending[start : start + MAX_BATCH]))
+
+    def _settle(self, outcomes: list[_Outcome]) -> None:
+        if any(error is None for _, _, error in outcomes):
+            self.batches += 1
+        for future, result, error in outcomes:
+            if future.done():  # its caller was cancelled; the write itself stands (or failed) all the same
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
+class Checkpointer(threading.Thread):
+    """Moves the WAL's pages into the database file every `CHECKPOINT_EVERY_S`, with a connection of its own.
+
+    A PASSIVE checkpoint never waits for the writer, and the writer never waits for it; with `normal` it is
+    where the fsyncs happen. A last, full checkpoint at `stop()` leaves a short WAL behind."""
+
+    def __init__(self, path: Path, synchronous: Synchronous, *, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._path = path
+        self._synchronous = synchronous
+        self._stopping = threading.Event()
+        self.failures = 0
+
+    def run(self) -> None:
+        try:
+            conn = connect(self._path, self._synchronous, busy_timeout_ms=100)
+        except (sqlite3.Error, OSError):
+            self.failures += 1
+            return
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                self._checkpoint(conn, "PASSIVE")
+            self._checkpoint(conn, "TRUNCATE")
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
+        try:
+            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:  # a busy or failing disk: the journal's own writes report it; try again later
+            self.failures += 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join()
 
 
 class SqliteWorker:
@@ -69,7 +225,7 @@ class SqliteWorker:
     def _resolve(self, future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
         self._resolve_all([(future, result, error)])
 
-    def _resolve_all(self, outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]]) -> None:
+    def _resolve_all(self, outcomes: list[_Outcome]) -> None:
         """Settle a batch's futures with one wake-up of the event loop (one self-pipe write, not one each)."""
         assert self._loop is not None  # noqa: S101 - set in start()
 
@@ -86,13 +242,7 @@ class SqliteWorker:
             self._loop.call_soon_threadsafe(settle)
 
     def _connect(self) -> sqlite3.Connection:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
+        return connect(self._path, self._synchronous)
 
     def _run(self) -> None:
         try:
@@ -112,7 +262,7 @@ class SqliteWorker:
     def _fail_leftovers(self) -> None:
         """Jobs that raced close() and landed behind the sentinel: answered, never left hanging."""
         closed = sqlite3.ProgrammingError(f"{self._path}: the database was closed")
-        leftovers: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        leftovers: list[_Outcome] = []
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -141,7 +291,7 @@ class SqliteWorker:
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         for fn, future, write in batch:
             if write:
                 continue
@@ -149,43 +299,46 @@ class SqliteWorker:
                 outcomes.append((future, fn(conn), None))
             except Exception as e:  # noqa: BLE001 - handed to the caller, who decides
                 outcomes.append((future, None, e))
-        writes = [job for job in batch if job[2]]
+        writes = [(fn, future) for fn, future, write in batch if write]
         if writes:
-            outcomes.extend(self._commit(conn, writes))
+            committed = commit_group(conn, writes)
+            if any(error is None for _, _, error in committed):
+                self.batches += 1
+            outcomes.extend(committed)
         self._resolve_all(outcomes)
 
-    def _commit(
-        self, conn: sqlite3.Connection, writes: list[_Job]
-    ) -> list[tuple[asyncio.Future[object], object, BaseException | None]]:
-        """All writes in one transaction; each in a SAVEPOINT when there are several, so one failing write
-        fails alone (a lone write needs none: its failure rolls the transaction back)."""
-        outcomes: list[tuple[asyncio.Future[object], object, BaseException | None]] = []
-        alone = len(writes) == 1
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, future, _ in writes:
-                try:
-                    if not alone:
-                        conn.execute("SAVEPOINT job")
-                    result = fn(conn)
-                    if not alone:
-                        conn.execute("RELEASE job")
-                    outcomes.append((future, result, None))
-                except Exception as e:
-                    if alone or not conn.in_transaction:
-                        # SQLite rolled the whole transaction back (disk full, I/O error): the writes before
-                        # this one are gone too, and the ones after must not run in autocommit. All failed.
-                        raise
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    if not conn.in_transaction:
-                        raise
-                    outcomes.append((future, None, e))
-            conn.execute("COMMIT")
-            self.batches += 1
-        except Exception as e:  # noqa: BLE001 - the transaction failed: every write in it failed
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            return [(future, None, e) for _, future, _ in writes]
-        return outcomes
+
+def commit_group(
+    conn: sqlite3.Connection, writes: Sequence[tuple[Callable[[sqlite3.Connection], object], _Future]]
+) -> list[_Outcome]:
+    """All writes in one transaction; each in a SAVEPOINT when there are several, so one failing write fails
+    alone (a lone write needs none: its failure rolls the transaction back)."""
+    outcomes: list[_Outcome] = []
+    alone = len(writes) == 1
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, future in writes:
+            try:
+                if not alone:
+                    conn.execute("SAVEPOINT job")
+                result = fn(conn)
+                if not alone:
+                    conn.execute("RELEASE job")
+                outcomes.append((future, result, None))
+            except Exception as e:
+                if alone or not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the writes before
+                    # this one are gone too, and the ones after must not run in autocommit. All failed.
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                if not conn.in_transaction:
+                    raise
+                outcomes.append((future, None, e))
+        conn.execute("COMMIT")
+    except Exception as e:  # noqa: BLE001 - the transaction failed: every write in it failed
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        return [(future, None, e) for _, future in writes]
+    return outcomes

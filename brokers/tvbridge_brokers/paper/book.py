@@ -1,7 +1,7 @@
 """The paper account's order book: SQLite storage, order matching and positions. Synchronous by design.
 
-`Book` runs only on the broker's single worker thread (`broker.py` owns that thread and everything on the event
-loop side); the connection is created on that thread and sqlite3's `check_same_thread` keeps it there. Each
+`Book` runs on one thread only, the event loop's or the broker's single worker thread (`broker.py` decides); the
+connection is created on that thread and sqlite3's `check_same_thread` keeps it there. Each
 `place()` / `cancel()` is one `BEGIN IMMEDIATE` transaction: the duplicate check, the fills the leg's price causes
 and the new order commit together or not at all, and the write lock also serialises a second process that opens
 the same file, so one client order id can never become two orders.
@@ -252,6 +252,8 @@ class Book:
             db.row_factory = sqlite3.Row
             _use_wal(db, path)
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            if synchronous != "full":  # on the event loop: checkpoints (the fsyncs) run on a thread of their own
+                db.execute("PRAGMA wal_autocheckpoint=0")
             _migrate(db, path)
         except sqlite3.Error as e:
             db.close()
