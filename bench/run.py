@@ -5,7 +5,8 @@ alternation as the bare aiohttp floor and the guide's FastAPI server, so the rat
 noisy machine. tvbridge is started the way the guide's server is (WEBHOOK_* environment, its working directory)
 from a venv of its own with the paper broker, every guard on, the journal on (`synchronous = normal`, the
 default; `BENCH_JOURNAL_SYNC=full` for the other) and only the rate limits raised out of the way (load.py sends
-unique alerts, so dedupe stays on and never fires). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
+unique alerts, so dedupe stays on and never fires) and market sessions off, so that every alert is placed on the
+paper broker whatever the hour (else, outside NSE's hours, they would all be queued). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
 
     python bench/run.py                 # figures on stdout, bench/results/latest.{json,md}
     PEERS_ROUNDS=4 python bench/run.py  # more rounds (medians are reported); other PEERS_* pass through
@@ -40,6 +41,9 @@ RAISED_LIMITS = {
     "TVBRIDGE_RATE_LIMIT__PER_IP_BURST": "1000000",
     "TVBRIDGE_RATE_LIMIT__GLOBAL_PER_S": "1000000",
 }
+EVERY_HOUR = {"TVBRIDGE_SESSIONS__ENABLED": "false"}
+"""Market sessions off: otherwise, outside NSE's hours, every alert is queued (202) rather than placed, and the
+figures would depend on the hour of the run. Each alert is placed on the paper broker, the whole path."""
 MATCH = {
     "floor_aiohttp": re.compile(r"floor_aiohttp\.py"),
     "seed_fastapi": re.compile(r"seed_fastapi\.py"),
@@ -163,6 +167,7 @@ def main() -> int:
     env = {
         **os.environ,
         **RAISED_LIMITS,
+        **EVERY_HOUR,
         "TVBRIDGE_JOURNAL__SYNCHRONOUS": synchronous,
         "PEERS_ONLY": os.environ.get("PEERS_ONLY", " ".join(PEERS)),
         "TVBRIDGE_CMD": f"{shlex.quote(str(venv / 'bin' / 'python'))} -m tvbridge serve",

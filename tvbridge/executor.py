@@ -145,9 +145,16 @@ class Executor:
     ) -> dict[str, Any]:
         """Place the alert's legs, record the results, and return the response body."""
         started = time.perf_counter()
-        per_account = await asyncio.gather(
-            *(self._run_account(alert_id, alert, a, resume) for a in accounts), return_exceptions=True
-        )
+        per_account: Sequence[list[LegResult] | BaseException]
+        if len(accounts) == 1:  # the usual case: no task and gather for one account
+            try:
+                per_account = [await self._run_account(alert_id, alert, accounts[0], resume)]
+            except Exception as e:  # noqa: BLE001 - handled below like gather's exceptions
+                per_account = [e]
+        else:
+            per_account = await asyncio.gather(
+                *(self._run_account(alert_id, alert, a, resume) for a in accounts), return_exceptions=True
+            )
         results: list[LegResult] = []
         for account, outcome in zip(accounts, per_account, strict=True):
             if isinstance(outcome, BaseException):

@@ -318,7 +318,7 @@ def _create(conn: sqlite3.Connection) -> None:
 
 def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> None:
     state = leg_state(result)
-    payload = json.dumps(attrs.asdict(result), default=str)
+    payload = json.dumps(attrs.asdict(result, recurse=False))  # flat: str, int and a StrEnum
     updated = conn.execute(
         "UPDATE legs SET state = ?, order_id = ?, message = ?, result = ?, client_order_id = COALESCE(?,"
         " client_order_id), updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",

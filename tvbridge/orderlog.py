@@ -2,9 +2,11 @@
 
 The first twelve columns are the guide's, in its order, so existing spreadsheets and `column -t` habits keep
 working; tvbridge's own columns follow. A field that a spreadsheet would run as a formula (starting with `=`,
-`+`, `-`, `@`, tab or carriage return) is prefixed with `'`. The file is written from the event loop through
-aiofiles, one alert's rows in one write, so rows of concurrent alerts never interleave. The file is line-buffered:
-each write reaches the operating system at once (`tail -f` sees it) in a single trip to aiofiles' thread.
+`+`, `-`, `@`, tab or carriage return) is prefixed with `'`. The file is written through aiofiles (its thread,
+never the event loop), one alert's rows together, so rows of concurrent alerts never interleave. Alerts that
+finish while a write is under way are written together in the next one: under load one trip to aiofiles' thread
+carries many alerts' rows, alone an alert's rows go at once. `append()` returns when its rows have reached the
+operating system (`tail -f` sees them; they survive `kill -9`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class OrderLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: AsyncTextIOWrapper | None = None
-        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,8 @@ class OrderLog:
             await self._write([list(COLUMNS)])
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # rows already handed in are written before the file closes
         if self._file is not None:
             await self._file.close()
             self._file = None
@@ -97,12 +102,33 @@ class OrderLog:
         await self._write([row_of(r, alert_id=alert_id, alert_type=alert_type, at=at) for r in results])
 
     async def _write(self, rows: list[list[str]]) -> None:
+        if self._file is None:
+            raise RuntimeError("order log is closed")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)
-        async with self._lock:
-            if self._file is None:
-                raise RuntimeError("order log is closed")
-            await self._file.write(buffer.getvalue())
+        written = asyncio.get_running_loop().create_future()
+        self._waiting.append((buffer.getvalue(), written))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_waiting(), name="order-log-writer")
+        await asyncio.shield(written)  # a caller that stops waiting does not take its rows back
+
+    async def _write_waiting(self) -> None:
+        """Write what has been handed in, in batches, until nothing waits; a failed write fails its batch."""
+        try:
+            while self._waiting and self._file is not None:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._file.write("".join(text for text, _ in batch))  # line-buffered: at the OS now
+                except Exception as e:  # noqa: BLE001 - reported to every caller of the batch
+                    for _, written in batch:
+                        if not written.done():
+                            written.set_exception(e)
+                else:
+                    for _, written in batch:
+                        if not written.done():
+                            written.set_result(None)
+        finally:
+            self._writer = None
 
 
 async def order_log_ctx(app: web.Application) -> AsyncIterator[None]:

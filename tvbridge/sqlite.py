@@ -311,6 +311,26 @@ class SqliteWorker:
 def commit_group(
     conn: sqlite3.Connection, writes: Sequence[tuple[Callable[[sqlite3.Connection], object], _Future]]
 ) -> list[_Outcome]:
+    """All writes in one transaction. Optimistic: they run back to back; if any raises, the transaction is rolled
+    back and the group runs again with each write in a SAVEPOINT, so one failing write fails alone (writes are
+    SQL only, so running one again after a rollback is safe). Failures are rare; SAVEPOINTs on every write were
+    two statements more per write, a tenth of the journal's cost."""
+    if len(writes) > 1:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [fn(conn) for fn, _ in writes]
+            conn.execute("COMMIT")
+        except Exception:  # noqa: BLE001 - sorted out write by write below
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        else:
+            return [(future, result, None) for (_, future), result in zip(writes, results, strict=True)]
+    return _commit_one_by_one(conn, writes)
+
+
+def _commit_one_by_one(
+    conn: sqlite3.Connection, writes: Sequence[tuple[Callable[[sqlite3.Connection], object], _Future]]
+) -> list[_Outcome]:
     """All writes in one transaction; each in a SAVEPOINT when there are several, so one failing write fails
     alone (a lone write needs none: its failure rolls the transaction back)."""
     outcomes: list[_Outcome] = []

@@ -1,0 +1,68 @@
+"""The CSV order log under concurrency: alerts that finish together share a write, and none is lost or torn."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from typing import TYPE_CHECKING
+
+from tvbridge.models import LegResult, LegStatus
+from tvbridge.orderlog import COLUMNS, OrderLog
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def result(n: int, leg: int) -> LegResult:
+    return LegResult(
+        leg_number=leg,
+        account="paper",
+        broker="paper",
+        symbol=f"SYM{n}",
+        exchange="NSE",
+        transaction="B",
+        quantity=str(n),
+        order_type="MKT",
+        product_type="C",
+        price="0",
+        status=LegStatus.SUCCESS,
+        message=f"alert {n}, leg {leg}",
+        order_id=f"PAPER-{n:06d}",
+    )
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+async def test_concurrent_alerts_each_get_their_rows_together_and_in_the_file_when_append_returns(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+
+    async def one(n: int) -> None:
+        await log.append([result(n, 1), result(n, 2)], alert_id=f"A{n}", alert_type="multi_leg_order")
+        mine = [row for row in rows(path) if row["alert_id"] == f"A{n}"]  # on disk as soon as append returns
+        assert [row["leg_number"] for row in mine] == ["1", "2"]
+
+    await asyncio.gather(*(one(n) for n in range(200)))
+    await log.close()
+    written = rows(path)
+    assert len(written) == 400
+    assert list(written[0].keys()) == list(COLUMNS)
+    for first, second in zip(written[::2], written[1::2], strict=True):  # an alert's two rows are adjacent
+        assert first["alert_id"] == second["alert_id"]
+        assert (first["leg_number"], second["leg_number"]) == ("1", "2")
+    assert sorted(row["alert_id"] for row in written[::2]) == sorted(f"A{n}" for n in range(200))
+
+
+async def test_rows_handed_in_before_close_are_written(tmp_path: Path) -> None:
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    appends = [log.append([result(n, 1)], alert_id=f"A{n}", alert_type="x") for n in range(20)]
+    await asyncio.gather(*appends, log.close())  # close is scheduled after every append has handed its rows in
+    assert len(rows(path)) == 20
