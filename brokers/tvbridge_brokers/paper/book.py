@@ -542,10 +542,33 @@ class Book:
             ),
         )
         row_id = cursor.lastrowid
-        order = None if row_id is None else self._get(row_id)
-        if order is None:  # cannot happen after a successful INSERT; never report an order we cannot read back
-            raise BrokerUnknownOutcomeError("paper database did not return the new order")
-        return order
+        if row_id is None:  # cannot happen after a successful INSERT; never report an order we cannot identify
+            raise BrokerUnknownOutcomeError("paper database did not return the new order's id")
+        return PaperOrder(  # what was just inserted, without reading it back (one statement less per order)
+            order_id=format_order_id(row_id),
+            client_order_id=request.client_order_id,
+            alert_id=request.alert_id,
+            leg_number=request.leg_number,
+            exchange=leg.exchange,
+            symbol=leg.symbol,
+            contract=contract,
+            instrument=leg.instrument,
+            option_type=leg.option_type,
+            strike_price=leg.strike_price,
+            expiry_date=leg.expiry_date,
+            product=leg.product,
+            side=decision.side,
+            order_type=leg.order_type,
+            quantity=decision.quantity,
+            price=leg.price,
+            trigger_price=leg.trigger_price,
+            state=decision.state,
+            filled_quantity=decision.quantity if filled else 0,
+            average_price=decision.fill_price if filled else None,
+            message=decision.message,
+            created_at=now,
+            updated_at=now,
+        )
 
     def _record_noop(self, request: OrderRequest, contract: str, now: datetime) -> OrderResult:
         leg = request.leg
