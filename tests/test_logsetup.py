@@ -249,6 +249,14 @@ def test_a_terminal_gets_console_text_and_the_file_json(tmp_path: Path) -> None:
     assert SECRET not in path.read_text()
 
 
+def test_secrets_in_lists_and_tuples_are_redacted(log_file: Path) -> None:
+    """A configured secret inside nested lists, tuples and dicts is replaced; tuples are written as lists."""
+    structlog.get_logger().info("test.nested", items=[{"note": f"x{SECRET}x"}, (SECRET, 1)], by_id={1: SECRET})
+    (line,) = lines(log_file)
+    assert line["items"] == [{"note": "x[redacted]x"}, ["[redacted]", 1]]
+    assert line["by_id"] == {"1": "[redacted]"}
+
+
 def test_a_value_json_cannot_hold_does_not_fail_the_caller(log_file: Path) -> None:
     """A dict with tuple keys cannot be JSON: the call still returns and the line is written, that value as
     its repr."""

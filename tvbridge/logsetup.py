@@ -19,6 +19,7 @@ Owns: the processor chain, the outputs and the root logger's handlers. Leaves to
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from tvbridge.config import is_secret_key
 
 if TYPE_CHECKING:
     import io
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from structlog.typing import EventDict, Processor, WrappedLogger
@@ -43,25 +44,74 @@ REDACTED: Final = "[redacted]"
 # before the first line written this long after the previous check, and SIGHUP reopens at once
 MOVE_CHECK_S: Final = 0.1
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_KNOWN_KEYS: Final = 4096  # keys a Redactor remembers; they come from the code, but also from broker payloads
 
 
 class Redactor:
-    """A structlog processor that removes secrets by key and by value."""
+    """A structlog processor that removes secrets by key and by value.
+
+    A key that names a secret (`tvbridge.config.is_secret_key`) gets `[redacted]` for its value, at any depth of
+    dicts; a configured secret value is replaced inside every string, also in nested dicts and lists (tuples
+    become lists). It runs on every line, so it is cheap when there is nothing to do: the keys known not to
+    name a secret are remembered, and a string shorter than the shortest secret is not searched.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = [s for s in secrets if s]
+        # longest first: a secret that contains another is replaced whole, not around the shorter one
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._shortest = min(map(len, self.secrets), default=0)
+        self._plain_keys: set[str] = set()  # keys that do not name a secret, up to _KNOWN_KEYS of them
+        self._is_secret_key: Callable[[str], bool] = functools.lru_cache(maxsize=_KNOWN_KEYS)(is_secret_key)
 
     def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-        return {key: self._clean(key, value) for key, value in event_dict.items()}
+        values = event_dict.values()
+        shortest = self._shortest
+        # the common line (scalars, known keys) costs a look at the value types, one search per secret in the
+        # strings long enough to hold one, joined, and a look at the keys
+        if not _SCALARS.issuperset(map(type, values)):
+            self._clean_values(event_dict)
+        elif shortest:
+            long = [value for value in values if type(value) is str and len(value) >= shortest]
+            if long and self._any_secret_in("\0".join(long)):
+                self._clean_values(event_dict)
+        if not self._plain_keys.issuperset(event_dict):
+            for key in self._secret_keys(event_dict):
+                event_dict[key] = REDACTED
+        return event_dict
+
+    def _any_secret_in(self, text: str) -> bool:
+        return any(map(text.__contains__, self.secrets))
+
+    def _clean_values(self, event_dict: EventDict) -> None:
+        changed: dict[str, Any] = {}
+        for key, value in event_dict.items():
+            if isinstance(value, str | dict | list | tuple):
+                clean = self._clean("", value)
+                if clean is not value:
+                    changed[key] = clean
+        event_dict.update(changed)
+
+    def _secret_keys(self, event_dict: EventDict) -> set[str]:
+        """The keys of this event that name a secret; the others are remembered as plain."""
+        found = set()
+        for key in event_dict.keys() - self._plain_keys:
+            if self._is_secret_key(key):
+                found.add(key)
+            elif len(self._plain_keys) < _KNOWN_KEYS:
+                self._plain_keys.add(key)
+        return found
+
+    def _clean_str(self, value: str) -> str:
+        for secret in self.secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
 
     def _clean(self, key: str, value: Any) -> Any:
-        if is_secret_key(key):
+        if key and self._is_secret_key(key):
             return REDACTED
         if isinstance(value, str):
-            for secret in self.secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self._clean_str(value) if self._shortest and len(value) >= self._shortest else value
         if isinstance(value, dict):
             return {k: self._clean(k if isinstance(k, str) else "", v) for k, v in value.items()}
         if isinstance(value, list | tuple):
