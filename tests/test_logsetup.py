@@ -272,3 +272,24 @@ def test_capture_logs_still_captures_with_logging_configured(log_file: Path) -> 
     assert events == [{"event": "test.captured", "n": 1, "log_level": "info"}]
     structlog.get_logger().info("test.written")
     assert [line["event"] for line in lines(log_file)] == ["test.written"]
+
+
+def test_a_closed_stdout_costs_neither_the_file_nor_another_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stdout closed under the logger: the line still reaches the log file, the failure is said on stderr, the
+    call returns, and a file opened since (which may get the closed descriptor's number) gets nothing."""
+    path, stdout = tmp_path / "webhook_server.log", (tmp_path / "stdout.log").open("w")
+    try:
+        configure_logging(level="info", fmt="json", file=path, stream=stdout, cache=False)
+        structlog.get_logger().info("test.before")
+        stdout.close()
+        with (tmp_path / "other.txt").open("w") as other:
+            other.write("")
+            structlog.get_logger().info("test.after")
+    finally:
+        reset_logging()
+    assert (tmp_path / "other.txt").read_text() == ""
+    assert [line["event"] for line in lines(path)] == ["test.before", "test.after"]
+    assert [json.loads(line)["event"] for line in (tmp_path / "stdout.log").read_text().splitlines()] == ["test.before"]
+    assert "could not be written to stdout" in capsys.readouterr().err

@@ -286,10 +286,10 @@ class LineLogger:
                 if console is not None:
                     self.stream.write(console)
                     self.stream.flush()
-                elif self._stream_fd is not None:
+                elif self._stream_fd is not None and not self.stream.closed:  # closed: its number may be reused
                     _write_all(self._stream_fd, data)
                 elif line is not None:
-                    self.stream.write(line)
+                    self.stream.write(line)  # on a closed stream: ValueError, reported below
                     self.stream.flush()
             except (OSError, ValueError) as e:
                 _report("stdout", e)
