@@ -1,10 +1,12 @@
-"""The JSON log lines a collector ingests: one object per line, ISO UTC timestamps, the alert id bound."""
+"""The JSON log lines a collector ingests: one object per line, ISO UTC timestamps, the alert id bound; the same
+lines on stdout; libraries' lines among them; the file followed through logrotate's moves."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -13,22 +15,34 @@ from typing import Any
 import pytest
 import structlog
 from helpers import SECRET, ClientFactory, alert, with_accounts
+from structlog.testing import capture_logs
 
 from tvbridge.config import Config
-from tvbridge.logsetup import configure_logging
+from tvbridge.logsetup import configure_logging, reopen_log_files, reset_logging
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 @pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    """Real logging configuration for one test, undone afterwards."""
+def stdout() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def log_file(tmp_path: Path, stdout: io.StringIO) -> Iterator[Path]:
+    """Real logging configuration for one test (JSON to the file and to `stdout`), undone afterwards."""
     path = tmp_path / "webhook_server.log"
-    configure_logging(level="info", fmt="json", file=path, secrets=[SECRET], stream=io.StringIO(), cache=False)
+    configure_logging(level="info", fmt="json", file=path, secrets=[SECRET], stream=stdout, cache=False)
     yield path
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-        handler.close()
-    structlog.reset_defaults()
+    reset_logging()
+
+
+def fail(message: str) -> None:
+    """A bug whose frame holds the secret (in `message`)."""
+    raise RuntimeError(message)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -70,10 +84,6 @@ def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:
 
 
 def test_console_format_for_a_terminal_json_otherwise(tmp_path: Path) -> None:
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     try:
         tty = Tty()
         configure_logging(level="info", fmt="auto", file=None, stream=tty, cache=False)
@@ -85,10 +95,7 @@ def test_console_format_for_a_terminal_json_otherwise(tmp_path: Path) -> None:
         structlog.get_logger().info("server.started", port=1)
         assert json.loads(pipe.getvalue())["event"] == "server.started"
     finally:
-        root = logging.getLogger()
-        for handler in root.handlers[:]:
-            root.removeHandler(handler)
-        structlog.reset_defaults()
+        reset_logging()
 
 
 async def test_a_traceback_never_carries_a_secret(log_file: Path, aiohttp_client: Any) -> None:
@@ -117,3 +124,172 @@ def test_plugin_secret_keys_are_redacted_by_name(log_file: Path) -> None:
     (line,) = [x for x in lines(log_file) if x["event"] == "test.keys"]
     assert [line[k] for k in ("client_secret", "refresh_token", "api_key")] == ["[redacted]"] * 3
     assert line["dedupe_key"] == "d"
+
+
+def test_stdout_gets_the_same_json_lines_as_the_file(log_file: Path, stdout: io.StringIO) -> None:
+    """Both outputs take JSON: each line is the same text in the file and on stdout, there as soon as logged."""
+    log = structlog.get_logger()
+    log.info("test.first", n=1)
+    log.warning("test.second", n=2)
+    assert log_file.read_text().splitlines() == stdout.getvalue().splitlines()
+    assert [line["event"] for line in lines(log_file)] == ["test.first", "test.second"]
+
+
+def test_a_library_line_is_a_redacted_json_line(log_file: Path, stdout: io.StringIO) -> None:
+    """A library logging through the standard library (dhanhq, aiohttp) gets the events' JSON line in the file
+    and on stdout: level, UTC timestamp, its message as `event`, the traceback without locals, redacted."""
+    library = logging.getLogger("dhanhq")
+    library.debug("below the configured level")
+    library.warning("token %s refused", SECRET)
+    try:
+        fail(f"bad token {SECRET}")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+
+    warned, failed = lines(log_file)
+    assert (warned["event"], warned["level"]) == ("token [redacted] refused", "warning")
+    assert datetime.fromisoformat(warned["timestamp"]).utcoffset() is not None
+    assert (failed["event"], failed["level"]) == ("Error handling request", "error")
+    (exception,) = failed["exception"]
+    assert (exception["exc_type"], exception["exc_value"]) == ("RuntimeError", "bad token [redacted]")
+    assert all("locals" not in frame for frame in exception["frames"])
+    assert SECRET not in log_file.read_text()
+    assert stdout.getvalue() == log_file.read_text()
+
+
+def test_a_move_without_a_signal_goes_on_in_a_new_file(log_file: Path) -> None:
+    """logrotate moved the file and sent no signal: lines go on in the moved file until the next check (at most
+    `MOVE_CHECK_S` later), then in a new file at the old path; none is lost or written twice."""
+    log = structlog.get_logger()
+    log.info("test.line", n=0)
+    moved = log_file.with_name("webhook_server.log.1")
+    log_file.rename(moved)
+    n = 0
+    deadline = time.monotonic() + 10
+    while not log_file.exists():
+        assert time.monotonic() < deadline, "the move was not noticed"
+        n += 1
+        log.info("test.line", n=n)
+    log.info("test.line", n=n + 1)
+
+    old, new = [line["n"] for line in lines(moved)], [line["n"] for line in lines(log_file)]
+    assert old + new == list(range(n + 2))
+    assert new[-2:] == [n, n + 1]  # the line that noticed the move, and the next
+
+
+def test_sighup_reopens_the_moved_file_at_once(log_file: Path) -> None:
+    """SIGHUP after logrotate's move: the next line is in the new file; a file still in place stays as it is."""
+    log = structlog.get_logger()
+    log.info("test.before")
+    assert reopen_log_files() == [str(log_file)]  # not moved: the same file goes on
+    log.info("test.still")
+    moved = log_file.with_name("webhook_server.log.1")
+    log_file.rename(moved)
+    assert reopen_log_files() == [str(log_file)]
+    assert log_file.exists()
+    log.info("test.after")
+    assert [line["event"] for line in lines(moved)] == ["test.before", "test.still"]
+    assert [line["event"] for line in lines(log_file)] == ["test.after"]
+
+
+def open_files() -> set[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd")
+    found = set()
+    for fd in fds.iterdir():
+        try:
+            found.add(str(fd.readlink()))
+        except OSError:  # the descriptor listing the directory itself is gone by now
+            continue
+    return found
+
+
+def test_configuring_again_and_resetting_close_the_log_files(tmp_path: Path) -> None:
+    """Tests configure logging several times in one process: each time the previous file is closed, and
+    `reset_logging()` closes the last one."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    try:
+        configure_logging(level="info", fmt="json", file=first, stream=io.StringIO(), cache=False)
+        structlog.get_logger().info("test.first")
+        assert str(first) in open_files()
+        configure_logging(level="info", fmt="json", file=second, stream=io.StringIO(), cache=False)
+        structlog.get_logger().info("test.second")
+        assert str(first) not in open_files()
+        assert [line["event"] for line in lines(second)] == ["test.second"]
+    finally:
+        reset_logging()
+    assert str(second) not in open_files()
+    assert logging.getLogger().handlers == []
+
+
+def test_a_terminal_gets_console_text_and_the_file_json(tmp_path: Path) -> None:
+    """stdout on a terminal: the console format there, with a plain-text traceback; the file still gets the JSON
+    line with the traceback as frames. Both redacted."""
+    tty, path = Tty(), tmp_path / "webhook_server.log"
+    try:
+        configure_logging(level="info", fmt="auto", file=path, secrets=[SECRET], stream=tty, cache=False)
+        try:
+            fail(f"boom {SECRET}")
+        except RuntimeError:
+            structlog.get_logger().exception("test.failed", note=SECRET)
+        logging.getLogger("asyncio").error("library line")
+    finally:
+        reset_logging()
+    failed, library = lines(path)
+    assert (failed["event"], failed["note"], failed["level"]) == ("test.failed", "[redacted]", "error")
+    assert failed["exception"][0]["exc_value"] == "boom [redacted]"
+    assert library["event"] == "library line"
+    console = tty.getvalue()
+    assert not console.startswith("{")
+    assert "test.failed" in console
+    assert "RuntimeError: boom [redacted]" in console
+    assert "library line" in console
+    assert SECRET not in console
+    assert SECRET not in path.read_text()
+
+
+def test_secrets_in_lists_and_tuples_are_redacted(log_file: Path) -> None:
+    """A configured secret inside nested lists, tuples and dicts is replaced; tuples are written as lists."""
+    structlog.get_logger().info("test.nested", items=[{"note": f"x{SECRET}x"}, (SECRET, 1)], by_id={1: SECRET})
+    (line,) = lines(log_file)
+    assert line["items"] == [{"note": "x[redacted]x"}, ["[redacted]", 1]]
+    assert line["by_id"] == {"1": "[redacted]"}
+
+
+def test_a_value_json_cannot_hold_does_not_fail_the_caller(log_file: Path) -> None:
+    """A dict with tuple keys cannot be JSON: the call still returns and the line is written, that value as
+    its repr."""
+    structlog.get_logger().info("test.odd", table={(1, 2): "x"}, n=1)
+    (line,) = lines(log_file)
+    assert (line["event"], line["table"], line["n"]) == ("test.odd", "{(1, 2): 'x'}", 1)
+
+
+def test_capture_logs_still_captures_with_logging_configured(log_file: Path) -> None:
+    """structlog's `capture_logs` (used by many tests) sees the events, with the real configuration in place."""
+    with capture_logs() as events:
+        structlog.get_logger().info("test.captured", n=1)
+    assert events == [{"event": "test.captured", "n": 1, "log_level": "info"}]
+    structlog.get_logger().info("test.written")
+    assert [line["event"] for line in lines(log_file)] == ["test.written"]
+
+
+def test_a_closed_stdout_costs_neither_the_file_nor_another_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stdout closed under the logger: the line still reaches the log file, the failure is said on stderr, the
+    call returns, and a file opened since (which may get the closed descriptor's number) gets nothing."""
+    path, stdout = tmp_path / "webhook_server.log", (tmp_path / "stdout.log").open("w")
+    try:
+        configure_logging(level="info", fmt="json", file=path, stream=stdout, cache=False)
+        structlog.get_logger().info("test.before")
+        stdout.close()
+        with (tmp_path / "other.txt").open("w") as other:
+            other.write("")
+            structlog.get_logger().info("test.after")
+    finally:
+        reset_logging()
+    assert (tmp_path / "other.txt").read_text() == ""
+    assert [line["event"] for line in lines(path)] == ["test.before", "test.after"]
+    assert [json.loads(line)["event"] for line in (tmp_path / "stdout.log").read_text().splitlines()] == ["test.before"]
+    assert "could not be written to stdout" in capsys.readouterr().err
