@@ -126,31 +126,8 @@ def _json_fallback(value: object) -> object:
 
 
 def _make_encode() -> Callable[[object], str]:
-    """`json.dumps(value, default=...)`, with the C encoder built once instead of once per call (~1 µs a line).
-
-    `c_make_encoder` is the json module's own accelerator, undocumented: if it is missing or encodes a probe
-    differently from `JSONEncoder`, the plain encoder is used. Without the circular check (a dict per line): the
-    Redactor has walked every list and dict before, and a RecursionError here is caught by `JsonLine` anyway.
-    """
-    plain = json.JSONEncoder(default=_json_fallback).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return plain
-    try:
-        # JSONEncoder.iterencode's arguments: markers (None: no circular check), default, the string encoder,
-        # indent, the two separators, sort_keys, skipkeys, allow_nan
-        args = (None, _json_fallback, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
-        fast = make(*args)
-
-        def encode(value: object) -> str:
-            return "".join(fast(value, 0))
-
-        probe = {"event": "probe", "n": 1, "x": 1.5, "ok": True, "none": None, "list": [1, "\u00e9\n"], "obj": object}
-        if encode(probe) == plain(probe):
-            return encode
-    except Exception:  # noqa: BLE001 - any surprise from an undocumented call means: use the documented one
-        return plain
-    return plain
+    """`json.dumps(value, default=...)` with the encoder built once rather than once per line."""
+    return json.JSONEncoder(default=_json_fallback).encode
 
 
 def _repr(value: object) -> str:
