@@ -6,7 +6,8 @@ noisy machine. tvbridge is started the way the guide's server is (WEBHOOK_* envi
 from a venv of its own with the paper broker, every guard on, the journal on (`synchronous = normal`, the
 default; `BENCH_JOURNAL_SYNC=full` for the other) and only the rate limits raised out of the way (load.py sends
 unique alerts, so dedupe stays on and never fires) and market sessions off, so that every alert is placed on the
-paper broker whatever the hour (else, outside NSE's hours, they would all be queued). Peak RSS is each server's VmHWM from /proc, sampled while it runs.
+paper broker whatever the hour (else, outside NSE's hours, they would all be queued). Peak RSS is each server's
+VmHWM from /proc, sampled while it runs.
 
     python bench/run.py                 # figures on stdout, bench/results/latest.{json,md}
     PEERS_ROUNDS=4 python bench/run.py  # more rounds (medians are reported); other PEERS_* pass through
