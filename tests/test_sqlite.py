@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tvbridge.sqlite import InlineSqlite, SqliteWorker, open_database
+from tvbridge.sqlite import (
+    WAL_RESTART_FRAMES,
+    WAL_SIZE_LIMIT_BYTES,
+    Checkpointer,
+    InlineSqlite,
+    SqliteWorker,
+    connect,
+    open_database,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,3 +174,33 @@ def test_the_setting_chooses_the_flavour(tmp_path: Path) -> None:
     assert isinstance(open_database(tmp_path / "b", synchronous="full", name="j"), SqliteWorker)
     with pytest.raises(ValueError, match="fsyncs every commit"):
         InlineSqlite(tmp_path / "c", synchronous="full")
+
+
+def test_a_writer_that_never_pauses_does_not_grow_the_wal_without_end(tmp_path: Path) -> None:
+    """Sustained load: the event loop's connection commits back to back and never checkpoints itself. A PASSIVE
+    checkpoint alone never catches up with it, and SQLite starts a WAL over only once it has; the checkpointer
+    must restart it, or the WAL (and every lookup in it) grows for as long as the load lasts."""
+    path = tmp_path / "w.sqlite3"
+    writer = connect(path, "normal")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # as InlineSqlite's connection
+    writer.execute("CREATE TABLE t (v BLOB)")
+    checkpointer = Checkpointer(path, "normal", name="test-checkpoint", every_s=0.01)
+    checkpointer.start()
+    page = b"x" * 4000  # about one WAL frame a row
+    written = 0
+    cap = 20 * WAL_RESTART_FRAMES  # far past the point where the WAL must have started over
+    try:
+        while checkpointer.restarts < 3 and written < cap:
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("INSERT INTO t (v) VALUES (?)", (page,))
+            writer.execute("COMMIT")
+            written += 1
+    finally:
+        checkpointer.stop()
+    wal = path.with_name(path.name + "-wal")
+    try:
+        assert checkpointer.restarts >= 3, f"no WAL restart in {written} commits"
+        assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == written  # nothing lost by a restart
+    finally:
+        writer.close()
+    assert not wal.exists() or wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES

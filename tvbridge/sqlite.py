@@ -35,6 +35,15 @@ MAX_BATCH: Final = 256
 CHECKPOINT_EVERY_S: Final = 1.0
 """How often the checkpointer moves the WAL's pages into the database file (and fsyncs, with `normal`)."""
 
+WAL_RESTART_FRAMES: Final = 2048
+"""WAL frames (pages, 4 KiB each) beyond which the checkpointer restarts the WAL from its beginning. A PASSIVE
+checkpoint never catches up with a writer that never pauses, and SQLite starts the WAL over only once it has
+caught up: under sustained load the WAL grew without end (hundreds of MB in a minute's benchmark), and every
+read and write slowed with it, searching a longer WAL index."""
+
+WAL_SIZE_LIMIT_BYTES: Final = 16 * 1024 * 1024
+"""`journal_size_limit`: a WAL that grew past this (a burst) is truncated back to it when it restarts."""
+
 _Future: TypeAlias = "asyncio.Future[object]"
 _Job: TypeAlias = tuple["Callable[[sqlite3.Connection], object]", _Future, bool]
 _Outcome: TypeAlias = tuple[_Future, object, "BaseException | None"]
@@ -51,6 +60,7 @@ def connect(path: Path, synchronous: Synchronous, *, busy_timeout_ms: int = 5000
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     except BaseException:
         conn.close()
         raise
@@ -145,17 +155,23 @@ class InlineSqlite:
 
 
 class Checkpointer(threading.Thread):
-    """Moves the WAL's pages into the database file every `CHECKPOINT_EVERY_S`, with a connection of its own.
+    """Moves the WAL's pages into the database file every `every_s`, with a connection of its own.
 
     A PASSIVE checkpoint never waits for the writer, and the writer never waits for it; with `normal` it is
-    where the fsyncs happen. A last, full checkpoint at `stop()` leaves a short WAL behind."""
+    where the fsyncs happen. When the WAL has grown past `WAL_RESTART_FRAMES` anyway (the writer never paused),
+    a RESTART checkpoint follows: it copies the few frames written since and makes the next write start the WAL
+    over; writers wait (their busy timeout) only for that short tail and one fsync. A last, full checkpoint at
+    `stop()` leaves a short WAL behind."""
 
-    def __init__(self, path: Path, synchronous: Synchronous, *, name: str) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous, *, name: str, every_s: float = CHECKPOINT_EVERY_S) -> None:
         super().__init__(name=name, daemon=True)
         self._path = path
         self._synchronous = synchronous
+        self._every_s = every_s
         self._stopping = threading.Event()
         self.failures = 0
+        self.restarts = 0
+        """RESTART checkpoints that succeeded (for tests and the benchmark)."""
 
     def run(self) -> None:
         try:
@@ -164,17 +180,26 @@ class Checkpointer(threading.Thread):
             self.failures += 1
             return
         try:
-            while not self._stopping.wait(CHECKPOINT_EVERY_S):
-                self._checkpoint(conn, "PASSIVE")
+            while not self._stopping.wait(self._every_s):
+                # the frame count is the WAL's when the pass began: the writer appends while it runs, so "all
+                # copied" in its answer does not mean the WAL may start over
+                passive = self._checkpoint(conn, "PASSIVE")
+                if passive is not None and passive[1] > WAL_RESTART_FRAMES:
+                    restart = self._checkpoint(conn, "RESTART")
+                    if restart is not None and restart[0] == 0:
+                        self.restarts += 1
             self._checkpoint(conn, "TRUNCATE")
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> tuple[int, int, int] | None:
+        """SQLite's answer (busy, frames in the WAL, frames copied); None when the checkpoint failed."""
         try:
-            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error:  # a busy or failing disk: the journal's own writes report it; try again later
             self.failures += 1
+            return None
+        return int(busy), int(frames), int(copied)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -63,6 +63,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
+from tvbridge.sqlite import WAL_SIZE_LIMIT_BYTES
 
 from .models import PaperOrder, PaperPosition
 
@@ -254,6 +255,7 @@ class Book:
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             if synchronous != "full":  # on the event loop: checkpoints (the fsyncs) run on a thread of their own
                 db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             _migrate(db, path)
         except sqlite3.Error as e:
             db.close()
