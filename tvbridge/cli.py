@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from aiohttp import web
@@ -184,6 +185,21 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 
 
+GC_YOUNG_THRESHOLD: Final = 50_000
+"""Allocations between young-generation collections (CPython's default is 700). A request allocates a few
+thousand objects, nearly all freed by reference counting; at the default the collector ran several times per
+alert and cost ~5% of the CPU under load."""
+
+
+def settle_heap() -> None:
+    """Once started: move everything that lives as long as the process (modules, config, the app) out of the
+    collector's sight (`gc.freeze`), and collect the young generation less often. Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _on_sighup(app: web.Application, reload_config: Callable[[], Config] | None) -> None:
     """SIGHUP: reopen the log file (after logrotate), then re-read the brokers' account tables (a renewed token)."""
     log.info("log.reopened", files=reopen_log_files())
@@ -230,6 +246,7 @@ async def _run(
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
+        settle_heap()
         pid_file = config.data_path(PID_FILE)
         write_pid_file(pid_file)
         await stop.wait()
