@@ -1,16 +1,16 @@
-"""The CSV order log under concurrency: alerts that finish together share a write, and none is lost or torn."""
+"""The CSV order log: rows of concurrent alerts are never lost, torn or interleaved; a refused write is an error."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
-from typing import TYPE_CHECKING
+import os
+from pathlib import Path
+
+import pytest
 
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.orderlog import COLUMNS, OrderLog
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def result(n: int, leg: int) -> LegResult:
@@ -66,3 +66,20 @@ async def test_rows_handed_in_before_close_are_written(tmp_path: Path) -> None:
     appends = [log.append([result(n, 1)], alert_id=f"A{n}", alert_type="x") for n in range(20)]
     await asyncio.gather(*appends, log.close())  # close is scheduled after every append has handed its rows in
     assert len(rows(path)) == 20
+
+
+async def test_a_write_the_disk_refuses_raises_rather_than_passing_for_written(tmp_path: Path) -> None:
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC, as on a full disk
+    try:
+        [fd] = [link for link in Path("/proc/self/fd").iterdir() if link.resolve() == path.resolve()]
+        os.dup2(full, int(fd.name))  # the order log's own descriptor now leads to the full device
+        with pytest.raises(OSError, match="No space left"):
+            await log.append([result(2, 1)], alert_id="A2", alert_type="x")
+    finally:
+        os.close(full)
+        await log.close()
+    assert [row["alert_id"] for row in rows(path)] == ["A1"]

@@ -2,28 +2,27 @@
 
 The first twelve columns are the guide's, in its order, so existing spreadsheets and `column -t` habits keep
 working; tvbridge's own columns follow. A field that a spreadsheet would run as a formula (starting with `=`,
-`+`, `-`, `@`, tab or carriage return) is prefixed with `'`. The file is written through aiofiles (its thread,
-never the event loop), one alert's rows together, so rows of concurrent alerts never interleave. Alerts that
-finish while a write is under way are written together in the next one: under load one trip to aiofiles' thread
-carries many alerts' rows, alone an alert's rows go at once. `append()` returns when its rows have reached the
+`+`, `-`, `@`, tab or carriage return) is prefixed with `'`. One alert's rows are one write(2) on a file opened
+for appending, so rows of concurrent alerts never interleave, and `append()` returns when they have reached the
 operating system (`tail -f` sees them; they survive `kill -9`).
+
+The write happens on the event loop, like the journal's commits with `synchronous = normal`: handing a few
+hundred bytes to the page cache takes microseconds, while a trip to a worker thread (aiofiles) and back cost
+~100 µs of CPU per alert and a wake-up of the loop (`bench/README.md`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
+import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
-
-import aiofiles
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from aiofiles.threadpool.text import AsyncTextIOWrapper
     from aiohttp import web
 
     from tvbridge.models import LegResult
@@ -77,58 +76,36 @@ def row_of(result: LegResult, *, alert_id: str, alert_type: str, at: datetime) -
 class OrderLog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: AsyncTextIOWrapper | None = None
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._fd: int | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = await aiofiles.open(self.path, mode="a", encoding="utf-8", newline="", buffering=1)
-        if await self._file.tell() == 0:
-            await self._write([list(COLUMNS)])
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if os.fstat(self._fd).st_size == 0:
+            self._write([list(COLUMNS)])
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.shield(self._writer)  # rows already handed in are written before the file closes
-        if self._file is not None:
-            await self._file.close()
-            self._file = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def append(self, results: Sequence[LegResult], *, alert_id: str, alert_type: str) -> None:
-        """Write one row per result, flushed to the OS before returning."""
+        """Write one row per result, at the OS before returning; `OSError` (a full disk) if they are not."""
         if not results:
             return
         at = datetime.now(UTC)
-        await self._write([row_of(r, alert_id=alert_id, alert_type=alert_type, at=at) for r in results])
+        self._write([row_of(r, alert_id=alert_id, alert_type=alert_type, at=at) for r in results])
 
-    async def _write(self, rows: list[list[str]]) -> None:
-        if self._file is None:
+    def _write(self, rows: list[list[str]]) -> None:
+        if self._fd is None:
             raise RuntimeError("order log is closed")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)
-        written = asyncio.get_running_loop().create_future()
-        self._waiting.append((buffer.getvalue(), written))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_waiting(), name="order-log-writer")
-        await asyncio.shield(written)  # a caller that stops waiting does not take its rows back
-
-    async def _write_waiting(self) -> None:
-        """Write what has been handed in, in batches, until nothing waits; a failed write fails its batch."""
-        try:
-            while self._waiting and self._file is not None:
-                batch, self._waiting = self._waiting, []
-                try:
-                    await self._file.write("".join(text for text, _ in batch))  # line-buffered: at the OS now
-                except Exception as e:  # noqa: BLE001 - reported to every caller of the batch
-                    for _, written in batch:
-                        if not written.done():
-                            written.set_exception(e)
-                else:
-                    for _, written in batch:
-                        if not written.done():
-                            written.set_result(None)
-        finally:
-            self._writer = None
+        data = buffer.getvalue().encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # a short write (a signal, a nearly full disk): the rest, not a torn row
+            data = data[written:]
+            written = os.write(self._fd, data)
 
 
 async def order_log_ctx(app: web.Application) -> AsyncIterator[None]:
