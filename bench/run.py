@@ -12,6 +12,8 @@ VmHWM from /proc, sampled while it runs.
     python bench/run.py                 # figures on stdout, bench/results/latest.{json,md}
     PEERS_ROUNDS=4 python bench/run.py  # more rounds (medians are reported); other PEERS_* pass through
     BENCH_JOURNAL_SYNC=full python bench/run.py   # the journal's `synchronous` (default: normal, as config.toml)
+    BENCH_VARIANT=without-io python bench/run.py  # the ceiling: storage stubbed out (bench/without_io.py)
+    BENCH_VARIANT=without-io-or-logs python bench/run.py  # ... and no info log lines either
 
 Never run from the tests: it takes minutes and measures the machine as much as the code.
 """
@@ -48,8 +50,15 @@ figures would depend on the hour of the run. Each alert is placed on the paper b
 MATCH = {
     "floor_aiohttp": re.compile(r"floor_aiohttp\.py"),
     "seed_fastapi": re.compile(r"seed_fastapi\.py"),
-    "tvbridge": re.compile(r"-m tvbridge serve"),
+    "tvbridge": re.compile(r"-m tvbridge serve|without_io\.py serve"),
 }
+VARIANTS: dict[str, dict[str, str]] = {
+    "": {},
+    "without-io": {},
+    "without-io-or-logs": {"TVBRIDGE_LOGGING__LEVEL": "warning", "TVBRIDGE_LOGGING__FILE": ""},
+}
+"""BENCH_VARIANT: tvbridge as it is (""), or started through `bench/without_io.py` (storage stubbed out), to
+measure how much of the time is storage and how much the Python pipeline itself."""
 
 
 def bench_venv() -> Path:
@@ -140,7 +149,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         (
             f"Measured {meta['when']} on {meta['cpus']} cores, Python {meta['python']}, client {meta['client']},"
             f" {meta['requests']} requests per mode, medians of {meta['rounds']} rounds (one run: compare ratios);"
-            f" tvbridge: paper broker, journal.synchronous = {meta['journal_synchronous']}."
+            f" tvbridge: paper broker, journal.synchronous = {meta['journal_synchronous']}, {meta['variant']}."
         ),
         "",
         "| server | req/s at c=32 | p50 ms at c=1 | p99 ms at c=1 | p99 ms at c=32 | peak RSS MB | non-2xx |",
@@ -165,13 +174,24 @@ def main() -> int:
         return 2
     venv = bench_venv()
     synchronous = os.environ.get("BENCH_JOURNAL_SYNC", "normal")
+    variant = os.environ.get("BENCH_VARIANT", "")
+    if variant not in VARIANTS:
+        print(f"bench: BENCH_VARIANT must be one of {sorted(VARIANTS)}", file=sys.stderr)
+        return 2
+    python = shlex.quote(str(venv / "bin" / "python"))
+    command = (
+        f"{python} {shlex.quote(str(ROOT / 'bench' / 'without_io.py'))} serve"
+        if variant
+        else f"{python} -m tvbridge serve"
+    )
     env = {
         **os.environ,
         **RAISED_LIMITS,
         **EVERY_HOUR,
         "TVBRIDGE_JOURNAL__SYNCHRONOUS": synchronous,
         "PEERS_ONLY": os.environ.get("PEERS_ONLY", " ".join(PEERS)),
-        "TVBRIDGE_CMD": f"{shlex.quote(str(venv / 'bin' / 'python'))} -m tvbridge serve",
+        "TVBRIDGE_CMD": command,
+        **VARIANTS[variant],
     }
     sampler = RssSampler()
     sampler.start()
@@ -193,12 +213,14 @@ def main() -> int:
         "rounds": os.environ.get("PEERS_ROUNDS", "2"),
         "seconds": round(time.monotonic() - started, 1),
         "journal_synchronous": synchronous,
+        "variant": variant or "as shipped",
     }
     result = {"meta": meta, **summary, "raw": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"latest-{variant}" if variant else "latest"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(summary, meta)
-    (RESULTS / "latest.md").write_text(table)
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
     return 0
 
