@@ -5,8 +5,11 @@ Tests import these from here, never from `conftest` (two conftest modules would 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -49,3 +52,17 @@ def alert(
 
 def with_accounts(config: Config, accounts: dict[str, dict[str, Any]], routes: list[str] | None = None) -> Config:
     return attrs.evolve(config, accounts=accounts, routing=RoutingConfig(accounts=tuple(routes or accounts)))
+
+
+@contextlib.contextmanager
+def refusing_writes(path: Path) -> Iterator[None]:
+    """While inside: this process's open descriptor of `path` leads to /dev/full, so every write to it fails with
+    ENOSPC as on a full disk (also as root, where permissions stop nothing). Afterwards it leads nowhere useful:
+    for files the code under test is done with writing."""
+    [descriptor] = [link for link in Path("/proc/self/fd").iterdir() if link.resolve() == path.resolve()]
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, int(descriptor.name))
+        yield
+    finally:
+        os.close(full)

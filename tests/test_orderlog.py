@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
+import resource
 from pathlib import Path
 
 import pytest
+from helpers import refusing_writes
 
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.orderlog import COLUMNS, OrderLog
@@ -73,13 +74,30 @@ async def test_a_write_the_disk_refuses_raises_rather_than_passing_for_written(t
     log = OrderLog(path)
     await log.open()
     await log.append([result(1, 1)], alert_id="A1", alert_type="x")
-    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC, as on a full disk
     try:
-        [fd] = [link for link in Path("/proc/self/fd").iterdir() if link.resolve() == path.resolve()]
-        os.dup2(full, int(fd.name))  # the order log's own descriptor now leads to the full device
-        with pytest.raises(OSError, match="No space left"):
+        with refusing_writes(path), pytest.raises(OSError, match="No space left"):
             await log.append([result(2, 1)], alert_id="A2", alert_type="x")
     finally:
-        os.close(full)
         await log.close()
     assert [row["alert_id"] for row in rows(path)] == ["A1"]
+
+
+async def test_a_write_cut_short_by_a_full_disk_leaves_no_half_row(tmp_path: Path) -> None:
+    """The disk fills in the middle of a row: that alert's rows fail whole, and the next alert's row is intact
+    (not glued to half a row). The file-size limit stands in for the full disk (Python ignores SIGXFSZ)."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 40, hard))  # room for part of a row
+    try:
+        with pytest.raises(OSError, match="too large"):
+            await log.append([result(2, 1), result(2, 2)], alert_id="A2", alert_type="x")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    await log.append([result(3, 1)], alert_id="A3", alert_type="x")
+    await log.close()
+    written = rows(path)
+    assert [row["alert_id"] for row in written] == ["A1", "A3"]
+    assert written[1]["message"] == "alert 3, leg 1"

@@ -77,12 +77,20 @@ class OrderLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._torn = False
+        """A failed write left part of a row that could not be taken back: the next rows start on a new line."""
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if os.fstat(self._fd).st_size == 0:
-            self._write([list(COLUMNS)])
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._fd = fd
+            if os.fstat(fd).st_size == 0:
+                self._write([list(COLUMNS)])
+        except BaseException:
+            self._fd = None
+            os.close(fd)
+            raise
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -90,22 +98,36 @@ class OrderLog:
             os.close(fd)
 
     async def append(self, results: Sequence[LegResult], *, alert_id: str, alert_type: str) -> None:
-        """Write one row per result, at the OS before returning; `OSError` (a full disk) if they are not."""
+        """Write one row per result, at the OS before returning; `OSError` (a full disk) if they are not, and
+        then none of them is in the file."""
         if not results:
             return
         at = datetime.now(UTC)
         self._write([row_of(r, alert_id=alert_id, alert_type=alert_type, at=at) for r in results])
 
     def _write(self, rows: list[list[str]]) -> None:
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             raise RuntimeError("order log is closed")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)
-        data = buffer.getvalue().encode("utf-8")
-        written = os.write(self._fd, data)
-        while written < len(data):  # a short write (a signal, a nearly full disk): the rest, not a torn row
-            data = data[written:]
-            written = os.write(self._fd, data)
+        data = ("\n" if self._torn else "").encode() + buffer.getvalue().encode("utf-8")
+        done = 0
+        try:
+            while done < len(data):  # a short write (a signal, a nearly full disk): the rest follows
+                done += os.write(fd, data[done:])
+        except OSError:
+            if done:
+                self._take_back(fd, done)
+            raise
+        self._torn = False
+
+    def _take_back(self, fd: int, written: int) -> None:
+        """Remove what a failed write got into the file: a half row would swallow the next alert's row."""
+        try:
+            os.ftruncate(fd, os.fstat(fd).st_size - written)  # one process, one thread writes this file
+        except OSError:
+            self._torn = True
 
 
 async def order_log_ctx(app: web.Application) -> AsyncIterator[None]:
