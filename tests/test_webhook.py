@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+from helpers import SECRET, ClientFactory, alert, leg, refusing_writes, with_accounts
 from structlog.testing import capture_logs
 
 from tvbridge.config import AlertsConfig, Config
@@ -172,6 +172,26 @@ async def test_stale_alert_is_refused_and_nothing_is_placed(make_client: ClientF
     assert body["message"].startswith("alert is stale: meta.timenow is ")
     assert orders_received(config) == []
     assert [row["status"] for row in order_log(config)] == ["stale"]
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["placed", "stale"])
+async def test_an_order_log_the_disk_refuses_costs_no_answer(
+    make_client: ClientFactory, config: Config, *, stale: bool
+) -> None:
+    """The CSV cannot be written (a full disk): the alert is still answered as it would be (200 placed, 422
+    stale), not 500, and the failure is an `order_log.write_failed` line with the alert's id."""
+    config = scripted(config)
+    client = await make_client(config)
+    old = (datetime.now(UTC) - timedelta(seconds=config.alerts.max_age_s + 60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    raw = alert(leg(meta={"interval": "1D", "time": old, "timenow": old})) if stale else alert(leg())
+    with refusing_writes(config.data_path(config.order_log.file)), capture_logs() as logs:
+        response = await client.post("/webhook", json=raw)
+        body = await response.json()
+    assert (response.status, body["status"]) == ((422, "stale") if stale else (200, "success"))
+    assert len(orders_received(config)) == (0 if stale else 1)
+    failed = [line for line in logs if line["event"] == "order_log.write_failed"]
+    assert [line["alert_id"] for line in failed] == [body["alert_id"]]
+    assert order_log(config) == []
 
 
 async def test_alert_without_meta_has_no_age_check(make_client: ClientFactory, config: Config) -> None:

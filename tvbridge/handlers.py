@@ -175,7 +175,10 @@ async def _refuse_stale(
         status=AlertStatus.STALE.value,
     )
     await app[JOURNAL].finish_alert(alert_id, AlertStatus.STALE.value, body, results)
-    await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+    try:  # journaled already: a CSV problem must not turn the refusal into a 500
+        await app[ORDER_LOG].append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+    except Exception:
+        log.exception("order_log.write_failed", alert_id=alert_id)
     log.warning("alert.stale", age_s=round(age_s, 1), max_age_s=config.alerts.max_age_s)
     metrics.alert_outcome(app, AlertStatus.STALE.value)
     return web.json_response(body, status=422)
