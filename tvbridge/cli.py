@@ -232,6 +232,7 @@ async def _run(
         log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
+        settle_heap()  # before the first request: the collection pauses nobody, and no request's objects freeze
         site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
         await site.start()
         host, port = runner.addresses[0][:2]
@@ -246,7 +247,6 @@ async def _run(
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )
-        settle_heap()
         pid_file = config.data_path(PID_FILE)
         write_pid_file(pid_file)
         await stop.wait()
