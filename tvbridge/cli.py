@@ -186,9 +186,10 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
 
 
 GC_YOUNG_THRESHOLD: Final = 50_000
-"""Allocations between young-generation collections (CPython's default is 700). A request allocates a few
-thousand objects, nearly all freed by reference counting; at the default the collector ran several times per
-alert and cost ~5% of the CPU under load."""
+"""Surviving allocations between young-generation collections (CPython's default is 700). Nearly everything a
+request allocates is freed by reference counting; what survives is a little cyclic garbage. Measured with
+`gc.callbacks` over 10,000 benchmark alerts: at the default ~270 young collections (pauses up to ~1 ms, ~100 ms
+in all); with the start-up heap frozen and this threshold, none."""
 
 
 def settle_heap() -> None:

@@ -8,7 +8,7 @@ operating system (`tail -f` sees them; they survive `kill -9`).
 
 The write happens on the event loop, like the journal's commits with `synchronous = normal`: handing a few
 hundred bytes to the page cache takes microseconds, while a trip to a worker thread (aiofiles) and back cost
-~100 µs of CPU per alert and a wake-up of the loop (`bench/README.md`).
+32-182 µs of CPU per alert and a wake-up of the loop (`bench/orderlog_cost.py`, `bench/README.md`).
 """
 
 from __future__ import annotations
