@@ -18,27 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tvbridge.models import LegResult, LegStatus
+from journal_cost import result  # the same leg result the journal benchmark records
+
 from tvbridge.orderlog import OrderLog
-
-
-def result(n: int) -> LegResult:
-    return LegResult(
-        leg_number=1,
-        account="paper",
-        broker="paper",
-        symbol="RELIANCE",
-        exchange="NSE",
-        transaction="B",
-        quantity="1",
-        order_type="MKT",
-        product_type="C",
-        price="0",
-        status=LegStatus.SUCCESS,
-        message="order filled",
-        order_id=f"PAPER-{n:06d}",
-        client_order_id=f"x-{n}-1",
-    )
 
 
 def cpu_s() -> float:
@@ -53,7 +35,7 @@ async def case(alerts: int, concurrency: int) -> dict[str, object]:
 
         async def worker(k: int) -> None:
             for i in range(alerts // concurrency):
-                await order_log.append([result(i)], alert_id=f"a{k}-{i}", alert_type="multi_leg_order")
+                await order_log.append([result(1)], alert_id=f"a{k}-{i}", alert_type="multi_leg_order")
 
         cpu, wall = cpu_s(), time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
