@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import fcntl
+import io
+import os
 import resource
 from pathlib import Path
 
@@ -101,3 +104,33 @@ async def test_a_write_cut_short_by_a_full_disk_leaves_no_half_row(tmp_path: Pat
     written = rows(path)
     assert [row["alert_id"] for row in written] == ["A1", "A3"]
     assert written[1]["message"] == "alert 3, leg 1"
+
+
+async def test_a_half_row_that_cannot_be_taken_back_is_ended_before_the_next_row(tmp_path: Path) -> None:
+    """Where even truncating fails (here the descriptor leads to a pipe, which has no size to cut), the next
+    alert's rows start on a line of their own instead of continuing the half row."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    [descriptor] = [link for link in Path("/proc/self/fd").iterdir() if link.resolve() == path.resolve()]
+    reader, writer = os.pipe()
+    try:
+        os.set_blocking(writer, False)
+        capacity = fcntl.fcntl(writer, fcntl.F_GETPIPE_SZ)
+        os.write(writer, b"x" * (capacity - 4096))  # one page free: a longer write is cut short there
+        os.dup2(writer, int(descriptor.name))
+        with pytest.raises(BlockingIOError):
+            await log.append([result(2, leg) for leg in range(1, 60)], alert_id="A2", alert_type="x")
+        written = b""
+        while len(written) < capacity:
+            written += os.read(reader, capacity - len(written))  # the padding and the half row: room again
+        await log.append([result(3, 1)], alert_id="A3", alert_type="x")
+        after = os.read(reader, 65536)
+    finally:
+        await log.close()
+        os.close(reader)
+        os.close(writer)
+    assert not written.endswith(b"\n")  # the failed alert left part of a row
+    assert after.startswith(b"\n")
+    [row] = csv.DictReader(io.StringIO(after.decode().strip()), fieldnames=COLUMNS)
+    assert (row["alert_id"], row["message"]) == ("A3", "alert 3, leg 1")
