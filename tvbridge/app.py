@@ -78,6 +78,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         notifier=app[NOTIFIER],
         before_send=guard.before_send,
+        quantity_units={account: config.quantity_unit(account) for account in config.routing.accounts},
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

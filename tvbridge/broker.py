@@ -93,6 +93,8 @@ __all__ = [
     "Exchange",
     "Health",
     "Instrument",
+    "InstrumentInfo",
+    "InstrumentLookup",
     "OptionType",
     "OrderLeg",
     "OrderRequest",
@@ -244,6 +246,20 @@ class Capabilities:
     """False: `cancel_order` alerts fail for this account without calling `cancel()`."""
     live: bool = False
     """True when orders reach a real market (used for the weak-secret refusal and the README's warnings)."""
+    instrument_info: bool = False
+    """True: the plugin also implements `InstrumentLookup.instrument_info()` (lot sizes from its instrument
+    master). tvbridge needs it to convert a futures or options quantity given in lots (`quantity_unit = "lots"`);
+    without it such a leg fails before sending, naming this capability."""
+
+
+@attrs.frozen(kw_only=True)
+class InstrumentInfo:
+    """The contract a leg names, as the broker's instrument master lists it (`InstrumentLookup`)."""
+
+    trading_symbol: str
+    """The broker's own name for the contract (Dhan: `NIFTY-Dec2026-FUT`), for messages."""
+    lot_size: int
+    """Units in one lot (65 for a NIFTY future in 2026); 1 for equity."""
 
 
 @attrs.frozen(kw_only=True)
@@ -305,6 +321,18 @@ class Broker(Protocol):
 
     async def aclose(self) -> None:
         """Close sessions and files; called once at shutdown when `start()` succeeded."""
+        ...
+
+
+@runtime_checkable
+class InstrumentLookup(Protocol):
+    """An optional part of the interface, declared with `Capabilities(instrument_info=True)`."""
+
+    async def instrument_info(self, leg: OrderLeg) -> InstrumentInfo:
+        """The contract `leg` names (exchange, symbol, and for derivatives expiry, strike and CE/PE), resolved
+        exactly as `place()` would resolve it, with no order sent. `leg.quantity` is not looked at. Raise
+        `BrokerRejectedError` for a contract the master does not list (the message is the one `place()` would
+        give: the trader reads it); raise `BrokerUnavailableError` when the master is not loaded."""
         ...
 
 

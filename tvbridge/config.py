@@ -26,6 +26,7 @@ import cattrs
 from dotenv import dotenv_values
 
 from tvbridge.errors import ConfigError
+from tvbridge.models import QuantityUnit
 from tvbridge.validation import validation_messages
 
 if TYPE_CHECKING:
@@ -275,7 +276,8 @@ class RiskConfig:
     blocked_symbols: tuple[str, ...] = ()
 
 
-ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed"})
+QUANTITY_UNITS: Final = tuple(unit.value for unit in QuantityUnit)
+ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed", "quantity_unit"})
 """Keys of `[accounts.NAME]` that tvbridge itself reads; they are removed before the table reaches the plugin."""
 
 
@@ -310,10 +312,15 @@ class Config:
         """The account's `when_closed`, else `[sessions] when_closed`."""
         return str(self.accounts.get(account, {}).get("when_closed", self.sessions.when_closed))
 
+    def quantity_unit(self, account: str) -> QuantityUnit:
+        """What the account's alert quantities count when a leg does not say: `units` (the default: what the
+        guide sends and dhanhq takes) or `lots` (Dhan's own TradingView panel). See `tvbridge/lots.py`."""
+        return QuantityUnit(self.accounts.get(account, {}).get("quantity_unit", QuantityUnit.UNITS))
+
     def risk_of(self, account: str, converter: cattrs.Converter) -> RiskConfig:
         """`[risk]` with the account's own risk keys laid over it; `ConfigError` names a bad key."""
         table = self.accounts.get(account, {})
-        own = {k: v for k, v in table.items() if k in ACCOUNT_KEYS and k != "when_closed"}
+        own = {k: v for k, v in table.items() if k in attrs.fields_dict(RiskConfig)}
         if not own:
             return self.risk
         merged = {**converter.unstructure(self.risk), **own}
@@ -450,6 +457,11 @@ def load_config(
         config.risk_of(account, converter)  # a bad per-account limit stops the start, like any bad key
         if config.when_closed(account) not in WHEN_CLOSED:
             raise ConfigError(f"accounts.{account}.when_closed: must be one of {', '.join(WHEN_CLOSED)}")
+        unit = config.accounts[account].get("quantity_unit", QuantityUnit.UNITS)
+        if not isinstance(unit, str) or unit not in QUANTITY_UNITS:
+            raise ConfigError(
+                f"accounts.{account}.quantity_unit: must be one of {', '.join(QUANTITY_UNITS)}, got {unit!r}"
+            )
     return config
 
 

@@ -36,6 +36,7 @@ from tvbridge.broker import (
 )
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
+from tvbridge.lots import in_units, unit_of
 from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
@@ -44,6 +45,7 @@ from tvbridge.models import (
     LegResult,
     LegStatus,
     OrderLeg,
+    QuantityUnit,
     summarize,
 )
 from tvbridge.risk import RiskLimitError
@@ -123,6 +125,7 @@ class Executor:
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
         before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
+        quantity_units: Mapping[str, QuantityUnit] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -133,6 +136,8 @@ class Executor:
         self._notifier = notifier
         self._before_send = before_send
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
+        self._quantity_units = quantity_units or {}
+        """Per account, what an alert's quantity counts when its leg does not say (`lots.py`)."""
 
     async def run(
         self,
@@ -249,19 +254,19 @@ class Executor:
         resume: Resume | None,
         done: LegResult | None,
     ) -> LegResult:
-        """One leg: (on recovery: reuse or look up first), mark `sending`, call the broker."""
-        if resume is not None:
-            settled = resume.settled.get((account, number))
-            if settled is not None:
-                return settled
-            if isinstance(leg, OrderLeg):
-                found = await self._recovery_lookup(alert_id, account, number, leg)
-                if found is not None:
-                    return found
-            if not resume.may_send:
-                return self._expired(alert_id, account, number, leg, resume)
+        """One leg: its quantity in units, (on recovery: reuse or look up first), mark `sending`, call the broker."""
+        if resume is not None and (account, number) in resume.settled:
+            return resume.settled[(account, number)]
+        not_sized: str | None = None
         if isinstance(leg, OrderLeg):
-            refused = await self._refuse_before_send(alert_id, account, number, leg)
+            sized = await self._in_units(alert_id, account, number, leg)
+            leg, not_sized = (sized, None) if isinstance(sized, OrderLeg) else (leg, sized)
+        if resume is not None:
+            recovered = await self._recovered(alert_id, account, number, leg, resume)
+            if recovered is not None:
+                return recovered
+        if isinstance(leg, OrderLeg):
+            refused = await self._refuse_before_send(alert_id, account, number, leg, not_sized)
             if refused is not None:
                 return refused
         try:
@@ -277,6 +282,32 @@ class Executor:
             result = await self._place(alert_id, account, number, leg)
         crash_point("after_send")
         return result
+
+    async def _recovered(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, resume: Resume
+    ) -> LegResult | None:
+        """On recovery: what the broker already has for the leg, or `expired` when it must not be sent any more;
+        None when it may be sent."""
+        if isinstance(leg, OrderLeg):
+            found = await self._recovery_lookup(alert_id, account, number, leg)
+            if found is not None:
+                return found
+        if not resume.may_send:
+            return self._expired(alert_id, account, number, leg, resume)
+        return None
+
+    async def _in_units(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> OrderLeg | str:
+        """The leg with its quantity in units (`lots.py`), or why it cannot be sent (a message; nothing sent)."""
+        account_unit = self._quantity_units.get(account, QuantityUnit.UNITS)
+        if unit_of(leg, account_unit) is QuantityUnit.UNITS:
+            return leg
+        try:
+            return await in_units(self._brokers[account], leg, account_unit)
+        except BrokerError as e:
+            return f"not sent: {e}"
+        except Exception as e:  # a failing conversion must never let the leg through in the wrong unit
+            log.exception("leg.check_failed", alert_id=alert_id, leg=number, account=account)
+            return f"not sent: the lot size could not be read ({type(e).__name__})"
 
     async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
         """Does the broker already have this leg? None when it has not; an `unknown` result when it cannot say."""
@@ -333,10 +364,15 @@ class Executor:
             **_leg_fields(leg),
         )
 
-    async def _refuse_before_send(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
-        """Capabilities and risk limits, checked before the leg is marked `sending`: a refused leg never counts as
-        (possibly) sent, neither for recovery nor for `max_orders_per_day`."""
+    async def _refuse_before_send(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg, not_sized: str | None = None
+    ) -> LegResult | None:
+        """Quantity unit, capabilities and risk limits, checked before the leg is marked `sending`: a refused leg
+        never counts as (possibly) sent, neither for recovery nor for `max_orders_per_day`. `not_sized` is why
+        the quantity could not be converted to units (`_in_units`)."""
         client_id = client_order_id(alert_id, number)
+        if not_sized is not None:
+            return self.result_for(account, number, leg, LegStatus.FAILED, not_sized, client_id=client_id)
         try:
             check_supported(self._brokers[account].capabilities, leg)
             if self._before_send is not None:

@@ -64,6 +64,15 @@ class PositionAction(enum.StrEnum):
     EXIT_ALL = "EXIT_ALL"
 
 
+class QuantityUnit(enum.StrEnum):
+    """What a leg's `quantity` counts. Brokers always receive units: tvbridge converts lots before sending."""
+
+    UNITS = "units"
+    """Shares for equity; for futures and options contracts x lot size (one NIFTY lot of 65 is 65)."""
+    LOTS = "lots"
+    """Dhan's own TradingView panel: `"quantity": "1"` on NIFTY1! is one lot (65 units). Equity: 1 lot = 1 share."""
+
+
 @attrs.frozen(kw_only=True)
 class Meta:
     """TradingView's bar information; `timenow` drives the age check."""
@@ -94,6 +103,9 @@ class OrderLeg:
     manage_position: PositionAction | None = None
     amo_time: str | None = None
     meta: Meta | None = None
+    quantity_unit: QuantityUnit | None = None
+    """The alert's per-leg `quantity_unit`; None: the account's `quantity_unit`. A plugin always sees units here:
+    tvbridge converts a quantity in lots (`tvbridge.lots`) before `place()`."""
 
 
 @attrs.frozen(kw_only=True)

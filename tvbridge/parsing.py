@@ -39,8 +39,10 @@ from tvbridge.models import (
     OrderType,
     PositionAction,
     Product,
+    QuantityUnit,
     Side,
 )
+from tvbridge.tickers import TickerError, read_option_ticker, same_venue, split_prefix
 from tvbridge.validation import validation_messages
 
 if TYPE_CHECKING:
@@ -89,7 +91,9 @@ ALIASES: Final[Mapping[type[Enum], Mapping[str, str]]] = {
         "STOP_LOSS_MARKET": "SL-M",
     },
     Product: {"CNC": "C", "INTRADAY": "I", "MIS": "I", "MARGIN": "M", "NRML": "M"},
+    QuantityUnit: {"unit": "units", "lot": "lots"},
 }
+LOWER_CASE_ENUMS: Final = frozenset({AlertType, QuantityUnit})
 
 
 def _check_placeholder(value: str) -> None:
@@ -182,7 +186,7 @@ def _structure_int(value: object, _: type) -> int:
 
 def _structure_enum(value: object, cls: type[E]) -> E:
     text = _text_of(value)
-    normalized = text.upper() if cls is not AlertType else text.lower()
+    normalized = text.lower() if cls in LOWER_CASE_ENUMS else text.upper()
     normalized = ALIASES.get(cls, {}).get(normalized, normalized)
     try:
         return cls(normalized)
@@ -273,6 +277,61 @@ def _fold_option(raw: Mapping[str, Any], leg: OrderLeg) -> OrderLeg:
     return leg
 
 
+def _take_prefix(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], Exchange | None, list[Exception]]:
+    """TradingView's `NSE:RELIANCE`: the symbol without its prefix, the prefix's exchange (None without one) and
+    the problems found. A leg without an `exchange` key takes the prefix's."""
+    symbol = raw.get("symbol")
+    if not isinstance(symbol, str) or PLACEHOLDER.search(symbol):
+        return raw, None, []  # not text, or an unreplaced placeholder: the symbol hook says what is wrong
+    try:
+        prefixed = split_prefix(symbol.strip())
+    except TickerError as e:
+        return raw, None, [_field_error("symbol", str(e))]
+    if prefixed.exchange is None:
+        return raw, None, []
+    taken = {**raw, "symbol": prefixed.symbol}
+    if taken.get("exchange") is None:
+        taken["exchange"] = prefixed.exchange.value
+    return taken, prefixed.exchange, []
+
+
+def _prefix_problems(raw: Mapping[str, Any], prefix: Exchange | None, exchange: Exchange) -> list[Exception]:
+    """A prefix naming another exchange than the leg's `exchange` key: neither is preferred, the trader decides."""
+    if prefix is None or same_venue(prefix, exchange):
+        return []
+    message = f"exchange prefix {prefix} of {prefix}:{raw.get('symbol')} contradicts exchange {exchange}"
+    return [_field_error("symbol", message)]
+
+
+def _read_option_ticker(leg: OrderLeg, problems: list[Exception]) -> OrderLeg:
+    """An option leg whose symbol is a TradingView option ticker (`NIFTY261229C24000`): underlying, expiry,
+    strike and CE/PE from the ticker. Fields the alert also gives must agree with it (else a problem each)."""
+    if leg.instrument is not Instrument.OPTION:
+        return leg
+    try:
+        ticker = read_option_ticker(leg.symbol)
+    except TickerError as e:
+        problems.append(_field_error("symbol", str(e)))
+        return leg
+    if ticker is None:
+        return leg
+    given = (
+        ("option_type", leg.option_type, ticker.option_type),
+        ("strike_price", leg.strike_price, ticker.strike_price),
+        ("expiry_date", leg.expiry_date, ticker.expiry_date),
+    )
+    for field, value, read in given:
+        if value is not None and value != read:
+            problems.append(_field_error(field, f"{value} contradicts the option ticker {leg.symbol} ({read})"))
+    return attrs.evolve(
+        leg,
+        symbol=ticker.underlying,
+        option_type=ticker.option_type,
+        strike_price=ticker.strike_price,
+        expiry_date=ticker.expiry_date,
+    )
+
+
 def _renamed(cls: type, keys: Mapping[str, str]) -> dict[str, Any]:
     overrides = {name: override(rename=alias) for name, alias in keys.items() if name in attrs.fields_dict(cls)}
     if "symbol" in attrs.fields_dict(cls):
@@ -302,7 +361,17 @@ def _register_scalars(converter: cattrs.Converter) -> None:
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(Decimal, str)
     # Our enums are StrEnums: registered one by one, or the `str` hook would win by MRO and skip the check.
-    for enum_cls in (AlertType, Side, OrderType, Exchange, Instrument, OptionType, Product, PositionAction):
+    for enum_cls in (
+        AlertType,
+        Side,
+        OrderType,
+        Exchange,
+        Instrument,
+        OptionType,
+        Product,
+        PositionAction,
+        QuantityUnit,
+    ):
         converter.register_structure_hook(enum_cls, _structure_enum)
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(bool, _structure_bool)
@@ -340,26 +409,10 @@ def _register_alert(converter: cattrs.Converter) -> None:
     _register_meta(converter)
 
     def leg_hook(raw: object, _: type) -> OrderLeg:
-        raw = _expect_object(raw)
-        try:
-            leg = base_leg(raw, OrderLeg)
-        except ClassValidationError as e:
-            raise ClassValidationError(e.message, _renamed_notes(e.exceptions, LEG_KEYS), OrderLeg) from None
-        leg = _fold_option(raw, leg)
-        problems = _leg_problems(leg)
-        if problems:
-            raise ClassValidationError("invalid order leg", problems, OrderLeg)
-        return leg
+        return _structure_leg(_expect_object(raw), base_leg)
 
     def cancel_hook(raw: object, _: type) -> CancelLeg:
-        raw = _expect_object(raw)
-        try:
-            leg = base_cancel(raw, CancelLeg)
-        except ClassValidationError as e:
-            raise ClassValidationError(e.message, _renamed_notes(e.exceptions, LEG_KEYS), CancelLeg) from None
-        if not leg.order_id and not leg.symbol:
-            raise ClassValidationError("cancel", [_field_error("symbol", "give a symbol or an order_id")], CancelLeg)
-        return leg
+        return _structure_cancel(_expect_object(raw), base_cancel)
 
     def alert_hook(raw: object, _: type) -> Alert:
         raw = dict(_expect_object(raw))
@@ -380,6 +433,36 @@ def _register_alert(converter: cattrs.Converter) -> None:
     converter.register_structure_hook_func(
         lambda t: t in (OrderAlert, CancelAlert) or t == (OrderAlert | CancelAlert), alert_hook
     )
+
+
+def _structure_leg(raw: Mapping[str, Any], base: Callable[[Mapping[str, Any], type], OrderLeg]) -> OrderLeg:
+    raw, prefix, problems = _take_prefix(raw)
+    try:
+        leg = base(raw, OrderLeg)
+    except ClassValidationError as e:
+        raise ClassValidationError(e.message, _renamed_notes([*e.exceptions, *problems], LEG_KEYS), OrderLeg) from None
+    leg = _fold_option(raw, leg)
+    problems += _prefix_problems(raw, prefix, leg.exchange)
+    leg = _read_option_ticker(leg, problems)
+    problems += _leg_problems(leg)
+    if problems:
+        raise ClassValidationError("invalid order leg", problems, OrderLeg)
+    return leg
+
+
+def _structure_cancel(raw: Mapping[str, Any], base: Callable[[Mapping[str, Any], type], CancelLeg]) -> CancelLeg:
+    raw, prefix, problems = _take_prefix(raw)
+    try:
+        leg = base(raw, CancelLeg)
+    except ClassValidationError as e:
+        raise ClassValidationError(e.message, _renamed_notes([*e.exceptions, *problems], LEG_KEYS), CancelLeg) from None
+    if leg.exchange is not None:
+        problems += _prefix_problems(raw, prefix, leg.exchange)
+    if not leg.order_id and not leg.symbol:
+        problems.append(_field_error("symbol", "give a symbol or an order_id"))
+    if problems:
+        raise ClassValidationError("cancel", problems, CancelLeg)
+    return leg
 
 
 def _register_meta(converter: cattrs.Converter) -> None:

@@ -220,7 +220,7 @@ BAD_LEGS: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         BrokerRejectedError,
         (
             "quantity 1: must be a whole number of lots of 65 units for NIFTY-Dec2026-FUT (quantity is in units: "
-            "65 = 1 lot)"
+            '65 = 1 lot; an account or leg with quantity_unit = "lots" counts lots)'
         ),
     ),
     "PRE_OPEN AMO": (

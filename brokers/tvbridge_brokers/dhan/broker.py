@@ -40,6 +40,7 @@ from tvbridge.broker import (
     CancelRequest,
     Capabilities,
     Health,
+    InstrumentInfo,
     OrderResult,
     OrderState,
     check_supported,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tvbridge.broker import BrokerContext, OrderRequest
+    from tvbridge.models import OrderLeg
     from tvbridge_brokers.dhan.mapping import PlaceOrder
 
 log = structlog.get_logger()
@@ -114,7 +116,7 @@ class DhanBroker:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(live=self._settings.live)
+        return Capabilities(live=self._settings.live, instrument_info=True)
 
     @property
     def settings(self) -> DhanSettings:
@@ -205,6 +207,12 @@ class DhanBroker:
                 await self._remember(attrs.evolve(entry, order_id=result.order_id))
             self._log.info("dhan.order.placed", client_order_id=cid, order_id=result.order_id, state=result.state.value)
             return result
+
+    async def instrument_info(self, leg: OrderLeg) -> InstrumentInfo:
+        """The contract `place()` would resolve for `leg` and its lot size (`SEM_LOT_UNITS`), from the master
+        alone: no HTTP, dry-run or live. tvbridge converts `quantity_unit = "lots"` with it."""
+        contract = resolve_contract(leg, self._require_master(), today=self._clock().astimezone(IST).date())
+        return InstrumentInfo(trading_symbol=contract.trading_symbol, lot_size=contract.lot_size)
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         """Dhan's order with this correlation id, or None if Dhan says it has none. Dry-run: the dry-run

@@ -166,7 +166,8 @@ def dhan_quantity(leg: OrderLeg, contract: Contract, segment: str) -> int:
     if rest or lots == 0:
         raise BrokerRejectedError(
             f"quantity {leg.quantity}: must be a whole number of lots of {contract.lot_size} units for "
-            f"{contract.trading_symbol} (quantity is in units: {contract.lot_size} = 1 lot)"
+            f"{contract.trading_symbol} (quantity is in units: {contract.lot_size} = 1 lot; an account or leg"
+            ' with quantity_unit = "lots" counts lots)'
         )
     return lots if segment in LOT_SEGMENTS else leg.quantity
 

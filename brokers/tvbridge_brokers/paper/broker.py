@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
+import attrs
 import structlog
 
 from tvbridge.broker import (
     BrokerError,
     BrokerUnavailableError,
+    BrokerUnsupportedError,
     Capabilities,
     Health,
     check_supported,
@@ -35,8 +38,10 @@ from .settings import PaperSettings, parse_settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from tvbridge.broker import BrokerContext, CancelRequest, OrderRequest, OrderResult
+    from tvbridge.broker import BrokerContext, CancelRequest, InstrumentInfo, OrderRequest, OrderResult
+    from tvbridge.models import OrderLeg
 
+    from .master import DhanRules
     from .models import PaperOrder, PaperPosition
 
 T = TypeVar("T")
@@ -45,8 +50,13 @@ log = structlog.get_logger()
 
 CAPABILITIES: Final = Capabilities(live=False)
 """Every order type, product, exchange and instrument: paper is where a trader tries anything first."""
+CAPABILITIES_WITH_MASTER: Final = Capabilities(live=False, instrument_info=True)
 
 HEALTH_TIMEOUT_S: Final = 2.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class PaperBroker:
@@ -54,8 +64,11 @@ class PaperBroker:
 
     api_version: int = 1
 
-    def __init__(self, settings: PaperSettings) -> None:
+    def __init__(self, settings: PaperSettings, *, clock: Callable[[], datetime] = _now) -> None:
         self._settings = settings
+        self._clock = clock
+        self._rules: DhanRules | None = None
+        """Dhan's master and rules when `instruments_path` is set (`master.py`), loaded by start()."""
         self._executor: ThreadPoolExecutor | None = None
         self._checkpointer: Checkpointer | None = None
         self._book: Book | None = None
@@ -65,13 +78,17 @@ class PaperBroker:
         self._lifecycle = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
-        """Build from `[accounts.NAME]` (minus `broker`); raise `ValueError` naming an unknown or bad key."""
-        return cls(parse_settings(settings, context))
+    def from_settings(
+        cls, settings: Mapping[str, object], context: BrokerContext, *, clock: Callable[[], datetime] = _now
+    ) -> Self:
+        """Build from `[accounts.NAME]` (minus `broker`); raise `ValueError` naming an unknown or bad key.
+        `clock` (aware) picks the nearest unexpired future when an instrument master is set; for tests."""
+        return cls(parse_settings(settings, context), clock=clock)
 
     @property
     def capabilities(self) -> Capabilities:
-        return CAPABILITIES
+        """Everything; with an instrument master also `instrument_info` (lot sizes for `quantity_unit = "lots"`)."""
+        return CAPABILITIES_WITH_MASTER if self._settings.instruments_path is not None else CAPABILITIES
 
     @property
     def settings(self) -> PaperSettings:
@@ -84,6 +101,11 @@ class PaperBroker:
                 raise BrokerUnavailableError("the paper broker was closed; build a new one")
             if self._book is not None:
                 return
+            if self._settings.instruments_path is not None and self._rules is None:
+                from .master import DhanRules  # noqa: PLC0415 - the dhan modules load only for accounts with a master
+
+                self._rules = await DhanRules.load(self._settings.instruments_path, self._clock)
+                log.info("paper.instruments.loaded", path=str(self._settings.instruments_path), rows=len(self._rules))
             if self._settings.synchronous != "full":
                 self._book = Book.open(self._settings.db_path, self._settings.prices, self._settings.synchronous)
                 self._checkpointer = Checkpointer(self._settings.db_path, "normal", name="tvbridge-paper-checkpoint")
@@ -128,11 +150,27 @@ class PaperBroker:
         while committing: ask `lookup()`).
         """
         check_supported(self.capabilities, request.leg)
+        if self._settings.instruments_path is not None:
+            leg = self._require_rules().check(request)  # what Dhan would refuse, refused here with its message
+            request = attrs.evolve(request, leg=leg)
         result = await self._call(lambda book: book.place(request))
         moved = result.details.get("moved_orders")
         if moved:  # fills of earlier orders happen on this alert's price, outside their own alert's log lines
             log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
         return result
+
+    async def instrument_info(self, leg: OrderLeg) -> InstrumentInfo:
+        """The contract and lot size from the instrument master, as the dhan broker reads them. Declared (in
+        `capabilities`) only with `instruments_path`; without one, `BrokerUnsupportedError`."""
+        if self._settings.instruments_path is None:
+            msg = "this paper account has no instrument master (instruments_path), so it knows no lot sizes"
+            raise BrokerUnsupportedError(msg)
+        return self._require_rules().info(leg)
+
+    def _require_rules(self) -> DhanRules:
+        if self._rules is None:
+            raise BrokerUnavailableError("the paper broker is not started: its instrument master is not loaded")
+        return self._rules
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         """Cancel by `leg.order_id`, or every resting order for `leg.symbol` (narrowed by exchange and side).

@@ -8,6 +8,7 @@ Keys::
     [accounts.paper]
     broker = "paper"
     db_path = "paper-paper.sqlite3"   # default: <data_dir>/paper-<account>.sqlite3; relative to data_dir
+    instruments_path = "data/dhan-api-scrip-master.csv"  # optional: Dhan's instrument master, see master.py
     [accounts.paper.prices]           # reference prices, per contract or EXCHANGE:contract (looked up first)
     RELIANCE = 2900.5
     "NSE:INFY" = "1500.25"
@@ -33,7 +34,7 @@ import attrs
 if TYPE_CHECKING:
     from tvbridge.broker import BrokerContext
 
-KNOWN_KEYS: Final = ("db_path", "prices", "synchronous")
+KNOWN_KEYS: Final = ("db_path", "prices", "synchronous", "instruments_path")
 IGNORED_KEYS: Final = frozenset({"broker"})
 """The entry point name; tvbridge strips it, but a table passed whole must not fail on it."""
 
@@ -45,6 +46,9 @@ class PaperSettings:
     """Reference price per contract (`RELIANCE`) or per `EXCHANGE:contract` (`NSE:RELIANCE`, looked up first)."""
     synchronous: str = "normal"
     """SQLite durability: "normal" survives a process crash, "full" also a power cut (one fsync per order)."""
+    instruments_path: Path | None = None
+    """Dhan's instrument master (the file a dhan account reads): paper then resolves symbols and lot sizes and
+    refuses what Dhan would (`master.py`). None: any symbol and quantity is accepted."""
 
 
 def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> PaperSettings:
@@ -59,7 +63,17 @@ def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> Pa
     if synchronous not in {"normal", "full"}:
         msg = f'synchronous: must be "normal" or "full", got {synchronous!r}'
         raise ValueError(msg)
-    return PaperSettings(db_path=db_path, prices=prices, synchronous=str(synchronous))
+    instruments = settings.get("instruments_path")
+    if instruments is not None and (not isinstance(instruments, str | os.PathLike) or not os.fspath(instruments)):
+        msg = f"instruments_path: expected a file path, got {instruments!r}"
+        raise ValueError(msg)
+    return PaperSettings(
+        db_path=db_path,
+        prices=prices,
+        synchronous=str(synchronous),
+        # as a dhan account reads it (not relative to data_dir), so both can name the same file the same way
+        instruments_path=Path(instruments).expanduser() if instruments is not None else None,
+    )
 
 
 def _parse_db_path(value: object, context: BrokerContext) -> Path:
