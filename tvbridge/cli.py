@@ -29,6 +29,7 @@ from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
+from tvbridge.lots import instrument_warnings
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
@@ -113,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
-    build_brokers(config)  # each account's own settings are validated by its plugin
+    brokers = build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
+    for warning in instrument_warnings(config, brokers):
+        print(f"tvbridge: warning: {warning}", file=sys.stderr)
     print("config ok", file=sys.stderr)
     return EXIT_OK
 

@@ -26,7 +26,10 @@ from tvbridge.broker import BrokerRejectedError, BrokerUnsupportedError, Instrum
 from tvbridge.models import Instrument, QuantityUnit
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from tvbridge.broker import Broker
+    from tvbridge.config import Config
     from tvbridge.models import OrderLeg
 
 
@@ -57,3 +60,26 @@ async def in_units(broker: Broker, leg: OrderLeg, account_unit: QuantityUnit) ->
         msg = f"quantity_unit lots: the broker reports lot size {info.lot_size} for {info.trading_symbol}"
         raise BrokerRejectedError(msg)
     return attrs.evolve(leg, quantity=leg.quantity * info.lot_size, quantity_unit=QuantityUnit.UNITS)
+
+
+def instrument_warnings(config: Config, brokers: Mapping[str, Broker]) -> list[str]:
+    """What `tvbridge check-config` warns about accounts whose broker knows no instrument master: a paper account
+    then accepts any symbol and quantity (practice that does not predict Dhan), and an account counting lots can
+    convert equity only."""
+    warnings: list[str] = []
+    for account, broker in brokers.items():
+        if broker.capabilities.instrument_info:
+            continue
+        name = config.broker_of(account)
+        if name == "paper":
+            warnings.append(
+                f"accounts.{account}: no instruments_path: this paper account accepts any symbol and any quantity,"
+                " where Dhan refuses a symbol its instrument master does not list and a part lot; set"
+                " instruments_path to the master your dhan account reads so paper refuses what Dhan would"
+            )
+        if config.quantity_unit(account) is QuantityUnit.LOTS:
+            warnings.append(
+                f'accounts.{account}: quantity_unit = "lots", but broker {name} declares no instrument_info (lot'
+                " sizes): futures and options legs in lots will fail; equity works (1 lot = 1 share)"
+            )
+    return warnings
