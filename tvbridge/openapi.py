@@ -23,6 +23,7 @@ from tvbridge.models import (
     OrderType,
     PositionAction,
     Product,
+    QuantityUnit,
     Side,
 )
 
@@ -65,9 +66,17 @@ def _schemas() -> dict[str, Any]:
     leg_properties: dict[str, Any] = {
         "transactionType": _enum(Side, "B buy, S sell", "BUY", "SELL"),
         "orderType": _enum(OrderType, "market, limit, stop-loss, stop-loss market", "MARKET", "LIMIT", "SLM"),
-        "quantity": _number("a positive whole number: shares for equity, units for derivatives"),
-        "exchange": _enum(Exchange, "the exchange"),
-        "symbol": {"type": "string", "description": "the trading symbol, e.g. RELIANCE"},
+        "quantity": _number(
+            "a positive whole number: units (shares; derivatives contracts x lot size), or lots when the account's"
+            " or the leg's quantity_unit is lots"
+        ),
+        "quantity_unit": _enum(QuantityUnit, "what quantity counts; default: the account's quantity_unit (units)"),
+        "exchange": _enum(Exchange, "the exchange; optional when the symbol has an EXCHANGE: prefix"),
+        "symbol": {
+            "type": "string",
+            "description": "the trading symbol (RELIANCE) or TradingView's ticker: NSE:RELIANCE, NIFTY1!, and on"
+            " option legs NIFTY261229C24000 (underlying, expiry YYMMDD, C/P, strike)",
+        },
         "instrument": _enum(Instrument, "EQ, FUT, OPT (with option_type, strike_price, expiry_date), CE, PE"),
         "productType": _enum(Product, "C CNC, I intraday, M margin, MTF", "CNC", "INTRADAY", "MARGIN"),
         "sort_order": _number("legs run in this order: 1, 2, ..."),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import structlog
 
-from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, SettingsError
+from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, InstrumentLookup, SettingsError
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError
 
@@ -159,6 +159,11 @@ def build_brokers(config: Config) -> dict[str, Broker]:
             raise PluginError(f"accounts.{account}: {type(e).__name__}: {e}") from None
         if not isinstance(broker, Broker):
             raise PluginError(f"accounts.{account}: {name}.from_settings did not return a broker")
+        if broker.capabilities.instrument_info and not isinstance(broker, InstrumentLookup):
+            raise PluginError(
+                f"accounts.{account}: broker {name} declares the instrument_info capability but has no"
+                " instrument_info() method (see tvbridge.broker.InstrumentLookup)"
+            )
         brokers[account] = broker
     return brokers
 

@@ -18,8 +18,10 @@ from fake_dhan import CLIENT_ID, TOKEN
 from helpers import alert, leg, with_accounts
 
 from tvbridge.broker import BrokerRejectedError, OrderState
+from tvbridge.errors import PluginError
 from tvbridge.lots import in_units
 from tvbridge.models import Exchange, Instrument, Product, QuantityUnit
+from tvbridge.registry import build_brokers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -245,3 +247,17 @@ async def test_instrument_info_refuses_what_place_refuses(dhan_dry: DhanBroker) 
 
     assert str(by_lookup.value) == str(by_place.value)
     assert str(by_lookup.value).startswith("expiry_date 2026-12-30: no NIFTY future expires that day")
+
+
+def test_a_plugin_that_claims_instrument_info_without_the_method_does_not_start(config: Config) -> None:
+    """Declaring the capability is a promise: a plugin that declares `instrument_info` and lacks the method is
+    refused when the accounts are built, naming the account and the interface, not on a trader's first lot."""
+    config = with_accounts(config, {"odd": {"broker": "scripted", "claims_instrument_info": True}})
+
+    with pytest.raises(PluginError) as caught:
+        build_brokers(config)
+
+    assert str(caught.value) == (
+        "accounts.odd: broker scripted declares the instrument_info capability but has no instrument_info() method"
+        " (see tvbridge.broker.InstrumentLookup)"
+    )

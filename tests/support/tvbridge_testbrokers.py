@@ -41,6 +41,8 @@ class ScriptedSettings:
     bad_answer_symbols: tuple[str, ...] = ()
     """Place the order, then answer with something that is not an OrderResult (a plugin bug)."""
     order_types: tuple[str, ...] = ()
+    claims_instrument_info: bool = False
+    """Declare the `instrument_info` capability without implementing it (a plugin bug tvbridge must catch)."""
 
 
 class ScriptedBroker:
@@ -52,7 +54,7 @@ class ScriptedBroker:
         self.orders: dict[str, OrderResult] = {}
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
-        self.capabilities = Capabilities(order_types=types)
+        self.capabilities = Capabilities(order_types=types, instrument_info=settings.claims_instrument_info)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
