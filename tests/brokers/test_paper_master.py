@@ -228,3 +228,20 @@ async def test_a_leg_with_an_unknown_quantity_unit_is_a_422(make_client: ClientF
     assert (await response.json())["errors"] == [
         "order_legs[0].quantity_unit: must be one of units, lots, got 'contracts'"
     ]
+
+
+def test_brokers_command_shows_which_plugins_know_lot_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tvbridge brokers --json` lists `instrument_info` per plugin: dhan knows lot sizes, paper without a
+    master does not."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TVBRIDGE_SERVER__DATA_DIR", str(tmp_path))
+    for name in ("TVBRIDGE_CONFIG", "DHAN_CLIENT_ID", "DHAN_ACCESS_TOKEN", "ENABLE_DHAN"):
+        monkeypatch.delenv(name, raising=False)
+
+    main(["brokers", "--json"])
+
+    plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
+    assert plugins["dhan"]["capabilities"]["instrument_info"] is True
+    assert plugins["paper"]["capabilities"]["instrument_info"] is False

@@ -93,6 +93,7 @@ def capabilities_dict(capabilities: Capabilities) -> dict[str, Any]:
         "instruments": sorted(capabilities.instruments),
         "cancel": capabilities.cancel,
         "live": capabilities.live,
+        "instrument_info": capabilities.instrument_info,
     }
 
 
@@ -118,4 +119,6 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.extend(f"  {key + ':':<14}{', '.join(caps[key])}" for key in CAPABILITY_SETS)
             lines.append(f"  {'cancel:':<14}{'yes' if caps['cancel'] else 'no'}")
             lines.append(f"  {'live:':<14}{'yes' if caps['live'] else 'no (simulated or dry-run)'}")
+            lot_sizes = "yes (quantity_unit lots works on F&O)" if caps["instrument_info"] else "no (lots: equity only)"
+            lines.append(f"  {'lot sizes:':<14}{lot_sizes}")
     return "\n".join(lines)
