@@ -245,3 +245,22 @@ def test_brokers_command_shows_which_plugins_know_lot_sizes(
     plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
     assert plugins["dhan"]["capabilities"]["instrument_info"] is True
     assert plugins["paper"]["capabilities"]["instrument_info"] is False
+
+
+async def test_cancel_by_the_alerts_symbol_finds_orders_booked_under_the_contract(
+    make_client: ClientFactory, config: Config, dhan_master: Path
+) -> None:
+    """A resting limit placed as `NSE:NIFTY1!` (booked under NIFTY's contract) is cancelled by a cancel_order
+    naming `NIFTY1!`, as the dhan broker cancels the orders it placed for that symbol."""
+    config = with_accounts(config, {"paper": {"broker": "paper", "instruments_path": str(dhan_master)}})
+    client = await make_client(config)
+    placed = await post(
+        client, leg(symbol="NSE:NIFTY1!", instrument="FUT", productType="M", quantity="65", orderType="LMT", price="1")
+    )
+    order_id = placed["results"][0]["order_id"]
+
+    response = await client.post("/webhook", json=alert({"symbol": "NIFTY1!"}, alert_type="cancel_order"))
+
+    assert response.status == 200
+    assert placed["results"][0]["order_state"] == "open"
+    assert (await response.json())["results"][0]["message"] == f"cancelled 1 order(s): {order_id}"

@@ -176,8 +176,12 @@ class PaperBroker:
         """Cancel by `leg.order_id`, or every resting order for `leg.symbol` (narrowed by exchange and side).
 
         Raises `BrokerRejectedError` for an unknown order id, an order that already filled, or a leg that names
-        neither an order id nor a symbol. Nothing resting for the symbol: an empty list.
+        neither an order id nor a symbol. Nothing resting for the symbol: an empty list. With an instrument master
+        the symbol is read as `place()` booked it (`NIFTY1!` names the NIFTY orders).
         """
+        if self._settings.instruments_path is not None and request.leg.symbol:
+            symbol = self._require_rules().booked_symbol(request.leg.symbol)
+            request = attrs.evolve(request, leg=attrs.evolve(request.leg, symbol=symbol))
         return await self._call(lambda book: book.cancel(request))
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:

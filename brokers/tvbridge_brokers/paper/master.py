@@ -22,6 +22,7 @@ from tvbridge.broker import BrokerError, InstrumentInfo
 from tvbridge.models import Instrument
 from tvbridge_brokers.dhan.broker import IST
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master
+from tvbridge_brokers.dhan.mapping import _CONTINUOUS as CONTINUOUS  # the dhan broker's own reading of NIFTY1!
 from tvbridge_brokers.dhan.mapping import build_place_order, resolve_contract
 
 if TYPE_CHECKING:
@@ -57,6 +58,14 @@ class DhanRules:
     def info(self, leg: OrderLeg) -> InstrumentInfo:
         contract = self.contract(leg)
         return InstrumentInfo(trading_symbol=contract.trading_symbol, lot_size=contract.lot_size)
+
+    @staticmethod
+    def booked_symbol(symbol: str) -> str:
+        """The name `check()` books a leg under, from the symbol as an alert wrote it: upper case, and a
+        continuous future (`NIFTY1!`) by its underlying. For cancels, which name no instrument to resolve."""
+        upper = symbol.strip().upper()
+        continuous = CONTINUOUS.fullmatch(upper)
+        return continuous["underlying"] if continuous else upper
 
     def check(self, request: OrderRequest) -> OrderLeg:
         """Refuse what the dhan broker would refuse, with its message; return the leg named as the contract it
