@@ -278,18 +278,29 @@ class FollowUp:
         order.order_id = found.order_id or order.order_id
         if self._metrics is not None and previous != order.state:
             self._metrics.order_states.labels(account=order.account, state=order.state).inc()
-        (log.warning if found.state is OrderState.REJECTED else log.info)(
-            "order.state_changed",
-            alert_id=order.alert_id,
-            leg=order.leg_number,
-            account=order.account,
-            order_id=order.order_id,
-            previous=previous,
-            state=order.state,
-            filled_quantity=order.filled_quantity,
-            average_price=order.average_price,
-            message=found.message,
-        )
+        what = {"alert_id": order.alert_id, "leg": order.leg_number, "account": order.account}
+        if found.state is OrderState.REJECTED:  # a refused order is a trader's problem: a warning
+            log.warning(
+                "order.state_changed",
+                **what,
+                order_id=order.order_id,
+                previous=previous,
+                state=order.state,
+                filled_quantity=order.filled_quantity,
+                average_price=order.average_price,
+                message=found.message,
+            )
+        else:
+            log.info(
+                "order.state_changed",
+                **what,
+                order_id=order.order_id,
+                previous=previous,
+                state=order.state,
+                filled_quantity=order.filled_quantity,
+                average_price=order.average_price,
+                message=found.message,
+            )
         self._notify(order, found)
         return True
 
