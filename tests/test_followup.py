@@ -124,6 +124,16 @@ async def wait_for_state(client: TestClient[web.Request, web.Application], alert
             await asyncio.sleep(0.02)  # the pace of asking, not synchronisation: the loop waits for the state
 
 
+async def until_not_followed(client: TestClient[web.Request, web.Application], account: str) -> None:
+    """Until follow-up let go of every order of `account` (it does so right after journaling the final state)."""
+    followup = client.app[FOLLOWUP]
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            if not followup.followed(account):
+                return
+            await asyncio.sleep(0.01)  # the pace of asking, not synchronisation: the loop waits for the condition
+
+
 async def place(client: TestClient[web.Request, web.Application], body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     response = await client.post("/webhook", json=body)
     answer: dict[str, Any] = await response.json()
@@ -164,6 +174,7 @@ async def test_dhan_order_traded_later_shows_filled_and_polling_stops(
     changes = [e for e in logs if e["event"] == "order.state_changed"]
     assert [(e["previous"], e["state"], e["filled_quantity"]) for e in changes] == [("open", "filled", 10)]
 
+    await until_not_followed(client, "dhan")
     text = await metrics_text(client)
     assert 'tvbridge_orders_followed{account="dhan"} 0.0' in text
     assert 'tvbridge_order_state_changes_total{account="dhan",state="filled"} 1.0' in text
@@ -175,7 +186,6 @@ async def test_dhan_order_traded_later_shows_filled_and_polling_stops(
 
     asked = fake_dhan.lookups(cid)
     followup = client.app[FOLLOWUP]
-    assert followup.followed("dhan") == 0
     assert await followup.check_due("dhan") is None  # a pass now: nothing to ask about
     assert fake_dhan.lookups(cid) == asked
 
@@ -281,3 +291,17 @@ async def test_status_shows_the_orders_current_state(make_client: ClientFactory,
     page = await (await client.get("/status", headers=AUTH)).text()
     assert " filled 10 @ 4000)" in page
     assert "1 order(s) followed" in page
+
+
+async def test_dhan_order_that_expires_is_expired_not_cancelled(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, tmp_path: Path
+) -> None:
+    """Dhan's EXPIRED (a protected market order that found no price, a day order at the close) is shown as
+    `expired`: nobody cancelled it. It is final: the order is no longer followed."""
+    client = await make_client(dhan_config(config, fake_dhan, tmp_path))
+    alert_id, result = await place(client, alert(leg()))
+    fake_dhan.set_status(result["order_id"], "EXPIRED")
+    expired = await wait_for_state(client, alert_id, "expired")
+    assert expired["filled_quantity"] == 0
+    await until_not_followed(client, "dhan")
+    assert 'tvbridge_order_state_changes_total{account="dhan",state="expired"} 1.0' in await metrics_text(client)
