@@ -198,7 +198,9 @@ class FollowUp:
         self._wake[order.account].set()
 
     def _drop(self, order: Followed) -> None:
-        self._orders[order.account].pop(order.key, None)
+        orders = self._orders[order.account]
+        if orders.get(order.key) is order:  # not a newer hand-over of the same leg (an alert run again)
+            del orders[order.key]
         self._count(order.account)
 
     def _count(self, account: str) -> None:
