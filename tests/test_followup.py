@@ -8,6 +8,7 @@ Dhan through the real dhanhq client against the fake Dhan API, which the tests m
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
-from helpers import alert, leg, with_accounts
+from helpers import SECRET, alert, leg, with_accounts
+from server_process import ServerProcess
 from structlog.testing import capture_logs
 
 from tvbridge.config import FollowupConfig, NotifyConfig
@@ -305,3 +307,54 @@ async def test_dhan_order_that_expires_is_expired_not_cancelled(
     assert expired["filled_quantity"] == 0
     await until_not_followed(client, "dhan")
     assert 'tvbridge_order_state_changes_total{account="dhan",state="expired"} 1.0' in await metrics_text(client)
+
+
+async def test_a_real_server_restart_resumes_follow_up(tmp_path: Path, fake_dhan: FakeDhan) -> None:
+    """`python -m tvbridge serve` places a Dhan limit order that rests; it is stopped with SIGTERM, the exchange
+    fills the order meanwhile, and the next process on the same data directory records the fill from the
+    journal's work list (no alert needed), without sending anything again."""
+    master = tmp_path / "master.csv"
+    shutil.copyfile(sample_master_path(), master)
+    (tmp_path / "config.toml").write_text(
+        f'[server]\nadmin_token = "{ADMIN}"\n'
+        "[followup]\nfirst_interval_s = 0.05\nmax_interval_s = 0.2\nmax_lookups_per_s = 50\n"
+        '[routing]\naccounts = ["dhan"]\n'
+        f'[accounts.dhan]\nbroker = "dhan"\nclient_id = "{CLIENT_ID}"\nlive = true\nbase_url = "{fake_dhan.base_url}"\n'
+        f'instruments_path = "{master}"\ntimeout_s = 5\n'
+    )
+    env = {"WEBHOOK_SECRET": SECRET, "DHAN_ACCESS_TOKEN": TOKEN}
+
+    async def get_leg_of(server: ServerProcess, alert_id: str) -> dict[str, Any]:
+        status, _, record = await asyncio.to_thread(server.get, f"/alerts/{alert_id}", AUTH)
+        assert status == 200, record
+        legs: list[dict[str, Any]] = record["legs"]
+        return legs[0]
+
+    async def wait_for(server: ServerProcess, alert_id: str, state: str) -> dict[str, Any]:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                found = await get_leg_of(server, alert_id)
+                if found["order_state"] == state:
+                    return found
+                await asyncio.sleep(0.05)  # the pace of asking, not synchronisation
+
+    first = await asyncio.to_thread(ServerProcess(tmp_path, env).start)
+    try:
+        body = json.dumps(alert(leg(orderType="LMT", price="2800"))).encode()
+        status, _, answer = await asyncio.to_thread(first.post, "/webhook", body)
+        assert status == 200, answer
+        alert_id, order_id = answer["alert_id"], answer["results"][0]["order_id"]
+        await wait_for(first, alert_id, "open")
+    finally:
+        assert await asyncio.to_thread(first.stop) == 0
+
+    fake_dhan.trade(order_id, price="2800")
+    second = await asyncio.to_thread(ServerProcess(tmp_path, env).start)
+    try:
+        filled = await wait_for(second, alert_id, "filled")
+        assert (filled["filled_quantity"], filled["average_price"]) == (10, "2800.0")
+    finally:
+        assert await asyncio.to_thread(second.stop) == 0
+    assert [e["orders"] for e in second.events() if e["event"] == "followup.resumed"] == [1]
+    assert len(fake_dhan.placed()) == 1
+    assert TOKEN not in second.output
