@@ -90,9 +90,13 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     await journal.close()
 
 
-def make(journal: Journal, venue: Venue, *, lookup_timeout_s: float = 10.0) -> FollowUp:
+def make(journal: Journal, venue: Venue, *, lookup_timeout_s: float = 10.0, enabled: bool = True) -> FollowUp:
     settings = FollowupConfig(
-        first_interval_s=1.0, max_interval_s=30.0, max_lookups_per_s=2.0, lookup_timeout_s=lookup_timeout_s
+        enabled=enabled,
+        first_interval_s=1.0,
+        max_interval_s=30.0,
+        max_lookups_per_s=2.0,
+        lookup_timeout_s=lookup_timeout_s,
     )
     return FollowUp(
         journal=journal,
@@ -212,6 +216,16 @@ async def test_only_accepted_orders_that_are_not_final_are_followed(journal: Jou
     ]
     followup.follow("A", results)
     assert sorted(o.leg_number for o in followup.orders("acct")) == [1, 2, 3, 4]
+
+
+async def test_disabled_follow_up_follows_nothing(journal: Journal) -> None:
+    """`followup.enabled = false`: an open order is not followed and the broker is never asked."""
+    venue = Venue(answers={"A-1": open_order(1)})
+    followup = make(journal, venue, enabled=False)
+    followup.follow("A", [leg_result(1)])
+    venue.clock.now = 100.0
+    assert await followup.check_due("acct") is None
+    assert venue.asked == []
 
 
 OLD_LEGS = """
