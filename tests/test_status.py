@@ -135,6 +135,8 @@ async def test_a_new_alert_appears_in_chromium_within_2_s(
         assert await asyncio.to_thread(driver.execute_script, "return window.loadedOnce === true")  # no reload
         text = await asyncio.to_thread(driver.execute_script, 'return document.getElementById("alerts").innerText')
         assert "BAD: failed" in text
+        # the order's own state, rendered by the page's script from the stream
+        assert "RELIANCE: placed (S00001 filled 10)" in text
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert await asyncio.to_thread(driver.save_screenshot, str(ARTIFACTS / "status.png"))
     finally:

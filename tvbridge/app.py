@@ -15,6 +15,7 @@ from aiohttp import web
 from tvbridge import handlers, tradingday
 from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.executor import Executor
+from tvbridge.followup import followup_ctx
 from tvbridge.halt import halt_path
 from tvbridge.journal import journal_ctx
 from tvbridge.keys import (
@@ -25,6 +26,7 @@ from tvbridge.keys import (
     CONVERTER,
     CREDENTIALS,
     EXECUTOR,
+    FOLLOWUP,
     JOURNAL,
     METRICS,
     NOTIFIER,
@@ -79,6 +81,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         notifier=app[NOTIFIER],
         before_send=guard.before_send,
         quantity_units={account: config.quantity_unit(account) for account in config.routing.accounts},
+        followup=app[FOLLOWUP],
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal
@@ -111,9 +114,20 @@ def create_app(
     app.router.add_get("/status/events", status_events)
     app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
-    # recovery after brokers and executor, before the first request and before the queue's scheduler
+    # recovery after brokers and executor, before the first request and before the queue's scheduler; order
+    # follow-up between the brokers it asks and the executor that hands it orders
     app.cleanup_ctx.extend(
-        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx, scheduler_ctx]
+        [
+            journal_ctx,
+            order_log_ctx,
+            rate_limit_ctx,
+            dedupe_ctx,
+            brokers_ctx,
+            followup_ctx,
+            executor_ctx,
+            recovery_ctx,
+            scheduler_ctx,
+        ]
     )
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe
     app.on_shutdown.append(on_shutdown)

@@ -169,6 +169,9 @@ class OrderState(enum.StrEnum):
     PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    """Ended unfilled (or partly filled) by the exchange or the broker at the end of its validity (a day
+    order at the close; Dhan's protected market order that found no price), not by a cancel request."""
     REJECTED = "rejected"
     """Refused after acceptance (by the exchange or the broker's risk checks). Refused up front: raise
     `BrokerRejectedError` instead; tvbridge reports both as a failed leg."""

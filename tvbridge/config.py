@@ -186,11 +186,36 @@ class NotifyConfig:
     urls: tuple[str, ...] = attrs.field(default=(), repr=False)
     """apprise URLs (tgram://, discord://, slack://, mailto://, json://...); they hold tokens: kept secret."""
     events: tuple[str, ...] = attrs.field(
-        default=("leg_failed", "unknown_outcome", "token_expired", "halted", "resumed", "queued_sent", "journal_error"),
+        default=(
+            "leg_failed",
+            "unknown_outcome",
+            "token_expired",
+            "halted",
+            "resumed",
+            "queued_sent",
+            "journal_error",
+            "order_filled",
+            "order_rejected",
+        ),
         validator=_notify_kinds,
     )
     min_interval_s: float = attrs.field(default=60.0, validator=_non_negative)
     """Per kind, events within this long after a message are folded into one message with their count."""
+
+
+@attrs.frozen(kw_only=True)
+class FollowupConfig:
+    """Order follow-up (docs/durability.md): every order a broker accepted is looked up until it is final."""
+
+    enabled: bool = True
+    first_interval_s: float = attrs.field(default=1.0, validator=_positive)
+    """The first look-up comes this long after placement; the wait doubles after each look-up that finds no
+    change, up to `max_interval_s`, and starts over after a change."""
+    max_interval_s: float = attrs.field(default=30.0, validator=_positive)
+    max_lookups_per_s: float = attrs.field(default=2.0, validator=_positive)
+    """Per account: look-ups are spaced at least 1/this apart (Dhan allows 20 non-order requests a second)."""
+    lookup_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    """A look-up that takes longer counts as failed; the order is asked about again later."""
 
 
 @attrs.frozen(kw_only=True)
@@ -296,6 +321,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()
+    followup: FollowupConfig = FollowupConfig()
     sessions: SessionsConfig = SessionsConfig()
     risk: RiskConfig = RiskConfig()
     accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)

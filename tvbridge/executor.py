@@ -54,13 +54,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from tvbridge.broker import Broker
+    from tvbridge.followup import FollowUp
     from tvbridge.journal import Journal, PlannedLeg
     from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
 
 log = structlog.get_logger()
 
-FAILED_STATES = frozenset({OrderState.REJECTED, OrderState.CANCELLED})
+FAILED_STATES = frozenset({OrderState.REJECTED, OrderState.CANCELLED, OrderState.EXPIRED})
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +127,7 @@ class Executor:
         notifier: Notifier | None = None,
         before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
         quantity_units: Mapping[str, QuantityUnit] | None = None,
+        followup: FollowUp | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -138,6 +140,9 @@ class Executor:
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
         self._quantity_units = quantity_units or {}
         """Per account, what an alert's quantity counts when its leg does not say (`lots.py`)."""
+        self._followup = followup
+        """Order follow-up: gets each finished alert's results, after they are journaled, so the placement's
+        answer is on record before any later state of the order is."""
 
     async def run(
         self,
@@ -184,6 +189,8 @@ class Executor:
             log.exception("journal.finish_failed", alert_id=alert_id)
             if self._notifier is not None:
                 self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
+        if self._followup is not None:
+            self._followup.follow(alert_id, results)
         log.info(
             "alert.processed",
             alert_id=alert_id,
@@ -361,6 +368,8 @@ class Executor:
             order_id=order.order_id if order else None,
             client_order_id=client_id,
             order_state=order.state.value if order else None,
+            filled_quantity=order.filled_quantity if order and order.state is not OrderState.DRY_RUN else None,
+            average_price=str(order.average_price) if order and order.average_price is not None else None,
             **_leg_fields(leg),
         )
 
@@ -394,6 +403,7 @@ class Executor:
         try:
             order = await broker.place(request)
             result = self._from_order(account, number, leg, order, client_id)
+            self._nudge(account, order)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(account, number, leg, client_id, str(e))
         except BrokerError as e:
@@ -402,6 +412,13 @@ class Executor:
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
         return result
+
+    def _nudge(self, account: str, order: OrderResult) -> None:
+        """A placement that changed earlier orders (`details["moved_orders"]`, e.g. paper limits it filled) has
+        follow-up look those up now rather than at their next poll."""
+        moved = order.details.get("moved_orders")
+        if self._followup is not None and isinstance(moved, list | tuple):
+            self._followup.nudge(account, [str(order_id) for order_id in moved])
 
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
         if order.state is OrderState.DRY_RUN:

@@ -14,8 +14,11 @@ answers, so after a crash every leg is in one of these states (`LEG_STATES`):
     expired    found unsent by crash recovery after `alerts.max_age_s`: never sent
     test_mode  dry run; stale: refused at arrival (too old)
 
-What is in the journal is what crash recovery and `GET /alerts/<id>` rely on. The secret is removed from the
-stored payload. Durability per `journal.synchronous` and group commit: see `docs/durability.md`.
+Apart from `state`, each leg keeps its order's own state at the broker (`order_state`, `filled_quantity`,
+`average_price`, `order_message`): the placement's answer first, then every change order follow-up finds
+(`tvbridge/followup.py`). What is in the journal is what crash recovery and `GET /alerts/<id>` rely on. The
+secret is removed from the stored payload. Durability per `journal.synchronous` and group commit: see
+`docs/durability.md`.
 """
 
 from __future__ import annotations
@@ -76,9 +79,25 @@ CREATE TABLE IF NOT EXISTS legs (
     message          TEXT,
     result           TEXT,
     updated_at       TEXT NOT NULL,
+    order_state      TEXT,
+    filled_quantity  INTEGER,
+    average_price    TEXT,
+    order_message    TEXT,
+    order_updated_at TEXT,
     PRIMARY KEY (alert_id, account, leg_number)
 );
 """
+ORDER_COLUMNS: Final = {
+    "order_state": "TEXT",
+    "filled_quantity": "INTEGER",
+    "average_price": "TEXT",
+    "order_message": "TEXT",
+    "order_updated_at": "TEXT",
+}
+"""The broker's current view of a leg's order, kept by order follow-up (`tvbridge/followup.py`). Journals made
+before these columns existed get them when they open (`_add_order_columns`)."""
+FOLLOWED_STATES: Final = ("pending", "open", "trigger_pending", "partially_filled")
+"""`tvbridge.broker.OPEN_STATES` as stored: the orders follow-up keeps asking about."""
 
 UNFINISHED: Final = "accepted"
 T = TypeVar("T")
@@ -91,6 +110,16 @@ LEG_STATES: Final = frozenset(
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+@attrs.frozen(kw_only=True)
+class OrderStateRecord:
+    """What order follow-up writes for a leg: the broker's current view of its order."""
+
+    state: str
+    filled_quantity: int | None = None
+    average_price: str | None = None
+    message: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -219,13 +248,58 @@ class Journal:
 
         await self._write(finish)
 
+    async def set_order_state(self, alert_id: str, account: str, leg_number: int, order: OrderStateRecord) -> None:
+        """Record what the broker now says about a leg's order (order follow-up), and touch the alert's
+        `updated_at` so the status page's stream sees the change."""
+        now = _now()
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE legs SET order_state = ?, filled_quantity = ?, average_price = ?, order_message = ?,"
+                " order_updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                (
+                    order.state,
+                    order.filled_quantity,
+                    order.average_price,
+                    order.message,
+                    now,
+                    alert_id,
+                    account,
+                    leg_number,
+                ),
+            )
+            conn.execute("UPDATE alerts SET updated_at = ? WHERE alert_id = ?", (now, alert_id))
+
+        await self._write(update)
+
+    async def followed_orders(self) -> list[dict[str, Any]]:
+        """Placed legs whose order is not final yet, oldest first: order follow-up's work list at start.
+
+        Alerts still `accepted` are left out: crash recovery runs them again and hands their legs over."""
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT legs.alert_id, legs.account, legs.leg_number, legs.client_order_id, legs.order_id,"
+                " legs.order_state, legs.filled_quantity, legs.average_price, legs.result FROM legs"
+                " JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " AND legs.state = 'placed' AND legs.client_order_id IS NOT NULL AND alerts.status != ?"
+                " ORDER BY alerts.received_at, legs.account, legs.leg_number",
+                (UNFINISHED,),
+            ).fetchall()
+        )
+        return [
+            {**{k: row[k] for k in row.keys() if k != "result"}, "result": _json_or_none(row["result"])}  # noqa: SIM118 - sqlite3.Row
+            for row in rows
+        ]
+
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
         def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
             if row is None:
                 return None
             legs = conn.execute(
-                "SELECT account, leg_number, client_order_id, state, order_id, message, result, updated_at"
+                "SELECT account, leg_number, client_order_id, state, order_id, order_state, filled_quantity,"
+                " average_price, order_message, order_updated_at, message, result, updated_at"
                 " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
                 (alert_id,),
             ).fetchall()
@@ -314,14 +388,41 @@ def _create(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    _add_order_columns(conn)
+
+
+def _add_order_columns(conn: sqlite3.Connection) -> None:
+    """Give a journal from before order follow-up its columns, filled from each placed leg's stored result (so
+    orders left open by the old version are followed too), and the index follow-up's start reads."""
+    present = {row["name"] for row in conn.execute("PRAGMA table_info(legs)")}
+    missing = [name for name in ORDER_COLUMNS if name not in present]
+    for name in missing:
+        conn.execute(f"ALTER TABLE legs ADD COLUMN {name} {ORDER_COLUMNS[name]}")
+    if "order_state" in missing:
+        conn.execute(
+            "UPDATE legs SET order_state = json_extract(result, '$.order_state')"
+            " WHERE result IS NOT NULL AND json_valid(result)"
+        )
+    marks = ",".join(f"'{state}'" for state in FOLLOWED_STATES)
+    conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
+
+
+def _json_or_none(text: str | None) -> Any:
+    return json.loads(text) if text else None
 
 
 def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> None:
     state = leg_state(result)
     payload = json.dumps(attrs.asdict(result, recurse=False))  # flat: str, int and a StrEnum
+    # the order columns take the placement's answer once; after that order follow-up owns them, so a result
+    # written again later (the alert's final write, a combined closed-market answer) never turns them back
     updated = conn.execute(
         "UPDATE legs SET state = ?, order_id = ?, message = ?, result = ?, client_order_id = COALESCE(?,"
-        " client_order_id), updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",
+        " client_order_id), updated_at = ?,"
+        " filled_quantity = CASE WHEN order_state IS NULL THEN ? ELSE filled_quantity END,"
+        " average_price = CASE WHEN order_state IS NULL THEN ? ELSE average_price END,"
+        " order_state = COALESCE(order_state, ?)"
+        " WHERE alert_id = ? AND account = ? AND leg_number = ?",
         (
             state,
             result.order_id,
@@ -329,6 +430,9 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
             payload,
             result.client_order_id,
             _now(),
+            result.filled_quantity,
+            result.average_price,
+            result.order_state,
             alert_id,
             result.account,
             result.leg_number,
@@ -337,7 +441,7 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
     if updated.rowcount == 0:
         conn.execute(
             "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " updated_at, order_state, filled_quantity, average_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 alert_id,
                 result.account,
@@ -348,6 +452,9 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
                 result.message,
                 payload,
                 _now(),
+                result.order_state,
+                result.filled_quantity,
+                result.average_price,
             ),
         )
 

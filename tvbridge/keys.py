@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.broker import Broker  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
+    from tvbridge.followup import FollowUp  # noqa: F401
     from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.metrics import Metrics  # noqa: F401
@@ -33,6 +34,8 @@ JOURNAL = web.AppKey["Journal"]("journal")
 ORDER_LOG = web.AppKey["OrderLog"]("order_log")
 BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 EXECUTOR = web.AppKey["Executor"]("executor")
+FOLLOWUP = web.AppKey["FollowUp"]("followup")
+"""Order follow-up (`tvbridge/followup.py`): the executor hands it every finished alert's open orders."""
 STATE = web.AppKey["ServiceState"]("state")
 METRICS = web.AppKey["Metrics"]("metrics")
 """The app's own Prometheus registry and metrics (never the process-global default registry)."""

@@ -109,6 +109,19 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.order_states = Counter(
+            "tvbridge_order_state_changes",
+            "Changes of an accepted order's state found by order follow-up, by account and new state (open,"
+            " partially_filled, filled, rejected, cancelled, expired, ...).",
+            ["account", "state"],
+            registry=registry,
+        )
+        self.orders_followed = Gauge(
+            "tvbridge_orders_followed",
+            "Accepted orders not final yet, whose state order follow-up keeps asking the broker about.",
+            ["account"],
+            registry=registry,
+        )
         self.in_flight = Gauge("tvbridge_alerts_in_flight", "Alerts whose legs are still running.", registry=registry)
         self.queued = Gauge(
             "tvbridge_alerts_queued",

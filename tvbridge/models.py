@@ -191,6 +191,12 @@ class LegResult:
     order_id: str | None = None
     client_order_id: str | None = None
     order_state: str | None = None
+    """The broker's order state at placement (`tvbridge.broker.OrderState`); order follow-up keeps the journal's
+    copy current (`tvbridge/followup.py`)."""
+    filled_quantity: int | None = None
+    """Units filled at placement, when the broker said (None for no order or a dry run)."""
+    average_price: str | None = None
+    """Average fill price at placement, as a decimal string, when known."""
 
 
 def summarize(results: list[LegResult]) -> AlertStatus:

@@ -9,7 +9,8 @@ configured secret is blanked from them before sending.
 
 Kinds: `leg_failed`, `unknown_outcome`, `token_expired`, `journal_error` are raised here and in the executor;
 `halted`, `resumed`, `queued_sent` are for the code that halts, resumes and sends queued alerts, through
-`event(app, kind, message)`.
+`event(app, kind, message)`; `order_filled` and `order_rejected` for order follow-up (`tvbridge/followup.py`),
+when an accepted order later fills or is refused by the exchange.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ KINDS: Final = (
     "resumed",
     "queued_sent",
     "journal_error",
+    "order_filled",
+    "order_rejected",
 )
 TITLES: Final = {
     "leg_failed": "order leg failed",
@@ -51,6 +54,8 @@ TITLES: Final = {
     "resumed": "trading resumed",
     "queued_sent": "queued alert sent",
     "journal_error": "journal trouble",
+    "order_filled": "order filled",
+    "order_rejected": "order REJECTED after it was accepted",
 }
 SEND_TIMEOUT_S: Final = 30.0
 

@@ -276,7 +276,12 @@ def build_openapi(paths_extra: dict[str, Any] | None = None) -> dict[str, Any]:
                 "security": [{"bearer": []}],
                 "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": {"description": "the journal's record", "content": {JSON: {"schema": {"type": "object"}}}},
+                    "200": {
+                        "description": "the journal's record: status, payload, the answer given, and `legs`, each with"
+                        " its `state` and its order's current `order_state`, `filled_quantity`, `average_price` and"
+                        " `order_message` (kept current by order follow-up)",
+                        "content": {JSON: {"schema": {"type": "object"}}},
+                    },
                     "401": _error("admin token required"),
                     "404": _error("no such alert"),
                 },

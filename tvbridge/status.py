@@ -26,7 +26,18 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.access import has_admin_token
-from tvbridge.keys import ALERT_ID, BROKERS, CALENDAR, CONFIG, CREDENTIALS, JOURNAL, NOW, SOURCE_IP, STATE
+from tvbridge.keys import (
+    ALERT_ID,
+    BROKERS,
+    CALENDAR,
+    CONFIG,
+    CREDENTIALS,
+    FOLLOWUP,
+    JOURNAL,
+    NOW,
+    SOURCE_IP,
+    STATE,
+)
 from tvbridge.metrics import is_halted
 from tvbridge.sessions import EXCHANGES
 
@@ -78,7 +89,8 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
     if ids:
         marks = ",".join("?" * len(ids))
         for leg in conn.execute(
-            f"SELECT alert_id, account, leg_number, state, order_id, message, result FROM legs"  # noqa: S608 - only placeholders
+            f"SELECT alert_id, account, leg_number, state, order_id, order_state, filled_quantity, average_price,"  # noqa: S608 - only placeholders
+            f" message, result FROM legs"
             f" WHERE alert_id IN ({marks}) ORDER BY account, leg_number",
             ids,
         ):
@@ -92,6 +104,9 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
                     "transaction": result.get("transaction", ""),
                     "quantity": result.get("quantity", ""),
                     "order_id": leg["order_id"],
+                    "order_state": leg["order_state"],
+                    "filled_quantity": leg["filled_quantity"],
+                    "average_price": leg["average_price"],
                     "message": leg["message"] or "",
                 }
             )
@@ -178,13 +193,35 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
         },
         "brokers": health,
+        "followup": _followup(app),
         "positions": positions,
         **today,
     }
 
 
+def _followup(app: web.Application) -> dict[str, Any]:
+    """How many accepted orders order follow-up is still asking about, per account."""
+    followup = app.get(FOLLOWUP)
+    brokers = app.get(BROKERS)
+    accounts = list(brokers) if brokers is not None else []
+    by_account = {a: followup.followed(a) for a in accounts} if followup is not None else {}
+    return {"orders": sum(by_account.values()), "by_account": by_account}
+
+
 def _cell(value: object) -> str:
     return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
+
+
+def order_text(leg: dict[str, Any]) -> str:
+    """` open`, ` filled 10 @ 2900`: the order's own state at the broker (kept current by order follow-up)."""
+    state = leg.get("order_state")
+    if not state:
+        return ""
+    filled = leg.get("filled_quantity")
+    text = f" {state}"
+    if filled:
+        text += f" {filled}" + (f" @ {leg['average_price']}" if leg.get("average_price") else "")
+    return text
 
 
 def render_alerts(alerts: list[dict[str, Any]]) -> str:
@@ -193,7 +230,7 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
     for alert in alerts:
         legs = "; ".join(
             f"{leg['account']} #{leg['leg']} {leg['transaction']} {leg['quantity']} {leg['symbol']}: {leg['state']}"
-            + (f" ({leg['order_id']})" if leg["order_id"] else "")
+            + (f" ({leg['order_id']}{order_text(leg)})" if leg["order_id"] else "")
             for leg in alert["legs"]
         )
         rows.append(
@@ -221,13 +258,15 @@ def render_market(market: list[dict[str, Any]]) -> str:
     )
 
 
-def _server_html(server: dict[str, Any]) -> str:
+def _server_html(server: dict[str, Any], followup: dict[str, Any] | None = None) -> str:
     parts = [
         '<span class="ok">accepting alerts</span>' if server["accepting"] else '<span class="bad">shutting down</span>',
         '<span class="bad">HALTED</span>' if server["halted"] else "not halted",
         "journal " + ('<span class="ok">ok</span>' if server["journal_ok"] else '<span class="bad">FAILING</span>'),
         f"up since {html.escape(server['started_at'])}",
     ]
+    if followup is not None:
+        parts.append(f"{int(followup['orders'])} order(s) followed")
     return " · ".join(parts)
 
 
@@ -250,7 +289,7 @@ async def status_page(request: web.Request) -> web.Response:
     )
     page = (
         PAGE.replace("__VERSION__", html.escape(__version__))
-        .replace("__SERVER__", _server_html(data["server"]))
+        .replace("__SERVER__", _server_html(data["server"], data["followup"]))
         .replace("__BROKERS__", brokers)
         .replace("__MARKET__", render_market(data["market"]))
         .replace("__COUNT__", f"({len(data['alerts'])})")

@@ -3,7 +3,8 @@
 It keeps an order book, checks the `access-token` header like Dhan (DH-901 when it is not accepted), records
 every request it receives (method, path, JSON body) and can be told, one request at a time, to misbehave:
 answer a Dhan error code, take the order and answer an empty body, answer an HTML page without taking it, take
-the order and drop the connection, or take the order and hang until the server closes.
+the order and drop the connection, or take the order and hang until the server closes. A test moves an order on
+later, as the exchange would (`trade`, `reject`, `set_status`), and counts the look-ups that follow it.
 """
 
 from __future__ import annotations
@@ -100,6 +101,24 @@ class FakeDhan:
 
     def set_status(self, order_id: str, status: str, **fields: Any) -> None:
         self.orders[order_id].update(orderStatus=status, **fields)
+
+    def trade(self, order_id: str, *, price: str, quantity: int | None = None) -> None:
+        """The exchange filled the order later (all of it unless `quantity` says a part): what a look-up now
+        answers, as Dhan does (`TRADED` or `PART_TRADED`, `filledQty`, `averageTradedPrice`)."""
+        order = self.orders[order_id]
+        total = int(order["quantity"])
+        filled = total if quantity is None else quantity
+        status = "TRADED" if filled >= total else "PART_TRADED"
+        self.set_status(order_id, status, filledQty=filled, averageTradedPrice=float(price))
+
+    def reject(self, order_id: str, reason: str) -> None:
+        """The exchange or Dhan's risk system refused the order after Dhan accepted it."""
+        self.set_status(order_id, "REJECTED", omsErrorCode="16283", omsErrorDescription=reason)
+
+    def lookups(self, correlation_id: str) -> int:
+        """How many times the order with this correlation id was looked up (`get_order_by_correlationID`)."""
+        path = f"/v2/orders/external/{correlation_id}"
+        return sum(1 for r in self.requests if r.method == "GET" and r.path == path)
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._record_and_auth])

@@ -19,7 +19,7 @@ STATES: Final = {
     "TRADED": OrderState.FILLED,
     "REJECTED": OrderState.REJECTED,
     "CANCELLED": OrderState.CANCELLED,
-    "EXPIRED": OrderState.CANCELLED,
+    "EXPIRED": OrderState.EXPIRED,
     "TRIGGERED": OrderState.OPEN,
 }
 OPEN_STATES: Final = frozenset(
