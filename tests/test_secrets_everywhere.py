@@ -284,9 +284,12 @@ prices = {{ RELIANCE = 2900.0, INFY = 1500.0 }}
     assert len(ids) == 3
 
     places.update(data_files(data_dir))
-    for response in client.responses:
-        places[f"headers of {response.method} {response.path} ({response.status})"] = response.headers
-        places[f"body of {response.method} {response.path} ({response.status})"] = response.body
+    for n, response in enumerate(client.responses, start=1):
+        what = (
+            f"response {n} ({response.method} {response.path.replace(path_token, '<path token>')}, {response.status})"
+        )
+        places[f"headers of {what}"] = response.headers
+        places[f"body of {what}"] = response.body
     places["stdout"] = "".join(server.stdout_lines).encode()
     places["stderr"] = server.stderr.encode()
     for n, body in enumerate(receiver.bodies, start=1):
