@@ -278,7 +278,7 @@ prices = {{ RELIANCE = 2900.0, INFY = 1500.0 }}
     # the run did what it was meant to: orders reached Dhan with the token, the notifications arrived
     assert [o["securityId"] for o in fake.placed()] == ["2885", "1594"]
     assert {r.token for r in fake.requests} == {dhan_token}
-    assert len(receiver.bodies) == 3, receiver.bodies
+    assert len(receiver.bodies) >= 3, receiver.bodies  # held-back ones may follow at shutdown
     assert all(h["X-Api-Key"] == values["notify URL header token"] for h in receiver.headers)
     assert any(b"-wal" in where.encode() for where in places), list(places)
     assert len(ids) == 3
