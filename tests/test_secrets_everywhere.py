@@ -19,8 +19,11 @@ import asyncio
 import base64
 import http.client
 import json
+import os
 import secrets
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote
@@ -34,6 +37,7 @@ from server_process import ServerProcess
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 NOTIFY_WAIT_S: Final = 20.0
+EVENT_WAIT_S: Final = 20.0
 
 
 def _random() -> str:
@@ -110,6 +114,13 @@ def leaks(needles: dict[str, str], places: dict[str, bytes]) -> list[str]:
         for form, needle in encodings(value).items():
             found += [f"{kind} ({form}) in {where}" for where, text in places.items() if needle in text]
     return found
+
+
+async def wait_for_event(server: ServerProcess, event: str) -> None:
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while not any(e.get("event") == event for e in server.events()):
+        assert time.monotonic() < deadline, f"no {event} line within {EVENT_WAIT_S} s"
+        await asyncio.sleep(0.05)  # polling another process's log, bounded by the deadline
 
 
 def data_files(data_dir: Path) -> dict[str, bytes]:
@@ -206,37 +217,38 @@ def drive(client: Client, secret: str, path_token: str, admin: str) -> list[str]
     return ids
 
 
-async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
-    """Each configured secret appears nowhere it was not sent to on purpose: not in a data file, a response, the
-    console output, a notification's text, or an order sent to the broker."""
-    kinds = ("webhook secret", "path token", "admin token", "Dhan access token", "notify URL password")
-    values = {kind: _random() for kind in (*kinds, "notify URL header token", "notify URL path token")}
-    secret, path_token, admin = (values[k] for k in ("webhook secret", "path token", "admin token"))
-    dhan_token = values["Dhan access token"]
-    fake = FakeDhan()
-    await fake.start()
-    fake.valid_tokens = {dhan_token}
-    receiver = Receiver()
-    await receiver.start()
-    data_dir = tmp_path / "data"
-    master = tmp_path / "master.csv"
+KINDS: Final = (
+    "webhook secret",
+    "path token",
+    "admin token",
+    "Dhan access token",
+    "renewed Dhan access token",
+    "notify URL password",
+    "notify URL header token",
+    "notify URL path token",
+)
+
+
+def write_config(path: Path, values: dict[str, str], *, data_dir: Path, dhan_url: str, notify_port: int) -> None:
+    """Every secret set; the file lives outside the data directory, where it holds them on purpose. A live Dhan
+    account and a paper one; debug logs; the lockout after failed authentications out of the way."""
+    master = path.parent / "master.csv"
     shutil.copyfile(sample_master_path(), master)
     notify_urls = [
         (
-            f"json://operator:{values['notify URL password']}@127.0.0.1:{receiver.port}"
+            f"json://operator:{values['notify URL password']}@127.0.0.1:{notify_port}"
             f"/hook/{values['notify URL path token']}?+X-Api-Key={values['notify URL header token']}"
         ),
         f"json://127.0.0.1:1/unreachable/{values['notify URL path token']}",  # nothing listens on port 1
     ]
-    config = tmp_path / "config.toml"  # outside the data directory: it holds the secrets on purpose
-    config.write_text(
+    path.write_text(
         f"""
 [server]
 data_dir = {json.dumps(str(data_dir))}
-admin_token = "{admin}"
+admin_token = "{values["admin token"]}"
 [auth]
-secret = "{secret}"
-path_token = "{path_token}"
+secret = "{values["webhook secret"]}"
+path_token = "{values["path token"]}"
 [logging]
 level = "debug"
 [rate_limit]
@@ -252,42 +264,24 @@ accounts = ["dhan", "paper"]
 [accounts.dhan]
 broker = "dhan"
 client_id = "{CLIENT_ID}"
-access_token = "{dhan_token}"
+access_token = "{values["Dhan access token"]}"
 live = true
-base_url = "{fake.base_url}"
+base_url = "{dhan_url}"
 instruments_path = {json.dumps(str(master))}
 [accounts.paper]
 broker = "paper"
 prices = {{ RELIANCE = 2900.0, INFY = 1500.0 }}
 """
     )
-    server = ServerProcess(tmp_path, {}, ["--config", str(config), "serve"])
-    places: dict[str, bytes] = {}
-    try:
-        await asyncio.to_thread(server.start)
-        client = Client(server.port)
-        ids = await asyncio.to_thread(drive, client, secret, path_token, admin)
-        await receiver.wait_for(3)  # leg_failed, halted, resumed
-        places.update({f"{where} (while running)": text for where, text in data_files(data_dir).items()})
-    finally:
-        code = await asyncio.to_thread(server.stop)
-        await fake.close()
-        await receiver.close()
-    assert code == 0, server.stderr
 
-    # the run did what it was meant to: orders reached Dhan with the token, the notifications arrived
-    assert [o["securityId"] for o in fake.placed()] == ["2885", "1594"]
-    assert {r.token for r in fake.requests} == {dhan_token}
-    assert len(receiver.bodies) >= 3, receiver.bodies  # held-back ones may follow at shutdown
-    assert all(h["X-Api-Key"] == values["notify URL header token"] for h in receiver.headers)
-    assert any(b"-wal" in where.encode() for where in places), list(places)
-    assert len(ids) == 3
 
-    places.update(data_files(data_dir))
+def outgoing(client: Client, server: ServerProcess, receiver: Receiver, fake: FakeDhan) -> dict[str, bytes]:
+    """Everything the server said or sent: responses (headers and bodies), stdout, stderr, notification bodies
+    and the bodies of its requests to Dhan (their headers carry the token on purpose)."""
+    places = {}
     for n, response in enumerate(client.responses, start=1):
-        what = (
-            f"response {n} ({response.method} {response.path.replace(path_token, '<path token>')}, {response.status})"
-        )
+        path = "/webhook/<token>" if response.path.startswith("/webhook/") else response.path
+        what = f"response {n} ({response.method} {path}, {response.status})"
         places[f"headers of {what}"] = response.headers
         places[f"body of {what}"] = response.body
     places["stdout"] = "".join(server.stdout_lines).encode()
@@ -296,6 +290,52 @@ prices = {{ RELIANCE = 2900.0, INFY = 1500.0 }}
         places[f"body of notification {n}"] = body
     for n, request in enumerate(fake.requests, start=1):
         places[f"body of request {n} to Dhan ({request.method} {request.path})"] = json.dumps(request.body).encode()
+    return places
+
+
+async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
+    """Each configured secret appears nowhere it was not sent to on purpose: not in a data file, a response, the
+    console output, a notification's text, or an order sent to the broker; nor does a Dhan token renewed on the
+    running server (config file + SIGHUP, the documented way)."""
+    values = {kind: _random() for kind in KINDS}
+    secret, path_token, admin = (values[k] for k in ("webhook secret", "path token", "admin token"))
+    dhan_token, renewed = values["Dhan access token"], values["renewed Dhan access token"]
+    fake = FakeDhan()
+    await fake.start()
+    fake.valid_tokens = {dhan_token}
+    receiver = Receiver()
+    await receiver.start()
+    data_dir = tmp_path / "data"
+    config = tmp_path / "config.toml"
+    write_config(config, values, data_dir=data_dir, dhan_url=fake.base_url, notify_port=receiver.port)
+    server = ServerProcess(tmp_path, {}, ["--config", str(config), "serve"])
+    try:
+        await asyncio.to_thread(server.start)
+        client = Client(server.port)
+        ids = await asyncio.to_thread(drive, client, secret, path_token, admin)
+        await receiver.wait_for(3)  # leg_failed, halted, resumed
+        fake.valid_tokens = {renewed}  # the token expired; the operator renews it
+        config.write_text(config.read_text().replace(dhan_token, renewed))
+        os.kill(int((data_dir / "tvbridge.pid").read_text()), signal.SIGHUP)
+        await wait_for_event(server, "broker.reconfigured")
+        after = await asyncio.to_thread(client.webhook, alert(leg(symbol="TCS", quantity="1"), secret=secret))
+        assert after.status == 200, after.body
+        places = {f"{where} (while running)": text for where, text in data_files(data_dir).items()}
+    finally:
+        code = await asyncio.to_thread(server.stop)
+        await fake.close()
+        await receiver.close()
+    assert code == 0, server.stderr
+
+    # the run did what it was meant to: orders reached Dhan with each token, the notifications arrived
+    assert [o["securityId"] for o in fake.placed()] == ["2885", "1594", "11536"]
+    assert {r.token for r in fake.requests} == {dhan_token, renewed}
+    assert len(receiver.bodies) >= 3, receiver.bodies  # held-back ones may follow at shutdown
+    assert all(h["X-Api-Key"] == values["notify URL header token"] for h in receiver.headers)
+    assert any(where.startswith("file tvbridge.sqlite3-wal") for where in places), list(places)
+    assert len(ids) == 3
+
+    places |= data_files(data_dir) | outgoing(client, server, receiver, fake)
     assert leaks(values, places) == []
     guesses = {
         f"a wrong guess at the {kind}": guess
