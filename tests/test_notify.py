@@ -19,6 +19,7 @@ from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.errors import ConfigError
+from tvbridge.notify import url_secrets
 
 SINK_DELAY_S = 1.0
 WAIT_S = 20.0
@@ -157,3 +158,23 @@ async def test_halt_and_resume_notify(make_client: ClientFactory, config: Config
         "trading halted through the admin API: news",
     )
     assert resumed["title"] == "tvbridge: trading resumed"
+
+
+@pytest.mark.parametrize(
+    ("url", "secret_parts", "kept"),
+    [
+        ("tgram://123456789:AAbbCCddEEffGGhh/-1001234567890", ["AAbbCCddEEffGGhh", "-1001234567890"], []),
+        ("discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js", ["4174216298", "JHMHI8qBe7bk2ZwO5U711o3dV_js"], []),
+        ("mailtos://me:pass%2Fword99@mail.example.com", ["pass%2Fword99", "pass/word99"], ["mail.example.com"]),
+        ("json://127.0.0.1:8080/hook/tok3n-in-path?+X-Key=header-token-1", ["tok3n-in-path", "header-token-1"], []),
+        ("json://localhost:8080/hook", [], ["localhost", "hook"]),
+    ],
+    ids=["bot token in the host", "token in the path", "password", "path and header", "no token"],
+)
+def test_every_token_part_of_a_notification_url_is_a_secret(url: str, secret_parts: list[str], kept: list[str]) -> None:
+    """apprise logs at debug level the URL it posts to, without the rest of the apprise URL: the parts that can
+    be tokens are redacted on their own, while a host name or a short path segment stays readable."""
+    found = url_secrets([url])
+    assert url in found
+    assert set(secret_parts) <= set(found)
+    assert not set(kept) & set(found)

@@ -16,8 +16,11 @@ when an accepted order later fills or is refused by the exchange.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import structlog
@@ -58,6 +61,10 @@ TITLES: Final = {
     "order_rejected": "order REJECTED after it was accepted",
 }
 SEND_TIMEOUT_S: Final = 30.0
+MIN_URL_SECRET: Final = 8
+"""Parts of a notification URL this long or longer are kept out of logs and messages; shorter ones ("hook",
+"POST", a port) are too common to blank everywhere and too short to be a token."""
+_URL_WORD: Final = re.compile(r"[^/:@?&=#;,+\s]+")
 
 
 @attrs.define
@@ -66,6 +73,41 @@ class _Kind:
     pending: int = 0
     latest: str = ""
     flush: asyncio.TimerHandle | None = None
+
+
+def url_secrets(urls: Iterable[str]) -> list[str]:
+    """Every part of the notification URLs that can be a token, for the log redactor and the messages.
+
+    The whole URL is not enough: apprise logs at debug level the URL it posts to (`JSON POST URL:
+    http://host/<path token>`), the `requests` underneath logs the path, and a Telegram bot token, a Discord
+    webhook token or a JSON target's key sit in the host, the path or the query. So the user name and password,
+    a host that is not an address or a host name, and every path segment and query value are secrets (each as
+    written and percent-decoded), once `MIN_URL_SECRET` long.
+    """
+    found: set[str] = set()
+    for url in urls:
+        found.add(url)
+        parts = urlsplit(url)
+        userinfo, _, host = parts.netloc.rpartition("@")
+        words = _URL_WORD.findall(userinfo) + _URL_WORD.findall(parts.path) + _URL_WORD.findall(parts.fragment)
+        words += [value for _, _, value in (pair.partition("=") for pair in parts.query.split("&"))]
+        if not _is_address(host):
+            words += _URL_WORD.findall(host)
+        found.update(form for word in words for form in (word, unquote(word)) if len(form) >= MIN_URL_SECRET)
+    return sorted(found)
+
+
+def _is_address(host: str) -> bool:
+    """A host part that names a machine (an IP, `localhost`, a dotted name, with or without a port), not a token
+    (Telegram's `tgram://<bot token>/...`)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name == "localhost" or (
+            "." in name and all(label.isalnum() for label in name.replace("-", "").split("."))
+        )
+    return True
 
 
 def apprise_sender(urls: Iterable[str]) -> Callable[[str, str], Awaitable[bool]]:
@@ -96,7 +138,7 @@ class Notifier:
     ) -> None:
         self._config = config
         self._enabled = frozenset(config.events) if config.urls else frozenset()
-        self._secrets = [s for s in (*secrets, *config.urls) if s]
+        self._secrets = sorted({s for s in (*secrets, *url_secrets(config.urls)) if s}, key=len, reverse=True)
         self._send = send or (apprise_sender(config.urls) if config.urls else None)
         self._kinds: dict[str, _Kind] = {}
         self._queue: asyncio.Queue[tuple[str, int, str] | None] = asyncio.Queue()
