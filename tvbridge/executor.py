@@ -6,6 +6,11 @@ the account's remaining legs. Accounts run side by side and independently: one a
 another's legs. Every broker exception that is not a typed rejection is treated as an unknown outcome and
 resolved with `lookup()` by client order id before anything is reported, so nothing is ever placed twice.
 
+A leg with `manage_position: EXIT_ALL` is resolved here, for every broker alike (`positions.py`): the broker's
+position in the leg's contract is read through `Broker.positions(leg)` and the plain order that closes it is
+what is sent, journaled and logged (its side and quantity, not the alert's); flat sends nothing and says so.
+EXIT_ALL legs of one account run one at a time, so two exits read one position once each, in turn.
+
 Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
 leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
 mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
@@ -46,6 +51,7 @@ from tvbridge.models import (
     OrderLeg,
     summarize,
 )
+from tvbridge.positions import exit_all
 from tvbridge.risk import RiskLimitError
 
 if TYPE_CHECKING:
@@ -71,6 +77,15 @@ class Resume:
     """False once the alert is older than `alerts.max_age_s`: what the broker lacks is marked expired."""
     age_s: float
     max_age_s: float
+
+
+def leg_status(state: OrderState) -> LegStatus:
+    """A placed order's leg status: dry run -> test_mode, rejected or cancelled -> failed, else success."""
+    if state is OrderState.DRY_RUN:
+        return LegStatus.TEST_MODE
+    if state in FAILED_STATES:
+        return LegStatus.FAILED
+    return LegStatus.SUCCESS
 
 
 def client_order_id(alert_id: str, leg_number: int) -> str:
@@ -133,6 +148,8 @@ class Executor:
         self._notifier = notifier
         self._before_send = before_send
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
+        self._exit_locks: dict[str, asyncio.Lock] = {}
+        """Per account: an EXIT_ALL reads the position and sends its close before the next one reads."""
 
     async def run(
         self,
@@ -251,19 +268,16 @@ class Executor:
     ) -> LegResult:
         """One leg: (on recovery: reuse or look up first), mark `sending`, call the broker."""
         if resume is not None:
-            settled = resume.settled.get((account, number))
-            if settled is not None:
-                return settled
-            if isinstance(leg, OrderLeg):
-                found = await self._recovery_lookup(alert_id, account, number, leg)
-                if found is not None:
-                    return found
-            if not resume.may_send:
-                return self._expired(alert_id, account, number, leg, resume)
+            earlier = await self._resumed(alert_id, account, number, leg, resume)
+            if earlier is not None:
+                return earlier
         if isinstance(leg, OrderLeg):
             refused = await self._refuse_before_send(alert_id, account, number, leg)
             if refused is not None:
                 return refused
+            if leg.manage_position is not None:
+                async with self._exit_locks.setdefault(account, asyncio.Lock()):
+                    return await self._exit(alert_id, account, number, leg, done)
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -277,6 +291,50 @@ class Executor:
             result = await self._place(alert_id, account, number, leg)
         crash_point("after_send")
         return result
+
+    async def _resumed(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, resume: Resume
+    ) -> LegResult | None:
+        """Recovery: the journaled result, what the broker already has, or `expired`; None: send it now."""
+        settled = resume.settled.get((account, number))
+        if settled is not None:
+            return settled
+        if isinstance(leg, OrderLeg):
+            found = await self._recovery_lookup(alert_id, account, number, leg)
+            if found is not None:
+                return found
+        if not resume.may_send:
+            return self._expired(alert_id, account, number, leg, resume)
+        return None
+
+    async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
+        """EXIT_ALL: read the position through the interface, send the plain order that closes it (or nothing)."""
+        client_id = client_order_id(alert_id, number)
+        try:
+            found = await self._brokers[account].positions(leg)
+        except BrokerError as e:
+            message = f"not sent: the position to close could not be read: {e}"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        except Exception as e:  # a plugin bug while reading: nothing was sent
+            log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            message = f"not sent: reading the position to close failed ({type(e).__name__}: {e})"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        exit_order = exit_all(leg, found)
+        log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
+        if exit_order.leg is None:
+            flat = attrs.evolve(leg, quantity=0)
+            return self.result_for(account, number, flat, LegStatus.SUCCESS, exit_order.message, client_id=client_id)
+        try:
+            await self._journal.mark_sending(alert_id, account, number, done)
+        except JournalError as e:
+            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))
+            return self.result_for(
+                account, number, exit_order.leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id
+            )
+        crash_point("before_send")
+        result = await self._place(alert_id, account, number, exit_order.leg)
+        crash_point("after_send")
+        return attrs.evolve(result, message=f"{exit_order.message}; {result.message}")
 
     async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
         """Does the broker already have this leg? None when it has not; an `unknown` result when it cannot say."""
@@ -368,12 +426,7 @@ class Executor:
         return result
 
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
-        if order.state is OrderState.DRY_RUN:
-            status = LegStatus.TEST_MODE
-        elif order.state in FAILED_STATES:
-            status = LegStatus.FAILED
-        else:
-            status = LegStatus.SUCCESS
+        status = leg_status(order.state)
         message = order.message or f"order {order.state.value}"
         return self.result_for(account, number, leg, status, message, order=order, client_id=client_id)
 
