@@ -206,6 +206,51 @@ async def test_unsupported_leg_fails_on_that_account_before_sending(
     assert venue[0].orders == {}
 
 
+async def test_exit_all_on_a_plugin_without_positions_fails_before_sending_naming_the_capability(
+    make_client: ClientFactory, config: Config, venue: Venue
+) -> None:
+    """SampleX does not declare `positions`: an EXIT_ALL leg fails before sending with a message naming the
+    capability, and its API receives nothing (it is never sent as a plain buy)."""
+    config = with_accounts(config, {"samplex": sample_account(venue)})
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(manage_position="EXIT_ALL")))).json()
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert result["message"] == (
+        "not sent: manage_position EXIT_ALL needs the broker capability `positions` (reading the open position to"
+        " close), which this broker does not declare: nothing was sent"
+    )
+    assert venue[0].orders == {}
+    assert [r["status"] for r in order_log_rows(config)] == ["failed"]
+
+
+DECLARES_WITHOUT_METHOD = """\
+import attrs
+from tvbridge_testbrokers import ScriptedBroker
+
+class Plugin(ScriptedBroker):
+    def __init__(self, settings, context):
+        super().__init__(settings, context)
+        self.capabilities = attrs.evolve(self.capabilities, positions=True)
+"""
+
+
+def test_a_plugin_declaring_positions_without_the_method_is_refused_at_start(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin that declares `positions` but has no positions() is refused when the account is built, naming
+    the account, the capability and the method; one that declares nothing new (scripted) loads."""
+    write_plugin(tmp_path, "claims", "claims_mod", DECLARES_WITHOUT_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as info:
+        build_brokers(with_accounts(config, {"claimer": {"broker": "claims"}}))
+    assert str(info.value) == (
+        "accounts.claimer: claims: declares capabilities.positions = True but has no positions() method:"
+        " implement it or leave positions false"
+    )
+    assert list(build_brokers(with_accounts(config, {"old": {"broker": "scripted"}}))) == ["old"]
+
+
 def test_bad_plugin_settings_name_the_account_and_the_key(config: Config) -> None:
     """A typo and a bad value in an account's table stop the start, each as accounts.NAME.key."""
     typo = {"broker": "sample", "base_url": "http://x", "api_kye": "k", "timeout_s": "soon"}

@@ -92,6 +92,8 @@ def capabilities_dict(capabilities: Capabilities) -> dict[str, Any]:
         "exchanges": sorted(capabilities.exchanges),
         "instruments": sorted(capabilities.instruments),
         "cancel": capabilities.cancel,
+        "positions": capabilities.positions,
+        "orders": capabilities.orders,
         "live": capabilities.live,
     }
 
@@ -117,5 +119,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         else:
             lines.extend(f"  {key + ':':<14}{', '.join(caps[key])}" for key in CAPABILITY_SETS)
             lines.append(f"  {'cancel:':<14}{'yes' if caps['cancel'] else 'no'}")
+            lines.append(f"  {'positions:':<14}{'yes' if caps['positions'] else 'no (no EXIT_ALL, no flatten closes)'}")
+            lines.append(f"  {'orders:':<14}{'yes' if caps['orders'] else 'no (flatten cannot list open orders)'}")
             lines.append(f"  {'live:':<14}{'yes' if caps['live'] else 'no (simulated or dry-run)'}")
     return "\n".join(lines)
