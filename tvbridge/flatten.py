@@ -177,7 +177,8 @@ async def execute(
     ]
     if journal is not None:
         await _safely(
-            "journal.flatten_record_failed",
+            "record",
+            alert_id,
             journal.record_alert(
                 alert_id=alert_id,
                 alert_type=ALERT_TYPE,
@@ -201,7 +202,7 @@ async def execute(
         except Exception:
             log.exception("order_log.write_failed", alert_id=alert_id)
     if journal is not None:
-        await _safely("journal.finish_failed", journal.finish_alert(alert_id, status, body, results))
+        await _safely("finish", alert_id, journal.finish_alert(alert_id, status, body, results))
     lines = tuple(_line(r) for r in results)
     log.warning("account.flattened", account=plan.account, flatten_id=alert_id, status=status, actions=list(lines))
     return FlattenReport(alert_id=alert_id, status=status, lines=lines, results=tuple(results), body=body)
@@ -218,20 +219,20 @@ def _line(result: LegResult) -> str:
     )
 
 
-async def _safely(event: str, write: Any) -> None:
+async def _safely(step: str, alert_id: str, write: Any) -> None:
     """A journal write that must not stop an emergency exit: its failure is logged, the flatten goes on."""
     try:
         await write
     except Exception:
-        log.exception(event)
+        log.exception("journal.flatten_write_failed", alert_id=alert_id, step=step)
 
 
 async def _record(run: _Run, number: int, action: Any) -> LegResult:
     if run.journal is not None:
-        await _safely("journal.mark_failed", run.journal.mark_sending(run.alert_id, run.account, number, None))
+        await _safely("mark", run.alert_id, run.journal.mark_sending(run.alert_id, run.account, number, None))
     result: LegResult = await action
     if run.journal is not None:
-        await _safely("journal.leg_failed", run.journal.record_leg(run.alert_id, result))
+        await _safely("leg", run.alert_id, run.journal.record_leg(run.alert_id, result))
     return result
 
 
