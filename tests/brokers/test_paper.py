@@ -589,7 +589,7 @@ async def test_orders_and_positions_survive_a_restart(context: BrokerContext) ->
     after = await started(context)
     try:
         assert await after.orders() == orders_before
-        assert only(await after.positions()).net_quantity == 10
+        assert only(await after.book_positions()).net_quantity == 10
         repeat = await after.place(order("long", price=Decimal(1)))
         assert repeat.order_id == "PAPER-000001"
         assert repeat.average_price == Decimal(2900)
@@ -599,7 +599,7 @@ async def test_orders_and_positions_survive_a_restart(context: BrokerContext) ->
         lmt = await after.lookup("lmt")
         assert lmt is not None
         assert lmt.state is OrderState.FILLED
-        assert only(await after.positions()).net_quantity == 10 + 1 - 10
+        assert only(await after.book_positions()).net_quantity == 10 + 1 - 10
     finally:
         await after.aclose()
 
