@@ -9,7 +9,9 @@ resolved with `lookup()` by client order id before anything is reported, so noth
 A leg with `manage_position: EXIT_ALL` is resolved here, for every broker alike (`positions.py`): the broker's
 position in the leg's contract is read through `Broker.positions(leg)` and the plain order that closes it is
 what is sent, journaled and logged (its side and quantity, not the alert's); flat sends nothing and says so.
-EXIT_ALL legs of one account run one at a time, so two exits read one position once each, in turn.
+EXIT_ALL legs of one account run one at a time, so two exits read one position once each, in turn; an exit
+order this process sent that the broker still lists as open (`capabilities.orders`) counts as already closing
+its part, so a second exit before the first one fills does not close the same position again.
 
 Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
 leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
@@ -34,6 +36,7 @@ from tvbridge.broker import (
     BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     CancelRequest,
+    OpenOrder,
     OrderRequest,
     OrderResult,
     OrderState,
@@ -51,7 +54,7 @@ from tvbridge.models import (
     OrderLeg,
     summarize,
 )
-from tvbridge.positions import exit_all
+from tvbridge.positions import SentExits, exit_all
 from tvbridge.risk import RiskLimitError
 
 if TYPE_CHECKING:
@@ -150,6 +153,8 @@ class Executor:
         """Risk limits and the kill switch (`risk.RiskGuard`): raises `RiskLimitError` to refuse a leg unsent."""
         self._exit_locks: dict[str, asyncio.Lock] = {}
         """Per account: an EXIT_ALL reads the position and sends its close before the next one reads."""
+        self._sent_exits = SentExits()
+        """Exit orders sent and maybe not filled yet: a second EXIT_ALL does not close their part again."""
 
     async def run(
         self,
@@ -310,8 +315,12 @@ class Executor:
     async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
         """EXIT_ALL: read the position through the interface, send the plain order that closes it (or nothing)."""
         client_id = client_order_id(alert_id, number)
+        broker = self._brokers[account]
         try:
-            found = await self._brokers[account].positions(leg)
+            found = await broker.positions(leg)
+            pending: list[OpenOrder] = []
+            if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
+                pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
         except BrokerError as e:
             message = f"not sent: the position to close could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
@@ -319,7 +328,7 @@ class Executor:
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"not sent: reading the position to close failed ({type(e).__name__}: {e})"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
-        exit_order = exit_all(leg, found)
+        exit_order = exit_all(leg, found, pending)
         log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
         if exit_order.leg is None:
             flat = attrs.evolve(leg, quantity=0)
@@ -334,6 +343,8 @@ class Executor:
         crash_point("before_send")
         result = await self._place(alert_id, account, number, exit_order.leg)
         crash_point("after_send")
+        if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
+            self._sent_exits.remember(account, client_id, exit_order.leg, found)
         return attrs.evolve(result, message=f"{exit_order.message}; {result.message}")
 
     async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:

@@ -203,6 +203,37 @@ async def test_exit_all_buys_back_a_short_in_the_legs_product_only(
     )
 
 
+async def test_a_second_exit_while_the_first_is_still_open_does_not_close_twice(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """Dhan moves a position only when the exit fills. A second EXIT_ALL while the first SELL 10 is still
+    PENDING (position still +10) sends nothing; after a partial fill (4 of 10, position 6) still nothing; a new
+    long of 5 bought beside the open exit is closed alone (SELL 5)."""
+    config = on_dhan(config, dhan_settings)
+    fake_dhan.set_position("2885", 10)
+    client = await make_client(config)
+
+    first = await post(client, alert(exit_leg()))
+    exit_id = first["results"][0]["order_id"]
+    second = await post(client, alert({**exit_leg(), "meta": {"interval": "2"}}))
+
+    [result] = second["results"]
+    assert (result["status"], result["quantity"], result["order_id"]) == ("success", "0", None)
+    assert f"already being closed by the open exit order(s) {exit_id}" in result["message"]
+    assert len(fake_dhan.placed()) == 1
+
+    fake_dhan.set_status(exit_id, "PART_TRADED", filledQty=4)
+    fake_dhan.set_position("2885", 6)
+    third = await post(client, alert({**exit_leg(), "meta": {"interval": "3"}}))
+    assert third["results"][0]["quantity"] == "0"
+    assert len(fake_dhan.placed()) == 1
+
+    fake_dhan.set_position("2885", 11)
+    fourth = await post(client, alert({**exit_leg(), "meta": {"interval": "4"}}))
+    assert (fourth["results"][0]["transaction"], fourth["results"][0]["quantity"]) == ("S", "5")
+    assert [(p["transactionType"], p["quantity"]) for p in fake_dhan.placed()] == [("SELL", 10), ("SELL", 5)]
+
+
 async def test_exit_all_when_flat_sends_nothing_and_says_so(
     make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
 ) -> None:
