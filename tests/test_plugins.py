@@ -224,6 +224,33 @@ async def test_exit_all_on_a_plugin_without_positions_fails_before_sending_namin
     assert [r["status"] for r in order_log_rows(config)] == ["failed"]
 
 
+async def test_flatten_on_a_plugin_with_orders_but_no_positions_cancels_and_says_what_is_left(
+    make_client: ClientFactory, config: Config, venue: Venue
+) -> None:
+    """SampleX declares `orders` only: flatten's plan lists its resting order and a note that positions must be
+    closed in SampleX's terminal; with confirm the order is cancelled at the venue and nothing is placed."""
+    from tvbridge.keys import CREDENTIALS  # noqa: PLC0415 - only this test needs the admin token
+
+    config = with_accounts(config, {"samplex": sample_account(venue)})
+    client = await make_client(config)
+    placed = await (await client.post("/webhook", json=alert(leg(orderType="LMT", price="1")))).json()
+    order_id = placed["results"][0]["order_id"]
+    headers = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+
+    plan = await (await client.post("/admin/flatten", json={"account": "samplex"}, headers=headers)).json()
+    assert [c["order_id"] for c in plan["plan"]["cancel"]] == [order_id]
+    assert plan["plan"]["close"] == []
+    assert plan["plan"]["notes"] == [
+        "positions are not listed (the broker does not declare `positions`): close them by hand"
+    ]
+    done = await (
+        await client.post("/admin/flatten", json={"account": "samplex", "confirm": True}, headers=headers)
+    ).json()
+    assert [r["status"] for r in done["results"]] == ["success"]
+    assert venue[0].orders[order_id]["status"] == "cancelled"
+    assert len(venue[0].orders) == 1
+
+
 DECLARES_WITHOUT_METHOD = """\
 import attrs
 from tvbridge_testbrokers import ScriptedBroker
