@@ -334,6 +334,9 @@ class Capabilities:
     orders: bool = False
     """True: `open_orders()` lists the account's orders that can still be cancelled. Needed for the cancelling
     half of `tvbridge flatten`."""
+    reconfigure: bool = False
+    """True: `reconfigure(settings)` takes the account's edited table on SIGHUP (a renewed token, no restart).
+    False: the account keeps its start-up settings until a restart."""
     live: bool = False
     """True when orders reach a real market (used for the weak-secret refusal and the README's warnings)."""
 
@@ -349,10 +352,10 @@ class Health:
 @runtime_checkable
 class Broker(Protocol):
     """What every broker plugin class implements. Class attribute `api_version = API_VERSION`; every method
-    below is required (tvbridge checks their presence when it loads the plugin), except `positions()` and
-    `open_orders()`, which are required only when `capabilities` declares `positions` / `orders`
-    (`CAPABILITY_METHODS`): tvbridge never calls them otherwise. A plugin without them still runs; to satisfy a
-    static type checker it may define them to raise `BrokerUnsupportedError`."""
+    below is required (tvbridge checks their presence when it loads the plugin), except `positions()`,
+    `open_orders()` and `reconfigure()`, which are required only when `capabilities` declares `positions` /
+    `orders` / `reconfigure` (`CAPABILITY_METHODS`): tvbridge never calls them otherwise. A plugin without them
+    still runs; to satisfy a static type checker it may define them to raise `BrokerUnsupportedError`."""
 
     api_version: int
 
@@ -410,6 +413,12 @@ class Broker(Protocol):
         asked. Called only when `capabilities.orders` is true."""
         ...
 
+    async def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """Take the account's edited table (SIGHUP), validated like `from_settings()`: raise `ValueError` naming
+        the key and keep the running settings whole when it is bad. Called only when `capabilities.reconfigure` is
+        true; never concurrently with itself."""
+        ...
+
     async def health(self) -> Health:
         """Cheap enough to be polled every few seconds (cache a remote check); never raises."""
         ...
@@ -419,7 +428,11 @@ class Broker(Protocol):
         ...
 
 
-CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {"positions": ("positions",), "orders": ("open_orders",)}
+CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
+    "positions": ("positions",),
+    "orders": ("open_orders",),
+    "reconfigure": ("reconfigure",),
+}
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 
 

@@ -94,6 +94,7 @@ def capabilities_dict(capabilities: Capabilities) -> dict[str, Any]:
         "cancel": capabilities.cancel,
         "positions": capabilities.positions,
         "orders": capabilities.orders,
+        "reconfigure": capabilities.reconfigure,
         "live": capabilities.live,
     }
 
@@ -121,5 +122,6 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  {'cancel:':<14}{'yes' if caps['cancel'] else 'no'}")
             lines.append(f"  {'positions:':<14}{'yes' if caps['positions'] else 'no (no EXIT_ALL, no flatten closes)'}")
             lines.append(f"  {'orders:':<14}{'yes' if caps['orders'] else 'no (flatten cannot list open orders)'}")
+            lines.append(f"  {'reconfigure:':<14}{'yes (SIGHUP)' if caps['reconfigure'] else 'no (restart to apply)'}")
             lines.append(f"  {'live:':<14}{'yes' if caps['live'] else 'no (simulated or dry-run)'}")
     return "\n".join(lines)

@@ -117,7 +117,7 @@ class DhanBroker:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(live=self._settings.live, positions=True, orders=True)
+        return Capabilities(live=self._settings.live, positions=True, orders=True, reconfigure=True)
 
     @property
     def settings(self) -> DhanSettings:
