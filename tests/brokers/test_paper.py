@@ -20,7 +20,6 @@ import pytest
 import structlog.testing
 
 from tvbridge.broker import (
-    Broker,
     BrokerContext,
     BrokerRejectedError,
     BrokerUnavailableError,
@@ -42,6 +41,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
+from tvbridge.registry import interface_problem
 from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 if TYPE_CHECKING:
@@ -785,12 +785,15 @@ def test_bad_settings_are_refused_naming_the_key(
 
 
 async def test_it_satisfies_the_broker_protocol_and_is_found_through_its_entry_point(broker: PaperBroker) -> None:
-    """The `paper` entry point loads PaperBroker, which is a Broker for API version 1 with every capability."""
+    """The `paper` entry point loads PaperBroker, which fits the Broker interface for API version 1 with every
+    order capability, positions and open orders (it has nothing to reconfigure on SIGHUP)."""
     [entry_point] = importlib.metadata.entry_points(group="tvbridge.brokers", name="paper")
 
     assert entry_point.load() is PaperBroker
-    assert isinstance(broker, Broker)
+    assert interface_problem(broker) == ""
     assert PaperBroker.api_version == 1
+    assert (broker.capabilities.positions, broker.capabilities.orders) == (True, True)
+    assert broker.capabilities.reconfigure is False
     assert broker.capabilities.live is False
     assert set(broker.capabilities.order_types) == set(OrderType)
     assert set(broker.capabilities.exchanges) == set(Exchange)
