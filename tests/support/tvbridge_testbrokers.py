@@ -48,6 +48,9 @@ class ScriptedSettings:
     bad_answer_symbols: tuple[str, ...] = ()
     """Place the order, then answer with something that is not an OrderResult (a plugin bug)."""
     order_types: tuple[str, ...] = ()
+    hold_symbols: tuple[str, ...] = ()
+    """Orders for these symbols wait, unplaced, until the test calls `release()`: a broker slower than any
+    deadline, without a race against the machine's speed."""
     forgive_repeats: bool = False
     """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
     default): it is placed again, so a core that repeats itself is seen in the order count."""
@@ -62,6 +65,7 @@ class ScriptedBroker:
         self.orders: dict[str, OrderResult] = {}
         """client order id -> the first order placed under it (what `lookup()` finds, like Dhan's lookup)."""
         self.placed = 0
+        self._released = asyncio.Event()
         """Every order placed, repeats included: the next order id is `S` and this count plus one."""
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
@@ -74,7 +78,7 @@ class ScriptedBroker:
         if unknown:
             raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
-        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types"):
+        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types", "hold_symbols"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
@@ -103,6 +107,8 @@ class ScriptedBroker:
         if self.settings.delay_s:
             await asyncio.sleep(self.settings.delay_s)
         leg = request.leg
+        if leg.symbol in self.settings.hold_symbols:
+            await self._released.wait()
         if leg.symbol in self.settings.reject_symbols:
             raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
         self.placed += 1
@@ -134,6 +140,10 @@ class ScriptedBroker:
         if leg.symbol in self.settings.bad_answer_symbols:
             return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
+
+    def release(self) -> None:
+        """Let the held orders (`hold_symbols`) through, and every later one."""
+        self._released.set()
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         del request
