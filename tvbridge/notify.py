@@ -135,8 +135,12 @@ class Notifier:
         *,
         secrets: Iterable[str] = (),
         send: Callable[[str, str], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (seconds, monotonic) decides whether an event falls within `min_interval_s` of the last
+        message; tests inject one so a storm is a storm by their clock, however slowly the machine runs."""
         self._config = config
+        self._clock = clock
         self._enabled = frozenset(config.events) if config.urls else frozenset()
         self._secrets = sorted({s for s in (*secrets, *url_secrets(config.urls)) if s}, key=len, reverse=True)
         self._send = send or (apprise_sender(config.urls) if config.urls else None)
@@ -149,7 +153,7 @@ class Notifier:
         if kind not in self._enabled:
             return
         state = self._kinds.setdefault(kind, _Kind())
-        now = time.monotonic()
+        now = self._clock()
         if state.pending == 0 and now - state.last_sent >= self._config.min_interval_s:
             state.last_sent = now
             self._queue.put_nowait((kind, 1, message))
@@ -158,7 +162,7 @@ class Notifier:
         state.latest = message
         if state.flush is None:
             delay = max(0.0, state.last_sent + self._config.min_interval_s - now)
-            state.flush = asyncio.get_running_loop().call_later(delay, self._flush, kind)
+            state.flush = asyncio.get_running_loop().call_later(delay, self._flush_when_due, kind)
 
     def leg_finished(self, alert_id: str, result: LegResult) -> None:
         if result.status not in {LegStatus.FAILED, LegStatus.UNKNOWN}:
@@ -167,13 +171,23 @@ class Notifier:
         what = f"{result.transaction} {result.quantity} {result.symbol}".strip()
         self.event(kind, f"{result.account} leg {result.leg_number} ({what}): {result.message} [alert {alert_id}]")
 
+    def _flush_when_due(self, kind: str) -> None:
+        """The timer's end: send what was held back, unless the clock says the interval is not over yet (an
+        injected clock that has not moved), then wait the rest of it."""
+        state = self._kinds[kind]
+        remaining = state.last_sent + self._config.min_interval_s - self._clock()
+        if remaining > 0:
+            state.flush = asyncio.get_running_loop().call_later(remaining, self._flush_when_due, kind)
+            return
+        self._flush(kind)
+
     def _flush(self, kind: str) -> None:
         state = self._kinds[kind]
         state.flush = None
         if state.pending:
             self._queue.put_nowait((kind, state.pending, state.latest))
             state.pending = 0
-            state.last_sent = time.monotonic()
+            state.last_sent = self._clock()
 
     def _text(self, kind: str, count: int, message: str) -> tuple[str, str]:
         title = f"tvbridge: {TITLES.get(kind, kind)}"
