@@ -17,6 +17,7 @@ nearest base class) up in `HTTP_STATUS`. The tree::
     +-- UnavailableError       503 nothing was recorded; TradingView may resend
         +-- ShuttingDownError
         +-- JournalError           the journal could not be written
+        +-- RecordsError           a record file (journal, order log) was deleted or replaced under the server
         +-- HaltedError            trading halted by the kill switch
 """
 
@@ -90,6 +91,10 @@ class ShuttingDownError(UnavailableError):
 
 class JournalError(UnavailableError):
     pass
+
+
+class RecordsError(UnavailableError):
+    """A file the records go to is no longer the one the server opened: nothing more is accepted into it."""
 
 
 class HaltedError(UnavailableError):

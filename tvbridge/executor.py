@@ -71,6 +71,8 @@ class Resume:
     """False once the alert is older than `alerts.max_age_s`: what the broker lacks is marked expired."""
     age_s: float
     max_age_s: float
+    logged: frozenset[tuple[str, int]] = frozenset()
+    """(account, leg number) of the legs whose order log row the crashed run wrote already: not written twice."""
 
 
 def client_order_id(alert_id: str, leg_number: int) -> str:
@@ -167,12 +169,14 @@ class Executor:
         self._metrics.alert_finished(status.value)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
         crash_point("before_finish")
-        # the order log first: a crash between the two leaves the alert unfinished, so recovery writes its rows
-        # again (a repeated row, same alert id and leg) rather than never (a missing one)
+        # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
+        # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
+        rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
         try:
-            await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+            await self._order_log.append(rows, alert_id=alert_id, alert_type=alert.alert_type.value)
         except Exception:
             log.exception("order_log.write_failed", alert_id=alert_id)
+        crash_point("after_order_log")
         try:
             await self._journal.finish_alert(alert_id, status.value, body, results)
         except Exception:

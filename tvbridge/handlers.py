@@ -13,7 +13,7 @@ from aiohttp import web
 from tvbridge import __version__, metrics, tradingday
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
-from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
+from tvbridge.errors import AuthError, NotFoundError, RecordsError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
     ALERT_ID,
@@ -57,6 +57,8 @@ async def health(request: web.Request) -> web.Response:
         writable = False
         journal.last_error = "journal write timed out"
     checks["journal"] = {"ok": writable, **({"detail": journal.last_error} if not writable else {})}
+    order_log_problem = app[ORDER_LOG].problem()
+    checks["order_log"] = {"ok": not order_log_problem, **({"detail": order_log_problem} if order_log_problem else {})}
     for account, broker in app[BROKERS].items():
         try:
             async with asyncio.timeout(2):
@@ -84,6 +86,7 @@ async def webhook(request: web.Request) -> web.Response:
     state = app[STATE]
     if state.shutting_down:
         raise ShuttingDownError
+    _check_records(app)
     tradingday.check_halted(app)
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
@@ -115,6 +118,7 @@ async def webhook(request: web.Request) -> web.Response:
         dedupe_key=request.get(DEDUPE_KEY),  # set by middlewares/dedupe.py; a stale refusal below gets none
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, accounts),
+        order_log_offset=app[ORDER_LOG].size(),
     )
     crash_point("after_record")
     log.info(
@@ -131,6 +135,15 @@ async def webhook(request: web.Request) -> web.Response:
         alert_type=alert.alert_type.value,
         warnings=warnings,
     )
+
+
+def _check_records(app: web.Application) -> None:
+    """503 while the journal or the order log is not the file that was opened (deleted or replaced under the
+    server): an alert accepted into it would be lost at the next start, and its id forgotten by dedupe."""
+    problem = app[JOURNAL].problem() or app[ORDER_LOG].problem()
+    if problem:
+        log.error("records.replaced", problem=problem)
+        raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")
 
 
 def _ahead_s(alert: Alert) -> float | None:

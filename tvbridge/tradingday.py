@@ -292,6 +292,7 @@ async def handle_closed(
         legs=planned_legs(alert_id, alert, config.routing.accounts),
         status="accepted" if running else AlertStatus.QUEUED.value,
         also=_queue_rows(alert_id, queued, rejected),
+        order_log_offset=app[ORDER_LOG].size(),
     )
     waiting = _results(app, queued, alert, LegStatus.QUEUED) + _results(app, rejected, alert, LegStatus.FAILED)
     for d in queued:
