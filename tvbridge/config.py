@@ -275,7 +275,11 @@ class RiskConfig:
     blocked_symbols: tuple[str, ...] = ()
 
 
-ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed"})
+DEFAULT_BROKER_TIMEOUT_S: Final = 2.5
+"""`[accounts.NAME] broker_timeout_s`: the host's bound on every call into the account's plugin (see
+`tvbridge/pluginguard.py`); under TradingView's 3 s, like `server.response_deadline_s`."""
+
+ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed", "broker_timeout_s"})
 """Keys of `[accounts.NAME]` that tvbridge itself reads; they are removed before the table reaches the plugin."""
 
 
@@ -310,10 +314,19 @@ class Config:
         """The account's `when_closed`, else `[sessions] when_closed`."""
         return str(self.accounts.get(account, {}).get("when_closed", self.sessions.when_closed))
 
+    def broker_timeout_of(self, account: str) -> float:
+        """The account's `broker_timeout_s` (default 2.5); `ConfigError` unless it is a number > 0."""
+        value = self.accounts.get(account, {}).get("broker_timeout_s", DEFAULT_BROKER_TIMEOUT_S)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise ConfigError(
+                f"accounts.{account}.broker_timeout_s: must be a number of seconds, > 0 and <= 3600, got {value!r}"
+            )
+        return float(value)
+
     def risk_of(self, account: str, converter: cattrs.Converter) -> RiskConfig:
         """`[risk]` with the account's own risk keys laid over it; `ConfigError` names a bad key."""
         table = self.accounts.get(account, {})
-        own = {k: v for k, v in table.items() if k in ACCOUNT_KEYS and k != "when_closed"}
+        own = {k: v for k, v in table.items() if k in attrs.fields_dict(RiskConfig)}
         if not own:
             return self.risk
         merged = {**converter.unstructure(self.risk), **own}
@@ -448,6 +461,7 @@ def load_config(
     config = _finish(config)
     for account in config.accounts:
         config.risk_of(account, converter)  # a bad per-account limit stops the start, like any bad key
+        config.broker_timeout_of(account)
         if config.when_closed(account) not in WHEN_CLOSED:
             raise ConfigError(f"accounts.{account}.when_closed: must be one of {', '.join(WHEN_CLOSED)}")
     return config

@@ -5,7 +5,8 @@ nearest base class) up in `HTTP_STATUS`. The tree::
 
     TvBridgeError
     +-- ConfigError            bad config at start (the CLI exits 2; never an HTTP answer)
-    +-- PluginError            a broker plugin cannot be loaded or does not fit the interface
+    +-- PluginError            a broker plugin cannot be loaded, does not fit the interface or refuses its settings
+    +-- PluginStartError       a broker plugin's start() failed (the CLI exits 1)
     +-- RequestError           refused with a 4xx; nothing was recorded
     |   +-- BadRequestError        400 body is not a JSON object
     |   +-- AuthError              401 wrong or missing secret
@@ -39,6 +40,10 @@ class ConfigError(TvBridgeError):
 
 class PluginError(TvBridgeError):
     pass
+
+
+class PluginStartError(TvBridgeError):
+    """A plugin's `start()` raised or did not return: the server does not start (a broker we cannot use)."""
 
 
 class RequestError(TvBridgeError):

@@ -1,0 +1,165 @@
+"""The host's guard around every broker plugin: a plugin can be slow, hang or block, but not stall tvbridge.
+
+Each account's plugin is seen through a `GuardedBroker` (built in `registry.brokers_ctx`, so every caller gets
+it: the executor, `/health`, flatten, the status page):
+
+* Every call (`place`, `cancel`, `lookup`, `health`, `aclose`) runs under the account's `broker_timeout_s`
+  (default 2.5 s; `start()` under `START_TIMEOUT_S`). A `place` or `cancel` that has not answered by then is an
+  unknown outcome (`BrokerUnknownOutcomeError`): the executor asks `lookup()` before reporting anything, so an
+  order the plugin places late is found, or the leg is `unknown` and says to check the broker; never a silent
+  late order and never a resend. A `lookup` that does not answer is `BrokerUnavailableError` (the leg stays
+  unknown); a `health` that does not answer is unhealthy.
+* The synchronous part of every call is timed, step by step (each stretch the plugin's coroutine runs before
+  it awaits something). A step longer than `BLOCKED_WARN_S` blocked the event loop: every other alert and
+  `/health` waited on it, and no timeout can fire meanwhile. It is logged as `broker.blocked_event_loop`
+  naming the account, the plugin and the operation, so the operator knows whom to blame.
+
+What it cannot catch: a plugin that blocks the loop from a task or callback of its own (not inside one of our
+calls) is not named; the step timing sees only what runs inside a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import structlog
+
+from tvbridge.broker import BrokerUnavailableError, BrokerUnknownOutcomeError, Health
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator
+
+    from tvbridge.broker import Broker, CancelRequest, OrderRequest, OrderResult
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+BLOCKED_WARN_S: Final = 0.2
+"""A plugin step that kept the event loop this long is reported: TradingView's whole budget is 3 s."""
+START_TIMEOUT_S: Final = 60.0
+"""`start()` may load reference data (an instrument master): longer than a call, but never forever."""
+
+
+class PluginTimeoutError(Exception):
+    """A plugin call did not answer within its bound (internal: turned into the broker error that fits)."""
+
+
+class _Stepped:
+    """Awaits a coroutine while timing each step it runs synchronously; `on_step(seconds)` after each."""
+
+    def __init__(self, coro: Any, on_step: Callable[[float], None]) -> None:
+        self._coro = coro
+        self._on_step = on_step
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, on_step = self._coro, self._on_step
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = time.perf_counter()
+            try:
+                yielded = coro.throw(error) if error is not None else coro.send(value)
+            except StopIteration as stop:
+                on_step(time.perf_counter() - started)
+                return stop.value
+            except BaseException:
+                on_step(time.perf_counter() - started)
+                raise
+            on_step(time.perf_counter() - started)
+            try:
+                value, error = (yield yielded), None
+            except BaseException as e:  # noqa: BLE001 - handed to the coroutine, as `await` would
+                value, error = None, e
+
+
+class GuardedBroker:
+    """An account's plugin behind the host's timeouts and loop-blocking detector (see the module docstring).
+    Every other attribute is the plugin's own (`capabilities`, `positions()`, `reconfigure()`...)."""
+
+    def __init__(self, broker: Broker, *, account: str, plugin: str, timeout_s: float) -> None:
+        self._broker = broker
+        self._account = account
+        self._plugin = plugin
+        self._timeout_s = timeout_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    @property
+    def plugin(self) -> Broker:
+        """The plugin instance itself (for tests and for features that need its own type)."""
+        return self._broker
+
+    @property
+    def capabilities(self) -> Any:
+        return self._broker.capabilities
+
+    def _who(self) -> str:
+        return f"the {self._plugin!r} broker plugin (account {self._account!r})"
+
+    async def _call(self, operation: str, call: Awaitable[T], timeout_s: float) -> T:
+        blocked = 0.0
+
+        def on_step(seconds: float) -> None:
+            nonlocal blocked
+            blocked = max(blocked, seconds)
+
+        stepped: Awaitable[T] = _Stepped(call, on_step) if inspect.iscoroutine(call) else call
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await stepped
+        except TimeoutError:
+            raise PluginTimeoutError(
+                f"{self._who()} did not answer {operation}() within {timeout_s:g} s (broker_timeout_s)"
+            ) from None
+        finally:
+            if blocked >= BLOCKED_WARN_S:
+                log.warning(
+                    "broker.blocked_event_loop",
+                    account=self._account,
+                    broker=self._plugin,
+                    operation=operation,
+                    blocked_s=round(blocked, 3),
+                    detail=f"{self._who()} ran {blocked:.2f} s without yielding in {operation}(): every other"
+                    " request waited; a synchronous client must run in asyncio.to_thread()",
+                )
+
+    async def start(self) -> None:
+        await self._call("start", self._broker.start(), START_TIMEOUT_S)
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        try:
+            return await self._call("place", self._broker.place(request), self._timeout_s)
+        except PluginTimeoutError as e:
+            log.warning("broker.timed_out", account=self._account, broker=self._plugin, operation="place")
+            raise BrokerUnknownOutcomeError(f"{e}: the order may or may not exist") from None
+
+    async def cancel(self, request: CancelRequest) -> list[OrderResult]:
+        try:
+            return await self._call("cancel", self._broker.cancel(request), self._timeout_s)
+        except PluginTimeoutError as e:
+            log.warning("broker.timed_out", account=self._account, broker=self._plugin, operation="cancel")
+            raise BrokerUnknownOutcomeError(f"{e}: orders may or may not be cancelled") from None
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        try:
+            return await self._call("lookup", self._broker.lookup(client_order_id), self._timeout_s)
+        except PluginTimeoutError as e:
+            log.warning("broker.timed_out", account=self._account, broker=self._plugin, operation="lookup")
+            raise BrokerUnavailableError(str(e)) from None
+
+    async def health(self) -> Health:
+        try:
+            return await self._call("health", self._broker.health(), self._timeout_s)
+        except PluginTimeoutError as e:
+            return Health(ok=False, detail=str(e))
+
+    async def aclose(self) -> None:
+        try:
+            await self._call("aclose", self._broker.aclose(), self._timeout_s)
+        except PluginTimeoutError as e:
+            log.warning("broker.close_timed_out", account=self._account, broker=self._plugin, detail=str(e))
