@@ -174,6 +174,25 @@ async def test_stale_alert_is_refused_and_nothing_is_placed(make_client: ClientF
     assert [row["status"] for row in order_log(config)] == ["stale"]
 
 
+async def test_a_stale_meta_at_the_root_is_refused_like_a_legs(make_client: ClientFactory, config: Config) -> None:
+    """A `meta` at the root of the alert (not in a leg) is honoured: its old `timenow` makes the alert stale
+    (422, nothing placed), it is not reported as an unknown key, and its own unknown keys are."""
+    config = scripted(config)
+    client = await make_client(config)
+    old = (datetime.now(UTC) - timedelta(seconds=config.alerts.max_age_s + 60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(), meta={"timenow": old, "intervl": "1D"}))
+    body = await response.json()
+    assert response.status == 422
+    assert body["status"] == "stale"
+    assert body["message"].startswith("alert is stale: meta.timenow is ")
+    assert body["warnings"] == ["meta.intervl: unknown key, ignored (did you mean interval?)"]
+    assert orders_received(config) == []
+    fresh = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY"), meta={"timenow": fresh}))
+    body = await response.json()
+    assert (response.status, body["status"], body["warnings"]) == (200, "success", [])
+
+
 @pytest.mark.parametrize("stale", [False, True], ids=["placed", "stale"])
 async def test_an_order_log_the_disk_refuses_costs_no_answer(
     make_client: ClientFactory, config: Config, *, stale: bool

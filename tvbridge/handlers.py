@@ -29,7 +29,7 @@ from tvbridge.keys import (
     SOURCE_IP,
     STATE,
 )
-from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow
+from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
 from tvbridge.parsing import parse_alert, unknown_keys
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _check_records(app: web.Application) -> None:
 def _ahead_s(alert: Alert) -> float | None:
     """How far the newest `meta.timenow` is ahead of our clock: a future stamp has a negative age and would
     pass the age check forever, so it is refused beyond `MAX_AHEAD_S` (clock skew)."""
-    stamps = [leg.meta.timenow for leg in alert.legs if leg.meta is not None and leg.meta.timenow is not None]
+    stamps = timenows(alert)
     if not stamps:
         return None
     return (max(stamps) - datetime.now(UTC)).total_seconds()

@@ -494,15 +494,14 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warnings.append(f"{where}{key}: unknown key, ignored{hint}")
 
-    check(raw, root_known, "")
     legs = raw.get("order_legs")
-    if isinstance(legs, list):
-        for i, leg in enumerate(legs):
-            if isinstance(leg, dict):
-                check(leg, leg_known, f"order_legs[{i}].")
-                meta = leg.get("meta")
-                if isinstance(meta, dict):
-                    check(meta, meta_known, f"order_legs[{i}].meta.")
+    legs = legs if isinstance(legs, list) else []
+    objects = [(raw, ""), *((leg, f"order_legs[{i}].") for i, leg in enumerate(legs) if isinstance(leg, dict))]
+    for mapping, where in objects:  # the root, then each leg; each with its own `meta`
+        check(mapping, root_known if not where else leg_known, where)
+        meta = mapping.get("meta")
+        if isinstance(meta, dict):
+            check(meta, meta_known, f"{where}meta.")
     if left_out:
         warnings.append(f"... and {left_out} more unknown key(s) not shown")
     return warnings
