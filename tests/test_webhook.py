@@ -14,6 +14,7 @@ from helpers import SECRET, ClientFactory, alert, leg, refusing_writes, with_acc
 from structlog.testing import capture_logs
 
 from tvbridge.config import AlertsConfig, Config
+from tvbridge.keys import JOURNAL
 from tvbridge.orderlog import COLUMNS, GUIDE_COLUMNS
 
 
@@ -305,6 +306,45 @@ async def test_a_lone_surrogate_as_secret_is_a_wrong_secret(make_client: ClientF
     body = b'{"secret": "\\ud800", "alertType": "single_order", "order_legs": []}'
     response = await client.post("/webhook", data=body)
     assert response.status == 401
+
+
+LONE = "LONE-SURROGATE"
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [
+        (lambda a: a["order_legs"][0].update(symbol=LONE), "order_legs[0].symbol"),
+        (lambda a: a.update(id=LONE), "id"),
+        (lambda a: a.update({LONE: 1}), "alert: a key"),
+        (lambda a: a["order_legs"][0].update({LONE: "x"}), "order_legs[0]: a key"),
+        (lambda a: a["order_legs"][0].update(meta={"interval": LONE}), "order_legs[0].meta.interval"),
+        (lambda a: a.update(note=[LONE]), "note[0]"),
+        (lambda a: a["order_legs"][0].update(exchange=LONE), "order_legs[0].exchange"),
+        (lambda a: a.update(alertType=LONE), "alertType"),
+    ],
+    ids=["symbol", "id", "root key", "leg key", "meta", "unknown value", "exchange", "alertType"],
+)
+@pytest.mark.parametrize("spelling", [b'"\\ud800"', b'"\xed\xa0\x80"'], ids=["escaped", "utf-8 bytes"])
+async def test_text_that_cannot_be_encoded_is_a_422(
+    make_client: ClientFactory, config: Config, where: Any, path: str, spelling: bytes
+) -> None:
+    """A lone surrogate (JSON `"\\ud800"`, or its UTF-8 bytes, which Python's JSON decoder lets through) anywhere
+    in an authenticated alert is a 422 naming where, never a 500 or an `unknown` leg: nothing is sent, nothing
+    journaled, and the next alert is served."""
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert(leg())
+    where(raw)
+    body = json.dumps(raw).encode().replace(f'"{LONE}"'.encode(), spelling)
+    response = await client.post("/webhook", data=body, headers={"Content-Type": "application/json"})
+    answer = await response.json()
+    assert response.status == 422
+    assert any(line.startswith(path) and "cannot be encoded" in line for line in answer["errors"]), answer
+    assert orders_received(config) == []
+    assert await client.app[JOURNAL].get_alert(answer["alert_id"]) is None
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert response.status == 200
 
 
 async def test_admin_token_with_undecodable_bytes_is_refused(make_client: ClientFactory, config: Config) -> None:

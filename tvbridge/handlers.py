@@ -29,8 +29,9 @@ from tvbridge.keys import (
     SOURCE_IP,
     STATE,
 )
+from tvbridge.middlewares.body_limit import body_of
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
-from tvbridge.parsing import parse_alert, unknown_keys
+from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
 
 if TYPE_CHECKING:
     from tvbridge.models import Alert
@@ -90,6 +91,8 @@ async def webhook(request: web.Request) -> web.Response:
     tradingday.check_halted(app)
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
+    if might_hold_surrogates(body_of(request)):
+        check_encodable(raw)
     alert = parse_alert(raw, app[CONVERTER])
     warnings = unknown_keys(raw)
     accounts = config.routing.accounts
