@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__, metrics, tradingday
+from tvbridge.access import same_token
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import AuthError, NotFoundError, RecordsError, ShuttingDownError
@@ -210,9 +210,7 @@ def require_admin(request: web.Request) -> None:
     expected = request.app[CREDENTIALS].admin_token
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    ):
+    if scheme.lower() != "bearer" or not same_token(token.strip(), expected):
         log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 
