@@ -78,17 +78,18 @@ def test_journal_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def mount_small_tmpfs(where: Path, size: str) -> None:
+def mount_small_tmpfs(where: Path, size: str, *, read_only: bool = False) -> None:
     """A real, small file system of its own at `where`: skipped where mounting is impossible, failed in CI."""
     import os  # noqa: PLC0415 - only the tmpfs tests need these
     import shutil  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
-    where.mkdir()
+    where.mkdir(parents=True)
     mount = shutil.which("mount") or "mount"
+    options = f"size={size},mode=0700" + (",ro" if read_only else "")
     try:
         done = subprocess.run(
-            [mount, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+            [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
             capture_output=True,
             text=True,
             check=False,

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -170,17 +171,20 @@ def _first_run_notice(credentials: Credentials, url: str) -> None:
 def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[[], Config] | None = None) -> int:
     credentials = resolve_credentials(config)
     log_file = config.data_path(config.logging.file) if config.logging.file else None
-    configure_logging(
-        level=config.logging.level,
-        fmt=config.logging.format,
-        file=log_file,
-        secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
-    )
+    try:
+        configure_logging(
+            level=config.logging.level,
+            fmt=config.logging.format,
+            file=log_file,
+            secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
+        )
+    except OSError as e:  # a read-only data directory, a directory where the log file should be
+        return _fail(f"cannot start: logging.file {e.filename or log_file}: {e.strerror or e}", EXIT_RUNTIME)
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials)
     try:
         return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
-    except OSError as e:
+    except (OSError, sqlite3.Error) as e:  # a data file that cannot be opened (the order log, a broker's file)
         log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 

@@ -7,6 +7,7 @@ nearest base class) up in `HTTP_STATUS`. The tree::
     +-- ConfigError            bad config at start (the CLI exits 2; never an HTTP answer)
     +-- PluginError            a broker plugin cannot be loaded, does not fit the interface or refuses its settings
     +-- PluginStartError       a broker plugin's start() failed (the CLI exits 1)
+    +-- StorageError           a data file or the data directory cannot be used at start (the CLI exits 1)
     +-- RequestError           refused with a 4xx; nothing was recorded
     |   +-- BadRequestError        400 body is not a JSON object
     |   +-- AuthError              401 wrong or missing secret
@@ -44,6 +45,10 @@ class PluginError(TvBridgeError):
 
 class PluginStartError(TvBridgeError):
     """A plugin's `start()` raised or did not return: the server does not start (a broker we cannot use)."""
+
+
+class StorageError(TvBridgeError):
+    """A state file (secret, log, journal...) or the data directory cannot be opened or created at start."""
 
 
 class RequestError(TvBridgeError):

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 from tvbridge.fileid import FileIdentity
+from tvbridge.filemode import PRIVATE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -45,8 +46,6 @@ GUIDE_COLUMNS: Final = (
 )
 COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id")
 FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
-FILE_MODE: Final = 0o600
-"""Created readable by tvbridge's user only: the log holds a trader's orders (docs/operations.md)."""
 
 
 def neutralize(value: str) -> str:
@@ -87,7 +86,7 @@ class OrderLog:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
         try:
             self._fd = fd
             self._identity = FileIdentity.of(self.path, fd)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from tvbridge.errors import ConfigError
+from tvbridge.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from tvbridge.config import Config
@@ -84,7 +84,10 @@ def resolve_credentials(config: Config) -> Credentials:
             if created:
                 generated.append("admin_token")
     except OSError as e:
-        raise ConfigError(f"server.data_dir: cannot keep the generated secret there: {e.strerror}") from None
+        where = e.filename or config.server.data_dir
+        raise StorageError(f"server.data_dir: cannot keep the generated secret in {where}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise StorageError(f"{secret_file or admin_file}: not a secret file (not UTF-8 text)") from None
     problem = weak_secret_problem(secret)
     if problem and config.live_accounts:
         raise ConfigError(
