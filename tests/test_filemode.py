@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 from durability_server import KillableServer, server_env
-from test_disk_trouble import mount_small_tmpfs, unmount
 from helpers import alert, leg
+from test_disk_trouble import mount_small_tmpfs, unmount
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -30,10 +30,11 @@ from tvbridge.errors import ConfigError, PluginError, TvBridgeError
 from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
+from tvbridge.notify import apprise_sender
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
-from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+from tvbridge.secretstore import SECRET_FILE, check_secrets, resolve_credentials
 from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
@@ -114,8 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
+    """Everything `serve` checks before it opens a file or a port, in the same words and exit codes."""
+    check_secrets(config)  # a weak secret or path token with a live account on
     build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
+    if config.notify.urls:
+        apprise_sender(config.notify.urls)  # notification URLs (from the file or the environment) apprise knows
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
     print("config ok", file=sys.stderr)
     return EXIT_OK

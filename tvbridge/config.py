@@ -389,9 +389,15 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
                 yield parts, value, name
 
 
+BOOLEAN_KEYS: Final = frozenset({"require_token"})
+"""Keys that end like a secret's name (`..._token`) but hold a switch: read as true/false, shown unmasked."""
+
+
 def _keep_as_text(path: list[str]) -> bool:
     """Secrets and ids stay strings even when they look like numbers (a Dhan client id is all digits)."""
     key = path[-1]
+    if key in BOOLEAN_KEYS:
+        return False
     return is_secret_key(key) or key.endswith("_id") or key in {"host", "broker", "symbol"}
 
 
@@ -487,7 +493,7 @@ def effective_settings(config: Config, converter: cattrs.Converter) -> dict[str,
 
     def scrub(node: object) -> object:
         if isinstance(node, dict):
-            return {k: mask(v) if is_secret_key(k) else scrub(v) for k, v in node.items()}
+            return {k: mask(v) if is_secret_key(k) and not isinstance(v, bool) else scrub(v) for k, v in node.items()}
         if isinstance(node, list | tuple):
             return [scrub(v) for v in node]
         return node
