@@ -97,6 +97,24 @@ async def test_a_plugin_that_blocks_the_event_loop_is_named(make_client: ClientF
     assert "asyncio.to_thread" in warning["detail"]
 
 
+async def test_a_plugin_stuck_on_the_event_loop_is_named_while_it_is_stuck(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """While a plugin holds the event loop (here 1.6 s of synchronous sleep in `place()`), the watchdog thread
+    logs `loop.blocked` naming that call, before the call ends: a plugin blocked for good is still named."""
+    config = with_accounts(config, {"sim": scripted(block_loop_symbols=["TCS"], block_loop_s=1.6)})
+    client = await make_client(config)
+    with capture_logs() as logs:
+        response = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+    assert response.status == 200
+    blocked = [e for e in logs if e["event"] == "loop.blocked"]
+    assert blocked, [e["event"] for e in logs]
+    assert blocked[0]["in_call"] == "the 'scripted' broker plugin's place() (account 'sim')"
+    assert blocked[0]["blocked_s"] >= 1.0
+    order = [e["event"] for e in logs]
+    assert order.index("loop.blocked") < order.index("broker.blocked_event_loop")
+
+
 def test_a_plugin_whose_start_raises_stops_the_start_in_one_line(tmp_path: Path) -> None:
     """`start()` raising stops `tvbridge serve`: exit 1, one stderr line naming the account and the plugin and
     the plugin's own message, no traceback."""

@@ -13,15 +13,18 @@ it: the executor, `/health`, flatten, the status page):
   it awaits something). A step longer than `BLOCKED_WARN_S` blocked the event loop: every other alert and
   `/health` waited on it, and no timeout can fire meanwhile. It is logged as `broker.blocked_event_loop`
   naming the account, the plugin and the operation, so the operator knows whom to blame.
+* A `LoopWatchdog` thread notices a loop that has not turned for `LOOP_STALL_S` while it is still stuck (a
+  step that never ends is never timed) and logs `loop.blocked`, naming the plugin call running then.
 
-What it cannot catch: a plugin that blocks the loop from a task or callback of its own (not inside one of our
-calls) is not named; the step timing sees only what runs inside a call.
+What it cannot name: a plugin that blocks the loop from a task or callback of its own (not inside one of our
+calls); the watchdog still reports the stall, with `in_call` empty.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -40,6 +43,8 @@ T = TypeVar("T")
 
 BLOCKED_WARN_S: Final = 0.2
 """A plugin step that kept the event loop this long is reported: TradingView's whole budget is 3 s."""
+LOOP_STALL_S: Final = 1.0
+"""`LoopWatchdog` reports an event loop that has not turned for this long (a third of TradingView's budget)."""
 START_TIMEOUT_S: Final = 60.0
 """`start()` may load reference data (an instrument master): longer than a call, but never forever."""
 
@@ -48,18 +53,75 @@ class PluginTimeoutError(Exception):
     """A plugin call did not answer within its bound (internal: turned into the broker error that fits)."""
 
 
-class _Stepped:
-    """Awaits a coroutine while timing each step it runs synchronously; `on_step(seconds)` after each."""
+class LoopWatchdog(threading.Thread):
+    """Notices, from its own thread, an event loop that stopped turning, and names the plugin call that is
+    running then. The step timing below reports a block only once the step ends; a plugin that blocks for
+    good (a synchronous call without a timeout) would never be reported without this.
 
-    def __init__(self, coro: Any, on_step: Callable[[float], None]) -> None:
+    The loop stamps `beat` every `every_s`; this thread looks as often, and logs `loop.blocked` once per stall
+    longer than `after_s`, with `in_call` naming what `GuardedBroker` had running (or none: not a plugin call)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, every_s: float = 0.1, after_s: float = LOOP_STALL_S) -> None:
+        super().__init__(name="tvbridge-loop-watchdog", daemon=True)
+        self._loop = loop
+        self._every_s = every_s
+        self._after_s = after_s
+        self._stopping = threading.Event()
+        self.beat = time.monotonic()
+        self.in_call = ""
+        """The plugin call whose synchronous step is running on the loop now (empty: none)."""
+        self.stalls = 0
+
+    def _stamp(self) -> None:
+        self.beat = time.monotonic()
+        if not self._stopping.is_set():
+            self._loop.call_later(self._every_s, self._stamp)
+
+    def start(self) -> None:
+        self._loop.call_soon(self._stamp)
+        super().start()
+
+    def run(self) -> None:
+        reported = 0.0
+        while not self._stopping.wait(self._every_s):
+            beat = self.beat
+            stalled = time.monotonic() - beat
+            if stalled > self._after_s and beat != reported:
+                reported = beat
+                self.stalls += 1
+                log.warning(
+                    "loop.blocked",
+                    blocked_s=round(stalled, 2),
+                    in_call=self.in_call or None,
+                    detail=f"the event loop has not turned for {stalled:.1f} s"
+                    + (f": {self.in_call} is running without yielding" if self.in_call else ""),
+                )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join()
+
+
+class _Stepped:
+    """Awaits a coroutine while timing each step it runs synchronously; `on_step(seconds)` after each, and
+    `watchdog.in_call` names the call while a step runs."""
+
+    def __init__(
+        self, coro: Any, on_step: Callable[[float], None], watchdog: LoopWatchdog | None = None, label: str = ""
+    ) -> None:
         self._coro = coro
         self._on_step = on_step
+        self._watchdog = watchdog
+        self._label = label
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, on_step = self._coro, self._on_step
+        coro, on_step, watchdog = self._coro, self._on_step, self._watchdog
         value: Any = None
         error: BaseException | None = None
         while True:
+            if watchdog is not None:
+                watchdog.in_call = self._label
             started = time.perf_counter()
             try:
                 yielded = coro.throw(error) if error is not None else coro.send(value)
@@ -69,6 +131,9 @@ class _Stepped:
             except BaseException:
                 on_step(time.perf_counter() - started)
                 raise
+            finally:
+                if watchdog is not None:
+                    watchdog.in_call = ""
             on_step(time.perf_counter() - started)
             try:
                 value, error = (yield yielded), None
@@ -80,11 +145,14 @@ class GuardedBroker:
     """An account's plugin behind the host's timeouts and loop-blocking detector (see the module docstring).
     Every other attribute is the plugin's own (`capabilities`, `positions()`, `reconfigure()`...)."""
 
-    def __init__(self, broker: Broker, *, account: str, plugin: str, timeout_s: float) -> None:
+    def __init__(
+        self, broker: Broker, *, account: str, plugin: str, timeout_s: float, watchdog: LoopWatchdog | None = None
+    ) -> None:
         self._broker = broker
         self._account = account
         self._plugin = plugin
         self._timeout_s = timeout_s
+        self._watchdog = watchdog
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
@@ -108,7 +176,8 @@ class GuardedBroker:
             nonlocal blocked
             blocked = max(blocked, seconds)
 
-        stepped: Awaitable[T] = _Stepped(call, on_step) if inspect.iscoroutine(call) else call
+        label = f"the {self._plugin!r} broker plugin's {operation}() (account {self._account!r})"
+        stepped: Awaitable[T] = _Stepped(call, on_step, self._watchdog, label) if inspect.iscoroutine(call) else call
         try:
             async with asyncio.timeout(timeout_s):
                 return await stepped

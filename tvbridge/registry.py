@@ -8,6 +8,7 @@ distribution, raised at start so the CLI exits before the first alert, not on it
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, cast
@@ -18,7 +19,7 @@ import structlog
 from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, SettingsError
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError, PluginStartError
-from tvbridge.pluginguard import GuardedBroker, PluginTimeoutError
+from tvbridge.pluginguard import GuardedBroker, LoopWatchdog, PluginTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -173,7 +174,9 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())[:500] or "(no message)"
 
 
-def guard_brokers(config: Config, brokers: Mapping[str, Broker]) -> dict[str, Broker]:
+def guard_brokers(
+    config: Config, brokers: Mapping[str, Broker], watchdog: LoopWatchdog | None = None
+) -> dict[str, Broker]:
     """Each plugin behind the host's timeout (`broker_timeout_s`) and loop-blocking detector."""
     return {
         account: cast(
@@ -183,6 +186,7 @@ def guard_brokers(config: Config, brokers: Mapping[str, Broker]) -> dict[str, Br
                 account=account,
                 plugin=config.broker_of(account),
                 timeout_s=config.broker_timeout_of(account),
+                watchdog=watchdog,
             ),
         )
         for account, broker in brokers.items()
@@ -207,8 +211,10 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     from tvbridge.keys import BROKERS, CONFIG  # noqa: PLC0415 - keys imports this module's types
 
     config = app[CONFIG]
-    brokers = guard_brokers(config, build_brokers(config))
+    watchdog = LoopWatchdog(asyncio.get_running_loop())
+    brokers = guard_brokers(config, build_brokers(config), watchdog)
     started: list[tuple[str, Broker]] = []
+    watchdog.start()
     try:
         for account, broker in brokers.items():
             await start_broker(account, config.broker_of(account), broker)
@@ -222,6 +228,7 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
                 await broker.aclose()
             except Exception:
                 log.exception("broker.close_failed", account=account)
+        await asyncio.to_thread(watchdog.stop)
 
 
 def brokers_of(config: Config) -> Mapping[str, str]:
