@@ -4,8 +4,9 @@ in a warning, and a plugin whose `start()` or settings parser raises stops the s
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from durability_server import scripted_orders, server_env
@@ -13,8 +14,10 @@ from helpers import alert, leg, with_accounts
 from server_process import run_cli
 from structlog.testing import capture_logs
 
+from tvbridge.broker import BrokerUnavailableError
 from tvbridge.errors import ConfigError
 from tvbridge.keys import JOURNAL
+from tvbridge.pluginguard import GuardedBroker
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -148,3 +151,24 @@ def test_broker_timeout_must_be_a_positive_number(config: Config, value: object)
     config = with_accounts(config, {"sim": {"broker": "scripted", "broker_timeout_s": value}})
     with pytest.raises(ConfigError, match=r"accounts\.sim\.broker_timeout_s"):
         config.broker_timeout_of("sim")
+
+
+class _HangingExtras:
+    """A plugin's own coroutine method that never answers, and a plain attribute."""
+
+    label = "extras"
+
+    async def positions(self) -> list[str]:
+        await asyncio.Event().wait()  # never set
+        return []
+
+
+async def test_a_plugins_own_coroutine_methods_are_guarded_too() -> None:
+    """A method beyond the interface (`positions()`, used by flatten and exits) runs under `broker_timeout_s`
+    as well: a hang there is `BrokerUnavailableError` naming the plugin, not a stalled request."""
+    guarded: Any = GuardedBroker(_HangingExtras(), account="sim", plugin="extras", timeout_s=0.2)  # type: ignore[arg-type]  # only the methods under test
+    assert guarded.label == "extras"
+    with pytest.raises(
+        BrokerUnavailableError, match=r"'extras' broker plugin \(account 'sim'\) did not answer positions\(\)"
+    ):
+        await guarded.positions()

@@ -3,7 +3,8 @@
 Each account's plugin is seen through a `GuardedBroker` (built in `registry.brokers_ctx`, so every caller gets
 it: the executor, `/health`, flatten, the status page):
 
-* Every call (`place`, `cancel`, `lookup`, `health`, `aclose`) runs under the account's `broker_timeout_s`
+* Every call (`place`, `cancel`, `lookup`, `health`, `aclose`, and the plugin's own coroutine methods such as
+  `positions()`) runs under the account's `broker_timeout_s`
   (default 2.5 s; `start()` under `START_TIMEOUT_S`). A `place` or `cancel` that has not answered by then is an
   unknown outcome (`BrokerUnknownOutcomeError`): the executor asks `lookup()` before reporting anything, so an
   order the plugin places late is found, or the leg is `unknown` and says to check the broker; never a silent
@@ -23,6 +24,7 @@ calls); the watchdog still reports the stall, with `in_call` empty.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import time
@@ -155,7 +157,25 @@ class GuardedBroker:
         self._watchdog = watchdog
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._broker, name)
+        """The plugin's own attribute; a method of its own that returns a coroutine (`positions()`,
+        `reconfigure()`...) runs under the same guard, a timeout there being `BrokerUnavailableError`."""
+        value = getattr(self._broker, name)
+        if not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            return self._other(name, result) if inspect.iscoroutine(result) else result
+
+        return guarded
+
+    async def _other(self, operation: str, call: Awaitable[T]) -> T:
+        try:
+            return await self._call(operation, call, self._timeout_s)
+        except PluginTimeoutError as e:
+            log.warning("broker.timed_out", account=self._account, broker=self._plugin, operation=operation)
+            raise BrokerUnavailableError(str(e)) from None
 
     @property
     def plugin(self) -> Broker:
