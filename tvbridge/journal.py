@@ -120,7 +120,8 @@ class Journal:
             await self._db.start()
             await self._db.write(_create)
             wal = self.path.with_name(f"{self.path.name}-wal")
-            self._files = (FileIdentity.of(self.path), FileIdentity.of(wal))
+            # the WAL too (SQLite keeps it while a connection is open), when the file system gave us one
+            self._files = (FileIdentity.of(self.path), *([FileIdentity.of(wal)] if wal.exists() else []))
         except Exception as e:
             raise JournalError(f"journal {self.path} cannot be opened: {e}") from e
 
