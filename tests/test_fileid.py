@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
-@pytest.mark.parametrize(("name", "check"), [("tvbridge.sqlite3", "journal"), ("webhook_orders.csv", "order_log")])
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [("tvbridge.sqlite3", "journal"), ("tvbridge.sqlite3-wal", "journal"), ("webhook_orders.csv", "order_log")],
+)
 async def test_a_record_file_gone_under_the_server_gives_503(tmp_path: Path, name: str, check: str, how: str) -> None:
     """Delete the journal or the order log (or move another file over it) while the server runs: the next alert
     gets 503 naming the file, nothing of it reaches the broker, and `/health` is 503 with the reason in the
