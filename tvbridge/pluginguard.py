@@ -206,7 +206,7 @@ class GuardedBroker:
                 f"{self._who()} did not answer {operation}() within {timeout_s:g} s (broker_timeout_s)"
             ) from None
         finally:
-            if blocked >= BLOCKED_WARN_S:
+            if blocked >= BLOCKED_WARN_S and operation != "start":  # nothing is served before start ends
                 log.warning(
                     "broker.blocked_event_loop",
                     account=self._account,
