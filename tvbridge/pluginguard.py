@@ -198,10 +198,13 @@ class GuardedBroker:
 
         label = f"the {self._plugin!r} broker plugin's {operation}() (account {self._account!r})"
         stepped: Awaitable[T] = _Stepped(call, on_step, self._watchdog, label) if inspect.iscoroutine(call) else call
+        deadline = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with deadline:
                 return await stepped
         except TimeoutError:
+            if not deadline.expired():  # the plugin's own TimeoutError: its to report, as any exception
+                raise
             raise PluginTimeoutError(
                 f"{self._who()} did not answer {operation}() within {timeout_s:g} s (broker_timeout_s)"
             ) from None
