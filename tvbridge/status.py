@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import html
 import json
+import re
 from datetime import UTC, datetime, time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -25,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__
-from tvbridge.access import has_admin_token
+from tvbridge.access import has_admin_token, same_token
 from tvbridge.keys import (
     ALERT_ID,
     BROKERS,
@@ -43,6 +44,7 @@ from tvbridge.sessions import EXCHANGES
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Mapping
 
     from tvbridge.broker import Broker
 
@@ -64,13 +66,23 @@ def _refusal(request: web.Request, *, stream: bool = False) -> web.Response | No
     """None when the request may see the status; else the 401 that makes a browser ask for the token."""
     if has_admin_token(request):
         return None
-    if stream and hmac.compare_digest(request.query.get("key", ""), _stream_key(request)):
+    if stream and same_token(request.query.get("key", ""), _stream_key(request)):
         return None
     log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
     body = {"status": "error", "message": "admin token required", "alert_id": request.get(ALERT_ID)}
     return web.json_response(
         body, status=401, headers={"WWW-Authenticate": 'Basic realm="tvbridge status", charset="UTF-8"'}
     )
+
+
+PLACEHOLDER: Final = re.compile(r"__([A-Z]+)__")
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """`template` with each `__NAME__` replaced by `values[NAME]`, in one pass: a value that itself reads
+    `__ALERTS__` or `__KEY__` (a symbol, a broker's detail) stays text; chained replaces filled it in (the
+    stream key, or a whole table, inside a cell)."""
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def _day_start_utc(now: datetime) -> str:
@@ -288,15 +300,18 @@ async def status_page(request: web.Request) -> web.Response:
         f"{_cell(p['average_price'])}</tr>"
         for p in data["positions"]
     )
-    page = (
-        PAGE.replace("__VERSION__", html.escape(__version__))
-        .replace("__SERVER__", _server_html(data["server"], data["followup"]))
-        .replace("__BROKERS__", brokers)
-        .replace("__MARKET__", render_market(data["market"]))
-        .replace("__COUNT__", f"({len(data['alerts'])})")
-        .replace("__ALERTS__", render_alerts(data["alerts"]))
-        .replace("__POSITIONS__", positions)
-        .replace("__KEY__", _stream_key(request))
+    page = fill(
+        PAGE,
+        {
+            "VERSION": html.escape(__version__),
+            "SERVER": _server_html(data["server"], data["followup"]),
+            "BROKERS": brokers,
+            "MARKET": render_market(data["market"]),
+            "COUNT": f"({len(data['alerts'])})",
+            "ALERTS": render_alerts(data["alerts"]),
+            "POSITIONS": positions,
+            "KEY": _stream_key(request),
+        },
     )
     return web.Response(
         text=page,
