@@ -41,6 +41,7 @@ from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.recovery import recovery_ctx
+from tvbridge.refusals import refusals_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -112,7 +113,17 @@ def create_app(
     app[CALENDAR] = Calendar.from_config(config.sessions)
     # recovery after brokers and executor, before the first request and before the queue's scheduler
     app.cleanup_ctx.extend(
-        [journal_ctx, order_log_ctx, rate_limit_ctx, dedupe_ctx, brokers_ctx, executor_ctx, recovery_ctx, scheduler_ctx]
+        [
+            refusals_ctx,
+            journal_ctx,
+            order_log_ctx,
+            rate_limit_ctx,
+            dedupe_ctx,
+            brokers_ctx,
+            executor_ctx,
+            recovery_ctx,
+            scheduler_ctx,
+        ]
     )
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe
     app.on_shutdown.append(on_shutdown)

@@ -92,17 +92,18 @@ async def test_the_strategy_bucket_refills(start: Any, config: Config, clock: Fa
 async def test_failed_auth_locks_the_address_out(start: Any, config: Config, clock: FakeClock) -> None:
     """After `auth_failures_per_min` wrong secrets even the right one gets 429, until the bucket refills."""
     client = await start(config, auth_failures_per_min=3)
+    guesser = from_ip("198.51.100.7")
     with capture_logs() as events:
         for _ in range(3):
-            assert (await client.post("/webhook", json=alert(secret="guess-1"))).status == 401
-        locked = await client.post("/webhook", json=alert())
+            assert (await client.post("/webhook", json=alert(secret="guess-1"), headers=guesser)).status == 401
+        locked = await client.post("/webhook", json=alert(), headers=guesser)
     assert locked.status == 429
     assert locked.headers["Retry-After"] == "20"  # 3 per minute: one every 20 s
     assert "failed authentications" in (await locked.json())["message"]
     assert "guess-1" not in repr(events)
     assert SECRET not in repr(events)
     clock.now += 20.0
-    assert (await client.post("/webhook", json=alert())).status == 200
+    assert (await client.post("/webhook", json=alert(), headers=guesser)).status == 200
 
 
 async def test_one_flooding_address_does_not_starve_others(start: Any, config: Config) -> None:
@@ -125,8 +126,8 @@ async def test_genuine_alerts_do_not_use_the_address_bucket(start: Any, config: 
 
 
 async def test_the_global_limit(start: Any, config: Config, clock: FakeClock) -> None:
-    """Over `global_per_s` every strategy waits; the next second lets one more through."""
-    client = await start(config, global_per_s=2)
+    """Over `global_burst` every strategy waits; `global_per_s` lets one more through half a second later."""
+    client = await start(config, global_per_s=2, global_burst=2)
     for symbol in ("RELIANCE", "INFY"):
         assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
     refused = await client.post("/webhook", json=alert(leg(symbol="TCS")))
