@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from tvbridge.addresses import contains, parse_address, parse_networks, source_key
 from tvbridge.metrics import CONNECTION_EVENTS
@@ -302,6 +302,11 @@ class GuardedHandler(RequestHandler):
             self._quiet = False
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own error lines: a parse error's, and the one it writes when, after our 400 for a body that
+        does not decode, it tries to read the rest of that body: both counted as parse errors instead."""
+        if isinstance(kw.get("exc_info"), RequestPayloadError):
+            self.guard.note("parse_error")
+            return
         if not self._quiet:
             super().log_exception(*args, **kw)
 

@@ -51,7 +51,12 @@ def _snake(reason: str) -> str:
 
 def error_response(request: web.Request, status: int, message: str, **extra: Any) -> web.Response:
     body: dict[str, Any] = {"status": "error", "message": message, "alert_id": request.get(ALERT_ID), **extra}
-    return web.json_response(body, status=status)
+    response = web.json_response(body, status=status)
+    if not request.content.is_eof():
+        # the body was not read to its end (too large, undecodable, cut off): what follows on this connection
+        # is not a request, so the answer closes it (`Connection: close`)
+        response.force_close()
+    return response
 
 
 def errors() -> Middleware:
