@@ -4,8 +4,9 @@ Both are compared in constant time (`hmac.compare_digest`). The body is decoded 
 a JSON object), because the secret is inside it: TradingView cannot set headers. A refusal is logged with the
 source address and never with what was sent.
 
-On success it sets `request[AUTHENTICATED]`: `rate_limit` (an outer step) charges every webhook request that
-fails without it to the source address, and a raised `AuthError` also to that address's failed-auth bucket.
+On success it sets `request[AUTHENTICATED]`: `errors` (the outermost step, through `rate_limit.charge_failure`)
+charges every webhook request that fails without it to the source address, and a raised `AuthError` also to
+that address's failed-auth bucket.
 So the accounting needs no call from here into the limiter, and turning rate limiting off leaves auth as is.
 """
 
