@@ -31,6 +31,8 @@ from tvbridge.keys import (
 )
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow
 from tvbridge.parsing import parse_alert, unknown_keys
+from tvbridge.refusals import should_log
+from tvbridge.text import bounded
 
 if TYPE_CHECKING:
     from tvbridge.models import Alert
@@ -197,7 +199,8 @@ def require_admin(request: web.Request) -> None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
     ):
-        log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
+        if should_log(request, 401):  # a guesser's flood must not flood the log (tvbridge.refusals)
+            log.warning("admin.auth_failed", path=bounded(request.path), source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 
 

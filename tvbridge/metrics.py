@@ -39,6 +39,8 @@ from tvbridge.errors import AuthError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import BROKERS, CONFIG, JOURNAL, METRICS, SOURCE_IP, STATE
 from tvbridge.models import AlertStatus
+from tvbridge.refusals import should_log
+from tvbridge.text import bounded
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -341,7 +343,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
     config = app[CONFIG].metrics
     source = request.get(SOURCE_IP, request.remote or "")
     if not has_admin_token(request) and (config.require_token or not _allowed(source, config)):
-        log.warning("metrics.refused", source=source, path=request.path)
+        if should_log(request, 401):  # sampled like every refusal (tvbridge.refusals)
+            log.warning("metrics.refused", source=source, path=bounded(request.path))
         raise AuthError("admin token required to scrape: Authorization: Bearer <admin token>")
     metrics = app[METRICS]
     await _refresh_broker_health(app, metrics)
