@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 
 
 class ServerProcess:
-    def __init__(self, cwd: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+    def __init__(
+        self, cwd: Path, env: dict[str, str], args: list[str] | None = None, *, descriptor_limit: int | None = None
+    ) -> None:
+        """`descriptor_limit`: the server's RLIMIT_NOFILE soft limit (as `LimitNOFILE` or `ulimit -n` would set)."""
         self.cwd = cwd
+        self.descriptor_limit = descriptor_limit
         self.env = {
             **os.environ,
             "TVBRIDGE_LOGGING__FORMAT": "json",
@@ -48,6 +53,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self._limit_descriptors if self.descriptor_limit else None,  # noqa: PLW1509 - before exec
         )
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -56,6 +62,14 @@ class ServerProcess:
             msg = f"server did not start within {START_TIMEOUT_S} s: {self.stdout_lines} {self.stderr}"
             raise AssertionError(msg)
         return self
+
+    def _limit_descriptors(self) -> None:
+        assert self.descriptor_limit is not None
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.descriptor_limit, hard))
+
+    def _read_stderr(self, stream: IO[str]) -> None:
+        self.stderr += stream.read()
 
     def _read_stdout(self) -> None:
         assert self._proc is not None
@@ -90,14 +104,23 @@ class ServerProcess:
 
     def wait(self) -> int:
         assert self._proc is not None
+        # stdout is the reader thread's alone: communicate() would race it for the last lines (and drop them)
+        assert self._proc.stderr is not None
+        stderr = threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True)
+        stderr.start()
         try:
-            _, self.stderr = self._proc.communicate(timeout=STOP_TIMEOUT_S)
+            self._proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            _, self.stderr = self._proc.communicate(timeout=STOP_TIMEOUT_S)
+            self._proc.wait(timeout=STOP_TIMEOUT_S)
             raise
-        if self._reader is not None:
-            self._reader.join(timeout=STOP_TIMEOUT_S)
+        finally:
+            stderr.join(timeout=STOP_TIMEOUT_S)
+            if self._reader is not None:
+                self._reader.join(timeout=STOP_TIMEOUT_S)
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return self._proc.returncode
 
     def kill(self) -> None:

@@ -270,3 +270,14 @@ def test_dockerfile_copies_what_exists() -> None:
     assert all((repo / source).exists() for source in sources), sources
     assert "USER tvbridge" in text
     assert 'CMD ["tvbridge", "serve"]' in text
+
+
+def test_systemd_unit_leaves_descriptors_for_every_connection() -> None:
+    """The shipped unit sets `LimitNOFILE` well above `limits.max_connections`: under the usual default soft limit
+    (1024) tvbridge would have to lower its connection table at start (`connections.capped`)."""
+    from tvbridge.config import LimitsConfig  # noqa: PLC0415 - the default under test
+    from tvbridge.connections import DESCRIPTOR_RESERVE  # noqa: PLC0415
+
+    unit = (DEPLOY / "tvbridge.service").read_text()
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", unit, flags=re.MULTILINE)
+    assert int(limit) - max(DESCRIPTOR_RESERVE, int(limit) // 10) > 2 * LimitsConfig().max_connections

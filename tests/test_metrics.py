@@ -76,8 +76,8 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     assert ("tvbridge_alerts_total", frozenset({("outcome", "partial")})) in found  # every outcome, from 0
     assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="success") == 3
     assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="failed") == 1
-    assert value(found, "tvbridge_refusals_total", reason="auth") == 1
-    assert value(found, "tvbridge_refusals_total", reason="invalid_alert") == 1
+    assert value(found, "tvbridge_refusals_total", status="401", reason="auth") == 1
+    assert value(found, "tvbridge_refusals_total", status="422", reason="invalid_alert") == 1
     assert value(found, "tvbridge_broker_duration_seconds_count", account="s", operation="place") == 4
     assert value(found, "tvbridge_broker_errors_total", account="s", operation="place", code="broker_rejected") == 1
     assert value(found, "tvbridge_broker_token_valid", account="s") == 1

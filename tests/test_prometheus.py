@@ -110,7 +110,7 @@ async def test_prometheus_scrapes_the_counts_the_test_sent(
         await wait_for_value(s, base, 'tvbridge_alerts_total{outcome="success"}', "5", log)
         await wait_for_value(s, base, 'tvbridge_alerts_total{outcome="failed"}', "1", log)
         await wait_for_value(s, base, 'tvbridge_legs_total{account="s",broker="scripted",status="success"}', "5", log)
-        await wait_for_value(s, base, 'tvbridge_refusals_total{reason="auth"}', "1", log)
+        await wait_for_value(s, base, 'tvbridge_refusals_total{status="401",reason="auth"}', "1", log)
         await wait_for_value(
             s, base, 'sum(tvbridge_request_duration_seconds_count{route="/webhook",method="POST"})', "7", log
         )

@@ -43,6 +43,7 @@ from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.recovery import recovery_ctx
+from tvbridge.refusals import refusals_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
@@ -118,6 +119,7 @@ def create_app(
     # follow-up between the brokers it asks and the executor that hands it orders
     app.cleanup_ctx.extend(
         [
+            refusals_ctx,
             journal_ctx,
             order_log_ctx,
             rate_limit_ctx,

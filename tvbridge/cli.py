@@ -26,8 +26,9 @@ from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
 from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
+from tvbridge.connections import ConnectionGuard, GuardedSite, handler_args
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
-from tvbridge.keys import STATE
+from tvbridge.keys import METRICS, STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.lots import instrument_warnings
@@ -228,7 +229,10 @@ async def _run(
     ssl_context: ssl.SSLContext | None = None,
     reload_config: Callable[[], Config] | None = None,
 ) -> int:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=config.server.shutdown_grace_s)
+    handler = handler_args(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace_s, **handler)
+    guard = ConnectionGuard.from_config(config, app[METRICS])
+    app[METRICS].connections_open.set_function(lambda: guard.open)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -247,7 +251,9 @@ async def _run(
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
     try:
         settle_heap()  # before the first request: the collection pauses nobody, and no request's objects freeze
-        site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context)
+        site = GuardedSite(
+            runner, config.server.host, config.server.port, guard=guard, handler_args=handler, ssl_context=ssl_context
+        )
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}/webhook"

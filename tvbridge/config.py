@@ -62,6 +62,11 @@ def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
+def _ipv6_prefix(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 128:
+        raise ValueError(f"{attribute.name} must be 1..128, got {value}")
+
+
 def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attribute.name} must be 0..65535, got {value}")
@@ -97,6 +102,18 @@ class LimitsConfig:
     max_body_bytes: int = attrs.field(default=65536, validator=_positive_int)
     read_timeout_s: float = attrs.field(default=10.0, validator=_positive)
     """A client that has not sent its whole body by then is cut off (slow-client protection)."""
+    header_timeout_s: float = attrs.field(default=5.0, validator=_positive)
+    """A new connection must have sent its request line and headers by then, or it is closed (slowloris)."""
+    keepalive_timeout_s: float = attrs.field(default=15.0, validator=_positive)
+    """A connection without a request in progress is closed after this long idle (after an answer, too)."""
+    max_connections: int = attrs.field(default=1000, validator=_positive_int)
+    """Open connections in all; lowered at start to what the descriptor limit (`LimitNOFILE`) leaves room for."""
+    max_connections_per_ip: int = attrs.field(default=256, validator=_positive_int)
+    """Open connections per source address (IPv6: per `ipv6_prefix`); the addresses in `ip_allowlist.allow`
+    (TradingView's) and `ip_allowlist.trusted_proxies` count only toward `max_connections`."""
+    ipv6_prefix: int = attrs.field(default=64, validator=_ipv6_prefix)
+    """IPv6 sources are counted per network of this prefix length (one host usually owns a whole /64), by
+    `max_connections_per_ip` and the per-address rate limits."""
 
 
 def _networks(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
@@ -124,6 +141,9 @@ class RateLimitConfig:
     per_ip_per_s: float = attrs.field(default=5.0, validator=_positive)
     per_ip_burst: int = attrs.field(default=20, validator=_positive_int)
     global_per_s: float = attrs.field(default=200.0, validator=_positive)
+    global_burst: int = attrs.field(default=2000, validator=_positive_int)
+    """Authenticated alerts all strategies may send at once: above the largest TradingView plan's alert count
+    firing on one bar close, so a trader's fan-out is never refused (TradingView does not resend a 429)."""
     auth_failures_per_min: int = attrs.field(default=10, validator=_positive_int)
 
 

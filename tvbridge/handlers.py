@@ -32,6 +32,8 @@ from tvbridge.keys import (
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
 from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
+from tvbridge.refusals import should_log
+from tvbridge.text import bounded
 
 if TYPE_CHECKING:
     from tvbridge.models import Alert
@@ -212,7 +214,8 @@ def require_admin(request: web.Request) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not same_token(token.strip(), expected):
-        log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
+        if should_log(request, 401):  # a guesser's flood must not flood the log (tvbridge.refusals)
+            log.warning("admin.auth_failed", path=bounded(request.path), source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.middlewares.rate_limit import RateLimiter  # noqa: F401
     from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
+    from tvbridge.refusals import RefusalLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
 
@@ -59,3 +60,7 @@ CLOCK = web.AppKey["Callable[[], float]"]("clock")
 """Monotonic seconds for the guards' token buckets; `time.monotonic` unless a test moves time itself."""
 RATE_LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
 DEDUPER = web.AppKey["Deduper"]("deduper")
+REFUSALS = web.AppKey["RefusalLog"]("refusals")
+"""Which refused requests are logged in full, and the count of the rest (`tvbridge.refusals`)."""
+REFUSAL_LOGGED = web.RequestKey[bool]("refusal_logged")
+"""Whether this refused request's log lines are written: decided at its first line, kept for the others."""

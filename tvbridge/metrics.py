@@ -39,6 +39,8 @@ from tvbridge.errors import AuthError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import BROKERS, CONFIG, JOURNAL, METRICS, SOURCE_IP, STATE
 from tvbridge.models import AlertStatus
+from tvbridge.refusals import should_log
+from tvbridge.text import bounded
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -53,6 +55,15 @@ log = structlog.get_logger()
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0)
 """Around TradingView's 3 s: an answer later than that is lost, so 2.5 s and 3 s are buckets of their own."""
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+CONNECTION_EVENTS: Final = (
+    "evicted",
+    "refused_full",
+    "refused_per_ip",
+    "header_timeout",
+    "parse_error",
+    "accept_error",
+)
+"""What `tvbridge.connections` counts (see there); every one is exported from the start, at 0."""
 HEALTH_CACHE_S: Final = 10.0
 """Broker health is asked at most this often however often Prometheus scrapes (a broker's API has limits)."""
 
@@ -76,9 +87,20 @@ class Metrics:
         )
         self.refusals = Counter(
             "tvbridge_refusals",
-            "Requests refused before any order, by reason (auth, invalid_alert, rate_limited, forbidden, ...).",
-            ["reason"],
+            "Requests refused before any order, by HTTP status and reason (auth, invalid_alert, rate_limited,"
+            " forbidden, bad_request, payload_too_large, not_found, ...): exact, also when the log samples them.",
+            ["status", "reason"],
             registry=registry,
+        )
+        self.connection_events = Counter(
+            "tvbridge_connection_events",
+            "Connection-level refusals and faults, by event: evicted, refused_full, refused_per_ip, header_timeout,"
+            " parse_error, accept_error.",
+            ["event"],
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "tvbridge_connections_open", "Client connections open now (see limits.max_connections).", registry=registry
         )
         self.dedupe_hits = Counter(
             "tvbridge_dedupe_hits", "Repeated alerts answered from the first copy's results.", registry=registry
@@ -148,6 +170,8 @@ class Metrics:
         ProcessCollector(namespace="tvbridge", registry=registry)
         self.start_time.set(time.time())
         self.build.info({"version": __version__, "python": platform.python_version()})
+        for event in CONNECTION_EVENTS:
+            self.connection_events.labels(event=event)
         for outcome in AlertStatus:
             if outcome is not AlertStatus.ACCEPTED:  # not an outcome: the alert is still running
                 self.alerts.labels(outcome=outcome.value)
@@ -169,10 +193,10 @@ def metrics_of(app: web.Application) -> Metrics | None:
     return app.get(METRICS)
 
 
-def refused(app: web.Application, reason: str) -> None:
-    """Count a request refused before any order (guards call this; `reason` from a small fixed set)."""
+def refused(app: web.Application, reason: str, status: int) -> None:
+    """Count a request refused before any order (`reason` from a small fixed set: an error class's name)."""
     if (metrics := metrics_of(app)) is not None:
-        metrics.refusals.labels(reason=reason).inc()
+        metrics.refusals.labels(status=str(status), reason=reason).inc()
 
 
 def dedupe_hit(app: web.Application) -> None:
@@ -338,7 +362,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
     config = app[CONFIG].metrics
     source = request.get(SOURCE_IP, request.remote or "")
     if not has_admin_token(request) and (config.require_token or not _allowed(source, config)):
-        log.warning("metrics.refused", source=source, path=request.path)
+        if should_log(request, 401):  # sampled like every refusal (tvbridge.refusals)
+            log.warning("metrics.refused", source=source, path=bounded(request.path))
         raise AuthError("admin token required to scrape: Authorization: Bearer <admin token>")
     metrics = app[METRICS]
     await _refresh_broker_health(app, metrics)

@@ -11,9 +11,9 @@ from helpers import ClientFactory, alert
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge.addresses import client_address, parse_networks
 from tvbridge.config import TRADINGVIEW_IPS, Config, IpAllowlistConfig
 from tvbridge.errors import ConfigError
-from tvbridge.middlewares.ip_allowlist import client_address, parse_networks
 
 TRADINGVIEW = "52.89.214.238"
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1"])

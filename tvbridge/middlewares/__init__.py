@@ -9,8 +9,9 @@ Outermost first:
 4. `body_limit`     413 before a large body is read whole, and a read deadline for slow clients;
 5. `ip_allowlist`   the real client address (`trusted_proxies`, `X-Forwarded-For`) into `request[SOURCE_IP]`
                     for every later step and log line, and 403 for callers not on `ip_allowlist.allow`;
-6. `rate_limit`     before auth: per-address buckets for failed auth and unauthenticated traffic, and the
-                    global bucket when empty (429 + `Retry-After`); needs `SOURCE_IP`;
+6. `rate_limit`     before auth: per-address buckets for failed auth and unauthenticated traffic (429 +
+                    `Retry-After`); needs `SOURCE_IP`. `errors` charges every unauthenticated refusal, from
+                    whichever step, to its source (`rate_limit.charge_failure`), never to the global bucket;
 7. `auth`           secret in the body or a path token, constant-time; decodes the body once (400 if not JSON);
                     sets `AUTHENTICATED`, by which `rate_limit` tells failures from genuine alerts;
 8. `dedupe`         the same alert within the window runs once; needs `RAW_ALERT`, sets `DEDUPE_KEY` for the
@@ -23,8 +24,10 @@ Each guard can be turned off in config (`ip_allowlist.enabled`, `rate_limit.enab
 `auth.require_client_cert`; the body limit and the secret always apply). Guards act on the webhook routes
 only (`routes.is_webhook`); the admin endpoints check the admin token in their handlers. A guard's refusal is
 an exception (answered by `errors`) after one JSON log line of its own with the reason; the alert id is in
-every line through the log context. The guards' tables (`RATE_LIMITER`, `DEDUPER`) are app state, made by
-`rate_limit_ctx` and `dedupe_ctx` (registered in `app.py`); the middlewares here only read them.
+every line through the log context; a refusal's lines are written for a sample (`tvbridge.refusals`), and
+`request_id` already knows the real client (`trusted_proxies`), so the body limit's refusals count against it.
+The guards' tables (`RATE_LIMITER`, `DEDUPER`) are app state, made by `rate_limit_ctx` and `dedupe_ctx`
+(registered in `app.py`); the middlewares here only read them.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 def build_middlewares(config: Config, credentials: Credentials) -> list[Middleware]:
     rate_limit_before_auth, rate_limit_after_auth = rate_limit(config.rate_limit, credentials)
     return [
-        request_id(),
+        request_id(config.ip_allowlist.trusted_proxies),
         errors(),
         client_cert(config.auth),
         body_limit(config.limits),

@@ -4,8 +4,9 @@ Both are compared in constant time (`hmac.compare_digest`). The body is decoded 
 a JSON object), because the secret is inside it: TradingView cannot set headers. A refusal is logged with the
 source address and never with what was sent.
 
-On success it sets `request[AUTHENTICATED]`: `rate_limit` (an outer step) charges every webhook request that
-fails without it to the source address, and a raised `AuthError` also to that address's failed-auth bucket.
+On success it sets `request[AUTHENTICATED]`: `errors` (the outermost step, through `rate_limit.charge_failure`)
+charges every webhook request that fails without it to the source address, and a raised `AuthError` also to
+that address's failed-auth bucket.
 So the accounting needs no call from here into the limiter, and turning rate limiting off leaves auth as is.
 """
 
@@ -21,6 +22,7 @@ from tvbridge.errors import AuthError
 from tvbridge.keys import AUTHENTICATED, RAW_ALERT, SOURCE_IP
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.parsing import decode_body
+from tvbridge.refusals import should_log
 from tvbridge.routes import PATH_TOKEN, is_webhook
 
 if TYPE_CHECKING:
@@ -38,6 +40,13 @@ def same_secret(given: object, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
+def _failed(request: web.Request, reason: str, message: str = "Invalid webhook secret") -> AuthError:
+    """The refusal, after its `auth.failed` line when the request is one `tvbridge.refusals` samples."""
+    if should_log(request, 401):
+        log.warning("auth.failed", source=request.get(SOURCE_IP), reason=reason)
+    return AuthError(message)
+
+
 def auth(credentials: Credentials) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -48,19 +57,16 @@ def auth(credentials: Credentials) -> Middleware:
             if not credentials.path_token:
                 raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
             if not same_secret(token, credentials.path_token):
-                log.warning("auth.failed", reason="wrong path token", source=request.get(SOURCE_IP))
-                raise AuthError
+                raise _failed(request, "wrong path token")
             request[RAW_ALERT] = decode_body(body_of(request))
             request[AUTHENTICATED] = True
             return await handler(request)
         raw = decode_body(body_of(request))
         request[RAW_ALERT] = raw
         if "secret" not in raw:
-            log.warning("auth.failed", reason="no secret in the alert", source=request.get(SOURCE_IP))
-            raise AuthError("Invalid webhook secret: the alert has no secret")
+            raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
         if not same_secret(raw["secret"], credentials.secret):
-            log.warning("auth.failed", reason="wrong secret", source=request.get(SOURCE_IP))
-            raise AuthError
+            raise _failed(request, "wrong secret")
         request[AUTHENTICATED] = True
         return await handler(request)
 

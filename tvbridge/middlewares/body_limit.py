@@ -2,6 +2,8 @@
 
 A declared `Content-Length` over `limits.max_body_bytes` is refused before anything is read; a chunked body is
 read only until it passes the limit. A client that sends too slowly is cut off after `limits.read_timeout_s`.
+A body that does not decode as its `Content-Encoding` says (gzip with garbage), or whose connection is lost
+midway, is a 400 like any other bad body, counted against its source (issue 23: it was a 500).
 The bytes are kept for later steps (`body_of`), so the body is read once.
 """
 
@@ -12,8 +14,10 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from tvbridge.errors import BadRequestError, PayloadTooLargeError
+from tvbridge.refusals import should_log
 from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
@@ -32,14 +36,16 @@ def body_of(request: web.Request) -> bytes:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        log.warning("body_limit.refused", reason="declared Content-Length over the limit", limit=limit)
+        if should_log(request, 413):
+            log.warning("body_limit.refused", reason="declared Content-Length over the limit", limit=limit)
         raise PayloadTooLargeError(f"body too large: {request.content_length} bytes, the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(65536):
         size += len(chunk)
         if size > limit:
-            log.warning("body_limit.refused", reason="body over the limit while reading", limit=limit)
+            if should_log(request, 413):
+                log.warning("body_limit.refused", reason="body over the limit while reading", limit=limit)
             raise PayloadTooLargeError(f"body too large: over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -53,8 +59,18 @@ def body_limit(config: LimitsConfig) -> Middleware:
                 async with asyncio.timeout(config.read_timeout_s):
                     request[BODY] = await read_limited(request, config.max_body_bytes)
             except TimeoutError:
-                log.warning("body_limit.refused", reason="body not received in time", timeout_s=config.read_timeout_s)
+                if should_log(request, 400):
+                    log.warning("body_limit.refused", reason="body not received in time")
                 raise BadRequestError(f"body not received within {config.read_timeout_s} s") from None
+            except RequestPayloadError:
+                # a body that does not decode as its Content-Encoding says (gzip with garbage), or a broken chunk
+                if should_log(request, 400):
+                    log.warning("body_limit.refused", reason="body does not decode")
+                raise BadRequestError("body could not be read: it does not match its Content-Encoding") from None
+            except ConnectionError:
+                if should_log(request, 400):
+                    log.warning("body_limit.refused", reason="connection closed before the body was sent")
+                raise BadRequestError("connection closed before the whole body was sent") from None
         return await handler(request)
 
     return middleware

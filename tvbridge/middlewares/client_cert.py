@@ -13,7 +13,9 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import ForbiddenError
+from tvbridge.refusals import should_log
 from tvbridge.routes import is_webhook
+from tvbridge.text import bounded
 from tvbridge.tls import TRADINGVIEW_CN, common_names
 
 if TYPE_CHECKING:
@@ -33,7 +35,9 @@ def client_cert(config: AuthConfig) -> Middleware:
         names = common_names(peercert)
         if TRADINGVIEW_CN not in names:
             reason = "no client certificate" if peercert is None else "client certificate is not TradingView's"
-            log.warning("client_cert.refused", reason=reason, subject_cn=names, peer=request.remote)
+            cns = [bounded(name) for name in names[:5]]
+            if should_log(request, 403):
+                log.warning("client_cert.refused", reason=reason, subject_cn=cns, peer=request.remote)
             raise ForbiddenError(f"a TradingView client certificate is required ({reason})")
         return await handler(request)
 

@@ -17,81 +17,23 @@ trusted proxies as a per-hop chain, answers 400 on its own and replaces the requ
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import hdrs, web
 
+from tvbridge.addresses import client_address, contains, parse_networks
 from tvbridge.errors import ForbiddenError
 from tvbridge.keys import SOURCE_IP
+from tvbridge.refusals import should_log
 from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
     from aiohttp.typedefs import Handler, Middleware
 
     from tvbridge.config import IpAllowlistConfig
 
 log = structlog.get_logger()
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """Addresses and CIDRs as networks (a lone address is a /32 or /128); config has validated them."""
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_address(text: str) -> IPAddress | None:
-    """An address as proxies write it (`1.2.3.4`, `1.2.3.4:5678`, `[2001:db8::1]:443`); None if it is none.
-
-    Cached: it runs for every request, and the addresses that call are few (TradingView's four, a proxy)."""
-    text = text.strip().strip('"')
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def contains(networks: Sequence[IPNetwork], address: IPAddress) -> bool:
-    return any(address in network for network in networks)
-
-
-def client_address(
-    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
-) -> tuple[IPAddress | None, str]:
-    """The real client address and how it was found (a log reason); None when it cannot be known.
-
-    `forwarded_for` is every `X-Forwarded-For` header line, in order; they read as one list.
-    """
-    address = parse_address(peer or "")
-    if address is None:
-        return None, "the TCP peer has no IP address"
-    if not trusted or not contains(trusted, address):
-        return address, "tcp peer"
-    hops = [hop for line in forwarded_for for hop in line.split(",") if hop.strip()]
-    if not hops:
-        return address, "trusted proxy sent no X-Forwarded-For"
-    for hop in reversed(hops):
-        hop_address = parse_address(hop)
-        if hop_address is None:
-            return None, "X-Forwarded-For holds something that is not an IP address"
-        if not contains(trusted, hop_address):
-            return hop_address, "X-Forwarded-For, rightmost untrusted hop"
-        address = hop_address
-    return address, "X-Forwarded-For, every hop a trusted proxy: the leftmost"
 
 
 def ip_allowlist(config: IpAllowlistConfig) -> Middleware:
@@ -106,10 +48,14 @@ def ip_allowlist(config: IpAllowlistConfig) -> Middleware:
         if not config.enabled or not is_webhook(request):
             return await handler(request)
         if address is None:
-            log.warning("ip_allowlist.refused", reason=how, source=request.get(SOURCE_IP), peer=request.remote)
+            if should_log(request, 403):
+                log.warning("ip_allowlist.refused", source=request.get(SOURCE_IP), reason=how, peer=request.remote)
             raise ForbiddenError("source address unknown: not allowed")
         if not contains(allowed, address):
-            log.warning("ip_allowlist.refused", reason="not on ip_allowlist.allow", source=str(address), via=how)
+            if should_log(request, 403):
+                log.warning(
+                    "ip_allowlist.refused", source=request.get(SOURCE_IP), reason="not on ip_allowlist.allow", via=how
+                )
             raise ForbiddenError(f"source address {address} is not allowed")
         return await handler(request)
 

@@ -1,29 +1,33 @@
 """Steps 6 and 9: token buckets, so that no single source or strategy can flood the broker or starve the others.
 
 Every TradingView alert arrives from the same four addresses, so a plain per-IP limit would throttle a trader's
-own alerts. The limits are therefore split around `auth`:
+own alerts. The limits are therefore split around `auth`, and what fails before auth never spends a budget that
+authenticated alerts need (issue 23):
 
-* before auth (`before_auth`), per source address (`request[SOURCE_IP]`, as `ip_allowlist` found it):
+* before auth (`before_auth`), per source (`request[SOURCE_IP]`; IPv6 per `limits.ipv6_prefix` network):
   - `per_ip_per_s` / `per_ip_burst` count only requests that did *not* authenticate (no or wrong secret, not
-    JSON, unknown path token): an address whose bucket is empty gets 429 before its body is even decoded;
-  - `auth_failures_per_min` counts wrong secrets: an address that used them up gets 429 for *every* webhook
+    JSON, a body that does not decode, too large, too slow, unknown path token): a source whose bucket is empty
+    gets 429 before its body is even decoded;
+  - `auth_failures_per_min` counts wrong secrets: a source that used them up gets 429 for *every* webhook
     request until its bucket refills, a correct secret included, or a guesser would learn from the 200 which
     guess was right;
-  - addresses on an enabled `ip_allowlist.allow` (TradingView's own) are exempt from both: anyone can make
-    TradingView send wrong secrets to your URL, and locking TradingView out would lose the genuine alerts.
-  A request is refused here also when the global bucket is empty.
+  - the addresses in `ip_allowlist.allow` (TradingView's own), whether or not the allowlist is on, and the
+    trusted proxies are exempt from both: anyone can make TradingView send wrong secrets to your URL, and
+    locking TradingView out would lose the genuine alerts.
+  Failures are charged to their source only: a flood of junk from many addresses leaves genuine alerts alone.
 * after auth and dedupe (`after_auth`), for genuine alerts that will run (a repeat answered by `dedupe` places
   nothing and costs nothing; a first copy refused here releases its dedupe claim): the strategy's bucket
   (`per_strategy_per_s` / `per_strategy_burst`), then one token of the global bucket (`global_per_s`, burst
-  one second's worth).
-  The strategy is the credential used (a hash of the secret or path token) plus the alert's sorted set of
-  `EXCHANGE:SYMBOL`, so a runaway strategy is throttled while another strategy's alerts still get through.
-  Failed requests take their global token when they fail. Each request takes a global token only once its
-  narrower bucket accepted it, so a flood that its own bucket stops does not use up the global one.
+  `global_burst`). The strategy is the credential used (a hash of the secret or path token) plus the alert's
+  sorted set of `EXCHANGE:SYMBOL`: a runaway strategy (one symbol far too often) is throttled, while a trader's
+  fan-out (hundreds of alerts over as many symbols on one bar close) passes. The global burst is above what
+  TradingView's largest plans can fire at once; each alert takes a global token only once its strategy bucket
+  accepted it, so a runaway that its own bucket stops does not use up the global one.
 
-Over a limit: `RateLimitedError`, answered 429 with `Retry-After` (seconds until a token is there). Buckets
-that have refilled completely carry no information and are dropped (checked at most every `PRUNE_EVERY_S`),
-and a table never holds more than `MAX_ENTRIES` keys, so memory stays bounded under a spoofed-address flood.
+Over a limit: `RateLimitedError`, answered 429 with `Retry-After` (seconds until a token is there), after a
+`rate_limit.refused` line for the sample `tvbridge.refusals` picks. Buckets that have refilled completely carry
+no information and are dropped (checked at most every `PRUNE_EVERY_S`), and a table never holds more than
+`MAX_ENTRIES` keys, so memory stays bounded under a spoofed-address flood.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge.errors import AuthError, RateLimitedError, RequestError
+from tvbridge.addresses import contains, parse_address, parse_networks, source_key_of
+from tvbridge.errors import AuthError, RateLimitedError
 from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, RATE_LIMITER, RAW_ALERT, SOURCE_IP
-from tvbridge.middlewares.ip_allowlist import contains, parse_address, parse_networks
+from tvbridge.refusals import should_log
 from tvbridge.routes import PATH_TOKEN, is_webhook
 
 if TYPE_CHECKING:
@@ -47,8 +52,8 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler, Middleware
 
+    from tvbridge.addresses import IPNetwork
     from tvbridge.config import RateLimitConfig
-    from tvbridge.middlewares.ip_allowlist import IPNetwork
     from tvbridge.secretstore import Credentials
 
 log = structlog.get_logger()
@@ -56,6 +61,7 @@ log = structlog.get_logger()
 MAX_ENTRIES: Final = 100_000
 PRUNE_EVERY_S: Final = 60.0
 GLOBAL: Final = "global"
+HTTP_TOO_MANY: Final = 429
 
 
 @attrs.define
@@ -116,50 +122,69 @@ class TokenBuckets:
             self.buckets = dict(keep)
 
 
+@attrs.frozen
+class Refusal:
+    scope: str
+    wait_s: float
+    message: str
+
+
 class RateLimiter:
     """The four tables; every method takes `now` (monotonic seconds) so time is the caller's."""
 
-    def __init__(self, config: RateLimitConfig, exempt: Sequence[IPNetwork] = ()) -> None:
+    def __init__(self, config: RateLimitConfig, exempt: Sequence[IPNetwork] = (), ipv6_prefix: int = 64) -> None:
+        self.enabled = config.enabled
         self.exempt = tuple(exempt)
+        self.ipv6_prefix = ipv6_prefix
         self.per_ip = TokenBuckets(config.per_ip_per_s, config.per_ip_burst)
         self.auth_failures = TokenBuckets(config.auth_failures_per_min / 60, config.auth_failures_per_min)
         self.per_strategy = TokenBuckets(config.per_strategy_per_s, config.per_strategy_burst)
-        self.global_ = TokenBuckets(config.global_per_s, max(1.0, config.global_per_s))
+        self.global_ = TokenBuckets(config.global_per_s, config.global_burst)
 
-    def is_exempt(self, source: str) -> bool:
+    def source_key(self, source: str) -> str | None:
+        """The key of `source`'s buckets (IPv6: its `ipv6_prefix` network); None when it is exempt."""
         address = parse_address(source)
-        return address is not None and contains(self.exempt, address)
+        if address is not None and contains(self.exempt, address):
+            return None
+        return source_key_of(source, self.ipv6_prefix)
 
-    def check_source(self, source: str, now: float) -> None:
-        """Before auth: refuse an address that has used up its failures, or when the global bucket is empty."""
-        if not self.is_exempt(source):
-            if wait := self.auth_failures.wait_s(source, now):
-                raise _refused("auth_failures", wait, "too many failed authentications from this address")
-            if wait := self.per_ip.wait_s(source, now):
-                raise _refused("ip", wait, "too many unauthenticated requests from this address")
-        if wait := self.global_.wait_s(GLOBAL, now):
-            raise _refused("global", wait, "too many requests")
+    def check_source(self, source: str, now: float) -> Refusal | None:
+        """Before auth: refuse an address that has used up its failures or its unauthenticated budget."""
+        key = self.source_key(source)
+        if key is None:
+            return None
+        if wait := self.auth_failures.wait_s(key, now):
+            return Refusal("auth_failures", wait, "too many failed authentications from this address")
+        if wait := self.per_ip.wait_s(key, now):
+            return Refusal("ip", wait, "too many unauthenticated requests from this address")
+        return None
 
     def record_failure(self, source: str, now: float, *, auth_failed: bool) -> None:
-        self.global_.charge(GLOBAL, now)
-        if self.is_exempt(source):
+        """A request from `source` failed before authenticating: charged to that source only, never to a budget
+        genuine alerts need (issue 23: junk from many addresses emptied the global bucket)."""
+        key = self.source_key(source)
+        if key is None:
             return
-        self.per_ip.charge(source, now)
+        self.per_ip.charge(key, now)
         if auth_failed:
-            self.auth_failures.charge(source, now)
+            self.auth_failures.charge(key, now)
 
-    def check_strategy(self, strategy: str, now: float) -> None:
+    def check_strategy(self, strategy: str, now: float) -> Refusal | None:
         """After auth: one token of the strategy's bucket, then one of the global bucket."""
         if wait := self.per_strategy.take(strategy, now):
-            raise _refused("strategy", wait, "too many alerts for this strategy")
+            return Refusal("strategy", wait, "too many alerts for this strategy")
         if wait := self.global_.take(GLOBAL, now):
-            raise _refused("global", wait, "too many requests")
+            return Refusal("global", wait, "too many alerts from all strategies together")
+        return None
 
 
-def _refused(scope: str, wait_s: float, message: str) -> RateLimitedError:
-    retry_after = max(1, math.ceil(wait_s))
-    log.warning("rate_limit.refused", reason=message, scope=scope, retry_after_s=retry_after)
-    return RateLimitedError(f"rate limited: {message}, retry in {retry_after} s", retry_after_s=wait_s)
+def _raise(request: web.Request, refusal: Refusal | None) -> None:
+    if refusal is None:
+        return
+    retry_after = max(1, math.ceil(refusal.wait_s))
+    if should_log(request, HTTP_TOO_MANY):
+        log.warning("rate_limit.refused", reason=refusal.message, scope=refusal.scope, retry_after_s=retry_after)
+    raise RateLimitedError(f"rate limited: {refusal.message}, retry in {retry_after} s", retry_after_s=refusal.wait_s)
 
 
 def strategy_of(raw: Mapping[str, Any], credential: str) -> str:
@@ -176,6 +201,24 @@ def strategy_of(raw: Mapping[str, Any], credential: str) -> str:
     return f"{digest}|{','.join(symbols)}"
 
 
+def charge_failure(request: web.Request, error: Exception) -> None:
+    """A webhook request refused before it authenticated: charge its source (`errors` calls this for every
+    refusal, wherever in the pipeline it happened: a body that does not decode is refused before this step).
+    A 429 is not charged again: the source is already out of tokens."""
+    limiter = request.app.get(RATE_LIMITER)
+    if (
+        limiter is None
+        or not limiter.enabled
+        or isinstance(error, RateLimitedError)
+        or request.get(AUTHENTICATED, False)
+        or request.method != "POST"
+        or not is_webhook(request)
+    ):
+        return
+    now = request.app[CLOCK]()
+    limiter.record_failure(request.get(SOURCE_IP, ""), now, auth_failed=isinstance(error, AuthError))
+
+
 def _guarded(config: RateLimitConfig, request: web.Request) -> bool:
     return config.enabled and request.method == "POST" and is_webhook(request)
 
@@ -187,15 +230,8 @@ def rate_limit(config: RateLimitConfig, credentials: Credentials) -> tuple[Middl
     async def before_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _guarded(config, request):
             return await handler(request)
-        limiter = request.app[RATE_LIMITER]
-        source = request.get(SOURCE_IP, "")
-        limiter.check_source(source, request.app[CLOCK]())
-        try:
-            return await handler(request)
-        except (RequestError, web.HTTPException) as e:
-            if not request.get(AUTHENTICATED, False):
-                limiter.record_failure(source, request.app[CLOCK](), auth_failed=isinstance(e, AuthError))
-            raise
+        _raise(request, request.app[RATE_LIMITER].check_source(request.get(SOURCE_IP, ""), request.app[CLOCK]()))
+        return await handler(request)
 
     @web.middleware
     async def after_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -203,7 +239,7 @@ def rate_limit(config: RateLimitConfig, credentials: Credentials) -> tuple[Middl
             return await handler(request)
         credential = credentials.path_token if PATH_TOKEN in request.match_info else credentials.secret
         raw: dict[str, Any] = request[RAW_ALERT]
-        request.app[RATE_LIMITER].check_strategy(strategy_of(raw, credential), request.app[CLOCK]())
+        _raise(request, request.app[RATE_LIMITER].check_strategy(strategy_of(raw, credential), request.app[CLOCK]()))
         return await handler(request)
 
     return before_auth, after_auth
@@ -212,9 +248,10 @@ def rate_limit(config: RateLimitConfig, credentials: Credentials) -> tuple[Middl
 async def rate_limit_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the bucket tables, in memory (nothing to close; idle buckets are pruned as keys arrive).
 
-    TradingView's own addresses are exempt from the per-address limits when the allowlist is on (see above).
+    Exempt from the per-address limits: the addresses in `ip_allowlist.allow` (TradingView's), whether or not
+    the allowlist is on, and the trusted proxies (when one is the source, it sent no `X-Forwarded-For`).
     """
     config = app[CONFIG]
-    exempt = parse_networks(config.ip_allowlist.allow) if config.ip_allowlist.enabled else ()
-    app[RATE_LIMITER] = RateLimiter(config.rate_limit, exempt)
+    exempt = parse_networks([*config.ip_allowlist.allow, *config.ip_allowlist.trusted_proxies])
+    app[RATE_LIMITER] = RateLimiter(config.rate_limit, exempt, config.limits.ipv6_prefix)
     yield

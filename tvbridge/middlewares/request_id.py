@@ -3,25 +3,35 @@
 The id is time-ordered (hex milliseconds, then random) so ids sort by arrival, and short enough that the
 client order id derived from it fits Dhan's 25-character correlation id. A client's own `X-Request-ID` is not
 trusted: ids must be unique, and the journal's key.
+
+The `http.request` line of a 4xx answer is written only for the sample `tvbridge.refusals` picks (a flood of
+junk must not flood the log); the path in it is cut to a bounded length.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from tvbridge.addresses import client_address, parse_networks
 from tvbridge.keys import ALERT_ID, SOURCE_IP
 from tvbridge.metrics import observe_request
+from tvbridge.refusals import count_left_out, should_log
 from tvbridge.routes import public_path
+from tvbridge.text import bounded
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aiohttp.typedefs import Handler, Middleware
 
 log = structlog.get_logger()
+CLIENT_ERRORS: Final = range(400, 500)
+"""Answers whose access line is sampled (`tvbridge.refusals`): anyone can cause them, at any rate."""
 
 
 def new_alert_id() -> str:
@@ -29,23 +39,32 @@ def new_alert_id() -> str:
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(3)}"
 
 
-def request_id() -> Middleware:
+def request_id(trusted_proxies: Sequence[str] = ()) -> Middleware:
+    """`trusted_proxies` (`ip_allowlist.trusted_proxies`): the real client is known from the first step on, so
+    a refusal by any later step (the body limit's too) is logged and counted against it, not against a proxy."""
+    trusted = parse_networks(trusted_proxies)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         alert_id = new_alert_id()
         request[ALERT_ID] = alert_id
-        request[SOURCE_IP] = request.remote or ""
+        address, _ = client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []), trusted)
+        request[SOURCE_IP] = str(address) if address is not None else (request.remote or "")
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(alert_id=alert_id)
         started = time.perf_counter()
         response = await handler(request)
         response.headers["X-Request-ID"] = alert_id
-        observe_request(request, response.status, time.perf_counter() - started)
+        status = response.status
+        observe_request(request, status, time.perf_counter() - started)
+        if CLIENT_ERRORS.start <= status < CLIENT_ERRORS.stop and not should_log(request, status):
+            count_left_out(request, status)  # a refusal outside the sample: counted for `refusals.suppressed`
+            return response
         log.info(
             "http.request",
             method=request.method,
-            path=public_path(request),
-            status=response.status,
+            path=bounded(public_path(request)),
+            status=status,
             source=request[SOURCE_IP],
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
