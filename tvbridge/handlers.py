@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__, metrics, tradingday
+from tvbridge.alertpage import alert_page, prefers_html
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
@@ -31,6 +32,8 @@ from tvbridge.keys import (
 )
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow
 from tvbridge.parsing import parse_alert, unknown_keys
+from tvbridge.refusals import get_refusal
+from tvbridge.status import page_refusal
 
 if TYPE_CHECKING:
     from tvbridge.models import Alert
@@ -202,9 +205,19 @@ def require_admin(request: web.Request) -> None:
 
 
 async def get_alert(request: web.Request) -> web.Response:
-    require_admin(request)
+    """The journal's record of one alert, accepted or refused (`tvbridge/refusals.py`): JSON for API clients,
+    a page for a browser that asks for HTML (`tvbridge/alertpage.py`)."""
+    as_page = prefers_html(request.headers.get("Accept", ""))
+    if as_page:
+        if (refused := page_refusal(request)) is not None:
+            return refused
+    else:
+        require_admin(request)
     wanted = request.match_info["alert_id"]
-    record = await request.app[JOURNAL].get_alert(wanted)
+    journal = request.app[JOURNAL]
+    record = await journal.get_alert(wanted)
+    if record is None:
+        record = await journal.read(lambda conn: get_refusal(conn, wanted))
     if record is None:
         raise NotFoundError(f"no alert {wanted!r} in the journal")
-    return web.json_response(record)
+    return alert_page(record) if as_page else web.json_response(record)

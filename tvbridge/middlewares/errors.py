@@ -14,8 +14,9 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import InvalidAlertError, RateLimitedError, TvBridgeError, http_status_of
-from tvbridge.keys import ALERT_ID, SOURCE_IP
+from tvbridge.keys import ALERT_ID, REFUSALS, SOURCE_IP
 from tvbridge.metrics import reason_of, refused
+from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
@@ -26,6 +27,12 @@ log = structlog.get_logger()
 def error_response(request: web.Request, status: int, message: str, **extra: Any) -> web.Response:
     body: dict[str, Any] = {"status": "error", "message": message, "alert_id": request.get(ALERT_ID), **extra}
     return web.json_response(body, status=status)
+
+
+async def _keep(request: web.Request, status: int, reason: str, message: str, errors: list[str]) -> None:
+    """A refused webhook request goes to the refusal log (the status page lists it with its reason)."""
+    if (refusals := request.app.get(REFUSALS)) is not None and is_webhook(request):
+        await refusals.record(request, status=status, reason=reason, message=message, errors=errors)
 
 
 def errors() -> Middleware:
@@ -52,10 +59,12 @@ def errors() -> Middleware:
             )
             response = error_response(request, status, str(e), **extra)
             response.headers.update(headers)
+            await _keep(request, status, reason_of(e), str(e), extra.get("errors", []))
             return response
         except web.HTTPException as e:
             if e.status < 400:
                 raise
+            await _keep(request, e.status, "http", e.reason, [])
             return error_response(request, e.status, e.reason)
         except Exception:
             log.exception("request.failed")
