@@ -101,7 +101,9 @@ async def test_alert_json_stays_for_api_clients(client: Client) -> None:
     page = await client.get(f"/alerts/{sent['alert_id']}", headers={"Accept": "text/html"})
     assert page.status == 401
     assert page.headers["WWW-Authenticate"].startswith("Basic ")
-    html = await (await client.get(f"/alerts/{sent['alert_id']}", headers={**basic(client), "Accept": "text/html"})).text()
+    html = await (
+        await client.get(f"/alerts/{sent['alert_id']}", headers={**basic(client), "Accept": "text/html"})
+    ).text()
     assert "<th>order state</th>" in html
     assert "RELIANCE" in html
 

@@ -120,7 +120,9 @@ async def test_cancel_a_queued_alert(aiohttp_client: Any, converter: Any, config
     `cancelled` and the action is journaled; cancelling it again is a 404."""
     config = attrs.evolve(config, sessions=SessionsConfig())
     sunday = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)
-    client: Client = await aiohttp_client(create_app(config, converter, resolve_credentials(config), clock=lambda: sunday))
+    client: Client = await aiohttp_client(
+        create_app(config, converter, resolve_credentials(config), clock=lambda: sunday)
+    )
     queued = await client.post("/webhook", json=alert())
     assert queued.status == 202
     alert_id = (await queued.json())["alert_id"]

@@ -363,7 +363,7 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
             + _cell(alert["alert_type"])
             + _cell(outcome_text(alert))
             + f'<td class="reason">{html.escape(alert.get("reason") or "")}</td>'
-            + f'<td><ul class="legs">{legs}</ul></td>'
+            + f'<td class="legs-cell"><ul class="legs">{legs}</ul></td>'
             + "</tr>"
         )
     return "\n".join(rows) or '<tr><td colspan="6">no alerts today</td></tr>'
