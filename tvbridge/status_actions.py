@@ -105,7 +105,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def _journal(request: web.Request, action: str, detail: dict[str, Any]) -> bool:
     """Journal and log the action; whether it was journaled (the action itself is done either way)."""
     source = request.get(SOURCE_IP)
-    log.warning("admin.action", action=action, by=BY, source=source, **detail)
+    log.warning("admin.action", action=action, by=BY, source=source, detail=detail)
     row = (datetime.now(UTC).isoformat(), action, json.dumps(detail, default=str), source, BY)
 
     def insert(conn: sqlite3.Connection) -> None:
