@@ -12,13 +12,16 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import ClientFactory, alert, leg, with_accounts
 from ops_tools import require_tool
 
@@ -334,11 +337,76 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
         phone = {"width": 390, "height": 2600, "deviceScaleFactor": 1, "mobile": True}
         await asyncio.to_thread(driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", phone)
         assert await asyncio.to_thread(run, "return document.documentElement.scrollWidth") <= 390
+        # the alerts stack into one card per alert: readable without scrolling sideways
+        assert await asyncio.to_thread(run, "return document.querySelector('table.stack').scrollWidth") <= 390
         await asyncio.to_thread(_save_screenshot, driver, tmp_path, "status-phone.png")
         light = await asyncio.to_thread(run, "return getComputedStyle(document.body).backgroundColor")
         dark_media = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
         await asyncio.to_thread(driver.execute_cdp_cmd, "Emulation.setEmulatedMedia", dark_media)
         assert await asyncio.to_thread(run, "return getComputedStyle(document.body).backgroundColor") != light
         await asyncio.to_thread(_save_screenshot, driver, tmp_path, "status-phone-dark.png")
+    finally:
+        await asyncio.to_thread(driver.quit)
+
+
+@pytest.fixture
+async def fake_dhan() -> AsyncIterator[FakeDhan]:
+    fake = FakeDhan()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+async def test_a_leg_fills_on_the_page_with_no_new_alert(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Dhan limit order (the real dhanhq client against the fake Dhan API) is `open` on the page; the
+    exchange fills it later (no alert arrives): order follow-up records it and the open page shows the leg
+    filled with its quantity and price, without a reload, through the event stream alone; so does a halt made
+    outside the page."""
+    import attrs  # noqa: PLC0415 - only here
+
+    from tvbridge.config import FollowupConfig  # noqa: PLC0415 - only here
+    from tvbridge_brokers.dhan.instruments import sample_master_path  # noqa: PLC0415 - only here
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    master = tmp_path / "master.csv"
+    shutil.copyfile(sample_master_path(), master)
+    account = {
+        "broker": "dhan",
+        "client_id": CLIENT_ID,
+        "access_token": TOKEN,
+        "live": True,
+        "base_url": fake_dhan.base_url,
+        "instruments_path": str(master),
+        "timeout_s": 5,
+        "max_orders_per_s": 1000,
+    }
+    dhan = with_accounts(config, {"dhan": account})
+    client = await make_client(attrs.evolve(dhan, followup=FollowupConfig(first_interval_s=0.05, max_interval_s=0.2)))
+    answer = await (await client.post("/webhook", json=alert(leg(orderType="LMT", price="2800")))).json()
+    assert answer["status"] == "success", answer
+    order_id = answer["results"][0]["order_id"]
+    leg_text = f"return document.querySelector('tr[data-alert-id=\"{answer['alert_id']}\"] li').textContent"
+    driver = await asyncio.to_thread(_chrome, tmp_path)
+    try:
+        await asyncio.to_thread(driver.execute_cdp_cmd, "Network.enable", {})
+        await asyncio.to_thread(driver.execute_cdp_cmd, "Network.setExtraHTTPHeaders", {"headers": basic(client)})
+        await asyncio.to_thread(driver.get, f"http://127.0.0.1:{client.port}/status")
+        await asyncio.to_thread(_wait_for, driver, 'return document.getElementById("live").textContent === "live"', 15)
+        await asyncio.to_thread(driver.execute_script, "window.loadedOnce = true")
+        assert (await asyncio.to_thread(driver.execute_script, leg_text)).endswith(f"({order_id} open)")
+        fake_dhan.trade(order_id, price="2799.5")
+        filled = leg_text.replace(".textContent", f".textContent.endsWith('({order_id} filled 10 @ 2799.5)')")
+        await asyncio.to_thread(_wait_for, driver, filled, 15)
+        assert await asyncio.to_thread(driver.execute_script, "return window.loadedOnce === true")
+        count = await asyncio.to_thread(driver.execute_script, "return document.getElementById('count').textContent")
+        assert count == "(1)"
+        # a halt made outside the page (`tvbridge halt` writes the halt file) shows too
+        from tvbridge.halt import halt_path, set_halt  # noqa: PLC0415 - only here
+
+        set_halt(halt_path(dhan.server.data_dir), reason="halted from the CLI", by="cli")
+        shown = "return document.getElementById('halt-state').textContent.includes('halted from the CLI')"
+        await asyncio.to_thread(_wait_for, driver, shown, 10)
     finally:
         await asyncio.to_thread(driver.quit)
