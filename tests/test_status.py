@@ -221,7 +221,7 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
     """The whole page in a real Chromium: refused alert with its reason; positions and P&L match the paper fills;
     the charts have one point per fill and one bar per minute and outcome; a resting limit moves to filled
     without a reload; halt from the page stops the next alert and is journaled; a control without the CSRF
-    token is refused; every request stays on 127.0.0.1; phone width has no sideways scroll; screenshots."""
+    token is refused; flatten shows its plan and sends nothing until confirmed; every request stays on 127.0.0.1; phone width has no sideways scroll; screenshots."""
     monkeypatch.setenv("SE_OFFLINE", "true")
     client = await make_client(_paper_config(config))
     assert client.app is not None
@@ -331,6 +331,17 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
         assert any("/status/events?key=" in url for url in urls)
         assert [u for u in urls if not u.startswith(f"http://127.0.0.1:{client.port}/")] == []
 
+        # flatten: the preview first, nothing sent until the explicit confirmation
+        await asyncio.to_thread(run, "document.querySelector('button[data-flatten=\"paper\"]').click()")
+        preview = "document.getElementById('flatten-preview')"
+        await asyncio.to_thread(
+            _wait_for,
+            driver,
+            f"return !{preview}.hidden && {preview}.textContent.includes('close: SELL 6 NSE RELIANCE')",
+            10,
+        )
+        assert sorted(p.net_quantity for p in await broker.positions()) == [5, 6]
+
         # desktop, phone width (no sideways scroll), and dark mode: screenshots for review
         await asyncio.to_thread(driver.set_window_size, 1280, 2200)
         await asyncio.to_thread(_save_screenshot, driver, tmp_path, "status-desktop.png")
@@ -345,6 +356,15 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
         await asyncio.to_thread(driver.execute_cdp_cmd, "Emulation.setEmulatedMedia", dark_media)
         assert await asyncio.to_thread(run, "return getComputedStyle(document.body).backgroundColor") != light
         await asyncio.to_thread(_save_screenshot, driver, tmp_path, "status-phone-dark.png")
+
+        await asyncio.to_thread(run, "document.querySelector('button[data-confirm-flatten=\"paper\"]').click()")
+        await asyncio.to_thread(_wait_for, driver, f"return {preview}.textContent.startsWith('Done:')", 10)
+        assert await broker.positions() == []
+        assert await broker.orders(resting_only=True) == []
+        actions = await client.app[JOURNAL].read(
+            lambda conn: [r[0] for r in conn.execute("SELECT action FROM admin_actions")]
+        )
+        assert actions == ["halt", "flatten"]
     finally:
         await asyncio.to_thread(driver.quit)
 
