@@ -15,8 +15,10 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
@@ -260,6 +262,15 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
             run, f"return document.querySelector('tr[data-alert-id=\"{typo_id}\"]').children[3].textContent"
         )
         assert outcome == "refused 422"
+        # times in IST to the second, UTC on hover
+        stamp = await asyncio.to_thread(
+            run,
+            f"const t = document.querySelector('tr[data-alert-id=\"{typo_id}\"] time');"
+            " return [t.getAttribute('datetime'), t.textContent, t.title];",
+        )
+        moment = datetime.fromisoformat(stamp[0])
+        assert stamp[1] == moment.astimezone(ZoneInfo("Asia/Kolkata")).strftime("%H:%M:%S")
+        assert stamp[2] == moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
         # positions and P&L from the fills, as the paper broker's own book has them
         broker: Any = client.app[BROKERS]["paper"]

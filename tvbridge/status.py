@@ -314,14 +314,14 @@ def _cell(value: object) -> str:
     return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
 
 
-def show_time(iso: str) -> str:
-    """`<time>` in IST to the second, UTC on hover (the page's script renders the same: `timeHtml`)."""
+def show_time(iso: str, *, with_day: bool = False) -> str:
+    """`<time>` in IST to the second (or day and minute), UTC on hover (the page's script: `timeHtml`)."""
     try:
         moment = datetime.fromisoformat(iso)
     except ValueError:
         return html.escape(iso)
     utc = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    local = moment.astimezone(MARKET_TZ).strftime("%H:%M:%S")
+    local = moment.astimezone(MARKET_TZ).strftime("%a %d %b, %H:%M" if with_day else "%H:%M:%S")
     return f'<time datetime="{html.escape(iso)}" title="{utc}">{local}</time>'
 
 
@@ -382,10 +382,12 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 def render_market(market: list[dict[str, Any]]) -> str:
+    def next_open(m: dict[str, Any]) -> str:
+        return ("next open " + show_time(m["next_open"], with_day=True)) if m["next_open"] else ""
+
     return "".join(
         f'<tr>{_cell(m["exchange"])}<td class="{"ok" if m["open"] else "bad"}">{html.escape(m["phase"])}</td>'
-        f"{_cell(m['reason'])}<td>{('next open ' + show_time(m['next_open'])) if m['next_open'] else ''}</td>"
-        "</tr>"
+        f"{_cell(m['reason'])}<td>{next_open(m)}</td></tr>"
         for m in market
     )
 
