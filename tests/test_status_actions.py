@@ -159,3 +159,25 @@ def test_day_pnl_average_cost() -> None:
         "last_price": "90",
         "unrealised": "50.00",
     }
+
+
+async def test_pnl_follows_the_paper_fills_also_for_an_exit(make_client: ClientFactory, config: Config) -> None:
+    """`/status` P&L from the journal's fills equals the paper broker's own book, also when an `EXIT_ALL` leg
+    (sent as a BUY) closed a long position with a sell."""
+    client = await make_client(paper(config))
+    for sent in (
+        leg(quantity="10", price="2800"),
+        leg(quantity="4", price="2850", transactionType="S"),
+        leg(quantity="1", price="2900", manage_position="EXIT_ALL"),
+    ):
+        assert (await (await client.post("/webhook", json=alert(sent))).json())["status"] == "success"
+    assert client.app is not None
+    broker: Any = client.app[BROKERS]["paper"]
+    (book,) = await broker.positions(include_flat=True)
+    assert (book.net_quantity, book.realized_pnl) == (0, 800)
+    response = await client.get("/status", headers={**basic(client), "Accept": "application/json"})
+    pnl = (await response.json())["pnl"]
+    (account,) = pnl["accounts"]
+    assert (account["realised"], account["unrealised"]) == ("800.00", "0.00")
+    assert account["positions"][0]["net_quantity"] == 0
+    assert [p["realised"] for p in pnl["series"]] == ["0.00", "200.00", "800.00"]

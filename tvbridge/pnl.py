@@ -32,7 +32,8 @@ class Fill:
     exchange: str
     symbol: str
     side: str
-    """`B` or `S`."""
+    """`B`, `S`, or `EXIT` for a leg that closed whatever was open (`manage_position = EXIT_ALL`: the broker chose
+    the side, opposite to the position)."""
     quantity: int
     price: Decimal
 
@@ -82,7 +83,10 @@ def day_pnl(fills: Iterable[Fill], last_prices: Mapping[tuple[str, str], Decimal
     totals: dict[str, Decimal] = {}
     for fill in sorted(fills, key=lambda f: f.at):
         position = books.setdefault(fill.account, {}).setdefault((fill.exchange, fill.symbol), _Position())
-        signed = fill.quantity if fill.side == "B" else -fill.quantity
+        if fill.side == "EXIT":
+            signed = -fill.quantity if position.net > 0 else fill.quantity
+        else:
+            signed = fill.quantity if fill.side == "B" else -fill.quantity
         totals[fill.account] = totals.get(fill.account, Decimal(0)) + position.apply(signed, fill.price)
         series.append({"at": fill.at, "account": fill.account, "realised": _money(totals[fill.account])})
     accounts = []

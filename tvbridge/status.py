@@ -187,31 +187,49 @@ def _per_minute(conn: sqlite3.Connection, since: str) -> list[dict[str, Any]]:
     return [{"minute": row[0], "outcome": row[1], "count": row[2]} for row in rows]
 
 
+def _exits(payload: str) -> set[tuple[str, str]]:
+    """(exchange, symbol) of the alert's `manage_position` legs: their side is the broker's choice (opposite to
+    the position), not the leg's `transactionType`."""
+    try:
+        legs = json.loads(payload).get("order_legs", [])
+    except (ValueError, AttributeError):
+        return set()
+    return {
+        (str(leg.get("exchange", "")), str(leg.get("symbol", "")))
+        for leg in legs
+        if isinstance(leg, dict) and leg.get("manage_position")
+    }
+
+
 def _fills_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
     """The day's fills and last prices, as `tvbridge.pnl.day_pnl` takes them, and what it makes of them."""
     fills = []
     last: dict[tuple[str, str], tuple[str, Decimal]] = {}
+    exits: dict[str, set[tuple[str, str]]] = {}
     for leg in conn.execute(
-        "SELECT legs.account, legs.filled_quantity, legs.average_price, legs.result,"
+        "SELECT legs.alert_id, legs.account, legs.filled_quantity, legs.average_price, legs.result, alerts.payload,"
         " COALESCE(legs.order_updated_at, legs.updated_at) AS at FROM legs"
         " JOIN alerts ON alerts.alert_id = legs.alert_id WHERE alerts.received_at >= ? AND legs.result IS NOT NULL",
         (since,),
     ):
         result = json.loads(leg["result"])
         key = (str(result.get("exchange", "")), str(result.get("symbol", "")))
+        if leg["alert_id"] not in exits:
+            exits[leg["alert_id"]] = _exits(leg["payload"])
+        side = "EXIT" if key in exits[leg["alert_id"]] else str(result.get("transaction", ""))
         price = decimal_or_none(result.get("price"))
         fill_price = decimal_or_none(leg["average_price"])
         for seen in (price, fill_price):
             if seen is not None and seen > 0 and (key not in last or last[key][0] <= leg["at"]):
                 last[key] = (leg["at"], seen)
-        if leg["filled_quantity"] and fill_price is not None:
+        if leg["filled_quantity"] and fill_price is not None and side in {"B", "S", "EXIT"}:
             fills.append(
                 Fill(
                     at=leg["at"],
                     account=leg["account"],
                     exchange=key[0],
                     symbol=key[1],
-                    side=str(result.get("transaction", "")),
+                    side=side,
                     quantity=int(leg["filled_quantity"]),
                     price=fill_price,
                 )
