@@ -394,7 +394,7 @@ async def test_a_leg_fills_on_the_page_with_no_new_alert(
     """A Dhan limit order (the real dhanhq client against the fake Dhan API) is `open` on the page; the
     exchange fills it later (no alert arrives): order follow-up records it and the open page shows the leg
     filled with its quantity and price, without a reload, through the event stream alone; so does a halt made
-    outside the page."""
+    outside the page. The alert's link opens its record as a page."""
     import attrs  # noqa: PLC0415 - only here
 
     from tvbridge.config import FollowupConfig  # noqa: PLC0415 - only here
@@ -439,5 +439,16 @@ async def test_a_leg_fills_on_the_page_with_no_new_alert(
         set_halt(halt_path(dhan.server.data_dir), reason="halted from the CLI", by="cli")
         shown = "return document.getElementById('halt-state').textContent.includes('halted from the CLI')"
         await asyncio.to_thread(_wait_for, driver, shown, 10)
+        # the alert's link opens its record as a page (the browser asks for HTML), with the filled order
+        link = f"document.querySelector('tr[data-alert-id=\"{answer['alert_id']}\"] a').click()"
+        await asyncio.to_thread(driver.execute_script, link)
+        await asyncio.to_thread(_wait_for, driver, "return document.getElementById('outcome') !== null", 10)
+        assert (
+            await asyncio.to_thread(driver.execute_script, "return document.getElementById('outcome').textContent")
+            == "success"
+        )
+        cells = "return [...document.querySelectorAll('tbody td')].map(c => c.textContent)"
+        assert (await asyncio.to_thread(driver.execute_script, cells))[7:10] == ["filled", "10", "2799.5"]
+        await asyncio.to_thread(_save_screenshot, driver, tmp_path, "alert-page.png")
     finally:
         await asyncio.to_thread(driver.quit)
