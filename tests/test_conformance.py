@@ -61,6 +61,93 @@ class SloppyBroker:
 '''
 
 
+WRONG_POSITIONS = '''
+import attrs
+from tvbridge.broker import (
+    API_VERSION, BrokerRejectedError, Capabilities, ContractId, Exchange, Health, Instrument, OrderResult,
+    OrderState, Position, Product,
+)
+
+
+class WrongBroker:
+    """Declares positions and open orders and answers both wrongly: a buy shows as a short, and open_orders()
+    never lists anything. Everything else keeps the rules."""
+
+    api_version = API_VERSION
+    capabilities = Capabilities(positions=True, orders=True)
+
+    def __init__(self):
+        self.orders = {}
+        self.net = 0
+
+    @classmethod
+    def from_settings(cls, settings, context):
+        if settings:
+            raise ValueError(f"unknown key {min(settings)}")
+        return cls()
+
+    async def start(self):
+        pass
+
+    async def place(self, request):
+        if request.client_order_id in self.orders:
+            return self.orders[request.client_order_id]
+        leg = request.leg
+        if leg.symbol == "REJECTME":
+            raise BrokerRejectedError("not tradeable")
+        resting = leg.order_type.value == "LMT"
+        if not resting:
+            self.net -= leg.quantity  # the bug under test: a buy counted as a sale
+        result = OrderResult(
+            order_id=str(len(self.orders) + 1),
+            state=OrderState.OPEN if resting else OrderState.FILLED,
+            client_order_id=request.client_order_id,
+            filled_quantity=0 if resting else leg.quantity,
+        )
+        self.orders[request.client_order_id] = result
+        return result
+
+    async def cancel(self, request):
+        done = []
+        for cid, order in self.orders.items():
+            wanted = order.order_id == request.leg.order_id if request.leg.order_id else order.state is OrderState.OPEN
+            if wanted:
+                self.orders[cid] = attrs.evolve(order, state=OrderState.CANCELLED)
+                done.append(self.orders[cid])
+        if request.leg.order_id and not done:
+            raise BrokerRejectedError("unknown order")
+        return done
+
+    async def lookup(self, client_order_id):
+        return self.orders.get(client_order_id)
+
+    async def positions(self, leg=None):
+        if not self.net:
+            return []
+        contract = ContractId(exchange=Exchange.NSE, symbol="RELIANCE", instrument=Instrument.EQUITY)
+        return [Position(contract=contract, product=Product.CNC, net_quantity=self.net)]
+
+    async def open_orders(self):
+        return []
+
+    async def health(self):
+        return Health(ok=True)
+
+    async def aclose(self):
+        pass
+'''
+
+
+def install_plugin(tmp_path: Path, name: str, module: str, cls: str, source: str) -> Path:
+    site = tmp_path / "site"
+    dist = site / f"{name}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[tvbridge.brokers]\n{name} = {module}:{cls}\n")
+    (site / f"{module}.py").write_text(source)
+    return site
+
+
 def run_kit(cwd: Path, *args: str, pythonpath: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if pythonpath:
@@ -82,34 +169,39 @@ def outcome(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
 
 
 def test_sample_plugin_passes_the_kit(tmp_path: Path) -> None:
-    """The installed sample plugin passes every check of the kit, none skipped, against its fake venue."""
+    """The installed sample plugin passes every check of the kit against its fake venue; it declares `orders`
+    but not `positions`, so only the two positions checks are skipped, saying why."""
     result = run_kit(tmp_path, "--tvbridge-broker=sample", f"--tvbridge-broker-settings={SAMPLE_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 13}, result.stdout
+    assert outcome(result) == {"passed": 15, "skipped": 2}, result.stdout
+    assert "capabilities.positions is false" in result.stdout
 
 
 def test_scripted_plugin_passes_the_kit(tmp_path: Path) -> None:
-    """The test-only scripted plugin passes; the cancel checks are skipped, saying why (no resting price)."""
+    """The test-only scripted plugin, written before positions and open orders joined the interface, passes;
+    the cancel checks (no resting price) and the positions and open-orders checks (not declared) are skipped."""
     result = run_kit(tmp_path, "--tvbridge-broker=scripted", f"--tvbridge-broker-settings={SCRIPTED_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 11, "skipped": 2}, result.stdout
+    assert outcome(result) == {"passed": 12, "skipped": 5}, result.stdout
     assert "no [prices] resting" in result.stdout
 
 
 def test_paper_broker_passes_the_kit(tmp_path: Path) -> None:
-    """The paper broker passes; it never loses an answer, so only that check is skipped, saying why."""
+    """The paper broker passes, positions and open orders included; it never loses an answer, so only that check
+    is skipped, saying why."""
     result = run_kit(tmp_path, "--tvbridge-broker=paper", f"--tvbridge-broker-settings={PAPER_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 12, "skipped": 1}, result.stdout
+    assert outcome(result) == {"passed": 16, "skipped": 1}, result.stdout
     assert "no [unknown_outcome] table" in result.stdout
 
 
 def test_dhan_broker_passes_the_kit(tmp_path: Path) -> None:
     """The Dhan broker, live against the fake Dhan API, passes every check: DH-906 is a rejection, an order
-    taken without an answer is resolved by correlation id."""
+    taken without an answer is resolved by correlation id, a traded buy shows in positions, a resting order in
+    the order list until it is cancelled."""
     result = run_kit(tmp_path, "--tvbridge-broker=dhan", f"--tvbridge-broker-settings={DHAN_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 13}, result.stdout
+    assert outcome(result) == {"passed": 17}, result.stdout
 
 
 def test_a_plugin_that_breaks_the_rules_fails_the_kit(tmp_path: Path) -> None:
@@ -137,6 +229,24 @@ def test_a_plugin_that_breaks_the_rules_fails_the_kit(tmp_path: Path) -> None:
     }, result.stdout
     assert "lookup('kit" in result.stdout
     assert "placed again" in result.stdout
+
+
+def test_a_plugin_that_answers_positions_and_orders_wrongly_fails_the_kit(tmp_path: Path) -> None:
+    """A plugin that declares positions and open orders but reports a filled buy as a short and never lists its
+    resting order fails exactly those two checks, each message saying what was wrong."""
+    site = install_plugin(tmp_path, "wrongpos", "wrongpos_broker", "WrongBroker", WRONG_POSITIONS)
+    (tmp_path / "kit.toml").write_text('[reject]\nsymbol = "REJECTME"\n[prices]\nresting = "1"\n')
+    result = run_kit(
+        tmp_path, "--tvbridge-broker=wrongpos", f"--tvbridge-broker-settings={tmp_path / 'kit.toml'}", pythonpath=[site]
+    )
+    assert result.returncode == 1, result.stdout
+    failed = set(re.findall(r"FAILED \S*::(test_\w+)", result.stdout))
+    assert failed == {
+        "test_a_filled_buy_shows_in_positions",
+        "test_open_orders_list_a_resting_order_until_it_is_cancelled",
+    }, result.stdout
+    assert "a filled buy of 1 moved positions(leg) in C from 0 to -1" in result.stdout
+    assert "open_orders() does not list the resting order 1" in result.stdout
 
 
 def test_unknown_broker_name_fails_with_the_installed_list(tmp_path: Path) -> None:

@@ -1,35 +1,98 @@
 """Nothing lost, nothing twice, with real processes: kill -9 at random and at named points, restart, count.
 
-After every scenario the broker's orders (the scripted broker's JSON lines, which it reads back on start like a
-real broker remembers its orders) are compared with the alerts answered 2xx: each of their legs is there exactly
-once, no order is there twice or without a journaled alert, no alert is left unfinished, and SQLite's
-`integrity_check` passes.
+The server runs against a broker that forgives nothing, and the orders are counted where the broker received
+them: the strict `scripted` broker (its JSON lines, which it reads back on start like a real broker remembers its
+orders; a repeated client order id is a second order there) and live Dhan (the dhan plugin with `live = true`
+and the real dhanhq client) against the fake Dhan API, which runs in this test process and so outlives every
+kill and keeps a second placement with the same correlationId as a second order. After every scenario: each
+leg of every alert answered 2xx is there exactly once, no order is there twice or without a journaled alert, no
+alert is left unfinished, and SQLite's `integrity_check` passes.
+
+The random tests draw their kill moments and crash points from a seed (`TVBRIDGE_TEST_SEED` replays one); any
+failure of theirs, whatever the assertion, names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import csv
 import os
 import random
+import shutil
 import sqlite3
-import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import attrs
 import pytest
 from durability_server import KillableServer, journal_rows, scripted_orders
+from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import alert, leg
 
+from tvbridge.crashpoints import POINTS
+from tvbridge_brokers.dhan.instruments import sample_master_path
+
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 LEGS = 2
+NAMED_POINTS = sorted(POINTS - {"after_claim"})  # the send path; the queue's point is in test_tradingday.py
+
+
+@attrs.frozen(kw_only=True)
+class Venue:
+    """Where the orders go: the server's environment for it, and the client order ids it received, in order."""
+
+    name: str
+    env: dict[str, str]
+    orders: Callable[[], list[str]]
+    kill_within_s: tuple[float, float] = (0.02, 0.4)
+    """The random kill moment's range after a burst starts: live Dhan (a real HTTP round trip per order and per
+    token check) answers its first alerts later than the in-process scripted broker."""
+
+
+@pytest.fixture(params=["scripted", "dhan"])
+async def venue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Venue]:
+    """The strict scripted broker, or live Dhan against a fake Dhan API served by this process."""
+    if request.param == "scripted":
+        env = {"TVBRIDGE_ACCOUNTS__SIM__DELAY_S": "0.003"}  # a little time in flight for the kills to cut into
+        yield Venue(name="scripted", env=env, orders=lambda: [o["client_order_id"] for o in scripted_orders(tmp_path)])
+        return
+    fake = FakeDhan()
+    await fake.start()
+    master = tmp_path / "master.csv"
+    shutil.copyfile(sample_master_path(), master)  # a live account refuses the shipped sample itself
+    env = {
+        "TVBRIDGE_ROUTING__ACCOUNTS": '["dhan"]',
+        "DHAN_CLIENT_ID": CLIENT_ID,
+        "DHAN_ACCESS_TOKEN": TOKEN,
+        "ENABLE_DHAN": "true",
+        "TVBRIDGE_ACCOUNTS__DHAN__BASE_URL": fake.base_url,
+        "TVBRIDGE_ACCOUNTS__DHAN__INSTRUMENTS_PATH": str(master),
+        "TVBRIDGE_ACCOUNTS__DHAN__MAX_ORDERS_PER_S": "1000",
+    }
+    try:
+        yield Venue(
+            name="dhan",
+            env=env,
+            orders=lambda: [str(o.get("correlationId")) for o in fake.placed()],
+            kill_within_s=(0.2, 1.5),
+        )
+    finally:
+        await fake.close()
 
 
 def two_leg_alert(i: int) -> dict[str, Any]:
-    return alert(leg(symbol=f"SYM{i}", quantity=str(i + 1)), leg(symbol=f"SYM{i}", sort_order="2", transactionType="S"))
+    """Two legs on symbols both venues know; the quantity makes each alert's content (its dedupe key) its own."""
+    return alert(
+        leg(symbol="RELIANCE", quantity=str(i + 1)),
+        leg(symbol="INFY", quantity=str(i + 1), sort_order="2", transactionType="S"),
+    )
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
@@ -51,13 +114,11 @@ def paper_orders(data_dir: Path) -> list[str]:
         conn.close()
 
 
-def check_exactly_once(data_dir: Path, answered_2xx: set[str], orders: list[str] | None = None) -> None:
-    """The invariants, read from the files the server left behind (the scripted broker's by default)."""
+def check_exactly_once(data_dir: Path, answered_2xx: set[str], orders: list[str]) -> None:
+    """The invariants, read from the files the server left behind and the orders the broker received."""
     alerts, legs, integrity = journal_rows(data_dir)
     assert integrity == "ok"
     assert [a for a, status in alerts.items() if status == "accepted"] == [], "an alert was left unfinished"
-    if orders is None:
-        orders = [o["client_order_id"] for o in scripted_orders(data_dir)]
     counts = collections.Counter(orders)
     assert [cid for cid, n in counts.items() if n > 1] == [], "an order was placed twice"
     for cid in counts:
@@ -74,11 +135,11 @@ def start(data_dir: Path, env: dict[str, str] | None = None, name: str = "server
     return KillableServer(data_dir, env, name=name).start()
 
 
-@pytest.mark.parametrize("point", ["after_record", "before_send", "after_send", "before_finish"])
-async def test_kill_at_a_named_point_then_restart(tmp_path: Path, point: str) -> None:
+@pytest.mark.parametrize("point", NAMED_POINTS)
+async def test_kill_at_a_named_point_then_restart(tmp_path: Path, venue: Venue, point: str) -> None:
     """Killed with SIGKILL at a named point of the send path (on its 3rd hit), a restarted server finishes the
     interrupted alert: what the broker already has is recorded, what it lacks is sent, nothing twice."""
-    server = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_TEST_CRASH_AT": f"{point}:3"}, "crashing")
+    server = await asyncio.to_thread(start, tmp_path, {**venue.env, "TVBRIDGE_TEST_CRASH_AT": f"{point}:3"}, "crash")
     answered: set[str] = set()
     async with aiohttp.ClientSession() as session:
         for i in range(6):
@@ -96,25 +157,50 @@ async def test_kill_at_a_named_point_then_restart(tmp_path: Path, point: str) ->
     if point in expected_state:
         assert expected_state[point] in {legs_before[interrupted[0], n] for n in (1, 2)}
 
-    restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")
+    restarted = await asyncio.to_thread(start, tmp_path, venue.env, "restarted")
     assert any(e["event"] == "recovery.alert" and e["alert_id"] == interrupted[0] for e in restarted.events())
     assert await asyncio.to_thread(restarted.terminate) == 0
     # the interrupted alert was young: recovery completed it, so it counts like an answered one
-    check_exactly_once(tmp_path, answered | set(interrupted))
+    check_exactly_once(tmp_path, answered | set(interrupted), venue.orders())
     with (tmp_path / "webhook_orders.csv").open(newline="") as f:
         logged = {(r["alert_id"], r["leg_number"]) for r in csv.DictReader(f)}
     assert {(interrupted[0], "1"), (interrupted[0], "2")} <= logged
 
 
-async def kill_bursts(tmp_path: Path, env: dict[str, str], rounds: int = 3) -> set[str]:
-    """`rounds` concurrent bursts of two-leg alerts, each cut by SIGKILL at a random moment and followed by a
-    restart; returns the ids of the alerts answered 2xx. Ends with a clean start and SIGTERM."""
-    seed = int(os.environ.get("TVBRIDGE_TEST_SEED", str(random.randrange(1 << 30))))  # noqa: S311 - a test schedule, not a secret
-    rng = random.Random(seed)  # noqa: S311 - same
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The random schedule's seed: `TVBRIDGE_TEST_SEED` when set (to replay a failure), else a new one. It is
+    also attached to the test's report, so even a failure outside `seed_on_failure` shows it."""
+    chosen = int(os.environ.get("TVBRIDGE_TEST_SEED", str(random.randrange(1 << 30))))  # noqa: S311 - a test schedule, not a secret
+    request.node.add_report_section("setup", "seed", f"TVBRIDGE_TEST_SEED={chosen}")
+    return chosen
+
+
+@contextlib.contextmanager
+def seed_on_failure(seed: int) -> Iterator[None]:
+    """Any failure inside (an assertion, a timeout, a server that did not start) is reported with the seed."""
+    try:
+        yield
+    except Exception as e:
+        raise AssertionError(f"seed {seed} (replay: TVBRIDGE_TEST_SEED={seed}): {type(e).__name__}: {e}") from e
+
+
+async def kill_bursts(
+    tmp_path: Path,
+    env: dict[str, str],
+    rng: random.Random,
+    kill_within_s: tuple[float, float] = (0.02, 0.4),
+    rounds: int = 3,
+) -> set[str]:
+    """`rounds` concurrent bursts of two-leg alerts, each followed by a restart, each cut by SIGKILL either at a
+    random moment or at a random named crash point on a random hit; returns the ids of the alerts answered 2xx.
+    Ends with a clean start and SIGTERM."""
     answered: set[str] = set()
     counter = 0
     for round_ in range(rounds):
-        server = await asyncio.to_thread(start, tmp_path, env, f"round{round_}")
+        at_point = rng.random() < 0.5
+        crash = {"TVBRIDGE_TEST_CRASH_AT": f"{rng.choice(NAMED_POINTS)}:{rng.randint(10, 60)}"} if at_point else {}
+        server = await asyncio.to_thread(start, tmp_path, {**env, **crash}, f"round{round_}")
 
         async def burst(url: str, first: int) -> list[tuple[int, dict[str, Any]] | None]:
             semaphore = asyncio.Semaphore(6)
@@ -128,47 +214,57 @@ async def kill_bursts(tmp_path: Path, env: dict[str, str], rounds: int = 3) -> s
 
         task = asyncio.create_task(burst(server.url, counter))
         counter += 40
-        await asyncio.sleep(rng.uniform(0.02, 0.4))  # the random kill moment, not a wait for a result
+        if at_point:  # the server kills itself at the point, or the burst ends without reaching it
+            await asyncio.wait_for(asyncio.shield(task), 60)
+        else:
+            await asyncio.sleep(rng.uniform(*kill_within_s))  # the random kill moment, not a wait for a result
         server.kill()
-        for outcome in await asyncio.wait_for(task, 20):
+        for outcome in await asyncio.wait_for(task, 60):
             if outcome is not None and 200 <= outcome[0] < 300:
                 answered.add(outcome[1]["alert_id"])
     final = await asyncio.to_thread(start, tmp_path, env, "final")
     assert await asyncio.to_thread(final.terminate) == 0
-    assert answered, f"seed {seed}: no alert was answered before the kills"
+    assert answered, "no alert was answered before the kills"
     return answered
 
 
-async def test_random_kills_during_a_burst(tmp_path: Path) -> None:
-    """Three rounds of a concurrent burst of two-leg alerts, each cut by SIGKILL at a random moment, each
-    followed by a restart: every alert answered 2xx has each leg exactly once at the broker, none extra."""
-    answered = await kill_bursts(tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__DELAY_S": "0.003"})
-    check_exactly_once(tmp_path, answered)
+async def test_random_kills_during_a_burst(tmp_path: Path, venue: Venue, seed: int) -> None:
+    """Three rounds of a concurrent burst of two-leg alerts, each cut by SIGKILL at a random moment or at a
+    random crash point, each followed by a restart: every alert answered 2xx has each leg exactly once at the
+    broker, none extra."""
+    with seed_on_failure(seed):
+        rng = random.Random(seed)  # noqa: S311 - a test schedule, not a secret
+        answered = await kill_bursts(tmp_path, venue.env, rng, venue.kill_within_s)
+        check_exactly_once(tmp_path, answered, venue.orders())
 
 
-async def test_random_kills_with_the_paper_broker(tmp_path: Path) -> None:
+async def test_random_kills_with_the_paper_broker(tmp_path: Path, seed: int) -> None:
     """The same with the paper broker (its own SQLite file, idempotent on client order id): every alert answered
     2xx has each leg exactly once in paper's orders, no order without a journaled alert, both files intact."""
-    prices = "\n".join(f"SYM{i} = 100" for i in range(120))
-    (tmp_path / "config.toml").write_text(f'[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\n{prices}\n')
-    answered = await kill_bursts(tmp_path, {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'})
-    check_exactly_once(tmp_path, answered, paper_orders(tmp_path))
+    (tmp_path / "config.toml").write_text(
+        '[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nRELIANCE = 100\nINFY = 100\n'
+    )
+    with seed_on_failure(seed):
+        answered = await kill_bursts(tmp_path, {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}, random.Random(seed))  # noqa: S311 - a test schedule
+        check_exactly_once(tmp_path, answered, paper_orders(tmp_path))
 
 
 async def test_unsent_leg_expires_after_max_age(tmp_path: Path) -> None:
     """An alert killed before its leg was sent and restarted after `alerts.max_age_s` is not sent: the leg is
-    `expired` in the journal and the order log, with a `recovery.leg_expired` warning naming it."""
-    env = {"TVBRIDGE_TEST_CRASH_AT": "before_send", "TVBRIDGE_ALERTS__MAX_AGE_S": "0.3"}
+    `expired` in the journal and the order log, with a `recovery.leg_expired` warning naming it.
+
+    The alert's age comes from its own `meta.timenow` (60 s before now), not from time passing in the test: it
+    is young enough for the first server (`max_age_s` 300) and too old for the restarted one (30)."""
+    env = {"TVBRIDGE_TEST_CRASH_AT": "before_send", "TVBRIDGE_ALERTS__MAX_AGE_S": "300"}
     server = await asyncio.to_thread(start, tmp_path, env, "crashing")
-    body = alert({k: v for k, v in leg(symbol="INFY").items() if k != "meta"})
+    timenow = (datetime.now(UTC) - timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = alert(leg(symbol="INFY", meta={"interval": "1D", "time": "2025-11-20T09:15:00Z", "timenow": timenow}))
     async with aiohttp.ClientSession() as session:
         assert await post(session, server.url, body) is None
-    posted = time.monotonic()
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, _, _ = journal_rows(tmp_path)
     (alert_id,) = alerts
-    await asyncio.sleep(max(0.0, posted + 0.5 - time.monotonic()))  # the alert must be older than max_age_s
-    restarted = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_ALERTS__MAX_AGE_S": "0.3"}, "restarted")
+    restarted = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_ALERTS__MAX_AGE_S": "30"}, "restarted")
     assert await asyncio.to_thread(restarted.terminate) == 0
     alerts, legs, integrity = journal_rows(tmp_path)
     assert integrity == "ok"

@@ -19,6 +19,7 @@ from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.errors import ConfigError
+from tvbridge.notify import Notifier, url_secrets
 
 SINK_DELAY_S = 1.0
 WAIT_S = 20.0
@@ -84,19 +85,34 @@ async def test_a_failed_leg_notifies_without_delaying_the_answer(
     assert SECRET not in str(message)
 
 
-async def test_a_storm_of_failures_is_one_message_with_a_count(
-    make_client: ClientFactory, config: Config, sink: Sink
-) -> None:
-    """Eight failures in a row: the first is sent at once, the other seven become one message saying so, and
-    nothing more is sent (the server is stopped, which sends anything still held back)."""
-    client = await make_client(notifying(config, sink, 1.0))
-    for n in range(8):  # different quantities: not repeats for dedupe
-        assert (await client.post("/webhook", json=alert(leg(symbol="BAD", quantity=str(n + 1))))).status == 200
-    first, summary = await sink.wait_for(2)
-    assert first["title"] == "tvbridge: order leg failed"
+@attrs.define
+class StoppedClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    at: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+async def test_a_storm_of_failures_is_one_message_with_a_count(sink: Sink) -> None:
+    """Eight failures within `min_interval_s` (by the injected clock, however slowly the machine runs): the
+    first is sent at once; once the interval is over the other seven go as one message saying so, and nothing
+    more is sent when the notifier stops."""
+    clock = StoppedClock()
+    notifier = Notifier(NotifyConfig(urls=(sink.url,), min_interval_s=0.5), clock=clock)
+    await notifier.start()
+    try:
+        for n in range(8):  # while the clock stands still, a timer that fires finds the interval not over
+            notifier.event("leg_failed", f"s leg 1 (B {n + 1} BAD): BAD is not tradeable here")
+        (first,) = await sink.wait_for(1)
+        assert first["title"] == "tvbridge: order leg failed"
+        clock.at += 0.5  # the interval is over: the held-back timer sends the rest when it next fires
+        first, summary = await sink.wait_for(2)
+    finally:
+        await notifier.close()
     assert summary["title"] == "tvbridge: order leg failed (7 more)"
-    assert summary["message"].startswith("7 more since the last message. The latest: s leg 1")
-    await client.close()
+    assert summary["message"].startswith("7 more since the last message. The latest: s leg 1 (B 8 BAD)")
     assert len(sink.received) == 2
 
 
@@ -132,7 +148,6 @@ def test_urls_are_secrets_and_a_bad_one_stops_the_start(config: Config, converte
     """`tvbridge check-config` masks notify.urls (they carry bot tokens); a URL apprise does not know is a
     config error that does not echo the URL."""
     from tvbridge.config import effective_settings  # noqa: PLC0415 - only here
-    from tvbridge.notify import Notifier  # noqa: PLC0415 - only here
 
     secret_url = "tgram://123456:SECRET-BOT-TOKEN/987"
     shown = effective_settings(attrs.evolve(config, notify=NotifyConfig(urls=(secret_url,))), converter)
@@ -157,3 +172,23 @@ async def test_halt_and_resume_notify(make_client: ClientFactory, config: Config
         "trading halted through the admin API: news",
     )
     assert resumed["title"] == "tvbridge: trading resumed"
+
+
+@pytest.mark.parametrize(
+    ("url", "secret_parts", "kept"),
+    [
+        ("tgram://123456789:AAbbCCddEEffGGhh/-1001234567890", ["AAbbCCddEEffGGhh", "-1001234567890"], []),
+        ("discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js", ["4174216298", "JHMHI8qBe7bk2ZwO5U711o3dV_js"], []),
+        ("mailtos://me:pass%2Fword99@mail.example.com", ["pass%2Fword99", "pass/word99"], ["mail.example.com"]),
+        ("json://127.0.0.1:8080/hook/tok3n-in-path?+X-Key=header-token-1", ["tok3n-in-path", "header-token-1"], []),
+        ("json://localhost:8080/hook", [], ["localhost", "hook"]),
+    ],
+    ids=["bot token in the host", "token in the path", "password", "path and header", "no token"],
+)
+def test_every_token_part_of_a_notification_url_is_a_secret(url: str, secret_parts: list[str], kept: list[str]) -> None:
+    """apprise logs at debug level the URL it posts to, without the rest of the apprise URL: the parts that can
+    be tokens are redacted on their own, while a host name or a short path segment stays readable."""
+    found = url_secrets([url])
+    assert url in found
+    assert set(secret_parts) <= set(found)
+    assert not set(kept) & set(found)

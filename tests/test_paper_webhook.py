@@ -73,13 +73,37 @@ async def test_state_survives_a_restart(make_client: ClientFactory, config: Conf
 
 
 async def test_exit_all_closes_the_position(make_client: ClientFactory, config: Config) -> None:
+    """Long 7 LT: an EXIT_ALL sent as "S 1" sells 7, and the response and the order log say S 7, not S 1."""
     client = await make_client(config)
     await post(client, alert(leg(symbol="LT", quantity="7", price="3000")))
     body = await post(
         client, alert(leg(symbol="LT", transactionType="S", quantity="1", price="3100", manage_position="EXIT_ALL"))
     )
-    assert body["results"][0]["status"] == "success"
-    assert "7" in body["results"][0]["message"]
+    [result] = body["results"]
+    assert (result["status"], result["transaction"], result["quantity"]) == ("success", "S", "7")
+    assert "EXIT_ALL closes the long position of 7" in result["message"]
+    paper: Any = client.app[BROKERS]["paper"]
+    assert await paper.positions() == []
+    with config.data_path("webhook_orders.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["transaction"], r["quantity"]) for r in rows] == [("B", "7"), ("S", "7")]
+
+
+async def test_exit_all_buys_back_a_short_and_is_a_no_op_when_flat(make_client: ClientFactory, config: Config) -> None:
+    """Short 3 LT: EXIT_ALL without a quantity buys 3; a second EXIT_ALL finds nothing, sends nothing and
+    answers quantity 0 with the reason."""
+    client = await make_client(config)
+    await post(client, alert(leg(symbol="LT", transactionType="S", quantity="3", price="3000")))
+    exit_leg = leg(symbol="LT", price="3100", manage_position="EXIT_ALL")
+    del exit_leg["quantity"]
+    body = await post(client, alert(exit_leg))
+    assert [(r["transaction"], r["quantity"], r["status"]) for r in body["results"]] == [("B", "3", "success")]
+    again = await post(client, alert({**exit_leg, "meta": {"interval": "1D"}}))
+    [result] = again["results"]
+    assert (result["quantity"], result["order_id"], result["status"]) == ("0", None, "success")
+    assert result["message"] == "nothing to close: no open position in NSE LT (C); EXIT_ALL sent no order"
+    paper: Any = client.app[BROKERS]["paper"]
+    assert len(await paper.orders()) == 2
 
 
 async def test_guide_example_with_price_zero_fills(make_client: ClientFactory, config: Config) -> None:

@@ -127,6 +127,23 @@ def test_leg_rules(overrides: dict[str, Any], expected: str) -> None:
     assert expected in errors_of(alert(leg(**overrides)))
 
 
+def test_exit_all_may_leave_out_the_quantity_other_legs_may_not() -> None:
+    """EXIT_ALL's size is the open position, so its `quantity` may be missing or empty (parsed as 0, "not
+    given"); a negative one is still refused, and a plain leg without quantity still names the field."""
+    without = leg(manage_position="exit_all")
+    del without["quantity"]
+    [parsed] = order_legs(alert(without))
+    assert (parsed.quantity, parsed.manage_position) == (0, "EXIT_ALL")
+    assert order_legs(alert(leg(manage_position="EXIT_ALL", quantity="")))[0].quantity == 0
+    assert order_legs(alert(leg(manage_position="EXIT_ALL", quantity="5")))[0].quantity == 5
+    assert "order_legs[0].quantity: must be a positive whole number, got -1" in errors_of(
+        alert(leg(manage_position="EXIT_ALL", quantity="-1"))
+    )
+    plain = leg()
+    del plain["quantity"]
+    assert "order_legs[0].quantity: required field missing" in errors_of(alert(plain))
+
+
 def test_single_order_takes_exactly_one_leg() -> None:
     errors = errors_of(alert(leg(), leg(), alert_type="single_order"))
     assert errors == ["order_legs: single_order takes exactly one leg, got 2"]

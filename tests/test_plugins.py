@@ -206,6 +206,78 @@ async def test_unsupported_leg_fails_on_that_account_before_sending(
     assert venue[0].orders == {}
 
 
+async def test_exit_all_on_a_plugin_without_positions_fails_before_sending_naming_the_capability(
+    make_client: ClientFactory, config: Config, venue: Venue
+) -> None:
+    """SampleX does not declare `positions`: an EXIT_ALL leg fails before sending with a message naming the
+    capability, and its API receives nothing (it is never sent as a plain buy)."""
+    config = with_accounts(config, {"samplex": sample_account(venue)})
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(manage_position="EXIT_ALL")))).json()
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert result["message"] == (
+        "not sent: manage_position EXIT_ALL needs the broker capability `positions` (reading the open position to"
+        " close), which this broker does not declare: nothing was sent"
+    )
+    assert venue[0].orders == {}
+    assert [r["status"] for r in order_log_rows(config)] == ["failed"]
+
+
+async def test_flatten_on_a_plugin_with_orders_but_no_positions_cancels_and_says_what_is_left(
+    make_client: ClientFactory, config: Config, venue: Venue
+) -> None:
+    """SampleX declares `orders` only: flatten's plan lists its resting order and a note that positions must be
+    closed in SampleX's terminal; with confirm the order is cancelled at the venue and nothing is placed."""
+    from tvbridge.keys import CREDENTIALS  # noqa: PLC0415 - only this test needs the admin token
+
+    config = with_accounts(config, {"samplex": sample_account(venue)})
+    client = await make_client(config)
+    placed = await (await client.post("/webhook", json=alert(leg(orderType="LMT", price="1")))).json()
+    order_id = placed["results"][0]["order_id"]
+    headers = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+
+    plan = await (await client.post("/admin/flatten", json={"account": "samplex"}, headers=headers)).json()
+    assert [c["order_id"] for c in plan["plan"]["cancel"]] == [order_id]
+    assert plan["plan"]["close"] == []
+    assert plan["plan"]["notes"] == [
+        "positions are not listed (the broker does not declare `positions`): close them by hand"
+    ]
+    done = await (
+        await client.post("/admin/flatten", json={"account": "samplex", "confirm": True}, headers=headers)
+    ).json()
+    assert [r["status"] for r in done["results"]] == ["success"]
+    assert venue[0].orders[order_id]["status"] == "cancelled"
+    assert len(venue[0].orders) == 1
+
+
+DECLARES_WITHOUT_METHOD = """\
+import attrs
+from tvbridge_testbrokers import ScriptedBroker
+
+class Plugin(ScriptedBroker):
+    def __init__(self, settings, context):
+        super().__init__(settings, context)
+        self.capabilities = attrs.evolve(self.capabilities, positions=True)
+"""
+
+
+def test_a_plugin_declaring_positions_without_the_method_is_refused_at_start(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin that declares `positions` but has no positions() is refused when the account is built, naming
+    the account, the capability and the method; one that declares nothing new (scripted) loads."""
+    write_plugin(tmp_path, "claims", "claims_mod", DECLARES_WITHOUT_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as info:
+        build_brokers(with_accounts(config, {"claimer": {"broker": "claims"}}))
+    assert str(info.value) == (
+        "accounts.claimer: claims: declares capabilities.positions = True but has no positions() method:"
+        " implement it or leave positions false"
+    )
+    assert list(build_brokers(with_accounts(config, {"old": {"broker": "scripted"}}))) == ["old"]
+
+
 def test_bad_plugin_settings_name_the_account_and_the_key(config: Config) -> None:
     """A typo and a bad value in an account's table stop the start, each as accounts.NAME.key."""
     typo = {"broker": "sample", "base_url": "http://x", "api_kye": "k", "timeout_s": "soon"}
@@ -333,14 +405,17 @@ async def test_sample_account_beside_the_paper_account(
 
 
 def test_load_time_check_covers_every_protocol_method() -> None:
-    """The methods tvbridge checks when it loads a plugin are exactly the Broker protocol's methods, so a
-    plugin missing one is refused at start, by name, not on the first alert."""
-    from tvbridge.broker import Broker  # noqa: PLC0415 - compared with the registry's list
+    """The methods tvbridge checks when it loads a plugin (always, or when their capability is declared) are
+    exactly the Broker protocol's methods, so a plugin missing one is refused at start, by name, not on the first
+    alert."""
+    from tvbridge.broker import CAPABILITY_METHODS, Broker  # noqa: PLC0415 - compared with the registry's list
     from tvbridge.registry import REQUIRED_METHODS  # noqa: PLC0415 - the list under test
 
     methods = {name for name, value in vars(Broker).items() if not name.startswith("_") and callable(value)}
     methods |= {name for name, value in vars(Broker).items() if isinstance(value, classmethod)}
-    assert set(REQUIRED_METHODS) == methods
+    optional = {name for names in CAPABILITY_METHODS.values() for name in names}
+    assert set(REQUIRED_METHODS) | optional == methods
+    assert not set(REQUIRED_METHODS) & optional
 
 
 def test_check_config_exits_2_naming_the_account_and_key(tmp_path: Path) -> None:

@@ -274,7 +274,7 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
 
         # positions and P&L from the fills, as the paper broker's own book has them
         broker: Any = client.app[BROKERS]["paper"]
-        (book,) = [p for p in await broker.positions() if p.symbol == "RELIANCE"]
+        (book,) = [p for p in await broker.book_positions() if p.symbol == "RELIANCE"]
         assert (book.net_quantity, book.average_price, book.realized_pnl) == (6, 2800, 200)
         cells = "return [...document.querySelectorAll('#pnl tr[data-symbol=\"RELIANCE\"] td')].map(c => c.innerText)"
         assert await asyncio.to_thread(run, cells) == [

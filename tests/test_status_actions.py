@@ -173,7 +173,7 @@ async def test_pnl_follows_the_paper_fills_also_for_an_exit(make_client: ClientF
         assert (await (await client.post("/webhook", json=alert(sent))).json())["status"] == "success"
     assert client.app is not None
     broker: Any = client.app[BROKERS]["paper"]
-    (book,) = await broker.positions(include_flat=True)
+    (book,) = await broker.book_positions(include_flat=True)
     assert (book.net_quantity, book.realized_pnl) == (0, 800)
     response = await client.get("/status", headers={**basic(client), "Accept": "application/json"})
     pnl = (await response.json())["pnl"]

@@ -154,7 +154,9 @@ async def test_paper_keeps_one_position_for_prefixed_and_plain_symbols(
     assert (first.status, second.status) == (200, 200)
     assert (await first.json())["results"][0]["symbol"] == "RELIANCE"
     paper: Any = client.app[BROKERS]["paper"]
-    assert [(p.exchange, p.symbol, p.net_quantity) for p in await paper.positions()] == [("NSE", "RELIANCE", 15)]
+    assert [(p.contract.exchange.value, p.contract.symbol, p.net_quantity) for p in await paper.positions()] == [
+        ("NSE", "RELIANCE", 15)
+    ]
 
 
 async def test_a_contradicting_prefix_is_a_422_and_nothing_is_sent(make_client: ClientFactory, config: Config) -> None:

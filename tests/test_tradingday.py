@@ -4,15 +4,19 @@ alert when its exchange is closed (queued and sent at the open, placed as AMO, o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from durability_server import KillableServer, journal_rows, scripted_orders
 from helpers import alert, leg, with_accounts
 
 from tvbridge.alertqueue import list_entries
@@ -452,21 +456,44 @@ async def test_queued_alert_is_in_the_order_log_and_journal(start: Any, config: 
     assert body["alert_id"] in rows[-1]
 
 
-async def test_claimed_but_unsent_entries_are_sent_after_a_crash(start: Any, config: Config, clock: Clock) -> None:
-    """A crash after the scheduler claimed an entry (state `sending`) but before it handed the legs over: the
-    entry is queued again at the next start and sent once."""
-    config = sessions_on(scripted(config))
-    clock.at = SUNDAY
-    client = await start(config)
-    body = await (await client.post("/webhook", json=alert())).json()
-    await client.app[JOURNAL].write(lambda conn: conn.execute("UPDATE queue SET state = 'sending'"))
-    await client.close()
+async def test_claimed_but_unsent_entries_are_sent_after_a_crash(tmp_path: Path) -> None:
+    """A real server killed with SIGKILL right after the scheduler claimed a queued alert (its row `sending`,
+    nothing handed to the executor): the next start queues it again and sends it once, and the broker (strict:
+    a repeat would be a second order) has exactly that one order."""
+    monday = "2026-11-30T09:16:00+05:30"
+    queueing = {"TVBRIDGE_SESSIONS__ENABLED": "true", "TVBRIDGE_TEST_NOW": SUNDAY.isoformat()}
+    server = await asyncio.to_thread(KillableServer(tmp_path, queueing, name="sunday").start)
+    body = alert({k: v for k, v in leg().items() if k != "meta"})  # no timenow: the server's clock is pinned
+    async with aiohttp.ClientSession() as session, session.post(f"{server.url}/webhook", json=body) as response:
+        answer = await response.json()
+        assert (response.status, answer["status"]) == (202, "queued"), answer
+    alert_id = answer["alert_id"]
+    assert await asyncio.to_thread(server.terminate) == 0
 
-    client = await start(config)
-    clock.at = ist("2026-11-30T09:16")
-    await client.app[SCHEDULER].run_due()
-    await client.app[SCHEDULER].run_due()
-    assert [o["client_order_id"] for o in received(config)] == [f"{body['alert_id']}-1"]
+    at_open = {"TVBRIDGE_SESSIONS__ENABLED": "true", "TVBRIDGE_TEST_NOW": monday}
+    crashing = KillableServer(tmp_path, {**at_open, "TVBRIDGE_TEST_CRASH_AT": "after_claim"}, name="crashing")
+    with contextlib.suppress(AssertionError):  # it may die before or after its `server.started` line
+        await asyncio.to_thread(crashing.start)
+    assert await asyncio.to_thread(crashing.wait, 30) == -9
+    assert queue_states(tmp_path) == {alert_id: "sending"}
+    assert scripted_orders(tmp_path) == []
+
+    restarted = await asyncio.to_thread(KillableServer(tmp_path, at_open, name="restarted").start)
+    async with asyncio.timeout(30):
+        while True:
+            if journal_rows(tmp_path)[0][alert_id] not in {"queued", "accepted"}:
+                break
+            await asyncio.sleep(0.05)  # polling another process's journal, bounded by the timeout
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert journal_rows(tmp_path)[0][alert_id] == "success"
+    assert queue_states(tmp_path) == {alert_id: "sent"}
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{alert_id}-1"]
+
+
+def queue_states(data_dir: Path) -> dict[str, str]:
+    """The closed-market queue's rows (alert id -> state), read straight from the journal file."""
+    with contextlib.closing(sqlite3.connect(data_dir / "tvbridge.sqlite3")) as conn:
+        return dict(conn.execute("SELECT alert_id, state FROM queue").fetchall())
 
 
 async def test_accounts_decide_each_for_itself(start: Any, config: Config, clock: Clock) -> None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers import SECRET, alert
+from helpers import SECRET, alert, leg
 from server_process import ServerProcess, run_cli
-
-from tvbridge.sessions import EXCHANGE_TZ
 
 ENV = {"WEBHOOK_SECRET": SECRET}
 
@@ -39,12 +36,21 @@ def test_cli_halt_stops_a_running_server_and_survives_its_restart(tmp_path: Path
 
 def test_extra_holiday_today_queues_and_queue_commands_manage_it(tmp_path: Path) -> None:
     """With today (exchange date) in extra_holidays the default paper account queues the alert (202 `queued`),
-    `tvbridge queue list` shows it and `tvbridge queue cancel` removes it."""
-    today = datetime.now(UTC).astimezone(EXCHANGE_TZ).date().isoformat()
-    env = {**ENV, "TVBRIDGE_SESSIONS__ENABLED": "true", "TVBRIDGE_SESSIONS__EXTRA_HOLIDAYS": f'["{today}"]'}
+    `tvbridge queue list` shows it and `tvbridge queue cancel` removes it.
+
+    The server's clock starts ten minutes after IST midnight (`TVBRIDGE_TEST_NOW`), when the UTC date is still
+    the day before (a trading Wednesday): "today" is the exchange's date, not the UTC date, and not the day the
+    suite happens to run on."""
+    env = {
+        **ENV,
+        "TVBRIDGE_TEST_NOW": "2026-11-26T00:10:00+05:30",  # 2026-11-25T18:40Z
+        "TVBRIDGE_SESSIONS__ENABLED": "true",
+        "TVBRIDGE_SESSIONS__EXTRA_HOLIDAYS": '["2026-11-26"]',
+    }
     server = ServerProcess(tmp_path, env).start()
     try:
-        status, _, body = server.post("/webhook", json.dumps(alert()).encode())
+        untimed = alert({k: v for k, v in leg().items() if k != "meta"})  # no timenow: the server's clock is pinned
+        status, _, body = server.post("/webhook", json.dumps(untimed).encode())
         assert (status, body["status"]) == (202, "queued"), body
         assert body["results"][0]["message"].startswith(
             "market closed (NSE is closed: holiday (extra_holidays in config))"

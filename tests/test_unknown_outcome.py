@@ -27,10 +27,10 @@ async def test_lost_answer_is_reconciled_without_a_second_order(
     body = await response.json()
     assert response.status == 200
     alert_id = body["alert_id"]
+    orders = scripted_orders(tmp_path)  # the strict broker: a second place() would be a second line here
+    assert [o["client_order_id"] for o in orders] == [f"{alert_id}-1", f"{alert_id}-2"], "placed again"
     assert body["status"] == "success"
     assert [(r["symbol"], r["status"]) for r in body["results"]] == [("TCS", "success"), ("INFY", "success")]
-    orders = scripted_orders(tmp_path)
-    assert [o["client_order_id"] for o in orders] == [f"{alert_id}-1", f"{alert_id}-2"]
     assert body["results"][0]["order_id"] == orders[0]["order_id"]
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import structlog
 
+from tvbridge.crashpoints import crash_point
 from tvbridge.halt import halt_path, read_halt
 
 if TYPE_CHECKING:
@@ -193,6 +194,8 @@ class Scheduler:
                 return rows
 
             claimed = await self._journal.write(claim)
+            if claimed:
+                crash_point("after_claim")
             by_alert: dict[str, list[str]] = {}
             for entry in claimed:
                 by_alert.setdefault(entry.alert_id, []).append(entry.account)

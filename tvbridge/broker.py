@@ -20,8 +20,9 @@ The life of a plugin instance (one per account; two accounts on the same broker 
    `from_settings(settings, context)` with the account's table minus `broker`. Validate the table there
    (`settings_from()` does it for an attrs class) and do no I/O.
 2. `await start()` once, before the first order: open sessions, load reference data.
-3. `place()`, `cancel()`, `lookup()` and `health()` are called from the event loop, possibly concurrently
-   (several alerts at once); `place()` only after tvbridge checked the leg against `capabilities`.
+3. `place()`, `cancel()`, `lookup()`, `health()` (and, when declared, `positions()` and `open_orders()`) are
+   called from the event loop, possibly concurrently (several alerts at once); `place()` only after tvbridge
+   checked the leg against `capabilities`.
 4. `await aclose()` once at shutdown, and only if `start()` returned: a `start()` that raises cleans up what it
    opened before raising.
 
@@ -37,6 +38,14 @@ Rules every plugin keeps, because real money depends on them:
   TradingView gives up after 3 s, so keep your own timeouts well under that.
 * No secret (token, password) in an exception message, a result message, a `repr` or a log line
   (`attrs.field(repr=False)` on the settings field).
+* `place()` receives plain orders only. A leg with `manage_position` (EXIT_ALL) is turned into the order that
+  closes the position by tvbridge itself, from `positions()`, before `place()` is called; a broker that does not
+  declare `capabilities.positions` never sees such a leg (it fails before sending, naming the capability).
+
+Optional capabilities (API version 1 additions: a plugin written before them still loads): `positions()` and
+`open_orders()` are called only when `capabilities.positions` / `capabilities.orders` is true, and a plugin that
+declares one must have its method (checked at start, like the required methods). EXIT_ALL legs and target
+positions need `positions`; `tvbridge flatten` cancels through `open_orders()` and closes through `positions()`.
 
 Errors::
 
@@ -55,6 +64,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Protocol, Self, TypeVar, runtime_checkable
@@ -77,6 +87,7 @@ from tvbridge.models import (
 
 __all__ = [
     "API_VERSION",
+    "CAPABILITY_METHODS",
     "ENTRY_POINT_GROUP",
     "OPEN_STATES",
     "Broker",
@@ -90,17 +101,19 @@ __all__ = [
     "CancelLeg",
     "CancelRequest",
     "Capabilities",
+    "ContractId",
     "Exchange",
     "Health",
     "Instrument",
     "InstrumentInfo",
-    "InstrumentLookup",
+    "OpenOrder",
     "OptionType",
     "OrderLeg",
     "OrderRequest",
     "OrderResult",
     "OrderState",
     "OrderType",
+    "Position",
     "Product",
     "SettingsError",
     "Side",
@@ -237,6 +250,77 @@ class OrderResult:
 
 
 @attrs.frozen(kw_only=True)
+class ContractId:
+    """Which contract a position or an order is in, independent of the account: what an alert leg names
+    (`exchange`, `symbol`, `instrument`, and for derivatives expiry, strike and CE/PE) plus the broker's own id
+    when it has one. Built from it, an `OrderLeg` must resolve to the same contract in this plugin's `place()`:
+    flatten closes positions that way."""
+
+    exchange: Exchange
+    symbol: str
+    """As an alert names it: `RELIANCE`; for derivatives the underlying, `NIFTY`."""
+    instrument: Instrument
+    """`EQ`, `FUT` or `OPT` (options carry `option_type`)."""
+    option_type: OptionType | None = None
+    strike_price: Decimal | None = None
+    expiry_date: date | None = None
+    security_id: str | None = None
+    """The broker's own instrument id (Dhan's `securityId`), when it has one."""
+    trading_symbol: str = ""
+    """The broker's display name (`NIFTY-Dec2026-FUT`), for people; never used to match."""
+
+    def describe(self) -> str:
+        """`NSE RELIANCE`, `NFO NIFTY FUT 2026-12-29`, `NFO NIFTY 2026-12-29 24000 CE`: for messages."""
+        parts = [self.exchange.value, self.symbol]
+        if self.instrument is Instrument.FUTURE:
+            parts.append("FUT")
+        if self.expiry_date is not None:
+            parts.append(self.expiry_date.isoformat())
+        if self.strike_price is not None:
+            parts.append(format(self.strike_price.normalize(), "f"))
+        if self.option_type is not None:
+            parts.append(self.option_type.value)
+        return " ".join(parts)
+
+
+@attrs.frozen(kw_only=True)
+class Position:
+    """The account's net position in one contract and product, as the broker reports it now."""
+
+    contract: ContractId
+    product: Product
+    net_quantity: int
+    """Signed, in units (shares; derivatives: contracts x lot size): > 0 long, < 0 short. Never 0: a flat
+    position is not listed."""
+    average_price: Decimal | None = None
+    """Average entry price of the open quantity, when the broker knows it."""
+    details: Mapping[str, object] = attrs.field(factory=dict)
+    """The broker's own fields worth showing (realized P&L...): JSON-serialisable values only."""
+
+
+@attrs.frozen(kw_only=True)
+class OpenOrder:
+    """An order that can still be cancelled (its `state` is one of `OPEN_STATES`)."""
+
+    order_id: str
+    state: OrderState
+    contract: ContractId
+    side: Side
+    quantity: int
+    """Units, as ordered."""
+    product: Product | None = None
+    """None when the broker's product has no tvbridge equivalent (e.g. a Dhan cover order)."""
+    order_type: OrderType | None = None
+    """None when the broker's order type has no tvbridge equivalent."""
+    filled_quantity: int = 0
+    price: Decimal | None = None
+    trigger_price: Decimal | None = None
+    client_order_id: str | None = None
+    """The client order id it was placed with, when the broker keeps it (tvbridge's own orders have one)."""
+    details: Mapping[str, object] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
 class Capabilities:
     """What the broker can do; a leg outside it fails before anything is sent (`check_supported()`), with a
     message that names the alert field and what is supported. Defaults: everything tvbridge knows."""
@@ -247,17 +331,27 @@ class Capabilities:
     instruments: frozenset[Instrument] = frozenset(Instrument)
     cancel: bool = True
     """False: `cancel_order` alerts fail for this account without calling `cancel()`."""
+    positions: bool = False
+    """True: `positions()` lists the account's open positions. Needed for `manage_position: EXIT_ALL` (refused
+    before sending without it) and for the closing half of `tvbridge flatten`. False by default, so a plugin
+    written before positions were part of the interface keeps loading."""
+    orders: bool = False
+    """True: `open_orders()` lists the account's orders that can still be cancelled. Needed for the cancelling
+    half of `tvbridge flatten`."""
+    reconfigure: bool = False
+    """True: `reconfigure(settings)` takes the account's edited table on SIGHUP (a renewed token, no restart).
+    False: the account keeps its start-up settings until a restart."""
     live: bool = False
     """True when orders reach a real market (used for the weak-secret refusal and the README's warnings)."""
     instrument_info: bool = False
-    """True: the plugin also implements `InstrumentLookup.instrument_info()` (lot sizes from its instrument
+    """True: the plugin also implements `instrument_info()` (lot sizes from its instrument
     master). tvbridge needs it to convert a futures or options quantity given in lots (`quantity_unit = "lots"`);
     without it such a leg fails before sending, naming this capability."""
 
 
 @attrs.frozen(kw_only=True)
 class InstrumentInfo:
-    """The contract a leg names, as the broker's instrument master lists it (`InstrumentLookup`)."""
+    """The contract a leg names, as the broker's instrument master lists it (`Broker.instrument_info()`)."""
 
     trading_symbol: str
     """The broker's own name for the contract (Dhan: `NIFTY-Dec2026-FUT`), for messages."""
@@ -276,7 +370,10 @@ class Health:
 @runtime_checkable
 class Broker(Protocol):
     """What every broker plugin class implements. Class attribute `api_version = API_VERSION`; every method
-    below is required (tvbridge checks their presence when it loads the plugin)."""
+    below is required (tvbridge checks their presence when it loads the plugin), except `positions()`,
+    `open_orders()` and `reconfigure()`, which are required only when `capabilities` declares `positions` /
+    `orders` / `reconfigure` (`CAPABILITY_METHODS`): tvbridge never calls them otherwise. A plugin without them
+    still runs; to satisfy a static type checker it may define them to raise `BrokerUnsupportedError`."""
 
     api_version: int
 
@@ -318,6 +415,28 @@ class Broker(Protocol):
         Crash recovery and unknown outcomes depend on it: ask the broker, not only local memory, when you can."""
         ...
 
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        """The account's open positions (never a flat one), every product. With `leg`, only those in the contract
+        the leg names, resolved exactly as `place()` would resolve it (so `NIFTY1!` finds the nearest future's
+        position): EXIT_ALL reads the leg's position this way and closes it in the leg's product.
+
+        Ask the broker, not local memory: an exit sized from a stale position sends the wrong quantity. Raise
+        `BrokerRejectedError` when the leg names no contract (unknown symbol), `BrokerUnavailableError` when the
+        broker cannot be asked. Called only when `capabilities.positions` is true."""
+        ...
+
+    async def open_orders(self) -> list[OpenOrder]:
+        """Every order of the account that can still be cancelled (state in `OPEN_STATES`), placed by tvbridge
+        or not: flatten cancels them by `order_id`. Raise `BrokerUnavailableError` when the broker cannot be
+        asked. Called only when `capabilities.orders` is true."""
+        ...
+
+    async def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """Take the account's edited table (SIGHUP), validated like `from_settings()`: raise `ValueError` naming
+        the key and keep the running settings whole when it is bad. Called only when `capabilities.reconfigure` is
+        true; never concurrently with itself."""
+        ...
+
     async def health(self) -> Health:
         """Cheap enough to be polled every few seconds (cache a remote check); never raises."""
         ...
@@ -326,23 +445,34 @@ class Broker(Protocol):
         """Close sessions and files; called once at shutdown when `start()` succeeded."""
         ...
 
-
-@runtime_checkable
-class InstrumentLookup(Protocol):
-    """An optional part of the interface, declared with `Capabilities(instrument_info=True)`."""
-
     async def instrument_info(self, leg: OrderLeg) -> InstrumentInfo:
         """The contract `leg` names (exchange, symbol, and for derivatives expiry, strike and CE/PE), resolved
         exactly as `place()` would resolve it, with no order sent. `leg.quantity` is not looked at. Raise
         `BrokerRejectedError` for a contract the master does not list (the message is the one `place()` would
-        give: the trader reads it); raise `BrokerUnavailableError` when the master is not loaded."""
+        give: the trader reads it); raise `BrokerUnavailableError` when the master is not loaded. Called only
+        when `capabilities.instrument_info` is true: tvbridge needs it to convert a quantity in lots."""
         ...
+
+
+CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
+    "positions": ("positions",),
+    "orders": ("open_orders",),
+    "reconfigure": ("reconfigure",),
+    "instrument_info": ("instrument_info",),
+}
+"""`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 
 
 def check_supported(capabilities: Capabilities, leg: OrderLeg) -> None:
     """Raise `BrokerUnsupportedError` naming the field when the leg is outside the broker's capabilities.
 
     tvbridge calls it before `place()`; a plugin may call it again inside `place()` when used on its own."""
+    if leg.manage_position is not None and not capabilities.positions:
+        msg = (
+            f"manage_position {leg.manage_position} needs the broker capability `positions` (reading the open"
+            " position to close), which this broker does not declare: nothing was sent"
+        )
+        raise BrokerUnsupportedError(msg)
     checks = (
         ("orderType", leg.order_type, capabilities.order_types),
         ("productType", leg.product, capabilities.products),

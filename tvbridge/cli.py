@@ -30,10 +30,12 @@ from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.lots import instrument_warnings
+from tvbridge.notify import url_secrets
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
 from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+from tvbridge.testclock import wall_clock
 from tvbridge.tls import server_context
 
 if TYPE_CHECKING:
@@ -177,10 +179,10 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
         level=config.logging.level,
         fmt=config.logging.format,
         file=log_file,
-        secrets=[*credentials.all, *_broker_secrets(config), *config.notify.urls],
+        secrets=[*credentials.all, *_broker_secrets(config), *url_secrets(config.notify.urls)],
     )
     ssl_context = server_context(config)
-    app = create_app(config, converter, credentials)
+    app = create_app(config, converter, credentials, clock=wall_clock(os.environ))
     try:
         return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
     except OSError as e:

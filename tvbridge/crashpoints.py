@@ -10,6 +10,7 @@ Points, in the order an alert reaches them:
   before_send    a leg's `sending` mark is committed; the broker has not been called
   after_send     the broker answered; the leg's result is not journaled yet
   before_finish  every leg is done; the alert's final status is not journaled yet
+  after_claim    the closed-market queue's scheduler committed its claim (rows `sending`); nothing handed over
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import signal
 from typing import Final
 
-POINTS: Final = frozenset({"after_record", "before_send", "after_send", "before_finish"})
+POINTS: Final = frozenset({"after_record", "before_send", "after_send", "before_finish", "after_claim"})
 _SETTING: Final = os.environ.get("TVBRIDGE_TEST_CRASH_AT", "")
 _POINT, _, _NTH = _SETTING.partition(":")
 _HITS: Final[dict[str, int]] = {}

@@ -6,6 +6,13 @@ the account's remaining legs. Accounts run side by side and independently: one a
 another's legs. Every broker exception that is not a typed rejection is treated as an unknown outcome and
 resolved with `lookup()` by client order id before anything is reported, so nothing is ever placed twice.
 
+A leg with `manage_position: EXIT_ALL` is resolved here, for every broker alike (`positions.py`): the broker's
+position in the leg's contract is read through `Broker.positions(leg)` and the plain order that closes it is
+what is sent, journaled and logged (its side and quantity, not the alert's); flat sends nothing and says so.
+EXIT_ALL legs of one account run one at a time, so two exits read one position once each, in turn; an exit
+order this process sent that the broker still lists as open (`capabilities.orders`) counts as already closing
+its part, so a second exit before the first one fills does not close the same position again.
+
 Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
 leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
 mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
@@ -29,6 +36,7 @@ from tvbridge.broker import (
     BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     CancelRequest,
+    OpenOrder,
     OrderRequest,
     OrderResult,
     OrderState,
@@ -48,6 +56,7 @@ from tvbridge.models import (
     QuantityUnit,
     summarize,
 )
+from tvbridge.positions import SentExits, exit_all
 from tvbridge.risk import RiskLimitError
 
 if TYPE_CHECKING:
@@ -74,6 +83,15 @@ class Resume:
     """False once the alert is older than `alerts.max_age_s`: what the broker lacks is marked expired."""
     age_s: float
     max_age_s: float
+
+
+def leg_status(state: OrderState) -> LegStatus:
+    """A placed order's leg status: dry run -> test_mode, rejected or cancelled -> failed, else success."""
+    if state is OrderState.DRY_RUN:
+        return LegStatus.TEST_MODE
+    if state in FAILED_STATES:
+        return LegStatus.FAILED
+    return LegStatus.SUCCESS
 
 
 def client_order_id(alert_id: str, leg_number: int) -> str:
@@ -143,6 +161,10 @@ class Executor:
         self._followup = followup
         """Order follow-up: gets each finished alert's results, after they are journaled, so the placement's
         answer is on record before any later state of the order is."""
+        self._exit_locks: dict[str, asyncio.Lock] = {}
+        """Per account: an EXIT_ALL reads the position and sends its close before the next one reads."""
+        self._sent_exits = SentExits()
+        """Exit orders sent and maybe not filled yet: a second EXIT_ALL does not close their part again."""
 
     async def run(
         self,
@@ -276,6 +298,9 @@ class Executor:
             refused = await self._refuse_before_send(alert_id, account, number, leg, not_sized)
             if refused is not None:
                 return refused
+            if leg.manage_position is not None:
+                async with self._exit_locks.setdefault(account, asyncio.Lock()):
+                    return await self._exit(alert_id, account, number, leg, done)
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -315,6 +340,41 @@ class Executor:
         except Exception as e:  # a failing conversion must never let the leg through in the wrong unit
             log.exception("leg.check_failed", alert_id=alert_id, leg=number, account=account)
             return f"not sent: the lot size could not be read ({type(e).__name__})"
+
+    async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
+        """EXIT_ALL: read the position through the interface, send the plain order that closes it (or nothing)."""
+        client_id = client_order_id(alert_id, number)
+        broker = self._brokers[account]
+        try:
+            found = await broker.positions(leg)
+            pending: list[OpenOrder] = []
+            if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
+                pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
+        except BrokerError as e:
+            message = f"not sent: the position to close could not be read: {e}"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        except Exception as e:  # a plugin bug while reading: nothing was sent
+            log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            message = f"not sent: reading the position to close failed ({type(e).__name__}: {e})"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        exit_order = exit_all(leg, found, pending)
+        log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
+        if exit_order.leg is None:
+            flat = attrs.evolve(leg, quantity=0)
+            return self.result_for(account, number, flat, LegStatus.SUCCESS, exit_order.message, client_id=client_id)
+        try:
+            await self._journal.mark_sending(alert_id, account, number, done)
+        except JournalError as e:
+            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))
+            return self.result_for(
+                account, number, exit_order.leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id
+            )
+        crash_point("before_send")
+        result = await self._place(alert_id, account, number, exit_order.leg)
+        crash_point("after_send")
+        if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
+            self._sent_exits.remember(account, client_id, exit_order.leg, found)
+        return attrs.evolve(result, message=f"{exit_order.message}; {result.message}")
 
     async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
         """Does the broker already have this leg? None when it has not; an `unknown` result when it cannot say."""
@@ -421,12 +481,7 @@ class Executor:
             self._followup.nudge(account, [str(order_id) for order_id in moved])
 
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
-        if order.state is OrderState.DRY_RUN:
-            status = LegStatus.TEST_MODE
-        elif order.state in FAILED_STATES:
-            status = LegStatus.FAILED
-        else:
-            status = LegStatus.SUCCESS
+        status = leg_status(order.state)
         message = order.message or f"order {order.state.value}"
         return self.result_for(account, number, leg, status, message, order=order, client_id=client_id)
 

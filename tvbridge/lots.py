@@ -7,7 +7,7 @@ here, in the host, before risk limits (which always count units) and before the 
 and the order log then show the units sent.
 
 Equity has a lot of 1 on every exchange tvbridge knows, so only futures and options need the lot size; it comes
-from the broker's instrument master through the optional `InstrumentLookup` capability (`tvbridge/broker.py`),
+from the broker's instrument master through the optional `instrument_info` capability (`tvbridge/broker.py`),
 so the lot size is the very one the broker will check the order against. A broker that does not declare it cannot
 take a derivative quantity in lots: the leg fails before sending, naming the capability.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from tvbridge.broker import BrokerRejectedError, BrokerUnsupportedError, InstrumentLookup
+from tvbridge.broker import BrokerRejectedError, BrokerUnsupportedError
 from tvbridge.models import Instrument, QuantityUnit
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ async def in_units(broker: Broker, leg: OrderLeg, account_unit: QuantityUnit) ->
     if leg.instrument is Instrument.EQUITY or leg.manage_position is not None:
         # equity: 1 lot = 1 share; an exit closes the open position whatever its quantity says
         return attrs.evolve(leg, quantity_unit=QuantityUnit.UNITS)
-    if not broker.capabilities.instrument_info or not isinstance(broker, InstrumentLookup):
+    if not broker.capabilities.instrument_info:
         msg = (
             f"quantity_unit lots: this broker cannot tell the lot size of {leg.symbol} (it does not declare the"
             " instrument_info capability; a paper account needs instruments_path): send the quantity in units"

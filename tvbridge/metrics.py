@@ -229,9 +229,9 @@ def observe_request(request: web.Request, status: int, seconds: float) -> None:
 
 
 class TimedBroker:
-    """A broker seen through metrics: times `place`, `cancel` and `lookup`, counts their exceptions by class,
-    and marks the account's credentials invalid after an auth error (valid again after a call succeeds).
-    Everything else is the broker's own attribute."""
+    """A broker seen through metrics: times `place`, `cancel`, `lookup`, `positions` and `open_orders`, counts
+    their exceptions by class, and marks the account's credentials invalid after an auth error (valid again after a
+    call succeeds). Everything else is the broker's own attribute."""
 
     def __init__(self, account: str, broker: Broker, metrics: Metrics, notifier: Notifier | None = None) -> None:
         self._account = account
@@ -273,6 +273,12 @@ class TimedBroker:
 
     async def lookup(self, client_order_id: str) -> Any:
         return await self._timed("lookup", self._broker.lookup(client_order_id))
+
+    async def positions(self, leg: Any = None) -> Any:
+        return await self._timed("positions", self._broker.positions(leg))
+
+    async def open_orders(self) -> Any:
+        return await self._timed("open_orders", self._broker.open_orders())
 
 
 def instrument_brokers(

@@ -16,8 +16,11 @@ when an accepted order later fills or is refused by the exchange.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import structlog
@@ -58,6 +61,10 @@ TITLES: Final = {
     "order_rejected": "order REJECTED after it was accepted",
 }
 SEND_TIMEOUT_S: Final = 30.0
+MIN_URL_SECRET: Final = 8
+"""Parts of a notification URL this long or longer are kept out of logs and messages; shorter ones ("hook",
+"POST", a port) are too common to blank everywhere and too short to be a token."""
+_URL_WORD: Final = re.compile(r"[^/:@?&=#;,+\s]+")
 
 
 @attrs.define
@@ -66,6 +73,41 @@ class _Kind:
     pending: int = 0
     latest: str = ""
     flush: asyncio.TimerHandle | None = None
+
+
+def url_secrets(urls: Iterable[str]) -> list[str]:
+    """Every part of the notification URLs that can be a token, for the log redactor and the messages.
+
+    The whole URL is not enough: apprise logs at debug level the URL it posts to (`JSON POST URL:
+    http://host/<path token>`), the `requests` underneath logs the path, and a Telegram bot token, a Discord
+    webhook token or a JSON target's key sit in the host, the path or the query. So the user name and password,
+    a host that is not an address or a host name, and every path segment and query value are secrets (each as
+    written and percent-decoded), once `MIN_URL_SECRET` long.
+    """
+    found: set[str] = set()
+    for url in urls:
+        found.add(url)
+        parts = urlsplit(url)
+        userinfo, _, host = parts.netloc.rpartition("@")
+        words = _URL_WORD.findall(userinfo) + _URL_WORD.findall(parts.path) + _URL_WORD.findall(parts.fragment)
+        words += [value for _, _, value in (pair.partition("=") for pair in parts.query.split("&"))]
+        if not _is_address(host):
+            words += _URL_WORD.findall(host)
+        found.update(form for word in words for form in (word, unquote(word)) if len(form) >= MIN_URL_SECRET)
+    return sorted(found)
+
+
+def _is_address(host: str) -> bool:
+    """A host part that names a machine (an IP, `localhost`, a dotted name, with or without a port), not a token
+    (Telegram's `tgram://<bot token>/...`)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name == "localhost" or (
+            "." in name and all(label.isalnum() for label in name.replace("-", "").split("."))
+        )
+    return True
 
 
 def apprise_sender(urls: Iterable[str]) -> Callable[[str, str], Awaitable[bool]]:
@@ -93,10 +135,14 @@ class Notifier:
         *,
         secrets: Iterable[str] = (),
         send: Callable[[str, str], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (seconds, monotonic) decides whether an event falls within `min_interval_s` of the last
+        message; tests inject one so a storm is a storm by their clock, however slowly the machine runs."""
         self._config = config
+        self._clock = clock
         self._enabled = frozenset(config.events) if config.urls else frozenset()
-        self._secrets = [s for s in (*secrets, *config.urls) if s]
+        self._secrets = sorted({s for s in (*secrets, *url_secrets(config.urls)) if s}, key=len, reverse=True)
         self._send = send or (apprise_sender(config.urls) if config.urls else None)
         self._kinds: dict[str, _Kind] = {}
         self._queue: asyncio.Queue[tuple[str, int, str] | None] = asyncio.Queue()
@@ -107,7 +153,7 @@ class Notifier:
         if kind not in self._enabled:
             return
         state = self._kinds.setdefault(kind, _Kind())
-        now = time.monotonic()
+        now = self._clock()
         if state.pending == 0 and now - state.last_sent >= self._config.min_interval_s:
             state.last_sent = now
             self._queue.put_nowait((kind, 1, message))
@@ -116,7 +162,7 @@ class Notifier:
         state.latest = message
         if state.flush is None:
             delay = max(0.0, state.last_sent + self._config.min_interval_s - now)
-            state.flush = asyncio.get_running_loop().call_later(delay, self._flush, kind)
+            state.flush = asyncio.get_running_loop().call_later(delay, self._flush_when_due, kind)
 
     def leg_finished(self, alert_id: str, result: LegResult) -> None:
         if result.status not in {LegStatus.FAILED, LegStatus.UNKNOWN}:
@@ -125,13 +171,23 @@ class Notifier:
         what = f"{result.transaction} {result.quantity} {result.symbol}".strip()
         self.event(kind, f"{result.account} leg {result.leg_number} ({what}): {result.message} [alert {alert_id}]")
 
+    def _flush_when_due(self, kind: str) -> None:
+        """The timer's end: send what was held back, unless the clock says the interval is not over yet (an
+        injected clock that has not moved), then wait the rest of it."""
+        state = self._kinds[kind]
+        remaining = state.last_sent + self._config.min_interval_s - self._clock()
+        if remaining > 0:
+            state.flush = asyncio.get_running_loop().call_later(remaining, self._flush_when_due, kind)
+            return
+        self._flush(kind)
+
     def _flush(self, kind: str) -> None:
         state = self._kinds[kind]
         state.flush = None
         if state.pending:
             self._queue.put_nowait((kind, state.pending, state.latest))
             state.pending = 0
-            state.last_sent = time.monotonic()
+            state.last_sent = self._clock()
 
     def _text(self, kind: str, count: int, message: str) -> tuple[str, str]:
         title = f"tvbridge: {TITLES.get(kind, kind)}"

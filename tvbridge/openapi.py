@@ -68,7 +68,8 @@ def _schemas() -> dict[str, Any]:
         "orderType": _enum(OrderType, "market, limit, stop-loss, stop-loss market", "MARKET", "LIMIT", "SLM"),
         "quantity": _number(
             "a positive whole number: units (shares; derivatives contracts x lot size), or lots when the account's"
-            " or the leg's quantity_unit is lots"
+            " or the leg's quantity_unit is lots; optional with manage_position EXIT_ALL (the open position"
+            " decides)"
         ),
         "quantity_unit": _enum(QuantityUnit, "what quantity counts; default: the account's quantity_unit (units)"),
         "exchange": _enum(Exchange, "the exchange; optional when the symbol has an EXCHANGE: prefix"),
@@ -85,7 +86,11 @@ def _schemas() -> dict[str, Any]:
         "option_type": _enum(OptionType, "with instrument OPT"),
         "strike_price": _number("with instrument OPT"),
         "expiry_date": {"type": "string", "description": "YYYY-MM-DD, with instrument OPT"},
-        "manage_position": _enum(PositionAction, "EXIT_ALL: close the symbol's open position"),
+        "manage_position": _enum(
+            PositionAction,
+            "EXIT_ALL: close the net position of the leg's contract in its product (needs a broker that declares"
+            " the positions capability)",
+        ),
         "amoTime": {"type": "string", "description": "after-market order timing"},
         "order_id": {"type": "string", "description": "cancel_order: the broker's order id to cancel"},
         "meta": _ref("Meta"),
@@ -415,10 +420,22 @@ def _admin_operations() -> dict[str, Any]:
         "/admin/halt": admin("Halt trading (the kill switch)", "halt", reason_body, halted_body),
         "/admin/resume": admin("Resume trading", "resume", reason_body, halted_body),
         "/admin/flatten": admin(
-            "Close an account's open positions: the plan, or with confirm the orders",
+            "Cancel an account's open orders and close its positions: the plan, or with confirm the actions",
             "flatten",
             flatten_body,
-            {"type": "object", "properties": {"plan": {}, "done": {"type": "array"}}},
+            {
+                "type": "object",
+                "properties": {
+                    "plan": {"type": "object", "description": "open orders to cancel, positions to close, notes"},
+                    "done": {"type": "array", "items": {"type": "string"}, "description": "one line per action"},
+                    "alert_id": {
+                        "type": ["string", "null"],
+                        "description": "with confirm: the run's id in the journal (GET /alerts/<id>) and order log",
+                    },
+                    "status": {"type": "string", "description": "with confirm: success, partial, failed, test_mode"},
+                    "results": {"type": "array", "items": _ref("LegResult"), "description": "one per action"},
+                },
+            },
         ),
     }
 

@@ -2,7 +2,9 @@
 
 The first twelve columns are the guide's, in its order, so existing spreadsheets and `column -t` habits keep
 working; tvbridge's own columns follow. A field that a spreadsheet would run as a formula (starting with `=`,
-`+`, `-`, `@`, tab or carriage return) is prefixed with `'`. One alert's rows are one write(2) on a file opened
+`+`, `-`, `@`, tab or carriage return) is prefixed with `'`, and control characters (line breaks, ESC, NUL...)
+are written as visible escapes (`\\n`, `\\x1b`), so `grep`, `wc -l` and a terminal see one row per line and no
+escape sequences from an alert's text (issue 23). One alert's rows are one write(2) on a file opened
 for appending, so rows of concurrent alerts never interleave, and `append()` returns when they have reached the
 operating system (`tail -f` sees them; they survive `kill -9`).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
@@ -43,11 +46,25 @@ GUIDE_COLUMNS: Final = (
 )
 COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id")
 FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 controls and DEL, and the Unicode line and paragraph separators: what ends a line for a line-based
+tool (Python's `splitlines()` included) or starts a terminal escape sequence."""
+_SHORT_ESCAPES: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def neutralize(value: str) -> str:
-    """A cell a spreadsheet shows as text, never runs (OWASP's CSV injection advice)."""
-    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
+    """A cell a spreadsheet shows as text, never runs (OWASP's CSV injection advice), on one line, without
+    control characters: `\\x1b[2J` in a symbol must not clear the terminal of someone running `tail -f`."""
+    if value.startswith(FORMULA_STARTS):
+        value = f"'{value}"
+    if not value.isprintable():  # the common cell is printable: one C-level scan, no regex
+        value = CONTROL.sub(_escape, value)
+    return value
 
 
 def row_of(result: LegResult, *, alert_id: str, alert_type: str, at: datetime) -> list[str]:

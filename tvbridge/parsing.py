@@ -232,7 +232,7 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
     def add(field: str, message: str) -> None:
         problems.append(_field_error(field, message))
 
-    if leg.quantity <= 0:
+    if leg.quantity < 0 or (leg.quantity == 0 and leg.manage_position is None):
         add("quantity", f"must be a positive whole number, got {leg.quantity}")
     if leg.order_type in {OrderType.LIMIT, OrderType.STOP_LOSS} and leg.price <= 0:
         add("price", f"must be > 0 for orderType {leg.order_type}")
@@ -255,6 +255,22 @@ def _option_problems(leg: OrderLeg) -> list[Exception]:
     if leg.strike_price is not None and leg.strike_price <= 0:
         problems.append(_field_error("strike_price", f"must be > 0 for options, got {leg.strike_price}"))
     return problems
+
+
+def _exit_quantity(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An EXIT_ALL leg may leave `quantity` out: the broker's position decides it (0 here means "not given")."""
+    action = raw.get("manage_position")
+    if (
+        isinstance(action, str)
+        and action.strip().upper() == PositionAction.EXIT_ALL
+        and raw.get("quantity")
+        in (
+            None,
+            "",
+        )
+    ):
+        return {**raw, "quantity": 0}
+    return raw
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -409,7 +425,7 @@ def _register_alert(converter: cattrs.Converter) -> None:
     _register_meta(converter)
 
     def leg_hook(raw: object, _: type) -> OrderLeg:
-        return _structure_leg(_expect_object(raw), base_leg)
+        return _structure_leg(_exit_quantity(_expect_object(raw)), base_leg)
 
     def cancel_hook(raw: object, _: type) -> CancelLeg:
         return _structure_cancel(_expect_object(raw), base_cancel)

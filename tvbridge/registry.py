@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import structlog
 
-from tvbridge.broker import API_VERSION, ENTRY_POINT_GROUP, Broker, BrokerContext, InstrumentLookup, SettingsError
+from tvbridge.broker import (
+    API_VERSION,
+    CAPABILITY_METHODS,
+    ENTRY_POINT_GROUP,
+    Broker,
+    BrokerContext,
+    Capabilities,
+    SettingsError,
+)
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError
 
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 REQUIRED_METHODS = ("from_settings", "start", "place", "cancel", "lookup", "health", "aclose")
+"""Every plugin has these. The methods of an optional capability (`CAPABILITY_METHODS`) are checked per
+account, once `from_settings()` has built the instance and its `capabilities` can be read."""
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +150,26 @@ def plugin_table(config: Config, account: str) -> tuple[str, dict[str, Any]]:
     return str(table.pop("broker", account)), table
 
 
+def interface_problem(broker: object) -> str:
+    """Why `broker` (what `from_settings()` returned) cannot be used, or "". Not `isinstance(broker, Broker)`:
+    the protocol also lists the optional capabilities' methods, which a plugin that does not declare them may
+    lack (a plugin written before they existed keeps loading)."""
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(broker, m, None))]
+    if missing or not hasattr(broker, "capabilities"):
+        return f"from_settings did not return a broker (missing: {', '.join(missing) or 'capabilities'})"
+    capabilities = broker.capabilities
+    if not isinstance(capabilities, Capabilities):
+        return f"capabilities is a {type(capabilities).__name__}, not a tvbridge.broker.Capabilities"
+    for flag, methods in CAPABILITY_METHODS.items():
+        lacking = [m for m in methods if getattr(capabilities, flag) and not callable(getattr(broker, m, None))]
+        if lacking:
+            return (
+                f"declares capabilities.{flag} = True but has no {', '.join(f'{m}()' for m in lacking)} method:"
+                f" implement it or leave {flag} false"
+            )
+    return ""
+
+
 def build_brokers(config: Config) -> dict[str, Broker]:
     """One plugin instance per routed account, each from its own config table.
 
@@ -157,13 +187,9 @@ def build_brokers(config: Config) -> dict[str, Broker]:
             raise PluginError(settings_problem(account, e)) from None
         except (TypeError, KeyError) as e:
             raise PluginError(f"accounts.{account}: {type(e).__name__}: {e}") from None
-        if not isinstance(broker, Broker):
-            raise PluginError(f"accounts.{account}: {name}.from_settings did not return a broker")
-        if broker.capabilities.instrument_info and not isinstance(broker, InstrumentLookup):
-            raise PluginError(
-                f"accounts.{account}: broker {name} declares the instrument_info capability but has no"
-                " instrument_info() method (see tvbridge.broker.InstrumentLookup)"
-            )
+        problem = interface_problem(broker)
+        if problem:
+            raise PluginError(f"accounts.{account}: {name}: {problem}")
         brokers[account] = broker
     return brokers
 

@@ -2,10 +2,10 @@
 
 This is how a renewed broker token (Dhan's expire within 24 h) is used without a restart: edit `config.toml`
 or `.env` (or run `tvbridge dhan token set`), then `kill -HUP <pid>` (the pid is in `tvbridge.pid` in the data
-directory). Only brokers that implement the optional `reconfigure(settings)` method take part; everything else
-in the config (routing, guards, listening address) needs a restart. A config that does not load is logged and
-ignored: the server keeps running on what it has. Variables in the server's own environment are not re-read;
-a token meant to be renewed this way belongs in `.env` or the config file.
+directory). Only brokers that declare `capabilities.reconfigure` take part (through their `reconfigure(settings)`);
+everything else in the config (routing, guards, listening address) needs a restart. A config that does not
+load is logged and ignored: the server keeps running on what it has. Variables in the server's own environment
+are not re-read; a token meant to be renewed this way belongs in `.env` or the config file.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ async def reload_brokers(app: web.Application, load: Callable[[], Config]) -> No
         log.error("config.reload_failed", error=str(e))
         return
     for account, broker in app[BROKERS].items():
-        reconfigure = getattr(broker, "reconfigure", None)
-        if reconfigure is None:
+        if not broker.capabilities.reconfigure:
             continue
         _, table = plugin_table(config, account)
         try:
-            await reconfigure(table)
+            await broker.reconfigure(table)
         except Exception as e:  # noqa: BLE001 - the running configuration stays; the operator reads why
             log.error("broker.reconfigure_failed", account=account, error=f"{type(e).__name__}: {e}")
         else:

@@ -65,6 +65,10 @@ def check_leg(limits: RiskConfig, leg: OrderLeg, price: Decimal | None) -> None:
         raise RiskLimitError(f"risk: symbol {leg.symbol} is in blocked_symbols")
     if limits.allowed_symbols and symbol not in {_norm(s) for s in limits.allowed_symbols}:
         raise RiskLimitError(f"risk: symbol {leg.symbol} is not in allowed_symbols")
+    if leg.manage_position is not None:
+        # an exit's size is the open position, not the alert's; like flatten, closing must never be refused by
+        # a limit meant to stop opening (the kill switch and the symbol lists still apply)
+        return
     if limits.max_qty_per_order is not None and leg.quantity > limits.max_qty_per_order:
         raise RiskLimitError(f"risk: quantity {leg.quantity} is over max_qty_per_order {limits.max_qty_per_order}")
     if limits.max_notional_per_order is not None:

@@ -247,23 +247,24 @@ async def _broker_health(account: str, broker: Broker) -> dict[str, Any]:
 
 
 async def _positions(account: str, broker: Broker) -> list[dict[str, Any]]:
-    """Open positions of brokers that can list them (the paper broker); others show none."""
-    positions = getattr(broker, "positions", None)
-    if positions is None:
+    """Open positions of brokers that declare `capabilities.positions`; others show none."""
+    if not broker.capabilities.positions:
         return []
     try:
         async with asyncio.timeout(2):
-            found = await positions()
+            found = await broker.positions()
     except Exception:  # noqa: BLE001 - positions are a nicety on this page
         return []
     return [
         {
             "account": account,
-            "symbol": str(getattr(p, "contract", "") or getattr(p, "symbol", "")),
-            "exchange": str(getattr(p, "exchange", "")),
-            "net_quantity": str(getattr(p, "net_quantity", "")),
-            "average_price": str(getattr(p, "average_price", "") or ""),
-            "realised": str(getattr(p, "realized_pnl", "") or ""),
+            "symbol": p.contract.symbol,
+            "exchange": p.contract.exchange.value,
+            "contract": p.contract.describe(),
+            "product": p.product.value,
+            "net_quantity": str(p.net_quantity),
+            "average_price": str(p.average_price or ""),
+            "realised": str(p.details.get("realized_pnl") or ""),
         }
         for p in found
     ]

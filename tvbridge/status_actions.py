@@ -26,10 +26,18 @@ from aiohttp import web
 from tvbridge import notify
 from tvbridge.access import has_admin_token
 from tvbridge.alertqueue import cancel_entries
-from tvbridge.errors import AuthError, BadRequestError, ForbiddenError, JournalError, NotFoundError
+from tvbridge.broker import BrokerError
+from tvbridge.errors import (
+    AuthError,
+    BadRequestError,
+    ForbiddenError,
+    JournalError,
+    NotFoundError,
+    UnavailableError,
+)
 from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, set_halt
-from tvbridge.keys import BROKERS, CONFIG, CREDENTIALS, JOURNAL, SCHEDULER, SOURCE_IP
+from tvbridge.keys import BROKERS, CONFIG, CREDENTIALS, JOURNAL, ORDER_LOG, SCHEDULER, SOURCE_IP
 
 if TYPE_CHECKING:
     import sqlite3
@@ -148,12 +156,25 @@ async def flatten(request: web.Request) -> web.Response:
     brokers = request.app[BROKERS]
     if account not in brokers:
         raise BadRequestError(f"account: must be one of {', '.join(brokers)}")
-    plan = await make_plan(account, brokers[account])
+    try:
+        plan = await make_plan(account, brokers[account])
+    except BrokerError as e:
+        raise UnavailableError(f"account {account}: cannot list what is open: {e}") from None
     body: dict[str, Any] = {"plan": plan.as_json(), "lines": plan.lines(), "done": [], "journaled": False}
     if raw.get("confirm") is True:
+        detail: dict[str, Any] = {"account": account}
         if not plan.unsupported:
-            body["done"] = await execute(plan, brokers[account])
-        body["journaled"] = await _journal(request, "flatten", {"account": account, "done": body["done"]})
+            report = await execute(
+                plan,
+                brokers[account],
+                broker_name=request.app[CONFIG].broker_of(account),
+                journal=request.app[JOURNAL],
+                order_log=request.app[ORDER_LOG],
+                source=BY,
+            )
+            body.update(done=list(report.lines), alert_id=report.alert_id, status=report.status)
+            detail |= {"alert_id": report.alert_id, "status": report.status}
+        body["journaled"] = await _journal(request, "flatten", detail)
     return web.json_response(body)
 
 

@@ -26,8 +26,9 @@ import structlog
 from aiohttp import web
 
 from tvbridge import alertqueue, notify
+from tvbridge.broker import BrokerError
 from tvbridge.deadline import answer_in_time
-from tvbridge.errors import BadRequestError, HaltedError
+from tvbridge.errors import BadRequestError, HaltedError, UnavailableError
 from tvbridge.executor import planned_legs, response_body
 from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
@@ -431,10 +432,23 @@ async def flatten(request: web.Request) -> web.Response:
     if account not in brokers:
         raise BadRequestError(f"account: must be one of {', '.join(brokers)}")
     broker = brokers[account]
-    plan = await make_plan(account, broker)
-    body: dict[str, Any] = {"plan": plan.as_json(), "done": []}
+    try:
+        plan = await make_plan(account, broker)
+    except BrokerError as e:
+        raise UnavailableError(f"account {account}: cannot list what is open: {e}") from None
+    body: dict[str, Any] = {"plan": plan.as_json(), "done": [], "alert_id": None, "results": []}
     if raw.get("confirm") is True and not plan.unsupported:
-        body["done"] = await execute(plan, broker)
+        report = await execute(
+            plan,
+            broker,
+            broker_name=request.app[CONFIG].broker_of(account),
+            journal=request.app[JOURNAL],
+            order_log=request.app[ORDER_LOG],
+            source="admin api",
+        )
+        body.update(
+            done=list(report.lines), alert_id=report.alert_id, status=report.status, results=report.body["results"]
+        )
     return web.json_response(body)
 
 

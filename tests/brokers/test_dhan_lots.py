@@ -258,6 +258,6 @@ def test_a_plugin_that_claims_instrument_info_without_the_method_does_not_start(
         build_brokers(config)
 
     assert str(caught.value) == (
-        "accounts.odd: broker scripted declares the instrument_info capability but has no instrument_info() method"
-        " (see tvbridge.broker.InstrumentLookup)"
+        "accounts.odd: scripted: declares capabilities.instrument_info = True but has no instrument_info() method:"
+        " implement it or leave instrument_info false"
     )

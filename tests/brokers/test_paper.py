@@ -20,13 +20,15 @@ import pytest
 import structlog.testing
 
 from tvbridge.broker import (
-    Broker,
     BrokerContext,
     BrokerRejectedError,
     BrokerUnavailableError,
+    BrokerUnsupportedError,
     CancelRequest,
+    OpenOrder,
     OrderRequest,
     OrderState,
+    Position,
 )
 from tvbridge.models import (
     CancelLeg,
@@ -39,6 +41,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
+from tvbridge.registry import interface_problem
 from tvbridge_brokers.paper import PaperBroker, PaperOrder, PaperPosition
 
 if TYPE_CHECKING:
@@ -110,7 +113,7 @@ async def test_market_order_fills_at_the_legs_price(broker: PaperBroker) -> None
     assert result.filled_quantity == 10
     assert result.average_price == Decimal("2950.5")
     assert "2950.5" in result.message
-    position = only(await broker.positions())
+    position = only(await broker.book_positions())
     assert (position.exchange, position.contract, position.product) == (Exchange.NSE, "RELIANCE", Product.INTRADAY)
     assert position.net_quantity == 10
     assert position.average_price == Decimal("2950.5")
@@ -125,7 +128,7 @@ async def test_market_order_without_price_fills_at_the_reference_price(broker: P
     assert reliance.average_price == Decimal(2900)
     assert "reference price" in reliance.message
     assert infy.average_price == Decimal("1500.5")  # a TOML float becomes its exact decimal, not 1500.4999...
-    positions = {p.contract: p.net_quantity for p in await broker.positions()}
+    positions = {p.contract: p.net_quantity for p in await broker.book_positions()}
     assert positions == {"RELIANCE": 10, "INFY": -3}
 
 
@@ -138,7 +141,7 @@ async def test_market_order_without_any_price_fills_at_an_unknown_price(broker: 
     assert result.average_price is None
     assert "unknown price" in result.message
     assert "NSE:TCS" in result.message
-    position = only(await broker.positions())
+    position = only(await broker.book_positions())
     assert position.net_quantity == 10
     assert position.average_price is None
 
@@ -176,7 +179,7 @@ async def test_limit_order_rests_until_a_later_alerts_price_crosses_it(broker: P
     assert filled.state is OrderState.FILLED
     assert filled.filled_quantity == 10
     assert filled.average_price == Decimal(2800)  # the limit, not the better 2790: paper never flatters
-    assert only(await broker.positions()).net_quantity == 10 - 1 - 1
+    assert only(await broker.book_positions()).net_quantity == 10 - 1 - 1
 
 
 async def test_sell_limit_fills_when_a_later_price_reaches_it(broker: PaperBroker) -> None:
@@ -233,7 +236,7 @@ async def test_stop_loss_market_waits_for_its_trigger_and_fills_at_the_triggerin
     assert filled.state is OrderState.FILLED
     assert filled.average_price == Decimal(2690)
     assert "triggered at 2700" in filled.message
-    assert only(await broker.positions()).net_quantity == 10 + 1 + 1 - 10
+    assert only(await broker.book_positions()).net_quantity == 10 + 1 + 1 - 10
 
 
 async def test_stop_loss_becomes_a_limit_when_triggered(broker: PaperBroker) -> None:
@@ -314,20 +317,20 @@ async def test_positions_track_net_quantity_average_price_and_realized_pnl(broke
     """Adding moves the average, reducing books P&L at the average, going through zero opens at the fill price."""
     await broker.place(order("c1", price=Decimal(100)))
     await broker.place(order("c2", price=Decimal(110)))
-    added = only(await broker.positions())
+    added = only(await broker.book_positions())
     assert (added.net_quantity, added.average_price, added.realized_pnl) == (20, Decimal(105), Decimal(0))
 
     await broker.place(order("c3", side=Side.SELL, quantity=15, price=Decimal(120)))
-    reduced = only(await broker.positions())
+    reduced = only(await broker.book_positions())
     assert (reduced.net_quantity, reduced.average_price, reduced.realized_pnl) == (5, Decimal(105), Decimal(225))
 
     await broker.place(order("c4", side=Side.SELL, quantity=10, price=Decimal(90)))
-    flipped = only(await broker.positions())
+    flipped = only(await broker.book_positions())
     assert (flipped.net_quantity, flipped.average_price, flipped.realized_pnl) == (-5, Decimal(90), Decimal(150))
 
     await broker.place(order("c5", quantity=5, price=Decimal(80)))
-    assert await broker.positions() == []
-    closed = only(await broker.positions(include_flat=True))
+    assert await broker.book_positions() == []
+    closed = only(await broker.book_positions(include_flat=True))
     assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, Decimal(200))
 
 
@@ -342,13 +345,14 @@ async def test_realized_pnl_of_a_round_trip_is_what_was_sold_minus_what_was_boug
         price = Decimal(rng.randint(9000, 11000)) / 100
         await broker.place(order(f"c{i}", side=side, quantity=quantity, price=price))
         cash += quantity * price * (1 if side is Side.SELL else -1)
-    still_open = await broker.positions()
+    still_open = await broker.book_positions()
     net = still_open[0].net_quantity if still_open else 0
     if net:
-        closing = await broker.place(order("close", price=Decimal(100), manage_position=PositionAction.EXIT_ALL))
+        side = Side.SELL if net > 0 else Side.BUY
+        closing = await broker.place(order("close", side=side, quantity=abs(net), price=Decimal(100)))
         cash += closing.filled_quantity * Decimal(100) * (1 if net > 0 else -1)
 
-    flat = only(await broker.positions(include_flat=True))
+    flat = only(await broker.book_positions(include_flat=True))
     assert flat.net_quantity == 0
     assert flat.realized_pnl is not None
     assert abs(flat.realized_pnl - cash) < Decimal("1e-15")  # only the averages' 28-digit rounding may differ
@@ -358,11 +362,11 @@ async def test_a_fill_at_an_unknown_price_makes_the_average_and_pnl_unknown_not_
     """After a fill without a price, the position's average and realized P&L are None rather than made up."""
     await broker.place(order("unknown", symbol="TCS"))
     await broker.place(order("known", symbol="TCS", quantity=5, price=Decimal(100)))
-    adding = only(await broker.positions())
+    adding = only(await broker.book_positions())
     assert (adding.net_quantity, adding.average_price) == (15, None)
 
     await broker.place(order("close", symbol="TCS", side=Side.SELL, quantity=15, price=Decimal(110)))
-    closed = only(await broker.positions(include_flat=True))
+    closed = only(await broker.book_positions(include_flat=True))
     assert (closed.net_quantity, closed.average_price, closed.realized_pnl) == (0, None, None)
 
 
@@ -381,7 +385,7 @@ async def test_positions_are_kept_per_contract_and_product(broker: PaperBroker) 
     await broker.place(order("cnc", product=Product.CNC, price=Decimal(2900)))
     await broker.place(order("mis", product=Product.INTRADAY, side=Side.SELL, price=Decimal(2910)))
 
-    positions = {(p.contract, p.product): (p.net_quantity, p.average_price) for p in await broker.positions()}
+    positions = {(p.contract, p.product): (p.net_quantity, p.average_price) for p in await broker.book_positions()}
     assert positions == {
         ("NIFTY 2026-11-26 24000 CE", Product.MARGIN): (10, Decimal(120)),
         ("NIFTY 2026-11-26 24000 PE", Product.MARGIN): (10, Decimal(80)),
@@ -390,57 +394,58 @@ async def test_positions_are_kept_per_contract_and_product(broker: PaperBroker) 
     }
 
 
-async def test_exit_all_closes_the_open_position_whatever_the_legs_side_and_quantity(broker: PaperBroker) -> None:
-    """EXIT_ALL sells a long (buys a short) of its whole size; the leg's own side and quantity are ignored."""
-    await broker.place(order("long", quantity=7, price=Decimal(2900)))
+async def test_positions_through_the_interface_are_per_contract_and_signed(broker: PaperBroker) -> None:
+    """`positions()` reports the book's open positions as interface `Position`s (signed units, contract, product);
+    with a leg, only those in that leg's exchange and contract, in every product."""
+    await broker.place(order("cnc", product=Product.CNC, quantity=7, price=Decimal(2900)))
+    await broker.place(order("mis", product=Product.INTRADAY, side=Side.SELL, quantity=4, price=Decimal(2910)))
+    await broker.place(order("tcs", symbol="TCS", quantity=2, price=Decimal(4000)))
 
-    result = await broker.place(order("exit", quantity=1, manage_position=PositionAction.EXIT_ALL))
+    every = await broker.positions()
+    assert all(isinstance(p, Position) for p in every)
+    assert sorted((p.contract.symbol, p.product, p.net_quantity) for p in every) == [
+        ("RELIANCE", Product.CNC, 7),
+        ("RELIANCE", Product.INTRADAY, -4),
+        ("TCS", Product.INTRADAY, 2),
+    ]
+    mine = await broker.positions(make_leg())
+    assert sorted((p.product, p.net_quantity, p.average_price) for p in mine) == [
+        (Product.CNC, 7, Decimal(2900)),
+        (Product.INTRADAY, -4, Decimal(2910)),
+    ]
+    assert await broker.positions(make_leg(exchange=Exchange.BSE)) == []
 
-    assert result.state is OrderState.FILLED
-    assert result.filled_quantity == 7
-    assert result.average_price == Decimal(2900)
-    assert "closes the long position of 7" in result.message
-    exit_order = (await broker.orders())[-1]
-    assert (exit_order.side, exit_order.quantity) == (Side.SELL, 7)
-    assert await broker.positions() == []
 
-    await broker.place(order("short", side=Side.SELL, quantity=4, price=Decimal(2900)))
-    await broker.place(order("exit2", side=Side.SELL, manage_position=PositionAction.EXIT_ALL))
-    assert (await broker.orders())[-1].side is Side.BUY
-    assert await broker.positions() == []
+async def test_open_orders_lists_only_what_can_still_be_cancelled(broker: PaperBroker) -> None:
+    """`open_orders()` lists resting limits and waiting stops with their side, size and prices; filled and
+    cancelled orders are not in it."""
+    await broker.place(order("filled", price=Decimal(2900)))
+    limit = await broker.place(order("limit", order_type=OrderType.LIMIT, price=Decimal(2000), quantity=3))
+    await broker.place(order("gone", order_type=OrderType.LIMIT, price=Decimal(2001)))
+    await broker.cancel(cancel(order_id="PAPER-000003"))
 
-
-async def test_exit_all_with_a_price_first_fills_what_that_price_crosses(broker: PaperBroker) -> None:
-    """The EXIT_ALL leg's price fills a resting buy limit first, so the exit closes the whole, larger position."""
-    await broker.place(order("long", quantity=5, price=Decimal(2900)))
-    await broker.place(order("add", quantity=3, order_type=OrderType.LIMIT, price=Decimal(2800)))
-
-    result = await broker.place(
-        order("exit", side=Side.SELL, price=Decimal(2790), manage_position=PositionAction.EXIT_ALL)
+    (resting,) = await broker.open_orders()
+    assert isinstance(resting, OpenOrder)
+    assert (resting.order_id, resting.state, resting.side, resting.quantity, resting.price) == (
+        limit.order_id,
+        OrderState.OPEN,
+        Side.BUY,
+        3,
+        Decimal(2000),
+    )
+    assert (resting.contract.exchange, resting.contract.symbol, resting.client_order_id) == (
+        Exchange.NSE,
+        "RELIANCE",
+        "limit",
     )
 
-    assert result.filled_quantity == 8
-    assert result.average_price == Decimal(2790)
-    assert result.details["moved_orders"] == ["PAPER-000002"]
-    assert await broker.positions() == []
 
-
-async def test_exit_all_when_flat_places_nothing_and_answers_the_same_when_repeated(broker: PaperBroker) -> None:
-    """EXIT_ALL with no position makes no order and says so; the same client order id keeps that answer even
-    after a position opens, so a repeated request never closes a position it did not see."""
-    result = await broker.place(order("exit", manage_position=PositionAction.EXIT_ALL))
-
-    assert result.order_id is None
-    assert result.filled_quantity == 0
-    assert "nothing to close" in result.message
+async def test_a_leg_that_still_carries_exit_all_is_refused_unplaced(broker: PaperBroker) -> None:
+    """EXIT_ALL is resolved by tvbridge into a plain order before `place()`; a leg that reaches paper with it is
+    refused, never placed as the alert's own side and quantity."""
+    with pytest.raises(BrokerUnsupportedError, match="manage_position EXIT_ALL"):
+        await broker.place(order("exit", manage_position=PositionAction.EXIT_ALL))
     assert await broker.orders() == []
-
-    await broker.place(order("long", price=Decimal(2900)))
-    again = await broker.place(order("exit", manage_position=PositionAction.EXIT_ALL))
-    assert again.order_id is None
-    assert "nothing to close" in again.message
-    assert only(await broker.positions()).net_quantity == 10
-    assert await broker.lookup("exit") == result
 
 
 # -- idempotency ---------------------------------------------------------------------------------------------------
@@ -457,7 +462,7 @@ async def test_the_same_client_order_id_twice_returns_the_first_order(broker: Pa
     assert second.details["duplicate"] is True
     assert "already handled as PAPER-000001" in second.message
     assert len(await broker.orders()) == 1
-    assert only(await broker.positions()).net_quantity == 10
+    assert only(await broker.book_positions()).net_quantity == 10
 
 
 async def test_twenty_concurrent_places_with_one_client_order_id_make_one_order(broker: PaperBroker) -> None:
@@ -466,7 +471,7 @@ async def test_twenty_concurrent_places_with_one_client_order_id_make_one_order(
 
     assert {r.order_id for r in results} == {"PAPER-000001"}
     assert len(await broker.orders()) == 1
-    assert only(await broker.positions()).net_quantity == 10
+    assert only(await broker.book_positions()).net_quantity == 10
 
 
 async def test_two_brokers_on_one_file_racing_make_one_order(context: BrokerContext) -> None:
@@ -503,7 +508,7 @@ async def test_cancel_by_order_id(broker: PaperBroker) -> None:
     assert looked_up.state is OrderState.CANCELLED
 
     await broker.place(order("tick", side=Side.SELL, price=Decimal(1000)))  # would have crossed it
-    assert only(await broker.positions()).net_quantity == -10
+    assert only(await broker.book_positions()).net_quantity == -10
 
 
 async def test_cancel_of_an_unknown_or_filled_order_is_rejected(broker: PaperBroker) -> None:
@@ -584,7 +589,7 @@ async def test_orders_and_positions_survive_a_restart(context: BrokerContext) ->
     after = await started(context)
     try:
         assert await after.orders() == orders_before
-        assert only(await after.positions()).net_quantity == 10
+        assert only(await after.book_positions()).net_quantity == 10
         repeat = await after.place(order("long", price=Decimal(1)))
         assert repeat.order_id == "PAPER-000001"
         assert repeat.average_price == Decimal(2900)
@@ -594,7 +599,7 @@ async def test_orders_and_positions_survive_a_restart(context: BrokerContext) ->
         lmt = await after.lookup("lmt")
         assert lmt is not None
         assert lmt.state is OrderState.FILLED
-        assert only(await after.positions()).net_quantity == 10 + 1 - 10
+        assert only(await after.book_positions()).net_quantity == 10 + 1 - 10
     finally:
         await after.aclose()
 
@@ -641,7 +646,7 @@ async def test_an_order_placed_just_before_a_crash_is_found_and_not_placed_again
         again = await broker.place(order("c1", price=Decimal(2900)))
         assert again.order_id == "PAPER-000001"
         assert len(await broker.orders()) == 1
-        assert only(await broker.positions()).net_quantity == 10
+        assert only(await broker.book_positions()).net_quantity == 10
     finally:
         await broker.aclose()
 
@@ -780,12 +785,15 @@ def test_bad_settings_are_refused_naming_the_key(
 
 
 async def test_it_satisfies_the_broker_protocol_and_is_found_through_its_entry_point(broker: PaperBroker) -> None:
-    """The `paper` entry point loads PaperBroker, which is a Broker for API version 1 with every capability."""
+    """The `paper` entry point loads PaperBroker, which fits the Broker interface for API version 1 with every
+    order capability, positions and open orders (it has nothing to reconfigure on SIGHUP)."""
     [entry_point] = importlib.metadata.entry_points(group="tvbridge.brokers", name="paper")
 
     assert entry_point.load() is PaperBroker
-    assert isinstance(broker, Broker)
+    assert interface_problem(broker) == ""
     assert PaperBroker.api_version == 1
+    assert (broker.capabilities.positions, broker.capabilities.orders) == (True, True)
+    assert broker.capabilities.reconfigure is False
     assert broker.capabilities.live is False
     assert set(broker.capabilities.order_types) == set(OrderType)
     assert set(broker.capabilities.exchanges) == set(Exchange)

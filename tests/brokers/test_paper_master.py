@@ -139,7 +139,7 @@ async def test_paper_books_a_continuous_future_under_the_contract_dhan_resolves(
         await broker.place(request(continuous, cid="A1-1"))
         await broker.place(request(dhan_leg(**{**attrs_of(dated), "side": Side.SELL}), cid="A2-1"))
 
-        positions = await broker.positions(include_flat=True)
+        positions = await broker.book_positions(include_flat=True)
         info = await broker.instrument_info(continuous)
     finally:
         await broker.aclose()

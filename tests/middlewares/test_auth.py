@@ -87,3 +87,43 @@ async def test_body_that_is_not_json_is_400(make_client: ClientFactory, config: 
     response = await client.post("/webhook", data=b"BUY RELIANCE")
     assert response.status == 400
     assert (await response.json())["message"].startswith("body is not JSON")
+
+
+def near_misses(value: str) -> dict[str, str]:
+    """What a compare that is almost right would let through: the secret with something after it, one character
+    short, its last character changed, only its beginning, and (where a route can carry it) nothing."""
+    changed = chr(ord(value[-1]) ^ 1)
+    return {
+        "one character more": value + "0",
+        "anything after it": value + "-and-more",
+        "one character less": value[:-1],
+        "last character changed": value[:-1] + changed,
+        "first character changed": chr(ord(value[0]) ^ 1) + value[1:],
+        "only a prefix": value[:8],
+        "a single character": value[0],
+    }
+
+
+async def test_a_secret_that_is_almost_right_is_refused(make_client: ClientFactory, config: Config) -> None:
+    """Only the exact secret opens /webhook: one character more or less, a changed last character or a prefix
+    is a 401 and places nothing; the exact secret, sent right after, is placed."""
+    client = await make_client(config)
+    for name, guess in {**near_misses(SECRET), "empty": ""}.items():
+        response = await client.post("/webhook", json=alert(secret=guess))
+        assert response.status == 401, name
+        assert (await response.json())["message"] == "Invalid webhook secret", name
+    assert not config.data_path("webhook_orders.csv").read_text().splitlines()[1:]  # no row: nothing ran
+    assert (await client.post("/webhook", json=alert())).status == 200
+
+
+async def test_a_path_token_that_is_almost_right_is_refused(make_client: ClientFactory, config: Config) -> None:
+    """Only the exact path token opens /webhook/<token>: near misses are a 401, like a wrong secret, and
+    nothing runs; the exact token, right after, is placed."""
+    client = await make_client(with_path_token(config))
+    raw = alert()
+    del raw["secret"]
+    for name, guess in near_misses(PATH_TOKEN).items():
+        response = await client.post(f"/webhook/{guess}", json=raw)
+        assert response.status == 401, name
+    assert not config.data_path("webhook_orders.csv").read_text().splitlines()[1:]
+    assert (await client.post(f"/webhook/{PATH_TOKEN}", json=raw)).status == 200

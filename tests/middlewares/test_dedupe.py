@@ -6,14 +6,15 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
+import pytest
 from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 from server_process import ServerProcess
 from structlog.testing import capture_logs
 
-from tvbridge.config import Config, DedupeConfig, RateLimitConfig, ServerConfig
+from tvbridge.config import Config, DedupeConfig, JournalConfig, RateLimitConfig, ServerConfig
 from tvbridge.keys import JOURNAL, STATE
 from tvbridge.middlewares.dedupe import dedupe_key
 
@@ -77,23 +78,28 @@ async def test_repeat_gets_duplicate_with_the_first_results(make_client: ClientF
     assert line["reason"]
 
 
-async def test_fifty_simultaneous_copies_place_one_order(make_client: ClientFactory, config: Config) -> None:
-    """Fifty identical alerts sent at once: one runs, forty-nine are answered as its duplicates.
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_fifty_simultaneous_copies_place_one_order(
+    make_client: ClientFactory, config: Config, synchronous: Literal["normal", "full"]
+) -> None:
+    """Fifty identical alerts sent at once: one runs, forty-nine are answered as its duplicates, and the broker
+    (strict: it counts every placement) received one order; with `journal.synchronous = "full"` too, where every
+    journal read is a hop to the journal's thread, so a claim taken after a journal look-up would come too late.
 
     With the default rate limits (a strategy burst of 20): the repeats cost no strategy tokens.
     """
-    config = scripted(config)
+    config = attrs.evolve(scripted(config), journal=JournalConfig(synchronous=synchronous))
     assert config.rate_limit == RateLimitConfig()
     client = await make_client(config)
     raw = alert()
     responses = await asyncio.wait_for(asyncio.gather(*(client.post("/webhook", json=raw) for _ in range(50))), WAIT_S)
     bodies = [await r.json() for r in responses]
+    assert len(orders_received(config)) == 1, "fifty identical alerts placed more than one order"
     assert [r.status for r in responses] == [200] * 50
     statuses = sorted(b["status"] for b in bodies)
     assert statuses == ["duplicate"] * 49 + ["success"]
     [first] = [b for b in bodies if b["status"] == "success"]
     assert {b["duplicate_of"] for b in bodies if b["status"] == "duplicate"} == {first["alert_id"]}
-    assert len(orders_received(config)) == 1
 
 
 async def test_duplicate_after_a_restart_is_caught(make_client: ClientFactory, config: Config) -> None:

@@ -28,15 +28,33 @@ HANGING_SECURITY_ID: Final = "1594"  # INFY: the fake takes the order, then neve
 
 
 class ConformanceFakeDhan(FakeDhan):
-    """The fake, misbehaving by security id: the kit's contract is "this leg is refused / loses its answer"."""
+    """The fake, misbehaving by security id: the kit's contract is "this leg is refused / loses its answer".
+    A market order it takes is traded at once and moves the position, as an exchange would (limit orders rest)."""
 
     async def _place(self, request: web.Request) -> web.StreamResponse:
-        security_id = str(request[BODY].get("securityId"))
+        body = request[BODY]
+        security_id = str(body.get("securityId"))
         if security_id == REJECTED_SECURITY_ID:
             self.next_reply("place", Misbehave.error("DH-906"))
         elif security_id == HANGING_SECURITY_ID:
             self.next_reply("place", Misbehave.hang_after_taking_order())
-        return await super()._place(request)
+        known = set(self.orders)
+        response = await super()._place(request)
+        for order_id in set(self.orders) - known:
+            if body.get("orderType") == "MARKET" and security_id != HANGING_SECURITY_ID:
+                self._trade(order_id)
+        return response
+
+    def _trade(self, order_id: str) -> None:
+        order = self.orders[order_id]
+        quantity = int(order["quantity"]) * (1 if order["transactionType"] == "BUY" else -1)
+        self.set_status(order_id, "TRADED", filledQty=abs(quantity), averageTradedPrice=100.0)
+        key = (order["securityId"], order["exchangeSegment"], order["productType"])
+        held = next(
+            (p["netQty"] for p in self.positions if (p["securityId"], p["exchangeSegment"], p["productType"]) == key),
+            0,
+        )
+        self.set_position(key[0], held + quantity, segment=key[1], product=key[2], average=100.0)
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,7 @@
 """A fake Dhan API v2 for the tests: an aiohttp server on 127.0.0.1, port 0, that the real dhanhq client talks to.
 
-It keeps an order book, checks the `access-token` header like Dhan (DH-901 when it is not accepted), records
+It keeps an order book and the account's positions (GET /orders lists the book, GET /positions the positions;
+tests set them with `set_position` / `add_order`), checks the `access-token` header like Dhan (DH-901 when it is not accepted), records
 every request it receives (method, path, JSON body) and can be told, one request at a time, to misbehave:
 answer a Dhan error code, take the order and answer an empty body, answer an HTML page without taking it, take
 the order and drop the connection, or take the order and hang until the server closes. A test moves an order on
@@ -80,6 +81,8 @@ class FakeDhan:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.orders: dict[str, dict[str, Any]] = {}
+        self.positions: list[dict[str, Any]] = []
+        """What GET /positions answers: Dhan's position rows (`set_position` keeps one per contract and product)."""
         self.valid_tokens: set[str] = {TOKEN}
         self.script: dict[str, deque[Misbehave]] = defaultdict(deque)
         self._ids = itertools.count(52000000001)
@@ -92,7 +95,8 @@ class FakeDhan:
         return f"http://127.0.0.1:{self.port}/v2"
 
     def next_reply(self, endpoint: str, *behaviours: Misbehave) -> None:
-        """Queue misbehaviours for `endpoint` (place, lookup, order, cancel, funds), one per request."""
+        """Queue misbehaviours for `endpoint` (place, lookup, order, cancel, funds, orders, positions), one per
+        request."""
         self.script[endpoint].extend(behaviours)
 
     def placed(self) -> list[dict[str, Any]]:
@@ -120,9 +124,75 @@ class FakeDhan:
         path = f"/v2/orders/external/{correlation_id}"
         return sum(1 for r in self.requests if r.method == "GET" and r.path == path)
 
+    def set_position(
+        self,
+        security_id: str,
+        net_qty: int,
+        *,
+        segment: str = "NSE_EQ",
+        product: str = "CNC",
+        trading_symbol: str = "",
+        average: float = 0.0,
+        **fields: Any,
+    ) -> None:
+        """The account's net position in one security id and product, as Dhan's GET /positions reports it."""
+        self.positions = [
+            p
+            for p in self.positions
+            if (p["securityId"], p["exchangeSegment"], p["productType"]) != (security_id, segment, product)
+        ]
+        self.positions.append(
+            {
+                "dhanClientId": CLIENT_ID,
+                "tradingSymbol": trading_symbol,
+                "securityId": security_id,
+                "positionType": "LONG" if net_qty > 0 else "SHORT" if net_qty < 0 else "CLOSED",
+                "exchangeSegment": segment,
+                "productType": product,
+                "buyAvg": average if net_qty > 0 else 0.0,
+                "sellAvg": average if net_qty < 0 else 0.0,
+                "costPrice": average,
+                "buyQty": max(net_qty, 0),
+                "sellQty": max(-net_qty, 0),
+                "netQty": net_qty,
+                "realizedProfit": 0.0,
+                "unrealizedProfit": 0.0,
+                "drvExpiryDate": "0001-01-01",
+                "drvOptionType": "NA",
+                "drvStrikePrice": 0.0,
+                **fields,
+            }
+        )
+
+    def add_order(self, **fields: Any) -> str:
+        """An order already in the account's book (placed elsewhere, e.g. on Dhan's own terminal)."""
+        order_id = str(next(self._ids))
+        self.orders[order_id] = {
+            "orderId": order_id,
+            "orderStatus": "PENDING",
+            "transactionType": "BUY",
+            "exchangeSegment": "NSE_EQ",
+            "productType": "CNC",
+            "orderType": "LIMIT",
+            "quantity": 1,
+            "filledQty": 0,
+            "price": 1.0,
+            "triggerPrice": 0.0,
+            "averageTradedPrice": 0,
+            "tradingSymbol": "",
+            **fields,
+        }
+        return order_id
+
+    def cancels(self) -> list[str]:
+        """The order ids of every DELETE /orders/{id} the fake received, in order."""
+        return [r.path.rsplit("/", 1)[1] for r in self.requests if r.method == "DELETE"]
+
     async def start(self) -> None:
         app = web.Application(middlewares=[self._record_and_auth])
         app.router.add_post("/v2/orders", self._place)
+        app.router.add_get("/v2/orders", self._order_list)
+        app.router.add_get("/v2/positions", self._positions)
         app.router.add_get("/v2/orders/external/{cid}", self._by_correlation)
         app.router.add_get("/v2/orders/{order_id}", self._by_id)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
@@ -224,6 +294,18 @@ class FakeDhan:
             return _error("DH-906", 400)
         take()
         return web.json_response({"orderId": order_id, "orderStatus": "CANCELLED"})
+
+    async def _order_list(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("orders", request)
+        if failed is not None:
+            return failed
+        return web.json_response(list(self.orders.values()))
+
+    async def _positions(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("positions", request)
+        if failed is not None:
+            return failed
+        return web.json_response(self.positions)
 
     async def _funds(self, request: web.Request) -> web.StreamResponse:
         failed = await self._misbehave("funds", request)

@@ -5,6 +5,13 @@ lose the answer after placing (unknown outcome), so the core's handling of each 
 outside. Its orders are kept in a JSON-lines file in the data dir, so tests of a subprocess server can read
 what the broker received; like a real broker it still knows them after tvbridge restarts (`start()` reads
 the file back), which is what crash recovery's `lookup()` relies on.
+
+It forgives nothing by default (`forgive_repeats = false`): a second `place()` with a client order id it already
+has is a second order (a new order id, a second line in the file), as at a real broker that does not
+deduplicate. The plugin contract asks every plugin to be idempotent (docs/plugins.md), but the core must never
+lean on it: a kind broker hides the core mistakes that cost a trader a double order (a recovery that resends
+without `lookup()`, an unknown outcome answered by placing again), so the tests count the orders here. The
+conformance kit, which checks the idempotency the contract asks for, runs it with `forgive_repeats = true`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ class ScriptedSettings:
     order_types: tuple[str, ...] = ()
     claims_instrument_info: bool = False
     """Declare the `instrument_info` capability without implementing it (a plugin bug tvbridge must catch)."""
+    hold_symbols: tuple[str, ...] = ()
+    """Orders for these symbols wait, unplaced, until the test calls `release()`: a broker slower than any
+    deadline, without a race against the machine's speed."""
+    forgive_repeats: bool = False
+    """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
+    default): it is placed again, so a core that repeats itself is seen in the order count."""
 
 
 class ScriptedBroker:
@@ -52,6 +65,10 @@ class ScriptedBroker:
         self.settings = settings
         self.context = context
         self.orders: dict[str, OrderResult] = {}
+        """client order id -> the first order placed under it (what `lookup()` finds, like Dhan's lookup)."""
+        self.placed = 0
+        self._released = asyncio.Event()
+        """Every order placed, repeats included: the next order id is `S` and this count plus one."""
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
         self.capabilities = Capabilities(order_types=types, instrument_info=settings.claims_instrument_info)
@@ -63,7 +80,7 @@ class ScriptedBroker:
         if unknown:
             raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
-        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types"):
+        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types", "hold_symbols"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
@@ -75,6 +92,9 @@ class ScriptedBroker:
                 if not line.endswith("}"):  # torn by a kill mid-write: the broker never confirmed it
                     continue
                 order = json.loads(line)
+                self.placed += 1
+                if order["client_order_id"] in self.orders:  # a repeat: lookup() finds the first
+                    continue
                 self.orders[order["client_order_id"]] = OrderResult(
                     order_id=order["order_id"],
                     state=OrderState.FILLED,
@@ -84,14 +104,17 @@ class ScriptedBroker:
                 )
 
     async def place(self, request: OrderRequest) -> OrderResult:
-        if request.client_order_id in self.orders:
+        if self.settings.forgive_repeats and request.client_order_id in self.orders:
             return self.orders[request.client_order_id]
         if self.settings.delay_s:
             await asyncio.sleep(self.settings.delay_s)
         leg = request.leg
+        if leg.symbol in self.settings.hold_symbols:
+            await self._released.wait()
         if leg.symbol in self.settings.reject_symbols:
             raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
-        order_id = f"S{len(self.orders) + 1:05d}"
+        self.placed += 1
+        order_id = f"S{self.placed:05d}"
         result = OrderResult(
             order_id=order_id,
             state=OrderState.FILLED,
@@ -99,7 +122,7 @@ class ScriptedBroker:
             client_order_id=request.client_order_id,
             filled_quantity=leg.quantity,
         )
-        self.orders[request.client_order_id] = result
+        self.orders.setdefault(request.client_order_id, result)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(
                 json.dumps(
@@ -119,6 +142,10 @@ class ScriptedBroker:
         if leg.symbol in self.settings.bad_answer_symbols:
             return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
+
+    def release(self) -> None:
+        """Let the held orders (`hold_symbols`) through, and every later one."""
+        self._released.set()
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         del request

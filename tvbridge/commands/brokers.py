@@ -92,6 +92,9 @@ def capabilities_dict(capabilities: Capabilities) -> dict[str, Any]:
         "exchanges": sorted(capabilities.exchanges),
         "instruments": sorted(capabilities.instruments),
         "cancel": capabilities.cancel,
+        "positions": capabilities.positions,
+        "orders": capabilities.orders,
+        "reconfigure": capabilities.reconfigure,
         "live": capabilities.live,
         "instrument_info": capabilities.instrument_info,
     }
@@ -118,6 +121,9 @@ def render(rows: list[dict[str, Any]]) -> str:
         else:
             lines.extend(f"  {key + ':':<14}{', '.join(caps[key])}" for key in CAPABILITY_SETS)
             lines.append(f"  {'cancel:':<14}{'yes' if caps['cancel'] else 'no'}")
+            lines.append(f"  {'positions:':<14}{'yes' if caps['positions'] else 'no (no EXIT_ALL, no flatten closes)'}")
+            lines.append(f"  {'orders:':<14}{'yes' if caps['orders'] else 'no (flatten cannot list open orders)'}")
+            lines.append(f"  {'reconfigure:':<14}{'yes (SIGHUP)' if caps['reconfigure'] else 'no (restart to apply)'}")
             lines.append(f"  {'live:':<14}{'yes' if caps['live'] else 'no (simulated or dry-run)'}")
             lot_sizes = "yes (quantity_unit lots works on F&O)" if caps["instrument_info"] else "no (lots: equity only)"
             lines.append(f"  {'lot sizes:':<14}{lot_sizes}")

@@ -2,7 +2,8 @@
 
 These work beside a running server: the halt file and the journal's queue table are what the server reads
 (halt on every alert, the queue at least every 30 s), so no restart or signal is needed. `flatten` opens the
-account's broker itself, shows the plan, and acts only with `--yes`.
+account's broker itself, shows the plan, and acts only with `--yes`, recording each action in the same journal
+and order log as the server.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import json
 from typing import TYPE_CHECKING
 
 from tvbridge import alertqueue
+from tvbridge.broker import BrokerError
 from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
 from tvbridge.journal import Journal
+from tvbridge.orderlog import OrderLog
 from tvbridge.registry import build_brokers
 
 if TYPE_CHECKING:
@@ -116,7 +119,11 @@ async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
     broker = build_brokers(config)[account]
     await broker.start()
     try:
-        plan = await make_plan(account, broker)
+        try:
+            plan = await make_plan(account, broker)
+        except BrokerError as e:
+            print(f"account {account}: cannot list what is open: {e}")
+            return 1
         for line in plan.lines():
             print(line)
         if plan.unsupported:
@@ -124,8 +131,24 @@ async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
         if not confirm:
             print("nothing was done: run again with --yes to do this")
             return 0
-        for line in await execute(plan, broker):
+        journal = await _open_journal(config)
+        order_log = OrderLog(config.data_path(config.order_log.file))
+        await order_log.open()
+        try:
+            report = await execute(
+                plan,
+                broker,
+                broker_name=config.broker_of(account),
+                journal=journal,
+                order_log=order_log,
+                source=f"cli ({_user()})",
+            )
+        finally:
+            await order_log.close()
+            await journal.close()
+        for line in report.lines:
             print(line)
-        return 0
+        print(f"recorded as {report.alert_id} ({report.status}): tvbridge's journal and order log")
+        return 0 if report.status in {"success", "test_mode"} else 1
     finally:
         await broker.aclose()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from tvbridge.broker import (
+    CAPABILITY_METHODS,
     OPEN_STATES,
     Broker,
     BrokerContext,
@@ -22,13 +23,20 @@ from tvbridge.broker import (
     BrokerUnknownOutcomeError,
     CancelRequest,
     Capabilities,
+    ContractId,
+    Exchange,
     Health,
+    Instrument,
+    OpenOrder,
     OrderRequest,
     OrderResult,
     OrderState,
+    Position,
+    Product,
+    Side,
 )
 from tvbridge.models import CancelLeg, OrderType
-from tvbridge.registry import load_plugin_class, settings_problem
+from tvbridge.registry import interface_problem, load_plugin_class, settings_problem
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,7 +76,8 @@ async def running(spec: KitSpec, data_dir: Path) -> AsyncIterator[Broker]:
             settings = dict(await stack.enter_async_context(factory(settings)))
         cls = load_plugin_class(spec.broker)
         broker = cls.from_settings(settings, BrokerContext(account="conformance", data_dir=data_dir))
-        assert isinstance(broker, Broker), "from_settings() did not return an object with the Broker methods"
+        problem = interface_problem(broker)
+        assert not problem, problem
         await within(spec, broker.start(), "start()")
         try:
             yield broker
@@ -267,5 +276,120 @@ def test_lost_answer_is_an_unknown_outcome_resolved_by_lookup(spec: KitSpec, tmp
         found = await within(spec, broker.lookup(request.client_order_id), "lookup()")
         assert found is not None, "lookup() does not find the order the venue recorded"
         check_result(found, request, "lookup()")
+
+    drive(spec, tmp_path, scenario)
+
+
+def test_declared_capabilities_have_their_methods(spec: KitSpec, tmp_path: Path) -> None:
+    """Each optional capability the plugin declares (`positions`, `orders`) comes with its method; tvbridge
+    refuses to build an account whose plugin claims one without it."""
+    cls = load_plugin_class(spec.broker)
+
+    async def scenario(broker: Broker) -> None:
+        for flag, methods in CAPABILITY_METHODS.items():
+            if getattr(broker.capabilities, flag):
+                missing = [m for m in methods if not callable(getattr(cls, m, None))]
+                assert not missing, f"capabilities.{flag} is declared, but {', '.join(missing)}() is missing"
+
+    drive(spec, tmp_path, scenario)
+
+
+def check_contract(contract: object, what: str) -> ContractId:
+    assert isinstance(contract, ContractId), f"{what}.contract is {type(contract).__name__}, not a ContractId"
+    assert isinstance(contract.exchange, Exchange), f"{what}.contract.exchange {contract.exchange!r} is no Exchange"
+    assert isinstance(contract.instrument, Instrument), (
+        f"{what}.contract.instrument {contract.instrument!r} is no Instrument"
+    )
+    assert contract.symbol, f"{what}.contract.symbol is empty: an alert could not name this contract"
+    return contract
+
+
+def check_positions(found: object, what: str) -> list[Position]:
+    assert isinstance(found, list), f"{what} returned {type(found).__name__}, not a list of Position"
+    for position in found:
+        assert isinstance(position, Position), f"{what} returned a {type(position).__name__}, not a Position"
+        check_contract(position.contract, what)
+        assert isinstance(position.product, Product), f"{what}: product {position.product!r} is no Product"
+        assert isinstance(position.net_quantity, int), f"{what}: net_quantity {position.net_quantity!r} is no int"
+        assert position.net_quantity != 0, f"{what} listed a flat position ({position.contract.describe()})"
+    return found
+
+
+async def read_positions(spec: KitSpec, broker: Broker, leg: OrderLeg | None = None) -> list[Position]:
+    what = "positions()" if leg is None else "positions(leg)"
+    return check_positions(await within(spec, broker.positions(leg), what), what)
+
+
+def _net(positions: list[Position], product: Product) -> int:
+    return sum(p.net_quantity for p in positions if p.product is product)
+
+
+def test_positions_are_typed_signed_and_never_flat(spec: KitSpec, tmp_path: Path) -> None:
+    """`positions()` returns Position objects (contract, product, signed int net quantity, never 0), and
+    `positions(leg)` only positions that `positions()` also lists."""
+
+    async def scenario(broker: Broker) -> None:
+        if not broker.capabilities.positions:
+            pytest.skip("capabilities.positions is false")
+        every = check_positions(await within(spec, broker.positions(), "positions()"), "positions()")
+        mine = check_positions(
+            await within(spec, broker.positions(spec.order_leg()), "positions(leg)"), "positions(leg)"
+        )
+        stray = [p.contract.describe() for p in mine if p not in every]
+        assert not stray, f"positions(leg) returned positions that positions() does not list: {stray}"
+
+    drive(spec, tmp_path, scenario)
+
+
+def test_a_filled_buy_shows_in_positions(spec: KitSpec, tmp_path: Path) -> None:
+    """After a market buy the venue fills, `positions(leg)` shows the leg's product net quantity up by exactly
+    the filled quantity (EXIT_ALL and flatten size their orders from it: a wrong sign or size closes wrongly)."""
+
+    async def scenario(broker: Broker) -> None:
+        if not broker.capabilities.positions:
+            pytest.skip("capabilities.positions is false")
+        leg = spec.order_leg(OrderType.MARKET, transactionType="B")
+        before = _net(
+            check_positions(await within(spec, broker.positions(leg), "positions(leg)"), "positions"), leg.product
+        )
+        request = request_for(leg)
+        placed = check_result(await within(spec, broker.place(request), "place()"), request, "place()")
+        found = await within(spec, broker.lookup(request.client_order_id), "lookup()") or placed
+        if found.state is not OrderState.FILLED:
+            pytest.skip(f"the venue did not fill the market buy at once (it is {found.state}): cannot compare")
+        after = _net(
+            check_positions(await within(spec, broker.positions(leg), "positions(leg)"), "positions"), leg.product
+        )
+        assert after - before == found.filled_quantity, (
+            f"a filled buy of {found.filled_quantity} moved positions(leg) in {leg.product} from {before} to {after}:"
+            " net_quantity must be signed units (+ long, - short) of the leg's contract"
+        )
+
+    drive(spec, tmp_path, scenario)
+
+
+def test_open_orders_list_a_resting_order_until_it_is_cancelled(spec: KitSpec, tmp_path: Path) -> None:
+    """`open_orders()` returns OpenOrder objects in an open state; a resting buy is listed with its side and
+    quantity, and is gone once cancelled (flatten cancels what this lists)."""
+
+    async def scenario(broker: Broker) -> None:
+        if not broker.capabilities.orders:
+            pytest.skip("capabilities.orders is false")
+        order = await _resting(spec, broker)
+        listed = await within(spec, broker.open_orders(), "open_orders()")
+        assert isinstance(listed, list), f"open_orders() returned {type(listed).__name__}, not a list"
+        for item in listed:
+            assert isinstance(item, OpenOrder), f"open_orders() returned a {type(item).__name__}, not an OpenOrder"
+            assert item.state in OPEN_STATES, f"open_orders() listed {item.order_id} in state {item.state}"
+            check_contract(item.contract, "open_orders()")
+        mine = [o for o in listed if o.order_id == order.order_id]
+        assert mine, f"open_orders() does not list the resting order {order.order_id}"
+        assert (mine[0].side, mine[0].quantity) == (Side.BUY, spec.order_leg().quantity), (
+            f"open_orders() shows the resting buy of {spec.order_leg().quantity} as {mine[0].side} {mine[0].quantity}"
+        )
+        leg = CancelLeg(order_id=order.order_id)
+        await within(spec, broker.cancel(CancelRequest(alert_id="c", leg_number=1, leg=leg)), "cancel()")
+        after = await within(spec, broker.open_orders(), "open_orders()")
+        assert order.order_id not in {o.order_id for o in after}, "open_orders() still lists a cancelled order"
 
     drive(spec, tmp_path, scenario)

@@ -2,7 +2,8 @@
 
 It owns the order lifecycle and the safety rules; the pieces live next to it: `settings` (the account table),
 `instruments` (security ids), `mapping` (leg -> `place_order` arguments), `client` (dhanhq off the loop with a
-timeout), `errors` (Dhan's error codes), `orders` (Dhan's order JSON -> `OrderResult`), `throttle`, `ledger`.
+timeout), `errors` (Dhan's error codes), `orders` (Dhan's order JSON -> `OrderResult`), `portfolio` (positions
+and the order book -> `Position` / `OpenOrder`), `throttle`, `ledger`.
 
 The rules, in the order `place()` applies them:
 
@@ -49,8 +50,9 @@ from tvbridge_brokers.dhan.client import DhanClient
 from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, Answer
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
 from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
-from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract
+from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract, segment_for
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
+from tvbridge_brokers.dhan.portfolio import open_order_of, position_of
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
 
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
-    from tvbridge.broker import BrokerContext, OrderRequest
+    from tvbridge.broker import BrokerContext, OpenOrder, OrderRequest, Position
     from tvbridge.models import OrderLeg
     from tvbridge_brokers.dhan.mapping import PlaceOrder
 
@@ -116,7 +118,9 @@ class DhanBroker:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(live=self._settings.live, instrument_info=True)
+        return Capabilities(
+            live=self._settings.live, positions=True, orders=True, reconfigure=True, instrument_info=True
+        )
 
     @property
     def settings(self) -> DhanSettings:
@@ -129,8 +133,9 @@ class DhanBroker:
         not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it)."""
         self._master = await self._load_master(self._settings)
         await asyncio.to_thread(self._ledger.load)
-        if self._settings.live:
+        if _can_read(self._settings):  # dry-run too: reading positions and orders sends nothing
             self._client = DhanClient(self._settings)
+        if self._settings.live:
             health = await self.health()
             self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
         else:
@@ -162,9 +167,9 @@ class DhanBroker:
         self._master = master
         if new.max_orders_per_s != old.max_orders_per_s:
             self._throttle = TokenBucket(new.max_orders_per_s)
-        if new.live and self._client is not None:
+        if self._client is not None:
             self._retired.append(self._client)
-            self._client = DhanClient(new)
+        self._client = DhanClient(new) if _can_read(new) else None
         self._auth_failed = False
         self._health = None
         self._log.info("dhan.reconfigured", changed=changed)  # names only: never the values
@@ -246,6 +251,39 @@ class DhanBroker:
             results.append(await self._cancel_one(client, current.order_id))
         return results
 
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        """Dhan's open positions (`get_positions`), net per security id and product; with `leg`, those of the
+        security id the leg resolves to (as `place()` resolves it). Read in dry-run too when the account has its
+        credentials: reading sends nothing. Raises `BrokerRejectedError` for a leg that names no contract,
+        `BrokerUnavailableError` / `BrokerAuthError` when Dhan cannot be read."""
+        master = self._require_master()
+        wanted: tuple[str, str] | None = None
+        if leg is not None:
+            contract = resolve_contract(leg, master, today=self._clock().astimezone(IST).date())
+            wanted = (segment_for(leg.exchange, leg.instrument).dhan, contract.security_id)
+        found: list[Position] = []
+        for row in await self._read_list("get_positions", "positions"):
+            if wanted is not None and (str(row.get("exchangeSegment")), str(row.get("securityId"))) != wanted:
+                continue
+            position = position_of(row, master)
+            if isinstance(position, str):
+                self._log.warning("dhan.position.not_tradable", detail=position)
+            elif position is not None:
+                found.append(position)
+        return found
+
+    async def open_orders(self) -> list[OpenOrder]:
+        """Today's orders at Dhan (`get_order_list`) that can still be cancelled, placed by tvbridge or not."""
+        master = self._require_master()
+        found: list[OpenOrder] = []
+        for row in await self._read_list("get_order_list", "orders"):
+            order = open_order_of(row, master)
+            if isinstance(order, str):
+                self._log.warning("dhan.order.not_tradable", detail=order)
+            elif order is not None:
+                found.append(order)
+        return found
+
     async def health(self) -> Health:
         """Dry-run: always ok. Live: a fund-limits call (cached for 10 s) proves the token; after a DH-901 it
         stays failed, without calling Dhan, until `reconfigure()`."""
@@ -293,6 +331,26 @@ class DhanBroker:
         self._dry_runs[request.client_order_id] = result
         self._log.info("dhan.order.dry_run", client_order_id=request.client_order_id, order=kwargs)
         return result
+
+    async def _read_list(self, method: str, what: str) -> list[dict[str, object]]:
+        """The rows of a Dhan list call; "no data" (DH-907) is an empty list."""
+        if self._auth_failed:
+            raise BrokerAuthError(REAUTH_HELP)
+        if self._client is None:
+            raise BrokerUnavailableError(
+                f"cannot read Dhan's {what}: this account has no client_id and access_token (a dry-run account"
+                " needs them to read its positions and orders; reading sends nothing)"
+            )
+        answer = await self._client.call(method)
+        if answer.ok:
+            rows = answer.data if isinstance(answer.data, list) else []
+            return [row for row in rows if isinstance(row, dict)]
+        if answer.error_code == NO_DATA:
+            return []
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        raise BrokerUnavailableError(f"cannot read Dhan's {what}: {answer.ambiguous}")
 
     def _live_client(self) -> DhanClient:
         if self._auth_failed:
@@ -433,6 +491,10 @@ class DhanBroker:
             raise BrokerError(f"cannot load the Dhan instrument master {path}: {e}") from e
         self._log.info("dhan.instruments.loaded", path=str(path), rows=len(master))
         return master
+
+
+def _can_read(settings: DhanSettings) -> bool:
+    return settings.live or bool(settings.client_id and settings.access_token)
 
 
 def _refuse_sample_when_live(settings: DhanSettings) -> None:

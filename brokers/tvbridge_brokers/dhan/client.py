@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from tvbridge_brokers.dhan.settings import DhanSettings
 
 CLOSE_GRACE_S = 1.0
+HTTP_TIMEOUT_MARGIN_S = 0.5
+"""requests' own timeout runs this much past ours: our timeout must be the one that fires, so a slow answer is
+always reported the same way (and resolved by lookup), not as whichever timer a loaded machine ran first. Less
+than CLOSE_GRACE_S, so an abandoned call still ends before `aclose()` stops waiting for it."""
 
 
 class DhanClient:
@@ -33,7 +37,7 @@ class DhanClient:
         context = DhanContext(settings.client_id, settings.access_token)
         http = context.get_dhan_http()
         http.base_url = settings.base_url
-        http.timeout = settings.timeout_s
+        http.timeout = settings.timeout_s + HTTP_TIMEOUT_MARGIN_S
         self._http = http
         self._api = dhanhq(context)
         self._secret = settings.access_token

@@ -238,6 +238,7 @@ class InstrumentMaster:
     def __init__(self, index: Index, *, source: str) -> None:
         self.source = source
         self._equities, self._futures, self._options, self._count = index
+        self._by_id: dict[tuple[str, str], Row] | None = None
         self._option_expiries: dict[tuple[str, str], set[str]] = {}
         for exchange, underlying, expiry, _, _ in self._options:
             self._option_expiries.setdefault((exchange, underlying), set()).add(expiry)
@@ -300,6 +301,16 @@ class InstrumentMaster:
             f"strike_price {strike}: no {underlying} {option_type} strike on {wanted} "
             f"(nearest listed: {', '.join(str(s) for s in near) or 'none'})"
         )
+
+    def by_security_id(self, exchange: str, security_id: str) -> Contract | None:
+        """The row Dhan means by `security_id` on `exchange` (NSE, BSE, MCX), or None: positions and orders that
+        Dhan reports name their contract only this way. The reverse index is built on first use."""
+        if self._by_id is None:
+            rows = [*self._equities.values(), *(r for listed in self._futures.values() for r in listed)]
+            rows += self._options.values()
+            self._by_id = {(row[0], row[2]): row for row in rows}
+        found = self._by_id.get((exchange, security_id))
+        return None if found is None else _contract(found)
 
 
 def _unknown(symbol: str, what: str, names: Iterable[str]) -> str:

@@ -223,8 +223,11 @@ def build_place_order(leg: OrderLeg, contract: Contract, *, client_order_id: str
     """Map a leg whose contract is resolved. Raises `BrokerRejectedError`/`BrokerUnsupportedError` naming the
     field; nothing has been sent when it does."""
     check_client_order_id(client_order_id)
-    if leg.manage_position is not None:
-        raise BrokerUnsupportedError(f"manage_position {leg.manage_position}: not supported by the dhan broker yet")
+    if leg.manage_position is not None:  # tvbridge sends EXIT_ALL as the plain closing order (tvbridge/positions.py)
+        raise BrokerUnsupportedError(
+            f"manage_position {leg.manage_position} reached the dhan broker unresolved: tvbridge turns it into the"
+            " closing order before place(); nothing was sent"
+        )
     segment = segment_for(leg.exchange, leg.instrument)
     _check_product(leg)
     price, trigger = _prices(leg)

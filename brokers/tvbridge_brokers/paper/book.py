@@ -30,10 +30,10 @@ that alerts carry):
   cross the order, not what the book held, so we take the price less favourable to the trader; practice results
   must not flatter a strategy. A triggered SL becomes a limit at its price (OPEN) and fills at once if the
   triggering price also crosses that limit.
-* `manage_position = EXIT_ALL` closes the net position of the leg's exchange, contract and product (after the
-  crossing above): the opposite side, its whole size, the leg's order type and prices; the leg's own side and
-  quantity are ignored. When flat, no order is made and the answer (FILLED, quantity 0, no order id) says so; it
-  is recorded too, so a repeat of the same client order id answers the same even if a position opened since.
+* `manage_position = EXIT_ALL` is not handled here: tvbridge reads the position through `positions()` and sends
+  the plain closing order, exactly as for a live broker (`tvbridge/positions.py`). So the exit's size is the
+  position before this leg's price moves resting orders. A leg that still carries `manage_position` is refused.
+  (`noops` rows, written by older versions for an EXIT_ALL that found nothing, are still answered by `lookup()`.)
 * Orders fill whole or not at all; there are no partial fills, fees or slippage.
 """
 
@@ -51,6 +51,7 @@ from tvbridge.broker import (
     BrokerRejectedError,
     BrokerUnavailableError,
     BrokerUnknownOutcomeError,
+    BrokerUnsupportedError,
     OrderResult,
     OrderState,
 )
@@ -59,7 +60,6 @@ from tvbridge.models import (
     Instrument,
     OptionType,
     OrderType,
-    PositionAction,
     Product,
     Side,
 )
@@ -277,20 +277,16 @@ class Book:
                 return _as_duplicate(existing)
             leg = request.leg
             _check_leg(leg)
+            if leg.manage_position is not None:
+                raise BrokerUnsupportedError(
+                    f"manage_position {leg.manage_position} reached the paper broker: tvbridge turns it into the"
+                    " closing order before place(); nothing was placed"
+                )
             now = _now()
             contract = contract_key(leg)
             moved = self._cross(leg, contract, request, now) if leg.price > 0 else []
-            side, quantity, exit_note = leg.side, leg.quantity, ""
-            if leg.manage_position == PositionAction.EXIT_ALL:  # ==, not is: a plain "EXIT_ALL" string counts too
-                net = self._net(leg.exchange, contract, leg.product)
-                if net == 0:
-                    return _with_moved(self._record_noop(request, contract, now), leg, moved)
-                side = Side.SELL if net > 0 else Side.BUY
-                quantity = abs(net)
-                exit_note = f"EXIT_ALL closes the {'long' if net > 0 else 'short'} position of {abs(net)}; "
-            _check_stop_limit(leg, side)
-            decision = self._decide(leg, side, quantity, contract)
-            decision = attrs.evolve(decision, message=exit_note + decision.message)
+            _check_stop_limit(leg, leg.side)
+            decision = self._decide(leg, leg.side, leg.quantity, contract)
             order = self._insert(request, contract, decision, now)
             if order.state is OrderState.FILLED:
                 self._apply_to_position(order, order.average_price, now)
@@ -334,12 +330,17 @@ class Book:
         with _reading():
             return [_order(row) for row in self._db.execute(sql + " ORDER BY id", params)]
 
-    def positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
-        sql = "SELECT * FROM positions"
+    def positions(self, *, include_flat: bool = False, of: OrderLeg | None = None) -> list[PaperPosition]:
+        """Every position (open ones only unless `include_flat`); with `of`, those in that leg's contract."""
+        sql = "SELECT * FROM positions WHERE 1 = 1"
+        params: list[str] = []
         if not include_flat:
-            sql += " WHERE net_quantity != 0"
+            sql += " AND net_quantity != 0"
+        if of is not None:
+            sql += " AND exchange = ? AND contract = ?"
+            params += [str(of.exchange), contract_key(of)]
         with _reading():
-            return [_position(row) for row in self._db.execute(sql + " ORDER BY exchange, contract, product")]
+            return [_position(row) for row in self._db.execute(sql + " ORDER BY exchange, contract, product", params)]
 
     def count_resting(self) -> int:
         """Touches the file (unlike `SELECT 1`), so it doubles as the health check."""
@@ -399,13 +400,6 @@ class Book:
 
     def _reference(self, exchange: Exchange, contract: str) -> Decimal | None:
         return self._prices.get(f"{exchange}:{contract}", self._prices.get(contract))
-
-    def _net(self, exchange: Exchange, contract: str, product: Product) -> int:
-        row = self._db.execute(
-            "SELECT net_quantity FROM positions WHERE exchange = ? AND contract = ? AND product = ?",
-            (str(exchange), contract, str(product)),
-        ).fetchone()
-        return 0 if row is None else int(row[0])
 
     def _decide(self, leg: OrderLeg, side: Side, quantity: int, contract: str) -> _Decision:
         """What happens to a new order on arrival, judged against the reference price (see the module doc)."""
@@ -571,18 +565,6 @@ class Book:
             created_at=now,
             updated_at=now,
         )
-
-    def _record_noop(self, request: OrderRequest, contract: str, now: datetime) -> OrderResult:
-        leg = request.leg
-        message = (
-            f"nothing to close: no open {leg.product} position in {leg.exchange}:{contract}, "
-            "so EXIT_ALL placed no order"
-        )
-        self._db.execute(
-            "INSERT INTO noops (client_order_id, alert_id, leg_number, message, created_at) VALUES (?, ?, ?, ?, ?)",
-            (request.client_order_id, request.alert_id, request.leg_number, message, now.isoformat()),
-        )
-        return _noop_result(request.client_order_id, message)
 
     def _cancel_one(self, request: CancelRequest, now: datetime, why: str) -> OrderResult:
         leg = request.leg

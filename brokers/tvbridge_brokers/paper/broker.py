@@ -33,12 +33,21 @@ from tvbridge.broker import (
 from tvbridge.sqlite import Checkpointer
 
 from .book import Book
+from .models import open_order_of, position_of
 from .settings import PaperSettings, parse_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from tvbridge.broker import BrokerContext, CancelRequest, InstrumentInfo, OrderRequest, OrderResult
+    from tvbridge.broker import (
+        BrokerContext,
+        CancelRequest,
+        InstrumentInfo,
+        OpenOrder,
+        OrderRequest,
+        OrderResult,
+        Position,
+    )
     from tvbridge.models import OrderLeg
 
     from .master import DhanRules
@@ -48,9 +57,10 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-CAPABILITIES: Final = Capabilities(live=False)
-"""Every order type, product, exchange and instrument: paper is where a trader tries anything first."""
-CAPABILITIES_WITH_MASTER: Final = Capabilities(live=False, instrument_info=True)
+CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True)
+"""Every order type, product, exchange and instrument, and positions and open orders through the interface (so
+EXIT_ALL and flatten work as they do live): paper is where a trader tries anything first."""
+CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True)
 
 HEALTH_TIMEOUT_S: Final = 2.0
 
@@ -200,13 +210,22 @@ class PaperBroker:
             return Health(ok=False, detail=str(e))
         return Health(ok=True, detail=f"paper database {self._settings.db_path}: {resting} resting order(s)")
 
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        """The open positions (the interface's view); with `leg`, those in its exchange and contract."""
+        found = await self._call(lambda book: book.positions(of=leg))
+        return [position_of(p) for p in found]
+
+    async def open_orders(self) -> list[OpenOrder]:
+        """The resting orders (OPEN and TRIGGER_PENDING), oldest first."""
+        return [open_order_of(o) for o in await self.orders(resting_only=True)]
+
     async def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
-        """This paper account's orders, oldest first (for tests, a status page, a flatten command); with
+        """This paper account's orders, oldest first, with everything the book keeps (for tests and tools); with
         `resting_only`, just the OPEN and TRIGGER_PENDING ones."""
         return await self._call(lambda book: book.orders(resting_only=resting_only))
 
-    async def positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
-        """Open positions (and, with `include_flat`, closed ones with their realized P&L)."""
+    async def book_positions(self, *, include_flat: bool = False) -> list[PaperPosition]:
+        """Positions with everything the book keeps (realized P&L; with `include_flat`, closed ones too)."""
         return await self._call(lambda book: book.positions(include_flat=include_flat))
 
     async def _call(self, job: Callable[[Book], T]) -> T:

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import attrs
 
-from tvbridge.broker import OrderResult, OrderState
+from tvbridge.broker import ContractId, OpenOrder, OrderResult, OrderState, Position
 from tvbridge.models import (
     Exchange,
     Instrument,
@@ -90,3 +90,46 @@ class PaperPosition:
     average_price: Decimal | None
     realized_pnl: Decimal | None
     updated_at: datetime
+
+
+def _contract_id(record: PaperOrder | PaperPosition) -> ContractId:
+    option_type = record.option_type
+    if option_type is None and record.instrument in (Instrument.CALL, Instrument.PUT):
+        option_type = OptionType(record.instrument.value)
+    return ContractId(
+        exchange=record.exchange,
+        symbol=record.symbol,
+        instrument=Instrument.OPTION if option_type is not None else record.instrument,
+        option_type=option_type,
+        strike_price=record.strike_price,
+        expiry_date=record.expiry_date,
+        trading_symbol=record.contract,
+    )
+
+
+def position_of(position: PaperPosition) -> Position:
+    """The book's position as the plugin interface reports it."""
+    return Position(
+        contract=_contract_id(position),
+        product=position.product,
+        net_quantity=position.net_quantity,
+        average_price=position.average_price,
+        details={"realized_pnl": None if position.realized_pnl is None else str(position.realized_pnl)},
+    )
+
+
+def open_order_of(order: PaperOrder) -> OpenOrder:
+    """A resting order as the plugin interface reports it."""
+    return OpenOrder(
+        order_id=order.order_id,
+        state=order.state,
+        contract=_contract_id(order),
+        side=order.side,
+        quantity=order.quantity,
+        product=order.product,
+        order_type=order.order_type,
+        filled_quantity=order.filled_quantity,
+        price=order.price,
+        trigger_price=order.trigger_price,
+        client_order_id=order.client_order_id,
+    )

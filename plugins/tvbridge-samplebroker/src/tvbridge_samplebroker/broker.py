@@ -22,14 +22,17 @@ from tvbridge.broker import (
     BrokerUnavailableError,
     BrokerUnknownOutcomeError,
     Capabilities,
+    ContractId,
     Exchange,
     Health,
     Instrument,
+    OpenOrder,
     OrderResult,
     OrderState,
     OrderType,
     Product,
     SettingsError,
+    Side,
     check_supported,
     settings_from,
 )
@@ -105,6 +108,9 @@ class SampleBroker:
             products=frozenset({Product.CNC, Product.INTRADAY}),
             exchanges=frozenset({Exchange.NSE, Exchange.BSE}),
             instruments=frozenset({Instrument.EQUITY}),
+            orders=True,  # GET /v1/orders lists open orders, so flatten can cancel them
+            # positions=False (the default): SampleX has no positions endpoint, so tvbridge refuses EXIT_ALL legs
+            # for this account before sending, and flatten says to close positions in SampleX's own terminal
             live=self._settings.live,
         )
 
@@ -184,6 +190,14 @@ class SampleBroker:
             results.append(_result(answer["order"]))
         return results
 
+    async def open_orders(self) -> list[OpenOrder]:
+        """Every order of the account SampleX still holds open, for `tvbridge flatten` (declared: `orders`)."""
+        found: list[OpenOrder] = []
+        for open_status in ("open", "trigger_pending"):
+            _, answer = await self._checked("GET", "v1/orders", params={"status": open_status})
+            found += [_open_order(o) for o in answer["orders"]]
+        return found
+
     async def health(self) -> Health:
         if self._session is None:
             return Health(ok=False, detail="not started")
@@ -226,6 +240,24 @@ def _raise_for(status: int, answer: Mapping[str, Any]) -> None:
     if 400 <= status < 500:
         raise BrokerRejectedError(f"SampleX rejected the order: {error}")
     raise BrokerUnknownOutcomeError(f"SampleX answered {status}: {error}")
+
+
+def _open_order(order: Mapping[str, Any]) -> OpenOrder:
+    trigger = order.get("trigger_price")
+    return OpenOrder(
+        order_id=str(order["id"]),
+        state=STATES.get(str(order["status"]), OrderState.PENDING),
+        contract=ContractId(
+            exchange=Exchange(order.get("exchange") or "NSE"), symbol=str(order["symbol"]), instrument=Instrument.EQUITY
+        ),
+        side=Side.BUY if order["side"] == "BUY" else Side.SELL,
+        quantity=int(order["quantity"]),
+        order_type=next((ours for ours, theirs in ORDER_TYPES.items() if theirs == order["type"]), None),
+        filled_quantity=int(order.get("filled_quantity", 0)),
+        price=Decimal(str(order["price"])),
+        trigger_price=Decimal(str(trigger)) if trigger is not None else None,
+        client_order_id=str(order["client_order_id"]),
+    )
 
 
 def _result(order: Mapping[str, Any]) -> OrderResult:

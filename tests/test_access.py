@@ -1,0 +1,83 @@
+"""The admin token, wherever it opens something: `GET /alerts/<id>`, `POST /admin/halt` and `/admin/resume`
+(Bearer), `GET /status` and `GET /metrics` with `metrics.require_token` (Bearer, or Basic's password).
+
+Only the exact token opens them: a token with something after it, one character short, with a changed character,
+or only its beginning is a 401 and changes nothing, so a compare that checks a prefix (or lets a prefix pass)
+fails here.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+import attrs
+from helpers import alert, leg
+
+from tvbridge.config import MetricsConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+def near_misses(value: str) -> dict[str, str]:
+    return {
+        "one character more": value + "0",
+        "anything after it": value + "-and-more",
+        "one character less": value[:-1],
+        "last character changed": value[:-1] + chr(ord(value[-1]) ^ 1),
+        "first character changed": chr(ord(value[0]) ^ 1) + value[1:],
+        "only a prefix": value[:8],
+        "a single character": value[0],
+    }
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"operator:{token}".encode()).decode()}
+
+
+async def admin_client(make_client: ClientFactory, config: Config) -> TestClient[web.Request, web.Application]:
+    server = attrs.evolve(config.server, admin_token=ADMIN_TOKEN)
+    return await make_client(attrs.evolve(config, server=server, metrics=MetricsConfig(require_token=True)))
+
+
+async def test_an_admin_token_that_is_almost_right_reads_nothing(make_client: ClientFactory, config: Config) -> None:
+    """`GET /alerts/<id>`, `/status` and `/metrics` answer 401 to every near miss, as Bearer and as Basic's
+    password; the exact token reads them."""
+    client = await admin_client(make_client, config)
+    alert_id = (await (await client.post("/webhook", json=alert())).json())["alert_id"]
+    reads = [(f"/alerts/{alert_id}", [bearer]), ("/status", [bearer, basic]), ("/metrics", [bearer, basic])]
+    for path, schemes in reads:
+        for scheme in schemes:
+            for name, guess in near_misses(ADMIN_TOKEN).items():
+                response = await client.get(path, headers=scheme(guess))
+                assert response.status == 401, (path, scheme.__name__, name)
+                assert alert_id not in await response.text(), (path, name)
+            assert (await client.get(path, headers=scheme(ADMIN_TOKEN))).status == 200, (path, scheme.__name__)
+
+
+async def test_an_admin_token_that_is_almost_right_cannot_halt_or_resume(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """`POST /admin/halt` and `/admin/resume` answer 401 to every near miss and trading stays as it was: alerts
+    are still placed after the refused halts, still refused after the refused resumes."""
+    client = await admin_client(make_client, config)
+    for name, guess in near_misses(ADMIN_TOKEN).items():
+        assert (await client.post("/admin/halt", headers=bearer(guess))).status == 401, name
+    assert (await client.post("/webhook", json=alert())).status == 200
+    assert (await client.post("/admin/halt", headers=bearer(ADMIN_TOKEN))).status == 200
+    for name, guess in near_misses(ADMIN_TOKEN).items():
+        assert (await client.post("/admin/resume", headers=bearer(guess))).status == 401, name
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))  # not a duplicate of the first
+    assert response.status == 503
+    assert (await response.json())["message"].startswith("trading halted")

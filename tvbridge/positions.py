@@ -1,0 +1,147 @@
+"""Closing positions from what the broker reports: the one mechanism behind EXIT_ALL and flatten, on every broker.
+
+A broker lists positions through the plugin interface (`Broker.positions()`, declared by
+`capabilities.positions`); this module turns them into plain orders, so no plugin implements "exit" itself and
+paper and Dhan close a position the same way. No I/O, no broker calls (the executor and `flatten.py` do those).
+
+A live broker updates a position only when the exit order fills, so a second EXIT_ALL that arrives while the
+first one's order is still open would read the same position and close it again, leaving the opposite position.
+`SentExits` remembers the exit orders this process sent; when the broker also lists open orders
+(`capabilities.orders`), an exit order still open counts as already closing its part of the position.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from tvbridge.models import Instrument, OrderLeg, OrderType, Product, Side
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from tvbridge.broker import ContractId, OpenOrder, Position
+
+ContractKey = tuple[object, ...]
+
+
+def contract_key(contract: ContractId) -> ContractKey:
+    """One contract, as the broker named it: its own id when it has one, else what an alert names."""
+    if contract.security_id:
+        return (contract.exchange, contract.security_id)
+    return (
+        contract.exchange,
+        contract.symbol,
+        contract.instrument,
+        contract.expiry_date,
+        contract.strike_price,
+        contract.option_type,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Exit:
+    """What an EXIT_ALL leg does: `leg` is the plain order to send (None: flat, nothing to send)."""
+
+    leg: OrderLeg | None
+    net_quantity: int
+    """The position it closes (signed units), 0 when flat."""
+    message: str
+    """What the trader reads: the position found and what closes it, or that there was none."""
+
+
+def _remaining(order: OpenOrder) -> int:
+    """An open order's unfilled quantity, signed as its effect on the position (a sell reduces it)."""
+    left = max(order.quantity - order.filled_quantity, 0)
+    return left if order.side is Side.BUY else -left
+
+
+def exit_all(leg: OrderLeg, positions: Sequence[Position], pending: Sequence[OpenOrder] = ()) -> Exit:
+    """The order that closes the net position of `leg`'s contract in `leg`'s product.
+
+    `positions` are the broker's positions in the leg's contract (`Broker.positions(leg)`); those in other
+    products are left alone (a CNC holding is not closed by an intraday exit). `pending` are earlier exit orders
+    for the same contract and product that are still open: what they will close is not closed twice. The order is
+    the leg itself with the opposite side of the position and its whole (remaining) size: the leg's own side and
+    quantity are ignored, its order type and prices are kept (an EXIT_ALL LMT leg closes with a limit order)."""
+    held = sum(p.net_quantity for p in positions if p.product is leg.product)
+    where = f"{leg.exchange} {leg.symbol} ({leg.product})"
+    if held == 0:
+        return Exit(
+            leg=None, net_quantity=0, message=f"nothing to close: no open position in {where}; EXIT_ALL sent no order"
+        )
+    remaining = held + sum(_remaining(o) for o in pending)
+    if remaining == 0 or (remaining > 0) != (held > 0):
+        ids = ", ".join(o.order_id for o in pending)
+        message = (
+            f"nothing more to close: the position of {held} in {where} is already being closed by the open exit"
+            f" order(s) {ids}; EXIT_ALL sent no order"
+        )
+        return Exit(leg=None, net_quantity=held, message=message)
+    side = Side.SELL if remaining > 0 else Side.BUY
+    closing = attrs.evolve(leg, side=side, quantity=abs(remaining), manage_position=None)
+    kind = "long" if held > 0 else "short"
+    word = "SELL" if side is Side.SELL else "BUY"
+    message = f"EXIT_ALL closes the {kind} position of {abs(held)} in {where}: {word}"
+    if remaining != held:
+        message += f" {abs(remaining)} ({abs(held - remaining)} already being closed by an open exit order)"
+    return Exit(leg=closing, net_quantity=held, message=message)
+
+
+@attrs.frozen(kw_only=True)
+class _Sent:
+    product: Product
+    contracts: frozenset[ContractKey]
+
+
+class SentExits:
+    """The exit orders this process sent, per account, until the broker no longer lists them as open.
+
+    In memory only: the window it covers is the seconds between an exit order and its fill."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, dict[str, _Sent]] = {}
+
+    def remember(self, account: str, client_order_id: str, leg: OrderLeg, positions: Iterable[Position]) -> None:
+        contracts = frozenset(contract_key(p.contract) for p in positions if p.product is leg.product)
+        self._sent.setdefault(account, {})[client_order_id] = _Sent(product=leg.product, contracts=contracts)
+
+    def may_be_open(self, account: str, leg: OrderLeg, positions: Iterable[Position]) -> bool:
+        """Whether an exit this process sent for these positions could still be open (then ask the broker)."""
+        keys = {contract_key(p.contract) for p in positions if p.product is leg.product}
+        return any(
+            sent.product is leg.product and sent.contracts & keys for sent in self._sent.get(account, {}).values()
+        )
+
+    def still_open(
+        self, account: str, leg: OrderLeg, positions: Iterable[Position], open_orders: Iterable[OpenOrder]
+    ) -> list[OpenOrder]:
+        """The open orders that are exits sent for these positions; forgets the exits no longer open."""
+        mine = self._sent.get(account, {})
+        listed = {o.client_order_id: o for o in open_orders if o.client_order_id in mine}
+        for gone in set(mine) - set(listed):
+            del mine[gone]
+        keys = {contract_key(p.contract) for p in positions if p.product is leg.product}
+        return [
+            order
+            for cid, order in listed.items()
+            if cid is not None and mine[cid].product is leg.product and mine[cid].contracts & keys
+        ]
+
+
+def closing_leg(position: Position) -> OrderLeg:
+    """The market order that closes `position` (flatten): opposite side, whole size, same contract and product."""
+    contract = position.contract
+    return OrderLeg(
+        side=Side.SELL if position.net_quantity > 0 else Side.BUY,
+        order_type=OrderType.MARKET,
+        quantity=abs(position.net_quantity),
+        exchange=contract.exchange,
+        symbol=contract.symbol,
+        instrument=Instrument.OPTION if contract.option_type is not None else contract.instrument,
+        product=position.product,
+        option_type=contract.option_type,
+        strike_price=contract.strike_price,
+        expiry_date=contract.expiry_date,
+    )
