@@ -452,3 +452,45 @@ async def test_a_leg_fills_on_the_page_with_no_new_alert(
         await asyncio.to_thread(_save_screenshot, driver, tmp_path, "alert-page.png")
     finally:
         await asyncio.to_thread(driver.quit)
+
+
+async def test_cancel_a_queued_alert_from_the_page(
+    aiohttp_client: Any, converter: Any, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Sunday an alert waits in the queue; its row has a Cancel button; pressing it removes it from the queue
+    (the row turns `cancelled`, live) and nothing is sent at the open."""
+    import attrs  # noqa: PLC0415 - only here
+
+    from tvbridge.app import create_app  # noqa: PLC0415 - only here
+    from tvbridge.config import SessionsConfig  # noqa: PLC0415 - only here
+    from tvbridge.keys import SCHEDULER  # noqa: PLC0415 - only here
+    from tvbridge.secretstore import resolve_credentials  # noqa: PLC0415 - only here
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    config = attrs.evolve(config, sessions=SessionsConfig())
+    moment = {"now": datetime(2026, 11, 29, 5, 0, tzinfo=UTC)}  # Sunday 10:30 IST
+    app = create_app(config, converter, resolve_credentials(config), clock=lambda: moment["now"])
+    client: Client = await aiohttp_client(app)
+    queued = await client.post("/webhook", json=alert())
+    assert queued.status == 202
+    alert_id = (await queued.json())["alert_id"]
+    driver = await asyncio.to_thread(_chrome, tmp_path)
+    try:
+        await asyncio.to_thread(driver.execute_cdp_cmd, "Network.enable", {})
+        await asyncio.to_thread(driver.execute_cdp_cmd, "Network.setExtraHTTPHeaders", {"headers": basic(client)})
+        await asyncio.to_thread(driver.get, f"http://127.0.0.1:{client.port}/status")
+        await asyncio.to_thread(_wait_for, driver, 'return document.getElementById("live").textContent === "live"', 15)
+        button = f"document.querySelector('tr[data-alert-id=\"{alert_id}\"].queued button[data-cancel]')"
+        await asyncio.to_thread(driver.execute_script, f"{button}.click()")
+        row = f"return document.querySelector('tr[data-alert-id=\"{alert_id}\"].cancelled') !== null"
+        await asyncio.to_thread(_wait_for, driver, row, 10)
+    finally:
+        await asyncio.to_thread(driver.quit)
+    moment["now"] = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)  # Monday 09:30 IST: the market is open
+    assert await client.app[SCHEDULER].run_due() == 0
+    broker: Any = client.app[BROKERS]["paper"]
+    assert await broker.orders() == []
+    actions = await client.app[JOURNAL].read(
+        lambda conn: [r[0] for r in conn.execute("SELECT action FROM admin_actions")]
+    )
+    assert actions == ["cancel_queued"]
