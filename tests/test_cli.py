@@ -8,6 +8,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import pytest
 from helpers import alert, leg
 from server_process import ServerProcess, run_cli
 
@@ -126,6 +127,45 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     assert shown["accounts"]["dhan"]["client_id"] == "1100000001"
     assert GUIDE_SECRET not in result.stdout + result.stderr
     assert "dhan-token-XYZ" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_a_boolean_key_ending_in_token_is_a_boolean_shown_unmasked(tmp_path: Path, value: str) -> None:
+    """`metrics.require_token` ends like a secret's name but is a switch: from the environment it is read as
+    true/false (it was kept as text and refused) and `check-config` shows it, not `********`."""
+    env = {"WEBHOOK_SECRET": GUIDE_SECRET, "TVBRIDGE_METRICS__REQUIRE_TOKEN": value}
+    result = run_cli(tmp_path, env, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metrics"]["require_token"] is (value == "true")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"TVBRIDGE_NOTIFY__URLS": '["this is not a url"]'}, "notify.urls: an entry is not a URL apprise knows"),
+        (
+            {"WEBHOOK_SECRET": "GTcl4", "TVBRIDGE_ACCOUNTS__SIM__LIVE": "true"},
+            "auth.secret is a well-known default",
+        ),
+    ],
+    ids=["notification url from the environment", "weak secret with a live account"],
+)
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    """What stops `serve` stops `check-config` too, with the same line and exit code 2: a notification URL
+    apprise does not know (here from the environment), a weak secret with a live account."""
+    env = {
+        "WEBHOOK_SECRET": GUIDE_SECRET,
+        "TVBRIDGE_ROUTING__ACCOUNTS": '["sim"]',
+        "TVBRIDGE_ACCOUNTS__SIM__BROKER": "scripted",
+        **env,
+    }
+    results = [run_cli(tmp_path, env, command) for command in ("check-config", "serve")]
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert results[0].stderr == results[1].stderr
 
 
 def test_secret_command_points_at_the_file(tmp_path: Path) -> None:

@@ -114,8 +114,15 @@ def paper_orders(data_dir: Path) -> list[str]:
         conn.close()
 
 
+def order_log_rows(data_dir: Path) -> collections.Counter[tuple[str, str, str]]:
+    """How many rows `webhook_orders.csv` has for each (alert id, leg number, account)."""
+    with (data_dir / "webhook_orders.csv").open(newline="", encoding="utf-8") as f:
+        return collections.Counter((r["alert_id"], r["leg_number"], r["account"]) for r in csv.DictReader(f))
+
+
 def check_exactly_once(data_dir: Path, answered_2xx: set[str], orders: list[str]) -> None:
-    """The invariants, read from the files the server left behind and the orders the broker received."""
+    """The invariants, read from the files the server left behind and the orders the broker received; the order
+    log has exactly one row per leg of every journaled alert (a repeated row reads as a double order)."""
     alerts, legs, integrity = journal_rows(data_dir)
     assert integrity == "ok"
     assert [a for a, status in alerts.items() if status == "accepted"] == [], "an alert was left unfinished"
@@ -124,8 +131,12 @@ def check_exactly_once(data_dir: Path, answered_2xx: set[str], orders: list[str]
     for cid in counts:
         alert_id = cid.rsplit("-", 1)[0]
         assert alert_id in alerts, f"order {cid} has no journaled alert"
+    rows = order_log_rows(data_dir)
+    assert {key: n for key, n in rows.items() if n > 1} == {}, "a leg has more than one row in the order log"
+    assert {a for a, _, _ in rows} == set(alerts), "the order log and the journal list different alerts"
     for alert_id in answered_2xx:
         assert alert_id in alerts, f"alert {alert_id} was answered 2xx but is not in the journal"
+        assert {n for a, n, _ in rows if a == alert_id} == {str(n) for n in range(1, LEGS + 1)}
         for n in range(1, LEGS + 1):
             assert counts[f"{alert_id}-{n}"] == 1, f"leg {n} of answered alert {alert_id} is missing"
             assert legs[alert_id, n] == "placed"

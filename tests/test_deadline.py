@@ -12,6 +12,7 @@ from helpers import alert, leg, with_accounts
 from tvbridge_testbrokers import ScriptedBroker
 
 from tvbridge.keys import BROKERS
+from tvbridge.pluginguard import GuardedBroker
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,7 +33,9 @@ def slow_config(config: Config) -> Config:
 
 
 def release(client: Any) -> None:
-    broker = client.app[BROKERS]["sim"]
+    guarded = client.app[BROKERS]["sim"]
+    assert isinstance(guarded, GuardedBroker)  # every plugin runs behind the host's guard (pluginguard.py)
+    broker = guarded.plugin
     assert isinstance(broker, ScriptedBroker)
     broker.release()
 

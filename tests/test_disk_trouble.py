@@ -76,3 +76,95 @@ def test_journal_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "journal" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def mount_small_tmpfs(where: Path, size: str, *, read_only: bool = False) -> None:
+    """A real, small file system of its own at `where`: skipped where mounting is impossible, failed in CI."""
+    import os  # noqa: PLC0415 - only the tmpfs tests need these
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    where.mkdir(parents=True)
+    mount = shutil.which("mount") or "mount"
+    options = f"size={size},mode=0700" + (",ro" if read_only else "")
+    try:
+        done = subprocess.run(
+            [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        failure = "" if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
+    except OSError as e:
+        failure = str(e)
+    if failure:
+        reason = f"cannot mount a tmpfs here ({failure}): needs root and mount(8)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def unmount(where: Path) -> None:
+    import shutil  # noqa: PLC0415 - only the tmpfs tests need these
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run([shutil.which("umount") or "umount", "-l", str(where)], capture_output=True, check=False, timeout=30)
+
+
+def fill(disk: Path, name: str) -> None:
+    """Write `disk/name` until the file system refuses another byte."""
+    chunk = b"\0" * 4096
+    with (disk / name).open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk * 16)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+
+
+async def test_health_and_webhook_agree_on_a_nearly_full_disk(tmp_path: Path) -> None:
+    """On a small tmpfs filled until an alert's journal write fails (503), `/health` says 503 too and keeps
+    saying it while the disk stays full: its probe is a write as large as an alert's, so the little room left
+    that a heartbeat row still fits in does not make it lie. Freed space turns both back to 200."""
+    disk = tmp_path / "disk"
+    mount_small_tmpfs(disk, "3m")
+    try:
+        env = {"TVBRIDGE_SERVER__DATA_DIR": str(disk)}
+        server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:
+                assert response.status == 200
+            (disk / "reserve").write_bytes(b"\0" * 12288)
+            fill(disk, "filler")
+            (disk / "reserve").unlink()  # a few pages left: a heartbeat row fits, an alert does not for long
+            statuses = []
+            for i in range(40):
+                async with session.post(f"{server.url}/webhook", json=alert(leg(symbol=f"S{i}"))) as response:
+                    statuses.append(response.status)
+                    if response.status == 503:
+                        assert "journal unwritable" in (await response.json())["message"]
+                        break
+            assert statuses[-1] == 503, f"the full disk never refused an alert: {statuses}"
+            for _ in range(3):
+                async with session.get(f"{server.url}/health") as response:
+                    assert response.status == 503
+                    health = await response.json()
+                assert health["checks"]["journal"]["ok"] is False
+                async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="TCS"))) as response:
+                    assert response.status == 503
+            (disk / "filler").unlink()  # space again
+            async with session.get(f"{server.url}/health") as response:
+                assert response.status == 200
+            async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="WIPRO"))) as response:
+                assert response.status == 200
+        assert await asyncio.to_thread(server.terminate) == 0
+        _, _, integrity = journal_rows(disk)
+        assert integrity == "ok"
+    finally:
+        unmount(disk)

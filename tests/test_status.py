@@ -78,6 +78,21 @@ async def test_status_shows_todays_alerts_and_their_legs(make_client: ClientFact
     assert token not in page
 
 
+@pytest.mark.parametrize("placeholder", ["__KEY__", "__ALERTS__", "__VERSION__"])
+async def test_field_values_that_look_like_placeholders_stay_text(
+    make_client: ClientFactory, config: Config, placeholder: str
+) -> None:
+    """The page is filled in one pass: an alert's symbol reading `__KEY__` (or another placeholder) is shown as
+    that text, not replaced by the stream key or a whole table."""
+    client = await scripted_client(make_client, config)
+    await client.post("/webhook", json=alert(leg(symbol=placeholder)))
+    page = await (await client.get("/status", headers=basic(client))).text()
+    key = page.split("/status/events?key=", 1)[1].split('"', 1)[0]
+    assert f"s #1 B 10 {placeholder}: placed" in page
+    assert page.count(key) == 1
+    assert page.count('<tbody id="alerts">') == 1
+
+
 async def test_the_event_stream_sends_the_summary(make_client: ClientFactory, config: Config) -> None:
     """`/status/events` (the page's key in the URL) starts with the whole summary as an `event: summary`."""
     client = await scripted_client(make_client, config)

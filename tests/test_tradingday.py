@@ -527,19 +527,62 @@ async def test_muhurat_session_places_on_a_sunday_evening(start: Any, config: Co
     assert (await (await client.post("/webhook", json=alert())).json())["status"] == "success"
 
 
-async def test_risk_limits_apply_when_a_queued_alert_is_sent(start: Any, config: Config, clock: Clock) -> None:
-    """A queued alert is checked against the risk limits when it is sent, like any other."""
+async def test_a_limit_the_alert_can_never_pass_refuses_it_on_arrival(start: Any, config: Config, clock: Clock) -> None:
+    """Queued for the open, an alert over `max_qty_per_order` would only fail then: it is refused at once (200,
+    `failed`, the limit named), nothing is queued, and nothing is sent at the open."""
     config = attrs.evolve(sessions_on(scripted(config)), risk=RiskConfig(max_qty_per_order=5))
     clock.at = SUNDAY
     client = await start(config)
-    body = await (await client.post("/webhook", json=alert())).json()
+    response = await client.post("/webhook", json=alert())
+    body = await response.json()
+    assert response.status == 200
+    assert body["status"] == "failed"
+    assert [r["status"] for r in body["results"]] == ["failed"]
+    assert "risk: quantity 10 is over max_qty_per_order 5" in body["results"][0]["message"]
+    assert "queued" not in body
+    assert await client.app[SCHEDULER].next_due() is None
     clock.at = ist("2026-11-30T09:15")
     await client.app[SCHEDULER].run_due()
-    record = await client.app[JOURNAL].get_alert(body["alert_id"])
+    assert received(config) == []
+
+
+async def test_queued_on_one_account_refused_on_another_is_partial(start: Any, config: Config, clock: Clock) -> None:
+    """One account's own limit refuses the alert, the other queues it: 202 with top-level status `partial` (not
+    `failed`: part of it is still coming), the refused account's legs `failed`, the other's `queued`."""
+    accounts: dict[str, dict[str, Any]] = {
+        "tight": {"broker": "scripted", "max_qty_per_order": 5},
+        "s": {"broker": "scripted"},
+    }
+    config = sessions_on(with_accounts(config, accounts))
+    clock.at = SUNDAY
+    client = await start(config)
+    response = await client.post("/webhook", json=alert())
+    body = await response.json()
+    assert response.status == 202
+    assert body["status"] == "partial"
+    assert {r["account"]: r["status"] for r in body["results"]} == {"tight": "failed", "s": "queued"}
+    clock.at = ist("2026-11-30T09:15")
+    await client.app[SCHEDULER].run_due()
+    assert len(received(config, "s")) == 1
+    assert received(config, "tight") == []
+
+
+async def test_risk_limits_apply_again_when_a_queued_alert_is_sent(start: Any, config: Config, clock: Clock) -> None:
+    """A queued alert is checked against the risk limits again when it is sent: two alerts queued under
+    `max_orders_per_day = 1` (each passes on arrival) and at the open only the first is sent."""
+    config = attrs.evolve(sessions_on(scripted(config)), risk=RiskConfig(max_orders_per_day=1))
+    clock.at = SUNDAY
+    client = await start(config)
+    first = await (await client.post("/webhook", json=alert(leg(symbol="INFY")))).json()
+    second = await (await client.post("/webhook", json=alert(leg(symbol="TCS")))).json()
+    assert (first["status"], second["status"]) == ("queued", "queued")
+    clock.at = ist("2026-11-30T09:15")
+    await client.app[SCHEDULER].run_due()
+    assert [o["symbol"] for o in received(config)] == ["INFY"]
+    record = await client.app[JOURNAL].get_alert(second["alert_id"])
     assert record is not None
     assert record["status"] == "failed"
-    assert record["legs"][0]["message"] == "risk: quantity 10 is over max_qty_per_order 5"
-    assert received(config) == []
+    assert "max_orders_per_day is 1" in record["legs"][0]["message"]
 
 
 async def test_resend_of_a_queued_alert_is_a_duplicate(start: Any, config: Config, clock: Clock) -> None:

@@ -14,6 +14,7 @@ from helpers import SECRET, ClientFactory, alert, leg, refusing_writes, with_acc
 from structlog.testing import capture_logs
 
 from tvbridge.config import AlertsConfig, Config
+from tvbridge.keys import JOURNAL
 from tvbridge.orderlog import COLUMNS, GUIDE_COLUMNS
 
 
@@ -174,6 +175,25 @@ async def test_stale_alert_is_refused_and_nothing_is_placed(make_client: ClientF
     assert [row["status"] for row in order_log(config)] == ["stale"]
 
 
+async def test_a_stale_meta_at_the_root_is_refused_like_a_legs(make_client: ClientFactory, config: Config) -> None:
+    """A `meta` at the root of the alert (not in a leg) is honoured: its old `timenow` makes the alert stale
+    (422, nothing placed), it is not reported as an unknown key, and its own unknown keys are."""
+    config = scripted(config)
+    client = await make_client(config)
+    old = (datetime.now(UTC) - timedelta(seconds=config.alerts.max_age_s + 60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(), meta={"timenow": old, "intervl": "1D"}))
+    body = await response.json()
+    assert response.status == 422
+    assert body["status"] == "stale"
+    assert body["message"].startswith("alert is stale: meta.timenow is ")
+    assert body["warnings"] == ["meta.intervl: unknown key, ignored (did you mean interval?)"]
+    assert orders_received(config) == []
+    fresh = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY"), meta={"timenow": fresh}))
+    body = await response.json()
+    assert (response.status, body["status"], body["warnings"]) == (200, "success", [])
+
+
 @pytest.mark.parametrize("stale", [False, True], ids=["placed", "stale"])
 async def test_an_order_log_the_disk_refuses_costs_no_answer(
     make_client: ClientFactory, config: Config, *, stale: bool
@@ -286,6 +306,45 @@ async def test_a_lone_surrogate_as_secret_is_a_wrong_secret(make_client: ClientF
     body = b'{"secret": "\\ud800", "alertType": "single_order", "order_legs": []}'
     response = await client.post("/webhook", data=body)
     assert response.status == 401
+
+
+LONE = "LONE-SURROGATE"
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [
+        (lambda a: a["order_legs"][0].update(symbol=LONE), "order_legs[0].symbol"),
+        (lambda a: a.update(id=LONE), "id"),
+        (lambda a: a.update({LONE: 1}), "alert: a key"),
+        (lambda a: a["order_legs"][0].update({LONE: "x"}), "order_legs[0]: a key"),
+        (lambda a: a["order_legs"][0].update(meta={"interval": LONE}), "order_legs[0].meta.interval"),
+        (lambda a: a.update(note=[LONE]), "note[0]"),
+        (lambda a: a["order_legs"][0].update(exchange=LONE), "order_legs[0].exchange"),
+        (lambda a: a.update(alertType=LONE), "alertType"),
+    ],
+    ids=["symbol", "id", "root key", "leg key", "meta", "unknown value", "exchange", "alertType"],
+)
+@pytest.mark.parametrize("spelling", [b'"\\ud800"', b'"\xed\xa0\x80"'], ids=["escaped", "utf-8 bytes"])
+async def test_text_that_cannot_be_encoded_is_a_422(
+    make_client: ClientFactory, config: Config, where: Any, path: str, spelling: bytes
+) -> None:
+    """A lone surrogate (JSON `"\\ud800"`, or its UTF-8 bytes, which Python's JSON decoder lets through) anywhere
+    in an authenticated alert is a 422 naming where, never a 500 or an `unknown` leg: nothing is sent, nothing
+    journaled, and the next alert is served."""
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert(leg())
+    where(raw)
+    body = json.dumps(raw).encode().replace(f'"{LONE}"'.encode(), spelling)
+    response = await client.post("/webhook", data=body, headers={"Content-Type": "application/json"})
+    answer = await response.json()
+    assert response.status == 422
+    assert any(line.startswith(path) and "cannot be encoded" in line for line in answer["errors"]), answer
+    assert orders_received(config) == []
+    assert await client.app[JOURNAL].get_alert(answer["alert_id"]) is None
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert response.status == 200
 
 
 async def test_admin_token_with_undecodable_bytes_is_refused(make_client: ClientFactory, config: Config) -> None:

@@ -6,7 +6,6 @@ work. Compared in constant time. The webhook secret never opens these endpoints.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ def presented_token(request: web.Request) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 inside: not the token
             return None
         return decoded.partition(":")[2]
     return None
@@ -35,4 +34,11 @@ def has_admin_token(request: web.Request) -> bool:
     given = presented_token(request)
     if not expected or given is None:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    return same_token(given, expected)
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of text as the client sent it: header bytes that are not UTF-8 reach us as
+    lone surrogates (aiohttp decodes with `surrogateescape`), which `surrogatepass` encodes instead of raising,
+    so odd bytes are a wrong token (401), never a 500."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -30,11 +31,11 @@ from tvbridge.keys import STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
 from tvbridge.lots import instrument_warnings
-from tvbridge.notify import url_secrets
+from tvbridge.notify import apprise_sender, url_secrets
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
-from tvbridge.secretstore import SECRET_FILE, resolve_credentials
+from tvbridge.secretstore import SECRET_FILE, check_secrets, resolve_credentials
 from tvbridge.testclock import wall_clock
 from tvbridge.tls import server_context
 
@@ -116,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
+    """Everything `serve` checks before it opens a file or a port, in the same words and exit codes."""
+    check_secrets(config)  # a weak secret or path token with a live account on
     brokers = build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
+    if config.notify.urls:
+        apprise_sender(config.notify.urls)  # notification URLs (from the file or the environment) apprise knows
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
     for warning in instrument_warnings(config, brokers):
         print(f"tvbridge: warning: {warning}", file=sys.stderr)
@@ -175,17 +180,20 @@ def _first_run_notice(credentials: Credentials, url: str) -> None:
 def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[[], Config] | None = None) -> int:
     credentials = resolve_credentials(config)
     log_file = config.data_path(config.logging.file) if config.logging.file else None
-    configure_logging(
-        level=config.logging.level,
-        fmt=config.logging.format,
-        file=log_file,
-        secrets=[*credentials.all, *_broker_secrets(config), *url_secrets(config.notify.urls)],
-    )
+    try:
+        configure_logging(
+            level=config.logging.level,
+            fmt=config.logging.format,
+            file=log_file,
+            secrets=[*credentials.all, *_broker_secrets(config), *url_secrets(config.notify.urls)],
+        )
+    except OSError as e:  # a read-only data directory, a directory where the log file should be
+        return _fail(f"cannot start: logging.file {e.filename or log_file}: {e.strerror or e}", EXIT_RUNTIME)
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials, clock=wall_clock(os.environ))
     try:
         return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
-    except OSError as e:
+    except (OSError, sqlite3.Error) as e:  # a data file that cannot be opened (the order log, a broker's file)
         log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
 

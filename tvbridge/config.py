@@ -302,7 +302,11 @@ class RiskConfig:
 
 
 QUANTITY_UNITS: Final = tuple(unit.value for unit in QuantityUnit)
-ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed", "quantity_unit"})
+DEFAULT_BROKER_TIMEOUT_S: Final = 2.5
+"""`[accounts.NAME] broker_timeout_s`: the host's bound on every call into the account's plugin (see
+`tvbridge/pluginguard.py`); under TradingView's 3 s, like `server.response_deadline_s`."""
+
+ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed", "quantity_unit", "broker_timeout_s"})
 """Keys of `[accounts.NAME]` that tvbridge itself reads; they are removed before the table reaches the plugin."""
 
 
@@ -342,6 +346,15 @@ class Config:
         """What the account's alert quantities count when a leg does not say: `units` (the default: what the
         guide sends and dhanhq takes) or `lots` (Dhan's own TradingView panel). See `tvbridge/lots.py`."""
         return QuantityUnit(self.accounts.get(account, {}).get("quantity_unit", QuantityUnit.UNITS))
+
+    def broker_timeout_of(self, account: str) -> float:
+        """The account's `broker_timeout_s` (default 2.5); `ConfigError` unless it is a number > 0."""
+        value = self.accounts.get(account, {}).get("broker_timeout_s", DEFAULT_BROKER_TIMEOUT_S)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise ConfigError(
+                f"accounts.{account}.broker_timeout_s: must be a number of seconds, > 0 and <= 3600, got {value!r}"
+            )
+        return float(value)
 
     def risk_of(self, account: str, converter: cattrs.Converter) -> RiskConfig:
         """`[risk]` with the account's own risk keys laid over it; `ConfigError` names a bad key."""
@@ -409,9 +422,15 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
                 yield parts, value, name
 
 
+BOOLEAN_KEYS: Final = frozenset({"require_token"})
+"""Keys that end like a secret's name (`..._token`) but hold a switch: read as true/false, shown unmasked."""
+
+
 def _keep_as_text(path: list[str]) -> bool:
     """Secrets and ids stay strings even when they look like numbers (a Dhan client id is all digits)."""
     key = path[-1]
+    if key in BOOLEAN_KEYS:
+        return False
     return is_secret_key(key) or key.endswith("_id") or key in {"host", "broker", "symbol"}
 
 
@@ -481,6 +500,7 @@ def load_config(
     config = _finish(config)
     for account in config.accounts:
         config.risk_of(account, converter)  # a bad per-account limit stops the start, like any bad key
+        config.broker_timeout_of(account)
         if config.when_closed(account) not in WHEN_CLOSED:
             raise ConfigError(f"accounts.{account}.when_closed: must be one of {', '.join(WHEN_CLOSED)}")
         unit = config.accounts[account].get("quantity_unit", QuantityUnit.UNITS)
@@ -511,7 +531,7 @@ def effective_settings(config: Config, converter: cattrs.Converter) -> dict[str,
 
     def scrub(node: object) -> object:
         if isinstance(node, dict):
-            return {k: mask(v) if is_secret_key(k) else scrub(v) for k, v in node.items()}
+            return {k: mask(v) if is_secret_key(k) and not isinstance(v, bool) else scrub(v) for k, v in node.items()}
         if isinstance(node, list | tuple):
             return [scrub(v) for v in node]
         return node

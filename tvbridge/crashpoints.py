@@ -11,6 +11,7 @@ Points, in the order an alert reaches them:
   after_send     the broker answered; the leg's result is not journaled yet
   before_finish  every leg is done; the alert's final status is not journaled yet
   after_claim    the closed-market queue's scheduler committed its claim (rows `sending`); nothing handed over
+  after_order_log  the legs' order log rows are written; the alert's final status is not journaled yet
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import os
 import signal
 from typing import Final
 
-POINTS: Final = frozenset({"after_record", "before_send", "after_send", "before_finish", "after_claim"})
+POINTS: Final = frozenset(
+    {"after_record", "before_send", "after_send", "before_finish", "after_claim", "after_order_log"}
+)
 _SETTING: Final = os.environ.get("TVBRIDGE_TEST_CRASH_AT", "")
 _POINT, _, _NTH = _SETTING.partition(":")
 _HITS: Final[dict[str, int]] = {}

@@ -5,7 +5,9 @@ nearest base class) up in `HTTP_STATUS`. The tree::
 
     TvBridgeError
     +-- ConfigError            bad config at start (the CLI exits 2; never an HTTP answer)
-    +-- PluginError            a broker plugin cannot be loaded or does not fit the interface
+    +-- PluginError            a broker plugin cannot be loaded, does not fit the interface or refuses its settings
+    +-- PluginStartError       a broker plugin's start() failed (the CLI exits 1)
+    +-- StorageError           a data file or the data directory cannot be used at start (the CLI exits 1)
     +-- RequestError           refused with a 4xx; nothing was recorded
     |   +-- BadRequestError        400 body is not a JSON object
     |   +-- AuthError              401 wrong or missing secret
@@ -17,6 +19,7 @@ nearest base class) up in `HTTP_STATUS`. The tree::
     +-- UnavailableError       503 nothing was recorded; TradingView may resend
         +-- ShuttingDownError
         +-- JournalError           the journal could not be written
+        +-- RecordsError           a record file (journal, order log) was deleted or replaced under the server
         +-- HaltedError            trading halted by the kill switch
 """
 
@@ -38,6 +41,14 @@ class ConfigError(TvBridgeError):
 
 class PluginError(TvBridgeError):
     pass
+
+
+class PluginStartError(TvBridgeError):
+    """A plugin's `start()` raised or did not return: the server does not start (a broker we cannot use)."""
+
+
+class StorageError(TvBridgeError):
+    """A state file (secret, log, journal...) or the data directory cannot be opened or created at start."""
 
 
 class RequestError(TvBridgeError):
@@ -90,6 +101,10 @@ class ShuttingDownError(UnavailableError):
 
 class JournalError(UnavailableError):
     pass
+
+
+class RecordsError(UnavailableError):
+    """A file the records go to is no longer the one the server opened: nothing more is accepted into it."""
 
 
 class HaltedError(UnavailableError):

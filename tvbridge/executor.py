@@ -83,6 +83,8 @@ class Resume:
     """False once the alert is older than `alerts.max_age_s`: what the broker lacks is marked expired."""
     age_s: float
     max_age_s: float
+    logged: frozenset[tuple[str, int]] = frozenset()
+    """(account, leg number) of the legs whose order log row the crashed run wrote already: not written twice."""
 
 
 def leg_status(state: OrderState) -> LegStatus:
@@ -199,12 +201,14 @@ class Executor:
         self._metrics.alert_finished(status.value)
         body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
         crash_point("before_finish")
-        # the order log first: a crash between the two leaves the alert unfinished, so recovery writes its rows
-        # again (a repeated row, same alert id and leg) rather than never (a missing one)
+        # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
+        # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
+        rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
         try:
-            await self._order_log.append(results, alert_id=alert_id, alert_type=alert.alert_type.value)
+            await self._order_log.append(rows, alert_id=alert_id, alert_type=alert.alert_type.value)
         except Exception:
             log.exception("order_log.write_failed", alert_id=alert_id)
+        crash_point("after_order_log")
         try:
             await self._journal.finish_alert(alert_id, status.value, body, results)
         except Exception:
@@ -465,12 +469,14 @@ class Executor:
             result = self._from_order(account, number, leg, order, client_id)
             self._nudge(account, order)
         except BrokerUnknownOutcomeError as e:
-            return await self._resolve_unknown(account, number, leg, client_id, str(e))
+            return await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=str(e))
         except BrokerError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
         except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
-            return await self._resolve_unknown(account, number, leg, client_id, f"broker plugin error: {e}")
+            return await self._resolve_unknown(
+                alert_id, account, number, leg, client_id=client_id, reason=self._plugin_bug(account, e)
+            )
         return result
 
     def _nudge(self, account: str, order: OrderResult) -> None:
@@ -480,14 +486,21 @@ class Executor:
         if self._followup is not None and isinstance(moved, list | tuple):
             self._followup.nudge(account, [str(order_id) for order_id in moved])
 
+    def _plugin_bug(self, account: str, error: Exception) -> str:
+        """Whose fault it was, for the leg's message: the plugin's, not tvbridge's."""
+        plugin = self._broker_names.get(account, account)
+        return f"the {plugin!r} broker plugin raised {type(error).__name__}: {error}"
+
     def _from_order(self, account: str, number: int, leg: OrderLeg, order: OrderResult, client_id: str) -> LegResult:
         status = leg_status(order.state)
         message = order.message or f"order {order.state.value}"
         return self.result_for(account, number, leg, status, message, order=order, client_id=client_id)
 
     async def _resolve_unknown(
-        self, account: str, number: int, leg: OrderLeg, client_id: str, reason: str
+        self, alert_id: str, account: str, number: int, leg: OrderLeg, *, client_id: str, reason: str
     ) -> LegResult:
+        """Ask `lookup()` what became of a placement whose answer was lost; the leg's message (journaled, in
+        the order log and the answer) keeps the reason, and the resolution is logged."""
         broker = self._brokers[account]
         try:
             found = await broker.lookup(client_id)
@@ -509,7 +522,18 @@ class Executor:
                 f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending",
                 client_id=client_id,
             )
-        return self._from_order(account, number, leg, found, client_id)
+        resolved = self._from_order(account, number, leg, found, client_id)
+        log.warning(
+            "leg.resolved_by_lookup",
+            alert_id=alert_id,
+            leg=number,
+            account=account,
+            broker=resolved.broker,
+            order_id=found.order_id,
+            status=resolved.status.value,
+            reason=reason,
+        )
+        return attrs.evolve(resolved, message=f"{resolved.message} (found by lookup after: {reason})")
 
     async def _cancel(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> LegResult:
         broker = self._brokers[account]
@@ -519,11 +543,14 @@ class Executor:
             cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
             dry_run = any(c.state is OrderState.DRY_RUN for c in cancelled)
+        except BrokerUnknownOutcomeError as e:
+            message = f"cancel outcome unknown ({e}): check the broker"
+            return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
         except BrokerError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
         except Exception as e:  # a plugin bug: some orders may be cancelled already
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
-            message = f"cancel outcome unknown (broker plugin error: {e}): check the broker"
+            message = f"cancel outcome unknown ({self._plugin_bug(account, e)}): check the broker"
             return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
         message = f"cancelled {len(ids)} order(s)" + (f": {', '.join(ids)}" if ids else "")
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,10 +10,11 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__, metrics, tradingday
+from tvbridge.access import same_token
 from tvbridge.alertpage import alert_page, prefers_html
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
-from tvbridge.errors import AuthError, NotFoundError, ShuttingDownError
+from tvbridge.errors import AuthError, NotFoundError, RecordsError, ShuttingDownError
 from tvbridge.executor import Executor, planned_legs, response_body
 from tvbridge.keys import (
     ALERT_ID,
@@ -30,8 +30,9 @@ from tvbridge.keys import (
     SOURCE_IP,
     STATE,
 )
-from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow
-from tvbridge.parsing import parse_alert, unknown_keys
+from tvbridge.middlewares.body_limit import body_of
+from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
+from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
 from tvbridge.refusals import get_refusal
 from tvbridge.status import page_refusal
 
@@ -60,6 +61,8 @@ async def health(request: web.Request) -> web.Response:
         writable = False
         journal.last_error = "journal write timed out"
     checks["journal"] = {"ok": writable, **({"detail": journal.last_error} if not writable else {})}
+    order_log_problem = app[ORDER_LOG].problem()
+    checks["order_log"] = {"ok": not order_log_problem, **({"detail": order_log_problem} if order_log_problem else {})}
     for account, broker in app[BROKERS].items():
         try:
             async with asyncio.timeout(2):
@@ -87,9 +90,13 @@ async def webhook(request: web.Request) -> web.Response:
     state = app[STATE]
     if state.shutting_down:
         raise ShuttingDownError
+    _check_records(app)
     tradingday.check_halted(app)
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
+    body = body_of(request)
+    if not body or might_hold_surrogates(body):  # no body kept (body_limit off): check the whole alert
+        check_encodable(raw)
     alert = parse_alert(raw, app[CONVERTER])
     warnings = unknown_keys(raw)
     accounts = config.routing.accounts
@@ -118,6 +125,7 @@ async def webhook(request: web.Request) -> web.Response:
         dedupe_key=request.get(DEDUPE_KEY),  # set by middlewares/dedupe.py; a stale refusal below gets none
         source=request.get(SOURCE_IP),
         legs=planned_legs(alert_id, alert, accounts),
+        order_log_offset=app[ORDER_LOG].size(),
     )
     crash_point("after_record")
     log.info(
@@ -136,10 +144,19 @@ async def webhook(request: web.Request) -> web.Response:
     )
 
 
+def _check_records(app: web.Application) -> None:
+    """503 while the journal or the order log is not the file that was opened (deleted or replaced under the
+    server): an alert accepted into it would be lost at the next start, and its id forgotten by dedupe."""
+    problem = app[JOURNAL].problem() or app[ORDER_LOG].problem()
+    if problem:
+        log.error("records.replaced", problem=problem)
+        raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")
+
+
 def _ahead_s(alert: Alert) -> float | None:
     """How far the newest `meta.timenow` is ahead of our clock: a future stamp has a negative age and would
     pass the age check forever, so it is refused beyond `MAX_AHEAD_S` (clock skew)."""
-    stamps = [leg.meta.timenow for leg in alert.legs if leg.meta is not None and leg.meta.timenow is not None]
+    stamps = timenows(alert)
     if not stamps:
         return None
     return (max(stamps) - datetime.now(UTC)).total_seconds()
@@ -197,9 +214,7 @@ def require_admin(request: web.Request) -> None:
     expected = request.app[CREDENTIALS].admin_token
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    ):
+    if scheme.lower() != "bearer" or not same_token(token.strip(), expected):
         log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
         raise AuthError("admin token required: Authorization: Bearer <admin token>")
 

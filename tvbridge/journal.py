@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 
 from tvbridge.errors import JournalError
+from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
 from tvbridge.sqlite import Synchronous, open_database
 
@@ -61,12 +62,14 @@ CREATE TABLE IF NOT EXISTS alerts (
     payload      TEXT NOT NULL,
     status       TEXT NOT NULL,
     response     TEXT,
-    updated_at   TEXT NOT NULL
+    updated_at   TEXT NOT NULL,
+    order_log_offset INTEGER
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
-CREATE TABLE IF NOT EXISTS heartbeat (
-    id  INTEGER PRIMARY KEY CHECK (id = 1),
-    at  TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS probe (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    at      TEXT NOT NULL,
+    filler  BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_dedupe ON alerts (dedupe_key, received_at);
 CREATE TABLE IF NOT EXISTS legs (
@@ -132,19 +135,33 @@ class PlannedLeg:
 class Journal:
     """Async facade over the journal's SQLite file; every write is committed before it returns."""
 
-    def __init__(self, path: Path, synchronous: Synchronous = "normal") -> None:
+    def __init__(self, path: Path, synchronous: Synchronous = "normal", *, probe_bytes: int = 65536) -> None:
         self.path = path
         self._db = open_database(path, synchronous=synchronous, name="journal")
         self.healthy = True
         self.last_error = ""
         self._on_commit: Callable[[float], None] | None = None
+        self._probe_bytes = probe_bytes
+        self._files: tuple[FileIdentity, ...] = ()
 
     async def open(self) -> None:
         try:
             await self._db.start()
             await self._db.write(_create)
+            wal = self.path.with_name(f"{self.path.name}-wal")
+            # the WAL too (SQLite keeps it while a connection is open), when the file system gave us one
+            self._files = (FileIdentity.of(self.path), *([FileIdentity.of(wal)] if wal.exists() else []))
         except Exception as e:
             raise JournalError(f"journal {self.path} cannot be opened: {e}") from e
+
+    def problem(self) -> str:
+        """Empty while the journal's file and its WAL are the ones opened; else what happened to them (a
+        journal deleted under the server keeps taking writes into a file the next start never sees)."""
+        for identity in self._files:
+            problem = identity.problem()
+            if problem:
+                return f"journal {problem}"
+        return ""
 
     async def close(self) -> None:
         await self._db.close()
@@ -180,19 +197,22 @@ class Journal:
         legs: Sequence[PlannedLeg],
         status: str = UNFINISHED,
         also: Callable[[sqlite3.Connection], object] | None = None,
+        order_log_offset: int | None = None,
     ) -> None:
         """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
 
         `also` runs in the same transaction (the closed-market queue adds its rows that way, so an alert is
-        never journaled as queued without its queue entry, nor the other way round)."""
+        never journaled as queued without its queue entry, nor the other way round). `order_log_offset` is the
+        order log's size now: this alert's rows can only be after it, which is where crash recovery looks for
+        rows written before a crash (so it never writes them twice)."""
         stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
         now = _now()
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, now, alert_type, dedupe_key, source, stored, status, now),
+                " updated_at, order_log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, now, alert_type, dedupe_key, source, stored, status, now, order_log_offset),
             )
             conn.executemany(
                 "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
@@ -223,10 +243,21 @@ class Journal:
         await self._write(mark)
 
     async def probe(self) -> bool:
-        """Write a heartbeat row: whether the journal can take a write now (for `/health`)."""
+        """Whether the journal can take an alert's write now (for `/health`): a committed row as large as the
+        largest alert (`probe_bytes`), so a nearly full disk that refuses an alert refuses the probe too (a
+        one-page heartbeat still fitted where an alert no longer did). A journal file deleted or replaced
+        fails it as well. A success is a real write, so it also clears an earlier failure."""
+        problem = self.problem()
+        if problem:
+            self.healthy = False
+            self.last_error = problem
+            return False
         try:
             await self._write(
-                lambda conn: conn.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (_now(),))
+                lambda conn: conn.execute(
+                    "INSERT OR REPLACE INTO probe (id, at, filler) VALUES (1, ?, randomblob(?))",
+                    (_now(), self._probe_bytes),
+                )
             )
         except JournalError:
             return False
@@ -358,6 +389,19 @@ class Journal:
         )
         return [row["alert_id"] for row in rows]
 
+    async def order_log_start(self) -> int:
+        """Where in the order log the rows of the unfinished alerts can begin: the smallest offset journaled
+        with them (0, the whole log, when one was journaled without an offset)."""
+
+        def smallest(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*), COUNT(order_log_offset), MIN(order_log_offset) FROM alerts WHERE status = ?",
+                (UNFINISHED,),
+            ).fetchone()
+            return int(row[2]) if row[0] and row[0] == row[1] else 0
+
+        return await self._db.read(smallest)
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the journal's connection (for modules that keep their own tables in the journal file)."""
         return await self._db.read(fn)
@@ -388,6 +432,9 @@ def _create(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
+    if "order_log_offset" not in columns:  # a journal from before it existed: recovery reads the whole log
+        conn.execute("ALTER TABLE alerts ADD COLUMN order_log_offset INTEGER")
     _add_order_columns(conn)
 
 
@@ -464,7 +511,11 @@ async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
     from tvbridge.keys import CONFIG, JOURNAL  # noqa: PLC0415 - keys imports this module's types
 
     config = app[CONFIG]
-    journal = Journal(config.data_path(config.journal.path), synchronous=config.journal.synchronous)
+    journal = Journal(
+        config.data_path(config.journal.path),
+        synchronous=config.journal.synchronous,
+        probe_bytes=config.limits.max_body_bytes,
+    )
     await journal.open()
     app[JOURNAL] = journal
     yield

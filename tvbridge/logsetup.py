@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import structlog
 
 from tvbridge.config import is_secret_key
+from tvbridge.filemode import create_private
 
 if TYPE_CHECKING:
     import io
@@ -191,6 +192,7 @@ class LogFile:
         self._next_check = time.monotonic() + MOVE_CHECK_S
 
     def _open(self) -> tuple[io.FileIO, tuple[int, int]]:
+        create_private(self.path)  # 0600 whatever the umask (tvbridge/filemode.py)
         file = self.path.open("ab", buffering=0)
         try:
             stat = os.fstat(file.fileno())

@@ -127,6 +127,8 @@ class OrderAlert:
     alert_type: AlertType
     legs: tuple[OrderLeg, ...]
     key: str | None = None
+    meta: Meta | None = None
+    """A `meta` at the root of the alert: age-checked like a leg's."""
 
 
 @attrs.frozen(kw_only=True)
@@ -134,14 +136,22 @@ class CancelAlert:
     alert_type: AlertType
     legs: tuple[CancelLeg, ...]
     key: str | None = None
+    meta: Meta | None = None
 
 
 Alert = OrderAlert | CancelAlert
 
 
+def timenows(alert: Alert) -> list[datetime]:
+    """Every `meta.timenow` of the alert: its root `meta`'s and its legs'."""
+    metas = [alert.meta, *(leg.meta for leg in alert.legs)]
+    return [meta.timenow for meta in metas if meta is not None and meta.timenow is not None]
+
+
 def oldest_timenow(alert: Alert) -> datetime | None:
-    """The alert's `meta.timenow`: the oldest of its legs' stamps, so one stale leg makes the alert stale."""
-    stamps = [leg.meta.timenow for leg in alert.legs if leg.meta is not None and leg.meta.timenow is not None]
+    """The alert's `meta.timenow`: the oldest of its stamps (root and legs), so one stale stamp makes the alert
+    stale."""
+    stamps = timenows(alert)
     return min(stamps) if stamps else None
 
 

@@ -120,6 +120,7 @@ def _schemas() -> dict[str, Any]:
                 "order_legs": {"type": "array", "minItems": 1, "items": _ref("Leg")},
                 "id": {"type": "string", "description": "the trader's own key for dedupe"},
                 "idempotency_key": {"type": "string", "description": "same as id"},
+                "meta": _ref("Meta"),
             },
         },
         "LegResult": {

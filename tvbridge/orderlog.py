@@ -22,6 +22,9 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from tvbridge.fileid import FileIdentity
+from tvbridge.filemode import PRIVATE
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
@@ -96,12 +99,14 @@ class OrderLog:
         self._fd: int | None = None
         self._torn = False
         """A failed write left part of a row that could not be taken back: the next rows start on a new line."""
+        self._identity: FileIdentity | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
         try:
             self._fd = fd
+            self._identity = FileIdentity.of(self.path, fd)
             if os.fstat(fd).st_size == 0:
                 self._write([list(COLUMNS)])
         except BaseException:
@@ -113,6 +118,34 @@ class OrderLog:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def size(self) -> int:
+        """The file's length now: the rows of an alert accepted now can only start at or after it."""
+        return os.fstat(self._fd).st_size if self._fd is not None else 0
+
+    def problem(self) -> str:
+        """Empty while the path still names the file being written; else why rows would be lost."""
+        if self._identity is None:
+            return "order log is not open"
+        return self._identity.problem()
+
+    def logged_since(self, offset: int) -> set[tuple[str, str, str]]:
+        """(alert id, account, leg number) of the rows written at or after `offset` that record a leg's
+        outcome (not a `queued` placeholder), as their cells read: crash recovery does not write them again.
+        The whole file when it is shorter than `offset` (replaced since)."""
+        done: set[tuple[str, str, str]] = set()
+        try:
+            with self.path.open("rb") as raw:
+                raw.seek(offset if offset <= os.fstat(raw.fileno()).st_size else 0)
+                text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+                index = {column: n for n, column in enumerate(COLUMNS)}
+                for row in csv.reader(text):
+                    if len(row) != len(COLUMNS) or row[index["status"]] == "queued":
+                        continue  # the header, a torn row, or a placeholder for a queued leg
+                    done.add((row[index["alert_id"]], row[index["account"]], row[index["leg_number"]]))
+        except FileNotFoundError:
+            return done
+        return done
 
     async def append(self, results: Sequence[LegResult], *, alert_id: str, alert_type: str) -> None:
         """Write one row per result, at the OS before returning; `OSError` (a full disk) if they are not, and

@@ -593,18 +593,56 @@ def unknown_keys(raw: Mapping[str, Any]) -> list[str]:
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warnings.append(f"{where}{key}: unknown key, ignored{hint}")
 
-    check(raw, root_known, "")
     legs = raw.get("order_legs")
-    if isinstance(legs, list):
-        for i, leg in enumerate(legs):
-            if isinstance(leg, dict):
-                check(leg, leg_known, f"order_legs[{i}].")
-                meta = leg.get("meta")
-                if isinstance(meta, dict):
-                    check(meta, meta_known, f"order_legs[{i}].meta.")
+    legs = legs if isinstance(legs, list) else []
+    objects = [(raw, ""), *((leg, f"order_legs[{i}].") for i, leg in enumerate(legs) if isinstance(leg, dict))]
+    for mapping, where in objects:  # the root, then each leg; each with its own `meta`
+        check(mapping, root_known if not where else leg_known, where)
+        meta = mapping.get("meta")
+        if isinstance(meta, dict):
+            check(meta, meta_known, f"{where}meta.")
     if left_out:
         warnings.append(f"... and {left_out} more unknown key(s) not shown")
     return warnings
+
+
+def might_hold_surrogates(body: bytes) -> bool:
+    """Whether a JSON body can hold a lone surrogate at all: only a `\\u` escape or UTF-8 bytes of U+D800..U+DFFF
+    (which `json.loads` lets through) make one. Two scans in C, so the common alert pays nothing more."""
+    return b"\\u" in body or b"\xed" in body
+
+
+def check_encodable(raw: Mapping[str, Any]) -> None:
+    """`InvalidAlertError` (422) naming every key or value that is not encodable text (a lone surrogate such as
+    `"\\ud800"`): it could be written to no log, order log or broker request, and must not become a 500 or an
+    `unknown` leg half-way. The root `secret` is left to the auth check (there it is a wrong secret)."""
+    problems: list[str] = []
+    unencodable = "cannot be encoded (a lone surrogate such as \\ud800)"
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, str) and not _encodable(node):
+            problems.append(f"{path or 'alert'}: text that {unencodable}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if not _encodable(str(key)):
+                    problems.append(f"{path or 'alert'}: a key that {unencodable}")
+                elif path or key != "secret":
+                    walk(value, f"{path}.{key}" if path else str(key))
+
+    walk(raw, "")
+    if problems:
+        raise InvalidAlertError(_capped(problems))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:

@@ -7,7 +7,9 @@ again with a `Resume`: legs the journal shows settled are kept; every open leg (
 `unknown`) is first looked up at its account's broker by its client order id; what the broker has is recorded,
 what it lacks is sent (with the same client order id, so a broker that did get it does not place it twice)
 while the alert is younger than `alerts.max_age_s`, and marked `expired` with a `recovery.leg_expired` warning
-otherwise. The alert is then finished like any other: journal, order log, log line.
+otherwise. The alert is then finished like any other: journal, order log, log line. The killed run may have
+written the order log's rows and died before the journal's final commit: the rows found in the log after the
+offset journaled with the alert are not written again, so every leg has exactly one row.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tvbridge.errors import InvalidAlertError
 from tvbridge.executor import Resume
 from tvbridge.journal import OPEN_LEG_STATES
 from tvbridge.models import LegResult, LegStatus, oldest_timenow
+from tvbridge.orderlog import neutralize
 from tvbridge.parsing import parse_alert, unknown_keys
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from tvbridge.config import Config
     from tvbridge.executor import Executor
     from tvbridge.journal import Journal
+    from tvbridge.orderlog import OrderLog
 
 log = structlog.get_logger()
 
@@ -47,21 +51,34 @@ def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
         return None
 
 
-async def recover(journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter) -> int:
+async def recover(
+    journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
+) -> int:
     """Finish every unfinished alert in the journal; returns how many there were."""
     alert_ids = await journal.unfinished()
+    logged: set[tuple[str, str, str]] = set()
     if alert_ids:
         log.warning("recovery.started", alerts=len(alert_ids))
+        # rows the killed run wrote between the order log and the journal's final commit: kept, not repeated
+        logged = order_log.logged_since(await journal.order_log_start())
     for alert_id in alert_ids:
         with structlog.contextvars.bound_contextvars(alert_id=alert_id):
-            await _recover_one(alert_id, journal, executor, config, converter)
+            await _recover_one(
+                alert_id, journal=journal, executor=executor, config=config, converter=converter, logged=logged
+            )
     if alert_ids:
         log.warning("recovery.done", alerts=len(alert_ids))
     return len(alert_ids)
 
 
 async def _recover_one(
-    alert_id: str, journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter
+    alert_id: str,
+    *,
+    journal: Journal,
+    executor: Executor,
+    config: Config,
+    converter: cattrs.Converter,
+    logged: set[tuple[str, str, str]],
 ) -> None:
     record = await journal.get_alert(alert_id)
     if record is None:  # listed a moment ago; nothing else writes during recovery
@@ -87,10 +104,16 @@ async def _recover_one(
         born = min(born, timenow)
     age_s = (now - born).total_seconds()
     max_age_s = config.alerts.max_age_s
-    resume = Resume(settled=settled, may_send=age_s <= max_age_s, age_s=age_s, max_age_s=max_age_s)
+    in_log = frozenset(
+        (leg["account"], leg["leg_number"])
+        for leg in legs
+        if (neutralize(alert_id), neutralize(leg["account"]), str(leg["leg_number"])) in logged
+    )
+    resume = Resume(settled=settled, may_send=age_s <= max_age_s, age_s=age_s, max_age_s=max_age_s, logged=in_log)
     log.warning(
         "recovery.alert",
         age_s=round(age_s, 1),
+        already_in_order_log=sorted(f"{account}#{number}" for account, number in in_log) or None,
         open_legs=[
             f"{leg['account']}#{leg['leg_number']}:{leg['state']}" for leg in legs if leg["state"] in OPEN_LEG_STATES
         ],
@@ -101,7 +124,13 @@ async def _recover_one(
 
 async def recovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: recover before the first request (registered after the brokers and the executor)."""
-    from tvbridge.keys import CONFIG, CONVERTER, EXECUTOR, JOURNAL  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import (  # noqa: PLC0415 - keys imports this module's types
+        CONFIG,
+        CONVERTER,
+        EXECUTOR,
+        JOURNAL,
+        ORDER_LOG,
+    )
 
-    await recover(app[JOURNAL], app[EXECUTOR], app[CONFIG], app[CONVERTER])
+    await recover(app[JOURNAL], app[EXECUTOR], app[CONFIG], app[CONVERTER], app[ORDER_LOG])
     yield

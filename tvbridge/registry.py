@@ -8,9 +8,10 @@ distribution, raised at start so the CLI exits before the first alert, not on it
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import structlog
@@ -25,7 +26,8 @@ from tvbridge.broker import (
     SettingsError,
 )
 from tvbridge.config import ACCOUNT_KEYS
-from tvbridge.errors import PluginError
+from tvbridge.errors import PluginError, PluginStartError
+from tvbridge.pluginguard import GuardedBroker, LoopWatchdog, PluginTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -187,6 +189,11 @@ def build_brokers(config: Config) -> dict[str, Broker]:
             raise PluginError(settings_problem(account, e)) from None
         except (TypeError, KeyError) as e:
             raise PluginError(f"accounts.{account}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a plugin bug in its settings parser: one line naming it, no traceback
+            raise PluginError(
+                f"accounts.{account}: the {name!r} broker plugin's from_settings() failed:"
+                f" {type(e).__name__}: {_one_line(e)}"
+            ) from None
         problem = interface_problem(broker)
         if problem:
             raise PluginError(f"accounts.{account}: {name}: {problem}")
@@ -194,17 +201,56 @@ def build_brokers(config: Config) -> dict[str, Broker]:
     return brokers
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:500] or "(no message)"
+
+
+def guard_brokers(
+    config: Config, brokers: Mapping[str, Broker], watchdog: LoopWatchdog | None = None
+) -> dict[str, Broker]:
+    """Each plugin behind the host's timeout (`broker_timeout_s`) and loop-blocking detector."""
+    return {
+        account: cast(
+            "Broker",
+            GuardedBroker(
+                broker,
+                account=account,
+                plugin=config.broker_of(account),
+                timeout_s=config.broker_timeout_of(account),
+                watchdog=watchdog,
+            ),
+        )
+        for account, broker in brokers.items()
+    }
+
+
+async def start_broker(account: str, plugin: str, broker: Broker) -> None:
+    """`broker.start()`; `PluginStartError` in one line naming the account and the plugin if it raises or
+    does not return (a plugin's bug must not end in a traceback, nor a hang at start)."""
+    try:
+        await broker.start()
+    except PluginTimeoutError as e:
+        raise PluginStartError(f"accounts.{account}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of a plugin's start() stops the start the same way
+        raise PluginStartError(
+            f"accounts.{account}: the {plugin!r} broker plugin failed to start: {type(e).__name__}: {_one_line(e)}"
+        ) from None
+
+
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
     from tvbridge.keys import BROKERS, CONFIG  # noqa: PLC0415 - keys imports this module's types
 
-    brokers = build_brokers(app[CONFIG])
+    config = app[CONFIG]
+    watchdog = LoopWatchdog(asyncio.get_running_loop())
+    brokers = guard_brokers(config, build_brokers(config), watchdog)
     started: list[tuple[str, Broker]] = []
+    watchdog.start()
     try:
         for account, broker in brokers.items():
-            await broker.start()
+            await start_broker(account, config.broker_of(account), broker)
             started.append((account, broker))
-            log.info("broker.started", account=account, broker=type(broker).__name__)
+            log.info("broker.started", account=account, broker=config.broker_of(account))
         app[BROKERS] = brokers
         yield
     finally:
@@ -213,6 +259,7 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
                 await broker.aclose()
             except Exception:
                 log.exception("broker.close_failed", account=account)
+        await asyncio.to_thread(watchdog.stop)
 
 
 def brokers_of(config: Config) -> Mapping[str, str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from tvbridge.errors import ConfigError
+from tvbridge.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from tvbridge.config import Config
@@ -84,8 +84,27 @@ def resolve_credentials(config: Config) -> Credentials:
             if created:
                 generated.append("admin_token")
     except OSError as e:
-        raise ConfigError(f"server.data_dir: cannot keep the generated secret there: {e.strerror}") from None
-    problem = weak_secret_problem(secret)
+        where = e.filename or config.server.data_dir
+        raise StorageError(f"server.data_dir: cannot keep the generated secret in {where}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise StorageError(f"{secret_file or admin_file}: not a secret file (not UTF-8 text)") from None
+    check_secrets(config, secret)
+    return Credentials(
+        secret=secret,
+        path_token=config.auth.path_token,
+        admin_token=admin_token,
+        secret_file=secret_file,
+        admin_token_file=admin_file,
+        generated=tuple(generated),
+    )
+
+
+def check_secrets(config: Config, secret: str | None = None) -> None:
+    """`ConfigError` when a live account would run behind a weak secret or path token (`secret`: the one in
+    use; by default the configured one, since a generated one is strong). Reads and writes no file, so
+    `check-config` runs it too."""
+    secret = config.auth.secret if secret is None else secret
+    problem = weak_secret_problem(secret) if secret else None
     if problem and config.live_accounts:
         raise ConfigError(
             f"auth.secret {problem}; live trading ({', '.join(config.live_accounts)}) needs a strong secret:"
@@ -98,11 +117,3 @@ def resolve_credentials(config: Config) -> Credentials:
                 f"auth.path_token {token_problem}; a path token alone authenticates live orders"
                 f" ({', '.join(config.live_accounts)}): use 16+ random characters"
             )
-    return Credentials(
-        secret=secret,
-        path_token=config.auth.path_token,
-        admin_token=admin_token,
-        secret_file=secret_file,
-        admin_token_file=admin_file,
-        generated=tuple(generated),
-    )

@@ -24,6 +24,8 @@ import sqlite3
 import threading
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, TypeVar
 
+from tvbridge.filemode import create_private
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
@@ -58,6 +60,7 @@ INLINE: Final = frozenset({"off", "normal"})
 def connect(path: Path, synchronous: Synchronous, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     """A WAL connection in autocommit mode (we say BEGIN and COMMIT ourselves), rows as `sqlite3.Row`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)  # 0600 whatever the umask; SQLite gives -wal and -shm the same mode
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row

@@ -35,7 +35,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import __version__
-from tvbridge.access import has_admin_token
+from tvbridge.access import has_admin_token, same_token
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import (
     ALERT_ID,
@@ -57,6 +57,7 @@ from tvbridge.status_actions import action_paths, actions_version, csrf_token, r
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Mapping
     from decimal import Decimal
 
     from tvbridge.broker import Broker
@@ -82,7 +83,7 @@ def _refusal(request: web.Request, *, stream: bool = False) -> web.Response | No
     """None when the request may see the status; else the 401 that makes a browser ask for the token."""
     if has_admin_token(request):
         return None
-    if stream and hmac.compare_digest(request.query.get("key", ""), _stream_key(request)):
+    if stream and same_token(request.query.get("key", ""), _stream_key(request)):
         return None
     log.warning("admin.auth_failed", path=request.path, source=request.get(SOURCE_IP))
     body = {"status": "error", "message": "admin token required", "alert_id": request.get(ALERT_ID)}
@@ -95,6 +96,16 @@ def page_refusal(request: web.Request) -> web.Response | None:
     """For other admin pages (`GET /alerts/<id>` as HTML): None when the admin token is there, else the 401 that
     makes a browser ask for it."""
     return _refusal(request)
+
+
+PLACEHOLDER: Final = re.compile(r"__([A-Z]+)__")
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """`template` with each `__NAME__` replaced by `values[NAME]`, in one pass: a value that itself reads
+    `__ALERTS__` or `__KEY__` (a symbol, a broker's detail) stays text; chained replaces filled it in (the
+    stream key, or a whole table, inside a cell)."""
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def _day_start_utc(now: datetime) -> str:
@@ -389,15 +400,9 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
 
 
 PAGE: Final = (resources.files("tvbridge") / "status.html").read_text(encoding="utf-8")
+"""The page; its script renders the stream's summaries the same way `render_alerts` does on the server."""
 CSS: Final = (resources.files("tvbridge") / "status.css").read_text(encoding="utf-8")
 """The pages' style sheet (status page and alert page), inlined: the pages load nothing from anywhere."""
-"""The page; its script renders the stream's summaries the same way `render_alerts` does on the server."""
-_SLOT: Final = re.compile(r"__([A-Z]+)__")
-
-
-def fill(template: str, values: dict[str, str]) -> str:
-    """Fill every `__NAME__` slot in one pass, so a value that looks like a slot stays text."""
-    return _SLOT.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 def render_market(market: list[dict[str, Any]]) -> str:

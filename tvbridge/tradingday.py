@@ -49,6 +49,7 @@ from tvbridge.keys import (
 )
 from tvbridge.models import AlertStatus, CancelAlert, CancelLeg, LegResult, LegStatus, OrderAlert, OrderLeg, summarize
 from tvbridge.parsing import parse_alert
+from tvbridge.risk import RiskLimitError, check_leg, reference_price
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 
 if TYPE_CHECKING:
@@ -157,7 +158,25 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
 def plan(app: web.Application, alert: Alert) -> list[Decision]:
     config = app[CONFIG]
     now = app[NOW]()
-    return [decide(config, app[CALENDAR], alert, account, now) for account in config.routing.accounts]
+    decisions = [decide(config, app[CALENDAR], alert, account, now) for account in config.routing.accounts]
+    return [_never_passes(app, alert, d) if d.action == "queue" else d for d in decisions]
+
+
+def _never_passes(app: web.Application, alert: Alert, decision: Decision) -> Decision:
+    """A queued account whose risk limits the alert can never pass (quantity, notional, the symbol lists) is
+    refused now, not hours later at the open. Limits that may change by then (the kill switch, the daily
+    count) are checked when the alert is sent, with these again."""
+    if not isinstance(alert, OrderAlert):
+        return decision
+    limits = app[CONFIG].risk_of(decision.account, app[CONVERTER])
+    broker = app[BROKERS].get(decision.account)
+    for number, leg in enumerate(alert.legs, start=1):
+        try:
+            check_leg(limits, leg, reference_price(broker, leg))
+        except RiskLimitError as e:
+            reason = f"leg {number}: {e}; not queued, nothing will be sent"
+            return Decision(account=decision.account, action="reject", reason=reason)
+    return decision
 
 
 def with_amo(alert: OrderAlert, amo_time: str) -> OrderAlert:
@@ -215,6 +234,8 @@ def _combined_body(
 ) -> dict[str, Any]:
     done = [r for r in results if r.status is not LegStatus.QUEUED]
     status = summarize(done).value if done else AlertStatus.QUEUED.value
+    if queued and status == AlertStatus.FAILED.value:  # refused here, still coming there: not a failed alert
+        status = AlertStatus.PARTIAL.value
     body = response_body(alert_id, alert.alert_type.value, status, results, warnings)
     if queued:
         first = min(d.at for d in queued if d.at is not None)
@@ -293,6 +314,7 @@ async def handle_closed(
         legs=planned_legs(alert_id, alert, config.routing.accounts),
         status="accepted" if running else AlertStatus.QUEUED.value,
         also=_queue_rows(alert_id, queued, rejected),
+        order_log_offset=app[ORDER_LOG].size(),
     )
     waiting = _results(app, queued, alert, LegStatus.QUEUED) + _results(app, rejected, alert, LegStatus.FAILED)
     for d in queued:

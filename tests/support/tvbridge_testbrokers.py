@@ -2,7 +2,8 @@
 
 `scripted`: places orders in memory, and can be told (per account config) to be slow, to reject, or to
 lose the answer after placing (unknown outcome), so the core's handling of each case can be seen from the
-outside. Its orders are kept in a JSON-lines file in the data dir, so tests of a subprocess server can read
+outside. It can also misbehave the way a badly written plugin does (issue 23): hang in `place()` before or
+after placing, block the event loop, raise in `start()` or in its settings parser. Its orders are kept in a JSON-lines file in the data dir, so tests of a subprocess server can read
 what the broker received; like a real broker it still knows them after tvbridge restarts (`start()` reads
 the file back), which is what crash recovery's `lookup()` relies on.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -56,6 +58,17 @@ class ScriptedSettings:
     forgive_repeats: bool = False
     """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
     default): it is placed again, so a core that repeats itself is seen in the order count."""
+    hang_symbols: tuple[str, ...] = ()
+    """`place()` never answers and places nothing (a plugin stuck before sending)."""
+    hang_after_place_symbols: tuple[str, ...] = ()
+    """`place()` places the order, then never answers (a plugin stuck after sending)."""
+    block_loop_symbols: tuple[str, ...] = ()
+    """`place()` blocks the event loop for `block_loop_s` (a synchronous client called without a thread)."""
+    block_loop_s: float = 0.0
+    fail_start: str = ""
+    """`start()` raises a RuntimeError with this message."""
+    settings_bug: bool = False
+    """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
 
 
 class ScriptedBroker:
@@ -80,12 +93,25 @@ class ScriptedBroker:
         if unknown:
             raise ValueError(f"unknown key {min(unknown)}")
         values: dict[str, Any] = dict(settings)
-        for key in ("reject_symbols", "lose_answer_symbols", "bad_answer_symbols", "order_types", "hold_symbols"):
+        if values.get("settings_bug"):
+            return None.parse(values)  # type: ignore[attr-defined, no-any-return]  # the plugin bug under test
+        for key in (
+            "reject_symbols",
+            "lose_answer_symbols",
+            "bad_answer_symbols",
+            "order_types",
+            "hang_symbols",
+            "hang_after_place_symbols",
+            "block_loop_symbols",
+            "hold_symbols",
+        ):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(ScriptedSettings(**values), context)
 
     async def start(self) -> None:
+        if self.settings.fail_start:
+            raise RuntimeError(self.settings.fail_start)
         self.context.data_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -111,6 +137,10 @@ class ScriptedBroker:
         leg = request.leg
         if leg.symbol in self.settings.hold_symbols:
             await self._released.wait()
+        if leg.symbol in self.settings.hang_symbols:
+            await asyncio.Event().wait()  # never set
+        if leg.symbol in self.settings.block_loop_symbols:
+            time.sleep(self.settings.block_loop_s)  # noqa: ASYNC251 - the plugin bug under test: the loop waits
         if leg.symbol in self.settings.reject_symbols:
             raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
         self.placed += 1
@@ -139,6 +169,8 @@ class ScriptedBroker:
             )
         if leg.symbol in self.settings.lose_answer_symbols:
             raise BrokerUnknownOutcomeError("connection dropped after sending")
+        if leg.symbol in self.settings.hang_after_place_symbols:
+            await asyncio.Event().wait()  # never set
         if leg.symbol in self.settings.bad_answer_symbols:
             return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result

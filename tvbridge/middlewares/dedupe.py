@@ -66,7 +66,7 @@ def dedupe_key(raw: Mapping[str, Any]) -> str:
     for name in OWN_KEYS:
         own = raw.get(name)
         if isinstance(own, str | int) and not isinstance(own, bool) and str(own).strip():
-            return "id:" + hashlib.sha256(str(own).strip().encode("utf-8")).hexdigest()
+            return "id:" + hashlib.sha256(str(own).strip().encode("utf-8", "surrogatepass")).hexdigest()
     content = {k: _without_timenow(v) if k == "meta" else v for k, v in raw.items() if k != "secret"}
     legs = content.get("order_legs")
     if isinstance(legs, list):
@@ -75,7 +75,7 @@ def dedupe_key(raw: Mapping[str, Any]) -> str:
             for leg in legs
         ]
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return "body:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return "body:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # the handler 422s those
 
 
 def _without_timenow(meta: object) -> object:

@@ -55,6 +55,7 @@ from tvbridge.broker import (
     OrderResult,
     OrderState,
 )
+from tvbridge.filemode import create_private
 from tvbridge.models import (
     Exchange,
     Instrument,
@@ -246,6 +247,7 @@ class Book:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is exactly
             # what the code says, never sqlite3's implicit deferred one
+            create_private(path)  # 0600 whatever the umask; SQLite gives -wal and -shm the same mode
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise BrokerUnavailableError(f"paper database {path} cannot be opened: {e}") from e

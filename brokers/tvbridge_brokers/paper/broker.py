@@ -10,6 +10,10 @@ order id safe (the second one finds the first one's order inside its own transac
 On the thread, if a caller stops waiting (its task is cancelled by a deadline), a call already running still
 finishes and commits; tvbridge learns the outcome through `lookup()`, which is the contract for an unknown outcome.
 On the event loop a call cannot be interrupted half-way at all.
+
+The database file deleted or replaced under the running server is noticed before every call: orders written
+into a file the next start never opens would be forgotten (and placed again by an alert's resend), so every call
+fails unsent with `BrokerUnavailableError` and `health()` says why, until a restart opens the file anew.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tvbridge.broker import (
     Health,
     check_supported,
 )
+from tvbridge.fileid import FileIdentity
 from tvbridge.sqlite import Checkpointer
 
 from .book import Book
@@ -82,6 +87,7 @@ class PaperBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._checkpointer: Checkpointer | None = None
         self._book: Book | None = None
+        self._identity: FileIdentity | None = None
         self._closed = False
         # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
         # arrives during start() must close what that start() opened
@@ -118,6 +124,7 @@ class PaperBroker:
                 log.info("paper.instruments.loaded", path=str(self._settings.instruments_path), rows=len(self._rules))
             if self._settings.synchronous != "full":
                 self._book = Book.open(self._settings.db_path, self._settings.prices, self._settings.synchronous)
+                self._identity = FileIdentity.of(self._settings.db_path)
                 self._checkpointer = Checkpointer(self._settings.db_path, "normal", name="tvbridge-paper-checkpoint")
                 self._checkpointer.start()
                 return
@@ -133,6 +140,7 @@ class PaperBroker:
                 executor.shutdown(wait=False)
                 raise
             self._book, self._executor = book, executor
+            self._identity = FileIdentity.of(self._settings.db_path)
 
     async def aclose(self) -> None:
         """Close the database and stop the worker thread once the calls already queued have run. Idempotent."""
@@ -233,6 +241,9 @@ class PaperBroker:
         if book is None:
             state = "closed" if self._closed else "not started"
             raise BrokerUnavailableError(f"the paper broker is {state}: nothing was done")
+        problem = self._identity.problem() if self._identity is not None else ""
+        if problem:
+            raise BrokerUnavailableError(f"paper database {problem}: nothing was done; restart tvbridge")
         if executor is None:
             return job(book)
         return await asyncio.wrap_future(executor.submit(job, book))

@@ -1,0 +1,86 @@
+"""A record file deleted or replaced under the running server is noticed: `/webhook` and `/health` answer 503
+instead of accepting alerts into a file the next start will never see (`tvbridge/fileid.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from durability_server import KillableServer, journal_rows, scripted_orders
+from helpers import alert, leg
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [("tvbridge.sqlite3", "journal"), ("tvbridge.sqlite3-wal", "journal"), ("webhook_orders.csv", "order_log")],
+)
+async def test_a_record_file_gone_under_the_server_gives_503(tmp_path: Path, name: str, check: str, how: str) -> None:
+    """Delete the journal or the order log (or move another file over it) while the server runs: the next alert
+    gets 503 naming the file, nothing of it reaches the broker, and `/health` is 503 with the reason in the
+    file's check. After a restart the alert resent is accepted and placed once."""
+    server = await asyncio.to_thread(KillableServer(tmp_path).start)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:
+            assert response.status == 200
+        path = tmp_path / name
+        if how == "deleted":
+            path.unlink()
+        else:
+            other = tmp_path / f"{name}.new"
+            other.write_bytes(path.read_bytes())
+            other.replace(path)
+        async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="TCS"), id="resend-me")) as response:
+            assert response.status == 503
+            refused = await response.json()
+        async with session.get(f"{server.url}/health") as response:
+            assert response.status == 503
+            health = await response.json()
+    assert f"{name} was {how}" in refused["message"]
+    assert "restart tvbridge" in refused["message"]
+    assert health["checks"][check]["ok"] is False
+    assert name in health["checks"][check]["detail"]
+    assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY"]
+    assert await asyncio.to_thread(server.terminate) == 0
+
+    restarted = await asyncio.to_thread(KillableServer(tmp_path, name="restarted").start)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{restarted.url}/webhook", json=alert(leg(symbol="TCS"), id="resend-me")) as response:
+            assert response.status == 200
+        async with session.get(f"{restarted.url}/health") as response:
+            assert response.status == 200
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "TCS"]
+    alerts, _, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert refused["alert_id"] not in alerts
+
+
+async def test_a_paper_database_gone_under_the_server_places_nothing(tmp_path: Path) -> None:
+    """Delete the paper broker's database while the server runs: no order goes into the deleted file (the leg
+    fails unsent, saying why), `/health` is 503 on the paper account, and after a restart the alert resent is
+    placed once in the new file."""
+    (tmp_path / "config.toml").write_text('[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nINFY = 100\n')
+    env = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}
+    server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:
+            assert response.status == 200
+        (tmp_path / "paper-paper.sqlite3").unlink()
+        async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"), id="again")) as response:
+            body = await response.json()
+        async with session.get(f"{server.url}/health") as response:
+            assert response.status == 503
+            health = await response.json()
+    assert body["status"] == "failed"
+    assert "paper database" in body["results"][0]["message"]
+    assert "was deleted" in body["results"][0]["message"]
+    assert body["results"][0]["order_id"] is None
+    assert health["checks"]["broker:paper"]["ok"] is False
+    assert "was deleted" in health["checks"]["broker:paper"]["detail"]
+    assert await asyncio.to_thread(server.terminate) == 0
