@@ -43,12 +43,15 @@ from tvbridge.notify import Notifier, notify_ctx
 from tvbridge.openapi import openapi_handler
 from tvbridge.orderlog import order_log_ctx
 from tvbridge.recovery import recovery_ctx
+from tvbridge.refusal_journal import refusal_journal_ctx
 from tvbridge.refusals import refusals_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 from tvbridge.sessions import Calendar
 from tvbridge.status import status_events, status_page
+from tvbridge.status_actions import actions_ctx
+from tvbridge.status_actions import add_routes as add_status_actions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -113,6 +116,7 @@ def create_app(
     app.router.add_get("/openapi.json", openapi_handler)
     app.router.add_get("/status", status_page)
     app.router.add_get("/status/events", status_events)
+    add_status_actions(app)
     app[NOW] = clock
     app[CALENDAR] = Calendar.from_config(config.sessions)
     # recovery after brokers and executor, before the first request and before the queue's scheduler; order
@@ -121,6 +125,8 @@ def create_app(
         [
             refusals_ctx,
             journal_ctx,
+            refusal_journal_ctx,
+            actions_ctx,
             order_log_ctx,
             rate_limit_ctx,
             dedupe_ctx,

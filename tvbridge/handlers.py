@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tvbridge import __version__, metrics, tradingday
 from tvbridge.access import same_token
+from tvbridge.alertpage import alert_page, prefers_html
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import AuthError, NotFoundError, RecordsError, ShuttingDownError
@@ -32,7 +33,9 @@ from tvbridge.keys import (
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
 from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
+from tvbridge.refusal_journal import get_refusal
 from tvbridge.refusals import should_log
+from tvbridge.status import page_refusal
 from tvbridge.text import bounded
 
 if TYPE_CHECKING:
@@ -220,9 +223,19 @@ def require_admin(request: web.Request) -> None:
 
 
 async def get_alert(request: web.Request) -> web.Response:
-    require_admin(request)
+    """The journal's record of one alert, accepted or refused (`tvbridge/refusal_journal.py`): JSON for API clients,
+    a page for a browser that asks for HTML (`tvbridge/alertpage.py`)."""
+    as_page = prefers_html(request.headers.get("Accept", ""))
+    if as_page:
+        if (refused := page_refusal(request)) is not None:
+            return refused
+    else:
+        require_admin(request)
     wanted = request.match_info["alert_id"]
-    record = await request.app[JOURNAL].get_alert(wanted)
+    journal = request.app[JOURNAL]
+    record = await journal.get_alert(wanted)
+    if record is None:
+        record = await journal.read(lambda conn: get_refusal(conn, wanted))
     if record is None:
         raise NotFoundError(f"no alert {wanted!r} in the journal")
-    return web.json_response(record)
+    return alert_page(record) if as_page else web.json_response(record)

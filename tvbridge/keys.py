@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.middlewares.rate_limit import RateLimiter  # noqa: F401
     from tvbridge.notify import Notifier  # noqa: F401
     from tvbridge.orderlog import OrderLog  # noqa: F401
+    from tvbridge.refusal_journal import RefusalJournal  # noqa: F401
     from tvbridge.refusals import RefusalLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
@@ -46,6 +47,9 @@ NOW = web.AppKey["Callable[[], datetime]"]("now")
 machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
 CALENDAR = web.AppKey["Calendar"]("calendar")
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
+REFUSAL_JOURNAL = web.AppKey["RefusalJournal"]("refusal_journal")
+"""Webhook requests refused before anything ran (`tvbridge/refusal_journal.py`): what the status page lists with the
+accepted alerts."""
 
 ALERT_ID = web.RequestKey[str]("alert_id")
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")

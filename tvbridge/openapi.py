@@ -277,16 +277,18 @@ def build_openapi(paths_extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "/webhook/{path_token}": _webhook(with_token=True),
         "/alerts/{alert_id}": {
             "get": {
-                "summary": "One alert's state and leg results, from the journal",
+                "summary": "One alert's state and leg results (or why it was refused), from the journal",
                 "operationId": "getAlert",
-                "security": [{"bearer": []}],
+                "security": [{"bearer": []}, {"basic": []}],
                 "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {
                     "200": {
                         "description": "the journal's record: status, payload, the answer given, and `legs`, each with"
                         " its `state` and its order's current `order_state`, `filled_quantity`, `average_price` and"
-                        " `order_message` (kept current by order follow-up)",
-                        "content": {JSON: {"schema": {"type": "object"}}},
+                        " `order_message` (kept current by order follow-up); a refused alert has `status: refused`,"
+                        " `http_status`, `reason`, `errors` and no legs. A browser that prefers `text/html` (HTTP Basic"
+                        " login with the admin token) gets the same record as a page",
+                        "content": {JSON: {"schema": {"type": "object"}}, "text/html": {"schema": {"type": "string"}}},
                     },
                     "401": _error("admin token required"),
                     "404": _error("no such alert"),

@@ -7,11 +7,21 @@ browser asks for it; or Bearer). It opens `GET /status/events`, an event stream 
 again whenever the journal changes; the stream's URL carries an HMAC of the admin token (never the token), so
 the browser's EventSource needs no header. The journal is the only source of the alerts shown: what the page
 shows is what recovery and `GET /alerts/<id>` see.
+
+What the summary holds (issue 21): every alert that reached us today, accepted or refused
+(`tvbridge/refusal_journal.py`;
+401s only counted), with the reason in plain words; each leg's order state as order follow-up records it; the day's
+positions and realised/unrealised P&L per account from the journal's fills (`tvbridge/pnl.py`) beside the broker's
+own positions; realised P&L over time and alerts per minute by outcome (drawn by the page as inline SVG); the state
+of the day (market phase, halt, broker health); and the admin actions taken from the page
+(`tvbridge/status_actions.py`). Per-strategy figures need `[strategies]`, which the config does not have yet.
+Times travel as ISO UTC; the page shows them in IST (seconds), with UTC on hover.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import html
@@ -27,6 +37,7 @@ from aiohttp import web
 
 from tvbridge import __version__
 from tvbridge.access import has_admin_token, same_token
+from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import (
     ALERT_ID,
     BROKERS,
@@ -36,15 +47,19 @@ from tvbridge.keys import (
     FOLLOWUP,
     JOURNAL,
     NOW,
+    REFUSAL_JOURNAL,
     SOURCE_IP,
     STATE,
 )
-from tvbridge.metrics import is_halted
+from tvbridge.pnl import Fill, day_pnl, decimal_or_none
+from tvbridge.refusal_journal import refusals_version, today_refusals
 from tvbridge.sessions import EXCHANGES
+from tvbridge.status_actions import action_paths, actions_version, csrf_token, recent_actions
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Mapping
+    from decimal import Decimal
 
     from tvbridge.broker import Broker
 
@@ -52,6 +67,9 @@ log = structlog.get_logger()
 
 MARKET_TZ: Final = ZoneInfo("Asia/Kolkata")
 MAX_ALERTS: Final = 200
+"""Alerts listed (accepted and refused each); counts and charts cover the whole day."""
+REASON_STATUSES: Final = frozenset({"stale", "failed", "rejected", "expired", "cancelled", "partial", "unknown"})
+"""Accepted alerts whose answer's `message` is worth showing as their reason."""
 POLL_S: Final = 0.25
 """How often an open event stream looks for a change in the journal (one small read)."""
 KEEPALIVE_S: Final = 15.0
@@ -75,6 +93,12 @@ def _refusal(request: web.Request, *, stream: bool = False) -> web.Response | No
     )
 
 
+def page_refusal(request: web.Request) -> web.Response | None:
+    """For other admin pages (`GET /alerts/<id>` as HTML): None when the admin token is there, else the 401 that
+    makes a browser ask for it."""
+    return _refusal(request)
+
+
 PLACEHOLDER: Final = re.compile(r"__([A-Z]+)__")
 
 
@@ -90,9 +114,16 @@ def _day_start_utc(now: datetime) -> str:
     return datetime.combine(local.date(), time(), MARKET_TZ).astimezone(UTC).isoformat()
 
 
+def _version(conn: sqlite3.Connection, since: str) -> str:
+    """Changes when anything the page shows from the journal changes (one small read per stream tick)."""
+    row = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,))
+    count, latest = row.fetchone()
+    return f"{count}:{latest}/{refusals_version(conn, since)}/{actions_version(conn)}"
+
+
 def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
     rows = conn.execute(
-        "SELECT alert_id, received_at, alert_type, status, updated_at FROM alerts WHERE received_at >= ?"
+        "SELECT alert_id, received_at, alert_type, status, updated_at, response FROM alerts WHERE received_at >= ?"
         " ORDER BY received_at DESC LIMIT ?",
         (since, MAX_ALERTS),
     ).fetchall()
@@ -102,7 +133,7 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
         marks = ",".join("?" * len(ids))
         for leg in conn.execute(
             f"SELECT alert_id, account, leg_number, state, order_id, order_state, filled_quantity, average_price,"  # noqa: S608 - only placeholders
-            f" message, result FROM legs"
+            f" message, order_message, result FROM legs"
             f" WHERE alert_id IN ({marks}) ORDER BY account, leg_number",
             ids,
         ):
@@ -119,23 +150,103 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
                     "order_state": leg["order_state"],
                     "filled_quantity": leg["filled_quantity"],
                     "average_price": leg["average_price"],
-                    "message": leg["message"] or "",
+                    "message": leg["order_message"] or leg["message"] or "",
                 }
             )
-    version = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,)).fetchone()
+    accepted = [
+        {
+            "alert_id": row["alert_id"],
+            "received_at": row["received_at"],
+            "alert_type": row["alert_type"],
+            "status": row["status"],
+            "reason": _reason_of(row["status"], row["response"]),
+            "accounts": sorted({leg["account"] for leg in legs[row["alert_id"]]}),
+            "legs": legs[row["alert_id"]],
+        }
+        for row in rows
+    ]
+    refused = today_refusals(conn, since, MAX_ALERTS)
+    merged = sorted([*accepted, *refused], key=lambda a: a["received_at"], reverse=True)
     return {
-        "version": f"{version[0]}:{version[1]}",
-        "alerts": [
-            {
-                "alert_id": row["alert_id"],
-                "received_at": row["received_at"],
-                "alert_type": row["alert_type"],
-                "status": row["status"],
-                "legs": legs[row["alert_id"]],
-            }
-            for row in rows
-        ],
+        "version": _version(conn, since),
+        "alerts": merged[:MAX_ALERTS],
+        "per_minute": _per_minute(conn, since),
+        "actions": recent_actions(conn),
+        **_fills_today(conn, since),
     }
+
+
+def _reason_of(status: str, response: str | None) -> str:
+    if status not in REASON_STATUSES or not response:
+        return ""
+    try:
+        body = json.loads(response)
+    except ValueError:
+        return ""
+    return str(body.get("message", "")) if isinstance(body, dict) else ""
+
+
+def _per_minute(conn: sqlite3.Connection, since: str) -> list[dict[str, Any]]:
+    """Alerts per minute (UTC, `YYYY-MM-DDTHH:MM`) by outcome, the whole day: accepted ones by their status,
+    refused ones as `refused`."""
+    rows = conn.execute(
+        "SELECT substr(received_at, 1, 16) AS minute, status AS outcome, count(*) AS n FROM alerts"
+        " WHERE received_at >= ? GROUP BY minute, outcome"
+        " UNION ALL SELECT substr(received_at, 1, 16), 'refused', count(*) FROM refusals"
+        " WHERE received_at >= ? GROUP BY 1 ORDER BY 1, 2",
+        (since, since),
+    ).fetchall()
+    return [{"minute": row[0], "outcome": row[1], "count": row[2]} for row in rows]
+
+
+def _exits(payload: str) -> set[tuple[str, str]]:
+    """(exchange, symbol) of the alert's `manage_position` legs: their side is the broker's choice (opposite to
+    the position), not the leg's `transactionType`."""
+    try:
+        legs = json.loads(payload).get("order_legs", [])
+    except (ValueError, AttributeError):
+        return set()
+    return {
+        (str(leg.get("exchange", "")), str(leg.get("symbol", "")))
+        for leg in legs
+        if isinstance(leg, dict) and leg.get("manage_position")
+    }
+
+
+def _fills_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
+    """The day's fills and last prices, as `tvbridge.pnl.day_pnl` takes them, and what it makes of them."""
+    fills = []
+    last: dict[tuple[str, str], tuple[str, Decimal]] = {}
+    exits: dict[str, set[tuple[str, str]]] = {}
+    for leg in conn.execute(
+        "SELECT legs.alert_id, legs.account, legs.filled_quantity, legs.average_price, legs.result, alerts.payload,"
+        " COALESCE(legs.order_updated_at, legs.updated_at) AS at FROM legs"
+        " JOIN alerts ON alerts.alert_id = legs.alert_id WHERE alerts.received_at >= ? AND legs.result IS NOT NULL",
+        (since,),
+    ):
+        result = json.loads(leg["result"])
+        key = (str(result.get("exchange", "")), str(result.get("symbol", "")))
+        if leg["alert_id"] not in exits:
+            exits[leg["alert_id"]] = _exits(leg["payload"])
+        side = "EXIT" if key in exits[leg["alert_id"]] else str(result.get("transaction", ""))
+        price = decimal_or_none(result.get("price"))
+        fill_price = decimal_or_none(leg["average_price"])
+        for seen in (price, fill_price):
+            if seen is not None and seen > 0 and (key not in last or last[key][0] <= leg["at"]):
+                last[key] = (leg["at"], seen)
+        if leg["filled_quantity"] and fill_price is not None and side in {"B", "S", "EXIT"}:
+            fills.append(
+                Fill(
+                    at=leg["at"],
+                    account=leg["account"],
+                    exchange=key[0],
+                    symbol=key[1],
+                    side=side,
+                    quantity=int(leg["filled_quantity"]),
+                    price=fill_price,
+                )
+            )
+    return {"pnl": day_pnl(fills, {key: price for key, (_, price) in last.items()})}
 
 
 async def _broker_health(account: str, broker: Broker) -> dict[str, Any]:
@@ -165,6 +276,7 @@ async def _positions(account: str, broker: Broker) -> list[dict[str, Any]]:
             "product": p.product.value,
             "net_quantity": str(p.net_quantity),
             "average_price": str(p.average_price or ""),
+            "realised": str(p.details.get("realized_pnl") or ""),
         }
         for p in found
     ]
@@ -174,7 +286,8 @@ async def summary(app: web.Application) -> dict[str, Any]:
     """Everything the page shows, as JSON (the event stream sends this)."""
     now = datetime.now(UTC)
     journal = app[JOURNAL]
-    today = await journal.read(lambda conn: _alerts_today(conn, _day_start_utc(now)))
+    day_start = _day_start_utc(now)
+    today = await journal.read(lambda conn: _alerts_today(conn, day_start))
     brokers = app.get(BROKERS, {})
     state = app[STATE]
     config = app[CONFIG]
@@ -182,6 +295,8 @@ async def summary(app: web.Application) -> dict[str, Any]:
     positions = [p for found in await asyncio.gather(*(_positions(a, b) for a, b in brokers.items())) for p in found]
     clock = app[NOW]()
     calendar = app[CALENDAR]
+    halt = read_halt(halt_path(config.server.data_dir))
+    refusals = app.get(REFUSAL_JOURNAL)
     market = []
     for exchange in EXCHANGES:
         found = calendar.status(exchange, clock)
@@ -201,9 +316,14 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "started_at": state.started_at.isoformat(),
             "now": now.isoformat(),
             "accepting": not state.shutting_down,
-            "halted": is_halted(app),
+            "halted": halt is not None,
+            "halt": {"reason": halt.reason, "since": halt.since, "by": halt.by} if halt is not None else None,
             "journal_ok": journal.healthy,
             "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
+            "day_start": day_start,
+            "unauthenticated": refusals.unauthenticated if refusals is not None else 0,
+            "refusals_not_journaled": refusals.not_journaled if refusals is not None else 0,
+            "strategies": None,
         },
         "brokers": health,
         "followup": _followup(app),
@@ -225,6 +345,17 @@ def _cell(value: object) -> str:
     return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
 
 
+def show_time(iso: str, *, with_day: bool = False) -> str:
+    """`<time>` in IST to the second (or day and minute), UTC on hover (the page's script: `timeHtml`)."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return html.escape(iso)
+    utc = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    local = moment.astimezone(MARKET_TZ).strftime("%a %d %b, %H:%M" if with_day else "%H:%M:%S")
+    return f'<time datetime="{html.escape(iso)}" title="{utc}">{local}</time>'
+
+
 def order_text(leg: dict[str, Any]) -> str:
     """` open`, ` filled 10 @ 2900`: the order's own state at the broker (kept current by order follow-up)."""
     state = leg.get("order_state")
@@ -237,36 +368,51 @@ def order_text(leg: dict[str, Any]) -> str:
     return text
 
 
+def leg_text(leg: dict[str, Any]) -> str:
+    return f"{leg['account']} #{leg['leg']} {leg['transaction']} {leg['quantity']} {leg['symbol']}: {leg['state']}" + (
+        f" ({leg['order_id']}{order_text(leg)})" if leg["order_id"] else ""
+    )
+
+
+def outcome_text(alert: dict[str, Any]) -> str:
+    return f"refused {alert['http_status']}" if alert["status"] == "refused" else str(alert["status"])
+
+
 def render_alerts(alerts: list[dict[str, Any]]) -> str:
     """Server-side rendering of the alerts table body (the page's script renders the same from the stream)."""
     rows = []
     for alert in alerts:
-        legs = "; ".join(
-            f"{leg['account']} #{leg['leg']} {leg['transaction']} {leg['quantity']} {leg['symbol']}: {leg['state']}"
-            + (f" ({leg['order_id']}{order_text(leg)})" if leg["order_id"] else "")
+        legs = "".join(
+            f'<li data-leg="{html.escape(leg["account"])}-{leg["leg"]}">{html.escape(leg_text(leg))}</li>'
             for leg in alert["legs"]
         )
+        alert_id = html.escape(alert["alert_id"])
         rows.append(
-            f'<tr data-alert-id="{html.escape(alert["alert_id"])}" class="{html.escape(alert["status"])}">'
-            + _cell(alert["received_at"][11:19])
-            + _cell(alert["alert_id"])
+            f'<tr data-alert-id="{alert_id}" class="{html.escape(alert["status"])}">'
+            f"<td>{show_time(alert['received_at'])}</td>"
+            f'<td><a href="/alerts/{alert_id}">{alert_id}</a></td>'
             + _cell(alert["alert_type"])
-            + _cell(alert["status"])
-            + _cell(legs)
+            + _cell(outcome_text(alert))
+            + f'<td class="reason">{html.escape(alert.get("reason") or "")}</td>'
+            + f'<td class="legs-cell"><ul class="legs">{legs}</ul></td>'
             + "</tr>"
         )
-    return "\n".join(rows) or '<tr><td colspan="5">no alerts today</td></tr>'
+    return "\n".join(rows) or '<tr><td colspan="6">no alerts today</td></tr>'
 
 
 PAGE: Final = (resources.files("tvbridge") / "status.html").read_text(encoding="utf-8")
 """The page; its script renders the stream's summaries the same way `render_alerts` does on the server."""
+CSS: Final = (resources.files("tvbridge") / "status.css").read_text(encoding="utf-8")
+"""The pages' style sheet (status page and alert page), inlined: the pages load nothing from anywhere."""
 
 
 def render_market(market: list[dict[str, Any]]) -> str:
+    def next_open(m: dict[str, Any]) -> str:
+        return ("next open " + show_time(m["next_open"], with_day=True)) if m["next_open"] else ""
+
     return "".join(
         f'<tr>{_cell(m["exchange"])}<td class="{"ok" if m["open"] else "bad"}">{html.escape(m["phase"])}</td>'
-        f"{_cell(m['reason'])}{_cell(('next open ' + m['next_open'][:16].replace('T', ' ')) if m['next_open'] else '')}"
-        "</tr>"
+        f"{_cell(m['reason'])}<td>{next_open(m)}</td></tr>"
         for m in market
     )
 
@@ -276,7 +422,7 @@ def _server_html(server: dict[str, Any], followup: dict[str, Any] | None = None)
         '<span class="ok">accepting alerts</span>' if server["accepting"] else '<span class="bad">shutting down</span>',
         '<span class="bad">HALTED</span>' if server["halted"] else "not halted",
         "journal " + ('<span class="ok">ok</span>' if server["journal_ok"] else '<span class="bad">FAILING</span>'),
-        f"up since {html.escape(server['started_at'])}",
+        f"up since {show_time(server['started_at'])}",
     ]
     if followup is not None:
         parts.append(f"{int(followup['orders'])} order(s) followed")
@@ -290,33 +436,37 @@ async def status_page(request: web.Request) -> web.Response:
     accept = request.headers.get("Accept", "")
     if "application/json" in accept and "text/html" not in accept:  # `tvbridge status`, scripts
         return web.json_response(data, dumps=lambda d: json.dumps(d, default=str))
+    followed = data["followup"]["by_account"]
     brokers = "".join(
-        f'<tr>{_cell(b["account"])}<td class="{"ok" if b["ok"] else "bad"}">{"ok" if b["ok"] else "DOWN"}</td>'
-        f"{_cell(b['detail'])}</tr>"
+        f'<tr data-account="{html.escape(b["account"])}">{_cell(b["account"])}'
+        f"{_cell(data['server']['accounts'].get(b['account'], ''))}"
+        f'<td class="{"ok" if b["ok"] else "bad"}">{"ok" if b["ok"] else "DOWN"}</td>'
+        f'{_cell(b["detail"])}<td class="num">{int(followed.get(b["account"], 0))}</td><td></td></tr>'
         for b in data["brokers"]
-    )
-    positions = "".join(
-        f"<tr>{_cell(p['account'])}{_cell(p['exchange'] + ' ' + p['symbol'])}{_cell(p['net_quantity'])}"
-        f"{_cell(p['average_price'])}</tr>"
-        for p in data["positions"]
     )
     page = fill(
         PAGE,
         {
+            "CSS": CSS,
             "VERSION": html.escape(__version__),
             "SERVER": _server_html(data["server"], data["followup"]),
             "BROKERS": brokers,
             "MARKET": render_market(data["market"]),
             "COUNT": f"({len(data['alerts'])})",
             "ALERTS": render_alerts(data["alerts"]),
-            "POSITIONS": positions,
             "KEY": _stream_key(request),
+            "CSRF": csrf_token(request.app),
         },
     )
     return web.Response(
         text=page,
         content_type="text/html",
-        headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self' 'unsafe-inline'"},
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'self' 'unsafe-inline'; img-src 'self' data:",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+        },
     )
 
 
@@ -336,12 +486,8 @@ async def status_events(request: web.Request) -> web.StreamResponse:
     while not app[STATE].shutting_down:
         since = _day_start_utc(datetime.now(UTC))
 
-        def changed(conn: sqlite3.Connection, since: str = since) -> str:
-            row = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,))
-            count, latest = row.fetchone()
-            return f"{count}:{latest}"
-
-        version = await journal.read(changed)
+        version = await journal.read(functools.partial(_version, since=since))
+        version += f"/{read_halt(halt_path(app[CONFIG].server.data_dir)) is not None}"
         if version != seen:
             seen = version
             data = json.dumps(await summary(app), default=str)
@@ -363,6 +509,7 @@ def status_paths() -> dict[str, Any]:
     }
     security: list[dict[str, list[str]]] = [{"basic": []}, {"bearer": []}]
     return {
+        **action_paths(),
         "/status": {
             "get": {
                 "summary": "The live status page (HTML)",

@@ -89,7 +89,8 @@ def render(summary: dict[str, Any], url: str) -> str:
             for leg in alert["legs"]
         )
         when, kind = alert["received_at"][11:19], alert["alert_type"]
-        lines.append(f"  {when}  {alert['alert_id']}  {kind:<16} {alert['status']:<9} {legs}")
+        shown = legs or alert.get("reason", "")  # a refused alert has no legs: why it was refused
+        lines.append(f"  {when}  {alert['alert_id']}  {kind:<16} {alert['status']:<9} {shown}")
     if not summary["alerts"]:
         lines.append("  none")
     lines += ["", "Open positions:"]

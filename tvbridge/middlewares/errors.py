@@ -18,10 +18,11 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import InvalidAlertError, RateLimitedError, RequestError, TvBridgeError, http_status_of
-from tvbridge.keys import ALERT_ID, SOURCE_IP
+from tvbridge.keys import ALERT_ID, REFUSAL_JOURNAL, SOURCE_IP
 from tvbridge.metrics import reason_of, refused
 from tvbridge.middlewares.rate_limit import charge_failure
 from tvbridge.refusals import should_log
+from tvbridge.routes import is_webhook
 from tvbridge.text import bounded
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ def error_response(request: web.Request, status: int, message: str, **extra: Any
     return response
 
 
+async def _keep(request: web.Request, status: int, reason: str, message: str, errors: list[str]) -> None:
+    """A refused webhook request goes to the journal's refusals table (the status page lists it with its reason)."""
+    if (journal := request.app.get(REFUSAL_JOURNAL)) is not None and is_webhook(request):
+        await journal.record(request, status=status, reason=reason, message=message, errors=errors)
+
+
 def errors() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -87,12 +94,14 @@ def errors() -> Middleware:
                 )
             response = error_response(request, status, message, **extra)
             response.headers.update(headers)
+            await _keep(request, status, reason_of(e), str(e), extra.get("errors", []))
             return response
         except web.HTTPException as e:
             if e.status < 400:
                 raise
             refused(request.app, _snake(e.reason), e.status)
             charge_failure(request, e)
+            await _keep(request, e.status, "http", e.reason, [])
             return error_response(request, e.status, e.reason)
         except Exception:
             log.exception("request.failed")
