@@ -54,7 +54,7 @@ Errors::
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Protocol, Self, TypeVar, runtime_checkable
@@ -190,6 +190,10 @@ class BrokerContext:
     """The account's name (`[accounts.NAME]`): put it in log lines and per-account file names."""
     data_dir: Path
     """tvbridge's data directory (`server.data_dir`); keep files there, named after the account."""
+    notify: Callable[[str, str], None] = attrs.field(default=lambda _kind, _message: None, eq=False, repr=False)
+    """`notify(kind, message)` tells the operator (tvbridge's `[notify]` targets) that something needs a person
+    before it costs an alert: kinds `token_expiring` and `instruments_refresh_failed` (see docs/operations.md).
+    Never blocks, never raises; no secret in `message`. The default drops it (tests, `tvbridge brokers`)."""
 
 
 @attrs.frozen(kw_only=True)

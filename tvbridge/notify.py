@@ -9,7 +9,8 @@ configured secret is blanked from them before sending.
 
 Kinds: `leg_failed`, `unknown_outcome`, `token_expired`, `journal_error` are raised here and in the executor;
 `halted`, `resumed`, `queued_sent` are for the code that halts, resumes and sends queued alerts, through
-`event(app, kind, message)`.
+`event(app, kind, message)`. `token_expiring` and `instruments_refresh_failed` come from broker plugins
+(`BrokerContext.notify`), `not_ready` from the pre-open readiness check (`tvbridge/readiness.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ KINDS: Final = (
     "resumed",
     "queued_sent",
     "journal_error",
+    "token_expiring",
+    "instruments_refresh_failed",
+    "not_ready",
 )
 TITLES: Final = {
     "leg_failed": "order leg failed",
@@ -51,6 +55,9 @@ TITLES: Final = {
     "resumed": "trading resumed",
     "queued_sent": "queued alert sent",
     "journal_error": "journal trouble",
+    "token_expiring": "broker token cannot be renewed",
+    "instruments_refresh_failed": "instrument master refresh failed",
+    "not_ready": "NOT READY for the open",
 }
 SEND_TIMEOUT_S: Final = 30.0
 

@@ -20,7 +20,7 @@ from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from aiohttp import web
 
@@ -140,7 +140,7 @@ def plugin_table(config: Config, account: str) -> tuple[str, dict[str, Any]]:
     return str(table.pop("broker", account)), table
 
 
-def build_brokers(config: Config) -> dict[str, Broker]:
+def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None = None) -> dict[str, Broker]:
     """One plugin instance per routed account, each from its own config table.
 
     The table reaches the plugin without `broker` and without the keys tvbridge reads itself (`ACCOUNT_KEYS`:
@@ -151,6 +151,8 @@ def build_brokers(config: Config) -> dict[str, Broker]:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
         context = BrokerContext(account=account, data_dir=config.server.data_dir)
+        if notify is not None:
+            context = attrs.evolve(context, notify=notify)
         try:
             broker = cls.from_settings(table, context)
         except ValueError as e:
@@ -170,9 +172,10 @@ def build_brokers(config: Config) -> dict[str, Broker]:
 
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
-    from tvbridge.keys import BROKERS, CONFIG  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import BROKERS, CONFIG, NOTIFIER  # noqa: PLC0415 - keys imports this module's types
 
-    brokers = build_brokers(app[CONFIG])
+    notifier = app.get(NOTIFIER)
+    brokers = build_brokers(app[CONFIG], notify=notifier.event if notifier is not None else None)
     started: list[tuple[str, Broker]] = []
     try:
         for account, broker in brokers.items():

@@ -9,7 +9,9 @@ The rules, in the order `place()` applies them:
 1. Everything that can be checked locally is checked before anything is sent (capabilities, correlation id,
    contract, every mapped field); a refusal names the alert field.
 2. Dry-run (`live = false`) stops here: no HTTP at all, the result carries what would have been sent.
-3. After a DH-901 every order fails fast with `BrokerAuthError` until `reconfigure()` (SIGHUP) brings a token.
+3. After a DH-901 the account tries once to get a new token (`token.TokenKeeper.recover`: one renewed meanwhile,
+   or one generated from PIN + TOTP) and resends; if that fails every order fails fast with `BrokerAuthError`
+   until `reconfigure()` (SIGHUP) or the next minute's maintenance brings a token.
 4. If the ledger shows this client order id was tried before (a retry, or a restart after a crash), the order
    is looked up by correlation id first and returned if Dhan has it: one order, never two.
 5. The throttle waits for a slot, the intent is fsynced to the ledger, then the order is sent with
@@ -53,6 +55,7 @@ from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
+from tvbridge_brokers.dhan.token import TokenKeeper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -65,6 +68,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
+MAINTAIN_EVERY_S: Final = 60.0
+"""How often the token and the instrument master are looked at while the server runs."""
 HEALTH_CACHE_S: Final = 10.0
 """/health may be polled every few seconds; one fund-limit call per 10 s is plenty to notice an expired token."""
 
@@ -96,6 +101,8 @@ class DhanBroker:
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._dry_runs: dict[str, OrderResult] = {}
         self._log = log.bind(broker="dhan", account=context.account)
+        self._tokens: TokenKeeper | None = None
+        self._maintenance: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -130,13 +137,27 @@ class DhanBroker:
         self._master = await self._load_master(self._settings)
         await asyncio.to_thread(self._ledger.load)
         if self._settings.live:
-            self._client = DhanClient(self._settings)
+            self._tokens = TokenKeeper(
+                self._settings,
+                account=self._context.account,
+                data_dir=self._context.data_dir,
+                clock=self._clock,
+                notify=self._context.notify,
+            )
+            await asyncio.to_thread(self._tokens.load)
+            await self._tokens.maintain()
+            self._client = DhanClient(self._with_token(self._settings))
             health = await self.health()
             self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
+            self._maintenance = asyncio.create_task(self._maintain_every_minute(), name=f"dhan-{self._context.account}")
         else:
             self._log.info("dhan.started", live=False, instruments=len(self._master))
 
     async def aclose(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
         clients = [*self._retired, *([self._client] if self._client else [])]
         self._client = None
         self._retired = []
@@ -162,9 +183,11 @@ class DhanBroker:
         self._master = master
         if new.max_orders_per_s != old.max_orders_per_s:
             self._throttle = TokenBucket(new.max_orders_per_s)
+        if self._tokens is not None:
+            self._tokens.reconfigure(new)
         if new.live and self._client is not None:
             self._retired.append(self._client)
-            self._client = DhanClient(new)
+            self._client = DhanClient(self._with_token(new))
         self._auth_failed = False
         self._health = None
         self._log.info("dhan.reconfigured", changed=changed)  # names only: never the values
@@ -202,6 +225,10 @@ class DhanBroker:
                 ) from e
             self._log.info("dhan.order.sending", client_order_id=cid, alert_id=request.alert_id, order=order.kwargs())
             answer = await client.call("place_order", **order.kwargs())
+            if answer.error_code == TOKEN_EXPIRED and await self._recover_token(client):
+                client = self._live_client()  # DH-901 is a definite refusal: nothing was placed, send it once more
+                self._log.info("dhan.order.resending", client_order_id=cid, reason="new token after DH-901")
+                answer = await client.call("place_order", **order.kwargs())
             result = await self._placed(client, cid, answer)
             if result.order_id:
                 await self._remember(attrs.evolve(entry, order_id=result.order_id))
@@ -261,7 +288,7 @@ class DhanBroker:
                 return self._health[1]
             answer = await self._client.call("get_fund_limits")
             if answer.ok:
-                health = Health(ok=True, detail="Dhan token valid")
+                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}")
             elif answer.error is not None:
                 self._check_auth(answer)
                 health = Health(ok=False, detail=str(answer.error))
@@ -269,6 +296,59 @@ class DhanBroker:
                 health = Health(ok=False, detail=f"Dhan unreachable: {answer.ambiguous}")
             self._health = (time.monotonic(), health)
             return health
+
+    # the token
+
+    @property
+    def token_expires_at(self) -> datetime | None:
+        """When the access token in use expires (its JWT `exp`), None when unknown or in dry-run."""
+        return self._tokens.expires_at if self._tokens is not None else None
+
+    async def maintain(self) -> None:
+        """One round of upkeep (at start and every minute): renew or generate the token when due and use a
+        new one at once. Public so tests (and a readiness check) can run a round without waiting."""
+        if self._tokens is None:
+            return
+        changed = await self._tokens.maintain()
+        if self._auth_failed and not changed and self._client is not None:
+            changed = await self._tokens.recover(self._client.token, again=True)
+        if changed:
+            self._swap_client()
+
+    async def _maintain_every_minute(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+            try:
+                await self.maintain()
+            except Exception:  # noqa: BLE001 - upkeep must go on next minute
+                self._log.exception("dhan.maintenance_failed")
+
+    async def _recover_token(self, client: DhanClient) -> bool:
+        """After a DH-901 on `client`: True (and a new client in place) when another token is available."""
+        if self._tokens is None or not await self._tokens.recover(client.token):
+            return False
+        if self._client is None or self._client.token != self._tokens.token:
+            self._swap_client()
+        return True
+
+    def _swap_client(self) -> None:
+        """Use the keeper's token from the next call on; calls in flight finish on the retired client."""
+        if self._client is None or self._tokens is None:
+            return
+        if self._client.token != self._tokens.token:
+            self._retired.append(self._client)
+            self._client = DhanClient(self._with_token(self._settings))
+        self._auth_failed = False
+        self._health = None
+
+    def _with_token(self, settings: DhanSettings) -> DhanSettings:
+        if self._tokens is None:
+            return settings
+        return attrs.evolve(settings, access_token=self._tokens.token)
+
+    def _expiry_text(self) -> str:
+        expires = self.token_expires_at
+        return f"; it expires {expires.astimezone(IST):%Y-%m-%d %H:%M} IST" if expires else ""
 
     # internals
 
