@@ -52,6 +52,7 @@ from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, An
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
 from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
 from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract
+from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
@@ -103,6 +104,13 @@ class DhanBroker:
         self._log = log.bind(broker="dhan", account=context.account)
         self._tokens: TokenKeeper | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._refresher = MasterRefresher(
+            account=context.account,
+            url=settings.instruments_url,
+            at=settings.instruments_refresh_at,
+            notify=context.notify,
+        )
+        self._refresh_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(
@@ -181,6 +189,7 @@ class DhanBroker:
         changed = sorted(f.name for f in attrs.fields(DhanSettings) if getattr(new, f.name) != getattr(old, f.name))
         self._settings = new
         self._master = master
+        self._refresher.url, self._refresher.at = new.instruments_url, new.instruments_refresh_at
         if new.max_orders_per_s != old.max_orders_per_s:
             self._throttle = TokenBucket(new.max_orders_per_s)
         if self._tokens is not None:
@@ -306,7 +315,8 @@ class DhanBroker:
 
     async def maintain(self) -> None:
         """One round of upkeep (at start and every minute): renew or generate the token when due and use a
-        new one at once. Public so tests (and a readiness check) can run a round without waiting."""
+        new one at once; refresh the instrument master when a trading day's refresh is due. Public so tests
+        (and a readiness check) can run a round without waiting."""
         if self._tokens is None:
             return
         changed = await self._tokens.maintain()
@@ -314,14 +324,31 @@ class DhanBroker:
             changed = await self._tokens.recover(self._client.token, again=True)
         if changed:
             self._swap_client()
+        await self._refresh_master_if_due()
 
     async def _maintain_every_minute(self) -> None:
+        upkeep = self._refresh_master_if_due  # at once: a stale master at start; the token was checked in start()
         while True:
-            await asyncio.sleep(MAINTAIN_EVERY_S)
             try:
-                await self.maintain()
+                await upkeep()
             except Exception:  # noqa: BLE001 - upkeep must go on next minute
                 self._log.exception("dhan.maintenance_failed")
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+            upkeep = self.maintain
+
+    async def _refresh_master_if_due(self) -> None:
+        """Live accounts only (a dry-run account may read the shipped sample; refresh it by hand)."""
+        if not self._settings.live:
+            return
+        async with self._refresh_lock:
+            now = self._clock()
+            if self._refresher.due(now) is None:
+                return
+            path = self._master_path(self._settings)
+            master = await self._refresher.refresh(now, path, self._master)
+            if master is not None:
+                self._master = master  # the next resolve uses it; requests in flight keep the old index
+                self._master_stamp = (str(path), (await asyncio.to_thread(path.stat)).st_mtime)
 
     async def _recover_token(self, client: DhanClient) -> bool:
         """After a DH-901 on `client`: True (and a new client in place) when another token is available."""
@@ -509,6 +536,7 @@ class DhanBroker:
         try:
             master = await asyncio.to_thread(load_master, path)
             self._master_stamp = (str(path), path.stat().st_mtime)
+            self._refresher.loaded(path)
         except (OSError, MasterFormatError) as e:
             raise BrokerError(f"cannot load the Dhan instrument master {path}: {e}") from e
         self._log.info("dhan.instruments.loaded", path=str(path), rows=len(master))
