@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from datetime import datetime  # noqa: TC003 - cattrs and runtime_checkable protocols read annotations
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Protocol, Self, TypeVar, runtime_checkable
@@ -101,7 +102,9 @@ __all__ = [
     "OrderResult",
     "OrderState",
     "OrderType",
+    "PreOpenCheck",
     "Product",
+    "ReadinessCheck",
     "SettingsError",
     "Side",
     "check_supported",
@@ -325,6 +328,27 @@ class Broker(Protocol):
 
     async def aclose(self) -> None:
         """Close sessions and files; called once at shutdown when `start()` succeeded."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ReadinessCheck:
+    """One finding of the pre-open readiness check (`PreOpenCheck`): `name` is short (`token`, `instruments`,
+    `reachable`, `clock`), `detail` is for the trader (what is wrong and what fixes it; no secrets)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class PreOpenCheck(Protocol):
+    """Optional: a broker that can tell before the open whether today will work. tvbridge asks every live
+    account at `[sessions] readiness_at` and on `tvbridge ready`; a broker without it is asked `health()`."""
+
+    async def readiness(self, *, close_at: datetime) -> list[ReadinessCheck]:
+        """Check what today's trading needs, up to `close_at` (today's close): credentials valid until then
+        (or renewable), reference data fresh, the broker reachable, the clocks agreeing. Never raises."""
         ...
 
 

@@ -23,6 +23,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
+from tvbridge.commands import ready as ready_command
 from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
@@ -65,6 +66,7 @@ def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
     brokers_command.add_parser(sub)
     status_command.add_parser(sub)
+    ready_command.add_parser(sub)
     trading.add_parser(sub)
     return parser
 
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _secret(config, rotate=args.rotate)
         if args.command == "status":
             return status_command.run(args, config)
+        if args.command == "ready":
+            return ready_command.run(args, config)
         if args.command in extra:
             return extra[args.command].run(args, config)
         return _serve(config, converter, lambda: _load(args, converter))

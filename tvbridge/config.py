@@ -265,6 +265,8 @@ class SessionsConfig:
     """Brokers (entry point names) that take after-market orders; for others `amo` waits in the queue instead."""
     extra_holidays: tuple[date, ...] = ()
     extra_sessions: tuple[ExtraSession, ...] = ()
+    readiness_at: str = attrs.field(default="08:45", validator=_hhmm)
+    """Exchange time (HH:MM) of the pre-open readiness check on trading days (`tvbridge/readiness.py`)."""
 
 
 def _limit(_instance: object, attribute: attrs.Attribute[Any], value: int | Decimal | None) -> None:

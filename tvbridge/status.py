@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__
+from tvbridge import __version__, readiness
 from tvbridge.access import has_admin_token
 from tvbridge.keys import ALERT_ID, BROKERS, CALENDAR, CONFIG, CREDENTIALS, JOURNAL, NOW, SOURCE_IP, STATE
 from tvbridge.metrics import is_halted
@@ -178,6 +178,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
         },
         "brokers": health,
+        **readiness.summary_of(app),
         "positions": positions,
         **today,
     }
@@ -256,6 +257,7 @@ async def status_page(request: web.Request) -> web.Response:
         .replace("__COUNT__", f"({len(data['alerts'])})")
         .replace("__ALERTS__", render_alerts(data["alerts"]))
         .replace("__POSITIONS__", positions)
+        .replace("__READINESS__", readiness.render_html(data["readiness"]))
         .replace("__KEY__", _stream_key(request))
     )
     return web.Response(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import enum
 import itertools
 import json
@@ -122,6 +123,8 @@ class FakeDhan:
         self.issued: list[str] = []
         """Every token RenewToken or generation handed out, in order."""
         self.master = b""
+        self.date_skew_s = 0.0
+        """Seconds added to the `Date` header of the trading API's answers (a Dhan clock off ours)."""
         """The CSV `GET /api-data/api-scrip-master.csv` answers."""
 
     @property
@@ -165,6 +168,7 @@ class FakeDhan:
         app.router.add_get("/v2/fundlimit", self._funds)
         app.router.add_get("/v2/RenewToken", self._renew)
         app.router.add_get(MASTER_PATH, self._master)
+        app.on_response_prepare.append(self._date)
         self._runner, self.port = await _serve(app)
         auth = web.Application(middlewares=[self._record])
         auth.router.add_post("/app/generateAccessToken", self._generate)
@@ -175,6 +179,10 @@ class FakeDhan:
         for runner in (self._runner, self._auth_runner):
             if runner is not None:
                 await runner.cleanup()
+
+    async def _date(self, _request: web.Request, response: web.StreamResponse) -> None:
+        if self.date_skew_s:
+            response.headers["Date"] = email.utils.formatdate(time.time() + self.date_skew_s, usegmt=True)
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:

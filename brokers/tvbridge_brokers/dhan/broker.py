@@ -45,6 +45,7 @@ from tvbridge.broker import (
     InstrumentInfo,
     OrderResult,
     OrderState,
+    ReadinessCheck,
     check_supported,
 )
 from tvbridge_brokers.dhan.client import DhanClient
@@ -54,6 +55,7 @@ from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
 from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract
 from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
+from tvbridge_brokers.dhan.preopen import clock_check, health_check, master_check, token_check
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
 from tvbridge_brokers.dhan.token import TokenKeeper
@@ -325,6 +327,26 @@ class DhanBroker:
         if changed:
             self._swap_client()
         await self._refresh_master_if_due()
+
+    async def readiness(self, *, close_at: datetime) -> list[ReadinessCheck]:
+        """The pre-open check (`tvbridge.broker.PreOpenCheck`): one upkeep round first (a due renewal or refresh
+        happens now rather than being reported), then token, master, Dhan's answer and the clock."""
+        if not self._settings.live or self._tokens is None:
+            return [ReadinessCheck(name="mode", ok=True, detail="dry-run: nothing is sent to Dhan")]
+        try:
+            await self.maintain()
+        except Exception:  # noqa: BLE001 - the checks below report what is still wrong
+            self._log.exception("dhan.maintenance_failed")
+        now = self._clock()
+        account = self._context.account
+        self._health = None  # a fresh answer from Dhan, not the 10 s cache
+        health = await self.health()
+        return [
+            token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account),
+            master_check(self._refresher, now=now, account=account),
+            health_check(health),
+            await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+        ]
 
     async def _maintain_every_minute(self) -> None:
         upkeep = self._refresh_master_if_due  # at once: a stale master at start; the token was checked in start()
