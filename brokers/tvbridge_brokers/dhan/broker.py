@@ -196,6 +196,7 @@ class DhanBroker:
             self._throttle = TokenBucket(new.max_orders_per_s)
         if self._tokens is not None:
             self._tokens.reconfigure(new)
+            await asyncio.to_thread(self._tokens.load)
         if new.live and self._client is not None:
             self._retired.append(self._client)
             self._client = DhanClient(self._with_token(new))

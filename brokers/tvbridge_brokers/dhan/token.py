@@ -241,12 +241,13 @@ class TokenKeeper:
         return self._settings.can_generate
 
     def load(self) -> None:
-        """Pick the configured token or the stored one, whichever expires later (blocking: a small file)."""
+        """Use the stored token (a renewal's, or `tvbridge dhan token set`'s) unless the one in use is known to
+        outlive it (blocking: a small file). At start and on SIGHUP."""
         try:
             stored = self._store.read_text(encoding="utf-8").strip()
         except OSError:
             stored = ""
-        if stored and _later(stored, self._token):
+        if stored and stored != self._token and not _later(self._token, stored, known_only=True):
             self._token = stored
             self._log.info("dhan.token.loaded", source=str(self._store), expires_at=_iso(self.expires_at))
 
