@@ -196,6 +196,20 @@ async def test_a_dh901_with_totp_generates_a_token_once_and_the_leg_succeeds(
     assert len(fake_dhan.orders) == 1
 
 
+async def test_a_dh901_seen_by_a_health_check_first_still_gets_the_next_leg_a_generated_token(
+    build: Callable[..., Awaitable[DhanBroker]], dhan_settings: dict[str, object], fake_dhan: FakeDhan
+) -> None:
+    broker = await build(with_totp(dhan_settings, fake_dhan))
+    fake_dhan.valid_tokens = set()
+    with pytest.raises(BrokerAuthError):  # a lookup meets the DH-901 first: Dhan orders are halted...
+        await broker.lookup("A1B2C3-9")
+    # ...until the next leg generates a token with PIN + TOTP, once, and goes through
+    result = await broker.place(request())
+    [new] = fake_dhan.issued
+    assert result.order_id
+    assert order_tokens(fake_dhan) == [new]
+
+
 async def test_a_dh901_is_retried_only_once(
     build: Callable[..., Awaitable[DhanBroker]], dhan_settings: dict[str, object], fake_dhan: FakeDhan
 ) -> None:

@@ -214,6 +214,8 @@ class DhanBroker:
         order = build_place_order(request.leg, contract, client_order_id=cid)
         if not self._settings.live:
             return self._dry_run(request, order)
+        if self._auth_failed and self._client is not None:  # a DH-901 seen elsewhere (/health, a lookup)
+            await self._recover_token(self._client)
         client = self._live_client()
         async with self._id_locks.setdefault(cid, asyncio.Lock()):
             if self._ledger.get(cid) is not None:
