@@ -4,15 +4,18 @@ when none of that is possible. The real dhanhq client against the fake Dhan API;
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
 from dhan_support import NOW, request
 from fake_dhan import PIN, TOKEN, TOTP_SECRET, FakeDhan, Misbehave, jwt
+from server_process import run_cli
 
 from tvbridge.broker import BrokerAuthError, BrokerContext
 from tvbridge_brokers.dhan import DhanBroker
@@ -21,7 +24,6 @@ from tvbridge_brokers.dhan.token import token_expiry, token_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-    from pathlib import Path
 
 
 class Clock:
@@ -344,3 +346,19 @@ async def test_no_token_pin_or_totp_appears_in_any_log_or_message(
     secrets = [old, *fake_dhan.issued, PIN, TOTP_SECRET]
     assert notes
     assert not [text for text in seen for secret in secrets if secret in text]
+
+
+def test_check_config_masks_pin_and_totp_secret_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "WEBHOOK_SECRET": "check-config-secret-0123456789",
+        "DHAN_CLIENT_ID": "1000000001",
+        "DHAN_PIN": PIN,
+        "DHAN_TOTP_SECRET": TOTP_SECRET,
+        "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
+    }
+    result = run_cli(tmp_path, env, "check-config")
+    assert result.returncode == 0, result.stderr
+    dhan = json.loads(result.stdout)["accounts"]["dhan"]
+    assert set(dhan) >= {"pin", "totp_secret"}
+    assert PIN not in result.stdout + result.stderr
+    assert TOTP_SECRET not in result.stdout + result.stderr

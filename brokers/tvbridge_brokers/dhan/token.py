@@ -153,7 +153,7 @@ def _token_in(answer: object) -> str:
         return ""
     data = answer.get("data") if isinstance(answer.get("data"), dict) else answer
     assert isinstance(data, dict)  # noqa: S101 - narrowed just above
-    token = data.get("accessToken") or data.get("access_token") or ""
+    token = data.get("accessToken") or data.get("access_token") or data.get("token") or ""
     return token.strip() if isinstance(token, str) else ""
 
 
