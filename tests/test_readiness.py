@@ -205,3 +205,33 @@ async def test_tvbridge_ready_exits_0_when_ready_and_1_when_not(tmp_path: Path, 
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "BAD dhan         clock" in bad.stdout
     assert token not in server.output + good.stdout + bad.stdout + good.stderr + bad.stderr
+
+
+def test_tvbridge_status_prints_token_expiry_and_the_last_readiness() -> None:
+    from tvbridge.commands.status import render  # noqa: PLC0415 - the terminal view of the summary
+
+    summary: dict[str, Any] = {
+        "server": {"version": "x", "accepting": True, "halted": False, "journal_ok": True, "started_at": "2026"},
+        "brokers": [{"account": "dhan", "ok": True, "detail": "Dhan token valid"}],
+        "tokens": [{"account": "dhan", "expires_at": "2026-11-26T08:12:00+05:30"}],
+        "readiness": {
+            "ready": False,
+            "checked_at": "2026-11-25T08:45:00+05:30",
+            "close_at": "2026-11-25T15:30:00+05:30",
+            "accounts": [
+                {
+                    "account": "dhan",
+                    "ready": False,
+                    "checks": [
+                        {"name": "token", "ok": True, "detail": ""},
+                        {"name": "clock", "ok": False, "detail": "off"},
+                    ],
+                }
+            ],
+        },
+        "alerts": [],
+        "positions": [],
+    }
+    text = render(summary, "http://127.0.0.1:8080")
+    assert "dhan         token expires 2026-11-26 08:12" in text
+    assert "Pre-open readiness (2026-11-25 08:45 IST): NOT READY: dhan clock" in text

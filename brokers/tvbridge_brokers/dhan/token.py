@@ -105,7 +105,10 @@ class NewToken:
 
 
 class DhanAuth:
-    """Dhan's two token calls through dhanhq's `DhanLogin`, off the event loop, with a timeout."""
+    """Dhan's two token calls through dhanhq's `DhanLogin`, off the event loop, with a timeout.
+
+    `DhanLogin` calls `requests` without a timeout of its own: we stop waiting after `AUTH_TIMEOUT_S`, and a
+    hung call's worker thread ends when Dhan (or the OS) closes the connection. It never holds a lock we need."""
 
     def __init__(self, settings: DhanSettings, *, timeout_s: float = AUTH_TIMEOUT_S) -> None:
         _install_log_filter()
