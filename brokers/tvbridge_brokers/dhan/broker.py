@@ -242,6 +242,7 @@ class DhanBroker:
             if answer.error_code == TOKEN_EXPIRED and await self._recover_token(client):
                 client = self._live_client()  # DH-901 is a definite refusal: nothing was placed, send it once more
                 self._log.info("dhan.order.resending", client_order_id=cid, reason="new token after DH-901")
+                await self._throttle.acquire()
                 answer = await client.call("place_order", **order.kwargs())
             result = await self._placed(client, cid, answer)
             if result.order_id:
