@@ -26,7 +26,7 @@ from test_notify import Sink
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.keys import CALENDAR, CONFIG
-from tvbridge.readiness import next_check
+from tvbridge.readiness import close_of, next_check
 from tvbridge.secretstore import ADMIN_TOKEN_FILE
 from tvbridge.sessions import EXCHANGE_TZ, Calendar
 from tvbridge_brokers.dhan.instruments import sample_master_path
@@ -235,3 +235,12 @@ def test_tvbridge_status_prints_token_expiry_and_the_last_readiness() -> None:
     text = render(summary, "http://127.0.0.1:8080")
     assert "dhan         token expires 2026-11-26 08:12" in text
     assert "Pre-open readiness (2026-11-25 08:45 IST): NOT READY: dhan clock" in text
+
+
+def test_the_close_checked_against_is_todays_until_it_passes(config: Config) -> None:
+    app = web.Application()
+    app[CONFIG], app[CALENDAR] = config, Calendar()
+    wednesday_close = datetime(2026, 11, 25, 15, 30, tzinfo=EXCHANGE_TZ)
+    assert close_of(app, datetime(2026, 11, 25, 8, 45, tzinfo=EXCHANGE_TZ)) == wednesday_close
+    assert close_of(app, datetime(2026, 11, 25, 20, 0, tzinfo=EXCHANGE_TZ)) == wednesday_close + timedelta(days=1)
+    assert close_of(app, datetime(2026, 11, 28, 9, 0, tzinfo=EXCHANGE_TZ)) == wednesday_close + timedelta(days=5)

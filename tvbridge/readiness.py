@@ -120,13 +120,13 @@ def render_html(readiness: dict[str, Any] | None) -> str:
 
 
 def close_of(app: web.Application, now: datetime) -> datetime:
-    """Today's close (NSE), or the next session's when the exchange does not open today."""
+    """The close the check is for: today's (NSE) until it has passed, then the next session's."""
     calendar = app[CALENDAR]
     local = now.astimezone(EXCHANGE_TZ)
     for ahead in range(31):
         sessions = calendar.sessions_on(CALENDAR_EXCHANGE, local.date() + timedelta(days=ahead))
-        if sessions:
-            return max(session.end for session in sessions)
+        if sessions and (end := max(session.end for session in sessions)) > local:
+            return end
     return local.replace(hour=15, minute=30, second=0, microsecond=0)
 
 
