@@ -362,3 +362,20 @@ def test_check_config_masks_pin_and_totp_secret_from_the_environment(tmp_path: P
     assert set(dhan) >= {"pin", "totp_secret"}
     assert PIN not in result.stdout + result.stderr
     assert TOTP_SECRET not in result.stdout + result.stderr
+
+
+async def test_a_token_the_operator_configures_on_sighup_wins_over_the_stored_one(
+    build: Callable[..., Awaitable[DhanBroker]],
+    dhan_settings: dict[str, object],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+) -> None:
+    old = expiring_in(clock, timedelta(minutes=30), fake_dhan)
+    broker = await build({**dhan_settings, "access_token": old})
+    [renewed] = fake_dhan.issued  # now in the store
+    pasted = "pasted-by-the-operator-0123456789"  # not a JWT: its expiry is unknown
+    fake_dhan.valid_tokens.add(pasted)
+    await broker.reconfigure({**dhan_settings, "access_token": pasted})
+    await broker.place(request())
+    assert order_tokens(fake_dhan) == [pasted]
+    assert renewed != pasted

@@ -195,8 +195,8 @@ class DhanBroker:
         if new.max_orders_per_s != old.max_orders_per_s:
             self._throttle = TokenBucket(new.max_orders_per_s)
         if self._tokens is not None:
-            self._tokens.reconfigure(new)
-            await asyncio.to_thread(self._tokens.load)
+            changed_token = self._tokens.reconfigure(new)
+            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token)
         if new.live and self._client is not None:
             self._retired.append(self._client)
             self._client = DhanClient(self._with_token(new))

@@ -243,14 +243,19 @@ class TokenKeeper:
     def can_generate(self) -> bool:
         return self._settings.can_generate
 
-    def load(self) -> None:
+    def load(self, *, prefer_current: bool = False) -> None:
         """Use the stored token (a renewal's, or `tvbridge dhan token set`'s) unless the one in use is known to
-        outlive it (blocking: a small file). At start and on SIGHUP."""
+        outlive it; with `prefer_current` (an operator just configured a new token) only when the stored one is
+        known to outlive it. Blocking (a small file): at start and on SIGHUP."""
         try:
             stored = self._store.read_text(encoding="utf-8").strip()
         except OSError:
             stored = ""
-        if stored and stored != self._token and not _later(self._token, stored, known_only=True):
+        if prefer_current:
+            use = _later(stored, self._token, known_only=True)
+        else:
+            use = not _later(self._token, stored, known_only=True)
+        if stored and stored != self._token and use:
             self._token = stored
             self._log.info("dhan.token.loaded", source=str(self._store), expires_at=_iso(self.expires_at))
 
