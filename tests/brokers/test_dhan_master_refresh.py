@@ -204,3 +204,12 @@ async def test_a_cut_down_master_is_refused(
     await broker.maintain()
     assert downloads(fake_dhan) == 2
     assert stale_master.read_bytes() == fake_dhan.master
+
+
+async def test_a_live_account_without_a_master_file_downloads_it_at_start(
+    build: Callable[..., Awaitable[DhanBroker]], served: bytes, fake_dhan: FakeDhan, tmp_path: Path
+) -> None:
+    broker = await build(instruments_path="")  # the default: <data_dir>/dhan-api-scrip-master.csv, not there yet
+    assert (tmp_path / "data" / "dhan-api-scrip-master.csv").read_bytes() == served
+    assert downloads(fake_dhan) == 1
+    assert (await broker.place(request(NEW_OPTION_LEG))).order_id

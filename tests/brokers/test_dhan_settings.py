@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from fake_dhan import TOKEN
+from fake_dhan import TOKEN, FakeDhan
 
 from tvbridge.broker import API_VERSION, BrokerContext, BrokerError
 from tvbridge_brokers.dhan import DhanBroker
@@ -80,9 +80,14 @@ def test_live_refuses_the_shipped_sample_master(tmp_path: Path) -> None:
         DhanBroker.from_settings(table, BrokerContext(account="dhan", data_dir=tmp_path))
 
 
-async def test_live_without_a_master_does_not_start(make_dhan: MakeDhan, dhan_settings: dict[str, object]) -> None:
-    """A live account whose master was never downloaded stops the start and says which command fixes it."""
+async def test_live_without_a_master_does_not_start(
+    make_dhan: MakeDhan, dhan_settings: dict[str, object], fake_dhan: FakeDhan
+) -> None:
+    """A live account whose master was never downloaded, and cannot be now, stops the start and says which
+    command fixes it."""
+    fake_dhan.master = b"<html>not a master</html>"
     table = {key: value for key, value in dhan_settings.items() if key != "instruments_path"}
+    table["instruments_url"] = fake_dhan.master_url
 
     with pytest.raises(
         BrokerError, match=r"instrument master not found at .*: run `tvbridge dhan instruments refresh`"

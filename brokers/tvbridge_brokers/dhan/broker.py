@@ -56,6 +56,7 @@ from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_
 from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.preopen import clock_check, health_check, master_check, token_check
+from tvbridge_brokers.dhan.refresh import RefreshError, download_master
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
 from tvbridge_brokers.dhan.token import TokenKeeper
@@ -143,7 +144,10 @@ class DhanBroker:
 
     async def start(self) -> None:
         """Load the instrument master and the ledger; in live mode check the token once (an expired one does
-        not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it)."""
+        not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it). A live account whose
+        master file does not exist yet downloads it first (`instruments_url`)."""
+        if self._settings.live:
+            await self._download_missing_master()
         self._master = await self._load_master(self._settings)
         await asyncio.to_thread(self._ledger.load)
         if self._settings.live:
@@ -542,6 +546,21 @@ class DhanBroker:
             await asyncio.to_thread(self._ledger.record, entry)
         except OSError as e:  # the intent line is already there: a retry still looks the order up first
             self._log.warning("dhan.ledger.write_failed", client_order_id=entry.client_order_id, error=str(e))
+
+    async def _download_missing_master(self) -> None:
+        path = self._settings.instruments_path or default_instruments_path(self._context.data_dir)
+        if await asyncio.to_thread(path.exists):
+            return
+        url = self._settings.instruments_url
+        self._log.info("dhan.instruments.refreshing", url=url, path=str(path))
+        try:
+            master = await download_master(url, path)
+        except RefreshError as e:
+            raise BrokerError(
+                f"instrument master not found at {path} and its download failed ({e}): "
+                "run `tvbridge dhan instruments refresh`"
+            ) from e
+        self._log.info("dhan.instruments.refreshed", rows=len(master), path=str(path))
 
     def _master_path(self, settings: DhanSettings) -> Path:
         configured = settings.instruments_path
