@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_dhan import FakeDhan, Misbehave, jwt
+from fake_dhan import PIN, TOTP_SECRET, FakeDhan, Misbehave, jwt
 
 from tvbridge.broker import BrokerContext, PreOpenCheck, ReadinessCheck
 from tvbridge_brokers.dhan import DhanBroker
@@ -128,3 +128,30 @@ async def test_a_clock_off_dhans_by_more_than_a_second_is_not_ready(
     fake_dhan.date_skew_s = 0.0
     check = by_name(await broker.readiness(close_at=datetime.now(IST) + timedelta(hours=8)))["clock"]
     assert check.ok
+
+
+async def test_a_rejected_token_that_cannot_be_generated_again_is_not_ready(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan
+) -> None:
+    broker = await build(
+        access_token=token_for(fake_dhan, 20), pin=PIN, totp_secret=TOTP_SECRET, auth_url=fake_dhan.auth_url
+    )
+    fake_dhan.valid_tokens = set()  # revoked at Dhan
+    fake_dhan.pin = "000000"  # and the configured PIN no longer works
+    checks = by_name(await broker.readiness(close_at=datetime.now(IST) + timedelta(hours=8)))
+    assert not checks["token"].ok
+    assert "Dhan rejects the token (DH-901) and generating one failed" in checks["token"].detail
+    assert PIN not in checks["token"].detail
+    assert not checks["reachable"].ok
+
+
+async def test_a_rejected_token_is_generated_again_during_the_check_when_it_can_be(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan
+) -> None:
+    broker = await build(
+        access_token=token_for(fake_dhan, 20), pin=PIN, totp_secret=TOTP_SECRET, auth_url=fake_dhan.auth_url
+    )
+    fake_dhan.valid_tokens = set()  # revoked at Dhan; the PIN still works
+    checks = by_name(await broker.readiness(close_at=datetime.now(IST) + timedelta(hours=8)))
+    assert all(check.ok for check in checks.values()), checks
+    assert len(fake_dhan.issued) == 1

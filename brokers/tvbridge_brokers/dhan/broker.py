@@ -341,14 +341,17 @@ class DhanBroker:
         happens now rather than being reported), then token, master, Dhan's answer and the clock."""
         if not self._settings.live or self._tokens is None:
             return [ReadinessCheck(name="mode", ok=True, detail="dry-run: nothing is sent to Dhan")]
-        try:
-            await self.maintain()
-        except Exception:  # noqa: BLE001 - the checks below report what is still wrong
-            self._log.exception("dhan.maintenance_failed")
+        for _ in range(2):  # again when Dhan rejects the token now: with PIN + TOTP a new one is generated first
+            try:
+                await self.maintain()
+            except Exception:  # noqa: BLE001 - the checks below report what is still wrong
+                self._log.exception("dhan.maintenance_failed")
+            self._health = None  # a fresh answer from Dhan, not the 10 s cache
+            health = await self.health()
+            if not (self._auth_failed and self._tokens.can_generate):
+                break
         now = self._clock()
         account = self._context.account
-        self._health = None  # a fresh answer from Dhan, not the 10 s cache
-        health = await self.health()
         return [
             token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account),
             master_check(self._refresher, now=now, account=account),

@@ -34,10 +34,10 @@ def token_check(
     keeper: TokenKeeper, *, now: datetime, close_at: datetime, rejected: bool, account: str
 ) -> ReadinessCheck:
     expires = keeper.expires_at
-    if rejected and not keeper.can_generate:
-        return ReadinessCheck(
-            name="token", ok=False, detail=f"Dhan rejects the token (DH-901): `{fix_command(account)}`"
-        )
+    if rejected:
+        why = f" and generating one failed ({keeper.last_error})" if keeper.last_error else ""
+        detail = f"Dhan rejects the token (DH-901){why}: `{fix_command(account)}`"
+        return ReadinessCheck(name="token", ok=False, detail=detail)
     if expires is None:
         return ReadinessCheck(name="token", ok=True, detail="expiry unknown (not a JWT); Dhan's answer decides")
     if expires > close_at:
