@@ -7,6 +7,7 @@ which the clock check compares with the fake's `Date` header."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -124,6 +125,10 @@ async def test_a_ready_account_answers_200_and_shows_on_status_and_metrics(
     assert "READY" in page
     metrics = await (await client.get("/metrics")).text()
     assert 'tvbridge_ready{account="dhan"} 1.0' in metrics
+    health = await (await client.get("/health")).text()
+    [secret] = fake.valid_tokens
+    for text in (json.dumps(report), json.dumps(summary), page, metrics, health):
+        assert secret not in text
     expiry = datetime.fromisoformat(token["expires_at"]).timestamp()
     found = re.search(
         r'^tvbridge_broker_token_expiry_timestamp_seconds\{account="dhan"\} (\S+)$', metrics, re.MULTILINE
