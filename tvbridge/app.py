@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tvbridge import handlers, tradingday
+from tvbridge import handlers, readiness, tradingday
 from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.executor import Executor
 from tvbridge.followup import followup_ctx
@@ -145,4 +145,5 @@ def create_app(
     app.router.add_post("/webhook/{path_token}", handlers.webhook, name=WEBHOOK_TOKEN)
     app.router.add_get("/alerts/{alert_id}", handlers.get_alert)
     tradingday.add_routes(app)
+    readiness.add_routes(app)
     return app

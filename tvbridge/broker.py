@@ -63,8 +63,8 @@ Errors::
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from datetime import date
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Protocol, Self, TypeVar, runtime_checkable
@@ -115,6 +115,7 @@ __all__ = [
     "OrderType",
     "Position",
     "Product",
+    "ReadinessCheck",
     "SettingsError",
     "Side",
     "check_supported",
@@ -206,6 +207,10 @@ class BrokerContext:
     """The account's name (`[accounts.NAME]`): put it in log lines and per-account file names."""
     data_dir: Path
     """tvbridge's data directory (`server.data_dir`); keep files there, named after the account."""
+    notify: Callable[[str, str], None] = attrs.field(default=lambda _kind, _message: None, eq=False, repr=False)
+    """`notify(kind, message)` tells the operator (tvbridge's `[notify]` targets) that something needs a person
+    before it costs an alert: kinds `token_expiring` and `instruments_refresh_failed` (see docs/operations.md).
+    Never blocks, never raises; no secret in `message`. The default drops it (tests, `tvbridge brokers`)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -347,6 +352,21 @@ class Capabilities:
     """True: the plugin also implements `instrument_info()` (lot sizes from its instrument
     master). tvbridge needs it to convert a futures or options quantity given in lots (`quantity_unit = "lots"`);
     without it such a leg fails before sending, naming this capability."""
+    readiness: bool = False
+    """True: `readiness()` tells before the open whether today will work (token, reference data, reachability,
+    clock). tvbridge asks live accounts at `[sessions] readiness_at` and on `tvbridge ready`; without it an
+    account is asked `health()`."""
+
+
+@attrs.frozen(kw_only=True)
+class ReadinessCheck:
+    """One finding of the pre-open readiness check (`Broker.readiness()`): `name` is short (`token`,
+    `instruments`, `reachable`, `clock`), `detail` is for the trader (what is wrong and what fixes it; no
+    secrets)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -453,12 +473,20 @@ class Broker(Protocol):
         when `capabilities.instrument_info` is true: tvbridge needs it to convert a quantity in lots."""
         ...
 
+    async def readiness(self, *, close_at: datetime) -> list[ReadinessCheck]:
+        """Check what today's trading needs, up to `close_at` (today's close): credentials valid until then
+        (or renewable), reference data fresh, the broker reachable, the clocks agreeing. Never raises. Called
+        for live accounts at `[sessions] readiness_at` and on `tvbridge ready` when `capabilities.readiness` is
+        true; an account without it is asked `health()`."""
+        ...
+
 
 CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "positions": ("positions",),
     "orders": ("open_orders",),
     "reconfigure": ("reconfigure",),
     "instrument_info": ("instrument_info",),
+    "readiness": ("readiness",),
 }
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 

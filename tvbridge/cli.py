@@ -24,6 +24,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
+from tvbridge.commands import ready as ready_command
 from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.connections import ConnectionGuard, GuardedSite, handler_args
@@ -69,6 +70,7 @@ def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     secret.add_argument("--rotate", action="store_true", help="replace a generated secret with a new one")
     brokers_command.add_parser(sub)
     status_command.add_parser(sub)
+    ready_command.add_parser(sub)
     trading.add_parser(sub)
     return parser
 
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _secret(config, rotate=args.rotate)
         if args.command == "status":
             return status_command.run(args, config)
+        if args.command == "ready":
+            return ready_command.run(args, config)
         if args.command in extra:
             return extra[args.command].run(args, config)
         return _serve(config, converter, lambda: _load(args, converter))
@@ -149,6 +153,11 @@ def _secret(config: Config, *, rotate: bool) -> int:
     return EXIT_OK
 
 
+DIGITS_ONLY_SECRETS: Final = frozenset({"pin"})
+"""Secret by key (masked by check-config and in any log field named so) but not blanked by value from every log
+string: a PIN is a few digits, and blanking it would blank order ids, prices and dates. Nothing logs it."""
+
+
 def _broker_secrets(config: Config) -> list[str]:
     found: list[str] = []
 
@@ -156,7 +165,7 @@ def _broker_secrets(config: Config) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, k)
-        elif isinstance(node, str) and is_secret_key(key):
+        elif isinstance(node, str) and is_secret_key(key) and key not in DIGITS_ONLY_SECRETS:
             found.append(node)
 
     walk({name: dict(table) for name, table in config.accounts.items()})

@@ -2,7 +2,8 @@
 
 Sources, later ones winning: the defaults below, `config.toml` (or `--config FILE` / `TVBRIDGE_CONFIG`), a `.env`
 file in the working directory, the process environment. In the last two, the guide's variables
-(`WEBHOOK_SECRET`, `WEBHOOK_HOST`, `WEBHOOK_PORT`, `ENABLE_DHAN`, `DHAN_CLIENT_ID`, `DHAN_ACCESS_TOKEN`) and any
+(`WEBHOOK_SECRET`, `WEBHOOK_HOST`, `WEBHOOK_PORT`, `ENABLE_DHAN`, `DHAN_CLIENT_ID`, `DHAN_ACCESS_TOKEN`, `DHAN_PIN`,
+`DHAN_TOTP_SECRET`) and any
 key as `TVBRIDGE_<SECTION>__<KEY>` (values are read as TOML values when they parse as one, else as strings).
 
 Unknown keys stop the start (a typo must not silently leave a guard off). Secrets are `repr=False` and are
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 TRADINGVIEW_IPS: Final = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
 SECRET_KEYS: Final = frozenset(
     {"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret", "password", "token", "totp_secret"}
+    | {"pin"}  # a Dhan account's login PIN (token generation with totp_secret)
     | {"urls"}  # notify.urls: apprise URLs carry bot tokens and passwords
 )
 """Keys whose values are never printed, logged or answered, wherever they appear (see `is_secret_key`)."""
@@ -216,6 +218,7 @@ class NotifyConfig:
             "journal_error",
             "order_filled",
             "order_rejected",
+            *("token_expiring", "instruments_refresh_failed", "not_ready"),  # the unattended day (issue 17)
         ),
         validator=_notify_kinds,
     )
@@ -299,6 +302,8 @@ class SessionsConfig:
     """Brokers (entry point names) that take after-market orders; for others `amo` waits in the queue instead."""
     extra_holidays: tuple[date, ...] = ()
     extra_sessions: tuple[ExtraSession, ...] = ()
+    readiness_at: str = attrs.field(default="08:45", validator=_hhmm)
+    """Exchange time (HH:MM) of the pre-open readiness check on trading days (`tvbridge/readiness.py`)."""
 
 
 def _limit(_instance: object, attribute: attrs.Attribute[Any], value: int | Decimal | None) -> None:
@@ -426,6 +431,8 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
         "WEBHOOK_PORT": ["server", "port"],
         "DHAN_CLIENT_ID": ["accounts", "dhan", "client_id"],
         "DHAN_ACCESS_TOKEN": ["accounts", "dhan", "access_token"],
+        "DHAN_PIN": ["accounts", "dhan", "pin"],
+        "DHAN_TOTP_SECRET": ["accounts", "dhan", "totp_secret"],
     }
     for name, path in guide.items():
         if env.get(name):

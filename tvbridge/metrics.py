@@ -13,6 +13,7 @@ the broker objects the executor uses (`instrument_brokers`), so no plugin knows 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import platform
 import re
@@ -160,6 +161,18 @@ class Metrics:
         self.token_valid = Gauge(
             "tvbridge_broker_token_valid",
             "0 after the broker refused the account's credentials (e.g. an expired access token), 1 otherwise.",
+            ["account"],
+            registry=registry,
+        )
+        self.token_expiry = Gauge(
+            "tvbridge_broker_token_expiry_timestamp_seconds",
+            "When the account's broker access token expires, in seconds since the epoch (NaN: not known).",
+            ["account"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "tvbridge_ready",
+            "1 when the account passed the last pre-open readiness check ([sessions] readiness_at, tvbridge ready).",
             ["account"],
             registry=registry,
         )
@@ -323,7 +336,15 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     app[JOURNAL].observe_commits(metrics.journal_commit.observe)
     for account in app[BROKERS]:
         metrics.token_valid.labels(account=account).set(1)
+    for account, broker in app[BROKERS].items():
+        if hasattr(broker, "token_expires_at") and broker.capabilities.live:
+            metrics.token_expiry.labels(account=account).set_function(functools.partial(_expiry_seconds, broker))
     yield
+
+
+def _expiry_seconds(broker: Broker) -> float:
+    expires = getattr(broker, "token_expires_at", None)
+    return expires.timestamp() if expires is not None else float("nan")
 
 
 async def _refresh_broker_health(app: web.Application, metrics: Metrics) -> None:

@@ -10,7 +10,9 @@ configured secret is blanked from them before sending.
 Kinds: `leg_failed`, `unknown_outcome`, `token_expired`, `journal_error` are raised here and in the executor;
 `halted`, `resumed`, `queued_sent` are for the code that halts, resumes and sends queued alerts, through
 `event(app, kind, message)`; `order_filled` and `order_rejected` for order follow-up (`tvbridge/followup.py`),
-when an accepted order later fills or is refused by the exchange.
+when an accepted order later fills or is refused by the exchange. `token_expiring` and
+`instruments_refresh_failed` come from broker plugins (`BrokerContext.notify`), `not_ready` from the pre-open
+readiness check (`tvbridge/readiness.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ KINDS: Final = (
     "journal_error",
     "order_filled",
     "order_rejected",
+    "token_expiring",
+    "instruments_refresh_failed",
+    "not_ready",
 )
 TITLES: Final = {
     "leg_failed": "order leg failed",
@@ -59,6 +64,9 @@ TITLES: Final = {
     "journal_error": "journal trouble",
     "order_filled": "order filled",
     "order_rejected": "order REJECTED after it was accepted",
+    "token_expiring": "broker token cannot be renewed",
+    "instruments_refresh_failed": "instrument master refresh failed",
+    "not_ready": "NOT READY for the open",
 }
 SEND_TIMEOUT_S: Final = 30.0
 MIN_URL_SECRET: Final = 8

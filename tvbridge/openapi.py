@@ -438,6 +438,45 @@ def _admin_operations() -> dict[str, Any]:
                 },
             },
         ),
+        "/admin/ready": {"get": _ready_operation(bearer)},
+    }
+
+
+def _ready_operation(bearer: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """`GET /admin/ready`: the pre-open readiness check, run now (`tvbridge/readiness.py`)."""
+    check = {
+        "type": "object",
+        "required": ["name", "ok", "detail"],
+        "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}, "detail": {"type": "string"}},
+    }
+    account = {
+        "type": "object",
+        "required": ["account", "ready", "checks"],
+        "properties": {
+            "account": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "checks": {"type": "array", "items": check},
+        },
+    }
+    report = {
+        "type": "object",
+        "required": ["ready", "checked_at", "close_at", "accounts"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "checked_at": {"type": "string"},
+            "close_at": {"type": "string"},
+            "accounts": {"type": "array", "items": account},
+        },
+    }
+    return {
+        "summary": "Pre-open readiness of every live account, checked now",
+        "operationId": "ready",
+        "security": bearer,
+        "responses": {
+            "200": {"description": "ready", "content": {JSON: {"schema": report}}},
+            "401": _error("admin token required"),
+            "503": {"description": "not ready: the failing checks say why", "content": {JSON: {"schema": report}}},
+        },
     }
 
 

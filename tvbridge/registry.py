@@ -30,7 +30,7 @@ from tvbridge.errors import PluginError, PluginStartError
 from tvbridge.pluginguard import GuardedBroker, LoopWatchdog, PluginTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from aiohttp import web
 
@@ -172,7 +172,7 @@ def interface_problem(broker: object) -> str:
     return ""
 
 
-def build_brokers(config: Config) -> dict[str, Broker]:
+def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None = None) -> dict[str, Broker]:
     """One plugin instance per routed account, each from its own config table.
 
     The table reaches the plugin without `broker` and without the keys tvbridge reads itself (`ACCOUNT_KEYS`:
@@ -183,6 +183,8 @@ def build_brokers(config: Config) -> dict[str, Broker]:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
         context = BrokerContext(account=account, data_dir=config.server.data_dir)
+        if notify is not None:
+            context = attrs.evolve(context, notify=notify)
         try:
             broker = cls.from_settings(table, context)
         except ValueError as e:
@@ -239,11 +241,14 @@ async def start_broker(account: str, plugin: str, broker: Broker) -> None:
 
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
-    from tvbridge.keys import BROKERS, CONFIG  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import BROKERS, CONFIG, NOTIFIER  # noqa: PLC0415 - keys imports this module's types
 
     config = app[CONFIG]
     watchdog = LoopWatchdog(asyncio.get_running_loop())
-    brokers = guard_brokers(config, build_brokers(config), watchdog)
+    notifier = app.get(NOTIFIER)
+    brokers = guard_brokers(
+        config, build_brokers(config, notify=notifier.event if notifier is not None else None), watchdog
+    )
     started: list[tuple[str, Broker]] = []
     watchdog.start()
     try:

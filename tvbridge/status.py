@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__
+from tvbridge import __version__, readiness
 from tvbridge.access import has_admin_token, same_token
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import (
@@ -327,6 +327,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
         },
         "brokers": health,
         "followup": _followup(app),
+        **readiness.summary_of(app),
         "positions": positions,
         **today,
     }
@@ -454,6 +455,7 @@ async def status_page(request: web.Request) -> web.Response:
             "MARKET": render_market(data["market"]),
             "COUNT": f"({len(data['alerts'])})",
             "ALERTS": render_alerts(data["alerts"]),
+            "READINESS": readiness.render_html(data["readiness"]),
             "KEY": _stream_key(request),
             "CSRF": csrf_token(request.app),
         },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from fake_dhan import TOKEN
+from fake_dhan import TOKEN, FakeDhan
 
 from tvbridge.broker import API_VERSION, BrokerContext, BrokerError
 from tvbridge_brokers.dhan import DhanBroker
@@ -33,7 +33,10 @@ def test_the_plugin_declares_the_interface_version() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"acess_token": "x"}, "unknown key(s) for a dhan account: acess_token (known: access_token, base_url, "),
+        (
+            {"acess_token": "x"},
+            "unknown key(s) for a dhan account: acess_token (known: access_token, auth_url, base_url, ",
+        ),
         ({"live": "maybe"}, "live: expected true or false"),
         ({"timeout_s": 0}, "timeout_s: must be > 0 and <= 30, got 0"),
         ({"timeout_s": "soon"}, "timeout_s: expected a number, got 'soon'"),
@@ -41,7 +44,10 @@ def test_the_plugin_declares_the_interface_version() -> None:
         ({"client_id": 1000000001}, "client_id: expected a string, got int"),
         ({"base_url": "ftp://api.dhan.co"}, "base_url: expected an http(s) URL, got 'ftp://api.dhan.co'"),
         ({"base_url": "http://api.dhan.co/v2"}, "base_url: plain http is only allowed to a loopback host"),
-        ({"live": True, "client_id": "1"}, "access_token: required when live = true (set it or DHAN_ACCESS_TOKEN)"),
+        (
+            {"live": True, "client_id": "1"},
+            "access_token: required when live = true (set it or DHAN_ACCESS_TOKEN or pin + totp_secret)",
+        ),
     ],
 )
 def test_a_bad_table_names_the_key(table: dict[str, object], message: str) -> None:
@@ -74,9 +80,14 @@ def test_live_refuses_the_shipped_sample_master(tmp_path: Path) -> None:
         DhanBroker.from_settings(table, BrokerContext(account="dhan", data_dir=tmp_path))
 
 
-async def test_live_without_a_master_does_not_start(make_dhan: MakeDhan, dhan_settings: dict[str, object]) -> None:
-    """A live account whose master was never downloaded stops the start and says which command fixes it."""
+async def test_live_without_a_master_does_not_start(
+    make_dhan: MakeDhan, dhan_settings: dict[str, object], fake_dhan: FakeDhan
+) -> None:
+    """A live account whose master was never downloaded, and cannot be now, stops the start and says which
+    command fixes it."""
+    fake_dhan.master = b"<html>not a master</html>"
     table = {key: value for key, value in dhan_settings.items() if key != "instruments_path"}
+    table["instruments_url"] = fake_dhan.master_url
 
     with pytest.raises(
         BrokerError, match=r"instrument master not found at .*: run `tvbridge dhan instruments refresh`"

@@ -72,6 +72,9 @@ async def test_expired_token_is_replaced_without_a_restart(tmp_path: Path, dhan_
     assert NEW_TOKEN not in everything
     assert TOKEN not in everything
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    store = tmp_path / "dhan-dhan.token"  # the account's own store: it outlives a stale configured token
+    assert store.read_text() == NEW_TOKEN + "\n"
+    assert store.stat().st_mode & 0o777 == 0o600
 
 
 async def test_instruments_refresh_command(tmp_path: Path, dhan_master: Path) -> None:

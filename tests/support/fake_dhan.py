@@ -6,22 +6,39 @@ every request it receives (method, path, JSON body) and can be told, one request
 answer a Dhan error code, take the order and answer an empty body, answer an HTML page without taking it, take
 the order and drop the connection, or take the order and hang until the server closes. A test moves an order on
 later, as the exchange would (`trade`, `reject`, `set_status`), and counts the look-ups that follow it.
+
+For the unattended day it also has Dhan's token calls and the instrument master:
+
+* `GET /v2/RenewToken` (dhanhq's `DhanLogin.renew_token`): a valid token is exchanged for a new JWT that lives
+  24 h from `now()`; like Dhan, the old token stops working.
+* `POST /app/generateAccessToken?dhanClientId=&pin=&totp=` on a separate server (`auth_url`, dhanhq's
+  `DhanLogin.generate_token`): a new JWT when the PIN and the TOTP code (checked with pyotp) are right.
+* `GET /api-data/api-scrip-master.csv` (`master_url`): `master` as CSV; misbehaves on request (500, an HTML
+  page, a 200 HTML page, a body cut short).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import email.utils
 import enum
 import itertools
 import json
+import time
 from collections import defaultdict, deque
 from typing import Any, Final
 
 import attrs
+import pyotp
 from aiohttp import web
 
 TOKEN: Final = "tok-SECRET-0123456789abcdef"
 CLIENT_ID: Final = "1000000001"
+PIN: Final = "246813"
+TOTP_SECRET: Final = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+TOKEN_LIFE_S: Final = 24 * 3600
+MASTER_PATH: Final = "/api-data/api-scrip-master.csv"
 BODY: Final = web.RequestKey("body", dict[str, Any])
 
 _ERRORS: Final = {
@@ -40,6 +57,8 @@ class Kind(enum.Enum):
     HTML = "html"
     DROP = "drop"
     HANG = "hang"
+    TRUNCATE = "truncate"
+    HTML_OK = "html_ok"
 
 
 @attrs.frozen
@@ -68,6 +87,16 @@ class Misbehave:
     def hang_after_taking_order(cls) -> Misbehave:
         return cls(Kind.HANG, take_order=True)
 
+    @classmethod
+    def truncated(cls) -> Misbehave:
+        """The master: announce the full length, send half, drop the connection."""
+        return cls(Kind.TRUNCATE)
+
+    @classmethod
+    def html_page_ok(cls) -> Misbehave:
+        """The master: a 200 answer that is an HTML page (a captive portal, a CDN error page)."""
+        return cls(Kind.HTML_OK)
+
 
 @attrs.frozen
 class Recorded:
@@ -88,11 +117,40 @@ class FakeDhan:
         self._ids = itertools.count(52000000001)
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._auth_runner: web.AppRunner | None = None
         self.port = 0
+        self.auth_port = 0
+        self.now: Any = time.time
+        """Seconds since the epoch for the expiry of the tokens it issues; tests set it to their clock."""
+        self.pin = PIN
+        self.totp_secret = TOTP_SECRET
+        self.issued: list[str] = []
+        """Every token RenewToken or generation handed out, in order."""
+        self.master = b""
+        self.date_skew_s = 0.0
+        """Seconds added to the `Date` header of the trading API's answers (a Dhan clock off ours)."""
+        """The CSV `GET /api-data/api-scrip-master.csv` answers."""
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v2"
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.auth_port}"
+
+    @property
+    def master_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{MASTER_PATH}"
+
+    def token_calls(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path in {"/v2/RenewToken", "/app/generateAccessToken"}]
+
+    def new_token(self) -> str:
+        token = jwt(self.now() + TOKEN_LIFE_S)
+        self.valid_tokens.add(token)
+        self.issued.append(token)
+        return token
 
     def next_reply(self, endpoint: str, *behaviours: Misbehave) -> None:
         """Queue misbehaviours for `endpoint` (place, lookup, order, cancel, funds, orders, positions), one per
@@ -197,18 +255,29 @@ class FakeDhan:
         app.router.add_get("/v2/orders/{order_id}", self._by_id)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/v2/fundlimit", self._funds)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        app.router.add_get("/v2/RenewToken", self._renew)
+        app.router.add_get(MASTER_PATH, self._master)
+        app.on_response_prepare.append(self._date)
+        self._runner, self.port = await _serve(app)
+        auth = web.Application(middlewares=[self._record])
+        auth.router.add_post("/app/generateAccessToken", self._generate)
+        self._auth_runner, self.auth_port = await _serve(auth)
 
     async def close(self) -> None:
         self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._runner, self._auth_runner):
+            if runner is not None:
+                await runner.cleanup()
+
+    async def _date(self, _request: web.Request, response: web.StreamResponse) -> None:
+        if self.date_skew_s:
+            response.headers["Date"] = email.utils.formatdate(time.time() + self.date_skew_s, usegmt=True)
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests.append(Recorded(request.method, request.path, dict(request.query), ""))
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @web.middleware
     async def _record_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -217,7 +286,9 @@ class FakeDhan:
         token = request.headers.get("access-token", "")
         self.requests.append(Recorded(request.method, request.path, body, token))
         request[BODY] = body or {}
-        if token not in self.valid_tokens or request.headers.get("client-id") != CLIENT_ID:
+        # DhanLogin.renew_token names the client in `dhanClientId`, the trading calls in `client-id`
+        client = request.headers.get("client-id") or request.headers.get("dhanClientId")
+        if request.path != MASTER_PATH and (token not in self.valid_tokens or client != CLIENT_ID):
             return _error("DH-901", 401)
         response: web.StreamResponse = await handler(request)
         return response
@@ -307,11 +378,73 @@ class FakeDhan:
             return failed
         return web.json_response(self.positions)
 
+    async def _renew(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("renew", request)
+        if failed is not None:
+            return failed
+        self.valid_tokens.discard(request.headers["access-token"])  # Dhan: the old token stops working
+        return web.json_response(self._token_answer(self.new_token()))
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("generate", request)
+        if failed is not None:
+            return failed
+        query = request.query
+        totp_ok = pyotp.TOTP(self.totp_secret).verify(query.get("totp", ""), valid_window=1)
+        if query.get("dhanClientId") != CLIENT_ID or query.get("pin") != self.pin or not totp_ok:
+            return web.json_response({"status": "error", "message": "Invalid PIN or TOTP"}, status=400)
+        return web.json_response(self._token_answer(self.new_token()))
+
+    def _token_answer(self, token: str) -> dict[str, Any]:
+        expiry = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.now() + TOKEN_LIFE_S + 19800))
+        return {"dhanClientId": CLIENT_ID, "dhanClientName": "TEST", "accessToken": token, "expiryTime": expiry}
+
+    async def _master(self, request: web.Request) -> web.StreamResponse:
+        how = self.script["master"].popleft() if self.script["master"] else None
+        if how is None:
+            return web.Response(body=self.master, content_type="text/csv")
+        if how.kind is Kind.ERROR:
+            return web.Response(status=500, text="Internal Server Error")
+        if how.kind is Kind.HTML:
+            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        if how.kind is Kind.HTML_OK:
+            return web.Response(text="<html><body>Please sign in</body></html>", content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": "text/csv"})
+        response.content_length = len(self.master)
+        await response.prepare(request)
+        await response.write(self.master[: len(self.master) // 2])
+        assert request.transport is not None
+        request.transport.abort()  # TRUNCATE
+        return response
+
     async def _funds(self, request: web.Request) -> web.StreamResponse:
         failed = await self._misbehave("funds", request)
         if failed is not None:
             return failed
         return web.json_response({"dhanClientId": CLIENT_ID, "availabelBalance": 100000.0, "sodLimit": 100000.0})
+
+
+def jwt(expires_at: float, subject: str = CLIENT_ID) -> str:
+    """A token shaped like Dhan's (a JWT with `exp`), unsigned: the fake only compares whole strings."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    nonce = next(_NONCES)
+    return f"{part({'alg': 'HS512', 'typ': 'JWT'})}.{part({'exp': int(expires_at), 'sub': subject, 'n': nonce})}.sig"
+
+
+_NONCES: Final = itertools.count(1)
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+    assert isinstance(server, asyncio.Server)
+    return runner, server.sockets[0].getsockname()[1]
 
 
 def _error(code: str, status: int) -> web.Response:

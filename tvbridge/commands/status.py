@@ -81,6 +81,14 @@ def render(summary: dict[str, Any], url: str) -> str:
         f"  {b['account']:<12} {'ok' if b['ok'] else 'DOWN'}" + (f"  {b['detail']}" if b["detail"] else "")
         for b in summary["brokers"]
     ]
+    lines += [
+        f"  {t['account']:<12} token expires {(t['expires_at'] or 'at an unknown time')[:16].replace('T', ' ')}"
+        for t in summary.get("tokens", [])
+    ]
+    if (ready := summary.get("readiness")) is not None:
+        problems = [f"{a['account']} {c['name']}" for a in ready["accounts"] for c in a["checks"] if not c["ok"]]
+        verdict = "READY" if ready["ready"] else "NOT READY: " + ", ".join(problems)
+        lines += ["", f"Pre-open readiness ({ready['checked_at'][:16].replace('T', ' ')} IST): {verdict}"]
     lines += ["", f"Today's alerts ({len(summary['alerts'])}):"]
     for alert in summary["alerts"]:
         legs = "; ".join(

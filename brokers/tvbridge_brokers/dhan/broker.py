@@ -10,7 +10,9 @@ The rules, in the order `place()` applies them:
 1. Everything that can be checked locally is checked before anything is sent (capabilities, correlation id,
    contract, every mapped field); a refusal names the alert field.
 2. Dry-run (`live = false`) stops here: no HTTP at all, the result carries what would have been sent.
-3. After a DH-901 every order fails fast with `BrokerAuthError` until `reconfigure()` (SIGHUP) brings a token.
+3. After a DH-901 the account tries once to get a new token (`token.TokenKeeper.recover`: one renewed meanwhile,
+   or one generated from PIN + TOTP) and resends; if that fails every order fails fast with `BrokerAuthError`
+   until `reconfigure()` (SIGHUP) or the next minute's maintenance brings a token.
 4. If the ledger shows this client order id was tried before (a retry, or a restart after a crash), the order
    is looked up by correlation id first and returned if Dhan has it: one order, never two.
 5. The throttle waits for a slot, the intent is fsynced to the ledger, then the order is sent with
@@ -44,6 +46,7 @@ from tvbridge.broker import (
     InstrumentInfo,
     OrderResult,
     OrderState,
+    ReadinessCheck,
     check_supported,
 )
 from tvbridge_brokers.dhan.client import DhanClient
@@ -51,10 +54,14 @@ from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, An
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
 from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
 from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract, segment_for
+from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.portfolio import open_order_of, position_of
+from tvbridge_brokers.dhan.preopen import clock_check, health_check, master_check, token_check
+from tvbridge_brokers.dhan.refresh import RefreshError, download_master
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
 from tvbridge_brokers.dhan.throttle import TokenBucket
+from tvbridge_brokers.dhan.token import TokenKeeper
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -67,6 +74,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
+MAINTAIN_EVERY_S: Final = 60.0
+"""How often the token and the instrument master are looked at while the server runs."""
 HEALTH_CACHE_S: Final = 10.0
 """/health may be polled every few seconds; one fund-limit call per 10 s is plenty to notice an expired token."""
 
@@ -98,6 +107,15 @@ class DhanBroker:
         self._id_locks: dict[str, asyncio.Lock] = {}
         self._dry_runs: dict[str, OrderResult] = {}
         self._log = log.bind(broker="dhan", account=context.account)
+        self._tokens: TokenKeeper | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._refresher = MasterRefresher(
+            account=context.account,
+            url=settings.instruments_url,
+            at=settings.instruments_refresh_at,
+            notify=context.notify,
+        )
+        self._refresh_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(
@@ -119,7 +137,12 @@ class DhanBroker:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            live=self._settings.live, positions=True, orders=True, reconfigure=True, instrument_info=True
+            live=self._settings.live,
+            positions=True,
+            orders=True,
+            reconfigure=True,
+            instrument_info=True,
+            readiness=True,
         )
 
     @property
@@ -130,18 +153,36 @@ class DhanBroker:
 
     async def start(self) -> None:
         """Load the instrument master and the ledger; in live mode check the token once (an expired one does
-        not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it)."""
+        not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it). A live account whose
+        master file does not exist yet downloads it first (`instruments_url`)."""
+        if self._settings.live:
+            await self._download_missing_master()
         self._master = await self._load_master(self._settings)
         await asyncio.to_thread(self._ledger.load)
-        if _can_read(self._settings):  # dry-run too: reading positions and orders sends nothing
+        if not self._settings.live and _can_read(self._settings):  # dry-run: reading positions and orders sends nothing
             self._client = DhanClient(self._settings)
         if self._settings.live:
+            self._tokens = TokenKeeper(
+                self._settings,
+                account=self._context.account,
+                data_dir=self._context.data_dir,
+                clock=self._clock,
+                notify=self._context.notify,
+            )
+            await asyncio.to_thread(self._tokens.load)
+            await self._tokens.maintain()
+            self._client = DhanClient(self._with_token(self._settings))
             health = await self.health()
             self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
+            self._maintenance = asyncio.create_task(self._maintain_every_minute(), name=f"dhan-{self._context.account}")
         else:
             self._log.info("dhan.started", live=False, instruments=len(self._master))
 
     async def aclose(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
         clients = [*self._retired, *([self._client] if self._client else [])]
         self._client = None
         self._retired = []
@@ -165,11 +206,18 @@ class DhanBroker:
         changed = sorted(f.name for f in attrs.fields(DhanSettings) if getattr(new, f.name) != getattr(old, f.name))
         self._settings = new
         self._master = master
+        self._refresher.url, self._refresher.at = new.instruments_url, new.instruments_refresh_at
         if new.max_orders_per_s != old.max_orders_per_s:
             self._throttle = TokenBucket(new.max_orders_per_s)
+        if self._tokens is not None:
+            changed_token = self._tokens.reconfigure(new)
+            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token)
         if self._client is not None:
             self._retired.append(self._client)
-        self._client = DhanClient(new) if _can_read(new) else None
+        if new.live:
+            self._client = DhanClient(self._with_token(new))
+        else:
+            self._client = DhanClient(new) if _can_read(new) else None
         self._auth_failed = False
         self._health = None
         self._log.info("dhan.reconfigured", changed=changed)  # names only: never the values
@@ -184,6 +232,8 @@ class DhanBroker:
         order = build_place_order(request.leg, contract, client_order_id=cid)
         if not self._settings.live:
             return self._dry_run(request, order)
+        if self._auth_failed and self._client is not None:  # a DH-901 seen elsewhere (/health, a lookup)
+            await self._recover_token(self._client)
         client = self._live_client()
         async with self._id_locks.setdefault(cid, asyncio.Lock()):
             if self._ledger.get(cid) is not None:
@@ -207,6 +257,11 @@ class DhanBroker:
                 ) from e
             self._log.info("dhan.order.sending", client_order_id=cid, alert_id=request.alert_id, order=order.kwargs())
             answer = await client.call("place_order", **order.kwargs())
+            if answer.error_code == TOKEN_EXPIRED and await self._recover_token(client):
+                client = self._live_client()  # DH-901 is a definite refusal: nothing was placed, send it once more
+                self._log.info("dhan.order.resending", client_order_id=cid, reason="new token after DH-901")
+                await self._throttle.acquire()
+                answer = await client.call("place_order", **order.kwargs())
             result = await self._placed(client, cid, answer)
             if result.order_id:
                 await self._remember(attrs.evolve(entry, order_id=result.order_id))
@@ -299,7 +354,7 @@ class DhanBroker:
                 return self._health[1]
             answer = await self._client.call("get_fund_limits")
             if answer.ok:
-                health = Health(ok=True, detail="Dhan token valid")
+                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}")
             elif answer.error is not None:
                 self._check_auth(answer)
                 health = Health(ok=False, detail=str(answer.error))
@@ -307,6 +362,100 @@ class DhanBroker:
                 health = Health(ok=False, detail=f"Dhan unreachable: {answer.ambiguous}")
             self._health = (time.monotonic(), health)
             return health
+
+    # the token
+
+    @property
+    def token_expires_at(self) -> datetime | None:
+        """When the access token in use expires (its JWT `exp`), None when unknown or in dry-run."""
+        return self._tokens.expires_at if self._tokens is not None else None
+
+    async def maintain(self) -> None:
+        """One round of upkeep (at start and every minute): renew or generate the token when due and use a
+        new one at once; refresh the instrument master when a trading day's refresh is due. Public so tests
+        (and a readiness check) can run a round without waiting."""
+        if self._tokens is None:
+            return
+        changed = await self._tokens.maintain()
+        if self._auth_failed and not changed and self._client is not None:
+            changed = await self._tokens.recover(self._client.token, again=True)
+        if changed:
+            self._swap_client()
+        await self._refresh_master_if_due()
+
+    async def readiness(self, *, close_at: datetime) -> list[ReadinessCheck]:
+        """The pre-open check (`Broker.readiness()`): one upkeep round first (a due renewal or refresh
+        happens now rather than being reported), then token, master, Dhan's answer and the clock."""
+        if not self._settings.live or self._tokens is None:
+            return [ReadinessCheck(name="mode", ok=True, detail="dry-run: nothing is sent to Dhan")]
+        for _ in range(2):  # again when Dhan rejects the token now: with PIN + TOTP a new one is generated first
+            try:
+                await self.maintain()
+            except Exception:  # noqa: BLE001 - the checks below report what is still wrong
+                self._log.exception("dhan.maintenance_failed")
+            self._health = None  # a fresh answer from Dhan, not the 10 s cache
+            health = await self.health()
+            if not (self._auth_failed and self._tokens.can_generate):
+                break
+        now = self._clock()
+        account = self._context.account
+        return [
+            token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account),
+            master_check(self._refresher, now=now, account=account),
+            health_check(health),
+            await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+        ]
+
+    async def _maintain_every_minute(self) -> None:
+        upkeep = self._refresh_master_if_due  # at once: a stale master at start; the token was checked in start()
+        while True:
+            try:
+                await upkeep()
+            except Exception:  # noqa: BLE001 - upkeep must go on next minute
+                self._log.exception("dhan.maintenance_failed")
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+            upkeep = self.maintain
+
+    async def _refresh_master_if_due(self) -> None:
+        """Live accounts only (a dry-run account may read the shipped sample; refresh it by hand)."""
+        if not self._settings.live:
+            return
+        async with self._refresh_lock:
+            now = self._clock()
+            if self._refresher.due(now) is None:
+                return
+            path = self._master_path(self._settings)
+            master = await self._refresher.refresh(now, path, self._master)
+            if master is not None:
+                self._master = master  # the next resolve uses it; requests in flight keep the old index
+                self._master_stamp = (str(path), (await asyncio.to_thread(path.stat)).st_mtime)
+
+    async def _recover_token(self, client: DhanClient) -> bool:
+        """After a DH-901 on `client`: True (and a new client in place) when another token is available."""
+        if self._tokens is None or not await self._tokens.recover(client.token):
+            return False
+        if self._client is None or self._client.token != self._tokens.token:
+            self._swap_client()
+        return True
+
+    def _swap_client(self) -> None:
+        """Use the keeper's token from the next call on; calls in flight finish on the retired client."""
+        if self._client is None or self._tokens is None:
+            return
+        if self._client.token != self._tokens.token:
+            self._retired.append(self._client)
+            self._client = DhanClient(self._with_token(self._settings))
+        self._auth_failed = False
+        self._health = None
+
+    def _with_token(self, settings: DhanSettings) -> DhanSettings:
+        if self._tokens is None:
+            return settings
+        return attrs.evolve(settings, access_token=self._tokens.token)
+
+    def _expiry_text(self) -> str:
+        expires = self.token_expires_at
+        return f"; it expires {expires.astimezone(IST):%Y-%m-%d %H:%M} IST" if expires else ""
 
     # internals
 
@@ -468,6 +617,21 @@ class DhanBroker:
         except OSError as e:  # the intent line is already there: a retry still looks the order up first
             self._log.warning("dhan.ledger.write_failed", client_order_id=entry.client_order_id, error=str(e))
 
+    async def _download_missing_master(self) -> None:
+        path = self._settings.instruments_path or default_instruments_path(self._context.data_dir)
+        if await asyncio.to_thread(path.exists):
+            return
+        url = self._settings.instruments_url
+        self._log.info("dhan.instruments.refreshing", url=url, path=str(path))
+        try:
+            master = await download_master(url, path)
+        except RefreshError as e:
+            raise BrokerError(
+                f"instrument master not found at {path} and its download failed ({e}): "
+                "run `tvbridge dhan instruments refresh`"
+            ) from e
+        self._log.info("dhan.instruments.refreshed", rows=len(master), path=str(path))
+
     def _master_path(self, settings: DhanSettings) -> Path:
         configured = settings.instruments_path
         path = configured or default_instruments_path(self._context.data_dir)
@@ -487,6 +651,7 @@ class DhanBroker:
         try:
             master = await asyncio.to_thread(load_master, path)
             self._master_stamp = (str(path), path.stat().st_mtime)
+            self._refresher.loaded(path)
         except (OSError, MasterFormatError) as e:
             raise BrokerError(f"cannot load the Dhan instrument master {path}: {e}") from e
         self._log.info("dhan.instruments.loaded", path=str(path), rows=len(master))

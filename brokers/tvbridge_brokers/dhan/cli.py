@@ -5,7 +5,9 @@
   server to load it (SIGHUP).
 * `tvbridge dhan token set [--account NAME]` reads a new access token from standard input (never from the
   command line, where `ps` and the shell history would keep it), stores it as `DHAN_ACCESS_TOKEN` in `.env`
-  (mode 0600) and asks a running server to use it (SIGHUP): no restart, no alert lost.
+  and in the account's token store in the data directory (both mode 0600) and asks a running server to use it
+  (SIGHUP): no restart, no alert lost. With `pin` and `totp_secret` configured the server renews and generates
+  tokens itself (`token.py`); this command is the fix when it cannot.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tvbridge.registry import plugin_table
 from tvbridge.reload import PID_FILE, signal_running_server
 from tvbridge_brokers.dhan.refresh import RefreshError, refresh_instruments
 from tvbridge_brokers.dhan.settings import default_instruments_path, parse_settings
+from tvbridge_brokers.dhan.token import token_path, write_secret_file
 
 if TYPE_CHECKING:
     import argparse
@@ -66,7 +69,7 @@ class DhanCommand:
         account = _dhan_account(config, args.account)
         if args.dhan_command == "instruments":
             return self._refresh(config, account)
-        return self._set_token(config)
+        return self._set_token(config, account)
 
     def _refresh(self, config: Config, account: str) -> int:
         _, table = plugin_table(config, account)
@@ -86,7 +89,7 @@ class DhanCommand:
         _tell_server(config)
         return 0
 
-    def _set_token(self, config: Config) -> int:
+    def _set_token(self, config: Config, account: str) -> int:
         token = getpass.getpass("New Dhan access token: ") if sys.stdin.isatty() else sys.stdin.readline()
         token = token.strip()
         if not token:
@@ -97,6 +100,8 @@ class DhanCommand:
         os.chmod(env_file, 0o600)  # noqa: PTH101 - also when it existed with wider permissions
         set_key(env_file, "DHAN_ACCESS_TOKEN", token, quote_mode="never")
         print(f"The new token is stored as DHAN_ACCESS_TOKEN in {env_file} (mode 0600).")
+        # the account's own store wins over a stale configured token at start and on SIGHUP (dhan/token.py)
+        write_secret_file(token_path(config.server.data_dir, account), token + "\n")
         if os.environ.get("DHAN_ACCESS_TOKEN"):
             print("Note: DHAN_ACCESS_TOKEN is also set in the environment, which wins over .env: update it there.")
         _tell_server(config)

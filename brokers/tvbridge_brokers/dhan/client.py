@@ -48,6 +48,11 @@ class DhanClient:
     def __repr__(self) -> str:
         return f"<DhanClient {self._base_url} timeout={self._timeout:g}s>"
 
+    @property
+    def token(self) -> str:
+        """The token this client sends (to tell whether a DH-901 was for the token in use now)."""
+        return self._secret
+
     def scrub(self, text: str) -> str:
         return scrub(text, self._secret)
 

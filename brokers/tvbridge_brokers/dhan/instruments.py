@@ -246,6 +246,13 @@ class InstrumentMaster:
     def __len__(self) -> int:
         return self._count
 
+    def derivatives_from(self, day: date) -> int:
+        """How many futures and options are listed with an expiry on or after `day` (a fresh master lists
+        the current contracts; a stale or cut-down one does not)."""
+        first = day.isoformat()
+        futures = sum(1 for listed in self._futures.values() for row in listed if row[7] >= first)
+        return futures + sum(1 for key in self._options if key[2] >= first)
+
     def __repr__(self) -> str:
         return f"<InstrumentMaster {self._count} rows from {self.source}>"
 

@@ -1,0 +1,372 @@
+"""The Dhan access token of one account: when it expires, renewing it, generating a new one, storing it.
+
+A Dhan token lives 24 hours. `TokenKeeper` keeps a live account trading for weeks without a person:
+
+* The expiry is read from the token itself (a JWT's `exp` claim, decoded without checking the signature: it is
+  used for scheduling and display only, never to decide whether Dhan will accept the token).
+* `maintain()` (at start, then every minute) renews a valid token through Dhan's RenewToken call when less than
+  `renew_before_s` remain, and generates a new one from PIN + TOTP (`pyotp`) when the token has expired or is
+  missing and the account has `pin` and `totp_secret`.
+* `recover()` is the one retry after a DH-901: generate once (or just use a token renewed meanwhile).
+* A new token is written atomically (temporary file, fsync, rename; mode 0600) to the account's store in the data
+  directory, and also into `.env` when that is where the running token came from (`DHAN_ACCESS_TOKEN`), so a
+  restart or a SIGHUP keeps it. At start the stored token is used when it outlives the configured one.
+* When it cannot renew, `notify` says when the token expires and the one command that fixes it.
+
+The token is never logged, returned in a message or written anywhere but its stores. dhanhq's `DhanLogin` logs
+its failures (with the URL, which carries the PIN for generation) on the root logger; those records are dropped
+and our own scrubbed line is logged instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import pyotp
+import structlog
+from dhanhq import DhanLogin
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tvbridge_brokers.dhan.settings import DhanSettings
+
+log = structlog.get_logger()
+
+IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
+AUTH_TIMEOUT_S: Final = 10.0
+"""RenewToken and token generation are not on an order's clock, except the one retry after a DH-901."""
+ENV_FILE: Final = ".env"
+ENV_KEY: Final = "DHAN_ACCESS_TOKEN"
+DEFAULT_ACCOUNT: Final = "dhan"
+"""The account `DHAN_ACCESS_TOKEN` configures (see `tvbridge.config`)."""
+
+
+def token_path(data_dir: Path, account: str) -> Path:
+    return data_dir / f"dhan-{account}.token"
+
+
+def fix_command(account: str) -> str:
+    return f"tvbridge dhan token set --account {account}"
+
+
+def token_expiry(token: str) -> datetime | None:
+    """The `exp` claim of a JWT access token as an aware UTC datetime; None when the token is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+        return datetime.fromtimestamp(float(claims["exp"]), UTC)
+    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError, OSError):
+        return None
+
+
+class TokenError(Exception):
+    """Dhan did not give a new token; the message names why, never a secret."""
+
+
+class _DropDhanLoginLogs(logging.Filter):
+    """dhanhq's DhanLogin logs failures with the request URL, and urllib3 logs every URL at debug level: the
+    PIN and the TOTP code are query parameters of the generation call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.pathname.replace("\\", "/").endswith("dhanhq/auth.py"):
+            return False
+        return GENERATE_PATH not in record.getMessage()
+
+
+GENERATE_PATH: Final = "/app/generateAccessToken"
+_FILTER: Final = _DropDhanLoginLogs()
+
+
+def _install_log_filter() -> None:
+    for logger in (logging.getLogger(), logging.getLogger("urllib3.connectionpool")):
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+@attrs.frozen(kw_only=True)
+class NewToken:
+    token: str = attrs.field(repr=False)
+    expires_at: datetime | None
+
+
+class DhanAuth:
+    """Dhan's two token calls through dhanhq's `DhanLogin`, off the event loop, with a timeout.
+
+    `DhanLogin` calls `requests` without a timeout of its own: we stop waiting after `AUTH_TIMEOUT_S`, and a
+    hung call's worker thread ends when Dhan (or the OS) closes the connection. It never holds a lock we need."""
+
+    def __init__(self, settings: DhanSettings, *, timeout_s: float = AUTH_TIMEOUT_S) -> None:
+        _install_log_filter()
+        self._login = DhanLogin(settings.client_id)
+        self._login.API_BASE_URL = settings.base_url  # RenewToken is on the trading API
+        self._login.AUTH_BASE_URL = settings.auth_url
+        self._pin = settings.pin
+        self._totp = pyotp.TOTP(settings.totp_secret) if settings.totp_secret else None
+        self._timeout = timeout_s
+
+    async def renew(self, token: str) -> NewToken:
+        return await self._call("RenewToken", self._login.renew_token, token, secrets=(token,))
+
+    async def generate(self) -> NewToken:
+        if self._totp is None:
+            raise TokenError("no pin and totp_secret configured")
+        code = self._totp.now()
+        return await self._call(
+            "token generation", self._login.generate_token, self._pin, code, secrets=(self._pin, code)
+        )
+
+    async def _call(self, what: str, function: Callable[..., Any], *args: str, secrets: tuple[str, ...]) -> NewToken:
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await asyncio.to_thread(function, *args)
+        except TimeoutError:
+            raise TokenError(f"{what}: no answer from Dhan within {self._timeout:g} s") from None
+        except Exception as e:  # noqa: BLE001 - DhanLogin raises bare Exception with Dhan's answer in it
+            raise TokenError(f"{what} refused: {_scrub(str(e), secrets)[:300]}") from None
+        token = _token_in(answer)
+        if not token:
+            raise TokenError(f"{what}: Dhan's answer has no accessToken")
+        return NewToken(token=token, expires_at=token_expiry(token) or _expiry_time(answer))
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _token_in(answer: object) -> str:
+    if not isinstance(answer, dict):
+        return ""
+    data = answer.get("data") if isinstance(answer.get("data"), dict) else answer
+    assert isinstance(data, dict)  # noqa: S101 - narrowed just above
+    token = data.get("accessToken") or data.get("access_token") or data.get("token") or ""
+    return token.strip() if isinstance(token, str) else ""
+
+
+def _expiry_time(answer: object) -> datetime | None:
+    """Dhan's `expiryTime` (exchange time, ISO) when the token itself does not say."""
+    raw = answer.get("expiryTime") if isinstance(answer, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=IST)
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, mode 0600 from the first byte (mkstemp), fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(name).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(name).unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a crash once the directory is synced
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _env_with_token(text: str, old: str, new: str) -> str | None:
+    """`.env` text with DHAN_ACCESS_TOKEN changed from `old` to `new`; None when it does not hold `old`."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and key.strip() == ENV_KEY and value.strip().strip("'\"") == old:
+            lines[i] = f"{ENV_KEY}={new}\n"
+            return "".join(lines)
+    return None
+
+
+class TokenKeeper:
+    """The running token of one account and the rules that keep it valid (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: DhanSettings,
+        *,
+        account: str,
+        data_dir: Path,
+        clock: Callable[[], datetime],
+        notify: Callable[[str, str], None],
+    ) -> None:
+        self._settings = settings
+        self._account = account
+        self._store = token_path(data_dir, account)
+        self._clock = clock
+        self._notify = notify
+        self._auth = DhanAuth(settings)
+        self._token = settings.access_token
+        self._configured = settings.access_token
+        self._lock = asyncio.Lock()
+        self._warned: tuple[str, str] | None = None
+        self._tried_after_rejection: str | None = None
+        self.last_error = ""
+        self._log = log.bind(broker="dhan", account=account)
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return token_expiry(self._token) if self._token else None
+
+    @property
+    def can_generate(self) -> bool:
+        return self._settings.can_generate
+
+    def load(self, *, prefer_current: bool = False) -> None:
+        """Use the stored token (a renewal's, or `tvbridge dhan token set`'s) unless the one in use is known to
+        outlive it; with `prefer_current` (an operator just configured a new token) only when the stored one is
+        known to outlive it. Blocking (a small file): at start and on SIGHUP."""
+        try:
+            stored = self._store.read_text(encoding="utf-8").strip()
+        except OSError:
+            stored = ""
+        if prefer_current:
+            use = _later(stored, self._token, known_only=True)
+        else:
+            use = not _later(self._token, stored, known_only=True)
+        if stored and stored != self._token and use:
+            self._token = stored
+            self._log.info("dhan.token.loaded", source=str(self._store), expires_at=_iso(self.expires_at))
+
+    def reconfigure(self, settings: DhanSettings) -> bool:
+        """A SIGHUP's table; True when the token in use changed (a new configured token outliving ours)."""
+        self._settings = settings
+        self._auth = DhanAuth(settings)
+        self._tried_after_rejection = None
+        new = settings.access_token
+        # an operator's new token is used unless it is known to expire before the one renewed meanwhile
+        changed = bool(new) and new != self._configured and not _later(self._token, new, known_only=True)
+        self._configured = new
+        if changed:
+            self._token = new
+        return changed
+
+    def remaining(self) -> timedelta | None:
+        expires = self.expires_at
+        return None if expires is None else expires - self._clock()
+
+    async def maintain(self) -> bool:
+        """Renew or generate when due; True when the token changed. Never raises for Dhan's refusals."""
+        async with self._lock:
+            remaining = self.remaining()
+            if not self._token or (remaining is not None and remaining <= timedelta(0)):
+                if self.can_generate:
+                    return await self._generate("expired" if self._token else "missing")
+                self._cannot_renew("the token has expired" if self._token else "there is no token")
+                return False
+            if remaining is None or remaining.total_seconds() >= self._settings.renew_before_s:
+                return False
+            try:
+                new = await self._auth.renew(self._token)
+            except TokenError as e:
+                self._log.warning("dhan.token.renew_failed", error=str(e), expires_at=_iso(self.expires_at))
+                if self.can_generate:
+                    return await self._generate("renewal refused")
+                self._cannot_renew(str(e))
+                return False
+            return await self._use(new, how="renewed")
+
+    async def recover(self, rejected: str, *, again: bool = False) -> bool:
+        """After Dhan answered DH-901 for `rejected`: True when a different token is now in use (one renewed
+        meanwhile, or one generated now). Orders try one generation per rejected token; the minute's
+        maintenance (`again`) tries once a minute until one works."""
+        async with self._lock:
+            if self._token != rejected:
+                return True
+            if not self.can_generate or (self._tried_after_rejection == rejected and not again):
+                return False
+            self._tried_after_rejection = rejected
+            return await self._generate("rejected by Dhan (DH-901)")
+
+    async def _generate(self, why: str) -> bool:
+        try:
+            new = await self._auth.generate()
+        except TokenError as e:
+            self._log.error("dhan.token.generate_failed", reason=why, error=str(e))
+            self._cannot_renew(f"token generation failed: {e}")
+            return False
+        return await self._use(new, how="generated")
+
+    async def _use(self, new: NewToken, *, how: str) -> bool:
+        old = self._token
+        try:
+            await asyncio.to_thread(self._save, old, new.token)
+        except OSError as e:  # still use it: the running server works, only a restart would lose it
+            self._log.error("dhan.token.store_failed", error=f"{type(e).__name__}: {e.strerror or e}")
+        self._token = new.token
+        self._warned = None
+        self.last_error = ""
+        self._log.info("dhan.token_renewed", how=how, expires_at=_iso(new.expires_at), stored=str(self._store))
+        return True
+
+    def _save(self, old: str, new: str) -> None:
+        write_secret_file(self._store, new + "\n")
+        env = Path.cwd() / ENV_FILE
+        if old and self._account == DEFAULT_ACCOUNT and env.is_file():
+            text = _env_with_token(env.read_text(encoding="utf-8"), old, new)
+            if text is not None:
+                write_secret_file(env, text)
+
+    def _cannot_renew(self, reason: str) -> None:
+        self.last_error = reason
+        key = (self._token, reason)
+        if self._warned == key:
+            return
+        self._warned = key
+        expires = self.expires_at
+        when = f"expires at {expires.astimezone(IST):%Y-%m-%d %H:%M} IST" if expires else "has no known expiry"
+        if expires is not None and expires <= self._clock():
+            when = f"expired at {expires.astimezone(IST):%Y-%m-%d %H:%M} IST"
+        message = (
+            f"Dhan account {self._account}: the access token {when} and cannot be renewed ({reason}). "
+            f"Fix: `{fix_command(self._account)}` with a new token from web.dhan.co, or set pin and totp_secret "
+            "so tvbridge generates one itself."
+        )
+        self._log.warning("dhan.token.cannot_renew", reason=reason, expires_at=_iso(expires))
+        self._notify("token_expiring", message)
+
+
+def _later(candidate: str, current: str, *, known_only: bool = False) -> bool:
+    """True when `candidate` expires after `current` (an unknown expiry counts as older than a known one;
+    with `known_only`, True only when both expiries are known)."""
+    new, old = token_expiry(candidate), token_expiry(current)
+    if known_only and (new is None or old is None):
+        return False
+    if new is None:
+        return not current
+    return old is None or new > old
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(IST).isoformat(timespec="seconds") if moment else None
