@@ -138,6 +138,11 @@ def _schemas() -> dict[str, Any]:
                 "broker": {"type": "string"},
                 "client_order_id": {"type": ["string", "null"]},
                 "order_state": {"type": ["string", "null"]},
+                "bracket": {
+                    "type": "array",
+                    "description": "a bracket leg's parts (entry, target, stop_loss) with order id, state and price",
+                    "items": {"type": "object"},
+                },
             },
         },
         "AlertResult": {
