@@ -77,7 +77,10 @@ async def wait_for_parts(client: Any, alert_id: str, wanted: dict[str, str]) -> 
 async def paper_orders(client: Any) -> dict[str, tuple[str, str | None]]:
     """order id -> (state, trigger price) as the paper book holds them."""
     paper: Any = client.app[BROKERS]["paper"]
-    return {o.order_id: (o.state.value, None if o.trigger_price is None else str(o.trigger_price)) for o in await paper.orders()}
+    return {
+        o.order_id: (o.state.value, None if o.trigger_price is None else str(o.trigger_price))
+        for o in await paper.orders()
+    }
 
 
 async def test_target_fill_cancels_the_stop_and_every_record_shows_the_parts(
@@ -160,7 +163,9 @@ async def test_cancel_order_by_the_entry_id_cancels_every_part(make_client: Clie
     cancelled = await post(client, alert({"order_id": entry}, alert_type="cancel_order"))
     assert cancelled["results"][0]["status"] == "success"
     assert sorted(cancelled["results"][0]["order_id"].split(",")) == sorted(p["order_id"] for p in parts)
-    await wait_for_parts(client, body["alert_id"], {"entry": "cancelled", "target": "cancelled", "stop_loss": "cancelled"})
+    await wait_for_parts(
+        client, body["alert_id"], {"entry": "cancelled", "target": "cancelled", "stop_loss": "cancelled"}
+    )
     await probe(client, "90")  # would have filled the entry and then its stop: nothing is left to fill
     book = await paper_orders(client)
     assert {book[p["order_id"]][0] for p in parts} == {"cancelled"}
