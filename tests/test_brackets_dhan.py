@@ -127,6 +127,7 @@ async def test_one_exit_filling_cancels_the_other(
     config: Config,
     fake_dhan: FakeDhan,
     tmp_path: Path,
+    *,
     filled: str,
     wanted: dict[str, str],
 ) -> None:

@@ -23,8 +23,6 @@ from tvbridge.keys import BROKERS
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient
     from helpers import ClientFactory
 
     from tvbridge.config import Config
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
 ADMIN = "admin-token-for-bracket-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WAIT_S = 15.0
-Client = "TestClient[web.Request, web.Application]"
 
 
 def admin(config: Config) -> Config:

@@ -153,7 +153,7 @@ class FollowUp:
                     what=_what(result.transaction, result.quantity, result.symbol),
                     interval=self._config.first_interval_s,
                     due=self._clock() + self._config.first_interval_s,
-                    bracket=result.bracket,
+                    bracket=tuple(result.bracket),
                 )
             )
 
