@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -17,8 +18,13 @@ import pytest
 from durability_server import scripted_orders
 from helpers import SECRET, alert, leg, with_accounts
 
+from tvbridge.brackets import parts_of
+from tvbridge.broker import OrderRequest
 from tvbridge.config import FollowupConfig
 from tvbridge.keys import BROKERS
+from tvbridge.models import OrderLeg
+from tvbridge.parsing import make_converter
+from tvbridge_brokers.paper.book import Book
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -238,3 +244,31 @@ async def test_a_sound_market_bracket_without_a_price_is_accepted(make_client: C
     client = await make_client(config)
     body = await post(client, alert(bracket(price="0"), secret=SECRET))
     assert body["results"][0]["status"] == "success"
+
+
+async def test_follow_up_resumes_an_open_bracket_after_a_restart(make_client: ClientFactory, config: Config) -> None:
+    """The entry filled (final) but its exits rest: after a restart follow-up still follows the bracket (the
+    journal's parts say it is open), so the target's later fill reaches GET /alerts/<id>."""
+    first = await make_client(admin(config))
+    body = await post(first, alert(bracket()))
+    await first.close()
+    second = await make_client(admin(config))
+    await probe(second, "111")
+    await wait_for_parts(second, body["alert_id"], {"entry": "filled", "target": "filled", "stop_loss": "cancelled"})
+
+
+async def test_a_paper_database_from_before_brackets_is_upgraded(tmp_path: Path) -> None:
+    """A version 1 paper file (no `brackets` table) gets the table when opened, and takes a bracket."""
+    path = tmp_path / "paper.sqlite3"
+    Book.open(path, {}).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE brackets")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    book = Book.open(path, {})
+    try:
+        the_leg = make_converter().structure(bracket(), OrderLeg)
+        result = book.place(OrderRequest(client_order_id="OLD-1", alert_id="OLD", leg_number=1, leg=the_leg))
+        assert [p["part"] for p in parts_of(result.details)] == ["entry", "target", "stop_loss"]
+    finally:
+        book.close()
