@@ -34,9 +34,9 @@ SUPER_STATES: Final = {**STATES, "CLOSED": OrderState.FILLED}
 _ENTRY_TYPES: Final = frozenset({OrderType.LIMIT, OrderType.MARKET})
 
 
-def super_order_kwargs(leg: OrderLeg, order: PlaceOrder) -> dict[str, object]:
-    """The arguments of `dhanhq.place_super_order` for a bracket leg, from the mapped plain order; raises
-    `BrokerUnsupportedError` naming the field for what a super order cannot take (nothing is sent)."""
+def check_super_entry(leg: OrderLeg) -> None:
+    """`BrokerUnsupportedError` naming the field for a bracket leg a super order cannot take (nothing is sent).
+    Paper with Dhan's master applies it too, so practice refuses what live would."""
     if leg.order_type not in _ENTRY_TYPES:
         msg = f"orderType {leg.order_type} cannot carry a bracket on Dhan: a super order's entry is LMT or MKT"
         raise BrokerUnsupportedError(msg)
@@ -46,6 +46,12 @@ def super_order_kwargs(leg: OrderLeg, order: PlaceOrder) -> dict[str, object]:
             " dhanhq refuses a super order without a price > 0"
         )
         raise BrokerUnsupportedError(msg)
+
+
+def super_order_kwargs(leg: OrderLeg, order: PlaceOrder) -> dict[str, object]:
+    """The arguments of `dhanhq.place_super_order` for a bracket leg, from the mapped plain order; raises
+    `BrokerUnsupportedError` naming the field for what a super order cannot take (nothing is sent)."""
+    check_super_entry(leg)
     return {
         "security_id": order.security_id,
         "exchange_segment": order.exchange_segment,

@@ -5,7 +5,8 @@ id) and its two exits, a sell (for a long) limit at `target_price` and a sell SL
 `stoploss_price`, under `<client order id>.T` and `<client order id>.S`. The `brackets` table links them.
 
 * The exits wait (`pending`) until the entry fills; then the target rests (`open`) and the stop waits for its
-  trigger (`trigger_pending`), and later alerts' prices move them as any resting order (`book.py`).
+  trigger (`trigger_pending`), and later alerts' prices move them as any resting order (`book.py`). The price
+  that filled the entry does not also move its exits: they see prices from the next alert on.
 * When one exit fills, the other is cancelled in the same transaction: a stop left behind a closed position
   would open it again the wrong way.
 * Trailing: the best price since the entry filled is the bracket's `anchor` (first the fill price). Each time
