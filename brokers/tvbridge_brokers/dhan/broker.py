@@ -282,10 +282,17 @@ class DhanBroker:
             return []
         contract = resolve_contract(leg, self._require_master(), today=self._clock().astimezone(IST).date())
         client = self._live_client()
+        mine = [
+            e
+            for e in self._ledger.entries()
+            if e.super_order and e.security_id == contract.security_id and e.exchange == leg.exchange.value
+        ]
+        if not mine:
+            return []
+        rows = await self._super_rows(client)  # once for all of them: EXIT_ALL runs inside TradingView's 3 s
         results: list[OrderResult] = []
-        for entry in self._ledger.entries():
-            if entry.super_order and entry.security_id == contract.security_id and entry.exchange == leg.exchange.value:
-                results.extend(await self._cancel_super(client, entry))
+        for entry in mine:
+            results.extend(await self._cancel_super(client, entry, rows))
         return results
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
@@ -472,36 +479,42 @@ class DhanBroker:
             raise answer.error
         raise BrokerUnavailableError(f"cannot look up correlation id {cid}: {answer.ambiguous}")
 
-    async def _fetch_super(self, client: DhanClient, entry: Entry) -> OrderResult | None:
-        """The super order placed under `entry`'s client order id (found by correlationId, or by its order id
-        once known), from Dhan's super order list; None when Dhan lists none."""
+    async def _super_rows(self, client: DhanClient) -> list[dict[str, object]]:
+        """Dhan's super order list (one call; "no data" is an empty list)."""
         answer = await client.call("get_super_order_list")
         if answer.ok:
             rows = answer.data if isinstance(answer.data, list) else []
-            for row in rows:
-                if not isinstance(row, dict):
-                    continue
-                if row.get("correlationId") == entry.client_order_id or (
-                    entry.order_id is not None and str(row.get("orderId")) == entry.order_id
-                ):
-                    return super_result(row, client_order_id=entry.client_order_id)
-            return None
+            return [row for row in rows if isinstance(row, dict)]
         if answer.error_code == NO_DATA:
-            return None
+            return []
         if answer.error is not None:
             self._check_auth(answer)
             raise answer.error
         raise BrokerUnavailableError(f"cannot read Dhan's super orders: {answer.ambiguous}")
 
+    async def _fetch_super(
+        self, client: DhanClient, entry: Entry, rows: list[dict[str, object]] | None = None
+    ) -> OrderResult | None:
+        """The super order placed under `entry`'s client order id (found by correlationId, or by its order id
+        once known) in Dhan's super order list (`rows`, read now when not given); None when Dhan lists none."""
+        for row in await self._super_rows(client) if rows is None else rows:
+            if row.get("correlationId") == entry.client_order_id or (
+                entry.order_id is not None and str(row.get("orderId")) == entry.order_id
+            ):
+                return super_result(row, client_order_id=entry.client_order_id)
+        return None
+
     def _super_entry(self, order_id: str) -> Entry | None:
         found = [e for e in self._ledger.entries() if e.super_order and e.order_id == order_id]
         return found[0] if found else None
 
-    async def _cancel_super(self, client: DhanClient, entry: Entry) -> list[OrderResult]:
+    async def _cancel_super(
+        self, client: DhanClient, entry: Entry, rows: list[dict[str, object]] | None = None
+    ) -> list[OrderResult]:
         """End a super order: ENTRY_LEG while the entry is open (Dhan cancels every leg), else each exit leg
         still open. Returns the super order as it is afterwards (its parts in `details["bracket"]`), or nothing
-        when no part was open."""
-        current = await self._fetch_super(client, entry)
+        when no part was open. `rows`: the super order list, when the caller read it already."""
+        current = await self._fetch_super(client, entry, rows)
         if current is None or current.order_id is None or not has_open_part(parts_of(current.details)):
             return []
         for leg_name in open_legs(current):
