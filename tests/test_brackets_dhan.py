@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
-from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
+from fake_dhan import CLIENT_ID, TOKEN, FakeDhan, Misbehave
 from helpers import alert, leg, with_accounts
 
 from tvbridge.config import FollowupConfig
@@ -208,3 +208,33 @@ async def test_a_market_entry_without_a_reference_price_is_refused_unsent(
     assert result["message"].startswith("price: a MKT entry with a bracket on Dhan needs the alert's price")
     assert fake_dhan.super_placed() == []
     assert fake_dhan.placed() == []
+
+
+async def test_a_lost_placement_answer_is_resolved_from_the_super_order_list(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, tmp_path: Path
+) -> None:
+    """Dhan takes the super order and the connection drops: tvbridge finds it by correlation id in the super
+    order list and reports it placed, with its parts; it is never sent twice."""
+    fake_dhan.next_reply("super_place", Misbehave.drop_after_taking_order())
+    client = await make_client(dhan_config(config, fake_dhan, tmp_path))
+    body = await post(client, alert(bracket()))
+    (result,) = body["results"]
+    assert result["status"] == "success", result
+    assert "found by correlation id" in result["message"]
+    assert list(fake_dhan.super_orders) == [result["order_id"]]
+    assert len(fake_dhan.super_placed()) == 1
+    assert [p["part"] for p in result["bracket"]] == ["entry", "target", "stop_loss"]
+
+
+async def test_dry_run_shows_the_super_order_it_would_place(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, tmp_path: Path
+) -> None:
+    dry = dhan_config(config, fake_dhan, tmp_path)
+    dry = attrs.evolve(dry, accounts={"dhan": {**dry.accounts["dhan"], "live": False}})
+    client = await make_client(dry)
+    body = await post(client, alert(bracket()))
+    (result,) = body["results"]
+    assert result["status"] == "test_mode"
+    assert "place_super_order(" in result["message"]
+    assert '"targetPrice":3000.0' in result["message"]
+    assert fake_dhan.super_placed() == []
