@@ -170,38 +170,41 @@ def outcome(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
 
 def test_sample_plugin_passes_the_kit(tmp_path: Path) -> None:
     """The installed sample plugin passes every check of the kit against its fake venue; it declares `orders`
-    but not `positions`, so only the two positions checks are skipped, saying why."""
+    but neither `positions` nor `brackets`, so only the two positions checks and the bracket check are skipped,
+    saying why."""
     result = run_kit(tmp_path, "--tvbridge-broker=sample", f"--tvbridge-broker-settings={SAMPLE_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 15, "skipped": 2}, result.stdout
+    assert outcome(result) == {"passed": 15, "skipped": 3}, result.stdout
     assert "capabilities.positions is false" in result.stdout
+    assert "capabilities.brackets is false" in result.stdout
 
 
 def test_scripted_plugin_passes_the_kit(tmp_path: Path) -> None:
     """The test-only scripted plugin, written before positions and open orders joined the interface, passes;
-    the cancel checks (no resting price) and the positions and open-orders checks (not declared) are skipped."""
+    the cancel checks (no resting price) and the positions, open-orders and bracket checks (not declared) are
+    skipped."""
     result = run_kit(tmp_path, "--tvbridge-broker=scripted", f"--tvbridge-broker-settings={SCRIPTED_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 12, "skipped": 5}, result.stdout
+    assert outcome(result) == {"passed": 12, "skipped": 6}, result.stdout
     assert "no [prices] resting" in result.stdout
 
 
 def test_paper_broker_passes_the_kit(tmp_path: Path) -> None:
-    """The paper broker passes, positions and open orders included; it never loses an answer, so only that check
+    """The paper broker passes, positions, open orders and brackets included; it never loses an answer, so only that check
     is skipped, saying why."""
     result = run_kit(tmp_path, "--tvbridge-broker=paper", f"--tvbridge-broker-settings={PAPER_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 16, "skipped": 1}, result.stdout
+    assert outcome(result) == {"passed": 17, "skipped": 1}, result.stdout
     assert "no [unknown_outcome] table" in result.stdout
 
 
 def test_dhan_broker_passes_the_kit(tmp_path: Path) -> None:
     """The Dhan broker, live against the fake Dhan API, passes every check: DH-906 is a rejection, an order
     taken without an answer is resolved by correlation id, a traded buy shows in positions, a resting order in
-    the order list until it is cancelled."""
+    the order list until it is cancelled, a bracket as a super order with its parts, cancelled whole."""
     result = run_kit(tmp_path, "--tvbridge-broker=dhan", f"--tvbridge-broker-settings={DHAN_SETTINGS}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert outcome(result) == {"passed": 17}, result.stdout
+    assert outcome(result) == {"passed": 18}, result.stdout
 
 
 def test_a_plugin_that_breaks_the_rules_fails_the_kit(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ Optional capabilities (API version 1 additions: a plugin written before them sti
 `open_orders()` are called only when `capabilities.positions` / `capabilities.orders` is true, and a plugin that
 declares one must have its method (checked at start, like the required methods). EXIT_ALL legs and target
 positions need `positions`; `tvbridge flatten` cancels through `open_orders()` and closes through `positions()`.
+Brackets (`target_price`, `stoploss_price`, `trailing_jump` on a leg) need `capabilities.brackets` and
+`cancel_brackets()`; `tvbridge.brackets` says what the parts look like.
 
 Errors::
 
@@ -356,6 +358,12 @@ class Capabilities:
     """True: `readiness()` tells before the open whether today will work (token, reference data, reachability,
     clock). tvbridge asks live accounts at `[sessions] readiness_at` and on `tvbridge ready`; without it an
     account is asked `health()`."""
+    brackets: bool = False
+    """True: `place()` takes a leg with `target_price` / `stoploss_price` / `trailing_jump` as one bracket (the
+    entry with its target and stop, the two exits one-cancels-other, the stop trailing by `trailing_jump`),
+    reports the parts in `OrderResult.details["bracket"]` (`tvbridge.brackets`) from `place()` and `lookup()`,
+    cancels the whole bracket when `cancel()` names any of its orders, and implements `cancel_brackets()`.
+    False: such a leg fails before sending, naming this capability (never an entry without its stop)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -391,8 +399,9 @@ class Health:
 class Broker(Protocol):
     """What every broker plugin class implements. Class attribute `api_version = API_VERSION`; every method
     below is required (tvbridge checks their presence when it loads the plugin), except `positions()`,
-    `open_orders()` and `reconfigure()`, which are required only when `capabilities` declares `positions` /
-    `orders` / `reconfigure` (`CAPABILITY_METHODS`): tvbridge never calls them otherwise. A plugin without them
+    `open_orders()`, `reconfigure()`, `instrument_info()` and `cancel_brackets()`, which are required only when
+    `capabilities` declares `positions` / `orders` / `reconfigure` / `instrument_info` / `brackets`
+    (`CAPABILITY_METHODS`): tvbridge never calls them otherwise. A plugin without them
     still runs; to satisfy a static type checker it may define them to raise `BrokerUnsupportedError`."""
 
     api_version: int
@@ -480,6 +489,14 @@ class Broker(Protocol):
         true; an account without it is asked `health()`."""
         ...
 
+    async def cancel_brackets(self, leg: OrderLeg) -> list[OrderResult]:
+        """Cancel every part still open of every bracket this plugin placed in the contract `leg` names (resolved
+        as `place()` would), and return the parts now cancelled. EXIT_ALL calls it before it reads the position:
+        a stop left resting after the position is closed would open it again the wrong way. Raise
+        `BrokerUnavailableError` (or `BrokerUnknownOutcomeError`) when it cannot be done: the exit is then not
+        sent. Called only when `capabilities.brackets` is true."""
+        ...
+
 
 CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "positions": ("positions",),
@@ -487,6 +504,7 @@ CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "reconfigure": ("reconfigure",),
     "instrument_info": ("instrument_info",),
     "readiness": ("readiness",),
+    "brackets": ("cancel_brackets",),
 }
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 
@@ -499,6 +517,14 @@ def check_supported(capabilities: Capabilities, leg: OrderLeg) -> None:
         msg = (
             f"manage_position {leg.manage_position} needs the broker capability `positions` (reading the open"
             " position to close), which this broker does not declare: nothing was sent"
+        )
+        raise BrokerUnsupportedError(msg)
+    if not capabilities.brackets and (
+        leg.target_price is not None or leg.stoploss_price is not None or leg.trailing_jump is not None
+    ):
+        msg = (
+            "target_price/stoploss_price/trailing_jump (a bracket) need the broker capability `brackets`, which this"
+            " broker does not declare: nothing was sent (an entry without its stop is never placed)"
         )
         raise BrokerUnsupportedError(msg)
     checks = (

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import structlog
 
+from tvbridge.brackets import parts_of
 from tvbridge.broker import (
     BrokerError,
     BrokerUnknownOutcomeError,
@@ -349,6 +350,9 @@ class Executor:
         """EXIT_ALL: read the position through the interface, send the plain order that closes it (or nothing)."""
         client_id = client_order_id(alert_id, number)
         broker = self._brokers[account]
+        cancelled = await self._cancel_brackets(alert_id, account, number, leg)
+        if isinstance(cancelled, LegResult):
+            return cancelled
         try:
             found = await broker.positions(leg)
             pending: list[OpenOrder] = []
@@ -365,7 +369,8 @@ class Executor:
         log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
         if exit_order.leg is None:
             flat = attrs.evolve(leg, quantity=0)
-            return self.result_for(account, number, flat, LegStatus.SUCCESS, exit_order.message, client_id=client_id)
+            message = exit_order.message + cancelled
+            return self.result_for(account, number, flat, LegStatus.SUCCESS, message, client_id=client_id)
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -378,7 +383,30 @@ class Executor:
         crash_point("after_send")
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
             self._sent_exits.remember(account, client_id, exit_order.leg, found)
-        return attrs.evolve(result, message=f"{exit_order.message}; {result.message}")
+        return attrs.evolve(result, message=f"{exit_order.message}; {result.message}{cancelled}")
+
+    async def _cancel_brackets(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> str | LegResult:
+        """EXIT_ALL first cancels the brackets resting in the contract (`Broker.cancel_brackets`): a stop left
+        behind a closed position would open it again the wrong way. Returns the note for the leg's message, or
+        the failed result when they could not be cancelled (then nothing is sent: the stops still protect the
+        position)."""
+        broker = self._brokers[account]
+        if not broker.capabilities.brackets:
+            return ""
+        try:
+            cancelled = await broker.cancel_brackets(leg)
+        except Exception as e:
+            if not isinstance(e, BrokerError):
+                log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            message = f"not sent: the brackets on {leg.symbol} could not be cancelled first ({e})"
+            return self.result_for(
+                account, number, leg, LegStatus.FAILED, message, client_id=client_order_id(alert_id, number)
+            )
+        ids = [c.order_id for c in cancelled if c.order_id]
+        if not ids:
+            return ""
+        log.info("leg.brackets_cancelled", alert_id=alert_id, leg=number, account=account, order_ids=ids)
+        return f"; cancelled bracket order(s) first: {', '.join(ids)}"
 
     async def _recovery_lookup(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult | None:
         """Does the broker already have this leg? None when it has not; an `unknown` result when it cannot say."""
@@ -434,6 +462,7 @@ class Executor:
             order_state=order.state.value if order else None,
             filled_quantity=order.filled_quantity if order and order.state is not OrderState.DRY_RUN else None,
             average_price=str(order.average_price) if order and order.average_price is not None else None,
+            bracket=parts_of(order.details) if order else (),
             **_leg_fields(leg),
         )
 
@@ -585,6 +614,7 @@ def response_body(
                 "broker": r.broker,
                 "client_order_id": r.client_order_id,
                 "order_state": r.order_state,
+                **({"bracket": [dict(part) for part in r.bracket]} if r.bracket else {}),
             }
             for r in results
         ],

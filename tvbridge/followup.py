@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import structlog
 
+from tvbridge.brackets import has_open_part, parts_of
 from tvbridge.broker import OPEN_STATES, OrderState
 from tvbridge.errors import JournalError
 from tvbridge.journal import OrderStateRecord
@@ -74,6 +75,12 @@ class Followed:
     due: float
     missing: int = 0
     """Look-ups in a row that found no order (logged once)."""
+    bracket: tuple[dict[str, str | None], ...] = ()
+    """A bracket's parts as last seen: followed until the entry and every part are final."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in _OPEN_VALUES or has_open_part(self.bracket)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -127,7 +134,9 @@ class FollowUp:
         if not self._config.enabled:
             return
         for result in results:
-            if result.status is not LegStatus.SUCCESS or result.order_state not in _OPEN_VALUES:
+            if result.status is not LegStatus.SUCCESS:
+                continue
+            if result.order_state not in _OPEN_VALUES and not has_open_part(result.bracket):
                 continue
             if result.client_order_id is None or result.account not in self._orders:
                 continue
@@ -144,6 +153,7 @@ class FollowUp:
                     what=_what(result.transaction, result.quantity, result.symbol),
                     interval=self._config.first_interval_s,
                     due=self._clock() + self._config.first_interval_s,
+                    bracket=tuple(result.bracket),
                 )
             )
 
@@ -185,6 +195,7 @@ class FollowUp:
                     what=_what(result.get("transaction"), result.get("quantity"), result.get("symbol")),
                     interval=self._config.first_interval_s,
                     due=now,  # an earlier run may have stopped long ago: ask at once
+                    bracket=parts_of({"bracket": row.get("bracket") or []}),
                 )
             )
             added += 1
@@ -248,7 +259,7 @@ class FollowUp:
             self._drop(order)
             return
         changed = await self._record(order, found)
-        if order.state not in _OPEN_VALUES:
+        if not order.is_open:
             self._drop(order)
         elif changed:
             order.interval = self._config.first_interval_s
@@ -265,10 +276,15 @@ class FollowUp:
         in which case the order is asked about again and the change recorded then)."""
         average = str(found.average_price) if found.average_price is not None else None
         now = (found.state.value, found.filled_quantity, average)
-        if now == (order.state, order.filled_quantity or 0, order.average_price):
+        bracket = parts_of(found.details) or order.bracket
+        if now == (order.state, order.filled_quantity or 0, order.average_price) and bracket == order.bracket:
             return False
         record = OrderStateRecord(
-            state=found.state.value, filled_quantity=found.filled_quantity, average_price=average, message=found.message
+            state=found.state.value,
+            filled_quantity=found.filled_quantity,
+            average_price=average,
+            message=found.message,
+            bracket=bracket,
         )
         try:
             await self._journal.set_order_state(order.alert_id, order.account, order.leg_number, record)
@@ -277,6 +293,15 @@ class FollowUp:
             return False
         previous = order.state
         order.state, order.filled_quantity, order.average_price = now
+        if bracket != order.bracket:
+            log.info(
+                "order.bracket_changed",
+                alert_id=order.alert_id,
+                leg=order.leg_number,
+                account=order.account,
+                parts=[f"{p['part']} {p['state']}" for p in bracket],
+            )
+            order.bracket = bracket
         order.order_id = found.order_id or order.order_id
         if self._metrics is not None and previous != order.state:
             self._metrics.order_states.labels(account=order.account, state=order.state).inc()

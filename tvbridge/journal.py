@@ -96,9 +96,11 @@ ORDER_COLUMNS: Final = {
     "average_price": "TEXT",
     "order_message": "TEXT",
     "order_updated_at": "TEXT",
+    "bracket": "TEXT",
 }
 """The broker's current view of a leg's order, kept by order follow-up (`tvbridge/followup.py`). Journals made
-before these columns existed get them when they open (`_add_order_columns`)."""
+before these columns existed get them when they open (`_add_order_columns`). `bracket` is a bracket leg's parts
+as JSON (`tvbridge.brackets`): follow-up keeps following the leg while any part is open."""
 FOLLOWED_STATES: Final = ("pending", "open", "trigger_pending", "partially_filled")
 """`tvbridge.broker.OPEN_STATES` as stored: the orders follow-up keeps asking about."""
 
@@ -123,6 +125,8 @@ class OrderStateRecord:
     filled_quantity: int | None = None
     average_price: str | None = None
     message: str = ""
+    bracket: tuple[dict[str, str | None], ...] = ()
+    """A bracket's parts now; empty leaves the stored parts as they are."""
 
 
 @attrs.frozen(kw_only=True)
@@ -287,13 +291,15 @@ class Journal:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE legs SET order_state = ?, filled_quantity = ?, average_price = ?, order_message = ?,"
-                " order_updated_at = ? WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                " order_updated_at = ?, bracket = COALESCE(?, bracket)"
+                " WHERE alert_id = ? AND account = ? AND leg_number = ?",
                 (
                     order.state,
                     order.filled_quantity,
                     order.average_price,
                     order.message,
                     now,
+                    _bracket_json(order.bracket),
                     alert_id,
                     account,
                     leg_number,
@@ -310,16 +316,23 @@ class Journal:
         rows = await self._db.read(
             lambda conn: conn.execute(
                 "SELECT legs.alert_id, legs.account, legs.leg_number, legs.client_order_id, legs.order_id,"
-                " legs.order_state, legs.filled_quantity, legs.average_price, legs.result FROM legs"
+                " legs.order_state, legs.filled_quantity, legs.average_price, legs.bracket, legs.result FROM legs"
                 " JOIN alerts ON alerts.alert_id = legs.alert_id"
-                " WHERE legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " WHERE (legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " OR (legs.bracket IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(legs.bracket)"
+                " WHERE json_extract(json_each.value, '$.state') IN"
+                " ('pending', 'open', 'trigger_pending', 'partially_filled'))))"
                 " AND legs.state = 'placed' AND legs.client_order_id IS NOT NULL AND alerts.status != ?"
                 " ORDER BY alerts.received_at, legs.account, legs.leg_number",
                 (UNFINISHED,),
             ).fetchall()
         )
         return [
-            {**{k: row[k] for k in row.keys() if k != "result"}, "result": _json_or_none(row["result"])}  # noqa: SIM118 - sqlite3.Row
+            {
+                **{k: row[k] for k in row.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
+                "result": _json_or_none(row["result"]),
+                "bracket": _json_or_none(row["bracket"]) or [],
+            }
             for row in rows
         ]
 
@@ -330,7 +343,7 @@ class Journal:
                 return None
             legs = conn.execute(
                 "SELECT account, leg_number, client_order_id, state, order_id, order_state, filled_quantity,"
-                " average_price, order_message, order_updated_at, message, result, updated_at"
+                " average_price, order_message, order_updated_at, message, result, updated_at, bracket"
                 " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
                 (alert_id,),
             ).fetchall()
@@ -344,8 +357,9 @@ class Journal:
                 "response": json.loads(row["response"]) if row["response"] else None,
                 "legs": [
                     {
-                        **{k: leg[k] for k in leg.keys() if k != "result"},  # noqa: SIM118 - sqlite3.Row
+                        **{k: leg[k] for k in leg.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
                         "result": json.loads(leg["result"]) if leg["result"] else None,
+                        "bracket": _json_or_none(leg["bracket"]) or [],
                     }
                     for leg in legs
                 ],
@@ -458,6 +472,10 @@ def _json_or_none(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:
+    return json.dumps([dict(part) for part in parts]) if parts else None
+
+
 def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> None:
     state = leg_state(result)
     payload = json.dumps(attrs.asdict(result, recurse=False))  # flat: str, int and a StrEnum
@@ -468,6 +486,7 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
         " client_order_id), updated_at = ?,"
         " filled_quantity = CASE WHEN order_state IS NULL THEN ? ELSE filled_quantity END,"
         " average_price = CASE WHEN order_state IS NULL THEN ? ELSE average_price END,"
+        " bracket = CASE WHEN order_state IS NULL THEN ? ELSE bracket END,"
         " order_state = COALESCE(order_state, ?)"
         " WHERE alert_id = ? AND account = ? AND leg_number = ?",
         (
@@ -479,6 +498,7 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
             _now(),
             result.filled_quantity,
             result.average_price,
+            _bracket_json(result.bracket),
             result.order_state,
             alert_id,
             result.account,
@@ -488,7 +508,8 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
     if updated.rowcount == 0:
         conn.execute(
             "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
-            " updated_at, order_state, filled_quantity, average_price) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " updated_at, order_state, filled_quantity, average_price, bracket)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 alert_id,
                 result.account,
@@ -502,6 +523,7 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
                 result.order_state,
                 result.filled_quantity,
                 result.average_price,
+                _bracket_json(result.bracket),
             ),
         )
 

@@ -317,6 +317,9 @@ class TimedBroker:
     async def open_orders(self) -> Any:
         return await self._timed("open_orders", self._broker.open_orders())
 
+    async def cancel_brackets(self, leg: Any) -> Any:
+        return await self._timed("cancel_brackets", self._broker.cancel_brackets(leg))
+
 
 def instrument_brokers(
     brokers: Mapping[str, Broker], metrics: Metrics, notifier: Notifier | None = None

@@ -106,6 +106,13 @@ class OrderLeg:
     quantity_unit: QuantityUnit | None = None
     """The alert's per-leg `quantity_unit`; None: the account's `quantity_unit`. A plugin always sees units here:
     tvbridge converts a quantity in lots (`tvbridge.lots`) before `place()`."""
+    target_price: Decimal | None = None
+    """Bracket (`tvbridge.brackets`): the price at which the position this entry opens is closed at a profit.
+    A leg with any of the three bracket fields goes only to a broker that declares `capabilities.brackets`."""
+    stoploss_price: Decimal | None = None
+    """Bracket: the stop that closes the position at a loss; one-cancels-other with the target."""
+    trailing_jump: Decimal | None = None
+    """Bracket: each time the price moves this much in the position's favour, the stop follows by as much."""
 
 
 @attrs.frozen(kw_only=True)
@@ -207,6 +214,10 @@ class LegResult:
     """Units filled at placement, when the broker said (None for no order or a dry run)."""
     average_price: str | None = None
     """Average fill price at placement, as a decimal string, when known."""
+    bracket: tuple[dict[str, str | None], ...] = ()
+    """A bracket leg's parts at placement (`tvbridge.brackets.parts_of`): entry, target and stop-loss, each
+    with its order id, state and price; empty for a plain order. Order follow-up keeps the journal's copy
+    current."""
 
 
 def summarize(results: list[LegResult]) -> AlertStatus:

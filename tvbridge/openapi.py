@@ -91,6 +91,12 @@ def _schemas() -> dict[str, Any]:
             "EXIT_ALL: close the net position of the leg's contract in its product (needs a broker that declares"
             " the positions capability)",
         ),
+        "target_price": _number(
+            "bracket: the exit at a profit (above the entry for B, below for S); needs a broker that declares the"
+            " brackets capability"
+        ),
+        "stoploss_price": _number("bracket: the stop-loss exit (below the entry for B, above for S)"),
+        "trailing_jump": _number("bracket: the stop follows each move of this size in the position's favour"),
         "amoTime": {"type": "string", "description": "after-market order timing"},
         "order_id": {"type": "string", "description": "cancel_order: the broker's order id to cancel"},
         "meta": _ref("Meta"),
@@ -138,6 +144,11 @@ def _schemas() -> dict[str, Any]:
                 "broker": {"type": "string"},
                 "client_order_id": {"type": ["string", "null"]},
                 "order_state": {"type": ["string", "null"]},
+                "bracket": {
+                    "type": "array",
+                    "description": "a bracket leg's parts (entry, target, stop_loss) with order id, state and price",
+                    "items": {"type": "object"},
+                },
             },
         },
         "AlertResult": {

@@ -22,6 +22,7 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from tvbridge.brackets import describe
 from tvbridge.fileid import FileIdentity
 from tvbridge.filemode import PRIVATE
 
@@ -47,7 +48,9 @@ GUIDE_COLUMNS: Final = (
     "order_id",
     "message",
 )
-COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id")
+COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id", "bracket")
+WHOLE_ROW_LENGTHS: Final = frozenset({len(COLUMNS), COLUMNS.index("bracket")})
+"""A whole row has every column, or every column but `bracket` (written by a version from before brackets)."""
 FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """C0 and C1 controls and DEL, and the Unicode line and paragraph separators: what ends a line for a line-based
@@ -89,6 +92,7 @@ def row_of(result: LegResult, *, alert_id: str, alert_type: str, at: datetime) -
         "account": result.account,
         "broker": result.broker,
         "client_order_id": result.client_order_id or "",
+        "bracket": describe(result.bracket),
     }
     return [neutralize(values[column]) for column in COLUMNS]
 
@@ -140,7 +144,7 @@ class OrderLog:
                 text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
                 index = {column: n for n, column in enumerate(COLUMNS)}
                 for row in csv.reader(text):
-                    if len(row) != len(COLUMNS) or row[index["status"]] == "queued":
+                    if len(row) not in WHOLE_ROW_LENGTHS or row[index["status"]] == "queued":
                         continue  # the header, a torn row, or a placeholder for a queued leg
                     done.add((row[index["alert_id"]], row[index["account"]], row[index["leg_number"]]))
         except FileNotFoundError:

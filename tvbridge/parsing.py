@@ -25,6 +25,7 @@ from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
 from tvbridge import config as config_module
+from tvbridge.brackets import bracket_problems
 from tvbridge.errors import BadRequestError, InvalidAlertError
 from tvbridge.models import (
     AlertType,
@@ -242,6 +243,7 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
         add("symbol", "must not be empty")
     if leg.instrument is Instrument.OPTION:
         problems.extend(_option_problems(leg))
+    problems.extend(_field_error(field, message) for field, message in bracket_problems(leg))
     return problems
 
 

@@ -73,6 +73,17 @@ REFUSALS: dict[str, tuple[dict[str, Any], str]] = {
         {"productType": "M"},
         "productType M (MARGIN) is not valid for equity: use C (CNC), I (INTRADAY), MTF (MTF)",
     ),
+    "a bracket on a stop entry": (
+        {"orderType": "SL", "price": "2900", "triggerPrice": "2890", "target_price": "3000", "stoploss_price": "2850"},
+        "orderType SL cannot carry a bracket on Dhan: a super order's entry is LMT or MKT",
+    ),
+    "a market bracket without a price": (
+        {"target_price": "3000", "stoploss_price": "2850"},
+        (
+            "price: a MKT entry with a bracket on Dhan needs the alert's price (e.g. {{close}}) as its reference:"
+            " dhanhq refuses a super order without a price > 0"
+        ),
+    ),
 }
 
 

@@ -15,6 +15,11 @@ For the unattended day it also has Dhan's token calls and the instrument master:
   `DhanLogin.generate_token`): a new JWT when the PIN and the TOTP code (checked with pyotp) are right.
 * `GET /api-data/api-scrip-master.csv` (`master_url`): `master` as CSV; misbehaves on request (500, an HTML
   page, a 200 HTML page, a body cut short).
+
+Super orders (dhanhq's `place_super_order`, `get_super_order_list`, `modify_super_order`, `cancel_super_order`)
+are kept in `super_orders`, each with its TARGET_LEG and STOP_LOSS_LEG in `legDetails`, as Dhan lists them. A
+test trades the entry (`super_trade_entry`), fills the target or the stop (`super_fill`: the other leg is
+cancelled and the super order CLOSED, as Dhan's one-cancels-other does) and trails the stop (`super_trail`).
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class FakeDhan:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.orders: dict[str, dict[str, Any]] = {}
+        self.super_orders: dict[str, dict[str, Any]] = {}
+        """Dhan's super orders by order id, as GET /super/orders lists them."""
         self.positions: list[dict[str, Any]] = []
         """What GET /positions answers: Dhan's position rows (`set_position` keeps one per contract and product)."""
         self.valid_tokens: set[str] = {TOKEN}
@@ -242,6 +249,39 @@ class FakeDhan:
         }
         return order_id
 
+    def super_placed(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every POST /super/orders the fake received, in order."""
+        return [r.body or {} for r in self.requests if r.method == "POST" and r.path == "/v2/super/orders"]
+
+    def super_cancels(self) -> list[tuple[str, str]]:
+        """(order id, leg name) of every DELETE /super/orders/{id}/{leg}, in order."""
+        found = []
+        for r in self.requests:
+            if r.method == "DELETE" and r.path.startswith("/v2/super/orders/"):
+                order_id, leg_name = r.path.removeprefix("/v2/super/orders/").split("/", 1)
+                found.append((order_id, leg_name))
+        return found
+
+    def super_leg(self, order_id: str, leg_name: str) -> dict[str, Any]:
+        legs: list[dict[str, Any]] = self.super_orders[order_id]["legDetails"]
+        return next(leg for leg in legs if leg["legName"] == leg_name)
+
+    def super_trade_entry(self, order_id: str, *, price: str) -> None:
+        """The super order's entry traded: its target and stop-loss legs now wait at the exchange."""
+        order = self.super_orders[order_id]
+        order.update(orderStatus="TRADED", filledQty=order["quantity"], averageTradedPrice=float(price))
+
+    def super_fill(self, order_id: str, leg_name: str) -> None:
+        """The target or stop-loss leg traded: the other leg is cancelled, the super order CLOSED."""
+        other = "STOP_LOSS_LEG" if leg_name == "TARGET_LEG" else "TARGET_LEG"
+        self.super_leg(order_id, leg_name)["orderStatus"] = "TRADED"
+        self.super_leg(order_id, other)["orderStatus"] = "CANCELLED"
+        self.super_orders[order_id]["orderStatus"] = "CLOSED"
+
+    def super_trail(self, order_id: str, *, stop: float) -> None:
+        """Dhan moved the trailing stop-loss leg to `stop`."""
+        self.super_leg(order_id, "STOP_LOSS_LEG")["price"] = stop
+
     def cancels(self) -> list[str]:
         """The order ids of every DELETE /orders/{id} the fake received, in order."""
         return [r.path.rsplit("/", 1)[1] for r in self.requests if r.method == "DELETE"]
@@ -255,6 +295,10 @@ class FakeDhan:
         app.router.add_get("/v2/orders/{order_id}", self._by_id)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/v2/fundlimit", self._funds)
+        app.router.add_post("/v2/super/orders", self._super_place)
+        app.router.add_get("/v2/super/orders", self._super_list)
+        app.router.add_put("/v2/super/orders/{order_id}", self._super_modify)
+        app.router.add_delete("/v2/super/orders/{order_id}/{leg}", self._super_cancel)
         app.router.add_get("/v2/RenewToken", self._renew)
         app.router.add_get(MASTER_PATH, self._master)
         app.on_response_prepare.append(self._date)
@@ -422,6 +466,74 @@ class FakeDhan:
         if failed is not None:
             return failed
         return web.json_response({"dhanClientId": CLIENT_ID, "availabelBalance": 100000.0, "sodLimit": 100000.0})
+
+    async def _super_place(self, request: web.Request) -> web.StreamResponse:
+        body = request[BODY]
+        order_id = str(next(self._ids))
+
+        def take() -> None:
+            exit_side = "SELL" if body.get("transactionType") == "BUY" else "BUY"
+            legs = [
+                {"legName": name, "transactionType": exit_side, "price": body.get(key, 0.0), "orderStatus": "PENDING"}
+                for name, key in (("TARGET_LEG", "targetPrice"), ("STOP_LOSS_LEG", "stopLossPrice"))
+                if body.get(key)
+            ]
+            self.super_orders[order_id] = {
+                **{k: v for k, v in body.items() if k not in {"targetPrice", "stopLossPrice"}},
+                "orderId": order_id,
+                "orderStatus": "PENDING",
+                "legName": "ENTRY_LEG",
+                "filledQty": 0,
+                "averageTradedPrice": 0,
+                "tradingSymbol": "",
+                "legDetails": legs,
+            }
+
+        failed = await self._misbehave("super_place", request, take)
+        if failed is not None:
+            return failed
+        take()
+        return web.json_response({"orderId": order_id, "orderStatus": "PENDING"})
+
+    async def _super_list(self, request: web.Request) -> web.StreamResponse:
+        failed = await self._misbehave("super_list", request)
+        if failed is not None:
+            return failed
+        return web.json_response(list(self.super_orders.values()))
+
+    async def _super_modify(self, request: web.Request) -> web.StreamResponse:
+        order_id = request.match_info["order_id"]
+        body = request[BODY]
+        if order_id not in self.super_orders:
+            return _error("DH-906", 400)
+        if body.get("legName") == "STOP_LOSS_LEG":
+            self.super_leg(order_id, "STOP_LOSS_LEG")["price"] = body.get("stopLossPrice")
+        elif body.get("legName") == "TARGET_LEG":
+            self.super_leg(order_id, "TARGET_LEG")["price"] = body.get("targetPrice")
+        return web.json_response({"orderId": order_id, "orderStatus": self.super_orders[order_id]["orderStatus"]})
+
+    async def _super_cancel(self, request: web.Request) -> web.StreamResponse:
+        """ENTRY_LEG cancels every leg while the entry is open; after it traded, each exit leg is cancelled
+        alone (Dhan refuses ENTRY_LEG then)."""
+        failed = await self._misbehave("super_cancel", request)
+        if failed is not None:
+            return failed
+        order = self.super_orders.get(request.match_info["order_id"])
+        leg_name = request.match_info["leg"]
+        if order is None:
+            return _error("DH-906", 400)
+        if leg_name == "ENTRY_LEG":
+            if order["orderStatus"] not in {"PENDING", "TRANSIT"}:
+                return _error("DH-906", 400)
+            order["orderStatus"] = "CANCELLED"
+            for leg in order["legDetails"]:
+                leg["orderStatus"] = "CANCELLED"
+        else:
+            leg = self.super_leg(order["orderId"], leg_name)
+            if leg["orderStatus"] != "PENDING":
+                return _error("DH-906", 400)
+            leg["orderStatus"] = "CANCELLED"
+        return web.json_response({"orderId": order["orderId"], "orderStatus": "CANCELLED"})
 
 
 def jwt(expires_at: float, subject: str = CLIENT_ID) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from tvbridge.brackets import has_open_part, parts_of
 from tvbridge.broker import (
     CAPABILITY_METHODS,
     OPEN_STATES,
@@ -290,6 +291,49 @@ def test_declared_capabilities_have_their_methods(spec: KitSpec, tmp_path: Path)
             if getattr(broker.capabilities, flag):
                 missing = [m for m in methods if not callable(getattr(cls, m, None))]
                 assert not missing, f"capabilities.{flag} is declared, but {', '.join(missing)}() is missing"
+
+    drive(spec, tmp_path, scenario)
+
+
+def test_a_bracket_reports_its_parts_and_is_cancelled_whole(spec: KitSpec, tmp_path: Path) -> None:
+    """A plugin that declares `brackets` places a resting buy limit with a target (twice the price) and a stop
+    (half of it) as one order: `details["bracket"]` lists the entry, target and stop-loss parts, from `place()`
+    and from `lookup()`; cancelling the entry's order id leaves no part open; `cancel_brackets()` returns a list
+    of `OrderResult`s."""
+
+    async def scenario(broker: Broker) -> None:
+        if not broker.capabilities.brackets:
+            pytest.skip("capabilities.brackets is false")
+        if spec.resting_price is None:
+            pytest.skip("no [prices] resting: a buy limit price the venue leaves open")
+        price = spec.resting_price
+        leg = spec.order_leg(
+            OrderType.LIMIT,
+            price=str(price),
+            transactionType="B",
+            target_price=str(price * 2),
+            stoploss_price=str(price / 2),
+        )
+        request = request_for(leg)
+        order = check_result(await within(spec, broker.place(request), "place()"), request, "place()")
+        parts = parts_of(order.details)
+        assert {"entry", "target", "stop_loss"} <= {p["part"] for p in parts}, (
+            f"place() of a bracket reported parts {parts}, not entry, target and stop_loss in details['bracket']"
+        )
+        done = await within(
+            spec,
+            broker.cancel(CancelRequest(alert_id="c", leg_number=1, leg=CancelLeg(order_id=order.order_id))),
+            "cancel()",
+        )
+        assert done, "cancelling a bracket's entry cancelled nothing"
+        found = await within(spec, broker.lookup(request.client_order_id), "lookup()")
+        assert found is not None, "lookup() does not find the bracket"
+        left = parts_of(found.details)
+        assert left, "lookup() of a bracket reports no parts in details['bracket']"
+        assert not has_open_part(left), f"after cancelling the entry, parts are still open: {left}"
+        cancelled = await within(spec, broker.cancel_brackets(leg), "cancel_brackets()")
+        assert isinstance(cancelled, list), f"cancel_brackets() returned {type(cancelled).__name__}, not a list"
+        assert all(isinstance(r, OrderResult) for r in cancelled)
 
     drive(spec, tmp_path, scenario)
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Self
 import attrs
 import structlog
 
+from tvbridge.brackets import has_open_part, is_bracket, parts_of
 from tvbridge.broker import (
     API_VERSION,
     BrokerAuthError,
@@ -60,6 +61,7 @@ from tvbridge_brokers.dhan.portfolio import open_order_of, position_of
 from tvbridge_brokers.dhan.preopen import clock_check, health_check, master_check, token_check
 from tvbridge_brokers.dhan.refresh import RefreshError, download_master
 from tvbridge_brokers.dhan.settings import DhanSettings, default_instruments_path, parse_settings
+from tvbridge_brokers.dhan.superorders import open_legs, placed_result, super_order_kwargs, super_result
 from tvbridge_brokers.dhan.throttle import TokenBucket
 from tvbridge_brokers.dhan.token import TokenKeeper
 
@@ -143,6 +145,7 @@ class DhanBroker:
             reconfigure=True,
             instrument_info=True,
             readiness=True,
+            brackets=True,
         )
 
     @property
@@ -230,8 +233,9 @@ class DhanBroker:
         check_supported(self.capabilities, request.leg)
         contract = resolve_contract(request.leg, self._require_master(), today=self._clock().astimezone(IST).date())
         order = build_place_order(request.leg, contract, client_order_id=cid)
+        bracket = super_order_kwargs(request.leg, order) if is_bracket(request.leg) else None
         if not self._settings.live:
-            return self._dry_run(request, order)
+            return self._dry_run(request, order, bracket)
         if self._auth_failed and self._client is not None:  # a DH-901 seen elsewhere (/health, a lookup)
             await self._recover_token(self._client)
         client = self._live_client()
@@ -248,6 +252,7 @@ class DhanBroker:
                 exchange=request.leg.exchange.value,
                 side=request.leg.side.value,
                 security_id=order.security_id,
+                super_order=bracket is not None,
             )
             try:
                 await asyncio.to_thread(self._ledger.record, entry)
@@ -255,14 +260,19 @@ class DhanBroker:
                 raise BrokerUnavailableError(
                     f"cannot record the order before sending it ({e}); nothing was sent"
                 ) from e
-            self._log.info("dhan.order.sending", client_order_id=cid, alert_id=request.alert_id, order=order.kwargs())
-            answer = await client.call("place_order", **order.kwargs())
+            # a bracket is one Super Order; anything else a plain order (one path for both, DH-901 included)
+            method, kwargs = ("place_super_order", bracket) if bracket is not None else ("place_order", order.kwargs())
+            if bracket is not None:
+                self._log.info("dhan.super_order.sending", client_order_id=cid, alert_id=request.alert_id, order=kwargs)
+            else:
+                self._log.info("dhan.order.sending", client_order_id=cid, alert_id=request.alert_id, order=kwargs)
+            answer = await client.call(method, **kwargs)
             if answer.error_code == TOKEN_EXPIRED and await self._recover_token(client):
                 client = self._live_client()  # DH-901 is a definite refusal: nothing was placed, send it once more
                 self._log.info("dhan.order.resending", client_order_id=cid, reason="new token after DH-901")
                 await self._throttle.acquire()
-                answer = await client.call("place_order", **order.kwargs())
-            result = await self._placed(client, cid, answer)
+                answer = await client.call(method, **kwargs)
+            result = await self._placed(client, cid, answer, bracket)
             if result.order_id:
                 await self._remember(attrs.evolve(entry, order_id=result.order_id))
             self._log.info("dhan.order.placed", client_order_id=cid, order_id=result.order_id, state=result.state.value)
@@ -292,6 +302,9 @@ class DhanBroker:
             ]
         client = self._live_client()
         if leg.order_id is not None:
+            bracket = self._super_entry(leg.order_id)
+            if bracket is not None:
+                return await self._cancel_super(client, bracket)
             return [await self._cancel_one(client, leg.order_id)]
         symbol = (leg.symbol or "").strip().upper()
         results = []
@@ -300,10 +313,33 @@ class DhanBroker:
                 continue
             if (leg.exchange and leg.exchange.value != entry.exchange) or (leg.side and leg.side.value != entry.side):
                 continue
+            if entry.super_order:
+                results.extend(await self._cancel_super(client, entry))
+                continue
             current = await self._current(client, entry)
             if current is None or current.state not in OPEN_STATES or current.order_id is None:
                 continue
             results.append(await self._cancel_one(client, current.order_id))
+        return results
+
+    async def cancel_brackets(self, leg: OrderLeg) -> list[OrderResult]:
+        """Cancel what is still open of every super order this account placed in the contract `leg` names
+        (EXIT_ALL, before it reads the position). Dry-run: nothing was placed, nothing to cancel."""
+        if not self._settings.live:
+            return []
+        contract = resolve_contract(leg, self._require_master(), today=self._clock().astimezone(IST).date())
+        client = self._live_client()
+        mine = [
+            e
+            for e in self._ledger.entries()
+            if e.super_order and e.security_id == contract.security_id and e.exchange == leg.exchange.value
+        ]
+        if not mine:
+            return []
+        rows = await self._super_rows(client)  # once for all of them: EXIT_ALL runs inside TradingView's 3 s
+        results: list[OrderResult] = []
+        for entry in mine:
+            results.extend(await self._cancel_super(client, entry, rows))
         return results
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
@@ -459,11 +495,14 @@ class DhanBroker:
 
     # internals
 
-    def _dry_run(self, request: OrderRequest, order: PlaceOrder) -> OrderResult:
-        kwargs = order.kwargs()
+    def _dry_run(
+        self, request: OrderRequest, order: PlaceOrder, bracket: dict[str, object] | None = None
+    ) -> OrderResult:
+        kwargs = order.kwargs() if bracket is None else bracket
+        method = "place_order" if bracket is None else "place_super_order"
         message = (
             f"dry-run: not sent to Dhan; {order.trading_symbol} security_id {order.security_id}: "
-            f"place_order({json.dumps(kwargs, separators=(',', ':'))})"
+            f"{method}({json.dumps(kwargs, separators=(',', ':'))})"
         )
         result = OrderResult(
             order_id=None,
@@ -474,7 +513,7 @@ class DhanBroker:
                 "security_id": order.security_id,
                 "trading_symbol": order.trading_symbol,
                 "lot_size": order.lot_size,
-                "place_order": kwargs,
+                method: kwargs,
             },
         )
         self._dry_runs[request.client_order_id] = result
@@ -519,8 +558,12 @@ class DhanBroker:
             self._health = None
             self._log.error("dhan.token.rejected", detail=REAUTH_HELP)
 
-    async def _placed(self, client: DhanClient, cid: str, answer: Answer) -> OrderResult:
+    async def _placed(
+        self, client: DhanClient, cid: str, answer: Answer, bracket: dict[str, object] | None = None
+    ) -> OrderResult:
         if answer.ok and isinstance(answer.data, dict) and answer.data.get("orderId"):
+            if bracket is not None:
+                return placed_result(answer.data, bracket, client_order_id=cid)
             return to_result(answer.data, client_order_id=cid)
         if answer.error is not None:
             self._check_auth(answer)
@@ -560,6 +603,9 @@ class DhanBroker:
         return None
 
     async def _fetch_by_correlation(self, client: DhanClient, cid: str) -> OrderResult | None:
+        entry = self._ledger.get(cid)
+        if entry is not None and entry.super_order:
+            return await self._fetch_super(client, entry)
         answer = await client.call("get_order_by_correlationID", cid)
         if answer.ok:
             orders = answer.data if isinstance(answer.data, list) else [answer.data]
@@ -573,6 +619,60 @@ class DhanBroker:
             self._check_auth(answer)
             raise answer.error
         raise BrokerUnavailableError(f"cannot look up correlation id {cid}: {answer.ambiguous}")
+
+    async def _super_rows(self, client: DhanClient) -> list[dict[str, object]]:
+        """Dhan's super order list (one call; "no data" is an empty list)."""
+        answer = await client.call("get_super_order_list")
+        if answer.ok:
+            rows = answer.data if isinstance(answer.data, list) else []
+            return [row for row in rows if isinstance(row, dict)]
+        if answer.error_code == NO_DATA:
+            return []
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        raise BrokerUnavailableError(f"cannot read Dhan's super orders: {answer.ambiguous}")
+
+    async def _fetch_super(
+        self, client: DhanClient, entry: Entry, rows: list[dict[str, object]] | None = None
+    ) -> OrderResult | None:
+        """The super order placed under `entry`'s client order id (found by correlationId, or by its order id
+        once known) in Dhan's super order list (`rows`, read now when not given); None when Dhan lists none."""
+        for row in await self._super_rows(client) if rows is None else rows:
+            if row.get("correlationId") == entry.client_order_id or (
+                entry.order_id is not None and str(row.get("orderId")) == entry.order_id
+            ):
+                return super_result(row, client_order_id=entry.client_order_id)
+        return None
+
+    def _super_entry(self, order_id: str) -> Entry | None:
+        found = [e for e in self._ledger.entries() if e.super_order and e.order_id == order_id]
+        return found[0] if found else None
+
+    async def _cancel_super(
+        self, client: DhanClient, entry: Entry, rows: list[dict[str, object]] | None = None
+    ) -> list[OrderResult]:
+        """End a super order: ENTRY_LEG while the entry is open (Dhan cancels every leg), else each exit leg
+        still open. Returns the super order as it is afterwards (its parts in `details["bracket"]`), or nothing
+        when no part was open. `rows`: the super order list, when the caller read it already."""
+        current = await self._fetch_super(client, entry, rows)
+        if current is None or current.order_id is None or not has_open_part(parts_of(current.details)):
+            return []
+        for leg_name in open_legs(current):
+            await self._throttle.acquire()
+            answer = await client.call("cancel_super_order", current.order_id, leg_name)
+            if answer.error is not None:
+                self._check_auth(answer)
+                raise answer.error
+            if not answer.ok:
+                raise BrokerUnknownOutcomeError(
+                    f"cancel of Dhan super order {current.order_id} {leg_name} got {answer.ambiguous}: check Dhan"
+                )
+            self._log.info("dhan.super_order.cancelled", order_id=current.order_id, leg=leg_name)
+        after = await self._fetch_super(client, entry)
+        if after is None:
+            raise BrokerUnknownOutcomeError(f"Dhan super order {current.order_id} is no longer listed after its cancel")
+        return [attrs.evolve(after, state=OrderState.CANCELLED)]
 
     async def _current(self, client: DhanClient, entry: Entry) -> OrderResult | None:
         if entry.order_id is None:

@@ -37,6 +37,8 @@ class Entry:
     side: str
     security_id: str
     order_id: str | None = None
+    super_order: bool = False
+    """A bracket, placed as a Dhan Super Order: looked up in the super order list (`superorders.py`)."""
 
 
 def ledger_path(data_dir: Path, account: str) -> Path:

@@ -35,6 +35,8 @@ that alerts carry):
   position before this leg's price moves resting orders. A leg that still carries `manage_position` is refused.
   (`noops` rows, written by older versions for an EXIT_ALL that found nothing, are still answered by `lookup()`.)
 * Orders fill whole or not at all; there are no partial fills, fees or slippage.
+* A bracket leg (`target_price` / `stoploss_price` / `trailing_jump`) is the entry plus two linked exits,
+  one-cancels-other, the stop trailing: see `brackets.py`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from tvbridge.brackets import is_bracket
 from tvbridge.broker import (
     BrokerRejectedError,
     BrokerUnavailableError,
@@ -66,6 +69,8 @@ from tvbridge.models import (
 )
 from tvbridge.sqlite import WAL_SIZE_LIMIT_BYTES
 
+from .brackets import SCHEMA as BRACKETS_SCHEMA
+from .brackets import STOP_SUFFIX, TARGET_SUFFIX, Bracket, BracketStore, part_of, trailed
 from .models import PaperOrder, PaperPosition
 
 if TYPE_CHECKING:
@@ -75,7 +80,8 @@ if TYPE_CHECKING:
     from tvbridge.broker import CancelRequest, OrderRequest
     from tvbridge.models import OrderLeg
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""2: the `brackets` table (a version 1 file gets it when opened)."""
 ORDER_ID_PREFIX: Final = "PAPER-"
 BUSY_TIMEOUT_S: Final = 1.0
 """How long a write waits for another process holding the file; well inside TradingView's 3 s."""
@@ -138,6 +144,7 @@ _SCHEMA: Final = (
         PRIMARY KEY (exchange, contract, product)
     )
     """,
+    BRACKETS_SCHEMA,
 )
 
 
@@ -239,6 +246,7 @@ class Book:
     def __init__(self, db: sqlite3.Connection, prices: Mapping[str, Decimal]) -> None:
         self._db = db
         self._prices = prices
+        self._brackets = BracketStore(db)
 
     @classmethod
     def open(cls, path: Path, prices: Mapping[str, Decimal], synchronous: str = "normal") -> Book:
@@ -290,9 +298,12 @@ class Book:
             _check_stop_limit(leg, leg.side)
             decision = self._decide(leg, leg.side, leg.quantity, contract)
             order = self._insert(request, contract, decision, now)
+            if is_bracket(leg):
+                self._add_bracket(request, contract, order, now)
             if order.state is OrderState.FILLED:
                 self._apply_to_position(order, order.average_price, now)
-            return _with_moved(order.to_result(), leg, moved)
+                self._on_filled(order, order.average_price, now)
+            return _with_moved(self._result(order), leg, moved, self._entries_of(moved))
 
     def cancel(self, request: CancelRequest) -> list[OrderResult]:
         leg = request.leg
@@ -300,7 +311,7 @@ class Book:
             now = _now()
             why = f"cancelled by alert {request.alert_id} leg {request.leg_number}"
             if leg.order_id:
-                return [self._cancel_one(request, now, why)]
+                return self._cancel_one(request, now, why)
             if not leg.symbol:
                 raise BrokerRejectedError("cancel needs an order_id or a symbol: nothing was cancelled")
             sql = "SELECT * FROM orders WHERE symbol = ? AND state IN (?, ?)"
@@ -312,7 +323,26 @@ class Book:
                 sql += " AND side = ?"
                 params.append(str(leg.side))
             rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
-            return [self._set_cancelled(_order(row), why, now).to_result() for row in rows]
+            done: set[str] = set()
+            results: list[OrderResult] = []
+            for row in rows:
+                order = _order(row)
+                if order.order_id in done:
+                    continue
+                bracket = self._brackets.of(_row_id(order))
+                cancelled = [self._set_cancelled(order, why, now)] if bracket is None else self._end(bracket, why, now)
+                done.update(c.order_id for c in cancelled)
+                results.extend(c.to_result() for c in cancelled)
+            return results
+
+    def cancel_brackets(self, leg: OrderLeg, why: str) -> list[OrderResult]:
+        """Cancel every part still pending or resting of the brackets in `leg`'s contract (EXIT_ALL first)."""
+        with self._write():
+            now = _now()
+            results: list[OrderResult] = []
+            for bracket in self._brackets.live_in(str(leg.exchange), contract_key(leg)):
+                results.extend(c.to_result() for c in self._end(bracket, why, now))
+            return results
 
     # -- reads --------------------------------------------------------------------------------------------------
 
@@ -320,7 +350,7 @@ class Book:
         with _reading():
             order = self._find_order(client_order_id)
             if order is not None:
-                return order.to_result()
+                return self._result(order)
             return self._find_noop(client_order_id)
 
     def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
@@ -384,7 +414,129 @@ class Book:
 
     def _find(self, client_order_id: str) -> OrderResult | None:
         order = self._find_order(client_order_id)
-        return order.to_result() if order is not None else self._find_noop(client_order_id)
+        return self._result(order) if order is not None else self._find_noop(client_order_id)
+
+    def _result(self, order: PaperOrder) -> OrderResult:
+        """The order as the interface reports it; a bracket's entry also lists its parts (`details["bracket"]`)."""
+        result = order.to_result()
+        bracket = self._brackets.of(_row_id(order))
+        if bracket is None or bracket.entry_id != _row_id(order):
+            return result
+        parts = []
+        for part, row_id in bracket.part_ids():
+            current = order if row_id == bracket.entry_id else self._get(row_id)
+            if current is not None:
+                parts.append(part_of(current, part))
+        return attrs.evolve(result, details={**result.details, "bracket": parts})
+
+    # -- brackets (see brackets.py) -----------------------------------------------------------------------------
+
+    def _add_bracket(self, request: OrderRequest, contract: str, entry: PaperOrder, now: datetime) -> None:
+        """The entry's exits, waiting (`pending`) for it to fill, linked in `brackets`."""
+        leg = request.leg
+        exit_side = Side.SELL if leg.side is Side.BUY else Side.BUY
+        plain = attrs.evolve(leg, side=exit_side, target_price=None, stoploss_price=None, trailing_jump=None)
+        exits = (
+            ("target", TARGET_SUFFIX, leg.target_price, OrderType.LIMIT),
+            ("stop-loss", STOP_SUFFIX, leg.stoploss_price, OrderType.STOP_LOSS_MARKET),
+        )
+        ids: list[int | None] = []
+        for what, suffix, price, order_type in exits:
+            if price is None:
+                ids.append(None)
+                continue
+            limit, trigger = (price, None) if order_type is OrderType.LIMIT else (Decimal(0), price)
+            exit_leg = attrs.evolve(plain, order_type=order_type, price=limit, trigger_price=trigger)
+            decision = _Decision(
+                side=exit_side,
+                quantity=entry.quantity,
+                state=OrderState.PENDING,
+                fill_price=None,
+                message=(
+                    f"pending: {what} {_side_word(exit_side)} {entry.quantity} at {_fmt(price)}"
+                    f" waits for the entry {entry.order_id} to fill"
+                ),
+            )
+            child = attrs.evolve(request, client_order_id=f"{request.client_order_id}{suffix}", leg=exit_leg)
+            ids.append(_row_id(self._insert(child, contract, decision, now)))
+        self._brackets.add(_row_id(entry), ids[0], ids[1], leg.trailing_jump)
+
+    def _on_filled(self, order: PaperOrder, price: Decimal | None, now: datetime) -> list[int]:
+        """A bracket's entry filled: its exits go live. An exit filled: the other one is cancelled (OCO).
+        Returns the row ids this ended (cancelled), so a pass over resting orders skips them."""
+        bracket = self._brackets.of(_row_id(order))
+        if bracket is None:
+            return []
+        if _row_id(order) == bracket.entry_id:
+            self._activate(bracket, price, now)
+            return []
+        sibling_id = bracket.sibling(_row_id(order))
+        sibling = None if sibling_id is None else self._get(sibling_id)
+        if sibling is None or sibling.state not in (OrderState.PENDING, *RESTING):
+            return []
+        what = "target" if _row_id(order) == bracket.target_id else "stop-loss"
+        self._set_cancelled(sibling, f"cancelled: one-cancels-other, the {what} {order.order_id} filled", now)
+        return [_row_id(sibling)]
+
+    def _activate(self, bracket: Bracket, price: Decimal | None, now: datetime) -> None:
+        for part, row_id in bracket.part_ids()[1:]:
+            child = self._get(row_id)
+            if child is None or child.state is not OrderState.PENDING:
+                continue
+            if part == "target":
+                message = f"open: target {_side_word(child.side)} {child.quantity} limit {_fmt(child.price)} rests"
+                self._update(child, state=OrderState.OPEN, message=message, now=now)
+            else:
+                trigger = _fmt(child.trigger_price or Decimal(0))
+                message = f"trigger pending: stop-loss {_side_word(child.side)} {child.quantity} at {trigger}"
+                self._update(child, state=OrderState.TRIGGER_PENDING, message=message, now=now)
+        self._brackets.set_anchor(bracket.entry_id, price)
+
+    def _trail(self, exchange: Exchange, contract: str, market: Decimal, now: datetime) -> list[tuple[str, str]]:
+        """Move the trailing stops in the contract after an alert's price (before that price fills anything)."""
+        moved: list[tuple[str, str]] = []
+        for bracket, stop_id in self._brackets.trailing_in(str(exchange), contract):
+            stop, entry = self._get(stop_id), self._get(bracket.entry_id)
+            jump = bracket.trailing_jump
+            if stop is None or entry is None or stop.trigger_price is None or jump is None:
+                continue
+            anchor = bracket.anchor if bracket.anchor is not None else entry.average_price
+            if anchor is None:  # the entry filled at an unknown price: trail from the first price seen
+                self._brackets.set_anchor(bracket.entry_id, market)
+                continue
+            trigger, new_anchor = trailed(entry.side, stop.trigger_price, anchor, jump, market)
+            if trigger == stop.trigger_price:
+                continue
+            message = (
+                f"trigger pending: stop-loss {_side_word(stop.side)} {stop.quantity} trailed to {_fmt(trigger)}"
+                f" (price {_fmt(market)}, trailing_jump {_fmt(jump)})"
+            )
+            self._db.execute(
+                "UPDATE orders SET trigger_price = ?, message = ?, updated_at = ? WHERE id = ?",
+                (str(trigger), message, now.isoformat(), stop_id),
+            )
+            self._brackets.set_anchor(bracket.entry_id, new_anchor)
+            moved.append((stop.order_id, f"trailed to {_fmt(trigger)}"))
+        return moved
+
+    def _end(self, bracket: Bracket, why: str, now: datetime) -> list[PaperOrder]:
+        """Cancel every part of the bracket that can still fill; the parts cancelled."""
+        cancelled = []
+        for _, row_id in bracket.part_ids():
+            part = self._get(row_id)
+            if part is not None and part.state in (OrderState.PENDING, *RESTING):
+                cancelled.append(self._set_cancelled(part, why, now))
+        return cancelled
+
+    def _entries_of(self, moved: list[tuple[str, str]]) -> list[str]:
+        """The entries of the bracket parts in `moved`: follow-up follows a bracket under its entry's id."""
+        entries: list[str] = []
+        for order_id, _ in moved:
+            row_id = parse_order_id(order_id)
+            bracket = None if row_id is None else self._brackets.of(row_id)
+            if bracket is not None and bracket.entry_id != row_id:
+                entries.append(format_order_id(bracket.entry_id))
+        return entries
 
     def _find_order(self, client_order_id: str) -> PaperOrder | None:
         row = self._db.execute("SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)).fetchone()
@@ -418,13 +570,16 @@ class Book:
         """Fill or trigger the resting orders that this leg's price crosses; return (order id, what happened)."""
         market = leg.price
         source = f"alert {request.alert_id} leg {request.leg_number} brought price {_fmt(market)}"
+        moved = self._trail(leg.exchange, contract, market, now)
+        ended: set[int] = set()
         rows = self._db.execute(
             "SELECT * FROM orders WHERE exchange = ? AND contract = ? AND state IN (?, ?) ORDER BY id",
             (str(leg.exchange), contract, *RESTING),
         ).fetchall()
-        moved: list[tuple[str, str]] = []
         for row in rows:
             order = _order(row)
+            if _row_id(order) in ended:  # the other exit of a bracket whose exit filled in this pass
+                continue
             q = order.quantity
             if order.state is OrderState.TRIGGER_PENDING:
                 trigger = order.trigger_price
@@ -432,17 +587,12 @@ class Book:
                     continue
                 triggered = f"triggered at {_fmt(trigger)}: {source}"
                 if order.order_type is OrderType.STOP_LOSS_MARKET:
-                    self._fill(
-                        order, market, f"filled: {_side_word(order.side)} {q} at {_fmt(market)}, {triggered}", now
-                    )
+                    fill = f"filled: {_side_word(order.side)} {q} at {_fmt(market)}, {triggered}"
+                    ended.update(self._fill(order, market, fill, now))
                     moved.append((order.order_id, f"filled at {_fmt(market)}"))
                 elif _limit_crossed(order.side, market, order.price):
-                    self._fill(
-                        order,
-                        order.price,
-                        f"filled: {_side_word(order.side)} {q} at {_fmt(order.price)}, {triggered}",
-                        now,
-                    )
+                    fill = f"filled: {_side_word(order.side)} {q} at {_fmt(order.price)}, {triggered}"
+                    ended.update(self._fill(order, order.price, fill, now))
                     moved.append((order.order_id, f"filled at {_fmt(order.price)}"))
                 else:
                     message = f"open: {triggered}; rests as a {_side_word(order.side)} limit at {_fmt(order.price)}"
@@ -450,17 +600,18 @@ class Book:
                     moved.append((order.order_id, "triggered"))
             elif _limit_crossed(order.side, market, order.price):
                 message = f"filled: {_side_word(order.side)} {q} at {_fmt(order.price)}, the limit: {source}"
-                self._fill(order, order.price, message, now)
+                ended.update(self._fill(order, order.price, message, now))
                 moved.append((order.order_id, f"filled at {_fmt(order.price)}"))
         return moved
 
-    def _fill(self, order: PaperOrder, price: Decimal, message: str, now: datetime) -> None:
+    def _fill(self, order: PaperOrder, price: Decimal, message: str, now: datetime) -> list[int]:
         self._db.execute(
             "UPDATE orders SET state = ?, filled_quantity = quantity, average_price = ?, message = ?, updated_at = ?"
             " WHERE id = ?",
             (str(OrderState.FILLED), str(price), message, now.isoformat(), _row_id(order)),
         )
         self._apply_to_position(order, price, now)
+        return self._on_filled(order, price, now)
 
     def _update(self, order: PaperOrder, *, state: OrderState, message: str, now: datetime) -> PaperOrder:
         self._db.execute(
@@ -568,7 +719,7 @@ class Book:
             updated_at=now,
         )
 
-    def _cancel_one(self, request: CancelRequest, now: datetime, why: str) -> OrderResult:
+    def _cancel_one(self, request: CancelRequest, now: datetime, why: str) -> list[OrderResult]:
         leg = request.leg
         order_id = leg.order_id or ""
         row_id = parse_order_id(order_id)
@@ -589,11 +740,16 @@ class Book:
                 f"order {order.order_id} is {order.side} {order.exchange}:{order.symbol}, not {', '.join(mismatch)}: "
                 "nothing was cancelled"
             )
+        bracket = self._brackets.of(_row_id(order))
+        if bracket is not None:  # any part names the whole bracket
+            cancelled = self._end(bracket, why, now)
+            if cancelled:
+                return [c.to_result() for c in cancelled]
         if order.state is OrderState.CANCELLED:
-            return order.to_result(f"already cancelled: {order.message}")
+            return [order.to_result(f"already cancelled: {order.message}")]
         if order.state not in RESTING:
             raise BrokerRejectedError(f"order {order.order_id} is already {order.state}: nothing to cancel")
-        return self._set_cancelled(order, why, now).to_result()
+        return [self._set_cancelled(order, why, now).to_result()]
 
     def _set_cancelled(self, order: PaperOrder, why: str, now: datetime) -> PaperOrder:
         return self._update(order, state=OrderState.CANCELLED, message=f"{why} (was {order.state})", now=now)
@@ -718,15 +874,19 @@ def _as_duplicate(result: OrderResult) -> OrderResult:
     )
 
 
-def _with_moved(result: OrderResult, leg: OrderLeg, moved: list[tuple[str, str]]) -> OrderResult:
-    """Tell the trader which resting orders this leg's price filled or triggered (they are not in the result)."""
+def _with_moved(
+    result: OrderResult, leg: OrderLeg, moved: list[tuple[str, str]], entries: list[str] | None = None
+) -> OrderResult:
+    """Tell the trader which resting orders this leg's price filled or triggered (they are not in the result).
+    `entries`: the bracket entries of moved exits, also listed so follow-up looks the brackets up now."""
     if not moved:
         return result
     what = "; ".join(f"{order_id} {happened}" for order_id, happened in moved)
+    ids = [order_id for order_id, _ in moved]
     return attrs.evolve(
         result,
         message=f"{result.message} (this leg's price {_fmt(leg.price)} also moved: {what})",
-        details={**result.details, "moved_orders": [order_id for order_id, _ in moved]},
+        details={**result.details, "moved_orders": ids + [e for e in dict.fromkeys(entries or []) if e not in ids]},
     )
 
 

@@ -62,9 +62,9 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True)
-"""Every order type, product, exchange and instrument, and positions and open orders through the interface (so
-EXIT_ALL and flatten work as they do live): paper is where a trader tries anything first."""
+CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True)
+"""Every order type, product, exchange and instrument, positions and open orders through the interface (so
+EXIT_ALL and flatten work as they do live), and brackets: paper is where a trader tries anything first."""
 CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True)
 
 HEALTH_TIMEOUT_S: Final = 2.0
@@ -204,6 +204,12 @@ class PaperBroker:
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         return await self._call(lambda book: book.lookup(client_order_id))
+
+    async def cancel_brackets(self, leg: OrderLeg) -> list[OrderResult]:
+        """Cancel the parts still pending or resting of every bracket in `leg`'s contract (EXIT_ALL, first),
+        the contract read as `positions(leg)` reads it."""
+        why = f"cancelled: EXIT_ALL on {leg.exchange}:{leg.symbol} closes the position"
+        return await self._call(lambda book: book.cancel_brackets(leg, why))
 
     async def health(self) -> Health:
         """Healthy when the database file answers a query within 2 s."""

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Self
 
 import attrs
 
+from tvbridge.brackets import is_bracket
 from tvbridge.broker import BrokerError, InstrumentInfo
 from tvbridge.models import Instrument
 from tvbridge_brokers.dhan.broker import IST
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master
 from tvbridge_brokers.dhan.mapping import _CONTINUOUS as CONTINUOUS  # the dhan broker's own reading of NIFTY1!
 from tvbridge_brokers.dhan.mapping import build_place_order, resolve_contract
+from tvbridge_brokers.dhan.superorders import check_super_entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,6 +80,8 @@ class DhanRules:
         contract = self.contract(leg)
         if leg.manage_position is None:
             build_place_order(leg, contract, client_order_id=request.client_order_id)
+        if is_bracket(leg):
+            check_super_entry(leg)  # a bracket is a Dhan super order: LMT or MKT with a price
         if leg.instrument is Instrument.FUTURE:
             return attrs.evolve(leg, symbol=contract.underlying, expiry_date=contract.expiry)
         return attrs.evolve(leg, symbol=contract.underlying)
