@@ -123,6 +123,8 @@ async def test_a_ready_account_answers_200_and_shows_on_status_and_metrics(
     page = await (await client.get("/status", headers=admin(config))).text()
     assert "Pre-open readiness" in page
     assert "READY" in page
+    # the accounts table shows when the token expires: IST on the page, the moment itself in `datetime`
+    assert f'<time datetime="{token["expires_at"]}"' in page
     metrics = await (await client.get("/metrics")).text()
     assert 'tvbridge_ready{account="dhan"} 1.0' in metrics
     health = await (await client.get("/health")).text()

@@ -358,6 +358,9 @@ class Capabilities:
     """True: `readiness()` tells before the open whether today will work (token, reference data, reachability,
     clock). tvbridge asks live accounts at `[sessions] readiness_at` and on `tvbridge ready`; without it an
     account is asked `health()`."""
+    token_expiry: bool = False
+    """True: `token_expiry()` says when the account's credentials expire (Dhan's access token lives 24 h), for
+    `/health`, `/status`, `tvbridge status` and `tvbridge_broker_token_expiry_timestamp_seconds`."""
     brackets: bool = False
     """True: `place()` takes a leg with `target_price` / `stoploss_price` / `trailing_jump` as one bracket (the
     entry with its target and stop, the two exits one-cancels-other, the stop trailing by `trailing_jump`),
@@ -489,6 +492,12 @@ class Broker(Protocol):
         true; an account without it is asked `health()`."""
         ...
 
+    def token_expiry(self) -> datetime | None:
+        """When the account's credentials expire, as the broker's token says (read it for display and
+        scheduling, trust it for nothing else); None when not known. No I/O: it is read on every scrape. Called
+        only when `capabilities.token_expiry` is true."""
+        ...
+
     async def cancel_brackets(self, leg: OrderLeg) -> list[OrderResult]:
         """Cancel every part still open of every bracket this plugin placed in the contract `leg` names (resolved
         as `place()` would), and return the parts now cancelled. EXIT_ALL calls it before it reads the position:
@@ -505,6 +514,7 @@ CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "instrument_info": ("instrument_info",),
     "readiness": ("readiness",),
     "brackets": ("cancel_brackets",),
+    "token_expiry": ("token_expiry",),
 }
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 

@@ -340,13 +340,13 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     for account in app[BROKERS]:
         metrics.token_valid.labels(account=account).set(1)
     for account, broker in app[BROKERS].items():
-        if hasattr(broker, "token_expires_at") and broker.capabilities.live:
+        if broker.capabilities.token_expiry:
             metrics.token_expiry.labels(account=account).set_function(functools.partial(_expiry_seconds, broker))
     yield
 
 
 def _expiry_seconds(broker: Broker) -> float:
-    expires = getattr(broker, "token_expires_at", None)
+    expires = broker.token_expiry()
     return expires.timestamp() if expires is not None else float("nan")
 
 

@@ -96,8 +96,8 @@ def summary_of(app: web.Application) -> dict[str, Any]:
     report = latest.report if latest is not None else None
     tokens = []
     for account, broker in app.get(BROKERS, {}).items():
-        if broker.capabilities.live and hasattr(broker, "token_expires_at"):
-            expires = broker.token_expires_at
+        if broker.capabilities.token_expiry:
+            expires = broker.token_expiry()
             when = expires.astimezone(EXCHANGE_TZ).isoformat(timespec="seconds") if expires else None
             tokens.append({"account": account, "expires_at": when})
     return {"readiness": report.as_json() if report else None, "tokens": tokens}

@@ -438,11 +438,13 @@ async def status_page(request: web.Request) -> web.Response:
     if "application/json" in accept and "text/html" not in accept:  # `tvbridge status`, scripts
         return web.json_response(data, dumps=lambda d: json.dumps(d, default=str))
     followed = data["followup"]["by_account"]
+    expiries = {token["account"]: str(token["expires_at"]) for token in data["tokens"]}
     brokers = "".join(
         f'<tr data-account="{html.escape(b["account"])}">{_cell(b["account"])}'
         f"{_cell(data['server']['accounts'].get(b['account'], ''))}"
         f'<td class="{"ok" if b["ok"] else "bad"}">{"ok" if b["ok"] else "DOWN"}</td>'
-        f'{_cell(b["detail"])}<td class="num">{int(followed.get(b["account"], 0))}</td><td></td></tr>'
+        f'{_cell(b["detail"])}<td class="num">{int(followed.get(b["account"], 0))}</td>'
+        f"<td>{show_time(expiries[b['account']], with_day=True) if b['account'] in expiries else ''}</td><td></td></tr>"
         for b in data["brokers"]
     )
     page = fill(

@@ -145,6 +145,7 @@ class DhanBroker:
             reconfigure=True,
             instrument_info=True,
             readiness=True,
+            token_expiry=self._settings.live,
             brackets=True,
         )
 
@@ -405,6 +406,10 @@ class DhanBroker:
     def token_expires_at(self) -> datetime | None:
         """When the access token in use expires (its JWT `exp`), None when unknown or in dry-run."""
         return self._tokens.expires_at if self._tokens is not None else None
+
+    def token_expiry(self) -> datetime | None:
+        """The interface's view of `token_expires_at` (`capabilities.token_expiry`, live accounts)."""
+        return self.token_expires_at
 
     async def maintain(self) -> None:
         """One round of upkeep (at start and every minute): renew or generate the token when due and use a
