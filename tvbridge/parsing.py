@@ -315,7 +315,12 @@ def _sizing_problems(leg: OrderLeg) -> list[Exception]:
     problems: list[Exception] = []
     if leg.price <= 0:
         problems.append(_field_error("price", f"must be > 0 for quantity_type {leg.quantity_type} (sizing uses it)"))
-    if leg.quantity_type is QuantityType.RISK and (not leg.trigger_price or leg.trigger_price == leg.price):
+    if leg.quantity_type is QuantityType.RISK and leg.order_type in {OrderType.STOP_LOSS, OrderType.STOP_LOSS_MARKET}:
+        message = (
+            f"risk sizing takes triggerPrice as the stop, but on orderType {leg.order_type} it is the entry trigger"
+        )
+        problems.append(_field_error("quantity_type", f"{message}: use MKT or LMT with triggerPrice as the stop"))
+    elif leg.quantity_type is QuantityType.RISK and (not leg.trigger_price or leg.trigger_price == leg.price):
         message = "is required for quantity_type risk, different from price (the stop: risk per unit is the distance)"
         problems.append(_field_error("triggerPrice", message))
     if is_target(leg):

@@ -97,9 +97,9 @@ async def size(broker: Broker, leg: OrderLeg, account_unit: QuantityUnit, multip
     if units < max(lot, 1):
         msg = f"quantity_type {kind}: {how} = {_num(wanted)} units, below {lot_text}: not sent (never rounded up)"
         raise BrokerRejectedError(msg)
-    note = f"sized: {how} = {_num(wanted)} units, rounded down to {units}" + (
-        f" ({units // lot} lots)" if lot > 1 else ""
-    )
+    note = f"sized: {how} = {_num(wanted)} units, rounded down to {units}"
+    if lot > 1:
+        note += f" ({units // lot} lot(s) of {lot})"
     return Sized(leg=attrs.evolve(leg, quantity=units, quantity_unit=QuantityUnit.UNITS), note=note)
 
 
