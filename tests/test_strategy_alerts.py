@@ -449,3 +449,41 @@ async def test_relative_contracts_need_a_master(make_client: ClientFactory, conf
     [result] = body["results"]
     assert result["status"] == "failed"
     assert "needs the broker capability `listings`" in result["message"]
+
+
+async def test_exit_all_closes_the_whole_position_whatever_the_multiplier(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An EXIT_ALL leg on an account with quantity_multiplier 3 closes the position it finds, not 3 times it."""
+    client = await make_client(on_paper(config, quantity_multiplier=3))
+    await post(client, alert(leg(quantity="5")))  # 15 bought: the multiplier applies to orders
+
+    exit_leg = {**leg(), "manage_position": "EXIT_ALL"}
+    exit_leg.pop("quantity")
+    body = await post(client, alert(exit_leg))
+
+    assert body["results"][0]["quantity"] == "15", body
+    assert await positions(client) == {}
+
+
+async def test_a_broker_without_positions_or_funds_refuses_before_sending(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The scripted test broker declares neither `positions` nor `funds`: a target and a percent_of_funds leg
+    fail naming the capability, and nothing reaches the broker."""
+    client = await make_client(with_accounts(config, {"sim": {"broker": "scripted"}}))
+
+    body = await post(
+        client,
+        alert(
+            target(10, 1),
+            leg(quantity_type="percent_of_funds", quantity="10", price="100", sort_order="2"),
+        ),
+    )
+
+    first, second = body["results"]
+    assert first["status"] == "failed"
+    assert "needs the broker capability `positions`" in first["message"]
+    assert second["status"] == "skipped"
+    body = await post(client, alert(leg(quantity_type="percent_of_funds", quantity="10", price="101")))
+    assert "needs the broker capability `funds`" in body["results"][0]["message"]

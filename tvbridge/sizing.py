@@ -85,7 +85,8 @@ async def size(broker: Broker, leg: OrderLeg, account_unit: QuantityUnit, multip
     if leg.position_size is not None or leg.market_position is not None:
         return await _size_target(broker, leg, account_unit, multiplier)
     kind = leg.quantity_type or QuantityType.FIXED
-    if kind is QuantityType.FIXED and multiplier == ONE:
+    if leg.manage_position is not None or (kind is QuantityType.FIXED and multiplier == ONE):
+        # an exit closes the whole open position, whatever the account's multiplier
         return Sized(leg=await in_units(broker, leg, account_unit), note=None)
     lot = await _lot_size(broker, leg)
     base, how = await _base_units(broker, leg, kind, account_unit, lot)
