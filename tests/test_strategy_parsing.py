@@ -88,6 +88,10 @@ def test_relative_strike_and_expiry_are_kept_for_the_executor() -> None:
             "order_legs[0].quantity_type: capital does not apply to a target position",
         ),
         (
+            {**OPTION, "symbol": "NIFTY261229C24000", "strike_price": "ATM", "underlying_price": "24000"},
+            "order_legs[0].strike_price: ATM+0 contradicts the strike 24000 of the option ticker",
+        ),
+        (
             {"market_position": "long"},
             "order_legs[0].market_position_size: is required with market_position long (the size of the position)",
         ),

@@ -13,6 +13,13 @@ EXIT_ALL legs of one account run one at a time, so two exits read one position o
 order this process sent that the broker still lists as open (`capabilities.orders`) counts as already closing
 its part, so a second exit before the first one fills does not close the same position again.
 
+A target-position leg (`position_size`, `market_position`: strategy alerts) is the same mechanism with any
+target: under the same per-account lock the position (and the still-open orders this process sent for that
+contract) is read and the difference is sent (`positions.to_target`), through the risk limits on its final
+quantity; already there sends nothing. Before any of that, each order leg is prepared per account: a relative
+strike or expiry is resolved from the broker's listings (`contracts.py`) and the quantity sized (`sizing.py`:
+quantity type, the account's multiplier, lots to units).
+
 Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
 leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
 mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
@@ -316,7 +323,8 @@ class Executor:
         resume: Resume | None,
         done: LegResult | None,
     ) -> LegResult:
-        """One leg: its quantity in units, (on recovery: reuse or look up first), mark `sending`, call the broker."""
+        """One leg: its contract and quantity for this account (`_prepare`), (on recovery: reuse or look up first),
+        mark `sending`, call the broker."""
         if resume is not None and (account, number) in resume.settled:
             return resume.settled[(account, number)]
         if isinstance(leg, OrderLeg):

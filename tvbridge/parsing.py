@@ -267,6 +267,12 @@ def _strategy_problems(leg: OrderLeg) -> list[Exception]:
         problems.extend(_target_problems(leg))
     if leg.quantity_type not in {None, QuantityType.FIXED}:
         problems.extend(_sizing_problems(leg))
+    if leg.strike_offset is not None and leg.strike_price is not None:  # an option ticker named the strike
+        message = f"ATM{leg.strike_offset:+d} contradicts the strike {leg.strike_price} of the option ticker"
+        problems.append(_field_error("strike_price", message))
+    if leg.expiry_ref is not None and leg.expiry_date is not None:
+        message = f"{leg.expiry_ref} contradicts the expiry {leg.expiry_date} of the option ticker"
+        problems.append(_field_error("expiry_date", message))
     if leg.strike_offset is not None and leg.instrument is not Instrument.OPTION:
         problems.append(_field_error("strike_price", f"ATM strikes are for options only, got {leg.instrument}"))
     if leg.expiry_ref is not None and leg.instrument not in {Instrument.OPTION, Instrument.FUTURE}:

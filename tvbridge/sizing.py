@@ -101,7 +101,8 @@ async def size(broker: Broker, leg: OrderLeg, account_unit: QuantityUnit, multip
     note = f"sized: {how} = {_num(wanted)} units, rounded down to {units}"
     if lot > 1:
         note += f" ({units // lot} lot(s) of {lot})"
-    return Sized(leg=attrs.evolve(leg, quantity=units, quantity_unit=QuantityUnit.UNITS), note=note)
+    sized = attrs.evolve(leg, quantity=units, quantity_unit=QuantityUnit.UNITS, quantity_type=None)
+    return Sized(leg=sized, note=note)
 
 
 async def _base_units(
