@@ -12,12 +12,16 @@ import pytest
 from helpers import alert, leg, now_iso, with_accounts
 
 from tvbridge.app import create_app
+from tvbridge.config import load_config
+from tvbridge.errors import ConfigError
 from tvbridge.keys import BROKERS, CREDENTIALS
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp.test_utils import TestClient
     from helpers import ClientFactory
 
@@ -487,3 +491,15 @@ async def test_a_broker_without_positions_or_funds_refuses_before_sending(
     assert second["status"] == "skipped"
     body = await post(client, alert(leg(quantity_type="percent_of_funds", quantity="10", price="101")))
     assert "needs the broker capability `funds`" in body["results"][0]["message"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])
+def test_a_bad_quantity_multiplier_stops_the_start(tmp_path: Path, converter: Any, value: str) -> None:
+    """`quantity_multiplier` must be a number > 0 and <= 1000: anything else names the key and does not start."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[accounts.paper]\nbroker = "paper"\nquantity_multiplier = {value}\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, converter, {"WEBHOOK_SECRET": "x" * 32}, tmp_path)
+
+    assert str(caught.value).startswith("accounts.paper.quantity_multiplier: must be a number > 0 and <= 1000")
