@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import pytest
+from fake_dhan import Misbehave
 from helpers import alert, leg, now_iso, with_accounts
 
 from tvbridge.app import create_app
@@ -14,6 +16,8 @@ from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiohttp.test_utils import TestClient
     from fake_dhan import FakeDhan
     from helpers import ClientFactory
@@ -208,3 +212,29 @@ async def test_a_multiplier_on_the_dhan_account_only(
 
     assert {r["account"]: r["quantity"] for r in body["results"]} == {"dhan": "130", "shadow": "65"}
     assert [(p["securityId"], p["quantity"]) for p in fake_dhan.placed()] == [(NIFTY_DEC, 130)]
+
+
+async def test_unreadable_fund_limits_refuse_the_leg(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """Fund limits that cannot be read are not "no funds" and not a guess: the leg fails, nothing is placed."""
+    client = await make_client(on_dhan(config, dhan_settings))
+    fake_dhan.next_reply("funds", Misbehave.html())
+
+    body = await post(
+        client, alert(leg(orderType="LMT", price="2500", quantity_type="percent_of_funds", quantity="50"))
+    )
+
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert result["message"].startswith("not sent: cannot read Dhan's fund limits"), result["message"]
+    assert fake_dhan.placed() == []
+
+
+async def test_paper_funds_must_be_a_positive_amount(tmp_path: Path) -> None:
+    """A paper account's `funds` is checked like a price: a typo stops the start naming the key."""
+    from tvbridge.broker import BrokerContext  # noqa: PLC0415 - only here
+    from tvbridge_brokers.paper import PaperBroker  # noqa: PLC0415 - only here
+
+    with pytest.raises(ValueError, match=r"^funds: 'lots' is not a price"):
+        PaperBroker.from_settings({"funds": "lots"}, BrokerContext(account="paper", data_dir=tmp_path))
