@@ -431,12 +431,18 @@ class Executor:
             )
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
         try:
-            pending: list[OpenOrder] = []
-            if broker.capabilities.orders and self._sent_moves.may_be_open(account, leg):
+            listed: list[OpenOrder] | None = None
+            if broker.capabilities.orders and (
+                self._sent_moves.may_be_open(account, leg) or self._sent_exits.has(account)
+            ):
                 # open orders before positions: an order filling in between is then counted twice (sends too
                 # little, corrected by the next alert), never not at all (would send it again)
-                pending = self._sent_moves.still_open(account, leg, await broker.open_orders())
+                listed = await broker.open_orders()
             found = await broker.positions(leg)
+            pending: list[OpenOrder] = []
+            if listed is not None:  # this process's target and exit orders for the contract, still to fill
+                pending = self._sent_moves.still_open(account, leg, listed)
+                pending += self._sent_exits.still_open(account, leg, found, listed)
         except BrokerError as e:
             message = f"not sent: the current position could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)

@@ -107,6 +107,10 @@ class SentExits:
         contracts = frozenset(contract_key(p.contract) for p in positions if p.product is leg.product)
         self._sent.setdefault(account, {})[client_order_id] = _Sent(product=leg.product, contracts=contracts)
 
+    def has(self, account: str) -> bool:
+        """Whether any exit this process sent on `account` may still be open (a target move then asks)."""
+        return bool(self._sent.get(account))
+
     def may_be_open(self, account: str, leg: OrderLeg, positions: Iterable[Position]) -> bool:
         """Whether an exit this process sent for these positions could still be open (then ask the broker)."""
         keys = {contract_key(p.contract) for p in positions if p.product is leg.product}

@@ -238,3 +238,21 @@ async def test_paper_funds_must_be_a_positive_amount(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"^funds: 'lots' is not a price"):
         PaperBroker.from_settings({"funds": "lots"}, BrokerContext(account="paper", data_dir=tmp_path))
+
+
+async def test_a_flat_target_after_an_exit_that_is_still_open_sends_nothing(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """EXIT_ALL and targets are one mechanism: a flat target arriving while tvbridge's EXIT_ALL order is still open
+    counts that exit as on its way, so the position is not closed twice."""
+    fake_dhan.set_position(RELIANCE, 10, trading_symbol="RELIANCE")
+    client = await make_client(on_dhan(config, dhan_settings))
+    exit_leg = {**leg(), "manage_position": "EXIT_ALL"}
+    exit_leg.pop("quantity")
+
+    await post(client, alert(exit_leg))
+    flat = await post(client, alert(target(0, 1)))
+
+    assert sent(fake_dhan) == [("SELL", 10)]
+    assert "-10 still to fill in open order(s)" in flat["results"][0]["message"]
+    assert flat["results"][0]["message"].endswith("target 0: already there, no order sent")
