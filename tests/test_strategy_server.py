@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from helpers import SECRET, alert, leg
-from server_process import ServerProcess
+from server_process import ServerProcess, run_cli
 
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
@@ -85,3 +85,16 @@ def test_a_target_sequence_across_a_restart(tmp_path: Path) -> None:
     assert (moves[2]["quantity"], moves[2]["order_id"]) == ("0", None)
     assert chosen["status"] == "success", chosen
     assert chosen["contract"] == "NIFTY-Dec2026-24000-PE (expiry 2026-12-15, strike 24000, security_id 44104)"
+
+
+def test_tvbridge_brokers_shows_listings_and_funds(tmp_path: Path) -> None:
+    """`tvbridge brokers` says which strategy-alert capabilities a configured account has: paper with a master
+    lists strikes and knows its funds."""
+    (tmp_path / "config.toml").write_text(
+        f'[accounts.paper]\nbroker = "paper"\ninstruments_path = {json.dumps(str(sample_master_path()))}\n'
+    )
+
+    result = run_cli(tmp_path, {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}, "brokers")
+
+    paper = result.stdout.split("paper  [ok]\n", 1)[1].split("  [", 1)[0]  # up to the next plugin's name
+    assert "  listings:     yes (ATM strikes, current_week)\n  funds:        yes (percent_of_funds sizing)" in paper
