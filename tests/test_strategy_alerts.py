@@ -128,7 +128,7 @@ async def test_the_same_target_twice_sends_once(make_client: ClientFactory, conf
 
     assert first["results"][0]["quantity"] == "10"
     [again] = second["results"]
-    assert (again["status"], again["quantity"], again["order_id"]) == ("success", "0", None)
+    assert (again["status"], again["transaction"], again["quantity"], again["order_id"]) == ("success", "", "0", None)
     assert again["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
     assert len(await paper_orders(client)) == 1
     assert await positions(client) == {"RELIANCE": 10}

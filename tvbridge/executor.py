@@ -461,7 +461,8 @@ class Executor:
         client_id = client_order_id(alert_id, number)
         if move.leg is None:
             there = attrs.evolve(leg, quantity=0)
-            return self.result_for(account, number, there, LegStatus.SUCCESS, "", client_id=client_id)
+            result = self.result_for(account, number, there, LegStatus.SUCCESS, "", client_id=client_id)
+            return attrs.evolve(result, transaction="")  # no order, so no side (the leg's is a placeholder)
         refused = await self._refuse_before_send(alert_id, account, number, move.leg)
         if refused is not None:
             return refused

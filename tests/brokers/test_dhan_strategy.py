@@ -256,3 +256,55 @@ async def test_a_flat_target_after_an_exit_that_is_still_open_sends_nothing(
     assert sent(fake_dhan) == [("SELL", 10)]
     assert "-10 still to fill in open order(s)" in flat["results"][0]["message"]
     assert flat["results"][0]["message"].endswith("target 0: already there, no order sent")
+
+
+@pytest.mark.parametrize(
+    ("fields", "units"),
+    [
+        ({"quantity_type": "capital", "quantity": "2000000", "price": "24000"}, 65),  # 83.33 x 1.5 = 125
+        ({"quantity_type": "risk", "quantity": "13000", "price": "24000", "triggerPrice": "23900"}, 195),  # 130 x 1.5
+        ({"quantity_type": "percent_of_funds", "quantity": "50", "price": "300"}, 195),  # 166.67 x 1.5 = 250
+        ({"quantity": "1", "price": "24000"}, 65),  # 1 lot = 65 x 1.5 = 97.5
+    ],
+)
+async def test_each_sizing_type_in_lots_on_dhan_dry_run(
+    make_client: ClientFactory,
+    config: Config,
+    fake_dhan: FakeDhan,
+    dhan_settings: dict[str, object],
+    *,
+    fields: dict[str, str],
+    units: int,
+) -> None:
+    """NIFTY futures (lot 65) on a dry-run account counting lots, with quantity_multiplier 1.5: each sizing type's
+    result is multiplied and rounded down to whole lots, and that is the quantity of the place_order Dhan would
+    get (funds read from Dhan's fund limits: 100000 on the fake)."""
+    config = on_dhan(config, dhan_settings, live=False, quantity_multiplier=1.5, quantity_unit="lots")
+    client = await make_client(config)
+    future = {"exchange": "NFO", "symbol": "NIFTY1!", "instrument": "FUT", "productType": "M", "orderType": "LMT"}
+
+    body = await post(client, alert(leg(**{**future, **fields})))
+
+    [result] = body["results"]
+    assert (result["status"], result["quantity"]) == ("test_mode", str(units)), result
+    assert f'"quantity":{units},' in result["message"]
+    assert "x quantity_multiplier 1.5" in result["message"]
+    assert fake_dhan.placed() == []
+
+
+async def test_below_one_lot_is_refused_on_dhan(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """Risk 1000 over 100 points is 10 units x 1.5 = 15, below one NIFTY lot of 65: refused with the numbers."""
+    client = await make_client(on_dhan(config, dhan_settings, quantity_multiplier=1.5))
+    future = {"exchange": "NFO", "symbol": "NIFTY1!", "instrument": "FUT", "productType": "M", "orderType": "LMT"}
+
+    body = await post(
+        client, alert(leg(**future, quantity_type="risk", quantity="1000", price="24000", triggerPrice="23900"))
+    )
+
+    assert body["results"][0]["message"] == (
+        "not sent: quantity_type risk: risk 1000 / |price 24000 - stop 23900| 100 x quantity_multiplier 1.5 = 15"
+        " units, below one lot of 65 units of NIFTY1!: not sent (never rounded up)"
+    )
+    assert fake_dhan.placed() == []
