@@ -83,8 +83,8 @@ def test_guide_ce_with_strike_and_expiry_is_an_option() -> None:
 def test_ce_without_strike_and_expiry_is_refused_not_guessed() -> None:
     """The nearest expiry is never guessed: both fields are named."""
     errors = errors_of(alert(leg(exchange="NFO", symbol="NIFTY", instrument="CE")))
-    assert "order_legs[0].strike_price: is required for options (the nearest expiry is not guessed)" in errors
-    assert "order_legs[0].expiry_date: is required for options (the nearest expiry is not guessed)" in errors
+    assert "order_legs[0].strike_price: is required for options (the nearest expiry is not guessed)" in " ".join(errors)
+    assert "order_legs[0].expiry_date: is required for options (the nearest expiry is not guessed)" in " ".join(errors)
 
 
 def test_every_problem_is_listed_at_once_with_its_path() -> None:

@@ -86,6 +86,9 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         before_send=guard.before_send,
         quantity_units={account: config.quantity_unit(account) for account in config.routing.accounts},
         followup=app[FOLLOWUP],
+        multipliers={account: config.quantity_multiplier(account) for account in config.routing.accounts},
+        clock=app[NOW],
+        calendar=app[CALENDAR],
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

@@ -108,6 +108,7 @@ __all__ = [
     "Health",
     "Instrument",
     "InstrumentInfo",
+    "Listings",
     "OpenOrder",
     "OptionType",
     "OrderLeg",
@@ -367,6 +368,13 @@ class Capabilities:
     reports the parts in `OrderResult.details["bracket"]` (`tvbridge.brackets`) from `place()` and `lookup()`,
     cancels the whole bracket when `cancel()` names any of its orders, and implements `cancel_brackets()`.
     False: such a leg fails before sending, naming this capability (never an entry without its stop)."""
+    listings: bool = False
+    """True: the plugin also implements `listings()` (the expiries and strikes its instrument master lists).
+    tvbridge needs it for a strike or expiry relative to the market (`strike_price: "ATM+1"`, `expiry_date:
+    "current_week"`); without it such a leg fails before sending, naming this capability."""
+    funds: bool = False
+    """True: the plugin also implements `funds()` (the account's available funds). Needed for `quantity_type:
+    percent_of_funds`; without it such a leg fails before sending, naming this capability."""
 
 
 @attrs.frozen(kw_only=True)
@@ -388,6 +396,20 @@ class InstrumentInfo:
     """The broker's own name for the contract (Dhan: `NIFTY-Dec2026-FUT`), for messages."""
     lot_size: int
     """Units in one lot (65 for a NIFTY future in 2026); 1 for equity."""
+    security_id: str | None = None
+    """The broker's own id of the contract (Dhan's `securityId`), when it has one: shown to the trader."""
+
+
+@attrs.frozen(kw_only=True)
+class Listings:
+    """What the broker's instrument master lists for an underlying (`Broker.listings()`): tvbridge picks a
+    relative expiry (`current_week`...) and the ATM strike from it, then names the chosen contract in the leg."""
+
+    expiries: tuple[date, ...]
+    """Every listed expiry of the leg's underlying for the leg's instrument (futures or options), ascending,
+    expired ones included (tvbridge decides what is current in exchange time)."""
+    strikes: tuple[Decimal, ...] = ()
+    """With a leg naming an option's `expiry_date` and `option_type`: the strikes listed for it, ascending."""
 
 
 @attrs.frozen(kw_only=True)
@@ -506,6 +528,20 @@ class Broker(Protocol):
         sent. Called only when `capabilities.brackets` is true."""
         ...
 
+    async def listings(self, leg: OrderLeg) -> Listings:
+        """The expiries (and, when `leg` names an option's expiry and CE/PE, the strikes) the instrument master
+        lists for `leg`'s exchange, underlying (`leg.symbol`) and instrument (FUT or OPT); `leg.strike_price`,
+        `leg.quantity` and `leg.side` are not looked at. Raise `BrokerRejectedError` for an underlying the master
+        does not list, `BrokerUnavailableError` when it is not loaded. No order is sent. Called only when
+        `capabilities.listings` is true."""
+        ...
+
+    async def funds(self) -> Decimal:
+        """The account's funds available for new orders, in rupees (Dhan: the fund limits' available balance).
+        Raise `BrokerUnavailableError` / `BrokerAuthError` when they cannot be read. Called only when
+        `capabilities.funds` is true, for `quantity_type: percent_of_funds`."""
+        ...
+
 
 CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "positions": ("positions",),
@@ -515,6 +551,8 @@ CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "readiness": ("readiness",),
     "brackets": ("cancel_brackets",),
     "token_expiry": ("token_expiry",),
+    "listings": ("listings",),
+    "funds": ("funds",),
 }
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 

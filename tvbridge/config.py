@@ -331,7 +331,10 @@ DEFAULT_BROKER_TIMEOUT_S: Final = 2.5
 """`[accounts.NAME] broker_timeout_s`: the host's bound on every call into the account's plugin (see
 `tvbridge/pluginguard.py`); under TradingView's 3 s, like `server.response_deadline_s`."""
 
-ACCOUNT_KEYS: Final = frozenset({*attrs.fields_dict(RiskConfig), "when_closed", "quantity_unit", "broker_timeout_s"})
+ACCOUNT_KEYS: Final = frozenset(
+    {*attrs.fields_dict(RiskConfig), "when_closed", "quantity_unit", "broker_timeout_s", "quantity_multiplier"}
+)
+MAX_QUANTITY_MULTIPLIER: Final = 1000
 """Keys of `[accounts.NAME]` that tvbridge itself reads; they are removed before the table reaches the plugin."""
 
 
@@ -380,6 +383,17 @@ class Config:
                 f"accounts.{account}.broker_timeout_s: must be a number of seconds, > 0 and <= 3600, got {value!r}"
             )
         return float(value)
+
+    def quantity_multiplier(self, account: str) -> Decimal:
+        """The account's `quantity_multiplier` (default 1): scales every alert quantity and target position on it
+        before rounding down to whole lots (`tvbridge/sizing.py`); `ConfigError` unless a number > 0."""
+        value = self.accounts.get(account, {}).get("quantity_multiplier", 1)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_QUANTITY_MULTIPLIER:
+            raise ConfigError(
+                f"accounts.{account}.quantity_multiplier: must be a number > 0 and <= {MAX_QUANTITY_MULTIPLIER},"
+                f" got {value!r}"
+            )
+        return Decimal(str(value))  # str(): a TOML 1.5 is Decimal("1.5"), not its binary expansion
 
     def risk_of(self, account: str, converter: cattrs.Converter) -> RiskConfig:
         """`[risk]` with the account's own risk keys laid over it; `ConfigError` names a bad key."""
@@ -528,6 +542,7 @@ def load_config(
     for account in config.accounts:
         config.risk_of(account, converter)  # a bad per-account limit stops the start, like any bad key
         config.broker_timeout_of(account)
+        config.quantity_multiplier(account)
         if config.when_closed(account) not in WHEN_CLOSED:
             raise ConfigError(f"accounts.{account}.when_closed: must be one of {', '.join(WHEN_CLOSED)}")
         unit = config.accounts[account].get("quantity_unit", QuantityUnit.UNITS)

@@ -13,6 +13,13 @@ EXIT_ALL legs of one account run one at a time, so two exits read one position o
 order this process sent that the broker still lists as open (`capabilities.orders`) counts as already closing
 its part, so a second exit before the first one fills does not close the same position again.
 
+A target-position leg (`position_size`, `market_position`: strategy alerts) is the same mechanism with any
+target: under the same per-account lock the position (and the still-open orders this process sent for that
+contract) is read and the difference is sent (`positions.to_target`), through the risk limits on its final
+quantity; already there sends nothing. Before any of that, each order leg is prepared per account: a relative
+strike or expiry is resolved from the broker's listings (`contracts.py`) and the quantity sized (`sizing.py`:
+quantity type, the account's multiplier, lots to units).
+
 Each leg is marked `sending` in the journal (committed) before its broker call; the mark carries the previous
 leg's result, and the last leg's result goes with the alert's final status, so a leg costs one commit. If the
 mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
@@ -26,6 +33,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -43,9 +51,9 @@ from tvbridge.broker import (
     OrderState,
     check_supported,
 )
+from tvbridge.contracts import is_relative, resolve
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
-from tvbridge.lots import in_units, unit_of
 from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
@@ -57,8 +65,10 @@ from tvbridge.models import (
     QuantityUnit,
     summarize,
 )
-from tvbridge.positions import SentExits, exit_all
+from tvbridge.parsing import is_target
+from tvbridge.positions import Move, SentExits, SentMoves, exit_all, to_target
 from tvbridge.risk import RiskLimitError
+from tvbridge.sizing import size
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -68,10 +78,22 @@ if TYPE_CHECKING:
     from tvbridge.journal import Journal, PlannedLeg
     from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
+    from tvbridge.sessions import Calendar
 
 log = structlog.get_logger()
 
 FAILED_STATES = frozenset({OrderState.REJECTED, OrderState.CANCELLED, OrderState.EXPIRED})
+
+
+@attrs.frozen(kw_only=True)
+class Prepared:
+    """A leg made ready for one account: its contract chosen (`contracts.py`) and its quantity sized
+    (`sizing.py`), or why it cannot be sent."""
+
+    leg: OrderLeg
+    refusal: str | None = None
+    contract: str | None = None
+    note: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -113,7 +135,7 @@ def planned_legs(alert_id: str, alert: Alert, accounts: Sequence[str]) -> list[P
     ]
 
 
-def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, str]:
+def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, Any]:
     if isinstance(leg, OrderLeg):
         return {
             "symbol": leg.symbol,
@@ -149,6 +171,9 @@ class Executor:
         before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
         quantity_units: Mapping[str, QuantityUnit] | None = None,
         followup: FollowUp | None = None,
+        multipliers: Mapping[str, Decimal] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        calendar: Calendar | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -168,6 +193,17 @@ class Executor:
         """Per account: an EXIT_ALL reads the position and sends its close before the next one reads."""
         self._sent_exits = SentExits()
         """Exit orders sent and maybe not filled yet: a second EXIT_ALL does not close their part again."""
+        self._sent_moves = SentMoves()
+        """Target-position orders sent and maybe not filled yet: a resent target does not move twice."""
+        self._multipliers = multipliers or {}
+        """Per account `quantity_multiplier` (`sizing.py`); 1 when absent."""
+        self._clock = clock or (lambda: datetime.now(UTC))
+        """The app's wall clock: what `current_week` means (`contracts.py`)."""
+        if calendar is None:
+            from tvbridge.sessions import Calendar  # noqa: PLC0415 - only for an executor built without the app's
+
+            calendar = Calendar()
+        self._calendar = calendar
 
     async def run(
         self,
@@ -288,24 +324,53 @@ class Executor:
         resume: Resume | None,
         done: LegResult | None,
     ) -> LegResult:
-        """One leg: its quantity in units, (on recovery: reuse or look up first), mark `sending`, call the broker."""
+        """One leg: its contract and quantity for this account (`_prepare`), (on recovery: reuse or look up first),
+        mark `sending`, call the broker."""
         if resume is not None and (account, number) in resume.settled:
             return resume.settled[(account, number)]
-        not_sized: str | None = None
         if isinstance(leg, OrderLeg):
-            sized = await self._in_units(alert_id, account, number, leg)
-            leg, not_sized = (sized, None) if isinstance(sized, OrderLeg) else (leg, sized)
+            prepared = await self._prepare(alert_id, account, number, leg)
+            return _noted(
+                await self._order_leg(alert_id, account, number, prepared, resume=resume, done=done), prepared
+            )
         if resume is not None:
             recovered = await self._recovered(alert_id, account, number, leg, resume)
             if recovered is not None:
                 return recovered
-        if isinstance(leg, OrderLeg):
-            refused = await self._refuse_before_send(alert_id, account, number, leg, not_sized)
-            if refused is not None:
-                return refused
-            if leg.manage_position is not None:
-                async with self._exit_locks.setdefault(account, asyncio.Lock()):
-                    return await self._exit(alert_id, account, number, leg, done)
+        return await self._send(alert_id, account, number, leg, done)
+
+    async def _order_leg(
+        self,
+        alert_id: str,
+        account: str,
+        number: int,
+        prepared: Prepared,
+        *,
+        resume: Resume | None,
+        done: LegResult | None,
+    ) -> LegResult:
+        """An order leg whose contract and size are worked out: recovery first, then a target position, an exit
+        or a plain order."""
+        leg = prepared.leg
+        if resume is not None:
+            recovered = await self._recovered(alert_id, account, number, leg, resume)
+            if recovered is not None:
+                return recovered
+        if prepared.refusal is None and is_target(leg):
+            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+                return await self._move(alert_id, account, number, leg, done)
+        refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal)
+        if refused is not None:
+            return refused
+        if leg.manage_position is not None:
+            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+                return await self._exit(alert_id, account, number, leg, done)
+        return await self._send(alert_id, account, number, leg, done)
+
+    async def _send(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, done: LegResult | None
+    ) -> LegResult:
+        """Mark the leg `sending`, then place or cancel it."""
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -333,18 +398,86 @@ class Executor:
             return self._expired(alert_id, account, number, leg, resume)
         return None
 
-    async def _in_units(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> OrderLeg | str:
-        """The leg with its quantity in units (`lots.py`), or why it cannot be sent (a message; nothing sent)."""
+    async def _prepare(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> Prepared:
+        """The leg's contract chosen when relative (`contracts.py`), then its quantity in units for this account
+        (`sizing.py`: quantity type, multiplier, lots); or why it cannot be sent (nothing sent)."""
+        broker = self._brokers[account]
+        contract: str | None = None
         account_unit = self._quantity_units.get(account, QuantityUnit.UNITS)
-        if unit_of(leg, account_unit) is QuantityUnit.UNITS:
-            return leg
+        multiplier = self._multipliers.get(account, Decimal(1))
         try:
-            return await in_units(self._brokers[account], leg, account_unit)
+            if is_relative(leg):
+                chosen = await resolve(broker, leg, now=self._clock(), calendar=self._calendar)
+                leg, contract = chosen.leg, chosen.contract
+                log.info("leg.contract_chosen", alert_id=alert_id, leg=number, account=account, contract=contract)
+            sized = await size(broker, leg, account_unit, multiplier)
         except BrokerError as e:
-            return f"not sent: {e}"
-        except Exception as e:  # a failing conversion must never let the leg through in the wrong unit
+            return Prepared(leg=leg, refusal=f"not sent: {e}", contract=contract)
+        except Exception as e:  # a failing conversion must never let the leg through in the wrong size
             log.exception("leg.check_failed", alert_id=alert_id, leg=number, account=account)
-            return f"not sent: the lot size could not be read ({type(e).__name__})"
+            message = f"not sent: the contract or quantity could not be worked out ({type(e).__name__})"
+            return Prepared(leg=leg, refusal=message, contract=contract)
+        return Prepared(leg=sized.leg, contract=contract, note=sized.note)
+
+    async def _move(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
+        """A target position: read the position (and what this process's earlier target orders still have to
+        fill), send the difference (or nothing), through the same checks and journal marks as any order."""
+        client_id = client_order_id(alert_id, number)
+        broker = self._brokers[account]
+        target = leg.position_size or 0
+        if not broker.capabilities.positions:
+            message = (
+                "not sent: a target position (position_size / market_position) needs the broker capability"
+                " `positions` (reading the current position), which this broker does not declare"
+            )
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        try:
+            listed: list[OpenOrder] | None = None
+            if broker.capabilities.orders and (
+                self._sent_moves.may_be_open(account, leg) or self._sent_exits.has(account)
+            ):
+                # open orders before positions: an order filling in between is then counted twice (sends too
+                # little, corrected by the next alert), never not at all (would send it again)
+                listed = await broker.open_orders()
+            found = await broker.positions(leg)
+            pending: list[OpenOrder] = []
+            if listed is not None:  # this process's target and exit orders for the contract, still to fill
+                pending = self._sent_moves.still_open(account, leg, listed)
+                pending += self._sent_exits.still_open(account, leg, found, listed)
+        except BrokerError as e:
+            message = f"not sent: the current position could not be read: {e}"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        except Exception as e:  # a plugin bug while reading: nothing was sent
+            log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
+            message = f"not sent: reading the current position failed ({type(e).__name__}: {e})"
+            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+        move = to_target(leg, target, found, pending)
+        log.info("leg.target", alert_id=alert_id, leg=number, account=account, before=move.before, target=target)
+        return _moved(await self._send_move(alert_id, account, number, leg, move=move, done=done), move)
+
+    async def _send_move(
+        self, alert_id: str, account: str, number: int, leg: OrderLeg, *, move: Move, done: LegResult | None
+    ) -> LegResult:
+        """The order of a target move, through the risk limits (on its final quantity) and the journal mark."""
+        client_id = client_order_id(alert_id, number)
+        if move.leg is None:
+            there = attrs.evolve(leg, quantity=0)
+            result = self.result_for(account, number, there, LegStatus.SUCCESS, "", client_id=client_id)
+            return attrs.evolve(result, transaction="")  # no order, so no side (the leg's is a placeholder)
+        refused = await self._refuse_before_send(alert_id, account, number, move.leg)
+        if refused is not None:
+            return refused
+        try:
+            await self._journal.mark_sending(alert_id, account, number, done)
+        except JournalError as e:
+            log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))
+            return self.result_for(account, number, move.leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
+        crash_point("before_send")
+        result = await self._place(alert_id, account, number, move.leg)
+        crash_point("after_send")
+        if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a resend must count it
+            self._sent_moves.remember(account, client_id, move.leg)
+        return result
 
     async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
         """EXIT_ALL: read the position through the interface, send the plain order that closes it (or nothing)."""
@@ -587,6 +720,21 @@ class Executor:
         return result if not ids else _with_order_id(result, ",".join(ids))
 
 
+def _moved(result: LegResult, move: Move) -> LegResult:
+    """A target leg's result shows the position found, the target and what was sent (in its message too)."""
+    message = f"{move.message}; {result.message}" if result.message else move.message
+    return attrs.evolve(result, message=message, position_before=move.before, position_target=move.target)
+
+
+def _noted(result: LegResult, prepared: Prepared) -> LegResult:
+    """The chosen contract and how the quantity was sized, in front of the leg's message (so the order log's
+    row shows them too) and the contract in its own field."""
+    notes = [note for note in (prepared.contract, prepared.note) if note]
+    if not notes or result.message.startswith(notes[0]):
+        return result
+    return attrs.evolve(result, message="; ".join([*notes, result.message]), contract=prepared.contract)
+
+
 def _with_order_id(result: LegResult, order_id: str) -> LegResult:
     return attrs.evolve(result, order_id=order_id)
 
@@ -615,8 +763,19 @@ def response_body(
                 "client_order_id": r.client_order_id,
                 "order_state": r.order_state,
                 **({"bracket": [dict(part) for part in r.bracket]} if r.bracket else {}),
+                **_target_fields(r),
             }
             for r in results
         ],
         "warnings": list(warnings),
     }
+
+
+def _target_fields(result: LegResult) -> dict[str, Any]:
+    """`contract`, `position_before` and `position_target`, on the legs that have them (strategy alerts)."""
+    fields = {
+        "contract": result.contract,
+        "position_before": result.position_before,
+        "position_target": result.position_target,
+    }
+    return {key: value for key, value in fields.items() if value is not None}

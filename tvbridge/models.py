@@ -73,6 +73,36 @@ class QuantityUnit(enum.StrEnum):
     """Dhan's own TradingView panel: `"quantity": "1"` on NIFTY1! is one lot (65 units). Equity: 1 lot = 1 share."""
 
 
+class MarketPosition(enum.StrEnum):
+    """Pine's `{{strategy.market_position}}`: the position a strategy alert asks for (`positions.py`)."""
+
+    LONG = "long"
+    SHORT = "short"
+    FLAT = "flat"
+
+
+class QuantityType(enum.StrEnum):
+    """What a leg's `quantity` holds (`tvbridge/sizing.py`): the quantity itself, or what it is computed from."""
+
+    FIXED = "fixed"
+    """The quantity (units or lots), times the account's `quantity_multiplier`."""
+    CAPITAL = "capital"
+    """Rupees to spend: units = quantity / price."""
+    PERCENT_OF_FUNDS = "percent_of_funds"
+    """A percentage of the account's available funds (the broker's `funds()`): units = funds x pct / 100 / price."""
+    RISK = "risk"
+    """Rupees to risk: units = quantity / |price - triggerPrice|."""
+
+
+class ExpiryRef(enum.StrEnum):
+    """An expiry named relative to the exchange's date (`tvbridge/contracts.py`), resolved from the master."""
+
+    CURRENT_WEEK = "current_week"
+    NEXT_WEEK = "next_week"
+    CURRENT_MONTH = "current_month"
+    NEXT_MONTH = "next_month"
+
+
 @attrs.frozen(kw_only=True)
 class Meta:
     """TradingView's bar information; `timenow` drives the age check."""
@@ -113,6 +143,22 @@ class OrderLeg:
     """Bracket: the stop that closes the position at a loss; one-cancels-other with the target."""
     trailing_jump: Decimal | None = None
     """Bracket: each time the price moves this much in the position's favour, the stop follows by as much."""
+    position_size: int | None = None
+    """A target position (`{{strategy.position_size}}`: signed, > 0 long, < 0 short, 0 flat), in the leg's
+    quantity unit: tvbridge sends the difference to the account's current position (`positions.py`). A plugin
+    never sees it set: `place()` receives the plain order that moves the position."""
+    market_position: MarketPosition | None = None
+    """The target as `{{strategy.market_position}}` (long, short, flat) with `market_position_size`."""
+    market_position_size: int | None = None
+    underlying_price: Decimal | None = None
+    """The underlying's price (`{{close}}` on its chart): picks the ATM strike for a relative `strike_price`."""
+    strike_offset: int | None = None
+    """`strike_price: "ATM"` (0), `"ATM+N"` (N strikes out of the money), `"ATM-N"` (N in the money); resolved
+    to `strike_price` by tvbridge before `place()` (`contracts.py`)."""
+    expiry_ref: ExpiryRef | None = None
+    """`expiry_date: "current_week"`...; resolved to `expiry_date` by tvbridge before `place()`."""
+    quantity_type: QuantityType | None = None
+    """None: fixed. Resolved to a quantity in units by tvbridge before `place()` (`sizing.py`)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -218,6 +264,12 @@ class LegResult:
     """A bracket leg's parts at placement (`tvbridge.brackets.parts_of`): entry, target and stop-loss, each
     with its order id, state and price; empty for a plain order. Order follow-up keeps the journal's copy
     current."""
+    contract: str | None = None
+    """The contract tvbridge chose for a relative strike or expiry (trading symbol, expiry, strike, security id)."""
+    position_before: int | None = None
+    """A target-position leg: the account's net position (units) found before sending."""
+    position_target: int | None = None
+    """A target-position leg: the position asked for (units, after the account's multiplier)."""
 
 
 def summarize(results: list[LegResult]) -> AlertStatus:

@@ -84,8 +84,15 @@ def _schemas() -> dict[str, Any]:
         "price": _number("0 for market; > 0 for LMT and SL"),
         "triggerPrice": _number("required > 0 for SL and SL-M"),
         "option_type": _enum(OptionType, "with instrument OPT"),
-        "strike_price": _number("with instrument OPT"),
-        "expiry_date": {"type": "string", "description": "YYYY-MM-DD, with instrument OPT"},
+        "strike_price": {
+            "type": ["string", "number"],
+            "description": "with instrument OPT: a strike, or ATM, ATM+N (N strikes out of the money), ATM-N with"
+            " underlying_price",
+        },
+        "expiry_date": {
+            "type": "string",
+            "description": "YYYY-MM-DD, or current_week, next_week, current_month, next_month; with OPT or FUT",
+        },
         "manage_position": _enum(
             PositionAction,
             "EXIT_ALL: close the net position of the leg's contract in its product (needs a broker that declares"
@@ -97,6 +104,23 @@ def _schemas() -> dict[str, Any]:
         ),
         "stoploss_price": _number("bracket: the stop-loss exit (below the entry for B, above for S)"),
         "trailing_jump": _number("bracket: the stop follows each move of this size in the position's favour"),
+        "position_size": _number(
+            "a target position ({{strategy.position_size}}): > 0 long, < 0 short, 0 flat; tvbridge sends the"
+            " difference to the account's position (transactionType and quantity optional)"
+        ),
+        "market_position": {
+            "type": "string",
+            "enum": ["long", "short", "flat"],
+            "description": "the target as {{strategy.market_position}}, with market_position_size",
+        },
+        "market_position_size": _number("the size of a market_position target ({{strategy.market_position_size}})"),
+        "underlying_price": _number("the underlying's price ({{close}}): picks the ATM strike"),
+        "quantity_type": {
+            "type": "string",
+            "enum": ["fixed", "capital", "percent_of_funds", "risk"],
+            "description": "what quantity holds: the quantity (fixed), rupees to spend (capital), a percentage of"
+            " the account's funds (percent_of_funds), rupees to risk to triggerPrice (risk)",
+        },
         "amoTime": {"type": "string", "description": "after-market order timing"},
         "order_id": {"type": "string", "description": "cancel_order: the broker's order id to cancel"},
         "meta": _ref("Meta"),
@@ -148,6 +172,19 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "description": "a bracket leg's parts (entry, target, stop_loss) with order id, state and price",
                     "items": {"type": "object"},
+                },
+                "contract": {
+                    "type": "string",
+                    "description": "the contract chosen for a relative strike or expiry (trading symbol, expiry,"
+                    " strike, security id); only on such legs",
+                },
+                "position_before": {
+                    "type": "integer",
+                    "description": "a target-position leg: the account's net position (units) before",
+                },
+                "position_target": {
+                    "type": "integer",
+                    "description": "a target-position leg: the target (units, after quantity_multiplier)",
                 },
             },
         },

@@ -32,7 +32,9 @@ from tvbridge.models import (
     CancelAlert,
     CancelLeg,
     Exchange,
+    ExpiryRef,
     Instrument,
+    MarketPosition,
     Meta,
     OptionType,
     OrderAlert,
@@ -40,6 +42,7 @@ from tvbridge.models import (
     OrderType,
     PositionAction,
     Product,
+    QuantityType,
     QuantityUnit,
     Side,
 )
@@ -93,8 +96,13 @@ ALIASES: Final[Mapping[type[Enum], Mapping[str, str]]] = {
     },
     Product: {"CNC": "C", "INTRADAY": "I", "MIS": "I", "MARGIN": "M", "NRML": "M"},
     QuantityUnit: {"unit": "units", "lot": "lots"},
+    QuantityType: {"percent": "percent_of_funds", "percentage": "percent_of_funds"},
 }
-LOWER_CASE_ENUMS: Final = frozenset({AlertType, QuantityUnit})
+LOWER_CASE_ENUMS: Final = frozenset({AlertType, QuantityUnit, MarketPosition, QuantityType, ExpiryRef})
+ATM: Final = re.compile(r"ATM(?:\s*([+-])\s*([0-9]{1,3}))?", re.IGNORECASE)
+"""`strike_price: "ATM"`, `"ATM+2"`, `"ATM-1"`: strikes counted on the listed grid from the underlying's price."""
+MAX_STRIKE_OFFSET: Final = 50
+TARGET_KEYS: Final = ("position_size", "market_position")
 
 
 def _check_placeholder(value: str) -> None:
@@ -233,8 +241,10 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
     def add(field: str, message: str) -> None:
         problems.append(_field_error(field, message))
 
-    if leg.quantity < 0 or (leg.quantity == 0 and leg.manage_position is None):
+    target = is_target(leg)
+    if leg.quantity < 0 or (leg.quantity == 0 and leg.manage_position is None and not target):
         add("quantity", f"must be a positive whole number, got {leg.quantity}")
+    problems.extend(_strategy_problems(leg))
     if leg.order_type in {OrderType.LIMIT, OrderType.STOP_LOSS} and leg.price <= 0:
         add("price", f"must be > 0 for orderType {leg.order_type}")
     if leg.order_type in {OrderType.STOP_LOSS, OrderType.STOP_LOSS_MARKET} and not leg.trigger_price:
@@ -247,16 +257,139 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
     return problems
 
 
+def is_target(leg: OrderLeg) -> bool:
+    """Whether the leg asks for a position (`position_size` / `market_position`) rather than for an order."""
+    return leg.position_size is not None or leg.market_position is not None
+
+
+def _strategy_problems(leg: OrderLeg) -> list[Exception]:
+    """Target positions, sizing and relative contracts (strategy alerts)."""
+    problems: list[Exception] = []
+    if is_target(leg):
+        problems.extend(_target_problems(leg))
+    if leg.quantity_type not in {None, QuantityType.FIXED}:
+        problems.extend(_sizing_problems(leg))
+    if leg.strike_offset is not None and leg.strike_price is not None:  # an option ticker named the strike
+        message = f"ATM{leg.strike_offset:+d} contradicts the strike {leg.strike_price} of the option ticker"
+        problems.append(_field_error("strike_price", message))
+    if leg.expiry_ref is not None and leg.expiry_date is not None:
+        message = f"{leg.expiry_ref} contradicts the expiry {leg.expiry_date} of the option ticker"
+        problems.append(_field_error("expiry_date", message))
+    if leg.strike_offset is not None and leg.instrument is not Instrument.OPTION:
+        problems.append(_field_error("strike_price", f"ATM strikes are for options only, got {leg.instrument}"))
+    if leg.expiry_ref is not None and leg.instrument not in {Instrument.OPTION, Instrument.FUTURE}:
+        message = f"{leg.expiry_ref} names an expiry: only for instrument FUT or OPT, got {leg.instrument}"
+        problems.append(_field_error("expiry_date", message))
+    return problems
+
+
+def _target_problems(leg: OrderLeg) -> list[Exception]:
+    """A target the alert contradicts itself about is refused with both values shown: which one the strategy
+    meant cannot be told, and guessing trades real money."""
+    problems: list[Exception] = []
+
+    def add(field: str, message: str) -> None:
+        problems.append(_field_error(field, message))
+
+    if leg.manage_position is not None:
+        add("manage_position", f"{leg.manage_position} contradicts a target position (position_size 0 closes it)")
+    size, where, amount = leg.position_size, leg.market_position, leg.market_position_size
+    if amount is not None and amount < 0:
+        add("market_position_size", f"must be >= 0 (market_position gives the side), got {amount}")
+    if where is None:
+        if amount is not None:
+            add("market_position_size", "needs market_position (long, short or flat)")
+        return problems
+    if where is MarketPosition.FLAT and amount:
+        add("market_position_size", f"{amount} contradicts market_position flat")
+    if where is not MarketPosition.FLAT and amount is None and size is None:
+        add("market_position_size", f"is required with market_position {where} (the size of the position)")
+    if size is not None:
+        problems.extend(_size_contradictions(size, where, amount))
+    return problems
+
+
+def _size_contradictions(size: int, where: MarketPosition, amount: int | None) -> list[Exception]:
+    problems: list[Exception] = []
+    sign = 1 if size > 0 else -1 if size < 0 else 0
+    if sign != {MarketPosition.LONG: 1, MarketPosition.SHORT: -1, MarketPosition.FLAT: 0}[where]:
+        problems.append(_field_error("market_position", f"{where} contradicts position_size {size}"))
+    if amount is not None and amount != abs(size):
+        problems.append(_field_error("market_position_size", f"{amount} contradicts position_size {size}"))
+    return problems
+
+
+def _sizing_problems(leg: OrderLeg) -> list[Exception]:
+    problems: list[Exception] = []
+    if leg.price <= 0:
+        problems.append(_field_error("price", f"must be > 0 for quantity_type {leg.quantity_type} (sizing uses it)"))
+    if leg.quantity_type is QuantityType.RISK and leg.order_type in {OrderType.STOP_LOSS, OrderType.STOP_LOSS_MARKET}:
+        message = (
+            f"risk sizing takes triggerPrice as the stop, but on orderType {leg.order_type} it is the entry trigger"
+        )
+        problems.append(_field_error("quantity_type", f"{message}: use MKT or LMT with triggerPrice as the stop"))
+    elif leg.quantity_type is QuantityType.RISK and (not leg.trigger_price or leg.trigger_price == leg.price):
+        message = "is required for quantity_type risk, different from price (the stop: risk per unit is the distance)"
+        problems.append(_field_error("triggerPrice", message))
+    if is_target(leg):
+        problems.append(_field_error("quantity_type", f"{leg.quantity_type} does not apply to a target position"))
+    return problems
+
+
 def _option_problems(leg: OrderLeg) -> list[Exception]:
     problems: list[Exception] = []
     if leg.option_type is None:
         problems.append(_field_error("option_type", "is required for instrument OPT (CE or PE)"))
-    for field, value in (("strike_price", leg.strike_price), ("expiry_date", leg.expiry_date)):
-        if value is None:
-            problems.append(_field_error(field, "is required for options (the nearest expiry is not guessed)"))
+    if leg.strike_price is None and leg.strike_offset is None:
+        message = "is required for options (the nearest expiry is not guessed): a strike, or ATM, ATM+N, ATM-N"
+        problems.append(_field_error("strike_price", message))
+    if leg.expiry_date is None and leg.expiry_ref is None:
+        message = (
+            "is required for options (the nearest expiry is not guessed): a date, or current_week, next_week,"
+            " current_month, next_month"
+        )
+        problems.append(_field_error("expiry_date", message))
+    if leg.strike_offset is not None and leg.underlying_price is None:
+        problems.append(_field_error("underlying_price", "is required for a strike relative to ATM ({{close}})"))
     if leg.strike_price is not None and leg.strike_price <= 0:
         problems.append(_field_error("strike_price", f"must be > 0 for options, got {leg.strike_price}"))
     return problems
+
+
+def _relative(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Exception]]:
+    """`strike_price: "ATM+2"` and `expiry_date: "current_week"` become `strike_offset` / `expiry_ref`, resolved
+    per account from the broker's instrument master (`contracts.py`); a strike that starts like ATM but is not one
+    is refused here, not read as a number."""
+    taken = dict(raw)
+    problems: list[Exception] = []
+    strike = raw.get("strike_price")
+    if isinstance(strike, str) and strike.strip().upper().startswith("ATM"):
+        found = ATM.fullmatch(strike.strip())
+        del taken["strike_price"]
+        if found is None or (found.group(2) and int(found.group(2)) > MAX_STRIKE_OFFSET):
+            message = f"must be a number, ATM, ATM+N or ATM-N (N up to {MAX_STRIKE_OFFSET}), got {_shown(strike)}"
+            problems.append(_field_error("strike_price", message))
+        else:
+            sign, count = found.groups()
+            taken["strike_offset"] = (-1 if sign == "-" else 1) * int(count or 0)
+    expiry = raw.get("expiry_date")
+    if isinstance(expiry, str) and expiry.strip().lower() in set(ExpiryRef):
+        del taken["expiry_date"]
+        taken["expiry_ref"] = expiry.strip().lower()
+    return taken, problems
+
+
+def _target_defaults(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A target-position leg may leave out `transactionType` and `quantity`: the difference to the account's
+    position decides both (here: a placeholder BUY of 0, replaced before anything is sent)."""
+    if not any(raw.get(key) not in (None, "") for key in TARGET_KEYS):
+        return raw
+    taken = dict(raw)
+    if taken.get("quantity") in (None, ""):
+        taken["quantity"] = 0
+    if taken.get("transactionType") in (None, ""):
+        taken["transactionType"] = Side.BUY.value
+    return taken
 
 
 def _exit_quantity(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -389,6 +522,9 @@ def _register_scalars(converter: cattrs.Converter) -> None:
         Product,
         PositionAction,
         QuantityUnit,
+        MarketPosition,
+        QuantityType,
+        ExpiryRef,
     ):
         converter.register_structure_hook(enum_cls, _structure_enum)
     converter.register_structure_hook(int, _structure_int)
@@ -427,7 +563,8 @@ def _register_alert(converter: cattrs.Converter) -> None:
     _register_meta(converter)
 
     def leg_hook(raw: object, _: type) -> OrderLeg:
-        return _structure_leg(_exit_quantity(_expect_object(raw)), base_leg)
+        relative, problems = _relative(_target_defaults(_exit_quantity(_expect_object(raw))))
+        return _structure_leg(relative, base_leg, problems)
 
     def cancel_hook(raw: object, _: type) -> CancelLeg:
         return _structure_cancel(_expect_object(raw), base_cancel)
@@ -453,8 +590,11 @@ def _register_alert(converter: cattrs.Converter) -> None:
     )
 
 
-def _structure_leg(raw: Mapping[str, Any], base: Callable[[Mapping[str, Any], type], OrderLeg]) -> OrderLeg:
+def _structure_leg(
+    raw: Mapping[str, Any], base: Callable[[Mapping[str, Any], type], OrderLeg], early: Sequence[Exception] = ()
+) -> OrderLeg:
     raw, prefix, problems = _take_prefix(raw)
+    problems = [*early, *problems]
     try:
         leg = base(raw, OrderLeg)
     except ClassValidationError as e:

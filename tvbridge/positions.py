@@ -107,6 +107,10 @@ class SentExits:
         contracts = frozenset(contract_key(p.contract) for p in positions if p.product is leg.product)
         self._sent.setdefault(account, {})[client_order_id] = _Sent(product=leg.product, contracts=contracts)
 
+    def has(self, account: str) -> bool:
+        """Whether any exit this process sent on `account` may still be open (a target move then asks)."""
+        return bool(self._sent.get(account))
+
     def may_be_open(self, account: str, leg: OrderLeg, positions: Iterable[Position]) -> bool:
         """Whether an exit this process sent for these positions could still be open (then ask the broker)."""
         keys = {contract_key(p.contract) for p in positions if p.product is leg.product}
@@ -145,3 +149,77 @@ def closing_leg(position: Position) -> OrderLeg:
         strike_price=contract.strike_price,
         expiry_date=contract.expiry_date,
     )
+
+
+@attrs.frozen(kw_only=True)
+class Move:
+    """What a target-position leg does (`position_size` / `market_position`): `leg` is the plain order that moves
+    the position to the target (None: already there, nothing to send)."""
+
+    leg: OrderLeg | None
+    before: int
+    """The account's net position in the leg's contract and product (signed units) before the move."""
+    target: int
+    message: str
+
+
+def to_target(leg: OrderLeg, target: int, positions: Sequence[Position], pending: Sequence[OpenOrder] = ()) -> Move:
+    """The one order that takes the net position of `leg`'s contract in `leg`'s product to `target` (signed
+    units): the difference, so a reversal from +10 to -10 is one SELL of 20, and an alert repeated after its order
+    filled sends nothing. `pending` are orders this process sent earlier for the same contract and product that
+    are still open: what they will still fill counts as done (a resent alert does not move the position twice).
+    EXIT_ALL is the target 0 (`exit_all()` keeps its own wording). The order is the leg with the side and size of
+    the difference and no target fields; its order type and prices are kept."""
+    held = sum(p.net_quantity for p in positions if p.product is leg.product)
+    in_flight = sum(_remaining(o) for o in pending)
+    diff = target - held - in_flight
+    where = f"{leg.exchange} {leg.symbol} ({leg.product})"
+    flight = f" and {in_flight:+d} still to fill in open order(s) {', '.join(o.order_id for o in pending)}"
+    found = f"position {held}{flight if in_flight else ''} in {where}, target {target}"
+    if diff == 0:
+        return Move(leg=None, before=held, target=target, message=f"{found}: already there, no order sent")
+    side = Side.BUY if diff > 0 else Side.SELL
+    order = attrs.evolve(
+        leg, side=side, quantity=abs(diff), position_size=None, market_position=None, market_position_size=None
+    )
+    word = "BUY" if diff > 0 else "SELL"
+    reversal = " (a reversal, in one order)" if held and target and (held > 0) != (target > 0) else ""
+    return Move(leg=order, before=held, target=target, message=f"{found}: {word} {abs(diff)}{reversal}")
+
+
+def target_key(leg: OrderLeg) -> ContractKey:
+    """The contract and product a target leg names, as the alert names it (after tvbridge resolved relative
+    strikes and expiries): two alerts for one strategy name it alike."""
+    return (
+        leg.exchange,
+        leg.symbol.strip().upper(),
+        leg.instrument,
+        leg.expiry_date,
+        leg.strike_price,
+        leg.option_type,
+        leg.product,
+    )
+
+
+class SentMoves:
+    """The target-position orders this process sent, per account, until the broker no longer lists them as
+    open: an alert resent while its order is still open (a limit order resting, a live fill taking a moment)
+    finds it and does not send the difference again. In memory only, like `SentExits`."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, dict[str, ContractKey]] = {}
+
+    def remember(self, account: str, client_order_id: str, leg: OrderLeg) -> None:
+        self._sent.setdefault(account, {})[client_order_id] = target_key(leg)
+
+    def may_be_open(self, account: str, leg: OrderLeg) -> bool:
+        return target_key(leg) in self._sent.get(account, {}).values()
+
+    def still_open(self, account: str, leg: OrderLeg, open_orders: Iterable[OpenOrder]) -> list[OpenOrder]:
+        """The open orders sent for this contract and product; forgets those no longer open."""
+        mine = self._sent.get(account, {})
+        listed = {o.client_order_id: o for o in open_orders if o.client_order_id in mine}
+        for gone in set(mine) - set(listed):
+            del mine[gone]
+        key = target_key(leg)
+        return [order for cid, order in listed.items() if cid is not None and mine[cid] == key]

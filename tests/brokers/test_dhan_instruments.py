@@ -111,7 +111,7 @@ async def test_refresh_replaces_the_master(tmp_path: Path, master_server: Callab
 
     rows = await refresh_instruments(url, dest)
 
-    assert rows == 27
+    assert rows == 51
     assert dest.read_bytes() == sample_master_path().read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == [dest.name]
 

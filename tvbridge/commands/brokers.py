@@ -97,6 +97,8 @@ def capabilities_dict(capabilities: Capabilities) -> dict[str, Any]:
         "reconfigure": capabilities.reconfigure,
         "live": capabilities.live,
         "instrument_info": capabilities.instrument_info,
+        "listings": capabilities.listings,
+        "funds": capabilities.funds,
     }
 
 
@@ -127,4 +129,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  {'live:':<14}{'yes' if caps['live'] else 'no (simulated or dry-run)'}")
             lot_sizes = "yes (quantity_unit lots works on F&O)" if caps["instrument_info"] else "no (lots: equity only)"
             lines.append(f"  {'lot sizes:':<14}{lot_sizes}")
+            listings = "yes (ATM strikes, current_week)" if caps["listings"] else "no (strikes, expiries by value)"
+            lines.append(f"  {'listings:':<14}{listings}")
+            funds = "yes (percent_of_funds sizing)" if caps["funds"] else "no (no percent_of_funds)"
+            lines.append(f"  {'funds:':<14}{funds}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, ClassVar, Final, Self
 
 import attrs
@@ -45,6 +46,7 @@ from tvbridge.broker import (
     Capabilities,
     Health,
     InstrumentInfo,
+    Listings,
     OrderResult,
     OrderState,
     ReadinessCheck,
@@ -54,7 +56,13 @@ from tvbridge_brokers.dhan.client import DhanClient
 from tvbridge_brokers.dhan.errors import NO_DATA, REAUTH_HELP, TOKEN_EXPIRED, Answer
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master, sample_master_path
 from tvbridge_brokers.dhan.ledger import Entry, OrderLedger, ledger_path
-from tvbridge_brokers.dhan.mapping import build_place_order, check_client_order_id, resolve_contract, segment_for
+from tvbridge_brokers.dhan.mapping import (
+    build_place_order,
+    check_client_order_id,
+    listings_of,
+    resolve_contract,
+    segment_for,
+)
 from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.portfolio import open_order_of, position_of
@@ -147,6 +155,8 @@ class DhanBroker:
             readiness=True,
             token_expiry=self._settings.live,
             brackets=True,
+            listings=True,
+            funds=True,
         )
 
     @property
@@ -283,7 +293,36 @@ class DhanBroker:
         """The contract `place()` would resolve for `leg` and its lot size (`SEM_LOT_UNITS`), from the master
         alone: no HTTP, dry-run or live. tvbridge converts `quantity_unit = "lots"` with it."""
         contract = resolve_contract(leg, self._require_master(), today=self._clock().astimezone(IST).date())
-        return InstrumentInfo(trading_symbol=contract.trading_symbol, lot_size=contract.lot_size)
+        return InstrumentInfo(
+            trading_symbol=contract.trading_symbol, lot_size=contract.lot_size, security_id=contract.security_id
+        )
+
+    async def listings(self, leg: OrderLeg) -> Listings:
+        """The expiries and strikes the instrument master lists for the leg's underlying: no HTTP."""
+        return listings_of(leg, self._require_master())
+
+    async def funds(self) -> Decimal:
+        """Dhan's available balance (`get_fund_limits`, the call the health check makes), for `quantity_type:
+        percent_of_funds`. Read in dry-run too when the account has its credentials: reading sends nothing."""
+        if self._auth_failed:
+            raise BrokerAuthError(REAUTH_HELP)
+        if self._client is None:
+            raise BrokerUnavailableError(
+                "cannot read Dhan's fund limits: this account has no client_id and access_token"
+            )
+        answer = await self._client.call("get_fund_limits")
+        if answer.ok and isinstance(answer.data, dict):
+            # dhanhq 2.3 passes Dhan's field through as Dhan spells it: `availabelBalance`
+            raw = answer.data.get("availabelBalance", answer.data.get("availableBalance"))
+            try:
+                return Decimal(str(raw))
+            except (InvalidOperation, ValueError):
+                pass
+            raise BrokerUnavailableError(f"Dhan's fund limits carry no available balance (got {raw!r})")
+        if answer.error is not None:
+            self._check_auth(answer)
+            raise answer.error
+        raise BrokerUnavailableError(f"cannot read Dhan's fund limits: {answer.ambiguous}")
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         """Dhan's order with this correlation id, or None if Dhan says it has none. Dry-run: the dry-run

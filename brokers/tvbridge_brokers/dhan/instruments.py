@@ -239,6 +239,7 @@ class InstrumentMaster:
         self.source = source
         self._equities, self._futures, self._options, self._count = index
         self._by_id: dict[tuple[str, str], Row] | None = None
+        self._strikes: dict[tuple[str, str, str, str], list[Decimal]] | None = None
         self._option_expiries: dict[tuple[str, str], set[str]] = {}
         for exchange, underlying, expiry, _, _ in self._options:
             self._option_expiries.setdefault((exchange, underlying), set()).add(expiry)
@@ -308,6 +309,31 @@ class InstrumentMaster:
             f"strike_price {strike}: no {underlying} {option_type} strike on {wanted} "
             f"(nearest listed: {', '.join(str(s) for s in near) or 'none'})"
         )
+
+    def expiries(self, exchange: str, underlying: str, *, options: bool) -> list[date]:
+        """Every listed expiry of `underlying`'s options (or futures), ascending, expired ones included; raises
+        `BrokerRejectedError` with the closest names for an underlying the master does not list."""
+        if options:
+            found = self._option_expiries.get((exchange, underlying))
+            if not found:
+                names = {u for (e, u) in self._option_expiries if e == exchange}
+                raise BrokerRejectedError(_unknown(underlying, f"{exchange} options underlying", names))
+            return sorted(date.fromisoformat(text) for text in found)
+        listed = self._futures.get((exchange, underlying))
+        if not listed:
+            names = {u for (e, u) in self._futures if e == exchange}
+            raise BrokerRejectedError(_unknown(underlying, f"{exchange} futures underlying", names))
+        return sorted({date.fromisoformat(row[7]) for row in listed})
+
+    def strikes(self, exchange: str, underlying: str, *, expiry: date, option_type: str) -> list[Decimal]:
+        """The strikes listed for one expiry and CE/PE, ascending (empty when none); the index is built on first
+        use."""
+        if self._strikes is None:
+            grid: dict[tuple[str, str, str, str], list[Decimal]] = {}
+            for exch, under, when, strike, kind in self._options:
+                grid.setdefault((exch, under, when, kind), []).append(Decimal(strike))
+            self._strikes = {key: sorted(values) for key, values in grid.items()}
+        return list(self._strikes.get((exchange, underlying, expiry.isoformat(), option_type), []))
 
     def by_security_id(self, exchange: str, security_id: str) -> Contract | None:
         """The row Dhan means by `security_id` on `exchange` (NSE, BSE, MCX), or None: positions and orders that

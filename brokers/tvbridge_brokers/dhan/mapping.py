@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from tvbridge.broker import BrokerRejectedError, BrokerUnsupportedError
+from tvbridge.broker import BrokerRejectedError, BrokerUnsupportedError, Listings
 from tvbridge.models import Exchange, Instrument, OptionType, OrderLeg, OrderType, Product, Side
 
 if TYPE_CHECKING:
@@ -121,6 +121,27 @@ def check_client_order_id(client_order_id: str) -> None:
         raise BrokerRejectedError(
             f"client_order_id {client_order_id!r} is not a valid Dhan correlationId (1-25 of A-Z a-z 0-9 _ -)"
         )
+
+
+def listings_of(leg: OrderLeg, master: InstrumentMaster) -> Listings:
+    """What the master lists for the leg's underlying (`Broker.listings()`): its futures' or options' expiries,
+    and for an option leg naming its expiry and CE/PE, that expiry's strikes."""
+    segment = segment_for(leg.exchange, leg.instrument)
+    symbol = leg.symbol.strip().upper()
+    continuous = _CONTINUOUS.fullmatch(symbol)
+    if continuous:
+        symbol = continuous["underlying"]
+    if leg.instrument not in {Instrument.FUTURE, Instrument.OPTION, Instrument.CALL, Instrument.PUT}:
+        raise BrokerRejectedError(f"instrument {leg.instrument}: only futures and options have expiries and strikes")
+    options = leg.instrument is not Instrument.FUTURE
+    expiries = master.expiries(segment.exchange, symbol, options=options)
+    option_type = leg.option_type
+    if option_type is None and leg.instrument in {Instrument.CALL, Instrument.PUT}:
+        option_type = OptionType(leg.instrument.value)
+    strikes: list[Decimal] = []
+    if options and leg.expiry_date is not None and option_type is not None:
+        strikes = master.strikes(segment.exchange, symbol, expiry=leg.expiry_date, option_type=option_type.value)
+    return Listings(expiries=tuple(expiries), strikes=tuple(strikes))
 
 
 def resolve_contract(leg: OrderLeg, master: InstrumentMaster, *, today: date) -> Contract:

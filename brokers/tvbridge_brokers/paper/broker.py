@@ -43,11 +43,13 @@ from .settings import PaperSettings, parse_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from decimal import Decimal
 
     from tvbridge.broker import (
         BrokerContext,
         CancelRequest,
         InstrumentInfo,
+        Listings,
         OpenOrder,
         OrderRequest,
         OrderResult,
@@ -62,10 +64,10 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True)
+CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True, funds=True)
 """Every order type, product, exchange and instrument, positions and open orders through the interface (so
-EXIT_ALL and flatten work as they do live), and brackets: paper is where a trader tries anything first."""
-CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True)
+EXIT_ALL and flatten work as they do live), brackets and funds: paper is where a trader tries anything first."""
+CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True, listings=True)
 
 HEALTH_TIMEOUT_S: Final = 2.0
 
@@ -184,6 +186,19 @@ class PaperBroker:
             msg = "this paper account has no instrument master (instruments_path), so it knows no lot sizes"
             raise BrokerUnsupportedError(msg)
         return self._require_rules().info(leg)
+
+    async def listings(self, leg: OrderLeg) -> Listings:
+        """The expiries and strikes the instrument master lists (as the dhan broker reads them). Declared only
+        with `instruments_path`; without one, `BrokerUnsupportedError`."""
+        if self._settings.instruments_path is None:
+            msg = "this paper account has no instrument master (instruments_path), so it lists no strikes or expiries"
+            raise BrokerUnsupportedError(msg)
+        return self._require_rules().listings(leg)
+
+    async def funds(self) -> Decimal:
+        """The paper account's `funds` setting (default 1,000,000 rupees), for `quantity_type: percent_of_funds`.
+        A fixed figure, not the cash left after simulated trades: paper keeps no margin ledger."""
+        return self._settings.funds
 
     def _require_rules(self) -> DhanRules:
         if self._rules is None:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Self
 import attrs
 
 from tvbridge.brackets import is_bracket
-from tvbridge.broker import BrokerError, InstrumentInfo
+from tvbridge.broker import BrokerError, InstrumentInfo, Listings
 from tvbridge.models import Instrument
 from tvbridge_brokers.dhan.broker import IST
 from tvbridge_brokers.dhan.instruments import InstrumentMaster, MasterFormatError, load_master
 from tvbridge_brokers.dhan.mapping import _CONTINUOUS as CONTINUOUS  # the dhan broker's own reading of NIFTY1!
-from tvbridge_brokers.dhan.mapping import build_place_order, resolve_contract
+from tvbridge_brokers.dhan.mapping import build_place_order, listings_of, resolve_contract
 from tvbridge_brokers.dhan.superorders import check_super_entry
 
 if TYPE_CHECKING:
@@ -59,7 +59,13 @@ class DhanRules:
 
     def info(self, leg: OrderLeg) -> InstrumentInfo:
         contract = self.contract(leg)
-        return InstrumentInfo(trading_symbol=contract.trading_symbol, lot_size=contract.lot_size)
+        return InstrumentInfo(
+            trading_symbol=contract.trading_symbol, lot_size=contract.lot_size, security_id=contract.security_id
+        )
+
+    def listings(self, leg: OrderLeg) -> Listings:
+        """The expiries and strikes the master lists, read by the dhan broker's own function."""
+        return listings_of(leg, self._master)
 
     @staticmethod
     def booked_symbol(symbol: str) -> str:

@@ -9,6 +9,7 @@ Keys::
     broker = "paper"
     db_path = "paper-paper.sqlite3"   # default: <data_dir>/paper-<account>.sqlite3; relative to data_dir
     instruments_path = "data/dhan-api-scrip-master.csv"  # optional: Dhan's instrument master, see master.py
+    funds = 1000000                   # rupees `quantity_type = "percent_of_funds"` takes a percentage of
     [accounts.paper.prices]           # reference prices, per contract or EXCHANGE:contract (looked up first)
     RELIANCE = 2900.5
     "NSE:INFY" = "1500.25"
@@ -34,7 +35,8 @@ import attrs
 if TYPE_CHECKING:
     from tvbridge.broker import BrokerContext
 
-KNOWN_KEYS: Final = ("db_path", "prices", "synchronous", "instruments_path")
+KNOWN_KEYS: Final = ("db_path", "prices", "synchronous", "instruments_path", "funds")
+DEFAULT_FUNDS: Final = Decimal(1_000_000)
 IGNORED_KEYS: Final = frozenset({"broker"})
 """The entry point name; tvbridge strips it, but a table passed whole must not fail on it."""
 
@@ -49,6 +51,8 @@ class PaperSettings:
     instruments_path: Path | None = None
     """Dhan's instrument master (the file a dhan account reads): paper then resolves symbols and lot sizes and
     refuses what Dhan would (`master.py`). None: any symbol and quantity is accepted."""
+    funds: Decimal = DEFAULT_FUNDS
+    """The available funds `quantity_type: percent_of_funds` sizes from (a fixed figure: paper keeps no margin)."""
 
 
 def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> PaperSettings:
@@ -67,7 +71,9 @@ def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> Pa
     if instruments is not None and (not isinstance(instruments, str | os.PathLike) or not os.fspath(instruments)):
         msg = f"instruments_path: expected a file path, got {instruments!r}"
         raise ValueError(msg)
+    funds = DEFAULT_FUNDS if settings.get("funds") is None else _parse_price("funds", settings.get("funds"))
     return PaperSettings(
+        funds=funds,
         db_path=db_path,
         prices=prices,
         synchronous=str(synchronous),

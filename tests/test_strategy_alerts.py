@@ -1,0 +1,505 @@
+"""Strategy alerts on paper, through the real app: target positions (`position_size`, `market_position`), options
+chosen relative to the market (`strike_price: ATM+N`, `expiry_date: current_week`) and sizing (`quantity_type`,
+`quantity_multiplier`). Paper reads Dhan's shipped sample master, so the contracts are the ones Dhan would take."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import alert, leg, now_iso, with_accounts
+
+from tvbridge.app import create_app
+from tvbridge.config import load_config
+from tvbridge.errors import ConfigError
+from tvbridge.keys import BROKERS, CREDENTIALS
+from tvbridge.secretstore import resolve_credentials
+from tvbridge.sessions import EXCHANGE_TZ
+from tvbridge_brokers.dhan.instruments import sample_master_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiohttp.test_utils import TestClient
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+    from tvbridge_brokers.paper import PaperBroker
+    from tvbridge_brokers.paper.models import PaperOrder
+
+PRICES = {"RELIANCE": 2900, "INFY": 1500}
+
+
+def on_paper(config: Config, **extra: Any) -> Config:
+    account = {"broker": "paper", "prices": PRICES, "instruments_path": str(sample_master_path()), **extra}
+    return with_accounts(config, {"paper": account})
+
+
+def target(size: int | None = None, n: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A Pine strategy's leg: no transactionType, no quantity, the position it wants; `n` makes each alert
+    distinct (a real strategy's alerts differ in time), so dedupe does not answer for tvbridge."""
+    body = leg(**overrides)
+    body.pop("transactionType")
+    body.pop("quantity")
+    if size is not None:
+        body["position_size"] = str(size)
+    body["meta"] = {"interval": "5", "time": f"2026-12-01T09:{15 + n:02d}:00Z", "timenow": now_iso()}
+    return body
+
+
+async def post(client: Any, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    response = await client.post("/webhook", json=body)
+    assert response.status == status, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+def csv_rows(config: Config) -> list[dict[str, str]]:
+    with config.data_path(config.order_log.file).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+async def positions(client: Any, account: str = "paper") -> dict[str, int]:
+    found = await client.app[BROKERS][account].positions()
+    return {p.contract.symbol: p.net_quantity for p in found}
+
+
+async def paper_orders(client: Any, account: str = "paper") -> list[PaperOrder]:
+    paper: PaperBroker = client.app[BROKERS][account]
+    return await paper.orders()
+
+
+async def stored(client: Any, alert_id: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+    answer: dict[str, Any] = await (await client.get(f"/alerts/{alert_id}", headers=headers)).json()
+    return answer
+
+
+# target positions
+
+
+async def test_long_10_short_10_flat_each_one_alert(make_client: ClientFactory, config: Config) -> None:
+    """Long 10 buys 10; short 10 is one SELL of 20 (a reversal); flat buys 10 back. The response, the order log
+    and the journal show the position before, the target and what was sent."""
+    config = on_paper(config)
+    client = await make_client(config)
+
+    sent, messages = [], []
+    for n, size in enumerate((10, -10, 0)):
+        body = await post(client, alert(target(size, n)))
+        [result] = body["results"]
+        assert result["status"] == "success", result
+        sent.append((result["transaction"], result["quantity"], result["position_before"], result["position_target"]))
+        messages.append(result["message"])
+        assert (await positions(client)).get("RELIANCE", 0) == size
+    assert sent == [("B", "10", 0, 10), ("S", "20", 10, -10), ("B", "10", -10, 0)]
+    assert messages[1].startswith("position 10 in NSE RELIANCE (C), target -10: SELL 20 (a reversal, in one order)")
+    journal = await stored(client, body["alert_id"])
+    assert (journal["legs"][0]["result"]["position_before"], journal["legs"][0]["result"]["position_target"]) == (
+        -10,
+        0,
+    )
+    rows = csv_rows(config)
+    assert [(r["transaction"], r["quantity"]) for r in rows] == [("B", "10"), ("S", "20"), ("B", "10")]
+    assert "position 10 in NSE RELIANCE (C), target -10: SELL 20" in rows[1]["message"]
+
+
+async def test_market_position_with_its_size_is_the_same_target(make_client: ClientFactory, config: Config) -> None:
+    """`market_position: short` with `market_position_size: 5` is a target of -5; `flat` closes it."""
+    client = await make_client(on_paper(config))
+
+    short = await post(client, alert(target(n=1, market_position="short", market_position_size="5")))
+    flat = await post(client, alert(target(n=2, market_position="flat")))
+
+    assert [(r["transaction"], r["quantity"]) for b in (short, flat) for r in b["results"]] == [("S", "5"), ("B", "5")]
+    assert await positions(client) == {}
+
+
+async def test_the_same_target_twice_sends_once(make_client: ClientFactory, config: Config) -> None:
+    """A resent target (a TradingView retry, a strategy repeating itself) finds the position there: nothing sent,
+    success, and the message says so."""
+    config = on_paper(config)
+    client = await make_client(config)
+
+    first = await post(client, alert(target(10, 1)))
+    second = await post(client, alert(target(10, 2)))
+
+    assert first["results"][0]["quantity"] == "10"
+    [again] = second["results"]
+    assert (again["status"], again["transaction"], again["quantity"], again["order_id"]) == ("success", "", "0", None)
+    assert again["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
+    assert len(await paper_orders(client)) == 1
+    assert await positions(client) == {"RELIANCE": 10}
+
+
+async def test_a_lost_alert_is_corrected_by_the_next(make_client: ClientFactory, config: Config) -> None:
+    """Long 10, then the strategy goes flat (that alert is lost), then short 10: the short alert sells 20, so the
+    account ends where the strategy is."""
+    client = await make_client(on_paper(config))
+
+    await post(client, alert(target(10, 1)))
+    # alert(target(0, 2)) never arrives
+    body = await post(client, alert(target(-10, 3, transactionType="S", quantity="10")))
+
+    [result] = body["results"]
+    assert (result["transaction"], result["quantity"], result["position_before"]) == ("S", "20", 10)
+    assert await positions(client) == {"RELIANCE": -10}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"position_size": "-10", "market_position": "long"},
+            "order_legs[0].market_position: long contradicts position_size -10",
+        ),
+        (
+            {"position_size": "10", "market_position": "long", "market_position_size": "5"},
+            "order_legs[0].market_position_size: 5 contradicts position_size 10",
+        ),
+        (
+            {"market_position": "flat", "market_position_size": "5"},
+            "order_legs[0].market_position_size: 5 contradicts market_position flat",
+        ),
+        (
+            {"position_size": "0", "manage_position": "EXIT_ALL"},
+            "order_legs[0].manage_position: EXIT_ALL contradicts a target position (position_size 0 closes it)",
+        ),
+    ],
+)
+async def test_a_contradiction_is_refused_showing_both(
+    make_client: ClientFactory, config: Config, fields: dict[str, str], expected: str
+) -> None:
+    """An alert that says two different things about the target is a 422 naming both values; nothing is sent."""
+    client = await make_client(on_paper(config))
+
+    body = await post(client, alert({**target(), **fields}), status=422)
+
+    assert expected in body["errors"], body["errors"]
+    assert await paper_orders(client) == []
+
+
+async def test_a_target_in_lots_times_the_multiplier_on_one_of_two_accounts(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Two paper accounts, `quantity_multiplier = 2` on one: position_size 1 lot of NIFTY futures is 65 units on
+    the shadow and 130 on the doubled account, each read and moved on its own."""
+    master = str(sample_master_path())
+    accounts: dict[str, dict[str, Any]] = {
+        "live": {"broker": "paper", "instruments_path": master, "quantity_multiplier": 2, "quantity_unit": "lots"},
+        "shadow": {"broker": "paper", "instruments_path": master, "quantity_unit": "lots"},
+    }
+    client = await make_client(with_accounts(config, accounts))
+    nifty = {"exchange": "NFO", "symbol": "NIFTY1!", "instrument": "FUT", "productType": "M", "price": "24000"}
+
+    body = await post(client, alert(target(1, 1, orderType="LMT", **nifty)))
+    again = await post(client, alert(target(-1, 2, orderType="LMT", **nifty)))
+
+    quantities = {r["account"]: (r["transaction"], r["quantity"]) for r in body["results"]}
+    assert quantities == {"live": ("B", "130"), "shadow": ("B", "65")}
+    reversed_ = {r["account"]: (r["transaction"], r["quantity"], r["position_target"]) for r in again["results"]}
+    assert reversed_ == {"live": ("S", "260", -130), "shadow": ("S", "130", -65)}
+    assert "target 1 lot(s) x quantity_multiplier 2 = 130 units" in body["results"][0]["message"]
+
+
+# sizing
+
+
+@pytest.mark.parametrize(
+    ("fields", "quantity", "note"),
+    [
+        (
+            {"quantity_type": "capital", "quantity": "100000", "price": "2900"},
+            "34",
+            "sized: capital 100000 / price 2900 = 34.48 units, rounded down to 34",
+        ),
+        (
+            {"quantity_type": "percent_of_funds", "quantity": "10", "price": "2900"},
+            "6",
+            "sized: 10% of funds 200000 = 20000 / price 2900 = 6.9 units, rounded down to 6",
+        ),
+        (
+            {"quantity_type": "risk", "quantity": "1000", "price": "2900", "triggerPrice": "2880"},
+            "50",
+            "sized: risk 1000 / |price 2900 - stop 2880| 20 = 50 units, rounded down to 50",
+        ),
+    ],
+)
+async def test_each_sizing_type_on_equity(
+    make_client: ClientFactory, config: Config, fields: dict[str, str], quantity: str, note: str
+) -> None:
+    """capital, percent_of_funds (paper's `funds` setting) and risk: the units sent, and how they were computed
+    in the answer and the order log."""
+    config = on_paper(config, funds=200000)
+    client = await make_client(config)
+
+    body = await post(client, alert(leg(orderType="LMT", **fields)))
+
+    [result] = body["results"]
+    assert (result["status"], result["quantity"]) == ("success", quantity), result
+    assert result["message"].startswith(note), result["message"]
+    [order] = await paper_orders(client)
+    assert order.quantity == int(quantity)
+    [row] = csv_rows(config)
+    assert (row["quantity"], row["message"].startswith(note)) == (quantity, True)
+
+
+async def test_sizing_rounds_down_to_whole_lots_and_refuses_below_one_lot(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """capital 2,000,000 at 24000 is 83.33 NIFTY units: one lot of 65 is sent; 1,000,000 is 41.67 units, below
+    one lot: refused with the numbers, nothing sent, never rounded up."""
+    client = await make_client(on_paper(config))
+    nifty = {"exchange": "NFO", "symbol": "NIFTY1!", "instrument": "FUT", "productType": "M", "orderType": "LMT"}
+
+    one_lot = await post(client, alert(leg(quantity_type="capital", quantity="2000000", price="24000", **nifty)))
+    too_small = await post(client, alert(leg(quantity_type="capital", quantity="1000000", price="24000", **nifty)))
+
+    assert one_lot["results"][0]["quantity"] == "65"
+    assert "rounded down to 65 (1 lot(s) of 65)" in one_lot["results"][0]["message"]
+    [refused] = too_small["results"]
+    assert refused["status"] == "failed"
+    assert refused["message"] == (
+        "not sent: quantity_type capital: capital 1000000 / price 24000 = 41.67 units, below one lot of 65 units"
+        " of NIFTY1!: not sent (never rounded up)"
+    )
+    assert len(await paper_orders(client)) == 1
+
+
+async def test_the_multiplier_scales_one_account_and_risk_limits_see_the_final_quantity(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """quantity 10 with `quantity_multiplier = 2` on one of two accounts: 20 there, 10 on the other; an account
+    whose max_qty_per_order is under the multiplied quantity refuses it."""
+    accounts: dict[str, dict[str, Any]] = {
+        "live": {"broker": "paper", "prices": PRICES, "quantity_multiplier": 2},
+        "shadow": {"broker": "paper", "prices": PRICES},
+        "capped": {"broker": "paper", "prices": PRICES, "quantity_multiplier": 3, "max_qty_per_order": 25},
+    }
+    client = await make_client(with_accounts(config, accounts))
+
+    body = await post(client, alert(leg(quantity="10")))
+
+    results = {r["account"]: (r["status"], r["quantity"]) for r in body["results"]}
+    assert results == {"live": ("success", "20"), "shadow": ("success", "10"), "capped": ("failed", "30")}
+    capped = next(r for r in body["results"] if r["account"] == "capped")
+    assert "risk: quantity 30 is over max_qty_per_order 25" in capped["message"]
+    assert [o.quantity for o in await paper_orders(client, "live")] == [20]
+    assert await paper_orders(client, "capped") == []
+
+
+async def test_sizing_needs_a_price(make_client: ClientFactory, config: Config) -> None:
+    """capital sizing without a price cannot be computed: 422 naming price."""
+    client = await make_client(on_paper(config))
+
+    body = await post(client, alert(leg(quantity_type="capital", quantity="100000")), status=422)
+
+    assert "order_legs[0].price: must be > 0 for quantity_type capital (sizing uses it)" in body["errors"]
+
+
+# options relative to the market
+
+NIFTY_OPTION = {"exchange": "NFO", "symbol": "NIFTY", "instrument": "OPT", "productType": "M", "orderType": "LMT"}
+
+
+@pytest.mark.parametrize(
+    ("option_type", "strike", "expected"),
+    [
+        ("CE", "ATM", "24000"),
+        ("CE", "ATM+2", "24100"),
+        ("CE", "ATM-1", "23950"),
+        ("PE", "ATM", "24000"),
+        ("PE", "ATM+2", "23900"),
+        ("PE", "ATM-1", "24050"),
+    ],
+)
+async def test_atm_strikes_from_the_master_and_the_underlying_price(
+    make_client: ClientFactory, config: Config, option_type: str, strike: str, expected: str
+) -> None:
+    """NIFTY at 24012.35 on the 2026-12-08 grid (50 apart): ATM is 24000; +N is out of the money (higher for CE,
+    lower for PE), -N in the money. The chosen contract is in the answer, the journal and the order log row."""
+    config = on_paper(config)
+    client = await make_client(config)
+    body_leg = leg(
+        **NIFTY_OPTION,
+        option_type=option_type,
+        strike_price=strike,
+        expiry_date="2026-12-08",
+        underlying_price="24012.35",
+        quantity="65",
+        price="100",
+    )
+
+    body = await post(client, alert(body_leg))
+
+    [result] = body["results"]
+    assert result["status"] == "success", result
+    contract = f"NIFTY-Dec2026-{expected}-{option_type} (expiry 2026-12-08, strike {expected}, security_id "
+    assert result["contract"].startswith(contract), result["contract"]
+    assert result["message"].startswith(contract)
+    [order] = await paper_orders(client)
+    assert str(order.strike_price) == expected
+    assert csv_rows(config)[0]["message"].startswith(contract)
+    assert (await stored(client, body["alert_id"]))["legs"][0]["result"]["contract"] == result["contract"]
+
+
+async def test_a_strike_off_the_grid_is_refused_with_the_nearest_listed(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """ATM+5 for CE at 24012.35 would be 24250; the grid ends at 24200: refused, the nearest strikes named."""
+    client = await make_client(on_paper(config))
+    body_leg = leg(
+        **NIFTY_OPTION,
+        option_type="CE",
+        strike_price="ATM+5",
+        expiry_date="2026-12-08",
+        underlying_price="24012.35",
+        quantity="65",
+        price="100",
+    )
+
+    body = await post(client, alert(body_leg))
+
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert result["message"] == (
+        "not sent: strike_price ATM+5: ATM is 24000 at underlying_price 24012.35, and NIFTY CE on 2026-12-08 lists"
+        " no strike 5 step(s) above it (nearest listed: 23850, 23900, 23950, 24000, 24050, 24100, 24150); nothing"
+        " was sent"
+    )
+    assert await paper_orders(client) == []
+
+
+async def app_at(aiohttp_client: Any, converter: Any, config: Config, moment: datetime) -> TestClient[Any, Any]:
+    """The real app standing at `moment` (the injected clock, as `TVBRIDGE_TEST_NOW` does for a process)."""
+    app = create_app(config, converter, resolve_credentials(config), clock=lambda: moment)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("moment", "ref", "expected"),
+    [
+        (datetime(2026, 12, 8, 10, 0, tzinfo=EXCHANGE_TZ), "current_week", "2026-12-08"),
+        (datetime(2026, 12, 8, 15, 29, tzinfo=EXCHANGE_TZ), "current_week", "2026-12-08"),
+        (datetime(2026, 12, 8, 15, 30, tzinfo=EXCHANGE_TZ), "current_week", "2026-12-15"),
+        (datetime(2026, 12, 9, 9, 20, tzinfo=EXCHANGE_TZ), "current_week", "2026-12-15"),
+        (datetime(2026, 12, 8, 10, 0, tzinfo=EXCHANGE_TZ), "next_week", "2026-12-15"),
+        (datetime(2026, 12, 8, 10, 0, tzinfo=EXCHANGE_TZ), "current_month", "2026-12-29"),
+    ],
+)
+async def test_relative_expiry_on_and_after_an_expiry_day(
+    aiohttp_client: Any, converter: Any, config: Config, *, moment: datetime, ref: str, expected: str
+) -> None:
+    """An expiry day is current until the NSE close (15:30 IST) and the next weekly after it; current_month is the
+    month's last listed expiry. Exchange time, from the app's injected clock."""
+    client = await app_at(aiohttp_client, converter, on_paper(config), moment)
+    body_leg = leg(
+        **NIFTY_OPTION,
+        option_type="CE",
+        strike_price="24000",
+        expiry_date=ref,
+        quantity="65",
+        price="100",
+    )
+
+    body = await post(client, alert(body_leg))
+
+    [result] = body["results"]
+    assert result["status"] == "success", result
+    assert f"(expiry {expected}, strike 24000, security_id" in result["contract"]
+    [order] = await paper_orders(client)
+    assert order.expiry_date is not None
+    assert order.expiry_date.isoformat() == expected
+
+
+async def test_a_relative_expiry_that_is_not_listed_is_refused_with_the_listed_ones(
+    aiohttp_client: Any, converter: Any, config: Config
+) -> None:
+    """next_month on 2026-12-08: the sample lists no January NIFTY options: refused, unexpired expiries named."""
+    client = await app_at(aiohttp_client, converter, on_paper(config), datetime(2026, 12, 8, 10, tzinfo=EXCHANGE_TZ))
+    body_leg = leg(**NIFTY_OPTION, option_type="PE", strike_price="24000", expiry_date="next_month", price="100")
+
+    body = await post(client, alert(body_leg))
+
+    assert body["results"][0]["message"] == (
+        "not sent: expiry_date next_month: no such expiry listed at 2026-12-08 10:00 IST (unexpired listed:"
+        " 2026-12-08, 2026-12-15, 2026-12-29); nothing was sent"
+    )
+
+
+async def test_futures_by_month(aiohttp_client: Any, converter: Any, config: Config) -> None:
+    """Futures are monthly: current_month is December's NIFTY future, next_month January's."""
+    client = await app_at(aiohttp_client, converter, on_paper(config), datetime(2026, 12, 8, 10, tzinfo=EXCHANGE_TZ))
+    future = {**NIFTY_OPTION, "instrument": "FUT", "quantity": "65", "price": "24000"}
+
+    current = await post(client, alert(leg(**future, expiry_date="current_month")))
+    following = await post(client, alert(leg(**future, expiry_date="next_month", sort_order="2")))
+
+    assert current["results"][0]["contract"] == "NIFTY-Dec2026-FUT (expiry 2026-12-29, security_id 52175)"
+    assert following["results"][0]["contract"] == "NIFTY-Jan2027-FUT (expiry 2027-01-25, security_id 52181)"
+
+
+async def test_relative_contracts_need_a_master(make_client: ClientFactory, config: Config) -> None:
+    """A paper account without instruments_path lists no strikes: the leg fails before sending, naming the
+    capability."""
+    client = await make_client(with_accounts(config, {"paper": {"broker": "paper"}}))
+    body_leg = leg(**NIFTY_OPTION, option_type="CE", strike_price="ATM", expiry_date="2026-12-08", price="100")
+
+    body = await post(client, alert({**body_leg, "underlying_price": "24000"}))
+
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert "needs the broker capability `listings`" in result["message"]
+
+
+async def test_exit_all_closes_the_whole_position_whatever_the_multiplier(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An EXIT_ALL leg on an account with quantity_multiplier 3 closes the position it finds, not 3 times it."""
+    client = await make_client(on_paper(config, quantity_multiplier=3))
+    await post(client, alert(leg(quantity="5")))  # 15 bought: the multiplier applies to orders
+
+    exit_leg = {**leg(), "manage_position": "EXIT_ALL"}
+    exit_leg.pop("quantity")
+    body = await post(client, alert(exit_leg))
+
+    assert body["results"][0]["quantity"] == "15", body
+    assert await positions(client) == {}
+
+
+async def test_a_broker_without_positions_or_funds_refuses_before_sending(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The scripted test broker declares neither `positions` nor `funds`: a target and a percent_of_funds leg
+    fail naming the capability, and nothing reaches the broker."""
+    client = await make_client(with_accounts(config, {"sim": {"broker": "scripted"}}))
+
+    body = await post(
+        client,
+        alert(
+            target(10, 1),
+            leg(quantity_type="percent_of_funds", quantity="10", price="100", sort_order="2"),
+        ),
+    )
+
+    first, second = body["results"]
+    assert first["status"] == "failed"
+    assert "needs the broker capability `positions`" in first["message"]
+    assert second["status"] == "skipped"
+    body = await post(client, alert(leg(quantity_type="percent_of_funds", quantity="10", price="101")))
+    assert "needs the broker capability `funds`" in body["results"][0]["message"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])
+def test_a_bad_quantity_multiplier_stops_the_start(tmp_path: Path, converter: Any, value: str) -> None:
+    """`quantity_multiplier` must be a number > 0 and <= 1000: anything else names the key and does not start."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[accounts.paper]\nbroker = "paper"\nquantity_multiplier = {value}\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, converter, {"WEBHOOK_SECRET": "x" * 32}, tmp_path)
+
+    assert str(caught.value).startswith("accounts.paper.quantity_multiplier: must be a number > 0 and <= 1000")
