@@ -8,9 +8,13 @@ encoding, JSON escaping, base64 at each alignment, as HTTP Basic auth carries it
 kind and where it was found. The Dhan account is live against the fake Dhan API (tests/support/fake_dhan.py),
 so the access token travels the real path: the dhanhq client, its `requests` session, our ledger and logs.
 
-Not covered because the dhan account does not accept them yet: the Dhan PIN and TOTP secret (issue 17 adds them;
-add them to `SECRETS` here when it does). The log level is `debug`: an operator who turns it up for a bad day must
-not publish their tokens with it.
+The Dhan PIN and TOTP secret are used, not only configured: after the SIGHUP renewal Dhan drops the token (DH-901)
+and the next order makes the account generate a new one from PIN + TOTP (dhanhq's `DhanLogin` against the fake's
+auth server), which it stores and then places with. That generated token is a secret too; it is searched for like
+the others, except in the one file made to hold it (`dhan-dhan.token`, mode 0600). The PIN and the TOTP code are
+query parameters of the generation request on purpose: that request is the one place they may appear.
+
+The log level is `debug`: an operator who turns it up for a bad day must not publish their tokens with it.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from typing import Final
 from urllib.parse import quote
 
 import attrs
+import pyotp
 from aiohttp import web
 from fake_dhan import CLIENT_ID, FakeDhan
 from helpers import alert, leg
 from server_process import ServerProcess
 
 from tvbridge_brokers.dhan.instruments import sample_master_path
+from tvbridge_brokers.dhan.token import GENERATE_PATH, token_path
 
 NOTIFY_WAIT_S: Final = 20.0
 EVENT_WAIT_S: Final = 20.0
@@ -44,6 +50,13 @@ def _random() -> str:
     """A value no other secret shares a substring with: `token_hex` keeps it free of characters that a URL, TOML
     or JSON would escape, so the search for its encodings is the search for a leak, not for our own quoting."""
     return secrets.token_hex(20)
+
+
+def _pin() -> str:
+    """A real Dhan PIN is 6 digits, but any 6 digits would turn up in order ids, timestamps and metrics, and a
+    search for it would find leaks that are not. A long random digit string keeps the PIN's kind (digits, what
+    dhanhq sends in the generation URL) and makes a match a leak."""
+    return str(secrets.randbelow(10**30)).zfill(30)
 
 
 @attrs.frozen
@@ -108,11 +121,19 @@ def encodings(value: str) -> dict[str, bytes]:
     return forms
 
 
-def leaks(needles: dict[str, str], places: dict[str, bytes]) -> list[str]:
+def leaks(
+    needles: dict[str, str], places: dict[str, bytes], on_purpose: dict[str, frozenset[str]] | None = None
+) -> list[str]:
+    """Where each needle is found, in any encoding; `on_purpose` names, per kind, the places made to hold it."""
+    allowed = on_purpose or {}
     found = []
     for kind, value in needles.items():
         for form, needle in encodings(value).items():
-            found += [f"{kind} ({form}) in {where}" for where, text in places.items() if needle in text]
+            found += [
+                f"{kind} ({form}) in {where}"
+                for where, text in places.items()
+                if needle in text and where not in allowed.get(kind, frozenset())
+            ]
     return found
 
 
@@ -229,7 +250,7 @@ KINDS: Final = (
 )
 
 
-def write_config(path: Path, values: dict[str, str], *, data_dir: Path, dhan_url: str, notify_port: int) -> None:
+def write_config(path: Path, values: dict[str, str], *, data_dir: Path, dhan: FakeDhan, notify_port: int) -> None:
     """Every secret set; the file lives outside the data directory, where it holds them on purpose. A live Dhan
     account and a paper one; debug logs; the lockout after failed authentications out of the way."""
     master = path.parent / "master.csv"
@@ -266,7 +287,10 @@ broker = "dhan"
 client_id = "{CLIENT_ID}"
 access_token = "{values["Dhan access token"]}"
 live = true
-base_url = "{dhan_url}"
+base_url = "{dhan.base_url}"
+auth_url = "{dhan.auth_url}"
+pin = "{values["Dhan PIN"]}"
+totp_secret = "{values["Dhan TOTP secret"]}"
 instruments_path = {json.dumps(str(master))}
 [accounts.paper]
 broker = "paper"
@@ -289,25 +313,55 @@ def outgoing(client: Client, server: ServerProcess, receiver: Receiver, fake: Fa
     for n, body in enumerate(receiver.bodies, start=1):
         places[f"body of notification {n}"] = body
     for n, request in enumerate(fake.requests, start=1):
+        # for the generation call the fake records the query (dhanClientId, pin, totp) as the body
         places[f"body of request {n} to Dhan ({request.method} {request.path})"] = json.dumps(request.body).encode()
     return places
+
+
+def generated_and_used(fake: FakeDhan, data_dir: Path, dhan_token: str, renewed: str) -> str:
+    """The token generated from PIN + TOTP after Dhan dropped the renewed one, checked to have been used: SBIN
+    refused once with DH-901, then placed with the new token, which the account stored (0600)."""
+    assert len(fake.issued) == 1, fake.issued  # one generation, no RenewToken
+    new_token = fake.issued[0]
+    assert [o["securityId"] for o in fake.placed()] == ["2885", "1594", "11536", "3045", "3045"]
+    assert sorted(o["securityId"] for o in fake.orders.values()) == ["11536", "1594", "2885", "3045"]
+    assert [r.path for r in fake.token_calls()] == [GENERATE_PATH]
+    assert {r.token for r in fake.requests if r.path != GENERATE_PATH} == {dhan_token, renewed, new_token}
+    assert [r.token for r in fake.requests if r.path == "/v2/orders"][-2:] == [renewed, new_token]
+    assert token_path(data_dir, "dhan").read_text().strip() == new_token
+    assert token_path(data_dir, "dhan").stat().st_mode & 0o777 == 0o600
+    return new_token
+
+
+def sent_on_purpose(places: dict[str, bytes], data_dir: Path) -> dict[str, frozenset[str]]:
+    """The places made to hold a secret: the PIN in the generation request (dhanhq sends it in the URL, as Dhan's
+    API wants), the generated token in the account's token store (kept there across restarts, mode 0600)."""
+    store = f"file {token_path(data_dir, 'dhan').relative_to(data_dir)}"
+    generation = frozenset(where for where in places if where.endswith(f"(POST {GENERATE_PATH})"))
+    assert len(generation) == 1, generation
+    return {
+        "Dhan PIN": generation,
+        "Dhan token generated from PIN + TOTP": frozenset({store, f"{store} (while running)"}),
+    }
 
 
 async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
     """Each configured secret appears nowhere it was not sent to on purpose: not in a data file, a response, the
     console output, a notification's text, or an order sent to the broker; nor does a Dhan token renewed on the
-    running server (config file + SIGHUP, the documented way)."""
-    values = {kind: _random() for kind in KINDS}
+    running server (config file + SIGHUP, the documented way), nor the PIN, the TOTP secret or the token they
+    generate when Dhan later rejects the running one."""
+    values = {kind: _random() for kind in KINDS} | {"Dhan PIN": _pin(), "Dhan TOTP secret": pyotp.random_base32()}
     secret, path_token, admin = (values[k] for k in ("webhook secret", "path token", "admin token"))
     dhan_token, renewed = values["Dhan access token"], values["renewed Dhan access token"]
     fake = FakeDhan()
     await fake.start()
     fake.valid_tokens = {dhan_token}
+    fake.pin, fake.totp_secret = values["Dhan PIN"], values["Dhan TOTP secret"]
     receiver = Receiver()
     await receiver.start()
     data_dir = tmp_path / "data"
     config = tmp_path / "config.toml"
-    write_config(config, values, data_dir=data_dir, dhan_url=fake.base_url, notify_port=receiver.port)
+    write_config(config, values, data_dir=data_dir, dhan=fake, notify_port=receiver.port)
     server = ServerProcess(tmp_path, {}, ["--config", str(config), "serve"])
     try:
         await asyncio.to_thread(server.start)
@@ -320,6 +374,9 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
         await wait_for_event(server, "broker.reconfigured")
         after = await asyncio.to_thread(client.webhook, alert(leg(symbol="TCS", quantity="1"), secret=secret))
         assert after.status == 200, after.body
+        fake.valid_tokens = set()  # Dhan drops the renewed token: the next order gets DH-901, then PIN + TOTP
+        generated = await asyncio.to_thread(client.webhook, alert(leg(symbol="SBIN", quantity="1"), secret=secret))
+        assert generated.status == 200, generated.body
         places = {f"{where} (while running)": text for where, text in data_files(data_dir).items()}
     finally:
         code = await asyncio.to_thread(server.stop)
@@ -328,15 +385,14 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
     assert code == 0, server.stderr
 
     # the run did what it was meant to: orders reached Dhan with each token, the notifications arrived
-    assert [o["securityId"] for o in fake.placed()] == ["2885", "1594", "11536"]
-    assert {r.token for r in fake.requests} == {dhan_token, renewed}
+    values["Dhan token generated from PIN + TOTP"] = generated_and_used(fake, data_dir, dhan_token, renewed)
     assert len(receiver.bodies) >= 3, receiver.bodies  # held-back ones may follow at shutdown
     assert all(h["X-Api-Key"] == values["notify URL header token"] for h in receiver.headers)
     assert any(where.startswith("file tvbridge.sqlite3-wal") for where in places), list(places)
     assert len(ids) == 3
 
     places |= data_files(data_dir) | outgoing(client, server, receiver, fake)
-    assert leaks(values, places) == []
+    assert leaks(values, places, sent_on_purpose(places, data_dir)) == []
     guesses = {
         f"a wrong guess at the {kind}": guess
         for kind, value in (("webhook secret", secret), ("path token", path_token), ("admin token", admin))

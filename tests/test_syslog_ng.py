@@ -157,6 +157,11 @@ async def test_syslog_ng_forwards_every_line_once_through_rotation_and_restarts(
         server = OpsServer(data, env).start()
         try:
             await collector.start()
+            # the rotation below must find syslog-ng following the file: `start()` returns once the process is
+            # spawned, and a file moved away before syslog-ng ever opened it is not one it knows about (any
+            # collector started after a rotation misses that file). Having forwarded what the file already holds
+            # proves it has it open; on a loaded machine its start can take longer than the burst below.
+            await sink.wait_for(len(file_lines(log)))
             await post_alerts(server, 20)
             log.rename(data / "webhook_server.log.1")  # logrotate: move, then SIGHUP
             server.signal(signal.SIGHUP)
