@@ -4,6 +4,7 @@ instead of accepting alerts into a file the next start will never see (`tvbridge
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -61,10 +62,10 @@ async def test_a_record_file_gone_under_the_server_gives_503(tmp_path: Path, nam
     assert refused["alert_id"] not in alerts
 
 
-async def test_a_paper_database_gone_under_the_server_places_nothing(tmp_path: Path) -> None:
-    """Delete the paper broker's database while the server runs: no order goes into the deleted file (the leg
-    fails unsent, saying why), `/health` is 503 on the paper account, and after a restart the alert resent is
-    placed once in the new file."""
+async def test_a_paper_database_gone_under_the_server_gives_503(tmp_path: Path) -> None:
+    """Delete the paper broker's database while the server runs: the next alert gets 503 naming the file (paper
+    declares it through `Broker.state_files()`), nothing is booked into the deleted file, `/health` is 503 on the
+    paper account, and after a restart the alert resent is placed once in the new file."""
     (tmp_path / "config.toml").write_text('[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nINFY = 100\n')
     env = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}
     server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
@@ -73,14 +74,30 @@ async def test_a_paper_database_gone_under_the_server_places_nothing(tmp_path: P
             assert response.status == 200
         (tmp_path / "paper-paper.sqlite3").unlink()
         async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"), id="again")) as response:
-            body = await response.json()
+            assert response.status == 503
+            refused = await response.json()
         async with session.get(f"{server.url}/health") as response:
             assert response.status == 503
             health = await response.json()
-    assert body["status"] == "failed"
-    assert "paper database" in body["results"][0]["message"]
-    assert "was deleted" in body["results"][0]["message"]
-    assert body["results"][0]["order_id"] is None
+    assert "paper-paper.sqlite3 was deleted" in refused["message"]
+    assert "restart tvbridge" in refused["message"]
     assert health["checks"]["broker:paper"]["ok"] is False
     assert "was deleted" in health["checks"]["broker:paper"]["detail"]
     assert await asyncio.to_thread(server.terminate) == 0
+    alerts, _, _ = journal_rows(tmp_path)
+    assert refused["alert_id"] not in alerts  # refused before anything was recorded: a resend is welcome
+
+    restarted = await asyncio.to_thread(KillableServer(tmp_path, env, name="restarted").start)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{restarted.url}/webhook", json=alert(leg(symbol="INFY"), id="again")) as response,
+    ):
+        assert response.status == 200
+        placed = await response.json()
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert placed["status"] == "success", placed
+    conn = sqlite3.connect(tmp_path / "paper-paper.sqlite3")
+    try:
+        assert [row[0] for row in conn.execute("SELECT client_order_id FROM orders")] == [f"{placed['alert_id']}-1"]
+    finally:
+        conn.close()

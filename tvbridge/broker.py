@@ -359,6 +359,10 @@ class Capabilities:
     """True: `readiness()` tells before the open whether today will work (token, reference data, reachability,
     clock). tvbridge asks live accounts at `[sessions] readiness_at` and on `tvbridge ready`; without it an
     account is asked `health()`."""
+    state_files: bool = False
+    """True: `state_files()` names the files the plugin keeps the account's state in (paper's database).
+    tvbridge watches them as it watches its own journal: deleted or replaced under the running server, `/webhook`
+    answers 503 (nothing recorded, a resend welcome after a restart) instead of trading into a lost file."""
     token_expiry: bool = False
     """True: `token_expiry()` says when the account's credentials expire (Dhan's access token lives 24 h), for
     `/health`, `/status`, `tvbridge status` and `tvbridge_broker_token_expiry_timestamp_seconds`."""
@@ -514,6 +518,11 @@ class Broker(Protocol):
         true; an account without it is asked `health()`."""
         ...
 
+    def state_files(self) -> list[Path]:
+        """The files this account's state lives in, as opened by `start()` (absolute, or relative to tvbridge's
+        working directory). No I/O. Called once, after `start()`, when `capabilities.state_files` is true."""
+        ...
+
     def token_expiry(self) -> datetime | None:
         """When the account's credentials expire, as the broker's token says (read it for display and
         scheduling, trust it for nothing else); None when not known. No I/O: it is read on every scrape. Called
@@ -551,6 +560,7 @@ CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "readiness": ("readiness",),
     "brackets": ("cancel_brackets",),
     "token_expiry": ("token_expiry",),
+    "state_files": ("state_files",),
     "listings": ("listings",),
     "funds": ("funds",),
 }

@@ -26,6 +26,7 @@ from tvbridge.keys import (
     EXECUTOR,
     JOURNAL,
     ORDER_LOG,
+    PLUGIN_FILES,
     RAW_ALERT,
     SOURCE_IP,
     STATE,
@@ -147,9 +148,12 @@ async def webhook(request: web.Request) -> web.Response:
 
 
 def _check_records(app: web.Application) -> None:
-    """503 while the journal or the order log is not the file that was opened (deleted or replaced under the
-    server): an alert accepted into it would be lost at the next start, and its id forgotten by dedupe."""
+    """503 while the journal, the order log or a plugin's state file (`Broker.state_files()`: paper's database)
+    is not the file that was opened (deleted or replaced under the server): an alert accepted into it would be
+    lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file)."""
     problem = app[JOURNAL].problem() or app[ORDER_LOG].problem()
+    for identity in app.get(PLUGIN_FILES, ()):
+        problem = problem or identity.problem()
     if problem:
         log.error("records.replaced", problem=problem)
         raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")

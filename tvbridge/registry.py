@@ -27,6 +27,7 @@ from tvbridge.broker import (
 )
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError, PluginStartError
+from tvbridge.fileid import FileIdentity
 from tvbridge.pluginguard import GuardedBroker, LoopWatchdog, PluginTimeoutError
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ async def start_broker(account: str, plugin: str, broker: Broker) -> None:
 
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
-    from tvbridge.keys import BROKERS, CONFIG, NOTIFIER  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import BROKERS, CONFIG, NOTIFIER, PLUGIN_FILES  # noqa: PLC0415 - keys imports this module's types
 
     config = app[CONFIG]
     watchdog = LoopWatchdog(asyncio.get_running_loop())
@@ -257,6 +258,12 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
             started.append((account, broker))
             log.info("broker.started", account=account, broker=config.broker_of(account))
         app[BROKERS] = brokers
+        app[PLUGIN_FILES] = tuple(
+            FileIdentity.of(path)
+            for broker in brokers.values()
+            if broker.capabilities.state_files
+            for path in broker.state_files()
+        )
         yield
     finally:
         for account, broker in reversed(started):

@@ -44,6 +44,7 @@ from .settings import PaperSettings, parse_settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from decimal import Decimal
+    from pathlib import Path
 
     from tvbridge.broker import (
         BrokerContext,
@@ -64,7 +65,7 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True, funds=True)
+CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True, funds=True, state_files=True)
 """Every order type, product, exchange and instrument, positions and open orders through the interface (so
 EXIT_ALL and flatten work as they do live), brackets and funds: paper is where a trader tries anything first."""
 CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True, listings=True)
@@ -238,6 +239,10 @@ class PaperBroker:
         except BrokerError as e:
             return Health(ok=False, detail=str(e))
         return Health(ok=True, detail=f"paper database {self._settings.db_path}: {resting} resting order(s)")
+
+    def state_files(self) -> list[Path]:
+        """The book's database: tvbridge refuses alerts (503) once it is deleted or replaced under the server."""
+        return [self._settings.db_path]
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
         """The open positions (the interface's view); with `leg`, those in its exchange and contract."""
