@@ -193,12 +193,28 @@ class MetricsConfig:
     """Addresses (IPs or CIDRs) that may scrape without the token; loopback by default."""
 
 
-def _notify_kinds(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
-    from tvbridge.notify import KINDS  # noqa: PLC0415 - notify imports config's types
+NOTIFY_KINDS: Final = (
+    "leg_failed",
+    "unknown_outcome",
+    "token_expired",
+    "halted",
+    "resumed",
+    "queued_sent",
+    "journal_error",
+    "order_filled",
+    "order_rejected",
+    "token_expiring",
+    "instruments_refresh_failed",
+    "not_ready",
+)
+"""Every kind of notification (`tvbridge/notify.py` raises them; docs/operations.md describes them); all are on
+by default once `notify.urls` is set."""
 
-    unknown = [kind for kind in value if kind not in KINDS]
+
+def _notify_kinds(_instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    unknown = [kind for kind in value if kind not in NOTIFY_KINDS]
     if unknown:
-        raise ValueError(f"{attribute.name}: unknown event {unknown[0]!r}; known: {', '.join(KINDS)}")
+        raise ValueError(f"{attribute.name}: unknown event {unknown[0]!r}; known: {', '.join(NOTIFY_KINDS)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -207,21 +223,7 @@ class NotifyConfig:
 
     urls: tuple[str, ...] = attrs.field(default=(), repr=False)
     """apprise URLs (tgram://, discord://, slack://, mailto://, json://...); they hold tokens: kept secret."""
-    events: tuple[str, ...] = attrs.field(
-        default=(
-            "leg_failed",
-            "unknown_outcome",
-            "token_expired",
-            "halted",
-            "resumed",
-            "queued_sent",
-            "journal_error",
-            "order_filled",
-            "order_rejected",
-            *("token_expiring", "instruments_refresh_failed", "not_ready"),  # the unattended day (issue 17)
-        ),
-        validator=_notify_kinds,
-    )
+    events: tuple[str, ...] = attrs.field(default=NOTIFY_KINDS, validator=_notify_kinds)
     min_interval_s: float = attrs.field(default=60.0, validator=_non_negative)
     """Per kind, events within this long after a message are folded into one message with their count."""
 

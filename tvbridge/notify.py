@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import structlog
 
+from tvbridge.config import NOTIFY_KINDS
 from tvbridge.keys import NOTIFIER
 from tvbridge.models import LegStatus
 
@@ -40,20 +41,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-KINDS: Final = (
-    "leg_failed",
-    "unknown_outcome",
-    "token_expired",
-    "halted",
-    "resumed",
-    "queued_sent",
-    "journal_error",
-    "order_filled",
-    "order_rejected",
-    "token_expiring",
-    "instruments_refresh_failed",
-    "not_ready",
-)
+KINDS: Final = NOTIFY_KINDS
 TITLES: Final = {
     "leg_failed": "order leg failed",
     "unknown_outcome": "order outcome UNKNOWN: check the broker",
