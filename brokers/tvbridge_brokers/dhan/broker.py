@@ -446,6 +446,11 @@ class DhanBroker:
         """When the access token in use expires (its JWT `exp`), None when unknown or in dry-run."""
         return self._tokens.expires_at if self._tokens is not None else None
 
+    def state_files(self) -> list[Path]:
+        """None for tvbridge to watch (`capabilities.state_files` stays false): the order ledger is created with
+        the first order, and when it is lost Dhan's own order book still answers `lookup()` by correlation id."""
+        return []
+
     def token_expiry(self) -> datetime | None:
         """The interface's view of `token_expires_at` (`capabilities.token_expiry`, live accounts)."""
         return self.token_expires_at
