@@ -8,7 +8,8 @@
 # It works on a copy of the committed tree (git archive HEAD), never on this checkout: mutmut rewrites the code it
 # mutates. In the copy the broker package moves from brokers/ to the top level, because mutmut imports mutated
 # code from mutants/<path>, and tvbridge_brokers is only importable by that name from a top-level folder.
-# PYTHONPATH puts the mutants first for the subprocess servers the tests start too, so a mutant is live in them.
+# Only in-process tests are selected: a subprocess server imports the installed (unmutated) code, so it could
+# neither kill a mutant nor tell mutmut which tests reach which function.
 # Results: WORKDIR/mutants (mutmut results / mutmut show NAME, run from WORKDIR) and WORKDIR/mutation-report.txt.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,7 +39,23 @@ only_mutate = [
     "tvbridge/parsing.py",
     "tvbridge_brokers/dhan/mapping.py",
 ]
-pytest_add_cli_args_test_selection = ["tests"]
+pytest_add_cli_args_test_selection = [
+    "tests/middlewares/test_auth.py",
+    "tests/middlewares/test_dedupe.py",
+    "tests/test_webhook.py",
+    "tests/test_parsing.py",
+    "tests/test_orderlog.py",
+    "tests/test_risk.py",
+    "tests/test_unknown_outcome.py",
+    "tests/test_sqlite.py",
+    "tests/test_deadline.py",
+    "tests/test_paper_webhook.py",
+    "tests/test_tradingday.py",
+    "tests/brokers/test_dhan_orders.py",
+    "tests/brokers/test_dhan_dryrun.py",
+    "tests/brokers/test_dhan_errors.py",
+    "tests/brokers/test_dhan_cancel.py",
+]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-p", "no:randomly"]
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 '''
@@ -46,7 +63,7 @@ p.write_text(text)
 PY
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -e plugins/tvbridge-samplebroker 'mutmut==3.8.1'
-export CI=true PYTHONPATH="$work/mutants"
+export CI=true
 .venv/bin/mutmut run --max-children "${MUTATION_JOBS:-2}" || true
 .venv/bin/mutmut results --all true > mutation-report.txt 2>&1 || .venv/bin/mutmut results > mutation-report.txt 2>&1 || true
 python3 - <<'PY'
