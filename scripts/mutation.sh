@@ -1,85 +1,98 @@
 #!/usr/bin/env bash
 # Mutation testing on the money paths (docs/testing.md): mutmut over the modules where a mistake costs money or
-# leaks a secret. Too slow for every CI run (tens of minutes on 2 cores); run it before changing those modules'
-# tests, and record the score in docs/testing.md.
+# leaks a secret, each group against its own tests. Too slow for every CI run (minutes to hours a group on 2
+# cores); run it before closing work on those modules, and record the score in docs/testing.md.
 #
-#   scripts/mutation.sh [WORKDIR]        default WORKDIR: a new temporary directory
+#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor journal (or: all)
+#   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
+#   MUTATION_JOBS=N                  mutants run at once (default 2)
 #
-# It works on a copy of the committed tree (git archive HEAD), never on this checkout: mutmut rewrites the code it
-# mutates. In the copy the broker package moves from brokers/ to the top level, because mutmut imports mutated
-# code from mutants/<path>, and tvbridge_brokers is only importable by that name from a top-level folder.
-# Only in-process tests are selected: a subprocess server imports the installed (unmutated) code, so it could
-# neither kill a mutant nor tell mutmut which tests reach which function.
-# Results: WORKDIR/mutants (mutmut results / mutmut show NAME, run from WORKDIR) and WORKDIR/mutation-report.txt.
+# It works on copies of the committed tree (git archive HEAD), never on this checkout: mutmut rewrites the code it
+# mutates. In each copy the broker package moves from brokers/ to the top level, because mutmut imports mutated
+# code from mutants/<path>, and tvbridge_brokers is importable by that name only from a top-level folder. Only
+# in-process tests count: a subprocess server the tests start imports the installed, unmutated code, so it can
+# neither kill a mutant nor tell mutmut which tests reach which function (the crash tests are not in the groups).
+# Per group: WORK/GROUP/report.txt lists every mutant and its outcome; `mutmut show NAME` (run in WORK/GROUP with
+# WORK/venv/bin/mutmut) prints one mutant's diff.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-work="${1:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
+work="${MUTATION_WORK:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
+jobs="${MUTATION_JOBS:-2}"
+[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor journal | all)" >&2; exit 2; }
+groups=("$@")
+[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor journal)
+
+modules_of() {
+    case "$1" in
+        auth) echo "tvbridge/middlewares/auth.py tvbridge/access.py" ;;
+        dedupe) echo "tvbridge/middlewares/dedupe.py" ;;
+        orderlog) echo "tvbridge/orderlog.py" ;;
+        risk) echo "tvbridge/risk.py" ;;
+        parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
+        mapping) echo "tvbridge_brokers/dhan/mapping.py" ;;
+        executor) echo "tvbridge/executor.py tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
+        journal) echo "tvbridge/journal.py" ;;
+        *) echo "unknown group $1" >&2; exit 2 ;;
+    esac
+}
+tests_of() {
+    case "$1" in
+        auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" ;;
+        dedupe) echo "tests/middlewares/test_dedupe.py" ;;
+        orderlog) echo "tests/test_orderlog.py tests/test_disk_trouble.py" ;;
+        risk) echo "tests/test_risk.py" ;;
+        parsing) echo "tests/test_parsing.py tests/test_tickers.py tests/test_stale.py" ;;
+        mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
+        executor) echo "tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        journal) echo "tests/test_journal.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py" ;;
+    esac
+}
+toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
+
+copy_tree() {  # copy_tree DIR: the committed tree with tvbridge_brokers at the top level
+    mkdir -p "$1"
+    (cd "$repo" && git archive HEAD) | tar -x -C "$1"
+    mv "$1/brokers/tvbridge_brokers" "$1/tvbridge_brokers"
+    sed -i -e 's/^where = \[".", "brokers"\]/where = ["."]/' \
+        -e 's/^include = \["tvbridge\*"\]/include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]/' \
+        "$1/pyproject.toml"
+}
+
 mkdir -p "$work"
-cd "$repo"
-git archive HEAD | tar -x -C "$work"
-cd "$work"
-mv brokers/tvbridge_brokers ./tvbridge_brokers
-python3 - <<'PY'
-import re, pathlib
-p = pathlib.Path("pyproject.toml")
-text = p.read_text()
-text = text.replace('where = [".", "brokers"]', 'where = ["."]')
-text = text.replace('include = ["tvbridge*"]', 'include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]')
-text += '''
+if [ ! -x "$work/venv/bin/mutmut" ]; then
+    copy_tree "$work/base"
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" install -q --disable-pip-version-check -e "$work/base[test]" -e "$work/base/plugins/tvbridge-samplebroker" 'mutmut==3.8.1'
+fi
+export CI=true
+for group in "${groups[@]}"; do
+    dir="$work/$group"
+    rm -rf "$dir"
+    copy_tree "$dir"
+    # shellcheck disable=SC2046 - word splitting of the lists is wanted
+    cat >> "$dir/pyproject.toml" <<TOML
+
 [tool.mutmut]
 source_paths = ["tvbridge", "tvbridge_brokers"]
-only_mutate = [
-    "tvbridge/middlewares/auth.py",
-    "tvbridge/middlewares/dedupe.py",
-    "tvbridge/executor.py",
-    "tvbridge/recovery.py",
-    "tvbridge/journal.py",
-    "tvbridge/orderlog.py",
-    "tvbridge/risk.py",
-    "tvbridge/parsing.py",
-    "tvbridge_brokers/dhan/mapping.py",
-]
-pytest_add_cli_args_test_selection = [
-    "tests/middlewares/test_auth.py",
-    "tests/middlewares/test_dedupe.py",
-    "tests/test_webhook.py",
-    "tests/test_parsing.py",
-    "tests/test_orderlog.py",
-    "tests/test_risk.py",
-    "tests/test_unknown_outcome.py",
-    "tests/test_sqlite.py",
-    "tests/test_deadline.py",
-    "tests/test_paper_webhook.py",
-    "tests/test_tradingday.py",
-    "tests/brokers/test_dhan_orders.py",
-    "tests/brokers/test_dhan_dryrun.py",
-    "tests/brokers/test_dhan_errors.py",
-    "tests/brokers/test_dhan_cancel.py",
-]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-p", "no:randomly"]
+only_mutate = $(toml_list $(modules_of "$group"))
+pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
-'''
-p.write_text(text)
-PY
-python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -e plugins/tvbridge-samplebroker 'mutmut==3.8.1'
-export CI=true
-.venv/bin/mutmut run --max-children "${MUTATION_JOBS:-2}" || true
-.venv/bin/mutmut results --all true > mutation-report.txt 2>&1 || .venv/bin/mutmut results > mutation-report.txt 2>&1 || true
-python3 - <<'PY'
-import collections, re, pathlib
+TOML
+    echo "mutation: $group: $(modules_of "$group")"
+    (cd "$dir" && "$work/venv/bin/mutmut" run --max-children "$jobs" > run.log 2>&1 || true)
+    (cd "$dir" && "$work/venv/bin/mutmut" results --all true > report.txt 2>/dev/null || true)
+    python3 - "$dir/report.txt" "$group" <<'PY'
+import collections, re, sys
 counts = collections.Counter()
-per_file = collections.defaultdict(collections.Counter)
-for line in pathlib.Path("mutation-report.txt").read_text().splitlines():
-    m = re.match(r"\s*([\w.]+)__mutmut_\d+: (.+)$", line)
+for line in open(sys.argv[1], encoding="utf-8"):
+    m = re.match(r"\s*\S+__mutmut_\d+: (.+)$", line)
     if m:
-        status = m.group(2).strip()
-        counts[status] += 1
-        per_file[m.group(1).rsplit(".x", 1)[0].rsplit(".xǁ", 1)[0]][status] += 1
-print("mutants by outcome:", dict(counts))
-killed = counts["killed"] + counts.get("timeout", 0)
-total = sum(counts.values()) - counts.get("skipped", 0)
-if total:
-    print(f"score: {killed}/{total} = {100 * killed / total:.1f}%")
+        counts[m.group(1).strip()] += 1
+total = sum(counts.values())
+killed = counts["killed"] + counts["timeout"]
+score = f"{100 * killed / total:.1f}%" if total else "n/a"
+print(f"mutation: {sys.argv[2]}: {killed}/{total} killed ({score}); " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 PY
-echo "mutation: report in $work/mutation-report.txt"
+done
+echo "mutation: reports in $work/<group>/report.txt"
