@@ -39,7 +39,7 @@ tests_of() {
     case "$1" in
         auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" ;;
         dedupe) echo "tests/middlewares/test_dedupe.py" ;;
-        orderlog) echo "tests/test_orderlog.py tests/test_disk_trouble.py" ;;
+        orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         parsing) echo "tests/test_parsing.py tests/test_tickers.py tests/test_stale.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
