@@ -38,7 +38,7 @@ modules_of() {
 tests_of() {
     case "$1" in
         auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" ;;
-        dedupe) echo "tests/middlewares/test_dedupe.py" ;;
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         parsing) echo "tests/test_parsing.py tests/test_tickers.py tests/test_stale.py" ;;
