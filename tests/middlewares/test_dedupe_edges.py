@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pytest
@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from tvbridge.config import Config, DedupeConfig
 from tvbridge.journal import Journal
 from tvbridge.keys import JOURNAL, STATE
-from tvbridge.middlewares.dedupe import dedupe_key
+from tvbridge.middlewares.dedupe import Deduper, dedupe_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, MutableMapping
@@ -231,3 +231,25 @@ async def test_a_journal_that_cannot_say_is_logged_with_the_503(make_client: Cli
     [line] = [e for e in events if e["event"] == "dedupe.lookup_failed"]
     assert line["log_level"] == "error"
     assert orders_received(config) == []
+
+
+async def test_claims_live_for_the_whole_window_and_are_dropped_after_it() -> None:
+    """The in-process claims: a claim answers repeats for exactly `window_s` (its last instant included), also
+    after its first copy was answered (a repeat then needs no journal read); claims older than the window are
+    dropped as new ones are made, so a long-running server's table stays as small as one window's alerts."""
+    deduper = Deduper(10.0, cast("Journal", None))
+    first = deduper.claim("k-first", "A1", 0.0)
+    deduper.release("k-first", first, answered=True)
+    assert deduper.live_claim("k-first", 10.0) is first  # its last instant
+    assert deduper.live_claim("k-first", 10.001) is None
+    edge = deduper.claim("k-edge", "A2", 10.0)
+    deduper.release("k-edge", edge, answered=True)
+    recent = deduper.claim("k-recent", "A3", 15.0)
+    deduper.release("k-recent", recent, answered=True)
+    running = deduper.claim("k-running", "A4", 5.0)  # its first copy has not been answered yet
+    deduper.claim("k-new", "A5", 20.0)
+    assert sorted(deduper.claims) == ["k-edge", "k-new", "k-recent", "k-running"]
+    failed = deduper.claim("k-failed", "A6", 21.0)
+    deduper.release("k-failed", failed, answered=False)
+    assert deduper.live_claim("k-failed", 21.0) is None  # a failed first copy leaves no claim: the next one runs
+    assert running.answered.done() is False
