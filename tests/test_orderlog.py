@@ -327,10 +327,15 @@ async def test_logged_since_reads_the_outcomes_written_from_an_offset(tmp_path: 
     queued = attrs.evolve(result(2, 2), status=LegStatus.QUEUED)
     await log.append([result(2, 1), queued], alert_id="A2", alert_type="x")
     await log.close()
-    with path.open("a", encoding="utf-8") as f:
-        f.write("2026-12-06T00:00:00+00:00,torn row\n")
+    with path.open("ab") as f:
+        f.write(b"2026-12-06T00:00:00+00:00,torn row cut in a character \xe2\x82\n")  # a crash mid-write
+    end = path.stat().st_size
+    await log.open()
+    await log.append([result(3, 1)], alert_id="A3", alert_type="x")  # rows after the torn one still count
+    await log.close()
     header = ("alert_id", "account", "leg_number")
-    assert log.logged_since(offset) == {("A2", "paper", "1")}
-    assert log.logged_since(0) == {header, ("A1", "paper", "1"), ("A2", "paper", "1")}
+    assert log.logged_since(offset) == {("A2", "paper", "1"), ("A3", "paper", "1")}
+    assert log.logged_since(0) == {header, ("A1", "paper", "1"), ("A2", "paper", "1"), ("A3", "paper", "1")}
+    assert log.logged_since(end) == {("A3", "paper", "1")}
     assert log.logged_since(path.stat().st_size) == set()
-    assert log.logged_since(path.stat().st_size + 1) == {header, ("A1", "paper", "1"), ("A2", "paper", "1")}
+    assert len(log.logged_since(path.stat().st_size + 1)) == 4  # the header and three rows
