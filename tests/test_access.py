@@ -81,3 +81,30 @@ async def test_an_admin_token_that_is_almost_right_cannot_halt_or_resume(
     response = await client.post("/webhook", json=alert(leg(symbol="INFY")))  # not a duplicate of the first
     assert response.status == 503
     assert (await response.json())["message"].startswith("trading halted")
+
+
+async def test_an_admin_token_with_spaces_and_colons_opens_as_configured(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A passphrase token (spaces, a colon) is the whole token: after the scheme's one space for Bearer, after
+    the user name's colon for Basic; the same token cut at its last space or colon is a 401."""
+    token = "correct horse: battery staple"
+    server = attrs.evolve(config.server, admin_token=token)
+    client = await make_client(attrs.evolve(config, server=server, metrics=MetricsConfig(require_token=True)))
+    for scheme in (bearer, basic):
+        assert (await client.get("/status", headers=scheme(token))).status == 200, scheme.__name__
+        assert (await client.get("/status", headers=scheme("battery staple"))).status == 401, scheme.__name__
+        assert (await client.get("/status", headers=scheme(" battery staple"))).status == 401, scheme.__name__
+
+
+async def test_basic_credentials_with_bytes_outside_base64_are_a_401(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Basic's credentials must be strict base64: the right token with stray characters mixed into its encoding
+    (which a lenient decoder would skip) is a 401; the clean encoding opens `/status`."""
+    client = await admin_client(make_client, config)
+    encoded = base64.b64encode(f"operator:{ADMIN_TOKEN}".encode()).decode()
+    for stray in ("!", "*", "-", "_", "."):
+        mixed = encoded[:8] + stray + encoded[8:]
+        assert (await client.get("/status", headers={"Authorization": f"Basic {mixed}"})).status == 401, stray
+    assert (await client.get("/status", headers={"Authorization": f"Basic {encoded}"})).status == 200

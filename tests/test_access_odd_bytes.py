@@ -93,3 +93,26 @@ async def test_bytes_http_forbids_are_refused_before_any_token_check(
     refused by the HTTP parser with 400 before any token is looked at; never a 500."""
     client: Any = await make_client(config)
     assert await raw_request(client.server.port, request_bytes) == 400
+
+
+async def test_an_admin_token_that_is_not_utf8_is_compared_not_crashed(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An admin token set from an environment variable holding bytes that are not UTF-8 reaches tvbridge with
+    lone surrogates (Python decodes the environment with `surrogateescape`): the same bytes in `Authorization`
+    open `/status`, any other token is a 401, never a 500."""
+    token = "admin-\udcff-token"  # os.environ's reading of b"admin-\xff-token"
+    server = attrs.evolve(config.server, admin_token=token)
+    client: Any = await make_client(attrs.evolve(config, server=server))
+    port = client.server.port
+
+    def status_request(authorization: bytes) -> bytes:
+        return (
+            b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: "
+            + authorization
+            + b"\r\n\r\n"
+        )
+
+    assert await raw_request(port, status_request(b"Bearer admin-\xff-token")) == 200
+    assert await raw_request(port, status_request(b"Bearer admin-\xfe-token")) == 401
+    assert await raw_request(port, status_request(b"Bearer admin-token")) == 401

@@ -8,6 +8,7 @@ import fcntl
 import io
 import os
 import resource
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,116 @@ async def test_an_alerts_symbol_cannot_break_a_row_or_run_as_a_formula(
     assert first["symbol"] == "'@SUM(1+1)\\n\\x1b[2JEVIL"
     assert first["message"] == "'@SUM(1+1)\\n\\x1b[2JEVIL is not tradeable here"
     assert (first["status"], second["symbol"], second["status"]) == ("failed", "INFY", "skipped")
+
+
+async def test_an_order_log_not_open_writes_nothing_and_says_so(tmp_path: Path) -> None:
+    """Before `open()` and after `close()` the order log has no rows to offer (size 0), health reads "order log is
+    not open" before it was ever opened, and a write is refused with "order log is closed", not lost quietly."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    assert (log.size(), log.problem()) == (0, "order log is not open")
+    with pytest.raises(RuntimeError, match=r"^order log is closed$"):
+        await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    await log.open()
+    assert log.size() == len(",".join(COLUMNS)) + 1  # the header
+    await log.close()
+    await log.close()  # twice is fine
+    assert log.size() == 0
+    with pytest.raises(RuntimeError, match=r"^order log is closed$"):
+        await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    assert [row["alert_id"] for row in rows(path)] == []
+
+
+async def test_the_order_log_is_created_private_in_a_new_directory(tmp_path: Path) -> None:
+    """A data directory that does not exist yet is made, and the order log in it is readable by its owner only
+    (mode 0600, whatever the umask)."""
+    path = tmp_path / "new" / "data" / "webhook_orders.csv"
+    old = os.umask(0o022)
+    try:
+        log = OrderLog(path)
+        await log.open()
+        await log.close()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text().splitlines() == [",".join(COLUMNS)]
+
+
+async def test_an_order_log_that_cannot_take_its_header_fails_to_open(tmp_path: Path) -> None:
+    """Opening on a full disk (the header cannot be written) raises the disk's error, and the log stays closed."""
+    path = tmp_path / "webhook_orders.csv"
+    path.symlink_to("/dev/full")
+    log = OrderLog(path)
+    with pytest.raises(OSError, match="No space left"):
+        await log.open()
+    assert log.size() == 0
+    with pytest.raises(RuntimeError, match="order log is closed"):
+        await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+
+
+async def test_a_row_without_order_ids_has_empty_cells_and_a_utc_time(tmp_path: Path) -> None:
+    """A leg that never got an order id (refused before sending) has empty `order_id` and `client_order_id`
+    cells, and every row's time is UTC with its offset, so rows from servers in different zones sort together."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    refused = attrs.evolve(result(1, 1), status=LegStatus.FAILED, order_id=None, client_order_id=None)
+    before = datetime.now(UTC)
+    await log.append([refused], alert_id="A1", alert_type="x")
+    await log.close()
+    [row] = rows(path)
+    assert (row["order_id"], row["client_order_id"], row["status"]) == ("", "", "failed")
+    assert row["timestamp"].endswith("+00:00")
+    assert before <= datetime.fromisoformat(row["timestamp"]) <= datetime.now(UTC)
+
+
+async def test_rows_written_a_few_bytes_at_a_time_arrive_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operating system may take part of a write (a signal, a pipe): the rest follows, once, in order, so
+    the file holds exactly the rows, as if written at once."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    real_write = os.write
+    calls = 0
+
+    def short_write(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        return real_write(fd, data[:7])
+
+    monkeypatch.setattr(os, "write", short_write)
+    await log.append([result(1, 1), result(1, 2)], alert_id="A1", alert_type="x")
+    monkeypatch.undo()
+    await log.close()
+    assert calls > 10
+    assert [(row["alert_id"], row["leg_number"], row["message"]) for row in rows(path)] == [
+        ("A1", "1", "alert 1, leg 1"),
+        ("A1", "2", "alert 1, leg 2"),
+    ]
+
+
+async def test_logged_since_reads_the_outcomes_written_from_an_offset(tmp_path: Path) -> None:
+    """What crash recovery reads back: (alert id, account, leg) of each row written at or after the offset that
+    records an outcome; a `queued` placeholder and a torn row do not count (the header reads as a row of no alert); a file shorter than the
+    offset (replaced since) is read whole; a missing file has none."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    assert log.logged_since(0) == set()  # no file yet
+    await log.open()
+    await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    offset = log.size()
+    queued = attrs.evolve(result(2, 2), status=LegStatus.QUEUED)
+    await log.append([result(2, 1), queued], alert_id="A2", alert_type="x")
+    await log.close()
+    with path.open("ab") as f:
+        f.write(b"2026-12-06T00:00:00+00:00,torn row cut in a character \xe2\x82\n")  # a crash mid-write
+    end = path.stat().st_size
+    await log.open()
+    await log.append([result(3, 1)], alert_id="A3", alert_type="x")  # rows after the torn one still count
+    await log.close()
+    header = ("alert_id", "account", "leg_number")
+    assert log.logged_since(offset) == {("A2", "paper", "1"), ("A3", "paper", "1")}
+    assert log.logged_since(0) == {header, ("A1", "paper", "1"), ("A2", "paper", "1"), ("A3", "paper", "1")}
+    assert log.logged_since(end) == {("A3", "paper", "1")}
+    assert log.logged_since(path.stat().st_size) == set()
+    assert len(log.logged_since(path.stat().st_size + 1)) == 4  # the header and three rows

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
@@ -14,7 +16,12 @@ from tvbridge.config import Config, RiskConfig
 from tvbridge.errors import ConfigError
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
-from tvbridge.risk import RiskLimitError, check_leg
+from tvbridge.risk import RiskGuard, RiskLimitError, check_leg
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tvbridge.journal import Journal
 
 
 def received(config: Config, account: str = "s") -> list[dict[str, Any]]:
@@ -167,3 +174,100 @@ def test_stop_market_is_valued_at_its_trigger_price() -> None:
     assert reference_price(None, stop) == Decimal(2800)
     with pytest.raises(RiskLimitError, match="notional 280000"):
         check_leg(RiskConfig(max_notional_per_order=Decimal(100000)), stop, reference_price(None, stop))
+
+
+def test_a_leg_exactly_at_a_limit_passes() -> None:
+    """The limits are maxima: a quantity equal to max_qty_per_order and a notional equal to
+    max_notional_per_order are sent; one more unit is refused."""
+    limits = RiskConfig(max_qty_per_order=10, max_notional_per_order=Decimal(29000))
+    check_leg(limits, order_leg(10, "2900"), Decimal(2900))
+    with pytest.raises(RiskLimitError, match="quantity 11 is over max_qty_per_order 10"):
+        check_leg(limits, order_leg(11, "2900"), Decimal(2900))
+    with pytest.raises(RiskLimitError, match=r"notional 29000.010 \(10 x 2900.001\)"):
+        check_leg(limits, order_leg(10, "2900.001"), Decimal("2900.001"))
+
+
+def test_a_price_or_trigger_below_one_rupee_values_the_leg() -> None:
+    """A penny stock's price (or an SL-M trigger) under 1 is still the leg's price for the notional limit; a
+    price or trigger of 0 means "none" and the paper account's reference price is used instead."""
+    from tvbridge.risk import reference_price  # noqa: PLC0415 - only here
+
+    cheap = order_leg(1000, "0.5")
+    assert reference_price(None, cheap) == Decimal("0.5")
+    stop = attrs.evolve(order_leg(1000), order_type=OrderType.STOP_LOSS_MARKET, trigger_price=Decimal("0.4"))
+    assert reference_price(None, stop) == Decimal("0.4")
+    assert reference_price(None, order_leg(1000)) is None  # a market order, and no broker to ask
+    paper = attrs.evolve(order_leg(3), trigger_price=Decimal(0))
+
+    class Paper:  # the shape of the paper broker: settings.prices
+        settings = attrs.make_class("Settings", {"prices": attrs.field(default={"NSE:RELIANCE": 2900})})()
+
+    assert reference_price(Paper(), paper) == Decimal(2900)  # type: ignore[arg-type]
+
+
+class SentOrders:
+    """The journal's side of the daily count: the times orders were sent, counted from `since` on."""
+
+    def __init__(self) -> None:
+        self.sent: list[datetime] = []
+
+    async def count_orders(self, account: str, *, since: datetime) -> int:
+        assert account == "s"
+        return sum(1 for at in self.sent if at >= since)
+
+
+def ist(day: int, hour: int, minute: int = 0, second: int = 0, microsecond: int = 0) -> datetime:
+    return datetime(2026, 12, day, hour, minute, second, microsecond, tzinfo=ZoneInfo("Asia/Kolkata"))
+
+
+async def test_the_daily_order_count_starts_at_midnight_in_india(tmp_path: Path) -> None:
+    """max_orders_per_day counts per exchange-time (IST) day: orders sent late yesterday do not count today, an
+    order sent at 00:00:00.000000 IST does, and a restart (a fresh guard seeded from the journal) later that day
+    counts exactly today's orders. IST midnight is 18:30 UTC, so a UTC day would get both wrong."""
+    sent = SentOrders()
+    now = [ist(6, 23)]
+
+    def guard() -> RiskGuard:
+        return RiskGuard(
+            limits={"s": RiskConfig(max_orders_per_day=2)},
+            brokers={},
+            journal=cast("Journal", sent),
+            halt_file=tmp_path / "HALT",
+            clock=lambda: now[0].astimezone(UTC),  # the app's clock is UTC
+        )
+
+    async def send(risk: RiskGuard, at: datetime) -> None:
+        now[0] = at
+        await risk.before_send("s", order_leg())
+        sent.sent.append(at)
+
+    risk = guard()
+    await send(risk, ist(6, 23))
+    await send(risk, ist(6, 23, 30))
+    with pytest.raises(RiskLimitError, match="2 order"):
+        await send(risk, ist(6, 23, 59, 59, 999999))
+    await send(risk, ist(7, 0))  # a new IST day: yesterday's two do not count
+    risk = guard()  # a restart the same day
+    await send(risk, ist(7, 5, 7, 9, 123456))  # today's one order from the journal, and this one
+    with pytest.raises(RiskLimitError, match=r"risk: 2 order\(s\) already sent today on account s"):
+        await send(risk, ist(7, 5, 8))
+    assert [at.hour for at in sent.sent] == [23, 23, 0, 5]
+
+
+async def test_a_halt_stops_a_leg_already_on_its_way(tmp_path: Path) -> None:
+    """The kill switch is checked again before each leg is sent, so an alert accepted just before
+    `POST /admin/halt` sends nothing more: the leg fails with "trading halted (REASON): nothing was sent"."""
+    from tvbridge.halt import set_halt  # noqa: PLC0415 - only here
+
+    risk = RiskGuard(
+        limits={},
+        brokers={},
+        journal=cast("Journal", SentOrders()),
+        halt_file=tmp_path / "HALT",
+        clock=lambda: ist(7, 10),
+    )
+    await risk.before_send("s", order_leg())
+    set_halt(tmp_path / "HALT", reason="fat finger", by="test")
+    with pytest.raises(RiskLimitError) as caught:
+        await risk.before_send("s", order_leg())
+    assert str(caught.value) == "trading halted (fat finger): nothing was sent"

@@ -77,7 +77,8 @@ KEEPALIVE_S: Final = 15.0
 
 def _stream_key(request: web.Request) -> str:
     token = request.app[CREDENTIALS].admin_token
-    return hmac.new(token.encode(), b"tvbridge status events", hashlib.sha256).hexdigest()
+    # surrogatepass: a token read from a non-UTF-8 environment variable holds lone surrogates (as in access.py)
+    return hmac.new(token.encode("utf-8", "surrogatepass"), b"tvbridge status events", hashlib.sha256).hexdigest()
 
 
 def _refusal(request: web.Request, *, stream: bool = False) -> web.Response | None:

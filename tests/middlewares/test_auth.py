@@ -127,3 +127,24 @@ async def test_a_path_token_that_is_almost_right_is_refused(make_client: ClientF
         assert response.status == 401, name
     assert not config.data_path("webhook_orders.csv").read_text().splitlines()[1:]
     assert (await client.post(f"/webhook/{PATH_TOKEN}", json=raw)).status == 200
+
+
+async def test_a_lone_surrogate_in_the_secret_is_401(make_client: ClientFactory, config: Config) -> None:
+    """JSON can spell a lone surrogate (`"\\ud800"`), which is no UTF-8 text: as the secret it is a wrong secret
+    (401, nothing placed), never a 500."""
+    client = await make_client(config)
+    for guess in ("\ud800", SECRET + "\udfff", "\udcff"):
+        response = await client.post("/webhook", json=alert(secret=guess))
+        assert response.status == 401, ascii(guess)
+    assert not config.data_path("webhook_orders.csv").read_text().splitlines()[1:]
+
+
+async def test_a_secret_that_is_not_utf8_is_compared_not_crashed(make_client: ClientFactory, config: Config) -> None:
+    """`WEBHOOK_SECRET` holding bytes that are not UTF-8 reaches tvbridge with lone surrogates (Python decodes the
+    environment with `surrogateescape`): an alert carrying the same code points is placed, any other secret is a
+    401, never a 500."""
+    secret = "webhook-\udcff-secret"  # os.environ's reading of b"webhook-\xff-secret"
+    client = await make_client(attrs.evolve(config, auth=attrs.evolve(config.auth, secret=secret)))
+    assert (await client.post("/webhook", json=alert(secret="webhook-secret"))).status == 401
+    assert (await client.post("/webhook", json=alert(secret=SECRET))).status == 401
+    assert (await client.post("/webhook", json=alert(secret=secret))).status == 200

@@ -197,7 +197,8 @@ def strategy_of(raw: Mapping[str, Any], credential: str) -> str:
             if isinstance(leg, dict)
         }
     )
-    digest = hashlib.sha256(credential.encode("utf-8")).hexdigest()[:16]
+    # surrogatepass: a secret read from a non-UTF-8 environment variable holds lone surrogates (as in auth.py)
+    digest = hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{digest}|{','.join(symbols)}"
 
 

@@ -207,10 +207,10 @@ def _prices(leg: OrderLeg) -> tuple[Decimal | int, Decimal | int]:
     """(price, trigger price) as sent."""
     needs_price = leg.order_type in {OrderType.LIMIT, OrderType.STOP_LOSS}
     needs_trigger = leg.order_type in {OrderType.STOP_LOSS, OrderType.STOP_LOSS_MARKET}
+    if needs_price and not leg.price.is_finite():  # first: comparing a NaN Decimal raises InvalidOperation
+        raise BrokerRejectedError(f"price {leg.price}: not a number")
     if needs_price and leg.price <= 0:
         raise BrokerRejectedError(f"price {leg.price}: must be > 0 for orderType {leg.order_type}")
-    if needs_price and not leg.price.is_finite():
-        raise BrokerRejectedError(f"price {leg.price}: not a number")
     trigger = leg.trigger_price
     if needs_trigger:
         if trigger is None or not trigger.is_finite() or trigger <= 0:

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Mutation testing on the money paths (docs/testing.md): mutmut over the modules where a mistake costs money or
+# leaks a secret, each group against its own tests. Too slow for every CI run (minutes to hours a group on 2
+# cores); run it before closing work on those modules, and record the score in docs/testing.md.
+#
+#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor journal (or: all)
+#   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
+#   MUTATION_JOBS=N                  mutants run at once (default 2)
+#
+# It works on copies of the committed tree (git archive HEAD), never on this checkout: mutmut rewrites the code it
+# mutates. In each copy the broker package moves from brokers/ to the top level, because mutmut imports mutated
+# code from mutants/<path>, and tvbridge_brokers is importable by that name only from a top-level folder. Only
+# in-process tests count: a subprocess server the tests start imports the installed, unmutated code, so it can
+# neither kill a mutant nor tell mutmut which tests reach which function (the crash tests are not in the groups).
+# Per group: WORK/GROUP/report.txt lists every mutant and its outcome; `mutmut show NAME` (run in WORK/GROUP with
+# WORK/venv/bin/mutmut) prints one mutant's diff.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+work="${MUTATION_WORK:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
+jobs="${MUTATION_JOBS:-2}"
+[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor journal | all)" >&2; exit 2; }
+groups=("$@")
+[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor journal)
+
+modules_of() {
+    case "$1" in
+        auth) echo "tvbridge/middlewares/auth.py tvbridge/access.py" ;;
+        dedupe) echo "tvbridge/middlewares/dedupe.py" ;;
+        orderlog) echo "tvbridge/orderlog.py" ;;
+        risk) echo "tvbridge/risk.py" ;;
+        parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
+        mapping) echo "tvbridge_brokers/dhan/mapping.py" ;;
+        executor) echo "tvbridge/executor.py tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
+        journal) echo "tvbridge/journal.py" ;;
+        *) echo "unknown group $1" >&2; exit 2 ;;
+    esac
+}
+tests_of() {
+    case "$1" in
+        auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" ;;
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py" ;;
+        orderlog) echo "tests/test_orderlog.py" ;;
+        risk) echo "tests/test_risk.py" ;;
+        # the parser also reads config.toml and refuses undecodable text for the webhook: those tests count too
+        parsing) echo "tests/test_parsing.py tests/test_tickers.py tests/test_stale.py tests/test_config.py tests/test_webhook.py tests/middlewares/test_dedupe_edges.py" ;;
+        mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
+        executor) echo "tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        # the journal is read by every step, so its group also runs the tests of the steps that read it back
+        journal) echo "tests/test_journal.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
+    esac
+}
+toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
+
+copy_tree() {  # copy_tree DIR: the committed tree with tvbridge_brokers at the top level
+    mkdir -p "$1"
+    (cd "$repo" && git archive HEAD) | tar -x -C "$1"
+    mv "$1/brokers/tvbridge_brokers" "$1/tvbridge_brokers"
+    sed -i -e 's/^where = \[".", "brokers"\]/where = ["."]/' \
+        -e 's/^include = \["tvbridge\*"\]/include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]/' \
+        "$1/pyproject.toml"
+}
+
+mkdir -p "$work"
+if [ ! -x "$work/venv/bin/mutmut" ]; then
+    copy_tree "$work/base"
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" install -q --disable-pip-version-check -e "$work/base[test]" -e "$work/base/plugins/tvbridge-samplebroker" 'mutmut==3.8.1'
+fi
+export CI=true
+for group in "${groups[@]}"; do
+    dir="$work/$group"
+    rm -rf "$dir"
+    copy_tree "$dir"
+    # shellcheck disable=SC2046 - word splitting of the lists is wanted
+    cat >> "$dir/pyproject.toml" <<TOML
+
+[tool.mutmut]
+source_paths = ["tvbridge", "tvbridge_brokers"]
+only_mutate = $(toml_list $(modules_of "$group"))
+pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
+TOML
+    echo "mutation: $group: $(modules_of "$group")"
+    (cd "$dir" && "$work/venv/bin/mutmut" run --max-children "$jobs" > run.log 2>&1 || true)
+    (cd "$dir" && "$work/venv/bin/mutmut" results --all true > report.txt 2>/dev/null || true)
+    python3 - "$dir/report.txt" "$group" <<'PY'
+import collections, re, sys
+counts = collections.Counter()
+for line in open(sys.argv[1], encoding="utf-8"):
+    m = re.match(r"\s*\S+__mutmut_\d+: (.+)$", line)
+    if m:
+        counts[m.group(1).strip()] += 1
+total = sum(counts.values())
+killed = counts["killed"] + counts["timeout"]
+score = f"{100 * killed / total:.1f}%" if total else "n/a"
+print(f"mutation: {sys.argv[2]}: {killed}/{total} killed ({score}); " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+PY
+done
+echo "mutation: reports in $work/<group>/report.txt"

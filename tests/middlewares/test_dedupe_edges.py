@@ -1,0 +1,255 @@
+"""The dedupe guard's edges, found by mutation testing (docs/testing.md): what is and is not the same alert, what a
+repeat is answered, the journal's keys pruned at start, and dedupe across a restart on a machine not on UTC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import pytest
+from helpers import alert, leg, with_accounts
+from structlog.testing import capture_logs
+
+from tvbridge.config import Config, DedupeConfig
+from tvbridge.journal import Journal
+from tvbridge.keys import JOURNAL, STATE
+from tvbridge.middlewares.dedupe import Deduper, dedupe_key
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator, MutableMapping
+
+    from helpers import ClientFactory
+
+WAIT_S = 20.0
+
+
+def scripted(config: Config, **settings: Any) -> Config:
+    return with_accounts(config, {"s": {"broker": "scripted", **settings}})
+
+
+def orders_received(config: Config) -> list[dict[str, Any]]:
+    path = config.data_path("scripted-s.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_same_alert_with_its_keys_in_another_order_is_a_repeat() -> None:
+    """JSON objects have no order: a resend whose keys come in another order is the same alert."""
+    first = alert(leg(meta={"time": "2025-11-20T09:15:00Z", "interval": "1D"}))
+    reordered = {key: first[key] for key in reversed(list(first))}
+    reordered["order_legs"] = [dict(reversed(list(first["order_legs"][0].items())))]
+    assert list(reordered) != list(first)
+    assert dedupe_key(reordered) == dedupe_key(first)
+
+
+def test_only_meta_timenow_is_left_out_of_the_key() -> None:
+    """The root's and each leg's `meta.timenow` are left out (a resend's only difference); the root's `meta.time`
+    (another bar) counts, and so does a `timenow` anywhere else: it is the strategy's own content."""
+    bar = {"interval": "1D", "time": "2025-11-20T09:15:00Z"}
+    first = alert(meta={**bar, "timenow": "2025-11-20T09:15:01Z"})
+    resend = alert(meta={**bar, "timenow": "2025-11-20T09:15:09Z"})
+    next_bar = alert(meta={**bar, "time": "2025-11-21T09:15:00Z", "timenow": "2025-11-20T09:15:01Z"})
+    assert dedupe_key(first) == dedupe_key(resend)
+    assert dedupe_key(first) != dedupe_key(next_bar)
+    own = [alert(extra={"timenow": stamp}) for stamp in ("1", "2")]
+    assert dedupe_key(own[0]) != dedupe_key(own[1])
+    in_leg = [alert(leg(extra={"timenow": stamp})) for stamp in ("1", "2")]
+    assert dedupe_key(in_leg[0]) != dedupe_key(in_leg[1])
+
+
+def test_a_blank_id_is_no_id() -> None:
+    """An `id` of spaces is not the trader's key: two different alerts carrying it are two alerts."""
+    assert dedupe_key(alert(leg(symbol="INFY"), id="  ")) != dedupe_key(alert(leg(symbol="TCS"), id="  "))
+    assert dedupe_key(alert(id="  ")).startswith("body:")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        alert(id="\ud800"),
+        alert(leg(symbol="\ud800")),
+        alert(meta="\ud800"),
+        {**alert(), "order_legs": [1, "leg"]},
+    ],
+    ids=["surrogate id", "surrogate symbol", "meta not an object", "legs not objects"],
+)
+async def test_odd_alerts_are_refused_not_crashed(make_client: ClientFactory, config: Config, raw: Any) -> None:
+    """A lone surrogate in the alert's `id` or a field (JSON can spell one), a `meta` that is not an object, legs
+    that are not objects: the dedupe key is computed all the same and the alert is refused with a 4xx, never a
+    500; nothing is placed."""
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=raw)
+    assert 400 <= response.status < 500, await response.text()
+    assert orders_received(config) == []
+
+
+async def test_a_repeat_is_answered_with_what_the_first_one_was(make_client: ClientFactory, config: Config) -> None:
+    """While the first copy runs a repeat gets 202, a message pointing at `GET /alerts/<first>`, and no results or
+    warnings yet; once it is done, 200 with its results and warnings and a message saying it was not run again.
+    Each is logged as `dedupe.duplicate` with the reason and whether the first was still running."""
+    config = scripted(config, delay_s=1.0)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    raw = {**alert(), "colour": "red"}  # an unknown key: a warning in the answer
+    first = await client.post("/webhook", json=raw)
+    assert first.status == 202
+    first_id = (await first.json())["alert_id"]
+    with capture_logs() as events:
+        running = await client.post("/webhook", json=raw)
+    body = await running.json()
+    assert running.status == 202
+    assert body["message"] == f"duplicate of alert {first_id}, still running: GET /alerts/{first_id} for the outcome"
+    assert body["first_status"] == "accepted"
+    assert body["results"] == []
+    assert body["warnings"] == []
+    [line] = [e for e in events if e["event"] == "dedupe.duplicate"]
+    assert (line["reason"], line["duplicate_of"], line["running"]) == ("same alert within the window", first_id, True)
+
+    await asyncio.wait_for(asyncio.gather(*client.app[STATE].tasks), WAIT_S)
+    with capture_logs() as events:
+        done = await client.post("/webhook", json=raw)
+    body = await done.json()
+    assert done.status == 200
+    assert body["message"] == f"duplicate of alert {first_id} (same alert within dedupe.window_s): not run again"
+    assert body["warnings"] == ["colour: unknown key, ignored"]
+    assert [r["status"] for r in body["results"]] == ["success"]
+    [line] = [e for e in events if e["event"] == "dedupe.duplicate"]
+    assert line["running"] is False
+    assert len(orders_received(config)) == 1
+
+
+async def test_a_copy_waiting_for_the_first_is_answered_when_it_is_done(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A copy that arrives while the first runs is answered as soon as the first is done, not when its own wait
+    (up to `server.response_deadline_s`, here a minute) runs out."""
+    config = scripted(config, delay_s=0.3)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=60.0))
+    client = await make_client(config)
+    raw = alert()
+    responses = await asyncio.wait_for(asyncio.gather(*(client.post("/webhook", json=raw) for _ in range(2))), WAIT_S)
+    assert sorted([(await r.json())["status"] for r in responses]) == ["duplicate", "success"]
+    assert len(orders_received(config)) == 1
+
+
+@pytest.fixture
+def india_time() -> Iterator[None]:
+    """The process's local time zone is IST, as on a server in India (naive local times are 5.5 h ahead of UTC)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.usefixtures("india_time")
+async def test_a_repeat_after_a_restart_is_caught_on_a_server_in_india(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The journal's keys are compared in UTC: on a machine whose local time is IST, the restarted server's
+    start-up prune keeps the key and its look-up finds it, so the repeat is a duplicate and places nothing."""
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert()
+    first = await (await client.post("/webhook", json=raw)).json()
+    await client.close()
+    restarted = await make_client(config)
+    body = await (await restarted.post("/webhook", json=raw)).json()
+    assert (body["status"], body["duplicate_of"]) == ("duplicate", first["alert_id"])
+    assert len(orders_received(config)) == 1
+
+
+@contextlib.asynccontextmanager
+async def logged(name: str) -> AsyncIterator[list[MutableMapping[str, Any]]]:
+    """Capture log lines; on leaving, wait (bounded) until a line called `name` was written, by a background
+    task maybe, and hand over the lines so far."""
+    seen = asyncio.Event()
+
+    def watch(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event_dict.get("event") == name:
+            seen.set()
+        return event_dict
+
+    with capture_logs(processors=[watch]) as events:
+        yield events
+        async with asyncio.timeout(WAIT_S):
+            await seen.wait()
+
+
+async def test_keys_out_of_the_window_are_cleared_at_start(make_client: ClientFactory, config: Config) -> None:
+    """A restarted server clears the journal's dedupe keys older than the window and says how many: one line
+    `dedupe.pruned` with `cleared`."""
+    config = attrs.evolve(scripted(config), dedupe=DedupeConfig(window_s=0.001))
+    client = await make_client(config)
+    assert (await client.post("/webhook", json=alert())).status == 200
+    await client.close()
+    async with logged("dedupe.pruned") as events:
+        await make_client(config)
+    [line] = [e for e in events if e["event"] == "dedupe.pruned"]
+    assert line["cleared"] == 1
+
+
+async def test_a_prune_that_fails_is_logged_and_trading_goes_on(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clearing old keys is housekeeping: when the journal refuses it, `dedupe.prune_failed` is logged with the
+    error and alerts are still placed."""
+
+    async def refuse(self: Journal, since: str) -> int:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(Journal, "prune_dedupe_keys", refuse)
+    config = scripted(config)
+    async with logged("dedupe.prune_failed") as events:
+        client = await make_client(config)
+    [line] = [e for e in events if e["event"] == "dedupe.prune_failed"]
+    assert line["log_level"] == "error"
+    assert (await client.post("/webhook", json=alert())).status == 200
+    assert len(orders_received(config)) == 1
+
+
+async def test_a_journal_that_cannot_say_is_logged_with_the_503(make_client: ClientFactory, config: Config) -> None:
+    """When the journal cannot tell whether the alert is a repeat, the 503 comes with a `dedupe.lookup_failed`
+    error line carrying the journal's error, for the operator."""
+    config = scripted(config)
+    client = await make_client(config)
+    await client.app[JOURNAL].close()
+    with capture_logs() as events:
+        response = await client.post("/webhook", json=alert())
+    assert response.status == 503
+    [line] = [e for e in events if e["event"] == "dedupe.lookup_failed"]
+    assert line["log_level"] == "error"
+    assert orders_received(config) == []
+
+
+async def test_claims_live_for_the_whole_window_and_are_dropped_after_it() -> None:
+    """The in-process claims: a claim answers repeats for exactly `window_s` (its last instant included), also
+    after its first copy was answered (a repeat then needs no journal read); claims older than the window are
+    dropped as new ones are made, so a long-running server's table stays as small as one window's alerts."""
+    deduper = Deduper(10.0, cast("Journal", None))
+    first = deduper.claim("k-first", "A1", 0.0)
+    deduper.release("k-first", first, answered=True)
+    assert deduper.live_claim("k-first", 10.0) is first  # its last instant
+    assert deduper.live_claim("k-first", 10.001) is None
+    edge = deduper.claim("k-edge", "A2", 10.0)
+    deduper.release("k-edge", edge, answered=True)
+    recent = deduper.claim("k-recent", "A3", 15.0)
+    deduper.release("k-recent", recent, answered=True)
+    running = deduper.claim("k-running", "A4", 5.0)  # its first copy has not been answered yet
+    deduper.claim("k-new", "A5", 20.0)
+    assert sorted(deduper.claims) == ["k-edge", "k-new", "k-recent", "k-running"]
+    failed = deduper.claim("k-failed", "A6", 21.0)
+    deduper.release("k-failed", failed, answered=False)
+    assert deduper.live_claim("k-failed", 21.0) is None  # a failed first copy leaves no claim: the next one runs
+    assert running.answered.done() is False
