@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS admin_actions (
 def csrf_token(app: web.Application) -> str:
     """The page's CSRF token: derived from the admin token, so it changes when the token does."""
     token = app[CREDENTIALS].admin_token
-    return hmac.new(token.encode(), b"tvbridge status csrf", hashlib.sha256).hexdigest()
+    # surrogatepass, as the token compares do: an admin token from a non-UTF-8 environment is still a token
+    return hmac.new(token.encode("utf-8", "surrogatepass"), b"tvbridge status csrf", hashlib.sha256).hexdigest()
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
