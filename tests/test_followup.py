@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import SECRET, alert, leg, with_accounts
+from notify_sink import Sink, running_sink
 from server_process import ServerProcess
 from structlog.testing import capture_logs
 
@@ -40,41 +40,11 @@ WAIT_S = 15.0
 FAST = FollowupConfig(first_interval_s=0.05, max_interval_s=0.2, max_lookups_per_s=50)
 
 
-@attrs.define
-class Sink:
-    """A chat API on loopback (apprise's `json://` target): the notifications the operator would get."""
-
-    server: TestServer
-    received: list[dict[str, Any]]
-    arrived: asyncio.Condition
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.server.port}/hook"
-
-    async def wait_for(self, count: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(WAIT_S), self.arrived:
-            await self.arrived.wait_for(lambda: len(self.received) >= count)
-        return self.received
-
-
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
-    received: list[dict[str, Any]] = []
-    arrived = asyncio.Condition()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        async with arrived:
-            arrived.notify_all()
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield Sink(server, received, arrived)
-    await server.close()
+    """A chat API on loopback: the notifications the operator would get."""
+    async with running_sink() as running:
+        yield running
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ is slow on purpose), and a storm of failures folded into one message with a coun
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+from notify_sink import Sink, running_sink
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.errors import ConfigError
@@ -25,41 +24,11 @@ SINK_DELAY_S = 1.0
 WAIT_S = 20.0
 
 
-@attrs.define
-class Sink:
-    server: TestServer
-    received: list[dict[str, Any]]
-    arrived: asyncio.Condition
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.server.port}/hook"
-
-    async def wait_for(self, count: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(WAIT_S), self.arrived:
-            await self.arrived.wait_for(lambda: len(self.received) >= count)
-        return self.received
-
-
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     """A slow chat API: it takes a second to answer each message."""
-    received: list[dict[str, Any]] = []
-    arrived = asyncio.Condition()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        async with arrived:
-            arrived.notify_all()
-        await asyncio.sleep(SINK_DELAY_S)  # a slow target, not synchronisation
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield Sink(server, received, arrived)
-    await server.close()
+    async with running_sink(SINK_DELAY_S) as running:
+        yield running
 
 
 def notifying(config: Config, sink: Sink, min_interval_s: float) -> Config:

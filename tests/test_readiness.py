@@ -19,11 +19,10 @@ import attrs
 import pytest
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from fake_dhan import CLIENT_ID, FakeDhan, jwt
 from helpers import SECRET, ClientFactory, with_accounts
+from notify_sink import Sink, running_sink
 from server_process import ServerProcess, run_cli
-from test_notify import Sink
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.keys import CALENDAR, CONFIG
@@ -39,21 +38,8 @@ if TYPE_CHECKING:
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     """A chat API on loopback that keeps what it is sent (apprise's json:// posts there)."""
-    received: list[dict[str, Any]] = []
-    arrived = asyncio.Condition()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        async with arrived:
-            arrived.notify_all()
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield Sink(server, received, arrived)
-    await server.close()
+    async with running_sink() as running:
+        yield running
 
 
 @pytest.fixture
