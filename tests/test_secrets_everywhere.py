@@ -208,6 +208,12 @@ def drive(client: Client, secret: str, path_token: str, admin: str) -> list[str]
     ids.append(json.loads(failing.body)["alert_id"])
     stale = alert(leg(symbol="TCS", meta={"timenow": "2020-01-01T00:00:00Z"}), secret=secret)
     assert client.webhook(stale).status == 422
+    # refused alerts are kept in the journal for the status page (refusal_journal.py): with the body secret and
+    # through the path token, neither may be kept with them
+    invalid = alert(leg(symbol="TCS", quantity="ten"), secret=secret)
+    assert client.webhook(invalid).status == 422
+    invalid_via_path = {k: v for k, v in invalid.items() if k != "secret"}
+    assert client.webhook(invalid_via_path, f"/webhook/{path_token}").status == 422
 
     for guess in near_misses(secret):
         assert client.webhook(alert(leg(), secret=guess)).status == 401, guess
