@@ -69,7 +69,7 @@ def _utc_now() -> datetime:
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     guard = RiskGuard(
-        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.routing.accounts},
+        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.used_accounts},
         brokers=app[BROKERS],
         journal=app[JOURNAL],
         halt_file=halt_path(config.server.data_dir),
@@ -84,9 +84,9 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         notifier=app[NOTIFIER],
         before_send=guard.before_send,
-        quantity_units={account: config.quantity_unit(account) for account in config.routing.accounts},
+        quantity_units={account: config.quantity_unit(account) for account in config.used_accounts},
         followup=app[FOLLOWUP],
-        multipliers={account: config.quantity_multiplier(account) for account in config.routing.accounts},
+        multipliers={account: config.quantity_multiplier(account) for account in config.used_accounts},
         clock=app[NOW],
         calendar=app[CALENDAR],
     )

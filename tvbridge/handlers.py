@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from tvbridge import __version__, metrics, tradingday
+from tvbridge import __version__, metrics, strategies, tradingday
 from tvbridge.access import same_token
 from tvbridge.alertpage import alert_page, prefers_html
 from tvbridge.crashpoints import crash_point
@@ -37,6 +37,7 @@ from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.refusals import should_log
 from tvbridge.status import page_refusal
+from tvbridge.strategies import current_strategy
 from tvbridge.text import bounded
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ async def webhook(request: web.Request) -> web.Response:
         raise ShuttingDownError
     _check_records(app)
     tradingday.check_halted(app)
+    strategies.check_halted(config.server.data_dir, current_strategy())
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
     body = body_of(request)
@@ -102,7 +104,7 @@ async def webhook(request: web.Request) -> web.Response:
         check_encodable(raw)
     alert = parse_alert(raw, app[CONVERTER])
     warnings = unknown_keys(raw)
-    accounts = config.routing.accounts
+    accounts = config.accounts_of(current_strategy())
     journal = app[JOURNAL]
 
     age_s = _age_s(alert)
@@ -185,7 +187,7 @@ async def _refuse_stale(
     alert_id = request[ALERT_ID]
     results = [
         _stale_result(app, account, n, leg, message)
-        for account in config.routing.accounts
+        for account in config.accounts_of(current_strategy())
         for n, leg in enumerate(alert.legs, start=1)
     ]
     body = response_body(alert_id, alert.alert_type.value, AlertStatus.STALE.value, results, warnings)

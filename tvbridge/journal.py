@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
+from tvbridge.positions import StrategyFill
 from tvbridge.sqlite import Synchronous, open_database
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -63,7 +66,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     status       TEXT NOT NULL,
     response     TEXT,
     updated_at   TEXT NOT NULL,
-    order_log_offset INTEGER
+    order_log_offset INTEGER,
+    strategy     TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
 CREATE TABLE IF NOT EXISTS probe (
@@ -202,21 +206,24 @@ class Journal:
         status: str = UNFINISHED,
         also: Callable[[sqlite3.Connection], object] | None = None,
         order_log_offset: int | None = None,
+        strategy: str | None = None,
     ) -> None:
         """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
 
         `also` runs in the same transaction (the closed-market queue adds its rows that way, so an alert is
         never journaled as queued without its queue entry, nor the other way round). `order_log_offset` is the
         order log's size now: this alert's rows can only be after it, which is where crash recovery looks for
-        rows written before a crash (so it never writes them twice)."""
+        rows written before a crash (so it never writes them twice). `strategy` is the strategy the alert runs
+        under, by default the running one (`strategies.current_strategy()`, which `auth` set)."""
         stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
         now = _now()
+        strategy = strategy or current_strategy()
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, now, alert_type, dedupe_key, source, stored, status, now, order_log_offset),
+                " updated_at, order_log_offset, strategy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert_id, now, alert_type, dedupe_key, source, stored, status, now, order_log_offset, strategy),
             )
             conn.executemany(
                 "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
@@ -351,6 +358,7 @@ class Journal:
                 "alert_id": row["alert_id"],
                 "received_at": row["received_at"],
                 "alert_type": row["alert_type"],
+                "strategy": row["strategy"] or DEFAULT_STRATEGY,
                 "status": row["status"],
                 "updated_at": row["updated_at"],
                 "payload": json.loads(row["payload"]),
@@ -437,6 +445,64 @@ class Journal:
         )
         return int(row[0])
 
+    async def count_strategy_orders(self, strategy: str, *, since: datetime) -> int:
+        """Legs of `strategy`'s alerts, on any account, that reached (or may have reached) the broker since
+        `since`: the strategy's own `max_orders_per_day`."""
+        stamp = since.astimezone(UTC).isoformat()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.updated_at >= ? AND legs.client_order_id IS NOT NULL"
+                " AND (legs.order_id IS NOT NULL OR legs.state IN ('success', 'placed', 'unknown', 'test_mode',"
+                " 'sending'))",
+                (DEFAULT_STRATEGY, strategy, stamp),
+            ).fetchone()
+        )
+        return int(row[0])
+
+    async def fills(self, account: str, position_key: str | None = None) -> list[StrategyFill]:
+        """What tvbridge's own orders on `account` filled, per strategy: the store behind each strategy's own
+        position (`positions.book`). `position_key` narrows it to one contract and product."""
+
+        def fetch(conn: sqlite3.Connection) -> list[StrategyFill]:
+            rows = conn.execute(
+                "SELECT COALESCE(alerts.strategy, ?) AS strategy, json_extract(legs.result, '$.position_key') AS key,"
+                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = ? AND legs.filled_quantity > 0"
+                " AND json_extract(legs.result, '$.position_key') IS NOT NULL"
+                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)",
+                (DEFAULT_STRATEGY, account, position_key, position_key),
+            ).fetchall()
+            return [
+                StrategyFill(
+                    strategy=row["strategy"],
+                    key=row["key"],
+                    side=row["side"],
+                    quantity=int(row["filled"]),
+                    bracket=tuple(_json_or_none(row["bracket"]) or ()),
+                )
+                for row in rows
+            ]
+
+        return await self._db.read(fetch)
+
+    async def strategy_orders(self, strategy: str, account: str) -> set[str]:
+        """Client order ids of `strategy`'s legs on `account` whose order may still be open (square-off cancels
+        those, and only those)."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT legs.client_order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ?"
+                " AND legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " AND legs.client_order_id IS NOT NULL",
+                (DEFAULT_STRATEGY, strategy, account),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._db.read(fetch)
+
     async def integrity_ok(self) -> bool:
         row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())
         return bool(row and row[0] == "ok")
@@ -449,6 +515,8 @@ def _create(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
     if "order_log_offset" not in columns:  # a journal from before it existed: recovery reads the whole log
         conn.execute("ALTER TABLE alerts ADD COLUMN order_log_offset INTEGER")
+    if "strategy" not in columns:  # a journal from before strategies: its alerts were all `default`'s
+        conn.execute("ALTER TABLE alerts ADD COLUMN strategy TEXT")
     _add_order_columns(conn)
 
 

@@ -61,6 +61,8 @@ RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 SOURCE_IP = web.RequestKey[str]("source_ip")
 AUTHENTICATED = web.RequestKey[bool]("authenticated")
 """Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
+STRATEGY = web.RequestKey[str]("strategy")
+"""Set by `auth`: the strategy whose secret or path token the alert carried (`default`: the global one)."""
 DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
 """Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
 

@@ -320,7 +320,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "halted": halt is not None,
             "halt": {"reason": halt.reason, "since": halt.since, "by": halt.by} if halt is not None else None,
             "journal_ok": journal.healthy,
-            "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
+            "accounts": {a: config.broker_of(a) for a in config.used_accounts},
             "day_start": day_start,
             "unauthenticated": refusals.unauthenticated if refusals is not None else 0,
             "refusals_not_journaled": refusals.not_journaled if refusals is not None else 0,

@@ -51,6 +51,7 @@ from tvbridge.models import AlertStatus, CancelAlert, CancelLeg, LegResult, LegS
 from tvbridge.parsing import parse_alert
 from tvbridge.risk import RiskLimitError, check_leg, reference_price
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
+from tvbridge.strategies import current_strategy, strategy_halt_path
 
 if TYPE_CHECKING:
     import sqlite3
@@ -158,7 +159,8 @@ def decide(config: Config, calendar: Calendar, alert: Alert, account: str, now: 
 def plan(app: web.Application, alert: Alert) -> list[Decision]:
     config = app[CONFIG]
     now = app[NOW]()
-    decisions = [decide(config, app[CALENDAR], alert, account, now) for account in config.routing.accounts]
+    accounts = config.accounts_of(current_strategy())
+    decisions = [decide(config, app[CALENDAR], alert, account, now) for account in accounts]
     return [_never_passes(app, alert, d) if d.action == "queue" else d for d in decisions]
 
 
@@ -298,7 +300,6 @@ async def handle_closed(
 ) -> web.Response:
     """The webhook for an alert that at least one account cannot send now: queue, reject, AMO, or a mix."""
     app = request.app
-    config = app[CONFIG]
     alert_id = request[ALERT_ID]
     journal = app[JOURNAL]
     queued = [d for d in decisions if d.action == "queue"]
@@ -311,7 +312,7 @@ async def handle_closed(
         payload=raw,
         dedupe_key=request.get(DEDUPE_KEY),  # a resend of a queued alert is a duplicate
         source=request.get(SOURCE_IP),
-        legs=planned_legs(alert_id, alert, config.routing.accounts),
+        legs=planned_legs(alert_id, alert, [d.account for d in decisions]),
         status="accepted" if running else AlertStatus.QUEUED.value,
         also=_queue_rows(alert_id, queued, rejected),
         order_log_offset=app[ORDER_LOG].size(),
@@ -408,36 +409,56 @@ async def market(request: web.Request) -> web.Response:
     )
 
 
-async def _reason(request: web.Request) -> str:
+async def _halt_request(request: web.Request) -> tuple[str, str | None]:
+    """(reason, strategy) from `{"reason": "...", "strategy": "NAME"}` (both optional); 400 for an unknown
+    strategy, so a typo never leaves the wrong one trading."""
     if not request.can_read_body:
-        return ""
+        return "", None
     try:
         raw = await request.json()
     except ValueError:
-        raise BadRequestError('body is not JSON: send {"reason": "..."} or nothing') from None
-    return str(raw.get("reason", "")) if isinstance(raw, dict) else ""
+        raise BadRequestError('body is not JSON: send {"reason": "...", "strategy": "NAME"} or nothing') from None
+    if not isinstance(raw, dict):
+        return "", None
+    strategy = raw.get("strategy")
+    if strategy is not None and (not isinstance(strategy, str) or strategy not in request.app[CONFIG].strategies):
+        known = ", ".join(request.app[CONFIG].strategies) or "none configured"
+        raise BadRequestError(f"strategy: must be one of the [strategies.NAME] tables ({known})")
+    return str(raw.get("reason", "")), strategy
+
+
+def _switch(app: web.Application, strategy: str | None) -> Any:
+    data_dir = app[CONFIG].server.data_dir
+    return halt_path(data_dir) if strategy is None else strategy_halt_path(data_dir, strategy)
 
 
 async def halt(request: web.Request) -> web.Response:
+    """The kill switch: all trading, or with `{"strategy": NAME}` that strategy's alone."""
     from tvbridge.handlers import require_admin  # noqa: PLC0415 - handlers imports this module
 
     require_admin(request)
-    reason = await _reason(request) or "halted through POST /admin/halt"
-    state = set_halt(halt_path(request.app[CONFIG].server.data_dir), reason=reason, by="admin api")
-    log.warning("trading.halted", reason=reason, by="admin api")
-    notify.event(request.app, "halted", f"trading halted through the admin API: {reason}")
-    return web.json_response({"halted": True, "reason": state.reason, "since": state.since})
+    reason, strategy = await _halt_request(request)
+    reason = reason or "halted through POST /admin/halt"
+    state = set_halt(_switch(request.app, strategy), reason=reason, by="admin api")
+    what = "trading" if strategy is None else f"strategy {strategy}"
+    log.warning("trading.halted", reason=reason, by="admin api", halted_strategy=strategy)
+    notify.event(request.app, "halted", f"{what} halted through the admin API: {reason}")
+    scope = {} if strategy is None else {"strategy": strategy}
+    return web.json_response({"halted": True, "reason": state.reason, "since": state.since, **scope})
 
 
 async def resume(request: web.Request) -> web.Response:
     from tvbridge.handlers import require_admin  # noqa: PLC0415 - handlers imports this module
 
     require_admin(request)
-    was = clear_halt(halt_path(request.app[CONFIG].server.data_dir))
-    log.warning("trading.resumed", by="admin api", was_halted=was)
-    notify.event(request.app, "resumed", "trading resumed through the admin API")
+    _reason, strategy = await _halt_request(request)
+    was = clear_halt(_switch(request.app, strategy))
+    what = "trading" if strategy is None else f"strategy {strategy}"
+    log.warning("trading.resumed", by="admin api", was_halted=was, halted_strategy=strategy)
+    notify.event(request.app, "resumed", f"{what} resumed through the admin API")
     request.app[SCHEDULER].wake.set()
-    return web.json_response({"halted": False, "was_halted": was})
+    scope = {} if strategy is None else {"strategy": strategy}
+    return web.json_response({"halted": False, "was_halted": was, **scope})
 
 
 async def flatten(request: web.Request) -> web.Response:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 
 def build_middlewares(config: Config, credentials: Credentials) -> list[Middleware]:
-    rate_limit_before_auth, rate_limit_after_auth = rate_limit(config.rate_limit, credentials)
+    rate_limit_before_auth, rate_limit_after_auth = rate_limit(config.rate_limit)
     return [
         request_id(config.ip_allowlist.trusted_proxies),
         errors(),
