@@ -33,6 +33,7 @@ from tvbridge.keys import (
     NOW,
     ORDER_LOG,
     STATE,
+    STRATEGY_BOOK,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
@@ -52,6 +53,7 @@ from tvbridge.sessions import Calendar
 from tvbridge.status import status_events, status_page
 from tvbridge.status_actions import actions_ctx
 from tvbridge.status_actions import add_routes as add_status_actions
+from tvbridge.strategies import StrategyBook
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -68,12 +70,16 @@ def _utc_now() -> datetime:
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    book = StrategyBook(app[JOURNAL], config.strategies)
+    app[STRATEGY_BOOK] = book
     guard = RiskGuard(
         limits={account: config.risk_of(account, app[CONVERTER]) for account in config.used_accounts},
         brokers=app[BROKERS],
         journal=app[JOURNAL],
         halt_file=halt_path(config.server.data_dir),
         clock=app[NOW],
+        strategies=config.strategies,
+        book=book,
     )
     app[EXECUTOR] = Executor(
         brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),
@@ -89,6 +95,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         multipliers={account: config.quantity_multiplier(account) for account in config.used_accounts},
         clock=app[NOW],
         calendar=app[CALENDAR],
+        share=book.share if config.strategies else None,  # without strategies: the broker's position, as before
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

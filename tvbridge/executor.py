@@ -49,6 +49,7 @@ from tvbridge.broker import (
     OrderRequest,
     OrderResult,
     OrderState,
+    Position,
     check_supported,
 )
 from tvbridge.contracts import is_relative, resolve
@@ -66,9 +67,10 @@ from tvbridge.models import (
     summarize,
 )
 from tvbridge.parsing import is_target
-from tvbridge.positions import Move, SentExits, SentMoves, exit_all, to_target
+from tvbridge.positions import Move, SentExits, SentMoves, book_key, exit_all, to_target
 from tvbridge.risk import RiskLimitError
 from tvbridge.sizing import size
+from tvbridge.strategies import current_strategy, use_strategy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -174,6 +176,7 @@ class Executor:
         multipliers: Mapping[str, Decimal] | None = None,
         clock: Callable[[], datetime] | None = None,
         calendar: Calendar | None = None,
+        share: Callable[[str, OrderLeg, list[Position]], Awaitable[list[Position]]] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -204,6 +207,9 @@ class Executor:
 
             calendar = Calendar()
         self._calendar = calendar
+        self._share = share
+        """The running strategy's share of the broker's positions (`strategies.StrategyBook.share`): what
+        EXIT_ALL closes and a target moves. None: the broker's whole position."""
 
     async def run(
         self,
@@ -213,8 +219,23 @@ class Executor:
         warnings: Sequence[str],
         *,
         resume: Resume | None = None,
+        strategy: str | None = None,
     ) -> dict[str, Any]:
-        """Place the alert's legs, record the results, and return the response body."""
+        """Place the alert's legs, record the results, and return the response body. `strategy`: the strategy
+        it runs under when not the running one (crash recovery and the queue pass the journaled one)."""
+        if strategy is not None and strategy != current_strategy():
+            with use_strategy(strategy):
+                return await self._run(alert_id, alert, accounts, warnings, resume)
+        return await self._run(alert_id, alert, accounts, warnings, resume)
+
+    async def _run(
+        self,
+        alert_id: str,
+        alert: Alert,
+        accounts: Sequence[str],
+        warnings: Sequence[str],
+        resume: Resume | None,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         per_account: Sequence[list[LegResult] | BaseException]
         if len(accounts) == 1:  # the usual case: no task and gather for one account
@@ -439,7 +460,7 @@ class Executor:
                 # open orders before positions: an order filling in between is then counted twice (sends too
                 # little, corrected by the next alert), never not at all (would send it again)
                 listed = await broker.open_orders()
-            found = await broker.positions(leg)
+            found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if listed is not None:  # this process's target and exit orders for the contract, still to fill
                 pending = self._sent_moves.still_open(account, leg, listed)
@@ -487,7 +508,7 @@ class Executor:
         if isinstance(cancelled, LegResult):
             return cancelled
         try:
-            found = await broker.positions(leg)
+            found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
                 pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
@@ -517,6 +538,11 @@ class Executor:
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
             self._sent_exits.remember(account, client_id, exit_order.leg, found)
         return attrs.evolve(result, message=f"{exit_order.message}; {result.message}{cancelled}")
+
+    async def _positions(self, account: str, leg: OrderLeg) -> list[Position]:
+        """The position an exit or a target reads: the running strategy's share of the broker's."""
+        found = list(await self._brokers[account].positions(leg))
+        return found if self._share is None else await self._share(account, leg, found)
 
     async def _cancel_brackets(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> str | LegResult:
         """EXIT_ALL first cancels the brackets resting in the contract (`Broker.cancel_brackets`): a stop left
@@ -596,6 +622,8 @@ class Executor:
             filled_quantity=order.filled_quantity if order and order.state is not OrderState.DRY_RUN else None,
             average_price=str(order.average_price) if order and order.average_price is not None else None,
             bracket=parts_of(order.details) if order else (),
+            strategy=current_strategy(),
+            position_key=book_key(leg) if isinstance(leg, OrderLeg) else None,
             **_leg_fields(leg),
         )
 

@@ -35,7 +35,8 @@ from tvbridge.executor import leg_status, response_body
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.middlewares.request_id import new_alert_id
 from tvbridge.models import CancelLeg, LegResult, LegStatus, OrderLeg, Side, summarize
-from tvbridge.positions import closing_leg
+from tvbridge.positions import book_key, closing_leg
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     from tvbridge.broker import OrderResult
@@ -261,6 +262,8 @@ def _result(
         order_type=fields["order_type"],
         product_type=fields["product_type"],
         price=fields["price"],
+        strategy=current_strategy(),
+        position_key=fields.get("position_key"),
     )
 
 
@@ -303,6 +306,7 @@ async def _close(run: _Run, number: int, leg: OrderLeg) -> LegResult:
         "product_type": leg.product.value,
         "price": str(leg.price),
         "client_order_id": client_id,
+        "position_key": book_key(leg),
     }
     request = OrderRequest(client_order_id=client_id, alert_id=run.alert_id, leg_number=number, leg=leg)
     try:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.refusals import RefusalLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
+    from tvbridge.strategies import StrategyBook  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")
@@ -50,6 +51,8 @@ NOW = web.AppKey["Callable[[], datetime]"]("now")
 """The wall clock as an aware datetime: exchange sessions, the queue and the daily risk count ask it (never the
 machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
 CALENDAR = web.AppKey["Calendar"]("calendar")
+STRATEGY_BOOK = web.AppKey["StrategyBook"]("strategy_book")
+"""Each strategy's own position, from the journal's fills (`tvbridge/strategies.py`)."""
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 REFUSAL_JOURNAL = web.AppKey["RefusalJournal"]("refusal_journal")
 """Webhook requests refused before anything ran (`tvbridge/refusal_journal.py`): what the status page lists with the

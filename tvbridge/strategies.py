@@ -33,13 +33,17 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import HaltedError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.models import Side
+from tvbridge.positions import book, book_key, closing_leg, position_of_key, share
 from tvbridge.sessions import EXCHANGE_TZ
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
+    from typing import Any
 
+    from tvbridge.broker import Position
     from tvbridge.config import Config, StrategyConfig
+    from tvbridge.journal import Journal
     from tvbridge.models import OrderLeg
 
 log = structlog.get_logger()
@@ -169,3 +173,71 @@ def check_window(strategy: StrategyConfig, leg: OrderLeg, own: int, now: datetim
         f"strategy: outside its entry_window {strategy.entry_window} (now {local.strftime('%H:%M')} exchange"
         " time): entries are refused, exits are not"
     )
+
+
+class StrategyBook:
+    """Each strategy's own position per account and contract, from the fills of tvbridge's own orders in the
+    journal (`Journal.fills`, summed by `positions.book`): nothing is kept in memory, so a restart, the queue
+    and crash recovery all see the same book."""
+
+    def __init__(self, journal: Journal, strategies: Mapping[str, StrategyConfig]) -> None:
+        self._journal = journal
+        self._strategies = strategies
+
+    async def own(self, strategy: str, account: str, leg: OrderLeg) -> int:
+        """The strategy's net position (signed units) in `leg`'s contract and product on `account`."""
+        key = book_key(leg)
+        return book(await self._journal.fills(account, key)).get((strategy, key), 0)
+
+    async def share(self, account: str, leg: OrderLeg, found: list[Position]) -> list[Position]:
+        """The running strategy's share of the broker's positions `found` in `leg`'s contract: a named
+        strategy's own fills; `default`'s, what the broker holds beyond the named strategies'. A broker net that
+        is not the sum of every strategy's fills is logged (`strategy.position_mismatch`)."""
+        strategy = current_strategy()
+        key = book_key(leg)
+        net = book(await self._journal.fills(account, key))
+        held = sum(p.net_quantity for p in found if p.product is leg.product)
+        ours = {s: v for (s, _key), v in net.items()}
+        if sum(ours.values()) != held:
+            log.warning(
+                "strategy.position_mismatch",
+                account=account,
+                contract=key,
+                broker_net=held,
+                strategies_sum=sum(ours.values()),
+                by_strategy=ours,
+            )
+        named = sum(v for s, v in ours.items() if s != DEFAULT)
+        mine = held - named if strategy == DEFAULT else ours.get(strategy, 0)
+        return share(leg, found, mine)
+
+    async def rows(self, account: str, positions: Sequence[Position]) -> list[dict[str, Any]]:
+        """For `/status`: every strategy's position on `account`, and each contract where the broker's net
+        (`positions`, all of the account's) is not the strategies' sum (`mismatch`)."""
+        net = book(await self._journal.fills(account))
+        held: dict[str, int] = {}
+        for p in positions:
+            key = book_key(closing_leg(p))
+            held[key] = held.get(key, 0) + p.net_quantity
+        out: list[dict[str, Any]] = [
+            {"account": account, "strategy": s, "contract": key, "net_quantity": v}
+            for (s, key), v in sorted(net.items())
+        ]
+        for key in sorted({k for _s, k in net} | set(held)):
+            total = sum(v for (_s, k), v in net.items() if k == key)
+            if total != held.get(key, 0):
+                out.append(
+                    {
+                        "account": account,
+                        "strategy": None,
+                        "contract": key,
+                        "net_quantity": held.get(key, 0),
+                        "mismatch": f"the broker holds {held.get(key, 0)}, the strategies' fills add up to {total}",
+                    }
+                )
+        return out
+
+    async def open_positions(self, strategy: str, account: str) -> list[Position]:
+        """The strategy's open positions on `account`, as flatten closes them (square-off)."""
+        net = book(await self._journal.fills(account))
+        return [position_of_key(key, v) for (s, key), v in sorted(net.items()) if s == strategy]

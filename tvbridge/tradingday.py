@@ -51,7 +51,7 @@ from tvbridge.models import AlertStatus, CancelAlert, CancelLeg, LegResult, LegS
 from tvbridge.parsing import parse_alert
 from tvbridge.risk import RiskLimitError, check_leg, reference_price
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
-from tvbridge.strategies import current_strategy, strategy_halt_path
+from tvbridge.strategies import current_strategy, strategy_halt_path, use_strategy
 
 if TYPE_CHECKING:
     import sqlite3
@@ -343,11 +343,16 @@ async def handle_closed(
 
 async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) -> None:
     """The scheduler's send: decide again for each account, then run the ones whose window is open."""
-    journal, scheduler = app[JOURNAL], app[SCHEDULER]
-    record = await journal.get_alert(alert_id)
+    record = await app[JOURNAL].get_alert(alert_id)
     if record is None:
         log.error("queue.alert_missing", accounts=accounts)
         return
+    with use_strategy(record["strategy"]):  # its strategy's rules, records and log lines, as on arrival
+        await _send_queued(app, alert_id, accounts, record)
+
+
+async def _send_queued(app: web.Application, alert_id: str, accounts: list[str], record: dict[str, Any]) -> None:
+    journal, scheduler = app[JOURNAL], app[SCHEDULER]
     alert = parse_alert(record["payload"], app[CONVERTER])
     now = app[NOW]()
     decisions = [decide(app[CONFIG], app[CALENDAR], alert, account, now) for account in accounts]
