@@ -50,6 +50,7 @@ from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 from tvbridge.sessions import Calendar
+from tvbridge.squareoff import square_off_ctx
 from tvbridge.status import status_events, status_page
 from tvbridge.status_actions import actions_ctx
 from tvbridge.status_actions import add_routes as add_status_actions
@@ -145,6 +146,7 @@ def create_app(
             executor_ctx,
             recovery_ctx,
             scheduler_ctx,
+            square_off_ctx,
         ]
     )
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe

@@ -255,6 +255,9 @@ def _result(
         order_id=order.order_id if order is not None else fields.pop("order_id", None),
         client_order_id=fields.pop("client_order_id", None),
         order_state=order.state.value if order is not None else None,
+        # what the close filled: a strategy's own position is summed from these (`Journal.fills`)
+        filled_quantity=order.filled_quantity if order is not None and order.state is not OrderState.DRY_RUN else None,
+        average_price=str(order.average_price) if order is not None and order.average_price is not None else None,
         symbol=fields["symbol"],
         exchange=fields["exchange"],
         transaction=fields["transaction"],

@@ -503,6 +503,19 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def has_run(self, *, strategy: str, source: str, account: str) -> bool:
+        """Whether a flatten-type run of `strategy` from `source` (the daily square-off names its exchange day
+        there: `square_off 2026-12-07`) on `account` was journaled, finished or not: what keeps it to one run a
+        day across restarts."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM alerts WHERE COALESCE(strategy, ?) = ? AND source = ?"
+                " AND json_extract(payload, '$.flatten.account') = ? LIMIT 1",
+                (DEFAULT_STRATEGY, strategy, source, account),
+            ).fetchone()
+        )
+        return row is not None
+
     async def integrity_ok(self) -> bool:
         row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())
         return bool(row and row[0] == "ok")

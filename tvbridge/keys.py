@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.refusals import RefusalLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
+    from tvbridge.squareoff import SquareOff  # noqa: F401
     from tvbridge.strategies import StrategyBook  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
@@ -53,6 +54,8 @@ machine directly), so tests stand at any moment of the exchange week. `CLOCK` be
 CALENDAR = web.AppKey["Calendar"]("calendar")
 STRATEGY_BOOK = web.AppKey["StrategyBook"]("strategy_book")
 """Each strategy's own position, from the journal's fills (`tvbridge/strategies.py`)."""
+SQUARE_OFF = web.AppKey["SquareOff"]("square_off")
+"""The strategies' daily square-off (`tvbridge/squareoff.py`)."""
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 REFUSAL_JOURNAL = web.AppKey["RefusalJournal"]("refusal_journal")
 """Webhook requests refused before anything ran (`tvbridge/refusal_journal.py`): what the status page lists with the
