@@ -286,6 +286,20 @@ async def test_the_strategy_is_named_in_journal_order_log_log_lines_and_status(
     assert {r["strategy"]: r["net_quantity"] for r in status["strategy_positions"]} == {"alpha": 10, "default": 10}
 
 
+async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any, tmp_path: Path) -> None:
+    """Two strategies firing the same alert on the same bar are two trades, not a repeat: dedupe is per
+    strategy (a repeat within one strategy is still a duplicate)."""
+    config = make_config(tmp_path)
+    client = await start(aiohttp_client, config)
+    same = alert(intraday(quantity="3"))
+    statuses = []
+    for secret in (ALPHA, BETA, ALPHA):
+        response = await client.post("/webhook", json={**same, "secret": secret})
+        statuses.append((await response.json())["status"])
+    assert statuses == ["success", "success", "duplicate"]
+    assert await net(client) == 6
+
+
 # accounts, sides, symbols, entry window
 
 
