@@ -244,7 +244,8 @@ async def test_the_strategy_is_named_in_journal_order_log_log_lines_and_status(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     """Each record names the alert's strategy (`default` for the global secret): the journal, the order log's
-    last column (the older columns keep their places), every log line of the alert, the /status rows."""
+    last column (the older columns keep their places), every log line of the alert, the /status rows, the
+    metrics' `strategy` label."""
     config = make_config(tmp_path)
     client = await start(aiohttp_client, config)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
@@ -284,6 +285,10 @@ async def test_the_strategy_is_named_in_journal_order_log_log_lines_and_status(
         second["alert_id"]: "default",
     }
     assert {r["strategy"]: r["net_quantity"] for r in status["strategy_positions"]} == {"alpha": 10, "default": 10}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tvbridge_legs_total{account="paper",broker="paper",status="success",strategy="alpha"} 1.0' in metrics
+    assert 'tvbridge_alerts_total{outcome="success",strategy="alpha"} 1.0' in metrics
+    assert 'tvbridge_alerts_total{outcome="success",strategy="default"} 1.0' in metrics
 
 
 async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any, tmp_path: Path) -> None:
