@@ -26,7 +26,6 @@ from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 
 if TYPE_CHECKING:
-
     from tvbridge.config import Config
 
 ALPHA = "alpha-secret-0123456789abcdef"
