@@ -434,7 +434,7 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
             f'<tr data-alert-id="{alert_id}" class="{html.escape(alert["status"])}">'
             f"<td>{show_time(alert['received_at'])}</td>"
             f'<td><a href="/alerts/{alert_id}">{alert_id}</a></td>'
-            + _cell(alert["alert_type"])
+            + _cell(f"{alert['alert_type']} · {alert['strategy']}" if alert.get("strategy") else alert["alert_type"])
             + _cell(outcome_text(alert))
             + f'<td class="reason">{html.escape(alert.get("reason") or "")}</td>'
             + f'<td class="legs-cell"><ul class="legs">{legs}</ul></td>'
