@@ -134,6 +134,28 @@ async def test_each_strategy_exits_only_its_own_share(aiohttp_client: Any, tmp_p
     assert body["results"][0]["message"].startswith("nothing to close"), body
 
 
+async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha and beta each hold a bracket (entry filled, target and stop resting) in the same contract: alpha's
+    EXIT_ALL cancels alpha's target and stop and sells its 10; beta's stop and target keep protecting beta's 4."""
+    config = make_config(tmp_path)
+    client = await start(aiohttp_client, config)
+    alpha = await post(client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA))
+    beta = await post(client, alert(intraday(quantity="4", target_price="3100", stoploss_price="2850"), secret=BETA))
+    broker = client.app[BROKERS]["paper"]
+    parts = {
+        name: {p["order_id"] for p in body["results"][0]["bracket"] if p["part"] != "entry"}
+        for name, body in (("alpha", alpha), ("beta", beta))
+    }
+    assert {o.order_id for o in await broker.open_orders()} == parts["alpha"] | parts["beta"]
+
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+
+    [result] = body["results"]
+    assert (result["transaction"], result["quantity"]) == ("S", "10"), result
+    assert {o.order_id for o in await broker.open_orders()} == parts["beta"]
+    assert await net(client) == 4
+
+
 async def test_the_default_strategy_owns_what_the_named_ones_do_not(aiohttp_client: Any, tmp_path: Path) -> None:
     """The global secret (`default`) trades beside a named strategy: its EXIT_ALL closes the broker's position
     beyond alpha's share (so nothing changes for a server without strategies)."""

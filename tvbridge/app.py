@@ -96,7 +96,9 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         multipliers={account: config.quantity_multiplier(account) for account in config.used_accounts},
         clock=app[NOW],
         calendar=app[CALENDAR],
-        share=book.share if config.strategies else None,  # without strategies: the broker's position, as before
+        # without strategies: the broker's position and every bracket in the contract, as before
+        share=book.share if config.strategies else None,
+        own_brackets=book.own_brackets if config.strategies else None,
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

@@ -177,6 +177,7 @@ class Executor:
         clock: Callable[[], datetime] | None = None,
         calendar: Calendar | None = None,
         share: Callable[[str, OrderLeg, list[Position]], Awaitable[list[Position]]] | None = None,
+        own_brackets: Callable[[str, OrderLeg], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -210,6 +211,9 @@ class Executor:
         self._share = share
         """The running strategy's share of the broker's positions (`strategies.StrategyBook.share`): what
         EXIT_ALL closes and a target moves. None: the broker's whole position."""
+        self._own_brackets = own_brackets
+        """With strategies: the running strategy's open brackets in a contract (`StrategyBook.own_brackets`), the
+        ones its EXIT_ALL cancels (by order id). None: every bracket in the contract (`Broker.cancel_brackets`)."""
 
     async def run(
         self,
@@ -553,7 +557,13 @@ class Executor:
         if not broker.capabilities.brackets:
             return ""
         try:
-            cancelled = await broker.cancel_brackets(leg)
+            if self._own_brackets is None:
+                cancelled = await broker.cancel_brackets(leg)
+            else:  # a strategy's exit cancels its own brackets only
+                cancelled = []
+                for order_id in await self._own_brackets(account, leg):
+                    request = CancelRequest(alert_id=alert_id, leg_number=number, leg=CancelLeg(order_id=order_id))
+                    cancelled += await broker.cancel(request)
         except Exception as e:
             if not isinstance(e, BrokerError):
                 log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)

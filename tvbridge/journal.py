@@ -503,6 +503,24 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def open_brackets(self, strategy: str, account: str, position_key: str) -> list[str]:
+        """Order ids of `strategy`'s bracket legs on `account` in one contract (`position_key`) with a part still
+        open: what EXIT_ALL under a strategy cancels (never another strategy's stops)."""
+
+        def fetch(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND json_extract(legs.result, '$.position_key') = ? AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.state')"
+                " IN ('pending', 'open', 'trigger_pending', 'partially_filled'))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account, position_key),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._db.read(fetch)
+
     async def has_run(self, *, strategy: str, source: str, account: str) -> bool:
         """Whether a flatten-type run of `strategy` from `source` (the daily square-off names its exchange day
         there: `square_off 2026-12-07`) on `account` was journaled, finished or not: what keeps it to one run a

@@ -211,6 +211,11 @@ class StrategyBook:
         mine = held - named if strategy == DEFAULT else ours.get(strategy, 0)
         return share(leg, found, mine)
 
+    async def own_brackets(self, account: str, leg: OrderLeg) -> list[str]:
+        """Order ids of the running strategy's brackets still open in `leg`'s contract on `account`: EXIT_ALL
+        cancels these, not every bracket in the contract (another strategy's stop keeps protecting its share)."""
+        return await self._journal.open_brackets(current_strategy(), account, book_key(leg))
+
     async def rows(self, account: str, positions: Sequence[Position]) -> list[dict[str, Any]]:
         """For `/status`: every strategy's position on `account`, and each contract where the broker's net
         (`positions`, all of the account's) is not the strategies' sum (`mismatch`)."""
