@@ -156,6 +156,23 @@ async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: A
     assert await net(client) == 4
 
 
+async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha and beta each have a limit order resting on RELIANCE: alpha's `cancel_order` for RELIANCE cancels
+    alpha's, beta's keeps resting."""
+    config = make_config(tmp_path)
+    client = await start(aiohttp_client, config)
+    # paper fills a resting buy when a later alert's price is at or below it: beta's is above alpha's
+    mine = await post(client, alert(intraday(orderType="LMT", price="1990", quantity="1"), secret=ALPHA))
+    theirs = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=BETA))
+
+    body = await post(client, alert({"symbol": "RELIANCE", "exchange": "NSE"}, secret=ALPHA, alertType="cancel_order"))
+
+    [result] = body["results"]
+    assert (result["status"], result["order_id"]) == ("success", mine["results"][0]["order_id"]), result
+    open_ids = [o.order_id for o in await client.app[BROKERS]["paper"].open_orders()]
+    assert open_ids == [theirs["results"][0]["order_id"]]
+
+
 async def test_the_default_strategy_owns_what_the_named_ones_do_not(aiohttp_client: Any, tmp_path: Path) -> None:
     """The global secret (`default`) trades beside a named strategy: its EXIT_ALL closes the broker's position
     beyond alpha's share (so nothing changes for a server without strategies)."""

@@ -99,6 +99,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         # without strategies: the broker's position and every bracket in the contract, as before
         share=book.share if config.strategies else None,
         own_brackets=book.own_brackets if config.strategies else None,
+        own_orders=book.own_orders if config.strategies else None,
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

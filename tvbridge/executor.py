@@ -42,6 +42,7 @@ import structlog
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
     BrokerError,
+    BrokerRejectedError,
     BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     CancelRequest,
@@ -178,6 +179,7 @@ class Executor:
         calendar: Calendar | None = None,
         share: Callable[[str, OrderLeg, list[Position]], Awaitable[list[Position]]] | None = None,
         own_brackets: Callable[[str, OrderLeg], Awaitable[list[str]]] | None = None,
+        own_orders: Callable[[str, CancelLeg], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -214,6 +216,9 @@ class Executor:
         self._own_brackets = own_brackets
         """With strategies: the running strategy's open brackets in a contract (`StrategyBook.own_brackets`), the
         ones its EXIT_ALL cancels (by order id). None: every bracket in the contract (`Broker.cancel_brackets`)."""
+        self._own_orders = own_orders
+        """With strategies: the running strategy's open orders a `cancel_order` by symbol names
+        (`StrategyBook.own_orders`), cancelled by order id. None: the broker cancels by symbol."""
 
     async def run(
         self,
@@ -740,7 +745,10 @@ class Executor:
         try:
             if not broker.capabilities.cancel:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
-            cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
+            if leg.order_id is None and self._own_orders is not None:
+                cancelled = await self._cancel_own(alert_id, account, number, leg)
+            else:
+                cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
             dry_run = any(c.state is OrderState.DRY_RUN for c in cancelled)
         except BrokerUnknownOutcomeError as e:
@@ -756,6 +764,26 @@ class Executor:
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
+
+    async def _cancel_own(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> list[OrderResult]:
+        """A strategy's `cancel_order` by symbol: its own open orders, one by one by order id; an order that
+        finished meanwhile (the broker refuses its cancel) is skipped."""
+        assert self._own_orders is not None  # noqa: S101 - only called with the hook
+        cancelled: list[OrderResult] = []
+        for order_id in await self._own_orders(account, leg):
+            request = CancelRequest(alert_id=alert_id, leg_number=number, leg=CancelLeg(order_id=order_id))
+            try:
+                cancelled += await self._brokers[account].cancel(request)
+            except BrokerRejectedError as e:
+                log.info(
+                    "leg.cancel_skipped",
+                    alert_id=alert_id,
+                    leg=number,
+                    account=account,
+                    order_id=order_id,
+                    reason=str(e),
+                )
+        return cancelled
 
 
 def _moved(result: LegResult, move: Move) -> LegResult:

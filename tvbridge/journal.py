@@ -521,6 +521,31 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def open_orders_of(
+        self, strategy: str, account: str, *, symbol: str, exchange: str | None, side: str | None
+    ) -> list[str]:
+        """Order ids of `strategy`'s orders on `account` for `symbol` (and `exchange`, `side`) that may still be
+        open, a bracket's entry included while a part is: what its `cancel_order` by symbol cancels."""
+
+        def fetch(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND legs.client_order_id IS NOT NULL"
+                " AND upper(json_extract(legs.result, '$.symbol')) = upper(?)"
+                " AND (? IS NULL OR json_extract(legs.result, '$.exchange') = ?)"
+                " AND (? IS NULL OR json_extract(legs.result, '$.transaction') = ?)"
+                " AND (legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " OR (legs.bracket IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(legs.bracket)"
+                " WHERE json_extract(json_each.value, '$.state') IN"
+                " ('pending', 'open', 'trigger_pending', 'partially_filled'))))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account, symbol, exchange, exchange, side, side),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._db.read(fetch)
+
     async def has_run(self, *, strategy: str, source: str, account: str) -> bool:
         """Whether a flatten-type run of `strategy` from `source` (the daily square-off names its exchange day
         there: `square_off 2026-12-07`) on `account` was journaled, finished or not: what keeps it to one run a

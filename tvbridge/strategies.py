@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from tvbridge.broker import Position
     from tvbridge.config import Config, StrategyConfig
     from tvbridge.journal import Journal
-    from tvbridge.models import OrderLeg
+    from tvbridge.models import CancelLeg, OrderLeg
 
 log = structlog.get_logger()
 
@@ -215,6 +215,17 @@ class StrategyBook:
         """Order ids of the running strategy's brackets still open in `leg`'s contract on `account`: EXIT_ALL
         cancels these, not every bracket in the contract (another strategy's stop keeps protecting its share)."""
         return await self._journal.open_brackets(current_strategy(), account, book_key(leg))
+
+    async def own_orders(self, account: str, leg: CancelLeg) -> list[str]:
+        """Order ids of the running strategy's open orders that a `cancel_order` leg by symbol names: with
+        strategies, a strategy cancels its own orders only."""
+        return await self._journal.open_orders_of(
+            current_strategy(),
+            account,
+            symbol=(leg.symbol or "").strip(),
+            exchange=leg.exchange.value if leg.exchange else None,
+            side=leg.side.value if leg.side else None,
+        )
 
     async def rows(self, account: str, positions: Sequence[Position]) -> list[dict[str, Any]]:
         """For `/status`: every strategy's position on `account`, and each contract where the broker's net
