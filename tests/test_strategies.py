@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
 from tvbridge.commands import trading
-from tvbridge.config import load_config
+from tvbridge.config import effective_settings, load_config
 from tvbridge.errors import ConfigError
 from tvbridge.keys import BROKERS, CREDENTIALS, SQUARE_OFF
 from tvbridge.parsing import make_converter
@@ -555,3 +555,27 @@ def test_a_bad_strategy_table_stops_the_start(tmp_path: Path, table: str, messag
     assert message in str(caught.value)
     assert SECRET not in str(caught.value)
     assert "0123456789abcdefXYZ" not in str(caught.value)
+
+
+def test_check_config_masks_every_strategys_secret_and_path_token(tmp_path: Path) -> None:
+    """`tvbridge check-config`'s effective settings show that a strategy's secret and path token are set, never
+    their values."""
+    config = make_config(tmp_path, alpha='accounts = ["paper"]')
+    shown = json.dumps(effective_settings(config, make_converter()))
+    for value in (ALPHA, BETA, BETA_TOKEN):
+        assert value not in shown
+    assert json.loads(shown)["strategies"]["beta"]["path_token"] == "********"
+
+
+def test_a_weak_strategy_secret_is_refused_for_a_live_account(tmp_path: Path) -> None:
+    """A strategy whose accounts include a live one needs a strong secret (16+ characters), like [auth]."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[routing]\naccounts = ["paper"]\n[accounts.live]\nbroker = "paper"\nlive = true\n'
+        '[strategies.x]\nsecret = "short-one"\naccounts = ["live"]\n',
+        encoding="utf-8",
+    )
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    config = load_config(path, make_converter(), env, tmp_path)
+    with pytest.raises(ConfigError, match=r"strategies\.x\.secret is shorter than 16 characters"):
+        resolve_credentials(config)

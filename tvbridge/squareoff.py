@@ -117,11 +117,11 @@ class SquareOff:
 
 async def _schedule(square_off: SquareOff) -> None:
     while True:
+        await asyncio.sleep(POLL_S)
         try:
             await square_off.run_due()
         except Exception:  # tomorrow's square-off must still run
             log.exception("strategy.square_off_failed")
-        await asyncio.sleep(POLL_S)
 
 
 async def square_off_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -131,6 +131,10 @@ async def square_off_ctx(app: web.Application) -> AsyncIterator[None]:
     if not any(s.square_off_at for s in app[CONFIG].strategies.values()):
         yield
         return
+    try:  # a square-off missed while the server was down runs before the first alert is taken
+        await square_off.run_due()
+    except Exception:  # the schedule tries again; the server must still start
+        log.exception("strategy.square_off_failed")
     task = asyncio.create_task(_schedule(square_off), name="square_off")
     yield
     task.cancel()
