@@ -590,6 +590,8 @@ def _add_order_columns(conn: sqlite3.Connection) -> None:
         )
     marks = ",".join(f"'{state}'" for state in FOLLOWED_STATES)
     conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
+    # the strategies' own positions are summed from these rows (`Journal.fills`), per account
+    conn.execute("CREATE INDEX IF NOT EXISTS legs_filled ON legs (account) WHERE filled_quantity > 0")
 
 
 def _json_or_none(text: str | None) -> Any:

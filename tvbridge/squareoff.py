@@ -88,7 +88,8 @@ class SquareOff:
         broker = app[BROKERS][account]
         try:
             mine = await app[JOURNAL].strategy_orders(name, account)
-            cancels = [o for o in await broker.open_orders() if o.client_order_id in mine] if mine else []
+            listed = await broker.open_orders() if mine and broker.capabilities.orders else []
+            cancels = [o for o in listed if o.client_order_id in mine]
             positions = [
                 p for p in await app[STRATEGY_BOOK].open_positions(name, account) if p.product is Product.INTRADAY
             ]
