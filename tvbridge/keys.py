@@ -67,6 +67,9 @@ RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 SOURCE_IP = web.RequestKey[str]("source_ip")
 AUTHENTICATED = web.RequestKey[bool]("authenticated")
 """Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
+CREDENTIAL = web.RequestKey[str]("credential")
+"""Which credential the `auth` guard matched (`secret` or `path_token`): the request's strategy, as far as the
+guards know it (the per-strategy rate limit keys on it; issue 19's strategies pick by it)."""
 DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
 """Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
 
