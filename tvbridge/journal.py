@@ -153,7 +153,9 @@ class Journal:
         self._on_commit: Callable[[float], None] | None = None
         self._probe_bytes = probe_bytes
         self._files: tuple[FileIdentity, ...] = ()
-        self._results_pending: set[asyncio.Task[bool]] = set()
+        self._results_pending: dict[str, asyncio.Task[bool]] = {}
+        """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
+        about that alert waits for it (read-your-writes), and only for it."""
         """`record_results` writes handed over and not committed yet: reads that answer users wait for them."""
 
     async def open(self) -> None:
@@ -184,7 +186,7 @@ class Journal:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
         ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
         if self._results_pending:
-            await asyncio.wait(set(self._results_pending))
+            await asyncio.wait(set(self._results_pending.values()))
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
@@ -252,9 +254,19 @@ class Journal:
         The task's result is True once committed; False when it failed, which is logged (`journal.finish_failed`)
         and leaves the alert `accepted` for crash recovery."""
         task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results))
-        self._results_pending.add(task)
-        task.add_done_callback(self._results_pending.discard)
+        self._results_pending[alert_id] = task
+        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
         return task
+
+    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
+        if self._results_pending.get(alert_id) is done:
+            del self._results_pending[alert_id]
+
+    async def _results_of(self, alert_id: str) -> None:
+        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
+        task = self._results_pending.get(alert_id)
+        if task is not None:
+            await asyncio.wait({task})
 
     async def _finish_logged(
         self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
@@ -409,8 +421,7 @@ class Journal:
         ]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        if self._results_pending:  # read-your-writes: an outcome handed over is part of the record
-            await self.settle()
+        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
 
         def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
@@ -443,16 +454,23 @@ class Journal:
         return await self._db.read(fetch)
 
     async def find_by_dedupe_key(self, dedupe_key: str, since: str) -> dict[str, Any] | None:
-        """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response."""
-        if self._results_pending:  # read-your-writes: a repeat gets the first copy's results, not "running"
-            await self.settle()
-        row = await self._db.read(
-            lambda conn: conn.execute(
+        """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response.
+
+        Read-your-writes: when that alert's results were handed over (`record_results`) and are not committed
+        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running"."""
+
+        def find(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = conn.execute(
                 "SELECT alert_id, status, response FROM alerts WHERE dedupe_key = ? AND received_at >= ?"
                 " ORDER BY received_at LIMIT 1",
                 (dedupe_key, since),
             ).fetchone()
-        )
+            return row
+
+        row = await self._db.read(find)
+        if row is not None and row["alert_id"] in self._results_pending:
+            await self._results_of(row["alert_id"])
+            row = await self._db.read(find)
         if row is None:
             return None
         response = json.loads(row["response"]) if row["response"] else None
