@@ -29,7 +29,7 @@ from aiohttp import web
 
 from tvbridge import alertqueue, metrics
 from tvbridge.alerts.answer import combined_body, stale_body
-from tvbridge.alerts.plan import Checks, Plan, make_plan, with_amo
+from tvbridge.alerts.plan import Checks, LegPlan, Plan, make_plan, with_amo
 from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
@@ -124,16 +124,19 @@ def entry_of(request: web.Request, alert: Alert, plan: Plan, *, status: str = "a
         source=request.get(SOURCE_IP),
         status=status,
         order_log_offset=app[ORDER_LOG].size(),
-        legs=tuple(
-            LegEntry(
-                account=leg.account,
-                leg_number=leg.number,
-                client_order_id=leg.client_order_id,
-                state=plan.leg_state(leg),
-                message=leg.reason if leg.action in {"queue", "refuse"} else None,
-            )
-            for leg in plan.legs
-        ),
+        legs=tuple(_leg_entry(plan, leg) for leg in plan.legs),
+    )
+
+
+def _leg_entry(plan: Plan, leg: LegPlan) -> LegEntry:
+    """A queued or refused leg keeps its reason; a leg still to run has none until its result."""
+    state = plan.leg_state(leg)
+    return LegEntry(
+        account=leg.account,
+        leg_number=leg.number,
+        client_order_id=leg.client_order_id,
+        state=state,
+        message=leg.reason if state in {"queued", "failed"} else None,
     )
 
 
