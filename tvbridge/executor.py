@@ -217,22 +217,26 @@ class Executor:
 
         `premarked`: (account, leg number) already journaled `sending` with the alert (`alerts/plan.py`'s
         `first_send`), so their own mark is not written again. `arrived`: the request's arrival
-        (`time.perf_counter()`), for the arrival-to-broker histogram and the timings of `alert.processed`.
+        (`time.perf_counter()`), for the arrival-to-broker histogram and the timings of `alert.done`.
         The results are handed over (`Journal.record_results`), not waited for: crash recovery settles an
         alert whose results were lost by client order id."""
         started = time.perf_counter()
+        timings: dict[tuple[str, int], float] = {}
+        """(account, leg number) -> the leg's milliseconds, for `alert.done`."""
         per_account: Sequence[list[LegResult] | BaseException]
         if len(accounts) == 1:  # the usual case: no task and gather for one account
             try:
                 per_account = [
-                    await self._run_account(alert_id, alert, accounts[0], resume, premarked=premarked, arrived=arrived)
+                    await self._run_account(
+                        alert_id, alert, accounts[0], resume, premarked=premarked, arrived=arrived, timings=timings
+                    )
                 ]
             except Exception as e:  # noqa: BLE001 - handled below like gather's exceptions
                 per_account = [e]
         else:
             per_account = await asyncio.gather(
                 *(
-                    self._run_account(alert_id, alert, a, resume, premarked=premarked, arrived=arrived)
+                    self._run_account(alert_id, alert, a, resume, premarked=premarked, arrived=arrived, timings=timings)
                     for a in accounts
                 ),
                 return_exceptions=True,
@@ -261,10 +265,12 @@ class Executor:
         written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
         now = time.perf_counter()
         log.info(
-            "alert.processed",
+            "alert.done",
             alert_id=alert_id,
+            alert_type=alert.alert_type.value,
             status=status.value,
-            legs=len(results),
+            legs=[_leg_line(r, timings.get((r.account, r.leg_number))) for r in results],
+            warnings=list(warnings) or None,
             latency_ms=round((now - started) * 1000, 3),
             since_arrival_ms=round((now - arrived) * 1000, 3) if arrived is not None else None,
         )
@@ -305,6 +311,7 @@ class Executor:
         *,
         premarked: frozenset[tuple[str, int]] = frozenset(),
         arrived: float | None = None,
+        timings: dict[tuple[str, int], float] | None = None,
     ) -> list[LegResult]:
         results: list[LegResult] = []
         stop_reason = ""
@@ -330,7 +337,10 @@ class Executor:
             self._metrics.leg_finished(result)
             if self._notifier is not None:
                 self._notifier.leg_finished(alert_id, result)
-            log.info(
+            latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            if timings is not None:
+                timings[(account, number)] = latency_ms
+            log.debug(  # the alert's one info line is `alert.done`, with every leg in it
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
                 alert_id=alert_id,
                 leg=number,
@@ -339,7 +349,7 @@ class Executor:
                 status=result.status.value,
                 order_id=result.order_id,
                 message=result.message,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                latency_ms=latency_ms,
             )
             if result.status is LegStatus.UNKNOWN:
                 stop_reason = f"leg {number} has an unknown outcome"
@@ -767,6 +777,21 @@ class Executor:
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
+
+
+def _leg_line(result: LegResult, latency_ms: float | None) -> dict[str, Any]:
+    """One leg inside `alert.done`: what `leg.done` / `leg.failed` said, the message only when it did not go."""
+    line: dict[str, Any] = {
+        "leg": result.leg_number,
+        "account": result.account,
+        "broker": result.broker,
+        "status": result.status.value,
+        "order_id": result.order_id,
+        "latency_ms": latency_ms,
+    }
+    if result.status not in {LegStatus.SUCCESS, LegStatus.TEST_MODE}:
+        line["message"] = result.message
+    return line
 
 
 def _moved(result: LegResult, move: Move) -> LegResult:

@@ -99,7 +99,7 @@ async def accept(request: web.Request) -> web.Response:
         return await not_all_now(request, alert, plan, warnings)
     await app[JOURNAL].record_plan(entry_of(request, alert, plan))
     crash_point("after_record")
-    log.info(
+    log.debug(  # the alert's one info line is the executor's `alert.done`
         "alert.accepted",
         alert_type=alert.alert_type.value,
         legs=len(alert.legs),
