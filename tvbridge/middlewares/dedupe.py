@@ -95,6 +95,7 @@ class Deduper:
         self.journal = journal
         self.claims: dict[str, Claim] = {}
         self._pruned_at = float("-inf")
+        self._done: asyncio.Future[bool] | None = None
 
     def live_claim(self, key: str, now: float) -> Claim | None:
         claim = self.claims.get(key)
@@ -115,6 +116,16 @@ class Deduper:
             del self.claims[key]
         if not claim.answered.done():
             claim.answered.set_result(answered)
+        if answered:  # kept for the window: its own future (a third of a claim's memory) gives way to a shared one
+            claim.answered = self._answered()
+
+    def _answered(self) -> asyncio.Future[bool]:
+        """One future, done with True, for every answered claim of this loop (waiters were woken by their own)."""
+        loop = asyncio.get_running_loop()
+        if self._done is None or self._done.get_loop() is not loop:
+            self._done = loop.create_future()
+            self._done.set_result(True)
+        return self._done
 
     async def first_in_journal(self, key: str) -> dict[str, Any] | None:
         """The first copy's journal record within the window; `JournalError` (503) if the journal cannot say.
