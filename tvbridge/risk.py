@@ -106,7 +106,8 @@ class RiskGuard:
         strategies: Mapping[str, StrategyConfig] | None = None,
         book: StrategyBook | None = None,
     ) -> None:
-        self._limits = limits
+        self.limits = limits
+        """Per account (`Config.risk_of`), read once: the planner checks queued legs against them too."""
         self._brokers = brokers
         self._journal = journal
         self._halt_file = halt_file
@@ -115,6 +116,18 @@ class RiskGuard:
         self._strategies = strategies or {}
         self._book = book
         """The strategies' own positions (`strategies.StrategyBook`): whether a leg is an entry or an exit."""
+
+    def counted(self, account: str) -> bool:
+        """Whether a leg of `account` may be journaled `sending` before `before_send` runs for it: yes unless a
+        daily count for today (the account's, or the running strategy's) still has to be read from the journal
+        (that read would count the mark too)."""
+        day = self._clock().astimezone(EXCHANGE_TZ).date()
+        limits = self.limits.get(account)
+        if limits is not None and limits.max_orders_per_day is not None and (account, day) not in self._counts:
+            return False
+        name = current_strategy()
+        strategy = self._strategies.get(name)
+        return strategy is None or strategy.max_orders_per_day is None or (f"strategy:{name}", day) in self._counts
 
     async def before_send(self, account: str, leg: OrderLeg) -> None:
         """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders."""
@@ -126,7 +139,7 @@ class RiskGuard:
         halted = halted_reason(self._halt_file.parent, name) if strategy is not None else None
         if halted is not None:
             raise RiskLimitError(f"strategy {name} halted ({halted}): nothing was sent")
-        limits = self._limits.get(account)
+        limits = self.limits.get(account)
         price = reference_price(self._brokers.get(account), leg)
         if limits is not None:
             check_leg(limits, leg, price)

@@ -27,12 +27,10 @@ from tvbridge.keys import AUTHENTICATED, RAW_ALERT, SOURCE_IP, STRATEGY
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.parsing import decode_body
 from tvbridge.refusals import should_log
-from tvbridge.routes import PATH_TOKEN, is_webhook
+from tvbridge.routes import PATH_TOKEN
 from tvbridge.strategies import enter_strategy, pick
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
-
     from tvbridge.secretstore import Credentials
 
 log = structlog.get_logger()
@@ -45,34 +43,30 @@ def _failed(request: web.Request, reason: str, message: str = "Invalid webhook s
     return AuthError(message)
 
 
-async def _authenticated(request: web.Request, handler: Handler, strategy: str) -> web.StreamResponse:
+def _authenticated(request: web.Request, strategy: str) -> None:
     request[AUTHENTICATED] = True
     request[STRATEGY] = strategy
-    enter_strategy(strategy)
-    return await handler(request)
+    enter_strategy(strategy)  # the rest of the request (the same task) runs under it
 
 
-def auth(credentials: Credentials) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or not is_webhook(request):
-            return await handler(request)
-        token = request.match_info.get(PATH_TOKEN)
-        if token is not None:
-            if not credentials.path_tokens:
-                raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
-            strategy = pick(credentials.path_tokens, token)
-            if strategy is None:
-                raise _failed(request, "wrong path token")
-            request[RAW_ALERT] = decode_body(body_of(request))
-            return await _authenticated(request, handler, strategy)
-        raw = decode_body(body_of(request))
-        request[RAW_ALERT] = raw
-        if "secret" not in raw:
-            raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
-        strategy = pick(credentials.secrets, raw["secret"])
+def authenticate(credentials: Credentials, request: web.Request) -> None:
+    """Decode the body into `RAW_ALERT` and check the path token or the body's secret against every strategy's
+    (401); on success set `AUTHENTICATED` and `STRATEGY` (the strategy whose credential matched)."""
+    token = request.match_info.get(PATH_TOKEN)
+    if token is not None:
+        if not credentials.path_tokens:
+            raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
+        strategy = pick(credentials.path_tokens, token)
         if strategy is None:
-            raise _failed(request, "wrong secret")
-        return await _authenticated(request, handler, strategy)
-
-    return middleware
+            raise _failed(request, "wrong path token")
+        request[RAW_ALERT] = decode_body(body_of(request))
+        _authenticated(request, strategy)
+        return
+    raw = decode_body(body_of(request))
+    request[RAW_ALERT] = raw
+    if "secret" not in raw:
+        raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
+    strategy = pick(credentials.secrets, raw["secret"])
+    if strategy is None:
+        raise _failed(request, "wrong secret")
+    _authenticated(request, strategy)
