@@ -423,6 +423,21 @@ async def test_strategy_risk_limits_apply_besides_the_accounts(aiohttp_client: A
     assert (await post(client, alert(intraday(quantity="6"), secret=BETA)))["results"][0]["status"] == "success"
 
 
+async def test_a_strategys_daily_count_survives_a_restart(aiohttp_client: Any, tmp_path: Path) -> None:
+    """max_orders_per_day 2 for alpha: one order, a restart (the count is read again from the journal, without
+    counting the next order's own journal mark), a second order passes, the third is refused."""
+    config = make_config(tmp_path, alpha="max_orders_per_day = 2")
+    clock = Clock(datetime.now(EXCHANGE_TZ))  # the journal's own timestamps are the machine's
+    client = await start(aiohttp_client, config, clock)
+    assert (await post(client, alert(intraday(), secret=ALPHA)))["results"][0]["status"] == "success"
+    await client.close()
+
+    client = await start(aiohttp_client, config, clock)
+    assert (await post(client, alert(intraday(), secret=ALPHA)))["results"][0]["status"] == "success"
+    third = (await post(client, alert(intraday(), secret=ALPHA)))["results"][0]
+    assert third["message"] == "risk: 2 order(s) already sent today by strategy alpha; max_orders_per_day is 2"
+
+
 # halt and rate limit
 
 
