@@ -4,6 +4,7 @@ and position (from tvbridge's own fills), and is named in the journal, the order
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import uuid
@@ -341,6 +342,24 @@ async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any
         statuses.append((await response.json())["status"])
     assert statuses == ["success", "success", "duplicate"]
     assert await net(client) == 6
+
+
+async def test_order_follow_up_lines_name_the_orders_strategy(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's limit order rests, a later alert's price fills it: order follow-up's line about that fill, logged
+    outside any request, names alpha."""
+    followup = "[followup]\nfirst_interval_s = 0.05\nmax_interval_s = 0.2\nmax_lookups_per_s = 50"
+    config = make_config(tmp_path, extra=followup)
+    client = await start(aiohttp_client, config)
+    resting = await post(client, alert(intraday(orderType="LMT", price="1990", quantity="1"), secret=ALPHA))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        await post(client, alert(intraday(price="1980", quantity="1")))  # the market at 1980: alpha's buy fills
+        async with asyncio.timeout(10):
+            while True:
+                if [e for e in events if e["event"] == "order.state_changed"]:
+                    break
+                await asyncio.sleep(0.02)  # the pace of asking, not synchronisation: the loop waits for the line
+    [changed] = [e for e in events if e["event"] == "order.state_changed"]
+    assert (changed["alert_id"], changed["state"], changed["strategy"]) == (resting["alert_id"], "filled", "alpha")
 
 
 # accounts, sides, symbols, entry window
