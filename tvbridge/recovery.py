@@ -15,7 +15,7 @@ offset journaled with the alert are not written again, so every leg has exactly 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -25,6 +25,7 @@ from tvbridge.journal import OPEN_LEG_STATES
 from tvbridge.models import LegResult, LegStatus, oldest_timenow
 from tvbridge.orderlog import neutralize
 from tvbridge.parsing import parse_alert, unknown_keys
+from tvbridge.strategies import use_strategy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from tvbridge.config import Config
     from tvbridge.executor import Executor
     from tvbridge.journal import Journal
+    from tvbridge.models import Alert
     from tvbridge.orderlog import OrderLog
 
 log = structlog.get_logger()
@@ -49,6 +51,20 @@ def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
     except (TypeError, ValueError, KeyError):  # written by another version: ask the broker instead of guessing
         log.warning("recovery.result_unreadable", leg=leg.get("leg_number"), account=leg.get("account"))
         return None
+
+
+_PLANNED: Final = {"queued": LegStatus.QUEUED, "failed": LegStatus.FAILED}
+
+
+def _planned_result(executor: Executor, alert: Alert, leg: Mapping[str, Any]) -> LegResult | None:
+    """A leg the plan queued or refused (`record_plan` wrote its state and reason, its result comes only with the
+    alert's final write): settled as planned, never sent here. The closed-market queue sends a queued one at its
+    window; without this, a crash before the final write sent it now and again at the open."""
+    status = _PLANNED.get(leg["state"])
+    number = leg["leg_number"]
+    if status is None or not 1 <= number <= len(alert.legs):
+        return None
+    return executor.result_for(leg["account"], number, alert.legs[number - 1], status, leg.get("message") or "")
 
 
 async def recover(
@@ -93,10 +109,11 @@ async def _recover_one(
     legs = record["legs"]
     accounts = list(dict.fromkeys(leg["account"] for leg in legs)) or list(config.accounts_of(record["strategy"]))
     settled: dict[tuple[str, int], LegResult] = {}
-    for leg in legs:
-        result = _stored_result(leg)
-        if leg["state"] not in OPEN_LEG_STATES and result is not None:
-            settled[leg["account"], leg["leg_number"]] = result
+    with use_strategy(record["strategy"]):
+        for leg in legs:
+            result = _stored_result(leg) or _planned_result(executor, alert, leg)
+            if leg["state"] not in OPEN_LEG_STATES and result is not None:
+                settled[leg["account"], leg["leg_number"]] = result
     now = datetime.now(UTC)
     born = datetime.fromisoformat(record["received_at"])
     timenow = oldest_timenow(alert)
