@@ -557,7 +557,9 @@ class Journal:
 
     async def fills(self, account: str, position_key: str | None = None) -> list[StrategyFill]:
         """What tvbridge's own orders on `account` filled, per strategy: the store behind each strategy's own
-        position (`positions.book`). `position_key` narrows it to one contract and product."""
+        position (`positions.book`). `position_key` narrows it to one contract and product. Results handed over
+        and not committed yet are waited for: an exit right after its entry must see the entry's fill."""
+        await self.settle()
 
         def fetch(conn: sqlite3.Connection) -> list[StrategyFill]:
             rows = conn.execute(
@@ -584,7 +586,8 @@ class Journal:
 
     async def strategy_orders(self, strategy: str, account: str) -> set[str]:
         """Client order ids of `strategy`'s legs on `account` whose order may still be open (square-off cancels
-        those, and only those)."""
+        those, and only those). Waits for results handed over, like `fills`."""
+        await self.settle()
 
         def fetch(conn: sqlite3.Connection) -> set[str]:
             rows = conn.execute(
