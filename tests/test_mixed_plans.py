@@ -74,3 +74,23 @@ async def test_a_crash_mid_alert_does_not_send_the_queued_or_refused_accounts(
     await client.app[SCHEDULER].run_due()
     assert len(received(config, "s")) == 1  # once, at the open
     assert received(config, "r") == []
+
+
+async def test_the_journal_keeps_the_answer_a_mixed_plan_gave(start: Any, config: Config, clock: Clock) -> None:  # noqa: F811
+    """The final record is the combined answer (every account, `scheduled_at`), not the running accounts' part
+    alone, and a repeat of the alert is answered the same."""
+    config = mixed(config)
+    clock.at = WEDNESDAY_22
+    client = await start(config)
+    sent = alert()
+    response = await client.post("/webhook", json=sent)
+    body = await response.json()
+    assert (response.status, body["status"], statuses(body["results"])) == (200, "partial", ANSWERED)
+    assert "scheduled_at" in body
+
+    record = await (await client.get(f"/alerts/{body['alert_id']}", headers=admin(client))).json()
+    assert record["status"] == body["status"]
+    assert statuses(record["response"]["results"]) == ANSWERED
+    assert record["response"]["scheduled_at"] == body["scheduled_at"]
+    repeat = await (await client.post("/webhook", json=sent)).json()
+    assert statuses(repeat["results"]) == ANSWERED

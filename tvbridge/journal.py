@@ -257,8 +257,10 @@ class Journal:
     ) -> asyncio.Task[bool]:
         """Hand over an alert's outcome (`finish_alert`) without waiting for its commit: it joins the next group.
         The task's result is True once committed; False when it failed, which is logged (`journal.finish_failed`)
-        and leaves the alert `accepted` for crash recovery."""
-        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results))
+        and leaves the alert `accepted` for crash recovery. Writes for one alert commit in the order they were
+        handed over (a mixed plan's combined answer after the executor's part), each after the one before."""
+        before = self._results_pending.get(alert_id)
+        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results, before))
         self._results_pending[alert_id] = task
         task.add_done_callback(lambda done: self._forget_results(alert_id, done))
         return task
@@ -274,8 +276,15 @@ class Journal:
             await asyncio.wait({task})
 
     async def _finish_logged(
-        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
+        self,
+        alert_id: str,
+        status: str,
+        response: Mapping[str, Any],
+        results: Sequence[LegResult],
+        before: asyncio.Task[bool] | None = None,
     ) -> bool:
+        if before is not None:
+            await asyncio.wait({before})
         try:
             await self.finish_alert(alert_id, status, response, results)
         except Exception:

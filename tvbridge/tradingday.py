@@ -79,7 +79,7 @@ async def _send_queued(app: web.Application, alert_id: str, accounts: list[str],
         ran = await run_now(app, alert_id, alert, running, [])
         failed = decided(app, dropped, alert, LegStatus.FAILED)
         body = combined_body(alert_id, alert.alert_type.value, [*ran, *failed], [], [])
-        await journal.finish_alert(alert_id, body["status"], body, failed)
+        await journal.record_results(alert_id, body["status"], body, failed)  # after the executor's: in order
         log.info("queue.sent", accounts=names, status=body["status"])
         notify.event(app, "queued_sent", f"queued alert {alert_id} sent to {', '.join(names)}: {body['status']}")
     if running or dropped:

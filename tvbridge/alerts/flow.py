@@ -252,7 +252,9 @@ async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: 
     async def finish() -> dict[str, Any]:
         ran = await run_now(app, alert_id, alert, running, warnings) if running else []
         body = combined_body(alert_id, alert.alert_type.value, [*ran, *waiting], queued, warnings)
-        await journal.finish_alert(alert_id, body["status"], body, waiting)
+        # after the executor's own record of the accounts it ran (handed over, not committed yet): the same
+        # interface keeps the alert's writes in order, so the combined answer is the one that stays
+        await journal.record_results(alert_id, body["status"], body, waiting)
         return body
 
     if not running:
