@@ -11,9 +11,13 @@ from helpers import alert, with_accounts
 # the fixtures `clock` and `start` come with the helpers they serve
 from test_tradingday import WEDNESDAY_22, Clock, admin, clock, ist, received, sessions_on, start  # noqa: F401
 
+from tvbridge.errors import JournalError
+from tvbridge.journal import Journal
 from tvbridge.keys import SCHEDULER
 
 if TYPE_CHECKING:
+    import pytest
+
     from tvbridge.config import Config
 
 
@@ -94,3 +98,31 @@ async def test_the_journal_keeps_the_answer_a_mixed_plan_gave(start: Any, config
     assert record["response"]["scheduled_at"] == body["scheduled_at"]
     repeat = await (await client.post("/webhook", json=sent)).json()
     assert statuses(repeat["results"]) == ANSWERED
+
+
+async def test_an_alert_every_account_refuses_is_journaled_failed_with_its_plan(
+    start: Any,  # noqa: F811
+    config: Config,
+    clock: Clock,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`when_closed = "reject"` on the only account, at 22:00: the plan's own commit says `failed`, so a crash
+    (here: the answer's record failing) before the answer's record leaves it `failed`, never `queued`."""
+    config = sessions_on(with_accounts(config, {"r": {"broker": "scripted", "when_closed": "reject"}}))
+    clock.at = WEDNESDAY_22
+
+    async def lost(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("journal unwritable")
+
+    monkeypatch.setattr(Journal, "finish_alert", lost)
+    client = await start(config)
+    response = await client.post("/webhook", json=alert())
+    body = await response.json()
+    assert (response.status, body["status"]) == (200, "failed")
+    await client.close()
+    monkeypatch.undo()
+
+    client = await start(config)
+    record = await (await client.get(f"/alerts/{body['alert_id']}", headers=admin(client))).json()
+    assert (record["status"], statuses(record["legs"], "state")) == ("failed", [("r", "failed")])
+    assert received(config, "r") == []

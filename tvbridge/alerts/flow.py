@@ -234,10 +234,15 @@ async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: 
     running = [d for d in plan.accounts if d.action in {"now", "amo"}]
     # a queued or refused account's legs are journaled as such; a running account's legs stay `pending` here
     # (they are marked one by one as they are sent)
-    entry = entry_of(request, alert, plan, status="accepted" if running else AlertStatus.QUEUED.value)
+    waiting = decided(app, queued, alert, LegStatus.QUEUED) + decided(app, rejected, alert, LegStatus.FAILED)
+    # refused on every account: the final status goes with the plan (a crash before the answer's record must not
+    # leave it `queued` with nothing queued)
+    status = "accepted" if running else AlertStatus.QUEUED.value
+    if not running and not queued:
+        status = combined_body(alert_id, alert.alert_type.value, waiting, queued, warnings)["status"]
+    entry = entry_of(request, alert, plan, status=status)
     entry = attrs.evolve(entry, legs=tuple(attrs.evolve(leg, state=_unmarked(leg.state)) for leg in entry.legs))
     await journal.record_plan(entry, join=_queue_rows(alert_id, queued))
-    waiting = decided(app, queued, alert, LegStatus.QUEUED) + decided(app, rejected, alert, LegStatus.FAILED)
     for d in queued:
         log.info("alert.queued", account=d.account, scheduled_at=d.at.isoformat() if d.at else None, reason=d.reason)
     for d in rejected:
