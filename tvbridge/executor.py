@@ -113,6 +113,9 @@ class Resume:
     max_age_s: float
     logged: frozenset[tuple[str, int]] = frozenset()
     """(account, leg number) of the legs whose order log row the crashed run wrote already: not written twice."""
+    counted: frozenset[tuple[str, int]] = frozenset()
+    """(account, leg number) of the legs the journal shows `sending` or `unknown`: the daily order count read from
+    the journal has them already, so resending one does not count it again (`RiskGuard.before_send`)."""
 
 
 def leg_status(state: OrderState) -> LegStatus:
@@ -168,7 +171,7 @@ class Executor:
         on_leg_failure: Literal["stop", "continue"],
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
-        before_send: Callable[[str, OrderLeg], Awaitable[None]] | None = None,
+        before_send: Callable[[str, OrderLeg, bool], Awaitable[None]] | None = None,
         quantity_units: Mapping[str, QuantityUnit] | None = None,
         followup: FollowUp | None = None,
         multipliers: Mapping[str, Decimal] | None = None,
@@ -442,7 +445,8 @@ class Executor:
         if prepared.refusal is None and is_target(leg):
             async with self._exit_locks.setdefault(account, asyncio.Lock()):
                 return await self._move(alert_id, account, number, leg, done)
-        refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal)
+        counted = resume is not None and (account, number) in resume.counted
+        refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal, counted=counted)
         if refused is not None:
             return refused
         if leg.manage_position is not None:
@@ -707,7 +711,14 @@ class Executor:
         )
 
     async def _refuse_before_send(
-        self, alert_id: str, account: str, number: int, leg: OrderLeg, not_sized: str | None = None
+        self,
+        alert_id: str,
+        account: str,
+        number: int,
+        leg: OrderLeg,
+        not_sized: str | None = None,
+        *,
+        counted: bool = False,
     ) -> LegResult | None:
         """Quantity unit, capabilities and risk limits, checked before the leg is marked `sending`: a refused leg
         never counts as (possibly) sent, neither for recovery nor for `max_orders_per_day`. `not_sized` is why
@@ -718,7 +729,7 @@ class Executor:
         try:
             check_supported(self._brokers[account].capabilities, leg)
             if self._before_send is not None:
-                await self._before_send(account, leg)
+                await self._before_send(account, leg, counted)
         except BrokerUnsupportedError as e:
             return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
         except RiskLimitError as e:

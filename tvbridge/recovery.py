@@ -126,7 +126,15 @@ async def _recover_one(
         for leg in legs
         if (neutralize(alert_id), neutralize(leg["account"]), str(leg["leg_number"])) in logged
     )
-    resume = Resume(settled=settled, may_send=age_s <= max_age_s, age_s=age_s, max_age_s=max_age_s, logged=in_log)
+    counted = frozenset((leg["account"], leg["leg_number"]) for leg in legs if leg["state"] in {"sending", "unknown"})
+    resume = Resume(
+        settled=settled,
+        may_send=age_s <= max_age_s,
+        age_s=age_s,
+        max_age_s=max_age_s,
+        logged=in_log,
+        counted=counted,
+    )
     log.warning(
         "recovery.alert",
         age_s=round(age_s, 1),

@@ -129,8 +129,11 @@ class RiskGuard:
         strategy = self._strategies.get(name)
         return strategy is None or strategy.max_orders_per_day is None or (f"strategy:{name}", day) in self._counts
 
-    async def before_send(self, account: str, leg: OrderLeg) -> None:
-        """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders."""
+    async def before_send(self, account: str, leg: OrderLeg, counted: bool = False) -> None:
+        """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders.
+        `counted`: the leg is journaled `sending` (or `unknown`) from before a restart (crash recovery resends
+        it): today's count read from the journal has it already, so it is neither counted again nor refused for
+        a count it is part of."""
         halt = read_halt(self._halt_file)
         if halt is not None:
             raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
@@ -145,6 +148,11 @@ class RiskGuard:
             check_leg(limits, leg, price)
         if strategy is not None:
             await self._check_strategy(name, strategy, account, leg, price)
+        if not counted:
+            await self._count(account, limits, name, strategy)
+
+    async def _count(self, account: str, limits: RiskConfig | None, name: str, strategy: StrategyConfig | None) -> None:
+        """Count the leg as one of today's orders of the account and of the strategy, or refuse it at a limit."""
         scopes: list[tuple[tuple[str, date], int, str]] = []
         if limits is not None and limits.max_orders_per_day is not None:
             key = await self._seeded(account, strategy=None)
