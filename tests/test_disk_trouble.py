@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
@@ -134,12 +135,20 @@ async def test_health_and_webhook_agree_on_a_nearly_full_disk(tmp_path: Path) ->
     that a heartbeat row still fits in does not make it lie. Freed space turns both back to 200."""
     disk = tmp_path / "disk"
     mount_small_tmpfs(disk, "3m")
+    server = KillableServer(tmp_path, {"TVBRIDGE_SERVER__DATA_DIR": str(disk)})
+    # A reader holding its snapshot (as the status page, a backup or the CLI may) keeps SQLite from starting the
+    # WAL over, so every journal write needs new room on the disk. Without it, a checkpoint that completes
+    # between two requests (a matter of timing, often under load) lets the journal write into its WAL file's
+    # space again: then it CAN take an alert on the full disk, and health and webhook rightly both answer 200.
+    reader: sqlite3.Connection | None = None
     try:
-        env = {"TVBRIDGE_SERVER__DATA_DIR": str(disk)}
-        server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
+        await asyncio.to_thread(server.start)
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="INFY"))) as response:
                 assert response.status == 200
+            reader = sqlite3.connect(disk / "tvbridge.sqlite3", isolation_level=None)
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM alerts").fetchone()
             (disk / "reserve").write_bytes(b"\0" * 12288)
             fill(disk, "filler")
             (disk / "reserve").unlink()  # a few pages left: a heartbeat row fits, an alert does not for long
@@ -163,8 +172,14 @@ async def test_health_and_webhook_agree_on_a_nearly_full_disk(tmp_path: Path) ->
                 assert response.status == 200
             async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="WIPRO"))) as response:
                 assert response.status == 200
+        reader.close()
+        reader = None
         assert await asyncio.to_thread(server.terminate) == 0
         _, _, integrity = journal_rows(disk)
         assert integrity == "ok"
     finally:
+        if reader is not None:
+            reader.close()
+        if server.proc is not None:  # a failed assertion must not leave the server running (and unmounted)
+            await asyncio.to_thread(server.kill)
         unmount(disk)
