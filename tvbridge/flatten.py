@@ -32,10 +32,11 @@ from tvbridge.broker import (
     Position,
 )
 from tvbridge.executor import leg_status, response_body
-from tvbridge.journal import Journal, PlannedLeg
+from tvbridge.journal import PlannedLeg
 from tvbridge.middlewares.request_id import new_alert_id
 from tvbridge.models import CancelLeg, LegResult, LegStatus, OrderLeg, Side, summarize
 from tvbridge.positions import closing_leg
+from tvbridge.store import Store
 
 if TYPE_CHECKING:
     from tvbridge.broker import OrderResult
@@ -151,7 +152,7 @@ class _Run:
     account: str
     broker_name: str
     broker: Broker
-    journal: Journal | None
+    journal: Store | None
 
 
 async def execute(
@@ -159,7 +160,7 @@ async def execute(
     broker: Broker,
     *,
     broker_name: str,
-    journal: Journal | None,
+    journal: Store | None,
     order_log: OrderLog | None,
     source: str,
 ) -> FlattenReport:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
+from tvbridge.alertqueue import SqliteQueue
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
@@ -137,7 +138,10 @@ class PlannedLeg:
 
 
 class Journal:
-    """Async facade over the journal's SQLite file; every write is committed before it returns."""
+    """Async facade over the journal's SQLite file; every write is committed before it returns.
+
+    The SQLite implementation of `tvbridge.store.Store` (one instance; `tvbridge/store/postgres.py` is the
+    shared one)."""
 
     def __init__(self, path: Path, synchronous: Synchronous = "normal", *, probe_bytes: int = 65536) -> None:
         self.path = path
@@ -147,6 +151,7 @@ class Journal:
         self._on_commit: Callable[[float], None] | None = None
         self._probe_bytes = probe_bytes
         self._files: tuple[FileIdentity, ...] = ()
+        self.queue = SqliteQueue(self)
 
     async def open(self) -> None:
         try:
@@ -381,6 +386,18 @@ class Journal:
         response = json.loads(row["response"]) if row["response"] else None
         return {"alert_id": row["alert_id"], "status": row["status"], "response": response}
 
+    async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:  # noqa: ARG002 - the Store interface
+        """One process owns this file, so the in-process claim (`middlewares/dedupe.py`) is the claim; the
+        journal adds the copy recorded before a restart."""
+        record = await self.find_by_dedupe_key(dedupe_key, since)
+        return None if record is None else str(record["alert_id"])
+
+    async def release_dedupe(self, dedupe_key: str, alert_id: str) -> None:
+        """Nothing to release: the key is journaled only with an accepted alert."""
+
+    async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
+        await self.write(create)
+
     async def prune_dedupe_keys(self, before: str) -> int:
         """Clear the dedupe keys of alerts received before `before` (ISO UTC); the alerts themselves stay."""
         return int(
@@ -529,15 +546,12 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
 
 
 async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the journal before the first request, close it after the last."""
+    """cleanup_ctx: open the store (`[journal]`: this SQLite journal, or PostgreSQL) before the first request,
+    close it after the last."""
     from tvbridge.keys import CONFIG, JOURNAL  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.store import open_store  # noqa: PLC0415 - the store imports this module
 
-    config = app[CONFIG]
-    journal = Journal(
-        config.data_path(config.journal.path),
-        synchronous=config.journal.synchronous,
-        probe_bytes=config.limits.max_body_bytes,
-    )
+    journal = open_store(app[CONFIG])
     await journal.open()
     app[JOURNAL] = journal
     yield

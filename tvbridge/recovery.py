@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from tvbridge.config import Config
     from tvbridge.executor import Executor
-    from tvbridge.journal import Journal
     from tvbridge.orderlog import OrderLog
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -52,7 +52,7 @@ def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
 
 
 async def recover(
-    journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
+    journal: Store, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
 ) -> int:
     """Finish every unfinished alert in the journal; returns how many there were."""
     alert_ids = await journal.unfinished()
@@ -74,7 +74,7 @@ async def recover(
 async def _recover_one(
     alert_id: str,
     *,
-    journal: Journal,
+    journal: Store,
     executor: Executor,
     config: Config,
     converter: cattrs.Converter,

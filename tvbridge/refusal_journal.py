@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from tvbridge.journal import Journal
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -69,7 +69,7 @@ def _create(conn: sqlite3.Connection) -> None:
 class RefusalJournal:
     """Writes refused webhook requests to the journal (bounded) and counts the 401s."""
 
-    def __init__(self, journal: Journal, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, journal: Store, *, clock: Any = time.monotonic) -> None:
         self._journal = journal
         self._clock = clock
         self._second = -1
@@ -177,6 +177,6 @@ def get_refusal(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | Non
 async def refusal_journal_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the table in the journal's file, and the log the error middleware writes to."""
     journal = app[JOURNAL]
-    await journal.write(_create)
+    await journal.ensure_tables(_create)
     app[REFUSAL_JOURNAL] = RefusalJournal(journal)
     yield

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.config import RiskConfig
-    from tvbridge.journal import Journal
     from tvbridge.models import OrderLeg
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -93,7 +93,7 @@ class RiskGuard:
         *,
         limits: Mapping[str, RiskConfig],
         brokers: Mapping[str, Broker],
-        journal: Journal,
+        journal: Store,
         halt_file: Path,
         clock: Callable[[], datetime],
     ) -> None:

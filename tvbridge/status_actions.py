@@ -206,7 +206,7 @@ def add_routes(app: web.Application) -> None:
 
 async def actions_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the `admin_actions` table in the journal's file."""
-    await app[JOURNAL].write(create_schema)
+    await app[JOURNAL].ensure_tables(create_schema)
     yield
 
 

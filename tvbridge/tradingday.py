@@ -53,7 +53,6 @@ from tvbridge.risk import RiskLimitError, check_leg, reference_price
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Sequence
 
     from tvbridge.config import Config
@@ -215,18 +214,13 @@ def _results(app: web.Application, decisions: Sequence[Decision], alert: Alert, 
     ]
 
 
-def _queue_rows(alert_id: str, queued: Sequence[Decision], rejected: Sequence[Decision]) -> Any:
-    insert = alertqueue.inserter(alert_id, [(d.account, d.at, d.reason) for d in queued if d.at is not None])
-
-    def also(conn: sqlite3.Connection) -> None:
-        insert(conn)
-        conn.executemany(
-            "UPDATE legs SET state = ?, message = ? WHERE alert_id = ? AND account = ?",
-            [("queued", d.reason, alert_id, d.account) for d in queued]
-            + [("failed", d.reason, alert_id, d.account) for d in rejected],
-        )
-
-    return also
+def _queue_rows(alert_id: str, queued: Sequence[Decision], rejected: Sequence[Decision]) -> alertqueue.QueueInsert:
+    return alertqueue.QueueInsert(
+        alert_id=alert_id,
+        entries=tuple((d.account, d.at, d.reason) for d in queued if d.at is not None),
+        leg_states=tuple((d.account, "queued", d.reason) for d in queued)
+        + tuple((d.account, "failed", d.reason) for d in rejected),
+    )
 
 
 def _combined_body(
@@ -358,16 +352,8 @@ async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) 
     dropped = [d for d in decisions if d.action == "reject" or (d.action == "queue" and d.at is None)]
     names = [d.account for d in running]
 
-    def hand_over(conn: sqlite3.Connection) -> None:
-        # from here crash recovery owns these legs (journal status `accepted`, legs `pending`)
-        conn.execute("UPDATE alerts SET status = 'accepted' WHERE alert_id = ?", (alert_id,))
-        conn.executemany(
-            "UPDATE legs SET state = 'pending' WHERE alert_id = ? AND account = ?",
-            [(alert_id, name) for name in names],
-        )
-
-    if running:
-        await journal.write(hand_over)
+    if running:  # from here crash recovery owns these legs (journal status `accepted`, legs `pending`)
+        await journal.queue.hand_over(alert_id, names)
         ran = await _run_now(app, alert_id, alert, running, [])
         failed = _results(app, dropped, alert, LegStatus.FAILED)
         body = _combined_body(alert_id, alert, [*ran, *failed], [], [])
