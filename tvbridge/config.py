@@ -70,10 +70,10 @@ def _ipv6_prefix(_instance: object, attribute: attrs.Attribute[int], value: int)
         raise ValueError(f"{attribute.name} must be 1..128, got {value}")
 
 
-def _database_url(_instance: object, _attribute: object, value: str) -> None:
+def _database_url(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value and not value.startswith(("postgresql://", "postgres://")):
         # never the value itself: it may carry a password
-        raise ValueError("must be a postgresql:// URL (or empty for the SQLite journal at journal.path)")
+        raise ValueError(f"{attribute.name} must be a postgresql:// URL (or empty: the SQLite journal at path)")
 
 
 def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -536,7 +536,8 @@ class PostgresQueue:
         async def claim(conn: Conn) -> list[QueueEntry]:
             rows = await conn.fetch(
                 "UPDATE queue SET state = 'sending', updated_at = $1 WHERE id IN (SELECT id FROM queue"
-                " WHERE state = 'queued' AND not_before <= $2 FOR UPDATE SKIP LOCKED) RETURNING *",
+                " WHERE state = 'queued' AND not_before <= $2 FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, alert_id, account, not_before, reason, 'queued' AS state, created_at",  # as SqliteQueue
                 _now(),
                 due,
             )
