@@ -11,6 +11,10 @@ to the next open), sets the alert to `accepted` (recovery's work list from here 
 executor: risk limits, the kill switch and the client order ids are the same as for an alert sent at once. The
 age check is not repeated: it applied when the alert arrived. While halted nothing is claimed.
 
+Several instances on one PostgreSQL store: only the leader (`Store.is_leader`) claims; the others ask again every
+half `journal.leader_lease_s`, and the one that takes over from a dead leader first settles the rows it left
+`sending` (as a restart does). The claim itself takes each row once even if two instances claimed at once.
+
 The background task (`scheduler_ctx`) calls `run_due()` at the next due time or every `POLL_S` seconds, whichever
 is sooner, so a `tvbridge queue cancel` or a CLI halt is seen within that time. Tests call `run_due()` directly
 after moving the injected clock; nothing waits on the wall clock.
@@ -246,8 +250,12 @@ class Scheduler:
         clock: Callable[[], datetime],
         data_dir: Any,
         send: Callable[[str, list[str]], Any],
+        recheck_s: float = POLL_S,
     ) -> None:
         self._journal = journal
+        self._recheck_s = recheck_s
+        self.leading = False
+        """Whether this instance ran the queue at its last look (the store's leader; always on SQLite)."""
         self._clock = clock
         self._halt_file = halt_path(data_dir)
         self._send = send
@@ -258,6 +266,8 @@ class Scheduler:
         """Send every alert whose queue time has come; returns how many alerts were sent."""
         async with self._lock:
             if read_halt(self._halt_file) is not None:
+                return 0
+            if not await self.lead():
                 return 0
             claimed = await self._journal.queue.claim_due(self._clock())
             if claimed:
@@ -275,6 +285,16 @@ class Scheduler:
                         log.exception("queue.send_failed", accounts=accounts)
                         await self._mark(alert_id, accounts, FAILED)
             return len(by_alert)
+
+    async def lead(self) -> bool:
+        """Whether this instance sends the queue now. On becoming the leader, the rows a dead leader left
+        `sending` are settled first (`after_crash`), as at a restart."""
+        leading = await self._journal.is_leader()
+        if leading and not self.leading:
+            await self._journal.queue.after_crash()
+            log.info("queue.leading")
+        self.leading = leading
+        return leading
 
     async def requeue(self, alert_id: str, account: str, moment: datetime, reason: str) -> None:
         await self._journal.queue.requeue(alert_id, account, moment, reason)
@@ -297,9 +317,9 @@ class Scheduler:
             except Exception:
                 log.exception("queue.loop_failed")
                 due = None
-            wait = POLL_S
+            wait = POLL_S if self.leading else self._recheck_s  # a follower asks often: it may have to take over
             if due is not None:
-                wait = max(0.0, min(POLL_S, (due - self._clock()).total_seconds()))
+                wait = max(0.0, min(wait, (due - self._clock()).total_seconds()))
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -323,13 +343,15 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
     journal = app[JOURNAL]
     await journal.ensure_tables(create_schema)
-    await journal.queue.after_crash()
+    config = app[CONFIG]
     scheduler = Scheduler(
         journal=journal,
         clock=app[NOW],
-        data_dir=app[CONFIG].server.data_dir,
+        data_dir=config.server.data_dir,
         send=lambda alert_id, accounts: tradingday.send_queued(app, alert_id, accounts),
+        recheck_s=min(POLL_S, config.journal.leader_lease_s / 2) if journal.shared else POLL_S,
     )
+    await scheduler.lead()  # at start, before the first request: settle the rows a crash left `sending`
     app[SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.loop(), name="queue-scheduler")
     yield

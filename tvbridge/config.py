@@ -187,6 +187,10 @@ class JournalConfig:
     url: str = attrs.field(default="", repr=False, validator=_database_url)
     """`postgresql://user:password@host:port/database`: the shared store of several instances (docs/postgresql.md)
     instead of the SQLite file at `path`. Also `DATABASE_URL`; empty: SQLite."""
+    leader_lease_s: float = attrs.field(default=10.0, validator=_positive)
+    """PostgreSQL only: an instance that stops renewing its lease for this long (killed, cut off) is dead: another
+    finishes its unfinished alerts and, if it led, takes over the scheduled work. Keep it above every account's
+    `broker_timeout_s`, so a send in flight has ended before its alert is taken over."""
     synchronous: Literal["normal", "full"] = "normal"
     """normal: a 2xx answer survives a crash of the process (kill -9), not of the machine; full: also a power cut,
     at one fsync per commit (group commit shares it between concurrent alerts)."""

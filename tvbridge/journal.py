@@ -152,6 +152,8 @@ class Journal:
         self._probe_bytes = probe_bytes
         self._files: tuple[FileIdentity, ...] = ()
         self.queue = SqliteQueue(self)
+        self.shared = False
+        """One process owns the file: recovery runs at start only, and this instance is the leader."""
 
     async def open(self) -> None:
         try:
@@ -394,6 +396,9 @@ class Journal:
 
     async def release_dedupe(self, dedupe_key: str, alert_id: str) -> None:
         """Nothing to release: the key is journaled only with an accepted alert."""
+
+    async def is_leader(self) -> bool:
+        return True
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         await self.write(create)

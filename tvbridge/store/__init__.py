@@ -14,6 +14,10 @@ The contract each implementation keeps (tests/test_store.py runs the same tests 
 - `record_alert` writes the alert, its `pending` legs and its queue rows (`also`) in one transaction;
 - `claim_dedupe` is atomic across every process sharing the store: of two copies claiming one key at the same
   moment, exactly one gets None (it runs), the other the first one's alert id;
+- `unfinished` lists the alerts this instance must finish: on SQLite every unfinished one (at start nothing else
+  runs); on PostgreSQL those of instances whose lease expired, taken over for this one, which from then on is
+  the only one that may mark their legs `sending` or record their results (fencing);
+- `is_leader` is true on exactly one of the instances sharing the store at a time (SQLite: the only one);
 - `read`/`write` run a function on the SQLite connection (modules whose own tables live in the SQLite file:
   status page, status actions, refusals); the PostgreSQL store refuses them with `StoreUnsupportedError`, and
   `ensure_tables` is a no-op there (its schema is versioned by `tvbridge.store.migrations`).
@@ -71,6 +75,9 @@ class Store(Protocol):
 
     healthy: bool
     last_error: str
+    shared: bool
+    """True when several instances may share the store (PostgreSQL): crash recovery then also runs while
+    serving, for the alerts of instances whose lease expired, and scheduled work runs on the leader only."""
 
     @property
     def queue(self) -> QueueStore: ...
@@ -140,6 +147,11 @@ class Store(Protocol):
 
     async def integrity_ok(self) -> bool: ...
 
+    async def is_leader(self) -> bool:
+        """Whether this instance runs the scheduled work (the queue at the open, ...) now: always on SQLite; on
+        PostgreSQL the one instance holding the leader's lock, taken over by another when it dies."""
+        ...
+
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         """Create a module's own SQLite tables (a no-op on PostgreSQL, whose schema is migrated as a whole)."""
         ...
@@ -158,7 +170,9 @@ def open_store(config: Config) -> Store:
             from tvbridge.commands.db import missing_driver  # noqa: PLC0415 - only on this error
 
             raise ConfigError(missing_driver()) from None
-        return PostgresStore(config.journal.url, probe_bytes=config.limits.max_body_bytes)
+        return PostgresStore(
+            config.journal.url, probe_bytes=config.limits.max_body_bytes, lease_s=config.journal.leader_lease_s
+        )
     from tvbridge.journal import Journal  # noqa: PLC0415 - journal imports this module's types
 
     return Journal(

@@ -83,6 +83,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX queue_due ON queue (state, not_before);
     """,
+    # 2: instances hold leases; an unfinished alert belongs to the instance running it (issue 20)
+    """
+    CREATE TABLE instances (
+        instance_id  TEXT PRIMARY KEY,
+        started_at   TEXT NOT NULL,
+        lease_until  TEXT NOT NULL
+    );
+    ALTER TABLE alerts ADD COLUMN owner TEXT;
+    CREATE INDEX alerts_unfinished_owner ON alerts (owner) WHERE status = 'accepted';
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -14,8 +14,10 @@ row, `jsonb` for the bracket's parts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import socket
 import time
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncpg
 import attrs
+import structlog
 
 from tvbridge.alertqueue import entry_of
 from tvbridge.errors import JournalError
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
 
+log = structlog.get_logger()
 T = TypeVar("T")
 Conn = asyncpg.pool.PoolConnectionProxy  # what the pool lends; the Connection's methods
 OPERATION_TIMEOUT_S: Final = 2.0
@@ -46,10 +50,16 @@ POOL_SIZE: Final = 10
 CLAIM_STALE_S: Final = 10.0
 """A dedupe claim whose alert is still unrecorded after this long was left by a copy that failed: taken over."""
 FOLLOWED: Final = tuple(FOLLOWED_STATES)
+LEADER_LOCK: Final = 0x7476_6272_6467_0002
+"""The advisory lock the leader holds for the scheduled work (a session lock: it goes with its connection)."""
 
 
 class ClaimLostError(JournalError):
     """This copy's dedupe claim was taken over (it had stayed unrecorded too long): it must not be recorded."""
+
+
+class LeaseLostError(JournalError):
+    """Another instance took this alert over (this one's lease had expired): it must not send or record more."""
 
 
 class StoreUnsupportedError(JournalError):
@@ -71,16 +81,23 @@ def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:
 class PostgresStore:
     """The journal, dedupe claims and closed-market queue in one PostgreSQL database."""
 
-    def __init__(self, url: str, *, probe_bytes: int = 65536) -> None:
+    def __init__(self, url: str, *, probe_bytes: int = 65536, lease_s: float = 10.0) -> None:
         self._url = url
         self._pool: asyncpg.Pool | None = None
         self._probe_bytes = probe_bytes
         self._on_commit: Callable[[float], None] | None = None
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"
-        """This process among those sharing the database (its probe row)."""
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """This process among those sharing the database: its lease, its probe row, the alerts it runs."""
+        self.lease_s = lease_s
+        self.shared = True
+        """Several instances share this store: unfinished alerts are recovered by lease, scheduled work by one
+        leader (`is_leader`)."""
         self.healthy = True
         self.last_error = ""
         self.queue = PostgresQueue(self)
+        self._lease_task: asyncio.Task[None] | None = None
+        self._leader: asyncpg.Connection | None = None
+        self._leading = False
 
     async def open(self) -> None:
         try:
@@ -90,6 +107,7 @@ class PostgresStore:
                 )
                 async with self._pool.acquire() as conn:
                     await migrate(conn)
+                await self._renew_lease()
         except JournalError:
             await self.close()
             raise
@@ -98,7 +116,21 @@ class PostgresStore:
             # the error's text, never the URL: it may carry the password
             raise JournalError(f"the PostgreSQL journal cannot be opened: {type(e).__name__}: {e}") from e
 
+        self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
+
     async def close(self) -> None:
+        task, self._lease_task = self._lease_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drop_leadership(stopping=True)
+        if self._pool is not None:
+            # a clean stop hands its leftovers over at once
+            with contextlib.suppress(JournalError):
+                await self._write(
+                    lambda conn: conn.execute("DELETE FROM instances WHERE instance_id = $1", self.instance)
+                )
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -110,10 +142,72 @@ class PostgresStore:
     def problem(self) -> str:
         return ""
 
+    async def _renew_lease(self) -> None:
+        now = time.time()
+        started = datetime.fromtimestamp(now, UTC).isoformat()
+        until = datetime.fromtimestamp(now + self.lease_s, UTC).isoformat()
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, $2, $3)"
+                " ON CONFLICT (instance_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+                self.instance,
+                started,
+                until,
+            ),
+            write=True,
+            observe=False,
+        )
+
+    async def _keep_lease(self) -> None:
+        """Renew this instance's lease three times per `lease_s`: one missed renewal is not yet a death."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self._renew_lease()
+            except JournalError:
+                log.warning("store.lease_not_renewed", error=self.last_error)
+
+    async def is_leader(self) -> bool:
+        """Whether this instance runs the scheduled work now: it holds the leader's advisory lock on a connection
+        of its own. The lock goes with the connection, so a leader that dies (or loses the database) frees it, and
+        the next instance to ask takes it; TCP keepalives bound how long a silently dead leader keeps it."""
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT_S):
+                if self._leader is None or self._leader.is_closed():
+                    self._drop_leadership()
+                    probe_s = str(max(1, int(self.lease_s / 3)))
+                    self._leader = await asyncpg.connect(
+                        self._url,
+                        timeout=OPERATION_TIMEOUT_S,
+                        server_settings={
+                            "application_name": f"tvbridge leader {self.instance}"[:63],
+                            "tcp_keepalives_idle": probe_s,
+                            "tcp_keepalives_interval": probe_s,
+                            "tcp_keepalives_count": "2",
+                        },
+                    )
+                if self._leading:
+                    await self._leader.fetchval("SELECT 1")  # still connected, so still holding it
+                else:
+                    self._leading = bool(await self._leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
+                    if self._leading:
+                        log.info("store.leader", instance=self.instance)
+        except Exception:  # noqa: BLE001 - no database, no leadership; asked again on the next round
+            self._drop_leadership()
+        return self._leading
+
+    def _drop_leadership(self, *, stopping: bool = False) -> None:
+        if self._leading and not stopping:
+            log.warning("store.leader_lost", instance=self.instance)
+        self._leading = False
+        leader, self._leader = self._leader, None
+        if leader is not None and not leader.is_closed():
+            leader.terminate()  # the lock goes with the connection
+
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         self._on_commit = observer
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool) -> T:
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool, observe: bool = True) -> T:
         """`fn` in one transaction on a pooled connection, within `OPERATION_TIMEOUT_S`."""
         if self._pool is None:
             raise JournalError("journal unwritable: the database is not open")
@@ -132,7 +226,7 @@ class PostgresStore:
                 raise JournalError("journal unwritable: the alert was not recorded") from e
             raise JournalError("journal unreadable: the database cannot be reached") from e
         self.healthy = True
-        if write and self._on_commit is not None:
+        if write and observe and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started)
         return result
 
@@ -171,7 +265,7 @@ class PostgresStore:
                     raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
             await conn.execute(
                 "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                " updated_at, order_log_offset, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 alert_id,
                 now,
                 alert_type,
@@ -181,6 +275,7 @@ class PostgresStore:
                 status,
                 now,
                 order_log_offset,
+                self.instance,
             )
             await conn.executemany(
                 "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
@@ -200,11 +295,26 @@ class PostgresStore:
 
         await self._write(insert)
 
+    async def _own(self, conn: Conn, alert_id: str) -> None:
+        """Fencing: `LeaseLostError` unless this instance still owns the alert (locked to the end of the
+        transaction, so an instance taking it over waits for this write, then sees it)."""
+        owner = await conn.fetchval("SELECT owner FROM alerts WHERE alert_id = $1 FOR UPDATE", alert_id)
+        if owner is not None and owner != self.instance:
+            raise LeaseLostError(f"alert {alert_id} was taken over by instance {owner}: not sent or recorded here")
+
     async def record_leg(self, alert_id: str, result: LegResult) -> None:
-        await self._write(lambda conn: _update_leg(conn, alert_id, result))
+        async def record(conn: Conn) -> None:
+            await self._own(conn, alert_id)
+            await _update_leg(conn, alert_id, result)
+
+        await self._write(record)
 
     async def mark_sending(self, alert_id: str, account: str, leg_number: int, done: LegResult | None) -> None:
+        """Fenced: an instance whose alert was taken over by another (its lease expired) cannot mark a leg
+        `sending`, so it never sends it."""
+
         async def mark(conn: Conn) -> None:
+            await self._own(conn, alert_id)
             if done is not None:
                 await _update_leg(conn, alert_id, done)
             await conn.execute(
@@ -241,6 +351,7 @@ class PostgresStore:
         text = json.dumps(response, default=str)
 
         async def finish(conn: Conn) -> None:
+            await self._own(conn, alert_id)
             for result in results:
                 await _update_leg(conn, alert_id, result)
             await conn.execute(
@@ -388,10 +499,21 @@ class PostgresStore:
         return await self._write(prune)
 
     async def unfinished(self) -> list[str]:
-        rows = await self._read(
-            lambda conn: conn.fetch("SELECT alert_id FROM alerts WHERE status = $1 ORDER BY received_at", UNFINISHED)
+        """The unfinished alerts this instance must finish now, oldest first: those of instances whose lease has
+        expired (killed, or cut off from the database), taken over in one statement so two living instances
+        never take the same one. This instance's own running alerts are never in it."""
+        now = _now()
+        rows = await self._write(
+            lambda conn: conn.fetch(
+                "UPDATE alerts SET owner = $1 WHERE status = $2 AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS"
+                " (SELECT 1 FROM instances WHERE instances.instance_id = alerts.owner AND lease_until > $3)))"
+                " RETURNING alert_id, received_at",
+                self.instance,
+                UNFINISHED,
+                now,
+            )
         )
-        return [row["alert_id"] for row in rows]
+        return [row["alert_id"] for row in sorted(rows, key=lambda row: (row["received_at"], row["alert_id"]))]
 
     async def order_log_start(self) -> int:
         row = await self._read(
@@ -589,7 +711,9 @@ class PostgresQueue:
 
     async def hand_over(self, alert_id: str, accounts: Sequence[str]) -> None:
         async def hand_over(conn: Conn) -> None:
-            await conn.execute("UPDATE alerts SET status = 'accepted' WHERE alert_id = $1", alert_id)
+            await conn.execute(
+                "UPDATE alerts SET status = 'accepted', owner = $2 WHERE alert_id = $1", alert_id, self._store.instance
+            )
             await conn.executemany(
                 "UPDATE legs SET state = 'pending' WHERE alert_id = $1 AND account = $2",
                 [(alert_id, name) for name in accounts],
