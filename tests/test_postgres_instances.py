@@ -166,3 +166,94 @@ async def test_database_outage_is_503_and_the_server_recovers_by_itself(
     assert len(placed) == 4
     assert max(placed.values()) == 1
     assert len(stored_alert_ids(own_pg_cluster, url)) == 2
+
+
+LEASE = {"TVBRIDGE_JOURNAL__LEADER_LEASE_S": "3"}
+
+
+async def post_or_none(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]] | None:
+    """(status, body), or None when the server died before answering."""
+    try:
+        return await post(session, url, body)
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def table(cluster: PgCluster, url: str, sql: str) -> list[list[str]]:
+    database = url.rsplit("/", 1)[1]
+    out = cluster.psql(sql, database)
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+async def wait_until_finished(cluster: PgCluster, url: str) -> None:
+    """Until no alert in the database is unfinished (`accepted`), within `RECOVER_WITHIN_S`."""
+    async with asyncio.timeout(RECOVER_WITHIN_S):
+        while True:
+            if not table(cluster, url, "SELECT alert_id FROM alerts WHERE status IN ('accepted', 'queued')"):
+                return
+            await asyncio.sleep(0.2)  # polling another process's records, bounded by the timeout
+
+
+async def test_an_instance_killed_in_a_burst_has_its_alerts_finished_by_the_other(
+    tmp_path: Path, fake_dhan: FakeDhan, pg_cluster: PgCluster
+) -> None:
+    """A burst shared by two instances; one dies by SIGKILL right after a broker call, before journaling its
+    answer (`after_send`). Once its lease has expired, the living instance finishes its unfinished alerts as
+    a restart would: it looks each open leg up and sends only what Dhan lacks. Every leg the journal holds is
+    at Dhan exactly once, and every alert answered 2xx is finished in the journal."""
+    url = pg_cluster.create_database()
+    env = {**dhan_env(fake_dhan, tmp_path, url), **LEASE}
+    dying = await start(KillableServer(tmp_path / "a", {**env, "TVBRIDGE_TEST_CRASH_AT": "after_send:5"}, name="a"))
+    living = await start(KillableServer(tmp_path / "b", env, name="b"))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            answers = await asyncio.gather(
+                *(post_or_none(session, (dying if i % 2 else living).url, trade(100 + i)) for i in range(16))
+            )
+            assert await asyncio.to_thread(dying.wait, 30) == -9
+            await wait_until_finished(pg_cluster, url)
+            taken_over = [e for e in living.events() if e.get("event") == "recovery.alert"]
+            assert taken_over, "the living instance recovered nothing"
+    finally:
+        await stop(living)
+    placed = Counter(str(o.get("correlationId")) for o in fake_dhan.placed())
+    assert max(placed.values()) == 1, f"a leg placed twice: {placed.most_common(3)}"
+    legs = table(pg_cluster, url, "SELECT client_order_id, state FROM legs")
+    assert {cid for cid, state in legs if state == "placed"} == set(placed)
+    statuses = dict(table(pg_cluster, url, "SELECT alert_id, status FROM alerts"))
+    acknowledged = [
+        body["alert_id"] for answer in answers if answer is not None for status, body in [answer] if status < 300
+    ]
+    assert acknowledged
+    assert all(statuses[alert_id] == "success" for alert_id in acknowledged)
+    assert None in answers  # the kill did cut into the burst
+
+
+async def test_the_leaders_death_hands_the_opens_queue_to_another_instance(
+    tmp_path: Path, fake_dhan: FakeDhan, pg_cluster: PgCluster
+) -> None:
+    """An alert queued before the open on a two-instance pair; the leader (which runs the queue) is killed
+    before the open. The other instance takes the lead within the lease and sends the alert at the open, once."""
+    url = pg_cluster.create_database()
+    before_open = {"TVBRIDGE_SESSIONS__ENABLED": "true", "TVBRIDGE_TEST_NOW": "2026-11-30T09:14:45+05:30"}
+    env = {**dhan_env(fake_dhan, tmp_path, url), **LEASE, **before_open}
+    leader = await start(KillableServer(tmp_path / "a", env, name="a"))
+    follower = await start(KillableServer(tmp_path / "b", env, name="b"))
+    try:
+        assert [e for e in leader.events() if e.get("event") == "store.leader"]
+        assert not [e for e in follower.events() if e.get("event") == "store.leader"]
+        body = alert({k: v for k, v in leg().items() if k != "meta"})  # no timenow: the clocks are pinned
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            status, answer = await post(session, follower.url, body)
+        assert (status, answer["status"]) == (202, "queued"), answer
+        leader.kill()
+        await wait_until_finished(pg_cluster, url)
+        assert [e for e in follower.events() if e.get("event") == "queue.sending"]
+    finally:
+        await stop(follower)
+    placed = [str(o.get("correlationId")) for o in fake_dhan.placed()]
+    assert len(placed) == 1
+    statuses = dict(table(pg_cluster, url, "SELECT alert_id, status FROM alerts"))
+    assert statuses == {answer["alert_id"]: "success"}
