@@ -153,6 +153,7 @@ class Journal:
         self._files: tuple[FileIdentity, ...] = ()
         self.queue = SqliteQueue(self)
         self.shared = False
+        self.live_instances = 1
         """One process owns the file: recovery runs at start only, and this instance is the leader."""
 
     async def open(self) -> None:

@@ -75,6 +75,8 @@ class Store(Protocol):
 
     healthy: bool
     last_error: str
+    live_instances: int
+    """Instances holding a live lease on the store, this one included (1 on SQLite): the rate limits' divisor."""
     shared: bool
     """True when several instances may share the store (PostgreSQL): crash recovery then also runs while
     serving, for the alerts of instances whose lease expired, and scheduled work runs on the leader only."""

@@ -90,6 +90,8 @@ class PostgresStore:
         """This process among those sharing the database: its lease, its probe row, the alerts it runs."""
         self.lease_s = lease_s
         self.shared = True
+        self.live_instances = 1
+        """Instances whose lease was alive at this one's last renewal (this one included)."""
         """Several instances share this store: unfinished alerts are recovered by lease, scheduled work by one
         leader (`is_leader`)."""
         self.healthy = True
@@ -146,17 +148,19 @@ class PostgresStore:
         now = time.time()
         started = datetime.fromtimestamp(now, UTC).isoformat()
         until = datetime.fromtimestamp(now + self.lease_s, UTC).isoformat()
-        await self._run(
-            lambda conn: conn.execute(
+
+        async def renew(conn: Conn) -> int:
+            await conn.execute(
                 "INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, $2, $3)"
                 " ON CONFLICT (instance_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
                 self.instance,
                 started,
                 until,
-            ),
-            write=True,
-            observe=False,
-        )
+            )
+            alive = await conn.fetchval("SELECT COUNT(*) FROM instances WHERE lease_until > $1", started)
+            return int(alive or 1)
+
+        self.live_instances = await self._run(renew, write=True, observe=False)
 
     async def _keep_lease(self) -> None:
         """Renew this instance's lease three times per `lease_s`: one missed renewal is not yet a death."""
