@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from tvbridge.halt import Halt
     from tvbridge.models import LegResult
 
 
@@ -400,6 +401,12 @@ class Journal:
 
     async def is_leader(self) -> bool:
         return True
+
+    async def shared_halt(self) -> tuple[int, Halt | None]:
+        return 0, None
+
+    async def share_halt(self, halt: Halt | None) -> int:  # noqa: ARG002 - the Store interface
+        return 0
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         await self.write(create)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from tvbridge.alertqueue import QueueEntry, QueueInsert
     from tvbridge.config import Config
+    from tvbridge.halt import Halt
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
 
@@ -152,6 +153,15 @@ class Store(Protocol):
     async def is_leader(self) -> bool:
         """Whether this instance runs the scheduled work (the queue at the open, ...) now: always on SQLite; on
         PostgreSQL the one instance holding the leader's lock, taken over by another when it dies."""
+        ...
+
+    async def shared_halt(self) -> tuple[int, Halt | None]:
+        """The kill switch all instances share: (version, halt or None). SQLite: (0, None), nothing shared (the
+        halt file is the switch, `tvbridge/halt.py`)."""
+        ...
+
+    async def share_halt(self, halt: Halt | None) -> int:
+        """Set the shared kill switch; returns its version (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
         ...
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:

@@ -93,6 +93,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE alerts ADD COLUMN owner TEXT;
     CREATE INDEX alerts_unfinished_owner ON alerts (owner) WHERE status = 'accepted';
     """,
+    # 3: the kill switch, shared: a halt on one instance halts them all (tvbridge/halt_sync.py)
+    """
+    CREATE TABLE halt (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        version  BIGINT NOT NULL,
+        halted   BOOLEAN NOT NULL,
+        reason   TEXT NOT NULL,
+        since    TEXT NOT NULL,
+        by_whom  TEXT NOT NULL
+    );
+    INSERT INTO halt (id, version, halted, reason, since, by_whom) VALUES (1, 0, false, '', '', '');
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -29,6 +29,7 @@ import structlog
 
 from tvbridge.alertqueue import entry_of
 from tvbridge.errors import JournalError
+from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
 from tvbridge.store.migrations import migrate
 
@@ -545,6 +546,28 @@ class PostgresStore:
 
     async def integrity_ok(self) -> bool:
         return bool(await self._read(lambda conn: conn.fetchval("SELECT 1")))
+
+    async def shared_halt(self) -> tuple[int, Halt | None]:
+        """The kill switch every instance shares: (version, the halt or None)."""
+        row = await self._read(lambda conn: conn.fetchrow("SELECT * FROM halt WHERE id = 1"))
+        if row is None:
+            return 0, None
+        halt = Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None
+        return int(row["version"]), halt
+
+    async def share_halt(self, halt: Halt | None) -> int:
+        """Set the shared kill switch (halted, or not with None); returns its new version."""
+        version = await self._write(
+            lambda conn: conn.fetchval(
+                "UPDATE halt SET version = version + 1, halted = $1, reason = $2, since = $3, by_whom = $4"
+                " WHERE id = 1 RETURNING version",
+                halt is not None,
+                halt.reason if halt else "",
+                halt.since if halt else "",
+                halt.by if halt else "",
+            )
+        )
+        return int(version)
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         """Nothing: the PostgreSQL schema is migrated as a whole (`tvbridge.store.migrations`)."""
