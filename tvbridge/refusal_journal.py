@@ -177,6 +177,9 @@ def get_refusal(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | Non
 async def refusal_journal_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the table in the journal's file, and the log the error middleware writes to."""
     journal = app[JOURNAL]
+    if journal.shared:  # its table lives in the SQLite file; not kept on PostgreSQL yet (docs/postgresql.md)
+        yield
+        return
     await journal.ensure_tables(_create)
     app[REFUSAL_JOURNAL] = RefusalJournal(journal)
     yield
