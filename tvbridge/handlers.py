@@ -34,7 +34,6 @@ from tvbridge.keys import (
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.models import AlertStatus, LegResult, LegStatus, oldest_timenow, timenows
 from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
-from tvbridge.refusal_journal import get_refusal
 from tvbridge.refusals import should_log
 from tvbridge.status import page_refusal
 from tvbridge.text import bounded
@@ -239,7 +238,7 @@ async def get_alert(request: web.Request) -> web.Response:
     journal = request.app[JOURNAL]
     record = await journal.get_alert(wanted)
     if record is None:
-        record = await journal.read(lambda conn: get_refusal(conn, wanted))
+        record = await journal.get_refusal(wanted)
     if record is None:
         raise NotFoundError(f"no alert {wanted!r} in the journal")
     return alert_page(record) if as_page else web.json_response(record)

@@ -35,6 +35,7 @@ from tvbridge.alertqueue import SqliteQueue
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
+from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 
 if TYPE_CHECKING:
@@ -401,6 +402,9 @@ class Journal:
 
     async def is_leader(self) -> bool:
         return True
+
+    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:
+        return await self.read(lambda conn: get_refusal(conn, alert_id))
 
     async def shared_halt(self) -> tuple[int, Halt | None]:
         return 0, None

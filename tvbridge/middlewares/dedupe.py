@@ -146,7 +146,7 @@ class Deduper:
             try:
                 holder = await self.journal.claim_dedupe(key, alert_id, since)
             except Exception as e:
-                log.exception("dedupe.claim_failed")
+                log.exception("dedupe.lookup_failed")
                 message = "journal unreadable: cannot tell whether this alert is a repeat; resend later"
                 raise JournalError(message) from e
             if holder is None:

@@ -155,6 +155,10 @@ class Store(Protocol):
         PostgreSQL the one instance holding the leader's lock, taken over by another when it dies."""
         ...
 
+    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:
+        """A refused request's record (`tvbridge/refusal_journal.py`), or None; PostgreSQL keeps none yet."""
+        ...
+
     async def shared_halt(self) -> tuple[int, Halt | None]:
         """The kill switch all instances share: (version, halt or None). SQLite: (0, None), nothing shared (the
         halt file is the switch, `tvbridge/halt.py`)."""

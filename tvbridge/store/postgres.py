@@ -547,6 +547,10 @@ class PostgresStore:
     async def integrity_ok(self) -> bool:
         return bool(await self._read(lambda conn: conn.fetchval("SELECT 1")))
 
+    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:  # noqa: ARG002 - the Store interface
+        """None: refused requests are not kept on PostgreSQL yet (docs/postgresql.md)."""
+        return None
+
     async def shared_halt(self) -> tuple[int, Halt | None]:
         """The kill switch every instance shares: (version, the halt or None)."""
         row = await self._read(lambda conn: conn.fetchrow("SELECT * FROM halt WHERE id = 1"))
