@@ -48,6 +48,16 @@ def test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["PYTHONPATH"] = old
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run (`TVBRIDGE_TEST_STORE=postgresql`), skip the tests marked `sqlite_only`."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="reads the SQLite journal, or a page kept only there (docs/postgresql.md)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def converter() -> Any:
     return make_converter()

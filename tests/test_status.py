@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("TVBRIDGE_TEST_ARTIFACTS", REPO / "test-artifacts"))
 Client = TestClient[web.Request, web.Application]
 
+pytestmark = pytest.mark.sqlite_only  # the status page is kept only in the SQLite journal
+
 
 def basic(client: Client, token: str | None = None) -> dict[str, str]:
     assert client.app is not None

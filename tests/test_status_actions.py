@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 from helpers import alert, leg, with_accounts
 from structlog.testing import capture_logs
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from tvbridge.config import Config
 
     Client = TestClient[web.Request, web.Application]
+
+pytestmark = pytest.mark.sqlite_only  # the status page's actions are kept only in the SQLite journal
 
 
 def basic(client: Client) -> dict[str, str]:
