@@ -12,7 +12,6 @@ import base64
 from typing import TYPE_CHECKING
 
 import attrs
-import pytest
 from helpers import alert, leg
 
 from tvbridge.config import MetricsConfig
@@ -52,7 +51,6 @@ async def admin_client(make_client: ClientFactory, config: Config) -> TestClient
     return await make_client(attrs.evolve(config, server=server, metrics=MetricsConfig(require_token=True)))
 
 
-@pytest.mark.sqlite_only
 async def test_an_admin_token_that_is_almost_right_reads_nothing(make_client: ClientFactory, config: Config) -> None:
     """`GET /alerts/<id>`, `/status` and `/metrics` answer 401 to every near miss, as Bearer and as Basic's
     password; the exact token reads them."""
@@ -85,7 +83,6 @@ async def test_an_admin_token_that_is_almost_right_cannot_halt_or_resume(
     assert (await response.json())["message"].startswith("trading halted")
 
 
-@pytest.mark.sqlite_only
 async def test_an_admin_token_with_spaces_and_colons_opens_as_configured(
     make_client: ClientFactory, config: Config
 ) -> None:
@@ -100,7 +97,6 @@ async def test_an_admin_token_with_spaces_and_colons_opens_as_configured(
         assert (await client.get("/status", headers=scheme(" battery staple"))).status == 401, scheme.__name__
 
 
-@pytest.mark.sqlite_only
 async def test_basic_credentials_with_bytes_outside_base64_are_a_401(
     make_client: ClientFactory, config: Config
 ) -> None:

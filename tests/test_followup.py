@@ -246,7 +246,6 @@ async def test_paper_resting_limit_filled_by_a_later_alert_shows_filled(
     )
 
 
-@pytest.mark.sqlite_only
 async def test_status_shows_the_orders_current_state(make_client: ClientFactory, config: Config) -> None:
     """/status (JSON and HTML) shows each leg's order state with what is filled, and how many orders are
     followed."""

@@ -87,7 +87,6 @@ def failing(report: dict[str, Any]) -> list[str]:
     return [f"{a['account']} {c['name']}" for a in report["accounts"] for c in a["checks"] if not c["ok"]]
 
 
-@pytest.mark.sqlite_only
 async def test_a_ready_account_answers_200_and_shows_on_status_and_metrics(
     make_client: ClientFactory, config: Config, fake: FakeDhan, master: Path
 ) -> None:

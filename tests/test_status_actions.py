@@ -10,7 +10,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import pytest
 from helpers import alert, leg, with_accounts
 from structlog.testing import capture_logs
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from tvbridge.config import Config
 
     Client = TestClient[web.Request, web.Application]
-
-pytestmark = pytest.mark.sqlite_only  # the status page's actions are kept only in the SQLite journal
 
 
 def basic(client: Client) -> dict[str, str]:
@@ -51,9 +48,7 @@ async def with_csrf(client: Client) -> dict[str, str]:
 
 async def actions(client: Client) -> list[tuple[str, str, str | None]]:
     assert client.app is not None
-    rows = await client.app[JOURNAL].read(
-        lambda conn: conn.execute("SELECT action, detail, source FROM admin_actions ORDER BY id").fetchall()
-    )
+    rows = await client.app[JOURNAL].fetch("SELECT action, detail, source FROM admin_actions ORDER BY id")
     return [(r["action"], r["detail"], r["source"]) for r in rows]
 
 

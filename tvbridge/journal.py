@@ -404,7 +404,14 @@ class Journal:
         return True
 
     async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:
-        return await self.read(lambda conn: get_refusal(conn, alert_id))
+        return await get_refusal(self, alert_id)
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        rows: list[Any] = await self.read(lambda conn: conn.execute(sql, args).fetchall())
+        return rows
+
+    async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        await self.write(lambda conn: [conn.execute(sql, tuple(args)) for sql, args in statements])
 
     async def shared_halt(self) -> tuple[int, Halt | None]:
         return 0, None

@@ -18,9 +18,11 @@ The contract each implementation keeps (tests/test_store.py runs the same tests 
   runs); on PostgreSQL those of instances whose lease expired, taken over for this one, which from then on is
   the only one that may mark their legs `sending` or record their results (fencing);
 - `is_leader` is true on exactly one of the instances sharing the store at a time (SQLite: the only one);
-- `read`/`write` run a function on the SQLite connection (modules whose own tables live in the SQLite file:
-  status page, status actions, refusals); the PostgreSQL store refuses them with `StoreUnsupportedError`, and
-  `ensure_tables` is a no-op there (its schema is versioned by `tvbridge.store.migrations`).
+- `fetch`/`run` take portable SQL with `?` placeholders (the PostgreSQL store numbers them): modules that keep
+  their own tables in the store (refusals, status actions, the status page) write their SQL once for both;
+- `read`/`write` run a function on the SQLite connection (SQLite-only code); the PostgreSQL store refuses them
+  with `StoreUnsupportedError`, and `ensure_tables` is a no-op there (its schema is versioned by
+  `tvbridge.store.migrations`).
 """
 
 from __future__ import annotations
@@ -170,6 +172,15 @@ class Store(Protocol):
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         """Create a module's own SQLite tables (a no-op on PostgreSQL, whose schema is migrated as a whole)."""
+        ...
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        """The rows of one portable query (`?` placeholders, SQL both engines read alike), each indexable by
+        column name and position: for modules that keep their own tables in the store (refusals, status page)."""
+        ...
+
+    async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        """Portable statements (as `fetch`) in one committed transaction; `JournalError` if it fails."""
         ...
 
     async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...

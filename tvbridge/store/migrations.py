@@ -105,6 +105,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     INSERT INTO halt (id, version, halted, reason, since, by_whom) VALUES (1, 0, false, '', '', '');
     """,
+    # 4: the refusals journal and the status page's actions (tvbridge/refusal_journal.py, status_actions.py)
+    """
+    CREATE TABLE refusals (
+        id           BIGSERIAL PRIMARY KEY,
+        alert_id     TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        http_status  INTEGER NOT NULL,
+        reason       TEXT NOT NULL,
+        message      TEXT NOT NULL,
+        errors       TEXT,
+        alert_type   TEXT,
+        source       TEXT,
+        payload      TEXT
+    );
+    CREATE INDEX refusals_alert ON refusals (alert_id);
+    CREATE INDEX refusals_received ON refusals (received_at);
+    CREATE TABLE admin_actions (
+        id      BIGSERIAL PRIMARY KEY,
+        at      TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        source  TEXT,
+        by      TEXT NOT NULL
+    );
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 

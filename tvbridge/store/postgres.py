@@ -31,6 +31,7 @@ from tvbridge.alertqueue import entry_of
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
+from tvbridge.refusal_journal import get_refusal
 from tvbridge.store.migrations import migrate
 
 if TYPE_CHECKING:
@@ -65,6 +66,21 @@ class LeaseLostError(JournalError):
 
 class StoreUnsupportedError(JournalError):
     """A SQLite-only operation (a module's own tables in the SQLite file) asked of the PostgreSQL store."""
+
+
+def numbered_placeholders(sql: str) -> str:
+    """SQLite's `?` placeholders as PostgreSQL's `$1, $2, ...` (outside quoted literals), so a module's portable
+    SQL is written once for both stores."""
+    parts = sql.split("'")
+    count = 0
+    for i in range(0, len(parts), 2):  # the even parts are outside quotes
+        pieces = parts[i].split("?")
+        numbered = [pieces[0]]
+        for piece in pieces[1:]:
+            count += 1
+            numbered.append(f"${count}{piece}")
+        parts[i] = "".join(numbered)
+    return "'".join(parts)
 
 
 def _now() -> str:
@@ -556,9 +572,20 @@ class PostgresStore:
     async def integrity_ok(self) -> bool:
         return bool(await self._read(lambda conn: conn.fetchval("SELECT 1")))
 
-    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:  # noqa: ARG002 - the Store interface
-        """None: refused requests are not kept on PostgreSQL yet (docs/postgresql.md)."""
-        return None
+    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:
+        return await get_refusal(self, alert_id)
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        numbered = numbered_placeholders(sql)
+        rows: list[Any] = await self._read(lambda conn: conn.fetch(numbered, *args))
+        return rows
+
+    async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        async def run(conn: Conn) -> None:
+            for sql, args in statements:
+                await conn.execute(numbered_placeholders(sql), *args)
+
+        await self._write(run)
 
     async def shared_halt(self) -> tuple[int, Halt | None]:
         """The kill switch every instance shares: (version, the halt or None)."""
