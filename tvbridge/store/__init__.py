@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tvbridge.alerts.records import AlertJournal
 from tvbridge.errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
     import sqlite3
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
@@ -73,8 +75,9 @@ class QueueStore(Protocol):
         ...
 
 
-class Store(Protocol):
-    """The durable state of one tvbridge (SQLite) or of several sharing one database (PostgreSQL)."""
+class Store(AlertJournal, Protocol):
+    """The durable state of one tvbridge (SQLite) or of several sharing one database (PostgreSQL). The alert
+    path's two writes (`record_plan`, `record_results`) are `tvbridge.alerts.records.AlertJournal`'s."""
 
     healthy: bool
     last_error: str
@@ -112,6 +115,10 @@ class Store(Protocol):
         also: QueueInsert | None = None,
         order_log_offset: int | None = None,
     ) -> None: ...
+
+    def record_results(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
+    ) -> asyncio.Task[bool]: ...
 
     async def record_leg(self, alert_id: str, result: LegResult) -> None: ...
 

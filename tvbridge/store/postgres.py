@@ -27,7 +27,8 @@ import asyncpg
 import attrs
 import structlog
 
-from tvbridge.alertqueue import entry_of
+from tvbridge.alertqueue import QueueInsert, entry_of
+from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-    from tvbridge.alertqueue import QueueEntry, QueueInsert
+    from tvbridge.alertqueue import QueueEntry
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
 
@@ -115,6 +116,9 @@ class PostgresStore:
         self.last_error = ""
         self.queue = PostgresQueue(self)
         self._lease_task: asyncio.Task[None] | None = None
+        self._results_pending: dict[str, asyncio.Task[bool]] = {}
+        """Per alert id, its `record_results` handed over and not committed yet: a read that answers a user about
+        that alert waits for it (read-your-writes), and only for it."""
         self._leader: asyncpg.Connection | None = None
         self._leading = False
 
@@ -138,6 +142,8 @@ class PostgresStore:
         self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
 
     async def close(self) -> None:
+        while self._results_pending:
+            await self.settle()
         task, self._lease_task = self._lease_task, None
         if task is not None:
             task.cancel()
@@ -266,6 +272,101 @@ class PostgresStore:
     async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         return await self._run(fn, write=False)
 
+    async def record_plan(self, entry: AlertEntry, *, join: Callable[[Any], object] | None = None) -> None:
+        """The alert, its planned legs and the queue rows of `join` (a `QueueInsert`: any other joiner needs
+        SQLite, and is a bug here) in one transaction; `JournalError` if it fails (`tvbridge.alerts.records`).
+
+        With a dedupe key, the claim is checked in the same transaction: a copy whose claim another copy took
+        over (`claim_dedupe`) is refused, so the alert is never recorded twice. The alert belongs to this
+        instance (`owner`) until its results are recorded or another instance takes it over (`unfinished`)."""
+        if join is not None and not isinstance(join, QueueInsert):
+            raise TypeError(f"the PostgreSQL store cannot run {join!r} in its transaction (a SQLite joiner)")
+        stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
+        now = _now()
+        alert_id = entry.alert_id
+
+        async def insert(conn: Conn) -> None:
+            if entry.dedupe_key is not None:  # still ours? (a claim left stale is taken over: `claim_dedupe`)
+                holder = await conn.fetchval(
+                    "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (dedupe_key) DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key RETURNING alert_id",
+                    entry.dedupe_key,
+                    alert_id,
+                    now,
+                )
+                if holder != alert_id:
+                    raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
+            await conn.execute(
+                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
+                " updated_at, order_log_offset, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                alert_id,
+                now,
+                entry.alert_type,
+                entry.dedupe_key,
+                entry.source,
+                stored,
+                entry.status,
+                now,
+                entry.order_log_offset,
+                self.instance,
+            )
+            if entry.legs:
+                await conn.executemany(
+                    "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, message, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    [
+                        (alert_id, leg.account, leg.leg_number, leg.client_order_id, leg.state, leg.message, now)
+                        for leg in entry.legs
+                    ],
+                )
+            if join is not None:
+                await conn.executemany(
+                    "INSERT INTO queue (alert_id, account, not_before, reason, state, created_at, updated_at)"
+                    " VALUES ($1, $2, $3, $4, 'queued', $5, $5)",
+                    [(*row, now) for row in join.rows()],
+                )
+                await conn.executemany(
+                    "UPDATE legs SET state = $1, message = $2 WHERE alert_id = $3 AND account = $4",
+                    [(state, message, join.alert_id, account) for account, state, message in join.leg_states],
+                )
+
+        await self._write(insert)
+
+    def record_results(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
+    ) -> asyncio.Task[bool]:
+        """Hand over an alert's outcome (`finish_alert`) without waiting for its commit, as the SQLite journal
+        does; reads that answer users (`get_alert`, `find_by_dedupe_key`) wait for what was handed over."""
+        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results))
+        self._results_pending[alert_id] = task
+        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
+        return task
+
+    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
+        if self._results_pending.get(alert_id) is done:
+            del self._results_pending[alert_id]
+
+    async def _results_of(self, alert_id: str) -> None:
+        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
+        task = self._results_pending.get(alert_id)
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def _finish_logged(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
+    ) -> bool:
+        try:
+            await self.finish_alert(alert_id, status, response, results)
+        except Exception:
+            log.exception("journal.finish_failed", alert_id=alert_id)
+            return False
+        return True
+
+    async def settle(self) -> None:
+        """Wait until every `record_results` handed over so far is committed (or failed, and logged)."""
+        if self._results_pending:
+            await asyncio.wait(set(self._results_pending.values()))
+
     async def record_alert(
         self,
         *,
@@ -279,51 +380,21 @@ class PostgresStore:
         also: QueueInsert | None = None,
         order_log_offset: int | None = None,
     ) -> None:
-        stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
-        now = _now()
-
-        async def insert(conn: Conn) -> None:
-            if dedupe_key is not None:  # still ours? (a claim left stale is taken over: `claim_dedupe`)
-                holder = await conn.fetchval(
-                    "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (dedupe_key) DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key RETURNING alert_id",
-                    dedupe_key,
-                    alert_id,
-                    now,
-                )
-                if holder != alert_id:
-                    raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
-            await conn.execute(
-                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                alert_id,
-                now,
-                alert_type,
-                dedupe_key,
-                source,
-                stored,
-                status,
-                now,
-                order_log_offset,
-                self.instance,
-            )
-            await conn.executemany(
-                "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
-                " VALUES ($1, $2, $3, $4, 'pending', $5)",
-                [(alert_id, leg.account, leg.leg_number, leg.client_order_id, now) for leg in legs],
-            )
-            if also is not None:
-                await conn.executemany(
-                    "INSERT INTO queue (alert_id, account, not_before, reason, state, created_at, updated_at)"
-                    " VALUES ($1, $2, $3, $4, 'queued', $5, $5)",
-                    [(*row, now) for row in also.rows()],
-                )
-                await conn.executemany(
-                    "UPDATE legs SET state = $1, message = $2 WHERE alert_id = $3 AND account = $4",
-                    [(state, message, also.alert_id, account) for account, state, message in also.leg_states],
-                )
-
-        await self._write(insert)
+        """`record_plan` with every leg `pending` (flatten and the tests use it)."""
+        entry = AlertEntry(
+            alert_id=alert_id,
+            alert_type=alert_type,
+            payload=payload,
+            dedupe_key=dedupe_key,
+            source=source,
+            status=status,
+            order_log_offset=order_log_offset,
+            legs=tuple(
+                LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
+                for leg in legs
+            ),
+        )
+        await self.record_plan(entry, join=also)
 
     async def _own(self, conn: Conn, alert_id: str) -> None:
         """Fencing: `LeaseLostError` unless this instance still owns the alert (locked to the end of the
@@ -441,6 +512,8 @@ class PostgresStore:
         ]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+
         async def fetch(conn: Conn) -> dict[str, Any] | None:
             row = await conn.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", alert_id)
             if row is None:
@@ -472,14 +545,21 @@ class PostgresStore:
         return await self._read(fetch)
 
     async def find_by_dedupe_key(self, dedupe_key: str, since: str) -> dict[str, Any] | None:
-        row = await self._read(
-            lambda conn: conn.fetchrow(
+        """As the SQLite journal's: when that alert's results were handed over here and are not committed yet,
+        wait for them and read again, so a repeat gets the first copy's results, not "running"."""
+
+        async def find(conn: Conn) -> Any:
+            return await conn.fetchrow(
                 "SELECT alert_id, status, response FROM alerts WHERE dedupe_key = $1 AND received_at >= $2"
                 " ORDER BY received_at LIMIT 1",
                 dedupe_key,
                 since,
             )
-        )
+
+        row = await self._read(find)
+        if row is not None and row["alert_id"] in self._results_pending:
+            await self._results_of(row["alert_id"])
+            row = await self._read(find)
         if row is None:
             return None
         return {"alert_id": row["alert_id"], "status": row["status"], "response": _json_or_none(row["response"])}
