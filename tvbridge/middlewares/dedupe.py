@@ -8,13 +8,17 @@ trade again. The key (`dedupe_key`):
   `meta.timenow` (at the root and in each leg): a resend and a double-fired alert have the same content and
   differ at most in `timenow`, while two different bars differ in `meta.time` (or the price) and both run.
 
-Two records make "once" hold:
+These records make "once" hold:
 
 * an in-process claim (key -> the first copy's alert id and a future), taken without an `await` between the
   look-up and the claim, so fifty copies arriving at the same moment find one first copy and wait for it
   (up to `server.response_deadline_s`);
 * the journal: the first copy's row carries the key (`request[DEDUPE_KEY]`, written by the webhook handler
-  with the alert, before any order), so a copy that arrives after a restart is found there.
+  with the alert, before any order), so a copy that arrives after a restart is found there;
+* with several instances on one PostgreSQL store, the store's claim (`Store.claim_dedupe`): a unique row, so
+  of two copies arriving at two instances at the same moment one runs; the other waits (up to
+  `server.response_deadline_s`) for the first one's record and is answered from it, or gets 503 to resend if
+  none appears (never a 2xx for an alert nobody recorded). On SQLite the claim is the journal look-up above.
 
 The repeat gets 200 with status `duplicate`, `duplicate_of` (the first copy's alert id) and the first one's
 results from the journal, or 202 while the first one is still running. Nothing is journaled for a repeat: it
