@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from tvbridge.halt import Halt
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
+    from tvbridge.positions import StrategyFill
 
 
 class QueueStore(Protocol):
@@ -114,6 +115,7 @@ class Store(AlertJournal, Protocol):
         status: str = ...,
         also: QueueInsert | None = None,
         order_log_offset: int | None = None,
+        strategy: str | None = None,
     ) -> None: ...
 
     def record_results(
@@ -158,6 +160,21 @@ class Store(AlertJournal, Protocol):
     async def count_orders(self, account: str, *, since: datetime) -> int: ...
 
     async def integrity_ok(self) -> bool: ...
+
+    # strategies (issue 19): what each strategy placed and filled, read from the journal's rows
+    async def count_strategy_orders(self, strategy: str, *, since: datetime) -> int: ...
+
+    async def fills(self, account: str, position_key: str | None = None) -> list[StrategyFill]: ...
+
+    async def strategy_orders(self, strategy: str, account: str) -> set[str]: ...
+
+    async def open_brackets(self, strategy: str, account: str, position_key: str) -> list[str]: ...
+
+    async def open_orders_of(
+        self, strategy: str, account: str, *, symbol: str, exchange: str | None, side: str | None
+    ) -> list[str]: ...
+
+    async def has_run(self, *, strategy: str, source: str, account: str) -> bool: ...
 
     async def is_leader(self) -> bool:
         """Whether this instance runs the scheduled work (the queue at the open, ...) now: always on SQLite; on

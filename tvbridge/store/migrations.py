@@ -130,6 +130,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         by      TEXT NOT NULL
     );
     """,
+    # 5: strategies (issue 19): the strategy an alert runs under; the filled legs its own positions are summed from
+    """
+    ALTER TABLE alerts ADD COLUMN strategy TEXT;
+    CREATE INDEX legs_filled ON legs (account) WHERE filled_quantity > 0;
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -29,11 +29,14 @@ import structlog
 
 from tvbridge.alertqueue import QueueInsert, entry_of
 from tvbridge.alerts.records import AlertEntry, LegEntry
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
+from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.store.migrations import migrate
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     import sqlite3
@@ -49,6 +52,9 @@ Conn = asyncpg.pool.PoolConnectionProxy  # what the pool lends; the Connection's
 OPERATION_TIMEOUT_S: Final = 2.0
 """Longest one store operation may take, connecting included: within TradingView's 3 s a failed write still
 leaves time to answer 503, which TradingView resends, rather than nothing, which it never resends."""
+RESULTS_TIMEOUT_S: Final = 10.0
+"""The bound on an alert's results handed over after its answer (`record_results`): nothing waits on them but
+the repeat's look-up, so a busy database gets longer than on the answer's path before they are given up."""
 POOL_SIZE: Final = 10
 CLAIM_STALE_S: Final = 10.0
 """A dedupe claim whose alert is still unrecorded after this long was left by a copy that failed: taken over."""
@@ -243,13 +249,20 @@ class PostgresStore:
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         self._on_commit = observer
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool, observe: bool = True) -> T:
-        """`fn` in one transaction on a pooled connection, within `OPERATION_TIMEOUT_S`."""
+    async def _run(
+        self,
+        fn: Callable[[Conn], Awaitable[T]],
+        *,
+        write: bool,
+        observe: bool = True,
+        timeout_s: float = OPERATION_TIMEOUT_S,
+    ) -> T:
+        """`fn` in one transaction on a pooled connection, within `timeout_s`."""
         if self._pool is None:
             raise JournalError("journal unwritable: the database is not open")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_S), self._pool.acquire() as conn, conn.transaction():
+            async with asyncio.timeout(timeout_s), self._pool.acquire() as conn, conn.transaction():
                 result = await fn(conn)
         except JournalError:  # decided by the operation itself (a dedupe claim taken over): the database is fine
             raise
@@ -298,7 +311,8 @@ class PostgresStore:
                     raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
             await conn.execute(
                 "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                " updated_at, order_log_offset, owner, strategy)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 alert_id,
                 now,
                 entry.alert_type,
@@ -309,6 +323,7 @@ class PostgresStore:
                 now,
                 entry.order_log_offset,
                 self.instance,
+                entry.strategy,
             )
             if entry.legs:
                 await conn.executemany(
@@ -356,7 +371,7 @@ class PostgresStore:
         self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
     ) -> bool:
         try:
-            await self.finish_alert(alert_id, status, response, results)
+            await self.finish_alert(alert_id, status, response, results, timeout_s=RESULTS_TIMEOUT_S)
         except Exception:
             log.exception("journal.finish_failed", alert_id=alert_id)
             return False
@@ -379,8 +394,10 @@ class PostgresStore:
         status: str = UNFINISHED,
         also: QueueInsert | None = None,
         order_log_offset: int | None = None,
+        strategy: str | None = None,
     ) -> None:
-        """`record_plan` with every leg `pending` (flatten and the tests use it)."""
+        """`record_plan` with every leg `pending` (flatten and the tests use it); `strategy` by default the
+        running one."""
         entry = AlertEntry(
             alert_id=alert_id,
             alert_type=alert_type,
@@ -389,6 +406,7 @@ class PostgresStore:
             source=source,
             status=status,
             order_log_offset=order_log_offset,
+            strategy=strategy or current_strategy(),
             legs=tuple(
                 LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
                 for leg in legs
@@ -447,7 +465,13 @@ class PostgresStore:
         return True
 
     async def finish_alert(
-        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
+        self,
+        alert_id: str,
+        status: str,
+        response: Mapping[str, Any],
+        results: Sequence[LegResult] = (),
+        *,
+        timeout_s: float = OPERATION_TIMEOUT_S,
     ) -> None:
         text = json.dumps(response, default=str)
 
@@ -463,7 +487,7 @@ class PostgresStore:
                 alert_id,
             )
 
-        await self._write(finish)
+        await self._run(finish, write=True, timeout_s=timeout_s)
 
     async def set_order_state(self, alert_id: str, account: str, leg_number: int, order: OrderStateRecord) -> None:
         now = _now()
@@ -528,6 +552,7 @@ class PostgresStore:
                 "alert_id": row["alert_id"],
                 "received_at": row["received_at"],
                 "alert_type": row["alert_type"],
+                "strategy": row["strategy"] or DEFAULT_STRATEGY,
                 "status": row["status"],
                 "updated_at": row["updated_at"],
                 "payload": json.loads(row["payload"]),
@@ -648,6 +673,115 @@ class PostgresStore:
             )
         )
         return int(count or 0)
+
+    async def count_strategy_orders(self, strategy: str, *, since: datetime) -> int:
+        stamp = since.astimezone(UTC).isoformat()
+        count = await self._read(
+            lambda conn: conn.fetchval(
+                "SELECT COUNT(*) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, $1) = $2 AND legs.updated_at >= $3"
+                " AND legs.client_order_id IS NOT NULL AND (legs.order_id IS NOT NULL"
+                " OR legs.state IN ('success', 'placed', 'unknown', 'test_mode', 'sending'))",
+                DEFAULT_STRATEGY,
+                strategy,
+                stamp,
+            )
+        )
+        return int(count or 0)
+
+    async def fills(self, account: str, position_key: str | None = None) -> list[StrategyFill]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT COALESCE(alerts.strategy, $1) AS strategy, legs.result::jsonb ->> 'position_key' AS key,"
+                " legs.result::jsonb ->> 'transaction' AS side, legs.filled_quantity AS filled, legs.bracket"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = $2 AND legs.filled_quantity > 0"
+                " AND legs.result::jsonb ->> 'position_key' IS NOT NULL"
+                " AND ($3::text IS NULL OR legs.result::jsonb ->> 'position_key' = $3)",
+                DEFAULT_STRATEGY,
+                account,
+                position_key,
+            )
+        )
+        return [
+            StrategyFill(
+                strategy=row["strategy"],
+                key=row["key"],
+                side=row["side"],
+                quantity=int(row["filled"]),
+                bracket=tuple(_json_or_none(row["bracket"]) or ()),
+            )
+            for row in rows
+        ]
+
+    async def strategy_orders(self, strategy: str, account: str) -> set[str]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT legs.client_order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, $1) = $2 AND legs.account = $3"
+                " AND legs.order_state = ANY($4::text[]) AND legs.client_order_id IS NOT NULL",
+                DEFAULT_STRATEGY,
+                strategy,
+                account,
+                list(FOLLOWED),
+            )
+        )
+        return {row[0] for row in rows}
+
+    async def open_brackets(self, strategy: str, account: str, position_key: str) -> list[str]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, $1) = $2 AND legs.account = $3 AND legs.order_id IS NOT NULL"
+                " AND legs.result::jsonb ->> 'position_key' = $4 AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(legs.bracket::jsonb) AS part"
+                " WHERE part ->> 'state' = ANY($5::text[])) ORDER BY alerts.received_at",
+                DEFAULT_STRATEGY,
+                strategy,
+                account,
+                position_key,
+                list(FOLLOWED),
+            )
+        )
+        return [row[0] for row in rows]
+
+    async def open_orders_of(
+        self, strategy: str, account: str, *, symbol: str, exchange: str | None, side: str | None
+    ) -> list[str]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, $1) = $2 AND legs.account = $3 AND legs.order_id IS NOT NULL"
+                " AND legs.client_order_id IS NOT NULL"
+                " AND upper(legs.result::jsonb ->> 'symbol') = upper($4)"
+                " AND ($5::text IS NULL OR legs.result::jsonb ->> 'exchange' = $5)"
+                " AND ($6::text IS NULL OR legs.result::jsonb ->> 'transaction' = $6)"
+                " AND (legs.order_state = ANY($7::text[]) OR (legs.bracket IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM jsonb_array_elements(legs.bracket::jsonb) AS part"
+                " WHERE part ->> 'state' = ANY($7::text[])))) ORDER BY alerts.received_at",
+                DEFAULT_STRATEGY,
+                strategy,
+                account,
+                symbol,
+                exchange,
+                side,
+                list(FOLLOWED),
+            )
+        )
+        return [row[0] for row in rows]
+
+    async def has_run(self, *, strategy: str, source: str, account: str) -> bool:
+        found = await self._read(
+            lambda conn: conn.fetchval(
+                "SELECT 1 FROM alerts WHERE COALESCE(strategy, $1) = $2 AND source = $3"
+                " AND payload::jsonb -> 'flatten' ->> 'account' = $4 LIMIT 1",
+                DEFAULT_STRATEGY,
+                strategy,
+                source,
+                account,
+            )
+        )
+        return found is not None
 
     async def integrity_ok(self) -> bool:
         return bool(await self._read(lambda conn: conn.fetchval("SELECT 1")))
