@@ -790,6 +790,9 @@ class PostgresStore:
         return await get_refusal(self, alert_id)
 
     async def fetch(self, sql: str, *args: object) -> list[Any]:
+        """Read-your-writes: what this instance handed over (`record_results`) is committed first, as the SQLite
+        journal's group commit has done by the time the status page reads (a network round trip is longer)."""
+        await self.settle()
         numbered = numbered_placeholders(sql)
         rows: list[Any] = await self._read(lambda conn: conn.fetch(numbered, *args))
         return rows
