@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from helpers import alert, with_accounts
 
 # the fixtures `clock` and `start` come with the helpers they serve
@@ -16,8 +17,6 @@ from tvbridge.journal import Journal
 from tvbridge.keys import SCHEDULER
 
 if TYPE_CHECKING:
-    import pytest
-
     from tvbridge.config import Config
 
 
@@ -43,6 +42,7 @@ def statuses(results: list[dict[str, Any]], key: str = "status") -> list[tuple[s
 ANSWERED = [("live", "success"), ("r", "failed"), ("s", "queued")]
 
 
+@pytest.mark.sqlite_only  # leaves the SQLite journal as a kill -9 would
 async def test_a_crash_mid_alert_does_not_send_the_queued_or_refused_accounts(
     start: Any,  # noqa: F811 - the fixture imported above
     config: Config,
