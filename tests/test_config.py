@@ -10,20 +10,18 @@ from tvbridge.config import effective_settings, load_config
 from tvbridge.errors import ConfigError
 from tvbridge.parsing import make_converter
 
-CONVERTER = make_converter()
-
 
 def load(tmp_path: Path, toml: str | None = None, env: dict[str, str] | None = None) -> object:
     path = None
     if toml is not None:
         path = tmp_path / "config.toml"
         path.write_text(toml)
-    return load_config(path, CONVERTER, env or {}, tmp_path)
+    return load_config(path, make_converter(), env or {}, tmp_path)
 
 
 def test_defaults_are_the_safe_first_run(tmp_path: Path) -> None:
     """No config at all: loopback only, an unprivileged port, the paper account, guards on."""
-    config = load_config(None, CONVERTER, {}, tmp_path)
+    config = load_config(None, make_converter(), {}, tmp_path)
     assert config.server.host == "127.0.0.1"
     assert config.server.port == 8080
     assert config.routing.accounts == ("paper",)
@@ -40,7 +38,7 @@ def test_the_guides_variables_override_the_file(tmp_path: Path) -> None:
     toml = '[server]\nhost = "0.0.0.0"\nport = 9000\n[auth]\nsecret = "from-file-0123456789"\n'
     env = {"WEBHOOK_HOST": "127.0.0.2", "WEBHOOK_PORT": "8181", "WEBHOOK_SECRET": "from-env-0123456789"}
     (tmp_path / "config.toml").write_text(toml)
-    config = load_config(tmp_path / "config.toml", CONVERTER, env, tmp_path)
+    config = load_config(tmp_path / "config.toml", make_converter(), env, tmp_path)
     assert (config.server.host, config.server.port) == ("127.0.0.2", 8181)
     assert config.auth.secret == "from-env-0123456789"
 
@@ -48,7 +46,7 @@ def test_the_guides_variables_override_the_file(tmp_path: Path) -> None:
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     """A .env in the working directory works like the guide's; real environment variables beat it."""
     (tmp_path / ".env").write_text('WEBHOOK_PORT=8282\nWEBHOOK_SECRET="quoted-secret-0123456789"\n')
-    config = load_config(None, CONVERTER, {"WEBHOOK_PORT": "8383"}, tmp_path)
+    config = load_config(None, make_converter(), {"WEBHOOK_PORT": "8383"}, tmp_path)
     assert config.server.port == 8383
     assert config.auth.secret == "quoted-secret-0123456789"
 
@@ -61,7 +59,7 @@ def test_any_key_as_tvbridge_section_key(tmp_path: Path) -> None:
         "TVBRIDGE_IP_ALLOWLIST__ALLOW": '["10.0.0.0/8"]',
         "TVBRIDGE_AUTH__PATH_TOKEN": "12345678901234567890",
     }
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.dedupe.window_s == 30
     assert config.rate_limit.enabled is False
     assert config.ip_allowlist.allow == ("10.0.0.0/8",)
@@ -71,11 +69,11 @@ def test_any_key_as_tvbridge_section_key(tmp_path: Path) -> None:
 def test_dhan_variables_make_dhan_the_default_route(tmp_path: Path) -> None:
     """DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN route alerts to a dhan account; ENABLE_DHAN makes it live."""
     env = {"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "tok", "ENABLE_DHAN": "true"}
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.routing.accounts == ("dhan",)
     assert config.accounts["dhan"] == {"client_id": "1000000001", "access_token": "tok", "live": True, "broker": "dhan"}
     assert config.live_accounts == ["dhan"]
-    config = load_config(None, CONVERTER, {**env, "ENABLE_DHAN": "false"}, tmp_path)
+    config = load_config(None, make_converter(), {**env, "ENABLE_DHAN": "false"}, tmp_path)
     assert config.live_accounts == []
 
 
@@ -109,7 +107,7 @@ def test_effective_settings_mask_every_secret(tmp_path: Path) -> None:
         "DHAN_ACCESS_TOKEN": "tok-XYZ",
         "TVBRIDGE_SERVER__ADMIN_TOKEN": "admin-ABC",
     }
-    shown = str(effective_settings(load_config(None, CONVERTER, env, tmp_path), CONVERTER))
+    shown = str(effective_settings(load_config(None, make_converter(), env, tmp_path), make_converter()))
     for secret in env.values():
         if secret != "1":
             assert secret not in shown
@@ -121,8 +119,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_shipped_config_toml_is_the_defaults() -> None:
     """config.toml in the repo loads cleanly and changes nothing: it documents the defaults."""
-    shipped = load_config(REPO / "config.toml", CONVERTER, {}, REPO)
-    assert shipped == load_config(None, CONVERTER, {}, REPO)
+    shipped = load_config(REPO / "config.toml", make_converter(), {}, REPO)
+    assert shipped == load_config(None, make_converter(), {}, REPO)
 
 
 def test_shipped_config_toml_shows_every_key() -> None:
@@ -148,9 +146,9 @@ def test_plugin_secrets_are_masked_by_name(tmp_path: Path) -> None:
         "TVBRIDGE_ACCOUNTS__X__REFRESH_TOKEN": "rt-456",
         "TVBRIDGE_ACCOUNTS__X__CLIENT_ID": "1100012345",
     }
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.accounts["x"]["client_id"] == "1100012345"
-    shown = str(effective_settings(config, CONVERTER))
+    shown = str(effective_settings(config, make_converter()))
     assert "cs-123" not in shown
     assert "rt-456" not in shown
     assert "1100012345" in shown
