@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,13 @@ def test_dhan_variables_make_dhan_the_default_route(tmp_path: Path) -> None:
         ('[alerts]\non_leg_failure = "retry"\n', {}, "alerts.on_leg_failure"),
         ('[routing]\naccounts = ["live"]\n', {}, "routing.accounts: no [accounts.live] table for account 'live'"),
         ("[server\n", {}, "not valid TOML"),
+        # TOML has types: a number, a boolean or a path given as other TOML types is refused, not converted
+        ('[server]\nresponse_deadline_s = "2.5"\n', {}, "server.response_deadline_s: must be a number, got '2.5'"),
+        ("[server]\nresponse_deadline_s = true\n", {}, "server.response_deadline_s: must be a number, got true"),
+        ("[server]\nresponse_deadline_s = [1]\n", {}, "server.response_deadline_s: must be a number, got a list"),
+        ('[metrics]\nenabled = "false"\n', {}, "metrics.enabled: must be true or false, got 'false'"),
+        ("[server]\ndata_dir = true\n", {}, "server.data_dir: expected a value, got true"),
+        ('[risk]\nmax_notional_per_order = "1e3"\n', {}, "risk.max_notional_per_order: must be a number, got '1e3'"),
     ],
 )
 def test_bad_values_stop_the_start_with_one_line_naming_the_key(
@@ -97,6 +105,13 @@ def test_bad_values_stop_the_start_with_one_line_naming_the_key(
         load(tmp_path, toml, env)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_holidays_may_be_bare_toml_dates(tmp_path: Path) -> None:
+    """`extra_holidays = [2026-11-24]` (a TOML date, not a string) is that date, as the shipped comment shows."""
+    (tmp_path / "config.toml").write_text('[sessions]\nextra_holidays = [2026-11-24, "2026-11-25"]\n')
+    config = load_config(tmp_path / "config.toml", make_converter(), {}, tmp_path)
+    assert config.sessions.extra_holidays == (date(2026, 11, 24), date(2026, 11, 25))
 
 
 def test_effective_settings_mask_every_secret(tmp_path: Path) -> None:
