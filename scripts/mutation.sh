@@ -46,7 +46,7 @@ tests_of() {
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
         executor) echo "tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
         # the journal is read by every step, so its group also runs the tests of the steps that read it back
-        journal) echo "tests/test_journal.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
+        journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
     esac
 }
 toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }

@@ -1,0 +1,395 @@
+"""What the journal gives back: the records `GET /alerts/<id>`, dedupe, crash recovery, order follow-up, the daily
+risk count and `/health` read, on a real SQLite file, after the writes the alert path makes.
+
+Each read is checked field by field: these rows are what recovery settles an order from and what a trader sees
+for an alert. Several cases were surviving mutants of `tvbridge/journal.py` (docs/testing.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pytest
+
+from tvbridge.errors import JournalError
+from tvbridge.journal import Journal, OrderStateRecord, PlannedLeg, leg_state
+from tvbridge.models import LegResult, LegStatus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = Journal(tmp_path / "journal.sqlite3")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def result(leg_number: int = 1, account: str = "paper", **fields: Any) -> LegResult:
+    base: dict[str, Any] = {
+        "leg_number": leg_number,
+        "account": account,
+        "broker": "paper",
+        "symbol": "RELIANCE",
+        "exchange": "NSE",
+        "transaction": "B",
+        "quantity": "10",
+        "order_type": "MKT",
+        "product_type": "C",
+        "price": "0",
+        "status": LegStatus.SUCCESS,
+        "message": "placed",
+        "order_id": f"ord-{account}-{leg_number}",
+        "client_order_id": f"cid-{account}-{leg_number}",
+        "order_state": "open",
+        "filled_quantity": 0,
+        "average_price": None,
+    }
+    return LegResult(**{**base, **fields})
+
+
+async def record(
+    journal: Journal,
+    alert_id: str,
+    *legs: tuple[str, int],
+    dedupe_key: str | None = None,
+    offset: int | None = None,
+    status: str = "accepted",
+) -> None:
+    await journal.record_alert(
+        alert_id=alert_id,
+        alert_type="multi_leg_order",
+        payload={"secret": "s3cret", "alertType": "multi_leg_order", "order_legs": [{"symbol": "RELIANCE"}]},
+        dedupe_key=dedupe_key,
+        source="127.0.0.1",
+        legs=[PlannedLeg(account=a, leg_number=n, client_order_id=f"cid-{a}-{n}") for a, n in legs],
+        status=status,
+        order_log_offset=offset,
+    )
+
+
+async def test_a_recorded_alert_reads_back_whole_without_its_secret(journal: Journal) -> None:
+    """`GET /alerts/<id>` right after the alert is journaled: every field, legs sorted by account then number,
+    all pending, no response yet, the payload without `secret`."""
+    await record(journal, "a1", ("zeta", 1), ("alpha", 2), ("alpha", 1))
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    received = datetime.fromisoformat(shown["received_at"])
+    assert abs(datetime.now(UTC) - received) < timedelta(minutes=1)
+    assert shown["updated_at"] == shown["received_at"]
+    assert {k: v for k, v in shown.items() if k not in {"received_at", "updated_at", "legs"}} == {
+        "alert_id": "a1",
+        "alert_type": "multi_leg_order",
+        "status": "accepted",
+        "payload": {"alertType": "multi_leg_order", "order_legs": [{"symbol": "RELIANCE"}]},
+        "response": None,
+    }
+    assert [(leg["account"], leg["leg_number"]) for leg in shown["legs"]] == [("alpha", 1), ("alpha", 2), ("zeta", 1)]
+    first = shown["legs"][0]
+    assert {k: v for k, v in first.items() if k != "updated_at"} == {
+        "account": "alpha",
+        "leg_number": 1,
+        "client_order_id": "cid-alpha-1",
+        "state": "pending",
+        "order_id": None,
+        "order_state": None,
+        "filled_quantity": None,
+        "average_price": None,
+        "order_message": None,
+        "order_updated_at": None,
+        "message": None,
+        "result": None,
+        "bracket": [],
+    }
+    assert await journal.get_alert("nope") is None
+
+
+async def test_leg_outcomes_read_back_as_their_states(journal: Journal) -> None:
+    """Sending, then the broker's answer: the state, order id, message, the result as sent, the order columns."""
+    await record(journal, "a1", ("paper", 1), ("paper", 2), ("paper", 3))
+    await journal.mark_sending("a1", "paper", 1, None)
+    sending = await journal.get_alert("a1")
+    assert sending is not None
+    assert [leg["state"] for leg in sending["legs"]] == ["sending", "pending", "pending"]
+
+    placed = result(1, filled_quantity=4, average_price="101.5", order_state="partially_filled")
+    await journal.mark_sending("a1", "paper", 2, placed)  # the previous leg's result in the same write
+    await journal.record_leg("a1", result(2, status=LegStatus.FAILED, message="refused", order_id=None))
+    await journal.record_leg("a1", result(3, order_type="CANCEL", message="cancelled 1 order(s)"))
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    first, second, third = shown["legs"]
+    assert (first["state"], first["order_id"], first["message"]) == ("placed", "ord-paper-1", "placed")
+    assert (first["order_state"], first["filled_quantity"], first["average_price"]) == ("partially_filled", 4, "101.5")
+    assert first["result"] == json.loads(json.dumps(attrs.asdict(placed, recurse=False)))
+    assert (second["state"], second["order_id"], second["message"]) == ("failed", None, "refused")
+    assert third["state"] == "cancelled"
+
+
+async def test_a_result_for_an_unplanned_leg_is_kept(journal: Journal) -> None:
+    """A leg the plan did not list (a cancel's, a queued alert's) is inserted with its result, not lost."""
+    await record(journal, "a1")
+    await journal.record_leg("a1", result(7, account="live", average_price="99"))
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    [only] = shown["legs"]
+    assert (only["account"], only["leg_number"], only["state"], only["client_order_id"]) == (
+        "live",
+        7,
+        "placed",
+        "cid-live-7",
+    )
+    assert (only["order_id"], only["order_state"], only["filled_quantity"], only["average_price"]) == (
+        "ord-live-7",
+        "open",
+        0,
+        "99",
+    )
+
+
+async def test_the_final_write_keeps_what_follow_up_found(journal: Journal) -> None:
+    """The alert's final write repeats each leg's placement answer; order follow-up's later view of the order
+    (filled, its price) is what stays, and the alert's status and response are stored."""
+    await record(journal, "a1", ("paper", 1))
+    await journal.record_leg("a1", result(1))
+    await journal.set_order_state(
+        "a1", "paper", 1, OrderStateRecord(state="filled", filled_quantity=10, average_price="100.25", message="ok")
+    )
+    await journal.finish_alert("a1", "success", {"status": "success", "results": [1]}, [result(1)])
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    assert (shown["status"], shown["response"]) == ("success", {"status": "success", "results": [1]})
+    [only] = shown["legs"]
+    assert (only["order_state"], only["filled_quantity"], only["average_price"], only["order_message"]) == (
+        "filled",
+        10,
+        "100.25",
+        "ok",
+    )
+    assert only["order_updated_at"] is not None
+
+
+async def test_follow_up_touches_the_alert_and_keeps_bracket_parts(journal: Journal) -> None:
+    """A change of an order moves its alert's `updated_at` (the status page's stream watches it); a change
+    without parts leaves the stored bracket parts as they were."""
+    parts = ({"role": "entry", "order_id": "e1", "state": "open"},)
+    await record(journal, "a1", ("paper", 1))
+    await journal.record_leg("a1", result(1, bracket=parts))
+    before = await journal.get_alert("a1")
+    assert before is not None
+    assert before["legs"][0]["bracket"] == [dict(parts[0])]
+    await journal.set_order_state("a1", "paper", 1, OrderStateRecord(state="open"))
+    after = await journal.get_alert("a1")
+    assert after is not None
+    assert after["updated_at"] > before["updated_at"]
+    assert after["legs"][0]["bracket"] == [dict(parts[0])]
+
+
+async def test_follow_up_work_list(journal: Journal) -> None:
+    """Order follow-up resumes placed legs whose order is open, oldest alert first, then account and leg; not
+    finished orders, not legs without a client order id, not alerts recovery will run again."""
+    await record(journal, "old", ("paper", 2), ("paper", 1), status="success")
+    await record(journal, "new", ("paper", 1), status="success")
+    await record(journal, "rerun", ("paper", 1))  # still accepted: crash recovery hands it over
+    await journal.record_leg("old", result(2, order_state="trigger_pending"))
+    await journal.record_leg("old", result(1, order_state="pending"))
+    await journal.record_leg("new", result(1, order_state="open"))
+    await journal.record_leg("rerun", result(1, order_state="open"))
+    await journal.record_leg("new", result(4, order_state="filled"))
+    await journal.record_leg("new", result(5, order_state="open", client_order_id=None))
+    await journal.record_leg("new", result(6, order_state="open", status=LegStatus.FAILED))
+    await journal.record_leg("new", result(8, order_state="filled", bracket=({"role": "target", "state": "open"},)))
+    await journal.record_leg(
+        "new", result(9, order_state="filled", bracket=({"role": "target", "state": "cancelled"},))
+    )
+    work = await journal.followed_orders()
+    assert [(w["alert_id"], w["leg_number"]) for w in work] == [("old", 1), ("old", 2), ("new", 1), ("new", 8)]
+    first = work[0]
+    assert {k: v for k, v in first.items() if k != "result"} == {
+        "alert_id": "old",
+        "account": "paper",
+        "leg_number": 1,
+        "client_order_id": "cid-paper-1",
+        "order_id": "ord-paper-1",
+        "order_state": "pending",
+        "filled_quantity": 0,
+        "average_price": None,
+        "bracket": [],
+    }
+    assert first["result"]["order_id"] == "ord-paper-1"
+    assert work[3]["bracket"] == [{"role": "target", "state": "open"}]
+
+
+async def test_dedupe_finds_the_first_copy_in_the_window(journal: Journal) -> None:
+    """The first alert with the key at or after `since`, with its answer once there is one; none before."""
+    await record(journal, "first", dedupe_key="k")
+    await record(journal, "second", dedupe_key="k")
+    await record(journal, "other", dedupe_key="j")
+    found = await journal.find_by_dedupe_key("k", "2000-01-01")
+    assert found == {"alert_id": "first", "status": "accepted", "response": None}
+    await journal.finish_alert("first", "success", {"status": "success"})
+    assert await journal.find_by_dedupe_key("k", "2000-01-01") == {
+        "alert_id": "first",
+        "status": "success",
+        "response": {"status": "success"},
+    }
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    assert await journal.find_by_dedupe_key("k", later) is None
+    assert await journal.find_by_dedupe_key("missing", "2000-01-01") is None
+
+
+async def test_pruned_keys_no_longer_dedupe(journal: Journal) -> None:
+    """Pruning clears the keys of alerts received before the cut, counts them, and keeps the alerts."""
+    await record(journal, "a", dedupe_key="k")
+    await record(journal, "b", dedupe_key="j")
+    await record(journal, "c")
+    cut = datetime.now(UTC).isoformat()
+    await record(journal, "d", dedupe_key="k")
+    assert await journal.prune_dedupe_keys("2000-01-01") == 0
+    assert await journal.prune_dedupe_keys(cut) == 2
+    assert await journal.get_alert("a") is not None
+    assert await journal.prune_dedupe_keys(cut) == 0  # "d" was received after the cut: kept
+    found = await journal.find_by_dedupe_key("k", "2000-01-01")
+    assert found is not None
+    assert found["alert_id"] == "d"
+
+
+async def test_recovery_work_list_and_where_its_rows_start(journal: Journal) -> None:
+    """Unfinished alerts oldest first; their order-log rows start at the smallest offset journaled with them,
+    or at 0 (the whole log) when one has none or nothing is unfinished."""
+    assert await journal.unfinished() == []
+    assert await journal.order_log_start() == 0
+    await record(journal, "done", offset=10, status="success")
+    await record(journal, "b", offset=300)
+    await record(journal, "a", offset=200)
+    assert await journal.unfinished() == ["b", "a"]
+    assert await journal.order_log_start() == 200
+    await record(journal, "c")  # journaled before offsets existed
+    assert await journal.order_log_start() == 0
+    await journal.finish_alert("c", "success", {})
+    await journal.finish_alert("a", "success", {})
+    assert await journal.unfinished() == ["b"]
+    assert await journal.order_log_start() == 300
+
+
+async def test_the_daily_count_counts_what_may_be_at_the_broker(journal: Journal) -> None:
+    """The risk count: the account's legs sent (or maybe sent) since the cut; not failed, pending or skipped
+    legs, not other accounts, not legs before the cut."""
+    await record(journal, "a1", ("paper", 1), ("paper", 2), ("paper", 3), ("paper", 4), ("live", 1))
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    await journal.record_leg("a1", result(1))  # placed
+    await journal.mark_sending("a1", "paper", 2, None)  # may be at the broker
+    await journal.record_leg("a1", result(3, status=LegStatus.FAILED, order_id=None))
+    await journal.record_leg("a1", result(1, account="live", status=LegStatus.UNKNOWN, order_id=None))
+    assert await journal.count_orders("paper", since=since) == 2
+    assert await journal.count_orders("live", since=since) == 1
+    ist = timezone_ist()
+    assert await journal.count_orders("paper", since=since.astimezone(ist)) == 2  # the same instant in IST
+    assert await journal.count_orders("paper", since=datetime.now(UTC) + timedelta(seconds=5)) == 0
+
+
+def timezone_ist() -> Any:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415 - only this test needs it
+
+    return ZoneInfo("Asia/Kolkata")
+
+
+async def test_health_reads(tmp_path: Path) -> None:
+    """A sound journal passes the integrity check and the write probe; a deleted one fails the probe, says so,
+    and is not healthy."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path, probe_bytes=4096)
+    await journal.open()
+    try:
+        assert await journal.integrity_ok() is True
+        assert await journal.probe() is True
+        assert (journal.healthy, journal.problem()) == (True, "")
+        with sqlite3.connect(path) as conn:
+            [(size,)] = conn.execute("SELECT length(filler) FROM probe").fetchall()
+        assert size == 4096  # as large as the largest alert
+        path.unlink()
+        assert await journal.probe() is False
+        assert journal.healthy is False
+        assert journal.last_error == f"journal {path} was deleted while tvbridge had it open"
+    finally:
+        await journal.close()
+
+
+async def test_a_refused_row_is_not_a_broken_journal(journal: Journal) -> None:
+    """The same alert id twice is refused as a bad row; the journal stays healthy and says what was refused."""
+    await record(journal, "a1")
+    with pytest.raises(JournalError, match="journal refused the write: UNIQUE constraint failed"):
+        await record(journal, "a1")
+    assert journal.healthy is True
+
+
+async def test_commit_times_are_reported(journal: Journal) -> None:
+    seen: list[float] = []
+    journal.observe_commits(seen.append)
+    await record(journal, "a1")
+    assert len(seen) == 1
+    assert 0 <= seen[0] < 60
+
+
+async def test_a_journal_from_before_follow_up_gets_its_columns(tmp_path: Path) -> None:
+    """A journal written by a version without order follow-up or order-log offsets opens: the new columns are
+    added, each placed leg's order state is taken from its stored result, and its open orders are followed."""
+    path = tmp_path / "journal.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE alerts (alert_id TEXT PRIMARY KEY, received_at TEXT NOT NULL, alert_type TEXT NOT NULL,
+                dedupe_key TEXT, source TEXT, payload TEXT NOT NULL, status TEXT NOT NULL, response TEXT,
+                updated_at TEXT NOT NULL);
+            CREATE TABLE legs (alert_id TEXT NOT NULL, account TEXT NOT NULL, leg_number INTEGER NOT NULL,
+                client_order_id TEXT, state TEXT NOT NULL, order_id TEXT, message TEXT, result TEXT,
+                updated_at TEXT NOT NULL, PRIMARY KEY (alert_id, account, leg_number));
+            """
+        )
+        stored = json.dumps({"order_id": "o1", "order_state": "open"})
+        conn.execute(
+            "INSERT INTO alerts VALUES ('old', '2026-01-01T00:00:00+00:00', 'multi_leg_order', NULL, NULL, '{}',"
+            " 'success', NULL, '2026-01-01T00:00:00+00:00')"
+        )
+        conn.execute(
+            "INSERT INTO legs VALUES ('old', 'paper', 1, 'c1', 'placed', 'o1', 'placed', ?, '2026-01-01')", (stored,)
+        )
+        conn.execute(
+            "INSERT INTO legs VALUES ('old', 'paper', 2, 'c2', 'failed', NULL, 'no', ?, '2026-01-01')",
+            (json.dumps({"order_id": None}),),
+        )
+    journal = Journal(path)
+    await journal.open()
+    try:
+        work = await journal.followed_orders()
+        assert [(w["alert_id"], w["leg_number"], w["order_state"]) for w in work] == [("old", 1, "open")]
+        await record(journal, "new", offset=42)
+        assert await journal.order_log_start() == 42
+        shown = await journal.get_alert("old")
+        assert shown is not None
+        assert [leg["order_state"] for leg in shown["legs"]] == ["open", None]
+    finally:
+        await journal.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(legs)")}
+    assert "legs_followed" in indexes
+
+
+@pytest.mark.parametrize(
+    ("status", "order_type", "state"),
+    [
+        (LegStatus.SUCCESS, "MKT", "placed"),
+        (LegStatus.SUCCESS, "CANCEL", "cancelled"),
+        (LegStatus.UNKNOWN, "MKT", "unknown"),
+        (LegStatus.SKIPPED, "CANCEL", "skipped"),
+    ],
+)
+def test_leg_states(status: LegStatus, order_type: str, state: str) -> None:
+    assert leg_state(result(status=status, order_type=order_type)) == state
