@@ -44,7 +44,7 @@ tests_of() {
         # the parser also reads config.toml and refuses undecodable text for the webhook: those tests count too
         parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_stale.py tests/test_config.py tests/test_webhook.py tests/middlewares/test_dedupe_edges.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
-        executor) echo "tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        executor) echo "tests/test_recovery_restart.py tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
         # the journal is read by every step, so its group also runs the tests of the steps that read it back
         journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
     esac
