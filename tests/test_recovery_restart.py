@@ -248,3 +248,16 @@ async def test_an_alert_that_no_longer_parses_fails_without_sending(make_client:
         "failed",
         {"status": "failed", "message": "unreadable after restart"},
     )
+
+
+async def test_an_unknown_leg_is_looked_up_again(make_client: ClientFactory, config: Config) -> None:
+    """A leg journaled `unknown` (the answer was lost) has a result, but not a settled one: at the start the
+    broker is asked again, and the order it has is recorded; nothing is placed."""
+    config = scripted(config)
+    lost = attrs.evolve(placed_result("A9", 1, "INFY", "PRE09"), status=LegStatus.UNKNOWN, order_id=None)
+    await crashed_run(config, "A9", alert(leg(symbol="INFY")), settled=(lost,))
+    broker_has(config, "A9", 1, "PRE09", "INFY")
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A9-1"]
+    record = await journal_of(client, "A9")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE09")]
