@@ -3,7 +3,8 @@
 # leaks a secret, each group against its own tests. Too slow for every CI run (minutes to hours a group on 2
 # cores); run it before closing work on those modules, and record the score in docs/testing.md.
 #
-#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor journal (or: all)
+#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor recovery journal
+#                                    (or: all)
 #   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
 #   MUTATION_JOBS=N                  mutants run at once (default 2)
 #
@@ -18,9 +19,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_WORK:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
 jobs="${MUTATION_JOBS:-2}"
-[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor journal | all)" >&2; exit 2; }
+[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor recovery journal | all)" >&2; exit 2; }
 groups=("$@")
-[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor journal)
+[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor recovery journal)
 
 modules_of() {
     case "$1" in
@@ -30,7 +31,9 @@ modules_of() {
         risk) echo "tvbridge/risk.py" ;;
         parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
         mapping) echo "tvbridge_brokers/dhan/mapping.py" ;;
-        executor) echo "tvbridge/executor.py tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
+        executor) echo "tvbridge/executor.py" ;;
+        # what the executor leans on: crash recovery, positions to close, lots to units (measured apart: faster)
+        recovery) echo "tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
         journal) echo "tvbridge/journal.py" ;;
         *) echo "unknown group $1" >&2; exit 2 ;;
     esac
@@ -44,7 +47,8 @@ tests_of() {
         # the parser also reads config.toml and refuses undecodable text for the webhook: those tests count too
         parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_stale.py tests/test_config.py tests/test_webhook.py tests/middlewares/test_dedupe_edges.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
-        executor) echo "tests/test_recovery_restart.py tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal is read by every step, so its group also runs the tests of the steps that read it back
         journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
     esac
