@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from helpers import alert, leg, with_accounts
+from structlog.testing import capture_logs
 
 from tvbridge.executor import client_order_id
 from tvbridge.journal import Journal, PlannedLeg
@@ -171,7 +172,10 @@ async def test_an_unreadable_stored_result_is_asked_of_the_broker(make_client: C
     )
     await journal.close()
     broker_has(config, "A4", 1, "PRE04", "INFY")
-    client = await make_client(config)
+    with capture_logs() as logs:
+        client = await make_client(config)
+    unreadable = [(e["log_level"], e["leg"], e["account"]) for e in logs if e["event"] == "recovery.result_unreadable"]
+    assert unreadable == [("warning", 1, "sim")]
     assert [o["client_order_id"] for o in broker_orders(config)] == ["A4-1"]
     record = await journal_of(client, "A4")
     assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE04")]
@@ -241,7 +245,13 @@ async def test_an_alert_that_no_longer_parses_fails_without_sending(make_client:
     """An alert this version cannot read (journaled by another) is finished as failed, with why; not sent."""
     config = scripted(config)
     await crashed_run(config, "A8", alert(leg(symbol="INFY", quantity="ten")))
-    client = await make_client(config)
+    with capture_logs() as logs:
+        client = await make_client(config)
+    [error] = [e for e in logs if e["event"] == "recovery.unreadable"]
+    assert (error["log_level"], error["errors"]) == (
+        "error",
+        ["order_legs[0].quantity: must be a whole number, got 'ten'"],
+    )
     assert broker_orders(config) == []
     record = await journal_of(client, "A8")
     assert (record["status"], record["response"]) == (

@@ -187,18 +187,26 @@ def check_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest
     return captured.err
 
 
+@pytest.mark.parametrize("master_first", [False, True], ids=["master last", "master first"])
 def test_check_config_says_paper_without_a_master_accepts_anything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dhan_master: Path
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dhan_master: Path,
+    master_first: bool,
 ) -> None:
     """`tvbridge check-config` warns, per account, that paper without instruments_path accepts any symbol, and
-    that lots cannot be converted there; with a master, no warning."""
-    err = check_config(
-        tmp_path,
-        monkeypatch,
-        capsys,
-        '[routing]\naccounts = ["paper", "master"]\n[accounts.paper]\nbroker = "paper"\nquantity_unit = "lots"\n'
+    that lots cannot be converted there; with a master, no warning (and the accounts after it are still checked)."""
+    tables = [
+        '[accounts.paper]\nbroker = "paper"\nquantity_unit = "lots"\n',
         f'[accounts.master]\nbroker = "paper"\ninstruments_path = "{dhan_master}"\n',
-    )
+    ]
+    names = ["paper", "master"]
+    if master_first:
+        tables.reverse()
+        names.reverse()
+    routing = ", ".join(f'"{name}"' for name in names)
+    err = check_config(tmp_path, monkeypatch, capsys, f"[routing]\naccounts = [{routing}]\n" + "".join(tables))
 
     assert err.splitlines() == [
         (
