@@ -250,3 +250,88 @@ def test_our_attribute_names_are_unknown_keys_in_an_alert() -> None:
 
 def test_a_symbol_without_a_prefix_comes_back_as_it_is() -> None:
     assert split_prefix("RELIANCE") == Prefixed(symbol="RELIANCE")
+
+
+def strategy_leg(**fields: Any) -> dict[str, Any]:
+    """A leg with the strategy keys given; the template's side and quantity are left out (a target decides)."""
+    raw = {k: v for k, v in leg(**fields).items() if v is not None}
+    if "position_size" in fields or "market_position" in fields:
+        del raw["transactionType"], raw["quantity"]
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"position_size": "5", "manage_position": "EXIT_ALL"},
+            "manage_position: EXIT_ALL contradicts a target position (position_size 0 closes it)",
+        ),
+        (
+            {"market_position": "long", "market_position_size": "-5"},
+            "market_position_size: must be >= 0 (market_position gives the side), got -5",
+        ),
+        (
+            {"position_size": "5", "market_position_size": "5"},
+            "market_position_size: needs market_position (long, short or flat)",
+        ),
+        (
+            {"market_position": "flat", "market_position_size": "5"},
+            "market_position_size: 5 contradicts market_position flat",
+        ),
+        ({"market_position": "long", "position_size": "-5"}, "market_position: long contradicts position_size -5"),
+        ({"market_position": "long", "position_size": "0"}, "market_position: long contradicts position_size 0"),
+        ({"market_position": "short", "position_size": "5"}, "market_position: short contradicts position_size 5"),
+        ({"market_position": "flat", "position_size": "1"}, "market_position: flat contradicts position_size 1"),
+        (
+            {"market_position": "long", "position_size": "5", "market_position_size": "3"},
+            "market_position_size: 3 contradicts position_size 5",
+        ),
+        (
+            {"quantity_type": "capital", "price": "0"},
+            "price: must be > 0 for quantity_type capital (sizing uses it)",
+        ),
+        (
+            {"quantity_type": "risk", "price": "100", "triggerPrice": "100"},
+            (
+                "triggerPrice: is required for quantity_type risk, different from price (the stop: risk per unit is"
+                " the distance)"
+            ),
+        ),
+        (
+            {"quantity_type": "risk", "orderType": "SL-M", "price": "100", "triggerPrice": "99"},
+            (
+                "quantity_type: risk sizing takes triggerPrice as the stop, but on orderType SL-M it is the entry"
+                " trigger: use MKT or LMT with triggerPrice as the stop"
+            ),
+        ),
+        (
+            {**OPTION, "symbol": "NIFTY261229C24000", "strike_price": None, "expiry_date": "current_week"},
+            "expiry_date: current_week contradicts the expiry 2026-12-29 of the option ticker",
+        ),
+    ],
+)
+def test_each_strategy_contradiction_reads_as_exactly_this(fields: dict[str, Any], error: str) -> None:
+    """A target or a sizing the alert contradicts itself about is one line naming the key and both values."""
+    assert errors_of(alert(strategy_leg(**fields))) == [f"order_legs[0].{error}"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "target"),
+    [
+        ({"market_position": "flat", "market_position_size": "0"}, (None, "flat", 0)),
+        ({"market_position": "flat"}, (None, "flat", None)),
+        ({"market_position": "flat", "position_size": "0"}, (0, "flat", None)),
+        ({"market_position": "long", "position_size": "1"}, (1, "long", None)),
+        ({"market_position": "short", "position_size": "-1"}, (-1, "short", None)),
+        ({"market_position": "short", "position_size": "-5", "market_position_size": "5"}, (-5, "short", 5)),
+    ],
+)
+def test_targets_that_agree_with_themselves_pass(fields: dict[str, Any], target: tuple[Any, ...]) -> None:
+    (only,) = legs_of(alert(strategy_leg(**fields)))
+    assert (only.position_size, only.market_position, only.market_position_size) == target
+
+
+def test_risk_sizing_with_a_stop_apart_from_the_price_passes() -> None:
+    (only,) = legs_of(alert(leg(quantity_type="risk", orderType="LMT", price="100", triggerPrice="95")))
+    assert (only.price, only.trigger_price) == (Decimal(100), Decimal(95))
