@@ -19,7 +19,14 @@ from helpers import alert, leg
 
 from tvbridge.errors import BadRequestError, InvalidAlertError
 from tvbridge.models import Alert, OptionType, OrderAlert, OrderLeg, OrderType, Product, Side
-from tvbridge.parsing import decode_body, make_converter, parse_alert, unknown_keys
+from tvbridge.parsing import (
+    check_encodable,
+    decode_body,
+    make_converter,
+    might_hold_surrogates,
+    parse_alert,
+    unknown_keys,
+)
 from tvbridge.tickers import Prefixed, split_prefix
 
 OPTION = {"exchange": "NFO", "symbol": "NIFTY", "instrument": "OPT", "option_type": "CE", "strike_price": "24000"}
@@ -335,3 +342,41 @@ def test_targets_that_agree_with_themselves_pass(fields: dict[str, Any], target:
 def test_risk_sizing_with_a_stop_apart_from_the_price_passes() -> None:
     (only,) = legs_of(alert(leg(quantity_type="risk", orderType="LMT", price="100", triggerPrice="95")))
     assert (only.price, only.trigger_price) == (Decimal(100), Decimal(95))
+
+
+LONE = "\ud800"
+UNENCODABLE = "cannot be encoded (a lone surrogate such as \\ud800)"
+
+
+def test_every_unencodable_text_is_named_by_its_path() -> None:
+    """A lone surrogate in a value, a nested value, a list item or a key: one 422 line each, where it is."""
+    raw = {
+        "secret": "s",
+        "alertType": "multi_leg_order",
+        "order_legs": [{"symbol": LONE, "meta": {"interval": LONE}}],
+        LONE: 1,
+        "note": ["fine", LONE],
+    }
+    with pytest.raises(InvalidAlertError) as caught:
+        check_encodable(raw)
+    assert caught.value.errors == [
+        f"order_legs[0].symbol: text that {UNENCODABLE}",
+        f"order_legs[0].meta.interval: text that {UNENCODABLE}",
+        f"alert: a key that {UNENCODABLE}",
+        f"note[1]: text that {UNENCODABLE}",
+    ]
+
+
+def test_the_root_secret_is_left_to_the_secret_check() -> None:
+    """An unencodable root `secret` is a wrong secret (401 from the auth check), not a 422 about its text; the
+    same text under another key, or a `secret` key inside a leg, is named."""
+    check_encodable({"secret": LONE, "alertType": "single_order"})
+    with pytest.raises(InvalidAlertError) as caught:
+        check_encodable({"secret": "s", "order_legs": [{"secret": LONE}]})
+    assert caught.value.errors == [f"order_legs[0].secret: text that {UNENCODABLE}"]
+
+
+def test_only_escapes_or_surrogate_bytes_can_hold_a_lone_surrogate() -> None:
+    assert might_hold_surrogates(b'{"a": "\\ud800"}')
+    assert might_hold_surrogates(b'{"a": "\xed\xa0\x80"}')
+    assert not might_hold_surrogates(b'{"a": "plain text\\n"}')
