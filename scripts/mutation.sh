@@ -50,8 +50,9 @@ tests_of() {
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
         executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
-        # the journal is read by every step, so its group also runs the tests of the steps that read it back
-        journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
+        # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
+        # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
+        journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" ;;
     esac
 }
 toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
