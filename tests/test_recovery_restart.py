@@ -18,7 +18,6 @@ import attrs
 from helpers import alert, leg, with_accounts
 from structlog.testing import capture_logs
 
-from tvbridge.executor import client_order_id
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.keys import JOURNAL
 from tvbridge.models import LegResult, LegStatus
@@ -28,6 +27,11 @@ if TYPE_CHECKING:
     from helpers import ClientFactory
 
     from tvbridge.config import Config
+
+
+def client_order_id(alert_id: str, number: int) -> str:
+    """The id the broker sees for a leg (`ALERTID-N`), the key a lookup after a restart finds the order by."""
+    return f"{alert_id}-{number}"
 
 
 def scripted(config: Config, *, max_age_s: float = 300.0) -> Config:
