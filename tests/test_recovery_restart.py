@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from helpers import alert, leg, with_accounts
+from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.journal import Journal, PlannedLeg
@@ -69,6 +70,7 @@ async def crashed_run(
     sending: tuple[int, ...] = (),
     settled: tuple[LegResult, ...] = (),
     offset: int | None = 0,
+    planned: bool = True,
 ) -> None:
     """What a run killed mid-alert leaves in the journal: the alert accepted, its legs planned, some marked
     `sending`, some with their result."""
@@ -81,7 +83,9 @@ async def crashed_run(
         payload=raw,
         dedupe_key=None,
         source="127.0.0.1",
-        legs=[PlannedLeg(account="sim", leg_number=n, client_order_id=client_order_id(alert_id, n)) for n in numbers],
+        legs=[PlannedLeg(account="sim", leg_number=n, client_order_id=client_order_id(alert_id, n)) for n in numbers]
+        if planned
+        else [],
         order_log_offset=offset,
     )
     for number in sending:
@@ -193,7 +197,18 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     stale_meta = {"interval": "1D", "time": old, "timenow": old}
     fresh = leg(symbol="TCS", sort_order="2")
     await crashed_run(config, "A5", alert(leg(symbol="INFY", meta=stale_meta), fresh), sending=(1,))
-    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as logs:  # the alert id is bound around each alert
+        client = await make_client(config)
+    [line] = [e for e in logs if e["event"] == "recovery.alert"]
+    assert isinstance(line["age_s"], float)  # the age, to a tenth of a second
+    assert 3600 <= line["age_s"] < 3900
+    assert (line["log_level"], line["alert_id"], line["may_send"], line["already_in_order_log"]) == (
+        "warning",
+        "A5",
+        False,
+        None,
+    )
+    assert line["open_legs"] == ["sim#1:sending", "sim#2:pending"]
     assert broker_orders(config) == []
     record = await journal_of(client, "A5")
     assert [leg["state"] for leg in record["legs"]] == ["expired", "expired"]
@@ -229,7 +244,14 @@ async def test_rows_the_crashed_run_logged_are_not_logged_again(make_client: Cli
     raw = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"))
     await crashed_run(config, "A7", raw, sending=(1,), offset=offset)
     broker_has(config, "A7", 1, "PRE07", "INFY")
-    client = await make_client(config)
+    with capture_logs() as logs:
+        client = await make_client(config)
+    [line] = [e for e in logs if e["event"] == "recovery.alert"]
+    assert (line["may_send"], line["already_in_order_log"], line["open_legs"]) == (
+        True,
+        ["sim#1"],
+        ["sim#1:sending", "sim#2:pending"],
+    )
     rows = [(row["alert_id"], row["leg_number"]) for row in order_log_rows(config)]
     assert rows == [("OTHER", "1"), ("A7", "1"), ("A7", "2")]
     assert [o["client_order_id"] for o in broker_orders(config)] == ["A7-1", "A7-2"]
@@ -241,8 +263,31 @@ async def test_alerts_are_recovered_oldest_first(make_client: ClientFactory, con
     config = scripted(config)
     await crashed_run(config, "B1", alert(leg(symbol="INFY")))
     await crashed_run(config, "B2", alert(leg(symbol="TCS")))
-    await make_client(config)
+    with capture_logs() as logs:
+        await make_client(config)
     assert [o["client_order_id"] for o in broker_orders(config)] == ["B1-1", "B2-1"]
+    counted = [(e["event"], e["alerts"]) for e in logs if e["event"] in {"recovery.started", "recovery.done"}]
+    assert counted == [("recovery.started", 2), ("recovery.done", 2)]
+
+
+async def test_nothing_to_recover_logs_nothing(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    with capture_logs() as logs:
+        await make_client(config)
+    assert [e for e in logs if str(e["event"]).startswith("recovery.")] == []
+    assert broker_orders(config) == []
+
+
+async def test_an_alert_journaled_without_its_legs_goes_to_the_routed_accounts(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An alert accepted but killed before its legs were planned is sent to the accounts the config routes to."""
+    config = scripted(config)
+    await crashed_run(config, "C1", alert(leg(symbol="INFY")), planned=False)
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["C1-1"]
+    record = await journal_of(client, "C1")
+    assert [(leg["account"], leg["state"]) for leg in record["legs"]] == [("sim", "placed")]
 
 
 async def test_an_alert_that_no_longer_parses_fails_without_sending(make_client: ClientFactory, config: Config) -> None:
