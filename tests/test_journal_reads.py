@@ -7,9 +7,14 @@ for an alert. Several cases were surviving mutants of `tvbridge/journal.py` (doc
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -20,8 +25,7 @@ from tvbridge.journal import Journal, OrderStateRecord, PlannedLeg, leg_state
 from tvbridge.models import LegResult, LegStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Iterator
 
 
 @pytest.fixture
@@ -393,3 +397,124 @@ async def test_a_journal_from_before_follow_up_gets_its_columns(tmp_path: Path) 
 )
 def test_leg_states(status: LegStatus, order_type: str, state: str) -> None:
     assert leg_state(result(status=status, order_type=order_type)) == state
+
+
+async def test_another_modules_rows_join_the_alerts_transaction(journal: Journal) -> None:
+    """`also` writes in the alert's own transaction (the closed-market queue's entries): both are there."""
+    await journal.write(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS queued (alert_id TEXT)"))
+    await journal.record_alert(
+        alert_id="q1",
+        alert_type="single_order",
+        payload={},
+        dedupe_key=None,
+        source=None,
+        legs=[],
+        status="queued",
+        also=lambda conn: conn.execute("INSERT INTO queued VALUES ('q1')"),
+    )
+    rows = await journal.read(lambda conn: conn.execute("SELECT alert_id FROM queued").fetchall())
+    assert [row[0] for row in rows] == ["q1"]
+    shown = await journal.get_alert("q1")
+    assert shown is not None
+    assert shown["status"] == "queued"
+
+
+async def test_an_answer_with_numbers_and_times_is_stored_as_text(journal: Journal) -> None:
+    """The answer kept for `GET /alerts/<id>` may hold prices and times: they are stored as their text."""
+    await record(journal, "a1")
+    at = datetime(2026, 12, 6, 9, 15, tzinfo=UTC)
+    await journal.finish_alert("a1", "success", {"price": Decimal("101.5"), "at": at})
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    assert shown["response"] == {"price": "101.5", "at": "2026-12-06 09:15:00+00:00"}
+
+
+async def test_follow_up_replaces_bracket_parts_it_reports(journal: Journal) -> None:
+    await record(journal, "a1", ("paper", 1))
+    await journal.record_leg("a1", result(1, bracket=({"role": "target", "state": "open"},)))
+    now: tuple[dict[str, str | None], ...] = ({"role": "target", "state": "filled"},)
+    await journal.set_order_state("a1", "paper", 1, OrderStateRecord(state="filled", bracket=now))
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    assert shown["legs"][0]["bracket"] == [{"role": "target", "state": "filled"}]
+
+
+@contextlib.contextmanager
+def all_writes_refused(path: Path) -> Iterator[None]:
+    """Every descriptor this process has open on `path` (SQLite opens the WAL once per connection) leads to
+    /dev/full while inside, so writes fail with ENOSPC as on a full disk; the originals come back afterwards."""
+    descriptors = [int(link.name) for link in Path("/proc/self/fd").iterdir() if link.resolve() == path.resolve()]
+    assert descriptors, f"{path} is not open"
+    saved = {fd: os.dup(fd) for fd in descriptors}
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        for fd in descriptors:
+            os.dup2(full, fd)
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(full)
+
+
+async def test_a_full_disk_fails_the_probe(tmp_path: Path) -> None:
+    """`/health`'s write probe on a disk that refuses the write: not ready, and the journal is marked unhealthy;
+    once the disk takes writes again, the next probe clears it."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path, probe_bytes=65536)
+    await journal.open()
+    try:
+        await record(journal, "a1")
+        with all_writes_refused(path.with_name(f"{path.name}-wal")):
+            assert await journal.probe() is False
+        assert journal.healthy is False
+        assert journal.last_error.startswith(("OperationalError", "DatabaseError"))
+        assert await journal.probe() is True
+        assert journal.healthy is True
+    finally:
+        await journal.close()
+
+
+async def test_a_damaged_file_fails_the_integrity_check(tmp_path: Path) -> None:
+    """A journal whose pages were overwritten (a disk fault) is reported, not called sound."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    await journal.open()
+    for n in range(200):
+        await record(journal, f"a{n}")
+    await journal.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[3 * 4096 : 3 * 4096 + 200] = b"\xab" * 200
+    path.write_bytes(bytes(damaged))
+    reopened = Journal(path)
+    await reopened.open()
+    try:
+        assert await reopened.integrity_ok() is False
+    finally:
+        await reopened.close()
+
+
+@pytest.fixture
+def india_local_time() -> Iterator[None]:
+    """The process's local zone is Asia/Kolkata, as on a server in India, for the test's length."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.mark.usefixtures("india_local_time")
+async def test_the_daily_count_is_the_same_on_a_server_in_ist(journal: Journal) -> None:
+    """The count compares instants, not local clock text: on a server whose zone is IST, legs sent in the last
+    minutes count, and none counts from a cut after them."""
+    await record(journal, "a1", ("paper", 1))
+    await journal.record_leg("a1", result(1))
+    now = datetime.now(UTC)
+    assert await journal.count_orders("paper", since=now - timedelta(minutes=1)) == 1
+    assert await journal.count_orders("paper", since=now + timedelta(hours=1)) == 0
