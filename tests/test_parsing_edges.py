@@ -380,3 +380,73 @@ def test_only_escapes_or_surrogate_bytes_can_hold_a_lone_surrogate() -> None:
     assert might_hold_surrogates(b'{"a": "\\ud800"}')
     assert might_hold_surrogates(b'{"a": "\xed\xa0\x80"}')
     assert not might_hold_surrogates(b'{"a": "plain text\\n"}')
+
+
+OPTION_NO_STRIKE = {key: value for key, value in OPTION.items() if key != "strike_price"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "errors"),
+    [
+        (
+            alert(leg(orderType="LMT", price="100", target_price="90")),
+            ["order_legs[0].target_price: 90 must be above the entry price 100 for a long (B)"],
+        ),
+        (
+            alert(leg(**OPTION_NO_STRIKE, expiry_date="2026-12-29")),
+            [
+                (
+                    "order_legs[0].strike_price: is required for options (the nearest expiry is not guessed): a strike,"
+                    " or ATM, ATM+N, ATM-N"
+                )
+            ],
+        ),
+        (
+            alert(leg(**OPTION)),
+            [
+                (
+                    "order_legs[0].expiry_date: is required for options (the nearest expiry is not guessed): a date, or"
+                    " current_week, next_week, current_month, next_month"
+                )
+            ],
+        ),
+    ],
+    ids=["bracket on the wrong side", "option without strike", "option without expiry"],
+)
+def test_each_missing_part_reads_as_exactly_this(raw: dict[str, Any], errors: list[str]) -> None:
+    assert errors_of(raw) == errors
+
+
+@pytest.mark.parametrize(("strike", "offset"), [("ATM", 0), ("ATM+2", 2), ("atm - 3", -3), ("ATM+50", 50)])
+def test_atm_strikes_count_steps_each_way(strike: str, offset: int) -> None:
+    """ATM+N and ATM-N are N strikes up or down the grid, up to 50 each way."""
+    (option,) = legs_of(
+        alert(leg(**{**OPTION, "strike_price": strike}, expiry_date="2026-12-29", underlying_price="24000"))
+    )
+    assert (option.strike_offset, option.strike_price) == (offset, None)
+
+
+def test_capital_sizing_takes_a_price_below_one() -> None:
+    (only,) = legs_of(alert(leg(quantity_type="capital", price="0.5")))
+    assert only.price == Decimal("0.5")
+
+
+@pytest.mark.parametrize("missing", [None, ""], ids=["left out", "empty"])
+def test_a_target_leg_without_side_or_quantity_gets_placeholders(missing: str | None) -> None:
+    """Left out or empty (TradingView fills nothing in): a BUY of 0, replaced before sending by the difference to
+    the position; a side and quantity the alert does give are kept."""
+    raw = leg(position_size="5", quantity=missing, transactionType=missing)
+    if missing is None:
+        del raw["quantity"], raw["transactionType"]
+    (target,) = legs_of(alert(raw))
+    assert (target.side, target.quantity) == (Side.BUY, 0)
+    (given,) = legs_of(alert(leg(position_size="5", quantity="7", transactionType="S")))
+    assert (given.side, given.quantity) == (Side.SELL, 7)
+
+
+def test_unknown_meta_keys_are_warned_about_where_they_are() -> None:
+    raw = alert(leg(meta={"intervall": "1D"}), meta={"timenoww": "x"})
+    assert unknown_keys(raw) == [
+        "meta.timenoww: unknown key, ignored (did you mean timenow?)",
+        "order_legs[0].meta.intervall: unknown key, ignored (did you mean interval?)",
+    ]
