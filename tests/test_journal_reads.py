@@ -22,10 +22,15 @@ import pytest
 
 from tvbridge.errors import JournalError
 from tvbridge.journal import Journal, OrderStateRecord, PlannedLeg, leg_state
+from tvbridge.keys import JOURNAL
 from tvbridge.models import LegResult, LegStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
 
 
 @pytest.fixture
@@ -518,3 +523,22 @@ async def test_the_daily_count_is_the_same_on_a_server_in_ist(journal: Journal) 
     now = datetime.now(UTC)
     assert await journal.count_orders("paper", since=now - timedelta(minutes=1)) == 1
     assert await journal.count_orders("paper", since=now + timedelta(hours=1)) == 0
+
+
+async def test_the_servers_journal_takes_its_settings_from_the_config(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """`journal.synchronous = "full"` reaches SQLite, and `/health`'s probe writes as much as the largest alert
+    (`limits.max_body_bytes`), so a disk too full for an alert fails the probe too."""
+    config = attrs.evolve(
+        config,
+        journal=attrs.evolve(config.journal, synchronous="full"),
+        limits=attrs.evolve(config.limits, max_body_bytes=12345),
+    )
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    assert await journal.read(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+    response = await client.get("/health")
+    assert response.status == 200
+    sizes = await journal.read(lambda conn: conn.execute("SELECT length(filler) FROM probe").fetchall())
+    assert [row[0] for row in sizes] == [12345]
