@@ -542,3 +542,57 @@ async def test_the_servers_journal_takes_its_settings_from_the_config(
     assert response.status == 200
     sizes = await journal.read(lambda conn: conn.execute("SELECT length(filler) FROM probe").fetchall())
     assert [row[0] for row in sizes] == [12345]
+
+
+async def test_a_new_journal_is_healthy_and_durable_as_the_default_says(tmp_path: Path) -> None:
+    """Opened with the defaults: healthy with no error yet, `synchronous = NORMAL`, and a probe as large as the
+    default largest alert (64 KiB)."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    await journal.open()
+    try:
+        assert (journal.healthy, journal.last_error, journal.problem()) == (True, "", "")
+        assert await journal.read(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 1  # NORMAL
+        assert await journal.probe() is True
+        sizes = await journal.read(lambda conn: conn.execute("SELECT length(filler) FROM probe").fetchall())
+        assert [row[0] for row in sizes] == [65536]
+    finally:
+        await journal.close()
+
+
+async def test_a_deleted_wal_is_named(tmp_path: Path) -> None:
+    """The WAL is watched like the journal itself: deleted under the server, the problem names it."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    await journal.open()
+    try:
+        wal = path.with_name(f"{path.name}-wal")
+        wal.unlink()
+        assert journal.problem() == f"journal {wal} was deleted while tvbridge had it open"
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_that_cannot_be_opened_says_which(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.mkdir()  # a directory where the file should be
+    with pytest.raises(JournalError, match=rf"^journal {path} cannot be opened: "):
+        await Journal(path).open()
+
+
+async def test_an_alert_the_disk_refuses_is_reported_as_not_recorded(tmp_path: Path) -> None:
+    """The write that fails on a full disk says the alert was not recorded, and the journal reports why."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await record(journal, "a0")
+        with (
+            all_writes_refused(path.with_name(f"{path.name}-wal")),
+            pytest.raises(JournalError, match=r"^journal unwritable: the alert was not recorded$"),
+        ):
+            await record(journal, "a1", ("paper", 1))
+        assert journal.healthy is False
+        assert journal.last_error.startswith(("OperationalError: ", "DatabaseError: "))
+    finally:
+        await journal.close()
