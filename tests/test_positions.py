@@ -9,7 +9,17 @@ import attrs
 import pytest
 
 from tvbridge.broker import ContractId, OpenOrder, OrderState, Position
-from tvbridge.models import Exchange, Instrument, OptionType, OrderLeg, OrderType, PositionAction, Product, Side
+from tvbridge.models import (
+    Exchange,
+    Instrument,
+    MarketPosition,
+    OptionType,
+    OrderLeg,
+    OrderType,
+    PositionAction,
+    Product,
+    Side,
+)
 from tvbridge.positions import SentExits, SentMoves, closing_leg, exit_all, to_target
 
 RELIANCE = ContractId(exchange=Exchange.NSE, symbol="RELIANCE", instrument=Instrument.EQUITY, security_id="2885")
@@ -237,6 +247,34 @@ def test_sent_moves_are_told_apart_by_contract() -> None:
     assert moves.may_be_open("dhan", TARGET_LEG)
     assert moves.still_open("dhan", attrs.evolve(TARGET_LEG, symbol="INFY"), [order]) == []
     assert moves.still_open("dhan", TARGET_LEG, [order]) == [order]
+
+
+def test_a_move_is_a_plain_order_without_the_target_fields() -> None:
+    """The order sent for `market_position`/`market_position_size` carries none of them: the broker gets an order."""
+    leg = attrs.evolve(TARGET_LEG, position_size=None, market_position=MarketPosition.LONG, market_position_size=10)
+    move = to_target(leg, 10, [held(4)])
+    assert move.leg is not None
+    assert (move.leg.side, move.leg.quantity) == (Side.BUY, 6)
+    assert (move.leg.position_size, move.leg.market_position, move.leg.market_position_size) == (None, None, None)
+
+
+def test_flatten_closes_an_option_named_by_its_type_as_an_option() -> None:
+    """A position a broker lists as a CE contract closes with an OPT leg carrying CE (one shape for brokers)."""
+    call = ContractId(
+        exchange=Exchange.NFO,
+        symbol="NIFTY",
+        instrument=Instrument.CALL,
+        option_type=OptionType.CALL,
+        strike_price=Decimal(24000),
+        expiry_date=date(2026, 12, 29),
+    )
+    leg = closing_leg(Position(contract=call, product=Product.MARGIN, net_quantity=-75))
+    assert (leg.side, leg.quantity, leg.instrument, leg.option_type) == (
+        Side.BUY,
+        75,
+        Instrument.OPTION,
+        OptionType.CALL,
+    )
 
 
 def test_flatten_closes_an_option_by_its_type_and_expiry() -> None:
