@@ -450,3 +450,16 @@ def test_unknown_meta_keys_are_warned_about_where_they_are() -> None:
         "meta.timenoww: unknown key, ignored (did you mean timenow?)",
         "order_legs[0].meta.intervall: unknown key, ignored (did you mean interval?)",
     ]
+
+
+def test_empty_target_keys_do_not_make_a_target() -> None:
+    """`position_size` and `market_position` left empty (TradingView filled nothing in) are not a target: the
+    side and quantity the leg lacks are named as missing, next to the empty values."""
+    raw = leg(position_size="", market_position="")
+    del raw["quantity"], raw["transactionType"]
+    assert errors_of(alert(raw)) == [
+        "order_legs[0].transactionType: required field missing",
+        "order_legs[0].quantity: required field missing",
+        "order_legs[0].position_size: must be a whole number, got ''",
+        "order_legs[0].market_position: must be one of long, short, flat, got ''",
+    ]
