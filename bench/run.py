@@ -1,7 +1,8 @@
 """tvbridge against its peers, in one run on one machine: throughput, latency, memory, and the ratios.
 
-Runs `../shared/peers/run_peers.sh` (override with PEERS_DIR) with tvbridge in the same A B C A B C
-alternation as the bare aiohttp floor and the guide's FastAPI server, so the ratios come from one run on one
+Runs `../shared/peers/run_peers.sh` (override with PEERS_DIR) with tvbridge in the same A B C D A B C D
+alternation as the bare aiohttp floor, the guide's FastAPI server and the durable floor (one SQLite transaction,
+a CSV row and a log line per alert: issue 22), so the ratios come from one run on one
 noisy machine. tvbridge is started the way the guide's server is (WEBHOOK_* environment, its working directory)
 from a venv of its own with the paper broker, every guard on, the journal on (`synchronous = normal`, the
 default; `BENCH_JOURNAL_SYNC=full` for the other) and only the rate limits raised out of the way (load.py sends
@@ -36,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PEERS = ("floor_aiohttp", "seed_fastapi", "tvbridge")
+PEERS = ("floor_aiohttp", "seed_fastapi", "floor_durable", "tvbridge")
 RAISED_LIMITS = {
     "TVBRIDGE_RATE_LIMIT__PER_STRATEGY_PER_S": "1000000",
     "TVBRIDGE_RATE_LIMIT__PER_STRATEGY_BURST": "1000000",
@@ -50,6 +51,7 @@ figures would depend on the hour of the run. Each alert is placed on the paper b
 MATCH = {
     "floor_aiohttp": re.compile(r"floor_aiohttp\.py"),
     "seed_fastapi": re.compile(r"seed_fastapi\.py"),
+    "floor_durable": re.compile(r"floor_durable\.py"),
     "tvbridge": re.compile(r"-m tvbridge serve|without_io\.py serve"),
 }
 VARIANTS: dict[str, dict[str, str]] = {
@@ -131,15 +133,17 @@ def summarize(rows: list[dict[str, Any]], sampler: RssSampler) -> dict[str, Any]
         }
     ratios: dict[str, Any] = {}
     tv = peers.get("tvbridge", {})
-    for base in ("floor_aiohttp", "seed_fastapi"):
+    for base in ("floor_aiohttp", "seed_fastapi", "floor_durable"):
         other = peers.get(base, {})
         if tv.get("rps_c32") and other.get("rps_c32"):
             ratios[f"rps_c32_tvbridge_over_{base}"] = round(tv["rps_c32"] / other["rps_c32"], 2)
         if tv.get("p99_ms_c1") and other.get("p99_ms_c1"):
             ratios[f"p99_c1_tvbridge_over_{base}"] = round(tv["p99_ms_c1"] / other["p99_ms_c1"], 2)
     targets = {
-        "rps_c32_at_least_2x_guide": bool(ratios.get("rps_c32_tvbridge_over_seed_fastapi", 0) >= 2),
+        "rps_c32_at_least_0.85x_durable_floor": bool(ratios.get("rps_c32_tvbridge_over_floor_durable", 0) >= 0.85),
+        "rps_c32_at_least_1.5x_guide": bool(ratios.get("rps_c32_tvbridge_over_seed_fastapi", 0) >= 1.5),
         "p99_c1_under_2ms": bool(tv.get("p99_ms_c1") is not None and tv["p99_ms_c1"] < 2),
+        "peak_rss_under_80mb": bool(tv.get("peak_rss_mb") is not None and tv["peak_rss_mb"] < 80),
     }
     return {"peers": peers, "ratios": ratios, "targets": targets}
 
@@ -163,6 +167,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines.append("")
     lines.extend(f"- {name}: {value}" for name, value in summary["ratios"].items())
     lines.extend(f"- target {name}: {'met' if ok else 'NOT met'}" for name, ok in summary["targets"].items())
+    if summary.get("arrival_to_broker_c1"):
+        lines.append(f"- arrival to broker call at c=1 (bench/to_broker.py): {summary['arrival_to_broker_c1']}")
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +210,15 @@ def main() -> int:
         print(f"bench: run_peers.sh failed with {done.returncode}", file=sys.stderr)
         return 1
     summary = summarize(rows, sampler)
+    to_broker = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "to_broker.py")],
+        env={**os.environ, "BENCH_PYTHON": str(venv / "bin" / "python"), "PEERS_DIR": str(peers_dir)},
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in to_broker.stdout.splitlines() if line.startswith("{")]
+    summary["arrival_to_broker_c1"] = json.loads(lines[-1]) if lines else None
     meta = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),

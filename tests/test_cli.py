@@ -71,7 +71,8 @@ def test_guide_environment_sigterm_and_records(tmp_path: Path) -> None:
         )
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     log_lines = [json.loads(x) for x in (tmp_path / "webhook_server.log").read_text().splitlines()]
-    assert {"server.started", "alert.accepted", "leg.done", "server.stopped"} <= {x["event"] for x in log_lines}
+    assert {"server.started", "alert.done", "server.stopped"} <= {x["event"] for x in log_lines}
+    assert [leg["status"] for x in log_lines if x["event"] == "alert.done" for leg in x["legs"]] == ["success"]
     assert GUIDE_SECRET not in server.output + (tmp_path / "webhook_server.log").read_text()
 
 

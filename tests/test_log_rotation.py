@@ -55,7 +55,7 @@ def wait_for_event(path: Path, event: str) -> None:
 
 def test_moving_the_log_file_loses_and_repeats_no_line(tmp_path: Path) -> None:
     """A move without a signal (noticed by the server's own check) and a move followed by SIGHUP (reopened at
-    once): the three files hold every line stdout got, once, and every alert's `alert.processed` line once."""
+    once): the three files hold every line stdout got, once, and every alert's `alert.done` line once."""
     env = {
         "WEBHOOK_SECRET": SECRET,
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
@@ -84,7 +84,7 @@ def test_moving_the_log_file_loses_and_repeats_no_line(tmp_path: Path) -> None:
     stdout = server.stdout_lines()
     assert sorted(written) == sorted(stdout), "the files and stdout differ: a line was lost"
     events: list[dict[str, Any]] = [json.loads(line) for line in written]
-    processed = [e["alert_id"] for e in events if e["event"] == "alert.processed"]
+    processed = [e["alert_id"] for e in events if e["event"] == "alert.done"]
     assert sorted(processed) == sorted(ids)
     assert events[-1]["event"] == "server.stopped"
     assert SECRET not in "\n".join(written)

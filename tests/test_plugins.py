@@ -108,7 +108,7 @@ async def test_webhook_places_through_the_sample_plugin_alone(
         "success",
         "SX000001",
     )
-    done = [e for e in logs if e["event"] == "leg.done"]
+    done = [leg for e in logs if e["event"] == "alert.done" for leg in e["legs"] if leg["status"] == "success"]
     assert [(e["account"], e["broker"]) for e in done] == [("samplex", "sample")]
 
 
@@ -136,7 +136,8 @@ async def test_one_alert_goes_to_every_routed_account(make_client: ClientFactory
         ("shadow", "1"),
         ("shadow", "2"),
     ]
-    assert sorted((e["account"], e["leg"]) for e in logs if e["event"] == "leg.done") == [
+    done = [leg for e in logs if e["event"] == "alert.done" for leg in e["legs"] if leg["status"] == "success"]
+    assert sorted((e["account"], e["leg"]) for e in done) == [
         ("samplex", 1),
         ("samplex", 2),
         ("shadow", 1),

@@ -55,7 +55,7 @@ async def test_sigterm_answers_503_finishes_in_flight_and_exits_0(tmp_path: Path
     with (tmp_path / "webhook_orders.csv").open(newline="") as f:
         assert [(r["alert_id"], r["status"]) for r in csv.DictReader(f)] == [(first, "success")]
     events = [e["event"] for e in server.events()]
-    assert events.index("alert.processed") < events.index("server.stopped")
+    assert events.index("alert.done") < events.index("server.stopped")
 
 
 async def test_grace_runs_out_the_alert_stays_journaled_and_recovery_sends_it(tmp_path: Path) -> None:

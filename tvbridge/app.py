@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tvbridge import handlers, readiness, tradingday
 from tvbridge.alertqueue import scheduler_ctx
+from tvbridge.alerts.plan import Checks
 from tvbridge.executor import Executor
 from tvbridge.followup import followup_ctx
 from tvbridge.halt import halt_path
@@ -32,6 +33,7 @@ from tvbridge.keys import (
     NOTIFIER,
     NOW,
     ORDER_LOG,
+    PLAN_CHECKS,
     STATE,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
@@ -46,7 +48,7 @@ from tvbridge.recovery import recovery_ctx
 from tvbridge.refusal_journal import refusal_journal_ctx
 from tvbridge.refusals import refusals_ctx
 from tvbridge.registry import brokers_ctx, brokers_of
-from tvbridge.risk import RiskGuard
+from tvbridge.risk import RiskGuard, reference_price
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 from tvbridge.sessions import Calendar
 from tvbridge.status import status_events, status_page
@@ -74,6 +76,13 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         journal=app[JOURNAL],
         halt_file=halt_path(config.server.data_dir),
         clock=app[NOW],
+    )
+    brokers = app[BROKERS]
+    app[PLAN_CHECKS] = Checks(
+        risk=guard.limits,
+        reference_price=lambda account, leg: reference_price(brokers.get(account), leg),
+        capabilities={account: broker.capabilities for account, broker in brokers.items()},
+        premark=guard.counted,
     )
     app[EXECUTOR] = Executor(
         brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),

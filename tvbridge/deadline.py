@@ -8,14 +8,13 @@ the service (`ServiceState`), not by the request, so it finishes (and is recorde
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
+from tvbridge.alerts.answer import deferred_body
 from tvbridge.keys import CONFIG, STATE
-from tvbridge.models import AlertStatus
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -37,13 +36,4 @@ async def answer_in_time(
     if done:
         return web.json_response(task.result())
     log.info("alert.deferred", deadline_s=deadline_s)
-    body = {
-        "status": AlertStatus.ACCEPTED.value,
-        "message": "accepted and journaled; still running: GET /alerts/{alert_id} for the outcome",
-        "alertType": alert_type,
-        "alert_id": alert_id,
-        "timestamp": datetime.now(UTC).isoformat(),
-        "results": [],
-        "warnings": list(warnings),
-    }
-    return web.json_response(body, status=202)
+    return web.json_response(deferred_body(alert_id, alert_type, warnings), status=202)

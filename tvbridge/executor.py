@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import structlog
 
+from tvbridge.alerts.answer import response_body
+from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
     BrokerError,
@@ -117,11 +119,6 @@ def leg_status(state: OrderState) -> LegStatus:
     if state in FAILED_STATES:
         return LegStatus.FAILED
     return LegStatus.SUCCESS
-
-
-def client_order_id(alert_id: str, leg_number: int) -> str:
-    """Deterministic, at most 25 characters of [A-Za-z0-9_-]: the broker-side key for idempotency."""
-    return f"{alert_id}-{leg_number}"
 
 
 def planned_legs(alert_id: str, alert: Alert, accounts: Sequence[str]) -> list[PlannedLeg]:
@@ -213,18 +210,36 @@ class Executor:
         warnings: Sequence[str],
         *,
         resume: Resume | None = None,
+        premarked: frozenset[tuple[str, int]] = frozenset(),
+        arrived: float | None = None,
     ) -> dict[str, Any]:
-        """Place the alert's legs, record the results, and return the response body."""
+        """Place the alert's legs, hand over the results to the journal, and return the response body.
+
+        `premarked`: (account, leg number) already journaled `sending` with the alert (`alerts/plan.py`'s
+        `first_send`), so their own mark is not written again. `arrived`: the request's arrival
+        (`time.perf_counter()`), for the arrival-to-broker histogram and the timings of `alert.done`.
+        The results are handed over (`Journal.record_results`), not waited for: crash recovery settles an
+        alert whose results were lost by client order id."""
         started = time.perf_counter()
+        timings: dict[tuple[str, int], float] = {}
+        """(account, leg number) -> the leg's milliseconds, for `alert.done`."""
         per_account: Sequence[list[LegResult] | BaseException]
         if len(accounts) == 1:  # the usual case: no task and gather for one account
             try:
-                per_account = [await self._run_account(alert_id, alert, accounts[0], resume)]
+                per_account = [
+                    await self._run_account(
+                        alert_id, alert, accounts[0], resume, premarked=premarked, arrived=arrived, timings=timings
+                    )
+                ]
             except Exception as e:  # noqa: BLE001 - handled below like gather's exceptions
                 per_account = [e]
         else:
             per_account = await asyncio.gather(
-                *(self._run_account(alert_id, alert, a, resume) for a in accounts), return_exceptions=True
+                *(
+                    self._run_account(alert_id, alert, a, resume, premarked=premarked, arrived=arrived, timings=timings)
+                    for a in accounts
+                ),
+                return_exceptions=True,
             )
         results: list[LegResult] = []
         for account, outcome in zip(accounts, per_account, strict=True):
@@ -246,22 +261,28 @@ class Executor:
         except Exception:
             log.exception("order_log.write_failed", alert_id=alert_id)
         crash_point("after_order_log")
-        try:
-            await self._journal.finish_alert(alert_id, status.value, body, results)
-        except Exception:
-            log.exception("journal.finish_failed", alert_id=alert_id)
-            if self._notifier is not None:
-                self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
-        if self._followup is not None:
-            self._followup.follow(alert_id, results)
+        written = self._journal.record_results(alert_id, status.value, body, results)
+        written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
+        now = time.perf_counter()
         log.info(
-            "alert.processed",
+            "alert.done",
             alert_id=alert_id,
+            alert_type=alert.alert_type.value,
             status=status.value,
-            legs=len(results),
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            legs=[_leg_line(r, timings.get((r.account, r.leg_number))) for r in results],
+            warnings=list(warnings) or None,
+            latency_ms=round((now - started) * 1000, 3),
+            since_arrival_ms=round((now - arrived) * 1000, 3) if arrived is not None else None,
         )
         return body
+
+    def _recorded(self, alert_id: str, results: Sequence[LegResult], written: asyncio.Task[bool]) -> None:
+        """After the results' commit: order follow-up gets them (the placement's answer is on record before any
+        later state of the order is), and a failed write is a notification."""
+        if (written.cancelled() or not written.result()) and self._notifier is not None:
+            self._notifier.event("journal_error", f"alert {alert_id}: its final state could not be journaled")
+        if self._followup is not None:
+            self._followup.follow(alert_id, results)
 
     def _account_crashed(self, alert_id: str, alert: Alert, account: str, error: Exception) -> list[LegResult]:
         """A bug while running one account must not cost the other accounts their records: this account's legs
@@ -281,7 +302,17 @@ class Executor:
             for n, leg in enumerate(legs, start=1)
         ]
 
-    async def _run_account(self, alert_id: str, alert: Alert, account: str, resume: Resume | None) -> list[LegResult]:
+    async def _run_account(
+        self,
+        alert_id: str,
+        alert: Alert,
+        account: str,
+        resume: Resume | None,
+        *,
+        premarked: frozenset[tuple[str, int]] = frozenset(),
+        arrived: float | None = None,
+        timings: dict[tuple[str, int], float] | None = None,
+    ) -> list[LegResult]:
         results: list[LegResult] = []
         stop_reason = ""
         legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
@@ -291,13 +322,25 @@ class Executor:
                 results.append(self.result_for(account, number, leg, LegStatus.SKIPPED, f"skipped: {stop_reason}"))
                 continue
             started = time.perf_counter()
-            result = await self._leg(alert_id, account, number, leg, resume=resume, done=unjournaled)
+            result = await self._leg(
+                alert_id,
+                account,
+                number,
+                leg,
+                resume=resume,
+                done=unjournaled,
+                premarked=(account, number) in premarked,
+                arrived=arrived,
+            )
             unjournaled = result
             results.append(result)
             self._metrics.leg_finished(result)
             if self._notifier is not None:
                 self._notifier.leg_finished(alert_id, result)
-            log.info(
+            latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            if timings is not None:
+                timings[(account, number)] = latency_ms
+            log.debug(  # the alert's one info line is `alert.done`, with every leg in it
                 "leg.done" if result.status in {LegStatus.SUCCESS, LegStatus.TEST_MODE} else "leg.failed",
                 alert_id=alert_id,
                 leg=number,
@@ -306,7 +349,7 @@ class Executor:
                 status=result.status.value,
                 order_id=result.order_id,
                 message=result.message,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                latency_ms=latency_ms,
             )
             if result.status is LegStatus.UNKNOWN:
                 stop_reason = f"leg {number} has an unknown outcome"
@@ -323,16 +366,19 @@ class Executor:
         *,
         resume: Resume | None,
         done: LegResult | None,
+        premarked: bool = False,
+        arrived: float | None = None,
     ) -> LegResult:
         """One leg: its contract and quantity for this account (`_prepare`), (on recovery: reuse or look up first),
-        mark `sending`, call the broker."""
+        mark `sending` (unless `premarked` with the alert), call the broker."""
         if resume is not None and (account, number) in resume.settled:
             return resume.settled[(account, number)]
         if isinstance(leg, OrderLeg):
             prepared = await self._prepare(alert_id, account, number, leg)
-            return _noted(
-                await self._order_leg(alert_id, account, number, prepared, resume=resume, done=done), prepared
+            sent = await self._order_leg(
+                alert_id, account, number, prepared, resume=resume, done=done, premarked=premarked, arrived=arrived
             )
+            return _noted(sent, prepared)
         if resume is not None:
             recovered = await self._recovered(alert_id, account, number, leg, resume)
             if recovered is not None:
@@ -348,6 +394,8 @@ class Executor:
         *,
         resume: Resume | None,
         done: LegResult | None,
+        premarked: bool = False,
+        arrived: float | None = None,
     ) -> LegResult:
         """An order leg whose contract and size are worked out: recovery first, then a target position, an exit
         or a plain order."""
@@ -365,19 +413,30 @@ class Executor:
         if leg.manage_position is not None:
             async with self._exit_locks.setdefault(account, asyncio.Lock()):
                 return await self._exit(alert_id, account, number, leg, done)
-        return await self._send(alert_id, account, number, leg, done)
+        return await self._send(alert_id, account, number, leg, done, premarked=premarked, arrived=arrived)
 
     async def _send(
-        self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, done: LegResult | None
+        self,
+        alert_id: str,
+        account: str,
+        number: int,
+        leg: OrderLeg | CancelLeg,
+        done: LegResult | None,
+        *,
+        premarked: bool = False,
+        arrived: float | None = None,
     ) -> LegResult:
-        """Mark the leg `sending`, then place or cancel it."""
+        """Mark the leg `sending` (unless the alert's own transaction did: `premarked`), then place or cancel it."""
         try:
-            await self._journal.mark_sending(alert_id, account, number, done)
+            if not premarked:
+                await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
             log.error("leg.not_sent", alert_id=alert_id, leg=number, account=account, error=str(e))
             client_id = client_order_id(alert_id, number) if isinstance(leg, OrderLeg) else None
             return self.result_for(account, number, leg, LegStatus.FAILED, f"not sent: {e}", client_id=client_id)
         crash_point("before_send")
+        if arrived is not None:
+            self._metrics.to_broker(time.perf_counter() - arrived)
         if isinstance(leg, CancelLeg):
             result = await self._cancel(alert_id, account, number, leg)
         else:
@@ -720,6 +779,21 @@ class Executor:
         return result if not ids else _with_order_id(result, ",".join(ids))
 
 
+def _leg_line(result: LegResult, latency_ms: float | None) -> dict[str, Any]:
+    """One leg inside `alert.done`: what `leg.done` / `leg.failed` said, the message only when it did not go."""
+    line: dict[str, Any] = {
+        "leg": result.leg_number,
+        "account": result.account,
+        "broker": result.broker,
+        "status": result.status.value,
+        "order_id": result.order_id,
+        "latency_ms": latency_ms,
+    }
+    if result.status not in {LegStatus.SUCCESS, LegStatus.TEST_MODE}:
+        line["message"] = result.message
+    return line
+
+
 def _moved(result: LegResult, move: Move) -> LegResult:
     """A target leg's result shows the position found, the target and what was sent (in its message too)."""
     message = f"{move.message}; {result.message}" if result.message else move.message
@@ -737,45 +811,3 @@ def _noted(result: LegResult, prepared: Prepared) -> LegResult:
 
 def _with_order_id(result: LegResult, order_id: str) -> LegResult:
     return attrs.evolve(result, order_id=order_id)
-
-
-def response_body(
-    alert_id: str, alert_type: str, status: str, results: Sequence[LegResult], warnings: Sequence[str]
-) -> dict[str, Any]:
-    """The guide's success body, extended with `alert_id`, per-leg `account` and `warnings`."""
-    return {
-        "status": status,
-        "message": f"Processed {len(results)} order leg(s)",
-        "alertType": alert_type,
-        "alert_id": alert_id,
-        "timestamp": datetime.now(UTC).isoformat(),
-        "results": [
-            {
-                "leg_number": r.leg_number,
-                "symbol": r.symbol,
-                "transaction": r.transaction,
-                "quantity": r.quantity,
-                "status": r.status.value,
-                "message": r.message,
-                "order_id": r.order_id,
-                "account": r.account,
-                "broker": r.broker,
-                "client_order_id": r.client_order_id,
-                "order_state": r.order_state,
-                **({"bracket": [dict(part) for part in r.bracket]} if r.bracket else {}),
-                **_target_fields(r),
-            }
-            for r in results
-        ],
-        "warnings": list(warnings),
-    }
-
-
-def _target_fields(result: LegResult) -> dict[str, Any]:
-    """`contract`, `position_before` and `position_target`, on the legs that have them (strategy alerts)."""
-    fields = {
-        "contract": result.contract,
-        "position_before": result.position_before,
-        "position_target": result.position_target,
-    }
-    return {key: value for key, value in fields.items() if value is not None}

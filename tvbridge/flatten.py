@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import structlog
 
+from tvbridge.alerts.answer import response_body
 from tvbridge.broker import (
     Broker,
     BrokerError,
@@ -31,7 +32,7 @@ from tvbridge.broker import (
     OrderState,
     Position,
 )
-from tvbridge.executor import leg_status, response_body
+from tvbridge.executor import leg_status
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.middlewares.request_id import new_alert_id
 from tvbridge.models import CancelLeg, LegResult, LegStatus, OrderLeg, Side, summarize

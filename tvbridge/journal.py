@@ -23,6 +23,7 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -30,7 +31,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
+import structlog
 
+from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from tvbridge.models import LegResult
+
+log = structlog.get_logger()
 
 
 def leg_state(result: LegResult) -> str:
@@ -137,7 +142,8 @@ class PlannedLeg:
 
 
 class Journal:
-    """Async facade over the journal's SQLite file; every write is committed before it returns."""
+    """Async facade over the journal's SQLite file; every write is committed before it returns, except
+    `record_results`, which is handed over and committed with the next group (`tvbridge.alerts.records`)."""
 
     def __init__(self, path: Path, synchronous: Synchronous = "normal", *, probe_bytes: int = 65536) -> None:
         self.path = path
@@ -147,6 +153,10 @@ class Journal:
         self._on_commit: Callable[[float], None] | None = None
         self._probe_bytes = probe_bytes
         self._files: tuple[FileIdentity, ...] = ()
+        self._results_pending: dict[str, asyncio.Task[bool]] = {}
+        """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
+        about that alert waits for it (read-your-writes), and only for it."""
+        """`record_results` writes handed over and not committed yet: reads that answer users wait for them."""
 
     async def open(self) -> None:
         try:
@@ -168,7 +178,15 @@ class Journal:
         return ""
 
     async def close(self) -> None:
+        while self._results_pending:
+            await self.settle()
         await self._db.close()
+
+    async def settle(self) -> None:
+        """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
+        ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
+        if self._results_pending:
+            await asyncio.wait(set(self._results_pending.values()))
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
@@ -190,6 +208,76 @@ class Journal:
             self._on_commit(time.perf_counter() - started)
         return result
 
+    async def record_plan(
+        self, entry: AlertEntry, *, join: Callable[[sqlite3.Connection], object] | None = None
+    ) -> None:
+        """The alert, its planned legs and `join`'s rows in one transaction, group-committed with concurrent
+        alerts; `JournalError` if it fails (see `tvbridge.alerts.records`)."""
+        stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
+        now = _now()
+        alert_id = entry.alert_id
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
+                " updated_at, order_log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert_id,
+                    now,
+                    entry.alert_type,
+                    entry.dedupe_key,
+                    entry.source,
+                    stored,
+                    entry.status,
+                    now,
+                    entry.order_log_offset,
+                ),
+            )
+            if entry.legs:
+                conn.executemany(
+                    "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, message, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (alert_id, leg.account, leg.leg_number, leg.client_order_id, leg.state, leg.message, now)
+                        for leg in entry.legs
+                    ],
+                )
+            if join is not None:
+                join(conn)
+
+        await self._write(insert)
+
+    def record_results(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
+    ) -> asyncio.Task[bool]:
+        """Hand over an alert's outcome (`finish_alert`) without waiting for its commit: it joins the next group.
+        The task's result is True once committed; False when it failed, which is logged (`journal.finish_failed`)
+        and leaves the alert `accepted` for crash recovery."""
+        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results))
+        self._results_pending[alert_id] = task
+        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
+        return task
+
+    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
+        if self._results_pending.get(alert_id) is done:
+            del self._results_pending[alert_id]
+
+    async def _results_of(self, alert_id: str) -> None:
+        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
+        task = self._results_pending.get(alert_id)
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def _finish_logged(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
+    ) -> bool:
+        try:
+            await self.finish_alert(alert_id, status, response, results)
+        except Exception:
+            log.exception("journal.finish_failed", alert_id=alert_id)
+            return False
+        return True
+
     async def record_alert(
         self,
         *,
@@ -205,28 +293,24 @@ class Journal:
     ) -> None:
         """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
 
-        `also` runs in the same transaction (the closed-market queue adds its rows that way, so an alert is
-        never journaled as queued without its queue entry, nor the other way round). `order_log_offset` is the
-        order log's size now: this alert's rows can only be after it, which is where crash recovery looks for
-        rows written before a crash (so it never writes them twice)."""
-        stored = json.dumps({k: v for k, v in payload.items() if k != "secret"}, default=str)
-        now = _now()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (alert_id, now, alert_type, dedupe_key, source, stored, status, now, order_log_offset),
-            )
-            conn.executemany(
-                "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, updated_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?)",
-                [(alert_id, leg.account, leg.leg_number, leg.client_order_id, now) for leg in legs],
-            )
-            if also is not None:
-                also(conn)
-
-        await self._write(insert)
+        `record_plan` with every leg `pending` (flatten and the tests use it). `also` runs in the same
+        transaction (`record_plan`'s `join`). `order_log_offset` is the order log's size now: this alert's rows
+        can only be after it, which is where crash recovery looks for rows written before a crash (so it never
+        writes them twice)."""
+        entry = AlertEntry(
+            alert_id=alert_id,
+            alert_type=alert_type,
+            payload=payload,
+            dedupe_key=dedupe_key,
+            source=source,
+            status=status,
+            order_log_offset=order_log_offset,
+            legs=tuple(
+                LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
+                for leg in legs
+            ),
+        )
+        await self.record_plan(entry, join=also)
 
     async def record_leg(self, alert_id: str, result: LegResult) -> None:
         await self._write(lambda conn: _update_leg(conn, alert_id, result))
@@ -337,6 +421,8 @@ class Journal:
         ]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+
         def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
             if row is None:
@@ -368,14 +454,23 @@ class Journal:
         return await self._db.read(fetch)
 
     async def find_by_dedupe_key(self, dedupe_key: str, since: str) -> dict[str, Any] | None:
-        """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response."""
-        row = await self._db.read(
-            lambda conn: conn.execute(
+        """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response.
+
+        Read-your-writes: when that alert's results were handed over (`record_results`) and are not committed
+        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running"."""
+
+        def find(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = conn.execute(
                 "SELECT alert_id, status, response FROM alerts WHERE dedupe_key = ? AND received_at >= ?"
                 " ORDER BY received_at LIMIT 1",
                 (dedupe_key, since),
             ).fetchone()
-        )
+            return row
+
+        row = await self._db.read(find)
+        if row is not None and row["alert_id"] in self._results_pending:
+            await self._results_of(row["alert_id"])
+            row = await self._db.read(find)
         if row is None:
             return None
         response = json.loads(row["response"]) if row["response"] else None

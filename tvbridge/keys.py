@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from typing import Any  # noqa: F401
 
     from tvbridge.alertqueue import Scheduler  # noqa: F401
+    from tvbridge.alerts.plan import Checks  # noqa: F401
     from tvbridge.broker import Broker  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
@@ -51,16 +52,24 @@ NOW = web.AppKey["Callable[[], datetime]"]("now")
 machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
 CALENDAR = web.AppKey["Calendar"]("calendar")
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
+PLAN_CHECKS = web.AppKey["Checks"]("plan_checks")
+"""The planner's per-alert checks (`alerts/plan.Checks`: risk limits, reference prices, capabilities), built once at
+start from the config and the brokers, which do not change while the server runs."""
 REFUSAL_JOURNAL = web.AppKey["RefusalJournal"]("refusal_journal")
 """Webhook requests refused before anything ran (`tvbridge/refusal_journal.py`): what the status page lists with the
 accepted alerts."""
 
 ALERT_ID = web.RequestKey[str]("alert_id")
+ARRIVED = web.RequestKey[float]("arrived")
+"""`time.perf_counter()` when the request reached the first step: the arrival-to-broker histogram starts here."""
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 """The body decoded as a JSON object, once, by whichever step needs it first (see `parsing.raw_alert`)."""
 SOURCE_IP = web.RequestKey[str]("source_ip")
 AUTHENTICATED = web.RequestKey[bool]("authenticated")
 """Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
+CREDENTIAL = web.RequestKey[str]("credential")
+"""Which credential the `auth` guard matched (`secret` or `path_token`): the request's strategy, as far as the
+guards know it (the per-strategy rate limit keys on it; issue 19's strategies pick by it)."""
 DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
 """Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
 

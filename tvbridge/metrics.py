@@ -55,6 +55,8 @@ log = structlog.get_logger()
 
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0)
 """Around TradingView's 3 s: an answer later than that is lost, so 2.5 s and 3 s are buckets of their own."""
+TO_BROKER_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0)
+"""Request arrival to the broker call: the bridge's own cost before an order leaves (issue 22: p99 < 1 ms)."""
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONNECTION_EVENTS: Final = (
     "evicted",
@@ -126,6 +128,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.alert_to_broker = Histogram(
+            "tvbridge_alert_to_broker_seconds",
+            "Time from a webhook request's arrival to its first broker call (guards, parsing, planning, the"
+            " journal's commit): what tvbridge adds before an order leaves.",
+            buckets=TO_BROKER_BUCKETS,
+            registry=registry,
+        )
         self.journal_commit = Histogram(
             "tvbridge_journal_commit_seconds",
             "Time for a journal write to be committed, the wait for its group commit and the fsync included.",
@@ -190,12 +199,25 @@ class Metrics:
                 self.alerts.labels(outcome=outcome.value)
         self.health_checked_at = 0.0
         """When broker health was last asked (monotonic seconds), for `HEALTH_CACHE_S`."""
+        self._children: dict[tuple[object, ...], Any] = {}
+        """Label children bound once (`child`): `labels()` re-validates and hashes its values on every call."""
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, bound once and kept: the labels' sets are small and bounded (see above)."""
+        key = (id(metric), *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def leg_finished(self, result: LegResult) -> None:
-        self.legs.labels(account=result.account, broker=result.broker, status=result.status.value).inc()
+        self.child(self.legs, result.account, result.broker, result.status.value).inc()
 
     def alert_finished(self, outcome: str) -> None:
-        self.alerts.labels(outcome=outcome).inc()
+        self.child(self.alerts, outcome).inc()
+
+    def to_broker(self, seconds: float) -> None:
+        self.alert_to_broker.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -262,7 +284,7 @@ def route_of(request: web.Request) -> str:
 
 def observe_request(request: web.Request, status: int, seconds: float) -> None:
     if (metrics := metrics_of(request.app)) is not None:
-        metrics.requests.labels(route=route_of(request), method=request.method, status=str(status)).observe(seconds)
+        metrics.child(metrics.requests, route_of(request), request.method, str(status)).observe(seconds)
 
 
 class TimedBroker:
@@ -295,12 +317,13 @@ class TimedBroker:
                 self._metrics.token_valid.labels(account=self._account).set(0)
             raise
         else:
-            self._token_ok = True
-            self._metrics.token_valid.labels(account=self._account).set(1)
+            if not self._token_ok:
+                self._token_ok = True
+                self._metrics.token_valid.labels(account=self._account).set(1)
             return result
         finally:
             seconds = time.perf_counter() - started
-            self._metrics.broker_latency.labels(account=self._account, operation=operation).observe(seconds)
+            self._metrics.child(self._metrics.broker_latency, self._account, operation).observe(seconds)
 
     async def place(self, request: Any) -> Any:
         return await self._timed("place", self._broker.place(request))

@@ -97,19 +97,28 @@ class RiskGuard:
         halt_file: Path,
         clock: Callable[[], datetime],
     ) -> None:
-        self._limits = limits
+        self.limits = limits
+        """Per account (`Config.risk_of`), read once: the planner checks queued legs against them too."""
         self._brokers = brokers
         self._journal = journal
         self._halt_file = halt_file
         self._clock = clock
         self._counts: dict[tuple[str, date], int] = {}
 
+    def counted(self, account: str) -> bool:
+        """Whether a leg of `account` may be journaled `sending` before `before_send` runs for it: yes unless its
+        daily count for today still has to be read from the journal (that read would count the mark too)."""
+        limits = self.limits.get(account)
+        if limits is None or limits.max_orders_per_day is None:
+            return True
+        return (account, self._clock().astimezone(EXCHANGE_TZ).date()) in self._counts
+
     async def before_send(self, account: str, leg: OrderLeg) -> None:
         """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders."""
         halt = read_halt(self._halt_file)
         if halt is not None:
             raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
-        limits = self._limits.get(account)
+        limits = self.limits.get(account)
         if limits is None:
             return
         check_leg(limits, leg, reference_price(self._brokers.get(account), leg))

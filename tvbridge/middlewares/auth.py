@@ -19,15 +19,13 @@ import structlog
 from aiohttp import web
 
 from tvbridge.errors import AuthError
-from tvbridge.keys import AUTHENTICATED, RAW_ALERT, SOURCE_IP
+from tvbridge.keys import AUTHENTICATED, CREDENTIAL, RAW_ALERT, SOURCE_IP
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.parsing import decode_body
 from tvbridge.refusals import should_log
-from tvbridge.routes import PATH_TOKEN, is_webhook
+from tvbridge.routes import PATH_TOKEN
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
-
     from tvbridge.secretstore import Credentials
 
 log = structlog.get_logger()
@@ -47,27 +45,24 @@ def _failed(request: web.Request, reason: str, message: str = "Invalid webhook s
     return AuthError(message)
 
 
-def auth(credentials: Credentials) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or not is_webhook(request):
-            return await handler(request)
-        token = request.match_info.get(PATH_TOKEN)
-        if token is not None:
-            if not credentials.path_token:
-                raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
-            if not same_secret(token, credentials.path_token):
-                raise _failed(request, "wrong path token")
-            request[RAW_ALERT] = decode_body(body_of(request))
-            request[AUTHENTICATED] = True
-            return await handler(request)
-        raw = decode_body(body_of(request))
-        request[RAW_ALERT] = raw
-        if "secret" not in raw:
-            raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
-        if not same_secret(raw["secret"], credentials.secret):
-            raise _failed(request, "wrong secret")
+def authenticate(credentials: Credentials, request: web.Request) -> None:
+    """Decode the body into `RAW_ALERT` and check the path token or the body's secret (401); on success set
+    `AUTHENTICATED` and `CREDENTIAL` (which credential matched: the request's strategy, for the rate limit)."""
+    token = request.match_info.get(PATH_TOKEN)
+    if token is not None:
+        if not credentials.path_token:
+            raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
+        if not same_secret(token, credentials.path_token):
+            raise _failed(request, "wrong path token")
+        request[RAW_ALERT] = decode_body(body_of(request))
         request[AUTHENTICATED] = True
-        return await handler(request)
-
-    return middleware
+        request[CREDENTIAL] = "path_token"
+        return
+    raw = decode_body(body_of(request))
+    request[RAW_ALERT] = raw
+    if "secret" not in raw:
+        raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
+    if not same_secret(raw["secret"], credentials.secret):
+        raise _failed(request, "wrong secret")
+    request[AUTHENTICATED] = True
+    request[CREDENTIAL] = "secret"

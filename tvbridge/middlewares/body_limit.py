@@ -18,11 +18,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from tvbridge.errors import BadRequestError, PayloadTooLargeError
 from tvbridge.refusals import should_log
-from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
-
     from tvbridge.config import LimitsConfig
 
 BODY: Final = web.RequestKey[bytes]("body")
@@ -51,26 +48,21 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def body_limit(config: LimitsConfig) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == "POST" and is_webhook(request):
-            try:
-                async with asyncio.timeout(config.read_timeout_s):
-                    request[BODY] = await read_limited(request, config.max_body_bytes)
-            except TimeoutError:
-                if should_log(request, 400):
-                    log.warning("body_limit.refused", reason="body not received in time")
-                raise BadRequestError(f"body not received within {config.read_timeout_s} s") from None
-            except RequestPayloadError:
-                # a body that does not decode as its Content-Encoding says (gzip with garbage), or a broken chunk
-                if should_log(request, 400):
-                    log.warning("body_limit.refused", reason="body does not decode")
-                raise BadRequestError("body could not be read: it does not match its Content-Encoding") from None
-            except ConnectionError:
-                if should_log(request, 400):
-                    log.warning("body_limit.refused", reason="connection closed before the body was sent")
-                raise BadRequestError("connection closed before the whole body was sent") from None
-        return await handler(request)
-
-    return middleware
+async def read_body(config: LimitsConfig, request: web.Request) -> None:
+    """Read the whole body within the limits into `BODY` (see the module docstring), or refuse (413, 400)."""
+    try:
+        async with asyncio.timeout(config.read_timeout_s):
+            request[BODY] = await read_limited(request, config.max_body_bytes)
+    except TimeoutError:
+        if should_log(request, 400):
+            log.warning("body_limit.refused", reason="body not received in time")
+        raise BadRequestError(f"body not received within {config.read_timeout_s} s") from None
+    except RequestPayloadError:
+        # a body that does not decode as its Content-Encoding says (gzip with garbage), or a broken chunk
+        if should_log(request, 400):
+            log.warning("body_limit.refused", reason="body does not decode")
+        raise BadRequestError("body could not be read: it does not match its Content-Encoding") from None
+    except ConnectionError:
+        if should_log(request, 400):
+            log.warning("body_limit.refused", reason="connection closed before the body was sent")
+        raise BadRequestError("connection closed before the whole body was sent") from None

@@ -10,35 +10,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
 from tvbridge.errors import ForbiddenError
 from tvbridge.refusals import should_log
-from tvbridge.routes import is_webhook
 from tvbridge.text import bounded
 from tvbridge.tls import TRADINGVIEW_CN, common_names
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
+    from aiohttp import web
 
     from tvbridge.config import AuthConfig
 
 log = structlog.get_logger()
 
 
-def client_cert(config: AuthConfig) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not config.require_client_cert or not is_webhook(request):
-            return await handler(request)
-        peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
-        names = common_names(peercert)
-        if TRADINGVIEW_CN not in names:
-            reason = "no client certificate" if peercert is None else "client certificate is not TradingView's"
-            cns = [bounded(name) for name in names[:5]]
-            if should_log(request, 403):
-                log.warning("client_cert.refused", reason=reason, subject_cn=cns, peer=request.remote)
-            raise ForbiddenError(f"a TradingView client certificate is required ({reason})")
-        return await handler(request)
-
-    return middleware
+def check_client_cert(config: AuthConfig, request: web.Request) -> None:
+    """403 unless the TLS client certificate is TradingView's; nothing to check without `require_client_cert`."""
+    if not config.require_client_cert:
+        return
+    peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
+    names = common_names(peercert)
+    if TRADINGVIEW_CN not in names:
+        reason = "no client certificate" if peercert is None else "client certificate is not TradingView's"
+        cns = [bounded(name) for name in names[:5]]
+        if should_log(request, 403):
+            log.warning("client_cert.refused", reason=reason, subject_cn=cns, peer=request.remote)
+        raise ForbiddenError(f"a TradingView client certificate is required ({reason})")

@@ -43,12 +43,9 @@ from tvbridge.errors import JournalError, UnavailableError
 from tvbridge.journal import UNFINISHED
 from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT
 from tvbridge.metrics import dedupe_hit
-from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
-
-    from aiohttp.typedefs import Handler, Middleware
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from tvbridge.config import DedupeConfig
     from tvbridge.journal import Journal
@@ -98,6 +95,7 @@ class Deduper:
         self.journal = journal
         self.claims: dict[str, Claim] = {}
         self._pruned_at = float("-inf")
+        self._done: asyncio.Future[bool] | None = None
 
     def live_claim(self, key: str, now: float) -> Claim | None:
         claim = self.claims.get(key)
@@ -118,6 +116,16 @@ class Deduper:
             del self.claims[key]
         if not claim.answered.done():
             claim.answered.set_result(answered)
+        if answered:  # kept for the window: its own future (a third of a claim's memory) gives way to a shared one
+            claim.answered = self._answered()
+
+    def _answered(self) -> asyncio.Future[bool]:
+        """One future, done with True, for every answered claim of this loop (waiters were woken by their own)."""
+        loop = asyncio.get_running_loop()
+        if self._done is None or self._done.get_loop() is not loop:
+            self._done = loop.create_future()
+            self._done.set_result(True)
+        return self._done
 
     async def first_in_journal(self, key: str) -> dict[str, Any] | None:
         """The first copy's journal record within the window; `JournalError` (503) if the journal cannot say.
@@ -157,41 +165,41 @@ def duplicate_answer(request: web.Request, first_id: str, record: Mapping[str, A
     return web.json_response(body, status=202 if running else 200)
 
 
-def dedupe(config: DedupeConfig) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not config.enabled or not config.window_s or RAW_ALERT not in request or not is_webhook(request):
-            return await handler(request)
-        deduper = request.app[DEDUPER]
-        clock = request.app[CLOCK]
-        deadline_s = request.app[CONFIG].server.response_deadline_s
-        raw: dict[str, Any] = request[RAW_ALERT]
-        key = dedupe_key(raw)
-        rounds = 0
-        while (claim := deduper.live_claim(key, clock())) is not None:
-            rounds += 1
-            if rounds > MAX_ROUNDS:
-                raise UnavailableError("earlier copies of this alert failed; resend later")
-            done, _pending = await asyncio.wait({claim.answered}, timeout=deadline_s)
-            if done and not claim.answered.result():
-                continue  # the first copy failed: this one may run
-            return duplicate_answer(request, claim.alert_id, await deduper.first_in_journal(key))
-        claim = deduper.claim(key, request[ALERT_ID], clock())
-        answered = False
-        try:
-            record = await deduper.first_in_journal(key)
-            if record is not None:  # recorded before a restart
-                claim.alert_id = record["alert_id"]
-                answered = True
-                return duplicate_answer(request, record["alert_id"], record)
-            request[DEDUPE_KEY] = key
-            response = await handler(request)
-            answered = response.status < 400
-            return response
-        finally:
-            deduper.release(key, claim, answered=answered)
-
-    return middleware
+async def deduplicated(
+    config: DedupeConfig, request: web.Request, run: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """`run()` (the later steps and the handler) for the first copy of an alert; a repeat is answered from the
+    first copy (see the module docstring). Needs `RAW_ALERT`; sets `DEDUPE_KEY` for the journal."""
+    if not config.enabled or not config.window_s or RAW_ALERT not in request:
+        return await run()
+    deduper = request.app[DEDUPER]
+    clock = request.app[CLOCK]
+    deadline_s = request.app[CONFIG].server.response_deadline_s
+    raw: dict[str, Any] = request[RAW_ALERT]
+    key = dedupe_key(raw)
+    rounds = 0
+    while (claim := deduper.live_claim(key, clock())) is not None:
+        rounds += 1
+        if rounds > MAX_ROUNDS:
+            raise UnavailableError("earlier copies of this alert failed; resend later")
+        done, _pending = await asyncio.wait({claim.answered}, timeout=deadline_s)
+        if done and not claim.answered.result():
+            continue  # the first copy failed: this one may run
+        return duplicate_answer(request, claim.alert_id, await deduper.first_in_journal(key))
+    claim = deduper.claim(key, request[ALERT_ID], clock())
+    answered = False
+    try:
+        record = await deduper.first_in_journal(key)
+        if record is not None:  # recorded before a restart
+            claim.alert_id = record["alert_id"]
+            answered = True
+            return duplicate_answer(request, record["alert_id"], record)
+        request[DEDUPE_KEY] = key
+        response = await run()
+        answered = response.status < 400
+        return response
+    finally:
+        deduper.release(key, claim, answered=answered)
 
 
 async def dedupe_ctx(app: web.Application) -> AsyncIterator[None]:

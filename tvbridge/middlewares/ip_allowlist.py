@@ -20,33 +20,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from tvbridge.addresses import client_address, contains, parse_networks
 from tvbridge.errors import ForbiddenError
 from tvbridge.keys import SOURCE_IP
 from tvbridge.refusals import should_log
-from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
-    from aiohttp.typedefs import Handler, Middleware
+    from collections.abc import Callable
+
+    from aiohttp import web
 
     from tvbridge.config import IpAllowlistConfig
 
 log = structlog.get_logger()
 
 
-def ip_allowlist(config: IpAllowlistConfig) -> Middleware:
+def ip_check(config: IpAllowlistConfig) -> Callable[[web.Request], None]:
+    """The allowlist as a check of one request (403), its networks parsed once; a no-op while it is off.
+
+    The real client address is already in `request[SOURCE_IP]` (`request_id`, with the same trusted proxies); it
+    is worked out again here because a request whose address is unknown must be refused, not let through."""
     allowed = parse_networks(config.allow)
     trusted = parse_networks(config.trusted_proxies)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def check(request: web.Request) -> None:
+        if not config.enabled:
+            return
         address, how = client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []), trusted)
-        if address is not None:
-            request[SOURCE_IP] = str(address)
-        if not config.enabled or not is_webhook(request):
-            return await handler(request)
         if address is None:
             if should_log(request, 403):
                 log.warning("ip_allowlist.refused", source=request.get(SOURCE_IP), reason=how, peer=request.remote)
@@ -57,6 +59,5 @@ def ip_allowlist(config: IpAllowlistConfig) -> Middleware:
                     "ip_allowlist.refused", source=request.get(SOURCE_IP), reason="not on ip_allowlist.allow", via=how
                 )
             raise ForbiddenError(f"source address {address} is not allowed")
-        return await handler(request)
 
-    return middleware
+    return check

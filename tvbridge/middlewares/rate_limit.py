@@ -4,7 +4,7 @@ Every TradingView alert arrives from the same four addresses, so a plain per-IP 
 own alerts. The limits are therefore split around `auth`, and what fails before auth never spends a budget that
 authenticated alerts need (issue 23):
 
-* before auth (`before_auth`), per source (`request[SOURCE_IP]`; IPv6 per `limits.ipv6_prefix` network):
+* before auth (`check_source`), per source (`request[SOURCE_IP]`; IPv6 per `limits.ipv6_prefix` network):
   - `per_ip_per_s` / `per_ip_burst` count only requests that did *not* authenticate (no or wrong secret, not
     JSON, a body that does not decode, too large, too slow, unknown path token): a source whose bucket is empty
     gets 429 before its body is even decoded;
@@ -15,7 +15,7 @@ authenticated alerts need (issue 23):
     trusted proxies are exempt from both: anyone can make TradingView send wrong secrets to your URL, and
     locking TradingView out would lose the genuine alerts.
   Failures are charged to their source only: a flood of junk from many addresses leaves genuine alerts alone.
-* after auth and dedupe (`after_auth`), for genuine alerts that will run (a repeat answered by `dedupe` places
+* after auth and dedupe (`check_strategy`), for genuine alerts that will run (a repeat answered by `dedupe` places
   nothing and costs nothing; a first copy refused here releases its dedupe claim): the strategy's bucket
   (`per_strategy_per_s` / `per_strategy_burst`), then one token of the global bucket (`global_per_s`, burst
   `global_burst`). The strategy is the credential used (a hash of the secret or path token) plus the alert's
@@ -38,19 +38,18 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 import structlog
-from aiohttp import web
 
 from tvbridge.addresses import contains, parse_address, parse_networks, source_key_of
 from tvbridge.errors import AuthError, RateLimitedError
-from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, RATE_LIMITER, RAW_ALERT, SOURCE_IP
+from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, CREDENTIAL, RATE_LIMITER, RAW_ALERT, SOURCE_IP
 from tvbridge.refusals import should_log
-from tvbridge.routes import PATH_TOKEN, is_webhook
+from tvbridge.routes import is_webhook
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
     from typing import Any
 
-    from aiohttp.typedefs import Handler, Middleware
+    from aiohttp import web
 
     from tvbridge.addresses import IPNetwork
     from tvbridge.config import RateLimitConfig
@@ -220,30 +219,21 @@ def charge_failure(request: web.Request, error: Exception) -> None:
     limiter.record_failure(request.get(SOURCE_IP, ""), now, auth_failed=isinstance(error, AuthError))
 
 
-def _guarded(config: RateLimitConfig, request: web.Request) -> bool:
-    return config.enabled and request.method == "POST" and is_webhook(request)
+def check_source(request: web.Request) -> None:
+    """Before auth: 429 when the request's source used up its failures or its unauthenticated budget."""
+    limiter = request.app[RATE_LIMITER]
+    if limiter.enabled:
+        _raise(request, limiter.check_source(request.get(SOURCE_IP, ""), request.app[CLOCK]()))
 
 
-def rate_limit(config: RateLimitConfig, credentials: Credentials) -> tuple[Middleware, Middleware]:
-    """The two halves around `auth` and `dedupe`: (before_auth, after_auth), sharing `app[RATE_LIMITER]`."""
-
-    @web.middleware
-    async def before_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _guarded(config, request):
-            return await handler(request)
-        _raise(request, request.app[RATE_LIMITER].check_source(request.get(SOURCE_IP, ""), request.app[CLOCK]()))
-        return await handler(request)
-
-    @web.middleware
-    async def after_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _guarded(config, request) or not request.get(AUTHENTICATED, False):
-            return await handler(request)
-        credential = credentials.path_token if PATH_TOKEN in request.match_info else credentials.secret
-        raw: dict[str, Any] = request[RAW_ALERT]
-        _raise(request, request.app[RATE_LIMITER].check_strategy(strategy_of(raw, credential), request.app[CLOCK]()))
-        return await handler(request)
-
-    return before_auth, after_auth
+def check_strategy(credentials: Credentials, request: web.Request) -> None:
+    """After auth and dedupe: 429 when the alert's strategy (or all of them together) is over its rate."""
+    limiter = request.app[RATE_LIMITER]
+    if not limiter.enabled or not request.get(AUTHENTICATED, False):
+        return
+    credential = credentials.path_token if request.get(CREDENTIAL) == "path_token" else credentials.secret
+    raw: dict[str, Any] = request[RAW_ALERT]
+    _raise(request, limiter.check_strategy(strategy_of(raw, credential), request.app[CLOCK]()))
 
 
 async def rate_limit_ctx(app: web.Application) -> AsyncIterator[None]:

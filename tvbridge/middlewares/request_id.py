@@ -18,7 +18,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from tvbridge.addresses import client_address, parse_networks
-from tvbridge.keys import ALERT_ID, SOURCE_IP
+from tvbridge.keys import ALERT_ID, ARRIVED, SOURCE_IP
 from tvbridge.metrics import observe_request
 from tvbridge.refusals import count_left_out, should_log
 from tvbridge.routes import public_path
@@ -46,13 +46,14 @@ def request_id(trusted_proxies: Sequence[str] = ()) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request[ARRIVED] = started
         alert_id = new_alert_id()
         request[ALERT_ID] = alert_id
         address, _ = client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, []), trusted)
         request[SOURCE_IP] = str(address) if address is not None else (request.remote or "")
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(alert_id=alert_id)
-        started = time.perf_counter()
         response = await handler(request)
         response.headers["X-Request-ID"] = alert_id
         status = response.status

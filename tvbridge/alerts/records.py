@@ -1,0 +1,83 @@
+"""The journal's write interface for the alert path: what a store must do, in two calls, and nothing more.
+
+An alert meets the store twice (issue 22):
+
+1. `record_plan(entry, join=...)`: ONE transaction holding the alert (its payload without the secret, its dedupe
+   key, its status), every leg of its plan in its planned state (`pending`, `sending` for the first leg of each
+   account that sends now, `queued`, `failed` for a refusal) and whatever `join` writes. It is committed before
+   any broker call and before any 2xx answer; concurrent alerts share the commit (group commit). A failure raises
+   `JournalError`, and nothing was recorded (the webhook answers 503: a resend is welcome).
+2. `record_results(alert_id, status, response, results)`: the final status, the answer given and each leg's
+   result, grouped with other alerts' writes. It returns an awaitable, and the answer does NOT wait for it: a
+   crash before it commits leaves the alert `accepted` with legs `sending`, and crash recovery (`recovery.py`)
+   settles them by client order id, as for any crash after a send. Reads of the same store that answer users
+   (`find_by_dedupe_key`, `get_alert`) see results handed over before them (read-your-writes).
+
+`join`: a function of the store's own connection that runs inside the transaction of `record_plan`, after the
+alert's rows; it is how rows that must never exist without the alert (or the other way round) share its commit:
+the closed-market queue's entries today (`alertqueue.inserter`), and the documented place for an in-process
+broker (the `paper` book) to book its order in the same commit, so that such an alert costs one commit in all.
+A remote broker never joins: it is called only after `record_plan` returned (journal before send). A store whose
+connection is not SQLite's (PostgreSQL, issue 20) passes its own connection; a joiner that needs SQLite checks
+the type it gets and raises `TypeError`, which fails the write like any other error.
+
+`tvbridge.journal.Journal` is the SQLite implementation; a second store implements `AlertJournal` alongside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from tvbridge.models import LegResult
+
+PlannedState = Literal["pending", "sending", "queued", "failed"]
+"""A leg's state as `record_plan` writes it (the journal's `LEG_STATES` has the rest)."""
+
+
+@attrs.frozen(kw_only=True)
+class LegEntry:
+    """One leg of one account, as planned: recovery reads `state` and `client_order_id` after a crash."""
+
+    account: str
+    leg_number: int
+    client_order_id: str | None
+    state: PlannedState = "pending"
+    message: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AlertEntry:
+    """An accepted alert and its plan, written by `record_plan` in one transaction."""
+
+    alert_id: str
+    alert_type: str
+    payload: Mapping[str, Any]
+    """The alert as received; the store drops `secret` before writing it."""
+    dedupe_key: str | None
+    source: str | None
+    status: str = "accepted"
+    """`accepted` (crash recovery runs it again until results are recorded), `queued` or a final status."""
+    order_log_offset: int | None = None
+    """The order log's size now: this alert's rows can only be after it (recovery writes missing rows once)."""
+    legs: Sequence[LegEntry] = ()
+
+
+class AlertJournal(Protocol):
+    """The alert path's two writes (see the module docstring). `tvbridge.journal.Journal` implements it."""
+
+    async def record_plan(self, entry: AlertEntry, *, join: Callable[[Any], object] | None = None) -> None:
+        """The alert, its plan and `join`'s rows in one committed transaction; `JournalError` if it fails."""
+        ...
+
+    def record_results(
+        self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult]
+    ) -> Awaitable[bool]:
+        """Hand over the alert's outcome; grouped with other writes and committed soon. Awaiting it gives True
+        once committed, False when it failed; the store logs a failure (`journal.finish_failed`) either way."""
+        ...
