@@ -84,7 +84,9 @@ for group in "${groups[@]}"; do
 source_paths = ["tvbridge", "tvbridge_brokers"]
 only_mutate = $(toml_list $(modules_of "$group"))
 pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+# a mutant that leaves a test waiting on a task that never finishes is stopped by pytest-timeout: 120 s by
+# default, 30 s here (the groups' tests take seconds each); the journal's record_results mutants took minutes each
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--timeout=30"]
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 TOML
     echo "mutation: $group: $(modules_of "$group")"
