@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+from structlog.testing import capture_logs
 
 from tvbridge.errors import JournalError
 from tvbridge.journal import Journal, OrderStateRecord, PlannedLeg, leg_state
@@ -594,5 +595,38 @@ async def test_an_alert_the_disk_refuses_is_reported_as_not_recorded(tmp_path: P
             await record(journal, "a1", ("paper", 1))
         assert journal.healthy is False
         assert journal.last_error.startswith(("OperationalError: ", "DatabaseError: "))
+    finally:
+        await journal.close()
+
+
+async def test_handed_over_results_are_committed_by_settle(journal: Journal) -> None:
+    """`record_results` returns before its commit; `settle()` waits for it, after which the alert reads back
+    finished, and the alert's source is kept as it arrived."""
+    await record(journal, "a1", ("paper", 1))
+    written = journal.record_results("a1", "success", {"status": "success"}, [result(1)])
+    await journal.settle()
+    assert written.done()
+    assert written.result() is True
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    assert (shown["status"], shown["legs"][0]["state"]) == ("success", "placed")
+    sources = await journal.read(lambda conn: conn.execute("SELECT source FROM alerts").fetchall())
+    assert [row[0] for row in sources] == ["127.0.0.1"]
+
+
+async def test_results_the_disk_refuses_are_logged_and_leave_the_alert_for_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    await journal.open()
+    try:
+        await record(journal, "a1", ("paper", 1))
+        with capture_logs() as logs, all_writes_refused(path.with_name(f"{path.name}-wal")):
+            written = journal.record_results("a1", "success", {"status": "success"}, [result(1)])
+            await journal.settle()
+        assert written.result() is False
+        assert [(e["log_level"], e["alert_id"]) for e in logs if e["event"] == "journal.finish_failed"] == [
+            ("error", "a1")
+        ]
+        assert await journal.unfinished() == ["a1"]
     finally:
         await journal.close()
