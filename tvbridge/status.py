@@ -21,7 +21,6 @@ Times travel as ISO UTC; the page shows them in IST (seconds), with UTC on hover
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import html
@@ -37,6 +36,7 @@ from aiohttp import web
 
 from tvbridge import __version__, readiness
 from tvbridge.access import has_admin_token, same_token
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import (
     ALERT_ID,
@@ -50,18 +50,21 @@ from tvbridge.keys import (
     REFUSAL_JOURNAL,
     SOURCE_IP,
     STATE,
+    STRATEGY_BOOK,
 )
 from tvbridge.pnl import Fill, day_pnl, decimal_or_none
 from tvbridge.refusal_journal import refusals_version, today_refusals
 from tvbridge.sessions import EXCHANGES
 from tvbridge.status_actions import action_paths, actions_version, csrf_token, recent_actions
+from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Mapping
     from decimal import Decimal
 
     from tvbridge.broker import Broker
+    from tvbridge.config import Config
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -115,28 +118,29 @@ def _day_start_utc(now: datetime) -> str:
     return datetime.combine(local.date(), time(), MARKET_TZ).astimezone(UTC).isoformat()
 
 
-def _version(conn: sqlite3.Connection, since: str) -> str:
+async def _version(db: Store, since: str) -> str:
     """Changes when anything the page shows from the journal changes (one small read per stream tick)."""
-    row = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,))
-    count, latest = row.fetchone()
-    return f"{count}:{latest}/{refusals_version(conn, since)}/{actions_version(conn)}"
+    [row] = await db.fetch("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", since)
+    return f"{row[0]}:{row[1]}/{await refusals_version(db, since)}/{await actions_version(db)}"
 
 
-def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
-    rows = conn.execute(
-        "SELECT alert_id, received_at, alert_type, status, updated_at, response FROM alerts WHERE received_at >= ?"
+async def _alerts_today(db: Store, since: str) -> dict[str, Any]:
+    rows = await db.fetch(
+        "SELECT alert_id, received_at, alert_type, status, updated_at, response, strategy FROM alerts"
+        " WHERE received_at >= ?"
         " ORDER BY received_at DESC LIMIT ?",
-        (since, MAX_ALERTS),
-    ).fetchall()
+        since,
+        MAX_ALERTS,
+    )
     ids = [row["alert_id"] for row in rows]
     legs: dict[str, list[dict[str, Any]]] = {alert_id: [] for alert_id in ids}
     if ids:
         marks = ",".join("?" * len(ids))
-        for leg in conn.execute(
+        for leg in await db.fetch(
             f"SELECT alert_id, account, leg_number, state, order_id, order_state, filled_quantity, average_price,"  # noqa: S608 - only placeholders
             f" message, order_message, result FROM legs"
             f" WHERE alert_id IN ({marks}) ORDER BY account, leg_number",
-            ids,
+            *ids,
         ):
             result = json.loads(leg["result"]) if leg["result"] else {}
             legs[leg["alert_id"]].append(
@@ -159,6 +163,7 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
             "alert_id": row["alert_id"],
             "received_at": row["received_at"],
             "alert_type": row["alert_type"],
+            "strategy": row["strategy"] or DEFAULT_STRATEGY,
             "status": row["status"],
             "reason": _reason_of(row["status"], row["response"]),
             "accounts": sorted({leg["account"] for leg in legs[row["alert_id"]]}),
@@ -166,14 +171,14 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
         }
         for row in rows
     ]
-    refused = today_refusals(conn, since, MAX_ALERTS)
+    refused = await today_refusals(db, since, MAX_ALERTS)
     merged = sorted([*accepted, *refused], key=lambda a: a["received_at"], reverse=True)
     return {
-        "version": _version(conn, since),
+        "version": await _version(db, since),
         "alerts": merged[:MAX_ALERTS],
-        "per_minute": _per_minute(conn, since),
-        "actions": recent_actions(conn),
-        **_fills_today(conn, since),
+        "per_minute": await _per_minute(db, since),
+        "actions": await recent_actions(db),
+        **await _fills_today(db, since),
     }
 
 
@@ -187,16 +192,17 @@ def _reason_of(status: str, response: str | None) -> str:
     return str(body.get("message", "")) if isinstance(body, dict) else ""
 
 
-def _per_minute(conn: sqlite3.Connection, since: str) -> list[dict[str, Any]]:
+async def _per_minute(db: Store, since: str) -> list[dict[str, Any]]:
     """Alerts per minute (UTC, `YYYY-MM-DDTHH:MM`) by outcome, the whole day: accepted ones by their status,
     refused ones as `refused`."""
-    rows = conn.execute(
+    rows = await db.fetch(
         "SELECT substr(received_at, 1, 16) AS minute, status AS outcome, count(*) AS n FROM alerts"
         " WHERE received_at >= ? GROUP BY minute, outcome"
         " UNION ALL SELECT substr(received_at, 1, 16), 'refused', count(*) FROM refusals"
         " WHERE received_at >= ? GROUP BY 1 ORDER BY 1, 2",
-        (since, since),
-    ).fetchall()
+        since,
+        since,
+    )
     return [{"minute": row[0], "outcome": row[1], "count": row[2]} for row in rows]
 
 
@@ -214,16 +220,16 @@ def _exits(payload: str) -> set[tuple[str, str]]:
     }
 
 
-def _fills_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
+async def _fills_today(db: Store, since: str) -> dict[str, Any]:
     """The day's fills and last prices, as `tvbridge.pnl.day_pnl` takes them, and what it makes of them."""
     fills = []
     last: dict[tuple[str, str], tuple[str, Decimal]] = {}
     exits: dict[str, set[tuple[str, str]]] = {}
-    for leg in conn.execute(
+    for leg in await db.fetch(
         "SELECT legs.alert_id, legs.account, legs.filled_quantity, legs.average_price, legs.result, alerts.payload,"
         " COALESCE(legs.order_updated_at, legs.updated_at) AS at FROM legs"
         " JOIN alerts ON alerts.alert_id = legs.alert_id WHERE alerts.received_at >= ? AND legs.result IS NOT NULL",
-        (since,),
+        since,
     ):
         result = json.loads(leg["result"])
         key = (str(result.get("exchange", "")), str(result.get("symbol", "")))
@@ -288,7 +294,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
     now = datetime.now(UTC)
     journal = app[JOURNAL]
     day_start = _day_start_utc(now)
-    today = await journal.read(lambda conn: _alerts_today(conn, day_start))
+    today = await _alerts_today(journal, day_start)
     brokers = app.get(BROKERS, {})
     state = app[STATE]
     config = app[CONFIG]
@@ -320,18 +326,53 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "halted": halt is not None,
             "halt": {"reason": halt.reason, "since": halt.since, "by": halt.by} if halt is not None else None,
             "journal_ok": journal.healthy,
-            "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
+            "accounts": {a: config.broker_of(a) for a in config.used_accounts},
             "day_start": day_start,
             "unauthenticated": refusals.unauthenticated if refusals is not None else 0,
             "refusals_not_journaled": refusals.not_journaled if refusals is not None else 0,
-            "strategies": None,
+            "strategies": _strategies(config),
         },
         "brokers": health,
         "followup": _followup(app),
         **readiness.summary_of(app),
         "positions": positions,
+        "strategy_positions": await _strategy_positions(app),
         **today,
     }
+
+
+def _strategies(config: Config) -> dict[str, Any] | None:
+    """Each `[strategies.NAME]`: its accounts and whether it is halted (None without strategies)."""
+    if not config.strategies:
+        return None
+    out: dict[str, Any] = {}
+    for name in config.strategies:
+        halted = read_halt(strategy_halt_path(config.server.data_dir, name))
+        out[name] = {
+            "accounts": list(config.accounts_of(name)),
+            "halted": halted is not None,
+            "halt": {"reason": halted.reason, "since": halted.since, "by": halted.by} if halted else None,
+        }
+    return out
+
+
+async def _strategy_positions(app: web.Application) -> list[dict[str, Any]]:
+    """Each strategy's own position per account and contract, and where the broker's net disagrees with the
+    strategies' sum (`mismatch`); only with `[strategies]` configured and for brokers that list positions."""
+    book = app.get(STRATEGY_BOOK)
+    if book is None or not app[CONFIG].strategies:
+        return []
+    rows: list[dict[str, Any]] = []
+    for account, broker in app.get(BROKERS, {}).items():
+        if not broker.capabilities.positions:
+            continue
+        try:
+            async with asyncio.timeout(2):
+                found = await broker.positions()
+        except Exception:  # noqa: BLE001, S112 - a nicety on this page: the broker health row says what is wrong
+            continue
+        rows += await book.rows(account, found)
+    return rows
 
 
 def _followup(app: web.Application) -> dict[str, Any]:
@@ -393,7 +434,7 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
             f'<tr data-alert-id="{alert_id}" class="{html.escape(alert["status"])}">'
             f"<td>{show_time(alert['received_at'])}</td>"
             f'<td><a href="/alerts/{alert_id}">{alert_id}</a></td>'
-            + _cell(alert["alert_type"])
+            + _cell(f"{alert['alert_type']} · {alert['strategy']}" if alert.get("strategy") else alert["alert_type"])
             + _cell(outcome_text(alert))
             + f'<td class="reason">{html.escape(alert.get("reason") or "")}</td>'
             + f'<td class="legs-cell"><ul class="legs">{legs}</ul></td>'
@@ -491,7 +532,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
     while not app[STATE].shutting_down:
         since = _day_start_utc(datetime.now(UTC))
 
-        version = await journal.read(functools.partial(_version, since=since))
+        version = await _version(journal, since)
         version += f"/{read_halt(halt_path(app[CONFIG].server.data_dir)) is not None}"
         if version != seen:
             seen = version

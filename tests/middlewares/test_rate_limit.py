@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -18,9 +19,10 @@ from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, DedupeConfig, IpAllowlistConfig, RateLimitConfig
-from tvbridge.keys import CLOCK
+from tvbridge.keys import CLOCK, RATE_LIMITER
 from tvbridge.middlewares.rate_limit import MAX_ENTRIES, PRUNE_EVERY_S, TokenBuckets, strategy_of
 from tvbridge.secretstore import resolve_credentials
+from tvbridge.store.postgres import PostgresStore
 
 Client = TestClient[web.Request, web.Application]
 
@@ -139,6 +141,44 @@ async def test_the_global_limit(start: Any, config: Config, clock: FakeClock) ->
     assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 200
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll `condition` (state another task updates on its own schedule) until true, within `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_two_instances_on_one_database_share_the_global_limit(
+    start: Any, config: Config, clock: FakeClock, pg_url: str
+) -> None:
+    """With a second live instance on the same PostgreSQL store, this one allows half of `global_burst` and half
+    of `global_per_s`: together they allow what the config says, not twice it. When the other's lease is gone,
+    the whole limit is this instance's again."""
+    config = attrs.evolve(config, journal=attrs.evolve(config.journal, url=pg_url, leader_lease_s=0.3))
+    other = PostgresStore(pg_url, lease_s=30)
+    await other.open()
+    try:
+        client = await start(config, global_per_s=2, global_burst=4)
+        limiter = client.app[RATE_LIMITER]
+        await until(lambda: limiter.instances == 2)  # the lease renewal counts the other instance within 0.1 s
+        for symbol in ("RELIANCE", "INFY"):
+            assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
+        refused = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+        assert refused.status == 429
+        clock.now += 0.5  # half a token at 1/s (2/s shared by two)
+        assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 429
+        clock.now += 0.5
+        assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 200
+    finally:
+        await other.close()
+    await until(lambda: limiter.instances == 1)
+    clock.now += 10
+    for symbol in ("RELIANCE", "INFY", "TCS", "SBIN"):
+        assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
+
+
 async def test_allowlisted_addresses_are_never_locked_out(start: Any, config: Config) -> None:
     """With the allowlist on, TradingView's own addresses are exempt from per-address lockouts."""
     config = attrs.evolve(config, ip_allowlist=IpAllowlistConfig(enabled=True, allow=("52.89.214.238",)))
@@ -156,14 +196,16 @@ async def test_rate_limits_can_be_turned_off(start: Any, config: Config) -> None
         assert (await client.post("/webhook", json=alert())).status == 200
 
 
-def test_strategy_key_is_credential_and_symbols() -> None:
-    """The strategy is the credential's hash plus the sorted EXCHANGE:SYMBOL set; the secret is not in it."""
+def test_strategy_key_is_the_strategy() -> None:
+    """A named strategy is one bucket whatever its symbols; `default` (the global secret, shared by every script
+    of a trader without strategy tables) is keyed by the sorted EXCHANGE:SYMBOL set; no secret is in a key."""
     two = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"))
     swapped = alert(leg(symbol="TCS"), leg(symbol="INFY", sort_order="2"))
-    assert strategy_of(two, SECRET) == strategy_of(swapped, SECRET)
-    assert strategy_of(two, SECRET).endswith("|NSE:INFY,NSE:TCS")
-    assert strategy_of(two, SECRET) != strategy_of(two, "path-token")
-    assert SECRET not in strategy_of(two, SECRET)
+    assert strategy_of(two, "default") == strategy_of(swapped, "default")
+    assert strategy_of(two, "default").endswith("|NSE:INFY,NSE:TCS")
+    assert strategy_of(two, "default") != strategy_of(alert(leg(symbol="INFY")), "default")
+    assert strategy_of(two, "momo") == strategy_of(alert(leg(symbol="SBIN")), "momo") == "strategy:momo"
+    assert SECRET not in strategy_of(two, "default")
 
 
 def test_idle_buckets_are_pruned() -> None:
