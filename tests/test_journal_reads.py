@@ -97,6 +97,7 @@ async def test_a_recorded_alert_reads_back_whole_without_its_secret(journal: Jou
     assert {k: v for k, v in shown.items() if k not in {"received_at", "updated_at", "legs"}} == {
         "alert_id": "a1",
         "alert_type": "multi_leg_order",
+        "strategy": "default",
         "status": "accepted",
         "payload": {"alertType": "multi_leg_order", "order_legs": [{"symbol": "RELIANCE"}]},
         "response": None,
