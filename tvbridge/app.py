@@ -16,6 +16,7 @@ from tvbridge import handlers, readiness, tradingday
 from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.alerts.plan import Checks
 from tvbridge.executor import Executor
+from tvbridge.fileid import Unchanged
 from tvbridge.followup import followup_ctx
 from tvbridge.halt import halt_path
 from tvbridge.journal import journal_ctx
@@ -34,6 +35,7 @@ from tvbridge.keys import (
     NOW,
     ORDER_LOG,
     PLAN_CHECKS,
+    RECORD_DIRS,
     STATE,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
@@ -123,6 +125,7 @@ def create_app(
     app[CLOCK] = time.monotonic
     app[METRICS] = Metrics()
     app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
+    app[RECORD_DIRS] = Unchanged()
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_handler)

@@ -49,6 +49,7 @@ from tvbridge.keys import (
     PLAN_CHECKS,
     PLUGIN_FILES,
     RAW_ALERT,
+    RECORD_DIRS,
     SCHEDULER,
     SOURCE_IP,
     STATE,
@@ -143,10 +144,20 @@ def _leg_entry(plan: Plan, leg: LegPlan) -> LegEntry:
 def check_records(app: web.Application) -> None:
     """503 while the journal, the order log or a plugin's state file (`Broker.state_files()`: paper's database)
     is not the file that was opened (deleted or replaced under the server): an alert accepted into it would be
-    lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file)."""
-    problem = app[JOURNAL].problem() or app[ORDER_LOG].problem()
-    for identity in app.get(PLUGIN_FILES, ()):
+    lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file).
+    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`)."""
+    journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
+    unchanged = app[RECORD_DIRS]
+    if unchanged.directories is None:  # the record files stay the same for the process's life
+        files = (journal.path, order_log.path, *(f.path for f in plugin_files))
+        unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
+    stamp = unchanged.stamp(unchanged.directories)
+    if unchanged.unchanged(stamp):
+        return
+    problem = journal.problem() or order_log.problem()
+    for identity in plugin_files:
         problem = problem or identity.problem()
+    unchanged.checked(stamp, clean=not problem)
     if problem:
         log.error("records.replaced", problem=problem)
         raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")
