@@ -132,8 +132,13 @@ def test_shipped_config_toml_shows_every_key() -> None:
     from tvbridge.config import Config  # noqa: PLC0415 - only here
 
     text = (REPO / "config.toml").read_text()
+    from tvbridge.config import StrategyConfig  # noqa: PLC0415 - only here
+
+    strategies = text.split("# [strategies.NAME]", 1)[1].split("\n\n", 1)[0]
+    for key in attrs.fields(StrategyConfig):  # commented: there are no strategies by default
+        assert f"# {key.name} = " in strategies, f"strategies.NAME.{key.name} is not in config.toml"
     for section in attrs.fields(Config):
-        if section.name == "accounts":
+        if section.name in {"accounts", "strategies"}:
             continue
         assert f"[{section.name}]" in text, section.name
         block = text.split(f"[{section.name}]", 1)[1].split("\n[", 1)[0]

@@ -68,14 +68,19 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     await send_mix(client)
     text = await scrape(client)
     found = samples(text)
-    assert value(found, "tvbridge_alerts_total", outcome="success") == 3
-    assert value(found, "tvbridge_alerts_total", outcome="failed") == 1
-    assert value(found, "tvbridge_alerts_total", outcome="stale") == 1
-    assert value(found, "tvbridge_alerts_total", outcome="duplicate") == 1
+    assert value(found, "tvbridge_alerts_total", outcome="success", strategy="default") == 3
+    assert value(found, "tvbridge_alerts_total", outcome="failed", strategy="default") == 1
+    assert value(found, "tvbridge_alerts_total", outcome="stale", strategy="default") == 1
+    assert value(found, "tvbridge_alerts_total", outcome="duplicate", strategy="default") == 1
     assert value(found, "tvbridge_dedupe_hits_total") == 1
-    assert ("tvbridge_alerts_total", frozenset({("outcome", "partial")})) in found  # every outcome, from 0
-    assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="success") == 3
-    assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="failed") == 1
+    assert (
+        "tvbridge_alerts_total",
+        frozenset({("outcome", "partial"), ("strategy", "default")}),
+    ) in found  # every outcome, from 0
+    assert (
+        value(found, "tvbridge_legs_total", account="s", broker="scripted", status="success", strategy="default") == 3
+    )
+    assert value(found, "tvbridge_legs_total", account="s", broker="scripted", status="failed", strategy="default") == 1
     assert value(found, "tvbridge_refusals_total", status="401", reason="auth") == 1
     assert value(found, "tvbridge_refusals_total", status="422", reason="invalid_alert") == 1
     assert value(found, "tvbridge_broker_duration_seconds_count", account="s", operation="place") == 4
@@ -105,8 +110,8 @@ async def test_two_apps_in_one_process_count_apart(make_client: ClientFactory, c
     first = await make_client(scripted(config))
     second = await make_client(scripted(config))
     await first.post("/webhook", json=alert())
-    assert value(samples(await scrape(first)), "tvbridge_alerts_total", outcome="success") == 1
-    assert value(samples(await scrape(second)), "tvbridge_alerts_total", outcome="success") == 0
+    assert value(samples(await scrape(first)), "tvbridge_alerts_total", outcome="success", strategy="default") == 1
+    assert value(samples(await scrape(second)), "tvbridge_alerts_total", outcome="success", strategy="default") == 0
 
 
 def token_headers(client: Client, scheme: str) -> dict[str, str]:

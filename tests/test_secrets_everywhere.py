@@ -191,6 +191,23 @@ def near_misses(value: str) -> list[str]:
     return [value + "0", value[:-1], flipped, value[:12]]
 
 
+def drive_strategy(client: Client, secret: str, path_token: str, admin: str) -> None:
+    """A `[strategies.momo]` (its own secret and path token, on paper): an alert with each, near misses of both
+    (401, as any wrong secret), its halt and resume, and a 503 while halted (issue 19)."""
+    mine = alert(leg(symbol="INFY", quantity="3"), secret=secret)
+    assert client.webhook(mine).status == 200
+    via_path = {k: v for k, v in alert(leg(symbol="INFY", quantity="4")).items() if k != "secret"}
+    assert client.webhook(via_path, f"/webhook/{path_token}").status == 200
+    for guess in near_misses(secret):
+        assert client.webhook(alert(leg(), secret=guess)).status == 401, guess
+    for guess in near_misses(path_token):
+        assert client.webhook(via_path, f"/webhook/{guess}").status == 401, guess
+    halt = json.dumps({"strategy": "momo", "reason": "news"}).encode()
+    assert client.call("POST", "/admin/halt", halt, bearer(admin)).status == 200
+    assert client.webhook(alert(leg(symbol="INFY", quantity="5"), secret=secret)).status == 503
+    assert client.call("POST", "/admin/resume", json.dumps({"strategy": "momo"}).encode(), bearer(admin)).status == 200
+
+
 def drive(client: Client, secret: str, path_token: str, admin: str) -> list[str]:
     """Every endpoint, the right credentials and wrong ones; returns the alert ids that were accepted."""
     fresh = alert(leg(symbol="RELIANCE", quantity="1"), secret=secret)
@@ -253,6 +270,8 @@ KINDS: Final = (
     "notify URL password",
     "notify URL header token",
     "notify URL path token",
+    "strategy secret",
+    "strategy path token",
 )
 
 
@@ -301,6 +320,10 @@ instruments_path = {json.dumps(str(master))}
 [accounts.paper]
 broker = "paper"
 prices = {{ RELIANCE = 2900.0, INFY = 1500.0 }}
+[strategies.momo]
+secret = "{values["strategy secret"]}"
+path_token = "{values["strategy path token"]}"
+accounts = ["paper"]
 """
     )
 
@@ -373,6 +396,8 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
         await asyncio.to_thread(server.start)
         client = Client(server.port)
         ids = await asyncio.to_thread(drive, client, secret, path_token, admin)
+        strategy_secret, strategy_token = values["strategy secret"], values["strategy path token"]
+        await asyncio.to_thread(drive_strategy, client, strategy_secret, strategy_token, admin)
         await receiver.wait_for(3)  # leg_failed, halted, resumed
         fake.valid_tokens = {renewed}  # the token expired; the operator renews it
         config.write_text(config.read_text().replace(dhan_token, renewed))
@@ -401,7 +426,13 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
     assert leaks(values, places, sent_on_purpose(places, data_dir)) == []
     guesses = {
         f"a wrong guess at the {kind}": guess
-        for kind, value in (("webhook secret", secret), ("path token", path_token), ("admin token", admin))
+        for kind, value in (
+            ("webhook secret", secret),
+            ("path token", path_token),
+            ("admin token", admin),
+            ("strategy secret", values["strategy secret"]),
+            ("strategy path token", values["strategy path token"]),
+        )
         for guess in near_misses(value)
     }
     assert leaks(guesses, places) == []  # a refusal is logged without what was sent

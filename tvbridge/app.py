@@ -37,6 +37,7 @@ from tvbridge.keys import (
     PLAN_CHECKS,
     RECORD_DIRS,
     STATE,
+    STRATEGY_BOOK,
 )
 from tvbridge.lifecycle import ServiceState, on_shutdown
 from tvbridge.metrics import Metrics, instrument_brokers, metrics_ctx, metrics_handler
@@ -53,9 +54,11 @@ from tvbridge.registry import brokers_ctx, brokers_of
 from tvbridge.risk import RiskGuard, reference_price
 from tvbridge.routes import WEBHOOK, WEBHOOK_TOKEN
 from tvbridge.sessions import Calendar
+from tvbridge.squareoff import square_off_ctx
 from tvbridge.status import status_events, status_page
 from tvbridge.status_actions import actions_ctx
 from tvbridge.status_actions import add_routes as add_status_actions
+from tvbridge.strategies import StrategyBook
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -72,12 +75,16 @@ def _utc_now() -> datetime:
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    book = StrategyBook(app[JOURNAL], config.strategies)
+    app[STRATEGY_BOOK] = book
     guard = RiskGuard(
-        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.routing.accounts},
+        limits={account: config.risk_of(account, app[CONVERTER]) for account in config.used_accounts},
         brokers=app[BROKERS],
         journal=app[JOURNAL],
         halt_file=halt_path(config.server.data_dir),
         clock=app[NOW],
+        strategies=config.strategies,
+        book=book,
     )
     brokers = app[BROKERS]
     app[PLAN_CHECKS] = Checks(
@@ -95,11 +102,15 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         notifier=app[NOTIFIER],
         before_send=guard.before_send,
-        quantity_units={account: config.quantity_unit(account) for account in config.routing.accounts},
+        quantity_units={account: config.quantity_unit(account) for account in config.used_accounts},
         followup=app[FOLLOWUP],
-        multipliers={account: config.quantity_multiplier(account) for account in config.routing.accounts},
+        multipliers={account: config.quantity_multiplier(account) for account in config.used_accounts},
         clock=app[NOW],
         calendar=app[CALENDAR],
+        # without strategies: the broker's position and every bracket in the contract, as before
+        share=book.share if config.strategies else None,
+        own_brackets=book.own_brackets if config.strategies else None,
+        own_orders=book.own_orders if config.strategies else None,
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal
@@ -150,6 +161,7 @@ def create_app(
             executor_ctx,
             recovery_ctx,
             scheduler_ctx,
+            square_off_ctx,
         ]
     )
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])  # after the journal, brokers and executor they observe

@@ -328,6 +328,61 @@ class RiskConfig:
     blocked_symbols: tuple[str, ...] = ()
 
 
+STRATEGY_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+DEFAULT_STRATEGY: Final = "default"
+"""The strategy of an alert authenticated by `auth.secret` / `auth.path_token` (no `[strategies.NAME]` table)."""
+ALLOWED_SIDES: Final = ("both", "long_only", "short_only")
+_WINDOW: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _entry_window(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and (not _WINDOW.match(value) or value[6:] <= value[:5]):
+        raise ValueError(
+            f"{attribute.name} must be HH:MM-HH:MM (exchange time, start before end, e.g. 09:20-15:00), got {value!r}"
+        )
+
+
+def _optional_hhmm(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value:
+        _hhmm(instance, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class StrategyConfig:
+    """One `[strategies.NAME]` table (`tvbridge/strategies.py`): an alert whose secret or path token is this
+    strategy's runs under it, with its own accounts, sides, symbols, hours, square-off, risk limits and halt."""
+
+    secret: str = attrs.field(default="", repr=False)
+    path_token: str = attrs.field(default="", repr=False)
+    accounts: tuple[str, ...] = ()
+    """Accounts this strategy's alerts go to; empty: `routing.accounts`."""
+    allowed_sides: Literal["both", "long_only", "short_only"] = "both"
+    """An entry on the other side is refused; exits (that only reduce the strategy's own position) never are."""
+    symbols: tuple[str, ...] = ()
+    """Allowlist of symbols (as alerts name them); empty: any."""
+    entry_window: str = attrs.field(default="", validator=_entry_window)
+    """`HH:MM-HH:MM` exchange time in which entries are sent; exits always are. Empty: any time."""
+    square_off_at: str = attrs.field(default="", validator=_optional_hhmm)
+    """`HH:MM` exchange time: on every trading day, the intraday positions this strategy opened are closed and
+    its open orders cancelled (through flatten), once a day. Empty: never."""
+    max_qty_per_order: int | None = attrs.field(default=None, validator=_limit)
+    max_notional_per_order: Decimal | None = attrs.field(default=None, validator=_limit)
+    max_orders_per_day: int | None = attrs.field(default=None, validator=_limit)
+    """Orders this strategy sent today, over all its accounts (counted from the journal: restart-safe)."""
+    allowed_symbols: tuple[str, ...] = ()
+    blocked_symbols: tuple[str, ...] = ()
+
+    def risk(self) -> RiskConfig:
+        """This strategy's own `[risk]` limits, checked besides the account's (both must pass)."""
+        return RiskConfig(
+            max_qty_per_order=self.max_qty_per_order,
+            max_notional_per_order=self.max_notional_per_order,
+            max_orders_per_day=self.max_orders_per_day,
+            allowed_symbols=self.allowed_symbols,
+            blocked_symbols=self.blocked_symbols,
+        )
+
+
 QUANTITY_UNITS: Final = tuple(unit.value for unit in QuantityUnit)
 DEFAULT_BROKER_TIMEOUT_S: Final = 2.5
 """`[accounts.NAME] broker_timeout_s`: the host's bound on every call into the account's plugin (see
@@ -359,6 +414,8 @@ class Config:
     sessions: SessionsConfig = SessionsConfig()
     risk: RiskConfig = RiskConfig()
     accounts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    strategies: Mapping[str, StrategyConfig] = attrs.field(factory=dict)
+    """`[strategies.NAME]` (`tvbridge/strategies.py`); the global secret's alerts run as `default`."""
 
     def data_path(self, name: str) -> Path:
         """`name` resolved against the data directory (absolute paths stay as they are)."""
@@ -367,6 +424,17 @@ class Config:
     def broker_of(self, account: str) -> str:
         """The entry point name an account uses: its `broker` key, or the account's own name."""
         return str(self.accounts.get(account, {}).get("broker", account))
+
+    @property
+    def used_accounts(self) -> tuple[str, ...]:
+        """Every account an alert can go to: `routing.accounts`, then the strategies' own ones."""
+        extra = [a for s in self.strategies.values() for a in s.accounts]
+        return tuple(dict.fromkeys([*self.routing.accounts, *extra]))
+
+    def accounts_of(self, strategy: str) -> tuple[str, ...]:
+        """The accounts a strategy's alerts go to: its own `accounts`, else `routing.accounts`."""
+        own = self.strategies.get(strategy)
+        return own.accounts if own is not None and own.accounts else self.routing.accounts
 
     def when_closed(self, account: str) -> str:
         """The account's `when_closed`, else `[sessions] when_closed`."""
@@ -413,7 +481,7 @@ class Config:
 
     @property
     def live_accounts(self) -> list[str]:
-        return [name for name in self.routing.accounts if _truthy(self.accounts.get(name, {}).get("live", False))]
+        return [name for name in self.used_accounts if _truthy(self.accounts.get(name, {}).get("live", False))]
 
 
 def _truthy(value: object) -> bool:
@@ -508,7 +576,8 @@ def _finish(config: Config) -> Config:
     """Fill in the defaults that depend on other keys, and check the cross-key rules."""
     accounts = {name: dict(table) for name, table in config.accounts.items()}
     routes = config.routing.accounts or ("paper",)
-    if "paper" in routes and "paper" not in accounts:
+    strategy_accounts = [a for s in config.strategies.values() for a in s.accounts]
+    if "paper" in (*routes, *strategy_accounts) and "paper" not in accounts:
         accounts["paper"] = {"broker": "paper"}
     missing = [name for name in routes if name not in accounts]
     if missing:
@@ -523,7 +592,34 @@ def _finish(config: Config) -> Config:
         )
     if config.server.tls_key and not config.server.tls_cert:
         raise ConfigError("server.tls_key: set server.tls_cert too")
+    _check_strategies(config, accounts)
     return attrs.evolve(config, routing=RoutingConfig(accounts=tuple(routes)), accounts=accounts)
+
+
+def _check_strategies(config: Config, accounts: Mapping[str, object]) -> None:
+    """Names usable in files and URLs, a credential each, credentials unique, accounts that exist."""
+    seen: dict[str, str] = {}
+    if config.auth.secret:
+        seen[config.auth.secret] = "auth.secret"
+    if config.auth.path_token:
+        seen[config.auth.path_token] = "auth.path_token"
+    for name, strategy in config.strategies.items():
+        where = f"strategies.{name}"
+        if not STRATEGY_NAME.match(name) or name == DEFAULT_STRATEGY:
+            raise ConfigError(
+                f"{where}: a strategy name is 1-40 letters, digits, '_' or '-', and not {DEFAULT_STRATEGY!r}"
+            )
+        if not strategy.secret and not strategy.path_token:
+            raise ConfigError(f"{where}: needs a secret or a path_token (that is how an alert picks its strategy)")
+        for key, value in (("secret", strategy.secret), ("path_token", strategy.path_token)):
+            if not value:
+                continue
+            if value in seen:  # which one is never said: the message must not help guess a secret
+                raise ConfigError(f"{where}.{key}: is already used by another strategy or by [auth]; use its own")
+            seen[value] = f"{where}.{key}"
+        missing = [a for a in strategy.accounts if a not in accounts]
+        if missing:
+            raise ConfigError(f"{where}.accounts: no [accounts.{missing[0]}] table for account {missing[0]!r}")
 
 
 def load_config(

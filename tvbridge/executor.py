@@ -44,6 +44,7 @@ from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
     BrokerError,
+    BrokerRejectedError,
     BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     CancelRequest,
@@ -51,6 +52,7 @@ from tvbridge.broker import (
     OrderRequest,
     OrderResult,
     OrderState,
+    Position,
     check_supported,
 )
 from tvbridge.contracts import is_relative, resolve
@@ -68,9 +70,10 @@ from tvbridge.models import (
     summarize,
 )
 from tvbridge.parsing import is_target
-from tvbridge.positions import Move, SentExits, SentMoves, exit_all, to_target
+from tvbridge.positions import Move, SentExits, SentMoves, book_key, exit_all, to_target
 from tvbridge.risk import RiskLimitError
 from tvbridge.sizing import size
+from tvbridge.strategies import current_strategy, use_strategy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -171,6 +174,9 @@ class Executor:
         multipliers: Mapping[str, Decimal] | None = None,
         clock: Callable[[], datetime] | None = None,
         calendar: Calendar | None = None,
+        share: Callable[[str, OrderLeg, list[Position]], Awaitable[list[Position]]] | None = None,
+        own_brackets: Callable[[str, OrderLeg], Awaitable[list[str]]] | None = None,
+        own_orders: Callable[[str, CancelLeg], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -201,6 +207,15 @@ class Executor:
 
             calendar = Calendar()
         self._calendar = calendar
+        self._share = share
+        """The running strategy's share of the broker's positions (`strategies.StrategyBook.share`): what
+        EXIT_ALL closes and a target moves. None: the broker's whole position."""
+        self._own_brackets = own_brackets
+        """With strategies: the running strategy's open brackets in a contract (`StrategyBook.own_brackets`), the
+        ones its EXIT_ALL cancels (by order id). None: every bracket in the contract (`Broker.cancel_brackets`)."""
+        self._own_orders = own_orders
+        """With strategies: the running strategy's open orders a `cancel_order` by symbol names
+        (`StrategyBook.own_orders`), cancelled by order id. None: the broker cancels by symbol."""
 
     async def run(
         self,
@@ -212,6 +227,7 @@ class Executor:
         resume: Resume | None = None,
         premarked: frozenset[tuple[str, int]] = frozenset(),
         arrived: float | None = None,
+        strategy: str | None = None,
     ) -> dict[str, Any]:
         """Place the alert's legs, hand over the results to the journal, and return the response body.
 
@@ -219,7 +235,26 @@ class Executor:
         `first_send`), so their own mark is not written again. `arrived`: the request's arrival
         (`time.perf_counter()`), for the arrival-to-broker histogram and the timings of `alert.done`.
         The results are handed over (`Journal.record_results`), not waited for: crash recovery settles an
-        alert whose results were lost by client order id."""
+        alert whose results were lost by client order id. `strategy`: the strategy it runs
+        under when not the running one (crash recovery and the queue pass the journaled one)."""
+        if strategy is not None and strategy != current_strategy():
+            with use_strategy(strategy):
+                return await self._run(
+                    alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived
+                )
+        return await self._run(alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived)
+
+    async def _run(
+        self,
+        alert_id: str,
+        alert: Alert,
+        accounts: Sequence[str],
+        warnings: Sequence[str],
+        resume: Resume | None,
+        *,
+        premarked: frozenset[tuple[str, int]],
+        arrived: float | None,
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         timings: dict[tuple[str, int], float] = {}
         """(account, leg number) -> the leg's milliseconds, for `alert.done`."""
@@ -498,7 +533,7 @@ class Executor:
                 # open orders before positions: an order filling in between is then counted twice (sends too
                 # little, corrected by the next alert), never not at all (would send it again)
                 listed = await broker.open_orders()
-            found = await broker.positions(leg)
+            found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if listed is not None:  # this process's target and exit orders for the contract, still to fill
                 pending = self._sent_moves.still_open(account, leg, listed)
@@ -546,7 +581,7 @@ class Executor:
         if isinstance(cancelled, LegResult):
             return cancelled
         try:
-            found = await broker.positions(leg)
+            found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
                 pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
@@ -577,6 +612,11 @@ class Executor:
             self._sent_exits.remember(account, client_id, exit_order.leg, found)
         return attrs.evolve(result, message=f"{exit_order.message}; {result.message}{cancelled}")
 
+    async def _positions(self, account: str, leg: OrderLeg) -> list[Position]:
+        """The position an exit or a target reads: the running strategy's share of the broker's."""
+        found = list(await self._brokers[account].positions(leg))
+        return found if self._share is None else await self._share(account, leg, found)
+
     async def _cancel_brackets(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> str | LegResult:
         """EXIT_ALL first cancels the brackets resting in the contract (`Broker.cancel_brackets`): a stop left
         behind a closed position would open it again the wrong way. Returns the note for the leg's message, or
@@ -586,7 +626,13 @@ class Executor:
         if not broker.capabilities.brackets:
             return ""
         try:
-            cancelled = await broker.cancel_brackets(leg)
+            if self._own_brackets is None:
+                cancelled = await broker.cancel_brackets(leg)
+            else:  # a strategy's exit cancels its own brackets only
+                cancelled = []
+                for order_id in await self._own_brackets(account, leg):
+                    request = CancelRequest(alert_id=alert_id, leg_number=number, leg=CancelLeg(order_id=order_id))
+                    cancelled += await broker.cancel(request)
         except Exception as e:
             if not isinstance(e, BrokerError):
                 log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
@@ -655,6 +701,8 @@ class Executor:
             filled_quantity=order.filled_quantity if order and order.state is not OrderState.DRY_RUN else None,
             average_price=str(order.average_price) if order and order.average_price is not None else None,
             bracket=parts_of(order.details) if order else (),
+            strategy=current_strategy(),
+            position_key=book_key(leg) if isinstance(leg, OrderLeg) else None,
             **_leg_fields(leg),
         )
 
@@ -761,7 +809,10 @@ class Executor:
         try:
             if not broker.capabilities.cancel:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
-            cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
+            if leg.order_id is None and self._own_orders is not None:
+                cancelled = await self._cancel_own(alert_id, account, number, leg)
+            else:
+                cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
             dry_run = any(c.state is OrderState.DRY_RUN for c in cancelled)
         except BrokerUnknownOutcomeError as e:
@@ -777,6 +828,26 @@ class Executor:
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
+
+    async def _cancel_own(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> list[OrderResult]:
+        """A strategy's `cancel_order` by symbol: its own open orders, one by one by order id; an order that
+        finished meanwhile (the broker refuses its cancel) is skipped."""
+        assert self._own_orders is not None  # noqa: S101 - only called with the hook
+        cancelled: list[OrderResult] = []
+        for order_id in await self._own_orders(account, leg):
+            request = CancelRequest(alert_id=alert_id, leg_number=number, leg=CancelLeg(order_id=order_id))
+            try:
+                cancelled += await self._brokers[account].cancel(request)
+            except BrokerRejectedError as e:
+                log.info(
+                    "leg.cancel_skipped",
+                    alert_id=alert_id,
+                    leg=number,
+                    account=account,
+                    order_id=order_id,
+                    reason=str(e),
+                )
+        return cancelled
 
 
 def _leg_line(result: LegResult, latency_ms: float | None) -> dict[str, Any]:

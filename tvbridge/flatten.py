@@ -36,7 +36,8 @@ from tvbridge.executor import leg_status
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.middlewares.request_id import new_alert_id
 from tvbridge.models import CancelLeg, LegResult, LegStatus, OrderLeg, Side, summarize
-from tvbridge.positions import closing_leg
+from tvbridge.positions import book_key, closing_leg
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     from tvbridge.broker import OrderResult
@@ -255,6 +256,9 @@ def _result(
         order_id=order.order_id if order is not None else fields.pop("order_id", None),
         client_order_id=fields.pop("client_order_id", None),
         order_state=order.state.value if order is not None else None,
+        # what the close filled: a strategy's own position is summed from these (`Journal.fills`)
+        filled_quantity=order.filled_quantity if order is not None and order.state is not OrderState.DRY_RUN else None,
+        average_price=str(order.average_price) if order is not None and order.average_price is not None else None,
         symbol=fields["symbol"],
         exchange=fields["exchange"],
         transaction=fields["transaction"],
@@ -262,6 +266,8 @@ def _result(
         order_type=fields["order_type"],
         product_type=fields["product_type"],
         price=fields["price"],
+        strategy=current_strategy(),
+        position_key=fields.get("position_key"),
     )
 
 
@@ -304,6 +310,7 @@ async def _close(run: _Run, number: int, leg: OrderLeg) -> LegResult:
         "product_type": leg.product.value,
         "price": str(leg.price),
         "client_order_id": client_id,
+        "position_key": book_key(leg),
     }
     request = OrderRequest(client_order_id=client_id, alert_id=run.alert_id, leg_number=number, leg=leg)
     try:

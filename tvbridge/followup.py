@@ -36,6 +36,7 @@ import structlog
 
 from tvbridge.brackets import has_open_part, parts_of
 from tvbridge.broker import OPEN_STATES, OrderState
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.journal import OrderStateRecord
 from tvbridge.models import LegStatus
@@ -77,6 +78,8 @@ class Followed:
     """Look-ups in a row that found no order (logged once)."""
     bracket: tuple[dict[str, str | None], ...] = ()
     """A bracket's parts as last seen: followed until the entry and every part are final."""
+    strategy: str = DEFAULT_STRATEGY
+    """The strategy the order was placed under: named on every log line about it (`tvbridge/strategies.py`)."""
 
     @property
     def is_open(self) -> bool:
@@ -147,6 +150,7 @@ class FollowUp:
                     leg_number=result.leg_number,
                     client_order_id=result.client_order_id,
                     order_id=result.order_id,
+                    strategy=result.strategy,
                     state=result.order_state or OrderState.PENDING.value,
                     filled_quantity=result.filled_quantity,
                     average_price=result.average_price,
@@ -196,6 +200,7 @@ class FollowUp:
                     interval=self._config.first_interval_s,
                     due=now,  # an earlier run may have stopped long ago: ask at once
                     bracket=parts_of({"bracket": row.get("bracket") or []}),
+                    strategy=str(result.get("strategy") or DEFAULT_STRATEGY),
                 )
             )
             added += 1
@@ -231,7 +236,8 @@ class FollowUp:
             if last is not None and (wait := last + gap_s - self._clock()) > 0:
                 await self._sleep(wait)
             self._last_lookup[account] = self._clock()
-            await self._check(order)
+            with structlog.contextvars.bound_contextvars(strategy=order.strategy):
+                await self._check(order)
         remaining = self._orders[account].values()
         if not remaining:
             return None

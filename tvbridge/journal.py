@@ -34,10 +34,13 @@ import attrs
 import structlog
 
 from tvbridge.alerts.records import AlertEntry, LegEntry
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
+from tvbridge.positions import StrategyFill
 from tvbridge.sqlite import Synchronous, open_database
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -68,7 +71,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     status       TEXT NOT NULL,
     response     TEXT,
     updated_at   TEXT NOT NULL,
-    order_log_offset INTEGER
+    order_log_offset INTEGER,
+    strategy     TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
 CREATE TABLE IF NOT EXISTS probe (
@@ -220,7 +224,7 @@ class Journal:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " updated_at, order_log_offset, strategy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     alert_id,
                     now,
@@ -231,6 +235,7 @@ class Journal:
                     entry.status,
                     now,
                     entry.order_log_offset,
+                    entry.strategy,
                 ),
             )
             if entry.legs:
@@ -290,13 +295,14 @@ class Journal:
         status: str = UNFINISHED,
         also: Callable[[sqlite3.Connection], object] | None = None,
         order_log_offset: int | None = None,
+        strategy: str | None = None,
     ) -> None:
         """Record an accepted alert and its pending legs in one transaction; `JournalError` if it fails.
 
         `record_plan` with every leg `pending` (flatten and the tests use it). `also` runs in the same
         transaction (`record_plan`'s `join`). `order_log_offset` is the order log's size now: this alert's rows
         can only be after it, which is where crash recovery looks for rows written before a crash (so it never
-        writes them twice)."""
+        writes them twice). `strategy`: the strategy it runs under, by default the running one."""
         entry = AlertEntry(
             alert_id=alert_id,
             alert_type=alert_type,
@@ -305,6 +311,7 @@ class Journal:
             source=source,
             status=status,
             order_log_offset=order_log_offset,
+            strategy=strategy or current_strategy(),
             legs=tuple(
                 LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
                 for leg in legs
@@ -437,6 +444,7 @@ class Journal:
                 "alert_id": row["alert_id"],
                 "received_at": row["received_at"],
                 "alert_type": row["alert_type"],
+                "strategy": row["strategy"] or DEFAULT_STRATEGY,
                 "status": row["status"],
                 "updated_at": row["updated_at"],
                 "payload": json.loads(row["payload"]),
@@ -532,6 +540,120 @@ class Journal:
         )
         return int(row[0])
 
+    async def count_strategy_orders(self, strategy: str, *, since: datetime) -> int:
+        """Legs of `strategy`'s alerts, on any account, that reached (or may have reached) the broker since
+        `since`: the strategy's own `max_orders_per_day`."""
+        stamp = since.astimezone(UTC).isoformat()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.updated_at >= ? AND legs.client_order_id IS NOT NULL"
+                " AND (legs.order_id IS NOT NULL OR legs.state IN ('success', 'placed', 'unknown', 'test_mode',"
+                " 'sending'))",
+                (DEFAULT_STRATEGY, strategy, stamp),
+            ).fetchone()
+        )
+        return int(row[0])
+
+    async def fills(self, account: str, position_key: str | None = None) -> list[StrategyFill]:
+        """What tvbridge's own orders on `account` filled, per strategy: the store behind each strategy's own
+        position (`positions.book`). `position_key` narrows it to one contract and product."""
+
+        def fetch(conn: sqlite3.Connection) -> list[StrategyFill]:
+            rows = conn.execute(
+                "SELECT COALESCE(alerts.strategy, ?) AS strategy, json_extract(legs.result, '$.position_key') AS key,"
+                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = ? AND legs.filled_quantity > 0"
+                " AND json_extract(legs.result, '$.position_key') IS NOT NULL"
+                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)",
+                (DEFAULT_STRATEGY, account, position_key, position_key),
+            ).fetchall()
+            return [
+                StrategyFill(
+                    strategy=row["strategy"],
+                    key=row["key"],
+                    side=row["side"],
+                    quantity=int(row["filled"]),
+                    bracket=tuple(_json_or_none(row["bracket"]) or ()),
+                )
+                for row in rows
+            ]
+
+        return await self._db.read(fetch)
+
+    async def strategy_orders(self, strategy: str, account: str) -> set[str]:
+        """Client order ids of `strategy`'s legs on `account` whose order may still be open (square-off cancels
+        those, and only those)."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT legs.client_order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ?"
+                " AND legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " AND legs.client_order_id IS NOT NULL",
+                (DEFAULT_STRATEGY, strategy, account),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._db.read(fetch)
+
+    async def open_brackets(self, strategy: str, account: str, position_key: str) -> list[str]:
+        """Order ids of `strategy`'s bracket legs on `account` in one contract (`position_key`) with a part still
+        open: what EXIT_ALL under a strategy cancels (never another strategy's stops)."""
+
+        def fetch(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND json_extract(legs.result, '$.position_key') = ? AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.state')"
+                " IN ('pending', 'open', 'trigger_pending', 'partially_filled'))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account, position_key),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._db.read(fetch)
+
+    async def open_orders_of(
+        self, strategy: str, account: str, *, symbol: str, exchange: str | None, side: str | None
+    ) -> list[str]:
+        """Order ids of `strategy`'s orders on `account` for `symbol` (and `exchange`, `side`) that may still be
+        open, a bracket's entry included while a part is: what its `cancel_order` by symbol cancels."""
+
+        def fetch(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT legs.order_id FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND legs.client_order_id IS NOT NULL"
+                " AND upper(json_extract(legs.result, '$.symbol')) = upper(?)"
+                " AND (? IS NULL OR json_extract(legs.result, '$.exchange') = ?)"
+                " AND (? IS NULL OR json_extract(legs.result, '$.transaction') = ?)"
+                " AND (legs.order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " OR (legs.bracket IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(legs.bracket)"
+                " WHERE json_extract(json_each.value, '$.state') IN"
+                " ('pending', 'open', 'trigger_pending', 'partially_filled'))))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account, symbol, exchange, exchange, side, side),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._db.read(fetch)
+
+    async def has_run(self, *, strategy: str, source: str, account: str) -> bool:
+        """Whether a flatten-type run of `strategy` from `source` (the daily square-off names its exchange day
+        there: `square_off 2026-12-07`) on `account` was journaled, finished or not: what keeps it to one run a
+        day across restarts."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM alerts WHERE COALESCE(strategy, ?) = ? AND source = ?"
+                " AND json_extract(payload, '$.flatten.account') = ? LIMIT 1",
+                (DEFAULT_STRATEGY, strategy, source, account),
+            ).fetchone()
+        )
+        return row is not None
+
     async def integrity_ok(self) -> bool:
         row = await self._db.read(lambda conn: conn.execute("PRAGMA quick_check").fetchone())
         return bool(row and row[0] == "ok")
@@ -544,6 +666,8 @@ def _create(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
     if "order_log_offset" not in columns:  # a journal from before it existed: recovery reads the whole log
         conn.execute("ALTER TABLE alerts ADD COLUMN order_log_offset INTEGER")
+    if "strategy" not in columns:  # a journal from before strategies: its alerts were all `default`'s
+        conn.execute("ALTER TABLE alerts ADD COLUMN strategy TEXT")
     _add_order_columns(conn)
 
 
@@ -561,6 +685,8 @@ def _add_order_columns(conn: sqlite3.Connection) -> None:
         )
     marks = ",".join(f"'{state}'" for state in FOLLOWED_STATES)
     conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
+    # the strategies' own positions are summed from these rows (`Journal.fills`), per account
+    conn.execute("CREATE INDEX IF NOT EXISTS legs_filled ON legs (account) WHERE filled_quantity > 0")
 
 
 def _json_or_none(text: str | None) -> Any:

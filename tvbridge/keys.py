@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.refusals import RefusalLog  # noqa: F401
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
+    from tvbridge.squareoff import SquareOff  # noqa: F401
+    from tvbridge.strategies import StrategyBook  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")
@@ -53,6 +55,10 @@ NOW = web.AppKey["Callable[[], datetime]"]("now")
 """The wall clock as an aware datetime: exchange sessions, the queue and the daily risk count ask it (never the
 machine directly), so tests stand at any moment of the exchange week. `CLOCK` below is the guards' monotonic one."""
 CALENDAR = web.AppKey["Calendar"]("calendar")
+STRATEGY_BOOK = web.AppKey["StrategyBook"]("strategy_book")
+"""Each strategy's own position, from the journal's fills (`tvbridge/strategies.py`)."""
+SQUARE_OFF = web.AppKey["SquareOff"]("square_off")
+"""The strategies' daily square-off (`tvbridge/squareoff.py`)."""
 SCHEDULER = web.AppKey["Scheduler"]("scheduler")
 PLAN_CHECKS = web.AppKey["Checks"]("plan_checks")
 """The planner's per-alert checks (`alerts/plan.Checks`: risk limits, reference prices, capabilities), built once at
@@ -69,9 +75,8 @@ RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 SOURCE_IP = web.RequestKey[str]("source_ip")
 AUTHENTICATED = web.RequestKey[bool]("authenticated")
 """Set by `auth` once the secret or path token matched; `rate_limit` charges failures to the source address."""
-CREDENTIAL = web.RequestKey[str]("credential")
-"""Which credential the `auth` guard matched (`secret` or `path_token`): the request's strategy, as far as the
-guards know it (the per-strategy rate limit keys on it; issue 19's strategies pick by it)."""
+STRATEGY = web.RequestKey[str]("strategy")
+"""Set by `auth`: the strategy whose secret or path token the alert carried (`default`: the global one)."""
 DEDUPE_KEY = web.RequestKey[str]("dedupe_key")
 """Set by `dedupe` on the first copy of an alert; the webhook handler journals it with the alert."""
 

@@ -36,11 +36,13 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from tvbridge import __version__
 from tvbridge.access import has_admin_token
 from tvbridge.alertqueue import list_entries
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import AuthError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import BROKERS, CONFIG, JOURNAL, METRICS, SOURCE_IP, STATE
 from tvbridge.models import AlertStatus
 from tvbridge.refusals import should_log
+from tvbridge.strategies import current_strategy
 from tvbridge.text import bounded
 
 if TYPE_CHECKING:
@@ -78,14 +80,15 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.alerts = Counter(
             "tvbridge_alerts",
-            "Alerts finished, by outcome: success, partial, failed, test_mode, stale, duplicate.",
-            ["outcome"],
+            "Alerts finished, by outcome (success, partial, failed, test_mode, stale, duplicate) and strategy.",
+            ["outcome", "strategy"],
             registry=registry,
         )
         self.legs = Counter(
             "tvbridge_legs",
-            "Order legs finished, by account, broker and status (success, failed, unknown, skipped, test_mode).",
-            ["account", "broker", "status"],
+            "Order legs finished, by account, broker, status (success, failed, unknown, skipped, test_mode) and"
+            " strategy.",
+            ["account", "broker", "status", "strategy"],
             registry=registry,
         )
         self.refusals = Counter(
@@ -196,7 +199,7 @@ class Metrics:
             self.connection_events.labels(event=event)
         for outcome in AlertStatus:
             if outcome is not AlertStatus.ACCEPTED:  # not an outcome: the alert is still running
-                self.alerts.labels(outcome=outcome.value)
+                self.alerts.labels(outcome=outcome.value, strategy=DEFAULT_STRATEGY)
         self.health_checked_at = 0.0
         """When broker health was last asked (monotonic seconds), for `HEALTH_CACHE_S`."""
         self._children: dict[tuple[object, ...], Any] = {}
@@ -211,10 +214,11 @@ class Metrics:
         return found
 
     def leg_finished(self, result: LegResult) -> None:
-        self.child(self.legs, result.account, result.broker, result.status.value).inc()
+        self.child(self.legs, result.account, result.broker, result.status.value, result.strategy).inc()
 
     def alert_finished(self, outcome: str) -> None:
-        self.child(self.alerts, outcome).inc()
+        """Count a finished alert under the running strategy (`strategies.current_strategy()`)."""
+        self.child(self.alerts, outcome, current_strategy()).inc()
 
     def to_broker(self, seconds: float) -> None:
         self.alert_to_broker.observe(seconds)

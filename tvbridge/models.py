@@ -270,6 +270,11 @@ class LegResult:
     """A target-position leg: the account's net position (units) found before sending."""
     position_target: int | None = None
     """A target-position leg: the position asked for (units, after the account's multiplier)."""
+    strategy: str = "default"
+    """The strategy the alert ran under (`tvbridge/strategies.py`; `default` for the global secret)."""
+    position_key: str | None = None
+    """An order leg's contract and product (`positions.book_key`): the strategy's own position is summed from
+    the journaled fills by it."""
 
 
 def summarize(results: list[LegResult]) -> AlertStatus:

@@ -396,11 +396,18 @@ def _admin_operations() -> dict[str, Any]:
             "reason": {"type": "string"},
             "since": {"type": "string"},
             "was_halted": {"type": "boolean"},
+            "strategy": {"type": "string", "description": "the one strategy halted or resumed, when the body named it"},
         },
+    }
+    strategy = {
+        "type": "string",
+        "description": "a [strategies.NAME]: halt or resume only it (docs/strategies.md); absent: all trading",
     }
     reason_body = {
         "required": False,
-        "content": {JSON: {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}},
+        "content": {
+            JSON: {"schema": {"type": "object", "properties": {"reason": {"type": "string"}, "strategy": strategy}}}
+        },
     }
 
     def admin(summary: str, operation_id: str, body: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:

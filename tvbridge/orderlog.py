@@ -48,9 +48,20 @@ GUIDE_COLUMNS: Final = (
     "order_id",
     "message",
 )
-COLUMNS: Final = (*GUIDE_COLUMNS, "alert_id", "leg_number", "account", "broker", "client_order_id", "bracket")
-WHOLE_ROW_LENGTHS: Final = frozenset({len(COLUMNS), COLUMNS.index("bracket")})
-"""A whole row has every column, or every column but `bracket` (written by a version from before brackets)."""
+COLUMNS: Final = (
+    *GUIDE_COLUMNS,
+    "alert_id",
+    "leg_number",
+    "account",
+    "broker",
+    "client_order_id",
+    "bracket",
+    "strategy",
+)
+"""New columns go at the end, so readers that index the older ones keep working."""
+WHOLE_ROW_LENGTHS: Final = frozenset({len(COLUMNS), COLUMNS.index("strategy"), COLUMNS.index("bracket")})
+"""A whole row has every column, or stops before `strategy` or `bracket` (written by a version from before
+strategies or brackets)."""
 FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 """C0 and C1 controls and DEL, and the Unicode line and paragraph separators: what ends a line for a line-based
@@ -93,6 +104,7 @@ def row_of(result: LegResult, *, alert_id: str, alert_type: str, at: datetime) -
         "broker": result.broker,
         "client_order_id": result.client_order_id or "",
         "bracket": describe(result.bracket),
+        "strategy": result.strategy,
     }
     return [neutralize(values[column]) for column in COLUMNS]
 

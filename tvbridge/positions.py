@@ -4,6 +4,12 @@ A broker lists positions through the plugin interface (`Broker.positions()`, dec
 `capabilities.positions`); this module turns them into plain orders, so no plugin implements "exit" itself and
 paper and Dhan close a position the same way. No I/O, no broker calls (the executor and `flatten.py` do those).
 
+A strategy's own position (issue 19) is the same kind of number from another source: what tvbridge's own orders
+under that strategy filled (`book()`, summed from the journal's legs, `Journal.fills`), per account and contract
+(`book_key`). `share()` turns it into the `Position` list `exit_all()` and `to_target()` read, so EXIT_ALL and
+target positions under a strategy close or move only that strategy's share; the `default` strategy's share is
+what the broker holds beyond the named strategies' (so without `[strategies]` nothing changes).
+
 A live broker updates a position only when the exit order fills, so a second EXIT_ALL that arrives while the
 first one's order is still open would read the same position and close it again, leaving the opposite position.
 `SentExits` remembers the exit orders this process sent; when the broker also lists open orders
@@ -12,16 +18,20 @@ first one's order is still open would read the same position and close it again,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import attrs
 
-from tvbridge.models import Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.broker import ContractId, Position
+from tvbridge.models import Exchange, Instrument, OptionType, OrderLeg, OrderType, Product, Side
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from tvbridge.broker import ContractId, OpenOrder, Position
+    from tvbridge.broker import OpenOrder
 
 ContractKey = tuple[object, ...]
 
@@ -223,3 +233,78 @@ class SentMoves:
             del mine[gone]
         key = target_key(leg)
         return [order for cid, order in listed.items() if cid is not None and mine[cid] == key]
+
+
+# a strategy's own position (issue 19)
+
+KEY_SEPARATOR = "|"
+
+
+def book_key(leg: OrderLeg) -> str:
+    """A contract and product as one string (journaled with every order leg as `position_key`): what a
+    strategy's fills are summed by. Built from the leg as sent, after relative strikes and expiries were chosen."""
+    strike = "" if leg.strike_price is None else format(leg.strike_price.normalize(), "f")
+    instrument = Instrument.OPTION if leg.option_type is not None else leg.instrument
+    parts = (
+        leg.exchange.value,
+        leg.symbol.strip().upper(),
+        instrument.value,
+        "" if leg.expiry_date is None else leg.expiry_date.isoformat(),
+        strike,
+        "" if leg.option_type is None else leg.option_type.value,
+        leg.product.value,
+    )
+    return KEY_SEPARATOR.join(parts)
+
+
+def position_of_key(key: str, net_quantity: int) -> Position:
+    """The `Position` a `book_key` names, with a strategy's net quantity (square-off closes it through flatten)."""
+    exchange, symbol, instrument, expiry, strike, option_type, product = key.split(KEY_SEPARATOR)
+    contract = ContractId(
+        exchange=Exchange(exchange),
+        symbol=symbol,
+        instrument=Instrument(instrument),
+        option_type=OptionType(option_type) if option_type else None,
+        strike_price=Decimal(strike) if strike else None,
+        expiry_date=date.fromisoformat(expiry) if expiry else None,
+    )
+    return Position(contract=contract, product=Product(product), net_quantity=net_quantity)
+
+
+@attrs.frozen(kw_only=True)
+class StrategyFill:
+    """One order leg tvbridge placed, as the journal has it now (filled quantity kept by order follow-up)."""
+
+    strategy: str
+    key: str
+    side: str
+    """`B` or `S`."""
+    quantity: int
+    """Units filled."""
+    bracket: tuple[Mapping[str, object], ...] = ()
+    """A bracket's parts: a filled target or stop-loss closed what the entry opened."""
+
+
+def _signed(fill: StrategyFill) -> int:
+    signed = fill.quantity if fill.side == Side.BUY.value else -fill.quantity
+    exited = any(p.get("part") in {"target", "stop_loss"} and p.get("state") == "filled" for p in fill.bracket)
+    return 0 if exited else signed
+
+
+def book(fills: Iterable[StrategyFill]) -> dict[tuple[str, str], int]:
+    """(strategy, book key) -> net units from fills; flat entries are left out."""
+    net: dict[tuple[str, str], int] = {}
+    for fill in fills:
+        net[(fill.strategy, fill.key)] = net.get((fill.strategy, fill.key), 0) + _signed(fill)
+    return {k: v for k, v in net.items() if v}
+
+
+def share(leg: OrderLeg, positions: Sequence[Position], net: int) -> list[Position]:
+    """The broker's positions in `leg`'s contract, with the one in `leg`'s product re-sized to `net` (a
+    strategy's share); built from the leg when the broker lists none (a disagreement the caller reports)."""
+    others = [p for p in positions if p.product is not leg.product]
+    if net == 0:
+        return others
+    same = [p for p in positions if p.product is leg.product]
+    base = same[0] if same else position_of_key(book_key(leg), net)
+    return [*others, attrs.evolve(base, net_quantity=net)]

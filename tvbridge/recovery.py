@@ -91,7 +91,7 @@ async def _recover_one(
         await journal.finish_alert(alert_id, "failed", {"status": "failed", "message": "unreadable after restart"})
         return
     legs = record["legs"]
-    accounts = list(dict.fromkeys(leg["account"] for leg in legs)) or list(config.routing.accounts)
+    accounts = list(dict.fromkeys(leg["account"] for leg in legs)) or list(config.accounts_of(record["strategy"]))
     settled: dict[tuple[str, int], LegResult] = {}
     for leg in legs:
         result = _stored_result(leg)
@@ -119,7 +119,7 @@ async def _recover_one(
         ],
         may_send=resume.may_send,
     )
-    await executor.run(alert_id, alert, accounts, unknown_keys(raw), resume=resume)
+    await executor.run(alert_id, alert, accounts, unknown_keys(raw), resume=resume, strategy=record["strategy"])
 
 
 async def recovery_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -180,7 +180,7 @@ def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None =
     the risk limits and `when_closed`), so plugins that refuse unknown keys need not know them.
     """
     brokers: dict[str, Broker] = {}
-    for account in config.routing.accounts:
+    for account in config.used_accounts:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
         context = BrokerContext(account=account, data_dir=config.server.data_dir)
@@ -275,4 +275,4 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def brokers_of(config: Config) -> Mapping[str, str]:
-    return {account: config.broker_of(account) for account in config.routing.accounts}
+    return {account: config.broker_of(account) for account in config.used_accounts}

@@ -5,6 +5,11 @@ symbol lists. `RiskGuard.before_send()` is the executor's hook before every `pla
 kill switch is on and keeps the per-account daily order count. A refused leg raises `RiskLimitError`; the executor
 reports it `failed` with the message, which names the limit, and nothing is sent.
 
+Strategies (issue 19) use the same mechanism with the strategy as the scope: the running strategy's halt, its
+rules (`strategies.check_symbols`, `check_sides`, `check_window`: sides and hours refuse entries only, judged
+against the strategy's own position), its own `[risk]` keys through `check_leg`, and its own daily count, over
+all its accounts. Both the account's and the strategy's limits must pass.
+
 The daily count (`max_orders_per_day`, per account, per exchange-time day) lives in memory and is seeded from the
 journal the first time an account is checked on a day, so a restart does not reset it. The check and the increment
 happen with no `await` between them, so two alerts arriving together cannot both take the last order.
@@ -19,6 +24,7 @@ import structlog
 
 from tvbridge.halt import read_halt
 from tvbridge.sessions import EXCHANGE_TZ
+from tvbridge.strategies import check_sides, check_symbols, check_window, current_strategy, halted_reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -26,9 +32,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tvbridge.broker import Broker
-    from tvbridge.config import RiskConfig
+    from tvbridge.config import RiskConfig, StrategyConfig
     from tvbridge.journal import Journal
     from tvbridge.models import OrderLeg
+    from tvbridge.strategies import StrategyBook
 
 log = structlog.get_logger()
 
@@ -96,6 +103,8 @@ class RiskGuard:
         journal: Journal,
         halt_file: Path,
         clock: Callable[[], datetime],
+        strategies: Mapping[str, StrategyConfig] | None = None,
+        book: StrategyBook | None = None,
     ) -> None:
         self.limits = limits
         """Per account (`Config.risk_of`), read once: the planner checks queued legs against them too."""
@@ -104,37 +113,79 @@ class RiskGuard:
         self._halt_file = halt_file
         self._clock = clock
         self._counts: dict[tuple[str, date], int] = {}
+        self._strategies = strategies or {}
+        self._book = book
+        """The strategies' own positions (`strategies.StrategyBook`): whether a leg is an entry or an exit."""
 
     def counted(self, account: str) -> bool:
-        """Whether a leg of `account` may be journaled `sending` before `before_send` runs for it: yes unless its
-        daily count for today still has to be read from the journal (that read would count the mark too)."""
+        """Whether a leg of `account` may be journaled `sending` before `before_send` runs for it: yes unless a
+        daily count for today (the account's, or the running strategy's) still has to be read from the journal
+        (that read would count the mark too)."""
+        day = self._clock().astimezone(EXCHANGE_TZ).date()
         limits = self.limits.get(account)
-        if limits is None or limits.max_orders_per_day is None:
-            return True
-        return (account, self._clock().astimezone(EXCHANGE_TZ).date()) in self._counts
+        if limits is not None and limits.max_orders_per_day is not None and (account, day) not in self._counts:
+            return False
+        name = current_strategy()
+        strategy = self._strategies.get(name)
+        return strategy is None or strategy.max_orders_per_day is None or (f"strategy:{name}", day) in self._counts
 
     async def before_send(self, account: str, leg: OrderLeg) -> None:
         """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders."""
         halt = read_halt(self._halt_file)
         if halt is not None:
             raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
+        name = current_strategy()
+        strategy = self._strategies.get(name)
+        halted = halted_reason(self._halt_file.parent, name) if strategy is not None else None
+        if halted is not None:
+            raise RiskLimitError(f"strategy {name} halted ({halted}): nothing was sent")
         limits = self.limits.get(account)
-        if limits is None:
-            return
-        check_leg(limits, leg, reference_price(self._brokers.get(account), leg))
-        if limits.max_orders_per_day is None:
-            return
+        price = reference_price(self._brokers.get(account), leg)
+        if limits is not None:
+            check_leg(limits, leg, price)
+        if strategy is not None:
+            await self._check_strategy(name, strategy, account, leg, price)
+        scopes: list[tuple[tuple[str, date], int, str]] = []
+        if limits is not None and limits.max_orders_per_day is not None:
+            key = await self._seeded(account, strategy=None)
+            scopes.append((key, limits.max_orders_per_day, f"on account {account}"))
+        if strategy is not None and strategy.max_orders_per_day is not None:
+            key = await self._seeded(name, strategy=name)
+            scopes.append((key, strategy.max_orders_per_day, f"by strategy {name}"))
+        # no await from here: two alerts arriving together cannot both take the last order
+        for key, limit, where in scopes:
+            if self._counts[key] >= limit:
+                raise RiskLimitError(
+                    f"risk: {self._counts[key]} order(s) already sent today {where}; max_orders_per_day is {limit}"
+                )
+        for key, _limit, _where in scopes:
+            self._counts[key] += 1
+
+    async def _check_strategy(
+        self, name: str, strategy: StrategyConfig, account: str, leg: OrderLeg, price: Decimal | None
+    ) -> None:
+        refusal = check_symbols(strategy, leg)
+        if refusal is None and (strategy.allowed_sides != "both" or strategy.entry_window):
+            own = await self._book.own(name, account, leg) if self._book is not None else 0
+            refusal = check_sides(strategy, leg, own) or check_window(strategy, leg, own, self._clock())
+        if refusal is not None:
+            raise RiskLimitError(f"{refusal}; nothing was sent")
+        try:
+            check_leg(strategy.risk(), leg, price)
+        except RiskLimitError as e:
+            raise RiskLimitError(f"strategy {name}: {e}") from None
+
+    async def _seeded(self, scope: str, *, strategy: str | None) -> tuple[str, date]:
+        """The key of today's count of `scope` (an account, or a strategy over all its accounts), seeded from
+        the journal the first time it is asked for on a day (a restart does not reset it)."""
         now = self._clock()
         day = now.astimezone(EXCHANGE_TZ).date()
-        key = (account, day)
+        key = (scope if strategy is None else f"strategy:{scope}", day)
         if key not in self._counts:
             start = now.astimezone(EXCHANGE_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
-            counted = await self._journal.count_orders(account, since=start)
+            if strategy is None:
+                counted = await self._journal.count_orders(scope, since=start)
+            else:
+                counted = await self._journal.count_strategy_orders(strategy, since=start)
             self._counts.setdefault(key, counted)  # another alert may have seeded it while we awaited
-        count = self._counts[key]
-        if count >= limits.max_orders_per_day:
-            raise RiskLimitError(
-                f"risk: {count} order(s) already sent today on account {account}; max_orders_per_day is"
-                f" {limits.max_orders_per_day}"
-            )
-        self._counts[key] = count + 1
+        return key

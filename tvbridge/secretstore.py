@@ -36,10 +36,17 @@ class Credentials:
     admin_token_file: Path | None = None
     generated: tuple[str, ...] = ()
     """Names of what this run generated (`secret`, `admin_token`), for the first-run message."""
+    secrets: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    """(strategy, secret): the global secret as `default`, then each `[strategies.NAME]` one (`strategies.pick`)."""
+    path_tokens: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    """(strategy, path token), likewise."""
 
     @property
     def all(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.secret, self.path_token, self.admin_token) if s)
+        """Every credential this run knows, the strategies' too: what logs, messages and answers must never hold."""
+        own = (self.secret, self.path_token, self.admin_token)
+        strategies = tuple(value for _name, value in (*self.secrets, *self.path_tokens))
+        return tuple(dict.fromkeys(s for s in (*own, *strategies) if s))
 
 
 def _read_or_create(path: Path) -> tuple[str, bool]:
@@ -89,6 +96,8 @@ def resolve_credentials(config: Config) -> Credentials:
     except UnicodeDecodeError:
         raise StorageError(f"{secret_file or admin_file}: not a secret file (not UTF-8 text)") from None
     check_secrets(config, secret)
+    from tvbridge.strategies import path_tokens_table, secrets_table  # noqa: PLC0415 - strategies imports config
+
     return Credentials(
         secret=secret,
         path_token=config.auth.path_token,
@@ -96,6 +105,8 @@ def resolve_credentials(config: Config) -> Credentials:
         secret_file=secret_file,
         admin_token_file=admin_file,
         generated=tuple(generated),
+        secrets=secrets_table(config, secret),
+        path_tokens=path_tokens_table(config),
     )
 
 
@@ -110,6 +121,15 @@ def check_secrets(config: Config, secret: str | None = None) -> None:
             f"auth.secret {problem}; live trading ({', '.join(config.live_accounts)}) needs a strong secret:"
             " remove it to have one generated, or set 16+ random characters"
         )
+    for name, strategy in config.strategies.items():
+        live = [a for a in config.accounts_of(name) if a in config.live_accounts]
+        for key, value in (("secret", strategy.secret), ("path_token", strategy.path_token)):
+            strategy_problem = weak_secret_problem(value) if value else None
+            if strategy_problem and live:
+                raise ConfigError(
+                    f"strategies.{name}.{key} {strategy_problem}; it authenticates live orders ({', '.join(live)}):"
+                    " use 16+ random characters"
+                )
     if config.auth.path_token and config.live_accounts:
         token_problem = weak_secret_problem(config.auth.path_token)
         if token_problem:

@@ -37,6 +37,7 @@ from aiohttp import web
 
 from tvbridge import __version__, readiness
 from tvbridge.access import has_admin_token, same_token
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import (
     ALERT_ID,
@@ -50,11 +51,13 @@ from tvbridge.keys import (
     REFUSAL_JOURNAL,
     SOURCE_IP,
     STATE,
+    STRATEGY_BOOK,
 )
 from tvbridge.pnl import Fill, day_pnl, decimal_or_none
 from tvbridge.refusal_journal import refusals_version, today_refusals
 from tvbridge.sessions import EXCHANGES
 from tvbridge.status_actions import action_paths, actions_version, csrf_token, recent_actions
+from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
     import sqlite3
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
     from tvbridge.broker import Broker
+    from tvbridge.config import Config
 
 log = structlog.get_logger()
 
@@ -124,7 +128,8 @@ def _version(conn: sqlite3.Connection, since: str) -> str:
 
 def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
     rows = conn.execute(
-        "SELECT alert_id, received_at, alert_type, status, updated_at, response FROM alerts WHERE received_at >= ?"
+        "SELECT alert_id, received_at, alert_type, status, updated_at, response, strategy FROM alerts"
+        " WHERE received_at >= ?"
         " ORDER BY received_at DESC LIMIT ?",
         (since, MAX_ALERTS),
     ).fetchall()
@@ -159,6 +164,7 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
             "alert_id": row["alert_id"],
             "received_at": row["received_at"],
             "alert_type": row["alert_type"],
+            "strategy": row["strategy"] or DEFAULT_STRATEGY,
             "status": row["status"],
             "reason": _reason_of(row["status"], row["response"]),
             "accounts": sorted({leg["account"] for leg in legs[row["alert_id"]]}),
@@ -320,18 +326,53 @@ async def summary(app: web.Application) -> dict[str, Any]:
             "halted": halt is not None,
             "halt": {"reason": halt.reason, "since": halt.since, "by": halt.by} if halt is not None else None,
             "journal_ok": journal.healthy,
-            "accounts": {a: config.broker_of(a) for a in config.routing.accounts},
+            "accounts": {a: config.broker_of(a) for a in config.used_accounts},
             "day_start": day_start,
             "unauthenticated": refusals.unauthenticated if refusals is not None else 0,
             "refusals_not_journaled": refusals.not_journaled if refusals is not None else 0,
-            "strategies": None,
+            "strategies": _strategies(config),
         },
         "brokers": health,
         "followup": _followup(app),
         **readiness.summary_of(app),
         "positions": positions,
+        "strategy_positions": await _strategy_positions(app),
         **today,
     }
+
+
+def _strategies(config: Config) -> dict[str, Any] | None:
+    """Each `[strategies.NAME]`: its accounts and whether it is halted (None without strategies)."""
+    if not config.strategies:
+        return None
+    out: dict[str, Any] = {}
+    for name in config.strategies:
+        halted = read_halt(strategy_halt_path(config.server.data_dir, name))
+        out[name] = {
+            "accounts": list(config.accounts_of(name)),
+            "halted": halted is not None,
+            "halt": {"reason": halted.reason, "since": halted.since, "by": halted.by} if halted else None,
+        }
+    return out
+
+
+async def _strategy_positions(app: web.Application) -> list[dict[str, Any]]:
+    """Each strategy's own position per account and contract, and where the broker's net disagrees with the
+    strategies' sum (`mismatch`); only with `[strategies]` configured and for brokers that list positions."""
+    book = app.get(STRATEGY_BOOK)
+    if book is None or not app[CONFIG].strategies:
+        return []
+    rows: list[dict[str, Any]] = []
+    for account, broker in app.get(BROKERS, {}).items():
+        if not broker.capabilities.positions:
+            continue
+        try:
+            async with asyncio.timeout(2):
+                found = await broker.positions()
+        except Exception:  # noqa: BLE001, S112 - a nicety on this page: the broker health row says what is wrong
+            continue
+        rows += await book.rows(account, found)
+    return rows
 
 
 def _followup(app: web.Application) -> dict[str, Any]:
@@ -393,7 +434,7 @@ def render_alerts(alerts: list[dict[str, Any]]) -> str:
             f'<tr data-alert-id="{alert_id}" class="{html.escape(alert["status"])}">'
             f"<td>{show_time(alert['received_at'])}</td>"
             f'<td><a href="/alerts/{alert_id}">{alert_id}</a></td>'
-            + _cell(alert["alert_type"])
+            + _cell(f"{alert['alert_type']} · {alert['strategy']}" if alert.get("strategy") else alert["alert_type"])
             + _cell(outcome_text(alert))
             + f'<td class="reason">{html.escape(alert.get("reason") or "")}</td>'
             + f'<td class="legs-cell"><ul class="legs">{legs}</ul></td>'

@@ -26,6 +26,7 @@ from tvbridge.keys import BROKERS, CALENDAR, CONFIG, CONVERTER, JOURNAL, NOW, OR
 from tvbridge.models import LegStatus
 from tvbridge.parsing import parse_alert
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
+from tvbridge.strategies import strategy_halt_path, use_strategy
 
 if TYPE_CHECKING:
     import sqlite3
@@ -44,11 +45,16 @@ def health_checks(app: web.Application) -> dict[str, Any]:
 
 async def send_queued(app: web.Application, alert_id: str, accounts: list[str]) -> None:
     """The scheduler's send: decide again for each account, then run the ones whose window is open."""
-    journal, scheduler = app[JOURNAL], app[SCHEDULER]
-    record = await journal.get_alert(alert_id)
+    record = await app[JOURNAL].get_alert(alert_id)
     if record is None:
         log.error("queue.alert_missing", accounts=accounts)
         return
+    with use_strategy(record["strategy"]):  # its strategy's rules, records and log lines, as on arrival
+        await _send_queued(app, alert_id, accounts, record)
+
+
+async def _send_queued(app: web.Application, alert_id: str, accounts: list[str], record: dict[str, Any]) -> None:
+    journal, scheduler = app[JOURNAL], app[SCHEDULER]
     alert = parse_alert(record["payload"], app[CONVERTER])
     now = app[NOW]()
     decisions = [decide(app[CONFIG], app[CALENDAR], alert, account, now) for account in accounts]
@@ -110,36 +116,56 @@ async def market(request: web.Request) -> web.Response:
     )
 
 
-async def _reason(request: web.Request) -> str:
+async def _halt_request(request: web.Request) -> tuple[str, str | None]:
+    """(reason, strategy) from `{"reason": "...", "strategy": "NAME"}` (both optional); 400 for an unknown
+    strategy, so a typo never leaves the wrong one trading."""
     if not request.can_read_body:
-        return ""
+        return "", None
     try:
         raw = await request.json()
     except ValueError:
-        raise BadRequestError('body is not JSON: send {"reason": "..."} or nothing') from None
-    return str(raw.get("reason", "")) if isinstance(raw, dict) else ""
+        raise BadRequestError('body is not JSON: send {"reason": "...", "strategy": "NAME"} or nothing') from None
+    if not isinstance(raw, dict):
+        return "", None
+    strategy = raw.get("strategy")
+    if strategy is not None and (not isinstance(strategy, str) or strategy not in request.app[CONFIG].strategies):
+        known = ", ".join(request.app[CONFIG].strategies) or "none configured"
+        raise BadRequestError(f"strategy: must be one of the [strategies.NAME] tables ({known})")
+    return str(raw.get("reason", "")), strategy
+
+
+def _switch(app: web.Application, strategy: str | None) -> Any:
+    data_dir = app[CONFIG].server.data_dir
+    return halt_path(data_dir) if strategy is None else strategy_halt_path(data_dir, strategy)
 
 
 async def halt(request: web.Request) -> web.Response:
+    """The kill switch: all trading, or with `{"strategy": NAME}` that strategy's alone."""
     from tvbridge.handlers import require_admin  # noqa: PLC0415 - handlers imports this module
 
     require_admin(request)
-    reason = await _reason(request) or "halted through POST /admin/halt"
-    state = set_halt(halt_path(request.app[CONFIG].server.data_dir), reason=reason, by="admin api")
-    log.warning("trading.halted", reason=reason, by="admin api")
-    notify.event(request.app, "halted", f"trading halted through the admin API: {reason}")
-    return web.json_response({"halted": True, "reason": state.reason, "since": state.since})
+    reason, strategy = await _halt_request(request)
+    reason = reason or "halted through POST /admin/halt"
+    state = set_halt(_switch(request.app, strategy), reason=reason, by="admin api")
+    what = "trading" if strategy is None else f"strategy {strategy}"
+    log.warning("trading.halted", reason=reason, by="admin api", halted_strategy=strategy)
+    notify.event(request.app, "halted", f"{what} halted through the admin API: {reason}")
+    scope = {} if strategy is None else {"strategy": strategy}
+    return web.json_response({"halted": True, "reason": state.reason, "since": state.since, **scope})
 
 
 async def resume(request: web.Request) -> web.Response:
     from tvbridge.handlers import require_admin  # noqa: PLC0415 - handlers imports this module
 
     require_admin(request)
-    was = clear_halt(halt_path(request.app[CONFIG].server.data_dir))
-    log.warning("trading.resumed", by="admin api", was_halted=was)
-    notify.event(request.app, "resumed", "trading resumed through the admin API")
+    _reason, strategy = await _halt_request(request)
+    was = clear_halt(_switch(request.app, strategy))
+    what = "trading" if strategy is None else f"strategy {strategy}"
+    log.warning("trading.resumed", by="admin api", was_halted=was, halted_strategy=strategy)
+    notify.event(request.app, "resumed", f"{what} resumed through the admin API")
     request.app[SCHEDULER].wake.set()
-    return web.json_response({"halted": False, "was_halted": was})
+    scope = {} if strategy is None else {"strategy": strategy}
+    return web.json_response({"halted": False, "was_halted": was, **scope})
 
 
 async def flatten(request: web.Request) -> web.Response:

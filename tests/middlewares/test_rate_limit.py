@@ -156,14 +156,16 @@ async def test_rate_limits_can_be_turned_off(start: Any, config: Config) -> None
         assert (await client.post("/webhook", json=alert())).status == 200
 
 
-def test_strategy_key_is_credential_and_symbols() -> None:
-    """The strategy is the credential's hash plus the sorted EXCHANGE:SYMBOL set; the secret is not in it."""
+def test_strategy_key_is_the_strategy() -> None:
+    """A named strategy is one bucket whatever its symbols; `default` (the global secret, shared by every script
+    of a trader without strategy tables) is keyed by the sorted EXCHANGE:SYMBOL set; no secret is in a key."""
     two = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"))
     swapped = alert(leg(symbol="TCS"), leg(symbol="INFY", sort_order="2"))
-    assert strategy_of(two, SECRET) == strategy_of(swapped, SECRET)
-    assert strategy_of(two, SECRET).endswith("|NSE:INFY,NSE:TCS")
-    assert strategy_of(two, SECRET) != strategy_of(two, "path-token")
-    assert SECRET not in strategy_of(two, SECRET)
+    assert strategy_of(two, "default") == strategy_of(swapped, "default")
+    assert strategy_of(two, "default").endswith("|NSE:INFY,NSE:TCS")
+    assert strategy_of(two, "default") != strategy_of(alert(leg(symbol="INFY")), "default")
+    assert strategy_of(two, "momo") == strategy_of(alert(leg(symbol="SBIN")), "momo") == "strategy:momo"
+    assert SECRET not in strategy_of(two, "default")
 
 
 def test_idle_buckets_are_pruned() -> None:

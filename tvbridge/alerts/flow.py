@@ -2,8 +2,8 @@
 
 `handlers.webhook` calls `accept()` after the guards (`middlewares/`) let the request through. In order:
 
-1. the service checks: shutting down (503), records replaced under us (503), the kill switch (503): nothing
-   is recorded, a resend is welcome;
+1. the service checks: shutting down (503), records replaced under us (503), the kill switch and the
+   strategy's own (503, `tvbridge/strategies.py`): nothing is recorded, a resend is welcome;
 2. `parsing.parse_alert`: 422 with every bad field;
 3. `alerts/plan.make_plan`: pure, per account and leg, send now / amo / queue / refuse;
 4. `Journal.record_plan`: the alert, its plan (queued and refused legs included) and the first legs' `sending`
@@ -27,7 +27,7 @@ import attrs
 import structlog
 from aiohttp import web
 
-from tvbridge import alertqueue, metrics
+from tvbridge import alertqueue, metrics, strategies
 from tvbridge.alerts.answer import combined_body, stale_body
 from tvbridge.alerts.plan import Checks, LegPlan, Plan, make_plan, with_amo
 from tvbridge.alerts.records import AlertEntry, LegEntry
@@ -57,6 +57,7 @@ from tvbridge.keys import (
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.models import AlertStatus, CancelLeg, LegResult, LegStatus, OrderAlert, OrderLeg
 from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert, unknown_keys
+from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     import sqlite3
@@ -76,6 +77,7 @@ async def accept(request: web.Request) -> web.Response:
         raise ShuttingDownError
     check_records(app)
     check_halted(app)
+    strategies.check_halted(config.server.data_dir, current_strategy())
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
     body = body_of(request)
@@ -83,7 +85,7 @@ async def accept(request: web.Request) -> web.Response:
         check_encodable(raw)
     alert = parse_alert(raw, app[CONVERTER])
     warnings = unknown_keys(raw)
-    accounts = config.routing.accounts
+    accounts = config.accounts_of(current_strategy())
     plan = make_plan(
         alert_id,
         alert,
@@ -176,7 +178,7 @@ async def refuse_stale(request: web.Request, alert: Alert, plan: Plan, warnings:
     config = app[CONFIG]
     alert_id = plan.alert_id
     message = plan.stale or ""
-    results = results_of(app, alert, config.routing.accounts, LegStatus.STALE, message)
+    results = results_of(app, alert, config.accounts_of(current_strategy()), LegStatus.STALE, message)
     body = stale_body(alert_id, alert.alert_type.value, results, warnings, message)
     journal = app[JOURNAL]
     raw: dict[str, Any] = request[RAW_ALERT]

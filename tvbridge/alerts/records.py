@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
+from tvbridge.strategies import current_strategy
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -66,6 +68,8 @@ class AlertEntry:
     order_log_offset: int | None = None
     """The order log's size now: this alert's rows can only be after it (recovery writes missing rows once)."""
     legs: Sequence[LegEntry] = ()
+    strategy: str = attrs.field(factory=current_strategy)
+    """The strategy it runs under (`tvbridge/strategies.py`): by default the running one, which `auth` set."""
 
 
 class AlertJournal(Protocol):

@@ -21,6 +21,7 @@ from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
 from tvbridge.journal import Journal
 from tvbridge.orderlog import OrderLog
 from tvbridge.registry import build_brokers
+from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Register the trading-day subcommands on the main `tvbridge` parser."""
     halt = sub.add_parser("halt", help="kill switch: refuse every alert and send nothing until `tvbridge resume`")
     halt.add_argument("--reason", default="", help="shown in /health, /market and every refused alert")
-    sub.add_parser("resume", help="turn the kill switch off")
+    halt.add_argument("--strategy", help="halt only this [strategies.NAME]; the others keep trading")
+    resume = sub.add_parser("resume", help="turn the kill switch off")
+    resume.add_argument("--strategy", help="resume only this [strategies.NAME]")
     queue = sub.add_parser("queue", help="alerts waiting for their exchange to open")
     queue_sub = queue.add_subparsers(dest="queue_command", required=True)
     listing = queue_sub.add_parser("list", help="show queued alerts")
@@ -68,14 +71,22 @@ def main(config: Config, argv: Sequence[str]) -> int:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     path = halt_path(config.server.data_dir)
+    strategy = getattr(args, "strategy", None)
+    if strategy is not None:
+        if strategy not in config.strategies:
+            print(f"no strategy {strategy!r} (strategies: {', '.join(config.strategies) or 'none configured'})")
+            return 2
+        path = strategy_halt_path(config.server.data_dir, strategy)
+    what = "trading" if strategy is None else f"strategy {strategy}"
+    undo = "tvbridge resume" + ("" if strategy is None else f" --strategy {strategy}")
     if args.command == "halt":
         state = set_halt(path, reason=args.reason or "halted with `tvbridge halt`", by=f"cli ({_user()})")
-        print(f"trading halted: {state.reason}. Alerts get 503 and nothing is sent. Undo: tvbridge resume")
+        print(f"{what} halted: {state.reason}. Its alerts get 503 and nothing is sent. Undo: {undo}")
         return 0
     if args.command == "resume":
         was = read_halt(path)
         clear_halt(path)
-        print("trading resumed" if was else "trading was not halted")
+        print(f"{what} resumed" if was else f"{what} was not halted")
         return 0
     if args.command == "queue":
         return asyncio.run(_queue(config, args))
@@ -113,8 +124,8 @@ async def _queue(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
-    if account not in config.routing.accounts:
-        print(f"no routed account {account!r} (accounts: {', '.join(config.routing.accounts)})")
+    if account not in config.used_accounts:
+        print(f"no routed account {account!r} (accounts: {', '.join(config.used_accounts)})")
         return 2
     broker = build_brokers(config)[account]
     await broker.start()

@@ -21,7 +21,7 @@ state (its `RequestKey`s, `keys.py`) for the next ones and the handler:
                     whichever step, to its source (`rate_limit.charge_failure`), never to the global bucket;
 3e. `auth`          secret in the body or a path token, constant-time; decodes the body once into `RAW_ALERT` (400
                     if not JSON); sets `AUTHENTICATED` (by which `rate_limit` tells failures from genuine alerts)
-                    and `CREDENTIAL` (which credential matched: the strategy);
+                    and `STRATEGY` (the strategy whose credential matched: `tvbridge/strategies.py`);
 3f. `dedupe`        the same alert within the window runs once; needs `RAW_ALERT`, sets `DEDUPE_KEY` for the
                     journal; it wraps the steps after it, to release its claim with their answer's status;
 3g. `rate_limit`    after dedupe (`check_strategy`): the strategy's bucket and a global token, for genuine alerts
@@ -85,7 +85,7 @@ def guards(config: Config, credentials: Credentials) -> Middleware:
         authenticate(credentials, request)
 
         async def admitted() -> web.StreamResponse:
-            check_strategy(credentials, request)
+            check_strategy(request)
             return await handler(request)
 
         return await deduplicated(config.dedupe, request, admitted)

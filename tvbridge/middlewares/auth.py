@@ -4,6 +4,11 @@ Both are compared in constant time (`hmac.compare_digest`). The body is decoded 
 a JSON object), because the secret is inside it: TradingView cannot set headers. A refusal is logged with the
 source address and never with what was sent.
 
+The credential also picks the alert's strategy (`tvbridge/strategies.py`): every strategy's secret (or path
+token) is compared, the global one being `default`; on success `request[STRATEGY]` names it and it is bound
+into the log context and `strategies.current_strategy()` for the rest of the request. A credential that is no
+strategy's is the same 401 as any wrong secret.
+
 On success it sets `request[AUTHENTICATED]`: `errors` (the outermost step, through `rate_limit.charge_failure`)
 charges every webhook request that fails without it to the source address, and a raised `AuthError` also to
 that address's failed-auth bucket.
@@ -12,30 +17,23 @@ So the accounting needs no call from here into the limiter, and turning rate lim
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from tvbridge.errors import AuthError
-from tvbridge.keys import AUTHENTICATED, CREDENTIAL, RAW_ALERT, SOURCE_IP
+from tvbridge.keys import AUTHENTICATED, RAW_ALERT, SOURCE_IP, STRATEGY
 from tvbridge.middlewares.body_limit import body_of
 from tvbridge.parsing import decode_body
 from tvbridge.refusals import should_log
 from tvbridge.routes import PATH_TOKEN
+from tvbridge.strategies import enter_strategy, pick
 
 if TYPE_CHECKING:
     from tvbridge.secretstore import Credentials
 
 log = structlog.get_logger()
-
-
-def same_secret(given: object, expected: str) -> bool:
-    if not isinstance(given, str) or not expected:
-        return False
-    # surrogatepass: a lone surrogate in the JSON ("\ud800") must be a wrong secret, not a 500
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def _failed(request: web.Request, reason: str, message: str = "Invalid webhook secret") -> AuthError:
@@ -45,24 +43,30 @@ def _failed(request: web.Request, reason: str, message: str = "Invalid webhook s
     return AuthError(message)
 
 
+def _authenticated(request: web.Request, strategy: str) -> None:
+    request[AUTHENTICATED] = True
+    request[STRATEGY] = strategy
+    enter_strategy(strategy)  # the rest of the request (the same task) runs under it
+
+
 def authenticate(credentials: Credentials, request: web.Request) -> None:
-    """Decode the body into `RAW_ALERT` and check the path token or the body's secret (401); on success set
-    `AUTHENTICATED` and `CREDENTIAL` (which credential matched: the request's strategy, for the rate limit)."""
+    """Decode the body into `RAW_ALERT` and check the path token or the body's secret against every strategy's
+    (401); on success set `AUTHENTICATED` and `STRATEGY` (the strategy whose credential matched)."""
     token = request.match_info.get(PATH_TOKEN)
     if token is not None:
-        if not credentials.path_token:
+        if not credentials.path_tokens:
             raise web.HTTPNotFound  # no path token configured: /webhook/<anything> is no route
-        if not same_secret(token, credentials.path_token):
+        strategy = pick(credentials.path_tokens, token)
+        if strategy is None:
             raise _failed(request, "wrong path token")
         request[RAW_ALERT] = decode_body(body_of(request))
-        request[AUTHENTICATED] = True
-        request[CREDENTIAL] = "path_token"
+        _authenticated(request, strategy)
         return
     raw = decode_body(body_of(request))
     request[RAW_ALERT] = raw
     if "secret" not in raw:
         raise _failed(request, "no secret in the alert", "Invalid webhook secret: the alert has no secret")
-    if not same_secret(raw["secret"], credentials.secret):
+    strategy = pick(credentials.secrets, raw["secret"])
+    if strategy is None:
         raise _failed(request, "wrong secret")
-    request[AUTHENTICATED] = True
-    request[CREDENTIAL] = "secret"
+    _authenticated(request, strategy)

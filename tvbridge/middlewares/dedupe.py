@@ -16,6 +16,9 @@ Two records make "once" hold:
 * the journal: the first copy's row carries the key (`request[DEDUPE_KEY]`, written by the webhook handler
   with the alert, before any order), so a copy that arrives after a restart is found there.
 
+Under a `[strategies.NAME]` the key is prefixed with the strategy: two strategies firing the same alert are two
+trades, not a repeat.
+
 The repeat gets 200 with status `duplicate`, `duplicate_of` (the first copy's alert id) and the first one's
 results from the journal, or 202 while the first one is still running. Nothing is journaled for a repeat: it
 placed nothing. A first copy answered 4xx/5xx (invalid, stale, journal unwritable) releases its claim and
@@ -41,9 +44,10 @@ import attrs
 import structlog
 from aiohttp import web
 
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError, UnavailableError
 from tvbridge.journal import UNFINISHED
-from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT
+from tvbridge.keys import ALERT_ID, CLOCK, CONFIG, DEDUPE_KEY, DEDUPER, JOURNAL, RAW_ALERT, STRATEGY
 from tvbridge.metrics import dedupe_hit
 
 if TYPE_CHECKING:
@@ -60,8 +64,11 @@ MAX_ROUNDS: Final = 3
 """How many failed first copies a waiting copy sits through before it answers 503 (each wait is bounded)."""
 
 
-def dedupe_key(raw: Mapping[str, Any]) -> str:
-    """The alert's dedupe key: `id:<hash>` from the trader's own key, else `body:<hash>` of its content."""
+def dedupe_key(raw: Mapping[str, Any], strategy: str = DEFAULT_STRATEGY) -> str:
+    """The alert's dedupe key: `id:<hash>` from the trader's own key, else `body:<hash>` of its content; under a
+    `[strategies.NAME]` prefixed with the strategy, so two strategies sending the same alert both run (issue 19)."""
+    if strategy != DEFAULT_STRATEGY:
+        return f"strategy:{strategy}|{dedupe_key(raw)}"
     for name in OWN_KEYS:
         own = raw.get(name)
         if isinstance(own, str | int) and not isinstance(own, bool) and str(own).strip():
@@ -165,7 +172,7 @@ async def deduplicated(
     clock = request.app[CLOCK]
     deadline_s = request.app[CONFIG].server.response_deadline_s
     raw: dict[str, Any] = request[RAW_ALERT]
-    key = dedupe_key(raw)
+    key = dedupe_key(raw, request.get(STRATEGY, DEFAULT_STRATEGY))
     rounds = 0
     while (claim := deduper.live_claim(key, clock())) is not None:
         rounds += 1

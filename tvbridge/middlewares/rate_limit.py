@@ -18,9 +18,11 @@ authenticated alerts need (issue 23):
 * after auth and dedupe (`check_strategy`), for genuine alerts that will run (a repeat answered by `dedupe` places
   nothing and costs nothing; a first copy refused here releases its dedupe claim): the strategy's bucket
   (`per_strategy_per_s` / `per_strategy_burst`), then one token of the global bucket (`global_per_s`, burst
-  `global_burst`). The strategy is the credential used (a hash of the secret or path token) plus the alert's
-  sorted set of `EXCHANGE:SYMBOL`: a runaway strategy (one symbol far too often) is throttled, while a trader's
-  fan-out (hundreds of alerts over as many symbols on one bar close) passes. The global burst is above what
+  `global_burst`). The strategy is the one `auth` picked (`request[STRATEGY]`, issue 19): a `[strategies.NAME]`
+  has one bucket, whatever its symbols. The `default` strategy (the global secret, which every Pine script of a
+  trader without strategy tables shares) keeps a bucket per sorted set of `EXCHANGE:SYMBOL` of its alerts: a
+  runaway script (one symbol far too often) is throttled, while a fan-out (hundreds of alerts over as many
+  symbols on one bar close) passes. The global burst is above what
   TradingView's largest plans can fire at once; each alert takes a global token only once its strategy bucket
   accepted it, so a runaway that its own bucket stops does not use up the global one.
 
@@ -32,7 +34,6 @@ no information and are dropped (checked at most every `PRUNE_EVERY_S`), and a ta
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import TYPE_CHECKING, Final
 
@@ -40,8 +41,9 @@ import attrs
 import structlog
 
 from tvbridge.addresses import contains, parse_address, parse_networks, source_key_of
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import AuthError, RateLimitedError
-from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, CREDENTIAL, RATE_LIMITER, RAW_ALERT, SOURCE_IP
+from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, RATE_LIMITER, RAW_ALERT, SOURCE_IP, STRATEGY
 from tvbridge.refusals import should_log
 from tvbridge.routes import is_webhook
 
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
 
     from tvbridge.addresses import IPNetwork
     from tvbridge.config import RateLimitConfig
-    from tvbridge.secretstore import Credentials
 
 log = structlog.get_logger()
 
@@ -186,8 +187,10 @@ def _raise(request: web.Request, refusal: Refusal | None) -> None:
     raise RateLimitedError(f"rate limited: {refusal.message}, retry in {retry_after} s", retry_after_s=refusal.wait_s)
 
 
-def strategy_of(raw: Mapping[str, Any], credential: str) -> str:
-    """The per-strategy key: the credential's hash and the alert's sorted `EXCHANGE:SYMBOL` set."""
+def strategy_of(raw: Mapping[str, Any], strategy: str) -> str:
+    """The per-strategy key: a named strategy's name; for `default`, the alert's sorted `EXCHANGE:SYMBOL` set."""
+    if strategy != DEFAULT_STRATEGY:
+        return f"strategy:{strategy}"
     legs = raw.get("order_legs")
     symbols = sorted(
         {
@@ -196,9 +199,7 @@ def strategy_of(raw: Mapping[str, Any], credential: str) -> str:
             if isinstance(leg, dict)
         }
     )
-    # surrogatepass: a secret read from a non-UTF-8 environment variable holds lone surrogates (as in auth.py)
-    digest = hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{digest}|{','.join(symbols)}"
+    return f"{DEFAULT_STRATEGY}|{','.join(symbols)}"
 
 
 def charge_failure(request: web.Request, error: Exception) -> None:
@@ -226,14 +227,14 @@ def check_source(request: web.Request) -> None:
         _raise(request, limiter.check_source(request.get(SOURCE_IP, ""), request.app[CLOCK]()))
 
 
-def check_strategy(credentials: Credentials, request: web.Request) -> None:
+def check_strategy(request: web.Request) -> None:
     """After auth and dedupe: 429 when the alert's strategy (or all of them together) is over its rate."""
     limiter = request.app[RATE_LIMITER]
     if not limiter.enabled or not request.get(AUTHENTICATED, False):
         return
-    credential = credentials.path_token if request.get(CREDENTIAL) == "path_token" else credentials.secret
     raw: dict[str, Any] = request[RAW_ALERT]
-    _raise(request, limiter.check_strategy(strategy_of(raw, credential), request.app[CLOCK]()))
+    key = strategy_of(raw, request.get(STRATEGY, DEFAULT_STRATEGY))
+    _raise(request, limiter.check_strategy(key, request.app[CLOCK]()))
 
 
 async def rate_limit_ctx(app: web.Application) -> AsyncIterator[None]:

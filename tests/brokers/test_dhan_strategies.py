@@ -1,0 +1,111 @@
+"""Two strategies on one Dhan account and one symbol (issue 19): the real dhanhq client against the fake Dhan API,
+through the real app. Each strategy's position is what its own orders filled (order follow-up records Dhan's
+fills in the journal), so each EXIT_ALL closes only its own share of the account's net position."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+from helpers import SECRET, alert, leg
+
+from tvbridge.app import create_app
+from tvbridge.config import load_config
+from tvbridge.keys import CREDENTIALS
+from tvbridge.parsing import make_converter
+from tvbridge.secretstore import resolve_credentials
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from fake_dhan import FakeDhan
+
+ALPHA: Final = "alpha-secret-0123456789abcdef"
+BETA: Final = "beta-secret-0123456789abcdef"
+WAIT_S: Final = 10.0
+
+
+async def start(aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object]) -> Any:
+    account = "\n".join(f"{key} = {json.dumps(value)}" for key, value in dhan_settings.items())
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[sessions]
+enabled = false
+[followup]
+first_interval_s = 0.05
+max_interval_s = 0.2
+max_lookups_per_s = 50
+[routing]
+accounts = ["dhan"]
+[accounts.dhan]
+broker = "dhan"
+{account}
+[strategies.alpha]
+secret = "{ALPHA}"
+[strategies.beta]
+secret = "{BETA}"
+""",
+        encoding="utf-8",
+    )
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    config = load_config(path, make_converter(), env, tmp_path)
+    return await aiohttp_client(create_app(config, make_converter(), resolve_credentials(config)))
+
+
+def intraday(**overrides: Any) -> dict[str, Any]:
+    return leg(**{"productType": "I", **overrides})
+
+
+def exit_all() -> dict[str, Any]:
+    body = {**intraday(), "manage_position": "EXIT_ALL"}
+    body.pop("quantity")
+    return body
+
+
+async def send(client: Any, secret: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/webhook", json=alert(body, secret=secret, id=uuid.uuid4().hex))
+    answer: dict[str, Any] = await response.json()
+    assert response.status == 200, answer
+    (result,) = answer["results"]
+    assert result["status"] == "success", result
+    return {**result, "alert_id": answer["alert_id"]}
+
+
+async def filled(client: Any, fake_dhan: FakeDhan, result: dict[str, Any]) -> None:
+    """Dhan fills the order; wait (bounded) until order follow-up has journaled the fill."""
+    fake_dhan.trade(result["order_id"], price="2900")
+    headers = {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            record = await (await client.get(f"/alerts/{result['alert_id']}", headers=headers)).json()
+            if record["legs"][0]["order_state"] == "filled":
+                return
+            await asyncio.sleep(0.02)  # the pace of asking, not synchronisation: the loop waits for the state
+
+
+async def test_each_strategy_exits_only_its_own_share_on_dhan(
+    aiohttp_client: Any, tmp_path: Path, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """alpha buys 10 and beta 4 RELIANCE intraday on one Dhan account (Dhan shows 14): alpha's EXIT_ALL sends
+    Dhan one SELL of 10, and after it filled (Dhan shows 4) beta's EXIT_ALL sends one SELL of 4."""
+    client = await start(aiohttp_client, tmp_path, dhan_settings)
+    await filled(client, fake_dhan, await send(client, ALPHA, intraday(quantity="10")))
+    await filled(client, fake_dhan, await send(client, BETA, intraday(quantity="4")))
+    fake_dhan.set_position("2885", 14, product="INTRADAY", trading_symbol="RELIANCE")
+
+    closing = await send(client, ALPHA, exit_all())
+
+    sent = fake_dhan.placed()[-1]
+    assert (sent["transactionType"], sent["quantity"], sent["productType"]) == ("SELL", 10, "INTRADAY")
+    assert (closing["transaction"], closing["quantity"]) == ("S", "10")
+    await filled(client, fake_dhan, closing)
+    fake_dhan.set_position("2885", 4, product="INTRADAY", trading_symbol="RELIANCE")
+
+    await send(client, BETA, exit_all())
+
+    sent = fake_dhan.placed()[-1]
+    assert (sent["transactionType"], sent["quantity"]) == ("SELL", 4)
+    assert len(fake_dhan.placed()) == 4

@@ -1,0 +1,143 @@
+"""The daily square-off of a strategy (`[strategies.NAME] square_off_at`, issue 19), through flatten.
+
+At `square_off_at` (exchange time) on every trading day, for each of the strategy's accounts: the open orders
+this strategy placed are cancelled and the intraday (`I`) positions it opened (its own share, from the
+journal's fills: `strategies.StrategyBook`) are closed, by the same plan-and-execute as `tvbridge flatten`
+(`tvbridge/flatten.py`), so each run is a journaled `F<id>` entry (source `square_off <exchange day>`, under the
+strategy),
+with an order-log row per action, and the closes come back into the strategy's own position.
+
+Once a day: before running, the journal is asked whether this strategy's square-off of this account already
+ran today (any run, an interrupted one too: like flatten, an interrupted run is not replayed, since its closes
+may have reached the broker unrecorded). A server that was down at `square_off_at` runs it when it starts, the
+same day. Positions in other products (CNC, margin) are left alone: square-off is for intraday.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, time
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from tvbridge.broker import BrokerError
+from tvbridge.flatten import FlattenPlan, FlattenReport, execute
+from tvbridge.keys import BROKERS, CALENDAR, CONFIG, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
+from tvbridge.models import Product
+from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
+from tvbridge.strategies import use_strategy
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiohttp import web
+
+    from tvbridge.config import StrategyConfig
+
+log = structlog.get_logger()
+
+SOURCE: Final = "square_off"
+POLL_S: Final = 20.0
+
+
+def due_since(strategy: StrategyConfig, now: datetime, trading_day: bool) -> datetime | None:
+    """Today's square-off moment (exchange time) when it has come and today is a trading day, else None."""
+    if not strategy.square_off_at or not trading_day:
+        return None
+    local = now.astimezone(EXCHANGE_TZ)
+    at = datetime.combine(local.date(), time.fromisoformat(strategy.square_off_at), tzinfo=EXCHANGE_TZ)
+    return at if local >= at else None
+
+
+class SquareOff:
+    """Runs the due square-offs; `run_due()` is what the schedule (and a test at a moved clock) calls."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._lock = asyncio.Lock()
+
+    def _trading_day(self, now: datetime) -> bool:
+        day = now.astimezone(EXCHANGE_TZ).date()
+        return any(self._app[CALENDAR].sessions_on(exchange, day) for exchange in EXCHANGES)
+
+    async def run_due(self) -> list[FlattenReport]:
+        """Every square-off that is due now and has not run today; one at a time (never twice at once)."""
+        async with self._lock:
+            app = self._app
+            config = app[CONFIG]
+            now = app[NOW]()
+            trading_day = self._trading_day(now)
+            reports: list[FlattenReport] = []
+            for name, strategy in config.strategies.items():
+                if due_since(strategy, now, trading_day) is None:
+                    continue
+                source = f"{SOURCE} {now.astimezone(EXCHANGE_TZ).date().isoformat()}"
+                for account in config.accounts_of(name):
+                    if await app[JOURNAL].has_run(strategy=name, source=source, account=account):
+                        continue
+                    with use_strategy(name):
+                        report = await self._square_off(name, account, source)
+                    if report is not None:
+                        reports.append(report)
+            return reports
+
+    async def _square_off(self, name: str, account: str, source: str) -> FlattenReport | None:
+        app = self._app
+        broker = app[BROKERS][account]
+        try:
+            mine = await app[JOURNAL].strategy_orders(name, account)
+            listed = await broker.open_orders() if mine and broker.capabilities.orders else []
+            cancels = [o for o in listed if o.client_order_id in mine]
+            positions = [
+                p for p in await app[STRATEGY_BOOK].open_positions(name, account) if p.product is Product.INTRADAY
+            ]
+        except BrokerError as e:
+            log.error("strategy.square_off_failed", account=account, error=str(e))
+            return None  # nothing was done or recorded: the next poll tries again
+        plan = FlattenPlan(account=account, cancels=tuple(cancels), positions=tuple(positions))
+        report = await execute(
+            plan,
+            broker,
+            broker_name=app[CONFIG].broker_of(account),
+            journal=app[JOURNAL],
+            order_log=app[ORDER_LOG],
+            source=source,
+        )
+        log.warning(
+            "strategy.squared_off",
+            account=account,
+            flatten_id=report.alert_id,
+            status=report.status,
+            cancelled=len(cancels),
+            closed=len(positions),
+        )
+        return report
+
+
+async def _schedule(square_off: SquareOff) -> None:
+    while True:
+        await asyncio.sleep(POLL_S)
+        try:
+            await square_off.run_due()
+        except Exception:  # tomorrow's square-off must still run
+            log.exception("strategy.square_off_failed")
+
+
+async def square_off_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the schedule runs while the app does, when a strategy has `square_off_at`."""
+    square_off = SquareOff(app)
+    app[SQUARE_OFF] = square_off
+    if not any(s.square_off_at for s in app[CONFIG].strategies.values()):
+        yield
+        return
+    try:  # a square-off missed while the server was down runs before the first alert is taken
+        await square_off.run_due()
+    except Exception:  # the schedule tries again; the server must still start
+        log.exception("strategy.square_off_failed")
+    task = asyncio.create_task(_schedule(square_off), name="square_off")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
