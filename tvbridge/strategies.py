@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Position
     from tvbridge.config import Config, StrategyConfig
-    from tvbridge.journal import Journal
     from tvbridge.models import CancelLeg, OrderLeg
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -180,7 +180,7 @@ class StrategyBook:
     journal (`Journal.fills`, summed by `positions.book`): nothing is kept in memory, so a restart, the queue
     and crash recovery all see the same book."""
 
-    def __init__(self, journal: Journal, strategies: Mapping[str, StrategyConfig]) -> None:
+    def __init__(self, journal: Store, strategies: Mapping[str, StrategyConfig]) -> None:
         self._journal = journal
         self._strategies = strategies
 
