@@ -35,6 +35,7 @@ from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import HaltedError, RecordsError, ShuttingDownError
 from tvbridge.halt import halt_path, read_halt
+from tvbridge.journal import Journal
 from tvbridge.keys import (
     ALERT_ID,
     ARRIVED,
@@ -150,7 +151,9 @@ def check_records(app: web.Application) -> None:
     journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
     unchanged = app[RECORD_DIRS]
     if unchanged.directories is None:  # the record files stay the same for the process's life
-        files = (journal.path, order_log.path, *(f.path for f in plugin_files))
+        files = [order_log.path, *(f.path for f in plugin_files)]
+        if isinstance(journal, Journal):  # a file of ours (a PostgreSQL store has none to watch)
+            files.append(journal.path)
         unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
     stamp = unchanged.stamp(unchanged.directories)
     if unchanged.unchanged(stamp):
