@@ -562,11 +562,13 @@ class Journal:
         def fetch(conn: sqlite3.Connection) -> list[StrategyFill]:
             rows = conn.execute(
                 "SELECT COALESCE(alerts.strategy, ?) AS strategy, json_extract(legs.result, '$.position_key') AS key,"
-                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket"
+                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket,"
+                " alerts.received_at, alerts.alert_type"
                 " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
                 " WHERE legs.account = ? AND legs.filled_quantity > 0"
                 " AND json_extract(legs.result, '$.position_key') IS NOT NULL"
-                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)",
+                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)"
+                " ORDER BY alerts.received_at, legs.leg_number",
                 (DEFAULT_STRATEGY, account, position_key, position_key),
             ).fetchall()
             return [
@@ -576,6 +578,9 @@ class Journal:
                     side=row["side"],
                     quantity=int(row["filled"]),
                     bracket=tuple(_json_or_none(row["bracket"]) or ()),
+                    at=row["received_at"],
+                    # tvbridge flatten / POST /admin/flatten (square-off's flatten runs under its strategy)
+                    resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
                 )
                 for row in rows
             ]

@@ -166,7 +166,7 @@ class RiskGuard:
     ) -> None:
         refusal = check_symbols(strategy, leg)
         if refusal is None and (strategy.allowed_sides != "both" or strategy.entry_window):
-            own = await self._book.own(name, account, leg) if self._book is not None else 0
+            own = await self._book.own(name, account, leg, self._brokers.get(account)) if self._book is not None else 0
             refusal = check_sides(strategy, leg, own) or check_window(strategy, leg, own, self._clock())
         if refusal is not None:
             raise RiskLimitError(f"{refusal}; nothing was sent")

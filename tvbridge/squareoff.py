@@ -91,7 +91,9 @@ class SquareOff:
             listed = await broker.open_orders() if mine and broker.capabilities.orders else []
             cancels = [o for o in listed if o.client_order_id in mine]
             positions = [
-                p for p in await app[STRATEGY_BOOK].open_positions(name, account) if p.product is Product.INTRADAY
+                p
+                for p in await app[STRATEGY_BOOK].open_positions(name, account, broker)
+                if p.product is Product.INTRADAY
             ]
         except BrokerError as e:
             log.error("strategy.square_off_failed", account=account, error=str(e))

@@ -1,0 +1,125 @@
+"""Strategies (issue 19), the defects an independent review found, each through the real app on paper: a
+strategy's share never exceeds what the broker holds, yesterday's intraday fills are gone, a flatten's close is
+nobody's, square-off cancels brackets and respects halts and sessions, exits pass every strategy rule, ..."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from helpers import alert
+from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intraday, make_config, net, post, start
+
+from tvbridge.broker import OrderRequest
+from tvbridge.keys import BROKERS, JOURNAL, SQUARE_OFF
+from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+
+
+async def manual(client: Any, side: Side, quantity: int, client_id: str = "MANUAL-1") -> None:
+    """An order outside tvbridge (the broker's terminal, its risk desk's square-off)."""
+    order = OrderLeg(
+        side=side,
+        order_type=OrderType.MARKET,
+        quantity=quantity,
+        exchange=Exchange.NSE,
+        symbol="RELIANCE",
+        instrument=Instrument.EQUITY,
+        product=Product.INTRADAY,
+        price=Decimal(2900),
+    )
+    await client.app[BROKERS]["paper"].place(
+        OrderRequest(client_order_id=client_id, alert_id="MANUAL", leg_number=1, leg=order)
+    )
+
+
+def backdate_journal(client: Any, days: int = 1) -> None:
+    """Every alert so far received `days` earlier (the journal stamps wall time): yesterday's fills."""
+    with sqlite3.connect(client.app[JOURNAL].path) as conn:
+        rows = conn.execute("SELECT alert_id, received_at FROM alerts").fetchall()
+        for alert_id, received in rows:
+            earlier = (datetime.fromisoformat(received) - timedelta(days=days)).isoformat()
+            conn.execute("UPDATE alerts SET received_at = ? WHERE alert_id = ?", (earlier, alert_id))
+
+
+# 1. the broker, not the journal, says what can be closed
+
+
+async def test_an_exit_never_closes_a_share_the_broker_no_longer_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha bought 10, then the position was closed outside tvbridge: alpha's EXIT_ALL and the global secret's
+    EXIT_ALL send nothing (before: alpha sold 10 and opened a short, default bought 10 and opened a long)."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await manual(client, Side.SELL, 10)
+    assert await net(client) == 0
+
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+    assert body["results"][0]["message"].startswith("nothing to close"), body
+    body = await post(client, alert(exit_all()))
+    assert body["results"][0]["message"].startswith("nothing to close"), body
+    assert await net(client) == 0
+
+
+async def test_an_exit_closes_at_most_what_the_broker_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha bought 10, 6 were sold outside tvbridge: alpha's EXIT_ALL sells the 4 left, not 10."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await manual(client, Side.SELL, 6)
+
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+
+    assert (body["results"][0]["transaction"], body["results"][0]["quantity"]) == ("S", "4"), body
+    assert await net(client) == 0
+
+
+async def test_square_off_closes_no_more_than_the_broker_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's intraday 10 was closed outside tvbridge: its square-off sends no close (before: SELL 10)."""
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await manual(client, Side.SELL, 10)
+    clock.at = MONDAY_10.replace(hour=15, minute=16)
+
+    [report] = await client.app[SQUARE_OFF].run_due()
+
+    assert [r for r in report.results if r.order_type != "CANCEL"] == []
+    assert await net(client) == 0
+
+
+async def test_yesterdays_intraday_fills_are_not_todays_share(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's intraday 10 was bought yesterday (the broker still lists it: its own square-off is late): today it
+    is not alpha's share any more (an intraday position lives one day); a long_only alpha's SELL 10 is an entry,
+    refused; the global secret's EXIT_ALL owns and closes it."""
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='allowed_sides = "long_only"'))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    backdate_journal(client)
+
+    body = await post(client, alert(intraday(quantity="10", transactionType="S"), secret=ALPHA))
+    assert body["results"][0]["status"] == "failed", body
+    assert "long_only" in body["results"][0]["message"]
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+    assert body["results"][0]["message"].startswith("nothing to close"), body
+    assert await net(client) == 10
+    body = await post(client, alert(exit_all()))
+    assert (body["results"][0]["transaction"], body["results"][0]["quantity"]) == ("S", "10"), body
+    assert await net(client) == 0
+
+
+async def test_admin_flatten_zeroes_every_strategys_share(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha 10, then POST /admin/flatten closes it (journaled under `default`): every strategy's share in the
+    contract is 0 after it, so when beta then buys 5, alpha's EXIT_ALL sends nothing (before: the books said
+    alpha +10 / default -10 and alpha's EXIT_ALL sold beta's 5)."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    response = await client.post("/admin/flatten", json={"account": "paper", "confirm": True}, headers=admin(client))
+    assert response.status == 200, await response.text()
+    status = await (await client.get("/status", headers={**admin(client), "Accept": "application/json"})).json()
+    assert status["strategy_positions"] == []
+    await post(client, alert(intraday(quantity="5"), secret=BETA))
+
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+
+    assert body["results"][0]["message"].startswith("nothing to close"), body
+    assert await net(client) == 5
