@@ -440,15 +440,20 @@ class Executor:
             if recovered is not None:
                 return recovered
         if prepared.refusal is None and is_target(leg):
-            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+            async with self.exit_lock(account):
                 return await self._move(alert_id, account, number, leg, done)
         refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal)
         if refused is not None:
             return refused
         if leg.manage_position is not None:
-            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+            async with self.exit_lock(account):
                 return await self._exit(alert_id, account, number, leg, done)
         return await self._send(alert_id, account, number, leg, done, premarked=premarked, arrived=arrived)
+
+    def exit_lock(self, account: str) -> asyncio.Lock:
+        """One reader of `account`'s positions at a time (EXIT_ALL, targets, square-off): two exits reading the
+        same position would each close it."""
+        return self._exit_locks.setdefault(account, asyncio.Lock())
 
     async def _send(
         self,

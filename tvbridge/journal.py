@@ -587,6 +587,26 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def unsettled(self, account: str, position_key: str | None = None) -> set[str]:
+        """Client order ids of tvbridge's legs on `account` in one contract (`position_key`) whose order is not
+        final yet (or a bracket part is not): their fills may not be journaled yet (order follow-up settles them
+        before a strategy's share is read)."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT client_order_id FROM legs WHERE account = ? AND client_order_id IS NOT NULL"
+                " AND json_extract(result, '$.position_key') IS NOT NULL"
+                " AND (? IS NULL OR json_extract(result, '$.position_key') = ?)"
+                " AND (order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " OR (bracket IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(bracket)"
+                " WHERE json_extract(json_each.value, '$.state') IN"
+                " ('pending', 'open', 'trigger_pending', 'partially_filled'))))",
+                (account, position_key, position_key),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._db.read(fetch)
+
     async def strategy_orders(self, strategy: str, account: str) -> set[str]:
         """Client order ids of `strategy`'s legs on `account` whose order may still be open (square-off cancels
         those, and only those)."""

@@ -24,7 +24,7 @@ import structlog
 
 from tvbridge.broker import BrokerError
 from tvbridge.flatten import FlattenPlan, FlattenReport, execute
-from tvbridge.keys import BROKERS, CALENDAR, CONFIG, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
+from tvbridge.keys import BROKERS, CALENDAR, CONFIG, EXECUTOR, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
 from tvbridge.models import Product
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 from tvbridge.strategies import use_strategy
@@ -78,7 +78,8 @@ class SquareOff:
                     if await app[JOURNAL].has_run(strategy=name, source=source, account=account):
                         continue
                     with use_strategy(name):
-                        report = await self._square_off(name, account, source)
+                        async with app[EXECUTOR].exit_lock(account):  # not beside an EXIT_ALL reading it too
+                            report = await self._square_off(name, account, source)
                     if report is not None:
                         reports.append(report)
             return reports

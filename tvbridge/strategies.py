@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker, Position
     from tvbridge.config import Config, StrategyConfig
+    from tvbridge.followup import FollowUp
     from tvbridge.journal import Journal
     from tvbridge.models import CancelLeg, OrderLeg
 
@@ -190,9 +191,11 @@ class StrategyBook:
         journal: Journal,
         strategies: Mapping[str, StrategyConfig],
         wall: Callable[[], datetime] = _wall_now,
+        followup: FollowUp | None = None,
     ) -> None:
         self._journal = journal
         self._strategies = strategies
+        self._followup = followup
         self._wall = wall
         """The journal's own clock (its stamps are wall time): what "today" is for intraday fills."""
 
@@ -201,7 +204,12 @@ class StrategyBook:
         local = self._wall().astimezone(EXCHANGE_TZ)
         return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC).isoformat()
 
-    async def _book(self, account: str, key: str | None = None) -> dict[tuple[str, str], int]:
+    async def _book(self, account: str, key: str | None = None, *, settle: bool = True) -> dict[tuple[str, str], int]:
+        if settle and self._followup is not None:
+            # a fill the broker made since order follow-up's last look would be missing from the share
+            unsettled = await self._journal.unsettled(account, key)
+            if unsettled:
+                await self._followup.settle(account, unsettled)
         return book(await self._journal.fills(account, key), intraday_since=self._since())
 
     async def own(self, strategy: str, account: str, leg: OrderLeg, broker: Broker | None = None) -> int:
@@ -256,7 +264,7 @@ class StrategyBook:
     async def rows(self, account: str, positions: Sequence[Position]) -> list[dict[str, Any]]:
         """For `/status`: every strategy's position on `account`, and each contract where the broker's net
         (`positions`, all of the account's) is not the strategies' sum (`mismatch`)."""
-        net = await self._book(account)
+        net = await self._book(account, settle=False)  # the status page asks no broker
         held: dict[str, int] = {}
         for p in positions:
             key = book_key(closing_leg(p))
