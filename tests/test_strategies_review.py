@@ -123,3 +123,29 @@ async def test_admin_flatten_zeroes_every_strategys_share(aiohttp_client: Any, t
 
     assert body["results"][0]["message"].startswith("nothing to close"), body
     assert await net(client) == 5
+
+
+# 3. square-off and brackets
+
+
+async def test_square_off_cancels_the_strategys_brackets_before_closing(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's bracket entry (target 3000, stop 2800) filled: at square-off its target and stop are cancelled
+    and the 10 closed; when the price later falls through 2800 nothing fills (before: the stop stayed resting
+    and sold 10, opening a short)."""
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    entry = await post(client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA))
+    broker = client.app[BROKERS]["paper"]
+    assert len(await broker.open_orders()) == 2  # the target and the stop rest
+    clock.at = MONDAY_10.replace(hour=15, minute=16)
+
+    [report] = await client.app[SQUARE_OFF].run_due()
+
+    assert sorted((r.order_type, r.status.value) for r in report.results) == [
+        ("CANCEL", "success"),
+        ("MKT", "success"),
+    ], report.lines
+    assert [r.order_id for r in report.results if r.order_type == "CANCEL"] == [entry["results"][0]["order_id"]]
+    assert await broker.open_orders() == []
+    await post(client, alert(intraday(quantity="1", price="2700"), secret=BETA))  # the price falls through 2800
+    assert await net(client) == 1

@@ -641,6 +641,27 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def bracket_entries(self, strategy: str, account: str) -> list[tuple[str, str, str, int]]:
+        """`strategy`'s bracket legs on `account` with a part still open, in every contract, as (order id,
+        position key, side, quantity): what square-off cancels by entry order id (a filled entry's stop and
+        target are not open orders of the strategy's own, and would otherwise stay resting)."""
+
+        def fetch(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+            rows = conn.execute(
+                "SELECT legs.order_id, json_extract(legs.result, '$.position_key'),"
+                " json_extract(legs.result, '$.transaction'), json_extract(legs.result, '$.quantity')"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND json_extract(legs.result, '$.position_key') IS NOT NULL AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.state')"
+                " IN ('pending', 'open', 'trigger_pending', 'partially_filled'))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account),
+            ).fetchall()
+            return [(row[0], row[1], row[2], int(row[3] or 0)) for row in rows]
+
+        return await self._db.read(fetch)
+
     async def open_orders_of(
         self, strategy: str, account: str, *, symbol: str, exchange: str | None, side: str | None
     ) -> list[str]:

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from tvbridge.broker import BrokerError
+from tvbridge.broker import BrokerError, OpenOrder, OrderState
 from tvbridge.flatten import FlattenPlan, FlattenReport, execute
 from tvbridge.keys import BROKERS, CALENDAR, CONFIG, EXECUTOR, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
-from tvbridge.models import Product
+from tvbridge.models import Product, Side
+from tvbridge.positions import position_of_key
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 from tvbridge.strategies import use_strategy
 
@@ -91,6 +92,11 @@ class SquareOff:
             mine = await app[JOURNAL].strategy_orders(name, account)
             listed = await broker.open_orders() if mine and broker.capabilities.orders else []
             cancels = [o for o in listed if o.client_order_id in mine]
+            if broker.capabilities.brackets:  # its brackets by entry order id: the whole bracket goes
+                known = {o.order_id for o in cancels}
+                for order_id, key, side, quantity in await app[JOURNAL].bracket_entries(name, account):
+                    if order_id not in known:
+                        cancels.append(_bracket(order_id, key, side, quantity))
             positions = [
                 p
                 for p in await app[STRATEGY_BOOK].open_positions(name, account, broker)
@@ -117,6 +123,20 @@ class SquareOff:
             closed=len(positions),
         )
         return report
+
+
+def _bracket(order_id: str, key: str, side: str, quantity: int) -> OpenOrder:
+    """A bracket of the strategy's, named by its entry's order id (cancelling it cancels the stop and target)."""
+    position = position_of_key(key, quantity)
+    return OpenOrder(
+        order_id=order_id,
+        state=OrderState.OPEN,
+        contract=position.contract,
+        side=Side(side),
+        quantity=quantity,
+        product=position.product,
+        details={"bracket": True},
+    )
 
 
 async def _schedule(square_off: SquareOff) -> None:
