@@ -149,3 +149,24 @@ async def test_square_off_cancels_the_strategys_brackets_before_closing(aiohttp_
     assert await broker.open_orders() == []
     await post(client, alert(intraday(quantity="1", price="2700"), secret=BETA))  # the price falls through 2800
     assert await net(client) == 1
+
+
+# 4. exits still to fill are each strategy's own
+
+
+async def test_one_strategys_resting_exit_does_not_swallow_anothers(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha 10, beta 4; alpha's EXIT_ALL rests as a limit SELL 10 at 3500; beta's EXIT_ALL sells beta's 4 (before:
+    it found alpha's resting order and answered "nothing more to close"); alpha's repeated EXIT_ALL still sees
+    its own resting one and sends nothing more."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await post(client, alert(intraday(quantity="4"), secret=BETA))
+    resting = await post(client, alert(exit_all(orderType="LMT", price="3500"), secret=ALPHA))
+    assert resting["results"][0]["order_state"] == "open", resting
+
+    body = await post(client, alert(exit_all(transactionType="S"), secret=BETA))
+
+    assert (body["results"][0]["transaction"], body["results"][0]["quantity"]) == ("S", "4"), body
+    assert await net(client) == 10
+    body = await post(client, alert(exit_all(orderType="LMT", price="3500"), secret=ALPHA))
+    assert body["results"][0]["message"].startswith("nothing more to close"), body

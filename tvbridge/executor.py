@@ -157,6 +157,12 @@ def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, Any]:
     }
 
 
+def _sent_scope(account: str) -> str:
+    """Whose exit and target orders still to fill count (`SentExits`, `SentMoves`): the running strategy's on
+    `account`. Each strategy moves only its own share, so another strategy's resting exit is not this one's."""
+    return f"{account}|{current_strategy()}"
+
+
 class Executor:
     def __init__(
         self,
@@ -533,7 +539,7 @@ class Executor:
         try:
             listed: list[OpenOrder] | None = None
             if broker.capabilities.orders and (
-                self._sent_moves.may_be_open(account, leg) or self._sent_exits.has(account)
+                self._sent_moves.may_be_open(_sent_scope(account), leg) or self._sent_exits.has(_sent_scope(account))
             ):
                 # open orders before positions: an order filling in between is then counted twice (sends too
                 # little, corrected by the next alert), never not at all (would send it again)
@@ -541,8 +547,8 @@ class Executor:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if listed is not None:  # this process's target and exit orders for the contract, still to fill
-                pending = self._sent_moves.still_open(account, leg, listed)
-                pending += self._sent_exits.still_open(account, leg, found, listed)
+                pending = self._sent_moves.still_open(_sent_scope(account), leg, listed)
+                pending += self._sent_exits.still_open(_sent_scope(account), leg, found, listed)
         except BrokerError as e:
             message = f"not sent: the current position could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
@@ -575,7 +581,7 @@ class Executor:
         result = await self._place(alert_id, account, number, move.leg)
         crash_point("after_send")
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a resend must count it
-            self._sent_moves.remember(account, client_id, move.leg)
+            self._sent_moves.remember(_sent_scope(account), client_id, move.leg)
         return result
 
     async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
@@ -588,8 +594,8 @@ class Executor:
         try:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
-            if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
-                pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
+            if broker.capabilities.orders and self._sent_exits.may_be_open(_sent_scope(account), leg, found):
+                pending = self._sent_exits.still_open(_sent_scope(account), leg, found, await broker.open_orders())
         except BrokerError as e:
             message = f"not sent: the position to close could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
@@ -614,7 +620,7 @@ class Executor:
         result = await self._place(alert_id, account, number, exit_order.leg)
         crash_point("after_send")
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
-            self._sent_exits.remember(account, client_id, exit_order.leg, found)
+            self._sent_exits.remember(_sent_scope(account), client_id, exit_order.leg, found)
         return attrs.evolve(result, message=f"{exit_order.message}; {result.message}{cancelled}")
 
     async def _positions(self, account: str, leg: OrderLeg) -> list[Position]:
