@@ -10,12 +10,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import alert
+from server_process import run_cli
 from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intraday, make_config, net, post, start
 
 from tvbridge.broker import OrderRequest
+from tvbridge.config import load_config
+from tvbridge.errors import ConfigError
 from tvbridge.keys import BROKERS, JOURNAL, SQUARE_OFF
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.parsing import make_converter
+from tvbridge.secretstore import resolve_credentials
 
 
 async def manual(client: Any, side: Side, quantity: int, client_id: str = "MANUAL-1") -> None:
@@ -170,3 +176,27 @@ async def test_one_strategys_resting_exit_does_not_swallow_anothers(aiohttp_clie
     assert await net(client) == 10
     body = await post(client, alert(exit_all(orderType="LMT", price="3500"), secret=ALPHA))
     assert body["results"][0]["message"].startswith("nothing more to close"), body
+
+
+# 5. a strategy credential that is the webhook secret in use
+
+
+def test_a_strategy_secret_equal_to_the_generated_webhook_secret_stops_the_start(tmp_path: Path) -> None:
+    """auth.secret is unset, so the server uses the generated webhook_secret.txt; a strategy whose secret is that
+    same value (its alerts would run as `default`, under no rule of its) stops `serve` (resolve_credentials) and
+    `check-config` (exit 2) with a config error naming the key, never the value."""
+    generated = "generated-secret-0123456789abcdefXYZ"
+    (tmp_path / "webhook_secret.txt").write_text(generated + "\n", encoding="utf-8")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[strategies.alpha]\nsecret = "{generated}"\n', encoding="utf-8")
+    env = {"WEBHOOK_SECRET": "", "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    config = load_config(path, make_converter(), env, tmp_path)
+
+    with pytest.raises(ConfigError, match=r"strategies\.alpha\.secret: is the webhook secret in use") as caught:
+        resolve_credentials(config)
+    assert generated not in str(caught.value)
+
+    result = run_cli(tmp_path, {**env, "TVBRIDGE_CONFIG": str(path)}, "check-config")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "strategies.alpha.secret: is the webhook secret in use" in result.stderr
+    assert generated not in result.stdout + result.stderr
