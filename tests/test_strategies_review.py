@@ -200,3 +200,42 @@ def test_a_strategy_secret_equal_to_the_generated_webhook_secret_stops_the_start
     assert result.returncode == 2, result.stdout + result.stderr
     assert "strategies.alpha.secret: is the webhook secret in use" in result.stderr
     assert generated not in result.stdout + result.stderr
+
+
+# 6. cancel_order by order id
+
+
+async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(aiohttp_client: Any, tmp_path: Path) -> None:
+    """beta's resting order: alpha's cancel_order naming its order id fails with the reason and leaves it resting
+    (before: alpha cancelled it); the global secret's cancel cannot take beta's either; beta cancels its own; the
+    global secret's cancel still cancels an order tvbridge never placed."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    broker = client.app[BROKERS]["paper"]
+    theirs = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=BETA))
+    beta_id = theirs["results"][0]["order_id"]
+
+    body = await post(client, alert({"order_id": beta_id}, secret=ALPHA, alertType="cancel_order"))
+
+    [result] = body["results"]
+    assert result["status"] == "failed", result
+    assert f"order {beta_id} is another strategy's order" in result["message"]
+    body = await post(client, alert({"order_id": beta_id}, alertType="cancel_order"))
+    assert body["results"][0]["status"] == "failed", body
+    assert [o.order_id for o in await broker.open_orders()] == [beta_id]
+    body = await post(client, alert({"order_id": beta_id}, secret=BETA, alertType="cancel_order"))
+    assert body["results"][0]["status"] == "success", body["results"][0]["message"]
+
+    outside = OrderLeg(
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        quantity=1,
+        exchange=Exchange.NSE,
+        symbol="RELIANCE",
+        instrument=Instrument.EQUITY,
+        product=Product.INTRADAY,
+        price=Decimal(1900),
+    )
+    placed = await broker.place(OrderRequest(client_order_id="MANUAL-2", alert_id="MANUAL", leg_number=1, leg=outside))
+    body = await post(client, alert({"order_id": placed.order_id}, alertType="cancel_order"))
+    assert body["results"][0]["status"] == "success", body
+    assert await broker.open_orders() == []

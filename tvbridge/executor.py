@@ -55,6 +55,7 @@ from tvbridge.broker import (
     Position,
     check_supported,
 )
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.contracts import is_relative, resolve
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
@@ -822,6 +823,8 @@ class Executor:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
             if leg.order_id is None and self._own_orders is not None:
                 cancelled = await self._cancel_own(alert_id, account, number, leg)
+            elif self._own_orders is not None and (refusal := await self._not_own(account, leg.order_id)):
+                return self.result_for(account, number, leg, LegStatus.FAILED, refusal)
             else:
                 cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
@@ -839,6 +842,18 @@ class Executor:
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
+
+    async def _not_own(self, account: str, order_id: str | None) -> str | None:
+        """With strategies, why a `cancel_order` by order id is refused: the order is another strategy's (a named
+        strategy cancels only orders it placed; `default` also orders tvbridge never placed). None: allowed."""
+        if order_id is None:
+            return None
+        strategy = current_strategy()
+        owners = await self._journal.order_strategies(account, order_id)
+        if strategy in owners or (strategy == DEFAULT_STRATEGY and not owners):
+            return None
+        whose = "another strategy's order" if owners else "an order tvbridge did not place under it"
+        return f"not cancelled: order {order_id} is {whose}; strategy {strategy} cancels only its own orders"
 
     async def _cancel_own(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> list[OrderResult]:
         """A strategy's `cancel_order` by symbol: its own open orders, one by one by order id; an order that

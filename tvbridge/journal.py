@@ -641,6 +641,21 @@ class Journal:
 
         return await self._db.read(fetch)
 
+    async def order_strategies(self, account: str, order_id: str) -> set[str]:
+        """The strategies whose legs on `account` placed order `order_id` (a bracket's target or stop-loss
+        included); empty when tvbridge never placed it. A strategy's `cancel_order` by order id checks it."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT COALESCE(alerts.strategy, ?) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = ? AND (legs.order_id = ? OR (legs.bracket IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.order_id') = ?)))",
+                (DEFAULT_STRATEGY, account, order_id, order_id),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._db.read(fetch)
+
     async def bracket_entries(self, strategy: str, account: str) -> list[tuple[str, str, str, int]]:
         """`strategy`'s bracket legs on `account` with a part still open, in every contract, as (order id,
         position key, side, quantity): what square-off cancels by entry order id (a filled entry's stop and
