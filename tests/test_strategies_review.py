@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from helpers import alert
 from server_process import run_cli
+from structlog.testing import capture_logs
 from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intraday, make_config, net, post, start
 
 from tvbridge.broker import OrderRequest
 from tvbridge.config import load_config
-from tvbridge.errors import ConfigError
+from tvbridge.errors import ConfigError, JournalError
 from tvbridge.keys import BROKERS, JOURNAL, SQUARE_OFF
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
@@ -239,3 +240,36 @@ async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(aiohttp_
     body = await post(client, alert({"order_id": placed.order_id}, alertType="cancel_order"))
     assert body["results"][0]["status"] == "success", body
     assert await broker.open_orders() == []
+
+
+# 7. a square-off whose journal entry fails
+
+
+async def test_a_square_off_whose_journal_entry_fails_sends_nothing_and_does_not_repeat(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal refuses the square-off's entry (disk full): nothing is sent, `strategy.square_off_not_recorded`
+    is logged, and the next polls do not try again (before: it closed the position without a record, and every
+    20 s poll found no record and closed again)."""
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    journal = client.app[JOURNAL]
+    record_alert = journal.record_alert
+
+    async def refuse_flatten(**kwargs: Any) -> None:
+        if kwargs["alert_type"] == "flatten":
+            raise JournalError("database or disk is full")
+        await record_alert(**kwargs)
+
+    monkeypatch.setattr(journal, "record_alert", refuse_flatten)
+    clock.at = MONDAY_10.replace(hour=15, minute=16)
+
+    with capture_logs() as events:
+        assert await client.app[SQUARE_OFF].run_due() == []
+        assert await client.app[SQUARE_OFF].run_due() == []
+
+    assert [e["event"] for e in events if e["event"].startswith("strategy.square_off")] == [
+        "strategy.square_off_not_recorded"
+    ]
+    assert await net(client) == 10

@@ -26,6 +26,7 @@ from tvbridge.broker import BrokerError, OpenOrder, OrderState
 from tvbridge.flatten import FlattenPlan, FlattenReport, execute
 from tvbridge.keys import BROKERS, CALENDAR, CONFIG, EXECUTOR, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
 from tvbridge.models import Product, Side
+from tvbridge.notify import event
 from tvbridge.positions import position_of_key
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 from tvbridge.strategies import use_strategy
@@ -58,6 +59,9 @@ class SquareOff:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._lock = asyncio.Lock()
+        self._done: set[tuple[str, str, str]] = set()
+        """(strategy, account, source) of the runs this process started: a run whose journal entry could not
+        be written is not found by `has_run` and must still not repeat every poll."""
 
     def _trading_day(self, now: datetime) -> bool:
         day = now.astimezone(EXCHANGE_TZ).date()
@@ -76,7 +80,10 @@ class SquareOff:
                     continue
                 source = f"{SOURCE} {now.astimezone(EXCHANGE_TZ).date().isoformat()}"
                 for account in config.accounts_of(name):
+                    if (name, account, source) in self._done:
+                        continue
                     if await app[JOURNAL].has_run(strategy=name, source=source, account=account):
+                        self._done.add((name, account, source))
                         continue
                     with use_strategy(name):
                         async with app[EXECUTOR].exit_lock(account):  # not beside an EXIT_ALL reading it too
@@ -106,14 +113,26 @@ class SquareOff:
             log.error("strategy.square_off_failed", account=account, error=str(e))
             return None  # nothing was done or recorded: the next poll tries again
         plan = FlattenPlan(account=account, cancels=tuple(cancels), positions=tuple(positions))
-        report = await execute(
-            plan,
-            broker,
-            broker_name=app[CONFIG].broker_of(account),
-            journal=app[JOURNAL],
-            order_log=app[ORDER_LOG],
-            source=source,
-        )
+        self._done.add((name, account, source))  # from here on, never again today in this process
+        try:
+            report = await execute(
+                plan,
+                broker,
+                broker_name=app[CONFIG].broker_of(account),
+                journal=app[JOURNAL],
+                order_log=app[ORDER_LOG],
+                source=source,
+                record_required=True,
+            )
+        except Exception as e:  # noqa: BLE001 - its journal entry failed (any error): nothing was sent
+            log.error("strategy.square_off_not_recorded", account=account, source=source, error=str(e))
+            event(
+                app,
+                "journal_error",
+                f"square-off of strategy {name} on {account} NOT run ({source}): its journal entry failed"
+                f" ({type(e).__name__}); nothing was sent and it is not retried today: check and close by hand",
+            )
+            return None
         log.warning(
             "strategy.squared_off",
             account=account,
