@@ -273,3 +273,57 @@ async def test_a_square_off_whose_journal_entry_fails_sends_nothing_and_does_not
         "strategy.square_off_not_recorded"
     ]
     assert await net(client) == 10
+
+
+# 8. square-off, market hours and halts
+
+
+async def test_a_square_off_missed_until_the_market_closed_does_not_run(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's intraday NSE 10; the server was down at 15:15 and starts at 23:00 (NSE closed): the square-off
+    sends nothing for NSE (`strategy.square_off_skipped`, market closed) and the position stays (before: a
+    market SELL went to a closed market)."""
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    clock.at = MONDAY_10.replace(hour=23)
+
+    with capture_logs() as events:
+        reports = await client.app[SQUARE_OFF].run_due()
+
+    assert [r for report in reports for r in report.results] == []
+    [skipped] = [e for e in events if e["event"] == "strategy.square_off_skipped"]
+    assert skipped["reason"] == "market closed now: NSE"
+    assert await net(client) == 10
+
+
+async def test_a_halt_holds_the_square_off_until_it_is_lifted(aiohttp_client: Any, tmp_path: Path) -> None:
+    """At 15:16 alpha is halted, then the whole server: the square-off sends nothing (a halt means send
+    nothing; logged once); resumed at 15:20 (market open), it closes alpha's 10."""
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    halt = await client.post("/admin/halt", json={"strategy": "alpha", "reason": "drawdown"}, headers=admin(client))
+    assert halt.status == 200, await halt.text()
+    clock.at = MONDAY_10.replace(hour=15, minute=16)
+    square_off = client.app[SQUARE_OFF]
+
+    with capture_logs() as events:
+        assert await square_off.run_due() == []
+        assert await square_off.run_due() == []
+    reasons = [e["reason"] for e in events if e["event"] == "strategy.square_off_skipped"]
+    assert reasons == ["strategy alpha halted: drawdown"]
+    assert await net(client) == 10
+    resumed = await client.post("/admin/resume", json={"strategy": "alpha"}, headers=admin(client))
+    assert resumed.status == 200, await resumed.text()
+    halt = await client.post("/admin/halt", json={"reason": "news"}, headers=admin(client))
+    assert halt.status == 200, await halt.text()
+    assert await square_off.run_due() == []
+    assert await net(client) == 10
+
+    resumed = await client.post("/admin/resume", json={}, headers=admin(client))
+    assert resumed.status == 200, await resumed.text()
+    clock.at = MONDAY_10.replace(hour=15, minute=20)
+    [report] = await square_off.run_due()
+
+    assert [(r.transaction, r.quantity) for r in report.results] == [("S", "10")]
+    assert await net(client) == 0

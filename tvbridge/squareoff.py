@@ -24,12 +24,13 @@ import structlog
 
 from tvbridge.broker import BrokerError, OpenOrder, OrderState
 from tvbridge.flatten import FlattenPlan, FlattenReport, execute
+from tvbridge.halt import halt_path, read_halt
 from tvbridge.keys import BROKERS, CALENDAR, CONFIG, EXECUTOR, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
 from tvbridge.models import Product, Side
 from tvbridge.notify import event
 from tvbridge.positions import position_of_key
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
-from tvbridge.strategies import use_strategy
+from tvbridge.strategies import halted_reason, use_strategy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -59,6 +60,7 @@ class SquareOff:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._lock = asyncio.Lock()
+        self._halt_logged: set[tuple[str, str, str]] = set()
         self._done: set[tuple[str, str, str]] = set()
         """(strategy, account, source) of the runs this process started: a run whose journal entry could not
         be written is not found by `has_run` and must still not repeat every poll."""
@@ -85,12 +87,43 @@ class SquareOff:
                     if await app[JOURNAL].has_run(strategy=name, source=source, account=account):
                         self._done.add((name, account, source))
                         continue
+                    if self._halted(name, account, source):
+                        continue
                     with use_strategy(name):
                         async with app[EXECUTOR].exit_lock(account):  # not beside an EXIT_ALL reading it too
                             report = await self._square_off(name, account, source)
                     if report is not None:
                         reports.append(report)
             return reports
+
+    def _halted(self, name: str, account: str, source: str) -> bool:
+        """A halt (global, or the strategy's) means "send nothing": the square-off waits (logged once) and runs
+        when the halt is lifted the same day, while the market is open."""
+        data_dir = self._app[CONFIG].server.data_dir
+        halt = read_halt(halt_path(data_dir))
+        reason = f"trading halted: {halt.reason or 'halted'}" if halt is not None else None
+        if reason is None and (strategy_reason := halted_reason(data_dir, name)) is not None:
+            reason = f"strategy {name} halted: {strategy_reason}"
+        if reason is None:
+            return False
+        if (name, account, source) not in self._halt_logged:
+            self._halt_logged.add((name, account, source))
+            log.warning("strategy.square_off_skipped", account=account, source=source, reason=reason)
+        return True
+
+    def _closed_now(self, exchanges: set[str], account: str, source: str) -> set[str]:
+        """The exchanges in `exchanges` whose session is not open now (a holiday, after the close): their
+        contracts are left alone (an order to a closed market is refused, or waits for the next open)."""
+        now = self._app[NOW]()
+        closed = {e for e in exchanges if not self._app[CALENDAR].is_open(e, now)}
+        if closed:
+            log.warning(
+                "strategy.square_off_skipped",
+                account=account,
+                source=source,
+                reason=f"market closed now: {', '.join(sorted(closed))}",
+            )
+        return closed
 
     async def _square_off(self, name: str, account: str, source: str) -> FlattenReport | None:
         app = self._app
@@ -112,6 +145,13 @@ class SquareOff:
         except BrokerError as e:
             log.error("strategy.square_off_failed", account=account, error=str(e))
             return None  # nothing was done or recorded: the next poll tries again
+        closed = self._closed_now(
+            {p.contract.exchange.value for p in positions} | {o.contract.exchange.value for o in cancels},
+            account,
+            source,
+        )
+        positions = [p for p in positions if p.contract.exchange.value not in closed]
+        cancels = [o for o in cancels if o.contract.exchange.value not in closed]
         plan = FlattenPlan(account=account, cancels=tuple(cancels), positions=tuple(positions))
         self._done.add((name, account, source))  # from here on, never again today in this process
         try:
