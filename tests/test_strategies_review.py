@@ -327,3 +327,31 @@ async def test_a_halt_holds_the_square_off_until_it_is_lifted(aiohttp_client: An
 
     assert [(r.transaction, r.quantity) for r in report.results] == [("S", "10")]
     assert await net(client) == 0
+
+
+# 9. a strategy's rules never refuse an exit
+
+
+async def test_a_strategys_rules_never_refuse_an_exit(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha holds 20 RELIANCE; restarted with symbols ["INFY"], max_qty_per_order 5 and max_orders_per_day 2:
+    a BUY of RELIANCE is refused (an entry), but a target of 5 (SELL 15, over max_qty), a SELL of 3 and an
+    EXIT_ALL (the third order of the day, over the count) all go, not in symbols either (before: each was
+    refused, so the strategy could not close)."""
+    client = await start(aiohttp_client, make_config(tmp_path))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await client.close()
+    rules = 'symbols = ["INFY"]\nmax_qty_per_order = 5\nmax_orders_per_day = 2'
+    client = await start(aiohttp_client, make_config(tmp_path, alpha=rules))
+
+    body = await post(client, alert(intraday(quantity="1"), secret=ALPHA))
+    assert body["results"][0]["status"] == "failed", body
+    target = intraday(position_size="5")
+    target.pop("quantity")
+    body = await post(client, alert(target, secret=ALPHA))
+    assert (body["results"][0]["status"], body["results"][0]["quantity"]) == ("success", "15"), body
+    body = await post(client, alert(intraday(quantity="3", transactionType="S"), secret=ALPHA))
+    assert body["results"][0]["status"] == "success", body
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+    assert (body["results"][0]["status"], body["results"][0]["quantity"]) == ("success", "2"), body
+    assert await net(client) == 0
