@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import alert
+from helpers import SECRET, alert
 from server_process import run_cli
 from structlog.testing import capture_logs
 from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intraday, make_config, net, post, start
@@ -19,7 +19,7 @@ from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intr
 from tvbridge.broker import OrderRequest
 from tvbridge.config import load_config
 from tvbridge.errors import ConfigError, JournalError
-from tvbridge.keys import BROKERS, JOURNAL, SQUARE_OFF
+from tvbridge.keys import BROKERS, JOURNAL, SCHEDULER, SQUARE_OFF
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
@@ -355,3 +355,37 @@ async def test_a_strategys_rules_never_refuse_an_exit(aiohttp_client: Any, tmp_p
     body = await post(client, alert(exit_all(), secret=ALPHA))
     assert (body["results"][0]["status"], body["results"][0]["quantity"]) == ("success", "2"), body
     assert await net(client) == 0
+
+
+# 10. a halted strategy's queued alerts wait
+
+
+async def test_a_halted_strategys_queued_alert_waits_for_its_resume(aiohttp_client: Any, tmp_path: Path) -> None:
+    """alpha's alert on Sunday is queued for Monday's open; alpha is halted; at 09:20 Monday the queue sends
+    nothing and the alert stays queued (before: it was taken from the queue and failed "strategy alpha
+    halted"); resumed, it is sent."""
+    make_config(tmp_path)
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text(encoding="utf-8").replace("enabled = false", "enabled = true"), encoding="utf-8")
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    config = load_config(path, make_converter(), env, tmp_path)
+    clock = Clock(MONDAY_10 - timedelta(days=1))
+    client = await start(aiohttp_client, config, clock)
+    response = await client.post("/webhook", json=alert(intraday(quantity="10"), secret=ALPHA, id="queued-1"))
+    assert response.status == 202, await response.text()
+    alert_id = (await response.json())["alert_id"]
+    halt = await client.post("/admin/halt", json={"strategy": "alpha", "reason": "drawdown"}, headers=admin(client))
+    assert halt.status == 200, await halt.text()
+    clock.at = MONDAY_10.replace(hour=9, minute=20)
+
+    assert await client.app[SCHEDULER].run_due() == 0
+
+    record = await (await client.get(f"/alerts/{alert_id}", headers=admin(client))).json()
+    assert record["status"] == "queued", record
+    assert await net(client) == 0
+    resumed = await client.post("/admin/resume", json={"strategy": "alpha"}, headers=admin(client))
+    assert resumed.status == 200, await resumed.text()
+    await client.app[SCHEDULER].run_due()  # after the queue's own loop, woken by the resume, if it was first
+    record = await (await client.get(f"/alerts/{alert_id}", headers=admin(client))).json()
+    assert record["status"] == "success", record
+    assert await net(client) == 10

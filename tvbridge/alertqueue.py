@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,6 +29,7 @@ import structlog
 
 from tvbridge.crashpoints import crash_point
 from tvbridge.halt import halt_path, read_halt
+from tvbridge.strategies import halted_reason
 
 if TYPE_CHECKING:
     import sqlite3
@@ -165,9 +167,14 @@ class Scheduler:
         clock: Callable[[], datetime],
         data_dir: Any,
         send: Callable[[str, list[str]], Any],
+        strategies: Iterable[str] = (),
     ) -> None:
         self._journal = journal
         self._clock = clock
+        self._data_dir = data_dir
+        self._strategies = tuple(strategies)
+        """The named strategies: a halted one's queued alerts stay queued (like everything under the global
+        halt) and go when it is resumed."""
         self._halt_file = halt_path(data_dir)
         self._send = send
         self._lock = asyncio.Lock()
@@ -179,13 +186,18 @@ class Scheduler:
             if read_halt(self._halt_file) is not None:
                 return 0
             now = _utc(self._clock())
+            halted = self._halted_strategies()
 
             def claim(conn: sqlite3.Connection) -> list[QueueEntry]:
                 rows = [
                     _entry(row)
                     for row in conn.execute(
-                        "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ? ORDER BY not_before, id",
-                        (now,),
+                        "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ?"
+                        # not a halted strategy's: it stays queued until resumed
+                        " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                        " AND alerts.strategy IN (SELECT value FROM json_each(?)))"
+                        " ORDER BY not_before, id",
+                        (now, halted),
                     ).fetchall()
                 ]
                 stamp = _now()
@@ -231,9 +243,19 @@ class Scheduler:
             )
         )
 
+    def _halted_strategies(self) -> str:
+        """The named strategies halted now, as a JSON list (the claim's SQL reads it with json_each)."""
+        return json.dumps([name for name in self._strategies if halted_reason(self._data_dir, name) is not None])
+
     async def next_due(self) -> datetime | None:
+        halted = self._halted_strategies()
         row = await self._journal.read(
-            lambda conn: conn.execute("SELECT MIN(not_before) FROM queue WHERE state = 'queued'").fetchone()
+            lambda conn: conn.execute(
+                "SELECT MIN(not_before) FROM queue WHERE state = 'queued'"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                " AND alerts.strategy IN (SELECT value FROM json_each(?)))",
+                (halted,),
+            ).fetchone()
         )
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
@@ -278,6 +300,7 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=app[NOW],
         data_dir=app[CONFIG].server.data_dir,
         send=lambda alert_id, accounts: tradingday.send_queued(app, alert_id, accounts),
+        strategies=app[CONFIG].strategies,
     )
     app[SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.loop(), name="queue-scheduler")
