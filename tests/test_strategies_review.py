@@ -4,6 +4,7 @@ nobody's, square-off cancels brackets and respects halts and sessions, exits pas
 
 from __future__ import annotations
 
+import csv
 import sqlite3
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -389,3 +390,36 @@ async def test_a_halted_strategys_queued_alert_waits_for_its_resume(aiohttp_clie
     record = await (await client.get(f"/alerts/{alert_id}", headers=admin(client))).json()
     assert record["status"] == "success", record
     assert await net(client) == 10
+
+
+# 11. the order log's header after an upgrade
+
+
+async def test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """webhook_orders.csv written by a version before strategies (no `strategy` column): at start it is kept as
+    webhook_orders.old-header-<time>.csv, whole, `order_log.rotated` is logged, and the new file starts with
+    the current header, so csv.DictReader reads the new rows with their strategy (before: new rows went under
+    the old header and DictReader put the strategy under None)."""
+    old_header = "timestamp,alert_type,symbol,exchange,transaction,quantity,order_type,product_type,price,status,"
+    old_header += "order_id,message,alert_id,leg_number,account,broker,client_order_id,bracket"
+    old_row = "2026-12-01T04:00:00+00:00,multi_leg_order,INFY,NSE,B,1,MKT,I,1500,success,P-1,ok,a1,1,paper,paper,c1,"
+    (tmp_path / "webhook_orders.csv").write_text(f"{old_header}\n{old_row}\n", encoding="utf-8")
+    config = make_config(tmp_path)
+
+    with capture_logs() as events:
+        client = await start(aiohttp_client, config)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+
+    [rotated] = [e for e in events if e["event"] == "order_log.rotated"]
+    [kept] = list(tmp_path.glob("webhook_orders.old-header-*.csv"))
+    assert rotated["kept_as"] == str(kept)
+    assert kept.read_text(encoding="utf-8") == f"{old_header}\n{old_row}\n"
+    with (tmp_path / "webhook_orders.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["symbol"], r["quantity"], r["strategy"]) for r in rows] == [("RELIANCE", "10", "alpha")]
+    assert all(None not in r for r in rows)
+    await client.close()
+    await start(aiohttp_client, config)  # the current header: nothing set aside again
+    assert len(list(tmp_path.glob("webhook_orders.old-header-*.csv"))) == 1
