@@ -423,3 +423,29 @@ async def test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_star
     await client.close()
     await start(aiohttp_client, config)  # the current header: nothing set aside again
     assert len(list(tmp_path.glob("webhook_orders.old-header-*.csv"))) == 1
+
+
+async def test_no_square_off_for_a_contract_whose_exchange_is_closed_that_day(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A day NSE is closed while MCX trades (here a Sunday with an MCX session): it is a trading day, but
+    alpha's intraday NSE position is not squared off (logged), since NSE has no session."""
+    make_config(tmp_path, alpha='square_off_at = "15:15"')
+    path = tmp_path / "config.toml"
+    mcx_only = 'extra_sessions = [{date = 2026-12-06, open = "10:00", close = "23:00", exchanges = ["MCX"]}]'
+    text = path.read_text(encoding="utf-8").replace("enabled = false", f"enabled = false\n{mcx_only}")
+    path.write_text(text, encoding="utf-8")
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    config = load_config(path, make_converter(), env, tmp_path)
+    sunday = MONDAY_10 - timedelta(days=1)
+    clock = Clock(sunday)
+    client = await start(aiohttp_client, config, clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    clock.at = sunday.replace(hour=15, minute=16)
+
+    with capture_logs() as events:
+        reports = await client.app[SQUARE_OFF].run_due()
+
+    assert [r for report in reports for r in report.results] == []
+    assert [e["reason"] for e in events if e["event"] == "strategy.square_off_skipped"] == ["market closed now: NSE"]
+    assert await net(client) == 10
