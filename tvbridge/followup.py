@@ -180,6 +180,8 @@ class FollowUp:
         look-up leaves the order as it was (asked again at its next poll)."""
         wanted = set(client_order_ids)
         for order in [o for o in self._orders.get(account, {}).values() if o.client_order_id in wanted]:
+            if self._orders[account].get(order.key) is not order:  # final meanwhile (the account's own poll)
+                continue
             with structlog.contextvars.bound_contextvars(strategy=order.strategy):
                 await self._check(order)
 
