@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from helpers import SECRET, ClientFactory
+from pgcluster import own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - fixtures, shared by every test module
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, load_config
@@ -47,20 +48,35 @@ def test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["PYTHONPATH"] = old
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run (`TVBRIDGE_TEST_STORE=postgresql`), skip the tests marked `sqlite_only`."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="reads the SQLite journal, or a page kept only there (docs/postgresql.md)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def converter() -> Any:
     return make_converter()
 
 
 @pytest.fixture
-def config(tmp_path: Path, converter: Any) -> Config:
+def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Config:
     """Paper broker, files in tmp_path, a known secret, rate limits out of the way; exchange sessions off, so
-    tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on)."""
+    tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on).
+
+    The store is the SQLite journal, or a new PostgreSQL database when the run has
+    `TVBRIDGE_TEST_STORE=postgresql` (the suite on PostgreSQL; modules that test both say so: `helpers.on_store`)."""
     env = {
         "WEBHOOK_SECRET": SECRET,
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
         "TVBRIDGE_SESSIONS__ENABLED": "false",
     }
+    if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
+        env["TVBRIDGE_JOURNAL__URL"] = request.getfixturevalue("pg_url")
     return load_config(None, converter, env, tmp_path)
 
 

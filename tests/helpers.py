@@ -19,6 +19,18 @@ from aiohttp.test_utils import TestClient
 from tvbridge.config import Config, RoutingConfig
 
 SECRET = "test-secret-0123456789abcdef"
+STORES = ("sqlite", "postgresql")
+"""Both stores: a test module runs its tests on each with a `config` fixture of its own, params=STORES, that
+returns `on_store(config, request)`."""
+
+
+def on_store(config: Config, request: Any) -> Config:
+    """`config` on the store `request.param` names: unchanged for SQLite, a new PostgreSQL database else."""
+    if request.param != "postgresql":
+        return config
+    return attrs.evolve(config, journal=attrs.evolve(config.journal, url=request.getfixturevalue("pg_url")))
+
+
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 

@@ -19,14 +19,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import attrs
 import pytest
-from helpers import ClientFactory, alert
+from helpers import ClientFactory, alert, with_accounts
 from ops_tools import free_port, require_tool
 
 from tvbridge.config import Config
+from tvbridge.halt import halt_path, set_halt
+from tvbridge.keys import CONFIG
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 WAIT_S = 20.0
@@ -281,3 +284,111 @@ def test_systemd_unit_leaves_descriptors_for_every_connection() -> None:
     unit = (DEPLOY / "tvbridge.service").read_text()
     [limit] = re.findall(r"^LimitNOFILE=(\d+)$", unit, flags=re.MULTILINE)
     assert int(limit) - max(DESCRIPTOR_RESERVE, int(limit) // 10) > 2 * LimitsConfig().max_connections
+
+
+async def two_instances(make_client: ClientFactory, config: Config, tmp_path: Path) -> tuple[Any, Any]:
+    """Two live tvbridge instances (each on its own data directory): `up`, and `down`, which is halted, so its
+    `/health` and `/webhook` answer 503 having recorded nothing, as an instance cut off from its database does."""
+    instances = []
+    for name in ("down", "up"):
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        instance = attrs.evolve(config, server=attrs.evolve(config.server, data_dir=data_dir))
+        instances.append(await make_client(with_accounts(instance, {"s": {"broker": "scripted"}})))
+    set_halt(halt_path(tmp_path / "down"), reason="standing for a lost database", by="test")
+    assert (await instances[0].get("/health")).status == 503
+    return instances[0], instances[1]
+
+
+def placed_on(client: Any) -> int:
+    path = client.app[CONFIG].data_path("scripted-s.jsonl")
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def post_through(base: str, pki: Pki, key: str) -> int:
+    """POST an alert with its own `id` (each a new alert, not a repeat) through the proxy; its status."""
+    connector = aiohttp.TCPConnector(ssl=client_ssl(pki, pki.tradingview), family=socket.AF_INET)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(base + "/webhook", json=alert(id=key)) as r,
+    ):
+        return r.status
+
+
+async def test_nginx_two_instances_skip_the_one_that_answers_503(
+    make_client: ClientFactory, config: Config, pki: Pki, tmp_path: Path
+) -> None:
+    """deploy/two-instances/nginx.conf passes `nginx -t`; running in front of two instances of which one answers
+    503, every alert is answered 200 by the other (a 503 means nothing was recorded: passed on at once), and the
+    503 instance places nothing."""
+    nginx = require_tool("nginx", "nginx-light")
+    down, up = await two_instances(make_client, config, tmp_path)
+    http_port, https_port = free_port(), free_port()
+    site = (DEPLOY / "two-instances" / "nginx.conf").read_text()
+    for old, new in {
+        "listen 80;": f"listen 127.0.0.1:{http_port};",
+        "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
+        "/etc/letsencrypt/live/tvbridge.example.com/fullchain.pem": str(pki.server_cert),
+        "/etc/letsencrypt/live/tvbridge.example.com/privkey.pem": str(pki.server_key),
+        "/etc/ssl/certs/ca-certificates.crt": str(pki.ca),
+        "server 10.0.0.11:8080": f"server 127.0.0.1:{down.port}",
+        "server 10.0.0.12:8080": f"server 127.0.0.1:{up.port}",
+    }.items():
+        assert old in site, old
+        site = site.replace(old, new)
+    (tmp_path / "site.conf").write_text(site)
+    main = tmp_path / "nginx.conf"
+    temp = "\n".join(
+        f"    {kind}_temp_path {tmp_path / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main.write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"daemon off;\npid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'} info;\n"
+        + "events { worker_connections 64; }\n"
+        + f"http {{\n    access_log {tmp_path / 'access.log'};\n{temp}\n    include {tmp_path / 'site.conf'};\n}}\n"
+    )
+    args = [nginx, "-c", str(main), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
+    checked = await run_tool([*args, "-t"])
+    assert checked.returncode == 0, checked.stderr
+    async with running(args, https_port, tmp_path / "nginx.out"):
+        statuses = [await post_through(f"https://127.0.0.1:{https_port}", pki, f"n{i}") for i in range(6)]
+    assert statuses == [200] * 6
+    assert (placed_on(up), placed_on(down)) == (6, 0)
+
+
+async def test_caddy_two_instances_health_check_takes_the_503_one_out(
+    make_client: ClientFactory, config: Config, pki: Pki, tmp_path: Path
+) -> None:
+    """deploy/two-instances/Caddyfile passes `caddy validate`; running in front of two instances of which one
+    answers 503 on /health, Caddy stops sending to it: once an alert got through, every later one is answered
+    200 by the healthy instance, and the 503 instance places nothing."""
+    caddy = require_tool("caddy", "caddy")
+    shipped = DEPLOY / "two-instances" / "Caddyfile"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    validated = await run_tool([caddy, "validate", "--config", str(shipped), "--adapter", "caddyfile"], env)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    down, up = await two_instances(make_client, config, tmp_path)
+    http_port, https_port = free_port(), free_port()
+    site = shipped.read_text()
+    for old, new in {
+        "tvbridge.example.com {": f"https://localhost:{https_port} {{\n\tbind 127.0.0.1",
+        "\ttls {": f"\ttls {pki.server_cert} {pki.server_key} {{",
+        "\t\tclient_auth {": f"\t\tclient_auth {{\n\t\t\ttrusted_ca_cert_file {pki.ca}",
+        "reverse_proxy 10.0.0.11:8080 10.0.0.12:8080": f"reverse_proxy 127.0.0.1:{down.port} 127.0.0.1:{up.port}",
+    }.items():
+        assert old in site, old
+        site = site.replace(old, new)
+    header = f"{{\n\tadmin off\n\tauto_https off\n\thttp_port {http_port}\n\thttps_port {https_port}\n}}\n"
+    caddyfile = tmp_path / "Caddyfile"
+    caddyfile.write_text(header + site)
+    base = f"https://localhost:{https_port}"
+    async with running(
+        [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], https_port, tmp_path / "caddy.out", env
+    ):
+        async with asyncio.timeout(WAIT_S):
+            tries = 0
+            while await post_through(base, pki, f"first-{tries}") != 200:  # before a check has seen the 503
+                tries += 1
+        statuses = [await post_through(base, pki, f"c{i}") for i in range(6)]
+    assert statuses == [200] * 6
+    assert (placed_on(up), placed_on(down)) == (7, 0)

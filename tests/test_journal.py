@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import attrs
+import pytest
 from helpers import SECRET, alert, leg
 
 if TYPE_CHECKING:
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from tvbridge.config import Config
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+pytestmark = pytest.mark.sqlite_only  # reads the SQLite journal file itself
 
 
 async def test_the_secret_is_not_kept_in_the_journal_nor_shown_by_get_alert(

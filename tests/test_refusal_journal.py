@@ -64,7 +64,7 @@ async def test_401s_are_counted_not_kept(client: Client) -> None:
     assert data["alerts"] == []
     assert data["server"]["unauthenticated"] == 1
     assert client.app is not None
-    rows = await client.app[JOURNAL].read(lambda conn: conn.execute("SELECT count(*) FROM refusals").fetchone()[0])
+    [[rows]] = await client.app[JOURNAL].fetch("SELECT count(*) FROM refusals")
     assert rows == 0
 
 
@@ -117,7 +117,7 @@ async def test_refusals_are_bounded(client: Client, monkeypatch: pytest.MonkeyPa
         assert (await client.post("/webhook", json=alert(leg(quantity="ten")))).status == 422
     assert client.app is not None
     journal = client.app[JOURNAL]
-    assert await journal.read(lambda conn: conn.execute("SELECT count(*) FROM refusals").fetchone()[0]) == 3
+    assert [tuple(row) for row in await journal.fetch("SELECT count(*) FROM refusals")] == [(3,)]
     monkeypatch.setattr(refusal_journal, "MAX_WRITES_PER_S", 0)
     assert (await client.post("/webhook", json=alert(leg(quantity="ten")))).status == 422
     assert (await summary(client))["server"]["refusals_not_journaled"] == 1

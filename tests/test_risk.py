@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
-from helpers import ClientFactory, alert, leg, with_accounts
+from helpers import STORES, ClientFactory, alert, leg, on_store, with_accounts
 
 from tvbridge.config import Config, RiskConfig
 from tvbridge.errors import ConfigError
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tvbridge.journal import Journal
+
+
+@pytest.fixture(params=STORES)
+def config(config: Config, request: pytest.FixtureRequest) -> Config:
+    """Every test here that uses the default config runs on the SQLite journal and on PostgreSQL."""
+    return on_store(config, request)
 
 
 def received(config: Config, account: str = "s") -> list[dict[str, Any]]:

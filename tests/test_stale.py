@@ -26,6 +26,7 @@ def stamp(age_s: float) -> str:
     return (datetime.now(UTC) - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("stale_at", [0, 1, 2], ids=["stale leg first", "stale leg in the middle", "stale leg last"])
 async def test_one_stale_leg_makes_the_alert_stale(make_client: ClientFactory, config: Config, stale_at: int) -> None:
     """Three legs, two fresh and one past `alerts.max_age_s`: 422 `stale`, no order at the broker, every leg

@@ -337,9 +337,9 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
         await asyncio.to_thread(
             _wait_for, driver, f"return {row} !== null && {row}.textContent === 'trading halted: lunch break'", 10
         )
-        journaled = await client.app[JOURNAL].read(
-            lambda conn: [tuple(r) for r in conn.execute("SELECT action, detail, source, by FROM admin_actions")]
-        )
+        journaled = [
+            tuple(r) for r in await client.app[JOURNAL].fetch("SELECT action, detail, source, by FROM admin_actions")
+        ]
         assert journaled == [("halt", '{"reason": "lunch break"}', "127.0.0.1", "status page")]
 
         # a control posted from the page's own origin without the CSRF token: 403, still halted
@@ -387,9 +387,7 @@ async def test_the_traders_page_in_chromium(  # noqa: PLR0915 - one page, one st
         await asyncio.to_thread(_wait_for, driver, f"return {preview}.textContent.startsWith('Done:')", 10)
         assert await broker.positions() == []
         assert await broker.orders(resting_only=True) == []
-        actions = await client.app[JOURNAL].read(
-            lambda conn: [r[0] for r in conn.execute("SELECT action FROM admin_actions")]
-        )
+        actions = [r[0] for r in await client.app[JOURNAL].fetch("SELECT action FROM admin_actions ORDER BY id")]
         assert actions == ["halt", "flatten"]
     finally:
         await asyncio.to_thread(driver.quit)
@@ -505,7 +503,5 @@ async def test_cancel_a_queued_alert_from_the_page(
     assert await client.app[SCHEDULER].run_due() == 0
     broker: Any = client.app[BROKERS]["paper"]
     assert await broker.orders() == []
-    actions = await client.app[JOURNAL].read(
-        lambda conn: [r[0] for r in conn.execute("SELECT action FROM admin_actions")]
-    )
+    actions = [r[0] for r in await client.app[JOURNAL].fetch("SELECT action FROM admin_actions ORDER BY id")]
     assert actions == ["cancel_queued"]

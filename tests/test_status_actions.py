@@ -48,9 +48,7 @@ async def with_csrf(client: Client) -> dict[str, str]:
 
 async def actions(client: Client) -> list[tuple[str, str, str | None]]:
     assert client.app is not None
-    rows = await client.app[JOURNAL].read(
-        lambda conn: conn.execute("SELECT action, detail, source FROM admin_actions ORDER BY id").fetchall()
-    )
+    rows = await client.app[JOURNAL].fetch("SELECT action, detail, source FROM admin_actions ORDER BY id")
     return [(r["action"], r["detail"], r["source"]) for r in rows]
 
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from durability_server import KillableServer, journal_rows, scripted_orders
-from helpers import alert, leg, with_accounts
+from helpers import STORES, alert, leg, on_store, with_accounts
 
 from tvbridge.alertqueue import list_entries
 from tvbridge.app import create_app
@@ -27,6 +27,12 @@ from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 
 Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture(params=STORES)
+def config(config: Config, request: pytest.FixtureRequest) -> Config:
+    """Every test here that uses the default config runs on the SQLite journal and on PostgreSQL."""
+    return on_store(config, request)
 
 
 def ist(text: str) -> datetime:

@@ -2,7 +2,7 @@
 their window opens, and the scheduler that sends them then.
 
 Durability: a queued alert is one row per account in the `queue` table, written in the same transaction as the
-alert itself (`Journal.record_alert(also=...)`), so a 202 `queued` answer means both are on disk. The alert's
+alert itself (`Store.record_alert(also=QueueInsert(...))`), so a 202 `queued` answer means both are on disk. The alert's
 journal status stays `queued` (not `accepted`), so crash recovery leaves it alone until the scheduler sends it.
 
 Sending: `Scheduler.run_due()` claims the due rows (`queued` -> `sending`, one UPDATE, so two runs never send one
@@ -10,6 +10,10 @@ row twice), asks `tradingday.decide()` again for each account (an `extra_holiday
 to the next open), sets the alert to `accepted` (recovery's work list from here on) and runs it through the
 executor: risk limits, the kill switch and the client order ids are the same as for an alert sent at once. The
 age check is not repeated: it applied when the alert arrived. While halted nothing is claimed.
+
+Several instances on one PostgreSQL store: only the leader (`Store.is_leader`) claims; the others ask again every
+half `journal.leader_lease_s`, and the one that takes over from a dead leader first settles the rows it left
+`sending` (as a restart does). The claim itself takes each row once even if two instances claimed at once.
 
 The background task (`scheduler_ctx`) calls `run_due()` at the next due time or every `POLL_S` seconds, whichever
 is sooner, so a `tvbridge queue cancel` or a CLI halt is seen within that time. Tests call `run_due()` directly
@@ -33,11 +37,12 @@ from tvbridge.strategies import halted_reason
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     from aiohttp import web
 
     from tvbridge.journal import Journal
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -91,7 +96,8 @@ class QueueEntry:
         return {**attrs.asdict(self), "not_before": self.not_before.isoformat()}
 
 
-def _entry(row: sqlite3.Row) -> QueueEntry:
+def entry_of(row: Any) -> QueueEntry:
+    """A queue row (sqlite3.Row or asyncpg.Record: both index by column name) as a `QueueEntry`."""
     return QueueEntry(
         id=row["id"],
         alert_id=row["alert_id"],
@@ -103,58 +109,148 @@ def _entry(row: sqlite3.Row) -> QueueEntry:
     )
 
 
-def inserter(alert_id: str, entries: Iterable[tuple[str, datetime, str]]) -> Callable[[sqlite3.Connection], None]:
-    """A function for `Journal.record_alert(also=...)`: queue rows (account, not before, reason) for the alert."""
-    rows = list(entries)
+@attrs.frozen(kw_only=True)
+class QueueInsert:
+    """What `Store.record_alert(also=...)` writes with an alert that cannot be sent now: its queue rows
+    (account, not before, reason) and its legs' states (account, `queued` or `failed`, why). Calling it with a
+    SQLite connection writes it there; the PostgreSQL store reads the fields."""
 
-    def insert(conn: sqlite3.Connection) -> None:
+    alert_id: str
+    entries: tuple[tuple[str, datetime, str], ...] = ()
+    leg_states: tuple[tuple[str, str, str], ...] = ()
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(alert id, account, not before as ISO UTC, reason) per queue row."""
+        return [(self.alert_id, account, _utc(moment), reason) for account, moment, reason in self.entries]
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
         now = _now()
         conn.executemany(
             "INSERT INTO queue (alert_id, account, not_before, reason, state, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-            [(alert_id, account, _utc(moment), reason, now, now) for account, moment, reason in rows],
+            [(*row, now, now) for row in self.rows()],
+        )
+        conn.executemany(
+            "UPDATE legs SET state = ?, message = ? WHERE alert_id = ? AND account = ?",
+            [(state, message, self.alert_id, account) for account, state, message in self.leg_states],
         )
 
-    return insert
+
+async def list_entries(journal: Store, *, include_done: bool = False) -> list[QueueEntry]:
+    return await journal.queue.entries(include_done=include_done)
 
 
-async def list_entries(journal: Journal, *, include_done: bool = False) -> list[QueueEntry]:
-    where = "" if include_done else " WHERE state IN ('queued', 'sending')"
-    rows = await journal.read(
-        lambda conn: conn.execute(f"SELECT * FROM queue{where} ORDER BY not_before, id").fetchall()  # noqa: S608 - a constant
-    )
-    return [_entry(row) for row in rows]
-
-
-async def cancel_entries(journal: Journal, alert_id: str, account: str | None = None) -> list[QueueEntry]:
+async def cancel_entries(journal: Store, alert_id: str, account: str | None = None) -> list[QueueEntry]:
     """Cancel the still-queued rows of an alert (one account, or all); returns what was cancelled."""
+    return await journal.queue.cancel(alert_id, account)
 
-    def cancel(conn: sqlite3.Connection) -> list[QueueEntry]:
-        query = "SELECT * FROM queue WHERE alert_id = ? AND state = 'queued'"
-        args: tuple[str, ...] = (alert_id,)
-        if account is not None:
-            query += " AND account = ?"
-            args = (alert_id, account)
-        rows = [_entry(row) for row in conn.execute(query, args).fetchall()]
-        now = _now()
-        for entry in rows:
-            conn.execute("UPDATE queue SET state = 'cancelled', updated_at = ? WHERE id = ?", (now, entry.id))
-            conn.execute(
-                "UPDATE legs SET state = 'cancelled', message = 'removed from the queue', updated_at = ?"
+
+class SqliteQueue:
+    """`tvbridge.store.QueueStore` on the SQLite journal's file."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    async def entries(self, *, include_done: bool = False) -> list[QueueEntry]:
+        where = "" if include_done else " WHERE state IN ('queued', 'sending')"
+        rows = await self._journal.read(
+            lambda conn: conn.execute(f"SELECT * FROM queue{where} ORDER BY not_before, id").fetchall()  # noqa: S608 - a constant
+        )
+        return [entry_of(row) for row in rows]
+
+    async def cancel(self, alert_id: str, account: str | None = None) -> list[QueueEntry]:
+        def cancel(conn: sqlite3.Connection) -> list[QueueEntry]:
+            query = "SELECT * FROM queue WHERE alert_id = ? AND state = 'queued'"
+            args: tuple[str, ...] = (alert_id,)
+            if account is not None:
+                query += " AND account = ?"
+                args = (alert_id, account)
+            rows = [entry_of(row) for row in conn.execute(query, args).fetchall()]
+            now = _now()
+            for entry in rows:
+                conn.execute("UPDATE queue SET state = 'cancelled', updated_at = ? WHERE id = ?", (now, entry.id))
+                conn.execute(
+                    "UPDATE legs SET state = 'cancelled', message = 'removed from the queue', updated_at = ?"
+                    " WHERE alert_id = ? AND account = ?",
+                    (now, entry.alert_id, entry.account),
+                )
+            left = conn.execute(
+                "SELECT COUNT(*) FROM queue WHERE alert_id = ? AND state IN ('queued', 'sending')", (alert_id,)
+            ).fetchone()[0]
+            if rows and not left:
+                conn.execute(
+                    "UPDATE alerts SET status = 'cancelled', updated_at = ? WHERE alert_id = ? AND status = 'queued'",
+                    (now, alert_id),
+                )
+            return rows
+
+        return await self._journal.write(cancel)
+
+    async def claim_due(self, now: datetime, *, halted: Sequence[str] = ()) -> list[QueueEntry]:
+        due = _utc(now)
+        names = json.dumps(list(halted))
+
+        def claim(conn: sqlite3.Connection) -> list[QueueEntry]:
+            rows = [
+                entry_of(row)
+                for row in conn.execute(
+                    "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ?"
+                    # not a halted strategy's: it stays queued until resumed
+                    " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                    " AND alerts.strategy IN (SELECT value FROM json_each(?)))"
+                    " ORDER BY not_before, id",
+                    (due, names),
+                ).fetchall()
+            ]
+            stamp = _now()
+            for entry in rows:
+                conn.execute("UPDATE queue SET state = 'sending', updated_at = ? WHERE id = ?", (stamp, entry.id))
+            return rows
+
+        return await self._journal.write(claim)
+
+    async def requeue(self, alert_id: str, account: str, moment: datetime, reason: str) -> None:
+        await self._journal.write(
+            lambda conn: conn.execute(
+                "UPDATE queue SET state = 'queued', not_before = ?, reason = ?, updated_at = ?"
                 " WHERE alert_id = ? AND account = ?",
-                (now, entry.alert_id, entry.account),
+                (_utc(moment), reason, _now(), alert_id, account),
             )
-        left = conn.execute(
-            "SELECT COUNT(*) FROM queue WHERE alert_id = ? AND state IN ('queued', 'sending')", (alert_id,)
-        ).fetchone()[0]
-        if rows and not left:
-            conn.execute(
-                "UPDATE alerts SET status = 'cancelled', updated_at = ? WHERE alert_id = ? AND status = 'queued'",
-                (now, alert_id),
-            )
-        return rows
+        )
 
-    return await journal.write(cancel)
+    async def mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
+        names = list(accounts)
+        await self._journal.write(
+            lambda conn: conn.executemany(
+                "UPDATE queue SET state = ?, updated_at = ? WHERE alert_id = ? AND account = ?",
+                [(state, _now(), alert_id, account) for account in names],
+            )
+        )
+
+    async def next_due(self, *, halted: Sequence[str] = ()) -> datetime | None:
+        names = json.dumps(list(halted))
+        row = await self._journal.read(
+            lambda conn: conn.execute(
+                "SELECT MIN(not_before) FROM queue WHERE state = 'queued'"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                " AND alerts.strategy IN (SELECT value FROM json_each(?)))",
+                (names,),
+            ).fetchone()
+        )
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def after_crash(self) -> None:
+        await self._journal.write(_after_crash)
+
+    async def hand_over(self, alert_id: str, accounts: Sequence[str]) -> None:
+        def hand_over(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE alerts SET status = 'accepted' WHERE alert_id = ?", (alert_id,))
+            conn.executemany(
+                "UPDATE legs SET state = 'pending' WHERE alert_id = ? AND account = ?",
+                [(alert_id, name) for name in accounts],
+            )
+
+        await self._journal.write(hand_over)
 
 
 class Scheduler:
@@ -163,13 +259,17 @@ class Scheduler:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: Store,
         clock: Callable[[], datetime],
         data_dir: Any,
         send: Callable[[str, list[str]], Any],
+        recheck_s: float = POLL_S,
         strategies: Iterable[str] = (),
     ) -> None:
         self._journal = journal
+        self._recheck_s = recheck_s
+        self.leading = False
+        """Whether this instance ran the queue at its last look (the store's leader; always on SQLite)."""
         self._clock = clock
         self._data_dir = data_dir
         self._strategies = tuple(strategies)
@@ -185,27 +285,9 @@ class Scheduler:
         async with self._lock:
             if read_halt(self._halt_file) is not None:
                 return 0
-            now = _utc(self._clock())
-            halted = self._halted_strategies()
-
-            def claim(conn: sqlite3.Connection) -> list[QueueEntry]:
-                rows = [
-                    _entry(row)
-                    for row in conn.execute(
-                        "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ?"
-                        # not a halted strategy's: it stays queued until resumed
-                        " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
-                        " AND alerts.strategy IN (SELECT value FROM json_each(?)))"
-                        " ORDER BY not_before, id",
-                        (now, halted),
-                    ).fetchall()
-                ]
-                stamp = _now()
-                for entry in rows:
-                    conn.execute("UPDATE queue SET state = 'sending', updated_at = ? WHERE id = ?", (stamp, entry.id))
-                return rows
-
-            claimed = await self._journal.write(claim)
+            if not await self.lead():
+                return 0
+            claimed = await self._journal.queue.claim_due(self._clock(), halted=self._halted_strategies())
             if claimed:
                 crash_point("after_claim")
             by_alert: dict[str, list[str]] = {}
@@ -222,42 +304,31 @@ class Scheduler:
                         await self._mark(alert_id, accounts, FAILED)
             return len(by_alert)
 
+    async def lead(self) -> bool:
+        """Whether this instance sends the queue now. On becoming the leader, the rows a dead leader left
+        `sending` are settled first (`after_crash`), as at a restart."""
+        leading = await self._journal.is_leader()
+        if leading and not self.leading:
+            await self._journal.queue.after_crash()
+            log.info("queue.leading")
+        self.leading = leading
+        return leading
+
     async def requeue(self, alert_id: str, account: str, moment: datetime, reason: str) -> None:
-        await self._journal.write(
-            lambda conn: conn.execute(
-                "UPDATE queue SET state = 'queued', not_before = ?, reason = ?, updated_at = ?"
-                " WHERE alert_id = ? AND account = ?",
-                (_utc(moment), reason, _now(), alert_id, account),
-            )
-        )
+        await self._journal.queue.requeue(alert_id, account, moment, reason)
 
     async def mark_sent(self, alert_id: str, accounts: Iterable[str]) -> None:
         await self._mark(alert_id, accounts, SENT)
 
     async def _mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
-        names = list(accounts)
-        await self._journal.write(
-            lambda conn: conn.executemany(
-                "UPDATE queue SET state = ?, updated_at = ? WHERE alert_id = ? AND account = ?",
-                [(state, _now(), alert_id, account) for account in names],
-            )
-        )
+        await self._journal.queue.mark(alert_id, accounts, state)
 
-    def _halted_strategies(self) -> str:
-        """The named strategies halted now, as a JSON list (the claim's SQL reads it with json_each)."""
-        return json.dumps([name for name in self._strategies if halted_reason(self._data_dir, name) is not None])
+    def _halted_strategies(self) -> list[str]:
+        """The named strategies halted now: their queued alerts are not claimed (they wait for the resume)."""
+        return [name for name in self._strategies if halted_reason(self._data_dir, name) is not None]
 
     async def next_due(self) -> datetime | None:
-        halted = self._halted_strategies()
-        row = await self._journal.read(
-            lambda conn: conn.execute(
-                "SELECT MIN(not_before) FROM queue WHERE state = 'queued'"
-                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
-                " AND alerts.strategy IN (SELECT value FROM json_each(?)))",
-                (halted,),
-            ).fetchone()
-        )
-        return datetime.fromisoformat(row[0]) if row and row[0] else None
+        return await self._journal.queue.next_due(halted=self._halted_strategies())
 
     async def loop(self) -> None:
         """Forever: send what is due, then sleep until the next due time (at most `POLL_S`) or a wake-up."""
@@ -268,9 +339,9 @@ class Scheduler:
             except Exception:
                 log.exception("queue.loop_failed")
                 due = None
-            wait = POLL_S
+            wait = POLL_S if self.leading else self._recheck_s  # a follower asks often: it may have to take over
             if due is not None:
-                wait = max(0.0, min(POLL_S, (due - self._clock()).total_seconds()))
+                wait = max(0.0, min(wait, (due - self._clock()).total_seconds()))
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -293,15 +364,17 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     from tvbridge.keys import CONFIG, JOURNAL, NOW, SCHEDULER  # noqa: PLC0415 - keys imports this module's types
 
     journal = app[JOURNAL]
-    await journal.write(create_schema)
-    await journal.write(_after_crash)
+    await journal.ensure_tables(create_schema)
+    config = app[CONFIG]
     scheduler = Scheduler(
         journal=journal,
         clock=app[NOW],
-        data_dir=app[CONFIG].server.data_dir,
+        data_dir=config.server.data_dir,
         send=lambda alert_id, accounts: tradingday.send_queued(app, alert_id, accounts),
-        strategies=app[CONFIG].strategies,
+        recheck_s=min(POLL_S, config.journal.leader_lease_s / 2) if journal.shared else POLL_S,
+        strategies=config.strategies,
     )
+    await scheduler.lead()  # at start, before the first request: settle the rows a crash left `sending`
     app[SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.loop(), name="queue-scheduler")
     yield

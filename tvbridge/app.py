@@ -18,6 +18,7 @@ from tvbridge.alerts.plan import Checks
 from tvbridge.executor import Executor
 from tvbridge.followup import followup_ctx
 from tvbridge.halt import halt_path
+from tvbridge.halt_sync import halt_sync_ctx
 from tvbridge.journal import journal_ctx
 from tvbridge.keys import (
     BROKERS,
@@ -148,6 +149,7 @@ def create_app(
         [
             refusals_ctx,
             journal_ctx,
+            halt_sync_ctx,
             refusal_journal_ctx,
             actions_ctx,
             order_log_ctx,

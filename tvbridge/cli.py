@@ -24,6 +24,7 @@ from tvbridge import __version__
 from tvbridge.app import create_app
 from tvbridge.commands import PluginCommand, plugin_commands, trading
 from tvbridge.commands import brokers as brokers_command
+from tvbridge.commands import db as db_command
 from tvbridge.commands import ready as ready_command
 from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
@@ -72,6 +73,7 @@ def _parser(extra: Mapping[str, PluginCommand]) -> argparse.ArgumentParser:
     status_command.add_parser(sub)
     ready_command.add_parser(sub)
     trading.add_parser(sub)
+    db_command.add_parser(sub)
     return parser
 
 
@@ -108,12 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return _check_config(config, converter)
         if args.command == "secret":
             return _secret(config, rotate=args.rotate)
-        if args.command == "status":
-            return status_command.run(args, config)
-        if args.command == "ready":
-            return ready_command.run(args, config)
-        if args.command in extra:
-            return extra[args.command].run(args, config)
+        commands = {**extra, "status": status_command, "ready": ready_command, "db": db_command}
+        if args.command in commands:
+            return commands[args.command].run(args, config)
         return _serve(config, converter, lambda: _load(args, converter))
     except (ConfigError, PluginError) as e:
         return _fail(f"config error: {e}", EXIT_CONFIG)

@@ -38,6 +38,7 @@ SECRET_KEYS: Final = frozenset(
     {"secret", "path_token", "admin_token", "access_token", "api_key", "api_secret", "password", "token", "totp_secret"}
     | {"pin"}  # a Dhan account's login PIN (token generation with totp_secret)
     | {"urls"}  # notify.urls: apprise URLs carry bot tokens and passwords
+    | {"url"}  # journal.url: a PostgreSQL URL carries the database password
 )
 """Keys whose values are never printed, logged or answered, wherever they appear (see `is_secret_key`)."""
 SECRET_SUFFIXES: Final = ("token", "secret", "password", "passphrase", "private_key", "api_key", "secret_key")
@@ -67,6 +68,12 @@ def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int
 def _ipv6_prefix(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 1 <= value <= 128:
         raise ValueError(f"{attribute.name} must be 1..128, got {value}")
+
+
+def _database_url(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        # never the value itself: it may carry a password
+        raise ValueError(f"{attribute.name} must be a postgresql:// URL (or empty: the SQLite journal at path)")
 
 
 def _port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -177,6 +184,13 @@ class OrderLogConfig:
 @attrs.frozen(kw_only=True)
 class JournalConfig:
     path: str = "tvbridge.sqlite3"
+    url: str = attrs.field(default="", repr=False, validator=_database_url)
+    """`postgresql://user:password@host:port/database`: the shared store of several instances (docs/postgresql.md)
+    instead of the SQLite file at `path`. Also `DATABASE_URL`; empty: SQLite."""
+    leader_lease_s: float = attrs.field(default=10.0, validator=_positive)
+    """PostgreSQL only: an instance that stops renewing its lease for this long (killed, cut off) is dead: another
+    finishes its unfinished alerts and, if it led, takes over the scheduled work. Keep it above every account's
+    `broker_timeout_s`, so a send in flight has ended before its alert is taken over."""
     synchronous: Literal["normal", "full"] = "normal"
     """normal: a 2xx answer survives a crash of the process (kill -9), not of the machine; full: also a power cut,
     at one fsync per commit (group commit shares it between concurrent alerts)."""
@@ -523,6 +537,8 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
             # secrets and ids stay strings even when they look like numbers
             value: object = env[name] if path[-1] != "port" else _parse_env_value(env[name])
             yield path, value, name
+    if env.get("DATABASE_URL") and not env.get("TVBRIDGE_JOURNAL__URL"):  # the platforms' name for it
+        yield ["journal", "url"], env["DATABASE_URL"], "DATABASE_URL"
     if "ENABLE_DHAN" in env:
         yield ["accounts", "dhan", "live"], _truthy(env["ENABLE_DHAN"]), "ENABLE_DHAN"
     for name, raw in env.items():

@@ -81,10 +81,11 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.followup import FollowUp
-    from tvbridge.journal import Journal, PlannedLeg
+    from tvbridge.journal import PlannedLeg
     from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
     from tvbridge.sessions import Calendar
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -170,7 +171,7 @@ class Executor:
         *,
         brokers: Mapping[str, Broker],
         broker_names: Mapping[str, str],
-        journal: Journal,
+        journal: Store,
         order_log: OrderLog,
         on_leg_failure: Literal["stop", "continue"],
         metrics: Metrics | None = None,

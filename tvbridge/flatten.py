@@ -33,10 +33,11 @@ from tvbridge.broker import (
     Position,
 )
 from tvbridge.executor import leg_status
-from tvbridge.journal import Journal, PlannedLeg
+from tvbridge.journal import PlannedLeg
 from tvbridge.middlewares.request_id import new_alert_id
 from tvbridge.models import CancelLeg, LegResult, LegStatus, OrderLeg, Side, summarize
 from tvbridge.positions import book_key, closing_leg
+from tvbridge.store import Store
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ class _Run:
     account: str
     broker_name: str
     broker: Broker
-    journal: Journal | None
+    journal: Store | None
 
 
 async def execute(
@@ -161,7 +162,7 @@ async def execute(
     broker: Broker,
     *,
     broker_name: str,
-    journal: Journal | None,
+    journal: Store | None,
     order_log: OrderLog | None,
     source: str,
     record_required: bool = False,

@@ -48,10 +48,10 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker, OrderResult
     from tvbridge.config import FollowupConfig
-    from tvbridge.journal import Journal
     from tvbridge.metrics import Metrics
     from tvbridge.models import LegResult
     from tvbridge.notify import Notifier
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -100,7 +100,7 @@ class FollowUp:
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: Store,
         brokers: Mapping[str, Broker],
         config: FollowupConfig,
         metrics: Metrics | None = None,

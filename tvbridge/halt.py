@@ -54,7 +54,11 @@ def read_halt(path: Path) -> Halt | None:
 
 def set_halt(path: Path, *, reason: str, by: str) -> Halt:
     """Write the halt file atomically (temp file, fsync, rename); return what was written."""
-    halt = Halt(reason=reason or "halted", since=datetime.now(UTC).isoformat(), by=by)
+    return write_halt(path, Halt(reason=reason or "halted", since=datetime.now(UTC).isoformat(), by=by))
+
+
+def write_halt(path: Path, halt: Halt) -> Halt:
+    """Write `halt` as the halt file atomically (also a halt set on another instance: `tvbridge/halt_sync.py`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as f:

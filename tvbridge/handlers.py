@@ -16,7 +16,6 @@ from tvbridge.alertpage import alert_page, prefers_html
 from tvbridge.alerts.flow import accept
 from tvbridge.errors import AuthError, NotFoundError
 from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL, ORDER_LOG, SOURCE_IP, STATE
-from tvbridge.refusal_journal import get_refusal
 from tvbridge.refusals import should_log
 from tvbridge.status import page_refusal
 from tvbridge.text import bounded
@@ -91,7 +90,7 @@ async def get_alert(request: web.Request) -> web.Response:
     journal = request.app[JOURNAL]
     record = await journal.get_alert(wanted)
     if record is None:
-        record = await journal.read(lambda conn: get_refusal(conn, wanted))
+        record = await journal.get_refusal(wanted)
     if record is None:
         raise NotFoundError(f"no alert {wanted!r} in the journal")
     return alert_page(record) if as_page else web.json_response(record)

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 import structlog
 
+from tvbridge.alertqueue import SqliteQueue
 from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
 from tvbridge.positions import StrategyFill
+from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.strategies import current_strategy
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from tvbridge.halt import Halt
     from tvbridge.models import LegResult
 
 log = structlog.get_logger()
@@ -147,7 +150,10 @@ class PlannedLeg:
 
 class Journal:
     """Async facade over the journal's SQLite file; every write is committed before it returns, except
-    `record_results`, which is handed over and committed with the next group (`tvbridge.alerts.records`)."""
+    `record_results`, which is handed over and committed with the next group (`tvbridge.alerts.records`).
+
+    The SQLite implementation of `tvbridge.store.Store` (one instance; `tvbridge/store/postgres.py` is the
+    shared one)."""
 
     def __init__(self, path: Path, synchronous: Synchronous = "normal", *, probe_bytes: int = 65536) -> None:
         self.path = path
@@ -157,10 +163,13 @@ class Journal:
         self._on_commit: Callable[[float], None] | None = None
         self._probe_bytes = probe_bytes
         self._files: tuple[FileIdentity, ...] = ()
+        self.queue = SqliteQueue(self)
+        self.shared = False
+        self.live_instances = 1
+        """One process owns the file: recovery runs at start only, and this instance is the leader."""
         self._results_pending: dict[str, asyncio.Task[bool]] = {}
         """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
         about that alert waits for it (read-your-writes), and only for it."""
-        """`record_results` writes handed over and not committed yet: reads that answer users wait for them."""
 
     async def open(self) -> None:
         try:
@@ -483,6 +492,37 @@ class Journal:
             return None
         response = json.loads(row["response"]) if row["response"] else None
         return {"alert_id": row["alert_id"], "status": row["status"], "response": response}
+
+    async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:  # noqa: ARG002 - the Store interface
+        """One process owns this file, so the in-process claim (`middlewares/dedupe.py`) is the claim; the
+        journal adds the copy recorded before a restart."""
+        record = await self.find_by_dedupe_key(dedupe_key, since)
+        return None if record is None else str(record["alert_id"])
+
+    async def release_dedupe(self, dedupe_key: str, alert_id: str) -> None:
+        """Nothing to release: the key is journaled only with an accepted alert."""
+
+    async def is_leader(self) -> bool:
+        return True
+
+    async def get_refusal(self, alert_id: str) -> dict[str, Any] | None:
+        return await get_refusal(self, alert_id)
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        rows: list[Any] = await self.read(lambda conn: conn.execute(sql, args).fetchall())
+        return rows
+
+    async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
+        await self.write(lambda conn: [conn.execute(sql, tuple(args)) for sql, args in statements])
+
+    async def shared_halt(self) -> tuple[int, Halt | None]:
+        return 0, None
+
+    async def share_halt(self, halt: Halt | None) -> int:  # noqa: ARG002 - the Store interface
+        return 0
+
+    async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
+        await self.write(create)
 
     async def prune_dedupe_keys(self, before: str) -> int:
         """Clear the dedupe keys of alerts received before `before` (ISO UTC); the alerts themselves stay."""
@@ -811,15 +851,12 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
 
 
 async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the journal before the first request, close it after the last."""
+    """cleanup_ctx: open the store (`[journal]`: this SQLite journal, or PostgreSQL) before the first request,
+    close it after the last."""
     from tvbridge.keys import CONFIG, JOURNAL  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.store import open_store  # noqa: PLC0415 - the store imports this module
 
-    config = app[CONFIG]
-    journal = Journal(
-        config.data_path(config.journal.path),
-        synchronous=config.journal.synchronous,
-        probe_bytes=config.limits.max_body_bytes,
-    )
+    journal = open_store(app[CONFIG])
     await journal.open()
     app[JOURNAL] = journal
     yield

@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.executor import Executor  # noqa: F401
     from tvbridge.fileid import FileIdentity  # noqa: F401
     from tvbridge.followup import FollowUp  # noqa: F401
-    from tvbridge.journal import Journal  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.metrics import Metrics  # noqa: F401
     from tvbridge.middlewares.dedupe import Deduper  # noqa: F401
@@ -31,12 +30,13 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.secretstore import Credentials  # noqa: F401
     from tvbridge.sessions import Calendar  # noqa: F401
     from tvbridge.squareoff import SquareOff  # noqa: F401
+    from tvbridge.store import Store  # noqa: F401
     from tvbridge.strategies import StrategyBook  # noqa: F401
 
 CONFIG = web.AppKey["Config"]("config")
 CONVERTER = web.AppKey[cattrs.Converter]("converter")
 CREDENTIALS = web.AppKey["Credentials"]("credentials")
-JOURNAL = web.AppKey["Journal"]("journal")
+JOURNAL = web.AppKey["Store"]("journal")
 ORDER_LOG = web.AppKey["OrderLog"]("order_log")
 BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 PLUGIN_FILES = web.AppKey["tuple[FileIdentity, ...]"]("plugin_files")

@@ -2,18 +2,24 @@
 finish, because it was killed, lost power, or ran out of shutdown grace.
 
 It runs once at start, after the brokers have started and before the server accepts traffic (the cleanup_ctx
-after `executor_ctx`), so no new alert races it. For each unfinished alert, oldest first, the executor runs it
-again with a `Resume`: legs the journal shows settled are kept; every open leg (`pending`, `sending`,
-`unknown`) is first looked up at its account's broker by its client order id; what the broker has is recorded,
-what it lacks is sent (with the same client order id, so a broker that did get it does not place it twice)
-while the alert is younger than `alerts.max_age_s`, and marked `expired` with a `recovery.leg_expired` warning
-otherwise. The alert is then finished like any other: journal, order log, log line. The killed run may have
-written the order log's rows and died before the journal's final commit: the rows found in the log after the
-offset journaled with the alert are not written again, so every leg has exactly one row.
+after `executor_ctx`), so no new alert races it. On a store shared by several instances (PostgreSQL) it also
+runs every half `journal.leader_lease_s` while serving, for the alerts of instances whose lease expired: the
+store hands each such alert to one instance only (`Store.unfinished`), never this instance's running ones.
+
+For each unfinished alert, oldest first, the executor runs it again with a `Resume`: legs the journal shows
+settled are kept; every open leg (`pending`, `sending`, `unknown`) is first looked up at its account's broker by
+its client order id; what the broker has is recorded, what it lacks is sent (with the same client order id, so a
+broker that did get it does not place it twice) while the alert is younger than `alerts.max_age_s`, and marked
+`expired` with a `recovery.leg_expired` warning otherwise. The alert is then finished like any other: journal,
+order log, log line. The killed run may have written the order log's rows and died before the journal's final
+commit: the rows found in the log after the offset journaled with the alert are not written again, so every leg
+has exactly one row.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +40,8 @@ if TYPE_CHECKING:
 
     from tvbridge.config import Config
     from tvbridge.executor import Executor
-    from tvbridge.journal import Journal
     from tvbridge.orderlog import OrderLog
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -52,7 +58,7 @@ def _stored_result(leg: Mapping[str, Any]) -> LegResult | None:
 
 
 async def recover(
-    journal: Journal, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
+    journal: Store, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
 ) -> int:
     """Finish every unfinished alert in the journal; returns how many there were."""
     alert_ids = await journal.unfinished()
@@ -74,7 +80,7 @@ async def recover(
 async def _recover_one(
     alert_id: str,
     *,
-    journal: Journal,
+    journal: Store,
     executor: Executor,
     config: Config,
     converter: cattrs.Converter,
@@ -132,5 +138,30 @@ async def recovery_ctx(app: web.Application) -> AsyncIterator[None]:
         ORDER_LOG,
     )
 
-    await recover(app[JOURNAL], app[EXECUTOR], app[CONFIG], app[CONVERTER], app[ORDER_LOG])
+    journal, executor, config, converter, order_log = (
+        app[JOURNAL],
+        app[EXECUTOR],
+        app[CONFIG],
+        app[CONVERTER],
+        app[ORDER_LOG],
+    )
+    await recover(journal, executor, config, converter, order_log)
+    if not journal.shared:
+        yield
+        return
+
+    async def adopt() -> None:
+        """Several instances on one store: finish the alerts of an instance that died while serving, as a
+        restart would, once its lease has expired (`journal.leader_lease_s`)."""
+        while True:
+            await asyncio.sleep(config.journal.leader_lease_s / 2)
+            try:
+                await recover(journal, executor, config, converter, order_log)
+            except Exception:
+                log.exception("recovery.failed")
+
+    task = asyncio.create_task(adopt(), name="recovery-adopt")
     yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from tvbridge.journal import Journal
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -69,7 +69,7 @@ def _create(conn: sqlite3.Connection) -> None:
 class RefusalJournal:
     """Writes refused webhook requests to the journal (bounded) and counts the 401s."""
 
-    def __init__(self, journal: Journal, *, clock: Any = time.monotonic) -> None:
+    def __init__(self, journal: Store, *, clock: Any = time.monotonic) -> None:
         self._journal = journal
         self._clock = clock
         self._second = -1
@@ -112,29 +112,31 @@ class RefusalJournal:
             payload,
         )
         oldest = (now - timedelta(days=KEEP_DAYS)).isoformat()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO refusals (alert_id, received_at, http_status, reason, message, errors, alert_type,"
-                " source, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        statements: list[tuple[str, Sequence[object]]] = [
+            (
+                (
+                    "INSERT INTO refusals (alert_id, received_at, http_status, reason, message, errors, alert_type,"
+                    " source, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
                 row,
-            )
-            conn.execute("DELETE FROM refusals WHERE received_at < ?", (oldest,))
-            conn.execute("DELETE FROM refusals WHERE id <= (SELECT max(id) FROM refusals) - ?", (MAX_ROWS,))
-
+            ),
+            ("DELETE FROM refusals WHERE received_at < ?", (oldest,)),
+            ("DELETE FROM refusals WHERE id <= (SELECT max(id) FROM refusals) - ?", (MAX_ROWS,)),
+        ]
         try:
-            await self._journal.write(insert)
+            await self._journal.run(statements)
         except Exception:  # noqa: BLE001 - the refusal is answered and logged either way
             log.warning("refusal.not_journaled", status=status)
 
 
-def today_refusals(conn: sqlite3.Connection, since: str, limit: int) -> list[dict[str, Any]]:
+async def today_refusals(store: Store, since: str, limit: int) -> list[dict[str, Any]]:
     """Refusals received at or after `since` (ISO UTC), newest first, in the status page's alert shape."""
-    rows = conn.execute(
+    rows = await store.fetch(
         "SELECT alert_id, received_at, http_status, reason, message, errors, alert_type FROM refusals"
         " WHERE received_at >= ? ORDER BY received_at DESC LIMIT ?",
-        (since, limit),
-    ).fetchall()
+        since,
+        limit,
+    )
     return [
         {
             "alert_id": row["alert_id"],
@@ -149,16 +151,17 @@ def today_refusals(conn: sqlite3.Connection, since: str, limit: int) -> list[dic
     ]
 
 
-def refusals_version(conn: sqlite3.Connection, since: str) -> str:
-    count, latest = conn.execute("SELECT count(*), max(id) FROM refusals WHERE received_at >= ?", (since,)).fetchone()
-    return f"{count}:{latest}"
+async def refusals_version(store: Store, since: str) -> str:
+    [row] = await store.fetch("SELECT count(*), max(id) FROM refusals WHERE received_at >= ?", since)
+    return f"{row[0]}:{row[1]}"
 
 
-def get_refusal(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | None:
+async def get_refusal(store: Store, alert_id: str) -> dict[str, Any] | None:
     """The refusal of `alert_id` as `GET /alerts/<id>` shows it, or None."""
-    row = conn.execute("SELECT * FROM refusals WHERE alert_id = ? ORDER BY id DESC LIMIT 1", (alert_id,)).fetchone()
-    if row is None:
+    rows = await store.fetch("SELECT * FROM refusals WHERE alert_id = ? ORDER BY id DESC LIMIT 1", alert_id)
+    if not rows:
         return None
+    row = rows[0]
     errors = json.loads(row["errors"]) if row["errors"] else []
     return {
         "alert_id": row["alert_id"],
@@ -177,6 +180,6 @@ def get_refusal(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | Non
 async def refusal_journal_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the table in the journal's file, and the log the error middleware writes to."""
     journal = app[JOURNAL]
-    await journal.write(_create)
+    await journal.ensure_tables(_create)
     app[REFUSAL_JOURNAL] = RefusalJournal(journal)
     yield

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.config import RiskConfig, StrategyConfig
-    from tvbridge.journal import Journal
     from tvbridge.models import OrderLeg
+    from tvbridge.store import Store
     from tvbridge.strategies import StrategyBook
 
 log = structlog.get_logger()
@@ -107,7 +107,7 @@ class RiskGuard:
         *,
         limits: Mapping[str, RiskConfig],
         brokers: Mapping[str, Broker],
-        journal: Journal,
+        journal: Store,
         halt_file: Path,
         clock: Callable[[], datetime],
         strategies: Mapping[str, StrategyConfig] | None = None,

@@ -73,6 +73,8 @@ class SquareOff:
         """Every square-off that is due now and has not run today; one at a time (never twice at once)."""
         async with self._lock:
             app = self._app
+            if not await app[JOURNAL].is_leader():  # several instances on one store: the leader squares off, once
+                return []
             config = app[CONFIG]
             now = app[NOW]()
             trading_day = self._trading_day(now)

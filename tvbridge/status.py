@@ -21,7 +21,6 @@ Times travel as ISO UTC; the page shows them in IST (seconds), with UTC on hover
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import html
@@ -60,12 +59,12 @@ from tvbridge.status_actions import action_paths, actions_version, csrf_token, r
 from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Mapping
     from decimal import Decimal
 
     from tvbridge.broker import Broker
     from tvbridge.config import Config
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -119,29 +118,29 @@ def _day_start_utc(now: datetime) -> str:
     return datetime.combine(local.date(), time(), MARKET_TZ).astimezone(UTC).isoformat()
 
 
-def _version(conn: sqlite3.Connection, since: str) -> str:
+async def _version(db: Store, since: str) -> str:
     """Changes when anything the page shows from the journal changes (one small read per stream tick)."""
-    row = conn.execute("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", (since,))
-    count, latest = row.fetchone()
-    return f"{count}:{latest}/{refusals_version(conn, since)}/{actions_version(conn)}"
+    [row] = await db.fetch("SELECT count(*), max(updated_at) FROM alerts WHERE received_at >= ?", since)
+    return f"{row[0]}:{row[1]}/{await refusals_version(db, since)}/{await actions_version(db)}"
 
 
-def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
-    rows = conn.execute(
+async def _alerts_today(db: Store, since: str) -> dict[str, Any]:
+    rows = await db.fetch(
         "SELECT alert_id, received_at, alert_type, status, updated_at, response, strategy FROM alerts"
         " WHERE received_at >= ?"
         " ORDER BY received_at DESC LIMIT ?",
-        (since, MAX_ALERTS),
-    ).fetchall()
+        since,
+        MAX_ALERTS,
+    )
     ids = [row["alert_id"] for row in rows]
     legs: dict[str, list[dict[str, Any]]] = {alert_id: [] for alert_id in ids}
     if ids:
         marks = ",".join("?" * len(ids))
-        for leg in conn.execute(
+        for leg in await db.fetch(
             f"SELECT alert_id, account, leg_number, state, order_id, order_state, filled_quantity, average_price,"  # noqa: S608 - only placeholders
             f" message, order_message, result FROM legs"
             f" WHERE alert_id IN ({marks}) ORDER BY account, leg_number",
-            ids,
+            *ids,
         ):
             result = json.loads(leg["result"]) if leg["result"] else {}
             legs[leg["alert_id"]].append(
@@ -172,14 +171,14 @@ def _alerts_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
         }
         for row in rows
     ]
-    refused = today_refusals(conn, since, MAX_ALERTS)
+    refused = await today_refusals(db, since, MAX_ALERTS)
     merged = sorted([*accepted, *refused], key=lambda a: a["received_at"], reverse=True)
     return {
-        "version": _version(conn, since),
+        "version": await _version(db, since),
         "alerts": merged[:MAX_ALERTS],
-        "per_minute": _per_minute(conn, since),
-        "actions": recent_actions(conn),
-        **_fills_today(conn, since),
+        "per_minute": await _per_minute(db, since),
+        "actions": await recent_actions(db),
+        **await _fills_today(db, since),
     }
 
 
@@ -193,16 +192,17 @@ def _reason_of(status: str, response: str | None) -> str:
     return str(body.get("message", "")) if isinstance(body, dict) else ""
 
 
-def _per_minute(conn: sqlite3.Connection, since: str) -> list[dict[str, Any]]:
+async def _per_minute(db: Store, since: str) -> list[dict[str, Any]]:
     """Alerts per minute (UTC, `YYYY-MM-DDTHH:MM`) by outcome, the whole day: accepted ones by their status,
     refused ones as `refused`."""
-    rows = conn.execute(
+    rows = await db.fetch(
         "SELECT substr(received_at, 1, 16) AS minute, status AS outcome, count(*) AS n FROM alerts"
         " WHERE received_at >= ? GROUP BY minute, outcome"
         " UNION ALL SELECT substr(received_at, 1, 16), 'refused', count(*) FROM refusals"
         " WHERE received_at >= ? GROUP BY 1 ORDER BY 1, 2",
-        (since, since),
-    ).fetchall()
+        since,
+        since,
+    )
     return [{"minute": row[0], "outcome": row[1], "count": row[2]} for row in rows]
 
 
@@ -220,16 +220,16 @@ def _exits(payload: str) -> set[tuple[str, str]]:
     }
 
 
-def _fills_today(conn: sqlite3.Connection, since: str) -> dict[str, Any]:
+async def _fills_today(db: Store, since: str) -> dict[str, Any]:
     """The day's fills and last prices, as `tvbridge.pnl.day_pnl` takes them, and what it makes of them."""
     fills = []
     last: dict[tuple[str, str], tuple[str, Decimal]] = {}
     exits: dict[str, set[tuple[str, str]]] = {}
-    for leg in conn.execute(
+    for leg in await db.fetch(
         "SELECT legs.alert_id, legs.account, legs.filled_quantity, legs.average_price, legs.result, alerts.payload,"
         " COALESCE(legs.order_updated_at, legs.updated_at) AS at FROM legs"
         " JOIN alerts ON alerts.alert_id = legs.alert_id WHERE alerts.received_at >= ? AND legs.result IS NOT NULL",
-        (since,),
+        since,
     ):
         result = json.loads(leg["result"])
         key = (str(result.get("exchange", "")), str(result.get("symbol", "")))
@@ -294,7 +294,7 @@ async def summary(app: web.Application) -> dict[str, Any]:
     now = datetime.now(UTC)
     journal = app[JOURNAL]
     day_start = _day_start_utc(now)
-    today = await journal.read(lambda conn: _alerts_today(conn, day_start))
+    today = await _alerts_today(journal, day_start)
     brokers = app.get(BROKERS, {})
     state = app[STATE]
     config = app[CONFIG]
@@ -532,7 +532,7 @@ async def status_events(request: web.Request) -> web.StreamResponse:
     while not app[STATE].shutting_down:
         since = _day_start_utc(datetime.now(UTC))
 
-        version = await journal.read(functools.partial(_version, since=since))
+        version = await _version(journal, since)
         version += f"/{read_halt(halt_path(app[CONFIG].server.data_dir)) is not None}"
         if version != seen:
             seen = version

@@ -41,7 +41,9 @@ from tvbridge.keys import BROKERS, CONFIG, CREDENTIALS, JOURNAL, ORDER_LOG, SCHE
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -73,19 +75,20 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA)
 
 
-def recent_actions(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+async def recent_actions(store: Store) -> list[dict[str, Any]]:
     """The latest actions, newest first."""
-    rows = conn.execute(
-        "SELECT at, action, detail, source, by FROM admin_actions ORDER BY id DESC LIMIT ?", (SHOWN_ACTIONS,)
-    ).fetchall()
+    rows = await store.fetch(
+        "SELECT at, action, detail, source, by FROM admin_actions ORDER BY id DESC LIMIT ?", SHOWN_ACTIONS
+    )
     return [
         {"at": r["at"], "action": r["action"], "detail": json.loads(r["detail"]), "source": r["source"], "by": r["by"]}
         for r in rows
     ]
 
 
-def actions_version(conn: sqlite3.Connection) -> str:
-    return str(conn.execute("SELECT max(id) FROM admin_actions").fetchone()[0])
+async def actions_version(store: Store) -> str:
+    [row] = await store.fetch("SELECT max(id) FROM admin_actions")
+    return str(row[0])
 
 
 def _check(request: web.Request) -> None:
@@ -117,12 +120,12 @@ async def _journal(request: web.Request, action: str, detail: dict[str, Any]) ->
     log.warning("admin.action", action=action, by=BY, source=source, detail=detail)
     row = (datetime.now(UTC).isoformat(), action, json.dumps(detail, default=str), source, BY)
 
-    def insert(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO admin_actions (at, action, detail, source, by) VALUES (?, ?, ?, ?, ?)", row)
-        conn.execute("DELETE FROM admin_actions WHERE id <= (SELECT max(id) FROM admin_actions) - ?", (MAX_ACTIONS,))
-
+    statements: list[tuple[str, Sequence[object]]] = [
+        ("INSERT INTO admin_actions (at, action, detail, source, by) VALUES (?, ?, ?, ?, ?)", row),
+        ("DELETE FROM admin_actions WHERE id <= (SELECT max(id) FROM admin_actions) - ?", (MAX_ACTIONS,)),
+    ]
     try:
-        await request.app[JOURNAL].write(insert)
+        await request.app[JOURNAL].run(statements)
     except JournalError:
         log.exception("admin.action_not_journaled", action=action)
         return False
@@ -206,7 +209,7 @@ def add_routes(app: web.Application) -> None:
 
 async def actions_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the `admin_actions` table in the journal's file."""
-    await app[JOURNAL].write(create_schema)
+    await app[JOURNAL].ensure_tables(create_schema)
     yield
 
 

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from tvbridge.broker import Broker, Position
     from tvbridge.config import Config, StrategyConfig
     from tvbridge.followup import FollowUp
-    from tvbridge.journal import Journal
     from tvbridge.models import CancelLeg, OrderLeg
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
@@ -188,7 +188,7 @@ class StrategyBook:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: Store,
         strategies: Mapping[str, StrategyConfig],
         wall: Callable[[], datetime] = _wall_now,
         followup: FollowUp | None = None,

@@ -9,7 +9,7 @@ The kill switch is `tvbridge/halt.py`; this module gives it its HTTP endpoints.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -27,9 +27,6 @@ from tvbridge.models import LegStatus
 from tvbridge.parsing import parse_alert
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
 from tvbridge.strategies import strategy_halt_path, use_strategy
-
-if TYPE_CHECKING:
-    import sqlite3
 
 log = structlog.get_logger()
 
@@ -66,16 +63,8 @@ async def _send_queued(app: web.Application, alert_id: str, accounts: list[str],
     dropped = [d for d in decisions if d.action == "reject" or (d.action == "queue" and d.at is None)]
     names = [d.account for d in running]
 
-    def hand_over(conn: sqlite3.Connection) -> None:
-        # from here crash recovery owns these legs (journal status `accepted`, legs `pending`)
-        conn.execute("UPDATE alerts SET status = 'accepted' WHERE alert_id = ?", (alert_id,))
-        conn.executemany(
-            "UPDATE legs SET state = 'pending' WHERE alert_id = ? AND account = ?",
-            [(alert_id, name) for name in names],
-        )
-
-    if running:
-        await journal.write(hand_over)
+    if running:  # from here crash recovery owns these legs (journal status `accepted`, legs `pending`)
+        await journal.queue.hand_over(alert_id, names)
         ran = await run_now(app, alert_id, alert, running, [])
         failed = decided(app, dropped, alert, LegStatus.FAILED)
         body = combined_body(alert_id, alert.alert_type.value, [*ran, *failed], [], [])

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 import pytest
-from helpers import SECRET, ClientFactory, alert, leg, with_accounts
+from helpers import SECRET, STORES, ClientFactory, alert, leg, on_store, with_accounts
 from server_process import ServerProcess
 from structlog.testing import capture_logs
 
@@ -19,6 +19,12 @@ from tvbridge.keys import JOURNAL, STATE
 from tvbridge.middlewares.dedupe import dedupe_key
 
 WAIT_S = 10.0
+
+
+@pytest.fixture(params=STORES)
+def config(config: Config, request: pytest.FixtureRequest) -> Config:
+    """Every test here runs on the SQLite journal and on PostgreSQL: the same behaviour on either store."""
+    return on_store(config, request)
 
 
 def scripted(config: Config, **settings: Any) -> Config:

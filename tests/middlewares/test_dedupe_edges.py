@@ -200,6 +200,7 @@ async def test_keys_out_of_the_window_are_cleared_at_start(make_client: ClientFa
     assert line["cleared"] == 1
 
 
+@pytest.mark.sqlite_only
 async def test_a_prune_that_fails_is_logged_and_trading_goes_on(
     make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:

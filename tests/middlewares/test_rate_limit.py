@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -18,9 +19,10 @@ from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, DedupeConfig, IpAllowlistConfig, RateLimitConfig
-from tvbridge.keys import CLOCK
+from tvbridge.keys import CLOCK, RATE_LIMITER
 from tvbridge.middlewares.rate_limit import MAX_ENTRIES, PRUNE_EVERY_S, TokenBuckets, strategy_of
 from tvbridge.secretstore import resolve_credentials
+from tvbridge.store.postgres import PostgresStore
 
 Client = TestClient[web.Request, web.Application]
 
@@ -137,6 +139,44 @@ async def test_the_global_limit(start: Any, config: Config, clock: FakeClock) ->
     assert refused.headers["Retry-After"] == "1"
     clock.now += 0.5
     assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 200
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll `condition` (state another task updates on its own schedule) until true, within `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_two_instances_on_one_database_share_the_global_limit(
+    start: Any, config: Config, clock: FakeClock, pg_url: str
+) -> None:
+    """With a second live instance on the same PostgreSQL store, this one allows half of `global_burst` and half
+    of `global_per_s`: together they allow what the config says, not twice it. When the other's lease is gone,
+    the whole limit is this instance's again."""
+    config = attrs.evolve(config, journal=attrs.evolve(config.journal, url=pg_url, leader_lease_s=0.3))
+    other = PostgresStore(pg_url, lease_s=30)
+    await other.open()
+    try:
+        client = await start(config, global_per_s=2, global_burst=4)
+        limiter = client.app[RATE_LIMITER]
+        await until(lambda: limiter.instances == 2)  # the lease renewal counts the other instance within 0.1 s
+        for symbol in ("RELIANCE", "INFY"):
+            assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
+        refused = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+        assert refused.status == 429
+        clock.now += 0.5  # half a token at 1/s (2/s shared by two)
+        assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 429
+        clock.now += 0.5
+        assert (await client.post("/webhook", json=alert(leg(symbol="TCS")))).status == 200
+    finally:
+        await other.close()
+    await until(lambda: limiter.instances == 1)
+    clock.now += 10
+    for symbol in ("RELIANCE", "INFY", "TCS", "SBIN"):
+        assert (await client.post("/webhook", json=alert(leg(symbol=symbol)))).status == 200
 
 
 async def test_allowlisted_addresses_are_never_locked_out(start: Any, config: Config) -> None:

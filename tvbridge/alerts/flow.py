@@ -59,7 +59,6 @@ from tvbridge.parsing import check_encodable, might_hold_surrogates, parse_alert
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Sequence
 
     from tvbridge.alerts.plan import Decision
@@ -214,13 +213,12 @@ def decided(app: web.Application, decisions: Sequence[Decision], alert: Alert, s
     ]
 
 
-def _queue_rows(alert_id: str, queued: Sequence[Decision]) -> Any:
-    insert = alertqueue.inserter(alert_id, [(d.account, d.at, d.reason) for d in queued if d.at is not None])
-
-    def also(conn: sqlite3.Connection) -> None:
-        insert(conn)
-
-    return also
+def _queue_rows(alert_id: str, queued: Sequence[Decision]) -> alertqueue.QueueInsert:
+    """The queue rows that join the alert's commit (`Store.record_plan(join=...)`); the legs' states are in the
+    plan itself."""
+    return alertqueue.QueueInsert(
+        alert_id=alert_id, entries=tuple((d.account, d.at, d.reason) for d in queued if d.at is not None)
+    )
 
 
 async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: list[str]) -> web.Response:

@@ -18,9 +18,9 @@ from tvbridge import alertqueue
 from tvbridge.broker import BrokerError
 from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
-from tvbridge.journal import Journal
 from tvbridge.orderlog import OrderLog
 from tvbridge.registry import build_brokers
+from tvbridge.store import Store, open_store
 from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
@@ -93,10 +93,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_flatten(config, args.account, confirm=args.yes))
 
 
-async def _open_journal(config: Config) -> Journal:
-    journal = Journal(config.data_path(config.journal.path), synchronous=config.journal.synchronous)
+async def _open_journal(config: Config) -> Store:
+    journal = open_store(config)
     await journal.open()
-    await journal.write(alertqueue.create_schema)
+    await journal.ensure_tables(alertqueue.create_schema)
     return journal
 
 

@@ -8,13 +8,17 @@ trade again. The key (`dedupe_key`):
   `meta.timenow` (at the root and in each leg): a resend and a double-fired alert have the same content and
   differ at most in `timenow`, while two different bars differ in `meta.time` (or the price) and both run.
 
-Two records make "once" hold:
+These records make "once" hold:
 
 * an in-process claim (key -> the first copy's alert id and a future), taken without an `await` between the
   look-up and the claim, so fifty copies arriving at the same moment find one first copy and wait for it
   (up to `server.response_deadline_s`);
 * the journal: the first copy's row carries the key (`request[DEDUPE_KEY]`, written by the webhook handler
-  with the alert, before any order), so a copy that arrives after a restart is found there.
+  with the alert, before any order), so a copy that arrives after a restart is found there;
+* with several instances on one PostgreSQL store, the store's claim (`Store.claim_dedupe`): a unique row, so
+  of two copies arriving at two instances at the same moment one runs; the other waits (up to
+  `server.response_deadline_s`) for the first one's record and is answered from it, or gets 503 to resend if
+  none appears (never a 2xx for an alert nobody recorded). On SQLite the claim is the journal look-up above.
 
 Under a `[strategies.NAME]` the key is prefixed with the strategy: two strategies firing the same alert are two
 trades, not a repeat.
@@ -52,12 +56,14 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from tvbridge.config import DedupeConfig
-    from tvbridge.journal import Journal
+    from tvbridge.store import Store
 
 log = structlog.get_logger()
 
 OWN_KEYS: Final = ("id", "idempotency_key")
 MIN_PRUNE_EVERY_S: Final = 60.0
+CLAIM_POLL_S: Final = 0.05
+"""How often a copy whose first copy runs on another instance looks for that copy's record."""
 MAX_ROUNDS: Final = 3
 """How many failed first copies a waiting copy sits through before it answers 503 (each wait is bounded)."""
 
@@ -97,7 +103,7 @@ class Claim:
 class Deduper:
     """The in-process claims; the durable half is the journal's `dedupe_key` column."""
 
-    def __init__(self, window_s: float, journal: Journal) -> None:
+    def __init__(self, window_s: float, journal: Store) -> None:
         self.window_s = window_s
         self.journal = journal
         self.claims: dict[str, Claim] = {}
@@ -139,12 +145,44 @@ class Deduper:
 
         Without an answer the alert might be a repeat, so it is refused (TradingView resends a 503), not run.
         """
-        since = (datetime.now(UTC) - timedelta(seconds=self.window_s)).isoformat()
         try:
-            return await self.journal.find_by_dedupe_key(key, since)
+            return await self.journal.find_by_dedupe_key(key, self._since())
         except Exception as e:
             log.exception("dedupe.lookup_failed")
             raise JournalError("journal unreadable: cannot tell whether this alert is a repeat; resend later") from e
+
+    def _since(self) -> str:
+        return (datetime.now(UTC) - timedelta(seconds=self.window_s)).isoformat()
+
+    async def first_elsewhere(self, key: str, alert_id: str, wait_s: float) -> dict[str, Any] | None:
+        """Claim `key` in the store for `alert_id`: None when this copy is the first (it runs), else the first
+        copy's journal record. With several instances on one database the first copy may be running on another
+        one and not recorded yet: wait for its record up to `wait_s`, then 503 (TradingView resends), because
+        answering 2xx for an alert that the other copy may still fail to record would lose it."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            since = self._since()
+            try:
+                holder = await self.journal.claim_dedupe(key, alert_id, since)
+            except Exception as e:
+                log.exception("dedupe.lookup_failed")
+                message = "journal unreadable: cannot tell whether this alert is a repeat; resend later"
+                raise JournalError(message) from e
+            if holder is None:
+                return None
+            record = await self.first_in_journal(key)
+            if record is not None:
+                return record
+            if asyncio.get_running_loop().time() >= deadline:
+                raise UnavailableError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
+            await asyncio.sleep(CLAIM_POLL_S)
+
+    async def release_elsewhere(self, key: str, alert_id: str) -> None:
+        """Give the store's claim back after a refusal (best effort: an unreleased claim expires by itself)."""
+        try:
+            await self.journal.release_dedupe(key, alert_id)
+        except Exception:  # noqa: BLE001 - the refusal is answered either way
+            log.warning("dedupe.release_failed")
 
 
 def duplicate_answer(request: web.Request, first_id: str, record: Mapping[str, Any] | None) -> web.Response:
@@ -196,8 +234,8 @@ async def deduplicated(
     claim = deduper.claim(key, request[ALERT_ID], clock())
     answered = False
     try:
-        record = await deduper.first_in_journal(key)
-        if record is not None:  # recorded before a restart
+        record = await deduper.first_elsewhere(key, request[ALERT_ID], deadline_s)
+        if record is not None:  # recorded before a restart, or by another instance
             claim.alert_id = record["alert_id"]
             answered = True
             return duplicate_answer(request, record["alert_id"], record)
@@ -207,6 +245,8 @@ async def deduplicated(
         return response
     finally:
         deduper.release(key, claim, answered=answered)
+        if not answered and claim.alert_id == request[ALERT_ID]:
+            await deduper.release_elsewhere(key, request[ALERT_ID])
 
 
 async def dedupe_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -221,7 +261,7 @@ async def dedupe_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _prune_journal(journal: Journal, window_s: float) -> None:
+async def _prune_journal(journal: Store, window_s: float) -> None:
     while True:
         try:
             cleared = await journal.prune_dedupe_keys((datetime.now(UTC) - timedelta(seconds=window_s)).isoformat())

@@ -34,6 +34,8 @@ no information and are dropped (checked at most every `PRUNE_EVERY_S`), and a ta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from typing import TYPE_CHECKING, Final
 
@@ -43,7 +45,7 @@ import structlog
 from tvbridge.addresses import contains, parse_address, parse_networks, source_key_of
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import AuthError, RateLimitedError
-from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, RATE_LIMITER, RAW_ALERT, SOURCE_IP, STRATEGY
+from tvbridge.keys import AUTHENTICATED, CLOCK, CONFIG, JOURNAL, RATE_LIMITER, RAW_ALERT, SOURCE_IP, STRATEGY
 from tvbridge.refusals import should_log
 from tvbridge.routes import is_webhook
 
@@ -140,6 +142,28 @@ class RateLimiter:
         self.auth_failures = TokenBuckets(config.auth_failures_per_min / 60, config.auth_failures_per_min)
         self.per_strategy = TokenBuckets(config.per_strategy_per_s, config.per_strategy_burst)
         self.global_ = TokenBuckets(config.global_per_s, config.global_burst)
+        self._config = config
+        self.instances = 1
+        """Instances sharing the limits (the PostgreSQL store's live leases; 1 on SQLite): see `share`."""
+
+    def share(self, instances: int) -> None:
+        """Split the per-strategy and global limits between `instances` live instances behind one proxy, so
+        together they allow what the config says, not that many times it (issue 20). A proxy spreads alerts
+        about evenly (round robin); each instance's share is its rate and burst divided by the count, never
+        below one alert of burst. The per-address limits stay per instance: they guard each process."""
+        instances = max(1, instances)
+        if instances == self.instances:
+            return
+        self.instances = instances
+        config = self._config
+        for buckets, rate, burst in (
+            (self.per_strategy, config.per_strategy_per_s, config.per_strategy_burst),
+            (self.global_, config.global_per_s, config.global_burst),
+        ):
+            buckets.rate = rate / instances
+            buckets.capacity = max(1.0, burst / instances)
+            for bucket in buckets.buckets.values():
+                bucket.tokens = min(bucket.tokens, buckets.capacity)
 
     def source_key(self, source: str) -> str | None:
         """The key of `source`'s buckets (IPv6: its `ipv6_prefix` network); None when it is exempt."""
@@ -245,5 +269,23 @@ async def rate_limit_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     config = app[CONFIG]
     exempt = parse_networks([*config.ip_allowlist.allow, *config.ip_allowlist.trusted_proxies])
-    app[RATE_LIMITER] = RateLimiter(config.rate_limit, exempt, config.limits.ipv6_prefix)
+    limiter = app[RATE_LIMITER] = RateLimiter(config.rate_limit, exempt, config.limits.ipv6_prefix)
+    journal = app[JOURNAL]
+    if not journal.shared:
+        yield
+        return
+
+    async def follow_instances() -> None:
+        """Several instances on one PostgreSQL store: keep each one's share of the limits current."""
+        while True:
+            count = journal.live_instances
+            if count != limiter.instances:
+                limiter.share(count)
+                log.info("rate_limit.shared", instances=count)
+            await asyncio.sleep(config.journal.leader_lease_s / 3)
+
+    task = asyncio.create_task(follow_instances(), name="rate-limit-share")
     yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

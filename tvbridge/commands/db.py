@@ -1,0 +1,47 @@
+"""`tvbridge db migrate`: create or bring up to date the PostgreSQL store's schema (`[journal] url`).
+
+The server does the same at every start, so running it is optional; it is there for a deploy that migrates
+once before starting the instances, or to see what a new release changes. Exit codes: 0 done (or nothing to do),
+1 the database could not be reached or is newer than this tvbridge, 2 no `journal.url` configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from tvbridge.errors import ConfigError, JournalError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from tvbridge.config import Config
+
+HELP: Final = "the PostgreSQL store ([journal] url): `db migrate` creates or updates its schema"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("db", help=HELP, description=HELP)
+    db_sub = parser.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("migrate", help="create or update the schema of the database at journal.url")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:  # noqa: ARG001 - one subcommand so far
+    if not config.journal.url:
+        raise ConfigError("journal.url is not set: `db migrate` is for the PostgreSQL store (SQLite needs none)")
+    try:
+        from tvbridge.store.postgres import migrate_url  # noqa: PLC0415 - asyncpg is an optional extra
+    except ImportError:
+        raise ConfigError(missing_driver()) from None
+    try:
+        before, after = asyncio.run(migrate_url(config.journal.url))
+    except JournalError:
+        raise
+    except Exception as e:
+        raise JournalError(f"the PostgreSQL journal cannot be migrated: {type(e).__name__}: {e}") from e
+    print(f"schema version {after}" + (f" (was {before})" if before != after else ": up to date"))
+    return 0
+
+
+def missing_driver() -> str:
+    return "journal.url needs the PostgreSQL driver: pip install 'tvbridge[postgres]'"

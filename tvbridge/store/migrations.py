@@ -1,0 +1,157 @@
+"""The PostgreSQL store's schema, versioned: `tvbridge db migrate`, and every start, bring a database up to date.
+
+Each entry of `MIGRATIONS` is applied once, in order, in its own transaction with the `schema_version` row that
+records it, under a transaction-level advisory lock: two instances starting at the same moment migrate once
+(the second waits, then finds nothing left to do). A database newer than this release (a later version rolled
+back) is refused rather than written in a shape this code does not know.
+
+Columns keep the SQLite journal's types and text forms (times as ISO-8601 UTC text, JSON as text), so both
+stores answer `get_alert` and the dedupe look-ups with the same values; see `tvbridge/journal.py` for what each
+column means.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from tvbridge.errors import JournalError
+
+if TYPE_CHECKING:
+    import asyncpg
+
+MIGRATION_LOCK: Final = 0x7476_6272_6467_0001
+"""The advisory lock key migrations hold (any constant unlikely to clash with an application's own)."""
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the journal, the dedupe claims, the closed-market queue
+    """
+    CREATE TABLE alerts (
+        alert_id         TEXT PRIMARY KEY,
+        received_at      TEXT NOT NULL,
+        alert_type       TEXT NOT NULL,
+        dedupe_key       TEXT,
+        source           TEXT,
+        payload          TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        response         TEXT,
+        updated_at       TEXT NOT NULL,
+        order_log_offset BIGINT
+    );
+    CREATE INDEX alerts_status ON alerts (status);
+    CREATE INDEX alerts_dedupe ON alerts (dedupe_key, received_at);
+    CREATE TABLE probe (
+        instance TEXT PRIMARY KEY,
+        at       TEXT NOT NULL,
+        filler   BYTEA NOT NULL
+    );
+    CREATE TABLE legs (
+        alert_id         TEXT NOT NULL REFERENCES alerts (alert_id),
+        account          TEXT NOT NULL,
+        leg_number       INTEGER NOT NULL,
+        client_order_id  TEXT,
+        state            TEXT NOT NULL,
+        order_id         TEXT,
+        message          TEXT,
+        result           TEXT,
+        updated_at       TEXT NOT NULL,
+        order_state      TEXT,
+        filled_quantity  BIGINT,
+        average_price    TEXT,
+        order_message    TEXT,
+        order_updated_at TEXT,
+        bracket          TEXT,
+        PRIMARY KEY (alert_id, account, leg_number)
+    );
+    CREATE INDEX legs_followed ON legs (order_state)
+        WHERE order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled');
+    CREATE INDEX legs_account ON legs (account, updated_at);
+    CREATE TABLE dedupe_claims (
+        dedupe_key  TEXT PRIMARY KEY,
+        alert_id    TEXT NOT NULL,
+        claimed_at  TEXT NOT NULL
+    );
+    CREATE TABLE queue (
+        id          BIGSERIAL PRIMARY KEY,
+        alert_id    TEXT NOT NULL,
+        account     TEXT NOT NULL,
+        not_before  TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        UNIQUE (alert_id, account)
+    );
+    CREATE INDEX queue_due ON queue (state, not_before);
+    """,
+    # 2: instances hold leases; an unfinished alert belongs to the instance running it (issue 20)
+    """
+    CREATE TABLE instances (
+        instance_id  TEXT PRIMARY KEY,
+        started_at   TEXT NOT NULL,
+        lease_until  TEXT NOT NULL
+    );
+    ALTER TABLE alerts ADD COLUMN owner TEXT;
+    CREATE INDEX alerts_unfinished_owner ON alerts (owner) WHERE status = 'accepted';
+    """,
+    # 3: the kill switch, shared: a halt on one instance halts them all (tvbridge/halt_sync.py)
+    """
+    CREATE TABLE halt (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        version  BIGINT NOT NULL,
+        halted   BOOLEAN NOT NULL,
+        reason   TEXT NOT NULL,
+        since    TEXT NOT NULL,
+        by_whom  TEXT NOT NULL
+    );
+    INSERT INTO halt (id, version, halted, reason, since, by_whom) VALUES (1, 0, false, '', '', '');
+    """,
+    # 4: the refusals journal and the status page's actions (tvbridge/refusal_journal.py, status_actions.py)
+    """
+    CREATE TABLE refusals (
+        id           BIGSERIAL PRIMARY KEY,
+        alert_id     TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        http_status  INTEGER NOT NULL,
+        reason       TEXT NOT NULL,
+        message      TEXT NOT NULL,
+        errors       TEXT,
+        alert_type   TEXT,
+        source       TEXT,
+        payload      TEXT
+    );
+    CREATE INDEX refusals_alert ON refusals (alert_id);
+    CREATE INDEX refusals_received ON refusals (received_at);
+    CREATE TABLE admin_actions (
+        id      BIGSERIAL PRIMARY KEY,
+        at      TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        source  TEXT,
+        by      TEXT NOT NULL
+    );
+    """,
+    # 5: strategies (issue 19): the strategy an alert runs under; the filled legs its own positions are summed from
+    """
+    ALTER TABLE alerts ADD COLUMN strategy TEXT;
+    CREATE INDEX legs_filled ON legs (account) WHERE filled_quantity > 0;
+    """,
+)
+LATEST: Final = len(MIGRATIONS)
+
+
+async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> tuple[int, int]:
+    """Apply what is missing; returns (version before, version after). `JournalError` for a newer database."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = await conn.fetchval("SELECT max(version) FROM schema_version")
+        before = int(found or 0)
+        if before > LATEST:
+            raise JournalError(
+                f"the database's schema is version {before}, newer than this tvbridge knows ({LATEST}): upgrade"
+                " tvbridge, or restore the database it last ran with"
+            )
+        for version in range(before + 1, LATEST + 1):
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    return before, LATEST
