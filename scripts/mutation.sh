@@ -3,7 +3,8 @@
 # leaks a secret, each group against its own tests. Too slow for every CI run (minutes to hours a group on 2
 # cores); run it before closing work on those modules, and record the score in docs/testing.md.
 #
-#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor journal (or: all)
+#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor recovery journal
+#                                    (or: all)
 #   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
 #   MUTATION_JOBS=N                  mutants run at once (default 2)
 #
@@ -18,9 +19,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_WORK:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
 jobs="${MUTATION_JOBS:-2}"
-[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor journal | all)" >&2; exit 2; }
+[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor recovery journal | all)" >&2; exit 2; }
 groups=("$@")
-[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor journal)
+[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor recovery journal)
 
 modules_of() {
     case "$1" in
@@ -30,7 +31,9 @@ modules_of() {
         risk) echo "tvbridge/risk.py" ;;
         parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
         mapping) echo "tvbridge_brokers/dhan/mapping.py" ;;
-        executor) echo "tvbridge/executor.py tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
+        executor) echo "tvbridge/executor.py" ;;
+        # what the executor leans on: crash recovery, positions to close, lots to units (measured apart: faster)
+        recovery) echo "tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
         journal) echo "tvbridge/journal.py" ;;
         *) echo "unknown group $1" >&2; exit 2 ;;
     esac
@@ -41,12 +44,15 @@ tests_of() {
         dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
-        # the parser also reads config.toml and refuses undecodable text for the webhook: those tests count too
-        parsing) echo "tests/test_parsing.py tests/test_tickers.py tests/test_stale.py tests/test_config.py tests/test_webhook.py tests/middlewares/test_dedupe_edges.py" ;;
+        # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
+        # the encodability check (the webhook tests reach all of it too, but make a run take hours)
+        parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
-        executor) echo "tests/test_webhook.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
-        # the journal is read by every step, so its group also runs the tests of the steps that read it back
-        journal) echo "tests/test_journal.py tests/test_sqlite.py tests/test_webhook.py tests/test_followup_schedule.py tests/test_followup.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_paper_webhook.py tests/test_deadline.py tests/test_fileid.py tests/test_unknown_outcome.py" ;;
+        executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
+        # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
+        # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
+        journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" ;;
     esac
 }
 toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
@@ -78,7 +84,9 @@ for group in "${groups[@]}"; do
 source_paths = ["tvbridge", "tvbridge_brokers"]
 only_mutate = $(toml_list $(modules_of "$group"))
 pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+# a mutant that leaves a test waiting on a task that never finishes is stopped by pytest-timeout: 120 s by
+# default, 30 s here (the groups' tests take seconds each); the journal's record_results mutants took minutes each
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--timeout=30"]
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 TOML
     echo "mutation: $group: $(modules_of "$group")"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -10,20 +11,18 @@ from tvbridge.config import effective_settings, load_config
 from tvbridge.errors import ConfigError
 from tvbridge.parsing import make_converter
 
-CONVERTER = make_converter()
-
 
 def load(tmp_path: Path, toml: str | None = None, env: dict[str, str] | None = None) -> object:
     path = None
     if toml is not None:
         path = tmp_path / "config.toml"
         path.write_text(toml)
-    return load_config(path, CONVERTER, env or {}, tmp_path)
+    return load_config(path, make_converter(), env or {}, tmp_path)
 
 
 def test_defaults_are_the_safe_first_run(tmp_path: Path) -> None:
     """No config at all: loopback only, an unprivileged port, the paper account, guards on."""
-    config = load_config(None, CONVERTER, {}, tmp_path)
+    config = load_config(None, make_converter(), {}, tmp_path)
     assert config.server.host == "127.0.0.1"
     assert config.server.port == 8080
     assert config.routing.accounts == ("paper",)
@@ -40,7 +39,7 @@ def test_the_guides_variables_override_the_file(tmp_path: Path) -> None:
     toml = '[server]\nhost = "0.0.0.0"\nport = 9000\n[auth]\nsecret = "from-file-0123456789"\n'
     env = {"WEBHOOK_HOST": "127.0.0.2", "WEBHOOK_PORT": "8181", "WEBHOOK_SECRET": "from-env-0123456789"}
     (tmp_path / "config.toml").write_text(toml)
-    config = load_config(tmp_path / "config.toml", CONVERTER, env, tmp_path)
+    config = load_config(tmp_path / "config.toml", make_converter(), env, tmp_path)
     assert (config.server.host, config.server.port) == ("127.0.0.2", 8181)
     assert config.auth.secret == "from-env-0123456789"
 
@@ -48,7 +47,7 @@ def test_the_guides_variables_override_the_file(tmp_path: Path) -> None:
 def test_dotenv_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     """A .env in the working directory works like the guide's; real environment variables beat it."""
     (tmp_path / ".env").write_text('WEBHOOK_PORT=8282\nWEBHOOK_SECRET="quoted-secret-0123456789"\n')
-    config = load_config(None, CONVERTER, {"WEBHOOK_PORT": "8383"}, tmp_path)
+    config = load_config(None, make_converter(), {"WEBHOOK_PORT": "8383"}, tmp_path)
     assert config.server.port == 8383
     assert config.auth.secret == "quoted-secret-0123456789"
 
@@ -61,7 +60,7 @@ def test_any_key_as_tvbridge_section_key(tmp_path: Path) -> None:
         "TVBRIDGE_IP_ALLOWLIST__ALLOW": '["10.0.0.0/8"]',
         "TVBRIDGE_AUTH__PATH_TOKEN": "12345678901234567890",
     }
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.dedupe.window_s == 30
     assert config.rate_limit.enabled is False
     assert config.ip_allowlist.allow == ("10.0.0.0/8",)
@@ -71,11 +70,11 @@ def test_any_key_as_tvbridge_section_key(tmp_path: Path) -> None:
 def test_dhan_variables_make_dhan_the_default_route(tmp_path: Path) -> None:
     """DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN route alerts to a dhan account; ENABLE_DHAN makes it live."""
     env = {"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "tok", "ENABLE_DHAN": "true"}
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.routing.accounts == ("dhan",)
     assert config.accounts["dhan"] == {"client_id": "1000000001", "access_token": "tok", "live": True, "broker": "dhan"}
     assert config.live_accounts == ["dhan"]
-    config = load_config(None, CONVERTER, {**env, "ENABLE_DHAN": "false"}, tmp_path)
+    config = load_config(None, make_converter(), {**env, "ENABLE_DHAN": "false"}, tmp_path)
     assert config.live_accounts == []
 
 
@@ -90,6 +89,13 @@ def test_dhan_variables_make_dhan_the_default_route(tmp_path: Path) -> None:
         ('[alerts]\non_leg_failure = "retry"\n', {}, "alerts.on_leg_failure"),
         ('[routing]\naccounts = ["live"]\n', {}, "routing.accounts: no [accounts.live] table for account 'live'"),
         ("[server\n", {}, "not valid TOML"),
+        # TOML has types: a number, a boolean or a path given as other TOML types is refused, not converted
+        ('[server]\nresponse_deadline_s = "2.5"\n', {}, "server.response_deadline_s: must be a number, got '2.5'"),
+        ("[server]\nresponse_deadline_s = true\n", {}, "server.response_deadline_s: must be a number, got true"),
+        ("[server]\nresponse_deadline_s = [1]\n", {}, "server.response_deadline_s: must be a number, got a list"),
+        ('[metrics]\nenabled = "false"\n', {}, "metrics.enabled: must be true or false, got 'false'"),
+        ("[server]\ndata_dir = true\n", {}, "server.data_dir: expected a value, got true"),
+        ('[risk]\nmax_notional_per_order = "1e3"\n', {}, "risk.max_notional_per_order: must be a number, got '1e3'"),
     ],
 )
 def test_bad_values_stop_the_start_with_one_line_naming_the_key(
@@ -101,6 +107,13 @@ def test_bad_values_stop_the_start_with_one_line_naming_the_key(
     assert "\n" not in str(caught.value)
 
 
+def test_holidays_may_be_bare_toml_dates(tmp_path: Path) -> None:
+    """`extra_holidays = [2026-11-24]` (a TOML date, not a string) is that date, as the shipped comment shows."""
+    (tmp_path / "config.toml").write_text('[sessions]\nextra_holidays = [2026-11-24, "2026-11-25"]\n')
+    config = load_config(tmp_path / "config.toml", make_converter(), {}, tmp_path)
+    assert config.sessions.extra_holidays == (date(2026, 11, 24), date(2026, 11, 25))
+
+
 def test_effective_settings_mask_every_secret(tmp_path: Path) -> None:
     """check-config's view shows that secrets are set, never their values."""
     env = {
@@ -109,7 +122,7 @@ def test_effective_settings_mask_every_secret(tmp_path: Path) -> None:
         "DHAN_ACCESS_TOKEN": "tok-XYZ",
         "TVBRIDGE_SERVER__ADMIN_TOKEN": "admin-ABC",
     }
-    shown = str(effective_settings(load_config(None, CONVERTER, env, tmp_path), CONVERTER))
+    shown = str(effective_settings(load_config(None, make_converter(), env, tmp_path), make_converter()))
     for secret in env.values():
         if secret != "1":
             assert secret not in shown
@@ -121,8 +134,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_shipped_config_toml_is_the_defaults() -> None:
     """config.toml in the repo loads cleanly and changes nothing: it documents the defaults."""
-    shipped = load_config(REPO / "config.toml", CONVERTER, {}, REPO)
-    assert shipped == load_config(None, CONVERTER, {}, REPO)
+    shipped = load_config(REPO / "config.toml", make_converter(), {}, REPO)
+    assert shipped == load_config(None, make_converter(), {}, REPO)
 
 
 def test_shipped_config_toml_shows_every_key() -> None:
@@ -153,9 +166,9 @@ def test_plugin_secrets_are_masked_by_name(tmp_path: Path) -> None:
         "TVBRIDGE_ACCOUNTS__X__REFRESH_TOKEN": "rt-456",
         "TVBRIDGE_ACCOUNTS__X__CLIENT_ID": "1100012345",
     }
-    config = load_config(None, CONVERTER, env, tmp_path)
+    config = load_config(None, make_converter(), env, tmp_path)
     assert config.accounts["x"]["client_id"] == "1100012345"
-    shown = str(effective_settings(config, CONVERTER))
+    shown = str(effective_settings(config, make_converter()))
     assert "cs-123" not in shown
     assert "rt-456" not in shown
     assert "1100012345" in shown

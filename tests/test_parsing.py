@@ -15,24 +15,22 @@ from tvbridge.errors import BadRequestError, InvalidAlertError
 from tvbridge.models import CancelAlert, Instrument, OptionType, OrderAlert, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import decode_body, make_converter, parse_alert, unknown_keys
 
-CONVERTER = make_converter()
-
 
 def order_legs(raw: dict[str, Any]) -> tuple[OrderLeg, ...]:
-    parsed = parse_alert(raw, CONVERTER)
+    parsed = parse_alert(raw, make_converter())
     assert isinstance(parsed, OrderAlert)
     return parsed.legs
 
 
 def errors_of(raw: dict[str, Any]) -> list[str]:
     with pytest.raises(InvalidAlertError) as caught:
-        parse_alert(raw, CONVERTER)
+        parse_alert(raw, make_converter())
     return caught.value.errors
 
 
 def test_guide_payload_parses_into_domain_types() -> None:
     """The guide's own example (all strings) becomes typed fields: side, Decimal price, int quantity."""
-    parsed = parse_alert(alert(), CONVERTER)
+    parsed = parse_alert(alert(), make_converter())
     assert isinstance(parsed, OrderAlert)
     (only,) = parsed.legs
     assert only.side is Side.BUY
@@ -157,14 +155,16 @@ def test_empty_legs_are_refused() -> None:
 
 def test_legs_are_sorted_by_sort_order() -> None:
     """Legs run in sort_order, whatever their order in the list."""
-    parsed = parse_alert(alert(leg(symbol="SECOND", sort_order="2"), leg(symbol="FIRST", sort_order="1")), CONVERTER)
+    parsed = parse_alert(
+        alert(leg(symbol="SECOND", sort_order="2"), leg(symbol="FIRST", sort_order="1")), make_converter()
+    )
     assert [x.symbol for x in parsed.legs] == ["FIRST", "SECOND"]
 
 
 def test_unknown_keys_become_warnings_with_a_hint() -> None:
     """A typo is visible: the key is reported back, with the closest known key."""
     raw = alert(leg(triggerprice="101"), strategy="s1")
-    parse_alert(raw, CONVERTER)
+    parse_alert(raw, make_converter())
     assert unknown_keys(raw) == [
         "strategy: unknown key, ignored",
         "order_legs[0].triggerprice: unknown key, ignored (did you mean triggerPrice?)",
@@ -172,12 +172,12 @@ def test_unknown_keys_become_warnings_with_a_hint() -> None:
 
 
 def test_root_id_is_the_alert_key() -> None:
-    assert parse_alert(alert(id="bar-42"), CONVERTER).key == "bar-42"
-    assert parse_alert(alert(idempotency_key="k-1"), CONVERTER).key == "k-1"
+    assert parse_alert(alert(id="bar-42"), make_converter()).key == "bar-42"
+    assert parse_alert(alert(idempotency_key="k-1"), make_converter()).key == "k-1"
 
 
 def test_cancel_order_needs_only_a_symbol_or_order_id() -> None:
-    parsed = parse_alert(alert({"symbol": "INFY", "transactionType": "S"}, alert_type="cancel_order"), CONVERTER)
+    parsed = parse_alert(alert({"symbol": "INFY", "transactionType": "S"}, alert_type="cancel_order"), make_converter())
     assert isinstance(parsed, CancelAlert)
     assert parsed.legs[0].symbol == "INFY"
     assert errors_of(alert({"exchange": "NSE"}, alert_type="cancel_order")) == [

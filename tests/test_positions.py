@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
+import attrs
 import pytest
 
 from tvbridge.broker import ContractId, OpenOrder, OrderState, Position
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, PositionAction, Product, Side
-from tvbridge.positions import SentExits, closing_leg, exit_all
+from tvbridge.models import (
+    Exchange,
+    Instrument,
+    MarketPosition,
+    OptionType,
+    OrderLeg,
+    OrderType,
+    PositionAction,
+    Product,
+    Side,
+)
+from tvbridge.positions import SentExits, SentMoves, closing_leg, exit_all, to_target
 
 RELIANCE = ContractId(exchange=Exchange.NSE, symbol="RELIANCE", instrument=Instrument.EQUITY, security_id="2885")
 LEG = OrderLeg(
@@ -118,3 +130,163 @@ def test_flatten_closes_a_position_with_a_market_order_that_names_the_same_contr
     leg = closing_leg(Position(contract=option, product=Product.MARGIN, net_quantity=-130))
     assert (leg.side, leg.quantity, leg.order_type, leg.product) == (Side.BUY, 130, OrderType.MARKET, Product.MARGIN)
     assert (leg.symbol, leg.exchange, leg.strike_price) == ("NIFTY", Exchange.NFO, Decimal(24000))
+
+
+WHERE = "NSE RELIANCE (C)"
+
+
+@pytest.mark.parametrize(
+    ("positions", "pending", "side", "quantity", "message"),
+    [
+        ([held(10)], [], Side.SELL, 10, f"EXIT_ALL closes the long position of 10 in {WHERE}: SELL"),
+        ([held(-7)], [], Side.BUY, 7, f"EXIT_ALL closes the short position of 7 in {WHERE}: BUY"),
+        ([held(1)], [], Side.SELL, 1, f"EXIT_ALL closes the long position of 1 in {WHERE}: SELL"),
+        (
+            [held(10)],
+            [open_exit(Side.SELL, 6)],
+            Side.SELL,
+            4,
+            f"EXIT_ALL closes the long position of 10 in {WHERE}: SELL 4 (6 already being closed by an open exit order)",
+        ),
+        (
+            [held(10)],
+            [open_exit(Side.SELL, 10, filled=10)],
+            Side.SELL,
+            10,
+            f"EXIT_ALL closes the long position of 10 in {WHERE}: SELL",
+        ),
+    ],
+    ids=["long", "short", "one share", "part already closing", "exit filled but still listed"],
+)
+def test_what_exit_all_sends_and_says(
+    positions: list[Position], pending: list[OpenOrder], side: Side, quantity: int, message: str
+) -> None:
+    """The order and the words the trader reads in the answer: which position, its size, what closes it."""
+    found = exit_all(LEG, positions, pending)
+    assert found.leg is not None
+    assert (found.leg.side, found.leg.quantity) == (side, quantity)
+    assert (found.net_quantity, found.message) == (sum(p.net_quantity for p in positions), message)
+
+
+def test_exits_covering_the_position_are_named() -> None:
+    found = exit_all(LEG, [held(10)], [open_exit(Side.SELL, 5, order_id="X1"), open_exit(Side.SELL, 5, order_id="X2")])
+    assert (found.leg, found.net_quantity) == (None, 10)
+    assert found.message == (
+        f"nothing more to close: the position of 10 in {WHERE} is already being closed by the open exit order(s)"
+        " X1, X2; EXIT_ALL sent no order"
+    )
+
+
+TARGET_LEG = attrs.evolve(LEG, manage_position=None, position_size=0, order_type=OrderType.MARKET, price=Decimal(0))
+
+
+def pending_move(side: Side, quantity: int, order_id: str) -> OpenOrder:
+    return attrs.evolve(open_exit(side, quantity, order_id=order_id), client_order_id=f"cid-{order_id}")
+
+
+@pytest.mark.parametrize(
+    ("now", "pending", "target", "order", "message"),
+    [
+        (0, [], 10, (Side.BUY, 10), f"position 0 in {WHERE}, target 10: BUY 10"),
+        (5, [], 0, (Side.SELL, 5), f"position 5 in {WHERE}, target 0: SELL 5"),
+        (5, [], 8, (Side.BUY, 3), f"position 5 in {WHERE}, target 8: BUY 3"),
+        (10, [], -10, (Side.SELL, 20), f"position 10 in {WHERE}, target -10: SELL 20 (a reversal, in one order)"),
+        (1, [], -1, (Side.SELL, 2), f"position 1 in {WHERE}, target -1: SELL 2 (a reversal, in one order)"),
+        (-1, [], 1, (Side.BUY, 2), f"position -1 in {WHERE}, target 1: BUY 2 (a reversal, in one order)"),
+        (
+            0,
+            [pending_move(Side.BUY, 2, "M1"), pending_move(Side.BUY, 2, "M2")],
+            5,
+            (Side.BUY, 1),
+            f"position 0 and +4 still to fill in open order(s) M1, M2 in {WHERE}, target 5: BUY 1",
+        ),
+        (10, [], 10, None, f"position 10 in {WHERE}, target 10: already there, no order sent"),
+    ],
+    ids=["open", "close", "add", "reversal", "reversal of one", "reversal from short", "in flight", "there"],
+)
+def test_what_a_target_sends_and_says(
+    now: int, pending: list[OpenOrder], target: int, order: tuple[Side, int] | None, message: str
+) -> None:
+    """The one order to the target (the difference, in-flight orders counted) as a plain order, and its words."""
+    move = to_target(TARGET_LEG, target, [held(now)] if now else [], pending)
+    assert (move.before, move.target, move.message) == (now, target, message)
+    if order is None:
+        assert move.leg is None
+        return
+    assert move.leg is not None
+    assert (move.leg.side, move.leg.quantity) == order
+    assert (move.leg.position_size, move.leg.market_position, move.leg.market_position_size) == (None, None, None)
+
+
+INFY = ContractId(exchange=Exchange.NSE, symbol="INFY", instrument=Instrument.EQUITY, security_id="1594")
+
+
+def test_sent_exits_are_told_apart_by_product_and_contract() -> None:
+    """An exit sent for the CNC holding is not an open exit of the intraday position of the same stock, nor of
+    another stock; `has` says whether the account has any exit that may be open."""
+    exits = SentExits()
+    assert not exits.has("dhan")
+    closing = exit_all(LEG, [held(10)]).leg
+    assert closing is not None
+    exits.remember("dhan", "cid-X1", closing, [held(10)])
+    assert exits.has("dhan")
+    assert not exits.has("paper")
+    intraday = attrs.evolve(LEG, product=Product.INTRADAY)
+    both = [held(10), held(5, Product.INTRADAY)]
+    assert exits.still_open("dhan", intraday, both, [open_exit(Side.SELL, 10)]) == []
+    infy = [Position(contract=INFY, product=Product.CNC, net_quantity=3)]
+    assert exits.still_open("dhan", attrs.evolve(LEG, symbol="INFY"), infy, [open_exit(Side.SELL, 10)]) == []
+    assert exits.still_open("dhan", LEG, both, [open_exit(Side.SELL, 10)]) == [open_exit(Side.SELL, 10)]
+
+
+def test_sent_moves_are_told_apart_by_contract() -> None:
+    moves = SentMoves()
+    order = pending_move(Side.BUY, 10, "M1")
+    assert moves.still_open("paper", TARGET_LEG, [order]) == []
+    moves.remember("dhan", "cid-M1", TARGET_LEG)
+    assert moves.may_be_open("dhan", TARGET_LEG)
+    assert moves.still_open("dhan", attrs.evolve(TARGET_LEG, symbol="INFY"), [order]) == []
+    assert moves.still_open("dhan", TARGET_LEG, [order]) == [order]
+
+
+def test_a_move_is_a_plain_order_without_the_target_fields() -> None:
+    """The order sent for `market_position`/`market_position_size` carries none of them: the broker gets an order."""
+    leg = attrs.evolve(TARGET_LEG, position_size=None, market_position=MarketPosition.LONG, market_position_size=10)
+    move = to_target(leg, 10, [held(4)])
+    assert move.leg is not None
+    assert (move.leg.side, move.leg.quantity) == (Side.BUY, 6)
+    assert (move.leg.position_size, move.leg.market_position, move.leg.market_position_size) == (None, None, None)
+
+
+def test_flatten_closes_an_option_named_by_its_type_as_an_option() -> None:
+    """A position a broker lists as a CE contract closes with an OPT leg carrying CE (one shape for brokers)."""
+    call = ContractId(
+        exchange=Exchange.NFO,
+        symbol="NIFTY",
+        instrument=Instrument.CALL,
+        option_type=OptionType.CALL,
+        strike_price=Decimal(24000),
+        expiry_date=date(2026, 12, 29),
+    )
+    leg = closing_leg(Position(contract=call, product=Product.MARGIN, net_quantity=-75))
+    assert (leg.side, leg.quantity, leg.instrument, leg.option_type) == (
+        Side.BUY,
+        75,
+        Instrument.OPTION,
+        OptionType.CALL,
+    )
+
+
+def test_flatten_closes_an_option_by_its_type_and_expiry() -> None:
+    """A long call closes with a sell of the same call: CE and the expiry are part of the contract."""
+    call = ContractId(
+        exchange=Exchange.NFO,
+        symbol="NIFTY",
+        instrument=Instrument.OPTION,
+        option_type=OptionType.CALL,
+        strike_price=Decimal(24000),
+        expiry_date=date(2026, 12, 29),
+    )
+    leg = closing_leg(Position(contract=call, product=Product.MARGIN, net_quantity=1))
+    assert (leg.side, leg.quantity, leg.instrument) == (Side.SELL, 1, Instrument.OPTION)
+    assert (leg.option_type, leg.strike_price, leg.expiry_date) == (OptionType.CALL, Decimal(24000), date(2026, 12, 29))

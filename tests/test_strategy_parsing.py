@@ -11,19 +11,18 @@ from tvbridge.errors import InvalidAlertError
 from tvbridge.models import ExpiryRef, MarketPosition, OrderAlert, OrderLeg, QuantityType
 from tvbridge.parsing import make_converter, parse_alert, unknown_keys
 
-CONVERTER = make_converter()
 OPTION = {"exchange": "NFO", "symbol": "NIFTY", "instrument": "OPT", "option_type": "CE", "productType": "M"}
 
 
 def parsed(**fields: Any) -> OrderLeg:
-    result = parse_alert(alert(leg(**fields)), CONVERTER)
+    result = parse_alert(alert(leg(**fields)), make_converter())
     assert isinstance(result, OrderAlert)
     return result.legs[0]
 
 
 def errors_of(**fields: Any) -> list[str]:
     with pytest.raises(InvalidAlertError) as caught:
-        parse_alert(alert(leg(**fields)), CONVERTER)
+        parse_alert(alert(leg(**fields)), make_converter())
     return caught.value.errors
 
 
@@ -31,7 +30,7 @@ def test_a_target_leg_needs_no_side_or_quantity() -> None:
     """`position_size` alone is a valid leg: Pine's {{strategy.position_size}} may be negative or 10.0."""
     body = leg(position_size="-10.0")
     del body["transactionType"], body["quantity"]
-    result = parse_alert(alert(body), CONVERTER)
+    result = parse_alert(alert(body), make_converter())
     assert isinstance(result, OrderAlert)
     assert result.legs[0].position_size == -10
     assert unknown_keys(alert(body)) == []

@@ -15,14 +15,12 @@ from tvbridge.keys import BROKERS
 from tvbridge.models import CancelAlert, Exchange, Instrument, OptionType, OrderAlert, OrderLeg
 from tvbridge.parsing import make_converter, parse_alert
 
-CONVERTER = make_converter()
-
 
 def parsed_leg(**fields: Any) -> OrderLeg:
     raw = leg(**fields)
     for key in [k for k, v in raw.items() if v is None]:
         del raw[key]
-    parsed = parse_alert(alert(raw), CONVERTER)
+    parsed = parse_alert(alert(raw), make_converter())
     assert isinstance(parsed, OrderAlert)
     return parsed.legs[0]
 
@@ -32,7 +30,7 @@ def errors_of(**fields: Any) -> list[str]:
     for key in [k for k, v in raw.items() if v is None]:
         del raw[key]
     with pytest.raises(InvalidAlertError) as caught:
-        parse_alert(alert(raw), CONVERTER)
+        parse_alert(alert(raw), make_converter())
     return caught.value.errors
 
 
@@ -133,12 +131,12 @@ def test_tickers_are_read_as_options_only_on_option_legs() -> None:
 
 def test_cancel_legs_take_the_prefix_off_too() -> None:
     """cancel_order on `NSE:SBIN` cancels what was placed as SBIN on NSE."""
-    parsed = parse_alert(alert({"symbol": "NSE:SBIN"}, alert_type="cancel_order"), CONVERTER)
+    parsed = parse_alert(alert({"symbol": "NSE:SBIN"}, alert_type="cancel_order"), make_converter())
 
     assert isinstance(parsed, CancelAlert)
     assert (parsed.legs[0].symbol, parsed.legs[0].exchange) == ("SBIN", Exchange.NSE)
     with pytest.raises(InvalidAlertError) as caught:
-        parse_alert(alert({"symbol": "BSE:SBIN", "exchange": "NSE"}, alert_type="cancel_order"), CONVERTER)
+        parse_alert(alert({"symbol": "BSE:SBIN", "exchange": "NSE"}, alert_type="cancel_order"), make_converter())
     assert caught.value.errors == ["order_legs[0].symbol: exchange prefix BSE of BSE:SBIN contradicts exchange NSE"]
 
 

@@ -20,7 +20,7 @@ from helpers import alert, leg, with_accounts
 from tvbridge.broker import BrokerRejectedError, OrderState
 from tvbridge.errors import PluginError
 from tvbridge.lots import in_units
-from tvbridge.models import Exchange, Instrument, Product, QuantityUnit
+from tvbridge.models import Exchange, Instrument, PositionAction, Product, QuantityUnit
 from tvbridge.registry import build_brokers
 
 if TYPE_CHECKING:
@@ -226,6 +226,14 @@ async def test_continuous_future_lots_resolve_to_the_nearest_contract(dhan_dry: 
     assert result.state is OrderState.DRY_RUN
     sent: Any = result.details["place_order"]
     assert (result.details["trading_symbol"], sent["quantity"]) == ("NIFTY-Dec2026-FUT", 65)
+
+
+async def test_equity_and_exits_in_lots_reach_the_broker_as_units(dhan_dry: DhanBroker) -> None:
+    """Equity lots are shares, and an exit closes the whole position: neither needs a lot size, and the leg the
+    plugin receives says units (a plugin that reads `quantity_unit` must never see lots after conversion)."""
+    for leg_in_lots in (dhan_leg(quantity=3), dhan_leg(quantity=3, manage_position=PositionAction.EXIT_ALL)):
+        converted = await in_units(cast("Broker", dhan_dry), leg_in_lots, QuantityUnit.LOTS)
+        assert (converted.quantity, converted.quantity_unit) == (3, QuantityUnit.UNITS)
 
 
 async def test_instrument_info_refuses_what_place_refuses(dhan_dry: DhanBroker) -> None:

@@ -120,6 +120,24 @@ async def test_paper_with_a_master_takes_what_dhan_takes_in_the_same_units(
     assert [(o.contract, o.quantity) for o in await paper.orders()] == [("NIFTY FUT 2026-12-29", 65)]
 
 
+@pytest.mark.parametrize(("lot", "sent"), [("1.0", "3"), ("65.0", "195")])
+async def test_lots_are_the_masters_lot_size_even_of_one(
+    make_client: ClientFactory, config: Config, dhan_master: Path, lot: str, sent: str
+) -> None:
+    """Three lots are three times the master's lot size; a contract listed with a lot of 1 is three units, not
+    refused (a lot below 1 would be)."""
+    text = dhan_master.read_text()
+    dhan_master.write_text(text.replace(",NIFTY-Dec2026-FUT,65.0,", f",NIFTY-Dec2026-FUT,{lot},"))
+    config = with_accounts(
+        config, {"paper": {"broker": "paper", "instruments_path": str(dhan_master), "quantity_unit": "lots"}}
+    )
+    client = await make_client(config)
+
+    body = await post(client, leg(**NIFTY_DEC_FUT, quantity="3", price="24100"))
+
+    assert [(r["status"], r["quantity"]) for r in body["results"]] == [("success", sent)]
+
+
 async def test_without_a_master_paper_accepts_any_symbol(make_client: ClientFactory, config: Config) -> None:
     """The default paper account keeps accepting what no exchange lists (practice, not prediction)."""
     client = await make_client(config)
@@ -187,18 +205,26 @@ def check_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest
     return captured.err
 
 
+@pytest.mark.parametrize("master_first", [False, True], ids=["master last", "master first"])
 def test_check_config_says_paper_without_a_master_accepts_anything(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dhan_master: Path
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dhan_master: Path,
+    master_first: bool,
 ) -> None:
     """`tvbridge check-config` warns, per account, that paper without instruments_path accepts any symbol, and
-    that lots cannot be converted there; with a master, no warning."""
-    err = check_config(
-        tmp_path,
-        monkeypatch,
-        capsys,
-        '[routing]\naccounts = ["paper", "master"]\n[accounts.paper]\nbroker = "paper"\nquantity_unit = "lots"\n'
+    that lots cannot be converted there; with a master, no warning (and the accounts after it are still checked)."""
+    tables = [
+        '[accounts.paper]\nbroker = "paper"\nquantity_unit = "lots"\n',
         f'[accounts.master]\nbroker = "paper"\ninstruments_path = "{dhan_master}"\n',
-    )
+    ]
+    names = ["paper", "master"]
+    if master_first:
+        tables.reverse()
+        names.reverse()
+    routing = ", ".join(f'"{name}"' for name in names)
+    err = check_config(tmp_path, monkeypatch, capsys, f"[routing]\naccounts = [{routing}]\n" + "".join(tables))
 
     assert err.splitlines() == [
         (

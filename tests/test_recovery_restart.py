@@ -1,0 +1,322 @@
+"""Crash recovery as the server's start runs it, in this process: a journal left by a run that stopped mid-alert,
+then a start of the real app, then what the broker received, what the journal and the order log say.
+
+The `kill -9` tests (`test_crash_recovery.py`) leave these journals for real, at named and random points, but a
+subprocess server runs code mutation testing cannot see; here the same situations are written through the
+journal's and the order log's own interfaces (as the killed run wrote them) and the start happens in-process.
+The scripted broker forgives nothing: a second placement of a client order id is a second order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from helpers import alert, leg, with_accounts
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from tvbridge.journal import Journal, PlannedLeg
+from tvbridge.keys import JOURNAL
+from tvbridge.models import LegResult, LegStatus
+from tvbridge.orderlog import OrderLog
+
+if TYPE_CHECKING:
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+
+
+def client_order_id(alert_id: str, number: int) -> str:
+    """The id the broker sees for a leg (`ALERTID-N`), the key a lookup after a restart finds the order by."""
+    return f"{alert_id}-{number}"
+
+
+def scripted(config: Config, *, max_age_s: float = 300.0) -> Config:
+    config = with_accounts(config, {"sim": {"broker": "scripted"}})
+    return attrs.evolve(config, alerts=attrs.evolve(config.alerts, max_age_s=max_age_s))
+
+
+def broker_orders(config: Config) -> list[dict[str, Any]]:
+    path = config.data_path("scripted-sim.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def order_log_rows(config: Config) -> list[dict[str, str]]:
+    path = config.data_path(config.order_log.file)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def broker_has(config: Config, alert_id: str, number: int, order_id: str, symbol: str) -> None:
+    """The broker received the leg before the crash (its own record of the order, which `lookup()` reads)."""
+    path = config.data_path("scripted-sim.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"client_order_id": client_order_id(alert_id, number), "order_id": order_id, "symbol": symbol}
+    with path.open("a") as f:
+        f.write(json.dumps({**line, "side": "B", "quantity": 10}) + "\n")
+
+
+async def crashed_run(
+    config: Config,
+    alert_id: str,
+    raw: dict[str, Any],
+    *,
+    sending: tuple[int, ...] = (),
+    settled: tuple[LegResult, ...] = (),
+    offset: int | None = 0,
+    planned: bool = True,
+) -> None:
+    """What a run killed mid-alert leaves in the journal: the alert accepted, its legs planned, some marked
+    `sending`, some with their result."""
+    journal = Journal(config.data_path(config.journal.path))
+    await journal.open()
+    numbers = range(1, len(raw["order_legs"]) + 1)
+    await journal.record_alert(
+        alert_id=alert_id,
+        alert_type=raw["alertType"],
+        payload=raw,
+        dedupe_key=None,
+        source="127.0.0.1",
+        legs=[PlannedLeg(account="sim", leg_number=n, client_order_id=client_order_id(alert_id, n)) for n in numbers]
+        if planned
+        else [],
+        order_log_offset=offset,
+    )
+    for number in sending:
+        await journal.mark_sending(alert_id, "sim", number, None)
+    for done in settled:
+        await journal.record_leg(alert_id, done)
+    await journal.close()
+
+
+def placed_result(alert_id: str, number: int, symbol: str, order_id: str) -> LegResult:
+    return LegResult(
+        leg_number=number,
+        account="sim",
+        broker="scripted",
+        symbol=symbol,
+        exchange="NSE",
+        transaction="B",
+        quantity="10",
+        order_type="MKT",
+        product_type="C",
+        price="0",
+        status=LegStatus.SUCCESS,
+        message="filled",
+        order_id=order_id,
+        client_order_id=client_order_id(alert_id, number),
+        order_state="filled",
+    )
+
+
+async def journal_of(client: Any, alert_id: str) -> dict[str, Any]:
+    record = await client.app[JOURNAL].get_alert(alert_id)
+    assert record is not None
+    return dict(record)
+
+
+async def test_a_leg_never_sent_is_sent_once_at_the_start(make_client: ClientFactory, config: Config) -> None:
+    """Pending legs of a young alert are sent at the start with their client order ids, once each; the alert is
+    finished (status, response, one order-log row per leg) and no longer unfinished."""
+    config = scripted(config)
+    await crashed_run(config, "A1", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")))
+    client = await make_client(config)
+    received = broker_orders(config)
+    assert [(o["symbol"], o["client_order_id"]) for o in received] == [("INFY", "A1-1"), ("TCS", "A1-2")]
+    record = await journal_of(client, "A1")
+    assert record["status"] == "success"
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "S00001"), ("placed", "S00002")]
+    assert record["response"]["status"] == "success"
+    assert [(row["alert_id"], row["leg_number"], row["status"]) for row in order_log_rows(config)] == [
+        ("A1", "1", "success"),
+        ("A1", "2", "success"),
+    ]
+    assert await client.app[JOURNAL].unfinished() == []
+
+
+async def test_a_leg_the_broker_has_is_found_not_sent_again(make_client: ClientFactory, config: Config) -> None:
+    """A leg marked `sending` whose order reached the broker: looked up by its client order id and recorded
+    with the broker's order id; the broker still has one order for it. The leg after it is sent."""
+    config = scripted(config)
+    await crashed_run(config, "A2", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")), sending=(1,))
+    broker_has(config, "A2", 1, "PRE01", "INFY")
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A2-1", "A2-2"]
+    record = await journal_of(client, "A2")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE01"), ("placed", "S00002")]
+    assert record["status"] == "success"
+
+
+async def test_settled_legs_are_kept_as_they_were(make_client: ClientFactory, config: Config) -> None:
+    """A leg whose result was journaled before the crash is neither looked up nor sent: its result stays."""
+    config = scripted(config)
+    done = placed_result("A3", 1, "INFY", "OLD01")
+    await crashed_run(config, "A3", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")), settled=(done,))
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A3-2"]
+    record = await journal_of(client, "A3")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "OLD01"), ("placed", "S00001")]
+    assert record["legs"][0]["result"]["message"] == "filled"
+
+
+async def test_an_unreadable_stored_result_is_asked_of_the_broker(make_client: ClientFactory, config: Config) -> None:
+    """A stored result another version wrote (a status this one does not know) is not trusted: the broker is
+    asked, and what it has is recorded; nothing is placed twice."""
+    config = scripted(config)
+    odd = attrs.evolve(placed_result("A4", 1, "INFY", "OLD01"), status=LegStatus.SUCCESS)
+    await crashed_run(config, "A4", alert(leg(symbol="INFY")), settled=(odd,))
+    journal = Journal(config.data_path(config.journal.path))
+    await journal.open()
+    await journal.write(
+        lambda conn: conn.execute(
+            "UPDATE legs SET result = json_set(result, '$.status', 'done-by-v0') WHERE alert_id = 'A4'"
+        )
+    )
+    await journal.close()
+    broker_has(config, "A4", 1, "PRE04", "INFY")
+    with capture_logs() as logs:
+        client = await make_client(config)
+    unreadable = [(e["log_level"], e["leg"], e["account"]) for e in logs if e["event"] == "recovery.result_unreadable"]
+    assert unreadable == [("warning", 1, "sim")]
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A4-1"]
+    record = await journal_of(client, "A4")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE04")]
+
+
+async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactory, config: Config) -> None:
+    """Past `alerts.max_age_s`, what the broker lacks is marked expired, with the age in the message; nothing is
+    sent. The age counts from the oldest `meta.timenow` when it is older than the journaled arrival."""
+    config = scripted(config, max_age_s=600)
+    old = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale_meta = {"interval": "1D", "time": old, "timenow": old}
+    fresh = leg(symbol="TCS", sort_order="2")
+    await crashed_run(config, "A5", alert(leg(symbol="INFY", meta=stale_meta), fresh), sending=(1,))
+    with capture_logs(processors=[merge_contextvars]) as logs:  # the alert id is bound around each alert
+        client = await make_client(config)
+    [line] = [e for e in logs if e["event"] == "recovery.alert"]
+    assert isinstance(line["age_s"], float)  # the age, to a tenth of a second
+    assert 3600 <= line["age_s"] < 3900
+    assert (line["log_level"], line["alert_id"], line["may_send"], line["already_in_order_log"]) == (
+        "warning",
+        "A5",
+        False,
+        None,
+    )
+    assert line["open_legs"] == ["sim#1:sending", "sim#2:pending"]
+    assert broker_orders(config) == []
+    record = await journal_of(client, "A5")
+    assert [leg["state"] for leg in record["legs"]] == ["expired", "expired"]
+    message = record["legs"][0]["message"]
+    assert message.startswith("expired: not sent after a restart; the alert is 36")
+    assert message.endswith("s old and alerts.max_age_s is 600 s; the broker has no order A5-1")
+    assert [row["status"] for row in order_log_rows(config)] == ["expired", "expired"]
+
+
+async def test_a_young_alert_within_max_age_is_sent(make_client: ClientFactory, config: Config) -> None:
+    """The same alert a minute old, with `max_age_s` an hour: still sent (the age limit is not the arrival)."""
+    config = scripted(config, max_age_s=3600)
+    minute = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await crashed_run(
+        config, "A6", alert(leg(symbol="INFY", meta={"interval": "1D", "time": minute, "timenow": minute}))
+    )
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A6-1"]
+    record = await journal_of(client, "A6")
+    assert [leg["state"] for leg in record["legs"]] == ["placed"]
+
+
+async def test_rows_the_crashed_run_logged_are_not_logged_again(make_client: ClientFactory, config: Config) -> None:
+    """The killed run wrote leg 1's order-log row (after the offset journaled with the alert) and died before its
+    final journal commit: after the start every leg has exactly one row."""
+    config = scripted(config)
+    order_log = OrderLog(config.data_path(config.order_log.file))
+    await order_log.open()
+    await order_log.append([placed_result("OTHER", 1, "SBIN", "X1")], alert_id="OTHER", alert_type="single_order")
+    offset = order_log.size()
+    await order_log.append([placed_result("A7", 1, "INFY", "PRE07")], alert_id="A7", alert_type="multi_leg_order")
+    await order_log.close()
+    raw = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"))
+    await crashed_run(config, "A7", raw, sending=(1,), offset=offset)
+    broker_has(config, "A7", 1, "PRE07", "INFY")
+    with capture_logs() as logs:
+        client = await make_client(config)
+    [line] = [e for e in logs if e["event"] == "recovery.alert"]
+    assert (line["may_send"], line["already_in_order_log"], line["open_legs"]) == (
+        True,
+        ["sim#1"],
+        ["sim#1:sending", "sim#2:pending"],
+    )
+    rows = [(row["alert_id"], row["leg_number"]) for row in order_log_rows(config)]
+    assert rows == [("OTHER", "1"), ("A7", "1"), ("A7", "2")]
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A7-1", "A7-2"]
+    record = await journal_of(client, "A7")
+    assert record["status"] == "success"
+
+
+async def test_alerts_are_recovered_oldest_first(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    await crashed_run(config, "B1", alert(leg(symbol="INFY")))
+    await crashed_run(config, "B2", alert(leg(symbol="TCS")))
+    with capture_logs() as logs:
+        await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["B1-1", "B2-1"]
+    counted = [(e["event"], e["alerts"]) for e in logs if e["event"] in {"recovery.started", "recovery.done"}]
+    assert counted == [("recovery.started", 2), ("recovery.done", 2)]
+
+
+async def test_nothing_to_recover_logs_nothing(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config)
+    with capture_logs() as logs:
+        await make_client(config)
+    assert [e for e in logs if str(e["event"]).startswith("recovery.")] == []
+    assert broker_orders(config) == []
+
+
+async def test_an_alert_journaled_without_its_legs_goes_to_the_routed_accounts(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An alert accepted but killed before its legs were planned is sent to the accounts the config routes to."""
+    config = scripted(config)
+    await crashed_run(config, "C1", alert(leg(symbol="INFY")), planned=False)
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["C1-1"]
+    record = await journal_of(client, "C1")
+    assert [(leg["account"], leg["state"]) for leg in record["legs"]] == [("sim", "placed")]
+
+
+async def test_an_alert_that_no_longer_parses_fails_without_sending(make_client: ClientFactory, config: Config) -> None:
+    """An alert this version cannot read (journaled by another) is finished as failed, with why; not sent."""
+    config = scripted(config)
+    await crashed_run(config, "A8", alert(leg(symbol="INFY", quantity="ten")))
+    with capture_logs() as logs:
+        client = await make_client(config)
+    [error] = [e for e in logs if e["event"] == "recovery.unreadable"]
+    assert (error["log_level"], error["errors"]) == (
+        "error",
+        ["order_legs[0].quantity: must be a whole number, got 'ten'"],
+    )
+    assert broker_orders(config) == []
+    record = await journal_of(client, "A8")
+    assert (record["status"], record["response"]) == (
+        "failed",
+        {"status": "failed", "message": "unreadable after restart"},
+    )
+
+
+async def test_an_unknown_leg_is_looked_up_again(make_client: ClientFactory, config: Config) -> None:
+    """A leg journaled `unknown` (the answer was lost) has a result, but not a settled one: at the start the
+    broker is asked again, and the order it has is recorded; nothing is placed."""
+    config = scripted(config)
+    lost = attrs.evolve(placed_result("A9", 1, "INFY", "PRE09"), status=LegStatus.UNKNOWN, order_id=None)
+    await crashed_run(config, "A9", alert(leg(symbol="INFY")), settled=(lost,))
+    broker_has(config, "A9", 1, "PRE09", "INFY")
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A9-1"]
+    record = await journal_of(client, "A9")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE09")]
