@@ -76,7 +76,7 @@ def _utc_now() -> datetime:
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    book = StrategyBook(app[JOURNAL], config.strategies)
+    book = StrategyBook(app[JOURNAL], config.strategies, followup=app[FOLLOWUP])
     app[STRATEGY_BOOK] = book
     guard = RiskGuard(
         limits={account: config.risk_of(account, app[CONVERTER]) for account in config.used_accounts},
