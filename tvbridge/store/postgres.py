@@ -35,6 +35,7 @@ from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
 from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
+from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
 from tvbridge.strategies import current_strategy
 
@@ -56,6 +57,7 @@ RESULTS_TIMEOUT_S: Final = 10.0
 """The bound on an alert's results handed over after its answer (`record_results`): nothing waits on them but
 the repeat's look-up, so a busy database gets longer than on the answer's path before they are given up."""
 POOL_SIZE: Final = 10
+DATABASE_TROUBLE: Final = "the PostgreSQL database cannot be reached or refused the operation"
 CLAIM_STALE_S: Final = 10.0
 """A dedupe claim whose alert is still unrecorded after this long was left by a copy that failed: taken over."""
 FOLLOWED: Final = tuple(FOLLOWED_STATES)
@@ -142,8 +144,8 @@ class PostgresStore:
             raise
         except Exception as e:
             await self.close()
-            # the error's text, never the URL: it may carry the password
-            raise JournalError(f"the PostgreSQL journal cannot be opened: {type(e).__name__}: {e}") from e
+            # never the URL, nor a parse error's text: either may carry the password
+            raise JournalError(f"the PostgreSQL journal cannot be opened: {connect_failure(e)}") from e
 
         self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
 
@@ -270,7 +272,10 @@ class PostgresStore:
             raise JournalError(f"journal refused the write: {e}") from e
         except Exception as e:
             self.healthy = False
-            self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            # /health shows it to whoever asks: the driver's text names the host, port and user, so it stays in
+            # the log (for the operator) and the answer says only what kind of trouble it is
+            self.last_error = DATABASE_TROUBLE
+            log.warning("store.database_error", error=connect_failure(e))
             if write:
                 raise JournalError("journal unwritable: the alert was not recorded") from e
             raise JournalError("journal unreadable: the database cannot be reached") from e

@@ -1,0 +1,58 @@
+"""The PostgreSQL store's safety fixes (issue 20's review): no password in errors, no claim released under a
+recorded alert, one leader at a time, and the other fences between instances.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from helpers import SECRET
+from server_process import run_cli
+
+from tvbridge.errors import JournalError
+from tvbridge.store.postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pgcluster import PgCluster
+
+# a password with an unencoded `/`: the driver's parser takes "S3CRET" for the port and quotes it
+UNENCODED = "postgresql://tvbridge:S3CRET/x@127.0.0.1:1/x"
+
+
+async def test_an_unparsable_url_does_not_show_the_password_at_start() -> None:
+    """`serve` opening the store: the error names the fix, not the URL's pieces."""
+    with pytest.raises(JournalError) as refused:
+        await PostgresStore(UNENCODED).open()
+    assert "S3CRET" not in str(refused.value)
+    assert "percent-encode the password" in str(refused.value)
+
+
+def test_an_unparsable_url_does_not_show_the_password_in_db_migrate(tmp_path: Path) -> None:
+    env = {"TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), "WEBHOOK_SECRET": SECRET, "DATABASE_URL": UNENCODED}
+    done = run_cli(tmp_path, env, "db", "migrate")
+    assert done.returncode == 1
+    assert "S3CRET" not in done.stderr + done.stdout
+    assert "journal.url cannot be parsed (percent-encode the password)" in done.stderr
+
+
+async def test_the_health_detail_of_a_lost_database_names_no_host_port_or_user(own_pg_cluster: PgCluster) -> None:
+    """`last_error` is `/health`'s journal detail, answered to anyone: it says the database is in trouble, and
+    nothing about where it is or who logs in."""
+    url = own_pg_cluster.create_database()
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        own_pg_cluster.stop()
+        for _ in range(3):  # the pooled connection found cut, then new connections refused
+            with pytest.raises(JournalError):
+                await store.unfinished()
+        assert store.healthy is False
+        assert store.last_error
+        for revealing in ("127.0.0.1", str(own_pg_cluster.port), "tvbridge"):
+            assert revealing not in store.last_error
+    finally:
+        await store.close()
+
