@@ -4,6 +4,7 @@ recorded alert, one leader at a time, and the other fences between instances.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -55,4 +56,27 @@ async def test_the_health_detail_of_a_lost_database_names_no_host_port_or_user(o
             assert revealing not in store.last_error
     finally:
         await store.close()
+
+
+async def test_a_recorded_alerts_claim_is_not_released_by_its_failure(pg_url: str) -> None:
+    """An alert recorded (its orders may be out) whose answer failed (503: its results could not be written)
+    keeps its claim: TradingView's resend, on this instance or another, learns the first copy's id and is
+    answered from the journal, never placed again. A copy refused before it was recorded gives its claim back."""
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    await one.open()
+    await two.open()
+    try:
+        since = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        assert await one.claim_dedupe("id:k", "first", since) is None
+        await one.record_alert(
+            alert_id="first", alert_type="single_order", payload={}, dedupe_key="id:k", source=None, legs=[]
+        )
+        await one.release_dedupe("id:k", "first")  # the middleware's release after a >= 400 answer
+        assert await two.claim_dedupe("id:k", "resend", since) == "first"
+        assert await one.claim_dedupe("id:unrecorded", "refused", since) is None
+        await one.release_dedupe("id:unrecorded", "refused")
+        assert await two.claim_dedupe("id:unrecorded", "resend", since) is None
+    finally:
+        await one.close()
+        await two.close()
 

@@ -622,9 +622,16 @@ class PostgresStore:
         return await self._write(claim)
 
     async def release_dedupe(self, dedupe_key: str, alert_id: str) -> None:
+        """Give back the claim of a copy that was refused before it was recorded. A recorded alert keeps its claim
+        whatever it answered: one that failed after its orders went out (a 503 when its results could not be
+        written) would otherwise let TradingView's resend win a fresh claim and place them again; kept, the resend
+        finds the journaled alert and is answered as a duplicate, as on SQLite."""
         await self._write(
             lambda conn: conn.execute(
-                "DELETE FROM dedupe_claims WHERE dedupe_key = $1 AND alert_id = $2", dedupe_key, alert_id
+                "DELETE FROM dedupe_claims WHERE dedupe_key = $1 AND alert_id = $2"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = $2)",
+                dedupe_key,
+                alert_id,
             )
         )
 
