@@ -4,6 +4,7 @@ recorded alert, one leader at a time, and the other fences between instances.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from helpers import SECRET
 from server_process import run_cli
 
 from tvbridge.errors import JournalError
-from tvbridge.store.postgres import PostgresStore
+from tvbridge.store.postgres import LEADER_LOCK, PostgresStore
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,3 +81,35 @@ async def test_a_recorded_alerts_claim_is_not_released_by_its_failure(pg_url: st
         await one.close()
         await two.close()
 
+
+def lock_holders(cluster: PgCluster, url: str) -> list[str]:
+    """The application names of the backends holding the leader's advisory lock."""
+    database = url.rsplit("/", 1)[1]
+    held = cluster.psql(
+        "SELECT string_agg(a.application_name, '|') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"  # noqa: S608 - constants
+        f" WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = {LEADER_LOCK >> 32}"
+        f" AND l.objid::bigint = {LEADER_LOCK & 0xFFFF_FFFF}",
+        database,
+    )
+    return [name for name in held.split("|") if name]
+
+
+async def test_concurrent_leadership_questions_keep_exactly_one_leader(pg_cluster: PgCluster, pg_url: str) -> None:
+    """The queue loop and the square-off loop ask `is_leader` at the same moment: every answer of a round agrees,
+    exactly one instance says yes, and it is the one whose backend holds the advisory lock (no orphaned lock held
+    by an instance that says no, no error dropping the leader)."""
+    stores = [PostgresStore(pg_url, lease_s=1.0) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        for _ in range(5):
+            answers = await asyncio.gather(*(store.is_leader() for store in stores for _ in range(4)))
+            per_store = [set(answers[i * 4 : (i + 1) * 4]) for i in range(len(stores))]
+            assert per_store.count({True}) == 1, per_store
+            assert per_store.count({False}) == len(stores) - 1, per_store
+            leader = stores[per_store.index({True})]
+            holders = await asyncio.to_thread(lock_holders, pg_cluster, pg_url)
+            assert holders == [f"tvbridge leader {leader.instance}"[:63]]
+    finally:
+        for store in stores:
+            await store.close()

@@ -62,6 +62,12 @@ CLAIM_STALE_S: Final = 10.0
 """A dedupe claim whose alert is still unrecorded after this long was left by a copy that failed: taken over."""
 FOLLOWED: Final = tuple(FOLLOWED_STATES)
 LEADER_LOCK: Final = 0x7476_6272_6467_0002
+LEADER_LOCK_PARTS: Final = (LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFF_FFFF)
+"""A bigint advisory lock as `pg_locks` shows it: its high half as `classid`, its low half as `objid`."""
+HOLDS_LEADER_LOCK: Final = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+    " AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1)"
+)
 """The advisory lock the leader holds for the scheduled work (a session lock: it goes with its connection)."""
 
 
@@ -129,6 +135,7 @@ class PostgresStore:
         that alert waits for it (read-your-writes), and only for it."""
         self._leader: asyncpg.Connection | None = None
         self._leading = False
+        self._leader_lock = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -157,7 +164,8 @@ class PostgresStore:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._hand_leadership_over()
+        async with self._leader_lock:
+            await self._hand_leadership_over()
         if self._pool is not None:
             # a clean stop hands its leftovers over at once
             with contextlib.suppress(JournalError):
@@ -205,7 +213,14 @@ class PostgresStore:
     async def is_leader(self) -> bool:
         """Whether this instance runs the scheduled work now: it holds the leader's advisory lock on a connection
         of its own. The lock goes with the connection, so a leader that dies (or loses the database) frees it, and
-        the next instance to ask takes it; TCP keepalives bound how long a silently dead leader keeps it."""
+        the next instance to ask takes it; TCP keepalives bound how long a silently dead leader keeps it.
+
+        The queue loop and the square-off loop ask concurrently: one question at a time (`_leader_lock`), or two
+        would share the connection ("another operation is in progress"), or each open one and orphan a lock."""
+        async with self._leader_lock:
+            return await self._ask_leadership()
+
+    async def _ask_leadership(self) -> bool:
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_S):
                 if self._leader is None or self._leader.is_closed():
@@ -221,8 +236,10 @@ class PostgresStore:
                             "tcp_keepalives_count": "2",
                         },
                     )
-                if self._leading:
-                    await self._leader.fetchval("SELECT 1")  # still connected, so still holding it
+                if self._leading:  # still holding it? (this backend, not merely a live connection)
+                    self._leading = bool(await self._leader.fetchval(HOLDS_LEADER_LOCK, *LEADER_LOCK_PARTS))
+                    if not self._leading:
+                        log.warning("store.leader_lost", instance=self.instance)
                 else:
                     self._leading = bool(await self._leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
                     if self._leading:
