@@ -13,9 +13,12 @@ from helpers import SECRET
 from server_process import run_cli
 
 from tvbridge.errors import JournalError
+from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, write_halt
+from tvbridge.halt_sync import HaltSync
 from tvbridge.store.postgres import LEADER_LOCK, PostgresStore
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from pgcluster import PgCluster
@@ -113,3 +116,68 @@ async def test_concurrent_leadership_questions_keep_exactly_one_leader(pg_cluste
     finally:
         for store in stores:
             await store.close()
+
+
+class PausingStore(PostgresStore):
+    """A store whose `shared_halt` runs `meanwhile` after its read, as something else happening during the await."""
+
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def shared_halt(self) -> tuple[int, Halt | None]:
+        answer = await super().shared_halt()
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            await meanwhile()
+        return answer
+
+
+async def test_a_halt_written_during_a_sync_round_is_shared(pg_url: str, tmp_path: Path) -> None:
+    """`tvbridge halt` writes the file while the sync round waits on the database: the halt reaches the shared
+    row (every instance), instead of being taken for a file already in step."""
+    store = PausingStore(pg_url)
+    await store.open()
+    try:
+        path = halt_path(tmp_path)
+        sync = HaltSync(path, store)
+        await sync.once()
+
+        async def halt_here() -> None:
+            write_halt(path, Halt(reason="fat finger", since="2026-12-06T04:00:00+00:00", by="cli"))
+
+        store.meanwhile = halt_here
+        await sync.once()
+        await sync.once()
+        _, shared = await store.shared_halt()
+        assert shared is not None
+        assert shared.reason == "fat finger"
+    finally:
+        await store.close()
+
+
+async def test_a_resume_racing_another_instances_halt_does_not_undo_it(pg_url: str, tmp_path: Path) -> None:
+    """A resumes while B halts again at the same moment: the shared row keeps B's halt and A's file takes it
+    (compare-and-set on the row's version; when in doubt, trade nothing)."""
+    a, b = PausingStore(pg_url), PostgresStore(pg_url)
+    await a.open()
+    await b.open()
+    try:
+        path = halt_path(tmp_path)
+        first = Halt(reason="first", since="2026-12-06T04:00:00+00:00", by="a")
+        write_halt(path, first)
+        sync = HaltSync(path, a)
+        await sync.once()  # shared: halted "first"
+        clear_halt(path)  # resumed on A
+        again = Halt(reason="again on B", since="2026-12-06T04:01:00+00:00", by="b")
+
+        async def halt_on_b() -> None:
+            version, _ = await b.shared_halt()
+            assert await b.share_halt(again, expected=version) is not None
+
+        a.meanwhile = halt_on_b
+        await sync.once()
+        _, shared = await b.shared_halt()
+        assert shared == again
+        assert read_halt(path) == again
+    finally:
+        await a.close()
+        await b.close()

@@ -190,8 +190,9 @@ class Store(AlertJournal, Protocol):
         halt file is the switch, `tvbridge/halt.py`)."""
         ...
 
-    async def share_halt(self, halt: Halt | None) -> int:
-        """Set the shared kill switch; returns its version (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
+    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
+        """Set the shared kill switch if its version is still `expected`; returns its new version, None when
+        another instance changed it first (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
         ...
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:

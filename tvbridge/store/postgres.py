@@ -841,19 +841,21 @@ class PostgresStore:
         halt = Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None
         return int(row["version"]), halt
 
-    async def share_halt(self, halt: Halt | None) -> int:
-        """Set the shared kill switch (halted, or not with None); returns its new version."""
+    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
+        """Set the shared kill switch (halted, or not with None) if its version is still `expected`; returns its
+        new version, or None when another instance changed it first (compare-and-set: nothing overwritten)."""
         version = await self._write(
             lambda conn: conn.fetchval(
                 "UPDATE halt SET version = version + 1, halted = $1, reason = $2, since = $3, by_whom = $4"
-                " WHERE id = 1 RETURNING version",
+                " WHERE id = 1 AND version = $5 RETURNING version",
                 halt is not None,
                 halt.reason if halt else "",
                 halt.since if halt else "",
                 halt.by if halt else "",
+                expected,
             )
         )
-        return int(version)
+        return None if version is None else int(version)
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         """Nothing: the PostgreSQL schema is migrated as a whole (`tvbridge.store.migrations`)."""
