@@ -5,6 +5,7 @@ recorded alert, one leader at a time, and the other fences between instances.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from server_process import run_cli
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, write_halt
 from tvbridge.halt_sync import HaltSync
+from tvbridge.journal import PlannedLeg
+from tvbridge.store import postgres
 from tvbridge.store.postgres import LEADER_LOCK, PostgresStore
 
 if TYPE_CHECKING:
@@ -181,3 +184,35 @@ async def test_a_resume_racing_another_instances_halt_does_not_undo_it(pg_url: s
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_fast_clock_does_not_take_over_a_living_instances_alert(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases run on the database's clock: an instance whose machine's clock is a minute ahead (well past the
+    10 s lease) still sees the other instance's lease alive and leaves its running alert alone."""
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    await one.open()
+    await two.open()
+    try:
+        await one.record_alert(
+            alert_id="A1",
+            alert_type="single_order",
+            payload={},
+            dedupe_key=None,
+            source=None,
+            legs=[PlannedLeg(account="paper", leg_number=1, client_order_id="A1-1")],
+        )
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() + 60)
+
+        def ahead() -> str:
+            return (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
+
+        monkeypatch.setattr(postgres, "_now", ahead)
+        await two._renew_lease()  # noqa: SLF001 - the renewal a running instance does every lease_s / 3
+        assert await two.unfinished() == []
+        assert two.live_instances == 2
+    finally:
+        await one.close()
+        await two.close()

@@ -98,6 +98,16 @@ def numbered_placeholders(sql: str) -> str:
     return "'".join(parts)
 
 
+def db_time(expression: str) -> str:
+    """SQL for the timestamptz `expression` as the ISO text the tables keep (the form `_now()` writes)."""
+    return f"to_char(({expression}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+
+
+DB_NOW: Final = db_time("clock_timestamp()")
+"""The database's clock, as ISO text: what leases and claims are stamped with (one clock for every instance)."""
+LEASE_ALIVE: Final = "instances.lease_until::timestamptz > clock_timestamp()"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -184,19 +194,18 @@ class PostgresStore:
         return ""
 
     async def _renew_lease(self) -> None:
-        now = time.time()
-        started = datetime.fromtimestamp(now, UTC).isoformat()
-        until = datetime.fromtimestamp(now + self.lease_s, UTC).isoformat()
+        """The lease runs on the database's clock, set and compared there (`DB_NOW`, `LEASE_ALIVE`): a machine
+        whose clock runs fast must not see a living instance's lease as expired and take its alerts over."""
 
         async def renew(conn: Conn) -> int:
             await conn.execute(
-                "INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, $2, $3)"
+                f"INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, {DB_NOW},"  # noqa: S608 - constants
+                f" {db_time('clock_timestamp() + make_interval(secs => $2)')})"
                 " ON CONFLICT (instance_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
                 self.instance,
-                started,
-                until,
+                self.lease_s,
             )
-            alive = await conn.fetchval("SELECT COUNT(*) FROM instances WHERE lease_until > $1", started)
+            alive = await conn.fetchval(f"SELECT COUNT(*) FROM instances WHERE {LEASE_ALIVE}")  # noqa: S608 - constants
             return int(alive or 1)
 
         self.live_instances = await self._run(renew, write=True, observe=False)
@@ -323,11 +332,10 @@ class PostgresStore:
         async def insert(conn: Conn) -> None:
             if entry.dedupe_key is not None:  # still ours? (a claim left stale is taken over: `claim_dedupe`)
                 holder = await conn.fetchval(
-                    "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
+                    f"INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, {DB_NOW})"  # noqa: S608 - constants
                     " ON CONFLICT (dedupe_key) DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key RETURNING alert_id",
                     entry.dedupe_key,
                     alert_id,
-                    now,
                 )
                 if holder != alert_id:
                     raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
@@ -617,19 +625,18 @@ class PostgresStore:
         never recorded belongs to a copy that failed without releasing it (its instance died, or lost the
         database): both are taken over. The old holder cannot record its alert after that (`record_alert`
         checks the claim in its transaction)."""
-        stale = datetime.fromtimestamp(time.time() - CLAIM_STALE_S, UTC).isoformat()
 
-        async def claim(conn: Conn) -> str | None:
+        async def claim(conn: Conn) -> str | None:  # staleness on the database's clock, as leases
             won = await conn.fetchval(
-                "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
+                f"INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, {DB_NOW})"  # noqa: S608 - constants
                 " ON CONFLICT (dedupe_key) DO UPDATE SET alert_id = EXCLUDED.alert_id,"
-                " claimed_at = EXCLUDED.claimed_at WHERE dedupe_claims.claimed_at < $4 OR (dedupe_claims.claimed_at"
-                " < $5 AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.dedupe_key = $1)) RETURNING alert_id",
+                " claimed_at = EXCLUDED.claimed_at WHERE dedupe_claims.claimed_at < $3 OR"
+                " (dedupe_claims.claimed_at::timestamptz < clock_timestamp() - make_interval(secs => $4)"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.dedupe_key = $1)) RETURNING alert_id",
                 dedupe_key,
                 alert_id,
-                _now(),
                 since,
-                stale,
+                CLAIM_STALE_S,
             )
             if won is not None:
                 return None
@@ -666,15 +673,13 @@ class PostgresStore:
         """The unfinished alerts this instance must finish now, oldest first: those of instances whose lease has
         expired (killed, or cut off from the database), taken over in one statement so two living instances
         never take the same one. This instance's own running alerts are never in it."""
-        now = _now()
         rows = await self._write(
             lambda conn: conn.fetch(
-                "UPDATE alerts SET owner = $1 WHERE status = $2 AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS"
-                " (SELECT 1 FROM instances WHERE instances.instance_id = alerts.owner AND lease_until > $3)))"
+                "UPDATE alerts SET owner = $1 WHERE status = $2 AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS"  # noqa: S608 - constants
+                f" (SELECT 1 FROM instances WHERE instances.instance_id = alerts.owner AND {LEASE_ALIVE})))"
                 " RETURNING alert_id, received_at",
                 self.instance,
                 UNFINISHED,
-                now,
             )
         )
         return [row["alert_id"] for row in sorted(rows, key=lambda row: (row["received_at"], row["alert_id"]))]
