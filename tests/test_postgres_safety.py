@@ -13,10 +13,12 @@ import pytest
 from helpers import SECRET
 from server_process import run_cli
 
-from tvbridge.errors import JournalError
+from tvbridge.config import load_config
+from tvbridge.errors import ConfigError, JournalError
 from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, write_halt
 from tvbridge.halt_sync import HaltSync
 from tvbridge.journal import PlannedLeg
+from tvbridge.parsing import make_converter
 from tvbridge.store import postgres
 from tvbridge.store.postgres import LEADER_LOCK, PostgresStore
 
@@ -216,3 +218,56 @@ async def test_a_fast_clock_does_not_take_over_a_living_instances_alert(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_an_instance_whose_lease_expired_sends_nothing_and_a_send_extends_the_lease(pg_url: str) -> None:
+    """Fencing the broker call: with its lease expired (not yet taken over) an instance cannot mark a leg
+    `sending`; with its lease alive, marking one extends it to at least `lease_s` from now, so the send ends
+    before another instance may take the alert over."""
+    one = PostgresStore(pg_url, lease_s=10.0)
+    await one.open()
+    try:
+        for alert_id in ("A1", "A2"):
+            await one.record_alert(
+                alert_id=alert_id,
+                alert_type="single_order",
+                payload={},
+                dedupe_key=None,
+                source=None,
+                legs=[PlannedLeg(account="paper", leg_number=1, client_order_id=f"{alert_id}-1")],
+            )
+        set_lease = "UPDATE instances SET lease_until = $2 WHERE instance_id = $1"
+        soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        await one.run_write(lambda conn: conn.execute(set_lease, one.instance, soon))
+        await one.mark_sending("A1", "paper", 1, None)
+        until = await one.run_read(
+            lambda conn: conn.fetchval(
+                "SELECT lease_until::timestamptz - clock_timestamp() FROM instances WHERE instance_id = $1",
+                one.instance,
+            )
+        )
+        assert until > timedelta(seconds=8)
+        await one.run_write(lambda conn: conn.execute(set_lease, one.instance, "2000-01-01T00:00:00+00:00"))
+        with pytest.raises(JournalError, match="lease has expired"):
+            await one.mark_sending("A2", "paper", 1, None)
+        record = await one.get_alert("A2")
+        assert record is not None
+        assert record["legs"][0]["state"] != "sending"
+    finally:
+        await one.close()
+
+
+def test_the_lease_must_outlast_the_slowest_broker_call(tmp_path: Path) -> None:
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://u@127.0.0.1:1/tv",
+        "TVBRIDGE_JOURNAL__LEADER_LEASE_S": "3",
+    }
+    config = tmp_path / "config.toml"
+    config.write_text('[accounts.slow]\nbroker = "paper"\nbroker_timeout_s = 5\n')
+    with pytest.raises(ConfigError, match=r"journal.leader_lease_s: must exceed .*broker_timeout_s \(5 s\), got 3"):
+        load_config(config, make_converter(), env, tmp_path)
+    assert load_config(config, make_converter(), {**env, "TVBRIDGE_JOURNAL__LEADER_LEASE_S": "6"}, tmp_path)
+    sqlite_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    assert load_config(config, make_converter(), sqlite_env, tmp_path)  # one instance: nothing taken over

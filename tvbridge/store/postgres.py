@@ -459,11 +459,22 @@ class PostgresStore:
         await self._write(record)
 
     async def mark_sending(self, alert_id: str, account: str, leg_number: int, done: LegResult | None) -> None:
-        """Fenced: an instance whose alert was taken over by another (its lease expired) cannot mark a leg
-        `sending`, so it never sends it."""
+        """Fenced: an instance whose alert was taken over by another, or whose lease has expired (another may
+        take it over at any moment), cannot mark a leg `sending`, so it never sends it. In the same transaction
+        the lease is extended to at least `lease_s` from now: the broker call that follows (bounded by
+        `broker_timeout_s`, which the config keeps below `leader_lease_s`) ends before anyone can take over."""
 
         async def mark(conn: Conn) -> None:
             await self._own(conn, alert_id)
+            extended = await conn.execute(
+                "UPDATE instances SET lease_until ="  # noqa: S608 - constants
+                f" {db_time('greatest(lease_until::timestamptz, clock_timestamp() + make_interval(secs => $2))')}"
+                f" WHERE instance_id = $1 AND {LEASE_ALIVE}",
+                self.instance,
+                self.lease_s,
+            )
+            if extended == "UPDATE 0":
+                raise LeaseLostError(f"this instance's lease has expired: alert {alert_id} is not sent from here")
             if done is not None:
                 await _update_leg(conn, alert_id, done)
             await conn.execute(
