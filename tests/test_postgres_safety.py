@@ -13,6 +13,7 @@ import pytest
 from helpers import SECRET
 from server_process import run_cli
 
+from tvbridge.alertqueue import QueueInsert
 from tvbridge.config import load_config
 from tvbridge.errors import ConfigError, JournalError
 from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, write_halt
@@ -271,3 +272,45 @@ def test_the_lease_must_outlast_the_slowest_broker_call(tmp_path: Path) -> None:
     assert load_config(config, make_converter(), {**env, "TVBRIDGE_JOURNAL__LEADER_LEASE_S": "6"}, tmp_path)
     sqlite_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
     assert load_config(config, make_converter(), sqlite_env, tmp_path)  # one instance: nothing taken over
+
+
+async def test_a_new_leader_never_resends_rows_a_living_instance_is_sending(pg_url: str) -> None:
+    """The old leader claimed a due row and is sending it when another instance becomes the leader: the new
+    leader's settling leaves the row alone, cannot claim it, and cannot hand it over; the old leader hands it
+    over. Once the claimer's lease has expired (it died mid-send), the new leader takes the row back."""
+    one, two = PostgresStore(pg_url), PostgresStore(pg_url)
+    await one.open()
+    await two.open()
+    try:
+        due = datetime(2026, 12, 7, 3, 45, tzinfo=UTC)
+        for alert_id in ("Q1", "Q2"):
+            await one.record_alert(
+                alert_id=alert_id,
+                alert_type="single_order",
+                payload={},
+                dedupe_key=None,
+                source=None,
+                legs=[PlannedLeg(account="paper", leg_number=1, client_order_id=f"{alert_id}-1")],
+                status="queued",
+                also=QueueInsert(
+                    alert_id=alert_id, entries=(("paper", due, "closed"),), leg_states=(("paper", "queued", "closed"),)
+                ),
+            )
+        assert sorted(e.alert_id for e in await one.queue.claim_due(due)) == ["Q1", "Q2"]
+        await two.queue.after_crash()  # two becomes the leader while one still sends
+        assert await two.queue.claim_due(due) == []
+        with pytest.raises(JournalError, match="no longer claimed by this instance"):
+            await two.queue.hand_over("Q1", ["paper"])
+        await one.queue.hand_over("Q1", ["paper"])
+        await one.run_write(
+            lambda conn: conn.execute(
+                "UPDATE instances SET lease_until = '2000-01-01T00:00:00+00:00' WHERE instance_id = $1", one.instance
+            )
+        )
+        assert [e.alert_id for e in await two.queue.claim_due(due)] == ["Q2"]  # Q1 was handed over: recovered
+        with pytest.raises(JournalError, match="no longer claimed by this instance"):
+            await one.queue.hand_over("Q2", ["paper"])
+        await two.queue.hand_over("Q2", ["paper"])
+    finally:
+        await one.close()
+        await two.close()

@@ -987,12 +987,14 @@ class PostgresQueue:
         due = now.astimezone(UTC).isoformat()
 
         async def claim(conn: Conn) -> list[QueueEntry]:
+            await _settle_dead_claims(conn)  # a leader that died mid-send: its rows come back (or are done)
             rows = await conn.fetch(
-                "UPDATE queue SET state = 'sending', updated_at = $1 WHERE id IN (SELECT id FROM queue"
-                " WHERE state = 'queued' AND not_before <= $2 FOR UPDATE SKIP LOCKED)"
+                "UPDATE queue SET state = 'sending', updated_at = $1, claimed_by = $3 WHERE id IN (SELECT id FROM"
+                " queue WHERE state = 'queued' AND not_before <= $2 FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, alert_id, account, not_before, reason, 'queued' AS state, created_at",  # as SqliteQueue
                 _now(),
                 due,
+                self._store.instance,
             )
             return sorted((entry_of(row) for row in rows), key=lambda e: (e.not_before, e.id))
 
@@ -1012,11 +1014,14 @@ class PostgresQueue:
         )
 
     async def mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
+        """Only rows this instance claimed (or nobody did): a send refused at `hand_over` marks nothing of the
+        instance that holds them now."""
         names = list(accounts)
         await self._store.run_write(
             lambda conn: conn.executemany(
-                "UPDATE queue SET state = $1, updated_at = $2 WHERE alert_id = $3 AND account = $4",
-                [(state, _now(), alert_id, account) for account in names],
+                "UPDATE queue SET state = $1, updated_at = $2 WHERE alert_id = $3 AND account = $4"
+                " AND (claimed_by IS NULL OR claimed_by = $5)",
+                [(state, _now(), alert_id, account, self._store.instance) for account in names],
             )
         )
 
@@ -1027,21 +1032,27 @@ class PostgresQueue:
         return datetime.fromisoformat(first) if first else None
 
     async def after_crash(self) -> None:
-        """As `tvbridge.alertqueue._after_crash`. With several instances this runs at each one's start, and a row
-        another live instance is sending right now looks the same: issue 20's leader lease is what will make
-        only the scheduler's own instance do this (not built yet; docs/postgresql.md)."""
-
-        async def recover(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE queue SET state = 'queued' WHERE state = 'sending' AND EXISTS (SELECT 1 FROM legs WHERE"
-                " legs.alert_id = queue.alert_id AND legs.account = queue.account AND legs.state = 'queued')"
-            )
-            await conn.execute("UPDATE queue SET state = 'sent' WHERE state = 'sending'")
-
-        await self._store.run_write(recover)
+        """As `tvbridge.alertqueue._after_crash`, run by an instance becoming the leader (`Scheduler.lead`), but
+        only on rows whose claimer's lease has expired: a row the old leader is still sending (it lost the
+        leader's lock, not its life) stays its own. `claim_due` settles the rest once their claimer's lease
+        runs out."""
+        await self._store.run_write(_settle_dead_claims)
 
     async def hand_over(self, alert_id: str, accounts: Sequence[str]) -> None:
+        """The claimed rows become an alert this instance runs, only while they are still claimed by it (a new
+        leader may have settled them since): otherwise `LeaseLostError`, and nothing is sent from here."""
+
         async def hand_over(conn: Conn) -> None:
+            held = await conn.execute(
+                "UPDATE queue SET updated_at = $1 WHERE alert_id = $2 AND account = ANY($3::text[])"
+                " AND state = 'sending' AND claimed_by = $4",
+                _now(),
+                alert_id,
+                list(accounts),
+                self._store.instance,
+            )
+            if held == "UPDATE 0":
+                raise LeaseLostError(f"queued alert {alert_id} is no longer claimed by this instance: not sent here")
             await conn.execute(
                 "UPDATE alerts SET status = 'accepted', owner = $2 WHERE alert_id = $1", alert_id, self._store.instance
             )
@@ -1051,6 +1062,20 @@ class PostgresQueue:
             )
 
         await self._store.run_write(hand_over)
+
+
+async def _settle_dead_claims(conn: Conn) -> None:
+    """Rows left `sending` by an instance whose lease has expired (or by none): back to `queued` when their legs
+    were never handed over, else `sent` (the alert is then unfinished, and `unfinished` recovers it)."""
+    dead = (
+        "state = 'sending' AND (claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM instances WHERE"  # noqa: S608 - constants
+        f" instances.instance_id = queue.claimed_by AND {LEASE_ALIVE}))"
+    )
+    await conn.execute(
+        f"UPDATE queue SET state = 'queued' WHERE {dead} AND EXISTS (SELECT 1 FROM legs WHERE"  # noqa: S608 - constants
+        " legs.alert_id = queue.alert_id AND legs.account = queue.account AND legs.state = 'queued')"
+    )
+    await conn.execute(f"UPDATE queue SET state = 'sent' WHERE {dead}")  # noqa: S608 - constants
 
 
 async def migrate_url(url: str) -> tuple[int, int]:
