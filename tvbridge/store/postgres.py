@@ -660,11 +660,12 @@ class PostgresStore:
         """Give back the claim of a copy that was refused before it was recorded. A recorded alert keeps its claim
         whatever it answered: one that failed after its orders went out (a 503 when its results could not be
         written) would otherwise let TradingView's resend win a fresh claim and place them again; kept, the resend
-        finds the journaled alert and is answered as a duplicate, as on SQLite."""
+        finds the journaled alert and is answered as a duplicate, as on SQLite. An alert recorded as a refusal
+        (stale, invalid) is journaled without its key: its claim goes, so the corrected resend runs."""
         await self._write(
             lambda conn: conn.execute(
                 "DELETE FROM dedupe_claims WHERE dedupe_key = $1 AND alert_id = $2"
-                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = $2)",
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = $2 AND alerts.dedupe_key = $1)",
                 dedupe_key,
                 alert_id,
             )
