@@ -4,13 +4,17 @@ instead of accepting alerts into a file the next start will never see (`tvbridge
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import time
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from durability_server import KillableServer, journal_rows, scripted_orders
 from helpers import alert, leg
+
+from tvbridge.fileid import Unchanged
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -101,3 +105,48 @@ async def test_a_paper_database_gone_under_the_server_gives_503(tmp_path: Path) 
         assert [row[0] for row in conn.execute("SELECT client_order_id FROM orders")] == [f"{placed['alert_id']}-1"]
     finally:
         conn.close()
+
+
+def test_one_stat_of_a_long_unchanged_directory_answers_for_its_files(tmp_path: Path) -> None:
+    """`Unchanged`: a directory whose mtime is older than the racy margin and the same as at the last clean check
+    answers for its files; a file deleted or replaced in it, a check that found a problem, or a directory changed
+    too recently to be sure of, all mean checking the files again."""
+    journal = tmp_path / "tvbridge.sqlite3"
+    journal.write_text("x")
+    directories = (str(tmp_path),)
+    unchanged = Unchanged()
+    before = unchanged.stamp(directories)
+    assert not unchanged.unchanged(before)
+    unchanged.checked(before, clean=True)  # just made: too recent to trust
+    assert not unchanged.unchanged(unchanged.stamp(directories))
+    old = time.time() - 10
+    os.utime(tmp_path, (old, old))
+    aged = unchanged.stamp(directories)
+    unchanged.checked(aged, clean=False)
+    assert not unchanged.unchanged(unchanged.stamp(directories))
+    unchanged.checked(aged, clean=True)
+    assert unchanged.unchanged(unchanged.stamp(directories))
+    other = tmp_path / "other"
+    other.write_text("y")
+    other.replace(journal)
+    assert not unchanged.unchanged(unchanged.stamp(directories))
+    assert unchanged.stamp((str(tmp_path / "gone"),)) is None
+
+
+async def test_a_record_file_deleted_in_a_long_unchanged_directory_gives_503(tmp_path: Path) -> None:
+    """The one-stat path end to end: with the data directory untouched for a while (so its files' own checks are
+    skipped), deleting the journal's WAL is still noticed by the very next alert, which gets 503 and is not sent."""
+    server = await asyncio.to_thread(KillableServer(tmp_path).start)
+    async with aiohttp.ClientSession() as session:
+        old = time.time() - 10
+        os.utime(tmp_path, (old, old))
+        for symbol in ("INFY", "SBIN"):  # the second one finds the directory as the first one left it
+            async with session.post(f"{server.url}/webhook", json=alert(leg(symbol=symbol))) as response:
+                assert response.status == 200
+        (tmp_path / "tvbridge.sqlite3-wal").unlink()
+        async with session.post(f"{server.url}/webhook", json=alert(leg(symbol="TCS"))) as response:
+            assert response.status == 503
+            refused = await response.json()
+    assert "tvbridge.sqlite3-wal was deleted" in refused["message"]
+    assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "SBIN"]
+    assert await asyncio.to_thread(server.terminate) == 0

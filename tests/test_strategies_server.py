@@ -26,8 +26,8 @@ def serve(tmp_path: Path, now: str) -> ServerProcess:
 
 
 def test_a_missed_square_off_runs_at_start_once_a_day(tmp_path: Path) -> None:
-    """Monday 10:00 alpha buys 10 intraday; the server is down at 15:15; started at 15:30 it sells the 10 before
-    taking alerts (`strategy.squared_off`, one order-log row under alpha); started again at 15:40 it does not."""
+    """Monday 10:00 alpha buys 10 intraday; the server is down at 15:15; started at 15:25 (the market still open) it sells the 10 before
+    taking alerts (`strategy.squared_off`, one order-log row under alpha); started again at 15:28 it does not."""
     server = serve(tmp_path, "2026-12-07T10:00:00+05:30")
     try:
         status, _, answer = server.post(
@@ -37,7 +37,7 @@ def test_a_missed_square_off_runs_at_start_once_a_day(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
 
-    server = serve(tmp_path, "2026-12-07T15:30:00+05:30")
+    server = serve(tmp_path, "2026-12-07T15:25:00+05:30")
     try:
         squared = [e for e in server.events() if e.get("event") == "strategy.squared_off"]
     finally:
@@ -46,7 +46,7 @@ def test_a_missed_square_off_runs_at_start_once_a_day(tmp_path: Path) -> None:
         ("alpha", "paper", 1, "success")
     ]
 
-    server = serve(tmp_path, "2026-12-07T15:40:00+05:30")
+    server = serve(tmp_path, "2026-12-07T15:28:00+05:30")
     try:
         again = [e for e in server.events() if e.get("event") == "strategy.squared_off"]
     finally:

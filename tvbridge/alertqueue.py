@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,6 +33,7 @@ import structlog
 
 from tvbridge.crashpoints import crash_point
 from tvbridge.halt import halt_path, read_halt
+from tvbridge.strategies import halted_reason
 
 if TYPE_CHECKING:
     import sqlite3
@@ -184,15 +186,20 @@ class SqliteQueue:
 
         return await self._journal.write(cancel)
 
-    async def claim_due(self, now: datetime) -> list[QueueEntry]:
+    async def claim_due(self, now: datetime, *, halted: Sequence[str] = ()) -> list[QueueEntry]:
         due = _utc(now)
+        names = json.dumps(list(halted))
 
         def claim(conn: sqlite3.Connection) -> list[QueueEntry]:
             rows = [
                 entry_of(row)
                 for row in conn.execute(
-                    "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ? ORDER BY not_before, id",
-                    (due,),
+                    "SELECT * FROM queue WHERE state = 'queued' AND not_before <= ?"
+                    # not a halted strategy's: it stays queued until resumed
+                    " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                    " AND alerts.strategy IN (SELECT value FROM json_each(?)))"
+                    " ORDER BY not_before, id",
+                    (due, names),
                 ).fetchall()
             ]
             stamp = _now()
@@ -220,9 +227,15 @@ class SqliteQueue:
             )
         )
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, *, halted: Sequence[str] = ()) -> datetime | None:
+        names = json.dumps(list(halted))
         row = await self._journal.read(
-            lambda conn: conn.execute("SELECT MIN(not_before) FROM queue WHERE state = 'queued'").fetchone()
+            lambda conn: conn.execute(
+                "SELECT MIN(not_before) FROM queue WHERE state = 'queued'"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                " AND alerts.strategy IN (SELECT value FROM json_each(?)))",
+                (names,),
+            ).fetchone()
         )
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
@@ -251,12 +264,17 @@ class Scheduler:
         data_dir: Any,
         send: Callable[[str, list[str]], Any],
         recheck_s: float = POLL_S,
+        strategies: Iterable[str] = (),
     ) -> None:
         self._journal = journal
         self._recheck_s = recheck_s
         self.leading = False
         """Whether this instance ran the queue at its last look (the store's leader; always on SQLite)."""
         self._clock = clock
+        self._data_dir = data_dir
+        self._strategies = tuple(strategies)
+        """The named strategies: a halted one's queued alerts stay queued (like everything under the global
+        halt) and go when it is resumed."""
         self._halt_file = halt_path(data_dir)
         self._send = send
         self._lock = asyncio.Lock()
@@ -269,7 +287,7 @@ class Scheduler:
                 return 0
             if not await self.lead():
                 return 0
-            claimed = await self._journal.queue.claim_due(self._clock())
+            claimed = await self._journal.queue.claim_due(self._clock(), halted=self._halted_strategies())
             if claimed:
                 crash_point("after_claim")
             by_alert: dict[str, list[str]] = {}
@@ -305,8 +323,12 @@ class Scheduler:
     async def _mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
         await self._journal.queue.mark(alert_id, accounts, state)
 
+    def _halted_strategies(self) -> list[str]:
+        """The named strategies halted now: their queued alerts are not claimed (they wait for the resume)."""
+        return [name for name in self._strategies if halted_reason(self._data_dir, name) is not None]
+
     async def next_due(self) -> datetime | None:
-        return await self._journal.queue.next_due()
+        return await self._journal.queue.next_due(halted=self._halted_strategies())
 
     async def loop(self) -> None:
         """Forever: send what is due, then sleep until the next due time (at most `POLL_S`) or a wake-up."""
@@ -350,6 +372,7 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         data_dir=config.server.data_dir,
         send=lambda alert_id, accounts: tradingday.send_queued(app, alert_id, accounts),
         recheck_s=min(POLL_S, config.journal.leader_lease_s / 2) if journal.shared else POLL_S,
+        strategies=config.strategies,
     )
     await scheduler.lead()  # at start, before the first request: settle the rows a crash left `sending`
     app[SCHEDULER] = scheduler

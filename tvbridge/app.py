@@ -16,6 +16,7 @@ from tvbridge import handlers, readiness, tradingday
 from tvbridge.alertqueue import scheduler_ctx
 from tvbridge.alerts.plan import Checks
 from tvbridge.executor import Executor
+from tvbridge.fileid import Unchanged
 from tvbridge.followup import followup_ctx
 from tvbridge.halt import halt_path
 from tvbridge.halt_sync import halt_sync_ctx
@@ -35,6 +36,7 @@ from tvbridge.keys import (
     NOW,
     ORDER_LOG,
     PLAN_CHECKS,
+    RECORD_DIRS,
     STATE,
     STRATEGY_BOOK,
 )
@@ -74,7 +76,7 @@ def _utc_now() -> datetime:
 
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    book = StrategyBook(app[JOURNAL], config.strategies)
+    book = StrategyBook(app[JOURNAL], config.strategies, followup=app[FOLLOWUP])
     app[STRATEGY_BOOK] = book
     guard = RiskGuard(
         limits={account: config.risk_of(account, app[CONVERTER]) for account in config.used_accounts},
@@ -135,6 +137,7 @@ def create_app(
     app[CLOCK] = time.monotonic
     app[METRICS] = Metrics()
     app[NOTIFIER] = Notifier(config.notify, secrets=credentials.all)
+    app[RECORD_DIRS] = Unchanged()
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_handler)

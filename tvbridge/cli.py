@@ -38,7 +38,7 @@ from tvbridge.notify import apprise_sender, url_secrets
 from tvbridge.parsing import ALERT_EXAMPLE, make_converter
 from tvbridge.registry import build_brokers
 from tvbridge.reload import PID_FILE, reload_brokers, write_pid_file
-from tvbridge.secretstore import SECRET_FILE, check_secrets, resolve_credentials
+from tvbridge.secretstore import SECRET_FILE, check_secrets, resolve_credentials, secret_in_use
 from tvbridge.testclock import wall_clock
 from tvbridge.tls import server_context
 
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
 def _check_config(config: Config, converter: cattrs.Converter) -> int:
     """Everything `serve` checks before it opens a file or a port, in the same words and exit codes."""
-    check_secrets(config)  # a weak secret or path token with a live account on
+    check_secrets(config, secret_in_use(config))  # a weak secret or path token with a live account on; a reused one
     brokers = build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
     if config.notify.urls:

@@ -55,6 +55,7 @@ from tvbridge.broker import (
     Position,
     check_supported,
 )
+from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.contracts import is_relative, resolve
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
@@ -156,6 +157,12 @@ def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, Any]:
         "product_type": "",
         "price": "",
     }
+
+
+def _sent_scope(account: str) -> str:
+    """Whose exit and target orders still to fill count (`SentExits`, `SentMoves`): the running strategy's on
+    `account`. Each strategy moves only its own share, so another strategy's resting exit is not this one's."""
+    return f"{account}|{current_strategy()}"
 
 
 class Executor:
@@ -441,15 +448,20 @@ class Executor:
             if recovered is not None:
                 return recovered
         if prepared.refusal is None and is_target(leg):
-            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+            async with self.exit_lock(account):
                 return await self._move(alert_id, account, number, leg, done)
         refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal)
         if refused is not None:
             return refused
         if leg.manage_position is not None:
-            async with self._exit_locks.setdefault(account, asyncio.Lock()):
+            async with self.exit_lock(account):
                 return await self._exit(alert_id, account, number, leg, done)
         return await self._send(alert_id, account, number, leg, done, premarked=premarked, arrived=arrived)
+
+    def exit_lock(self, account: str) -> asyncio.Lock:
+        """One reader of `account`'s positions at a time (EXIT_ALL, targets, square-off): two exits reading the
+        same position would each close it."""
+        return self._exit_locks.setdefault(account, asyncio.Lock())
 
     async def _send(
         self,
@@ -529,7 +541,7 @@ class Executor:
         try:
             listed: list[OpenOrder] | None = None
             if broker.capabilities.orders and (
-                self._sent_moves.may_be_open(account, leg) or self._sent_exits.has(account)
+                self._sent_moves.may_be_open(_sent_scope(account), leg) or self._sent_exits.has(_sent_scope(account))
             ):
                 # open orders before positions: an order filling in between is then counted twice (sends too
                 # little, corrected by the next alert), never not at all (would send it again)
@@ -537,8 +549,8 @@ class Executor:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
             if listed is not None:  # this process's target and exit orders for the contract, still to fill
-                pending = self._sent_moves.still_open(account, leg, listed)
-                pending += self._sent_exits.still_open(account, leg, found, listed)
+                pending = self._sent_moves.still_open(_sent_scope(account), leg, listed)
+                pending += self._sent_exits.still_open(_sent_scope(account), leg, found, listed)
         except BrokerError as e:
             message = f"not sent: the current position could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
@@ -571,7 +583,7 @@ class Executor:
         result = await self._place(alert_id, account, number, move.leg)
         crash_point("after_send")
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a resend must count it
-            self._sent_moves.remember(account, client_id, move.leg)
+            self._sent_moves.remember(_sent_scope(account), client_id, move.leg)
         return result
 
     async def _exit(self, alert_id: str, account: str, number: int, leg: OrderLeg, done: LegResult | None) -> LegResult:
@@ -584,8 +596,8 @@ class Executor:
         try:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
-            if broker.capabilities.orders and self._sent_exits.may_be_open(account, leg, found):
-                pending = self._sent_exits.still_open(account, leg, found, await broker.open_orders())
+            if broker.capabilities.orders and self._sent_exits.may_be_open(_sent_scope(account), leg, found):
+                pending = self._sent_exits.still_open(_sent_scope(account), leg, found, await broker.open_orders())
         except BrokerError as e:
             message = f"not sent: the position to close could not be read: {e}"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
@@ -610,7 +622,7 @@ class Executor:
         result = await self._place(alert_id, account, number, exit_order.leg)
         crash_point("after_send")
         if result.status is not LegStatus.FAILED:  # placed, or maybe placed: a later exit must not close it again
-            self._sent_exits.remember(account, client_id, exit_order.leg, found)
+            self._sent_exits.remember(_sent_scope(account), client_id, exit_order.leg, found)
         return attrs.evolve(result, message=f"{exit_order.message}; {result.message}{cancelled}")
 
     async def _positions(self, account: str, leg: OrderLeg) -> list[Position]:
@@ -812,6 +824,8 @@ class Executor:
                 raise BrokerUnsupportedError("this broker cannot cancel orders")  # noqa: TRY301 - same handling
             if leg.order_id is None and self._own_orders is not None:
                 cancelled = await self._cancel_own(alert_id, account, number, leg)
+            elif self._own_orders is not None and (refusal := await self._not_own(account, leg.order_id)):
+                return self.result_for(account, number, leg, LegStatus.FAILED, refusal)
             else:
                 cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
@@ -829,6 +843,18 @@ class Executor:
         status = LegStatus.TEST_MODE if dry_run else LegStatus.SUCCESS
         result = self.result_for(account, number, leg, status, message)
         return result if not ids else _with_order_id(result, ",".join(ids))
+
+    async def _not_own(self, account: str, order_id: str | None) -> str | None:
+        """With strategies, why a `cancel_order` by order id is refused: the order is another strategy's (a named
+        strategy cancels only orders it placed; `default` also orders tvbridge never placed). None: allowed."""
+        if order_id is None:
+            return None
+        strategy = current_strategy()
+        owners = await self._journal.order_strategies(account, order_id)
+        if strategy in owners or (strategy == DEFAULT_STRATEGY and not owners):
+            return None
+        whose = "another strategy's order" if owners else "an order tvbridge did not place under it"
+        return f"not cancelled: order {order_id} is {whose}; strategy {strategy} cancels only its own orders"
 
     async def _cancel_own(self, alert_id: str, account: str, number: int, leg: CancelLeg) -> list[OrderResult]:
         """A strategy's `cancel_order` by symbol: its own open orders, one by one by order id; an order that

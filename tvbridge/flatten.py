@@ -165,9 +165,14 @@ async def execute(
     journal: Store | None,
     order_log: OrderLog | None,
     source: str,
+    record_required: bool = False,
 ) -> FlattenReport:
     """Carry the plan out: every cancel, then every close; each is journaled and in the order log. Errors are
-    reported, not raised, so one refused cancel does not stop the positions from being closed."""
+    reported, not raised, so one refused cancel does not stop the positions from being closed.
+
+    `record_required` (the daily square-off): the run's journal entry must be written before anything is sent,
+    else its error is raised and nothing is done (the journal entry is what says the day's run happened: a run
+    not on record would be repeated). An operator's flatten goes on without it (an emergency exit)."""
     alert_id = f"F{new_alert_id()}"
     run = _Run(alert_id=alert_id, account=plan.account, broker_name=broker_name, broker=broker, journal=journal)
     closes = plan.closes
@@ -179,7 +184,7 @@ async def execute(
         for n in range(len(plan.cancels) + 1, len(plan.cancels) + len(closes) + 1)
     ]
     if journal is not None:
-        await _safely(
+        await (_required if record_required else _safely)(
             "record",
             alert_id,
             journal.record_alert(
@@ -228,6 +233,15 @@ async def _safely(step: str, alert_id: str, write: Any) -> None:
         await write
     except Exception:
         log.exception("journal.flatten_write_failed", alert_id=alert_id, step=step)
+
+
+async def _required(step: str, alert_id: str, write: Any) -> None:
+    """A journal write that must succeed before anything is sent: its failure is logged and raised."""
+    try:
+        await write
+    except Exception:
+        log.exception("journal.flatten_write_failed", alert_id=alert_id, step=step)
+        raise
 
 
 async def _record(run: _Run, number: int, action: Any) -> LegResult:

@@ -174,6 +174,17 @@ class FollowUp:
         if found:
             self._wake[account].set()
 
+    async def settle(self, account: str, client_order_ids: Iterable[str]) -> None:
+        """Look these followed orders up now, not at their next poll (a strategy's share is about to be read
+        from the journal's fills: a fill Dhan already made must be in it, or the share is stale). A failed
+        look-up leaves the order as it was (asked again at its next poll)."""
+        wanted = set(client_order_ids)
+        for order in [o for o in self._orders.get(account, {}).values() if o.client_order_id in wanted]:
+            if self._orders[account].get(order.key) is not order:  # final meanwhile (the account's own poll)
+                continue
+            with structlog.contextvars.bound_contextvars(strategy=order.strategy):
+                await self._check(order)
+
     async def load(self) -> int:
         """Follow what the journal says is still open (at start: the orders an earlier run was following)."""
         rows = await self._journal.followed_orders()

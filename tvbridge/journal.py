@@ -602,11 +602,13 @@ class Journal:
         def fetch(conn: sqlite3.Connection) -> list[StrategyFill]:
             rows = conn.execute(
                 "SELECT COALESCE(alerts.strategy, ?) AS strategy, json_extract(legs.result, '$.position_key') AS key,"
-                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket"
+                " json_extract(legs.result, '$.transaction') AS side, legs.filled_quantity AS filled, legs.bracket,"
+                " alerts.received_at, alerts.alert_type"
                 " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
                 " WHERE legs.account = ? AND legs.filled_quantity > 0"
                 " AND json_extract(legs.result, '$.position_key') IS NOT NULL"
-                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)",
+                " AND (? IS NULL OR json_extract(legs.result, '$.position_key') = ?)"
+                " ORDER BY alerts.received_at, legs.leg_number",
                 (DEFAULT_STRATEGY, account, position_key, position_key),
             ).fetchall()
             return [
@@ -616,9 +618,32 @@ class Journal:
                     side=row["side"],
                     quantity=int(row["filled"]),
                     bracket=tuple(_json_or_none(row["bracket"]) or ()),
+                    at=row["received_at"],
+                    # tvbridge flatten / POST /admin/flatten (square-off's flatten runs under its strategy)
+                    resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
                 )
                 for row in rows
             ]
+
+        return await self._db.read(fetch)
+
+    async def unsettled(self, account: str, position_key: str | None = None) -> set[str]:
+        """Client order ids of tvbridge's legs on `account` in one contract (`position_key`) whose order is not
+        final yet (or a bracket part is not): their fills may not be journaled yet (order follow-up settles them
+        before a strategy's share is read)."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT client_order_id FROM legs WHERE account = ? AND client_order_id IS NOT NULL"
+                " AND json_extract(result, '$.position_key') IS NOT NULL"
+                " AND (? IS NULL OR json_extract(result, '$.position_key') = ?)"
+                " AND (order_state IN ('pending', 'open', 'trigger_pending', 'partially_filled')"
+                " OR (bracket IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(bracket)"
+                " WHERE json_extract(json_each.value, '$.state') IN"
+                " ('pending', 'open', 'trigger_pending', 'partially_filled'))))",
+                (account, position_key, position_key),
+            ).fetchall()
+            return {row[0] for row in rows}
 
         return await self._db.read(fetch)
 
@@ -653,6 +678,42 @@ class Journal:
                 (DEFAULT_STRATEGY, strategy, account, position_key),
             ).fetchall()
             return [row[0] for row in rows]
+
+        return await self._db.read(fetch)
+
+    async def order_strategies(self, account: str, order_id: str) -> set[str]:
+        """The strategies whose legs on `account` placed order `order_id` (a bracket's target or stop-loss
+        included); empty when tvbridge never placed it. A strategy's `cancel_order` by order id checks it."""
+
+        def fetch(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT COALESCE(alerts.strategy, ?) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = ? AND (legs.order_id = ? OR (legs.bracket IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.order_id') = ?)))",
+                (DEFAULT_STRATEGY, account, order_id, order_id),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return await self._db.read(fetch)
+
+    async def bracket_entries(self, strategy: str, account: str) -> list[tuple[str, str, str, int]]:
+        """`strategy`'s bracket legs on `account` with a part still open, in every contract, as (order id,
+        position key, side, quantity): what square-off cancels by entry order id (a filled entry's stop and
+        target are not open orders of the strategy's own, and would otherwise stay resting)."""
+
+        def fetch(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+            rows = conn.execute(
+                "SELECT legs.order_id, json_extract(legs.result, '$.position_key'),"
+                " json_extract(legs.result, '$.transaction'), json_extract(legs.result, '$.quantity')"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, ?) = ? AND legs.account = ? AND legs.order_id IS NOT NULL"
+                " AND json_extract(legs.result, '$.position_key') IS NOT NULL AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM json_each(legs.bracket) WHERE json_extract(json_each.value, '$.state')"
+                " IN ('pending', 'open', 'trigger_pending', 'partially_filled'))"
+                " ORDER BY alerts.received_at",
+                (DEFAULT_STRATEGY, strategy, account),
+            ).fetchall()
+            return [(row[0], row[1], row[2], int(row[3] or 0)) for row in rows]
 
         return await self._db.read(fetch)
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.broker import Broker  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
-    from tvbridge.fileid import FileIdentity  # noqa: F401
+    from tvbridge.fileid import FileIdentity, Unchanged  # noqa: F401
     from tvbridge.followup import FollowUp  # noqa: F401
     from tvbridge.lifecycle import ServiceState  # noqa: F401
     from tvbridge.metrics import Metrics  # noqa: F401
@@ -42,6 +42,8 @@ BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 PLUGIN_FILES = web.AppKey["tuple[FileIdentity, ...]"]("plugin_files")
 """The state files of accounts whose plugin declares `state_files` (`registry.brokers_ctx`): `/webhook` answers 503
 once one is deleted or replaced, as for the journal (`handlers._check_records`)."""
+RECORD_DIRS = web.AppKey["Unchanged"]("record_dirs")
+"""The record files' directories as last found in order (`fileid.Unchanged`, used by `flow.check_records`)."""
 EXECUTOR = web.AppKey["Executor"]("executor")
 FOLLOWUP = web.AppKey["FollowUp"]("followup")
 """Order follow-up (`tvbridge/followup.py`): the executor hands it every finished alert's open orders."""

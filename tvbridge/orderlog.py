@@ -22,6 +22,8 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+import structlog
+
 from tvbridge.brackets import describe
 from tvbridge.fileid import FileIdentity
 from tvbridge.filemode import PRIVATE
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from tvbridge.models import LegResult
+
+log = structlog.get_logger()
 
 GUIDE_COLUMNS: Final = (
     "timestamp",
@@ -59,6 +63,8 @@ COLUMNS: Final = (
     "strategy",
 )
 """New columns go at the end, so readers that index the older ones keep working."""
+HEADER_LINE: Final = ",".join(COLUMNS).encode()
+"""The first line of the file as this version writes it."""
 WHOLE_ROW_LENGTHS: Final = frozenset({len(COLUMNS), COLUMNS.index("strategy"), COLUMNS.index("bracket")})
 """A whole row has every column, or stops before `strategy` or `bracket` (written by a version from before
 strategies or brackets)."""
@@ -119,6 +125,7 @@ class OrderLog:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._set_aside_old_header()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
         try:
             self._fd = fd
@@ -129,6 +136,31 @@ class OrderLog:
             self._fd = None
             os.close(fd)
             raise
+
+    def _set_aside_old_header(self) -> None:
+        """A file whose first line is not today's header (written by a version with fewer columns: before
+        brackets or strategies) is renamed to `<name>.old-header-<UTC time>.csv`, kept whole, and a new file
+        with the current header is started: a csv.DictReader or pandas reads a file by its first line, so new
+        rows under an old header would lose their new columns (or fail to parse)."""
+        if not self.path.is_file():  # none yet, or not a regular file (a device, a pipe): nothing to keep
+            return
+        with self.path.open("rb") as f:
+            first = f.readline(64 * 1024)
+        if not first or first.rstrip(b"\r\n") == HEADER_LINE:
+            return
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.stem}.old-header-{stamp}{self.path.suffix}")
+        n = 1
+        while aside.exists():  # two upgrades within a second: never overwrite a kept file
+            aside = self.path.with_name(f"{self.path.stem}.old-header-{stamp}-{n}{self.path.suffix}")
+            n += 1
+        os.rename(self.path, aside)  # noqa: PTH104 - same directory, atomic
+        log.warning(
+            "order_log.rotated",
+            path=str(self.path),
+            kept_as=str(aside),
+            reason="its header is not the current columns (an older version wrote it); a new file was started",
+        )
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
@@ -283,6 +283,11 @@ class StrategyFill:
     """Units filled."""
     bracket: tuple[Mapping[str, object], ...] = ()
     """A bracket's parts: a filled target or stop-loss closed what the entry opened."""
+    at: str = ""
+    """When its alert was received (the journal's UTC ISO stamp): an intraday fill counts only on its own day."""
+    resets: bool = False
+    """A close by `tvbridge flatten` / `POST /admin/flatten` (no strategy's own order): it closed every strategy's
+    share in its contract, so the book of every strategy there starts again from zero."""
 
 
 def _signed(fill: StrategyFill) -> int:
@@ -291,12 +296,35 @@ def _signed(fill: StrategyFill) -> int:
     return 0 if exited else signed
 
 
-def book(fills: Iterable[StrategyFill]) -> dict[tuple[str, str], int]:
-    """(strategy, book key) -> net units from fills; flat entries are left out."""
+INTRADAY_SUFFIX: Final = KEY_SEPARATOR + Product.INTRADAY.value
+
+
+def book(fills: Iterable[StrategyFill], *, intraday_since: str = "") -> dict[tuple[str, str], int]:
+    """(strategy, book key) -> net units from fills (in the order they were received); flat entries are left out.
+
+    Intraday (`I`) fills received before `intraday_since` (the start of today's exchange day, as a UTC ISO stamp)
+    are left out: the broker closes intraday positions at the end of their day, so yesterday's would otherwise
+    stay in the book for ever. A flatten's close (`resets`) zeroes every strategy's share in its contract."""
     net: dict[tuple[str, str], int] = {}
     for fill in fills:
+        if fill.key.endswith(INTRADAY_SUFFIX) and fill.at < intraday_since:
+            continue
+        if fill.resets:
+            for k in [k for k in net if k[1] == fill.key]:
+                net[k] = 0
+            continue
         net[(fill.strategy, fill.key)] = net.get((fill.strategy, fill.key), 0) + _signed(fill)
     return {k: v for k, v in net.items() if v}
+
+
+def clamp(own: int, held: int) -> int:
+    """A strategy's share as the broker can hold it: `own` (from its fills) cut to the broker's net `held`: same
+    sign and no larger, 0 when the broker is flat or holds the other side. The broker is what an order moves: a
+    share the broker no longer holds (closed in its terminal, by its risk desk, expired) must never be "closed"
+    again, which would open the opposite position."""
+    if held == 0 or own == 0 or (own > 0) != (held > 0):
+        return 0
+    return own if abs(own) <= abs(held) else held
 
 
 def share(leg: OrderLeg, positions: Sequence[Position], net: int) -> list[Position]:

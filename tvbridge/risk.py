@@ -24,7 +24,14 @@ import structlog
 
 from tvbridge.halt import read_halt
 from tvbridge.sessions import EXCHANGE_TZ
-from tvbridge.strategies import check_sides, check_symbols, check_window, current_strategy, halted_reason
+from tvbridge.strategies import (
+    check_sides,
+    check_symbols,
+    check_window,
+    current_strategy,
+    halted_reason,
+    is_exit,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -131,14 +138,9 @@ class RiskGuard:
 
     async def before_send(self, account: str, leg: OrderLeg) -> None:
         """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders."""
-        halt = read_halt(self._halt_file)
-        if halt is not None:
-            raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
         name = current_strategy()
         strategy = self._strategies.get(name)
-        halted = halted_reason(self._halt_file.parent, name) if strategy is not None else None
-        if halted is not None:
-            raise RiskLimitError(f"strategy {name} halted ({halted}): nothing was sent")
+        self._check_halts(name, strategy)
         limits = self.limits.get(account)
         price = reference_price(self._brokers.get(account), leg)
         if limits is not None:
@@ -149,31 +151,55 @@ class RiskGuard:
         if limits is not None and limits.max_orders_per_day is not None:
             key = await self._seeded(account, strategy=None)
             scopes.append((key, limits.max_orders_per_day, f"on account {account}"))
+        exit_past_limit: tuple[str, date] | None = None
         if strategy is not None and strategy.max_orders_per_day is not None:
             key = await self._seeded(name, strategy=name)
             scopes.append((key, strategy.max_orders_per_day, f"by strategy {name}"))
+            if self._counts[key] >= strategy.max_orders_per_day and await self._is_exit(name, account, leg):
+                exit_past_limit = key  # counted, never refused: closing is never harder than opening
         # no await from here: two alerts arriving together cannot both take the last order
         for key, limit, where in scopes:
-            if self._counts[key] >= limit:
+            if self._counts[key] >= limit and key != exit_past_limit:
                 raise RiskLimitError(
                     f"risk: {self._counts[key]} order(s) already sent today {where}; max_orders_per_day is {limit}"
                 )
         for key, _limit, _where in scopes:
             self._counts[key] += 1
 
+    def _check_halts(self, name: str, strategy: StrategyConfig | None) -> None:
+        """The kill switch, then the strategy's own halt."""
+        halt = read_halt(self._halt_file)
+        if halt is not None:
+            raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
+        halted = halted_reason(self._halt_file.parent, name) if strategy is not None else None
+        if halted is not None:
+            raise RiskLimitError(f"strategy {name} halted ({halted}): nothing was sent")
+
     async def _check_strategy(
         self, name: str, strategy: StrategyConfig, account: str, leg: OrderLeg, price: Decimal | None
     ) -> None:
+        """The strategy's own rules: each refuses entries only. An exit (a leg that only reduces the strategy's
+        own position) passes them all: closing is never harder than opening."""
         refusal = check_symbols(strategy, leg)
         if refusal is None and (strategy.allowed_sides != "both" or strategy.entry_window):
-            own = await self._book.own(name, account, leg) if self._book is not None else 0
+            own = await self._own(name, account, leg)
             refusal = check_sides(strategy, leg, own) or check_window(strategy, leg, own, self._clock())
         if refusal is not None:
-            raise RiskLimitError(f"{refusal}; nothing was sent")
-        try:
-            check_leg(strategy.risk(), leg, price)
-        except RiskLimitError as e:
-            raise RiskLimitError(f"strategy {name}: {e}") from None
+            refusal = f"{refusal}; nothing was sent"
+        else:
+            try:
+                check_leg(strategy.risk(), leg, price)
+            except RiskLimitError as e:
+                refusal = f"strategy {name}: {e}"
+        if refusal is not None and not await self._is_exit(name, account, leg):
+            raise RiskLimitError(refusal)
+
+    async def _own(self, name: str, account: str, leg: OrderLeg) -> int:
+        """The strategy's own position in the leg's contract, cut to the broker's."""
+        return await self._book.own(name, account, leg, self._brokers.get(account)) if self._book is not None else 0
+
+    async def _is_exit(self, name: str, account: str, leg: OrderLeg) -> bool:
+        return is_exit(leg, 0 if leg.manage_position is not None else await self._own(name, account, leg))
 
     async def _seeded(self, scope: str, *, strategy: str | None) -> tuple[str, date]:
         """The key of today's count of `scope` (an account, or a strategy over all its accounts), seeded from

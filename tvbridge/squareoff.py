@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from tvbridge.broker import BrokerError
+from tvbridge.broker import BrokerError, OpenOrder, OrderState
 from tvbridge.flatten import FlattenPlan, FlattenReport, execute
-from tvbridge.keys import BROKERS, CALENDAR, CONFIG, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
-from tvbridge.models import Product
+from tvbridge.halt import halt_path, read_halt
+from tvbridge.keys import BROKERS, CALENDAR, CONFIG, EXECUTOR, JOURNAL, NOW, ORDER_LOG, SQUARE_OFF, STRATEGY_BOOK
+from tvbridge.models import Product, Side
+from tvbridge.notify import event
+from tvbridge.positions import position_of_key
 from tvbridge.sessions import EXCHANGE_TZ, EXCHANGES
-from tvbridge.strategies import use_strategy
+from tvbridge.strategies import halted_reason, use_strategy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,6 +60,10 @@ class SquareOff:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._lock = asyncio.Lock()
+        self._halt_logged: set[tuple[str, str, str]] = set()
+        self._done: set[tuple[str, str, str]] = set()
+        """(strategy, account, source) of the runs this process started: a run whose journal entry could not
+        be written is not found by `has_run` and must still not repeat every poll."""
 
     def _trading_day(self, now: datetime) -> bool:
         day = now.astimezone(EXCHANGE_TZ).date()
@@ -77,13 +84,48 @@ class SquareOff:
                     continue
                 source = f"{SOURCE} {now.astimezone(EXCHANGE_TZ).date().isoformat()}"
                 for account in config.accounts_of(name):
+                    if (name, account, source) in self._done:
+                        continue
                     if await app[JOURNAL].has_run(strategy=name, source=source, account=account):
+                        self._done.add((name, account, source))
+                        continue
+                    if self._halted(name, account, source):
                         continue
                     with use_strategy(name):
-                        report = await self._square_off(name, account, source)
+                        async with app[EXECUTOR].exit_lock(account):  # not beside an EXIT_ALL reading it too
+                            report = await self._square_off(name, account, source)
                     if report is not None:
                         reports.append(report)
             return reports
+
+    def _halted(self, name: str, account: str, source: str) -> bool:
+        """A halt (global, or the strategy's) means "send nothing": the square-off waits (logged once) and runs
+        when the halt is lifted the same day, while the market is open."""
+        data_dir = self._app[CONFIG].server.data_dir
+        halt = read_halt(halt_path(data_dir))
+        reason = f"trading halted: {halt.reason or 'halted'}" if halt is not None else None
+        if reason is None and (strategy_reason := halted_reason(data_dir, name)) is not None:
+            reason = f"strategy {name} halted: {strategy_reason}"
+        if reason is None:
+            return False
+        if (name, account, source) not in self._halt_logged:
+            self._halt_logged.add((name, account, source))
+            log.warning("strategy.square_off_skipped", account=account, source=source, reason=reason)
+        return True
+
+    def _closed_now(self, exchanges: set[str], account: str, source: str) -> set[str]:
+        """The exchanges in `exchanges` whose session is not open now (a holiday, after the close): their
+        contracts are left alone (an order to a closed market is refused, or waits for the next open)."""
+        now = self._app[NOW]()
+        closed = {e for e in exchanges if not self._app[CALENDAR].is_open(e, now)}
+        if closed:
+            log.warning(
+                "strategy.square_off_skipped",
+                account=account,
+                source=source,
+                reason=f"market closed now: {', '.join(sorted(closed))}",
+            )
+        return closed
 
     async def _square_off(self, name: str, account: str, source: str) -> FlattenReport | None:
         app = self._app
@@ -92,21 +134,47 @@ class SquareOff:
             mine = await app[JOURNAL].strategy_orders(name, account)
             listed = await broker.open_orders() if mine and broker.capabilities.orders else []
             cancels = [o for o in listed if o.client_order_id in mine]
+            if broker.capabilities.brackets:  # its brackets by entry order id: the whole bracket goes
+                known = {o.order_id for o in cancels}
+                for order_id, key, side, quantity in await app[JOURNAL].bracket_entries(name, account):
+                    if order_id not in known:
+                        cancels.append(_bracket(order_id, key, side, quantity))
             positions = [
-                p for p in await app[STRATEGY_BOOK].open_positions(name, account) if p.product is Product.INTRADAY
+                p
+                for p in await app[STRATEGY_BOOK].open_positions(name, account, broker)
+                if p.product is Product.INTRADAY
             ]
         except BrokerError as e:
             log.error("strategy.square_off_failed", account=account, error=str(e))
             return None  # nothing was done or recorded: the next poll tries again
-        plan = FlattenPlan(account=account, cancels=tuple(cancels), positions=tuple(positions))
-        report = await execute(
-            plan,
-            broker,
-            broker_name=app[CONFIG].broker_of(account),
-            journal=app[JOURNAL],
-            order_log=app[ORDER_LOG],
-            source=source,
+        closed = self._closed_now(
+            {p.contract.exchange.value for p in positions} | {o.contract.exchange.value for o in cancels},
+            account,
+            source,
         )
+        positions = [p for p in positions if p.contract.exchange.value not in closed]
+        cancels = [o for o in cancels if o.contract.exchange.value not in closed]
+        plan = FlattenPlan(account=account, cancels=tuple(cancels), positions=tuple(positions))
+        self._done.add((name, account, source))  # from here on, never again today in this process
+        try:
+            report = await execute(
+                plan,
+                broker,
+                broker_name=app[CONFIG].broker_of(account),
+                journal=app[JOURNAL],
+                order_log=app[ORDER_LOG],
+                source=source,
+                record_required=True,
+            )
+        except Exception as e:  # noqa: BLE001 - its journal entry failed (any error): nothing was sent
+            log.error("strategy.square_off_not_recorded", account=account, source=source, error=str(e))
+            event(
+                app,
+                "journal_error",
+                f"square-off of strategy {name} on {account} NOT run ({source}): its journal entry failed"
+                f" ({type(e).__name__}); nothing was sent and it is not retried today: check and close by hand",
+            )
+            return None
         log.warning(
             "strategy.squared_off",
             account=account,
@@ -116,6 +184,20 @@ class SquareOff:
             closed=len(positions),
         )
         return report
+
+
+def _bracket(order_id: str, key: str, side: str, quantity: int) -> OpenOrder:
+    """A bracket of the strategy's, named by its entry's order id (cancelling it cancels the stop and target)."""
+    position = position_of_key(key, quantity)
+    return OpenOrder(
+        order_id=order_id,
+        state=OrderState.OPEN,
+        contract=position.contract,
+        side=Side(side),
+        quantity=quantity,
+        product=position.product,
+        details={"bracket": True},
+    )
 
 
 async def _schedule(square_off: SquareOff) -> None:

@@ -24,25 +24,27 @@ import contextlib
 import hashlib
 import hmac
 from contextvars import ContextVar
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import structlog
 
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import HaltedError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.models import Side
-from tvbridge.positions import book, book_key, closing_leg, position_of_key, share
+from tvbridge.positions import book, book_key, clamp, closing_leg, position_of_key, share
 from tvbridge.sessions import EXCHANGE_TZ
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
     from typing import Any
 
-    from tvbridge.broker import Position
+    from tvbridge.broker import Broker, Position
     from tvbridge.config import Config, StrategyConfig
+    from tvbridge.followup import FollowUp
     from tvbridge.models import CancelLeg, OrderLeg
     from tvbridge.store import Store
 
@@ -50,6 +52,10 @@ log = structlog.get_logger()
 
 DEFAULT: Final = DEFAULT_STRATEGY
 _CURRENT: ContextVar[str] = ContextVar("tvbridge_strategy", default=DEFAULT)
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def current_strategy() -> str:
@@ -180,22 +186,50 @@ class StrategyBook:
     journal (`Journal.fills`, summed by `positions.book`): nothing is kept in memory, so a restart, the queue
     and crash recovery all see the same book."""
 
-    def __init__(self, journal: Store, strategies: Mapping[str, StrategyConfig]) -> None:
+    def __init__(
+        self,
+        journal: Store,
+        strategies: Mapping[str, StrategyConfig],
+        wall: Callable[[], datetime] = _wall_now,
+        followup: FollowUp | None = None,
+    ) -> None:
         self._journal = journal
         self._strategies = strategies
+        self._followup = followup
+        self._wall = wall
+        """The journal's own clock (its stamps are wall time): what "today" is for intraday fills."""
 
-    async def own(self, strategy: str, account: str, leg: OrderLeg) -> int:
-        """The strategy's net position (signed units) in `leg`'s contract and product on `account`."""
+    def _since(self) -> str:
+        """The start of today's exchange day as the journal stamps it: intraday fills before it are gone."""
+        local = self._wall().astimezone(EXCHANGE_TZ)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC).isoformat()
+
+    async def _book(self, account: str, key: str | None = None, *, settle: bool = True) -> dict[tuple[str, str], int]:
+        if settle and self._followup is not None:
+            # a fill the broker made since order follow-up's last look would be missing from the share
+            unsettled = await self._journal.unsettled(account, key)
+            if unsettled:
+                await self._followup.settle(account, unsettled)
+        return book(await self._journal.fills(account, key), intraday_since=self._since())
+
+    async def own(self, strategy: str, account: str, leg: OrderLeg, broker: Broker | None = None) -> int:
+        """The strategy's net position (signed units) in `leg`'s contract and product on `account`, cut to what
+        the broker holds there (`positions.clamp`) when `broker` is given and the book is not flat."""
         key = book_key(leg)
-        return book(await self._journal.fills(account, key)).get((strategy, key), 0)
+        own = (await self._book(account, key)).get((strategy, key), 0)
+        if own == 0 or broker is None or not broker.capabilities.positions:
+            return own
+        held = sum(p.net_quantity for p in await broker.positions(leg) if p.product is leg.product)
+        return clamp(own, held)
 
     async def share(self, account: str, leg: OrderLeg, found: list[Position]) -> list[Position]:
         """The running strategy's share of the broker's positions `found` in `leg`'s contract: a named
-        strategy's own fills; `default`'s, what the broker holds beyond the named strategies'. A broker net that
+        strategy's own fills; `default`'s, what the broker holds beyond the named strategies'; either cut to the
+        broker's net (`positions.clamp`: never more than it holds, never the other side). A broker net that
         is not the sum of every strategy's fills is logged (`strategy.position_mismatch`)."""
         strategy = current_strategy()
         key = book_key(leg)
-        net = book(await self._journal.fills(account, key))
+        net = await self._book(account, key)
         held = sum(p.net_quantity for p in found if p.product is leg.product)
         ours = {s: v for (s, _key), v in net.items()}
         if sum(ours.values()) != held:
@@ -209,7 +243,7 @@ class StrategyBook:
             )
         named = sum(v for s, v in ours.items() if s != DEFAULT)
         mine = held - named if strategy == DEFAULT else ours.get(strategy, 0)
-        return share(leg, found, mine)
+        return share(leg, found, clamp(mine, held))
 
     async def own_brackets(self, account: str, leg: OrderLeg) -> list[str]:
         """Order ids of the running strategy's brackets still open in `leg`'s contract on `account`: EXIT_ALL
@@ -230,7 +264,7 @@ class StrategyBook:
     async def rows(self, account: str, positions: Sequence[Position]) -> list[dict[str, Any]]:
         """For `/status`: every strategy's position on `account`, and each contract where the broker's net
         (`positions`, all of the account's) is not the strategies' sum (`mismatch`)."""
-        net = book(await self._journal.fills(account))
+        net = await self._book(account, settle=False)  # the status page asks no broker
         held: dict[str, int] = {}
         for p in positions:
             key = book_key(closing_leg(p))
@@ -253,7 +287,30 @@ class StrategyBook:
                 )
         return out
 
-    async def open_positions(self, strategy: str, account: str) -> list[Position]:
-        """The strategy's open positions on `account`, as flatten closes them (square-off)."""
-        net = book(await self._journal.fills(account))
-        return [position_of_key(key, v) for (s, key), v in sorted(net.items()) if s == strategy]
+    async def open_positions(self, strategy: str, account: str, broker: Broker) -> list[Position]:
+        """The strategy's open positions on `account`, as flatten closes them (square-off): each cut to what the
+        broker holds in that contract (`positions.clamp`), so a position closed elsewhere is not closed again."""
+        net = await self._book(account)
+        mine = [position_of_key(key, v) for (s, key), v in sorted(net.items()) if s == strategy]
+        if not mine:
+            return []
+        held: dict[str, int] = {}
+        for p in await broker.positions():
+            key = book_key(closing_leg(p))
+            held[key] = held.get(key, 0) + p.net_quantity
+        out = []
+        for p in mine:
+            key = book_key(closing_leg(p))
+            cut = clamp(p.net_quantity, held.get(key, 0))
+            if cut != p.net_quantity:
+                log.warning(
+                    "strategy.position_mismatch",
+                    account=account,
+                    contract=key,
+                    broker_net=held.get(key, 0),
+                    strategy_net=p.net_quantity,
+                    closes=cut,
+                )
+            if cut:
+                out.append(attrs.evolve(p, net_quantity=cut))
+        return out

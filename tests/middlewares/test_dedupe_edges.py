@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig
 from tvbridge.journal import Journal
-from tvbridge.keys import JOURNAL, STATE
+from tvbridge.keys import DEDUPER, JOURNAL, STATE
 from tvbridge.middlewares.dedupe import Deduper, dedupe_key
 
 if TYPE_CHECKING:
@@ -234,23 +234,44 @@ async def test_a_journal_that_cannot_say_is_logged_with_the_503(make_client: Cli
     assert orders_received(config) == []
 
 
-async def test_claims_live_for_the_whole_window_and_are_dropped_after_it() -> None:
-    """The in-process claims: a claim answers repeats for exactly `window_s` (its last instant included), also
-    after its first copy was answered (a repeat then needs no journal read); claims older than the window are
-    dropped as new ones are made, so a long-running server's table stays as small as one window's alerts."""
+async def test_a_repeat_is_answered_by_the_journal_and_no_claim_outlives_its_first_copy(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A repeat within the window gets the first copy's answer and places nothing, also once the first copy is
+    answered and its in-process claim is gone (the journal's row answers it); the claims table holds only the
+    alerts still running, so a long-running server's memory stays flat whatever the rate x window."""
+    config = scripted(config)
+    client = await make_client(config)
+    first = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert first.status == 200
+    first_body = await first.json()
+    deduper = client.app[DEDUPER]
+    assert deduper.claims == {}  # answered: nothing of it is kept in memory
+    for _ in range(3):
+        repeat = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+        assert repeat.status == 200
+        body = await repeat.json()
+        assert body["status"] == "duplicate"
+        assert body["duplicate_of"] == first_body["alert_id"]
+        assert body["results"] == first_body["results"]
+    assert deduper.claims == {}
+    assert [o["symbol"] for o in orders_received(config)] == ["INFY"]
+
+
+async def test_a_claim_holds_while_its_first_copy_runs_and_a_failed_one_leaves_none() -> None:
+    """The in-process claim answers copies arriving while the first one runs, for at most `window_s`; released
+    (answered or failed) it is gone, and its waiters are told which."""
     deduper = Deduper(10.0, cast("Journal", None))
-    first = deduper.claim("k-first", "A1", 0.0)
-    deduper.release("k-first", first, answered=True)
-    assert deduper.live_claim("k-first", 10.0) is first  # its last instant
-    assert deduper.live_claim("k-first", 10.001) is None
-    edge = deduper.claim("k-edge", "A2", 10.0)
-    deduper.release("k-edge", edge, answered=True)
-    recent = deduper.claim("k-recent", "A3", 15.0)
-    deduper.release("k-recent", recent, answered=True)
-    running = deduper.claim("k-running", "A4", 5.0)  # its first copy has not been answered yet
-    deduper.claim("k-new", "A5", 20.0)
-    assert sorted(deduper.claims) == ["k-edge", "k-new", "k-recent", "k-running"]
-    failed = deduper.claim("k-failed", "A6", 21.0)
+    running = deduper.claim("k-running", "A1", 0.0)
+    assert deduper.live_claim("k-running", 10.0) is running  # its last instant
+    assert deduper.live_claim("k-running", 10.001) is None
+    answered = deduper.claim("k-answered", "A2", 1.0)
+    deduper.release("k-answered", answered, answered=True)
+    assert answered.answered.result() is True
+    assert deduper.live_claim("k-answered", 1.0) is None
+    failed = deduper.claim("k-failed", "A3", 2.0)
     deduper.release("k-failed", failed, answered=False)
-    assert deduper.live_claim("k-failed", 21.0) is None  # a failed first copy leaves no claim: the next one runs
+    assert failed.answered.result() is False
+    assert deduper.live_claim("k-failed", 2.0) is None  # a failed first copy leaves no claim: the next one runs
+    assert sorted(deduper.claims) == ["k-running"]
     assert running.answered.done() is False

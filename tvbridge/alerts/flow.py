@@ -35,6 +35,7 @@ from tvbridge.crashpoints import crash_point
 from tvbridge.deadline import answer_in_time
 from tvbridge.errors import HaltedError, RecordsError, ShuttingDownError
 from tvbridge.halt import halt_path, read_halt
+from tvbridge.journal import Journal
 from tvbridge.keys import (
     ALERT_ID,
     ARRIVED,
@@ -49,6 +50,7 @@ from tvbridge.keys import (
     PLAN_CHECKS,
     PLUGIN_FILES,
     RAW_ALERT,
+    RECORD_DIRS,
     SCHEDULER,
     SOURCE_IP,
     STATE,
@@ -144,10 +146,22 @@ def _leg_entry(plan: Plan, leg: LegPlan) -> LegEntry:
 def check_records(app: web.Application) -> None:
     """503 while the journal, the order log or a plugin's state file (`Broker.state_files()`: paper's database)
     is not the file that was opened (deleted or replaced under the server): an alert accepted into it would be
-    lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file)."""
-    problem = app[JOURNAL].problem() or app[ORDER_LOG].problem()
-    for identity in app.get(PLUGIN_FILES, ()):
+    lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file).
+    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`)."""
+    journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
+    unchanged = app[RECORD_DIRS]
+    if unchanged.directories is None:  # the record files stay the same for the process's life
+        files = [order_log.path, *(f.path for f in plugin_files)]
+        if isinstance(journal, Journal):  # a file of ours (a PostgreSQL store has none to watch)
+            files.append(journal.path)
+        unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
+    stamp = unchanged.stamp(unchanged.directories)
+    if unchanged.unchanged(stamp):
+        return
+    problem = journal.problem() or order_log.problem()
+    for identity in plugin_files:
         problem = problem or identity.problem()
+    unchanged.checked(stamp, clean=not problem)
     if problem:
         log.error("records.replaced", problem=problem)
         raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")

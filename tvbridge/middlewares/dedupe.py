@@ -29,8 +29,10 @@ placed nothing. A first copy answered 4xx/5xx (invalid, stale, journal unwritabl
 is not recorded under the key, so a corrected or resent alert runs (also a 429 from the per-strategy limit,
 the step after this one). A first copy answered 200 stays the first even when its status is `failed` (the
 broker rejected it): it was run, and running it again is a new decision (give it a new `id`).
-Claims older than the window are dropped as new ones are made, and a background task clears the journal's
-keys once they are out of the window.
+A claim lives only while its first copy runs: once that copy is answered (2xx) its row in the journal answers
+the repeats (every first copy reads the journal anyway, for the copies recorded before a restart), so the table
+holds the alerts in flight, not a window's worth of them, and memory stays flat however long the server runs.
+A background task clears the journal's keys once they are out of the window.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class Claim:
     alert_id: str
     at: float
     answered: asyncio.Future[bool]
-    """True: the first copy was answered 2xx and is in the journal; False: it failed, the claim is released."""
+    """True: the first copy was answered 2xx and is in the journal; False: it failed. Either way the claim is gone."""
 
 
 class Deduper:
@@ -107,8 +109,7 @@ class Deduper:
         self.window_s = window_s
         self.journal = journal
         self.claims: dict[str, Claim] = {}
-        self._pruned_at = float("-inf")
-        self._done: asyncio.Future[bool] | None = None
+        """The first copies still running, by key (see the module docstring)."""
 
     def live_claim(self, key: str, now: float) -> Claim | None:
         claim = self.claims.get(key)
@@ -117,28 +118,16 @@ class Deduper:
         return claim
 
     def claim(self, key: str, alert_id: str, now: float) -> Claim:
-        if now - self._pruned_at >= self.window_s:
-            self._pruned_at = now
-            self.claims = {k: c for k, c in self.claims.items() if not c.answered.done() or now - c.at <= self.window_s}
         claim = Claim(alert_id=alert_id, at=now, answered=asyncio.get_running_loop().create_future())
         self.claims[key] = claim
         return claim
 
     def release(self, key: str, claim: Claim, *, answered: bool) -> None:
-        if not answered and self.claims.get(key) is claim:
+        """The first copy is done: its waiters are woken, and a repeat from now on is answered by the journal."""
+        if self.claims.get(key) is claim:
             del self.claims[key]
         if not claim.answered.done():
             claim.answered.set_result(answered)
-        if answered:  # kept for the window: its own future (a third of a claim's memory) gives way to a shared one
-            claim.answered = self._answered()
-
-    def _answered(self) -> asyncio.Future[bool]:
-        """One future, done with True, for every answered claim of this loop (waiters were woken by their own)."""
-        loop = asyncio.get_running_loop()
-        if self._done is None or self._done.get_loop() is not loop:
-            self._done = loop.create_future()
-            self._done.set_result(True)
-        return self._done
 
     async def first_in_journal(self, key: str) -> dict[str, Any] | None:
         """The first copy's journal record within the window; `JournalError` (503) if the journal cannot say.

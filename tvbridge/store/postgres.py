@@ -739,11 +739,13 @@ class PostgresStore:
         rows = await self._read(
             lambda conn: conn.fetch(
                 "SELECT COALESCE(alerts.strategy, $1) AS strategy, legs.result::jsonb ->> 'position_key' AS key,"
-                " legs.result::jsonb ->> 'transaction' AS side, legs.filled_quantity AS filled, legs.bracket"
+                " legs.result::jsonb ->> 'transaction' AS side, legs.filled_quantity AS filled, legs.bracket,"
+                " alerts.received_at, alerts.alert_type"
                 " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
                 " WHERE legs.account = $2 AND legs.filled_quantity > 0"
                 " AND legs.result::jsonb ->> 'position_key' IS NOT NULL"
-                " AND ($3::text IS NULL OR legs.result::jsonb ->> 'position_key' = $3)",
+                " AND ($3::text IS NULL OR legs.result::jsonb ->> 'position_key' = $3)"
+                " ORDER BY alerts.received_at, legs.leg_number",
                 DEFAULT_STRATEGY,
                 account,
                 position_key,
@@ -756,9 +758,59 @@ class PostgresStore:
                 side=row["side"],
                 quantity=int(row["filled"]),
                 bracket=tuple(_json_or_none(row["bracket"]) or ()),
+                at=row["received_at"],
+                # as the SQLite journal's: an operator's flatten (square-off's runs under its strategy)
+                resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
             )
             for row in rows
         ]
+
+    async def unsettled(self, account: str, position_key: str | None = None) -> set[str]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT client_order_id FROM legs WHERE account = $1 AND client_order_id IS NOT NULL"
+                " AND result::jsonb ->> 'position_key' IS NOT NULL"
+                " AND ($2::text IS NULL OR result::jsonb ->> 'position_key' = $2)"
+                " AND (order_state = ANY($3::text[]) OR (bracket IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM jsonb_array_elements(bracket::jsonb) AS part"
+                " WHERE part ->> 'state' = ANY($3::text[]))))",
+                account,
+                position_key,
+                list(FOLLOWED),
+            )
+        )
+        return {row[0] for row in rows}
+
+    async def bracket_entries(self, strategy: str, account: str) -> list[tuple[str, str, str, int]]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT legs.order_id, legs.result::jsonb ->> 'position_key' AS key,"
+                " legs.result::jsonb ->> 'transaction' AS side, legs.result::jsonb ->> 'quantity' AS quantity"
+                " FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE COALESCE(alerts.strategy, $1) = $2 AND legs.account = $3 AND legs.order_id IS NOT NULL"
+                " AND legs.result::jsonb ->> 'position_key' IS NOT NULL AND legs.bracket IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(legs.bracket::jsonb) AS part"
+                " WHERE part ->> 'state' = ANY($4::text[])) ORDER BY alerts.received_at",
+                DEFAULT_STRATEGY,
+                strategy,
+                account,
+                list(FOLLOWED),
+            )
+        )
+        return [(row["order_id"], row["key"], row["side"], int(row["quantity"] or 0)) for row in rows]
+
+    async def order_strategies(self, account: str, order_id: str) -> set[str]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT DISTINCT COALESCE(alerts.strategy, $1) FROM legs JOIN alerts ON alerts.alert_id = legs.alert_id"
+                " WHERE legs.account = $2 AND (legs.order_id = $3 OR (legs.bracket IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM jsonb_array_elements(legs.bracket::jsonb) AS part WHERE part ->> 'order_id' = $3)))",
+                DEFAULT_STRATEGY,
+                account,
+                order_id,
+            )
+        )
+        return {row[0] for row in rows}
 
     async def strategy_orders(self, strategy: str, account: str) -> set[str]:
         rows = await self._read(
@@ -984,17 +1036,21 @@ class PostgresQueue:
 
         return await self._store.run_write(cancel)
 
-    async def claim_due(self, now: datetime) -> list[QueueEntry]:
+    async def claim_due(self, now: datetime, *, halted: Sequence[str] = ()) -> list[QueueEntry]:
         due = now.astimezone(UTC).isoformat()
 
         async def claim(conn: Conn) -> list[QueueEntry]:
             await _settle_dead_claims(conn)  # a leader that died mid-send: its rows come back (or are done)
             rows = await conn.fetch(
-                "UPDATE queue SET state = 'sending', updated_at = $1, claimed_by = $3 WHERE id IN (SELECT id FROM"
-                " queue WHERE state = 'queued' AND not_before <= $2 FOR UPDATE SKIP LOCKED)"
+                "UPDATE queue SET state = 'sending', updated_at = $1, claimed_by = $4 WHERE id IN (SELECT id FROM"
+                " queue WHERE state = 'queued' AND not_before <= $2"
+                # not a halted strategy's: it stays queued until resumed
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
+                " AND alerts.strategy = ANY($3::text[])) FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, alert_id, account, not_before, reason, 'queued' AS state, created_at",  # as SqliteQueue
                 _now(),
                 due,
+                list(halted),
                 self._store.instance,
             )
             return sorted((entry_of(row) for row in rows), key=lambda e: (e.not_before, e.id))
@@ -1026,9 +1082,13 @@ class PostgresQueue:
             )
         )
 
-    async def next_due(self) -> datetime | None:
+    async def next_due(self, *, halted: Sequence[str] = ()) -> datetime | None:
         first = await self._store.run_read(
-            lambda conn: conn.fetchval("SELECT MIN(not_before) FROM queue WHERE state = 'queued'")
+            lambda conn: conn.fetchval(
+                "SELECT MIN(not_before) FROM queue WHERE state = 'queued' AND NOT EXISTS (SELECT 1 FROM alerts"
+                " WHERE alerts.alert_id = queue.alert_id AND alerts.strategy = ANY($1::text[]))",
+                list(halted),
+            )
         )
         return datetime.fromisoformat(first) if first else None
 
