@@ -664,7 +664,21 @@ def load_config(
             raise ConfigError(
                 f"accounts.{account}.quantity_unit: must be one of {', '.join(QUANTITY_UNITS)}, got {unit!r}"
             )
+    _check_lease(config)
     return config
+
+
+def _check_lease(config: Config) -> None:
+    """Several instances: a send in flight must end before its alert can be taken over (a second sender), so
+    the lease outlasts the slowest broker call (`PostgresStore.mark_sending` extends it before each send)."""
+    if not config.journal.url:
+        return
+    slowest = max((config.broker_timeout_of(account) for account in config.accounts), default=0.0)
+    if config.journal.leader_lease_s <= slowest:
+        raise ConfigError(
+            f"journal.leader_lease_s: must exceed the largest accounts.*.broker_timeout_s ({slowest:g} s), got"
+            f" {config.journal.leader_lease_s:g}"
+        )
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:

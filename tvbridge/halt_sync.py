@@ -50,24 +50,45 @@ class HaltSync:
         """The shared row's version at the last look; -1 before the first."""
 
     async def once(self) -> None:
+        """One round. `_local` becomes what this round read from the file or wrote to it, never a re-read after
+        the database's awaits: a halt written meanwhile (`tvbridge halt` on this machine) differs from it, so the
+        next round shares it instead of taking it for the file as already synced."""
         local = read_halt(self._path)
         version, shared = await self._store.shared_halt()
         if self._version < 0:  # the first look: a halt on either side is a halt on both
             if local is not None and shared is None:
-                version = await self._store.share_halt(local)
+                version, local = await self._share(local, version)
             elif shared is not None and local != shared:
-                write_halt(self._path, shared)
+                local = self._write_file(shared)
         elif local != self._local:  # changed here: tell the others
-            version = await self._store.share_halt(local)
-            log.warning("halt.shared", halted=local is not None, reason=local.reason if local else None)
+            version, local = await self._share(local, version)
         elif version != self._version:  # changed on another instance
-            if shared is None:
-                clear_halt(self._path)
-            else:
-                write_halt(self._path, shared)
+            local = self._write_file(shared)
             log.warning("halt.synced", halted=shared is not None, reason=shared.reason if shared else None)
-        self._local = read_halt(self._path)
+        self._local = local
         self._version = version
+
+    async def _share(self, local: Halt | None, version: int) -> tuple[int, Halt | None]:
+        """Share this file's state if the shared row is still at `version` (compare-and-set): when another
+        instance changed it meanwhile, a halt on either side wins (when in doubt, trade nothing), and a resume
+        here over a halt there is not applied (the file takes the other's halt)."""
+        shared_version = await self._store.share_halt(local, expected=version)
+        if shared_version is not None:
+            log.warning("halt.shared", halted=local is not None, reason=local.reason if local else None)
+            return shared_version, local
+        version, shared = await self._store.shared_halt()
+        if shared is None and local is not None:  # the other resumed: this halt still stands
+            return await self._share(local, version)
+        log.warning("halt.share_conflict", halted=shared is not None, reason=shared.reason if shared else None)
+        return version, self._write_file(shared)
+
+    def _write_file(self, shared: Halt | None) -> Halt | None:
+        """This instance's file set to `shared`; returns what the file says now (written, so read back at once)."""
+        if shared is None:
+            clear_halt(self._path)
+        else:
+            write_halt(self._path, shared)
+        return read_halt(self._path)
 
     async def loop(self) -> None:
         failing = False

@@ -527,7 +527,7 @@ class Journal:
     async def shared_halt(self) -> tuple[int, Halt | None]:
         return 0, None
 
-    async def share_halt(self, halt: Halt | None) -> int:  # noqa: ARG002 - the Store interface
+    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:  # noqa: ARG002 - the Store interface
         return 0
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:

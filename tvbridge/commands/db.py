@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final
 
 from tvbridge.errors import ConfigError, JournalError
+from tvbridge.store import connect_failure
 
 if TYPE_CHECKING:
     import argparse
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace, config: Config) -> int:  # noqa: ARG001 - one 
     except JournalError:
         raise
     except Exception as e:
-        raise JournalError(f"the PostgreSQL journal cannot be migrated: {type(e).__name__}: {e}") from e
+        # never a parse error's text: it may quote the password (`connect_failure`)
+        raise JournalError(f"the PostgreSQL journal cannot be migrated: {connect_failure(e)}") from e
     print(f"schema version {after}" + (f" (was {before})" if before != after else ": up to date"))
     return 0
 

@@ -197,8 +197,9 @@ class Store(AlertJournal, Protocol):
         halt file is the switch, `tvbridge/halt.py`)."""
         ...
 
-    async def share_halt(self, halt: Halt | None) -> int:
-        """Set the shared kill switch; returns its version (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
+    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
+        """Set the shared kill switch if its version is still `expected`; returns its new version, None when
+        another instance changed it first (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
         ...
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
@@ -238,3 +239,17 @@ def open_store(config: Config) -> Store:
         synchronous=config.journal.synchronous,
         probe_bytes=config.limits.max_body_bytes,
     )
+
+
+UNPARSABLE_URL = "journal.url cannot be parsed (percent-encode the password)"
+
+
+def connect_failure(e: BaseException) -> str:
+    """What an operator may read about a failure to reach the database at `journal.url`.
+
+    The driver's URL parser quotes the pieces it chokes on (an unencoded `/` or `#` in the password turns the
+    password into the "port"), so a `ValueError` (asyncpg's `ClientConfigurationError` is one) is named only as
+    the URL being unparsable: the text would carry the password."""
+    if isinstance(e, ValueError):
+        return UNPARSABLE_URL
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,8 +1,9 @@
 """The PostgreSQL store's schema, versioned: `tvbridge db migrate`, and every start, bring a database up to date.
 
-Each entry of `MIGRATIONS` is applied once, in order, in its own transaction with the `schema_version` row that
-records it, under a transaction-level advisory lock: two instances starting at the same moment migrate once
-(the second waits, then finds nothing left to do). A database newer than this release (a later version rolled
+Each entry of `MIGRATIONS` is applied once, in order, each with the `schema_version` row that records it, all
+missing ones in ONE transaction under a transaction-level advisory lock: a failure leaves the database at the
+version it had (nothing half-applied), and two instances starting at the same moment migrate once (the second
+waits, then finds nothing left to do). A database newer than this release (a later version rolled
 back) is refused rather than written in a shape this code does not know.
 
 Columns keep the SQLite journal's types and text forms (times as ISO-8601 UTC text, JSON as text), so both
@@ -134,6 +135,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE alerts ADD COLUMN strategy TEXT;
     CREATE INDEX legs_filled ON legs (account) WHERE filled_quantity > 0;
+    """,
+    # 6: the instance sending a claimed queue row: a new leader never re-sends what a living one is sending
+    """
+    ALTER TABLE queue ADD COLUMN claimed_by TEXT;
     """,
 )
 LATEST: Final = len(MIGRATIONS)

@@ -35,6 +35,7 @@ from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
 from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
+from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
 from tvbridge.strategies import current_strategy
 
@@ -56,10 +57,17 @@ RESULTS_TIMEOUT_S: Final = 10.0
 """The bound on an alert's results handed over after its answer (`record_results`): nothing waits on them but
 the repeat's look-up, so a busy database gets longer than on the answer's path before they are given up."""
 POOL_SIZE: Final = 10
+DATABASE_TROUBLE: Final = "the PostgreSQL database cannot be reached or refused the operation"
 CLAIM_STALE_S: Final = 10.0
 """A dedupe claim whose alert is still unrecorded after this long was left by a copy that failed: taken over."""
 FOLLOWED: Final = tuple(FOLLOWED_STATES)
 LEADER_LOCK: Final = 0x7476_6272_6467_0002
+LEADER_LOCK_PARTS: Final = (LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFF_FFFF)
+"""A bigint advisory lock as `pg_locks` shows it: its high half as `classid`, its low half as `objid`."""
+HOLDS_LEADER_LOCK: Final = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+    " AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1)"
+)
 """The advisory lock the leader holds for the scheduled work (a session lock: it goes with its connection)."""
 
 
@@ -88,6 +96,16 @@ def numbered_placeholders(sql: str) -> str:
             numbered.append(f"${count}{piece}")
         parts[i] = "".join(numbered)
     return "'".join(parts)
+
+
+def db_time(expression: str) -> str:
+    """SQL for the timestamptz `expression` as the ISO text the tables keep (the form `_now()` writes)."""
+    return f"to_char(({expression}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+
+
+DB_NOW: Final = db_time("clock_timestamp()")
+"""The database's clock, as ISO text: what leases and claims are stamped with (one clock for every instance)."""
+LEASE_ALIVE: Final = "instances.lease_until::timestamptz > clock_timestamp()"
 
 
 def _now() -> str:
@@ -127,6 +145,7 @@ class PostgresStore:
         that alert waits for it (read-your-writes), and only for it."""
         self._leader: asyncpg.Connection | None = None
         self._leading = False
+        self._leader_lock = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -142,8 +161,8 @@ class PostgresStore:
             raise
         except Exception as e:
             await self.close()
-            # the error's text, never the URL: it may carry the password
-            raise JournalError(f"the PostgreSQL journal cannot be opened: {type(e).__name__}: {e}") from e
+            # never the URL, nor a parse error's text: either may carry the password
+            raise JournalError(f"the PostgreSQL journal cannot be opened: {connect_failure(e)}") from e
 
         self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
 
@@ -155,7 +174,8 @@ class PostgresStore:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._hand_leadership_over()
+        async with self._leader_lock:
+            await self._hand_leadership_over()
         if self._pool is not None:
             # a clean stop hands its leftovers over at once
             with contextlib.suppress(JournalError):
@@ -174,19 +194,18 @@ class PostgresStore:
         return ""
 
     async def _renew_lease(self) -> None:
-        now = time.time()
-        started = datetime.fromtimestamp(now, UTC).isoformat()
-        until = datetime.fromtimestamp(now + self.lease_s, UTC).isoformat()
+        """The lease runs on the database's clock, set and compared there (`DB_NOW`, `LEASE_ALIVE`): a machine
+        whose clock runs fast must not see a living instance's lease as expired and take its alerts over."""
 
         async def renew(conn: Conn) -> int:
             await conn.execute(
-                "INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, $2, $3)"
+                f"INSERT INTO instances (instance_id, started_at, lease_until) VALUES ($1, {DB_NOW},"  # noqa: S608 - constants
+                f" {db_time('clock_timestamp() + make_interval(secs => $2)')})"
                 " ON CONFLICT (instance_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
                 self.instance,
-                started,
-                until,
+                self.lease_s,
             )
-            alive = await conn.fetchval("SELECT COUNT(*) FROM instances WHERE lease_until > $1", started)
+            alive = await conn.fetchval(f"SELECT COUNT(*) FROM instances WHERE {LEASE_ALIVE}")  # noqa: S608 - constants
             return int(alive or 1)
 
         self.live_instances = await self._run(renew, write=True, observe=False)
@@ -203,7 +222,14 @@ class PostgresStore:
     async def is_leader(self) -> bool:
         """Whether this instance runs the scheduled work now: it holds the leader's advisory lock on a connection
         of its own. The lock goes with the connection, so a leader that dies (or loses the database) frees it, and
-        the next instance to ask takes it; TCP keepalives bound how long a silently dead leader keeps it."""
+        the next instance to ask takes it; TCP keepalives bound how long a silently dead leader keeps it.
+
+        The queue loop and the square-off loop ask concurrently: one question at a time (`_leader_lock`), or two
+        would share the connection ("another operation is in progress"), or each open one and orphan a lock."""
+        async with self._leader_lock:
+            return await self._ask_leadership()
+
+    async def _ask_leadership(self) -> bool:
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_S):
                 if self._leader is None or self._leader.is_closed():
@@ -219,8 +245,10 @@ class PostgresStore:
                             "tcp_keepalives_count": "2",
                         },
                     )
-                if self._leading:
-                    await self._leader.fetchval("SELECT 1")  # still connected, so still holding it
+                if self._leading:  # still holding it? (this backend, not merely a live connection)
+                    self._leading = bool(await self._leader.fetchval(HOLDS_LEADER_LOCK, *LEADER_LOCK_PARTS))
+                    if not self._leading:
+                        log.warning("store.leader_lost", instance=self.instance)
                 else:
                     self._leading = bool(await self._leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
                     if self._leading:
@@ -270,7 +298,10 @@ class PostgresStore:
             raise JournalError(f"journal refused the write: {e}") from e
         except Exception as e:
             self.healthy = False
-            self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            # /health shows it to whoever asks: the driver's text names the host, port and user, so it stays in
+            # the log (for the operator) and the answer says only what kind of trouble it is
+            self.last_error = DATABASE_TROUBLE
+            log.warning("store.database_error", error=connect_failure(e))
             if write:
                 raise JournalError("journal unwritable: the alert was not recorded") from e
             raise JournalError("journal unreadable: the database cannot be reached") from e
@@ -301,11 +332,10 @@ class PostgresStore:
         async def insert(conn: Conn) -> None:
             if entry.dedupe_key is not None:  # still ours? (a claim left stale is taken over: `claim_dedupe`)
                 holder = await conn.fetchval(
-                    "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
+                    f"INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, {DB_NOW})"  # noqa: S608 - constants
                     " ON CONFLICT (dedupe_key) DO UPDATE SET dedupe_key = EXCLUDED.dedupe_key RETURNING alert_id",
                     entry.dedupe_key,
                     alert_id,
-                    now,
                 )
                 if holder != alert_id:
                     raise ClaimLostError(f"an identical alert ({holder}) is being accepted elsewhere; resend later")
@@ -438,11 +468,22 @@ class PostgresStore:
         await self._write(record)
 
     async def mark_sending(self, alert_id: str, account: str, leg_number: int, done: LegResult | None) -> None:
-        """Fenced: an instance whose alert was taken over by another (its lease expired) cannot mark a leg
-        `sending`, so it never sends it."""
+        """Fenced: an instance whose alert was taken over by another, or whose lease has expired (another may
+        take it over at any moment), cannot mark a leg `sending`, so it never sends it. In the same transaction
+        the lease is extended to at least `lease_s` from now: the broker call that follows (bounded by
+        `broker_timeout_s`, which the config keeps below `leader_lease_s`) ends before anyone can take over."""
 
         async def mark(conn: Conn) -> None:
             await self._own(conn, alert_id)
+            extended = await conn.execute(
+                "UPDATE instances SET lease_until ="  # noqa: S608 - constants
+                f" {db_time('greatest(lease_until::timestamptz, clock_timestamp() + make_interval(secs => $2))')}"
+                f" WHERE instance_id = $1 AND {LEASE_ALIVE}",
+                self.instance,
+                self.lease_s,
+            )
+            if extended == "UPDATE 0":
+                raise LeaseLostError(f"this instance's lease has expired: alert {alert_id} is not sent from here")
             if done is not None:
                 await _update_leg(conn, alert_id, done)
             await conn.execute(
@@ -604,19 +645,18 @@ class PostgresStore:
         never recorded belongs to a copy that failed without releasing it (its instance died, or lost the
         database): both are taken over. The old holder cannot record its alert after that (`record_alert`
         checks the claim in its transaction)."""
-        stale = datetime.fromtimestamp(time.time() - CLAIM_STALE_S, UTC).isoformat()
 
-        async def claim(conn: Conn) -> str | None:
+        async def claim(conn: Conn) -> str | None:  # staleness on the database's clock, as leases
             won = await conn.fetchval(
-                "INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, $3)"
+                f"INSERT INTO dedupe_claims (dedupe_key, alert_id, claimed_at) VALUES ($1, $2, {DB_NOW})"  # noqa: S608 - constants
                 " ON CONFLICT (dedupe_key) DO UPDATE SET alert_id = EXCLUDED.alert_id,"
-                " claimed_at = EXCLUDED.claimed_at WHERE dedupe_claims.claimed_at < $4 OR (dedupe_claims.claimed_at"
-                " < $5 AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.dedupe_key = $1)) RETURNING alert_id",
+                " claimed_at = EXCLUDED.claimed_at WHERE dedupe_claims.claimed_at < $3 OR"
+                " (dedupe_claims.claimed_at::timestamptz < clock_timestamp() - make_interval(secs => $4)"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.dedupe_key = $1)) RETURNING alert_id",
                 dedupe_key,
                 alert_id,
-                _now(),
                 since,
-                stale,
+                CLAIM_STALE_S,
             )
             if won is not None:
                 return None
@@ -626,9 +666,17 @@ class PostgresStore:
         return await self._write(claim)
 
     async def release_dedupe(self, dedupe_key: str, alert_id: str) -> None:
+        """Give back the claim of a copy that was refused before it was recorded. A recorded alert keeps its claim
+        whatever it answered: one that failed after its orders went out (a 503 when its results could not be
+        written) would otherwise let TradingView's resend win a fresh claim and place them again; kept, the resend
+        finds the journaled alert and is answered as a duplicate, as on SQLite. An alert recorded as a refusal
+        (stale, invalid) is journaled without its key: its claim goes, so the corrected resend runs."""
         await self._write(
             lambda conn: conn.execute(
-                "DELETE FROM dedupe_claims WHERE dedupe_key = $1 AND alert_id = $2", dedupe_key, alert_id
+                "DELETE FROM dedupe_claims WHERE dedupe_key = $1 AND alert_id = $2"
+                " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = $2 AND alerts.dedupe_key = $1)",
+                dedupe_key,
+                alert_id,
             )
         )
 
@@ -646,15 +694,13 @@ class PostgresStore:
         """The unfinished alerts this instance must finish now, oldest first: those of instances whose lease has
         expired (killed, or cut off from the database), taken over in one statement so two living instances
         never take the same one. This instance's own running alerts are never in it."""
-        now = _now()
         rows = await self._write(
             lambda conn: conn.fetch(
-                "UPDATE alerts SET owner = $1 WHERE status = $2 AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS"
-                " (SELECT 1 FROM instances WHERE instances.instance_id = alerts.owner AND lease_until > $3)))"
+                "UPDATE alerts SET owner = $1 WHERE status = $2 AND (owner IS NULL OR (owner <> $1 AND NOT EXISTS"  # noqa: S608 - constants
+                f" (SELECT 1 FROM instances WHERE instances.instance_id = alerts.owner AND {LEASE_ALIVE})))"
                 " RETURNING alert_id, received_at",
                 self.instance,
                 UNFINISHED,
-                now,
             )
         )
         return [row["alert_id"] for row in sorted(rows, key=lambda row: (row["received_at"], row["alert_id"]))]
@@ -875,19 +921,21 @@ class PostgresStore:
         halt = Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None
         return int(row["version"]), halt
 
-    async def share_halt(self, halt: Halt | None) -> int:
-        """Set the shared kill switch (halted, or not with None); returns its new version."""
+    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
+        """Set the shared kill switch (halted, or not with None) if its version is still `expected`; returns its
+        new version, or None when another instance changed it first (compare-and-set: nothing overwritten)."""
         version = await self._write(
             lambda conn: conn.fetchval(
                 "UPDATE halt SET version = version + 1, halted = $1, reason = $2, since = $3, by_whom = $4"
-                " WHERE id = 1 RETURNING version",
+                " WHERE id = 1 AND version = $5 RETURNING version",
                 halt is not None,
                 halt.reason if halt else "",
                 halt.since if halt else "",
                 halt.by if halt else "",
+                expected,
             )
         )
-        return int(version)
+        return None if version is None else int(version)
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
         """Nothing: the PostgreSQL schema is migrated as a whole (`tvbridge.store.migrations`)."""
@@ -1003,9 +1051,10 @@ class PostgresQueue:
         due = now.astimezone(UTC).isoformat()
 
         async def claim(conn: Conn) -> list[QueueEntry]:
+            await _settle_dead_claims(conn)  # a leader that died mid-send: its rows come back (or are done)
             rows = await conn.fetch(
-                "UPDATE queue SET state = 'sending', updated_at = $1 WHERE id IN (SELECT id FROM queue"
-                " WHERE state = 'queued' AND not_before <= $2"
+                "UPDATE queue SET state = 'sending', updated_at = $1, claimed_by = $4 WHERE id IN (SELECT id FROM"
+                " queue WHERE state = 'queued' AND not_before <= $2"
                 # not a halted strategy's: it stays queued until resumed
                 " AND NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.alert_id = queue.alert_id"
                 " AND alerts.strategy = ANY($3::text[])) FOR UPDATE SKIP LOCKED)"
@@ -1013,6 +1062,7 @@ class PostgresQueue:
                 _now(),
                 due,
                 list(halted),
+                self._store.instance,
             )
             return sorted((entry_of(row) for row in rows), key=lambda e: (e.not_before, e.id))
 
@@ -1032,11 +1082,14 @@ class PostgresQueue:
         )
 
     async def mark(self, alert_id: str, accounts: Iterable[str], state: str) -> None:
+        """Only rows this instance claimed (or nobody did): a send refused at `hand_over` marks nothing of the
+        instance that holds them now."""
         names = list(accounts)
         await self._store.run_write(
             lambda conn: conn.executemany(
-                "UPDATE queue SET state = $1, updated_at = $2 WHERE alert_id = $3 AND account = $4",
-                [(state, _now(), alert_id, account) for account in names],
+                "UPDATE queue SET state = $1, updated_at = $2 WHERE alert_id = $3 AND account = $4"
+                " AND (claimed_by IS NULL OR claimed_by = $5)",
+                [(state, _now(), alert_id, account, self._store.instance) for account in names],
             )
         )
 
@@ -1051,21 +1104,27 @@ class PostgresQueue:
         return datetime.fromisoformat(first) if first else None
 
     async def after_crash(self) -> None:
-        """As `tvbridge.alertqueue._after_crash`. With several instances this runs at each one's start, and a row
-        another live instance is sending right now looks the same: issue 20's leader lease is what will make
-        only the scheduler's own instance do this (not built yet; docs/postgresql.md)."""
-
-        async def recover(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE queue SET state = 'queued' WHERE state = 'sending' AND EXISTS (SELECT 1 FROM legs WHERE"
-                " legs.alert_id = queue.alert_id AND legs.account = queue.account AND legs.state = 'queued')"
-            )
-            await conn.execute("UPDATE queue SET state = 'sent' WHERE state = 'sending'")
-
-        await self._store.run_write(recover)
+        """As `tvbridge.alertqueue._after_crash`, run by an instance becoming the leader (`Scheduler.lead`), but
+        only on rows whose claimer's lease has expired: a row the old leader is still sending (it lost the
+        leader's lock, not its life) stays its own. `claim_due` settles the rest once their claimer's lease
+        runs out."""
+        await self._store.run_write(_settle_dead_claims)
 
     async def hand_over(self, alert_id: str, accounts: Sequence[str]) -> None:
+        """The claimed rows become an alert this instance runs, only while they are still claimed by it (a new
+        leader may have settled them since): otherwise `LeaseLostError`, and nothing is sent from here."""
+
         async def hand_over(conn: Conn) -> None:
+            held = await conn.execute(
+                "UPDATE queue SET updated_at = $1 WHERE alert_id = $2 AND account = ANY($3::text[])"
+                " AND state = 'sending' AND claimed_by = $4",
+                _now(),
+                alert_id,
+                list(accounts),
+                self._store.instance,
+            )
+            if held == "UPDATE 0":
+                raise LeaseLostError(f"queued alert {alert_id} is no longer claimed by this instance: not sent here")
             await conn.execute(
                 "UPDATE alerts SET status = 'accepted', owner = $2 WHERE alert_id = $1", alert_id, self._store.instance
             )
@@ -1075,6 +1134,20 @@ class PostgresQueue:
             )
 
         await self._store.run_write(hand_over)
+
+
+async def _settle_dead_claims(conn: Conn) -> None:
+    """Rows left `sending` by an instance whose lease has expired (or by none): back to `queued` when their legs
+    were never handed over, else `sent` (the alert is then unfinished, and `unfinished` recovers it)."""
+    dead = (
+        "state = 'sending' AND (claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM instances WHERE"  # noqa: S608 - constants
+        f" instances.instance_id = queue.claimed_by AND {LEASE_ALIVE}))"
+    )
+    await conn.execute(
+        f"UPDATE queue SET state = 'queued' WHERE {dead} AND EXISTS (SELECT 1 FROM legs WHERE"  # noqa: S608 - constants
+        " legs.alert_id = queue.alert_id AND legs.account = queue.account AND legs.state = 'queued')"
+    )
+    await conn.execute(f"UPDATE queue SET state = 'sent' WHERE {dead}")  # noqa: S608 - constants
 
 
 async def migrate_url(url: str) -> tuple[int, int]:
