@@ -202,6 +202,16 @@ OPEN_STATES: Final = frozenset(
 """States in which an order can still be cancelled."""
 
 
+@attrs.frozen
+class SharedDatabase:
+    """The PostgreSQL database tvbridge keeps its shared state in (`[journal] url`), for a plugin whose own state
+    must be the same on every instance (the paper book). tvbridge has migrated it before any plugin starts; a
+    plugin keeps its rows in tables tvbridge's migrations create (`tvbridge/store/migrations.py`), connects with
+    the store's driver (asyncpg, the `postgres` extra), and never logs or shows `url`: it holds the password."""
+
+    url: str = attrs.field(repr=False)
+
+
 @attrs.frozen(kw_only=True)
 class BrokerContext:
     """What tvbridge tells a plugin about where it runs."""
@@ -214,6 +224,9 @@ class BrokerContext:
     """`notify(kind, message)` tells the operator (tvbridge's `[notify]` targets) that something needs a person
     before it costs an alert: kinds `token_expiring` and `instruments_refresh_failed` (see docs/operations.md).
     Never blocks, never raises; no secret in `message`. The default drops it (tests, `tvbridge brokers`)."""
+    database: SharedDatabase | None = None
+    """The shared PostgreSQL database when `[journal] url` is set (several instances serve as one), else None
+    (state stays in `data_dir`, per instance). See `SharedDatabase` and docs/plugins.md."""
 
 
 @attrs.frozen(kw_only=True)

@@ -24,6 +24,7 @@ from tvbridge.broker import (
     BrokerContext,
     Capabilities,
     SettingsError,
+    SharedDatabase,
 )
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError, PluginStartError
@@ -183,7 +184,11 @@ def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None =
     for account in config.used_accounts:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
-        context = BrokerContext(account=account, data_dir=config.server.data_dir)
+        context = BrokerContext(
+            account=account,
+            data_dir=config.server.data_dir,
+            database=SharedDatabase(config.journal.url) if config.journal.url else None,
+        )
         if notify is not None:
             context = attrs.evolve(context, notify=notify)
         try:
