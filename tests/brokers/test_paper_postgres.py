@@ -204,7 +204,7 @@ async def test_the_sqlite_book_is_imported_once_at_the_first_start(
     assert not path.exists()
     assert path.with_name(path.name + ".imported").exists()
     imported = [e for e in logs if e["event"] == "paper.sqlite_book_imported"]
-    assert [(e["orders_rows"], e["positions_rows"], e["brackets_rows"]) for e in imported] == [(3, 1, 1)]
+    assert [(e["orders"], e["positions"], e["brackets"], e["noops"]) for e in imported] == [(3, 1, 1, 0)]
     ignored = [e for e in logs if e["event"] == "paper.sqlite_book_ignored"]
     assert [e["path"] for e in ignored] == [str(tmp_path / "b" / "paper-practice.sqlite3")]
     with sqlite3.connect(tmp_path / "b" / "paper-practice.sqlite3") as db:  # left as it was

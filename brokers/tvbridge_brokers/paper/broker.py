@@ -169,7 +169,10 @@ class PaperBroker:
                 account=account,
                 path=str(path),
                 renamed_to=str(path) + IMPORTED_SUFFIX,
-                **{f"{table}_rows": n for table, n in outcome.copied.items()},
+                orders=outcome.copied.get("orders", 0),
+                positions=outcome.copied.get("positions", 0),
+                brackets=outcome.copied.get("brackets", 0),
+                noops=outcome.copied.get("noops", 0),
             )
         elif outcome.ignored:
             log.warning(
