@@ -11,6 +11,11 @@ On the thread, if a caller stops waiting (its task is cancelled by a deadline), 
 finishes and commits; tvbridge learns the outcome through `lookup()`, which is the contract for an unknown outcome.
 On the event loop a call cannot be interrupted half-way at all.
 
+With `[journal] url` set (PostgreSQL, several instances as one) the book is in that database instead
+(`tables.PostgresTables`): asyncpg runs on a private loop of the worker thread, so that path always has the
+thread, whatever `synchronous` says; the account's SQLite file, if any, is imported at the first start
+(`importer.py`).
+
 The database file deleted or replaced under the running server is noticed before every call: orders written
 into a file the next start never opens would be forgotten (and placed again by an alert's resend), so every call
 fails unsent with `BrokerUnavailableError` and `health()` says why, until a restart opens the file anew.
@@ -80,7 +85,8 @@ def _now() -> datetime:
 
 
 class PaperBroker:
-    """Simulated fills and positions in a SQLite file; the default account and the test double."""
+    """Simulated fills and positions in a SQLite file (or tvbridge's PostgreSQL database); the default account
+    and the test double."""
 
     api_version: int = 1
 

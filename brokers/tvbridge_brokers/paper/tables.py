@@ -101,10 +101,6 @@ class SqliteTables:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    @property
-    def connection(self) -> sqlite3.Connection:
-        return self._db
-
     @contextmanager
     def write(self) -> Iterator[None]:
         try:
