@@ -246,7 +246,8 @@ class _Decision:
 
 
 class Book:
-    """The paper account's orders and positions in one SQLite file. Not thread-safe: one thread only."""
+    """The paper account's orders and positions, in its SQLite file or the shared database (`tables.Tables`).
+    Not thread-safe: one thread only."""
 
     def __init__(self, tables: Tables, prices: Mapping[str, Decimal]) -> None:
         self._t = tables

@@ -154,7 +154,10 @@ class SqliteTables:
                 self._db.execute("ROLLBACK")
 
 
+@functools.lru_cache(maxsize=256)
 def _sqlite(sql: str) -> str:
+    """The statement in the file's spelling; cached: the book's statements are a few dozen fixed strings, and
+    this runs for every statement of every order (on the event loop)."""
     return sql.format_map(SQLITE_MARKERS)
 
 
