@@ -20,6 +20,7 @@ from tvbridge.broker import (
     BrokerContext,
     BrokerRejectedError,
     BrokerUnavailableError,
+    BrokerUnknownOutcomeError,
     CancelRequest,
     OrderRequest,
     OrderState,
@@ -28,6 +29,7 @@ from tvbridge.broker import (
 from tvbridge.models import CancelLeg, Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.store.postgres import migrate_url
 from tvbridge_brokers.paper import PaperBroker
+from tvbridge_brokers.paper.tables import IDLE_IN_TRANSACTION_S, PG_TIMEOUT_S, PostgresTables
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -251,3 +253,32 @@ async def test_the_book_survives_a_database_restart(own_pg_cluster: PgCluster, t
         assert (await broker.health()).ok
     finally:
         await broker.aclose()
+
+
+async def test_a_frozen_instance_holding_the_accounts_lock_blocks_it_for_seconds_only(
+    instances: Callable[..., Any], url: str
+) -> None:
+    """An instance frozen inside a paper transaction (SIGSTOP, a stalled VM) holds the account's lock; the server
+    ends its idle transaction after `IDLE_IN_TRANSACTION_S`, so the other instance places again: its attempts
+    meanwhile fail cleanly (nothing done), never wait forever. The frozen one's COMMIT then fails."""
+    frozen = await asyncio.to_thread(PostgresTables.connect, url, "practice")
+    transaction = frozen.write()
+    await asyncio.to_thread(transaction.__enter__)  # the lock taken, then nothing: frozen
+    b = await instances("b")
+    refused, last = 0, ""
+    try:
+        async with asyncio.timeout(IDLE_IN_TRANSACTION_S + 3 * PG_TIMEOUT_S):
+            while True:  # each attempt waits for the lock at most PG_TIMEOUT_S
+                try:
+                    placed = await b.place(order("after-freeze", price=Decimal(2900)))
+                    break
+                except BrokerUnavailableError as e:
+                    refused += 1
+                    last = str(e)
+        assert placed.state is OrderState.FILLED
+        assert refused >= 1  # the lock did hold while the holder's transaction lived
+        assert "nothing was done" in last
+        with pytest.raises(BrokerUnknownOutcomeError):
+            await asyncio.to_thread(transaction.__exit__, None, None, None)
+    finally:
+        await asyncio.to_thread(frozen.close)

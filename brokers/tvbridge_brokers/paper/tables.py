@@ -45,6 +45,9 @@ PAPER_LOCK_CLASS: Final = 0x7476_6270
 """The first key of the per-account advisory lock (`pg_advisory_xact_lock(class, hashtext(account))`)."""
 PG_TIMEOUT_S: Final = 5.0
 """Longest one statement or a connect may take: inside every sane `broker_timeout_s` plus a retry."""
+IDLE_IN_TRANSACTION_S: Final = 10.0
+"""A paper transaction is a few milliseconds of statements: one idle this long has a frozen holder, whose
+account lock the server then frees (its COMMIT fails: an unknown outcome, resolved by `lookup()`)."""
 
 SQLITE_MARKERS: Final = {
     "orders": "orders",
@@ -285,7 +288,15 @@ class PostgresTables:
             self._conn = await asyncpg.connect(
                 self._url,
                 timeout=PG_TIMEOUT_S,
-                server_settings={"application_name": f"tvbridge paper {self.account}"[:63]},
+                server_settings={
+                    "application_name": f"tvbridge paper {self.account}"[:63],
+                    # the account's lock goes with a frozen or vanished holder within seconds, not hours: the
+                    # server ends a transaction left idle (SIGSTOP, a stalled VM) and probes a silent peer
+                    "idle_in_transaction_session_timeout": str(int(IDLE_IN_TRANSACTION_S * 1000)),
+                    "tcp_keepalives_idle": "2",
+                    "tcp_keepalives_interval": "2",
+                    "tcp_keepalives_count": "2",
+                },
             )
         return self._conn
 
@@ -318,6 +329,7 @@ class PostgresTables:
                 self._drop()  # closing the connection ends the transaction on the server
 
     def _drop(self) -> None:
+        """Forget the connection; the next call connects anew (the server rolls back what it left open)."""
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             with suppress(*_db_errors()):
@@ -345,4 +357,5 @@ def _db_errors() -> tuple[type[BaseException], ...]:
         import asyncpg  # noqa: PLC0415 - the optional extra
     except ImportError:
         return (OSError, TimeoutError)
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+    # InternalClientError: the driver's protocol state after the server ended the session under a statement
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
