@@ -37,6 +37,7 @@ from tvbridge.errors import HaltedError, RecordsError, ShuttingDownError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.journal import Journal
 from tvbridge.keys import (
+    ACCESS,
     ALERT_ID,
     ARRIVED,
     CALENDAR,
@@ -63,6 +64,7 @@ from tvbridge.strategies import current_strategy
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tvbridge.accessline import Access
     from tvbridge.alerts.plan import Decision
     from tvbridge.models import Alert
 
@@ -110,7 +112,13 @@ async def accept(request: web.Request) -> web.Response:
         warnings=warnings or None,
     )
     work = app[EXECUTOR].run(
-        alert_id, alert, accounts, warnings, premarked=plan.first_sends(), arrived=request.get(ARRIVED)
+        alert_id,
+        alert,
+        accounts,
+        warnings,
+        premarked=plan.first_sends(),
+        arrived=request.get(ARRIVED),
+        access=request.get(ACCESS),
     )
     return await answer_in_time(app, work, alert_id=alert_id, alert_type=alert.alert_type.value, warnings=warnings)
 
@@ -267,7 +275,7 @@ async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: 
         app[SCHEDULER].wake.set()
 
     async def finish() -> dict[str, Any]:
-        ran = await run_now(app, alert_id, alert, running, warnings) if running else []
+        ran = await run_now(app, alert_id, alert, running, warnings, access=request.get(ACCESS)) if running else []
         body = combined_body(alert_id, alert.alert_type.value, [*ran, *waiting], queued, warnings)
         # after the executor's own record of the accounts it ran (handed over, not committed yet): the same
         # interface keeps the alert's writes in order, so the combined answer is the one that stays
@@ -286,21 +294,28 @@ def _unmarked(state: str) -> Any:
 
 
 async def run_now(
-    app: web.Application, alert_id: str, alert: Alert, decisions: Sequence[Decision], warnings: Sequence[str]
+    app: web.Application,
+    alert_id: str,
+    alert: Alert,
+    decisions: Sequence[Decision],
+    warnings: Sequence[str],
+    *,
+    access: Access | None = None,
 ) -> list[LegResult]:
-    """Run the accounts that send now (normally or as AMOs); returns their results in account order."""
+    """Run the accounts that send now (normally or as AMOs); returns their results in account order. `access`:
+    the webhook request's (`tvbridge/accessline.py`), none from the market-open queue."""
     executor = app[EXECUTOR]
     normal = [d.account for d in decisions if d.action == "now"]
     bodies: list[dict[str, Any]] = []
     if normal:
-        bodies.append(await executor.run(alert_id, alert, normal, warnings))
+        bodies.append(await executor.run(alert_id, alert, normal, warnings, access=access))
     by_time: dict[str, list[str]] = {}
     for d in decisions:
         if d.action == "amo" and d.amo_time:
             by_time.setdefault(d.amo_time, []).append(d.account)
     for amo_time, accounts in by_time.items():
         assert isinstance(alert, OrderAlert)  # noqa: S101 - decide() never sends a cancel alert as an AMO
-        bodies.append(await executor.run(alert_id, with_amo(alert, amo_time), accounts, warnings))
+        bodies.append(await executor.run(alert_id, with_amo(alert, amo_time), accounts, warnings, access=access))
     return [r for body in bodies for r in _leg_results(body)]
 
 
