@@ -2,8 +2,9 @@
 
 `handlers.webhook` calls `accept()` after the guards (`middlewares/`) let the request through. In order:
 
-1. the service checks: shutting down (503), records replaced under us (503), the kill switch and the
-   strategy's own (503, `tvbridge/strategies.py`): nothing is recorded, a resend is welcome;
+1. the service checks: shutting down (503), records replaced under us (503), the kill switch (one stat() per
+   directory for both while they are unchanged: `check_records`) and the strategy's own (503,
+   `tvbridge/strategies.py`): nothing is recorded, a resend is welcome;
 2. `parsing.parse_alert`: 422 with every bad field;
 3. `alerts/plan.make_plan`: pure, per account and leg, send now / amo / queue / refuse;
 4. `Journal.record_plan`: the alert, its plan (queued and refused legs included) and the first legs' `sending`
@@ -77,8 +78,7 @@ async def accept(request: web.Request) -> web.Response:
     config = app[CONFIG]
     if app[STATE].shutting_down:
         raise ShuttingDownError
-    check_records(app)
-    check_halted(app)
+    check_records(app)  # and the kill switch
     strategies.check_halted(config.server.data_dir, current_strategy())
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
@@ -155,11 +155,17 @@ def check_records(app: web.Application) -> None:
     """503 while the journal, the order log or a plugin's state file (`Broker.state_files()`: paper's database)
     is not the file that was opened (deleted or replaced under the server): an alert accepted into it would be
     lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file).
-    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`)."""
+    Then 503 while the kill switch is on (`check_halted`).
+
+    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`),
+    and for the halt file too: its directory (the data directory) is one of them, creating, renaming or deleting
+    the halt file changes its mtime, and a check is "clean" only when no halt file was there. A halt file that
+    is there is read on every alert, as before."""
     journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
+    halt_file = halt_path(app[CONFIG].server.data_dir)
     unchanged = app[RECORD_DIRS]
     if unchanged.directories is None:  # the record files stay the same for the process's life
-        files = [order_log.path, *(f.path for f in plugin_files)]
+        files = [order_log.path, *(f.path for f in plugin_files), halt_file]
         if isinstance(journal, Journal):  # a file of ours (a PostgreSQL store has none to watch)
             files.append(journal.path)
         unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
@@ -169,15 +175,11 @@ def check_records(app: web.Application) -> None:
     problem = journal.problem() or order_log.problem()
     for identity in plugin_files:
         problem = problem or identity.problem()
-    unchanged.checked(stamp, clean=not problem)
+    halt = None if problem else read_halt(halt_file)
+    unchanged.checked(stamp, clean=not problem and halt is None)
     if problem:
         log.error("records.replaced", problem=problem)
         raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")
-
-
-def check_halted(app: web.Application) -> None:
-    """Raise `HaltedError` (503, nothing recorded) while the kill switch is on."""
-    halt = read_halt(halt_path(app[CONFIG].server.data_dir))
     if halt is not None:
         raise HaltedError(f"trading halted: {halt.reason}" if halt.reason else "trading halted")
 
