@@ -9,8 +9,9 @@ installed into a venv of its own under `BENCH_AB_DIR` (default /tmp/tvbridge-ab)
     AB_ROUNDS=4 PEERS_N=10000 python3 bench/ab.py HEAD main
     AB_ENV_B='TVBRIDGE_X=1' python3 bench/ab.py HEAD HEAD  # one commit twice, the second with extra env
 
-Prints one table (medians over the rounds: req/s at c=32, p50/p99 at c=1, each req/s over the floor's of the
-same round) and writes every raw line to bench/results/ab-latest.json. Never run from the tests.
+Prints one table (medians over the rounds: req/s at c=32, each req/s over the floor's of the same round, the
+server's CPU time per alert at c=32 (all its threads; the steadiest figure when other work shares the cores),
+p50/p99 at c=1) and writes every raw line to bench/results/ab-latest.json. Never run from the tests.
 """
 
 from __future__ import annotations
@@ -86,14 +87,15 @@ def main(refs: list[str]) -> int:
             rows.extend({**row, "who": who, "ab_round": round_} for row in one("tvbridge", env))
             print(f"ab: round {round_} {ref} done", file=sys.stderr)
     floor = {r["ab_round"]: r["rps"] for r in rows if r["who"] == "floor_durable" and r.get("mode") == "throughput"}
-    print("| who | req/s c=32 | / durable floor | p50 ms c=1 | p99 ms c=1 | p99 ms c=32 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| who | req/s c=32 | / durable floor | server CPU us/alert c=32 | p50 ms c=1 | p99 ms c=1 | p99 ms c=32 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for who in dict.fromkeys(r["who"] for r in rows):
         tput = [r for r in rows if r["who"] == who and r.get("mode") == "throughput"]
         lat = [r for r in rows if r["who"] == who and r.get("mode") == "latency"]
         ratio = statistics.median(r["rps"] / floor[r["ab_round"]] for r in tput)
+        cpu = statistics.median(r["server_cpu_pct"] / 100 / r["rps"] * 1e6 for r in tput if r.get("server_cpu_pct"))
         print(
-            f"| {who} | {statistics.median(r['rps'] for r in tput):.0f} | {ratio:.3f} |"
+            f"| {who} | {statistics.median(r['rps'] for r in tput):.0f} | {ratio:.3f} | {cpu:.0f} |"
             f" {statistics.median(r['p50_ms'] for r in lat):.3f} | {statistics.median(r['p99_ms'] for r in lat):.2f} |"
             f" {statistics.median(r['p99_ms'] for r in tput):.1f} |"
         )
