@@ -6,13 +6,16 @@
 Starts tvbridge as `bench/run.py` does (paper broker, every guard, journal `normal`, CSV, JSON log file, rate
 limits raised, sessions off) in a temporary directory, warms it up, loads it with the peers' `load.py` at c=32
 while `py-spy record --format raw --threads` samples it, and prints the inclusive share of the samples of a
-list of places (functions named below, matched in each sampled stack) and the threads' shares. The raw stacks
-stay in bench/results/spy-latest.txt. Needs py-spy in the venv (`pip install py-spy`). Never run from the tests.
+list of places (functions named below, matched in each sampled stack) and the threads' shares, and each
+thread's CPU time per alert over the sampled window (`/proc`: the checkpointers' cost without sampling bias).
+The raw stacks stay in bench/results/spy-latest.txt. Needs py-spy in the venv (`pip install py-spy`). Never run
+from the tests.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -52,6 +55,21 @@ PLACES = (  # (label, regex searched in each frame, "Class.function (file:line)"
 )
 IDLE = re.compile(r"^(Event\.wait|Condition\.wait|EpollSelector\.select|Thread\._wait_for_tstate_lock|Thread\.join) ")
 """Leaf frames of a thread that waits: py-spy still samples some of them; left out of the shares."""
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of `pid`, by thread name (`/proc/PID/task/TID/stat`)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = collections.defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu[name] += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return cpu
 
 
 def free_port() -> int:
@@ -95,13 +113,19 @@ def main() -> int:
                 text=True,
             )
             time.sleep(1)
+            cpu_before = thread_cpu_s(server.pid)
             record = [spy, "record", "-r", rate, "-d", seconds, "--format", "raw", "--threads", "-o", str(out)]
             subprocess.run(
                 [*record, "--pid", str(server.pid)],
                 check=True,
                 capture_output=True,
             )
-            print(loader.communicate()[0].strip())
+            cpu_after = thread_cpu_s(server.pid)
+            figures = json.loads(loader.communicate()[0].strip().splitlines()[-1])
+            alerts = figures["rps"] * float(seconds)
+            print(f"{figures['rps']} req/s at c=32 while sampled; CPU per alert by thread (us, over ~{alerts:.0f}):")
+            for name, after in sorted(cpu_after.items(), key=lambda item: -item[1]):
+                print(f"  {name}: {(after - cpu_before.get(name, 0.0)) / alerts * 1e6:.0f}")
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
