@@ -58,18 +58,25 @@ IDLE = re.compile(r"^(Event\.wait|Condition\.wait|EpollSelector\.select|Thread\.
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each thread of `pid`, by thread name (`/proc/PID/task/TID/stat`)."""
+    """CPU seconds (user + system) of each thread of `pid`, by thread id (`/proc/PID/task/TID/stat`)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu: dict[str, float] = collections.defaultdict(float)
+    cpu: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        cpu[name] += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        cpu[task.name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return cpu
+
+
+def thread_names(path: Path) -> dict[str, str]:
+    """Thread id -> Python thread name, from py-spy's raw lines (`thread (TID): NAME;...`)."""
+    names: dict[str, str] = {}
+    for match in re.finditer(r"^thread \((\d+)\): ([^;]+);", path.read_text(), flags=re.MULTILINE):
+        names[match.group(1)] = match.group(2)
+    return names
 
 
 def free_port() -> int:
@@ -124,8 +131,9 @@ def main() -> int:
             figures = json.loads(loader.communicate()[0].strip().splitlines()[-1])
             alerts = figures["rps"] * float(seconds)
             print(f"{figures['rps']} req/s at c=32 while sampled; CPU per alert by thread (us, over ~{alerts:.0f}):")
-            for name, after in sorted(cpu_after.items(), key=lambda item: -item[1]):
-                print(f"  {name}: {(after - cpu_before.get(name, 0.0)) / alerts * 1e6:.0f}")
+            names = thread_names(out)
+            for tid, after in sorted(cpu_after.items(), key=lambda item: cpu_before.get(item[0], 0.0) - item[1]):
+                print(f"  {names.get(tid, tid)}: {(after - cpu_before.get(tid, 0.0)) / alerts * 1e6:.0f}")
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
@@ -143,15 +151,15 @@ def report(path: Path) -> None:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
         if IDLE.search(frames[-1]):
             continue
+        total += count
         threads[frames[0].split(": ", 1)[-1]] += count
         for label, rule in rules:
             if any(rule.search(frame) for frame in frames):
                 hits[label] += count
-    print(f"{total} samples")
+    print(f"{total} samples on CPU (waits left out)")
     print("| where (inclusive) | share of samples |")
     print("| --- | ---: |")
     for label, _ in PLACES:
