@@ -191,6 +191,10 @@ class JournalConfig:
     """PostgreSQL only: an instance that stops renewing its lease for this long (killed, cut off) is dead: another
     finishes its unfinished alerts and, if it led, takes over the scheduled work. Keep it above every account's
     `broker_timeout_s`, so a send in flight has ended before its alert is taken over."""
+    shared_secret_key: str = attrs.field(default="", repr=False)
+    """PostgreSQL only: the Fernet key (`tvbridge db new-key`) that encrypts a broker token the leader shares
+    with the other instances through the database (docs/postgresql.md). The same on every instance, never in
+    the database; a live Dhan account on PostgreSQL refuses to start without it."""
     synchronous: Literal["normal", "full"] = "normal"
     """normal: a 2xx answer survives a crash of the process (kill -9), not of the machine; full: also a power cut,
     at one fsync per commit (group commit shares it between concurrent alerts)."""

@@ -26,6 +26,8 @@ import pytest
 from ops_tools import free_port
 
 USER: Final = "tvbtest"
+SHARED_KEY: Final = "rJ0v8Jd1h0b0xZ3k9yQm2Wc4Tn6Ue8Ga1Ls3Pq5Rr7A="
+"""`journal.shared_secret_key` of the test servers on PostgreSQL (a Fernet key: 32 bytes, url-safe base64)."""
 SUPERUSER: Final = "tvbridge"
 START_TIMEOUT_S: Final = 60
 
