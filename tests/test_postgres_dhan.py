@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -115,14 +114,6 @@ def events(server: KillableServer, name: str) -> list[dict[str, Any]]:
     return [e for e in server.events() if e.get("event") == name]
 
 
-def database_dump(cluster: PgCluster, url: str) -> str:
-    """Everything the database holds, as `pg_dump` writes it: what a stolen backup would give."""
-    done = subprocess.run(
-        [str(cluster.bin / "pg_dump"), "--data-only", "-d", url], capture_output=True, text=True, check=True, timeout=60
-    )
-    return done.stdout
-
-
 async def test_one_renewal_for_two_instances_both_order_with_it_and_the_leaders_death_hands_renewal_over(
     tmp_path: Path, fake_dhan: FakeDhan, pg_cluster: PgCluster
 ) -> None:
@@ -160,7 +151,7 @@ async def test_one_renewal_for_two_instances_both_order_with_it_and_the_leaders_
     finally:
         await stop(b)
     assert len(fake_dhan.token_calls()) == 2  # no ping-pong: one renewal per leader, no generation
-    dump = database_dump(pg_cluster, url)
+    dump = pg_cluster.dump(url)
     assert "broker_shared" in dump
     assert "gAAAAA" in dump  # a Fernet token: the shared access token, encrypted
     logs = "".join(p.read_text() for s in (a, b) for p in (s.out, s.err))

@@ -114,6 +114,17 @@ class PgCluster:
         )
         return done.stdout.strip()
 
+    def dump(self, url: str) -> str:
+        """Everything the database at `url` holds, as `pg_dump --data-only` writes it: what a stolen backup gives."""
+        done = subprocess.run(
+            [str(self.bin / "pg_dump"), "--data-only", "-d", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=START_TIMEOUT_S,
+        )
+        return done.stdout
+
     def create_database(self) -> str:
         """A new empty database; returns its URL."""
         self._databases += 1
