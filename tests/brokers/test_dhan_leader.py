@@ -281,3 +281,21 @@ async def test_only_the_leader_refreshes_the_master_on_schedule_and_the_follower
     await leader.maintain()
     assert downloads(fake_dhan) == 3  # both fresh: nothing more today
     assert len(notes) == 1
+
+
+async def test_a_follower_whose_own_newer_token_is_rejected_falls_back_to_the_leaders(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock
+) -> None:
+    """The follower was given a token of its own that outlives the leader's (set by hand on that instance), so
+    it kept it. When Dhan rejects it, the leader's published token is the way out: used at once, no generation."""
+    leaders = jwt((clock.at + timedelta(hours=5)).timestamp())
+    own = jwt((clock.at + timedelta(hours=20)).timestamp())
+    fake_dhan.valid_tokens = {leaders, own}
+    totp = {"pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    await build("a", access_token=leaders, **totp)
+    follower = await build("b", access_token=own, **totp)
+    await follower.place(request(cid="F1-1", alert_id="F1"))
+    fake_dhan.valid_tokens = {leaders}  # the follower's own token is revoked
+    assert (await follower.place(request(cid="F2-1", alert_id="F2"))).order_id
+    assert order_tokens(fake_dhan) == [own, own, leaders]
+    assert token_calls(fake_dhan) == []

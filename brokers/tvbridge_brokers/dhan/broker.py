@@ -131,6 +131,7 @@ class DhanBroker:
             notify=context.notify,
         )
         self._refresh_lock = asyncio.Lock()
+        self._master_share_error = ""
 
     @classmethod
     def from_settings(
@@ -546,10 +547,18 @@ class DhanBroker:
         """When the leader's master was written, as it published it; None when nothing (readable) was."""
         try:
             shared = await self._context.cluster.load(self._context.account, MASTER_SHARED)
-            return None if shared is None else datetime.fromisoformat(json.loads(shared.value)["refreshed_at"])
+            published = None if shared is None else datetime.fromisoformat(json.loads(shared.value)["refreshed_at"])
         except (ClusterError, ValueError, KeyError, TypeError) as e:
-            self._log.error("dhan.instruments.share_failed", error=str(e))
+            self._master_share_failed(str(e))
             return None
+        self._master_share_error = ""
+        return published
+
+    def _master_share_failed(self, error: str) -> None:
+        """Logged once per distinct error (a database outage is looked at every few seconds)."""
+        if error != self._master_share_error:
+            self._master_share_error = error
+            self._log.error("dhan.instruments.share_failed", error=error)
 
     async def _publish_master(self, refreshed_at: datetime) -> None:
         value = json.dumps(
@@ -560,7 +569,7 @@ class DhanBroker:
                 self._context.account, MASTER_SHARED, value, secret=False, expected=None
             )
         except ClusterError as e:
-            self._log.error("dhan.instruments.share_failed", error=str(e))
+            self._master_share_failed(str(e))
             return
         self._log.info("dhan.instruments.shared", version=version, refreshed_at=refreshed_at.isoformat())
 

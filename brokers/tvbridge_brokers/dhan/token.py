@@ -235,6 +235,7 @@ class TokenKeeper:
         """The version and token last read from (or published to) the cluster."""
         self._leading: bool | None = None
         self._waiting_for: str | None = None
+        self._share_error = ""
         self._store = token_path(data_dir, account)
         self._clock = clock
         self._notify = notify
@@ -329,7 +330,7 @@ class TokenKeeper:
         token; the minute's maintenance (`again`) tries once a minute until one works. Only the leader
         generates: a follower waits for the leader's token (its next look finds it)."""
         async with self._lock:
-            if self._token != rejected or await self._adopt_shared():
+            if self._token != rejected or await self._adopt_shared(rejected=rejected):
                 return True
             if not await self._leads():
                 if self._waiting_for != rejected:
@@ -364,32 +365,45 @@ class TokenKeeper:
         await self._publish()
         return True
 
+    def _share_failed(self, error: str) -> None:
+        """Logged once per distinct error: a database outage must not write a line every few seconds."""
+        if error != self._share_error:
+            self._share_error = error
+            self._log.error("dhan.token.share_failed", error=error)
+
     async def _leads(self) -> bool:
         """Whether this instance renews (always alone); a change of leadership is logged."""
         try:
             leading = await self._cluster.is_leader()
         except Exception as e:  # noqa: BLE001 - the store's trouble: renew nothing now, ask again next round
-            self._log.warning("dhan.token.leadership_unknown", error=type(e).__name__)
+            if self._leading is not False:
+                self._log.warning("dhan.token.leadership_unknown", error=type(e).__name__)
             leading = False
         if self._cluster.shared and leading != self._leading:
             self._log.info("dhan.leadership", leader=leading, renews_token=leading)
         self._leading = leading
         return leading
 
-    async def _adopt_shared(self) -> bool:
+    async def _adopt_shared(self, *, rejected: str | None = None) -> bool:
         """Use the token the leader published when it is new to this instance and ours is not known to outlive
-        it; stored as a renewal's is (a restart of this instance starts with it)."""
+        it, or (after Dhan `rejected` ours) whenever it is another; stored as a renewal's is (a restart of this
+        instance starts with it)."""
         if not self._cluster.shared:
             return False
         try:
             shared = await self._cluster.load(self._account, SHARED_NAME)
         except ClusterError as e:
-            self._log.error("dhan.token.share_failed", error=str(e))
+            self._share_failed(str(e))
             return False
-        if shared is None or (self._shared is not None and shared.version == self._shared[0]):
+        self._share_error = ""
+        if shared is None:
             return False
+        seen = self._shared is not None and shared.version == self._shared[0]
         self._shared = (shared.version, shared.value)
-        if shared.value == self._token or _later(self._token, shared.value, known_only=True):
+        if rejected is not None:
+            if shared.value == rejected:
+                return False
+        elif seen or shared.value == self._token or _later(self._token, shared.value, known_only=True):
             return False
         old, self._token = self._token, shared.value
         try:
@@ -414,8 +428,9 @@ class TokenKeeper:
                 self._account, SHARED_NAME, self._token, secret=True, expected=expected
             )
         except ClusterError as e:
-            self._log.error("dhan.token.share_failed", error=str(e))
+            self._share_failed(str(e))
             return
+        self._share_error = ""
         if version is None:  # another instance published first: its token is read at the next look
             self._log.warning("dhan.token.share_conflict", expected=expected)
             return
