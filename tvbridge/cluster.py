@@ -107,7 +107,7 @@ def _instance_name() -> str:
 
 class StoreCluster:
     """Several instances on one PostgreSQL store: leadership is the store's, shared values its `broker_shared`
-    table (migration 7)."""
+    table (a migration in `tvbridge/store/migrations.py`)."""
 
     def __init__(self, store: Store, *, lease_s: float, key: Fernet | None) -> None:
         self._store = store

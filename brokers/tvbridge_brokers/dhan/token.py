@@ -385,9 +385,10 @@ class TokenKeeper:
         return leading
 
     async def _adopt_shared(self, *, rejected: str | None = None) -> bool:
-        """Use the token the leader published when it is new to this instance and ours is not known to outlive
-        it, or (after Dhan `rejected` ours) whenever it is another; stored as a renewal's is (a restart of this
-        instance starts with it)."""
+        """Use the token the leader published when it is new to this instance and known to outlive ours (a
+        renewal's, a generation's: both JWTs), or when this instance has none, or (after Dhan `rejected` ours)
+        whenever it is another; stored as a renewal's is (a restart of this instance starts with it). A token of
+        unknown expiry is not taken over one that works: it may be an older one."""
         if not self._cluster.shared:
             return False
         try:
@@ -403,7 +404,7 @@ class TokenKeeper:
         if rejected is not None:
             if shared.value == rejected:
                 return False
-        elif seen or shared.value == self._token or _later(self._token, shared.value, known_only=True):
+        elif seen or (self._token and not _later(shared.value, self._token, known_only=True)):
             return False
         old, self._token = self._token, shared.value
         try:
