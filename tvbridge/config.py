@@ -549,8 +549,18 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
         if name.startswith("TVBRIDGE_") and "__" in name:
             parts = [p.lower() for p in name.removeprefix("TVBRIDGE_").split("__")]
             if all(parts):
-                value = raw if _keep_as_text(parts) else _parse_env_value(raw)
+                value = _text_or_list(raw) if _keep_as_text(parts) else _parse_env_value(raw)
                 yield parts, value, name
+
+
+def _text_or_list(raw: str) -> object:
+    """A secret or an id stays the text it is, unless it is a TOML array (`notify.urls = '["tgram://..."]'`):
+    then the list, so a list-valued secret key is never taken as a string and split into its characters."""
+    if raw.lstrip().startswith("["):
+        parsed = _parse_env_value(raw)
+        if isinstance(parsed, list):
+            return parsed
+    return raw
 
 
 BOOLEAN_KEYS: Final = frozenset({"require_token"})
