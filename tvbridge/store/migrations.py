@@ -140,6 +140,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE queue ADD COLUMN claimed_by TEXT;
     """,
+    # 7: what a broker plugin's leader shares with the other instances (tvbridge/cluster.py): Dhan's renewed
+    # token (encrypted with `journal.shared_secret_key`, which the database never holds), the master's version
+    """
+    CREATE TABLE broker_shared (
+        account       TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        version       BIGINT NOT NULL,
+        value         TEXT NOT NULL,
+        secret        BOOLEAN NOT NULL,
+        published_by  TEXT NOT NULL,
+        published_at  TEXT NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 
