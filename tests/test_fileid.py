@@ -164,20 +164,22 @@ async def test_the_kill_switch_is_seen_through_the_one_stat_path(tmp_path: Path)
         old = time.time() - 10
         os.utime(tmp_path, (old, old))
 
-    async with aiohttp.ClientSession() as session:
+    try:
+        async with aiohttp.ClientSession() as session:
 
-        async def send(symbol: str) -> int:
-            async with session.post(f"{server.url}/webhook", json=alert(leg(symbol=symbol))) as response:
-                return response.status
+            async def send(symbol: str) -> int:
+                async with session.post(f"{server.url}/webhook", json=alert(leg(symbol=symbol))) as response:
+                    return response.status
 
-        age_directory()
-        assert [await send("INFY"), await send("SBIN")] == [200, 200]  # the second one: the one-stat path
-        halt.write_text("stop by hand\n")
-        assert await send("TCS") == 503
-        age_directory()  # the halt file is there and the directory is old: still no alert runs
-        assert [await send("TCS"), await send("TCS")] == [503, 503]
-        halt.unlink()
-        age_directory()
-        assert [await send("WIPRO"), await send("ITC")] == [200, 200]
-    assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "SBIN", "WIPRO", "ITC"]
-    assert await asyncio.to_thread(server.terminate) == 0
+            age_directory()
+            assert [await send("INFY"), await send("SBIN")] == [200, 200]  # the second one: the one-stat path
+            halt.write_text("stop by hand\n")
+            assert await send("TCS") == 503
+            age_directory()  # the halt file is there and the directory is old: still no alert runs
+            assert [await send("TCS"), await send("TCS")] == [503, 503]
+            halt.unlink()
+            age_directory()
+            assert [await send("WIPRO"), await send("ITC")] == [200, 200]
+        assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "SBIN", "WIPRO", "ITC"]
+    finally:  # a failed assertion must not leave the server running
+        assert await asyncio.to_thread(server.terminate) == 0
