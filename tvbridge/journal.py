@@ -40,6 +40,7 @@ from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
 from tvbridge.positions import StrategyFill
+from tvbridge.recentkeys import RecentKeys
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.strategies import current_strategy
@@ -170,11 +171,18 @@ class Journal:
         self._results_pending: dict[str, asyncio.Task[bool]] = {}
         """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
         about that alert waits for it (read-your-writes), and only for it."""
+        self._recent_keys = RecentKeys()
+        """The dedupe keys recorded lately: "never" without a query (`tvbridge/recentkeys.py`)."""
 
     async def open(self) -> None:
         try:
             await self._db.start()
             await self._db.write(_create)
+            keys = await self._db.read(
+                lambda conn: conn.execute("SELECT dedupe_key FROM alerts WHERE dedupe_key IS NOT NULL").fetchall()
+            )
+            for (key,) in keys:  # recorded before this start: a repeat of one of them must find it
+                self._recent_keys.add(key)
             wal = self.path.with_name(f"{self.path.name}-wal")
             # the WAL too (SQLite keeps it while a connection is open), when the file system gave us one
             self._files = (FileIdentity.of(self.path), *([FileIdentity.of(wal)] if wal.exists() else []))
@@ -229,6 +237,8 @@ class Journal:
         stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
         now = _now()
         alert_id = entry.alert_id
+        if entry.dedupe_key is not None:  # before the write is even queued: a repeat looking now asks the file
+            self._recent_keys.add(entry.dedupe_key)
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -483,7 +493,12 @@ class Journal:
         """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response.
 
         Read-your-writes: when that alert's results were handed over (`record_results`) and are not committed
-        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running"."""
+        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running".
+        A key this process never recorded (nor found at start) is answered None without a query
+        (`tvbridge/recentkeys.py`): the usual answer, for nearly every alert."""
+        if not self._recent_keys.maybe_since(dedupe_key, since):
+            self._db.ensure_open()  # a closed journal cannot say, with or without a query
+            return None
 
         def find(conn: sqlite3.Connection) -> sqlite3.Row | None:
             row: sqlite3.Row | None = conn.execute(

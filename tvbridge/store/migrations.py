@@ -140,7 +140,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE queue ADD COLUMN claimed_by TEXT;
     """,
-    # 7: the paper book, shared: every paper account's orders, positions and brackets (brokers/.../paper/tables.py)
+    # 7: what a broker plugin's leader shares with the other instances (tvbridge/cluster.py): Dhan's renewed
+    # token (encrypted with `journal.shared_secret_key`, which the database never holds), the master's version
+    """
+    CREATE TABLE broker_shared (
+        account       TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        version       BIGINT NOT NULL,
+        value         TEXT NOT NULL,
+        secret        BOOLEAN NOT NULL,
+        published_by  TEXT NOT NULL,
+        published_at  TEXT NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    """,
+    # 8: the paper book, shared: every paper account's orders, positions and brackets (brokers/.../paper/tables.py)
     """
     CREATE TABLE paper_orders (
         account          TEXT NOT NULL,
