@@ -24,7 +24,10 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -46,7 +49,7 @@ from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
     from aiohttp import web
@@ -884,7 +887,36 @@ async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
     from tvbridge.store import open_store  # noqa: PLC0415 - the store imports this module
 
     journal = open_store(app[CONFIG])
-    await journal.open()
-    app[JOURNAL] = journal
-    yield
-    await journal.close()
+    with contextlib.ExitStack() as owned:
+        if isinstance(journal, Journal):
+            owned.enter_context(_serving(journal.path))
+        await journal.open()
+        app[JOURNAL] = journal
+        yield
+        await journal.close()
+
+
+@contextlib.contextmanager
+def _serving(path: Path) -> Iterator[None]:
+    """One server per SQLite journal: an exclusive lock on `<journal>.lock` for as long as it serves.
+
+    A second `tvbridge serve` on the same file (another port, an overlapping restart) would run crash recovery
+    on the first one's alerts in flight, and the dedupe filter (`recentkeys.py`) knows only the keys its own
+    process recorded: a resend landing on the other server could be placed twice. So it refuses to start. The
+    lock goes with the process (kill -9 included); the CLI's commands do not take it. PostgreSQL is the store for
+    several servers (docs/postgresql.md)."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = (
+                f"another tvbridge server is using the journal {path} (it holds {lock_path.name}): stop it first;"
+                " several servers share a PostgreSQL store, never a SQLite file"
+            )
+            raise JournalError(msg) from None
+        yield
+    finally:
+        os.close(fd)
