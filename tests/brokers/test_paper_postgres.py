@@ -26,7 +26,9 @@ from tvbridge.broker import (
     OrderState,
     SharedDatabase,
 )
+from tvbridge.config import DEFAULT_BROKER_TIMEOUT_S as BROKER_TIMEOUT_S
 from tvbridge.models import CancelLeg, Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.pluginguard import GuardedBroker
 from tvbridge.store.postgres import migrate_url
 from tvbridge_brokers.paper import PaperBroker
 from tvbridge_brokers.paper.tables import IDLE_IN_TRANSACTION_S, PG_TIMEOUT_S, PostgresTables
@@ -282,3 +284,42 @@ async def test_a_frozen_instance_holding_the_accounts_lock_blocks_it_for_seconds
             await asyncio.to_thread(transaction.__exit__, None, None, None)
     finally:
         await asyncio.to_thread(frozen.close)
+
+
+async def test_behind_a_frozen_holder_an_order_fails_unsent_within_the_hosts_broker_timeout(
+    instances: Callable[..., Any], url: str
+) -> None:
+    """Through the host's own timeout guard (default `broker_timeout_s`): the wait for the account's lock ends
+    before the guard gives up, so the order is reported not placed (nothing was done), never an unknown outcome
+    whose `lookup()` would queue behind the blocked place and leave the alert neither placed nor retried."""
+    frozen = await asyncio.to_thread(PostgresTables.connect, url, "practice")
+    transaction = frozen.write()
+    await asyncio.to_thread(transaction.__enter__)  # the lock taken, then nothing: frozen
+    b = await instances("b")
+    guarded = GuardedBroker(b, account="practice", plugin="paper", timeout_s=BROKER_TIMEOUT_S)
+    try:
+        with pytest.raises(BrokerUnavailableError, match="nothing was done"):
+            await guarded.place(order("behind-frozen", price=Decimal(2900)))
+        assert await guarded.lookup("behind-frozen") is None  # answered, not timed out: nothing was placed
+    finally:
+        await asyncio.to_thread(frozen.close)
+    assert [o.client_order_id for o in await b.orders()] == []
+
+
+async def test_the_first_order_after_a_database_restart_is_placed(own_pg_cluster: PgCluster, tmp_path: Path) -> None:
+    """The connection the restart dropped is only seen as closed when used: the first order reconnects and is
+    placed (no statement had run, so retrying is safe), rather than failing an alert TradingView never resends."""
+    url = own_pg_cluster.create_database()
+    await migrate_url(url)
+    context = BrokerContext(account="p", data_dir=tmp_path, database=SharedDatabase(url))
+    broker = PaperBroker.from_settings({}, context)
+    await broker.start()
+    try:
+        await broker.place(order("before", price=Decimal(10)))
+        await asyncio.to_thread(own_pg_cluster.stop)
+        await asyncio.to_thread(own_pg_cluster.start)
+        placed = await broker.place(order("after", price=Decimal(10)))
+        assert (placed.order_id, placed.state) == ("PAPER-000002", OrderState.FILLED)
+        assert [o.client_order_id for o in await broker.orders()] == ["before", "after"]
+    finally:
+        await broker.aclose()

@@ -45,9 +45,14 @@ PAPER_LOCK_CLASS: Final = 0x7476_6270
 """The first key of the per-account advisory lock (`pg_advisory_xact_lock(class, hashtext(account))`)."""
 PG_TIMEOUT_S: Final = 5.0
 """Longest one statement or a connect may take: inside every sane `broker_timeout_s` plus a retry."""
-IDLE_IN_TRANSACTION_S: Final = 10.0
+LOCK_WAIT_S: Final = 1.0
+"""Longest a write waits for the account's lock (the server's `lock_timeout`): well inside the default
+`broker_timeout_s` (2.5 s), so an order behind a frozen holder fails cleanly as not placed (nothing was done)
+before the host's guard gives up and calls it an unknown outcome."""
+IDLE_IN_TRANSACTION_S: Final = 5.0
 """A paper transaction is a few milliseconds of statements: one idle this long has a frozen holder, whose
-account lock the server then frees (its COMMIT fails: an unknown outcome, resolved by `lookup()`)."""
+account lock the server then frees (its COMMIT fails: an unknown outcome, resolved by `lookup()`). Below the
+default `journal.leader_lease_s` (10 s): a frozen leader's account lock is gone before another takes over."""
 
 SQLITE_MARKERS: Final = {
     "orders": "orders",
@@ -201,10 +206,19 @@ class PostgresTables:
 
     @contextmanager
     def write(self) -> Iterator[None]:
+        reused = self._conn is not None
         try:
-            self._run(self._begin())
+            try:
+                self._run(self._begin())
+            except _db_errors() as e:
+                if not (reused and _connection_lost(e)):
+                    raise
+                # a connection the server dropped (a restart) is only seen when used: no statement of this
+                # transaction ran, so nothing was done and one retry on a new connection is safe
+                self._drop()
+                self._run(self._begin())
         except _db_errors() as e:
-            self._drop()
+            self._rollback() if self._in_transaction() else self._drop()
             raise BrokerUnavailableError(f"paper database unavailable, nothing was done: {_safe(e)}") from e
         try:
             yield
@@ -231,14 +245,23 @@ class PostgresTables:
 
     def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         text, args = self._prepare(sql, params)
-        return list(self._run(self._connection_then_fetch(text, args)))
+        if self._conn is None or self._in_transaction():
+            return list(self._run(self._connection_then_fetch(text, args)))
+        try:  # a read outside a transaction (`reading()`): on a dropped connection, read again on a new one
+            return list(self._run(self._connection_then_fetch(text, args)))
+        except _db_errors() as e:
+            if not _connection_lost(e):
+                raise
+            self._drop()
+            return list(self._run(self._connection_then_fetch(text, args)))
 
     def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
         rows = self.fetchall(sql, params)
         return rows[0] if rows else None
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.fetchall(sql, params)
+        text, args = self._prepare(sql, params)  # never retried: a statement that may write runs once
+        self._run(self._connection_then_fetch(text, args))
 
     def insert_order(self, sql: str, params: Sequence[object]) -> int:
         text = sql.replace("{account_col}", _ORDER_ID_COLUMNS).replace("{account_val}", _ORDER_ID_VALUES)
@@ -293,6 +316,7 @@ class PostgresTables:
                     # the account's lock goes with a frozen or vanished holder within seconds, not hours: the
                     # server ends a transaction left idle (SIGSTOP, a stalled VM) and probes a silent peer
                     "idle_in_transaction_session_timeout": str(int(IDLE_IN_TRANSACTION_S * 1000)),
+                    "lock_timeout": str(int(LOCK_WAIT_S * 1000)),
                     "tcp_keepalives_idle": "2",
                     "tcp_keepalives_interval": "2",
                     "tcp_keepalives_count": "2",
@@ -348,6 +372,15 @@ def _safe(error: BaseException) -> str:
     from tvbridge.store import connect_failure  # noqa: PLC0415 - keeps the SQLite-only import path light
 
     return connect_failure(error)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """The connection was gone before the statement ran (the server restarted or dropped the session): not a
+    statement's error, not a timeout (which may mean the server is slow, and retrying would double the wait)."""
+    import asyncpg  # noqa: PLC0415 - only called once asyncpg raised
+
+    lost = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.AdminShutdownError, ConnectionError)
+    return isinstance(error, lost)
 
 
 @functools.cache
