@@ -22,6 +22,7 @@ from tvbridge.broker import (
     BrokerUnavailableError,
     BrokerUnknownOutcomeError,
     CancelRequest,
+    Health,
     OrderRequest,
     OrderState,
     SharedDatabase,
@@ -316,10 +317,34 @@ async def test_the_first_order_after_a_database_restart_is_placed(own_pg_cluster
     await broker.start()
     try:
         await broker.place(order("before", price=Decimal(10)))
+        assert (await broker.health()).ok  # health's own connection opened too
         await asyncio.to_thread(own_pg_cluster.stop)
         await asyncio.to_thread(own_pg_cluster.start)
         placed = await broker.place(order("after", price=Decimal(10)))
         assert (placed.order_id, placed.state) == ("PAPER-000002", OrderState.FILLED)
+        assert (await broker.health()).ok  # its own connection, dropped too, reconnects for the read
         assert [o.client_order_id for o in await broker.orders()] == ["before", "after"]
     finally:
         await broker.aclose()
+
+
+async def test_orders_waiting_behind_a_frozen_holder_do_not_make_the_instance_unhealthy(
+    instances: Callable[..., Any], url: str
+) -> None:
+    """A burst of alerts queued behind a frozen instance's account lock: `health()` still answers within its
+    bound (own connection), so one frozen instance does not pull every healthy one out of the proxies' rotation."""
+    b = await instances("b")
+    await b.place(order("resting", order_type=OrderType.LIMIT, price=Decimal(100)))  # below the price: rests
+    frozen = await asyncio.to_thread(PostgresTables.connect, url, "practice")
+    transaction = frozen.write()
+    await asyncio.to_thread(transaction.__enter__)
+    try:
+        burst = [b.place(order(f"burst-{i}", price=Decimal(2900))) for i in range(4)]
+        # gather starts them in order: the places are queued on the worker first, as when alerts came in first
+        *outcomes, health = await asyncio.gather(*burst, b.health(), return_exceptions=True)
+    finally:
+        await asyncio.to_thread(frozen.close)
+    assert isinstance(health, Health)
+    assert health.ok, health.detail
+    assert "1 resting order(s)" in health.detail
+    assert all(isinstance(o, BrokerUnavailableError) for o in outcomes)

@@ -14,7 +14,8 @@ On the event loop a call cannot be interrupted half-way at all.
 With `[journal] url` set (PostgreSQL, several instances as one) the book is in that database instead
 (`tables.PostgresTables`): asyncpg runs on a private loop of the worker thread, so that path always has the
 thread, whatever `synchronous` says; the account's SQLite file, if any, is imported at the first start
-(`importer.py`).
+(`importer.py`). There `health()` has a thread and connection of its own: queued behind orders waiting for an
+account lock that a frozen instance holds, it would time out and pull this healthy instance out of rotation.
 
 The database file deleted or replaced under the running server is noticed before every call: orders written
 into a file the next start never opens would be forgotten (and placed again by an alert's resend), so every call
@@ -98,6 +99,8 @@ class PaperBroker:
         self._executor: ThreadPoolExecutor | None = None
         self._checkpointer: Checkpointer | None = None
         self._book: Book | None = None
+        self._health: tuple[Book, ThreadPoolExecutor] | None = None
+        """With PostgreSQL: the book `health()` reads, on its own thread and connection (see the docstring)."""
         self._identity: FileIdentity | None = None
         self._closed = False
         # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
@@ -168,7 +171,10 @@ class PaperBroker:
             executor.submit(_close_if_opened, opening)
             executor.shutdown(wait=False)
             raise
-        self._book, self._executor = book, executor
+        health_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper-health")
+        # no I/O here: it connects at the first health check, on its thread (where its private loop runs)
+        health_book = Book(PostgresTables(url, account), prices)
+        self._book, self._executor, self._health = book, executor, (health_book, health_executor)
         if outcome.copied:
             log.warning(
                 "paper.sqlite_book_imported",
@@ -195,6 +201,12 @@ class PaperBroker:
         async with self._lifecycle:
             book, executor, checkpointer = self._book, self._executor, self._checkpointer
             self._book = self._executor = self._checkpointer = None
+            health, self._health = self._health, None
+            if health is not None:
+                try:
+                    await asyncio.wrap_future(health[1].submit(health[0].close))
+                finally:
+                    health[1].shutdown(wait=True)
             if checkpointer is not None:
                 await asyncio.to_thread(checkpointer.stop)
             if executor is None:
@@ -277,7 +289,11 @@ class PaperBroker:
             return Health(ok=False, detail="paper broker is closed" if self._closed else "paper broker not started")
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                resting = await self._call(Book.count_resting)
+                if self._health is not None:
+                    health_book, health_executor = self._health
+                    resting = await asyncio.wrap_future(health_executor.submit(health_book.count_resting))
+                else:
+                    resting = await self._call(Book.count_resting)
         except TimeoutError:
             return Health(ok=False, detail=f"paper database did not answer within {HEALTH_TIMEOUT_S:g} s")
         except BrokerError as e:
