@@ -348,3 +348,26 @@ async def test_orders_waiting_behind_a_frozen_holder_do_not_make_the_instance_un
     assert health.ok, health.detail
     assert "1 resting order(s)" in health.detail
     assert all(isinstance(o, BrokerUnavailableError) for o in outcomes)
+
+
+async def test_the_import_refuses_while_a_sqlite_server_still_serves_the_file(
+    instances: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An instance still serving the account on SQLite would go on writing orders into a file already read and
+    renamed (its WAL under the old name): the import refuses, saying to stop it, and touches nothing. Once it is
+    stopped the import takes every order, and leaves no -wal or -shm file behind."""
+    serving = PaperBroker.from_settings({"prices": PRICES}, BrokerContext(account="practice", data_dir=tmp_path / "a"))
+    await serving.start()
+    await serving.place(order("old-1", price=Decimal(2900)))
+    path = tmp_path / "a" / "paper-practice.sqlite3"
+    try:
+        with pytest.raises(BrokerUnavailableError, match="stop the tvbridge serving it on SQLite"):
+            await instances("a")
+        assert path.exists()
+        assert not path.with_name(path.name + ".imported").exists()
+        await serving.place(order("old-2", price=Decimal(2900)))  # still its book: nothing was taken from it
+    finally:
+        await serving.aclose()
+    a = await instances("a")
+    assert [o.client_order_id for o in await a.orders()] == ["old-1", "old-2"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["paper-practice.sqlite3.imported"]

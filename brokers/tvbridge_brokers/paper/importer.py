@@ -9,11 +9,18 @@ again nor mistaken for the live book. Two instances starting together import onc
 If the database already holds the account's book and a file is still there (a second instance's own SQLite
 book, or a file put back), it is left alone and `paper.sqlite_book_ignored` is logged at every start with its
 path and what to do: the database's book is the account, the file is not merged.
+
+The file is held exclusively from the read to the rename: its journal is switched out of WAL first, which
+SQLite allows only while no other connection has it open (so a tvbridge still serving the account on SQLite
+makes the import refuse, saying to stop it, instead of losing the orders it writes meanwhile), and which
+folds the WAL into the file and removes the -wal and -shm files; then `BEGIN EXCLUSIVE` keeps every other
+reader and writer out until the rows are in PostgreSQL and the file is renamed.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -21,6 +28,7 @@ import attrs
 from tvbridge.broker import BrokerUnavailableError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from .tables import PostgresTables
@@ -87,32 +95,57 @@ def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
     rather than begin the account empty while its positions sit in a file."""
     if not path.exists():
         return Outcome(copied={})
-    rows = _read(path)
-    if not any(rows.values()):
-        return Outcome(copied={})
-    with tables.write():
+    if _holds_book(tables):  # the file is not touched at all: it may be another setup's live book
+        return Outcome(copied={}, ignored=True)
+    with _held(path) as db:
+        rows = _read(db, path)
+        if not any(rows.values()):
+            return Outcome(copied={})
+        with tables.write():
+            if _holds_book(tables):  # another instance imported first, under the account's lock
+                return Outcome(copied={}, ignored=True)
+            for table, found in rows.items():
+                tables.copy_rows(table, COLUMNS[table], found)
+        try:
+            path.rename(path.with_name(path.name + IMPORTED_SUFFIX))
+        except OSError as e:
+            raise BrokerUnavailableError(
+                f"paper book {path} was imported into PostgreSQL but cannot be renamed ({e}): rename it by hand"
+            ) from e
+    return Outcome(copied={table: len(found) for table, found in rows.items()})
+
+
+def _holds_book(tables: PostgresTables) -> bool:
+    with tables.reading():
         holds = tables.fetchone(
             "SELECT 1 FROM {orders} WHERE 1 = 1{and_account} UNION ALL"
             " SELECT 1 FROM {positions} WHERE 1 = 1{and_account} LIMIT 1"
         )
-        if holds is not None:
-            return Outcome(copied={}, ignored=True)
-        for table, found in rows.items():
-            tables.copy_rows(table, COLUMNS[table], found)
-    try:
-        path.rename(path.with_name(path.name + IMPORTED_SUFFIX))
-    except OSError as e:
-        raise BrokerUnavailableError(
-            f"paper book {path} was imported into PostgreSQL but cannot be renamed ({e}): rename it by hand"
-        ) from e
-    return Outcome(copied={table: len(found) for table, found in rows.items()})
+    return holds is not None
 
 
-def _read(path: Path) -> dict[str, list[tuple[object, ...]]]:
+@contextmanager
+def _held(path: Path) -> Iterator[sqlite3.Connection]:
+    """The file opened by this connection alone, no other reader or writer let in until the block ends."""
     try:
-        db = sqlite3.connect(path, timeout=1.0)
+        db = sqlite3.connect(path, timeout=1.0, isolation_level=None)
     except sqlite3.Error as e:
         raise BrokerUnavailableError(f"paper database {path} cannot be opened for the import: {e}") from e
+    try:
+        try:
+            db.execute("PRAGMA journal_mode=DELETE")  # refused while any other connection has the file open
+            db.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError as e:
+            raise BrokerUnavailableError(
+                f"paper database {path} is in use by another process ({e}): stop the tvbridge serving it on SQLite,"
+                " then start this one with [journal] url to import it; nothing was imported"
+            ) from e
+        yield db
+    finally:
+        db.close()  # ends the read-only transaction: the file is released, renamed or not
+
+
+def _read(db: sqlite3.Connection, path: Path) -> dict[str, list[tuple[object, ...]]]:
     try:
         present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         return {
@@ -125,5 +158,3 @@ def _read(path: Path) -> dict[str, list[tuple[object, ...]]]:
         }
     except sqlite3.Error as e:
         raise BrokerUnavailableError(f"paper database {path} cannot be read for the import: {e}") from e
-    finally:
-        db.close()  # the last connection: SQLite folds the WAL into the file before it is renamed
