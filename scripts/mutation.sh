@@ -48,7 +48,10 @@ tests_of() {
         # the encodability check (the webhook tests reach all of it too, but make a run take hours)
         parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
-        executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        # the in-process tests that send alerts through the real app to a broker: the webhook, recovery at the
+        # start on the unforgiving scripted broker, unknown outcomes, the deadline, targets and exits, strategies'
+        # own orders and cancels (not test_positions.py: it calls positions.py alone and never reaches the executor)
+        executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
         # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
