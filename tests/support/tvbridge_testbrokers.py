@@ -69,6 +69,13 @@ class ScriptedSettings:
     """`start()` raises a RuntimeError with this message."""
     settings_bug: bool = False
     """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
+    cancel: bool = True
+    """False: the broker does not declare the `cancel` capability."""
+    cancel_answer: str = ""
+    """What `cancel()` does: "" finds nothing to cancel (answers []); "cancel" cancels the order named by id, or
+    every order it holds for the symbol, and answers each as cancelled; "dry_run" answers each as a dry run;
+    "unknown" loses the answer (`BrokerUnknownOutcomeError`), "rejected" refuses (`BrokerRejectedError`), "bug"
+    raises a RuntimeError (a plugin bug)."""
 
 
 class ScriptedBroker:
@@ -84,7 +91,11 @@ class ScriptedBroker:
         """Every order placed, repeats included: the next order id is `S` and this count plus one."""
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
-        self.capabilities = Capabilities(order_types=types, instrument_info=settings.claims_instrument_info)
+        self.capabilities = Capabilities(
+            order_types=types, instrument_info=settings.claims_instrument_info, cancel=settings.cancel
+        )
+        self.cancel_requests: list[CancelRequest] = []
+        """Every `cancel()` call, in order: a test sees what the core asked the broker to cancel."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
@@ -180,8 +191,31 @@ class ScriptedBroker:
         self._released.set()
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
-        del request
-        return []
+        self.cancel_requests.append(request)
+        answer = self.settings.cancel_answer
+        if answer == "unknown":
+            raise BrokerUnknownOutcomeError("connection dropped after the cancel was sent")
+        if answer == "rejected":
+            raise BrokerRejectedError("the order is already filled")
+        if answer == "bug":
+            raise RuntimeError("cancel table missing")
+        if answer not in {"cancel", "dry_run"}:
+            return []
+        leg = request.leg
+        ids = [
+            order_id
+            for order_id, symbol in self._symbols().items()
+            if order_id == leg.order_id or (leg.order_id is None and symbol == leg.symbol)
+        ]
+        state = OrderState.DRY_RUN if answer == "dry_run" else OrderState.CANCELLED
+        return [OrderResult(order_id=order_id, state=state, message=state.value) for order_id in ids]
+
+    def _symbols(self) -> dict[str, str]:
+        """order id -> symbol, from the broker's own file (the orders it holds)."""
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return {order["order_id"]: order["symbol"] for order in map(json.loads, lines) if "symbol" in order}
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         return self.orders.get(client_order_id)
