@@ -207,6 +207,8 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     [line] = [e for e in logs if e["event"] == "recovery.alert"]
     assert isinstance(line["age_s"], float)  # the age, to a tenth of a second
     assert 3600 <= line["age_s"] < 3900
+    expired = [e for e in logs if e["event"] == "recovery.leg_expired"]
+    assert [(e["leg"], e["client_order_id"], e["max_age_s"]) for e in expired] == [(1, "A5-1", 600), (2, "A5-2", 600)]
     assert (line["log_level"], line["alert_id"], line["may_send"], line["already_in_order_log"]) == (
         "warning",
         "A5",
@@ -220,7 +222,10 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     message = record["legs"][0]["message"]
     assert message.startswith("expired: not sent after a restart; the alert is 36")
     assert message.endswith("s old and alerts.max_age_s is 600 s; the broker has no order A5-1")
-    assert [row["status"] for row in order_log_rows(config)] == ["expired", "expired"]
+    assert [(row["status"], row["client_order_id"]) for row in order_log_rows(config)] == [
+        ("expired", "A5-1"),
+        ("expired", "A5-2"),
+    ]
 
 
 async def test_an_expired_cancel_leg_names_no_order_and_cancels_nothing(
@@ -239,8 +244,9 @@ async def test_an_expired_cancel_leg_names_no_order_and_cancels_nothing(
     [line] = [e for e in logs if e["event"] == "recovery.leg_expired"]
     assert (line["log_level"], line["alert_id"], line["leg"], line["account"]) == ("warning", "A9", 1, "sim")
     assert (line["client_order_id"], line["max_age_s"]) == (None, 600)
+    assert isinstance(line["age_s"], float)  # to a tenth of a second, not rounded to whole seconds
     assert 3600 <= line["age_s"] < 3900
-    assert line["age_s"] == round(line["age_s"], 1)  # to a tenth of a second
+    assert line["age_s"] == round(line["age_s"], 1)
     record = await journal_of(client, "A9")
     [journaled] = record["legs"]
     assert (journaled["state"], journaled["client_order_id"]) == ("expired", None)

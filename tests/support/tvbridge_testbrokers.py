@@ -27,6 +27,7 @@ import attrs
 from tvbridge.broker import (
     API_VERSION,
     BrokerContext,
+    BrokerError,
     BrokerRejectedError,
     BrokerUnknownOutcomeError,
     CancelRequest,
@@ -69,6 +70,10 @@ class ScriptedSettings:
     """`start()` raises a RuntimeError with this message."""
     settings_bug: bool = False
     """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
+    unknown_symbols: tuple[str, ...] = ()
+    """`place()` loses the answer before placing anything (`BrokerUnknownOutcomeError`, nothing at the broker)."""
+    lookup_error: str = ""
+    """`lookup()` fails with a `BrokerError` of this message (the broker cannot say what it has)."""
     cancel: bool = True
     """False: the broker does not declare the `cancel` capability."""
     cancel_answer: str = ""
@@ -115,6 +120,7 @@ class ScriptedBroker:
             "hang_after_place_symbols",
             "block_loop_symbols",
             "hold_symbols",
+            "unknown_symbols",
         ):
             if key in values:
                 values[key] = tuple(values[key])
@@ -152,8 +158,7 @@ class ScriptedBroker:
             await asyncio.Event().wait()  # never set
         if leg.symbol in self.settings.block_loop_symbols:
             time.sleep(self.settings.block_loop_s)  # noqa: ASYNC251 - the plugin bug under test: the loop waits
-        if leg.symbol in self.settings.reject_symbols:
-            raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
+        self._refuse_before_placing(leg.symbol)
         self.placed += 1
         order_id = f"S{self.placed:05d}"
         result = OrderResult(
@@ -185,6 +190,13 @@ class ScriptedBroker:
         if leg.symbol in self.settings.bad_answer_symbols:
             return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
+
+    def _refuse_before_placing(self, symbol: str) -> None:
+        """A refusal (`reject_symbols`) or an answer lost before anything was placed (`unknown_symbols`)."""
+        if symbol in self.settings.reject_symbols:
+            raise BrokerRejectedError(f"{symbol} is not tradeable here")
+        if symbol in self.settings.unknown_symbols:
+            raise BrokerUnknownOutcomeError("timed out before the broker answered")
 
     def release(self) -> None:
         """Let the held orders (`hold_symbols`) through, and every later one."""
@@ -218,6 +230,8 @@ class ScriptedBroker:
         return {order["order_id"]: order["symbol"] for order in map(json.loads, lines) if "symbol" in order}
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
+        if self.settings.lookup_error:
+            raise BrokerError(self.settings.lookup_error)
         return self.orders.get(client_order_id)
 
     async def health(self) -> Health:
