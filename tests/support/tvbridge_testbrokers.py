@@ -29,6 +29,7 @@ from tvbridge.broker import (
     BrokerContext,
     BrokerError,
     BrokerRejectedError,
+    BrokerUnavailableError,
     BrokerUnknownOutcomeError,
     CancelRequest,
     Capabilities,
@@ -36,8 +37,9 @@ from tvbridge.broker import (
     OrderRequest,
     OrderResult,
     OrderState,
+    Position,
 )
-from tvbridge.models import OrderType
+from tvbridge.models import OrderLeg, OrderType
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -74,6 +76,9 @@ class ScriptedSettings:
     """`place()` loses the answer before placing anything (`BrokerUnknownOutcomeError`, nothing at the broker)."""
     lookup_error: str = ""
     """`lookup()` fails with a `BrokerError` of this message (the broker cannot say what it has)."""
+    positions_answer: str = ""
+    """"": no `positions` capability; "flat": it has one and holds nothing; "unavailable": `positions()` fails
+    with `BrokerUnavailableError`; "bug": `positions()` raises a RuntimeError (a plugin bug)."""
     cancel: bool = True
     """False: the broker does not declare the `cancel` capability."""
     cancel_answer: str = ""
@@ -97,7 +102,10 @@ class ScriptedBroker:
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
         self.capabilities = Capabilities(
-            order_types=types, instrument_info=settings.claims_instrument_info, cancel=settings.cancel
+            order_types=types,
+            instrument_info=settings.claims_instrument_info,
+            cancel=settings.cancel,
+            positions=bool(settings.positions_answer),
         )
         self.cancel_requests: list[CancelRequest] = []
         """Every `cancel()` call, in order: a test sees what the core asked the broker to cancel."""
@@ -228,6 +236,14 @@ class ScriptedBroker:
             return {}
         lines = self.path.read_text(encoding="utf-8").splitlines()
         return {order["order_id"]: order["symbol"] for order in map(json.loads, lines) if "symbol" in order}
+
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        del leg
+        if self.settings.positions_answer == "unavailable":
+            raise BrokerUnavailableError("positions API down")
+        if self.settings.positions_answer == "bug":
+            raise RuntimeError("positions table missing")
+        return []
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         if self.settings.lookup_error:
