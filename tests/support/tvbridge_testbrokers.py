@@ -132,7 +132,10 @@ class ScriptedBroker:
         ):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(ScriptedSettings(**values), context)
+        parsed = ScriptedSettings(**values)
+        if parsed.positions_answer:  # only then a positions() method: plain `scripted` declares none, has none
+            return ScriptedPositionsBroker(parsed, context)  # type: ignore[return-value]  # a subclass
+        return cls(parsed, context)
 
     async def start(self) -> None:
         if self.settings.fail_start:
@@ -237,14 +240,6 @@ class ScriptedBroker:
         lines = self.path.read_text(encoding="utf-8").splitlines()
         return {order["order_id"]: order["symbol"] for order in map(json.loads, lines) if "symbol" in order}
 
-    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
-        del leg
-        if self.settings.positions_answer == "unavailable":
-            raise BrokerUnavailableError("positions API down")
-        if self.settings.positions_answer == "bug":
-            raise RuntimeError("positions table missing")
-        return []
-
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         if self.settings.lookup_error:
             raise BrokerError(self.settings.lookup_error)
@@ -255,3 +250,15 @@ class ScriptedBroker:
 
     async def aclose(self) -> None:
         return None
+
+
+class ScriptedPositionsBroker(ScriptedBroker):
+    """`scripted` with `positions_answer` set: the `positions` capability and its method (see the setting)."""
+
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        del leg
+        if self.settings.positions_answer == "unavailable":
+            raise BrokerUnavailableError("positions API down")
+        if self.settings.positions_answer == "bug":
+            raise RuntimeError("positions table missing")
+        return []
