@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from helpers import SECRET, ClientFactory
-from pgcluster import own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - fixtures, shared by every test module
+from pgcluster import SHARED_KEY, own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - fixtures, shared by every test module
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, load_config
@@ -77,6 +77,7 @@ def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Co
     }
     if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
         env["TVBRIDGE_JOURNAL__URL"] = request.getfixturevalue("pg_url")
+        env["TVBRIDGE_JOURNAL__SHARED_SECRET_KEY"] = SHARED_KEY
     return load_config(None, converter, env, tmp_path)
 
 
