@@ -30,7 +30,9 @@ modules_of() {
         # order (middlewares/__init__.py, routes.is_webhook); of strategies.py, routes.py and the guard pass only
         # the functions mutants_of names count
         auth) echo "tvbridge/middlewares/auth.py tvbridge/access.py tvbridge/strategies.py tvbridge/routes.py tvbridge/middlewares/__init__.py" ;;
-        dedupe) echo "tvbridge/middlewares/dedupe.py" ;;
+        # the guard, and the SQLite journal's filter of recently recorded keys (issue 22): a wrong "never
+        # recorded" there runs a repeat
+        dedupe) echo "tvbridge/middlewares/dedupe.py tvbridge/recentkeys.py" ;;
         orderlog) echo "tvbridge/orderlog.py" ;;
         risk) echo "tvbridge/risk.py" ;;
         parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
@@ -60,7 +62,7 @@ tests_of() {
             "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" \
             "tests/middlewares/test_body_limit.py tests/middlewares/test_ip_allowlist.py" \
             "tests/middlewares/test_client_cert.py tests/middlewares/test_rate_limit.py" ;;
-        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py" ;;
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
