@@ -524,10 +524,10 @@ class Journal:
     async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
         await self.write(lambda conn: [conn.execute(sql, tuple(args)) for sql, args in statements])
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        return 0, None
+    async def shared_halts(self) -> dict[str, tuple[int, Halt | None]]:
+        return {}
 
-    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:  # noqa: ARG002 - the Store interface
+    async def share_halt(self, halt: Halt | None, *, expected: int, switch: str = "") -> int | None:  # noqa: ARG002 - the Store interface
         return 0
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:

@@ -913,26 +913,35 @@ class PostgresStore:
 
         await self._write(run)
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        """The kill switch every instance shares: (version, the halt or None)."""
-        row = await self._read(lambda conn: conn.fetchrow("SELECT * FROM halt WHERE id = 1"))
-        if row is None:
-            return 0, None
-        halt = Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None
-        return int(row["version"]), halt
+    async def shared_halts(self) -> dict[str, tuple[int, Halt | None]]:
+        """The kill switches every instance shares, by switch ('' for all trading, else a strategy's name): (version,
+        the halt or None). A switch never set has no row: (0, None)."""
+        rows = await self._read(lambda conn: conn.fetch("SELECT * FROM halt"))
+        return {
+            row["strategy"]: (
+                int(row["version"]),
+                Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None,
+            )
+            for row in rows
+        }
 
-    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
-        """Set the shared kill switch (halted, or not with None) if its version is still `expected`; returns its
-        new version, or None when another instance changed it first (compare-and-set: nothing overwritten)."""
+    async def share_halt(self, halt: Halt | None, *, expected: int, switch: str = "") -> int | None:
+        """Set the shared kill switch `switch` (halted, or not with None) if its version is still `expected` (0: no
+        row yet); returns its new version, or None when another instance changed it first (compare-and-set:
+        nothing overwritten)."""
         version = await self._write(
             lambda conn: conn.fetchval(
-                "UPDATE halt SET version = version + 1, halted = $1, reason = $2, since = $3, by_whom = $4"
-                " WHERE id = 1 AND version = $5 RETURNING version",
+                "INSERT INTO halt AS h (id, strategy, version, halted, reason, since, by_whom)"
+                " VALUES (CASE WHEN $6 = '' THEN 1 ELSE 0 END, $6, 1, $1, $2, $3, $4)"
+                " ON CONFLICT (strategy) DO UPDATE SET version = h.version + 1, halted = EXCLUDED.halted,"
+                " reason = EXCLUDED.reason, since = EXCLUDED.since, by_whom = EXCLUDED.by_whom"
+                " WHERE h.version = $5 RETURNING h.version",
                 halt is not None,
                 halt.reason if halt else "",
                 halt.since if halt else "",
                 halt.by if halt else "",
                 expected,
+                switch,
             )
         )
         return None if version is None else int(version)
