@@ -64,7 +64,16 @@ def converter() -> Any:
 
 
 @pytest.fixture
-def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Config:
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The store under test as `[journal] url`: "" (the SQLite journal), or a new PostgreSQL database when the run
+    has `TVBRIDGE_TEST_STORE=postgresql`. Modules that build their own config pass it on (`test_strategies`)."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return ""
+
+
+@pytest.fixture
+def config(tmp_path: Path, converter: Any, store_url: str) -> Config:
     """Paper broker, files in tmp_path, a known secret, rate limits out of the way; exchange sessions off, so
     tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on).
 
@@ -75,8 +84,8 @@ def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Co
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
         "TVBRIDGE_SESSIONS__ENABLED": "false",
     }
-    if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
-        env["TVBRIDGE_JOURNAL__URL"] = request.getfixturevalue("pg_url")
+    if store_url:
+        env["TVBRIDGE_JOURNAL__URL"] = store_url
     return load_config(None, converter, env, tmp_path)
 
 
