@@ -23,7 +23,6 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -42,9 +41,11 @@ from tvbridge.models import LegStatus
 from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
+from tvbridge.store.pending import PendingResults
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from pathlib import Path
 
@@ -167,9 +168,8 @@ class Journal:
         self.shared = False
         self.live_instances = 1
         """One process owns the file: recovery runs at start only, and this instance is the leader."""
-        self._results_pending: dict[str, asyncio.Task[bool]] = {}
-        """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
-        about that alert waits for it (read-your-writes), and only for it."""
+        self._results_pending = PendingResults()
+        """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
 
     async def open(self) -> None:
         try:
@@ -191,15 +191,13 @@ class Journal:
         return ""
 
     async def close(self) -> None:
-        while self._results_pending:
-            await self.settle()
+        await self._results_pending.drain()
         await self._db.close()
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
         ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
-        if self._results_pending:
-            await asyncio.wait(set(self._results_pending.values()))
+        await self._results_pending.settle()
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
@@ -268,38 +266,7 @@ class Journal:
         The task's result is True once committed; False when it failed, which is logged (`journal.finish_failed`)
         and leaves the alert `accepted` for crash recovery. Writes for one alert commit in the order they were
         handed over (a mixed plan's combined answer after the executor's part), each after the one before."""
-        before = self._results_pending.get(alert_id)
-        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results, before))
-        self._results_pending[alert_id] = task
-        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
-        return task
-
-    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
-        if self._results_pending.get(alert_id) is done:
-            del self._results_pending[alert_id]
-
-    async def _results_of(self, alert_id: str) -> None:
-        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
-        task = self._results_pending.get(alert_id)
-        if task is not None:
-            await asyncio.wait({task})
-
-    async def _finish_logged(
-        self,
-        alert_id: str,
-        status: str,
-        response: Mapping[str, Any],
-        results: Sequence[LegResult],
-        before: asyncio.Task[bool] | None = None,
-    ) -> bool:
-        if before is not None:
-            await asyncio.wait({before})
-        try:
-            await self.finish_alert(alert_id, status, response, results)
-        except Exception:
-            log.exception("journal.finish_failed", alert_id=alert_id)
-            return False
-        return True
+        return self._results_pending.hand_over(alert_id, lambda: self.finish_alert(alert_id, status, response, results))
 
     async def record_alert(
         self,
@@ -446,7 +413,7 @@ class Journal:
         ]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+        await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
 
         def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
@@ -493,10 +460,7 @@ class Journal:
             ).fetchone()
             return row
 
-        row = await self._db.read(find)
-        if row is not None and row["alert_id"] in self._results_pending:
-            await self._results_of(row["alert_id"])
-            row = await self._db.read(find)
+        row = await self._results_pending.read_after(lambda: self._db.read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
         response = json.loads(row["response"]) if row["response"] else None

@@ -37,6 +37,7 @@ from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
+from tvbridge.store.pending import PendingResults
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
@@ -140,9 +141,8 @@ class PostgresStore:
         self.last_error = ""
         self.queue = PostgresQueue(self)
         self._lease_task: asyncio.Task[None] | None = None
-        self._results_pending: dict[str, asyncio.Task[bool]] = {}
-        """Per alert id, its `record_results` handed over and not committed yet: a read that answers a user about
-        that alert waits for it (read-your-writes), and only for it."""
+        self._results_pending = PendingResults()
+        """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
         self._leader: asyncpg.Connection | None = None
         self._leading = False
         self._leader_lock = asyncio.Lock()
@@ -167,8 +167,7 @@ class PostgresStore:
         self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
 
     async def close(self) -> None:
-        while self._results_pending:
-            await self.settle()
+        await self._results_pending.drain()
         task, self._lease_task = self._lease_task, None
         if task is not None:
             task.cancel()
@@ -383,43 +382,13 @@ class PostgresStore:
         """Hand over an alert's outcome (`finish_alert`) without waiting for its commit, as the SQLite journal
         does; reads that answer users (`get_alert`, `find_by_dedupe_key`) wait for what was handed over. Writes for
         one alert commit in the order they were handed over, each after the one before (see the SQLite journal)."""
-        before = self._results_pending.get(alert_id)
-        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results, before))
-        self._results_pending[alert_id] = task
-        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
-        return task
-
-    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
-        if self._results_pending.get(alert_id) is done:
-            del self._results_pending[alert_id]
-
-    async def _results_of(self, alert_id: str) -> None:
-        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
-        task = self._results_pending.get(alert_id)
-        if task is not None:
-            await asyncio.wait({task})
-
-    async def _finish_logged(
-        self,
-        alert_id: str,
-        status: str,
-        response: Mapping[str, Any],
-        results: Sequence[LegResult],
-        before: asyncio.Task[bool] | None = None,
-    ) -> bool:
-        if before is not None:
-            await asyncio.wait({before})
-        try:
-            await self.finish_alert(alert_id, status, response, results, timeout_s=RESULTS_TIMEOUT_S)
-        except Exception:
-            log.exception("journal.finish_failed", alert_id=alert_id)
-            return False
-        return True
+        return self._results_pending.hand_over(
+            alert_id, lambda: self.finish_alert(alert_id, status, response, results, timeout_s=RESULTS_TIMEOUT_S)
+        )
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged)."""
-        if self._results_pending:
-            await asyncio.wait(set(self._results_pending.values()))
+        await self._results_pending.settle()
 
     async def record_alert(
         self,
@@ -586,7 +555,7 @@ class PostgresStore:
         ]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+        await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
 
         async def fetch(conn: Conn) -> dict[str, Any] | None:
             row = await conn.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", alert_id)
@@ -631,10 +600,7 @@ class PostgresStore:
                 since,
             )
 
-        row = await self._read(find)
-        if row is not None and row["alert_id"] in self._results_pending:
-            await self._results_of(row["alert_id"])
-            row = await self._read(find)
+        row = await self._results_pending.read_after(lambda: self._read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
         return {"alert_id": row["alert_id"], "status": row["status"], "response": _json_or_none(row["response"])}
