@@ -490,10 +490,6 @@ def _renamed(cls: type, keys: Mapping[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def _error_name(name: str, keys: Mapping[str, str]) -> str:
-    return keys.get(name, name)
-
-
 def make_converter() -> cattrs.Converter:
     """The converter for the alert and the config; build it once and share it (`keys.CONVERTER`)."""
     converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
