@@ -38,10 +38,10 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
-from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.store.pending import PendingResults
+from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from tvbridge.halt import Halt
     from tvbridge.models import LegResult
+    from tvbridge.positions import StrategyFill
 
 log = structlog.get_logger()
 
@@ -403,14 +404,7 @@ class Journal:
                 (UNFINISHED,),
             ).fetchall()
         )
-        return [
-            {
-                **{k: row[k] for k in row.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
-                "result": _json_or_none(row["result"]),
-                "bracket": _json_or_none(row["bracket"]) or [],
-            }
-            for row in rows
-        ]
+        return [leg_record(row) for row in rows]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
         await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
@@ -425,24 +419,7 @@ class Journal:
                 " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
                 (alert_id,),
             ).fetchall()
-            return {
-                "alert_id": row["alert_id"],
-                "received_at": row["received_at"],
-                "alert_type": row["alert_type"],
-                "strategy": row["strategy"] or DEFAULT_STRATEGY,
-                "status": row["status"],
-                "updated_at": row["updated_at"],
-                "payload": json.loads(row["payload"]),
-                "response": json.loads(row["response"]) if row["response"] else None,
-                "legs": [
-                    {
-                        **{k: leg[k] for k in leg.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
-                        "result": json.loads(leg["result"]) if leg["result"] else None,
-                        "bracket": _json_or_none(leg["bracket"]) or [],
-                    }
-                    for leg in legs
-                ],
-            }
+            return alert_record(row, legs)
 
         return await self._db.read(fetch)
 
@@ -463,8 +440,7 @@ class Journal:
         row = await self._results_pending.read_after(lambda: self._db.read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
-        response = json.loads(row["response"]) if row["response"] else None
-        return {"alert_id": row["alert_id"], "status": row["status"], "response": response}
+        return dedupe_record(row)
 
     async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:  # noqa: ARG002 - the Store interface
         """One process owns this file, so the in-process claim (`middlewares/dedupe.py`) is the claim; the
@@ -586,19 +562,7 @@ class Journal:
                 " ORDER BY alerts.received_at, legs.leg_number",
                 (DEFAULT_STRATEGY, account, position_key, position_key),
             ).fetchall()
-            return [
-                StrategyFill(
-                    strategy=row["strategy"],
-                    key=row["key"],
-                    side=row["side"],
-                    quantity=int(row["filled"]),
-                    bracket=tuple(_json_or_none(row["bracket"]) or ()),
-                    at=row["received_at"],
-                    # tvbridge flatten / POST /admin/flatten (square-off's flatten runs under its strategy)
-                    resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
-                )
-                for row in rows
-            ]
+            return [strategy_fill(row) for row in rows]
 
         return await self._db.read(fetch)
 
@@ -764,10 +728,6 @@ def _add_order_columns(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
     # the strategies' own positions are summed from these rows (`Journal.fills`), per account
     conn.execute("CREATE INDEX IF NOT EXISTS legs_filled ON legs (account) WHERE filled_quantity > 0")
-
-
-def _json_or_none(text: str | None) -> Any:
-    return json.loads(text) if text else None
 
 
 def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:

@@ -33,11 +33,11 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
-from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
 from tvbridge.store.pending import PendingResults
+from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from tvbridge.alertqueue import QueueEntry
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
+    from tvbridge.positions import StrategyFill
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -111,10 +112,6 @@ LEASE_ALIVE: Final = "instances.lease_until::timestamptz > clock_timestamp()"
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _json_or_none(text: str | None) -> Any:
-    return json.loads(text) if text else None
 
 
 def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:
@@ -545,14 +542,7 @@ class PostgresStore:
                 UNFINISHED,
             )
         )
-        return [
-            {
-                **{k: v for k, v in row.items() if k not in {"result", "bracket"}},
-                "result": _json_or_none(row["result"]),
-                "bracket": _json_or_none(row["bracket"]) or [],
-            }
-            for row in rows
-        ]
+        return [leg_record(row) for row in rows]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
         await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
@@ -567,24 +557,7 @@ class PostgresStore:
                 " FROM legs WHERE alert_id = $1 ORDER BY account, leg_number",
                 alert_id,
             )
-            return {
-                "alert_id": row["alert_id"],
-                "received_at": row["received_at"],
-                "alert_type": row["alert_type"],
-                "strategy": row["strategy"] or DEFAULT_STRATEGY,
-                "status": row["status"],
-                "updated_at": row["updated_at"],
-                "payload": json.loads(row["payload"]),
-                "response": json.loads(row["response"]) if row["response"] else None,
-                "legs": [
-                    {
-                        **{k: v for k, v in leg.items() if k not in {"result", "bracket"}},
-                        "result": _json_or_none(leg["result"]),
-                        "bracket": _json_or_none(leg["bracket"]) or [],
-                    }
-                    for leg in legs
-                ],
-            }
+            return alert_record(row, legs)
 
         return await self._read(fetch)
 
@@ -603,7 +576,7 @@ class PostgresStore:
         row = await self._results_pending.read_after(lambda: self._read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
-        return {"alert_id": row["alert_id"], "status": row["status"], "response": _json_or_none(row["response"])}
+        return dedupe_record(row)
 
     async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:
         """The claim is the row: `INSERT ... ON CONFLICT` lets exactly one of two concurrent claims through.
@@ -727,19 +700,7 @@ class PostgresStore:
                 position_key,
             )
         )
-        return [
-            StrategyFill(
-                strategy=row["strategy"],
-                key=row["key"],
-                side=row["side"],
-                quantity=int(row["filled"]),
-                bracket=tuple(_json_or_none(row["bracket"]) or ()),
-                at=row["received_at"],
-                # as the SQLite journal's: an operator's flatten (square-off's runs under its strategy)
-                resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
-            )
-            for row in rows
-        ]
+        return [strategy_fill(row) for row in rows]
 
     async def unsettled(self, account: str, position_key: str | None = None) -> set[str]:
         rows = await self._read(
