@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from helpers import SECRET, ClientFactory
-from pgcluster import own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - fixtures, shared by every test module
+from pgcluster import SHARED_KEY, own_pg_cluster, pg_cluster, pg_url  # noqa: F401 - fixtures, shared by every test module
 
 from tvbridge.app import create_app
 from tvbridge.config import Config, load_config
@@ -64,16 +64,20 @@ def converter() -> Any:
 
 
 @pytest.fixture
-def store_url(request: pytest.FixtureRequest) -> str:
-    """The store under test as `[journal] url`: "" (the SQLite journal), or a new PostgreSQL database when the run
-    has `TVBRIDGE_TEST_STORE=postgresql`. Modules that build their own config pass it on (`test_strategies`)."""
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The store under test as config environment: none (the SQLite journal), or a new PostgreSQL database and
+    the cluster's shared key when the run has `TVBRIDGE_TEST_STORE=postgresql`. Modules that build their own
+    config add it to theirs (`test_strategies`)."""
     if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return ""
+        return {
+            "TVBRIDGE_JOURNAL__URL": str(request.getfixturevalue("pg_url")),
+            "TVBRIDGE_JOURNAL__SHARED_SECRET_KEY": SHARED_KEY,
+        }
+    return {}
 
 
 @pytest.fixture
-def config(tmp_path: Path, converter: Any, store_url: str) -> Config:
+def config(tmp_path: Path, converter: Any, store_env: dict[str, str]) -> Config:
     """Paper broker, files in tmp_path, a known secret, rate limits out of the way; exchange sessions off, so
     tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on).
 
@@ -84,8 +88,7 @@ def config(tmp_path: Path, converter: Any, store_url: str) -> Config:
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
         "TVBRIDGE_SESSIONS__ENABLED": "false",
     }
-    if store_url:
-        env["TVBRIDGE_JOURNAL__URL"] = store_url
+    env.update(store_env)
     return load_config(None, converter, env, tmp_path)
 
 

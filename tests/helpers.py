@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pgcluster import SHARED_KEY
 
 from tvbridge.config import Config, RoutingConfig
 
@@ -28,7 +29,8 @@ def on_store(config: Config, request: Any) -> Config:
     """`config` on the store `request.param` names: unchanged for SQLite, a new PostgreSQL database else."""
     if request.param != "postgresql":
         return config
-    return attrs.evolve(config, journal=attrs.evolve(config.journal, url=request.getfixturevalue("pg_url")))
+    journal = attrs.evolve(config.journal, url=request.getfixturevalue("pg_url"), shared_secret_key=SHARED_KEY)
+    return attrs.evolve(config, journal=journal)
 
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]

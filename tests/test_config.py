@@ -67,6 +67,19 @@ def test_any_key_as_tvbridge_section_key(tmp_path: Path) -> None:
     assert config.auth.path_token == "12345678901234567890"
 
 
+def test_a_list_valued_secret_key_from_the_environment_is_a_list(tmp_path: Path) -> None:
+    """`notify.urls` is a secret key (its URLs carry bot tokens), so it is not typed like the other keys; a TOML
+    array in the variable is still the list, never one string split into its characters. A secret that only
+    starts like an array stays the text it is."""
+    env = {
+        "TVBRIDGE_NOTIFY__URLS": '["json://127.0.0.1:9/hook", "json://127.0.0.1:9/other"]',
+        "TVBRIDGE_AUTH__SECRET": "[not-an-array-0123456789",
+    }
+    config = load_config(None, make_converter(), env, tmp_path)
+    assert config.notify.urls == ("json://127.0.0.1:9/hook", "json://127.0.0.1:9/other")
+    assert config.auth.secret == "[not-an-array-0123456789"
+
+
 def test_dhan_variables_make_dhan_the_default_route(tmp_path: Path) -> None:
     """DHAN_CLIENT_ID + DHAN_ACCESS_TOKEN route alerts to a dhan account; ENABLE_DHAN makes it live."""
     env = {"DHAN_CLIENT_ID": "1000000001", "DHAN_ACCESS_TOKEN": "tok", "ENABLE_DHAN": "true"}

@@ -124,15 +124,15 @@ async def test_a_strategys_switch_is_shared_on_its_own_and_compared_and_set(pg_u
 
 
 async def test_a_database_halted_by_the_previous_release_stays_halted(pg_cluster: PgCluster) -> None:
-    """A database at schema 6 (before the strategies' switches) with all trading halted: migrated, it is still
+    """A database at schema 7 (the release before the strategies' switches) with all trading halted: migrated, it is still
     halted, and an instance still on the previous release during a rolling upgrade reads and resumes the global
     switch with its own statements (`WHERE id = 1`), beside a strategy's row."""
     url = pg_cluster.create_database()
     database = url.rsplit("/", 1)[1]
-    old = "".join(MIGRATIONS[:6])
+    old = "".join(MIGRATIONS[:7])
     pg_cluster.psql(
         f"CREATE TABLE schema_version (version INTEGER NOT NULL); {old};"  # noqa: S608 - constants
-        " INSERT INTO schema_version SELECT generate_series(1, 6);"
+        " INSERT INTO schema_version SELECT generate_series(1, 7);"
         " UPDATE halt SET version = 3, halted = true, reason = 'old release', since = 's', by_whom = 'cli'",
         database,
     )

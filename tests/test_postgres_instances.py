@@ -18,7 +18,7 @@ import pytest
 from durability_server import KillableServer
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import alert, leg
-from pgcluster import PgCluster
+from pgcluster import SHARED_KEY, PgCluster
 
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
@@ -46,6 +46,7 @@ def dhan_env(fake: FakeDhan, tmp_path: Path, url: str) -> dict[str, str]:
         shutil.copyfile(sample_master_path(), master)  # a live account refuses the shipped sample itself
     return {
         "TVBRIDGE_JOURNAL__URL": url,
+        "TVBRIDGE_JOURNAL__SHARED_SECRET_KEY": SHARED_KEY,
         "TVBRIDGE_ROUTING__ACCOUNTS": '["dhan"]',
         "DHAN_CLIENT_ID": CLIENT_ID,
         "DHAN_ACCESS_TOKEN": TOKEN,

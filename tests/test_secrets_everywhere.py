@@ -15,6 +15,10 @@ the others, except in the one file made to hold it (`dhan-dhan.token`, mode 0600
 query parameters of the generation request on purpose: that request is the one place they may appear.
 
 The log level is `debug`: an operator who turns it up for a bad day must not publish their tokens with it.
+
+With `TVBRIDGE_TEST_STORE=postgresql` (the suite's PostgreSQL pass) the server keeps its store in a PostgreSQL
+database, which is searched too (`pg_dump`): the Dhan token the leader shares there is encrypted with
+`journal.shared_secret_key`, and that key itself is one more secret that must appear nowhere.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from urllib.parse import quote
 
 import attrs
 import pyotp
+import pytest
 from aiohttp import web
 from fake_dhan import CLIENT_ID, FakeDhan
 from helpers import alert, leg
@@ -275,9 +280,16 @@ KINDS: Final = (
 )
 
 
-def write_config(path: Path, values: dict[str, str], *, data_dir: Path, dhan: FakeDhan, notify_port: int) -> None:
+def write_config(
+    path: Path, values: dict[str, str], *, data_dir: Path, dhan: FakeDhan, notify_port: int, database: str = ""
+) -> None:
     """Every secret set; the file lives outside the data directory, where it holds them on purpose. A live Dhan
-    account and a paper one; debug logs; the lockout after failed authentications out of the way."""
+    account and a paper one; debug logs; the lockout after failed authentications out of the way. `database`:
+    the store is that PostgreSQL database, with a shared secret key."""
+    journal = ""
+    if database:
+        key = values[SHARED_KEY_KIND]
+        journal = f"[journal]\nurl = {json.dumps(database)}\nshared_secret_key = {json.dumps(key)}\n"
     master = path.parent / "master.csv"
     shutil.copyfile(sample_master_path(), master)
     notify_urls = [
@@ -302,7 +314,7 @@ auth_failures_per_min = 1000
 per_ip_burst = 1000
 [metrics]
 require_token = true
-[notify]
+{journal}[notify]
 urls = {json.dumps(notify_urls)}
 events = ["leg_failed", "halted", "resumed"]
 [routing]
@@ -374,12 +386,32 @@ def sent_on_purpose(places: dict[str, bytes], data_dir: Path) -> dict[str, froze
     }
 
 
-async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
+SHARED_KEY_KIND: Final = "journal shared secret key"
+
+
+def postgres_store(request: pytest.FixtureRequest, values: dict[str, str]) -> str:
+    """On the PostgreSQL pass: a new database's URL, and a random `shared_secret_key` among the secrets."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") != "postgresql":
+        return ""
+    values[SHARED_KEY_KIND] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()  # a Fernet key
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def database_place(request: pytest.FixtureRequest, database: str) -> dict[str, bytes]:
+    """The whole database as a place to search; it must hold the (encrypted) token the leader shares."""
+    dump: str = request.getfixturevalue("pg_cluster").dump(database)
+    assert "broker_shared" in dump  # the generated token, shared (encrypted) for other instances
+    return {"the PostgreSQL database (pg_dump)": dump.encode()}
+
+
+async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Each configured secret appears nowhere it was not sent to on purpose: not in a data file, a response, the
     console output, a notification's text, or an order sent to the broker; nor does a Dhan token renewed on the
     running server (config file + SIGHUP, the documented way), nor the PIN, the TOTP secret or the token they
     generate when Dhan later rejects the running one."""
     values = {kind: _random() for kind in KINDS} | {"Dhan PIN": _pin(), "Dhan TOTP secret": pyotp.random_base32()}
+    database = postgres_store(request, values)
     secret, path_token, admin = (values[k] for k in ("webhook secret", "path token", "admin token"))
     dhan_token, renewed = values["Dhan access token"], values["renewed Dhan access token"]
     fake = FakeDhan()
@@ -390,7 +422,7 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
     await receiver.start()
     data_dir = tmp_path / "data"
     config = tmp_path / "config.toml"
-    write_config(config, values, data_dir=data_dir, dhan=fake, notify_port=receiver.port)
+    write_config(config, values, data_dir=data_dir, dhan=fake, notify_port=receiver.port, database=database)
     server = ServerProcess(tmp_path, {}, ["--config", str(config), "serve"])
     try:
         await asyncio.to_thread(server.start)
@@ -419,7 +451,10 @@ async def test_no_secret_of_any_kind_leaves_the_server(tmp_path: Path) -> None:
     values["Dhan token generated from PIN + TOTP"] = generated_and_used(fake, data_dir, dhan_token, renewed)
     assert len(receiver.bodies) >= 3, receiver.bodies  # held-back ones may follow at shutdown
     assert all(h["X-Api-Key"] == values["notify URL header token"] for h in receiver.headers)
-    assert any(where.startswith("file tvbridge.sqlite3-wal") for where in places), list(places)
+    if database:
+        places |= database_place(request, database)
+    else:
+        assert any(where.startswith("file tvbridge.sqlite3-wal") for where in places), list(places)
     assert len(ids) == 3
 
     places |= data_files(data_dir) | outgoing(client, server, receiver, fake)

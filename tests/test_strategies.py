@@ -52,9 +52,9 @@ class Clock:
 
 
 @pytest.fixture(name="make_config")
-def make_config_fixture(tmp_path: Path, store_url: str) -> MakeConfig:
+def make_config_fixture(tmp_path: Path, store_env: dict[str, str]) -> MakeConfig:
     """Paper, sessions off, the global secret, and the strategies alpha (secret) and beta (secret + path token),
-    on the store under test (`store_url`: SQLite, or PostgreSQL on a `TVBRIDGE_TEST_STORE=postgresql` run)."""
+    on the store under test (`store_env`: SQLite, or PostgreSQL on a `TVBRIDGE_TEST_STORE=postgresql` run)."""
 
     def make(
         alpha: str = "",
@@ -79,9 +79,7 @@ path_token = "{BETA_TOKEN}"
 """
         path = tmp_path / "config.toml"
         path.write_text(text, encoding="utf-8")
-        env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
-        if store_url:
-            env["TVBRIDGE_JOURNAL__URL"] = store_url
+        env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}
         return load_config(path, make_converter(), env, tmp_path)
 
     return make

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, Protocol, Self, TypeVar, runtime_checkable
@@ -76,6 +76,7 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
+from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared
 from tvbridge.models import (
     CancelLeg,
     Exchange,
@@ -103,6 +104,8 @@ __all__ = [
     "CancelLeg",
     "CancelRequest",
     "Capabilities",
+    "Cluster",
+    "ClusterError",
     "ContractId",
     "Exchange",
     "Health",
@@ -120,6 +123,7 @@ __all__ = [
     "Product",
     "ReadinessCheck",
     "SettingsError",
+    "Shared",
     "Side",
     "check_supported",
     "settings_from",
@@ -202,6 +206,10 @@ OPEN_STATES: Final = frozenset(
 """States in which an order can still be cancelled."""
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @attrs.frozen(kw_only=True)
 class BrokerContext:
     """What tvbridge tells a plugin about where it runs."""
@@ -214,6 +222,12 @@ class BrokerContext:
     """`notify(kind, message)` tells the operator (tvbridge's `[notify]` targets) that something needs a person
     before it costs an alert: kinds `token_expiring` and `instruments_refresh_failed` (see docs/operations.md).
     Never blocks, never raises; no secret in `message`. The default drops it (tests, `tvbridge brokers`)."""
+    cluster: Cluster = attrs.field(default=SOLO, eq=False, repr=False)
+    """Several instances on one PostgreSQL store: `await cluster.is_leader()` before scheduled work that must run
+    once (a token renewal, a daily download), `publish`/`load` to hand its result to the other instances
+    (`tvbridge.cluster`, docs/plugins.md). Alone (SQLite, the default): always the leader, nothing shared."""
+    clock: Callable[[], datetime] = attrs.field(factory=lambda: _utc_now, eq=False, repr=False)
+    """tvbridge's wall clock (aware): use it for schedules and expiries, so a test can stand on a chosen moment."""
 
 
 @attrs.frozen(kw_only=True)

@@ -191,6 +191,10 @@ class JournalConfig:
     """PostgreSQL only: an instance that stops renewing its lease for this long (killed, cut off) is dead: another
     finishes its unfinished alerts and, if it led, takes over the scheduled work. Keep it above every account's
     `broker_timeout_s`, so a send in flight has ended before its alert is taken over."""
+    shared_secret_key: str = attrs.field(default="", repr=False)
+    """PostgreSQL only: the Fernet key (`tvbridge db new-key`) that encrypts a broker token the leader shares
+    with the other instances through the database (docs/postgresql.md). The same on every instance, never in
+    the database; a live Dhan account on PostgreSQL refuses to start without it."""
     synchronous: Literal["normal", "full"] = "normal"
     """normal: a 2xx answer survives a crash of the process (kill -9), not of the machine; full: also a power cut,
     at one fsync per commit (group commit shares it between concurrent alerts)."""
@@ -545,8 +549,18 @@ def _environment_overrides(env: Mapping[str, str]) -> Iterator[tuple[list[str], 
         if name.startswith("TVBRIDGE_") and "__" in name:
             parts = [p.lower() for p in name.removeprefix("TVBRIDGE_").split("__")]
             if all(parts):
-                value = raw if _keep_as_text(parts) else _parse_env_value(raw)
+                value = _text_or_list(raw) if _keep_as_text(parts) else _parse_env_value(raw)
                 yield parts, value, name
+
+
+def _text_or_list(raw: str) -> object:
+    """A secret or an id stays the text it is, unless it is a TOML array (`notify.urls = '["tgram://..."]'`):
+    then the list, so a list-valued secret key is never taken as a string and split into its characters."""
+    if raw.lstrip().startswith("["):
+        parsed = _parse_env_value(raw)
+        if isinstance(parsed, list):
+            return parsed
+    return raw
 
 
 BOOLEAN_KEYS: Final = frozenset({"require_token"})

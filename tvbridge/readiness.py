@@ -7,6 +7,11 @@ live account is checked: the halt switch, and what the broker itself knows (`Bro
 today, Dhan reachable and accepting the token, the clock within a second of Dhan's); a broker without that check
 is asked `health()`. The result is one log line (`readiness.checked`), the
 `/status` panel, the `tvbridge_ready{account}` metric, and a `not_ready` notification when anything fails.
+
+Several instances on one PostgreSQL store (issue 20): each checks its own accounts at `readiness_at` (its
+`/status`, metric and log line tell the truth about this instance: its token, its master file, its clock), but
+only the leader (`Store.is_leader`) sends the `not_ready` notification: one message for the open, not one per
+instance. `GET /admin/ready` checks the instance asked and answers for it, and never notifies on a follower.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from aiohttp import web
 
 from tvbridge import notify
 from tvbridge.broker import ReadinessCheck
-from tvbridge.keys import BROKERS, CALENDAR, CONFIG, METRICS, NOW
+from tvbridge.keys import BROKERS, CALENDAR, CONFIG, JOURNAL, METRICS, NOW
 from tvbridge.metrics import is_halted
 from tvbridge.sessions import EXCHANGE_TZ
 
@@ -144,8 +149,24 @@ async def _account(account: str, broker: Broker, *, halted: bool, close_at: date
     return AccountReadiness(account=account, checks=tuple(checks))
 
 
-async def check_readiness(app: web.Application) -> Readiness:
-    """Check every live account now; log, record for /status and the metric, notify when not ready."""
+async def leads(app: web.Application) -> bool:
+    """Whether this instance announces the check: alone, always; on a shared store, the leader only. A store
+    that cannot answer counts as leading: a `not_ready` twice is better than none before the open."""
+    journal = app.get(JOURNAL)
+    if journal is None or not journal.shared:
+        return True
+    try:
+        return await journal.is_leader()
+    except Exception:  # noqa: BLE001 - see above
+        log.warning("readiness.leader_unknown")
+        return True
+
+
+async def check_readiness(app: web.Application, *, announce: bool | None = None) -> Readiness:
+    """Check every live account now; log, record for /status and the metric, notify when not ready (when
+    `announce`; None: when this instance `leads`)."""
+    if announce is None:
+        announce = await leads(app)
     now = app[NOW]()
     close_at = close_of(app, now)
     halted = is_halted(app)
@@ -157,11 +178,12 @@ async def check_readiness(app: web.Application) -> Readiness:
     for account in report.accounts:
         metrics.ready.labels(account=account.account).set(1 if account.ready else 0)
     if report.ready:
-        log.info("readiness.checked", ready=True, accounts=[a.account for a in report.accounts])
+        log.info("readiness.checked", ready=True, accounts=[a.account for a in report.accounts], notified=False)
     else:
         problems = report.problems()
-        log.warning("readiness.checked", ready=False, problems=problems)
-        notify.event(app, "not_ready", "Not ready for the open: " + "; ".join(problems))
+        log.warning("readiness.checked", ready=False, problems=problems, notified=announce)
+        if announce:
+            notify.event(app, "not_ready", "Not ready for the open: " + "; ".join(problems))
     return report
 
 

@@ -25,6 +25,7 @@ from tvbridge.broker import (
     Capabilities,
     SettingsError,
 )
+from tvbridge.cluster import SOLO, Cluster, cluster_of
 from tvbridge.config import ACCOUNT_KEYS
 from tvbridge.errors import PluginError, PluginStartError
 from tvbridge.fileid import FileIdentity
@@ -32,6 +33,7 @@ from tvbridge.pluginguard import GuardedBroker, LoopWatchdog, PluginTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
+    from datetime import datetime
 
     from aiohttp import web
 
@@ -173,8 +175,15 @@ def interface_problem(broker: object) -> str:
     return ""
 
 
-def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None = None) -> dict[str, Broker]:
-    """One plugin instance per routed account, each from its own config table.
+def build_brokers(
+    config: Config,
+    *,
+    notify: Callable[[str, str], None] | None = None,
+    cluster: Cluster = SOLO,
+    clock: Callable[[], datetime] | None = None,
+) -> dict[str, Broker]:
+    """One plugin instance per routed account, each from its own config table; `cluster` and `clock` (the
+    server's: its store, its wall clock) reach each plugin in its `BrokerContext`.
 
     The table reaches the plugin without `broker` and without the keys tvbridge reads itself (`ACCOUNT_KEYS`:
     the risk limits and `when_closed`), so plugins that refuse unknown keys need not know them.
@@ -183,9 +192,11 @@ def build_brokers(config: Config, *, notify: Callable[[str, str], None] | None =
     for account in config.used_accounts:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
-        context = BrokerContext(account=account, data_dir=config.server.data_dir)
+        context = BrokerContext(account=account, data_dir=config.server.data_dir, cluster=cluster)
         if notify is not None:
             context = attrs.evolve(context, notify=notify)
+        if clock is not None:
+            context = attrs.evolve(context, clock=clock)
         try:
             broker = cls.from_settings(table, context)
         except ValueError as e:
@@ -242,14 +253,21 @@ async def start_broker(account: str, plugin: str, broker: Broker) -> None:
 
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
-    from tvbridge.keys import BROKERS, CONFIG, NOTIFIER, PLUGIN_FILES  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import BROKERS, CONFIG, JOURNAL, NOTIFIER, NOW, PLUGIN_FILES  # noqa: PLC0415 - keys imports this module's types
 
     config = app[CONFIG]
     watchdog = LoopWatchdog(asyncio.get_running_loop())
     notifier = app.get(NOTIFIER)
-    brokers = guard_brokers(
-        config, build_brokers(config, notify=notifier.event if notifier is not None else None), watchdog
+    journal = app.get(JOURNAL)
+    cluster = (
+        SOLO
+        if journal is None
+        else cluster_of(journal, key=config.journal.shared_secret_key, lease_s=config.journal.leader_lease_s)
     )
+    built = build_brokers(
+        config, notify=notifier.event if notifier is not None else None, cluster=cluster, clock=app.get(NOW)
+    )
+    brokers = guard_brokers(config, built, watchdog)
     started: list[tuple[str, Broker]] = []
     watchdog.start()
     try:

@@ -26,6 +26,8 @@ import pytest
 from ops_tools import free_port
 
 USER: Final = "tvbtest"
+SHARED_KEY: Final = "rJ0v8Jd1h0b0xZ3k9yQm2Wc4Tn6Ue8Ga1Ls3Pq5Rr7A="
+"""`journal.shared_secret_key` of the test servers on PostgreSQL (a Fernet key: 32 bytes, url-safe base64)."""
 SUPERUSER: Final = "tvbridge"
 START_TIMEOUT_S: Final = 60
 
@@ -111,6 +113,17 @@ class PgCluster:
             timeout=START_TIMEOUT_S,
         )
         return done.stdout.strip()
+
+    def dump(self, url: str) -> str:
+        """Everything the database at `url` holds, as `pg_dump --data-only` writes it: what a stolen backup gives."""
+        done = subprocess.run(
+            [str(self.bin / "pg_dump"), "--data-only", "-d", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=START_TIMEOUT_S,
+        )
+        return done.stdout
 
     def create_database(self) -> str:
         """A new empty database; returns its URL."""

@@ -1,4 +1,5 @@
-"""`tvbridge db migrate`: create or bring up to date the PostgreSQL store's schema (`[journal] url`).
+"""`tvbridge db migrate`: create or bring up to date the PostgreSQL store's schema (`[journal] url`); `tvbridge db
+new-key`: print a new `journal.shared_secret_key` (the key that encrypts a broker token shared through the store).
 
 The server does the same at every start, so running it is optional; it is there for a deploy that migrates
 once before starting the instances, or to see what a new release changes. Exit codes: 0 done (or nothing to do),
@@ -25,9 +26,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser("db", help=HELP, description=HELP)
     db_sub = parser.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="create or update the schema of the database at journal.url")
+    db_sub.add_parser("new-key", help="print a new journal.shared_secret_key (give every instance the same one)")
 
 
-def run(args: argparse.Namespace, config: Config) -> int:  # noqa: ARG001 - one subcommand so far
+def run(args: argparse.Namespace, config: Config) -> int:
+    if args.db_command == "new-key":
+        return new_key()
     if not config.journal.url:
         raise ConfigError("journal.url is not set: `db migrate` is for the PostgreSQL store (SQLite needs none)")
     try:
@@ -42,6 +46,16 @@ def run(args: argparse.Namespace, config: Config) -> int:  # noqa: ARG001 - one 
         # never a parse error's text: it may quote the password (`connect_failure`)
         raise JournalError(f"the PostgreSQL journal cannot be migrated: {connect_failure(e)}") from e
     print(f"schema version {after}" + (f" (was {before})" if before != after else ": up to date"))
+    return 0
+
+
+def new_key() -> int:
+    """A Fernet key from the OS's random source, printed for the operator to put in every instance's config."""
+    try:
+        from cryptography.fernet import Fernet  # noqa: PLC0415 - an optional extra, PostgreSQL only
+    except ImportError:
+        raise ConfigError("db new-key needs the cryptography package: pip install 'tvbridge[postgres]'") from None
+    print(Fernet.generate_key().decode("ascii"))
     return 0
 
 

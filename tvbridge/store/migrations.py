@@ -140,7 +140,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE queue ADD COLUMN claimed_by TEXT;
     """,
-    # 7: each strategy's kill switch, shared like the global one: one row per switch, keyed by `strategy` ('' for
+    # 7: what a broker plugin's leader shares with the other instances (tvbridge/cluster.py): Dhan's renewed
+    # token (encrypted with `journal.shared_secret_key`, which the database never holds), the master's version
+    """
+    CREATE TABLE broker_shared (
+        account       TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        version       BIGINT NOT NULL,
+        value         TEXT NOT NULL,
+        secret        BOOLEAN NOT NULL,
+        published_by  TEXT NOT NULL,
+        published_at  TEXT NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    """,
+    # 8: each strategy's kill switch, shared like the global one: one row per switch, keyed by `strategy` ('' for
     # all trading). The global row keeps `id = 1` (the others 0), so an instance still on the previous release
     # during a rolling upgrade reads and writes the global switch as before.
     """

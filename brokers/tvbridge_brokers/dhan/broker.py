@@ -44,6 +44,7 @@ from tvbridge.broker import (
     BrokerUnknownOutcomeError,
     CancelRequest,
     Capabilities,
+    ClusterError,
     Health,
     InstrumentInfo,
     Listings,
@@ -63,6 +64,7 @@ from tvbridge_brokers.dhan.mapping import (
     resolve_contract,
     segment_for,
 )
+from tvbridge_brokers.dhan.master_refresh import SHARED_NAME as MASTER_SHARED
 from tvbridge_brokers.dhan.master_refresh import MasterRefresher
 from tvbridge_brokers.dhan.orders import OPEN_STATES, to_result
 from tvbridge_brokers.dhan.portfolio import open_order_of, position_of
@@ -85,13 +87,16 @@ log = structlog.get_logger()
 
 IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
 MAINTAIN_EVERY_S: Final = 60.0
-"""How often the token and the instrument master are looked at while the server runs."""
+"""How often the token and the instrument master are looked at while one server runs alone; several on one
+PostgreSQL store look every `cluster.poll_s` (half the leader's lease), so a follower uses the leader's renewed
+token, and a new leader takes the renewal over, within seconds."""
+NO_SHARED_KEY: Final = (
+    "journal.shared_secret_key is not set: with several instances on PostgreSQL only the leader renews the Dhan"
+    " token and shares it, encrypted with that key (every instance needs the same one: `tvbridge db new-key`);"
+    " without it each instance would renew its own and break the others' token (docs/postgresql.md)"
+)
 HEALTH_CACHE_S: Final = 10.0
 """/health may be polled every few seconds; one fund-limit call per 10 s is plenty to notice an expired token."""
-
-
-def _now_ist() -> datetime:
-    return datetime.now(IST)
 
 
 class DhanBroker:
@@ -100,11 +105,11 @@ class DhanBroker:
     api_version: ClassVar[int] = API_VERSION
 
     def __init__(
-        self, settings: DhanSettings, context: BrokerContext, *, clock: Callable[[], datetime] = _now_ist
+        self, settings: DhanSettings, context: BrokerContext, *, clock: Callable[[], datetime] | None = None
     ) -> None:
         self._settings = settings
         self._context = context
-        self._clock = clock
+        self._clock = clock or (lambda: context.clock().astimezone(IST))
         self._client: DhanClient | None = None
         self._retired: list[DhanClient] = []
         self._master: InstrumentMaster | None = None
@@ -126,6 +131,7 @@ class DhanBroker:
             notify=context.notify,
         )
         self._refresh_lock = asyncio.Lock()
+        self._master_share_error = ""
 
     @classmethod
     def from_settings(
@@ -133,9 +139,10 @@ class DhanBroker:
         settings: Mapping[str, object],
         context: BrokerContext,
         *,
-        clock: Callable[[], datetime] = _now_ist,
+        clock: Callable[[], datetime] | None = None,
     ) -> Self:
-        """Validate the account table (`ValueError` naming the key). `clock` (aware, IST) is for tests."""
+        """Validate the account table (`ValueError` naming the key). `clock` (aware, IST) is for tests; the
+        server's own is `context.clock`."""
         parsed = parse_settings(settings)
         _refuse_sample_when_live(parsed)
         return cls(parsed, context, clock=clock)
@@ -169,6 +176,8 @@ class DhanBroker:
         """Load the instrument master and the ledger; in live mode check the token once (an expired one does
         not stop the start: `/health` turns 503 and a SIGHUP with a new token fixes it). A live account whose
         master file does not exist yet downloads it first (`instruments_url`)."""
+        if self._settings.live and self._context.cluster.shared and not self._context.cluster.can_share_secrets:
+            raise BrokerError(NO_SHARED_KEY)
         if self._settings.live:
             await self._download_missing_master()
         self._master = await self._load_master(self._settings)
@@ -182,6 +191,7 @@ class DhanBroker:
                 data_dir=self._context.data_dir,
                 clock=self._clock,
                 notify=self._context.notify,
+                cluster=self._context.cluster,
             )
             await asyncio.to_thread(self._tokens.load)
             await self._tokens.maintain()
@@ -493,27 +503,75 @@ class DhanBroker:
 
     async def _maintain_every_minute(self) -> None:
         upkeep = self._refresh_master_if_due  # at once: a stale master at start; the token was checked in start()
+        cluster = self._context.cluster
+        every = cluster.poll_s if cluster.shared else MAINTAIN_EVERY_S
         while True:
             try:
                 await upkeep()
-            except Exception:  # noqa: BLE001 - upkeep must go on next minute
+            except Exception:  # noqa: BLE001 - upkeep must go on next round
                 self._log.exception("dhan.maintenance_failed")
-            await asyncio.sleep(MAINTAIN_EVERY_S)
+            await asyncio.sleep(every)
             upkeep = self.maintain
 
     async def _refresh_master_if_due(self) -> None:
-        """Live accounts only (a dry-run account may read the shipped sample; refresh it by hand)."""
+        """Live accounts only (a dry-run account may read the shipped sample; refresh it by hand). With several
+        instances the leader refreshes on schedule and publishes; a follower downloads when the leader's master
+        is newer than its own (`master_refresh`)."""
         if not self._settings.live:
             return
         async with self._refresh_lock:
             now = self._clock()
-            if self._refresher.due(now) is None:
+            cluster = self._context.cluster
+            published = await self._published_master() if cluster.shared else None
+            if not await cluster.is_leader():
+                following = published is not None and self._refresher.follows(published, now)
+                if following and await self._install_master(now, announce=False):
+                    self._refresher.followed = published
                 return
-            path = self._master_path(self._settings)
-            master = await self._refresher.refresh(now, path, self._master)
-            if master is not None:
-                self._master = master  # the next resolve uses it; requests in flight keep the old index
-                self._master_stamp = (str(path), (await asyncio.to_thread(path.stat)).st_mtime)
+            if self._refresher.due(now) is not None:
+                await self._install_master(now, announce=True)
+            mine = self._refresher.refreshed_at
+            if cluster.shared and mine is not None and (published is None or mine > published):
+                await self._publish_master(mine)
+
+    async def _install_master(self, now: datetime, *, announce: bool) -> bool:
+        path = self._master_path(self._settings)
+        master = await self._refresher.refresh(now, path, self._master, announce=announce)
+        if master is None:
+            return False
+        self._master = master  # the next resolve uses it; requests in flight keep the old index
+        self._master_stamp = (str(path), (await asyncio.to_thread(path.stat)).st_mtime)
+        return True
+
+    async def _published_master(self) -> datetime | None:
+        """When the leader's master was written, as it published it; None when nothing (readable) was."""
+        try:
+            shared = await self._context.cluster.load(self._context.account, MASTER_SHARED)
+            published = None if shared is None else datetime.fromisoformat(json.loads(shared.value)["refreshed_at"])
+        except (ClusterError, ValueError, KeyError, TypeError) as e:
+            self._master_share_failed(str(e))
+            return None
+        self._master_share_error = ""
+        return published
+
+    def _master_share_failed(self, error: str) -> None:
+        """Logged once per distinct error (a database outage is looked at every few seconds)."""
+        if error != self._master_share_error:
+            self._master_share_error = error
+            self._log.error("dhan.instruments.share_failed", error=error)
+
+    async def _publish_master(self, refreshed_at: datetime) -> None:
+        value = json.dumps(
+            {"refreshed_at": refreshed_at.isoformat(), "rows": len(self._master) if self._master is not None else 0}
+        )
+        try:
+            version = await self._context.cluster.publish(
+                self._context.account, MASTER_SHARED, value, secret=False, expected=None
+            )
+        except ClusterError as e:
+            self._master_share_failed(str(e))
+            return
+        self._log.info("dhan.instruments.shared", version=version, refreshed_at=refreshed_at.isoformat())
 
     async def _recover_token(self, client: DhanClient) -> bool:
         """After a DH-901 on `client`: True (and a new client in place) when another token is available."""

@@ -8,6 +8,12 @@ on every trading day (NSE's calendar) at `instruments_refresh_at` (exchange time
 never blocked and a bad download never replaces a good file. A failed refresh keeps the old master, logs
 `dhan.instruments.refresh_failed`, notifies once for that day's refresh, and is tried again every
 `RETRY_EVERY` until it works.
+
+Several instances on one PostgreSQL store (issue 20): the leader refreshes on schedule and publishes when its
+master was written (`SHARED_NAME`, through `BrokerContext.cluster`); a follower downloads the same file into
+its own data directory when the leader's is newer than its own (`follows`), without notifying (the leader
+does). The file itself does not go through the database: it is tens of MB a day per account, which every
+standby and backup would copy, when Dhan's own URL serves it to each machine.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ log = structlog.get_logger()
 RETRY_EVERY: Final = timedelta(minutes=10)
 """A failed download (tens of MB) is not retried every minute."""
 LOOK_BACK_DAYS: Final = 14
+SHARED_NAME: Final = "instruments"
+"""What the leader publishes: `{"refreshed_at": ISO-8601, "rows": N}` (not a secret)."""
 CALENDAR_EXCHANGE: Final = "NSE"
 
 
@@ -65,6 +73,8 @@ class MasterRefresher:
         self.refreshed_at: datetime | None = None
         """When the master in use was written (its file's mtime at load, the clock at a refresh)."""
         self.last_error = ""
+        self.followed: datetime | None = None
+        """The leader's publication this (follower) instance last downloaded for."""
         self._retry_at: datetime | None = None
         self._notified_for: datetime | None = None
         self._log = log.bind(broker="dhan", account=account)
@@ -82,6 +92,13 @@ class MasterRefresher:
             return None
         return scheduled
 
+    def follows(self, published: datetime, now: datetime) -> bool:
+        """A follower's question: is the leader's master (written at `published`) newer than the one in use and
+        not one already followed (the two machines' clocks may differ), and is no failed download's retry ahead?"""
+        if published == self.followed or (self.refreshed_at is not None and self.refreshed_at >= published):
+            return False
+        return self._retry_at is None or now >= self._retry_at
+
     def fresh_today(self, now: datetime) -> bool:
         """Readiness: the master in use was written today (exchange date) or after the last scheduled refresh."""
         if self.refreshed_at is None:
@@ -92,8 +109,11 @@ class MasterRefresher:
             scheduled is not None and self.refreshed_at >= scheduled
         )
 
-    async def refresh(self, now: datetime, dest: Path, previous: InstrumentMaster | None) -> InstrumentMaster | None:
-        """Download and install the master; None (old file kept, logged, notified) when it fails."""
+    async def refresh(
+        self, now: datetime, dest: Path, previous: InstrumentMaster | None, *, announce: bool = True
+    ) -> InstrumentMaster | None:
+        """Download and install the master; None (old file kept, logged, notified when `announce`: a follower's
+        failure is logged only, the leader tells the operator) when it fails."""
         scheduled = self.due(now) or now
         self._log.info("dhan.instruments.refreshing", url=self.url, path=str(dest))
         try:
@@ -102,7 +122,7 @@ class MasterRefresher:
             self.last_error = str(e)
             self._retry_at = now + RETRY_EVERY
             self._log.error("dhan.instruments.refresh_failed", error=str(e), path=str(dest), kept="the old file")
-            if self._notified_for != scheduled:
+            if announce and self._notified_for != scheduled:
                 self._notified_for = scheduled
                 self._notify(
                     "instruments_refresh_failed",

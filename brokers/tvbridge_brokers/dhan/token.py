@@ -12,6 +12,11 @@ A Dhan token lives 24 hours. `TokenKeeper` keeps a live account trading for week
   directory, and also into `.env` when that is where the running token came from (`DHAN_ACCESS_TOKEN`), so a
   restart or a SIGHUP keeps it. At start the stored token is used when it outlives the configured one.
 * When it cannot renew, `notify` says when the token expires and the one command that fixes it.
+* Several instances on one PostgreSQL store (`BrokerContext.cluster`, issue 20): only the leader renews or
+  generates, and publishes the new token (encrypted) through the store; the others adopt it at their next look
+  (every `cluster.poll_s`), and after a DH-901 a follower first looks for the token the leader published, and
+  never generates one itself: Dhan invalidates the old token on every renewal, so two instances renewing would
+  break each other's token in turn.
 
 The token is never logged, returned in a message or written anywhere but its stores. dhanhq's `DhanLogin` logs
 its failures (with the URL, which carries the PIN for generation) on the root logger; those records are dropped
@@ -37,9 +42,12 @@ import pyotp
 import structlog
 from dhanhq import DhanLogin
 
+from tvbridge.cluster import SOLO, ClusterError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tvbridge.broker import Cluster
     from tvbridge_brokers.dhan.settings import DhanSettings
 
 log = structlog.get_logger()
@@ -51,6 +59,8 @@ ENV_FILE: Final = ".env"
 ENV_KEY: Final = "DHAN_ACCESS_TOKEN"
 DEFAULT_ACCOUNT: Final = "dhan"
 """The account `DHAN_ACCESS_TOKEN` configures (see `tvbridge.config`)."""
+SHARED_NAME: Final = "access_token"
+"""The name the leader publishes the account's token under (`tvbridge.cluster`, encrypted)."""
 
 
 def token_path(data_dir: Path, account: str) -> Path:
@@ -216,9 +226,16 @@ class TokenKeeper:
         data_dir: Path,
         clock: Callable[[], datetime],
         notify: Callable[[str, str], None],
+        cluster: Cluster = SOLO,
     ) -> None:
         self._settings = settings
         self._account = account
+        self._cluster = cluster
+        self._shared: tuple[int, str] | None = None
+        """The version and token last read from (or published to) the cluster."""
+        self._leading: bool | None = None
+        self._waiting_for: str | None = None
+        self._share_error = ""
         self._store = token_path(data_dir, account)
         self._clock = clock
         self._notify = notify
@@ -277,33 +294,50 @@ class TokenKeeper:
         return None if expires is None else expires - self._clock()
 
     async def maintain(self) -> bool:
-        """Renew or generate when due; True when the token changed. Never raises for Dhan's refusals."""
+        """Adopt the token the leader published; on the leader, renew or generate when due (and publish). True
+        when the token changed. Never raises for Dhan's refusals."""
         async with self._lock:
-            remaining = self.remaining()
-            if not self._token or (remaining is not None and remaining <= timedelta(0)):
-                if self.can_generate:
-                    return await self._generate("expired" if self._token else "missing")
-                self._cannot_renew("the token has expired" if self._token else "there is no token")
-                return False
-            if remaining is None or remaining.total_seconds() >= self._settings.renew_before_s:
-                return False
-            try:
-                new = await self._auth.renew(self._token)
-            except TokenError as e:
-                self._log.warning("dhan.token.renew_failed", error=str(e), expires_at=_iso(self.expires_at))
-                if self.can_generate:
-                    return await self._generate("renewal refused")
-                self._cannot_renew(str(e))
-                return False
-            return await self._use(new, how="renewed")
+            adopted = await self._adopt_shared()
+            if not await self._leads():
+                return adopted
+            if self._cluster.shared and self._token and (self._shared is None or self._shared[1] != self._token):
+                await self._publish()  # a new leader's, or an operator's new token (SIGHUP) on the leader
+            return await self._renew_if_due() or adopted
+
+    async def _renew_if_due(self) -> bool:
+        """The leader's part of `maintain` (under its lock): renew, or generate, when due."""
+        remaining = self.remaining()
+        if not self._token or (remaining is not None and remaining <= timedelta(0)):
+            if self.can_generate:
+                return await self._generate("expired" if self._token else "missing")
+            self._cannot_renew("the token has expired" if self._token else "there is no token")
+            return False
+        if remaining is None or remaining.total_seconds() >= self._settings.renew_before_s:
+            return False
+        try:
+            new = await self._auth.renew(self._token)
+        except TokenError as e:
+            self._log.warning("dhan.token.renew_failed", error=str(e), expires_at=_iso(self.expires_at))
+            if self.can_generate:
+                return await self._generate("renewal refused")
+            self._cannot_renew(str(e))
+            return False
+        return await self._use(new, how="renewed")
 
     async def recover(self, rejected: str, *, again: bool = False) -> bool:
         """After Dhan answered DH-901 for `rejected`: True when a different token is now in use (one renewed
-        meanwhile, or one generated now). Orders try one generation per rejected token; the minute's
-        maintenance (`again`) tries once a minute until one works."""
+        meanwhile, one the leader published, or one generated now). Orders try one generation per rejected
+        token; the minute's maintenance (`again`) tries once a minute until one works. Only the leader
+        generates: a follower waits for the leader's token (its next look finds it)."""
         async with self._lock:
-            if self._token != rejected:
+            if self._token != rejected or await self._adopt_shared(rejected=rejected):
                 return True
+            if not await self._leads():
+                if self._waiting_for != rejected:
+                    self._waiting_for = rejected
+                    self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
+                self.last_error = "Dhan rejects the token; the leader instance renews it"
+                return False
             if not self.can_generate or (self._tried_after_rejection == rejected and not again):
                 return False
             self._tried_after_rejection = rejected
@@ -328,7 +362,81 @@ class TokenKeeper:
         self._warned = None
         self.last_error = ""
         self._log.info("dhan.token_renewed", how=how, expires_at=_iso(new.expires_at), stored=str(self._store))
+        await self._publish()
         return True
+
+    def _share_failed(self, error: str) -> None:
+        """Logged once per distinct error: a database outage must not write a line every few seconds."""
+        if error != self._share_error:
+            self._share_error = error
+            self._log.error("dhan.token.share_failed", error=error)
+
+    async def _leads(self) -> bool:
+        """Whether this instance renews (always alone); a change of leadership is logged."""
+        try:
+            leading = await self._cluster.is_leader()
+        except Exception as e:  # noqa: BLE001 - the store's trouble: renew nothing now, ask again next round
+            if self._leading is not False:
+                self._log.warning("dhan.token.leadership_unknown", error=type(e).__name__)
+            leading = False
+        if self._cluster.shared and leading != self._leading:
+            self._log.info("dhan.leadership", leader=leading, renews_token=leading)
+        self._leading = leading
+        return leading
+
+    async def _adopt_shared(self, *, rejected: str | None = None) -> bool:
+        """Use the token the leader published when it is new to this instance and known to outlive ours (a
+        renewal's, a generation's: both JWTs), or when this instance has none, or (after Dhan `rejected` ours)
+        whenever it is another; stored as a renewal's is (a restart of this instance starts with it). A token of
+        unknown expiry is not taken over one that works: it may be an older one."""
+        if not self._cluster.shared:
+            return False
+        try:
+            shared = await self._cluster.load(self._account, SHARED_NAME)
+        except ClusterError as e:
+            self._share_failed(str(e))
+            return False
+        self._share_error = ""
+        if shared is None:
+            return False
+        seen = self._shared is not None and shared.version == self._shared[0]
+        self._shared = (shared.version, shared.value)
+        if rejected is not None:
+            if shared.value == rejected:
+                return False
+        elif seen or (self._token and not _later(shared.value, self._token, known_only=True)):
+            return False
+        old, self._token = self._token, shared.value
+        try:
+            await asyncio.to_thread(self._save, old, shared.value)
+        except OSError as e:
+            self._log.error("dhan.token.store_failed", error=f"{type(e).__name__}: {e.strerror or e}")
+        self._warned = None
+        self.last_error = ""
+        self._waiting_for = None
+        self._log.info(
+            "dhan.token.adopted", version=shared.version, by=shared.published_by, expires_at=_iso(self.expires_at)
+        )
+        return True
+
+    async def _publish(self) -> None:
+        """Hand the token in use to the other instances (the leader's, encrypted; see `tvbridge.cluster`)."""
+        if not self._cluster.shared or not self._token:
+            return
+        expected = self._shared[0] if self._shared is not None else 0
+        try:
+            version = await self._cluster.publish(
+                self._account, SHARED_NAME, self._token, secret=True, expected=expected
+            )
+        except ClusterError as e:
+            self._share_failed(str(e))
+            return
+        self._share_error = ""
+        if version is None:  # another instance published first: its token is read at the next look
+            self._log.warning("dhan.token.share_conflict", expected=expected)
+            return
+        self._shared = (version, self._token)
+        self._log.info("dhan.token.shared", version=version, expires_at=_iso(self.expires_at))
 
     def _save(self, old: str, new: str) -> None:
         write_secret_file(self._store, new + "\n")

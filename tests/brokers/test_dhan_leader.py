@@ -1,0 +1,301 @@
+"""Dhan's scheduled work with several instances (issue 20): only the leader renews, generates and refreshes the
+master; the others use what it publishes. Two real `DhanBroker`s (the real dhanhq client, one fake Dhan API) share
+an in-memory cluster here, so each step is driven by `maintain()` and the clock; tests/test_postgres_dhan.py runs
+the same with two `tvbridge serve` processes on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+import structlog
+from dhan_support import NOW, request
+from fake_dhan import PIN, TOTP_SECRET, FakeDhan, Misbehave, jwt
+
+from tvbridge.broker import BrokerAuthError, BrokerContext, BrokerError, ClusterError, Shared
+from tvbridge_brokers.dhan import DhanBroker
+from tvbridge_brokers.dhan.instruments import sample_master_path
+from tvbridge_brokers.dhan.token import token_path
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
+
+
+@attrs.define
+class Board:
+    """What the store holds for every instance: the leader's name and the published values."""
+
+    leader: str = "a"
+    values: dict[tuple[str, str], Shared] = attrs.Factory(dict)
+
+
+@attrs.define
+class MemoryCluster:
+    """One instance's view of the board (`tvbridge.cluster.Cluster`), as the PostgreSQL store gives it."""
+
+    board: Board
+    name: str
+    shared: bool = True
+    poll_s: float = 1.0
+    can_share_secrets: bool = True
+
+    async def is_leader(self) -> bool:
+        return self.board.leader == self.name
+
+    async def load(self, account: str, name: str) -> Shared | None:
+        return self.board.values.get((account, name))
+
+    async def publish(self, account: str, name: str, value: str, *, secret: bool, expected: int | None) -> int | None:
+        if secret and not self.can_share_secrets:
+            raise ClusterError("no key")
+        current = self.board.values.get((account, name))
+        version = current.version if current is not None else 0
+        if expected is not None and current is not None and version != expected:
+            return None
+        self.board.values[account, name] = Shared(
+            value=value, version=version + 1, published_by=self.name, published_at=""
+        )
+        return version + 1
+
+
+class Clock:
+    def __init__(self, at: datetime = NOW) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def clock(fake_dhan: FakeDhan) -> Clock:
+    clock = Clock()
+
+    def epoch() -> float:
+        return clock.at.timestamp()
+
+    fake_dhan.now = epoch  # the fake's tokens live 24 h from the test's "now"
+    return clock
+
+
+@pytest.fixture
+def board() -> Board:
+    return Board()
+
+
+@pytest.fixture
+def notes() -> list[tuple[str, str, str]]:
+    return []
+
+
+Build = "Callable[..., Awaitable[DhanBroker]]"
+
+
+@pytest.fixture
+async def build(
+    tmp_path: Path, clock: Clock, board: Board, notes: list[tuple[str, str, str]], dhan_settings: dict[str, object]
+) -> AsyncIterator[Callable[..., Awaitable[DhanBroker]]]:
+    """An instance named `name`: its own data directory and master file, the board shared."""
+    built: list[DhanBroker] = []
+
+    async def make(name: str, **changes: object) -> DhanBroker:
+        data = tmp_path / name
+        data.mkdir(exist_ok=True)
+        master = data / "master.csv"
+        if not master.exists():
+            master.write_bytes(sample_master_path().read_bytes())
+            written = (NOW - timedelta(days=1)).timestamp()  # before NOW's 08:30 refresh: stale
+            os.utime(master, (written, written))
+        context = BrokerContext(
+            account="dhan",
+            data_dir=data,
+            notify=lambda kind, text: notes.append((name, kind, text)),
+            cluster=MemoryCluster(board, name),
+        )
+        settings = {**dhan_settings, "instruments_path": str(master), **changes}
+        broker = DhanBroker.from_settings(settings, context, clock=clock)
+        built.append(broker)
+        await broker.start()
+        return broker
+
+    yield make
+    for broker in built:
+        await broker.aclose()
+
+
+def order_tokens(fake: FakeDhan) -> list[str]:
+    return [r.token for r in fake.requests if r.method == "POST" and r.path == "/v2/orders"]
+
+
+def token_calls(fake: FakeDhan) -> list[str]:
+    return [r.path for r in fake.token_calls()]
+
+
+async def test_the_leader_renews_once_and_the_follower_uses_its_token_after_a_dh901_without_renewing_itself(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """Both hold a token 2 h from expiry. Time moves into the renewal window: the leader renews (Dhan drops the
+    old token), the follower does not; its next order gets DH-901, finds the leader's token, and goes through
+    with it. One RenewToken call in all, no generation even though the follower could generate (PIN + TOTP)."""
+    old = jwt((clock.at + timedelta(hours=2)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    totp = {"access_token": old, "pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    leader = await build("a", **totp)
+    follower = await build("b", **totp)
+    assert token_calls(fake_dhan) == []
+    clock.at += timedelta(minutes=90)  # 30 min left: inside renew_before_s (1 h)
+    await follower.maintain()  # first: a follower that looks before the leader renews does nothing
+    assert token_calls(fake_dhan) == []
+    await leader.maintain()
+    assert token_calls(fake_dhan) == ["/v2/RenewToken"]
+    [new] = fake_dhan.issued
+    assert old not in fake_dhan.valid_tokens
+    with structlog.testing.capture_logs() as events:
+        result = await follower.place(request(cid="F1-1", alert_id="F1"))  # DH-901 on the old token, then the new
+    assert result.order_id
+    assert order_tokens(fake_dhan) == [old, new]
+    assert any(e["event"] == "dhan.token.adopted" for e in events)
+    assert token_calls(fake_dhan) == ["/v2/RenewToken"]
+    await leader.place(request(cid="L1-1", alert_id="L1"))
+    assert order_tokens(fake_dhan)[-1] == new
+    assert follower.token_expires_at == leader.token_expires_at
+    assert token_path(follower_dir(follower), "dhan").read_text().strip() == new  # a restart starts with it
+    assert new not in str([board.values, events])  # the board holds it; no log line does
+
+
+def follower_dir(broker: DhanBroker) -> Path:
+    return broker._context.data_dir  # noqa: SLF001 - where this instance keeps its token file
+
+
+async def test_a_follower_adopts_the_leaders_token_at_its_next_look_before_any_order(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock
+) -> None:
+    old = jwt((clock.at + timedelta(minutes=30)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    leader = await build("a", access_token=old)  # renews at start
+    follower = await build("b", access_token=old)  # finds the leader's token at start
+    [new] = fake_dhan.issued
+    assert token_calls(fake_dhan) == ["/v2/RenewToken"]
+    await follower.place(request())
+    assert order_tokens(fake_dhan) == [new]
+    assert (await follower.health()).ok
+    assert leader.token_expires_at == follower.token_expires_at
+
+
+async def test_a_follower_rejected_with_nothing_new_published_fails_fast_and_never_generates(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock
+) -> None:
+    """Dhan rejects the token the follower holds and the leader has published nothing newer: the follower
+    must not generate (a generation would invalidate the leader's token: the ping-pong). The order fails as
+    an auth error; once the leader generates, the follower's next look picks the token up."""
+    token = jwt((clock.at + timedelta(hours=10)).timestamp())
+    fake_dhan.valid_tokens = {token}
+    totp = {"access_token": token, "pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    leader = await build("a", **totp)
+    follower = await build("b", **totp)
+    fake_dhan.valid_tokens = set()  # revoked at Dhan
+    with pytest.raises(BrokerAuthError):
+        await follower.place(request(cid="F1-1", alert_id="F1"))
+    await follower.maintain()
+    assert token_calls(fake_dhan) == []
+    assert (await leader.place(request(cid="L1-1", alert_id="L1"))).order_id  # the leader generates on its DH-901
+    assert token_calls(fake_dhan) == ["/app/generateAccessToken"]
+    [generated] = fake_dhan.issued
+    await follower.maintain()
+    assert (await follower.place(request(cid="F2-1", alert_id="F2"))).order_id
+    assert order_tokens(fake_dhan) == [token, token, generated, generated]
+    assert token_calls(fake_dhan) == ["/app/generateAccessToken"]
+
+
+async def test_a_new_leader_takes_the_renewal_over(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    old = jwt((clock.at + timedelta(hours=5)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    await build("a", access_token=old)
+    follower = await build("b", access_token=old)
+    clock.at += timedelta(hours=4, minutes=30)
+    board.leader = "b"  # a died: b holds the lock now
+    with structlog.testing.capture_logs() as events:
+        await follower.maintain()
+    assert token_calls(fake_dhan) == ["/v2/RenewToken"]
+    assert [r.token for r in fake_dhan.token_calls()] == [old]
+    assert any(e["event"] == "dhan.leadership" and e["leader"] is True for e in events)
+    await follower.place(request())
+    assert order_tokens(fake_dhan) == fake_dhan.issued
+
+
+async def test_without_a_shared_key_a_live_account_on_a_shared_store_refuses_to_start(
+    tmp_path: Path, board: Board, dhan_settings: dict[str, object]
+) -> None:
+    cluster = MemoryCluster(board, "a", can_share_secrets=False)
+    broker = DhanBroker.from_settings(
+        dhan_settings, BrokerContext(account="dhan", data_dir=tmp_path, cluster=cluster), clock=Clock()
+    )
+    with pytest.raises(BrokerError, match=r"journal\.shared_secret_key is not set"):
+        await broker.start()
+
+
+# the instrument master
+
+
+def master_of(broker: DhanBroker) -> Path:
+    path = broker.settings.instruments_path
+    assert path is not None
+    return path
+
+
+def downloads(fake: FakeDhan) -> int:
+    return sum(1 for r in fake.requests if r.path == "/api-data/api-scrip-master.csv")
+
+
+async def test_only_the_leader_refreshes_the_master_on_schedule_and_the_follower_follows_its_publication(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    notes: list[tuple[str, str, str]],
+) -> None:
+    """Both masters are stale at NOW (10:00, after the 08:30 refresh). The leader's download fails first: it
+    notifies, and the follower downloads nothing and notifies nothing. When the leader's retry works, the
+    follower's next look downloads the same file into its own directory."""
+    fake_dhan.master = sample_master_path().read_bytes()
+    url = {"instruments_url": fake_dhan.master_url}
+    fake_dhan.next_reply("master", Misbehave.error("DH-905"))
+    leader = await build("a", **url)  # its first round of upkeep (at start) tries the due refresh
+    follower = await build("b", **url)
+    leader_file, follower_file = master_of(leader), master_of(follower)
+    await leader.maintain()
+    await follower.maintain()
+    assert downloads(fake_dhan) == 1  # the leader's failed try only
+    assert [(who, kind) for who, kind, _ in notes] == [("a", "instruments_refresh_failed")]
+    leader._refresher._retry_at = None  # noqa: SLF001 - the retry's time has come
+    await leader.maintain()
+    assert downloads(fake_dhan) == 2
+    assert leader_file.read_bytes() == fake_dhan.master
+    await follower.maintain()
+    assert downloads(fake_dhan) == 3
+    assert follower_file.read_bytes() == fake_dhan.master
+    await follower.maintain()
+    await leader.maintain()
+    assert downloads(fake_dhan) == 3  # both fresh: nothing more today
+    assert len(notes) == 1
+
+
+async def test_a_follower_whose_own_newer_token_is_rejected_falls_back_to_the_leaders(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock
+) -> None:
+    """The follower was given a token of its own that outlives the leader's (set by hand on that instance), so
+    it kept it. When Dhan rejects it, the leader's published token is the way out: used at once, no generation."""
+    leaders = jwt((clock.at + timedelta(hours=5)).timestamp())
+    own = jwt((clock.at + timedelta(hours=20)).timestamp())
+    fake_dhan.valid_tokens = {leaders, own}
+    totp = {"pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    await build("a", access_token=leaders, **totp)
+    follower = await build("b", access_token=own, **totp)
+    await follower.place(request(cid="F1-1", alert_id="F1"))
+    fake_dhan.valid_tokens = {leaders}  # the follower's own token is revoked
+    assert (await follower.place(request(cid="F2-1", alert_id="F2"))).order_id
+    assert order_tokens(fake_dhan) == [own, own, leaders]
+    assert token_calls(fake_dhan) == []
