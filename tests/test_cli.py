@@ -193,3 +193,26 @@ def test_weak_secret_refused_for_live_accounts(tmp_path: Path) -> None:
     result = run_cli(tmp_path, env, "serve")
     assert result.returncode == 2
     assert "auth.secret is a well-known default; live trading (dhan) needs a strong secret" in result.stderr
+
+
+def test_a_second_server_on_the_same_sqlite_journal_refuses_to_start(tmp_path: Path) -> None:
+    """Two servers on one SQLite journal would each recover the other's alerts in flight, and a resend landing
+    on the second could be placed twice: the second one exits with one clear line, the first keeps serving,
+    and the lock goes with the first process, even when it is killed."""
+    env = {
+        "WEBHOOK_SECRET": GUIDE_SECRET,
+        "TVBRIDGE_ROUTING__ACCOUNTS": '["s"]',
+        "TVBRIDGE_ACCOUNTS__S__BROKER": "scripted",
+    }
+    first = ServerProcess(tmp_path, env).start()
+    try:
+        second = run_cli(tmp_path, {**env, "TVBRIDGE_SERVER__PORT": "0"}, "serve")
+        assert second.returncode == 1
+        assert "another tvbridge server is using the journal" in second.stderr
+        assert GUIDE_SECRET not in second.stdout + second.stderr
+        status, _, body = first.post("/webhook", json.dumps(alert(leg(symbol="TCS"), secret=GUIDE_SECRET)).encode())
+        assert (status, body["status"]) == (200, "success")
+    finally:
+        first.kill()
+    after_kill = ServerProcess(tmp_path, env).start()  # kill -9 released the lock
+    assert after_kill.stop() == 0

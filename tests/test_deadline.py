@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from durability_server import ADMIN_TOKEN, scripted_orders
 from helpers import alert, leg, with_accounts
+from structlog.testing import capture_logs
 from tvbridge_testbrokers import ScriptedBroker
 
 from tvbridge.keys import BROKERS
@@ -100,3 +101,27 @@ async def test_get_alert_needs_the_admin_token(make_client: ClientFactory, confi
     client = await make_client(slow_config(config))
     assert (await client.get("/alerts/nope")).status == 401
     assert (await client.get("/alerts/nope", headers=AUTH)).status == 404
+
+
+async def test_past_the_deadline_the_access_line_stays_and_alert_done_follows(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The 202 is answered before the alert is done: its `http.request` line stays at info with the 202, and
+    `alert.done` is written when the broker answers, with the source, never dropped."""
+    client = await make_client(slow_config(config))
+    with capture_logs() as events:
+        response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+        assert response.status == 202
+        alert_id = (await response.json())["alert_id"]
+        [access] = [e for e in events if e["event"] == "http.request" and e["path"] == "/webhook"]
+        assert (access["log_level"], access["status"]) == ("info", 202)
+        release(client)
+        assert (await poll_alert(client, alert_id))["status"] == "success"
+    [done] = [e for e in events if e["event"] == "alert.done"]
+    assert (done["log_level"], done["alert_id"], done["status"], done["source"]) == (
+        "info",
+        alert_id,
+        "success",
+        "127.0.0.1",
+    )
+    assert "http_status" not in done

@@ -150,3 +150,36 @@ async def test_a_record_file_deleted_in_a_long_unchanged_directory_gives_503(tmp
     assert "tvbridge.sqlite3-wal was deleted" in refused["message"]
     assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "SBIN"]
     assert await asyncio.to_thread(server.terminate) == 0
+
+
+async def test_the_kill_switch_is_seen_through_the_one_stat_path(tmp_path: Path) -> None:
+    """The halt file lives in the data directory, whose one stat() also answers "no halt file" while it is
+    unchanged: a halt file written by hand into a long unchanged directory stops the very next alert (503,
+    nothing sent), it keeps stopping them while it is there however old the directory gets, and once it is
+    gone alerts run again."""
+    server = await asyncio.to_thread(KillableServer(tmp_path).start)
+    halt = tmp_path / "HALTED"
+
+    def age_directory() -> None:
+        old = time.time() - 10
+        os.utime(tmp_path, (old, old))
+
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def send(symbol: str) -> int:
+                async with session.post(f"{server.url}/webhook", json=alert(leg(symbol=symbol))) as response:
+                    return response.status
+
+            age_directory()
+            assert [await send("INFY"), await send("SBIN")] == [200, 200]  # the second one: the one-stat path
+            halt.write_text("stop by hand\n")
+            assert await send("TCS") == 503
+            age_directory()  # the halt file is there and the directory is old: still no alert runs
+            assert [await send("TCS"), await send("TCS")] == [503, 503]
+            halt.unlink()
+            age_directory()
+            assert [await send("WIPRO"), await send("ITC")] == [200, 200]
+        assert [o["symbol"] for o in scripted_orders(tmp_path)] == ["INFY", "SBIN", "WIPRO", "ITC"]
+    finally:  # a failed assertion must not leave the server running
+        assert await asyncio.to_thread(server.terminate) == 0

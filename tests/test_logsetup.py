@@ -56,7 +56,7 @@ async def test_every_line_of_a_request_is_json_with_its_alert_id(
     response = await client.post("/webhook", json=alert())
     alert_id = response.headers["X-Request-ID"]
     request_lines = [line for line in lines(log_file) if line.get("alert_id") == alert_id]
-    assert [line["event"] for line in request_lines] == ["alert.done", "http.request"]
+    assert [line["event"] for line in request_lines] == ["alert.done"]  # the access line is at debug
     for line in request_lines:
         assert line["level"] == "info"
         stamp = datetime.fromisoformat(line["timestamp"])
@@ -65,6 +65,28 @@ async def test_every_line_of_a_request_is_json_with_its_alert_id(
     (done,) = request_lines[0]["legs"]
     assert (done["leg"], done["account"], done["broker"], done["status"]) == (1, "s", "scripted", "success")
     assert isinstance(done["latency_ms"], float)
+
+
+async def test_alert_done_carries_the_access_lines_facts_and_other_requests_keep_it(
+    log_file: Path, make_client: ClientFactory, config: Config
+) -> None:
+    """One info line per placed alert: `alert.done` says what `http.request` said (HTTP status, duration,
+    source, method, path); every other request, a refusal or a health check, keeps its `http.request`."""
+    client = await make_client(with_accounts(config, {"s": {"broker": "scripted"}}))
+    response = await client.post("/webhook", json=alert())
+    alert_id = response.headers["X-Request-ID"]
+    refused = await client.post("/webhook", json=alert(secret="wrong-secret-0123456789"))
+    health = await client.get("/health")
+    assert (response.status, refused.status, health.status) == (200, 401, 200)
+    every = lines(log_file)
+    [done] = [line for line in every if line.get("alert_id") == alert_id]
+    assert done["event"] == "alert.done"
+    assert (done["http_status"], done["method"], done["path"], done["source"]) == (200, "POST", "/webhook", "127.0.0.1")
+    assert done["request_ms"] >= done["since_arrival_ms"] > 0
+    access = {line["alert_id"]: line for line in every if line["event"] == "http.request"}
+    assert alert_id not in access
+    assert access[refused.headers["X-Request-ID"]]["status"] == 401
+    assert access[health.headers["X-Request-ID"]]["status"] == 200
 
 
 def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:

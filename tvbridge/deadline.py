@@ -32,8 +32,22 @@ async def answer_in_time(
 ) -> web.Response:
     deadline_s = app[CONFIG].server.response_deadline_s
     task = app[STATE].spawn(work, name=f"alert-{alert_id}")
-    done, _ = await asyncio.wait({task}, timeout=deadline_s)
-    if done:
+    loop = asyncio.get_running_loop()
+    answer = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not answer.done():
+            answer.set_result(None)
+
+    # a timer handle and one done-callback: what `asyncio.wait(timeout=)` arms, without its sets and closures
+    timer = loop.call_later(deadline_s, wake)
+    task.add_done_callback(wake)
+    try:
+        await answer
+    finally:  # also when this request is cancelled: the alert's task goes on, owned by the service
+        timer.cancel()
+        task.remove_done_callback(wake)
+    if task.done():
         return web.json_response(task.result())
     log.info("alert.deferred", deadline_s=deadline_s)
     return web.json_response(deferred_body(alert_id, alert_type, warnings), status=202)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import structlog
 
+from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
 from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
@@ -239,6 +240,7 @@ class Executor:
         premarked: frozenset[tuple[str, int]] = frozenset(),
         arrived: float | None = None,
         strategy: str | None = None,
+        access: Access | None = None,
     ) -> dict[str, Any]:
         """Place the alert's legs, hand over the results to the journal, and return the response body.
 
@@ -247,13 +249,16 @@ class Executor:
         (`time.perf_counter()`), for the arrival-to-broker histogram and the timings of `alert.done`.
         The results are handed over (`Journal.record_results`), not waited for: crash recovery settles an
         alert whose results were lost by client order id. `strategy`: the strategy it runs
-        under when not the running one (crash recovery and the queue pass the journaled one)."""
+        under when not the running one (crash recovery and the queue pass the journaled one). `access`: the
+        webhook request's, which writes `alert.done` with its answer (`tvbridge/accessline.py`)."""
         if strategy is not None and strategy != current_strategy():
             with use_strategy(strategy):
                 return await self._run(
-                    alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived
+                    alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived, access=access
                 )
-        return await self._run(alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived)
+        return await self._run(
+            alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived, access=access
+        )
 
     async def _run(
         self,
@@ -265,6 +270,7 @@ class Executor:
         *,
         premarked: frozenset[tuple[str, int]],
         arrived: float | None,
+        access: Access | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         timings: dict[tuple[str, int], float] = {}
@@ -310,15 +316,17 @@ class Executor:
         written = self._journal.record_results(alert_id, status.value, body, results)
         written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
         now = time.perf_counter()
-        log.info(
-            "alert.done",
-            alert_id=alert_id,
-            alert_type=alert.alert_type.value,
-            status=status.value,
-            legs=[_leg_line(r, timings.get((r.account, r.leg_number))) for r in results],
-            warnings=list(warnings) or None,
-            latency_ms=round((now - started) * 1000, 3),
-            since_arrival_ms=round((now - arrived) * 1000, 3) if arrived is not None else None,
+        alert_done(
+            access,
+            {
+                "alert_id": alert_id,
+                "alert_type": alert.alert_type.value,
+                "status": status.value,
+                "legs": [_leg_line(r, timings.get((r.account, r.leg_number))) for r in results],
+                "warnings": list(warnings) or None,
+                "latency_ms": round((now - started) * 1000, 3),
+                "since_arrival_ms": round((now - arrived) * 1000, 3) if arrived is not None else None,
+            },
         )
         return body
 

@@ -23,7 +23,10 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -38,6 +41,7 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
+from tvbridge.recentkeys import RecentKeys
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.store.pending import PendingResults
@@ -46,7 +50,7 @@ from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
     from aiohttp import web
@@ -171,11 +175,18 @@ class Journal:
         """One process owns the file: recovery runs at start only, and this instance is the leader."""
         self._results_pending = PendingResults()
         """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
+        self._recent_keys = RecentKeys()
+        """The dedupe keys recorded lately: "never" without a query (`tvbridge/recentkeys.py`)."""
 
     async def open(self) -> None:
         try:
             await self._db.start()
             await self._db.write(_create)
+            keys = await self._db.read(
+                lambda conn: conn.execute("SELECT dedupe_key FROM alerts WHERE dedupe_key IS NOT NULL").fetchall()
+            )
+            for (key,) in keys:  # recorded before this start: a repeat of one of them must find it
+                self._recent_keys.add(key)
             wal = self.path.with_name(f"{self.path.name}-wal")
             # the WAL too (SQLite keeps it while a connection is open), when the file system gave us one
             self._files = (FileIdentity.of(self.path), *([FileIdentity.of(wal)] if wal.exists() else []))
@@ -228,6 +239,8 @@ class Journal:
         stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
         now = _now()
         alert_id = entry.alert_id
+        if entry.dedupe_key is not None:  # before the write is even queued: a repeat looking now asks the file
+            self._recent_keys.add(entry.dedupe_key)
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -427,7 +440,12 @@ class Journal:
         """The first alert recorded with `dedupe_key` at or after `since` (ISO UTC): alert_id, status, response.
 
         Read-your-writes: when that alert's results were handed over (`record_results`) and are not committed
-        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running"."""
+        yet, it waits for them and reads again, so a repeat gets the first copy's results, not "running".
+        A key this process never recorded (nor found at start) is answered None without a query
+        (`tvbridge/recentkeys.py`): the usual answer, for nearly every alert."""
+        if not self._recent_keys.maybe_since(dedupe_key, since):
+            self._db.ensure_open()  # a closed journal cannot say, with or without a query
+            return None
 
         def find(conn: sqlite3.Connection) -> sqlite3.Row | None:
             row: sqlite3.Row | None = conn.execute(
@@ -793,7 +811,36 @@ async def journal_ctx(app: web.Application) -> AsyncIterator[None]:
     from tvbridge.store import open_store  # noqa: PLC0415 - the store imports this module
 
     journal = open_store(app[CONFIG])
-    await journal.open()
-    app[JOURNAL] = journal
-    yield
-    await journal.close()
+    with contextlib.ExitStack() as owned:
+        if isinstance(journal, Journal):
+            owned.enter_context(_serving(journal.path))
+        await journal.open()
+        app[JOURNAL] = journal
+        yield
+        await journal.close()
+
+
+@contextlib.contextmanager
+def _serving(path: Path) -> Iterator[None]:
+    """One server per SQLite journal: an exclusive lock on `<journal>.lock` for as long as it serves.
+
+    A second `tvbridge serve` on the same file (another port, an overlapping restart) would run crash recovery
+    on the first one's alerts in flight, and the dedupe filter (`recentkeys.py`) knows only the keys its own
+    process recorded: a resend landing on the other server could be placed twice. So it refuses to start. The
+    lock goes with the process (kill -9 included); the CLI's commands do not take it. PostgreSQL is the store for
+    several servers (docs/postgresql.md)."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = (
+                f"another tvbridge server is using the journal {path} (it holds {lock_path.name}): stop it first;"
+                " several servers share a PostgreSQL store, never a SQLite file"
+            )
+            raise JournalError(msg) from None
+        yield
+    finally:
+        os.close(fd)

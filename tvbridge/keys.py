@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from datetime import datetime  # noqa: F401
     from typing import Any  # noqa: F401
 
+    from tvbridge.accessline import Access  # noqa: F401
     from tvbridge.alertqueue import Scheduler  # noqa: F401
     from tvbridge.alerts.plan import Checks  # noqa: F401
     from tvbridge.broker import Broker  # noqa: F401
@@ -70,6 +71,9 @@ accepted alerts."""
 ALERT_ID = web.RequestKey[str]("alert_id")
 ARRIVED = web.RequestKey[float]("arrived")
 """`time.perf_counter()` when the request reached the first step: the arrival-to-broker histogram starts here."""
+ACCESS = web.RequestKey["Access"]("access")
+"""A webhook request's access facts (`tvbridge/accessline.py`): the executor hands its `alert.done` to it, and
+`request_id` writes it with the answer's status instead of a second info line."""
 RAW_ALERT = web.RequestKey["dict[str, Any]"]("raw_alert")
 """The body decoded as a JSON object, once, by whichever step needs it first (see `parsing.raw_alert`)."""
 SOURCE_IP = web.RequestKey[str]("source_ip")

@@ -123,6 +123,11 @@ class InlineSqlite:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return fn(self._open())
 
+    def ensure_open(self) -> None:
+        """Raise as `read()` would when the database is closed (an answer given without a query must not be
+        given by a closed database)."""
+        self._open()
+
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` inside a transaction at the end of this loop turn; returns once it is committed."""
         self._open()
@@ -242,6 +247,11 @@ class SqliteWorker:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._submit(fn, write=False)
+
+    def ensure_open(self) -> None:
+        """Raise as `read()` would when the database is closed (see `InlineSqlite.ensure_open`)."""
+        if self._loop is None or self._closing or not self._thread.is_alive():
+            raise sqlite3.ProgrammingError(f"{self._path}: the database is not open")
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` inside a transaction; returns once it is committed (durable per `synchronous`)."""

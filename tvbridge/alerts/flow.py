@@ -2,8 +2,9 @@
 
 `handlers.webhook` calls `accept()` after the guards (`middlewares/`) let the request through. In order:
 
-1. the service checks: shutting down (503), records replaced under us (503), the kill switch and the
-   strategy's own (503, `tvbridge/strategies.py`): nothing is recorded, a resend is welcome;
+1. the service checks: shutting down (503), records replaced under us (503), the kill switch (one stat() per
+   directory for both while they are unchanged: `check_records`) and the strategy's own (503,
+   `tvbridge/strategies.py`): nothing is recorded, a resend is welcome;
 2. `parsing.parse_alert`: 422 with every bad field;
 3. `alerts/plan.make_plan`: pure, per account and leg, send now / amo / queue / refuse;
 4. `Journal.record_plan`: the alert, its plan (queued and refused legs included) and the first legs' `sending`
@@ -37,6 +38,7 @@ from tvbridge.errors import HaltedError, RecordsError, ShuttingDownError
 from tvbridge.halt import halt_path, read_halt
 from tvbridge.journal import Journal
 from tvbridge.keys import (
+    ACCESS,
     ALERT_ID,
     ARRIVED,
     CALENDAR,
@@ -63,6 +65,7 @@ from tvbridge.strategies import current_strategy
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tvbridge.accessline import Access
     from tvbridge.alerts.plan import Decision
     from tvbridge.models import Alert
 
@@ -75,8 +78,7 @@ async def accept(request: web.Request) -> web.Response:
     config = app[CONFIG]
     if app[STATE].shutting_down:
         raise ShuttingDownError
-    check_records(app)
-    check_halted(app)
+    check_records(app)  # and the kill switch
     strategies.check_halted(config.server.data_dir, current_strategy())
     alert_id = request[ALERT_ID]
     raw = request[RAW_ALERT]
@@ -110,7 +112,13 @@ async def accept(request: web.Request) -> web.Response:
         warnings=warnings or None,
     )
     work = app[EXECUTOR].run(
-        alert_id, alert, accounts, warnings, premarked=plan.first_sends(), arrived=request.get(ARRIVED)
+        alert_id,
+        alert,
+        accounts,
+        warnings,
+        premarked=plan.first_sends(),
+        arrived=request.get(ARRIVED),
+        access=request.get(ACCESS),
     )
     return await answer_in_time(app, work, alert_id=alert_id, alert_type=alert.alert_type.value, warnings=warnings)
 
@@ -147,11 +155,17 @@ def check_records(app: web.Application) -> None:
     """503 while the journal, the order log or a plugin's state file (`Broker.state_files()`: paper's database)
     is not the file that was opened (deleted or replaced under the server): an alert accepted into it would be
     lost at the next start, and its id forgotten by dedupe (or, for paper, its order booked in a lost file).
-    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`)."""
+    Then 503 while the kill switch is on (`check_halted`).
+
+    While none of their directories changed, one stat() each answers for all the files (`fileid.Unchanged`),
+    and for the halt file too: its directory (the data directory) is one of them, creating, renaming or deleting
+    the halt file changes its mtime, and a check is "clean" only when no halt file was there. A halt file that
+    is there is read on every alert, as before."""
     journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
+    halt_file = halt_path(app[CONFIG].server.data_dir)
     unchanged = app[RECORD_DIRS]
     if unchanged.directories is None:  # the record files stay the same for the process's life
-        files = [order_log.path, *(f.path for f in plugin_files)]
+        files = [order_log.path, *(f.path for f in plugin_files), halt_file]
         if isinstance(journal, Journal):  # a file of ours (a PostgreSQL store has none to watch)
             files.append(journal.path)
         unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
@@ -161,15 +175,11 @@ def check_records(app: web.Application) -> None:
     problem = journal.problem() or order_log.problem()
     for identity in plugin_files:
         problem = problem or identity.problem()
-    unchanged.checked(stamp, clean=not problem)
+    halt = None if problem else read_halt(halt_file)
+    unchanged.checked(stamp, clean=not problem and halt is None)
     if problem:
         log.error("records.replaced", problem=problem)
         raise RecordsError(f"{problem}: nothing was recorded; restart tvbridge to reopen its files")
-
-
-def check_halted(app: web.Application) -> None:
-    """Raise `HaltedError` (503, nothing recorded) while the kill switch is on."""
-    halt = read_halt(halt_path(app[CONFIG].server.data_dir))
     if halt is not None:
         raise HaltedError(f"trading halted: {halt.reason}" if halt.reason else "trading halted")
 
@@ -267,7 +277,7 @@ async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: 
         app[SCHEDULER].wake.set()
 
     async def finish() -> dict[str, Any]:
-        ran = await run_now(app, alert_id, alert, running, warnings) if running else []
+        ran = await run_now(app, alert_id, alert, running, warnings, access=request.get(ACCESS)) if running else []
         body = combined_body(alert_id, alert.alert_type.value, [*ran, *waiting], queued, warnings)
         # after the executor's own record of the accounts it ran (handed over, not committed yet): the same
         # interface keeps the alert's writes in order, so the combined answer is the one that stays
@@ -286,21 +296,28 @@ def _unmarked(state: str) -> Any:
 
 
 async def run_now(
-    app: web.Application, alert_id: str, alert: Alert, decisions: Sequence[Decision], warnings: Sequence[str]
+    app: web.Application,
+    alert_id: str,
+    alert: Alert,
+    decisions: Sequence[Decision],
+    warnings: Sequence[str],
+    *,
+    access: Access | None = None,
 ) -> list[LegResult]:
-    """Run the accounts that send now (normally or as AMOs); returns their results in account order."""
+    """Run the accounts that send now (normally or as AMOs); returns their results in account order. `access`:
+    the webhook request's (`tvbridge/accessline.py`), none from the market-open queue."""
     executor = app[EXECUTOR]
     normal = [d.account for d in decisions if d.action == "now"]
     bodies: list[dict[str, Any]] = []
     if normal:
-        bodies.append(await executor.run(alert_id, alert, normal, warnings))
+        bodies.append(await executor.run(alert_id, alert, normal, warnings, access=access))
     by_time: dict[str, list[str]] = {}
     for d in decisions:
         if d.action == "amo" and d.amo_time:
             by_time.setdefault(d.amo_time, []).append(d.account)
     for amo_time, accounts in by_time.items():
         assert isinstance(alert, OrderAlert)  # noqa: S101 - decide() never sends a cancel alert as an AMO
-        bodies.append(await executor.run(alert_id, with_amo(alert, amo_time), accounts, warnings))
+        bodies.append(await executor.run(alert_id, with_amo(alert, amo_time), accounts, warnings, access=access))
     return [r for body in bodies for r in _leg_results(body)]
 
 

@@ -3,7 +3,8 @@
 Three aiohttp middlewares, outermost first:
 1. `request_id`     the alert id, `X-Request-ID`, the arrival time, the real client address (`trusted_proxies`) in
                     `request[SOURCE_IP]`, log context, one `http.request` line with the final status
-                    (outermost so that even an error answer carries the id and is logged with its status);
+                    (outermost so that even an error answer carries the id and is logged with its status); for a
+                    placed alert, its `alert.done` with the answer's status instead (`tvbridge/accessline.py`);
 2. `errors`         the only code that turns exceptions into HTTP answers;
 3. `guards`         on the webhook routes, the guards below as plain functions, in this order, in one pass (issue
                     22: one coroutine frame per request instead of one per guard); every other route goes

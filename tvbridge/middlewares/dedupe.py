@@ -14,7 +14,8 @@ These records make "once" hold:
   look-up and the claim, so fifty copies arriving at the same moment find one first copy and wait for it
   (up to `server.response_deadline_s`);
 * the journal: the first copy's row carries the key (`request[DEDUPE_KEY]`, written by the webhook handler
-  with the alert, before any order), so a copy that arrives after a restart is found there;
+  with the alert, before any order), so a copy that arrives after a restart is found there (the SQLite journal
+  answers a key it never recorded without a query: `tvbridge/recentkeys.py`);
 * with several instances on one PostgreSQL store, the store's claim (`Store.claim_dedupe`): a unique row, so
   of two copies arriving at two instances at the same moment one runs; the other waits (up to
   `server.response_deadline_s`) for the first one's record and is answered from it, or gets 503 to resend if

@@ -1,0 +1,101 @@
+"""The dedupe look-up without a query (`tvbridge/recentkeys.py`): "never recorded" only when that is certain.
+
+A wrong "never" would run a repeat twice (a double order), so these check the journal's answers for keys
+recorded by this process, keys already in the file when it opened, and keys at the edge of the window, against
+a real SQLite journal; and that the filter stays two fixed generations (bounded memory) while keys come and go.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tvbridge.alerts.records import AlertEntry
+from tvbridge.journal import Journal
+from tvbridge.recentkeys import BITS, RecentKeys
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def iso(delta_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=delta_s)).isoformat()
+
+
+def entry(alert_id: str, key: str) -> AlertEntry:
+    return AlertEntry(alert_id=alert_id, alert_type="multi_leg_order", payload={}, dedupe_key=key, source=None)
+
+
+async def test_a_recorded_key_is_found_and_an_unknown_one_is_not(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "tvbridge.sqlite3")
+    await journal.open()
+    try:
+        await journal.record_plan(entry("a1", "body:one"))
+        found = await journal.find_by_dedupe_key("body:one", iso(-60))
+        assert found is not None
+        assert found["alert_id"] == "a1"
+        assert await journal.find_by_dedupe_key("body:two", iso(-60)) is None
+    finally:
+        await journal.close()
+
+
+async def test_keys_in_the_file_before_it_opened_are_found(tmp_path: Path) -> None:
+    """Recorded by an earlier run (or any writer before this one opened the file): a resend after a restart
+    is still a repeat."""
+    path = tmp_path / "tvbridge.sqlite3"
+    first = Journal(path)
+    await first.open()
+    await first.record_plan(entry("a1", "id:trader-7"))
+    await first.close()
+    again = Journal(path)
+    await again.open()
+    try:
+        found = await again.find_by_dedupe_key("id:trader-7", iso(-60))
+        assert found is not None
+        assert found["alert_id"] == "a1"
+    finally:
+        await again.close()
+
+
+async def test_a_closed_journal_cannot_answer_even_without_a_query(tmp_path: Path) -> None:
+    """The dedupe guard turns this into its 503 "journal unreadable" (tests/middlewares/test_dedupe.py)."""
+    journal = Journal(tmp_path / "tvbridge.sqlite3")
+    await journal.open()
+    await journal.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        await journal.find_by_dedupe_key("body:never", iso(-60))
+
+
+def test_a_key_lives_for_as_long_as_a_window_can_reach_it_then_its_generation_goes() -> None:
+    """A key stays "maybe" while any window to come can start before it was added; once a query's window starts
+    after the current generation began, the older generation is dropped, and only then. (Windows start in the
+    past in real use; a start in the future here stands for time having passed.)"""
+    began = iso()
+    keys = RecentKeys()
+    keys.add("body:old")
+    assert keys.maybe_since("body:old", iso(-60))
+    assert keys.maybe_since("body:old", began)  # a window starting before the generation began: kept
+    before_first = iso()
+    assert keys.maybe_since("body:old", iso(1))  # rotates: body:old's generation becomes the previous one
+    keys.add("body:new")
+    assert keys.maybe_since("body:old", before_first)  # still within reach: no second rotation
+    assert keys.maybe_since("body:new", before_first)
+    before_second = iso()
+    assert not keys.maybe_since("body:old", iso(5))  # rotated again: body:old is out of every window
+    assert keys.maybe_since("body:new", before_second)  # the generation that was current is kept
+    assert not keys.maybe_since("body:new", iso(10))  # and goes in its turn
+
+
+def test_never_recorded_keys_are_almost_always_answered_without_the_journal() -> None:
+    """The point of it: with a window's worth of keys recorded, a new key is "never" nearly every time."""
+    keys = RecentKeys()
+    for n in range(100_000):
+        keys.add(f"body:{n:064x}")
+    since = iso(-60)
+    assert all(keys.maybe_since(f"body:{n:064x}", since) for n in range(100_000))
+    maybes = sum(keys.maybe_since(f"body:new-{n:060x}", since) for n in range(20_000))
+    assert maybes < 20_000 * 0.01
+    assert BITS // 8 == 1 << 20  # two such arrays: the whole memory it takes, whatever the rate
