@@ -200,7 +200,7 @@ async def test_a_shared_secret_is_encrypted_in_the_database_and_another_key_cann
     same key, is not in the table as written, and an instance with another key gets a clear error, not garbage."""
     from cryptography.fernet import Fernet  # noqa: PLC0415 - the postgres extra's
 
-    from tvbridge.cluster import ClusterError, StoreCluster, fernet_of  # noqa: PLC0415
+    from tvbridge.cluster import SharedKeyError, StoreCluster, fernet_of  # noqa: PLC0415
     from tvbridge.store.postgres import PostgresStore  # noqa: PLC0415 - asyncpg is an optional extra
 
     stores = [PostgresStore(pg_url, lease_s=LEASE_S), PostgresStore(pg_url, lease_s=LEASE_S)]
@@ -218,8 +218,16 @@ async def test_a_shared_secret_is_encrypted_in_the_database_and_another_key_cann
         [row] = await stores[0].fetch("SELECT value, secret FROM broker_shared")
         assert row["secret"] is True
         assert TOKEN not in row["value"]
-        with pytest.raises(ClusterError, match="shared_secret_key differs"):
+        with pytest.raises(SharedKeyError, match="shared_secret_key differs"):
             await other.load("dhan", "access_token")
+        # docs/postgresql.md's key rotation: the secret rows go, the first instance on the new key publishes again
+        dropped = await stores[0].fetch("DELETE FROM broker_shared WHERE secret RETURNING name")
+        assert [row["name"] for row in dropped] == ["access_token"]
+        assert await other.load("dhan", "access_token") is None
+        assert await other.publish("dhan", "access_token", "renewed", secret=True, expected=0) == 1
+        shared = await other.load("dhan", "access_token")
+        assert shared is not None
+        assert shared.value == "renewed"
         assert await mine.is_leader() != await same.is_leader()  # one leader of the two
     finally:
         for store in stores:

@@ -76,7 +76,7 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared
+from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared, SharedKeyError
 from tvbridge.models import (
     CancelLeg,
     Exchange,
@@ -124,6 +124,7 @@ __all__ = [
     "ReadinessCheck",
     "SettingsError",
     "Shared",
+    "SharedKeyError",
     "Side",
     "check_supported",
     "settings_from",

@@ -90,6 +90,10 @@ MAINTAIN_EVERY_S: Final = 60.0
 """How often the token and the instrument master are looked at while one server runs alone; several on one
 PostgreSQL store look every `cluster.poll_s` (half the leader's lease), so a follower uses the leader's renewed
 token, and a new leader takes the renewal over, within seconds."""
+KEY_HELP: Final = (
+    "This instance neither uses nor renews the token the others share until every instance has the same"
+    " journal.shared_secret_key (docs/postgresql.md: rotating the key)"
+)
 NO_SHARED_KEY: Final = (
     "journal.shared_secret_key is not set: with several instances on PostgreSQL only the leader renews the Dhan"
     " token and shares it, encrypted with that key (every instance needs the same one: `tvbridge db new-key`);"
@@ -195,6 +199,8 @@ class DhanBroker:
             )
             await asyncio.to_thread(self._tokens.load)
             await self._tokens.maintain()
+            if self._tokens.key_error:
+                raise BrokerError(f"account {self._context.account}: {self._tokens.key_error}. {KEY_HELP}")
             self._client = DhanClient(self._with_token(self._settings))
             health = await self.health()
             self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
@@ -435,6 +441,8 @@ class DhanBroker:
             return Health(ok=False, detail="dhan broker not started")
         if self._auth_failed:
             return Health(ok=False, detail=REAUTH_HELP)
+        if self._tokens is not None and self._tokens.key_error:
+            return Health(ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}")
         async with self._health_lock:
             if self._health is not None and time.monotonic() - self._health[0] < HEALTH_CACHE_S:
                 return self._health[1]
@@ -494,8 +502,11 @@ class DhanBroker:
                 break
         now = self._clock()
         account = self._context.account
+        token = token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account)
+        if self._tokens.key_error:
+            token = ReadinessCheck(name="token", ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}")
         return [
-            token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account),
+            token,
             master_check(self._refresher, now=now, account=account),
             health_check(health),
             await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),

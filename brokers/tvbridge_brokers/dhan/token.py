@@ -42,7 +42,7 @@ import pyotp
 import structlog
 from dhanhq import DhanLogin
 
-from tvbridge.cluster import SOLO, ClusterError
+from tvbridge.cluster import SOLO, ClusterError, SharedKeyError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -236,6 +236,10 @@ class TokenKeeper:
         self._leading: bool | None = None
         self._waiting_for: str | None = None
         self._share_error = ""
+        self.key_error = ""
+        """Why the shared token cannot be read with this instance's `journal.shared_secret_key` ("" when it can):
+        the broker reports it (refused start, unhealthy, not ready) and the leader renews nothing meanwhile: a
+        token it cannot publish would strand every other instance on the one Dhan just invalidated."""
         self._store = token_path(data_dir, account)
         self._clock = clock
         self._notify = notify
@@ -298,7 +302,7 @@ class TokenKeeper:
         when the token changed. Never raises for Dhan's refusals."""
         async with self._lock:
             adopted = await self._adopt_shared()
-            if not await self._leads():
+            if not await self._leads() or self.key_error:
                 return adopted
             if self._cluster.shared and self._token and (self._shared is None or self._shared[1] != self._token):
                 await self._publish()  # a new leader's, or an operator's new token (SIGHUP) on the leader
@@ -330,9 +334,15 @@ class TokenKeeper:
         token; the minute's maintenance (`again`) tries once a minute until one works. Only the leader
         generates: a follower waits for the leader's token (its next look finds it)."""
         async with self._lock:
-            if self._token != rejected or await self._adopt_shared(rejected=rejected):
+            if self._token != rejected:
                 return True
-            if not await self._leads():
+            leading = await self._leads()
+            if await self._adopt_shared(rejected=rejected, leading=leading):
+                return True
+            if self.key_error:  # neither the leader's token nor (on the leader) a generation others could read
+                self.last_error = self.key_error
+                return False
+            if not leading:
                 if self._waiting_for != rejected:
                     self._waiting_for = rejected
                     self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
@@ -384,25 +394,34 @@ class TokenKeeper:
         self._leading = leading
         return leading
 
-    async def _adopt_shared(self, *, rejected: str | None = None) -> bool:
+    async def _adopt_shared(self, *, rejected: str | None = None, leading: bool = False) -> bool:
         """Use the token the leader published when it is new to this instance and known to outlive ours (a
         renewal's, a generation's: both JWTs), or when this instance has none, or (after Dhan `rejected` ours)
         whenever it is another; stored as a renewal's is (a restart of this instance starts with it). A token of
-        unknown expiry is not taken over one that works: it may be an older one."""
+        unknown expiry is not taken over one that works: it may be an older one.
+
+        After a rejection the LEADER takes only a publication it has not seen yet, of a token known to outlive
+        the rejected one (another instance's hand-set token): the row may still hold the token it replaced (an
+        operator's SIGHUP, a publish that failed), and going back to that one would fail the order again and
+        skip the generation that fixes it."""
         if not self._cluster.shared:
             return False
         try:
             shared = await self._cluster.load(self._account, SHARED_NAME)
         except ClusterError as e:
+            if isinstance(e, SharedKeyError):
+                self.key_error = str(e)
             self._share_failed(str(e))
             return False
         self._share_error = ""
+        self.key_error = ""
         if shared is None:
             return False
         seen = self._shared is not None and shared.version == self._shared[0]
         self._shared = (shared.version, shared.value)
         if rejected is not None:
-            if shared.value == rejected:
+            stale = seen or not _later(shared.value, rejected, known_only=True)
+            if shared.value == rejected or (leading and stale):
                 return False
         elif seen or (self._token and not _later(shared.value, self._token, known_only=True)):
             return False
