@@ -342,7 +342,13 @@ async def test_after_a_dh901_the_leader_generates_rather_than_go_back_to_the_old
     leader = await build("a", access_token=first, **totp)
     assert board.values["dhan", "access_token"].value == first
     await leader.reconfigure(
-        {**dhan_settings, "instruments_path": str(master_of(leader)), **totp, "access_token": second}
+        {
+            **dhan_settings,
+            "instruments_path": str(master_of(leader)),
+            "instruments_url": fake_dhan.master_url,
+            **totp,
+            "access_token": second,
+        }
     )
     fake_dhan.valid_tokens = set()  # Dhan rejects both
     assert (await leader.place(request(cid="L1-1", alert_id="L1"))).order_id
@@ -402,3 +408,41 @@ async def test_a_key_that_stops_opening_the_shared_token_makes_the_follower_unhe
     await leader.maintain()
     assert token_calls(fake_dhan) == ["/v2/RenewToken"]
     assert (await leader.health()).ok
+
+
+async def test_a_token_set_by_hand_on_a_follower_is_published_and_the_leader_uses_it(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+    board: Board,
+    dhan_settings: dict[str, object],
+) -> None:
+    """The leader cannot renew (no PIN + TOTP) and Dhan dropped its token; an operator sets a new one on the
+    follower (`tvbridge dhan token set` + SIGHUP). The follower publishes it (compare-and-set on the version) and
+    the leader takes it at its next look: its orders go through. /health says which instance leads."""
+    old = jwt((clock.at + timedelta(hours=5)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    leader = await build("a", access_token=old)
+    follower = await build("b", access_token=old)
+    assert "this instance leads the Dhan upkeep" in (await leader.health()).detail
+    assert "follows the leader's token" in (await follower.health()).detail
+    hand = jwt((clock.at + timedelta(hours=24)).timestamp())
+    fake_dhan.valid_tokens = {hand}  # a token made on web.dhan.co: the old one no longer works
+    await follower.reconfigure(
+        {
+            **dhan_settings,
+            "instruments_path": str(master_of(follower)),
+            "instruments_url": fake_dhan.master_url,
+            "access_token": hand,
+        }
+    )
+    await follower.maintain()
+    shared = board.values["dhan", "access_token"]
+    assert (shared.value, shared.published_by, shared.version) == (hand, "b", 2)
+    await leader.maintain()
+    assert (await leader.place(request(cid="L1-1", alert_id="L1"))).order_id
+    assert (await follower.place(request(cid="F1-1", alert_id="F1"))).order_id
+    assert order_tokens(fake_dhan) == [hand, hand]
+    assert token_path(follower_dir(leader), "dhan").read_text().strip() == hand
+    await follower.maintain()
+    assert board.values["dhan", "access_token"].version == 2  # published once

@@ -241,7 +241,7 @@ class DhanBroker:
             self._throttle = TokenBucket(new.max_orders_per_s)
         if self._tokens is not None:
             changed_token = self._tokens.reconfigure(new)
-            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token)
+            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token, reload=True)
         if self._client is not None:
             self._retired.append(self._client)
         if new.live:
@@ -448,7 +448,7 @@ class DhanBroker:
                 return self._health[1]
             answer = await self._client.call("get_fund_limits")
             if answer.ok:
-                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}")
+                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}{self._role_text()}")
             elif answer.error is not None:
                 self._check_auth(answer)
                 health = Health(ok=False, detail=str(answer.error))
@@ -606,6 +606,12 @@ class DhanBroker:
         if self._tokens is None:
             return settings
         return attrs.evolve(settings, access_token=self._tokens.token)
+
+    def _role_text(self) -> str:
+        """With several instances: whether this one renews the token and refreshes the master (the leader)."""
+        if not self._context.cluster.shared or self._tokens is None or self._tokens.leading is None:
+            return ""
+        return "; this instance leads the Dhan upkeep" if self._tokens.leading else "; follows the leader's token"
 
     def _expiry_text(self) -> str:
         expires = self.token_expires_at

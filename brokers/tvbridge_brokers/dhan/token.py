@@ -234,6 +234,9 @@ class TokenKeeper:
         self._shared: tuple[int, str] | None = None
         """The version and token last read from (or published to) the cluster."""
         self._leading: bool | None = None
+        self._hand_set: str | None = None
+        """A token an operator gave this instance (SIGHUP), until it is published: from any instance, so a token
+        set by hand on a follower reaches the leader (which takes a newer token) and every other instance."""
         self._waiting_for: str | None = None
         self._share_error = ""
         self.key_error = ""
@@ -264,10 +267,16 @@ class TokenKeeper:
     def can_generate(self) -> bool:
         return self._settings.can_generate
 
-    def load(self, *, prefer_current: bool = False) -> None:
+    @property
+    def leading(self) -> bool | None:
+        """Whether this instance renews the token (the last answer; None before the first look)."""
+        return self._leading
+
+    def load(self, *, prefer_current: bool = False, reload: bool = False) -> None:
         """Use the stored token (a renewal's, or `tvbridge dhan token set`'s) unless the one in use is known to
         outlive it; with `prefer_current` (an operator just configured a new token) only when the stored one is
-        known to outlive it. Blocking (a small file): at start and on SIGHUP."""
+        known to outlive it. Blocking (a small file): at start and on SIGHUP (`reload`: a token taken from the file
+        then was set by an operator, `tvbridge dhan token set`, and is published)."""
         try:
             stored = self._store.read_text(encoding="utf-8").strip()
         except OSError:
@@ -278,6 +287,8 @@ class TokenKeeper:
             use = not _later(self._token, stored, known_only=True)
         if stored and stored != self._token and use:
             self._token = stored
+            if reload:
+                self._hand_set = stored
             self._log.info("dhan.token.loaded", source=str(self._store), expires_at=_iso(self.expires_at))
 
     def reconfigure(self, settings: DhanSettings) -> bool:
@@ -291,6 +302,7 @@ class TokenKeeper:
         self._configured = new
         if changed:
             self._token = new
+            self._hand_set = new
         return changed
 
     def remaining(self) -> timedelta | None:
@@ -302,7 +314,12 @@ class TokenKeeper:
         when the token changed. Never raises for Dhan's refusals."""
         async with self._lock:
             adopted = await self._adopt_shared()
-            if not await self._leads() or self.key_error:
+            leading = await self._leads()
+            if self._hand_set is not None and self._hand_set != self._token:
+                self._hand_set = None  # a newer token was adopted instead
+            if not leading and self._hand_set is not None and not self.key_error:
+                await self._publish()  # compare-and-set: a conflict is looked at again next round
+            if not leading or self.key_error:
                 return adopted
             if self._cluster.shared and self._token and (self._shared is None or self._shared[1] != self._token):
                 await self._publish()  # a new leader's, or an operator's new token (SIGHUP) on the leader
@@ -455,6 +472,7 @@ class TokenKeeper:
             self._log.warning("dhan.token.share_conflict", expected=expected)
             return
         self._shared = (version, self._token)
+        self._hand_set = None
         self._log.info("dhan.token.shared", version=version, expires_at=_iso(self.expires_at))
 
     def _save(self, old: str, new: str) -> None:
