@@ -400,11 +400,14 @@ class Capabilities:
 class ReadinessCheck:
     """One finding of the pre-open readiness check (`Broker.readiness()`): `name` is short (`token`,
     `instruments`, `reachable`, `clock`), `detail` is for the trader (what is wrong and what fixes it; no
-    secrets)."""
+    secrets). `local`: the finding is this instance's own (its instrument master file, its clock, its key), not
+    one every instance sharing a PostgreSQL store sees alike (the account's token at the broker): a follower
+    notifies its own findings, the leader all of them (so a shared problem is notified once)."""
 
     name: str
     ok: bool
     detail: str = ""
+    local: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -146,6 +146,9 @@ async def build(
 
     yield make
     for broker in built:
+        # a download the background upkeep has under way finishes first (the refresh lock): cancelled in
+        # aiofiles' open, it would leave its temporary file open (an unraisable ResourceWarning)
+        await broker._refresh_master_if_due()  # noqa: SLF001
         await broker.aclose()
 
 
@@ -446,3 +449,26 @@ async def test_a_token_set_by_hand_on_a_follower_is_published_and_the_leader_use
     assert token_path(follower_dir(leader), "dhan").read_text().strip() == hand
     await follower.maintain()
     assert board.values["dhan", "access_token"].version == 2  # published once
+
+
+async def test_a_follower_whose_own_download_of_the_leaders_master_fails_notifies_once_and_is_not_ready(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+    notes: list[tuple[str, str, str]],
+) -> None:
+    """The leader refreshes the stale master and publishes; the follower's own download of it fails. Only the
+    follower trades on yesterday's file, so it tells the operator itself: once for that refresh, however
+    often it retries, and its pre-open check fails on the master."""
+    leader = await build("a")
+    await leader.maintain()  # refreshed (at start or now) and published
+    assert master_of(leader).read_bytes() == fake_dhan.master
+    fake_dhan.next_reply("master", *[Misbehave.error("DH-905")] * 3)
+    follower = await build("b")
+    await follower.maintain()
+    follower._refresher._retry_at = None  # noqa: SLF001 - the retry's time has come
+    await follower.maintain()
+    assert [(who, kind) for who, kind, _ in notes] == [("b", "instruments_refresh_failed")]
+    checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
+    assert not checks["instruments"].ok
+    assert checks["instruments"].local

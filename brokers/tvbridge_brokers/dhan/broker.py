@@ -504,12 +504,15 @@ class DhanBroker:
         account = self._context.account
         token = token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account)
         if self._tokens.key_error:
-            token = ReadinessCheck(name="token", ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}")
+            token = ReadinessCheck(name="token", ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}", local=True)
         return [
             token,
-            master_check(self._refresher, now=now, account=account),
+            attrs.evolve(master_check(self._refresher, now=now, account=account), local=True),
             health_check(health),
-            await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+            attrs.evolve(
+                await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+                local=True,
+            ),
         ]
 
     async def _maintain_every_minute(self) -> None:
@@ -536,18 +539,18 @@ class DhanBroker:
             published = await self._published_master() if cluster.shared else None
             if not await cluster.is_leader():
                 following = published is not None and self._refresher.follows(published, now)
-                if following and await self._install_master(now, announce=False):
+                if following and await self._install_master(now):
                     self._refresher.followed = published
                 return
             if self._refresher.due(now) is not None:
-                await self._install_master(now, announce=True)
+                await self._install_master(now)
             mine = self._refresher.refreshed_at
             if cluster.shared and mine is not None and (published is None or mine > published):
                 await self._publish_master(mine)
 
-    async def _install_master(self, now: datetime, *, announce: bool) -> bool:
+    async def _install_master(self, now: datetime) -> bool:
         path = self._master_path(self._settings)
-        master = await self._refresher.refresh(now, path, self._master, announce=announce)
+        master = await self._refresher.refresh(now, path, self._master)
         if master is None:
             return False
         self._master = master  # the next resolve uses it; requests in flight keep the old index
