@@ -6,6 +6,7 @@ the same with two `tvbridge serve` processes on PostgreSQL."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from tvbridge_brokers.dhan.instruments import sample_master_path
 from tvbridge_brokers.dhan.token import token_path
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
 
@@ -32,6 +33,8 @@ class Board:
     leader: str = "a"
     values: dict[tuple[str, str], Shared] = attrs.Factory(dict)
     secret: set[tuple[str, str]] = attrs.Factory(set)
+    before_load: Callable[[str, str], None] | None = None
+    """Runs before every load: another instance acting between two looks of this one."""
 
 
 @attrs.define
@@ -50,6 +53,8 @@ class MemoryCluster:
         return self.board.leader == self.name
 
     async def load(self, account: str, name: str) -> Shared | None:
+        if self.board.before_load is not None:
+            self.board.before_load(self.name, name)
         if not self.key_opens and (account, name) in self.board.secret:
             raise SharedKeyError(
                 f"the shared {name} of account {account} cannot be decrypted: journal.shared_secret_key"
@@ -472,3 +477,32 @@ async def test_a_follower_whose_own_download_of_the_leaders_master_fails_notifie
     checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
     assert not checks["instruments"].ok
     assert checks["instruments"].local
+
+
+async def test_a_follower_rejected_while_the_leader_renews_waits_briefly_for_the_new_token(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """Dhan drops the old token while the leader's RenewToken runs; the follower's order is rejected a moment
+    before the leader publishes the new one. The follower looks again for a short bounded while and the order
+    goes through with the new token; no generation. The next rejection of that token fails fast."""
+    old = jwt((clock.at + timedelta(hours=10)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    totp = {"access_token": old, "pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    await build("a", **totp)
+    follower = await build("b", **totp)
+    new = jwt((clock.at + timedelta(hours=24)).timestamp())
+    fake_dhan.valid_tokens = {new}  # renewed at Dhan, not published yet
+    looks = 0
+
+    def published_on_the_second_look(instance: str, name: str) -> None:
+        nonlocal looks
+        if instance != "b" or name != "access_token" or order_tokens(fake_dhan) != [old]:
+            return
+        looks += 1  # the follower's looks after the rejection
+        if looks == 2:  # the leader commits while the follower waits
+            board.values["dhan", "access_token"] = Shared(value=new, version=2, published_by="a", published_at="")
+
+    board.before_load = published_on_the_second_look
+    assert (await follower.place(request(cid="F1-1", alert_id="F1"))).order_id
+    assert order_tokens(fake_dhan) == [old, new]
+    assert token_calls(fake_dhan) == []

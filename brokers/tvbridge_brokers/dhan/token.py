@@ -55,6 +55,11 @@ log = structlog.get_logger()
 IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
 AUTH_TIMEOUT_S: Final = 10.0
 """RenewToken and token generation are not on an order's clock, except the one retry after a DH-901."""
+LEADER_WAIT_S: Final = 2.0
+"""A follower's first DH-901 on a token waits this long for the leader's new one: Dhan drops the old token while
+the leader's RenewToken call runs, a moment before the leader publishes the new one; an order rejected in
+that window goes through with it rather than failing. Once per rejected token: the next orders fail fast."""
+LEADER_WAIT_STEP_S: Final = 0.2
 ENV_FILE: Final = ".env"
 ENV_KEY: Final = "DHAN_ACCESS_TOKEN"
 DEFAULT_ACCOUNT: Final = "dhan"
@@ -360,15 +365,26 @@ class TokenKeeper:
                 self.last_error = self.key_error
                 return False
             if not leading:
-                if self._waiting_for != rejected:
-                    self._waiting_for = rejected
-                    self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
-                self.last_error = "Dhan rejects the token; the leader instance renews it"
-                return False
+                return await self._await_leader(rejected)
             if not self.can_generate or (self._tried_after_rejection == rejected and not again):
                 return False
             self._tried_after_rejection = rejected
             return await self._generate("rejected by Dhan (DH-901)")
+
+    async def _await_leader(self, rejected: str) -> bool:
+        """A follower's part of `recover`: at the first rejection of a token, look for the leader's new one for up
+        to `LEADER_WAIT_S` (see there); True when one was adopted. Never generates."""
+        if self._waiting_for != rejected:
+            self._waiting_for = rejected
+            self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
+            loop = asyncio.get_running_loop()
+            until = loop.time() + LEADER_WAIT_S
+            while loop.time() < until:
+                await asyncio.sleep(LEADER_WAIT_STEP_S)
+                if await self._adopt_shared(rejected=rejected):
+                    return True
+        self.last_error = "Dhan rejects the token; the leader instance renews it"
+        return False
 
     async def _generate(self, why: str) -> bool:
         try:
