@@ -506,3 +506,22 @@ async def test_a_follower_rejected_while_the_leader_renews_waits_briefly_for_the
     assert (await follower.place(request(cid="F1-1", alert_id="F1"))).order_id
     assert order_tokens(fake_dhan) == [old, new]
     assert token_calls(fake_dhan) == []
+
+
+async def test_a_new_leader_does_not_republish_the_master_it_followed(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """The follower downloads the leader's master a minute after the leader did. When it becomes the leader it
+    holds the same file: publishing again (its own download time) would make every follower download it again."""
+    leader = await build("a")
+    await leader.maintain()
+    published = board.values["dhan", "instruments"]
+    clock.at += timedelta(minutes=1)
+    follower = await build("b")
+    await follower.maintain()
+    assert master_of(follower).read_bytes() == fake_dhan.master
+    board.leader = "b"
+    await follower.maintain()
+    assert board.values["dhan", "instruments"] == published
+    checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
+    assert checks["instruments"].ok  # the leader's moment: fresh today

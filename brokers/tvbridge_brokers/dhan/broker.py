@@ -540,7 +540,9 @@ class DhanBroker:
             if not await cluster.is_leader():
                 following = published is not None and self._refresher.follows(published, now)
                 if following and await self._install_master(now):
-                    self._refresher.followed = published
+                    # the leader's file, as of its moment: a new leader re-publishing its download time would make
+                    # every follower download the same file again
+                    self._refresher.followed = self._refresher.refreshed_at = published
                 return
             if self._refresher.due(now) is not None:
                 await self._install_master(now)
