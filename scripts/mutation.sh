@@ -25,8 +25,14 @@ groups=("$@")
 
 modules_of() {
     case "$1" in
-        auth) echo "tvbridge/middlewares/auth.py tvbridge/access.py" ;;
-        dedupe) echo "tvbridge/middlewares/dedupe.py" ;;
+        # the secret's checks: the admin token (access.py), the webhook secret and path token (middlewares/auth.py,
+        # comparing through strategies.pick), and the guard pass that decides which routes they guard and in what
+        # order (middlewares/__init__.py, routes.is_webhook); of strategies.py, routes.py and the guard pass only
+        # the functions mutants_of names count
+        auth) echo "tvbridge/middlewares/auth.py tvbridge/access.py tvbridge/strategies.py tvbridge/routes.py tvbridge/middlewares/__init__.py" ;;
+        # the guard, and the SQLite journal's filter of recently recorded keys (issue 22): a wrong "never
+        # recorded" there runs a repeat
+        dedupe) echo "tvbridge/middlewares/dedupe.py tvbridge/recentkeys.py" ;;
         orderlog) echo "tvbridge/orderlog.py" ;;
         risk) echo "tvbridge/risk.py" ;;
         parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
@@ -38,17 +44,35 @@ modules_of() {
         *) echo "unknown group $1" >&2; exit 2 ;;
     esac
 }
+mutants_of() {  # mutmut's mutant-name globs, for groups that take only some functions of a module (else all)
+    case "$1" in
+        auth) echo "tvbridge.middlewares.auth.* tvbridge.access.* tvbridge.strategies.x_pick__mutmut_*" \
+            "tvbridge.strategies.x__digest__mutmut_* tvbridge.strategies.x_secrets_table__mutmut_*" \
+            "tvbridge.strategies.x_path_tokens_table__mutmut_* tvbridge.routes.x_is_webhook__mutmut_*" \
+            "tvbridge.middlewares.x_guards__mutmut_* tvbridge.middlewares.x_build_middlewares__mutmut_*" ;;
+        *) echo "" ;;
+    esac
+}
 tests_of() {
     case "$1" in
-        auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" ;;
-        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py" ;;
+        # auth's own tests, the strategies' secret and path-token tests, and the other guards' (the pass's order)
+        auth) echo "tests/middlewares/test_auth.py tests/test_access.py tests/test_access_odd_bytes.py" \
+            "tests/test_strategies.py::test_a_wrong_strategy_secret_is_the_same_401_as_any" \
+            "tests/test_strategies.py::test_the_path_token_picks_its_strategy" \
+            "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" \
+            "tests/middlewares/test_body_limit.py tests/middlewares/test_ip_allowlist.py" \
+            "tests/middlewares/test_client_cert.py tests/middlewares/test_rate_limit.py" ;;
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
         # the encodability check (the webhook tests reach all of it too, but make a run take hours)
         parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
-        executor) echo "tests/test_webhook.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_positions.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py" ;;
+        # the in-process tests that send alerts through the real app to a broker: the webhook, recovery at the
+        # start on the unforgiving scripted broker, unknown outcomes, the deadline, targets and exits, strategies'
+        # own orders and cancels (not test_positions.py: it calls positions.py alone and never reaches the executor)
+        executor) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
         # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
@@ -61,6 +85,18 @@ copy_tree() {  # copy_tree DIR: the committed tree with tvbridge_brokers at the 
     mkdir -p "$1"
     (cd "$repo" && git archive HEAD) | tar -x -C "$1"
     mv "$1/brokers/tvbridge_brokers" "$1/tvbridge_brokers"
+    # structlog renders a logged exception with rich, which reads and highlights each frame's whole file: a
+    # mutated module is tens of thousands of lines, so every `log.exception` took seconds and a test that logs
+    # one ran into the timeout (a false "killed"); in the copies tracebacks are rendered plain
+    cat >> "$1/tests/conftest.py" <<'PY'
+
+
+import structlog.dev as _structlog_dev  # noqa: E402 - scripts/mutation.sh: plain tracebacks in mutation runs
+
+_structlog_dev.RichTracebackFormatter.__call__ = lambda self, sio, exc_info: _structlog_dev.plain_traceback(  # type: ignore[method-assign]
+    sio, exc_info
+)
+PY
     sed -i -e 's/^where = \[".", "brokers"\]/where = ["."]/' \
         -e 's/^include = \["tvbridge\*"\]/include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]/' \
         "$1/pyproject.toml"
@@ -89,16 +125,19 @@ pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--timeout=30"]
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 TOML
-    echo "mutation: $group: $(modules_of "$group")"
-    (cd "$dir" && "$work/venv/bin/mutmut" run --max-children "$jobs" > run.log 2>&1 || true)
+    set -f  # the globs are mutmut's, not the shell's
+    read -r -a only <<< "$(mutants_of "$group")"
+    set +f
+    echo "mutation: $group: $(modules_of "$group")${only[*]:+ (only ${only[*]})}"
+    (cd "$dir" && "$work/venv/bin/mutmut" run --max-children "$jobs" "${only[@]}" > run.log 2>&1 || true)
     (cd "$dir" && "$work/venv/bin/mutmut" results --all true > report.txt 2>/dev/null || true)
-    python3 - "$dir/report.txt" "$group" <<'PY'
-import collections, re, sys
+    python3 - "$dir/report.txt" "$group" "${only[@]}" <<'PY'
+import collections, fnmatch, re, sys
 counts = collections.Counter()
 for line in open(sys.argv[1], encoding="utf-8"):
-    m = re.match(r"\s*\S+__mutmut_\d+: (.+)$", line)
-    if m:
-        counts[m.group(1).strip()] += 1
+    m = re.match(r"\s*(\S+__mutmut_\d+): (.+)$", line)
+    if m and (len(sys.argv) == 3 or any(fnmatch.fnmatch(m.group(1), g) for g in sys.argv[3:])):
+        counts[m.group(2).strip()] += 1
 total = sum(counts.values())
 killed = counts["killed"] + counts["timeout"]
 score = f"{100 * killed / total:.1f}%" if total else "n/a"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.journal import Journal, PlannedLeg
-from tvbridge.keys import JOURNAL
+from tvbridge.keys import BROKERS, JOURNAL
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.orderlog import OrderLog
 
@@ -77,13 +78,17 @@ async def crashed_run(
     journal = Journal(config.data_path(config.journal.path))
     await journal.open()
     numbers = range(1, len(raw["order_legs"]) + 1)
+    cancel = raw["alertType"] == "cancel_order"  # a cancel places nothing under a client order id
     await journal.record_alert(
         alert_id=alert_id,
         alert_type=raw["alertType"],
         payload=raw,
         dedupe_key=None,
         source="127.0.0.1",
-        legs=[PlannedLeg(account="sim", leg_number=n, client_order_id=client_order_id(alert_id, n)) for n in numbers]
+        legs=[
+            PlannedLeg(account="sim", leg_number=n, client_order_id=None if cancel else client_order_id(alert_id, n))
+            for n in numbers
+        ]
         if planned
         else [],
         order_log_offset=offset,
@@ -202,6 +207,8 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     [line] = [e for e in logs if e["event"] == "recovery.alert"]
     assert isinstance(line["age_s"], float)  # the age, to a tenth of a second
     assert 3600 <= line["age_s"] < 3900
+    expired = [e for e in logs if e["event"] == "recovery.leg_expired"]
+    assert [(e["leg"], e["client_order_id"], e["max_age_s"]) for e in expired] == [(1, "A5-1", 600), (2, "A5-2", 600)]
     assert (line["log_level"], line["alert_id"], line["may_send"], line["already_in_order_log"]) == (
         "warning",
         "A5",
@@ -215,7 +222,40 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     message = record["legs"][0]["message"]
     assert message.startswith("expired: not sent after a restart; the alert is 36")
     assert message.endswith("s old and alerts.max_age_s is 600 s; the broker has no order A5-1")
-    assert [row["status"] for row in order_log_rows(config)] == ["expired", "expired"]
+    assert [(row["status"], row["client_order_id"]) for row in order_log_rows(config)] == [
+        ("expired", "A5-1"),
+        ("expired", "A5-2"),
+    ]
+
+
+async def test_an_expired_cancel_leg_names_no_order_and_cancels_nothing(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A `cancel_order` alert past `max_age_s` at the start: expired, nothing asked of the broker; its message and
+    its `recovery.leg_expired` line give the age and the limit, and no client order id (a cancel has none)."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "cancel_answer": "cancel"}})
+    config = attrs.evolve(config, alerts=attrs.evolve(config.alerts, max_age_s=600))
+    old = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale = {"symbol": "INFY", "meta": {"interval": "1D", "time": old, "timenow": old}}
+    await crashed_run(config, "A9", alert(stale, alert_type="cancel_order"), sending=(1,))
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        client = await make_client(config)
+    assert client.app[BROKERS]["sim"].cancel_requests == []  # type: ignore[attr-defined]
+    [line] = [e for e in logs if e["event"] == "recovery.leg_expired"]
+    assert (line["log_level"], line["alert_id"], line["leg"], line["account"]) == ("warning", "A9", 1, "sim")
+    assert (line["client_order_id"], line["max_age_s"]) == (None, 600)
+    assert isinstance(line["age_s"], float)  # to a tenth of a second, not rounded to whole seconds
+    assert 3600 <= line["age_s"] < 3900
+    assert line["age_s"] == round(line["age_s"], 1)
+    record = await journal_of(client, "A9")
+    [journaled] = record["legs"]
+    assert (journaled["state"], journaled["client_order_id"]) == ("expired", None)
+    message = journaled["message"]
+    assert re.fullmatch(
+        r"expired: not sent after a restart; the alert is 3[6-8]\d\d s old and alerts.max_age_s is 600 s", message
+    )
+    [row] = order_log_rows(config)
+    assert (row["status"], row["order_type"], row["message"]) == ("expired", "CANCEL", message)
 
 
 async def test_a_young_alert_within_max_age_is_sent(make_client: ClientFactory, config: Config) -> None:

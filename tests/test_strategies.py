@@ -191,6 +191,25 @@ async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(
     assert open_ids == [theirs["results"][0]["order_id"]]
 
 
+async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha has two limit orders resting on RELIANCE: its `cancel_order` cancels both, one by one by order id,
+    and the answer names both (not only the last the broker answered for)."""
+    client = await start(aiohttp_client, make_config())
+    # paper fills a resting buy when a later alert's price is at or below it: the second's is above the first's
+    first = await post(client, alert(intraday(orderType="LMT", price="1970", quantity="1"), secret=ALPHA))
+    second = await post(client, alert(intraday(orderType="LMT", price="1980", quantity="2"), secret=ALPHA))
+    ids = [first["results"][0]["order_id"], second["results"][0]["order_id"]]
+
+    body = await post(client, alert({"symbol": "RELIANCE", "exchange": "NSE"}, secret=ALPHA, alertType="cancel_order"))
+
+    [result] = body["results"]
+    assert (result["status"], result["order_id"]) == ("success", ",".join(ids)), result
+    assert result["message"] == f"cancelled 2 order(s): {', '.join(ids)}"
+    assert await client.app[BROKERS]["paper"].open_orders() == []
+
+
 async def test_the_default_strategy_owns_what_the_named_ones_do_not(
     aiohttp_client: Any, make_config: MakeConfig
 ) -> None:

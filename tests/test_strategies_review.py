@@ -244,7 +244,9 @@ async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(
 
     [result] = body["results"]
     assert result["status"] == "failed", result
-    assert f"order {beta_id} is another strategy's order" in result["message"]
+    assert result["message"] == (
+        f"not cancelled: order {beta_id} is another strategy's order; strategy alpha cancels only its own orders"
+    )
     body = await post(client, alert({"order_id": beta_id}, alertType="cancel_order"))
     assert body["results"][0]["status"] == "failed", body
     assert [o.order_id for o in await broker.open_orders()] == [beta_id]
@@ -262,6 +264,16 @@ async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(
         price=Decimal(1900),
     )
     placed = await broker.place(OrderRequest(client_order_id="MANUAL-2", alert_id="MANUAL", leg_number=1, leg=outside))
+    body = await post(client, alert({"order_id": placed.order_id}, secret=ALPHA, alertType="cancel_order"))
+    [result] = body["results"]  # a named strategy cannot take an order tvbridge never placed
+    assert (result["status"], result["message"]) == (
+        "failed",
+        (
+            f"not cancelled: order {placed.order_id} is an order tvbridge did not place under it; strategy alpha"
+            " cancels only its own orders"
+        ),
+    )
+    assert [o.order_id for o in await broker.open_orders()] == [placed.order_id]
     body = await post(client, alert({"order_id": placed.order_id}, alertType="cancel_order"))
     assert body["results"][0]["status"] == "success", body
     assert await broker.open_orders() == []

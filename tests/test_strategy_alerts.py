@@ -4,16 +4,22 @@ chosen relative to the market (`strike_price: ATM+N`, `expiry_date: current_week
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from helpers import alert, leg, now_iso, with_accounts
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
 from tvbridge.config import load_config
-from tvbridge.errors import ConfigError
+from tvbridge.errors import ConfigError, JournalError
+from tvbridge.journal import Journal
 from tvbridge.keys import BROKERS, CREDENTIALS
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
@@ -130,6 +136,7 @@ async def test_the_same_target_twice_sends_once(make_client: ClientFactory, conf
     [again] = second["results"]
     assert (again["status"], again["transaction"], again["quantity"], again["order_id"]) == ("success", "", "0", None)
     assert again["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
+    assert (again["account"], again["leg_number"], again["client_order_id"]) == ("paper", 1, f"{second['alert_id']}-1")
     assert len(await paper_orders(client)) == 1
     assert await positions(client) == {"RELIANCE": 10}
 
@@ -491,6 +498,176 @@ async def test_a_broker_without_positions_or_funds_refuses_before_sending(
     assert second["status"] == "skipped"
     body = await post(client, alert(leg(quantity_type="percent_of_funds", quantity="10", price="101")))
     assert "needs the broker capability `funds`" in body["results"][0]["message"]
+
+
+def exit_all_leg() -> dict[str, Any]:
+    body = {**leg(), "manage_position": "EXIT_ALL"}
+    body.pop("quantity")
+    return body
+
+
+def scripted_orders(config: Config) -> list[dict[str, Any]]:
+    path = config.data_path("scripted-sim.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "message"),
+    [
+        ("unavailable", "target", "not sent: the current position could not be read: positions API down"),
+        ("bug", "target", "not sent: reading the current position failed (RuntimeError: positions table missing)"),
+        ("unavailable", "exit", "not sent: the position to close could not be read: positions API down"),
+        ("bug", "exit", "not sent: reading the position to close failed (RuntimeError: positions table missing)"),
+    ],
+)
+async def test_a_position_that_cannot_be_read_sends_nothing(
+    make_client: ClientFactory, config: Config, answer: str, kind: str, message: str
+) -> None:
+    """A target or an EXIT_ALL sized from a position the broker cannot give: nothing is sent (a guess could
+    double the position); the leg fails with the reason, under its account, number and client order id, in the
+    answer and the journal; a plugin bug is logged with its trace."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": answer}})
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(target(10, 1) if kind == "target" else exit_all_leg()))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["message"]) == ("failed", message)
+    assert (result["account"], result["leg_number"], result["client_order_id"], result["symbol"]) == (
+        "sim",
+        1,
+        f"{alert_id}-1",
+        "RELIANCE",
+    )
+    assert scripted_orders(config) == []
+    journaled = (await stored(client, alert_id))["legs"][0]
+    assert (journaled["state"], journaled["message"]) == ("failed", message)
+    bugs = [
+        (e["log_level"], e["alert_id"], e["leg"], e["account"]) for e in logs if e["event"] == "broker.unexpected_error"
+    ]
+    assert bugs == ([("error", alert_id, 1, "sim")] if answer == "bug" else [])
+
+
+async def test_a_target_without_the_positions_capability_fails_under_its_leg(
+    make_client: ClientFactory, config: Config
+) -> None:
+    client = await make_client(with_accounts(config, {"sim": {"broker": "scripted"}}))
+    body = await post(client, alert(target(10, 1)))
+    [result] = body["results"]
+    assert (result["status"], result["account"], result["leg_number"], result["client_order_id"]) == (
+        "failed",
+        "sim",
+        1,
+        f"{body['alert_id']}-1",
+    )
+
+
+async def test_a_target_logs_the_position_found_and_sends_the_difference(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Flat, target 10: one BUY of 10 under the leg's client order id, and one `leg.target` line with the
+    position before and the target."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "flat"}})
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(target(10, 1)))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["transaction"], result["quantity"]) == ("success", "B", "10")
+    assert (result["position_before"], result["position_target"]) == (0, 10)
+    assert [(o["client_order_id"], o["side"], o["quantity"]) for o in scripted_orders(config)] == [
+        (f"{alert_id}-1", "B", 10)
+    ]
+    [line] = [e for e in logs if e["event"] == "leg.target"]
+    assert {k: line[k] for k in ("alert_id", "leg", "account", "before", "target")} == {
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "before": 0,
+        "target": 10,
+    }
+
+
+async def test_a_target_over_a_risk_limit_is_refused_before_sending(make_client: ClientFactory, config: Config) -> None:
+    """Flat, target 10 with `max_qty_per_order = 5`: the move's own order (10) is checked like any order and
+    refused; nothing reaches the broker and the journal never marks it `sending`."""
+    settings = {"broker": "scripted", "positions_answer": "flat", "max_qty_per_order": 5}
+    config = with_accounts(config, {"sim": settings})
+    client = await make_client(config)
+    body = await post(client, alert(target(10, 1)))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["account"], result["leg_number"], result["client_order_id"]) == (
+        "failed",
+        "sim",
+        1,
+        f"{alert_id}-1",
+    )
+    assert "max_qty_per_order" in result["message"], result["message"]
+    assert scripted_orders(config) == []
+    journaled = (await stored(client, alert_id))["legs"][0]
+    assert journaled["state"] == "failed"
+
+
+async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The move's order is marked `sending` (for its alert, account and leg) before the broker call, as every
+    order is: a crash during the call is then looked up at the start, not resent or forgotten."""
+    settings = {"broker": "scripted", "positions_answer": "flat", "hold_symbols": ["RELIANCE"]}
+    config = with_accounts(config, {"sim": settings})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(target(10, 1)))
+    assert response.status == 202
+    alert_id = (await response.json())["alert_id"]
+    record = await stored(client, alert_id)
+    assert (record["status"], [(lg["account"], lg["state"]) for lg in record["legs"]]) == (
+        "accepted",
+        [("sim", "sending")],
+    )
+    client.app[BROKERS]["sim"].release()  # type: ignore[attr-defined]  # the scripted broker, behind its guard
+    async with asyncio.timeout(10):  # bounded: the result lands once the broker answers
+        while True:
+            record = await stored(client, alert_id)
+            if record["status"] != "accepted":
+                break
+            await asyncio.sleep(0.05)
+    assert [(lg["state"], lg["client_order_id"]) for lg in record["legs"]] == [("placed", f"{alert_id}-1")]
+
+
+async def test_a_target_whose_sending_mark_fails_is_not_sent(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move whose `sending` mark the journal refuses is not sent (unmarked, a crash could resend it): failed
+    with the journal's reason, under its leg, and one `leg.not_sent` error line."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "flat"}})
+    client = await make_client(config)
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("journal unwritable")
+
+    monkeypatch.setattr(Journal, "mark_sending", refused)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(target(10, 1)))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["transaction"], result["quantity"]) == (
+        "failed",
+        "position 0 in NSE RELIANCE (C), target 10: BUY 10; not sent: journal unwritable",
+        "B",
+        "10",
+    )
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
+    assert scripted_orders(config) == []
+    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
+    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "error": "journal unwritable",
+    }
 
 
 @pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])

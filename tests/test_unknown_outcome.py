@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from typing import TYPE_CHECKING
 
 from durability_server import scripted_orders
 from helpers import alert, leg, with_accounts
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,3 +50,94 @@ async def test_rejected_leg_stops_the_rest_and_the_journal_says_so(make_client: 
     assert record is not None
     assert record["status"] == "failed"
     assert [lg["state"] for lg in record["legs"]] == ["failed", "skipped"]
+
+
+async def test_an_answer_lost_before_placing_is_unknown_and_never_resent(
+    make_client: ClientFactory, config: Config, tmp_path: Path
+) -> None:
+    """The broker lost the answer and has no order under the leg's client order id (yet): the leg is `unknown`
+    with both facts and the id to check, in the answer, the journal and the order log; nothing is placed again
+    and the next leg is not sent blind after it."""
+    from tvbridge.keys import JOURNAL  # noqa: PLC0415 - only these tests read the journal directly
+
+    config = with_accounts(config, {"sim": {"broker": "scripted", "unknown_symbols": ["TCS"]}})
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="TCS"), leg(symbol="INFY", sort_order="2")))
+    body = await response.json()
+    alert_id = body["alert_id"]
+    assert scripted_orders(tmp_path) == []
+    first = body["results"][0]
+    assert (first["status"], first["account"], first["leg_number"], first["client_order_id"]) == (
+        "unknown",
+        "sim",
+        1,
+        f"{alert_id}-1",
+    )
+    assert first["message"] == (
+        f"outcome unknown (timed out before the broker answered); the broker has no order {alert_id}-1 yet:"
+        " check before resending"
+    )
+    record = await client.app[JOURNAL].get_alert(alert_id)
+    assert record is not None
+    journaled = record["legs"][0]
+    assert (journaled["state"], journaled["client_order_id"]) == ("unknown", f"{alert_id}-1")
+    with config.data_path(config.order_log.file).open(newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["status"], row["symbol"], row["client_order_id"], row["message"]) == (
+        "unknown",
+        "TCS",
+        f"{alert_id}-1",
+        first["message"],
+    )
+
+
+async def test_a_lookup_that_fails_too_leaves_the_leg_unknown(
+    make_client: ClientFactory, config: Config, tmp_path: Path
+) -> None:
+    """The answer is lost after placing and the lookup fails as well: `unknown`, saying both, never placed again."""
+    settings = {"broker": "scripted", "lose_answer_symbols": ["TCS"], "lookup_error": "lookup API down"}
+    client = await make_client(with_accounts(config, {"sim": settings}))
+    response = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+    body = await response.json()
+    alert_id = body["alert_id"]
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{alert_id}-1"]
+    [result] = body["results"]
+    assert (body["status"], result["status"], result["symbol"], result["client_order_id"]) == (
+        "failed",  # the alert did not go through as sent: the leg says why
+        "unknown",
+        "TCS",
+        f"{alert_id}-1",
+    )
+    assert (result["account"], result["leg_number"]) == ("sim", 1)
+    assert result["message"] == (
+        "outcome unknown (connection dropped after sending); lookup failed too (lookup API down):"
+        " check the broker before resending"
+    )
+
+
+async def test_a_placement_found_by_lookup_says_how_and_is_logged(
+    make_client: ClientFactory, config: Config, tmp_path: Path
+) -> None:
+    """The order found by lookup after a lost answer: placed, its broker order id and client order id, the lost
+    answer's reason in the message, and one `leg.resolved_by_lookup` warning naming the leg."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "lose_answer_symbols": ["TCS"]}})
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        response = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+    body = await response.json()
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["order_id"], result["client_order_id"]) == ("success", "S00001", f"{alert_id}-1")
+    assert result["message"] == "filled (found by lookup after: connection dropped after sending)"
+    [line] = [e for e in logs if e["event"] == "leg.resolved_by_lookup"]
+    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "broker", "order_id", "status")} == {
+        "log_level": "warning",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "broker": "scripted",
+        "order_id": "S00001",
+        "status": "success",
+    }
+    assert line["reason"] == "connection dropped after sending"
+    assert len(scripted_orders(tmp_path)) == 1

@@ -363,6 +363,10 @@ async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: Clie
     assert response.status == 200
     assert body["status"] == "success"
     assert body["results"][0]["order_id"] == "S00001"
+    assert body["results"][0]["message"] == (  # the plugin named as the culprit, and how the order was found
+        "filled (found by lookup after: the 'scripted' broker plugin raised AttributeError:"
+        " 'dict' object has no attribute 'state')"
+    )
     assert len(orders_received(config)) == 1
     assert [row["status"] for row in order_log(config)] == ["success"]
 

@@ -76,7 +76,7 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared
+from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared, SharedKeyError
 from tvbridge.models import (
     CancelLeg,
     Exchange,
@@ -124,6 +124,7 @@ __all__ = [
     "ReadinessCheck",
     "SettingsError",
     "Shared",
+    "SharedKeyError",
     "Side",
     "check_supported",
     "settings_from",
@@ -206,6 +207,16 @@ OPEN_STATES: Final = frozenset(
 """States in which an order can still be cancelled."""
 
 
+@attrs.frozen
+class SharedDatabase:
+    """The PostgreSQL database tvbridge keeps its shared state in (`[journal] url`), for a plugin whose own state
+    must be the same on every instance (the paper book). tvbridge has migrated it before any plugin starts; a
+    plugin keeps its rows in tables tvbridge's migrations create (`tvbridge/store/migrations.py`), connects with
+    the store's driver (asyncpg, the `postgres` extra), and never logs or shows `url`: it holds the password."""
+
+    url: str = attrs.field(repr=False)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -222,6 +233,9 @@ class BrokerContext:
     """`notify(kind, message)` tells the operator (tvbridge's `[notify]` targets) that something needs a person
     before it costs an alert: kinds `token_expiring` and `instruments_refresh_failed` (see docs/operations.md).
     Never blocks, never raises; no secret in `message`. The default drops it (tests, `tvbridge brokers`)."""
+    database: SharedDatabase | None = None
+    """The shared PostgreSQL database when `[journal] url` is set (several instances serve as one), else None
+    (state stays in `data_dir`, per instance). See `SharedDatabase` and docs/plugins.md."""
     cluster: Cluster = attrs.field(default=SOLO, eq=False, repr=False)
     """Several instances on one PostgreSQL store: `await cluster.is_leader()` before scheduled work that must run
     once (a token renewal, a daily download), `publish`/`load` to hand its result to the other instances
@@ -399,11 +413,14 @@ class Capabilities:
 class ReadinessCheck:
     """One finding of the pre-open readiness check (`Broker.readiness()`): `name` is short (`token`,
     `instruments`, `reachable`, `clock`), `detail` is for the trader (what is wrong and what fixes it; no
-    secrets)."""
+    secrets). `local`: the finding is this instance's own (its instrument master file, its clock, its key), not
+    one every instance sharing a PostgreSQL store sees alike (the account's token at the broker): a follower
+    notifies its own findings, the leader all of them (so a shared problem is notified once)."""
 
     name: str
     ok: bool
     detail: str = ""
+    local: bool = False
 
 
 @attrs.frozen(kw_only=True)

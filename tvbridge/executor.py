@@ -63,7 +63,6 @@ from tvbridge.errors import JournalError
 from tvbridge.metrics import Metrics
 from tvbridge.models import (
     Alert,
-    CancelAlert,
     CancelLeg,
     LegResult,
     LegStatus,
@@ -82,7 +81,6 @@ if TYPE_CHECKING:
 
     from tvbridge.broker import Broker
     from tvbridge.followup import FollowUp
-    from tvbridge.journal import PlannedLeg
     from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
     from tvbridge.sessions import Calendar
@@ -128,17 +126,6 @@ def leg_status(state: OrderState) -> LegStatus:
     if state in FAILED_STATES:
         return LegStatus.FAILED
     return LegStatus.SUCCESS
-
-
-def planned_legs(alert_id: str, alert: Alert, accounts: Sequence[str]) -> list[PlannedLeg]:
-    from tvbridge.journal import PlannedLeg  # noqa: PLC0415 - journal's types stay out of the import graph
-
-    cancel = isinstance(alert, CancelAlert)
-    return [
-        PlannedLeg(account=account, leg_number=n, client_order_id=None if cancel else client_order_id(alert_id, n))
-        for account in accounts
-        for n in range(1, len(alert.legs) + 1)
-    ]
 
 
 def _leg_fields(leg: OrderLeg | CancelLeg) -> dict[str, Any]:

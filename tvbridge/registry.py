@@ -24,6 +24,7 @@ from tvbridge.broker import (
     BrokerContext,
     Capabilities,
     SettingsError,
+    SharedDatabase,
 )
 from tvbridge.cluster import SOLO, Cluster, cluster_of
 from tvbridge.config import ACCOUNT_KEYS
@@ -192,7 +193,12 @@ def build_brokers(
     for account in config.used_accounts:
         name, table = plugin_table(config, account)
         cls = load_plugin_class(name, account=account)
-        context = BrokerContext(account=account, data_dir=config.server.data_dir, cluster=cluster)
+        context = BrokerContext(
+            account=account,
+            data_dir=config.server.data_dir,
+            cluster=cluster,
+            database=SharedDatabase(config.journal.url) if config.journal.url else None,
+        )
         if notify is not None:
             context = attrs.evolve(context, notify=notify)
         if clock is not None:

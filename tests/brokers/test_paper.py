@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import random
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ from tvbridge.broker import (
     OrderRequest,
     OrderState,
     Position,
+    SharedDatabase,
 )
 from tvbridge.models import (
     CancelLeg,
@@ -52,8 +54,16 @@ PRICES: dict[str, object] = {"RELIANCE": "2900", "NSE:INFY": 1500.5}
 
 
 @pytest.fixture
-def context(tmp_path: Path) -> BrokerContext:
-    return BrokerContext(account="practice", data_dir=tmp_path)
+async def context(tmp_path: Path, request: pytest.FixtureRequest) -> BrokerContext:
+    """The account's book in its SQLite file, or (`TVBRIDGE_TEST_STORE=postgresql`) in a new migrated PostgreSQL
+    database: the same rules, whichever stores the rows (tests of the file itself are `sqlite_only`)."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") != "postgresql":
+        return BrokerContext(account="practice", data_dir=tmp_path)
+    from tvbridge.store.postgres import migrate_url  # noqa: PLC0415 - asyncpg, only on a PostgreSQL run
+
+    url = request.getfixturevalue("pg_url")
+    await migrate_url(url)
+    return BrokerContext(account="practice", data_dir=tmp_path, database=SharedDatabase(url))
 
 
 async def started(context: BrokerContext, settings: Mapping[str, object] | None = None) -> PaperBroker:
@@ -651,6 +661,7 @@ async def test_an_order_placed_just_before_a_crash_is_found_and_not_placed_again
         await broker.aclose()
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_locked_by_another_process_fails_the_order_cleanly(
     broker: PaperBroker, tmp_path: Path
 ) -> None:
@@ -736,6 +747,7 @@ async def test_start_fails_clearly_when_the_database_cannot_be_opened(tmp_path: 
     await broker.aclose()
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_from_a_newer_version_is_refused(context: BrokerContext, tmp_path: Path) -> None:
     """A file whose schema is newer than this code is not touched: start() says to upgrade."""
     path = tmp_path / "paper-practice.sqlite3"

@@ -35,13 +35,16 @@ async def test_wrong_secret_is_401_and_never_logged(make_client: ClientFactory, 
 
 
 async def test_missing_secret_is_401(make_client: ClientFactory, config: Config) -> None:
-    """An alert without a secret is refused with a message that says so."""
+    """An alert without a secret is refused with a message that says so, and its `auth.failed` line gives the reason."""
     client = await make_client(config)
     raw = alert()
     del raw["secret"]
-    response = await client.post("/webhook", json=raw)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=raw)
     assert response.status == 401
     assert (await response.json())["message"] == "Invalid webhook secret: the alert has no secret"
+    [line] = [e for e in events if e["event"] == "auth.failed"]  # the operator sees why, not only that
+    assert (line["reason"], line["source"]) == ("no secret in the alert", "127.0.0.1")
 
 
 async def test_a_secret_that_is_not_a_string_is_refused(make_client: ClientFactory, config: Config) -> None:

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig
 from tvbridge.journal import Journal
-from tvbridge.keys import DEDUPER, JOURNAL, STATE
+from tvbridge.keys import BROKERS, DEDUPER, JOURNAL, STATE
 from tvbridge.middlewares.dedupe import Deduper, dedupe_key
 
 if TYPE_CHECKING:
@@ -229,6 +229,9 @@ async def test_a_journal_that_cannot_say_is_logged_with_the_503(make_client: Cli
     with capture_logs() as events:
         response = await client.post("/webhook", json=alert())
     assert response.status == 503
+    assert (await response.json())["message"] == (
+        "journal unreadable: cannot tell whether this alert is a repeat; resend later"
+    )
     [line] = [e for e in events if e["event"] == "dedupe.lookup_failed"]
     assert line["log_level"] == "error"
     assert orders_received(config) == []
@@ -275,3 +278,36 @@ async def test_a_claim_holds_while_its_first_copy_runs_and_a_failed_one_leaves_n
     assert deduper.live_claim("k-failed", 2.0) is None  # a failed first copy leaves no claim: the next one runs
     assert sorted(deduper.claims) == ["k-running"]
     assert running.answered.done() is False
+
+
+async def test_a_repeat_whose_first_copy_the_journal_cannot_show_is_a_503(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first copy is still running (held at the broker); the repeat's claim reads the journal, which fails:
+    the repeat is a 503 with the reason (TradingView resends it), logged, and places nothing."""
+    config = scripted(config, hold_symbols=["INFY"])
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    first = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert first.status == 202
+
+    async def unreadable(self: Journal, key: str, since: str) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(Journal, "find_by_dedupe_key", unreadable)
+    with capture_logs() as events:
+        repeat = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert repeat.status == 503
+    assert (await repeat.json())["message"] == (
+        "journal unreadable: cannot tell whether this alert is a repeat; resend later"
+    )
+    [line] = [e for e in events if e["event"] == "dedupe.lookup_failed"]
+    assert line["log_level"] == "error"
+    monkeypatch.undo()
+    client.app[BROKERS]["s"].release()  # type: ignore[attr-defined]  # the scripted broker, behind its guard
+    async with asyncio.timeout(10):  # bounded: the first copy's order reaches the broker once released
+        while True:
+            if orders_received(config):
+                break
+            await asyncio.sleep(0.05)
+    assert len(orders_received(config)) == 1

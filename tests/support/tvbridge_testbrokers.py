@@ -27,7 +27,9 @@ import attrs
 from tvbridge.broker import (
     API_VERSION,
     BrokerContext,
+    BrokerError,
     BrokerRejectedError,
+    BrokerUnavailableError,
     BrokerUnknownOutcomeError,
     CancelRequest,
     Capabilities,
@@ -35,8 +37,9 @@ from tvbridge.broker import (
     OrderRequest,
     OrderResult,
     OrderState,
+    Position,
 )
-from tvbridge.models import OrderType
+from tvbridge.models import OrderLeg, OrderType
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -69,6 +72,20 @@ class ScriptedSettings:
     """`start()` raises a RuntimeError with this message."""
     settings_bug: bool = False
     """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
+    unknown_symbols: tuple[str, ...] = ()
+    """`place()` loses the answer before placing anything (`BrokerUnknownOutcomeError`, nothing at the broker)."""
+    lookup_error: str = ""
+    """`lookup()` fails with a `BrokerError` of this message (the broker cannot say what it has)."""
+    positions_answer: str = ""
+    """"": no `positions` capability; "flat": it has one and holds nothing; "unavailable": `positions()` fails
+    with `BrokerUnavailableError`; "bug": `positions()` raises a RuntimeError (a plugin bug)."""
+    cancel: bool = True
+    """False: the broker does not declare the `cancel` capability."""
+    cancel_answer: str = ""
+    """What `cancel()` does: "" finds nothing to cancel (answers []); "cancel" cancels the order named by id, or
+    every order it holds for the symbol, and answers each as cancelled; "dry_run" answers each as a dry run;
+    "unknown" loses the answer (`BrokerUnknownOutcomeError`), "rejected" refuses (`BrokerRejectedError`), "bug"
+    raises a RuntimeError (a plugin bug)."""
 
 
 class ScriptedBroker:
@@ -84,7 +101,14 @@ class ScriptedBroker:
         """Every order placed, repeats included: the next order id is `S` and this count plus one."""
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
-        self.capabilities = Capabilities(order_types=types, instrument_info=settings.claims_instrument_info)
+        self.capabilities = Capabilities(
+            order_types=types,
+            instrument_info=settings.claims_instrument_info,
+            cancel=settings.cancel,
+            positions=bool(settings.positions_answer),
+        )
+        self.cancel_requests: list[CancelRequest] = []
+        """Every `cancel()` call, in order: a test sees what the core asked the broker to cancel."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], context: BrokerContext) -> Self:
@@ -104,10 +128,14 @@ class ScriptedBroker:
             "hang_after_place_symbols",
             "block_loop_symbols",
             "hold_symbols",
+            "unknown_symbols",
         ):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(ScriptedSettings(**values), context)
+        parsed = ScriptedSettings(**values)
+        if parsed.positions_answer:  # only then a positions() method: plain `scripted` declares none, has none
+            return ScriptedPositionsBroker(parsed, context)  # type: ignore[return-value]  # a subclass
+        return cls(parsed, context)
 
     async def start(self) -> None:
         if self.settings.fail_start:
@@ -141,8 +169,7 @@ class ScriptedBroker:
             await asyncio.Event().wait()  # never set
         if leg.symbol in self.settings.block_loop_symbols:
             time.sleep(self.settings.block_loop_s)  # noqa: ASYNC251 - the plugin bug under test: the loop waits
-        if leg.symbol in self.settings.reject_symbols:
-            raise BrokerRejectedError(f"{leg.symbol} is not tradeable here")
+        self._refuse_before_placing(leg.symbol)
         self.placed += 1
         order_id = f"S{self.placed:05d}"
         result = OrderResult(
@@ -175,15 +202,47 @@ class ScriptedBroker:
             return {"order": "placed"}  # type: ignore[return-value]  # the plugin bug under test
         return result
 
+    def _refuse_before_placing(self, symbol: str) -> None:
+        """A refusal (`reject_symbols`) or an answer lost before anything was placed (`unknown_symbols`)."""
+        if symbol in self.settings.reject_symbols:
+            raise BrokerRejectedError(f"{symbol} is not tradeable here")
+        if symbol in self.settings.unknown_symbols:
+            raise BrokerUnknownOutcomeError("timed out before the broker answered")
+
     def release(self) -> None:
         """Let the held orders (`hold_symbols`) through, and every later one."""
         self._released.set()
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
-        del request
-        return []
+        self.cancel_requests.append(request)
+        answer = self.settings.cancel_answer
+        if answer == "unknown":
+            raise BrokerUnknownOutcomeError("connection dropped after the cancel was sent")
+        if answer == "rejected":
+            raise BrokerRejectedError("the order is already filled")
+        if answer == "bug":
+            raise RuntimeError("cancel table missing")
+        if answer not in {"cancel", "dry_run"}:
+            return []
+        leg = request.leg
+        ids = [
+            order_id
+            for order_id, symbol in self._symbols().items()
+            if order_id == leg.order_id or (leg.order_id is None and symbol == leg.symbol)
+        ]
+        state = OrderState.DRY_RUN if answer == "dry_run" else OrderState.CANCELLED
+        return [OrderResult(order_id=order_id, state=state, message=state.value) for order_id in ids]
+
+    def _symbols(self) -> dict[str, str]:
+        """order id -> symbol, from the broker's own file (the orders it holds)."""
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return {order["order_id"]: order["symbol"] for order in map(json.loads, lines) if "symbol" in order}
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
+        if self.settings.lookup_error:
+            raise BrokerError(self.settings.lookup_error)
         return self.orders.get(client_order_id)
 
     async def health(self) -> Health:
@@ -191,3 +250,15 @@ class ScriptedBroker:
 
     async def aclose(self) -> None:
         return None
+
+
+class ScriptedPositionsBroker(ScriptedBroker):
+    """`scripted` with `positions_answer` set: the `positions` capability and its method (see the setting)."""
+
+    async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
+        del leg
+        if self.settings.positions_answer == "unavailable":
+            raise BrokerUnavailableError("positions API down")
+        if self.settings.positions_answer == "bug":
+            raise RuntimeError("positions table missing")
+        return []

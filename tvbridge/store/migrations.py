@@ -154,7 +154,75 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (account, name)
     );
     """,
-    # 8: each strategy's kill switch, shared like the global one: one row per switch, keyed by `strategy` ('' for
+    # 8: the paper book, shared: every paper account's orders, positions and brackets (brokers/.../paper/tables.py)
+    """
+    CREATE TABLE paper_orders (
+        account          TEXT NOT NULL,
+        id               BIGINT NOT NULL,        -- numbered per account, as in the account's SQLite file
+        client_order_id  TEXT NOT NULL,
+        alert_id         TEXT NOT NULL,
+        leg_number       INTEGER NOT NULL,
+        exchange         TEXT NOT NULL,
+        symbol           TEXT NOT NULL,
+        contract         TEXT NOT NULL,
+        instrument       TEXT NOT NULL,
+        option_type      TEXT,
+        strike_price     TEXT,
+        expiry_date      TEXT,
+        product          TEXT NOT NULL,
+        side             TEXT NOT NULL,
+        order_type       TEXT NOT NULL,
+        quantity         INTEGER NOT NULL CHECK (quantity > 0),
+        price            TEXT NOT NULL,
+        trigger_price    TEXT,
+        state            TEXT NOT NULL,
+        filled_quantity  INTEGER NOT NULL,
+        average_price    TEXT,
+        message          TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (account, id),
+        UNIQUE (account, client_order_id)       -- one order per client order id, whichever instance places it
+    );
+    CREATE INDEX paper_orders_by_contract ON paper_orders (account, exchange, contract, state);
+    CREATE INDEX paper_orders_by_symbol ON paper_orders (account, symbol, state);
+    CREATE TABLE paper_noops (
+        account          TEXT NOT NULL,
+        client_order_id  TEXT NOT NULL,
+        alert_id         TEXT NOT NULL,
+        leg_number       INTEGER NOT NULL,
+        message          TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        PRIMARY KEY (account, client_order_id)
+    );
+    CREATE TABLE paper_positions (
+        account          TEXT NOT NULL,
+        exchange         TEXT NOT NULL,
+        contract         TEXT NOT NULL,
+        product          TEXT NOT NULL,
+        symbol           TEXT NOT NULL,
+        instrument       TEXT NOT NULL,
+        option_type      TEXT,
+        strike_price     TEXT,
+        expiry_date      TEXT,
+        net_quantity     INTEGER NOT NULL,
+        average_price    TEXT,
+        realized_pnl     TEXT,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (account, exchange, contract, product)
+    );
+    CREATE TABLE paper_brackets (
+        account          TEXT NOT NULL,
+        entry_id         BIGINT NOT NULL,
+        target_id        BIGINT,
+        stop_id          BIGINT,
+        trailing_jump    TEXT,
+        anchor           TEXT,
+        PRIMARY KEY (account, entry_id),
+        FOREIGN KEY (account, entry_id) REFERENCES paper_orders (account, id)
+    );
+    """,
+    # 9: each strategy's kill switch, shared like the global one: one row per switch, keyed by `strategy` ('' for
     # all trading). The global row keeps `id = 1` (the others 0), so an instance still on the previous release
     # during a rolling upgrade reads and writes the global switch as before.
     """

@@ -1,10 +1,15 @@
-"""The paper account's order book: SQLite storage, order matching and positions. Synchronous by design.
+"""The paper account's order book: order matching and positions, over a storage seam. Synchronous by design.
+
+The rules live here, once; where the rows live is `tables.py`: the account's SQLite file (the default), or
+tvbridge's PostgreSQL database shared by every instance (`[journal] url`). The SQL is written once, with markers
+each store spells its own way.
 
 `Book` runs on one thread only, the event loop's or the broker's single worker thread (`broker.py` decides); the
 connection is created on that thread and sqlite3's `check_same_thread` keeps it there. Each
-`place()` / `cancel()` is one `BEGIN IMMEDIATE` transaction: the duplicate check, the fills the leg's price causes
-and the new order commit together or not at all, and the write lock also serialises a second process that opens
-the same file, so one client order id can never become two orders.
+`place()` / `cancel()` is one write transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: under the account's
+advisory lock): the duplicate check, the fills the leg's price causes and the new order commit together or not
+at all, and the lock also serialises a second process (or instance) writing the same book, so one client order id
+can never become two orders.
 
 Durability: WAL, with the account's `synchronous` setting. "normal" (the default) survives a crash of the process
 (kill -9) but may lose the last commits on a power cut or OS crash; then `lookup()` would answer "no such order"
@@ -42,7 +47,6 @@ that alerts carry):
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
@@ -53,7 +57,6 @@ from tvbridge.brackets import is_bracket
 from tvbridge.broker import (
     BrokerRejectedError,
     BrokerUnavailableError,
-    BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     OrderResult,
     OrderState,
@@ -72,9 +75,11 @@ from tvbridge.sqlite import WAL_SIZE_LIMIT_BYTES
 from .brackets import SCHEMA as BRACKETS_SCHEMA
 from .brackets import STOP_SUFFIX, TARGET_SUFFIX, Bracket, BracketStore, part_of, trailed
 from .models import PaperOrder, PaperPosition
+from .tables import Row, SqliteTables, Tables
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
+    from contextlib import AbstractContextManager
     from pathlib import Path
 
     from tvbridge.broker import CancelRequest, OrderRequest
@@ -241,12 +246,13 @@ class _Decision:
 
 
 class Book:
-    """The paper account's orders and positions in one SQLite file. Not thread-safe: one thread only."""
+    """The paper account's orders and positions, in its SQLite file or the shared database (`tables.Tables`).
+    Not thread-safe: one thread only."""
 
-    def __init__(self, db: sqlite3.Connection, prices: Mapping[str, Decimal]) -> None:
-        self._db = db
+    def __init__(self, tables: Tables, prices: Mapping[str, Decimal]) -> None:
+        self._t = tables
         self._prices = prices
-        self._brackets = BracketStore(db)
+        self._brackets = BracketStore(tables)
 
     @classmethod
     def open(cls, path: Path, prices: Mapping[str, Decimal], synchronous: str = "normal") -> Book:
@@ -273,10 +279,10 @@ class Book:
         except BaseException:
             db.close()
             raise
-        return cls(db, prices)
+        return cls(SqliteTables(db), prices)
 
     def close(self) -> None:
-        self._db.close()
+        self._t.close()
 
     # -- writes -------------------------------------------------------------------------------------------------
 
@@ -314,7 +320,7 @@ class Book:
                 return self._cancel_one(request, now, why)
             if not leg.symbol:
                 raise BrokerRejectedError("cancel needs an order_id or a symbol: nothing was cancelled")
-            sql = "SELECT * FROM orders WHERE symbol = ? AND state IN (?, ?)"
+            sql = "SELECT * FROM {orders} WHERE symbol = ? AND state IN (?, ?)"
             params: list[object] = [leg.symbol, *RESTING]
             if leg.exchange is not None:
                 sql += " AND exchange = ?"
@@ -322,7 +328,7 @@ class Book:
             if leg.side is not None:
                 sql += " AND side = ?"
                 params.append(str(leg.side))
-            rows = self._db.execute(sql + " ORDER BY id", params).fetchall()
+            rows = self._t.fetchall(sql + "{and_account} ORDER BY id", params)
             done: set[str] = set()
             results: list[OrderResult] = []
             for row in rows:
@@ -347,70 +353,47 @@ class Book:
     # -- reads --------------------------------------------------------------------------------------------------
 
     def lookup(self, client_order_id: str) -> OrderResult | None:
-        with _reading():
+        with self._t.reading():
             order = self._find_order(client_order_id)
             if order is not None:
                 return self._result(order)
             return self._find_noop(client_order_id)
 
     def orders(self, *, resting_only: bool = False) -> list[PaperOrder]:
-        sql = "SELECT * FROM orders"
+        sql = "SELECT * FROM {orders} WHERE 1 = 1"
         params: tuple[str, ...] = ()
         if resting_only:
-            sql += " WHERE state IN (?, ?)"
+            sql += " AND state IN (?, ?)"
             params = RESTING
-        with _reading():
-            return [_order(row) for row in self._db.execute(sql + " ORDER BY id", params)]
+        with self._t.reading():
+            return [_order(row) for row in self._t.fetchall(sql + "{and_account} ORDER BY id", params)]
 
     def positions(self, *, include_flat: bool = False, of: OrderLeg | None = None) -> list[PaperPosition]:
         """Every position (open ones only unless `include_flat`); with `of`, those in that leg's contract."""
-        sql = "SELECT * FROM positions WHERE 1 = 1"
+        sql = "SELECT * FROM {positions} WHERE 1 = 1"
         params: list[str] = []
         if not include_flat:
             sql += " AND net_quantity != 0"
         if of is not None:
             sql += " AND exchange = ? AND contract = ?"
             params += [str(of.exchange), contract_key(of)]
-        with _reading():
-            return [_position(row) for row in self._db.execute(sql + " ORDER BY exchange, contract, product", params)]
+        with self._t.reading():
+            rows = self._t.fetchall(sql + "{and_account} ORDER BY exchange, contract, product", params)
+            return [_position(row) for row in rows]
 
     def count_resting(self) -> int:
         """Touches the file (unlike `SELECT 1`), so it doubles as the health check."""
-        with _reading():
-            row = self._db.execute("SELECT count(*) FROM orders WHERE state IN (?, ?)", RESTING).fetchone()
-            return int(row[0])
+        with self._t.reading():
+            row = self._t.fetchone("SELECT count(*) FROM {orders} WHERE state IN (?, ?){and_account}", RESTING)
+            return 0 if row is None else int(row[0])
 
     # -- internals ----------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        """One write transaction. A database error before COMMIT rolls back: nothing happened, a retry may work
-        (`BrokerUnavailableError`). An error at COMMIT may or may not have persisted (`BrokerUnknownOutcomeError`,
-        so tvbridge asks `lookup()` before any retry)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise BrokerUnavailableError(f"paper database is busy or unavailable, nothing was done: {e}") from e
-        try:
-            yield
-        except sqlite3.Error as e:
-            self._rollback()
-            raise BrokerUnavailableError(f"paper database error, nothing was done: {e}") from e
-        except BaseException:
-            self._rollback()
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            self._rollback()
-            raise BrokerUnknownOutcomeError(f"paper database error while committing: {e}") from e
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            # the error that got us here is the one to report; if even ROLLBACK fails, SQLite discards the
-            # uncommitted transaction when the connection closes or the file is next opened
-            with suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
+    def _write(self) -> AbstractContextManager[None]:
+        """One write transaction (`tables.Tables.write`). A database error before COMMIT rolls back: nothing
+        happened, a retry may work (`BrokerUnavailableError`). An error at COMMIT may or may not have persisted
+        (`BrokerUnknownOutcomeError`, so tvbridge asks `lookup()` before any retry)."""
+        return self._t.write()
 
     def _find(self, client_order_id: str) -> OrderResult | None:
         order = self._find_order(client_order_id)
@@ -511,8 +494,8 @@ class Book:
                 f"trigger pending: stop-loss {_side_word(stop.side)} {stop.quantity} trailed to {_fmt(trigger)}"
                 f" (price {_fmt(market)}, trailing_jump {_fmt(jump)})"
             )
-            self._db.execute(
-                "UPDATE orders SET trigger_price = ?, message = ?, updated_at = ? WHERE id = ?",
+            self._t.execute(
+                "UPDATE {orders} SET trigger_price = ?, message = ?, updated_at = ? WHERE id = ?{and_account}",
                 (str(trigger), message, now.isoformat(), stop_id),
             )
             self._brackets.set_anchor(bracket.entry_id, new_anchor)
@@ -539,17 +522,17 @@ class Book:
         return entries
 
     def _find_order(self, client_order_id: str) -> PaperOrder | None:
-        row = self._db.execute("SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)).fetchone()
+        row = self._t.fetchone("SELECT * FROM {orders} WHERE client_order_id = ?{and_account}", (client_order_id,))
         return None if row is None else _order(row)
 
     def _find_noop(self, client_order_id: str) -> OrderResult | None:
-        row = self._db.execute("SELECT message FROM noops WHERE client_order_id = ?", (client_order_id,)).fetchone()
+        row = self._t.fetchone("SELECT message FROM {noops} WHERE client_order_id = ?{and_account}", (client_order_id,))
         if row is None:
             return None
         return _noop_result(client_order_id, row["message"])
 
     def _get(self, row_id: int) -> PaperOrder | None:
-        row = self._db.execute("SELECT * FROM orders WHERE id = ?", (row_id,)).fetchone()
+        row = self._t.fetchone("SELECT * FROM {orders} WHERE id = ?{and_account}", (row_id,))
         return None if row is None else _order(row)
 
     def _reference(self, exchange: Exchange, contract: str) -> Decimal | None:
@@ -572,10 +555,10 @@ class Book:
         source = f"alert {request.alert_id} leg {request.leg_number} brought price {_fmt(market)}"
         moved = self._trail(leg.exchange, contract, market, now)
         ended: set[int] = set()
-        rows = self._db.execute(
-            "SELECT * FROM orders WHERE exchange = ? AND contract = ? AND state IN (?, ?) ORDER BY id",
+        rows = self._t.fetchall(
+            "SELECT * FROM {orders} WHERE exchange = ? AND contract = ? AND state IN (?, ?){and_account} ORDER BY id",
             (str(leg.exchange), contract, *RESTING),
-        ).fetchall()
+        )
         for row in rows:
             order = _order(row)
             if _row_id(order) in ended:  # the other exit of a bracket whose exit filled in this pass
@@ -605,36 +588,36 @@ class Book:
         return moved
 
     def _fill(self, order: PaperOrder, price: Decimal, message: str, now: datetime) -> list[int]:
-        self._db.execute(
-            "UPDATE orders SET state = ?, filled_quantity = quantity, average_price = ?, message = ?, updated_at = ?"
-            " WHERE id = ?",
+        self._t.execute(
+            "UPDATE {orders} SET state = ?, filled_quantity = quantity, average_price = ?, message = ?, updated_at = ?"
+            " WHERE id = ?{and_account}",
             (str(OrderState.FILLED), str(price), message, now.isoformat(), _row_id(order)),
         )
         self._apply_to_position(order, price, now)
         return self._on_filled(order, price, now)
 
     def _update(self, order: PaperOrder, *, state: OrderState, message: str, now: datetime) -> PaperOrder:
-        self._db.execute(
-            "UPDATE orders SET state = ?, message = ?, updated_at = ? WHERE id = ?",
+        self._t.execute(
+            "UPDATE {orders} SET state = ?, message = ?, updated_at = ? WHERE id = ?{and_account}",
             (str(state), message, now.isoformat(), _row_id(order)),
         )
         return attrs.evolve(order, state=state, message=message, updated_at=now)
 
     def _apply_to_position(self, order: PaperOrder, price: Decimal | None, now: datetime) -> None:
-        row = self._db.execute(
-            "SELECT net_quantity, average_price, realized_pnl FROM positions"
-            " WHERE exchange = ? AND contract = ? AND product = ?",
+        row = self._t.fetchone(
+            "SELECT net_quantity, average_price, realized_pnl FROM {positions}"
+            " WHERE exchange = ? AND contract = ? AND product = ?{and_account}",
             (str(order.exchange), order.contract, str(order.product)),
-        ).fetchone()
+        )
         net, average, pnl = (0, None, Decimal(0)) if row is None else (int(row[0]), _decimal(row[1]), _decimal(row[2]))
         signed = order.quantity if order.side is Side.BUY else -order.quantity
         net, average, pnl = net_fill(net, average, pnl, signed, price)
-        self._db.execute(
+        self._t.execute(
             """
-            INSERT INTO positions (exchange, contract, product, symbol, instrument, option_type, strike_price,
-                                   expiry_date, net_quantity, average_price, realized_pnl, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (exchange, contract, product) DO UPDATE SET
+            INSERT INTO {positions} (exchange, contract, product, symbol, instrument, option_type, strike_price,
+                                     expiry_date, net_quantity, average_price, realized_pnl, updated_at{account_col})
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{account_val})
+            ON CONFLICT ({account_key}exchange, contract, product) DO UPDATE SET
                 net_quantity = excluded.net_quantity, average_price = excluded.average_price,
                 realized_pnl = excluded.realized_pnl, updated_at = excluded.updated_at
             """,
@@ -657,13 +640,13 @@ class Book:
     def _insert(self, request: OrderRequest, contract: str, decision: _Decision, now: datetime) -> PaperOrder:
         leg = request.leg
         filled = decision.state is OrderState.FILLED
-        cursor = self._db.execute(
+        row_id = self._t.insert_order(
             """
-            INSERT INTO orders (client_order_id, alert_id, leg_number, exchange, symbol, contract, instrument,
-                                option_type, strike_price, expiry_date, product, side, order_type, quantity, price,
-                                trigger_price, state, filled_quantity, average_price, message, created_at,
-                                updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO {orders} (client_order_id, alert_id, leg_number, exchange, symbol, contract, instrument,
+                                  option_type, strike_price, expiry_date, product, side, order_type, quantity, price,
+                                  trigger_price, state, filled_quantity, average_price, message, created_at,
+                                  updated_at{account_col})
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{account_val})
             """,
             (
                 request.client_order_id,
@@ -690,9 +673,6 @@ class Book:
                 now.isoformat(),
             ),
         )
-        row_id = cursor.lastrowid
-        if row_id is None:  # cannot happen after a successful INSERT; never report an order we cannot identify
-            raise BrokerUnknownOutcomeError("paper database did not return the new order's id")
         return PaperOrder(  # what was just inserted, without reading it back (one statement less per order)
             order_id=format_order_id(row_id),
             client_order_id=request.client_order_id,
@@ -753,14 +733,6 @@ class Book:
 
     def _set_cancelled(self, order: PaperOrder, why: str, now: datetime) -> PaperOrder:
         return self._update(order, state=OrderState.CANCELLED, message=f"{why} (was {order.state})", now=now)
-
-
-@contextmanager
-def _reading() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as e:
-        raise BrokerUnavailableError(f"paper database cannot be read: {e}") from e
 
 
 def _use_wal(db: sqlite3.Connection, path: Path) -> None:
@@ -910,7 +882,7 @@ def _row_id(order: PaperOrder) -> int:
     return row_id
 
 
-def _order(row: sqlite3.Row) -> PaperOrder:
+def _order(row: Row) -> PaperOrder:
     return PaperOrder(
         order_id=format_order_id(int(row["id"])),
         client_order_id=row["client_order_id"],
@@ -938,7 +910,7 @@ def _order(row: sqlite3.Row) -> PaperOrder:
     )
 
 
-def _position(row: sqlite3.Row) -> PaperPosition:
+def _position(row: Row) -> PaperPosition:
     return PaperPosition(
         exchange=Exchange(row["exchange"]),
         symbol=row["symbol"],

@@ -15,7 +15,7 @@ id) and its two exits, a sell (for a long) limit at `target_price` and a sell SL
 * Cancelling any part (by order id or by symbol), and EXIT_ALL (`cancel_brackets()`), cancels every part still
   pending or resting.
 
-`Book` owns the transaction; this module only reads and writes the bracket rows on its connection.
+`Book` owns the transaction; this module only reads and writes the bracket rows through its `tables.Tables`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from tvbridge.broker import OrderState
 from tvbridge.models import Side
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from .models import PaperOrder
+    from .tables import Row, Tables
 
 TARGET_SUFFIX: Final = ".T"
 STOP_SUFFIX: Final = ".S"
@@ -88,46 +87,49 @@ def trailed(side: Side, trigger: Decimal, anchor: Decimal, jump: Decimal, market
 class BracketStore:
     """The `brackets` rows on the book's connection (inside the book's transaction)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, tables: Tables) -> None:
+        self._t = tables
 
     def add(self, entry_id: int, target_id: int | None, stop_id: int | None, trailing_jump: Decimal | None) -> None:
-        self._db.execute(
-            "INSERT INTO brackets (entry_id, target_id, stop_id, trailing_jump) VALUES (?, ?, ?, ?)",
+        self._t.execute(
+            "INSERT INTO {brackets} (entry_id, target_id, stop_id, trailing_jump{account_col})"
+            " VALUES (?, ?, ?, ?{account_val})",
             (entry_id, target_id, stop_id, None if trailing_jump is None else str(trailing_jump)),
         )
 
     def of(self, row_id: int) -> Bracket | None:
         """The bracket order `row_id` is a part of (entry or exit), or None."""
-        row = self._db.execute(
-            "SELECT * FROM brackets WHERE entry_id = ? OR target_id = ? OR stop_id = ?", (row_id, row_id, row_id)
-        ).fetchone()
+        row = self._t.fetchone(
+            "SELECT * FROM {brackets} WHERE (entry_id = ? OR target_id = ? OR stop_id = ?){and_account}",
+            (row_id, row_id, row_id),
+        )
         return None if row is None else _bracket(row)
 
     def set_anchor(self, entry_id: int, anchor: Decimal | None) -> None:
-        self._db.execute(
-            "UPDATE brackets SET anchor = ? WHERE entry_id = ?", (None if anchor is None else str(anchor), entry_id)
+        self._t.execute(
+            "UPDATE {brackets} SET anchor = ? WHERE entry_id = ?{and_account}",
+            (None if anchor is None else str(anchor), entry_id),
         )
 
     def trailing_in(self, exchange: str, contract: str) -> list[tuple[Bracket, int]]:
         """Brackets in the contract whose stop is waiting for its trigger and trails: (bracket, stop id)."""
-        rows = self._db.execute(
-            "SELECT brackets.* FROM brackets JOIN orders ON orders.id = brackets.stop_id"
-            " WHERE orders.exchange = ? AND orders.contract = ? AND orders.state = ?"
-            " AND brackets.trailing_jump IS NOT NULL ORDER BY brackets.entry_id",
+        rows = self._t.fetchall(
+            "SELECT b.* FROM {brackets} b JOIN {orders} o ON o.id = b.stop_id{join_account}"
+            " WHERE o.exchange = ? AND o.contract = ? AND o.state = ?"
+            " AND b.trailing_jump IS NOT NULL{and_b_account} ORDER BY b.entry_id",
             (exchange, contract, str(OrderState.TRIGGER_PENDING)),
-        ).fetchall()
+        )
         return [(b, b.stop_id) for b in map(_bracket, rows) if b.stop_id is not None]
 
     def live_in(self, exchange: str, contract: str) -> list[Bracket]:
         """Brackets in the contract with a part that can still fill."""
-        rows = self._db.execute(
-            "SELECT DISTINCT brackets.* FROM brackets JOIN orders ON orders.id IN"
-            " (brackets.entry_id, brackets.target_id, brackets.stop_id)"
-            " WHERE orders.exchange = ? AND orders.contract = ? AND orders.state IN (?, ?, ?)"
-            " ORDER BY brackets.entry_id",
+        rows = self._t.fetchall(
+            "SELECT DISTINCT b.* FROM {brackets} b JOIN {orders} o ON o.id IN"
+            " (b.entry_id, b.target_id, b.stop_id){join_account}"
+            " WHERE o.exchange = ? AND o.contract = ? AND o.state IN (?, ?, ?){and_b_account}"
+            " ORDER BY b.entry_id",
             (exchange, contract, *(str(s) for s in LIVE_STATES)),
-        ).fetchall()
+        )
         return [_bracket(row) for row in rows]
 
 
@@ -146,7 +148,7 @@ def _decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-def _bracket(row: sqlite3.Row) -> Bracket:
+def _bracket(row: Row) -> Bracket:
     return Bracket(
         entry_id=int(row["entry_id"]),
         target_id=None if row["target_id"] is None else int(row["target_id"]),

@@ -11,6 +11,11 @@ On the thread, if a caller stops waiting (its task is cancelled by a deadline), 
 finishes and commits; tvbridge learns the outcome through `lookup()`, which is the contract for an unknown outcome.
 On the event loop a call cannot be interrupted half-way at all.
 
+With `[journal] url` set (PostgreSQL, several instances as one) the book is in that database instead
+(`tables.PostgresTables`): asyncpg runs on a private loop of the worker thread, so that path always has the
+thread, whatever `synchronous` says; the account's SQLite file, if any, is imported at the first start
+(`importer.py`).
+
 The database file deleted or replaced under the running server is noticed before every call: orders written
 into a file the next start never opens would be forgotten (and placed again by an alert's resend), so every call
 fails unsent with `BrokerUnavailableError` and `health()` says why, until a restart opens the file anew.
@@ -38,8 +43,10 @@ from tvbridge.fileid import FileIdentity
 from tvbridge.sqlite import Checkpointer
 
 from .book import Book
+from .importer import IMPORTED_SUFFIX, Outcome, import_sqlite_book
 from .models import open_order_of, position_of
 from .settings import PaperSettings, parse_settings
+from .tables import PostgresTables
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -78,7 +85,8 @@ def _now() -> datetime:
 
 
 class PaperBroker:
-    """Simulated fills and positions in a SQLite file; the default account and the test double."""
+    """Simulated fills and positions in a SQLite file (or tvbridge's PostgreSQL database); the default account
+    and the test double."""
 
     api_version: int = 1
 
@@ -125,6 +133,9 @@ class PaperBroker:
 
                 self._rules = await DhanRules.load(self._settings.instruments_path, self._clock)
                 log.info("paper.instruments.loaded", path=str(self._settings.instruments_path), rows=len(self._rules))
+            if self._settings.database is not None:
+                await self._start_shared(self._settings.database.url)
+                return
             if self._settings.synchronous != "full":
                 self._book = Book.open(self._settings.db_path, self._settings.prices, self._settings.synchronous)
                 self._identity = FileIdentity.of(self._settings.db_path)
@@ -144,6 +155,39 @@ class PaperBroker:
                 raise
             self._book, self._executor = book, executor
             self._identity = FileIdentity.of(self._settings.db_path)
+
+    async def _start_shared(self, url: str) -> None:
+        """The book in tvbridge's PostgreSQL database, on a worker thread of its own (asyncpg runs there on a
+        private loop: `tables.PostgresTables`); the account's SQLite book, if any, imported first."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvbridge-paper")
+        account, path, prices = self._settings.account, self._settings.db_path, self._settings.prices
+        opening = executor.submit(_open_shared, url, account, prices, path)
+        try:
+            book, outcome = await asyncio.wrap_future(opening)
+        except BaseException:
+            executor.submit(_close_if_opened, opening)
+            executor.shutdown(wait=False)
+            raise
+        self._book, self._executor = book, executor
+        if outcome.copied:
+            log.warning(
+                "paper.sqlite_book_imported",
+                account=account,
+                path=str(path),
+                renamed_to=str(path) + IMPORTED_SUFFIX,
+                orders=outcome.copied.get("orders", 0),
+                positions=outcome.copied.get("positions", 0),
+                brackets=outcome.copied.get("brackets", 0),
+                noops=outcome.copied.get("noops", 0),
+            )
+        elif outcome.ignored:
+            log.warning(
+                "paper.sqlite_book_ignored",
+                account=account,
+                path=str(path),
+                why="the PostgreSQL database already holds this paper account's book; the file is not merged",
+                action="move the file away once you no longer need it",
+            )
 
     async def aclose(self) -> None:
         """Close the database and stop the worker thread once the calls already queued have run. Idempotent."""
@@ -238,11 +282,13 @@ class PaperBroker:
             return Health(ok=False, detail=f"paper database did not answer within {HEALTH_TIMEOUT_S:g} s")
         except BrokerError as e:
             return Health(ok=False, detail=str(e))
-        return Health(ok=True, detail=f"paper database {self._settings.db_path}: {resting} resting order(s)")
+        where = "paper book in PostgreSQL" if self._settings.database else f"paper database {self._settings.db_path}"
+        return Health(ok=True, detail=f"{where}: {resting} resting order(s)")
 
     def state_files(self) -> list[Path]:
-        """The book's database: tvbridge refuses alerts (503) once it is deleted or replaced under the server."""
-        return [self._settings.db_path]
+        """The book's database: tvbridge refuses alerts (503) once it is deleted or replaced under the server.
+        None when the book is in PostgreSQL (the file, if any, is only imported at start)."""
+        return [] if self._settings.database is not None else [self._settings.db_path]
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
         """The open positions (the interface's view); with `leg`, those in its exchange and contract."""
@@ -275,6 +321,18 @@ class PaperBroker:
         return await asyncio.wrap_future(executor.submit(job, book))
 
 
-def _close_if_opened(opening: Future[Book]) -> None:
+def _close_if_opened(opening: Future[Book] | Future[tuple[Book, Outcome]]) -> None:
     if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+        opened = opening.result()
+        (opened[0] if isinstance(opened, tuple) else opened).close()
+
+
+def _open_shared(url: str, account: str, prices: Mapping[str, Decimal], path: Path) -> tuple[Book, Outcome]:
+    """On the book's worker thread: connect, import the SQLite book if it is the first start on PostgreSQL."""
+    tables = PostgresTables.connect(url, account)
+    try:
+        outcome = import_sqlite_book(tables, path)
+    except BaseException:
+        tables.close()
+        raise
+    return Book(tables, prices), outcome

@@ -16,6 +16,9 @@ Keys::
     "NIFTY FUT 2026-11-26" = 24100
     "NFO:NIFTY 2026-11-26 24000 CE" = 120.5
 
+With `[journal] url` set (PostgreSQL), the book is in that database, shared by every instance; `db_path` then
+names the SQLite book imported once at the first start (see `importer.py`).
+
 A reference price is what a market order with price 0 fills at, and what a new limit or stop order is checked
 against on arrival (see `book.py` for the rules). Contract names are spelled as `book.contract_key()` builds them.
 """
@@ -31,6 +34,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 import attrs
+
+from tvbridge.broker import SharedDatabase
 
 if TYPE_CHECKING:
     from tvbridge.broker import BrokerContext
@@ -53,6 +58,11 @@ class PaperSettings:
     refuses what Dhan would (`master.py`). None: any symbol and quantity is accepted."""
     funds: Decimal = DEFAULT_FUNDS
     """The available funds `quantity_type: percent_of_funds` sizes from (a fixed figure: paper keeps no margin)."""
+    account: str = ""
+    """The account's name (`[accounts.NAME]`): the key of its rows in a shared database."""
+    database: SharedDatabase | None = attrs.field(default=None, repr=False)
+    """tvbridge's PostgreSQL database (`[journal] url`): the book lives there, shared by every instance, and
+    `db_path` is only the file imported once (`importer.py`); `synchronous` does not apply. None: the file."""
 
 
 def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> PaperSettings:
@@ -79,6 +89,8 @@ def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> Pa
         synchronous=str(synchronous),
         # as a dhan account reads it (not relative to data_dir), so both can name the same file the same way
         instruments_path=Path(instruments).expanduser() if instruments is not None else None,
+        account=context.account,
+        database=context.database,
     )
 
 

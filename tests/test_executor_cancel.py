@@ -1,0 +1,174 @@
+"""`cancel_order` alerts through the real app, in-process, against the scripted broker told how to answer a
+cancel: what the trader sees in the answer, the journal and the order log for each way a broker can answer
+(cancelled, dry run, refused, answer lost, plugin bug, no cancel capability at all).
+
+In-process on purpose: the executor's cancel path is part of mutation testing's `executor` group
+(scripts/mutation.sh), which can only see tests that run the code in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import TYPE_CHECKING, Any
+
+from helpers import alert, leg, with_accounts
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from tvbridge.keys import BROKERS, JOURNAL
+
+if TYPE_CHECKING:
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+
+
+def scripted(config: Config, **settings: Any) -> Config:
+    return with_accounts(config, {"sim": {"broker": "scripted", **settings}})
+
+
+async def post(client: Any, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/webhook", json=body)
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+def cancel(**fields: Any) -> dict[str, Any]:
+    return alert(fields, alert_type="cancel_order")
+
+
+def order_log_rows(config: Config) -> list[dict[str, str]]:
+    with config.data_path(config.order_log.file).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+async def journal_legs(client: Any, alert_id: str) -> list[dict[str, Any]]:
+    record = await client.app[JOURNAL].get_alert(alert_id)
+    assert record is not None
+    return list(record["legs"])
+
+
+async def test_cancel_by_symbol_cancels_each_order_and_names_them(make_client: ClientFactory, config: Config) -> None:
+    """Two INFY orders and a TCS order held: cancelling INFY asks the broker once, for INFY, with the alert's id
+    and leg number; the answer, the journal and the order log name both cancelled orders, and only those."""
+    config = scripted(config, cancel_answer="cancel")
+    client = await make_client(config)
+    for quantity, symbol in enumerate(("INFY", "TCS", "INFY"), start=1):  # distinct alerts: no dedupe
+        await post(client, alert(leg(symbol=symbol, quantity=str(quantity))))
+    body = await post(client, cancel(symbol="INFY", exchange="NSE"))
+    [result] = body["results"]
+    assert (body["status"], result["status"]) == ("success", "success")
+    assert result["message"] == "cancelled 2 order(s): S00001, S00003"
+    assert result["order_id"] == "S00001,S00003"
+    assert result["client_order_id"] is None  # a cancel places nothing under a client order id
+    broker: Any = client.app[BROKERS]["sim"]
+    [request] = broker.cancel_requests
+    assert (request.alert_id, request.leg_number, request.leg.symbol) == (body["alert_id"], 1, "INFY")
+    [journaled] = await journal_legs(client, body["alert_id"])
+    assert (journaled["state"], journaled["order_id"]) == ("cancelled", "S00001,S00003")
+    row = order_log_rows(config)[-1]
+    assert (row["alert_id"], row["status"], row["order_id"]) == (body["alert_id"], "success", "S00001,S00003")
+    assert [row[c] for c in ("symbol", "exchange", "transaction", "quantity", "order_type", "price")] == [
+        "INFY",
+        "NSE",
+        "",
+        "",
+        "CANCEL",
+        "",
+    ]
+    assert (row["client_order_id"], row["message"]) == ("", "cancelled 2 order(s): S00001, S00003")
+
+
+async def test_cancel_by_order_id_cancels_that_order(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config, cancel_answer="cancel")
+    client = await make_client(config)
+    await post(client, alert(leg(symbol="INFY", quantity="1")))
+    await post(client, alert(leg(symbol="INFY", quantity="2")))
+    body = await post(client, cancel(order_id="S00002"))
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["order_id"]) == (
+        "success",
+        "cancelled 1 order(s): S00002",
+        "S00002",
+    )
+    broker: Any = client.app[BROKERS]["sim"]
+    assert [r.leg.order_id for r in broker.cancel_requests] == ["S00002"]
+
+
+async def test_a_cancel_that_finds_nothing_succeeds_with_no_order_id(
+    make_client: ClientFactory, config: Config
+) -> None:
+    config = scripted(config, cancel_answer="cancel")
+    client = await make_client(config)
+    body = await post(client, cancel(symbol="INFY"))
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["order_id"]) == ("success", "cancelled 0 order(s)", None)
+
+
+async def test_a_dry_run_cancel_is_test_mode(make_client: ClientFactory, config: Config) -> None:
+    """A broker answering its cancels as dry runs cancelled nothing for real: the leg is `test_mode`."""
+    config = scripted(config, cancel_answer="dry_run")
+    client = await make_client(config)
+    await post(client, alert(leg(symbol="INFY")))
+    body = await post(client, cancel(symbol="INFY"))
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["order_id"]) == (
+        "test_mode",
+        "cancelled 1 order(s): S00001",
+        "S00001",
+    )
+
+
+async def test_a_cancel_the_broker_refuses_fails_with_its_reason(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config, cancel_answer="rejected")
+    client = await make_client(config)
+    body = await post(client, cancel(order_id="S00001"))
+    [result] = body["results"]
+    assert (body["status"], result["status"], result["message"]) == ("failed", "failed", "the order is already filled")
+    [journaled] = await journal_legs(client, body["alert_id"])
+    assert (journaled["state"], journaled["message"]) == ("failed", "the order is already filled")
+
+
+async def test_a_cancel_whose_answer_is_lost_is_unknown(make_client: ClientFactory, config: Config) -> None:
+    """The broker may have cancelled: never reported as failed (the trader would send it again) nor as done."""
+    config = scripted(config, cancel_answer="unknown")
+    client = await make_client(config)
+    body = await post(client, cancel(symbol="INFY"))
+    [result] = body["results"]
+    assert result["status"] == "unknown"
+    assert result["message"] == (
+        "cancel outcome unknown (connection dropped after the cancel was sent): check the broker"
+    )
+    assert [row["status"] for row in order_log_rows(config)] == ["unknown"]
+
+
+async def test_a_plugin_bug_in_cancel_is_unknown_and_names_the_plugin(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Some orders may be cancelled already when a plugin raises: unknown, the plugin named, the trace logged."""
+    config = scripted(config, cancel_answer="bug")
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, cancel(symbol="INFY"))
+    [result] = body["results"]
+    assert result["status"] == "unknown"
+    assert result["message"] == (
+        "cancel outcome unknown (the 'scripted' broker plugin raised RuntimeError: cancel table missing):"
+        " check the broker"
+    )
+    [line] = [e for e in logs if e["event"] == "broker.unexpected_error"]
+    assert (line["log_level"], line["alert_id"], line["leg"], line["account"]) == ("error", body["alert_id"], 1, "sim")
+    assert "exc_info" in line
+
+
+async def test_a_broker_that_cannot_cancel_is_never_asked(make_client: ClientFactory, config: Config) -> None:
+    config = scripted(config, cancel=False, cancel_answer="cancel")
+    client = await make_client(config)
+    await post(client, alert(leg(symbol="INFY")))
+    body = await post(client, cancel(symbol="INFY"))
+    [result] = body["results"]
+    assert result["status"] == "failed"
+    assert "this broker cannot cancel orders" in result["message"]
+    broker: Any = client.app[BROKERS]["sim"]
+    assert broker.cancel_requests == []
