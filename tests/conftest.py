@@ -64,7 +64,20 @@ def converter() -> Any:
 
 
 @pytest.fixture
-def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Config:
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The store under test as config environment: none (the SQLite journal), or a new PostgreSQL database and
+    the cluster's shared key when the run has `TVBRIDGE_TEST_STORE=postgresql`. Modules that build their own
+    config add it to theirs (`test_strategies`)."""
+    if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
+        return {
+            "TVBRIDGE_JOURNAL__URL": str(request.getfixturevalue("pg_url")),
+            "TVBRIDGE_JOURNAL__SHARED_SECRET_KEY": SHARED_KEY,
+        }
+    return {}
+
+
+@pytest.fixture
+def config(tmp_path: Path, converter: Any, store_env: dict[str, str]) -> Config:
     """Paper broker, files in tmp_path, a known secret, rate limits out of the way; exchange sessions off, so
     tests that do not pin the clock behave the same at any hour (tests/test_tradingday.py turns them on).
 
@@ -75,9 +88,7 @@ def config(tmp_path: Path, converter: Any, request: pytest.FixtureRequest) -> Co
         "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path),
         "TVBRIDGE_SESSIONS__ENABLED": "false",
     }
-    if os.environ.get("TVBRIDGE_TEST_STORE") == "postgresql":
-        env["TVBRIDGE_JOURNAL__URL"] = request.getfixturevalue("pg_url")
-        env["TVBRIDGE_JOURNAL__SHARED_SECRET_KEY"] = SHARED_KEY
+    env.update(store_env)
     return load_config(None, converter, env, tmp_path)
 
 

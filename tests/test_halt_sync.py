@@ -4,6 +4,7 @@ own data directory and halt file; a halt or a resume on one is in force on the o
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +12,15 @@ import attrs
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from helpers import ClientFactory, alert, with_accounts
+from pgcluster import PgCluster
 
 from tvbridge.config import Config
-from tvbridge.halt import halt_path, set_halt
+from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, set_halt
+from tvbridge.halt_sync import HaltSync
 from tvbridge.keys import CREDENTIALS
+from tvbridge.store.migrations import MIGRATIONS
+from tvbridge.store.postgres import PostgresStore
+from tvbridge.strategies import strategy_halt_path
 
 Client = TestClient[web.Request, web.Application]
 WITHIN_S = 15.0
@@ -76,3 +82,71 @@ async def test_a_server_starting_halted_or_into_a_halt_is_halted(
     refused = await b.post("/webhook", json=alert())
     assert (refused.status, (await refused.json())["message"]) == (503, "trading halted: halted while stopped")
     assert (await a.post("/webhook", json=alert())).status == 503
+
+
+async def test_a_strategys_switch_is_shared_on_its_own_and_compared_and_set(pg_url: str, tmp_path: Path) -> None:
+    """Two instances' syncs on one database: alpha halted on A halts alpha on B and nothing else; a change
+    shared from a stale version is refused (compare-and-set); alpha resumed on B resumes it on A and wakes A's
+    queue once (`on_resume`), while beta and all trading stay as they were."""
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    for store in stores:
+        await store.open()
+    woken: list[str] = []
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    paths = [
+        {"": halt_path(d), "alpha": strategy_halt_path(d, "alpha"), "beta": strategy_halt_path(d, "beta")} for d in dirs
+    ]
+    a, b = (
+        HaltSync(p, s, on_resume=functools.partial(woken.append, n))
+        for p, s, n in zip(paths, stores, "ab", strict=True)
+    )
+    try:
+        await a.once()
+        await b.once()
+        halted = set_halt(paths[0]["alpha"], reason="alpha misfires", by="cli")
+        await a.once()
+        await b.once()
+        assert read_halt(paths[1]["alpha"]) == halted
+        assert [read_halt(paths[1][s]) for s in ("", "beta")] == [None, None]
+        version, shared = (await stores[1].shared_halts())["alpha"]
+        assert shared == halted
+        assert await stores[1].share_halt(None, expected=version - 1, switch="alpha") is None
+        assert (await stores[0].shared_halts())["alpha"] == (version, halted)
+        clear_halt(paths[1]["alpha"])
+        await b.once()
+        await a.once()
+        assert read_halt(paths[0]["alpha"]) is None
+        assert woken == ["a"]
+        assert set(await stores[0].shared_halts()) <= {"", "alpha"}
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_database_halted_by_the_previous_release_stays_halted(pg_cluster: PgCluster) -> None:
+    """A database at schema 7 (the release before the strategies' switches) with all trading halted: migrated, it is still
+    halted, and an instance still on the previous release during a rolling upgrade reads and resumes the global
+    switch with its own statements (`WHERE id = 1`), beside a strategy's row."""
+    url = pg_cluster.create_database()
+    database = url.rsplit("/", 1)[1]
+    old = "".join(MIGRATIONS[:7])
+    pg_cluster.psql(
+        f"CREATE TABLE schema_version (version INTEGER NOT NULL); {old};"  # noqa: S608 - constants
+        " INSERT INTO schema_version SELECT generate_series(1, 7);"
+        " UPDATE halt SET version = 3, halted = true, reason = 'old release', since = 's', by_whom = 'cli'",
+        database,
+    )
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        assert (await store.shared_halts())[""] == (3, Halt(reason="old release", since="s", by="cli"))
+        assert await store.share_halt(Halt(reason="r", since="s", by="b"), expected=0, switch="alpha") == 1
+        previous_release = pg_cluster.psql(
+            "UPDATE halt SET version = version + 1, halted = false WHERE id = 1 AND version = 3 RETURNING version",
+            database,
+        )
+        assert previous_release.splitlines()[0] == "4"
+        assert (await store.shared_halts())[""] == (4, None)
+        assert pg_cluster.psql("SELECT count(*) FROM halt WHERE id = 1", database) == "1"
+    finally:
+        await store.close()

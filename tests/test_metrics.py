@@ -106,9 +106,11 @@ def found_python(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> 
 
 
 async def test_two_apps_in_one_process_count_apart(make_client: ClientFactory, config: Config) -> None:
-    """Each app has its own registry: two servers in one process neither clash nor share counts."""
+    """Each app has its own registry: two servers in one process neither clash nor share counts. (Each has its own
+    data directory: one SQLite journal serves one server, `serve` holds its lock.)"""
     first = await make_client(scripted(config))
-    second = await make_client(scripted(config))
+    own_dir = attrs.evolve(config.server, data_dir=config.server.data_dir / "second")
+    second = await make_client(scripted(attrs.evolve(config, server=own_dir)))
     await first.post("/webhook", json=alert())
     assert value(samples(await scrape(first)), "tvbridge_alerts_total", outcome="success", strategy="default") == 1
     assert value(samples(await scrape(second)), "tvbridge_alerts_total", outcome="success", strategy="default") == 0

@@ -23,7 +23,7 @@ from pgcluster import SHARED_KEY, PgCluster
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
 ALERTS = 12
@@ -258,3 +258,53 @@ async def test_the_leaders_death_hands_the_opens_queue_to_another_instance(
     assert len(placed) == 1
     statuses = dict(table(pg_cluster, url, "SELECT alert_id, status FROM alerts"))
     assert statuses == {answer["alert_id"]: "success"}
+
+
+async def test_order_follow_up_runs_on_the_leader_only_and_moves_with_it(
+    tmp_path: Path, fake_dhan: FakeDhan, pg_cluster: PgCluster
+) -> None:
+    """An order resting open at Dhan, placed through the follower B: the leader A looks it up (B's order, read
+    from the database) and B never does; each instance calls Dhan with its own token, so the fake tells them
+    apart. A killed (-9): B becomes the leader, looks the order up, and records its fill."""
+    url = pg_cluster.create_database()
+    token_b = "tok-B-SECRET-0123456789abcdef"
+    fake_dhan.valid_tokens.add(token_b)
+    followup = {
+        "TVBRIDGE_FOLLOWUP__ENABLED": "true",
+        "TVBRIDGE_FOLLOWUP__FIRST_INTERVAL_S": "0.2",
+        "TVBRIDGE_FOLLOWUP__MAX_INTERVAL_S": "0.5",
+    }
+    env = {**dhan_env(fake_dhan, tmp_path, url), **LEASE, **followup}
+    leader = await start(KillableServer(tmp_path / "a", env, name="a"))
+    follower = await start(KillableServer(tmp_path / "b", {**env, "DHAN_ACCESS_TOKEN": token_b}, name="b"))
+
+    def lookups(token: str) -> int:
+        return sum(
+            1 for r in fake_dhan.requests if r.method == "GET" and r.path.startswith("/v2/orders/") and r.token == token
+        )
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(RECOVER_WITHIN_S):
+                while True:
+                    if condition():
+                        return
+                    await asyncio.sleep(0.1)  # polling the fake's record of another process's calls, bounded
+        except TimeoutError:
+            raise AssertionError(f"not within {RECOVER_WITHIN_S} s: {what}") from None
+
+    try:
+        assert [e for e in leader.events() if e.get("event") == "store.leader"]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            status, body = await post(session, follower.url, alert(leg(), id="rests"))
+        assert (status, body["status"]) == (200, "success"), body
+        [order_id] = list(fake_dhan.orders)
+        await until(lambda: lookups(TOKEN) >= 3, "the leader looks up the follower's order")
+        assert lookups(token_b) == 0
+        leader.kill()
+        await until(lambda: lookups(token_b) >= 1, "the new leader looks the order up")
+        fake_dhan.trade(order_id, price="2900")
+        await until(lambda: table(pg_cluster, url, "SELECT order_state FROM legs") == [["filled"]], "the fill recorded")
+        assert [e for e in follower.events() if e.get("event") == "followup.leading"]
+    finally:
+        await stop(follower)

@@ -125,12 +125,12 @@ async def test_concurrent_leadership_questions_keep_exactly_one_leader(pg_cluste
 
 
 class PausingStore(PostgresStore):
-    """A store whose `shared_halt` runs `meanwhile` after its read, as something else happening during the await."""
+    """A store whose `shared_halts` runs `meanwhile` after its read, as something else happening during the await."""
 
     meanwhile: Callable[[], Awaitable[None]] | None = None
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        answer = await super().shared_halt()
+    async def shared_halts(self) -> dict[str, tuple[int, Halt | None]]:
+        answer = await super().shared_halts()
         meanwhile, self.meanwhile = self.meanwhile, None
         if meanwhile is not None:
             await meanwhile()
@@ -144,7 +144,7 @@ async def test_a_halt_written_during_a_sync_round_is_shared(pg_url: str, tmp_pat
     await store.open()
     try:
         path = halt_path(tmp_path)
-        sync = HaltSync(path, store)
+        sync = HaltSync({"": path}, store)
         await sync.once()
 
         async def halt_here() -> None:
@@ -153,7 +153,7 @@ async def test_a_halt_written_during_a_sync_round_is_shared(pg_url: str, tmp_pat
         store.meanwhile = halt_here
         await sync.once()
         await sync.once()
-        _, shared = await store.shared_halt()
+        _, shared = (await store.shared_halts())[""]
         assert shared is not None
         assert shared.reason == "fat finger"
     finally:
@@ -170,18 +170,18 @@ async def test_a_resume_racing_another_instances_halt_does_not_undo_it(pg_url: s
         path = halt_path(tmp_path)
         first = Halt(reason="first", since="2026-12-06T04:00:00+00:00", by="a")
         write_halt(path, first)
-        sync = HaltSync(path, a)
+        sync = HaltSync({"": path}, a)
         await sync.once()  # shared: halted "first"
         clear_halt(path)  # resumed on A
         again = Halt(reason="again on B", since="2026-12-06T04:01:00+00:00", by="b")
 
         async def halt_on_b() -> None:
-            version, _ = await b.shared_halt()
+            version, _ = (await b.shared_halts())[""]
             assert await b.share_halt(again, expected=version) is not None
 
         a.meanwhile = halt_on_b
         await sync.once()
-        _, shared = await b.shared_halt()
+        _, shared = (await b.shared_halts())[""]
         assert shared == again
         assert read_halt(path) == again
     finally:

@@ -26,7 +26,7 @@ from server_process import ServerProcess, run_cli
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.keys import CALENDAR, CONFIG
-from tvbridge.readiness import close_of, next_check
+from tvbridge.readiness import check_readiness, close_of, next_check
 from tvbridge.secretstore import ADMIN_TOKEN_FILE
 from tvbridge.sessions import EXCHANGE_TZ, Calendar
 from tvbridge_brokers.dhan.instruments import sample_master_path
@@ -237,3 +237,21 @@ def test_the_close_checked_against_is_todays_until_it_passes(config: Config) -> 
     assert close_of(app, datetime(2026, 11, 25, 8, 45, tzinfo=EXCHANGE_TZ)) == wednesday_close
     assert close_of(app, datetime(2026, 11, 25, 20, 0, tzinfo=EXCHANGE_TZ)) == wednesday_close + timedelta(days=1)
     assert close_of(app, datetime(2026, 11, 28, 9, 0, tzinfo=EXCHANGE_TZ)) == wednesday_close + timedelta(days=5)
+
+
+async def test_an_instance_that_does_not_announce_notifies_only_its_own_problems(
+    make_client: ClientFactory, config: Config, fake: FakeDhan, master: Path, sink: Sink
+) -> None:
+    """A follower on a shared store (announce=False): its clock is its own (the leader cannot see it), so it
+    notifies that; the halt, as every instance sees it, is the leader's to notify."""
+    config = attrs.evolve(live(config, fake, master), notify=NotifyConfig(urls=(sink.url,), min_interval_s=0))
+    client = await make_client(config)
+    fake.date_skew_s = 30.0
+    halted = await client.post("/admin/halt", json={"reason": "test"}, headers=admin(config))
+    assert halted.status == 200
+    report = await check_readiness(client.app, announce=False)
+    assert report.problems()[0].startswith("dhan halt")
+    received = await sink.wait_for(2)  # "halted", then "not_ready"
+    [not_ready] = [m["title"] + " " + m["message"] for m in received if "NOT READY" in m["title"] + m["message"]]
+    assert "dhan clock" in not_ready
+    assert "dhan halt" not in not_ready

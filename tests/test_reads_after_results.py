@@ -7,16 +7,27 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from helpers import alert
-from test_strategies import ALPHA, MONDAY_10, Clock, exit_all, intraday, make_config, net, post, start
+from test_strategies import (
+    ALPHA,
+    MONDAY_10,
+    Clock,
+    exit_all,
+    intraday,
+    make_config_fixture,  # noqa: F401 - the `make_config` fixture, used by name
+    net,
+    post,
+    start,
+)
 
 from tvbridge.journal import Journal
 from tvbridge.keys import SQUARE_OFF
 
-if TYPE_CHECKING:
-    from pathlib import Path
+pytestmark = pytest.mark.sqlite_only  # holds the SQLite journal's group commit back (slow_results)
 
-    import pytest
+if TYPE_CHECKING:
+    from test_strategies import MakeConfig
 
 
 def slow_results(monkeypatch: pytest.MonkeyPatch, *readers: str) -> None:
@@ -41,10 +52,10 @@ def slow_results(monkeypatch: pytest.MonkeyPatch, *readers: str) -> None:
 
 
 async def test_an_exit_right_after_the_entry_closes_it(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow_results(monkeypatch, "fills")
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     entry = await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     assert entry["results"][0]["status"] == "success"
     answer = await asyncio.wait_for(post(client, alert(exit_all(), secret=ALPHA)), 10)
@@ -53,11 +64,11 @@ async def test_an_exit_right_after_the_entry_closes_it(
 
 
 async def test_square_off_right_after_a_limit_order_cancels_it(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow_results(monkeypatch, "fills", "strategy_orders")
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     resting = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=ALPHA))
     clock.at = MONDAY_10.replace(hour=15, minute=16)
     [report] = await asyncio.wait_for(client.app[SQUARE_OFF].run_due(), 10)

@@ -27,7 +27,12 @@ from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tvbridge.config import Config
+
+    MakeConfig = Callable[..., Config]
+    """`make_config(alpha="", beta="", extra="", rate=..., sessions=...)`: the fixture's config, its tables extended."""
 
 ALPHA = "alpha-secret-0123456789abcdef"
 BETA = "beta-secret-0123456789abcdef"
@@ -46,13 +51,21 @@ class Clock:
         return self.at
 
 
-def make_config(
-    tmp_path: Path, alpha: str = "", beta: str = "", extra: str = "", rate: str = "per_strategy_burst = 1000"
-) -> Config:
-    """Paper, sessions off, the global secret, and the strategies alpha (secret) and beta (secret + path token)."""
-    text = f"""
+@pytest.fixture(name="make_config")
+def make_config_fixture(tmp_path: Path, store_env: dict[str, str]) -> MakeConfig:
+    """Paper, sessions off, the global secret, and the strategies alpha (secret) and beta (secret + path token),
+    on the store under test (`store_env`: SQLite, or PostgreSQL on a `TVBRIDGE_TEST_STORE=postgresql` run)."""
+
+    def make(
+        alpha: str = "",
+        beta: str = "",
+        extra: str = "",
+        rate: str = "per_strategy_burst = 1000",
+        sessions: str = "enabled = false",
+    ) -> Config:
+        text = f"""
 [sessions]
-enabled = false
+{sessions}
 [rate_limit]
 {rate}
 {extra}
@@ -64,10 +77,12 @@ secret = "{BETA}"
 path_token = "{BETA_TOKEN}"
 {beta}
 """
-    path = tmp_path / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
-    return load_config(path, make_converter(), env, tmp_path)
+        path = tmp_path / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}
+        return load_config(path, make_converter(), env, tmp_path)
+
+    return make
 
 
 Client = "TestClient[Any, Any]"
@@ -114,10 +129,10 @@ def csv_rows(config: Config) -> list[dict[str, str]]:
 # two strategies, one account, one symbol
 
 
-async def test_each_strategy_exits_only_its_own_share(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_each_strategy_exits_only_its_own_share(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha buys 10 and beta 4 RELIANCE on the same paper account (the broker holds 14): alpha's EXIT_ALL sells
     its 10 and leaves beta's 4; beta's then sells 4; the default strategy's share was never touched."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await post(client, alert(intraday(quantity="4"), secret=BETA))
@@ -135,10 +150,10 @@ async def test_each_strategy_exits_only_its_own_share(aiohttp_client: Any, tmp_p
     assert body["results"][0]["message"].startswith("nothing to close"), body
 
 
-async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha and beta each hold a bracket (entry filled, target and stop resting) in the same contract: alpha's
     EXIT_ALL cancels alpha's target and stop and sells its 10; beta's stop and target keep protecting beta's 4."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     alpha = await post(client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA))
     beta = await post(client, alert(intraday(quantity="4", target_price="3100", stoploss_price="2850"), secret=BETA))
@@ -157,10 +172,12 @@ async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: A
     assert await net(client) == 4
 
 
-async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha and beta each have a limit order resting on RELIANCE: alpha's `cancel_order` for RELIANCE cancels
     alpha's, beta's keeps resting."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     # paper fills a resting buy when a later alert's price is at or below it: beta's is above alpha's
     mine = await post(client, alert(intraday(orderType="LMT", price="1990", quantity="1"), secret=ALPHA))
@@ -174,10 +191,12 @@ async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(aiohttp_
     assert open_ids == [theirs["results"][0]["order_id"]]
 
 
-async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha has two limit orders resting on RELIANCE: its `cancel_order` cancels both, one by one by order id,
     and the answer names both (not only the last the broker answered for)."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     # paper fills a resting buy when a later alert's price is at or below it: the second's is above the first's
     first = await post(client, alert(intraday(orderType="LMT", price="1970", quantity="1"), secret=ALPHA))
     second = await post(client, alert(intraday(orderType="LMT", price="1980", quantity="2"), secret=ALPHA))
@@ -191,10 +210,12 @@ async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(aiohttp_cli
     assert await client.app[BROKERS]["paper"].open_orders() == []
 
 
-async def test_the_default_strategy_owns_what_the_named_ones_do_not(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_the_default_strategy_owns_what_the_named_ones_do_not(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """The global secret (`default`) trades beside a named strategy: its EXIT_ALL closes the broker's position
     beyond alpha's share (so nothing changes for a server without strategies)."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await post(client, alert(intraday(quantity="3")))
@@ -205,9 +226,9 @@ async def test_the_default_strategy_owns_what_the_named_ones_do_not(aiohttp_clie
     assert await net(client) == 10
 
 
-async def test_a_target_position_moves_only_the_strategys_share(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_target_position_moves_only_the_strategys_share(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """beta holds 4 while alpha holds 10: beta's target of 6 buys 2 (from its own 4, not the account's 14)."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await post(client, alert(intraday(quantity="4"), secret=BETA))
@@ -222,11 +243,11 @@ async def test_a_target_position_moves_only_the_strategys_share(aiohttp_client: 
 
 
 async def test_a_disagreement_between_broker_and_strategies_is_logged_and_shown(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, make_config: MakeConfig
 ) -> None:
     """A position tvbridge did not place (bought in the broker's terminal) makes the broker's net differ from
     the strategies' sum: an EXIT_ALL logs `strategy.position_mismatch`, and /status has a mismatch row."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     broker = client.app[BROKERS]["paper"]
@@ -267,10 +288,10 @@ async def test_a_disagreement_between_broker_and_strategies_is_logged_and_shown(
 # picking the strategy
 
 
-async def test_a_wrong_strategy_secret_is_the_same_401_as_any(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_wrong_strategy_secret_is_the_same_401_as_any(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """A secret no strategy has, one that nearly matches a strategy's, and a wrong path token are all 401
     "Invalid webhook secret", word for word the same; nothing is placed."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     bodies = []
     for secret in ("nobody's secret at all", ALPHA[:-1] + "X", ALPHA + "0"):
@@ -283,9 +304,9 @@ async def test_a_wrong_strategy_secret_is_the_same_401_as_any(aiohttp_client: An
     assert await net(client) == 0
 
 
-async def test_the_path_token_picks_its_strategy(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_the_path_token_picks_its_strategy(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """An alert on /webhook/<beta's path token> runs as beta (its secret in the body is not needed)."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     body = alert(intraday(quantity="2"))
     body.pop("secret")
@@ -297,12 +318,12 @@ async def test_the_path_token_picks_its_strategy(aiohttp_client: Any, tmp_path: 
 
 
 async def test_the_strategy_is_named_in_journal_order_log_log_lines_and_status(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, make_config: MakeConfig
 ) -> None:
     """Each record names the alert's strategy (`default` for the global secret): the journal, the order log's
     last column (the older columns keep their places), every log line of the alert, the /status rows, the
     metrics' `strategy` label."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
         first = await post(client, alert(intraday(), secret=ALPHA))
@@ -347,10 +368,10 @@ async def test_the_strategy_is_named_in_journal_order_log_log_lines_and_status(
     assert 'tvbridge_alerts_total{outcome="success",strategy="default"} 1.0' in metrics
 
 
-async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """Two strategies firing the same alert on the same bar are two trades, not a repeat: dedupe is per
     strategy (a repeat within one strategy is still a duplicate)."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     same = alert(intraday(quantity="3"))
     statuses = []
@@ -361,11 +382,11 @@ async def test_the_same_alert_from_two_strategies_runs_twice(aiohttp_client: Any
     assert await net(client) == 6
 
 
-async def test_order_follow_up_lines_name_the_orders_strategy(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_order_follow_up_lines_name_the_orders_strategy(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha's limit order rests, a later alert's price fills it: order follow-up's line about that fill, logged
     outside any request, names alpha."""
     followup = "[followup]\nfirst_interval_s = 0.05\nmax_interval_s = 0.2\nmax_lookups_per_s = 50"
-    config = make_config(tmp_path, extra=followup)
+    config = make_config(extra=followup)
     client = await start(aiohttp_client, config)
     resting = await post(client, alert(intraday(orderType="LMT", price="1990", quantity="1"), secret=ALPHA))
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
@@ -382,9 +403,9 @@ async def test_order_follow_up_lines_name_the_orders_strategy(aiohttp_client: An
 # accounts, sides, symbols, entry window
 
 
-async def test_a_strategy_goes_to_its_own_accounts(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_strategy_goes_to_its_own_accounts(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """`accounts` overrides routing.accounts: alpha's alert goes to the account `shadow` only."""
-    config = make_config(tmp_path, alpha='accounts = ["shadow"]', extra='[accounts.shadow]\nbroker = "paper"')
+    config = make_config(alpha='accounts = ["shadow"]', extra='[accounts.shadow]\nbroker = "paper"')
     client = await start(aiohttp_client, config)
     body = await post(client, alert(intraday(), secret=ALPHA))
     assert [r["account"] for r in body["results"]] == ["shadow"]
@@ -393,10 +414,10 @@ async def test_a_strategy_goes_to_its_own_accounts(aiohttp_client: Any, tmp_path
     assert [r["account"] for r in body["results"]] == ["paper"]
 
 
-async def test_allowed_sides_refuse_entries_not_exits(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_allowed_sides_refuse_entries_not_exits(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """long_only: a SELL that opens a short is refused (nothing sent); after a BUY of 10, a SELL of 10 (an exit)
     passes, while a SELL of 20 (a reversal into a short) is refused. short_only refuses the BUY entry."""
-    config = make_config(tmp_path, alpha='allowed_sides = "long_only"', beta='allowed_sides = "short_only"')
+    config = make_config(alpha='allowed_sides = "long_only"', beta='allowed_sides = "short_only"')
     client = await start(aiohttp_client, config)
 
     refused = (await post(client, alert(intraday(transactionType="S"), secret=ALPHA)))["results"][0]
@@ -413,9 +434,9 @@ async def test_allowed_sides_refuse_entries_not_exits(aiohttp_client: Any, tmp_p
     assert short_only["message"].startswith("strategy: allowed_sides is short_only"), short_only
 
 
-async def test_symbols_is_an_allowlist(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_symbols_is_an_allowlist(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha may trade RELIANCE only: INFY is refused before sending, RELIANCE passes; beta trades anything."""
-    config = make_config(tmp_path, alpha='symbols = ["RELIANCE"]')
+    config = make_config(alpha='symbols = ["RELIANCE"]')
     client = await start(aiohttp_client, config)
     infy = (await post(client, alert(intraday(symbol="INFY"), secret=ALPHA)))["results"][0]
     assert (infy["status"], infy["message"]) == (
@@ -426,10 +447,12 @@ async def test_symbols_is_an_allowlist(aiohttp_client: Any, tmp_path: Path) -> N
     assert (await post(client, alert(intraday(symbol="INFY"), secret=BETA)))["results"][0]["status"] == "success"
 
 
-async def test_entry_window_refuses_entries_outside_it_and_never_exits(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_entry_window_refuses_entries_outside_it_and_never_exits(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """entry_window 09:30-15:00 (exchange time): an entry at 09:20 is refused, at 10:00 placed; at 15:10 another
     entry is refused while the EXIT_ALL of the position goes through."""
-    config = make_config(tmp_path, alpha='entry_window = "09:30-15:00"')
+    config = make_config(alpha='entry_window = "09:30-15:00"')
     clock = Clock(MONDAY_10.replace(hour=9, minute=20))
     client = await start(aiohttp_client, config, clock)
 
@@ -446,9 +469,9 @@ async def test_entry_window_refuses_entries_outside_it_and_never_exits(aiohttp_c
     assert await net(client) == 0
 
 
-async def test_strategy_risk_limits_apply_besides_the_accounts(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_strategy_risk_limits_apply_besides_the_accounts(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha's own max_qty_per_order 5 and max_orders_per_day 2 (over its accounts); beta is not held to them."""
-    config = make_config(tmp_path, alpha="max_qty_per_order = 5\nmax_orders_per_day = 2")
+    config = make_config(alpha="max_qty_per_order = 5\nmax_orders_per_day = 2")
     client = await start(aiohttp_client, config)
     big = (await post(client, alert(intraday(quantity="6"), secret=ALPHA)))["results"][0]
     assert big["message"] == "strategy alpha: risk: quantity 6 is over max_qty_per_order 5"
@@ -459,10 +482,10 @@ async def test_strategy_risk_limits_apply_besides_the_accounts(aiohttp_client: A
     assert (await post(client, alert(intraday(quantity="6"), secret=BETA)))["results"][0]["status"] == "success"
 
 
-async def test_a_strategys_daily_count_survives_a_restart(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_strategys_daily_count_survives_a_restart(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """max_orders_per_day 2 for alpha: one order, a restart (the count is read again from the journal, without
     counting the next order's own journal mark), a second order passes, the third is refused."""
-    config = make_config(tmp_path, alpha="max_orders_per_day = 2")
+    config = make_config(alpha="max_orders_per_day = 2")
     clock = Clock(datetime.now(EXCHANGE_TZ))  # the journal's own timestamps are the machine's
     client = await start(aiohttp_client, config, clock)
     assert (await post(client, alert(intraday(), secret=ALPHA)))["results"][0]["status"] == "success"
@@ -477,10 +500,10 @@ async def test_a_strategys_daily_count_survives_a_restart(aiohttp_client: Any, t
 # halt and rate limit
 
 
-async def test_a_halted_strategy_is_refused_while_another_trades(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_halted_strategy_is_refused_while_another_trades(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """POST /admin/halt {"strategy": "alpha"}: alpha's alerts get 503 "strategy alpha halted: ..." and place
     nothing, beta and the default strategy trade; resume {"strategy": "alpha"} lets alpha trade again."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     response = await client.post("/admin/halt", json={"strategy": "alpha", "reason": "drawdown"}, headers=admin(client))
     assert (response.status, (await response.json())["strategy"]) == (200, "alpha")
@@ -499,11 +522,11 @@ async def test_a_halted_strategy_is_refused_while_another_trades(aiohttp_client:
 
 
 async def test_cli_halt_of_a_strategy_reaches_the_running_server(
-    aiohttp_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aiohttp_client: Any, make_config: MakeConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`tvbridge halt --strategy beta` halts beta for the running server (its file), not alpha; `resume
     --strategy beta` ends it; an unknown strategy is exit 2."""
-    config = make_config(tmp_path)
+    config = make_config()
     client = await start(aiohttp_client, config)
     assert trading.main(config, ["halt", "--strategy", "beta", "--reason", "news"]) == 0
     assert "strategy beta halted: news" in capsys.readouterr().out
@@ -514,9 +537,9 @@ async def test_cli_halt_of_a_strategy_reaches_the_running_server(
     assert trading.main(config, ["halt", "--strategy", "gamma"]) == 2
 
 
-async def test_the_rate_limit_is_per_strategy(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_the_rate_limit_is_per_strategy(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """per_strategy_burst 2: alpha's third alert (on other symbols, too) is 429, while beta still sends."""
-    config = make_config(tmp_path, rate="per_strategy_per_s = 0.001\nper_strategy_burst = 2")
+    config = make_config(rate="per_strategy_per_s = 0.001\nper_strategy_burst = 2")
     client = await start(aiohttp_client, config)
     for symbol in ("RELIANCE", "INFY"):
         await post(client, alert(intraday(symbol=symbol), secret=ALPHA))
@@ -530,12 +553,12 @@ async def test_the_rate_limit_is_per_strategy(aiohttp_client: Any, tmp_path: Pat
 
 
 async def test_square_off_closes_the_strategys_intraday_positions_once_a_day(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, make_config: MakeConfig
 ) -> None:
     """square_off_at 15:15: before it nothing happens; at 15:16 alpha's intraday 10 is closed and its resting
     limit order cancelled, journaled as a flatten under alpha, while beta's position and alpha's CNC holding
     stay; a second run that day (and after a restart) does nothing; the next trading day it runs again."""
-    config = make_config(tmp_path, alpha='square_off_at = "15:15"')
+    config = make_config(alpha='square_off_at = "15:15"')
     clock = Clock(MONDAY_10)
     client = await start(aiohttp_client, config, clock)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
@@ -571,9 +594,9 @@ async def test_square_off_closes_the_strategys_intraday_positions_once_a_day(
     assert [(r.transaction, r.quantity) for r in report.results] == [("S", "2")]
 
 
-async def test_no_square_off_on_a_weekend(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_no_square_off_on_a_weekend(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """On a Sunday past square_off_at nothing runs (not a trading day)."""
-    config = make_config(tmp_path, alpha='square_off_at = "15:15"')
+    config = make_config(alpha='square_off_at = "15:15"')
     clock = Clock(MONDAY_10 - timedelta(days=1) + timedelta(hours=6))
     client = await start(aiohttp_client, config, clock)
     assert await client.app[SQUARE_OFF].run_due() == []
@@ -608,10 +631,10 @@ def test_a_bad_strategy_table_stops_the_start(tmp_path: Path, table: str, messag
     assert "0123456789abcdefXYZ" not in str(caught.value)
 
 
-def test_check_config_masks_every_strategys_secret_and_path_token(tmp_path: Path) -> None:
+def test_check_config_masks_every_strategys_secret_and_path_token(make_config: MakeConfig) -> None:
     """`tvbridge check-config`'s effective settings show that a strategy's secret and path token are set, never
     their values."""
-    config = make_config(tmp_path, alpha='accounts = ["paper"]')
+    config = make_config(alpha='accounts = ["paper"]')
     shown = json.dumps(effective_settings(config, make_converter()))
     for value in (ALPHA, BETA, BETA_TOKEN):
         assert value not in shown

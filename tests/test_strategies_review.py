@@ -5,17 +5,28 @@ nobody's, square-off cancels brackets and respects halts and sessions, exits pas
 from __future__ import annotations
 
 import csv
-import sqlite3
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import SECRET, alert
+from helpers import alert
 from server_process import run_cli
 from structlog.testing import capture_logs
-from test_strategies import ALPHA, BETA, MONDAY_10, Clock, admin, exit_all, intraday, make_config, net, post, start
+from test_strategies import (
+    ALPHA,
+    BETA,
+    MONDAY_10,
+    Clock,
+    admin,
+    exit_all,
+    intraday,
+    make_config_fixture,  # noqa: F401 - the `make_config` fixture, used by name
+    net,
+    post,
+    start,
+)
 
 from tvbridge.broker import OrderRequest
 from tvbridge.config import load_config
@@ -24,6 +35,9 @@ from tvbridge.keys import BROKERS, JOURNAL, SCHEDULER, SQUARE_OFF
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
+
+if TYPE_CHECKING:
+    from test_strategies import MakeConfig
 
 
 async def manual(client: Any, side: Side, quantity: int, client_id: str = "MANUAL-1") -> None:
@@ -43,22 +57,26 @@ async def manual(client: Any, side: Side, quantity: int, client_id: str = "MANUA
     )
 
 
-def backdate_journal(client: Any, days: int = 1) -> None:
-    """Every alert so far received `days` earlier (the journal stamps wall time): yesterday's fills."""
-    with sqlite3.connect(client.app[JOURNAL].path) as conn:
-        rows = conn.execute("SELECT alert_id, received_at FROM alerts").fetchall()
-        for alert_id, received in rows:
-            earlier = (datetime.fromisoformat(received) - timedelta(days=days)).isoformat()
-            conn.execute("UPDATE alerts SET received_at = ? WHERE alert_id = ?", (earlier, alert_id))
+async def backdate_journal(client: Any, days: int = 1) -> None:
+    """Every alert so far received `days` earlier (the journal stamps wall time): yesterday's fills. Portable SQL
+    through the store, so this runs on either store."""
+    store = client.app[JOURNAL]
+    rows = await store.fetch("SELECT alert_id, received_at FROM alerts")
+    earlier = [(row[0], (datetime.fromisoformat(row[1]) - timedelta(days=days)).isoformat()) for row in rows]
+    await store.run(
+        [("UPDATE alerts SET received_at = ? WHERE alert_id = ?", (at, alert_id)) for alert_id, at in earlier]
+    )
 
 
 # 1. the broker, not the journal, says what can be closed
 
 
-async def test_an_exit_never_closes_a_share_the_broker_no_longer_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_an_exit_never_closes_a_share_the_broker_no_longer_holds(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha bought 10, then the position was closed outside tvbridge: alpha's EXIT_ALL and the global secret's
     EXIT_ALL send nothing (before: alpha sold 10 and opened a short, default bought 10 and opened a long)."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await manual(client, Side.SELL, 10)
     assert await net(client) == 0
@@ -70,9 +88,9 @@ async def test_an_exit_never_closes_a_share_the_broker_no_longer_holds(aiohttp_c
     assert await net(client) == 0
 
 
-async def test_an_exit_closes_at_most_what_the_broker_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_an_exit_closes_at_most_what_the_broker_holds(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha bought 10, 6 were sold outside tvbridge: alpha's EXIT_ALL sells the 4 left, not 10."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await manual(client, Side.SELL, 6)
 
@@ -82,10 +100,10 @@ async def test_an_exit_closes_at_most_what_the_broker_holds(aiohttp_client: Any,
     assert await net(client) == 0
 
 
-async def test_square_off_closes_no_more_than_the_broker_holds(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_square_off_closes_no_more_than_the_broker_holds(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha's intraday 10 was closed outside tvbridge: its square-off sends no close (before: SELL 10)."""
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await manual(client, Side.SELL, 10)
     clock.at = MONDAY_10.replace(hour=15, minute=16)
@@ -96,13 +114,13 @@ async def test_square_off_closes_no_more_than_the_broker_holds(aiohttp_client: A
     assert await net(client) == 0
 
 
-async def test_yesterdays_intraday_fills_are_not_todays_share(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_yesterdays_intraday_fills_are_not_todays_share(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha's intraday 10 was bought yesterday (the broker still lists it: its own square-off is late): today it
     is not alpha's share any more (an intraday position lives one day); a long_only alpha's SELL 10 is an entry,
     refused; the global secret's EXIT_ALL owns and closes it."""
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='allowed_sides = "long_only"'))
+    client = await start(aiohttp_client, make_config(alpha='allowed_sides = "long_only"'))
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
-    backdate_journal(client)
+    await backdate_journal(client)
 
     body = await post(client, alert(intraday(quantity="10", transactionType="S"), secret=ALPHA))
     assert body["results"][0]["status"] == "failed", body
@@ -115,11 +133,11 @@ async def test_yesterdays_intraday_fills_are_not_todays_share(aiohttp_client: An
     assert await net(client) == 0
 
 
-async def test_admin_flatten_zeroes_every_strategys_share(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_admin_flatten_zeroes_every_strategys_share(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha 10, then POST /admin/flatten closes it (journaled under `default`): every strategy's share in the
     contract is 0 after it, so when beta then buys 5, alpha's EXIT_ALL sends nothing (before: the books said
     alpha +10 / default -10 and alpha's EXIT_ALL sold beta's 5)."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     response = await client.post("/admin/flatten", json={"account": "paper", "confirm": True}, headers=admin(client))
     assert response.status == 200, await response.text()
@@ -136,12 +154,14 @@ async def test_admin_flatten_zeroes_every_strategys_share(aiohttp_client: Any, t
 # 3. square-off and brackets
 
 
-async def test_square_off_cancels_the_strategys_brackets_before_closing(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_square_off_cancels_the_strategys_brackets_before_closing(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha's bracket entry (target 3000, stop 2800) filled: at square-off its target and stop are cancelled
     and the 10 closed; when the price later falls through 2800 nothing fills (before: the stop stayed resting
     and sold 10, opening a short)."""
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     entry = await post(client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA))
     broker = client.app[BROKERS]["paper"]
     assert len(await broker.open_orders()) == 2  # the target and the stop rest
@@ -162,11 +182,13 @@ async def test_square_off_cancels_the_strategys_brackets_before_closing(aiohttp_
 # 4. exits still to fill are each strategy's own
 
 
-async def test_one_strategys_resting_exit_does_not_swallow_anothers(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_one_strategys_resting_exit_does_not_swallow_anothers(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha 10, beta 4; alpha's EXIT_ALL rests as a limit SELL 10 at 3500; beta's EXIT_ALL sells beta's 4 (before:
     it found alpha's resting order and answered "nothing more to close"); alpha's repeated EXIT_ALL still sees
     its own resting one and sends nothing more."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await post(client, alert(intraday(quantity="4"), secret=BETA))
     resting = await post(client, alert(exit_all(orderType="LMT", price="3500"), secret=ALPHA))
@@ -207,11 +229,13 @@ def test_a_strategy_secret_equal_to_the_generated_webhook_secret_stops_the_start
 # 6. cancel_order by order id
 
 
-async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """beta's resting order: alpha's cancel_order naming its order id fails with the reason and leaves it resting
     (before: alpha cancelled it); the global secret's cancel cannot take beta's either; beta cancels its own; the
     global secret's cancel still cancels an order tvbridge never placed."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     broker = client.app[BROKERS]["paper"]
     theirs = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=BETA))
     beta_id = theirs["results"][0]["order_id"]
@@ -259,13 +283,13 @@ async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(aiohttp_
 
 
 async def test_a_square_off_whose_journal_entry_fails_sends_nothing_and_does_not_repeat(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The journal refuses the square-off's entry (disk full): nothing is sent, `strategy.square_off_not_recorded`
     is logged, and the next polls do not try again (before: it closed the position without a record, and every
     20 s poll found no record and closed again)."""
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     journal = client.app[JOURNAL]
     record_alert = journal.record_alert
@@ -291,12 +315,14 @@ async def test_a_square_off_whose_journal_entry_fails_sends_nothing_and_does_not
 # 8. square-off, market hours and halts
 
 
-async def test_a_square_off_missed_until_the_market_closed_does_not_run(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_square_off_missed_until_the_market_closed_does_not_run(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha's intraday NSE 10; the server was down at 15:15 and starts at 23:00 (NSE closed): the square-off
     sends nothing for NSE (`strategy.square_off_skipped`, market closed) and the position stays (before: a
     market SELL went to a closed market)."""
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     clock.at = MONDAY_10.replace(hour=23)
 
@@ -309,11 +335,11 @@ async def test_a_square_off_missed_until_the_market_closed_does_not_run(aiohttp_
     assert await net(client) == 10
 
 
-async def test_a_halt_holds_the_square_off_until_it_is_lifted(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_halt_holds_the_square_off_until_it_is_lifted(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """At 15:16 alpha is halted, then the whole server: the square-off sends nothing (a halt means send
     nothing; logged once); resumed at 15:20 (market open), it closes alpha's 10."""
     clock = Clock(MONDAY_10)
-    client = await start(aiohttp_client, make_config(tmp_path, alpha='square_off_at = "15:15"'), clock)
+    client = await start(aiohttp_client, make_config(alpha='square_off_at = "15:15"'), clock)
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     halt = await client.post("/admin/halt", json={"strategy": "alpha", "reason": "drawdown"}, headers=admin(client))
     assert halt.status == 200, await halt.text()
@@ -345,17 +371,17 @@ async def test_a_halt_holds_the_square_off_until_it_is_lifted(aiohttp_client: An
 # 9. a strategy's rules never refuse an exit
 
 
-async def test_a_strategys_rules_never_refuse_an_exit(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_strategys_rules_never_refuse_an_exit(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha holds 20 RELIANCE; restarted with symbols ["INFY"], max_qty_per_order 5 and max_orders_per_day 2:
     a BUY of RELIANCE is refused (an entry), but a target of 5 (SELL 15, over max_qty), a SELL of 3 and an
     EXIT_ALL (the third order of the day, over the count) all go, not in symbols either (before: each was
     refused, so the strategy could not close)."""
-    client = await start(aiohttp_client, make_config(tmp_path))
+    client = await start(aiohttp_client, make_config())
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await post(client, alert(intraday(quantity="10"), secret=ALPHA))
     await client.close()
     rules = 'symbols = ["INFY"]\nmax_qty_per_order = 5\nmax_orders_per_day = 2'
-    client = await start(aiohttp_client, make_config(tmp_path, alpha=rules))
+    client = await start(aiohttp_client, make_config(alpha=rules))
 
     body = await post(client, alert(intraday(quantity="1"), secret=ALPHA))
     assert body["results"][0]["status"] == "failed", body
@@ -373,15 +399,13 @@ async def test_a_strategys_rules_never_refuse_an_exit(aiohttp_client: Any, tmp_p
 # 10. a halted strategy's queued alerts wait
 
 
-async def test_a_halted_strategys_queued_alert_waits_for_its_resume(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_a_halted_strategys_queued_alert_waits_for_its_resume(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
     """alpha's alert on Sunday is queued for Monday's open; alpha is halted; at 09:20 Monday the queue sends
     nothing and the alert stays queued (before: it was taken from the queue and failed "strategy alpha
     halted"); resumed, it is sent."""
-    make_config(tmp_path)
-    path = tmp_path / "config.toml"
-    path.write_text(path.read_text(encoding="utf-8").replace("enabled = false", "enabled = true"), encoding="utf-8")
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
-    config = load_config(path, make_converter(), env, tmp_path)
+    config = make_config(sessions="enabled = true")
     clock = Clock(MONDAY_10 - timedelta(days=1))
     client = await start(aiohttp_client, config, clock)
     response = await client.post("/webhook", json=alert(intraday(quantity="10"), secret=ALPHA, id="queued-1"))
@@ -408,7 +432,7 @@ async def test_a_halted_strategys_queued_alert_waits_for_its_resume(aiohttp_clie
 
 
 async def test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, make_config: MakeConfig
 ) -> None:
     """webhook_orders.csv written by a version before strategies (no `strategy` column): at start it is kept as
     webhook_orders.old-header-<time>.csv, whole, `order_log.rotated` is logged, and the new file starts with
@@ -418,7 +442,7 @@ async def test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_star
     old_header += "order_id,message,alert_id,leg_number,account,broker,client_order_id,bracket"
     old_row = "2026-12-01T04:00:00+00:00,multi_leg_order,INFY,NSE,B,1,MKT,I,1500,success,P-1,ok,a1,1,paper,paper,c1,"
     (tmp_path / "webhook_orders.csv").write_text(f"{old_header}\n{old_row}\n", encoding="utf-8")
-    config = make_config(tmp_path)
+    config = make_config()
 
     with capture_logs() as events:
         client = await start(aiohttp_client, config)
@@ -438,17 +462,12 @@ async def test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_star
 
 
 async def test_no_square_off_for_a_contract_whose_exchange_is_closed_that_day(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, make_config: MakeConfig
 ) -> None:
     """A day NSE is closed while MCX trades (here a Sunday with an MCX session): it is a trading day, but
     alpha's intraday NSE position is not squared off (logged), since NSE has no session."""
-    make_config(tmp_path, alpha='square_off_at = "15:15"')
-    path = tmp_path / "config.toml"
     mcx_only = 'extra_sessions = [{date = 2026-12-06, open = "10:00", close = "23:00", exchanges = ["MCX"]}]'
-    text = path.read_text(encoding="utf-8").replace("enabled = false", f"enabled = false\n{mcx_only}")
-    path.write_text(text, encoding="utf-8")
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
-    config = load_config(path, make_converter(), env, tmp_path)
+    config = make_config(alpha='square_off_at = "15:15"', sessions=f"enabled = false\n{mcx_only}")
     sunday = MONDAY_10 - timedelta(days=1)
     clock = Clock(sunday)
     client = await start(aiohttp_client, config, clock)

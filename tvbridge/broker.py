@@ -76,7 +76,7 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared
+from tvbridge.cluster import SOLO, Cluster, ClusterError, Shared, SharedKeyError
 from tvbridge.models import (
     CancelLeg,
     Exchange,
@@ -124,6 +124,7 @@ __all__ = [
     "ReadinessCheck",
     "SettingsError",
     "Shared",
+    "SharedKeyError",
     "Side",
     "check_supported",
     "settings_from",
@@ -412,11 +413,14 @@ class Capabilities:
 class ReadinessCheck:
     """One finding of the pre-open readiness check (`Broker.readiness()`): `name` is short (`token`,
     `instruments`, `reachable`, `clock`), `detail` is for the trader (what is wrong and what fixes it; no
-    secrets)."""
+    secrets). `local`: the finding is this instance's own (its instrument master file, its clock, its key), not
+    one every instance sharing a PostgreSQL store sees alike (the account's token at the broker): a follower
+    notifies its own findings, the leader all of them (so a shared problem is notified once)."""
 
     name: str
     ok: bool
     detail: str = ""
+    local: bool = False
 
 
 @attrs.frozen(kw_only=True)

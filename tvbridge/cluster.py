@@ -42,6 +42,12 @@ class ClusterError(Exception):
     """A shared value could not be read or written (the database, or a key that does not open it)."""
 
 
+class SharedKeyError(ClusterError):
+    """A shared secret this instance's `journal.shared_secret_key` cannot open (another key published it, or this
+    instance has none). Not a passing outage: a plugin reports it (unhealthy, refused start) and stops the work that
+    depends on the shared value, rather than retrying it every poll."""
+
+
 @attrs.frozen(kw_only=True)
 class Shared:
     """One value as the leader published it: `version` grows by one with every publication."""
@@ -175,11 +181,11 @@ class StoreCluster:
         from cryptography.fernet import InvalidToken  # noqa: PLC0415 - an optional extra, PostgreSQL only
 
         if self._fernet is None:
-            raise ClusterError(f"{what} is encrypted and journal.shared_secret_key is not set")
+            raise SharedKeyError(f"{what} is encrypted and journal.shared_secret_key is not set")
         try:
             return self._fernet.decrypt(value.encode("ascii")).decode()
         except (InvalidToken, UnicodeError):
-            raise ClusterError(
+            raise SharedKeyError(
                 f"{what} cannot be decrypted: journal.shared_secret_key differs from the key of the instance that"
                 " published it (give every instance the same key)"
             ) from None

@@ -22,6 +22,14 @@ show it), the metrics (`tvbridge_order_state_changes_total`, `tvbridge_orders_fo
 (`order.state_changed`) and notifications (`order_filled`, `order_rejected`). Across restarts the work list is
 read back from the journal at start (`Journal.followed_orders`); alerts that crash recovery runs again are
 handed over by the executor when they finish, like any other alert.
+
+Several instances on one PostgreSQL store (`Store.shared`): the look-ups are scheduled work and run on the
+leader only (`Store.is_leader`, asked every `recheck_s`), so each order is looked up once, not once per
+instance. Every `recheck_s` the leader adds the orders the other instances handed over (read from the store);
+an instance that becomes the leader (the old one died) takes the list afresh from the store, so a change the
+old leader already recorded is neither recorded nor notified again. A follower keeps the store's list too,
+refreshed every `recheck_s`, for `settle()`: a strategy's look-up before it reads its share is the alert's own
+work, not scheduled work, and runs on whichever instance has the alert.
 """
 
 from __future__ import annotations
@@ -107,7 +115,11 @@ class FollowUp:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        lead: Callable[[], Awaitable[bool]] | None = None,
+        recheck_s: float = 5.0,
     ) -> None:
+        """`lead`: on a shared store, whether this instance is the leader now (None: always, one instance);
+        asked every `recheck_s`."""
         self._journal = journal
         self._brokers = brokers
         self._config = config
@@ -119,6 +131,11 @@ class FollowUp:
         self._wake: dict[str, asyncio.Event] = {account: asyncio.Event() for account in brokers}
         self._last_lookup: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._lead = lead
+        self._recheck_s = recheck_s
+        self.leading = lead is None
+        """Whether the account tasks look orders up now: always on one instance; on a shared store while this
+        instance is the leader (`_keep_lead`)."""
 
     def followed(self, account: str | None = None) -> int:
         """How many orders are followed (on `account`, or on every account)."""
@@ -185,12 +202,19 @@ class FollowUp:
             with structlog.contextvars.bound_contextvars(strategy=order.strategy):
                 await self._check(order)
 
-    async def load(self) -> int:
-        """Follow what the journal says is still open (at start: the orders an earlier run was following)."""
+    async def load(self, *, replace: bool = False) -> int:
+        """Follow what the journal says is still open (at start: the orders an earlier run was following). Orders
+        followed already keep their state and schedule, unless `replace`: then the journal's list is the list."""
         rows = await self._journal.followed_orders()
+        if replace:
+            for orders in self._orders.values():
+                orders.clear()
         now = self._clock()
         added = 0
+        known = {(account, key) for account, orders in self._orders.items() for key in orders}
         for row in rows:
+            if (row["account"], (row["alert_id"], row["leg_number"])) in known:
+                continue
             if row["account"] not in self._orders:
                 log.warning(
                     "followup.account_missing", alert_id=row["alert_id"], leg=row["leg_number"], account=row["account"]
@@ -215,8 +239,6 @@ class FollowUp:
                 )
             )
             added += 1
-        if added:
-            log.info("followup.resumed", orders=added)
         return added
 
     def _add(self, order: Followed) -> None:
@@ -365,8 +387,31 @@ class FollowUp:
         """Read the work list from the journal and start one task per account."""
         for account in self._orders:
             self._count(account)
-        await self.load()
+        if added := await self.load():
+            log.info("followup.resumed", orders=added)
         self._tasks = [asyncio.create_task(self._run(account), name=f"followup-{account}") for account in self._orders]
+        if self._lead is not None:
+            self._tasks.append(asyncio.create_task(self._keep_lead(self._lead), name="followup-lead"))
+
+    async def _keep_lead(self, lead: Callable[[], Awaitable[bool]]) -> None:
+        """Every `recheck_s`: ask whether this instance leads, and take the store's list of open orders (see the
+        module docstring: afresh on becoming the leader and on a follower, the new ones only on the leader)."""
+        while True:
+            try:
+                leading = await lead()
+                if not leading:
+                    self.leading = False  # at once: the new leader may be looking up already
+                await self.load(replace=not (leading and self.leading))
+                if leading and not self.leading:  # leads only once it has the list (a failed read: next round)
+                    self.leading = True
+                    log.info("followup.leading")
+                    for wake in self._wake.values():  # the account tasks wait for this while they follow
+                        wake.set()
+            except JournalError:  # the store is away: its own failures say so; asked again next round
+                pass
+            except Exception:
+                log.exception("followup.failed", account=None)
+            await self._sleep(self._recheck_s)
 
     async def close(self) -> None:
         """Stop the account tasks; what was still open is followed again after the next start."""
@@ -381,6 +426,9 @@ class FollowUp:
         wake = self._wake[account]
         while True:
             wake.clear()  # before the pass: an order handed over during it wakes the wait below at once
+            if not self.leading:  # another instance looks up; `_keep_lead` wakes this one when it leads
+                await wake.wait()
+                continue
             try:
                 delay = await self.check_due(account)
             except Exception:
@@ -404,6 +452,8 @@ async def followup_ctx(app: web.Application) -> AsyncIterator[None]:
         config=config,
         metrics=app[METRICS],
         notifier=app[NOTIFIER],
+        lead=app[JOURNAL].is_leader if app[JOURNAL].shared else None,
+        recheck_s=app[CONFIG].journal.leader_lease_s / 2,
     )
     app[FOLLOWUP] = followup
     if config.enabled:

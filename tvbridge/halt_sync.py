@@ -1,12 +1,14 @@
-"""The kill switch across instances: on a PostgreSQL store, a halt on any instance halts them all.
+"""The kill switches across instances: on a PostgreSQL store, a halt on any instance halts them all.
 
-Every reader of the switch stays as it is: the halt file in each instance's data directory (`tvbridge/halt.py`,
-one `stat()` per webhook and order). This module keeps each instance's file and the store's one shared row in
-step, every `SYNC_EVERY_S`:
+The switches are all trading's (`HALTED`) and each strategy's (`HALTED.<name>`, `tvbridge/strategies.py`); each
+works the same way. Every reader of a switch stays as it is: its halt file in each instance's data directory
+(`tvbridge/halt.py`, one `stat()` per webhook and order). This module keeps each instance's files and the store's
+shared rows (one per switch) in step, every `SYNC_EVERY_S`, with one read of all rows per round:
 
 - the file changed here since the last look (`POST /admin/halt` or `/admin/resume` on this instance, the
   status page, `tvbridge halt` on this machine, a `touch HALTED`): the change goes to the store;
-- else the store's row changed (another instance did one of those): the file here is written or removed.
+- else the store's row changed (another instance did one of those): the file here is written or removed, and
+  on a resume the closed-market queue is woken (`on_resume`), so the alerts it kept for the halt go out now.
 
 At start a halt on either side wins (when in doubt, trade nothing), before the first request. An instance
 cut off from the database keeps its file as it is; its alerts are refused anyway (the journal is unwritable).
@@ -18,20 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import structlog
 
 from tvbridge.errors import JournalError
-from tvbridge.halt import clear_halt, halt_path, read_halt, write_halt
+from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, write_halt
+from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from aiohttp import web
 
-    from tvbridge.halt import Halt
+    from tvbridge.config import Config
     from tvbridge.store import Store
 
 log = structlog.get_logger()
@@ -39,56 +43,88 @@ log = structlog.get_logger()
 SYNC_EVERY_S: Final = 0.2
 
 
-class HaltSync:
-    """One instance's halt file and the store's shared halt, kept in step by `once()`."""
+@attrs.define
+class _Switch:
+    """One kill switch: its file here and what this instance last knew of it."""
 
-    def __init__(self, path: Path, store: Store) -> None:
-        self._path = path
+    name: str
+    """'' for all trading (`HALTED`), else the strategy's (`HALTED.<name>`): its row in the store."""
+    path: Path
+    local: Halt | None = None
+    version: int = -1
+    """The shared row's version at the last look; -1 before the first."""
+
+
+class HaltSync:
+    """One instance's halt files (all trading's, each strategy's) and the store's shared switches, kept in step by
+    `once()`: one read of every shared switch per round, each switch then on its own."""
+
+    def __init__(self, paths: Mapping[str, Path], store: Store, on_resume: Callable[[], object] = lambda: None) -> None:
+        self._switches = [_Switch(name, path) for name, path in paths.items()]
         self._store = store
-        self._local: Halt | None = None
-        self._version = -1
-        """The shared row's version at the last look; -1 before the first."""
+        self._on_resume = on_resume
 
     async def once(self) -> None:
-        """One round. `_local` becomes what this round read from the file or wrote to it, never a re-read after
-        the database's awaits: a halt written meanwhile (`tvbridge halt` on this machine) differs from it, so the
-        next round shares it instead of taking it for the file as already synced."""
-        local = read_halt(self._path)
-        version, shared = await self._store.shared_halt()
-        if self._version < 0:  # the first look: a halt on either side is a halt on both
-            if local is not None and shared is None:
-                version, local = await self._share(local, version)
-            elif shared is not None and local != shared:
-                local = self._write_file(shared)
-        elif local != self._local:  # changed here: tell the others
-            version, local = await self._share(local, version)
-        elif version != self._version:  # changed on another instance
-            local = self._write_file(shared)
-            log.warning("halt.synced", halted=shared is not None, reason=shared.reason if shared else None)
-        self._local = local
-        self._version = version
+        """One round. A switch's `local` becomes what this round read from its file or wrote to it, never a
+        re-read after the database's awaits: a halt written meanwhile (`tvbridge halt` on this machine) differs
+        from it, so the next round shares it instead of taking it for the file as already synced."""
+        files = [read_halt(switch.path) for switch in self._switches]
+        rows = await self._store.shared_halts()
+        for switch, local in zip(self._switches, files, strict=True):
+            await self._step(switch, local, *rows.get(switch.name, (0, None)))
 
-    async def _share(self, local: Halt | None, version: int) -> tuple[int, Halt | None]:
+    async def _step(self, switch: _Switch, local: Halt | None, version: int, shared: Halt | None) -> None:
+        """One switch's part of a round: its file read as `local`, its shared row at `version` says `shared`."""
+        if switch.version < 0:  # the first look: a halt on either side is a halt on both
+            if local is not None and shared is None:
+                version, local = await self._share(switch, local, version)
+            elif shared is not None and local != shared:
+                local = self._write_file(switch, shared)
+        elif local != switch.local:  # changed here: tell the others
+            version, local = await self._share(switch, local, version)
+        elif version != switch.version:  # changed on another instance
+            local = self._write_file(switch, shared)
+            log.warning(
+                "halt.synced",
+                halted=shared is not None,
+                reason=shared.reason if shared else None,
+                halted_strategy=switch.name or None,
+            )
+            if shared is None:
+                self._on_resume()
+        switch.local = local
+        switch.version = version
+
+    async def _share(self, switch: _Switch, local: Halt | None, version: int) -> tuple[int, Halt | None]:
         """Share this file's state if the shared row is still at `version` (compare-and-set): when another
         instance changed it meanwhile, a halt on either side wins (when in doubt, trade nothing), and a resume
         here over a halt there is not applied (the file takes the other's halt)."""
-        shared_version = await self._store.share_halt(local, expected=version)
+        scope = switch.name or None
+        shared_version = await self._store.share_halt(local, expected=version, switch=switch.name)
         if shared_version is not None:
-            log.warning("halt.shared", halted=local is not None, reason=local.reason if local else None)
+            log.warning(
+                "halt.shared", halted=local is not None, reason=local.reason if local else None, halted_strategy=scope
+            )
             return shared_version, local
-        version, shared = await self._store.shared_halt()
+        version, shared = (await self._store.shared_halts()).get(switch.name, (0, None))
         if shared is None and local is not None:  # the other resumed: this halt still stands
-            return await self._share(local, version)
-        log.warning("halt.share_conflict", halted=shared is not None, reason=shared.reason if shared else None)
-        return version, self._write_file(shared)
+            return await self._share(switch, local, version)
+        log.warning(
+            "halt.share_conflict",
+            halted=shared is not None,
+            reason=shared.reason if shared else None,
+            halted_strategy=scope,
+        )
+        return version, self._write_file(switch, shared)
 
-    def _write_file(self, shared: Halt | None) -> Halt | None:
-        """This instance's file set to `shared`; returns what the file says now (written, so read back at once)."""
+    @staticmethod
+    def _write_file(switch: _Switch, shared: Halt | None) -> Halt | None:
+        """The switch's file set to `shared`; returns what the file says now (written, so read back at once)."""
         if shared is None:
-            clear_halt(self._path)
+            clear_halt(switch.path)
         else:
-            write_halt(self._path, shared)
-        return read_halt(self._path)
+            write_halt(switch.path, shared)
+        return read_halt(switch.path)
 
     async def loop(self) -> None:
         failing = False
@@ -103,15 +139,26 @@ class HaltSync:
                 failing = True
 
 
+def switches(config: Config) -> dict[str, Path]:
+    """Every kill switch this instance keeps in step: all trading's, and each `[strategies.NAME]`'s."""
+    data_dir = config.server.data_dir
+    return {"": halt_path(data_dir)} | {name: strategy_halt_path(data_dir, name) for name in config.strategies}
+
+
 async def halt_sync_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the journal's): on a shared store, sync once before serving, then keep in step."""
-    from tvbridge.keys import CONFIG, JOURNAL  # noqa: PLC0415 - keys imports the store's types
+    from tvbridge.keys import CONFIG, JOURNAL, SCHEDULER  # noqa: PLC0415 - keys imports the store's types
 
     store = app[JOURNAL]
     if not store.shared:
         yield
         return
-    sync = HaltSync(halt_path(app[CONFIG].server.data_dir), store)
+
+    def wake_queue() -> None:  # the scheduler starts after this context; a resume before it has nothing to wake
+        if (scheduler := app.get(SCHEDULER)) is not None:
+            scheduler.wake.set()
+
+    sync = HaltSync(switches(app[CONFIG]), store, on_resume=wake_queue)
     await sync.once()
     task = asyncio.create_task(sync.loop(), name="halt-sync")
     yield

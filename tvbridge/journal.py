@@ -23,7 +23,6 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -42,13 +41,15 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
-from tvbridge.positions import StrategyFill
 from tvbridge.recentkeys import RecentKeys
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
+from tvbridge.store.pending import PendingResults
+from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
     from tvbridge.halt import Halt
     from tvbridge.models import LegResult
+    from tvbridge.positions import StrategyFill
 
 log = structlog.get_logger()
 
@@ -171,9 +173,8 @@ class Journal:
         self.shared = False
         self.live_instances = 1
         """One process owns the file: recovery runs at start only, and this instance is the leader."""
-        self._results_pending: dict[str, asyncio.Task[bool]] = {}
-        """Per alert id, its `record_results` write handed over and not committed yet: a read that answers a user
-        about that alert waits for it (read-your-writes), and only for it."""
+        self._results_pending = PendingResults()
+        """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
         self._recent_keys = RecentKeys()
         """The dedupe keys recorded lately: "never" without a query (`tvbridge/recentkeys.py`)."""
 
@@ -202,15 +203,13 @@ class Journal:
         return ""
 
     async def close(self) -> None:
-        while self._results_pending:
-            await self.settle()
+        await self._results_pending.drain()
         await self._db.close()
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
         ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
-        if self._results_pending:
-            await asyncio.wait(set(self._results_pending.values()))
+        await self._results_pending.settle()
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
@@ -281,38 +280,7 @@ class Journal:
         The task's result is True once committed; False when it failed, which is logged (`journal.finish_failed`)
         and leaves the alert `accepted` for crash recovery. Writes for one alert commit in the order they were
         handed over (a mixed plan's combined answer after the executor's part), each after the one before."""
-        before = self._results_pending.get(alert_id)
-        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results, before))
-        self._results_pending[alert_id] = task
-        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
-        return task
-
-    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
-        if self._results_pending.get(alert_id) is done:
-            del self._results_pending[alert_id]
-
-    async def _results_of(self, alert_id: str) -> None:
-        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
-        task = self._results_pending.get(alert_id)
-        if task is not None:
-            await asyncio.wait({task})
-
-    async def _finish_logged(
-        self,
-        alert_id: str,
-        status: str,
-        response: Mapping[str, Any],
-        results: Sequence[LegResult],
-        before: asyncio.Task[bool] | None = None,
-    ) -> bool:
-        if before is not None:
-            await asyncio.wait({before})
-        try:
-            await self.finish_alert(alert_id, status, response, results)
-        except Exception:
-            log.exception("journal.finish_failed", alert_id=alert_id)
-            return False
-        return True
+        return self._results_pending.hand_over(alert_id, lambda: self.finish_alert(alert_id, status, response, results))
 
     async def record_alert(
         self,
@@ -449,17 +417,10 @@ class Journal:
                 (UNFINISHED,),
             ).fetchall()
         )
-        return [
-            {
-                **{k: row[k] for k in row.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
-                "result": _json_or_none(row["result"]),
-                "bracket": _json_or_none(row["bracket"]) or [],
-            }
-            for row in rows
-        ]
+        return [leg_record(row) for row in rows]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+        await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
 
         def fetch(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
@@ -471,24 +432,7 @@ class Journal:
                 " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
                 (alert_id,),
             ).fetchall()
-            return {
-                "alert_id": row["alert_id"],
-                "received_at": row["received_at"],
-                "alert_type": row["alert_type"],
-                "strategy": row["strategy"] or DEFAULT_STRATEGY,
-                "status": row["status"],
-                "updated_at": row["updated_at"],
-                "payload": json.loads(row["payload"]),
-                "response": json.loads(row["response"]) if row["response"] else None,
-                "legs": [
-                    {
-                        **{k: leg[k] for k in leg.keys() if k not in {"result", "bracket"}},  # noqa: SIM118 - sqlite3.Row
-                        "result": json.loads(leg["result"]) if leg["result"] else None,
-                        "bracket": _json_or_none(leg["bracket"]) or [],
-                    }
-                    for leg in legs
-                ],
-            }
+            return alert_record(row, legs)
 
         return await self._db.read(fetch)
 
@@ -511,14 +455,10 @@ class Journal:
             ).fetchone()
             return row
 
-        row = await self._db.read(find)
-        if row is not None and row["alert_id"] in self._results_pending:
-            await self._results_of(row["alert_id"])
-            row = await self._db.read(find)
+        row = await self._results_pending.read_after(lambda: self._db.read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
-        response = json.loads(row["response"]) if row["response"] else None
-        return {"alert_id": row["alert_id"], "status": row["status"], "response": response}
+        return dedupe_record(row)
 
     async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:  # noqa: ARG002 - the Store interface
         """One process owns this file, so the in-process claim (`middlewares/dedupe.py`) is the claim; the
@@ -542,10 +482,10 @@ class Journal:
     async def run(self, statements: Sequence[tuple[str, Sequence[object]]]) -> None:
         await self.write(lambda conn: [conn.execute(sql, tuple(args)) for sql, args in statements])
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        return 0, None
+    async def shared_halts(self) -> dict[str, tuple[int, Halt | None]]:
+        return {}
 
-    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:  # noqa: ARG002 - the Store interface
+    async def share_halt(self, halt: Halt | None, *, expected: int, switch: str = "") -> int | None:  # noqa: ARG002 - the Store interface
         return 0
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:
@@ -640,19 +580,7 @@ class Journal:
                 " ORDER BY alerts.received_at, legs.leg_number",
                 (DEFAULT_STRATEGY, account, position_key, position_key),
             ).fetchall()
-            return [
-                StrategyFill(
-                    strategy=row["strategy"],
-                    key=row["key"],
-                    side=row["side"],
-                    quantity=int(row["filled"]),
-                    bracket=tuple(_json_or_none(row["bracket"]) or ()),
-                    at=row["received_at"],
-                    # tvbridge flatten / POST /admin/flatten (square-off's flatten runs under its strategy)
-                    resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
-                )
-                for row in rows
-            ]
+            return [strategy_fill(row) for row in rows]
 
         return await self._db.read(fetch)
 
@@ -818,10 +746,6 @@ def _add_order_columns(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
     # the strategies' own positions are summed from these rows (`Journal.fills`), per account
     conn.execute("CREATE INDEX IF NOT EXISTS legs_filled ON legs (account) WHERE filled_quantity > 0")
-
-
-def _json_or_none(text: str | None) -> Any:
-    return json.loads(text) if text else None
 
 
 def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:

@@ -79,8 +79,13 @@ class Readiness:
     def ready(self) -> bool:
         return all(account.ready for account in self.accounts)
 
-    def problems(self) -> list[str]:
-        return [f"{a.account} {c.name}: {c.detail}" for a in self.accounts for c in a.checks if not c.ok]
+    def problems(self, *, local_only: bool = False) -> list[str]:
+        return [
+            f"{a.account} {c.name}: {c.detail}"
+            for a in self.accounts
+            for c in a.checks
+            if not c.ok and (c.local or not local_only)
+        ]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -164,7 +169,8 @@ async def leads(app: web.Application) -> bool:
 
 async def check_readiness(app: web.Application, *, announce: bool | None = None) -> Readiness:
     """Check every live account now; log, record for /status and the metric, notify when not ready (when
-    `announce`; None: when this instance `leads`)."""
+    `announce`; None: when this instance `leads`). An instance that does not announce still notifies the problems
+    only it has (`ReadinessCheck.local`: a follower's stale master, its clock): the leader cannot see them."""
     if announce is None:
         announce = await leads(app)
     now = app[NOW]()
@@ -181,9 +187,10 @@ async def check_readiness(app: web.Application, *, announce: bool | None = None)
         log.info("readiness.checked", ready=True, accounts=[a.account for a in report.accounts], notified=False)
     else:
         problems = report.problems()
-        log.warning("readiness.checked", ready=False, problems=problems, notified=announce)
-        if announce:
-            notify.event(app, "not_ready", "Not ready for the open: " + "; ".join(problems))
+        told = problems if announce else report.problems(local_only=True)
+        log.warning("readiness.checked", ready=False, problems=problems, notified=bool(told))
+        if told:
+            notify.event(app, "not_ready", "Not ready for the open: " + "; ".join(told))
     return report
 
 

@@ -6,6 +6,7 @@ the same with two `tvbridge serve` processes on PostgreSQL."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -15,13 +16,13 @@ import structlog
 from dhan_support import NOW, request
 from fake_dhan import PIN, TOTP_SECRET, FakeDhan, Misbehave, jwt
 
-from tvbridge.broker import BrokerAuthError, BrokerContext, BrokerError, ClusterError, Shared
+from tvbridge.broker import BrokerAuthError, BrokerContext, BrokerError, ClusterError, Shared, SharedKeyError
 from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.instruments import sample_master_path
 from tvbridge_brokers.dhan.token import token_path
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
 
@@ -31,6 +32,9 @@ class Board:
 
     leader: str = "a"
     values: dict[tuple[str, str], Shared] = attrs.Factory(dict)
+    secret: set[tuple[str, str]] = attrs.Factory(set)
+    before_load: Callable[[str, str], None] | None = None
+    """Runs before every load: another instance acting between two looks of this one."""
 
 
 @attrs.define
@@ -42,11 +46,19 @@ class MemoryCluster:
     shared: bool = True
     poll_s: float = 1.0
     can_share_secrets: bool = True
+    key_opens: bool = True
+    """False: this instance's shared_secret_key is not the one the secret values were published with."""
 
     async def is_leader(self) -> bool:
         return self.board.leader == self.name
 
     async def load(self, account: str, name: str) -> Shared | None:
+        if self.board.before_load is not None:
+            self.board.before_load(self.name, name)
+        if not self.key_opens and (account, name) in self.board.secret:
+            raise SharedKeyError(
+                f"the shared {name} of account {account} cannot be decrypted: journal.shared_secret_key"
+            )
         return self.board.values.get((account, name))
 
     async def publish(self, account: str, name: str, value: str, *, secret: bool, expected: int | None) -> int | None:
@@ -56,6 +68,8 @@ class MemoryCluster:
         version = current.version if current is not None else 0
         if expected is not None and current is not None and version != expected:
             return None
+        if secret:
+            self.board.secret.add((account, name))
         self.board.values[account, name] = Shared(
             value=value, version=version + 1, published_by=self.name, published_at=""
         )
@@ -96,12 +110,21 @@ Build = "Callable[..., Awaitable[DhanBroker]]"
 
 @pytest.fixture
 async def build(
-    tmp_path: Path, clock: Clock, board: Board, notes: list[tuple[str, str, str]], dhan_settings: dict[str, object]
+    *,
+    tmp_path: Path,
+    clock: Clock,
+    board: Board,
+    notes: list[tuple[str, str, str]],
+    dhan_settings: dict[str, object],
+    fake_dhan: FakeDhan,
 ) -> AsyncIterator[Callable[..., Awaitable[DhanBroker]]]:
-    """An instance named `name`: its own data directory and master file, the board shared."""
+    """An instance named `name`: its own data directory and master file, the board shared. The masters are
+    stale, so upkeep downloads one: from the fake (never Dhan's public URL, the default)."""
     built: list[DhanBroker] = []
+    if not fake_dhan.master:
+        fake_dhan.master = sample_master_path().read_bytes()
 
-    async def make(name: str, **changes: object) -> DhanBroker:
+    async def make(name: str, *, key_opens: bool = True, **changes: object) -> DhanBroker:
         data = tmp_path / name
         data.mkdir(exist_ok=True)
         master = data / "master.csv"
@@ -113,9 +136,14 @@ async def build(
             account="dhan",
             data_dir=data,
             notify=lambda kind, text: notes.append((name, kind, text)),
-            cluster=MemoryCluster(board, name),
+            cluster=MemoryCluster(board, name, key_opens=key_opens),
         )
-        settings = {**dhan_settings, "instruments_path": str(master), **changes}
+        settings = {
+            **dhan_settings,
+            "instruments_path": str(master),
+            "instruments_url": fake_dhan.master_url,
+            **changes,
+        }
         broker = DhanBroker.from_settings(settings, context, clock=clock)
         built.append(broker)
         await broker.start()
@@ -123,6 +151,9 @@ async def build(
 
     yield make
     for broker in built:
+        # a download the background upkeep has under way finishes first (the refresh lock): cancelled in
+        # aiofiles' open, it would leave its temporary file open (an unraisable ResourceWarning)
+        await broker._refresh_master_if_due()  # noqa: SLF001
         await broker.aclose()
 
 
@@ -163,7 +194,8 @@ async def test_the_leader_renews_once_and_the_follower_uses_its_token_after_a_dh
     assert order_tokens(fake_dhan)[-1] == new
     assert follower.token_expires_at == leader.token_expires_at
     assert token_path(follower_dir(follower), "dhan").read_text().strip() == new  # a restart starts with it
-    assert new not in str([board.values, events])  # the board holds it; no log line does
+    assert board.values["dhan", "access_token"].value == new  # the board holds it (encrypted on PostgreSQL)
+    assert new not in str(events)  # no log line does
 
 
 def follower_dir(broker: DhanBroker) -> Path:
@@ -299,3 +331,197 @@ async def test_a_follower_whose_own_newer_token_is_rejected_falls_back_to_the_le
     assert (await follower.place(request(cid="F2-1", alert_id="F2"))).order_id
     assert order_tokens(fake_dhan) == [own, own, leaders]
     assert token_calls(fake_dhan) == []
+
+
+async def test_after_a_dh901_the_leader_generates_rather_than_go_back_to_the_older_token_the_row_still_holds(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+    board: Board,
+    dhan_settings: dict[str, object],
+) -> None:
+    """The row holds the leader's first token; a SIGHUP gives the leader a second one (not published yet) and
+    Dhan rejects it. The row's token is one the leader has seen and replaced: taking it back would fail the
+    order again. The leader generates, the order goes through, and the new token is what it keeps and shares."""
+    first = jwt((clock.at + timedelta(hours=10)).timestamp())
+    second = jwt((clock.at + timedelta(hours=20)).timestamp())
+    fake_dhan.valid_tokens = {first, second}
+    totp = {"pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    leader = await build("a", access_token=first, **totp)
+    assert board.values["dhan", "access_token"].value == first
+    await leader.reconfigure(
+        {
+            **dhan_settings,
+            "instruments_path": str(master_of(leader)),
+            "instruments_url": fake_dhan.master_url,
+            **totp,
+            "access_token": second,
+        }
+    )
+    fake_dhan.valid_tokens = set()  # Dhan rejects both
+    assert (await leader.place(request(cid="L1-1", alert_id="L1"))).order_id
+    [generated] = fake_dhan.issued
+    assert order_tokens(fake_dhan) == [second, generated]
+    assert token_calls(fake_dhan) == ["/app/generateAccessToken"]
+    assert token_path(follower_dir(leader), "dhan").read_text().strip() == generated
+    assert board.values["dhan", "access_token"].value == generated
+
+
+def cluster_of(broker: DhanBroker) -> MemoryCluster:
+    cluster = broker._context.cluster  # noqa: SLF001 - the instance's view of the board
+    assert isinstance(cluster, MemoryCluster)
+    return cluster
+
+
+async def test_an_instance_whose_shared_secret_key_cannot_open_the_shared_token_refuses_to_start(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock
+) -> None:
+    token = jwt((clock.at + timedelta(hours=10)).timestamp())
+    fake_dhan.valid_tokens = {token}
+    await build("a", access_token=token)
+    with pytest.raises(BrokerError, match=r"journal\.shared_secret_key") as refused:
+        await build("b", access_token=token, key_opens=False)
+    assert token not in str(refused.value)
+
+
+async def test_a_key_that_stops_opening_the_shared_token_makes_the_follower_unhealthy_and_the_leader_renew_nothing(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """A rotated key on one instance (or a leader whose key differs from the row's): the follower reports it on
+    /health and in the pre-open check instead of trading on until the leader's next renewal strands it; the
+    leader does not renew a token it could not hand over (Dhan would invalidate the one the others hold)."""
+    token = jwt((clock.at + timedelta(hours=2)).timestamp())
+    fake_dhan.valid_tokens = {token}
+    leader = await build("a", access_token=token)
+    follower = await build("b", access_token=token)
+    assert (await follower.health()).ok
+    cluster_of(follower).key_opens = False
+    with structlog.testing.capture_logs() as events:
+        await follower.maintain()
+    health = await follower.health()
+    assert not health.ok
+    assert "journal.shared_secret_key" in health.detail
+    checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
+    assert not checks["token"].ok
+    assert "journal.shared_secret_key" in checks["token"].detail
+    assert [e["event"] for e in events if e["log_level"] == "error"] == ["dhan.token.share_failed"]
+    assert token not in str([events, health, checks])
+    cluster_of(leader).key_opens = False
+    clock.at += timedelta(minutes=90)  # inside the renewal window
+    await leader.maintain()
+    assert token_calls(fake_dhan) == []
+    assert board.values["dhan", "access_token"].version == 1
+    assert not (await leader.health()).ok
+    cluster_of(leader).key_opens = True  # the operator gave it the right key: it renews at its next look
+    await leader.maintain()
+    assert token_calls(fake_dhan) == ["/v2/RenewToken"]
+    assert (await leader.health()).ok
+
+
+async def test_a_token_set_by_hand_on_a_follower_is_published_and_the_leader_uses_it(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+    board: Board,
+    dhan_settings: dict[str, object],
+) -> None:
+    """The leader cannot renew (no PIN + TOTP) and Dhan dropped its token; an operator sets a new one on the
+    follower (`tvbridge dhan token set` + SIGHUP). The follower publishes it (compare-and-set on the version) and
+    the leader takes it at its next look: its orders go through. /health says which instance leads."""
+    old = jwt((clock.at + timedelta(hours=5)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    leader = await build("a", access_token=old)
+    follower = await build("b", access_token=old)
+    assert "this instance leads the Dhan upkeep" in (await leader.health()).detail
+    assert "follows the leader's token" in (await follower.health()).detail
+    hand = jwt((clock.at + timedelta(hours=24)).timestamp())
+    fake_dhan.valid_tokens = {hand}  # a token made on web.dhan.co: the old one no longer works
+    await follower.reconfigure(
+        {
+            **dhan_settings,
+            "instruments_path": str(master_of(follower)),
+            "instruments_url": fake_dhan.master_url,
+            "access_token": hand,
+        }
+    )
+    await follower.maintain()
+    shared = board.values["dhan", "access_token"]
+    assert (shared.value, shared.published_by, shared.version) == (hand, "b", 2)
+    await leader.maintain()
+    assert (await leader.place(request(cid="L1-1", alert_id="L1"))).order_id
+    assert (await follower.place(request(cid="F1-1", alert_id="F1"))).order_id
+    assert order_tokens(fake_dhan) == [hand, hand]
+    assert token_path(follower_dir(leader), "dhan").read_text().strip() == hand
+    await follower.maintain()
+    assert board.values["dhan", "access_token"].version == 2  # published once
+
+
+async def test_a_follower_whose_own_download_of_the_leaders_master_fails_notifies_once_and_is_not_ready(
+    build: Callable[..., Awaitable[DhanBroker]],
+    fake_dhan: FakeDhan,
+    clock: Clock,
+    notes: list[tuple[str, str, str]],
+) -> None:
+    """The leader refreshes the stale master and publishes; the follower's own download of it fails. Only the
+    follower trades on yesterday's file, so it tells the operator itself: once for that refresh, however
+    often it retries, and its pre-open check fails on the master."""
+    leader = await build("a")
+    await leader.maintain()  # refreshed (at start or now) and published
+    assert master_of(leader).read_bytes() == fake_dhan.master
+    fake_dhan.next_reply("master", *[Misbehave.error("DH-905")] * 3)
+    follower = await build("b")
+    await follower.maintain()
+    follower._refresher._retry_at = None  # noqa: SLF001 - the retry's time has come
+    await follower.maintain()
+    assert [(who, kind) for who, kind, _ in notes] == [("b", "instruments_refresh_failed")]
+    checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
+    assert not checks["instruments"].ok
+    assert checks["instruments"].local
+
+
+async def test_a_follower_rejected_while_the_leader_renews_waits_briefly_for_the_new_token(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """Dhan drops the old token while the leader's RenewToken runs; the follower's order is rejected a moment
+    before the leader publishes the new one. The follower looks again for a short bounded while and the order
+    goes through with the new token; no generation. The next rejection of that token fails fast."""
+    old = jwt((clock.at + timedelta(hours=10)).timestamp())
+    fake_dhan.valid_tokens = {old}
+    totp = {"access_token": old, "pin": PIN, "totp_secret": TOTP_SECRET, "auth_url": fake_dhan.auth_url}
+    await build("a", **totp)
+    follower = await build("b", **totp)
+    new = jwt((clock.at + timedelta(hours=24)).timestamp())
+    fake_dhan.valid_tokens = {new}  # renewed at Dhan, not published yet
+    looks = 0
+
+    def published_on_the_second_look(instance: str, name: str) -> None:
+        nonlocal looks
+        if instance != "b" or name != "access_token" or order_tokens(fake_dhan) != [old]:
+            return
+        looks += 1  # the follower's looks after the rejection
+        if looks == 2:  # the leader commits while the follower waits
+            board.values["dhan", "access_token"] = Shared(value=new, version=2, published_by="a", published_at="")
+
+    board.before_load = published_on_the_second_look
+    assert (await follower.place(request(cid="F1-1", alert_id="F1"))).order_id
+    assert order_tokens(fake_dhan) == [old, new]
+    assert token_calls(fake_dhan) == []
+
+
+async def test_a_new_leader_does_not_republish_the_master_it_followed(
+    build: Callable[..., Awaitable[DhanBroker]], fake_dhan: FakeDhan, clock: Clock, board: Board
+) -> None:
+    """The follower downloads the leader's master a minute after the leader did. When it becomes the leader it
+    holds the same file: publishing again (its own download time) would make every follower download it again."""
+    leader = await build("a")
+    await leader.maintain()
+    published = board.values["dhan", "instruments"]
+    clock.at += timedelta(minutes=1)
+    follower = await build("b")
+    await follower.maintain()
+    assert master_of(follower).read_bytes() == fake_dhan.master
+    board.leader = "b"
+    await follower.maintain()
+    assert board.values["dhan", "instruments"] == published
+    checks = {c.name: c for c in await follower.readiness(close_at=clock.at + timedelta(hours=5))}
+    assert checks["instruments"].ok  # the leader's moment: fresh today

@@ -27,7 +27,9 @@ BETA: Final = "beta-secret-0123456789abcdef"
 WAIT_S: Final = 10.0
 
 
-async def start(aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object]) -> Any:
+async def start(
+    aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object], store_env: dict[str, str]
+) -> Any:
     account = "\n".join(f"{key} = {json.dumps(value)}" for key, value in dhan_settings.items())
     path = tmp_path / "config.toml"
     path.write_text(
@@ -50,7 +52,7 @@ secret = "{BETA}"
 """,
         encoding="utf-8",
     )
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}  # conftest
     config = load_config(path, make_converter(), env, tmp_path)
     return await aiohttp_client(create_app(config, make_converter(), resolve_credentials(config)))
 
@@ -87,11 +89,15 @@ async def filled(client: Any, fake_dhan: FakeDhan, result: dict[str, Any]) -> No
 
 
 async def test_each_strategy_exits_only_its_own_share_on_dhan(
-    aiohttp_client: Any, tmp_path: Path, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+    aiohttp_client: Any,
+    tmp_path: Path,
+    fake_dhan: FakeDhan,
+    dhan_settings: dict[str, object],
+    store_env: dict[str, str],
 ) -> None:
     """alpha buys 10 and beta 4 RELIANCE intraday on one Dhan account (Dhan shows 14): alpha's EXIT_ALL sends
     Dhan one SELL of 10, and after it filled (Dhan shows 4) beta's EXIT_ALL sends one SELL of 4."""
-    client = await start(aiohttp_client, tmp_path, dhan_settings)
+    client = await start(aiohttp_client, tmp_path, dhan_settings, store_env)
     await filled(client, fake_dhan, await send(client, ALPHA, intraday(quantity="10")))
     await filled(client, fake_dhan, await send(client, BETA, intraday(quantity="4")))
     fake_dhan.set_position("2885", 14, product="INTRADAY", trading_symbol="RELIANCE")
@@ -111,7 +117,9 @@ async def test_each_strategy_exits_only_its_own_share_on_dhan(
     assert len(fake_dhan.placed()) == 4
 
 
-async def start_slow_followup(aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object]) -> Any:
+async def start_slow_followup(
+    aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object], store_env: dict[str, str]
+) -> Any:
     """As `start`, with order follow-up's first look after 60 s (never within a test): only the settling before a
     share is read can see a fill."""
     account = "\n".join(f"{key} = {json.dumps(value)}" for key, value in dhan_settings.items())
@@ -135,18 +143,22 @@ secret = "{BETA}"
 """,
         encoding="utf-8",
     )
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path)}
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}  # conftest
     config = load_config(path, make_converter(), env, tmp_path)
     return await aiohttp_client(create_app(config, make_converter(), resolve_credentials(config)))
 
 
 async def test_a_repeated_exit_before_follow_up_looks_closes_nothing_more(
-    aiohttp_client: Any, tmp_path: Path, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+    aiohttp_client: Any,
+    tmp_path: Path,
+    fake_dhan: FakeDhan,
+    dhan_settings: dict[str, object],
+    store_env: dict[str, str],
 ) -> None:
     """alpha 10 and beta 4 filled at Dhan (follow-up has not looked yet): alpha's EXIT_ALL sells its 10; Dhan
     fills it at once; alpha's repeated EXIT_ALL, before follow-up's next look, sends nothing (before: the journal
     still had alpha +10, so it sold 10 more: closed beta's 4 and opened a short of 6)."""
-    client = await start_slow_followup(aiohttp_client, tmp_path, dhan_settings)
+    client = await start_slow_followup(aiohttp_client, tmp_path, dhan_settings, store_env)
     fake_dhan.trade((await send(client, ALPHA, intraday(quantity="10")))["order_id"], price="2900")
     fake_dhan.trade((await send(client, BETA, intraday(quantity="4")))["order_id"], price="2900")
     fake_dhan.set_position("2885", 14, product="INTRADAY", trading_symbol="RELIANCE")

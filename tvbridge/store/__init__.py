@@ -192,14 +192,15 @@ class Store(AlertJournal, Protocol):
         """A refused request's record (`tvbridge/refusal_journal.py`), or None; PostgreSQL keeps none yet."""
         ...
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        """The kill switch all instances share: (version, halt or None). SQLite: (0, None), nothing shared (the
-        halt file is the switch, `tvbridge/halt.py`)."""
+    async def shared_halts(self) -> Mapping[str, tuple[int, Halt | None]]:
+        """The kill switches all instances share, by switch ('' for all trading, else a strategy's name): (version,
+        halt or None); a switch missing is (0, None). SQLite: none, nothing shared (the halt files are the
+        switches, `tvbridge/halt.py`)."""
         ...
 
-    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
-        """Set the shared kill switch if its version is still `expected`; returns its new version, None when
-        another instance changed it first (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
+    async def share_halt(self, halt: Halt | None, *, expected: int, switch: str = "") -> int | None:
+        """Set the shared kill switch `switch` if its version is still `expected`; returns its new version, None
+        when another instance changed it first (`tvbridge/halt_sync.py`). SQLite: nothing, 0."""
         ...
 
     async def ensure_tables(self, create: Callable[[sqlite3.Connection], object]) -> None:

@@ -222,6 +222,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         FOREIGN KEY (account, entry_id) REFERENCES paper_orders (account, id)
     );
     """,
+    # 9: each strategy's kill switch, shared like the global one: one row per switch, keyed by `strategy` ('' for
+    # all trading). The global row keeps `id = 1` (the others 0), so an instance still on the previous release
+    # during a rolling upgrade reads and writes the global switch as before.
+    """
+    ALTER TABLE halt ADD COLUMN strategy TEXT NOT NULL DEFAULT '';
+    ALTER TABLE halt DROP CONSTRAINT halt_pkey, DROP CONSTRAINT halt_id_check;
+    ALTER TABLE halt ADD PRIMARY KEY (strategy), ADD CHECK ((id = 1) = (strategy = ''));
+    ALTER TABLE halt ALTER COLUMN id SET DEFAULT 0;
+    """,
 )
 LATEST: Final = len(MIGRATIONS)
 

@@ -33,10 +33,11 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
 from tvbridge.journal import FOLLOWED_STATES, UNFINISHED, leg_state
-from tvbridge.positions import StrategyFill
 from tvbridge.refusal_journal import get_refusal
 from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
+from tvbridge.store.pending import PendingResults
+from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from tvbridge.alertqueue import QueueEntry
     from tvbridge.journal import OrderStateRecord, PlannedLeg
     from tvbridge.models import LegResult
+    from tvbridge.positions import StrategyFill
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -112,10 +114,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _json_or_none(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
 def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:
     return json.dumps([dict(part) for part in parts]) if parts else None
 
@@ -140,9 +138,8 @@ class PostgresStore:
         self.last_error = ""
         self.queue = PostgresQueue(self)
         self._lease_task: asyncio.Task[None] | None = None
-        self._results_pending: dict[str, asyncio.Task[bool]] = {}
-        """Per alert id, its `record_results` handed over and not committed yet: a read that answers a user about
-        that alert waits for it (read-your-writes), and only for it."""
+        self._results_pending = PendingResults()
+        """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
         self._leader: asyncpg.Connection | None = None
         self._leading = False
         self._leader_lock = asyncio.Lock()
@@ -167,8 +164,7 @@ class PostgresStore:
         self._lease_task = asyncio.create_task(self._keep_lease(), name="store-lease")
 
     async def close(self) -> None:
-        while self._results_pending:
-            await self.settle()
+        await self._results_pending.drain()
         task, self._lease_task = self._lease_task, None
         if task is not None:
             task.cancel()
@@ -383,43 +379,13 @@ class PostgresStore:
         """Hand over an alert's outcome (`finish_alert`) without waiting for its commit, as the SQLite journal
         does; reads that answer users (`get_alert`, `find_by_dedupe_key`) wait for what was handed over. Writes for
         one alert commit in the order they were handed over, each after the one before (see the SQLite journal)."""
-        before = self._results_pending.get(alert_id)
-        task = asyncio.ensure_future(self._finish_logged(alert_id, status, response, results, before))
-        self._results_pending[alert_id] = task
-        task.add_done_callback(lambda done: self._forget_results(alert_id, done))
-        return task
-
-    def _forget_results(self, alert_id: str, done: asyncio.Task[bool]) -> None:
-        if self._results_pending.get(alert_id) is done:
-            del self._results_pending[alert_id]
-
-    async def _results_of(self, alert_id: str) -> None:
-        """Wait until the results handed over for `alert_id` (if any) are committed or failed."""
-        task = self._results_pending.get(alert_id)
-        if task is not None:
-            await asyncio.wait({task})
-
-    async def _finish_logged(
-        self,
-        alert_id: str,
-        status: str,
-        response: Mapping[str, Any],
-        results: Sequence[LegResult],
-        before: asyncio.Task[bool] | None = None,
-    ) -> bool:
-        if before is not None:
-            await asyncio.wait({before})
-        try:
-            await self.finish_alert(alert_id, status, response, results, timeout_s=RESULTS_TIMEOUT_S)
-        except Exception:
-            log.exception("journal.finish_failed", alert_id=alert_id)
-            return False
-        return True
+        return self._results_pending.hand_over(
+            alert_id, lambda: self.finish_alert(alert_id, status, response, results, timeout_s=RESULTS_TIMEOUT_S)
+        )
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged)."""
-        if self._results_pending:
-            await asyncio.wait(set(self._results_pending.values()))
+        await self._results_pending.settle()
 
     async def record_alert(
         self,
@@ -576,17 +542,10 @@ class PostgresStore:
                 UNFINISHED,
             )
         )
-        return [
-            {
-                **{k: v for k, v in row.items() if k not in {"result", "bracket"}},
-                "result": _json_or_none(row["result"]),
-                "bracket": _json_or_none(row["bracket"]) or [],
-            }
-            for row in rows
-        ]
+        return [leg_record(row) for row in rows]
 
     async def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        await self._results_of(alert_id)  # read-your-writes: an outcome handed over is part of the record
+        await self._results_pending.of(alert_id)  # read-your-writes: an outcome handed over is part of the record
 
         async def fetch(conn: Conn) -> dict[str, Any] | None:
             row = await conn.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", alert_id)
@@ -598,24 +557,7 @@ class PostgresStore:
                 " FROM legs WHERE alert_id = $1 ORDER BY account, leg_number",
                 alert_id,
             )
-            return {
-                "alert_id": row["alert_id"],
-                "received_at": row["received_at"],
-                "alert_type": row["alert_type"],
-                "strategy": row["strategy"] or DEFAULT_STRATEGY,
-                "status": row["status"],
-                "updated_at": row["updated_at"],
-                "payload": json.loads(row["payload"]),
-                "response": json.loads(row["response"]) if row["response"] else None,
-                "legs": [
-                    {
-                        **{k: v for k, v in leg.items() if k not in {"result", "bracket"}},
-                        "result": _json_or_none(leg["result"]),
-                        "bracket": _json_or_none(leg["bracket"]) or [],
-                    }
-                    for leg in legs
-                ],
-            }
+            return alert_record(row, legs)
 
         return await self._read(fetch)
 
@@ -631,13 +573,10 @@ class PostgresStore:
                 since,
             )
 
-        row = await self._read(find)
-        if row is not None and row["alert_id"] in self._results_pending:
-            await self._results_of(row["alert_id"])
-            row = await self._read(find)
+        row = await self._results_pending.read_after(lambda: self._read(find), lambda found: str(found["alert_id"]))
         if row is None:
             return None
-        return {"alert_id": row["alert_id"], "status": row["status"], "response": _json_or_none(row["response"])}
+        return dedupe_record(row)
 
     async def claim_dedupe(self, dedupe_key: str, alert_id: str, since: str) -> str | None:
         """The claim is the row: `INSERT ... ON CONFLICT` lets exactly one of two concurrent claims through.
@@ -761,19 +700,7 @@ class PostgresStore:
                 position_key,
             )
         )
-        return [
-            StrategyFill(
-                strategy=row["strategy"],
-                key=row["key"],
-                side=row["side"],
-                quantity=int(row["filled"]),
-                bracket=tuple(_json_or_none(row["bracket"]) or ()),
-                at=row["received_at"],
-                # as the SQLite journal's: an operator's flatten (square-off's runs under its strategy)
-                resets=row["alert_type"] == "flatten" and row["strategy"] == DEFAULT_STRATEGY,
-            )
-            for row in rows
-        ]
+        return [strategy_fill(row) for row in rows]
 
     async def unsettled(self, account: str, position_key: str | None = None) -> set[str]:
         rows = await self._read(
@@ -913,26 +840,35 @@ class PostgresStore:
 
         await self._write(run)
 
-    async def shared_halt(self) -> tuple[int, Halt | None]:
-        """The kill switch every instance shares: (version, the halt or None)."""
-        row = await self._read(lambda conn: conn.fetchrow("SELECT * FROM halt WHERE id = 1"))
-        if row is None:
-            return 0, None
-        halt = Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None
-        return int(row["version"]), halt
+    async def shared_halts(self) -> dict[str, tuple[int, Halt | None]]:
+        """The kill switches every instance shares, by switch ('' for all trading, else a strategy's name): (version,
+        the halt or None). A switch never set has no row: (0, None)."""
+        rows = await self._read(lambda conn: conn.fetch("SELECT * FROM halt"))
+        return {
+            row["strategy"]: (
+                int(row["version"]),
+                Halt(reason=row["reason"], since=row["since"], by=row["by_whom"]) if row["halted"] else None,
+            )
+            for row in rows
+        }
 
-    async def share_halt(self, halt: Halt | None, *, expected: int) -> int | None:
-        """Set the shared kill switch (halted, or not with None) if its version is still `expected`; returns its
-        new version, or None when another instance changed it first (compare-and-set: nothing overwritten)."""
+    async def share_halt(self, halt: Halt | None, *, expected: int, switch: str = "") -> int | None:
+        """Set the shared kill switch `switch` (halted, or not with None) if its version is still `expected` (0: no
+        row yet); returns its new version, or None when another instance changed it first (compare-and-set:
+        nothing overwritten)."""
         version = await self._write(
             lambda conn: conn.fetchval(
-                "UPDATE halt SET version = version + 1, halted = $1, reason = $2, since = $3, by_whom = $4"
-                " WHERE id = 1 AND version = $5 RETURNING version",
+                "INSERT INTO halt AS h (id, strategy, version, halted, reason, since, by_whom)"
+                " VALUES (CASE WHEN $6 = '' THEN 1 ELSE 0 END, $6, 1, $1, $2, $3, $4)"
+                " ON CONFLICT (strategy) DO UPDATE SET version = h.version + 1, halted = EXCLUDED.halted,"
+                " reason = EXCLUDED.reason, since = EXCLUDED.since, by_whom = EXCLUDED.by_whom"
+                " WHERE h.version = $5 RETURNING h.version",
                 halt is not None,
                 halt.reason if halt else "",
                 halt.since if halt else "",
                 halt.by if halt else "",
                 expected,
+                switch,
             )
         )
         return None if version is None else int(version)

@@ -90,6 +90,10 @@ MAINTAIN_EVERY_S: Final = 60.0
 """How often the token and the instrument master are looked at while one server runs alone; several on one
 PostgreSQL store look every `cluster.poll_s` (half the leader's lease), so a follower uses the leader's renewed
 token, and a new leader takes the renewal over, within seconds."""
+KEY_HELP: Final = (
+    "This instance neither uses nor renews the token the others share until every instance has the same"
+    " journal.shared_secret_key (docs/postgresql.md: rotating the key)"
+)
 NO_SHARED_KEY: Final = (
     "journal.shared_secret_key is not set: with several instances on PostgreSQL only the leader renews the Dhan"
     " token and shares it, encrypted with that key (every instance needs the same one: `tvbridge db new-key`);"
@@ -195,6 +199,8 @@ class DhanBroker:
             )
             await asyncio.to_thread(self._tokens.load)
             await self._tokens.maintain()
+            if self._tokens.key_error:
+                raise BrokerError(f"account {self._context.account}: {self._tokens.key_error}. {KEY_HELP}")
             self._client = DhanClient(self._with_token(self._settings))
             health = await self.health()
             self._log.info("dhan.started", live=True, token_ok=health.ok, detail=health.detail)
@@ -235,7 +241,7 @@ class DhanBroker:
             self._throttle = TokenBucket(new.max_orders_per_s)
         if self._tokens is not None:
             changed_token = self._tokens.reconfigure(new)
-            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token)
+            await asyncio.to_thread(self._tokens.load, prefer_current=changed_token, reload=True)
         if self._client is not None:
             self._retired.append(self._client)
         if new.live:
@@ -435,12 +441,14 @@ class DhanBroker:
             return Health(ok=False, detail="dhan broker not started")
         if self._auth_failed:
             return Health(ok=False, detail=REAUTH_HELP)
+        if self._tokens is not None and self._tokens.key_error:
+            return Health(ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}")
         async with self._health_lock:
             if self._health is not None and time.monotonic() - self._health[0] < HEALTH_CACHE_S:
                 return self._health[1]
             answer = await self._client.call("get_fund_limits")
             if answer.ok:
-                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}")
+                health = Health(ok=True, detail=f"Dhan token valid{self._expiry_text()}{self._role_text()}")
             elif answer.error is not None:
                 self._check_auth(answer)
                 health = Health(ok=False, detail=str(answer.error))
@@ -494,11 +502,17 @@ class DhanBroker:
                 break
         now = self._clock()
         account = self._context.account
+        token = token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account)
+        if self._tokens.key_error:
+            token = ReadinessCheck(name="token", ok=False, detail=f"{self._tokens.key_error}. {KEY_HELP}", local=True)
         return [
-            token_check(self._tokens, now=now, close_at=close_at, rejected=self._auth_failed, account=account),
-            master_check(self._refresher, now=now, account=account),
+            token,
+            attrs.evolve(master_check(self._refresher, now=now, account=account), local=True),
             health_check(health),
-            await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+            attrs.evolve(
+                await clock_check(self._settings.base_url, now=self._clock(), timeout_s=self._settings.timeout_s),
+                local=True,
+            ),
         ]
 
     async def _maintain_every_minute(self) -> None:
@@ -525,18 +539,20 @@ class DhanBroker:
             published = await self._published_master() if cluster.shared else None
             if not await cluster.is_leader():
                 following = published is not None and self._refresher.follows(published, now)
-                if following and await self._install_master(now, announce=False):
-                    self._refresher.followed = published
+                if following and await self._install_master(now):
+                    # the leader's file, as of its moment: a new leader re-publishing its download time would make
+                    # every follower download the same file again
+                    self._refresher.followed = self._refresher.refreshed_at = published
                 return
             if self._refresher.due(now) is not None:
-                await self._install_master(now, announce=True)
+                await self._install_master(now)
             mine = self._refresher.refreshed_at
             if cluster.shared and mine is not None and (published is None or mine > published):
                 await self._publish_master(mine)
 
-    async def _install_master(self, now: datetime, *, announce: bool) -> bool:
+    async def _install_master(self, now: datetime) -> bool:
         path = self._master_path(self._settings)
-        master = await self._refresher.refresh(now, path, self._master, announce=announce)
+        master = await self._refresher.refresh(now, path, self._master)
         if master is None:
             return False
         self._master = master  # the next resolve uses it; requests in flight keep the old index
@@ -595,6 +611,12 @@ class DhanBroker:
         if self._tokens is None:
             return settings
         return attrs.evolve(settings, access_token=self._tokens.token)
+
+    def _role_text(self) -> str:
+        """With several instances: whether this one renews the token and refreshes the master (the leader)."""
+        if not self._context.cluster.shared or self._tokens is None or self._tokens.leading is None:
+            return ""
+        return "; this instance leads the Dhan upkeep" if self._tokens.leading else "; follows the leader's token"
 
     def _expiry_text(self) -> str:
         expires = self.token_expires_at

@@ -11,9 +11,10 @@ never blocked and a bad download never replaces a good file. A failed refresh ke
 
 Several instances on one PostgreSQL store (issue 20): the leader refreshes on schedule and publishes when its
 master was written (`SHARED_NAME`, through `BrokerContext.cluster`); a follower downloads the same file into
-its own data directory when the leader's is newer than its own (`follows`), without notifying (the leader
-does). The file itself does not go through the database: it is tens of MB a day per account, which every
-standby and backup would copy, when Dhan's own URL serves it to each machine.
+its own data directory when the leader's is newer than its own (`follows`), and notifies its own failure
+(once per scheduled refresh, as the leader does: only that instance trades on the old file). The file itself
+does not go through the database: it is tens of MB a day per account, which every standby and backup would
+copy, when Dhan's own URL serves it to each machine.
 """
 
 from __future__ import annotations
@@ -109,12 +110,10 @@ class MasterRefresher:
             scheduled is not None and self.refreshed_at >= scheduled
         )
 
-    async def refresh(
-        self, now: datetime, dest: Path, previous: InstrumentMaster | None, *, announce: bool = True
-    ) -> InstrumentMaster | None:
-        """Download and install the master; None (old file kept, logged, notified when `announce`: a follower's
-        failure is logged only, the leader tells the operator) when it fails."""
-        scheduled = self.due(now) or now
+    async def refresh(self, now: datetime, dest: Path, previous: InstrumentMaster | None) -> InstrumentMaster | None:
+        """Download and install the master; None (old file kept, logged, notified once per scheduled refresh:
+        a follower's too, its stale file is its own) when it fails."""
+        scheduled = self.due(now) or last_scheduled(now, self.at, self._calendar) or now  # notified once for it
         self._log.info("dhan.instruments.refreshing", url=self.url, path=str(dest))
         try:
             master = await download_master(self.url, dest, previous=previous, today=now.astimezone(EXCHANGE_TZ).date())
@@ -122,7 +121,7 @@ class MasterRefresher:
             self.last_error = str(e)
             self._retry_at = now + RETRY_EVERY
             self._log.error("dhan.instruments.refresh_failed", error=str(e), path=str(dest), kept="the old file")
-            if announce and self._notified_for != scheduled:
+            if self._notified_for != scheduled:
                 self._notified_for = scheduled
                 self._notify(
                     "instruments_refresh_failed",

@@ -42,7 +42,7 @@ import pyotp
 import structlog
 from dhanhq import DhanLogin
 
-from tvbridge.cluster import SOLO, ClusterError
+from tvbridge.cluster import SOLO, ClusterError, SharedKeyError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +55,11 @@ log = structlog.get_logger()
 IST: Final = timezone(timedelta(hours=5, minutes=30), "IST")
 AUTH_TIMEOUT_S: Final = 10.0
 """RenewToken and token generation are not on an order's clock, except the one retry after a DH-901."""
+LEADER_WAIT_S: Final = 2.0
+"""A follower's first DH-901 on a token waits this long for the leader's new one: Dhan drops the old token while
+the leader's RenewToken call runs, a moment before the leader publishes the new one; an order rejected in
+that window goes through with it rather than failing. Once per rejected token: the next orders fail fast."""
+LEADER_WAIT_STEP_S: Final = 0.2
 ENV_FILE: Final = ".env"
 ENV_KEY: Final = "DHAN_ACCESS_TOKEN"
 DEFAULT_ACCOUNT: Final = "dhan"
@@ -234,8 +239,15 @@ class TokenKeeper:
         self._shared: tuple[int, str] | None = None
         """The version and token last read from (or published to) the cluster."""
         self._leading: bool | None = None
+        self._hand_set: str | None = None
+        """A token an operator gave this instance (SIGHUP), until it is published: from any instance, so a token
+        set by hand on a follower reaches the leader (which takes a newer token) and every other instance."""
         self._waiting_for: str | None = None
         self._share_error = ""
+        self.key_error = ""
+        """Why the shared token cannot be read with this instance's `journal.shared_secret_key` ("" when it can):
+        the broker reports it (refused start, unhealthy, not ready) and the leader renews nothing meanwhile: a
+        token it cannot publish would strand every other instance on the one Dhan just invalidated."""
         self._store = token_path(data_dir, account)
         self._clock = clock
         self._notify = notify
@@ -260,10 +272,16 @@ class TokenKeeper:
     def can_generate(self) -> bool:
         return self._settings.can_generate
 
-    def load(self, *, prefer_current: bool = False) -> None:
+    @property
+    def leading(self) -> bool | None:
+        """Whether this instance renews the token (the last answer; None before the first look)."""
+        return self._leading
+
+    def load(self, *, prefer_current: bool = False, reload: bool = False) -> None:
         """Use the stored token (a renewal's, or `tvbridge dhan token set`'s) unless the one in use is known to
         outlive it; with `prefer_current` (an operator just configured a new token) only when the stored one is
-        known to outlive it. Blocking (a small file): at start and on SIGHUP."""
+        known to outlive it. Blocking (a small file): at start and on SIGHUP (`reload`: a token taken from the file
+        then was set by an operator, `tvbridge dhan token set`, and is published)."""
         try:
             stored = self._store.read_text(encoding="utf-8").strip()
         except OSError:
@@ -274,6 +292,8 @@ class TokenKeeper:
             use = not _later(self._token, stored, known_only=True)
         if stored and stored != self._token and use:
             self._token = stored
+            if reload:
+                self._hand_set = stored
             self._log.info("dhan.token.loaded", source=str(self._store), expires_at=_iso(self.expires_at))
 
     def reconfigure(self, settings: DhanSettings) -> bool:
@@ -287,6 +307,7 @@ class TokenKeeper:
         self._configured = new
         if changed:
             self._token = new
+            self._hand_set = new
         return changed
 
     def remaining(self) -> timedelta | None:
@@ -298,7 +319,12 @@ class TokenKeeper:
         when the token changed. Never raises for Dhan's refusals."""
         async with self._lock:
             adopted = await self._adopt_shared()
-            if not await self._leads():
+            leading = await self._leads()
+            if self._hand_set is not None and self._hand_set != self._token:
+                self._hand_set = None  # a newer token was adopted instead
+            if not leading and self._hand_set is not None and not self.key_error:
+                await self._publish()  # compare-and-set: a conflict is looked at again next round
+            if not leading or self.key_error:
                 return adopted
             if self._cluster.shared and self._token and (self._shared is None or self._shared[1] != self._token):
                 await self._publish()  # a new leader's, or an operator's new token (SIGHUP) on the leader
@@ -330,18 +356,35 @@ class TokenKeeper:
         token; the minute's maintenance (`again`) tries once a minute until one works. Only the leader
         generates: a follower waits for the leader's token (its next look finds it)."""
         async with self._lock:
-            if self._token != rejected or await self._adopt_shared(rejected=rejected):
+            if self._token != rejected:
                 return True
-            if not await self._leads():
-                if self._waiting_for != rejected:
-                    self._waiting_for = rejected
-                    self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
-                self.last_error = "Dhan rejects the token; the leader instance renews it"
+            leading = await self._leads()
+            if await self._adopt_shared(rejected=rejected, leading=leading):
+                return True
+            if self.key_error:  # neither the leader's token nor (on the leader) a generation others could read
+                self.last_error = self.key_error
                 return False
+            if not leading:
+                return await self._await_leader(rejected)
             if not self.can_generate or (self._tried_after_rejection == rejected and not again):
                 return False
             self._tried_after_rejection = rejected
             return await self._generate("rejected by Dhan (DH-901)")
+
+    async def _await_leader(self, rejected: str) -> bool:
+        """A follower's part of `recover`: at the first rejection of a token, look for the leader's new one for up
+        to `LEADER_WAIT_S` (see there); True when one was adopted. Never generates."""
+        if self._waiting_for != rejected:
+            self._waiting_for = rejected
+            self._log.warning("dhan.token.awaiting_leader", reason="DH-901")
+            loop = asyncio.get_running_loop()
+            until = loop.time() + LEADER_WAIT_S
+            while loop.time() < until:
+                await asyncio.sleep(LEADER_WAIT_STEP_S)
+                if await self._adopt_shared(rejected=rejected):
+                    return True
+        self.last_error = "Dhan rejects the token; the leader instance renews it"
+        return False
 
     async def _generate(self, why: str) -> bool:
         try:
@@ -384,25 +427,34 @@ class TokenKeeper:
         self._leading = leading
         return leading
 
-    async def _adopt_shared(self, *, rejected: str | None = None) -> bool:
+    async def _adopt_shared(self, *, rejected: str | None = None, leading: bool = False) -> bool:
         """Use the token the leader published when it is new to this instance and known to outlive ours (a
         renewal's, a generation's: both JWTs), or when this instance has none, or (after Dhan `rejected` ours)
         whenever it is another; stored as a renewal's is (a restart of this instance starts with it). A token of
-        unknown expiry is not taken over one that works: it may be an older one."""
+        unknown expiry is not taken over one that works: it may be an older one.
+
+        After a rejection the LEADER takes only a publication it has not seen yet, of a token known to outlive
+        the rejected one (another instance's hand-set token): the row may still hold the token it replaced (an
+        operator's SIGHUP, a publish that failed), and going back to that one would fail the order again and
+        skip the generation that fixes it."""
         if not self._cluster.shared:
             return False
         try:
             shared = await self._cluster.load(self._account, SHARED_NAME)
         except ClusterError as e:
+            if isinstance(e, SharedKeyError):
+                self.key_error = str(e)
             self._share_failed(str(e))
             return False
         self._share_error = ""
+        self.key_error = ""
         if shared is None:
             return False
         seen = self._shared is not None and shared.version == self._shared[0]
         self._shared = (shared.version, shared.value)
         if rejected is not None:
-            if shared.value == rejected:
+            stale = seen or not _later(shared.value, rejected, known_only=True)
+            if shared.value == rejected or (leading and stale):
                 return False
         elif seen or (self._token and not _later(shared.value, self._token, known_only=True)):
             return False
@@ -436,6 +488,7 @@ class TokenKeeper:
             self._log.warning("dhan.token.share_conflict", expected=expected)
             return
         self._shared = (version, self._token)
+        self._hand_set = None
         self._log.info("dhan.token.shared", version=version, expires_at=_iso(self.expires_at))
 
     def _save(self, old: str, new: str) -> None:
