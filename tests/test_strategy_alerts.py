@@ -19,8 +19,7 @@ from structlog.testing import capture_logs
 from tvbridge.app import create_app
 from tvbridge.config import load_config
 from tvbridge.errors import ConfigError, JournalError
-from tvbridge.journal import Journal
-from tvbridge.keys import BROKERS, CREDENTIALS
+from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
 from tvbridge_brokers.dhan.instruments import sample_master_path
@@ -647,7 +646,7 @@ async def test_a_target_whose_sending_mark_fails_is_not_sent(
     async def refused(*args: Any, **kwargs: Any) -> None:
         raise JournalError("journal unwritable")
 
-    monkeypatch.setattr(Journal, "mark_sending", refused)
+    monkeypatch.setattr(client.app[JOURNAL], "mark_sending", refused)  # the store under test, either one
     with capture_logs(processors=[merge_contextvars]) as logs:
         body = await post(client, alert(target(10, 1)))
     alert_id = body["alert_id"]
