@@ -4,16 +4,21 @@ own data directory and halt file; a halt or a resume on one is in force on the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from helpers import ClientFactory, alert, with_accounts
 from pgcluster import PgCluster
+from structlog.testing import capture_logs
 
+from tvbridge import halt_sync
 from tvbridge.config import Config
 from tvbridge.halt import Halt, clear_halt, halt_path, read_halt, set_halt
 from tvbridge.halt_sync import HaltSync
@@ -118,6 +123,88 @@ async def test_a_strategys_switch_is_shared_on_its_own_and_compared_and_set(pg_u
         assert read_halt(paths[0]["alpha"]) is None
         assert woken == ["a"]
         assert set(await stores[0].shared_halts()) <= {"", "alpha"}
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_halt_made_while_a_resume_from_another_instance_is_read_is_kept_and_shared(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All trading halted and synced; B resumes; while A's round reads the database, an operator halts A again.
+    A's new halt stays in its file (it is not taken for the old one and cleared by B's resume), is shared the
+    next round, and halts B: a halt wins."""
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    for store in stores:
+        await store.open()
+    paths = [halt_path(tmp_path / "a"), halt_path(tmp_path / "b")]
+    woken: list[str] = []
+    a, b = (
+        HaltSync({"": p}, s, on_resume=functools.partial(woken.append, n))
+        for p, s, n in zip(paths, stores, "ab", strict=True)
+    )
+    try:
+        set_halt(paths[0], reason="first", by="cli")
+        await a.once()
+        await b.once()
+        assert read_halt(paths[1]) is not None
+        clear_halt(paths[1])
+        await b.once()  # B's resume is shared
+        read_database = stores[0].shared_halts
+        again: list[Halt] = []
+
+        async def halted_during_the_read() -> dict[str, tuple[int, Halt | None]]:
+            again.append(set_halt(paths[0], reason="second", by="cli"))
+            return await read_database()
+
+        monkeypatch.setattr(stores[0], "shared_halts", halted_during_the_read)
+        await a.once()
+        monkeypatch.undo()
+        assert read_halt(paths[0]) == again[0]
+        await a.once()
+        await b.once()
+        assert read_halt(paths[1]) == again[0]
+        assert woken == []
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_halt_file_that_cannot_be_written_is_retried_next_round(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses B's halt file once (ENOSPC): the sync logs the reason and goes on, and A's halt reaches
+    B's file once the disk takes it again, instead of B trading on while A is halted."""
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    for store in stores:
+        await store.open()
+    paths = [halt_path(tmp_path / "a"), halt_path(tmp_path / "b")]
+    a, b = (HaltSync({"": p}, s) for p, s in zip(paths, stores, strict=True))
+    refusals: list[str] = []
+
+    def full_once(path: Path, halt: Halt) -> None:
+        monkeypatch.undo()
+        refusals.append(str(path))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        await a.once()
+        await b.once()
+        halted = set_halt(paths[0], reason="stop", by="cli")
+        await a.once()
+        monkeypatch.setattr(halt_sync, "write_halt", full_once)
+        with capture_logs() as events:
+            syncing = asyncio.create_task(b.loop())
+            try:
+                await until(lambda: read_halt(paths[1]) == halted)
+            finally:
+                syncing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await syncing
+        assert refusals == [str(paths[1])]
+        [failed] = [e for e in events if e["event"] == "halt.sync_failed"]
+        assert failed["log_level"] == "error"
+        assert "No space left on device" in failed["error"]
     finally:
         for store in stores:
             await store.close()

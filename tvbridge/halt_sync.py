@@ -83,6 +83,10 @@ class HaltSync:
         elif local != switch.local:  # changed here: tell the others
             version, local = await self._share(switch, local, version)
         elif version != switch.version:  # changed on another instance
+            if shared is None and read_halt(switch.path) != local:
+                # halted here while the database was read: keep this halt (a halt wins); the next round shares
+                # it over the other's resume, since the file differs from what this round took as synced
+                return
             local = self._write_file(switch, shared)
             log.warning(
                 "halt.synced",
@@ -136,6 +140,10 @@ class HaltSync:
             except JournalError:  # the database is away: the journal's own failures say so, once is enough here
                 if not failing:
                     log.warning("halt.sync_failed")
+                failing = True
+            except Exception as e:  # noqa: BLE001 - a halt file this round could not write (disk full...): the next
+                # round tries again; ending the loop would leave this instance trading while the others are halted
+                log.error("halt.sync_failed", error=f"{type(e).__name__}: {e}")
                 failing = True
 
 
