@@ -280,3 +280,36 @@ async def test_a_journal_from_before_follow_up_opens_and_its_open_orders_are_fol
     reopened = Journal(path)
     await reopened.open()  # a second open finds the columns there already
     await reopened.close()
+
+
+async def test_on_a_shared_store_settle_looks_up_an_order_another_instance_placed(journal: Journal) -> None:
+    """Several instances on one store: an order placed through another instance is in the store but not yet in
+    this one's list (that takes one `recheck_s` round). A strategy's share is about to be read here, so `settle`
+    looks it up now and records its fill, instead of reading the share without it."""
+    await journal.record_alert(
+        alert_id="A",
+        alert_type="single_order",
+        payload={},
+        dedupe_key=None,
+        source=None,
+        legs=[PlannedLeg(account="acct", leg_number=1, client_order_id="A-1")],
+    )
+    await journal.finish_alert("A", "success", {}, [leg_result(1)])
+    venue = Venue(answers={"A-1": attrs.evolve(open_order(1), state=OrderState.FILLED, filled_quantity=10)})
+
+    async def follower() -> bool:
+        return False
+
+    followup = FollowUp(
+        journal=journal,
+        brokers={"acct": venue},  # type: ignore[dict-item]  # only lookup() is called
+        config=FollowupConfig(first_interval_s=1.0, max_interval_s=30.0, max_lookups_per_s=2.0),
+        clock=venue.clock,
+        sleep=venue.clock.sleep,
+        lead=follower,
+    )
+    await followup.settle("acct", ["A-1"])
+    assert [coid for _, coid in venue.asked] == ["A-1"]
+    record = await journal.get_alert("A")
+    assert record is not None
+    assert (record["legs"][0]["order_state"], record["legs"][0]["filled_quantity"]) == ("filled", 10)

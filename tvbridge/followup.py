@@ -196,6 +196,11 @@ class FollowUp:
         from the journal's fills: a fill Dhan already made must be in it, or the share is stale). A failed
         look-up leaves the order as it was (asked again at its next poll)."""
         wanted = set(client_order_ids)
+        known = {o.client_order_id for o in self._orders.get(account, {}).values()}
+        if self._lead is not None and not wanted <= known:
+            # a shared store: another instance placed it, and this one's list takes it only at its next round
+            # (`_keep_lead`); the strategy's share would be read without its fill
+            await self.load()
         for order in [o for o in self._orders.get(account, {}).values() if o.client_order_id in wanted]:
             if self._orders[account].get(order.key) is not order:  # final meanwhile (the account's own poll)
                 continue
