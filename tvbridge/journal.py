@@ -36,7 +36,7 @@ import attrs
 import structlog
 
 from tvbridge.alertqueue import SqliteQueue
-from tvbridge.alerts.records import AlertEntry, LegEntry
+from tvbridge.alerts.records import AlertEntry, pending_entry
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
@@ -46,7 +46,6 @@ from tvbridge.refusal_journal import get_refusal
 from tvbridge.sqlite import Synchronous, open_database
 from tvbridge.store.pending import PendingResults
 from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
-from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     import asyncio
@@ -302,19 +301,16 @@ class Journal:
         transaction (`record_plan`'s `join`). `order_log_offset` is the order log's size now: this alert's rows
         can only be after it, which is where crash recovery looks for rows written before a crash (so it never
         writes them twice). `strategy`: the strategy it runs under, by default the running one."""
-        entry = AlertEntry(
+        entry = pending_entry(
             alert_id=alert_id,
             alert_type=alert_type,
             payload=payload,
             dedupe_key=dedupe_key,
             source=source,
+            legs=legs,
             status=status,
             order_log_offset=order_log_offset,
-            strategy=strategy or current_strategy(),
-            legs=tuple(
-                LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
-                for leg in legs
-            ),
+            strategy=strategy,
         )
         await self.record_plan(entry, join=also)
 

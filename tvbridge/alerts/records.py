@@ -36,6 +36,7 @@ from tvbridge.strategies import current_strategy
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from tvbridge.journal import PlannedLeg
     from tvbridge.models import LegResult
 
 PlannedState = Literal["pending", "sending", "queued", "failed"]
@@ -70,6 +71,36 @@ class AlertEntry:
     legs: Sequence[LegEntry] = ()
     strategy: str = attrs.field(factory=current_strategy)
     """The strategy it runs under (`tvbridge/strategies.py`): by default the running one, which `auth` set."""
+
+
+def pending_entry(
+    *,
+    alert_id: str,
+    alert_type: str,
+    payload: Mapping[str, Any],
+    dedupe_key: str | None,
+    source: str | None,
+    legs: Sequence[PlannedLeg],
+    status: str,
+    order_log_offset: int | None,
+    strategy: str | None,
+) -> AlertEntry:
+    """An alert with every leg `pending`: what each store's `record_alert` (flatten, the tests) records through
+    `record_plan`; `strategy` by default the running one."""
+    return AlertEntry(
+        alert_id=alert_id,
+        alert_type=alert_type,
+        payload=payload,
+        dedupe_key=dedupe_key,
+        source=source,
+        status=status,
+        order_log_offset=order_log_offset,
+        strategy=strategy or current_strategy(),
+        legs=tuple(
+            LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
+            for leg in legs
+        ),
+    )
 
 
 class AlertJournal(Protocol):

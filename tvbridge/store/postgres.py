@@ -28,7 +28,7 @@ import attrs
 import structlog
 
 from tvbridge.alertqueue import QueueInsert, entry_of
-from tvbridge.alerts.records import AlertEntry, LegEntry
+from tvbridge.alerts.records import AlertEntry, pending_entry
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.halt import Halt
@@ -38,7 +38,6 @@ from tvbridge.store import connect_failure
 from tvbridge.store.migrations import migrate
 from tvbridge.store.pending import PendingResults
 from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
-from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     import sqlite3
@@ -403,19 +402,16 @@ class PostgresStore:
     ) -> None:
         """`record_plan` with every leg `pending` (flatten and the tests use it); `strategy` by default the
         running one."""
-        entry = AlertEntry(
+        entry = pending_entry(
             alert_id=alert_id,
             alert_type=alert_type,
             payload=payload,
             dedupe_key=dedupe_key,
             source=source,
+            legs=legs,
             status=status,
             order_log_offset=order_log_offset,
-            strategy=strategy or current_strategy(),
-            legs=tuple(
-                LegEntry(account=leg.account, leg_number=leg.leg_number, client_order_id=leg.client_order_id)
-                for leg in legs
-            ),
+            strategy=strategy,
         )
         await self.record_plan(entry, join=also)
 
