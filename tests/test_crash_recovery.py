@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 LEGS = 2
-NAMED_POINTS = sorted(POINTS - {"after_claim"})  # the send path; the queue's point is in test_tradingday.py
+NAMED_POINTS = sorted(POINTS - {"after_claim", "in_join"})
+"""The send path; the queue's point is in test_tradingday.py, `in_join` (only a broker that joins the journal, the
+paper book, reaches it) in the paper test below and test_paper_join.py."""
 
 
 @attrs.frozen(kw_only=True)
@@ -105,11 +107,12 @@ async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
 
 
 def paper_orders(data_dir: Path) -> list[str]:
-    """The client order ids in the paper broker's own SQLite file, after its integrity check."""
-    conn = sqlite3.connect(data_dir / "paper-paper.sqlite3")
+    """The client order ids in the paper book, which joined the journal (its tables are in the journal's file),
+    after the file's integrity check."""
+    conn = sqlite3.connect(data_dir / "tvbridge.sqlite3")
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return [row[0] for row in conn.execute("SELECT client_order_id FROM orders")]
+        return [row[0] for row in conn.execute("SELECT client_order_id FROM paper_orders WHERE account = 'paper'")]
     finally:
         conn.close()
 
@@ -201,7 +204,9 @@ async def kill_bursts(
     env: dict[str, str],
     rng: random.Random,
     kill_within_s: tuple[float, float] = (0.02, 0.4),
+    *,
     rounds: int = 3,
+    points: Sequence[str] = NAMED_POINTS,
 ) -> set[str]:
     """`rounds` concurrent bursts of two-leg alerts, each followed by a restart, each cut by SIGKILL either at a
     random moment or at a random named crash point on a random hit; returns the ids of the alerts answered 2xx.
@@ -210,7 +215,7 @@ async def kill_bursts(
     counter = 0
     for round_ in range(rounds):
         at_point = rng.random() < 0.5
-        crash = {"TVBRIDGE_TEST_CRASH_AT": f"{rng.choice(NAMED_POINTS)}:{rng.randint(10, 60)}"} if at_point else {}
+        crash = {"TVBRIDGE_TEST_CRASH_AT": f"{rng.choice(points)}:{rng.randint(10, 60)}"} if at_point else {}
         server = await asyncio.to_thread(start, tmp_path, {**env, **crash}, f"round{round_}")
 
         async def burst(url: str, first: int) -> list[tuple[int, dict[str, Any]] | None]:
@@ -250,13 +255,16 @@ async def test_random_kills_during_a_burst(tmp_path: Path, venue: Venue, seed: i
 
 
 async def test_random_kills_with_the_paper_broker(tmp_path: Path, seed: int) -> None:
-    """The same with the paper broker (its own SQLite file, idempotent on client order id): every alert answered
-    2xx has each leg exactly once in paper's orders, no order without a journaled alert, both files intact."""
+    """The same with the paper broker (its book in the journal's file, each alert's first order in the alert's
+    own commit; idempotent on client order id), crash point `in_join` included: every alert answered 2xx has each
+    leg exactly once in paper's orders, no order without a journaled alert, the file intact."""
     (tmp_path / "config.toml").write_text(
         '[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nRELIANCE = 100\nINFY = 100\n'
     )
     with seed_on_failure(seed):
-        answered = await kill_bursts(tmp_path, {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}, random.Random(seed))  # noqa: S311 - a test schedule
+        env = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}
+        rng = random.Random(seed)  # noqa: S311 - a test schedule, not a secret
+        answered = await kill_bursts(tmp_path, env, rng, points=[*NAMED_POINTS, "in_join"])
         check_exactly_once(tmp_path, answered, paper_orders(tmp_path))
 
 

@@ -69,8 +69,11 @@ async def test_a_record_file_gone_under_the_server_gives_503(tmp_path: Path, nam
 async def test_a_paper_database_gone_under_the_server_gives_503(tmp_path: Path) -> None:
     """Delete the paper broker's database while the server runs: the next alert gets 503 naming the file (paper
     declares it through `Broker.state_files()`), nothing is booked into the deleted file, `/health` is 503 on the
-    paper account, and after a restart the alert resent is placed once in the new file."""
-    (tmp_path / "config.toml").write_text('[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nINFY = 100\n')
+    paper account, and after a restart the alert resent is placed once in the new file. The account keeps a file
+    of its own (`synchronous = "full"`, more than the journal's "normal": it does not join the journal)."""
+    (tmp_path / "config.toml").write_text(
+        '[accounts.paper]\nbroker = "paper"\nsynchronous = "full"\n[accounts.paper.prices]\nINFY = 100\n'
+    )
     env = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}
     server = await asyncio.to_thread(KillableServer(tmp_path, env).start)
     async with aiohttp.ClientSession() as session:

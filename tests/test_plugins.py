@@ -409,11 +409,13 @@ def test_load_time_check_covers_every_protocol_method() -> None:
     """The methods tvbridge checks when it loads a plugin (always, or when their capability is declared) are
     exactly the Broker protocol's methods, so a plugin missing one is refused at start, by name, not on the first
     alert."""
-    from tvbridge.broker import CAPABILITY_METHODS, Broker  # noqa: PLC0415 - compared with the registry's list
+    from tvbridge.broker import CAPABILITY_METHODS, Broker, JournalJoiner  # noqa: PLC0415 - compared with the registry's list
     from tvbridge.registry import REQUIRED_METHODS  # noqa: PLC0415 - the list under test
 
-    methods = {name for name, value in vars(Broker).items() if not name.startswith("_") and callable(value)}
-    methods |= {name for name, value in vars(Broker).items() if isinstance(value, classmethod)}
+    methods: set[str] = set()
+    for protocol in (Broker, JournalJoiner):  # the optional `joins_journal` methods have a protocol of their own
+        methods |= {name for name, value in vars(protocol).items() if not name.startswith("_") and callable(value)}
+        methods |= {name for name, value in vars(protocol).items() if isinstance(value, classmethod)}
     optional = {name for names in CAPABILITY_METHODS.values() for name in names}
     assert set(REQUIRED_METHODS) | optional == methods
     assert not set(REQUIRED_METHODS) & optional

@@ -30,6 +30,7 @@ from tvbridge.keys import (
     CREDENTIALS,
     EXECUTOR,
     FOLLOWUP,
+    JOINED,
     JOURNAL,
     METRICS,
     NOTIFIER,
@@ -112,6 +113,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         share=book.share if config.strategies else None,
         own_brackets=book.own_brackets if config.strategies else None,
         own_orders=book.own_orders if config.strategies else None,
+        joined=app.get(JOINED),
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

@@ -49,6 +49,21 @@ positions need `positions`; `tvbridge flatten` cancels through `open_orders()` a
 Brackets (`target_price`, `stoploss_price`, `trailing_jump` on a leg) need `capabilities.brackets` and
 `cancel_brackets()`; `tvbridge.brackets` says what the parts look like.
 
+Joining the journal (capability `joins_journal`, for a broker that lives in the process, like `paper`): with the
+SQLite journal, tvbridge offers the plugin the journal's database before `start()` (`join_journal(database)`);
+a plugin that accepts keeps its state in tables of the journal's file from then on, and books an alert's first
+order with `place_joined(conn, request)` INSIDE the journal's transaction that records the alert (`record_plan`,
+`tvbridge/alerts/records.py`): the alert, its plan and the order are one commit, both or neither, so a crash
+can never leave an order without its alert (placed again by a resend) nor an answered alert without its order.
+Every check tvbridge makes before a send (halts, risk limits, sizing, capabilities) has run before; a refused leg
+is never booked. `place_joined` is synchronous (it runs inside the commit), does only SQL on the connection it
+is given, in a SAVEPOINT of its own, and raises the usual errors: a refusal rolls back only its own writes (the
+alert is recorded with the leg failed). It may run twice for one commit (the group commit runs its writes again
+after another alert's write failed): only SQL, no state outside the connection. Later legs and every other call
+(`place`, `cancel`, `lookup`, `positions`...) run as usual, their writes through `database.write()` (one of
+the journal's group commits). A remote broker never joins: it is called only after the alert is committed
+(journal before send). With the PostgreSQL store nothing is offered (the plugin keeps its own transactions).
+
 Errors::
 
     BrokerError
@@ -69,7 +84,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, runtime_checkable
 
 import attrs
 import cattrs
@@ -87,6 +102,9 @@ from tvbridge.models import (
     Product,
     Side,
 )
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = [
     "API_VERSION",
@@ -111,6 +129,8 @@ __all__ = [
     "Health",
     "Instrument",
     "InstrumentInfo",
+    "JournalDatabase",
+    "JournalJoiner",
     "Listings",
     "OpenOrder",
     "OptionType",
@@ -407,6 +427,10 @@ class Capabilities:
     funds: bool = False
     """True: the plugin also implements `funds()` (the account's available funds). Needed for `quantity_type:
     percent_of_funds`; without it such a leg fails before sending, naming this capability."""
+    joins_journal: bool = False
+    """True: the plugin lives in tvbridge's process and implements `join_journal()` and `place_joined()`: with the
+    SQLite journal its state moves into the journal's file and an alert's first order is booked in the alert's
+    own commit (see "Joining the journal" above). Never for a broker reached over a network."""
 
 
 @attrs.frozen(kw_only=True)
@@ -583,6 +607,45 @@ class Broker(Protocol):
         ...
 
 
+class JournalJoiner(Protocol):
+    """The methods of the optional capability `joins_journal` (see "Joining the journal" in the module docstring);
+    apart from `Broker` so a plugin without it still is one."""
+
+    def join_journal(self, database: JournalDatabase) -> bool:
+        """Offered before `start()` with the SQLite journal: True when the plugin keeps its state in the journal's
+        file from now on (it creates its tables there in `start()`, through `database.write()`), so tvbridge books
+        the alert's first order with `place_joined()` in the alert's commit; False to keep its own files. No I/O.
+        Called only when `capabilities.joins_journal` is true."""
+        ...
+
+    def place_joined(self, conn: sqlite3.Connection, request: OrderRequest) -> OrderResult:
+        """`place()`, synchronously, on the journal's connection inside the transaction that records the alert:
+        SQL only, in a SAVEPOINT of its own (released, never committed: the journal commits). Same errors and
+        idempotency as `place()`. Called only after `join_journal()` returned True."""
+        ...
+
+
+class JournalDatabase(Protocol):
+    """The SQLite journal's database as a joining plugin sees it (`JournalJoiner.join_journal`). `write(fn)` runs `fn`
+    with the connection inside one of the journal's transactions and returns once it is committed (a failure of
+    the commit raises); `read(fn)` runs `fn` outside any write. `fn` is synchronous, SQL only, and may run twice
+    (see "Joining the journal"). Never keep the connection: it is only valid inside `fn`."""
+
+    @property
+    def path(self) -> Path:
+        """The journal's file."""
+        ...
+
+    @property
+    def synchronous(self) -> str:
+        """The journal's `synchronous` setting (what a commit survives: docs/durability.md)."""
+        ...
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
 CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "positions": ("positions",),
     "orders": ("open_orders",),
@@ -594,6 +657,7 @@ CAPABILITY_METHODS: Final[Mapping[str, tuple[str, ...]]] = {
     "state_files": ("state_files",),
     "listings": ("listings",),
     "funds": ("funds",),
+    "joins_journal": ("join_journal", "place_joined"),
 }
 """`Capabilities` flag -> the methods a plugin that sets it must have (checked when tvbridge builds the account)."""
 

@@ -6,7 +6,10 @@ flush, exactly like `kill -9` or the OOM killer. Unset (always, in production) `
 comparison. This is the only place the variable is read; it is documented in `docs/durability.md`.
 
 Points, in the order an alert reaches them:
-  after_record   the alert and its pending legs are committed; no answer sent yet, nothing sent to a broker
+  in_join        the alert's rows and a joined broker's order (the paper book's, `alerts/joined.py`) are written
+                 in the journal's transaction, not committed: after the crash neither exists
+  after_record   the alert and its pending legs are committed (with a joined broker's order); no answer sent yet,
+                 nothing sent to a remote broker
   before_send    a leg's `sending` mark is committed; the broker has not been called
   after_send     the broker answered; the leg's result is not journaled yet
   before_finish  every leg is done; the alert's final status is not journaled yet
@@ -21,7 +24,7 @@ import signal
 from typing import Final
 
 POINTS: Final = frozenset(
-    {"after_record", "before_send", "after_send", "before_finish", "after_claim", "after_order_log"}
+    {"in_join", "after_record", "before_send", "after_send", "before_finish", "after_claim", "after_order_log"}
 )
 _SETTING: Final = os.environ.get("TVBRIDGE_TEST_CRASH_AT", "")
 _POINT, _, _NTH = _SETTING.partition(":")

@@ -25,6 +25,11 @@ leg's result, and the last leg's result goes with the alert's final status, so a
 mark cannot be written the leg is not sent. Crash recovery (`recovery.py`) runs an unfinished alert through
 the same path with a `Resume`: settled legs are reused, open ones are looked up first and sent only when the
 broker does not have them and the alert is still young enough.
+
+A broker that joined the SQLite journal (`JournalJoiner.join_journal`: the paper book) has the first leg of each
+account booked inside the alert's own commit (`alerts/joined.py`): `prepare_joined` runs that leg's checks
+(sizing, capabilities, halts, risk limits) before `record_plan`, and `run(joined=...)` reads the outcome the
+commit kept instead of calling `place()`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import structlog
 
 from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
+from tvbridge.alerts.joined import Joined, JoinedLeg
 from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
@@ -79,7 +85,7 @@ from tvbridge.strategies import current_strategy, use_strategy
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from tvbridge.broker import Broker
+    from tvbridge.broker import Broker, JournalJoiner
     from tvbridge.followup import FollowUp
     from tvbridge.notify import Notifier
     from tvbridge.orderlog import OrderLog
@@ -176,6 +182,7 @@ class Executor:
         share: Callable[[str, OrderLeg, list[Position]], Awaitable[list[Position]]] | None = None,
         own_brackets: Callable[[str, OrderLeg], Awaitable[list[str]]] | None = None,
         own_orders: Callable[[str, CancelLeg], Awaitable[list[str]]] | None = None,
+        joined: Mapping[str, JournalJoiner] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -215,6 +222,40 @@ class Executor:
         self._own_orders = own_orders
         """With strategies: the running strategy's open orders a `cancel_order` by symbol names
         (`StrategyBook.own_orders`), cancelled by order id. None: the broker cancels by symbol."""
+        self._joined = joined or {}
+        """Per account whose plugin joined the SQLite journal, the plugin (`prepare_joined`)."""
+
+    async def prepare_joined(
+        self, alert_id: str, alert: Alert, first_sends: frozenset[tuple[str, int]]
+    ) -> Joined | None:
+        """The legs of `first_sends` (journaled `sending` with the alert) whose account joined the journal, checked
+        as a send checks them (`_prepare`, `_refuse_before_send`: sizing, capabilities, halts, risk limits, the
+        daily count taken), to be booked inside the alert's commit (`alerts/joined.py`). None: nothing joins."""
+        legs: list[JoinedLeg] = []
+        for account, number in sorted(first_sends):
+            leg = alert.legs[number - 1]
+            if account not in self._joined or not isinstance(leg, OrderLeg):
+                continue
+            prepared = await self._prepare(alert_id, account, number, leg)
+            refused = await self._refuse_before_send(alert_id, account, number, prepared.leg, prepared.refusal)
+            request = None
+            if refused is None:
+                client_id = client_order_id(alert_id, number)
+                request = OrderRequest(
+                    client_order_id=client_id, alert_id=alert_id, leg_number=number, leg=prepared.leg
+                )
+            legs.append(
+                JoinedLeg(
+                    account=account,
+                    number=number,
+                    leg=prepared.leg,
+                    request=request,
+                    refused=refused,
+                    contract=prepared.contract,
+                    note=prepared.note,
+                )
+            )
+        return Joined(legs=tuple(legs), plugins=self._joined) if legs else None
 
     async def run(
         self,
@@ -228,6 +269,7 @@ class Executor:
         arrived: float | None = None,
         strategy: str | None = None,
         access: Access | None = None,
+        joined: Joined | None = None,
     ) -> dict[str, Any]:
         """Place the alert's legs, hand over the results to the journal, and return the response body.
 
@@ -237,14 +279,31 @@ class Executor:
         The results are handed over (`Journal.record_results`), not waited for: crash recovery settles an
         alert whose results were lost by client order id. `strategy`: the strategy it runs
         under when not the running one (crash recovery and the queue pass the journaled one). `access`: the
-        webhook request's, which writes `alert.done` with its answer (`tvbridge/accessline.py`)."""
+        webhook request's, which writes `alert.done` with its answer (`tvbridge/accessline.py`). `joined`: the
+        legs booked in the alert's commit (`prepare_joined`), their outcome read, not sent again."""
         if strategy is not None and strategy != current_strategy():
             with use_strategy(strategy):
                 return await self._run(
-                    alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived, access=access
+                    alert_id,
+                    alert,
+                    accounts,
+                    warnings,
+                    resume,
+                    premarked=premarked,
+                    arrived=arrived,
+                    access=access,
+                    joined=joined,
                 )
         return await self._run(
-            alert_id, alert, accounts, warnings, resume, premarked=premarked, arrived=arrived, access=access
+            alert_id,
+            alert,
+            accounts,
+            warnings,
+            resume,
+            premarked=premarked,
+            arrived=arrived,
+            access=access,
+            joined=joined,
         )
 
     async def _run(
@@ -258,6 +317,7 @@ class Executor:
         premarked: frozenset[tuple[str, int]],
         arrived: float | None,
         access: Access | None = None,
+        joined: Joined | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         timings: dict[tuple[str, int], float] = {}
@@ -267,7 +327,14 @@ class Executor:
             try:
                 per_account = [
                     await self._run_account(
-                        alert_id, alert, accounts[0], resume, premarked=premarked, arrived=arrived, timings=timings
+                        alert_id,
+                        alert,
+                        accounts[0],
+                        resume,
+                        premarked=premarked,
+                        arrived=arrived,
+                        timings=timings,
+                        joined=joined,
                     )
                 ]
             except Exception as e:  # noqa: BLE001 - handled below like gather's exceptions
@@ -275,7 +342,9 @@ class Executor:
         else:
             per_account = await asyncio.gather(
                 *(
-                    self._run_account(alert_id, alert, a, resume, premarked=premarked, arrived=arrived, timings=timings)
+                    self._run_account(
+                        alert_id, alert, a, resume, premarked=premarked, arrived=arrived, timings=timings, joined=joined
+                    )
                     for a in accounts
                 ),
                 return_exceptions=True,
@@ -353,6 +422,7 @@ class Executor:
         premarked: frozenset[tuple[str, int]] = frozenset(),
         arrived: float | None = None,
         timings: dict[tuple[str, int], float] | None = None,
+        joined: Joined | None = None,
     ) -> list[LegResult]:
         results: list[LegResult] = []
         stop_reason = ""
@@ -372,6 +442,8 @@ class Executor:
                 done=unjournaled,
                 premarked=(account, number) in premarked,
                 arrived=arrived,
+                joined=joined.leg(account, number) if joined is not None else None,
+                booked=joined.outcomes if joined is not None else None,
             )
             unjournaled = result
             results.append(result)
@@ -409,11 +481,16 @@ class Executor:
         done: LegResult | None,
         premarked: bool = False,
         arrived: float | None = None,
+        joined: JoinedLeg | None = None,
+        booked: Mapping[tuple[str, int], OrderResult | Exception] | None = None,
     ) -> LegResult:
         """One leg: its contract and quantity for this account (`_prepare`), (on recovery: reuse or look up first),
-        mark `sending` (unless `premarked` with the alert), call the broker."""
+        mark `sending` (unless `premarked` with the alert), call the broker. A `joined` leg was checked and booked
+        in the alert's commit: its outcome (in `booked`) is read instead."""
         if resume is not None and (account, number) in resume.settled:
             return resume.settled[(account, number)]
+        if joined is not None and isinstance(leg, OrderLeg):
+            return await self._joined_result(alert_id, joined, (booked or {}).get((account, number)), arrived)
         if isinstance(leg, OrderLeg):
             prepared = await self._prepare(alert_id, account, number, leg)
             sent = await self._order_leg(
@@ -490,6 +567,36 @@ class Executor:
             result = await self._place(alert_id, account, number, leg)
         crash_point("after_send")
         return result
+
+    async def _joined_result(
+        self, alert_id: str, joined: JoinedLeg, outcome: OrderResult | Exception | None, arrived: float | None
+    ) -> LegResult:
+        """A leg booked in the alert's commit (`alerts/joined.py`), read as `_place` reads a `place()` answer."""
+        account, number = joined.account, joined.number
+        prepared = Prepared(leg=joined.leg, contract=joined.contract, note=joined.note)
+        if joined.refused is not None:
+            return _noted(joined.refused, prepared)
+        if arrived is not None:
+            self._metrics.to_broker(time.perf_counter() - arrived)
+        leg, client_id = prepared.leg, client_order_id(alert_id, number)
+        if isinstance(outcome, OrderResult):
+            result = self._from_order(account, number, leg, outcome, client_id)
+            self._nudge(account, outcome)
+        elif isinstance(outcome, BrokerError) and not isinstance(outcome, BrokerUnknownOutcomeError):
+            result = self.result_for(account, number, leg, LegStatus.FAILED, str(outcome), client_id=client_id)
+        else:  # unknown, a plugin bug, or no outcome kept: ask the book
+            if outcome is not None and not isinstance(outcome, BrokerError):
+                log.error(
+                    "broker.unexpected_error", alert_id=alert_id, leg=number, account=account, error=repr(outcome)
+                )
+            reason = (
+                str(outcome)
+                if isinstance(outcome, BrokerError)
+                else (self._plugin_bug(account, outcome) if outcome is not None else "the booking's answer was lost")
+            )
+            result = await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=reason)
+        crash_point("after_send")
+        return _noted(result, prepared)
 
     async def _recovered(
         self, alert_id: str, account: str, number: int, leg: OrderLeg | CancelLeg, resume: Resume

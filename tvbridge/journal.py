@@ -43,7 +43,7 @@ from tvbridge.fileid import FileIdentity
 from tvbridge.models import LegStatus
 from tvbridge.recentkeys import RecentKeys
 from tvbridge.refusal_journal import get_refusal
-from tvbridge.sqlite import Synchronous, open_database
+from tvbridge.sqlite import InlineSqlite, SqliteWorker, Synchronous, open_database
 from tvbridge.store.pending import PendingResults
 from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 
@@ -191,6 +191,11 @@ class Journal:
             self._files = (FileIdentity.of(self.path), *([FileIdentity.of(wal)] if wal.exists() else []))
         except Exception as e:
             raise JournalError(f"journal {self.path} cannot be opened: {e}") from e
+
+    @property
+    def database(self) -> InlineSqlite | SqliteWorker:
+        """The journal's database, for a broker that joins its transactions (`JournalJoiner.join_journal`)."""
+        return self._db
 
     def problem(self) -> str:
         """Empty while the journal's file and its WAL are the ones opened; else what happened to them (a

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the keys name these types as strings: importing them at run
     from tvbridge.accessline import Access  # noqa: F401
     from tvbridge.alertqueue import Scheduler  # noqa: F401
     from tvbridge.alerts.plan import Checks  # noqa: F401
-    from tvbridge.broker import Broker  # noqa: F401
+    from tvbridge.broker import Broker, JournalJoiner  # noqa: F401
     from tvbridge.config import Config  # noqa: F401
     from tvbridge.executor import Executor  # noqa: F401
     from tvbridge.fileid import FileIdentity, Unchanged  # noqa: F401
@@ -43,6 +43,9 @@ BROKERS = web.AppKey["Mapping[str, Broker]"]("brokers")
 PLUGIN_FILES = web.AppKey["tuple[FileIdentity, ...]"]("plugin_files")
 """The state files of accounts whose plugin declares `state_files` (`registry.brokers_ctx`): `/webhook` answers 503
 once one is deleted or replaced, as for the journal (`handlers._check_records`)."""
+JOINED = web.AppKey["Mapping[str, JournalJoiner]"]("joined")
+"""Per account whose plugin joined the SQLite journal (`JournalJoiner.join_journal`, `registry.offer_journal`), the
+plugin itself: the executor books its first legs in the alert's commit (`alerts/joined.py`)."""
 RECORD_DIRS = web.AppKey["Unchanged"]("record_dirs")
 """The record files' directories as last found in order (`fileid.Unchanged`, used by `flow.check_records`)."""
 EXECUTOR = web.AppKey["Executor"]("executor")

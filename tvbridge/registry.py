@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from tvbridge.broker import JournalJoiner
     from tvbridge.config import Config
 
 log = structlog.get_logger()
@@ -259,7 +260,15 @@ async def start_broker(account: str, plugin: str, broker: Broker) -> None:
 
 async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start every account's broker; close the ones that started, in reverse."""
-    from tvbridge.keys import BROKERS, CONFIG, JOURNAL, NOTIFIER, NOW, PLUGIN_FILES  # noqa: PLC0415 - keys imports this module's types
+    from tvbridge.keys import (  # noqa: PLC0415 - keys imports this module's types
+        BROKERS,
+        CONFIG,
+        JOINED,
+        JOURNAL,
+        NOTIFIER,
+        NOW,
+        PLUGIN_FILES,
+    )
 
     config = app[CONFIG]
     watchdog = LoopWatchdog(asyncio.get_running_loop())
@@ -273,6 +282,7 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
     built = build_brokers(
         config, notify=notifier.event if notifier is not None else None, cluster=cluster, clock=app.get(NOW)
     )
+    app[JOINED] = offer_journal(journal, built)
     brokers = guard_brokers(config, built, watchdog)
     started: list[tuple[str, Broker]] = []
     watchdog.start()
@@ -296,6 +306,23 @@ async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 log.exception("broker.close_failed", account=account)
         await asyncio.to_thread(watchdog.stop)
+
+
+def offer_journal(journal: object, plugins: Mapping[str, Broker]) -> dict[str, JournalJoiner]:
+    """Before `start()`: offer the SQLite journal to each plugin that declares `capabilities.joins_journal`
+    (`JournalJoiner.join_journal`, issue 22); returns the plugins that joined, by account. None with PostgreSQL (a
+    plugin keeps its own transactions there) or without a journal (the CLI's checks)."""
+    from tvbridge.journal import Journal  # noqa: PLC0415 - the journal imports the registry's neighbours
+
+    if not isinstance(journal, Journal):
+        return {}
+    joined: dict[str, JournalJoiner] = {}
+    for account, plugin in plugins.items():
+        joiner = cast("JournalJoiner", plugin)
+        if plugin.capabilities.joins_journal and joiner.join_journal(journal.database):
+            joined[account] = joiner
+            log.info("broker.joined_journal", account=account, journal=str(journal.path))
+    return joined
 
 
 def brokers_of(config: Config) -> Mapping[str, str]:

@@ -120,6 +120,14 @@ class InlineSqlite:
             await asyncio.to_thread(self._checkpointer.stop)
         conn.close()
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def synchronous(self) -> Synchronous:
+        return self._synchronous
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return fn(self._open())
 
@@ -244,6 +252,14 @@ class SqliteWorker:
         if self._thread.is_alive():
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def synchronous(self) -> Synchronous:
+        return self._synchronous
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._submit(fn, write=False)

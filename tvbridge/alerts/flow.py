@@ -8,7 +8,9 @@
 2. `parsing.parse_alert`: 422 with every bad field;
 3. `alerts/plan.make_plan`: pure, per account and leg, send now / amo / queue / refuse;
 4. `Journal.record_plan`: the alert, its plan (queued and refused legs included) and the first legs' `sending`
-   marks in one transaction, group-committed with concurrent alerts, before any broker call and any 2xx;
+   marks in one transaction, group-committed with concurrent alerts, before any broker call and any 2xx; for an
+   account whose broker joined the SQLite journal (the paper book) its first leg is checked first
+   (`Executor.prepare_joined`) and booked inside that same transaction (`alerts/joined.py`): one commit;
 5. the legs that send now run through `executor.Executor.run` (later legs marked `sending` one by one) under
    `deadline.answer_in_time` (202 past `server.response_deadline_s`), the rest are queued (`alertqueue.py`) or
    answered refused;
@@ -102,7 +104,10 @@ async def accept(request: web.Request) -> web.Response:
         return await refuse_stale(request, alert, plan, warnings)
     if not plan.all_now:
         return await not_all_now(request, alert, plan, warnings)
-    await app[JOURNAL].record_plan(entry_of(request, alert, plan))
+    premarked = plan.first_sends()
+    executor = app[EXECUTOR]
+    joined = await executor.prepare_joined(alert_id, alert, premarked) if premarked else None
+    await app[JOURNAL].record_plan(entry_of(request, alert, plan), join=joined)
     crash_point("after_record")
     log.debug(  # the alert's one info line is the executor's `alert.done`
         "alert.accepted",
@@ -111,14 +116,15 @@ async def accept(request: web.Request) -> web.Response:
         accounts=list(accounts),
         warnings=warnings or None,
     )
-    work = app[EXECUTOR].run(
+    work = executor.run(
         alert_id,
         alert,
         accounts,
         warnings,
-        premarked=plan.first_sends(),
+        premarked=premarked,
         arrived=request.get(ARRIVED),
         access=request.get(ACCESS),
+        joined=joined,
     )
     return await answer_in_time(app, work, alert_id=alert_id, alert_type=alert.alert_type.value, warnings=warnings)
 

@@ -19,13 +19,14 @@ from tvbridge.broker import BrokerError
 from tvbridge.flatten import execute, make_plan
 from tvbridge.halt import clear_halt, halt_path, read_halt, set_halt
 from tvbridge.orderlog import OrderLog
-from tvbridge.registry import build_brokers
+from tvbridge.registry import build_brokers, offer_journal
 from tvbridge.store import Store, open_store
 from tvbridge.strategies import strategy_halt_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tvbridge.broker import Broker
     from tvbridge.config import Config
 
 COMMANDS = ("halt", "resume", "queue", "flatten")
@@ -128,38 +129,46 @@ async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
         print(f"no routed account {account!r} (accounts: {', '.join(config.used_accounts)})")
         return 2
     broker = build_brokers(config)[account]
-    await broker.start()
+    # the journal first: a paper book that joined it (the default) keeps its orders and positions in its file
+    journal = await _open_journal(config)
     try:
+        offer_journal(journal, {account: broker})
+        await broker.start()
         try:
-            plan = await make_plan(account, broker)
-        except BrokerError as e:
-            print(f"account {account}: cannot list what is open: {e}")
-            return 1
-        for line in plan.lines():
-            print(line)
-        if plan.unsupported:
-            return 1
-        if not confirm:
-            print("nothing was done: run again with --yes to do this")
-            return 0
-        journal = await _open_journal(config)
-        order_log = OrderLog(config.data_path(config.order_log.file))
-        await order_log.open()
-        try:
-            report = await execute(
-                plan,
-                broker,
-                broker_name=config.broker_of(account),
-                journal=journal,
-                order_log=order_log,
-                source=f"cli ({_user()})",
-            )
+            return await _flatten_with(config, account, broker, journal, confirm=confirm)
         finally:
-            await order_log.close()
-            await journal.close()
-        for line in report.lines:
-            print(line)
-        print(f"recorded as {report.alert_id} ({report.status}): tvbridge's journal and order log")
-        return 0 if report.status in {"success", "test_mode"} else 1
+            await broker.aclose()
     finally:
-        await broker.aclose()
+        await journal.close()
+
+
+async def _flatten_with(config: Config, account: str, broker: Broker, journal: Store, *, confirm: bool) -> int:
+    try:
+        plan = await make_plan(account, broker)
+    except BrokerError as e:
+        print(f"account {account}: cannot list what is open: {e}")
+        return 1
+    for line in plan.lines():
+        print(line)
+    if plan.unsupported:
+        return 1
+    if not confirm:
+        print("nothing was done: run again with --yes to do this")
+        return 0
+    order_log = OrderLog(config.data_path(config.order_log.file))
+    await order_log.open()
+    try:
+        report = await execute(
+            plan,
+            broker,
+            broker_name=config.broker_of(account),
+            journal=journal,
+            order_log=order_log,
+            source=f"cli ({_user()})",
+        )
+    finally:
+        await order_log.close()
+    for line in report.lines:
+        print(line)
+    print(f"recorded as {report.alert_id} ({report.status}): tvbridge's journal and order log")
+    return 0 if report.status in {"success", "test_mode"} else 1

@@ -17,6 +17,17 @@ thread, whatever `synchronous` says; the account's SQLite file, if any, is impor
 (`importer.py`). There `health()` has a thread and connection of its own: queued behind orders waiting for an
 account lock that a frozen instance holds, it would time out and pull this healthy instance out of rotation.
 
+With the SQLite journal (the default) the book joins it (`join_journal`, issue 22): its tables move into the
+journal's file (`tables.JournalTables`; the account's own file, if any, is imported once at start and renamed
+`<db_path>.imported`, as for PostgreSQL), an alert's first order is booked inside the alert's own commit
+(`place_joined`), and every other call runs on the journal's connection, its writes in the journal's group
+commits. Why one file and not the book's file ATTACHed to the journal's connection: SQLite commits a
+transaction across attached databases in WAL mode atomically in each file but not across them (sqlite.org,
+"ATTACH DATABASE" and "Atomic Commit": the super-journal that makes it atomic is not used in WAL mode), so a
+crash between the two files' commits could keep the order and lose its alert, which a resend then places again.
+One file, one WAL, one commit record: both or neither. The journal's `synchronous` then applies to the book too;
+an account asking for more (`synchronous = "full"` with a journal on "normal") keeps its own file.
+
 The database file deleted or replaced under the running server is noticed before every call: orders written
 into a file the next start never opens would be forgotten (and placed again by an alert's resend), so every call
 fails unsent with `BrokerUnavailableError` and `health()` says why, until a restart opens the file anew.
@@ -25,6 +36,7 @@ fails unsent with `BrokerUnavailableError` and `health()` says why, until a rest
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Self, TypeVar
@@ -35,6 +47,7 @@ import structlog
 from tvbridge.broker import (
     BrokerError,
     BrokerUnavailableError,
+    BrokerUnknownOutcomeError,
     BrokerUnsupportedError,
     Capabilities,
     Health,
@@ -44,10 +57,10 @@ from tvbridge.fileid import FileIdentity
 from tvbridge.sqlite import Checkpointer
 
 from .book import Book
-from .importer import IMPORTED_SUFFIX, Outcome, import_sqlite_book
+from .importer import IMPORTED_SUFFIX, Outcome, import_into_journal, import_sqlite_book
 from .models import open_order_of, position_of
 from .settings import PaperSettings, parse_settings
-from .tables import PostgresTables
+from .tables import JournalTables, PostgresTables, create_journal_tables
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -58,6 +71,7 @@ if TYPE_CHECKING:
         BrokerContext,
         CancelRequest,
         InstrumentInfo,
+        JournalDatabase,
         Listings,
         OpenOrder,
         OrderRequest,
@@ -73,12 +87,16 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-CAPABILITIES: Final = Capabilities(live=False, positions=True, orders=True, brackets=True, funds=True, state_files=True)
+CAPABILITIES: Final = Capabilities(
+    live=False, positions=True, orders=True, brackets=True, funds=True, state_files=True, joins_journal=True
+)
 """Every order type, product, exchange and instrument, positions and open orders through the interface (so
 EXIT_ALL and flatten work as they do live), brackets and funds: paper is where a trader tries anything first."""
 CAPABILITIES_WITH_MASTER: Final = attrs.evolve(CAPABILITIES, instrument_info=True, listings=True)
 
 HEALTH_TIMEOUT_S: Final = 2.0
+DURABILITY: Final = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+"""`synchronous` settings from weakest to strongest: the book joins a journal at least as durable as it asks."""
 
 
 def _now() -> datetime:
@@ -102,6 +120,9 @@ class PaperBroker:
         self._health: tuple[Book, ThreadPoolExecutor] | None = None
         """With PostgreSQL: the book `health()` reads, on its own thread and connection (see the docstring)."""
         self._identity: FileIdentity | None = None
+        self._journal: JournalDatabase | None = None
+        """The SQLite journal the book joined (`join_journal`): its tables are in the journal's file."""
+        self._joined_started = False
         self._closed = False
         # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
         # arrives during start() must close what that start() opened
@@ -124,12 +145,79 @@ class PaperBroker:
     def settings(self) -> PaperSettings:
         return self._settings
 
+    def join_journal(self, database: JournalDatabase) -> bool:
+        """Keep the book in the journal's file (see the module docstring): yes unless the book is in PostgreSQL
+        or the account asks for more durability than the journal gives. Before `start()`; no I/O."""
+        if self._settings.database is not None or self._book is not None or self._joined_started:
+            return False
+        if DURABILITY.get(str(database.synchronous), 0) < DURABILITY[self._settings.synchronous]:
+            log.info(
+                "paper.own_file",
+                account=self._settings.account,
+                why=f"synchronous = {self._settings.synchronous!r} asks more than the journal's"
+                f" {database.synchronous!r}: the book keeps its own file",
+            )
+            return False
+        self._journal = database
+        return True
+
+    def place_joined(self, conn: sqlite3.Connection, request: OrderRequest) -> OrderResult:
+        """`place()` on the journal's connection, inside the transaction that records the alert (tvbridge's
+        `record_plan`): the order is committed with its alert or not at all."""
+        if self._journal is None or not self._joined_started:
+            raise BrokerUnavailableError("the paper book has not joined the journal: nothing was done")
+        check_supported(self.capabilities, request.leg)
+        if self._settings.instruments_path is not None:
+            request = attrs.evolve(request, leg=self._require_rules().check(request))
+        result = self._joined_book(conn).place(request)
+        moved = result.details.get("moved_orders")
+        if moved:
+            log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
+        return result
+
+    def _joined_book(self, conn: sqlite3.Connection) -> Book:
+        return Book(JournalTables(conn, self._settings.account), self._settings.prices)
+
+    async def _start_joined(self, journal: JournalDatabase) -> None:
+        """The book's tables in the journal's file; the account's own file, if any, imported first."""
+        try:
+            await journal.write(create_journal_tables)
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(f"paper book cannot be created in the journal: {e}") from e
+        account, path = self._settings.account, self._settings.db_path
+        outcome = await import_into_journal(journal, account, path)
+        self._log_import(outcome, path, into="the journal")
+        self._joined_started = True
+
+    def _log_import(self, outcome: Outcome, path: Path, *, into: str) -> None:
+        account = self._settings.account
+        if outcome.copied:
+            log.warning(
+                "paper.sqlite_book_imported",
+                account=account,
+                path=str(path),
+                into=into,
+                renamed_to=str(path) + IMPORTED_SUFFIX,
+                orders=outcome.copied.get("orders", 0),
+                positions=outcome.copied.get("positions", 0),
+                brackets=outcome.copied.get("brackets", 0),
+                noops=outcome.copied.get("noops", 0),
+            )
+        elif outcome.ignored:
+            log.warning(
+                "paper.sqlite_book_ignored",
+                account=account,
+                path=str(path),
+                why=f"{into} already holds this paper account's book; the file is not merged",
+                action="move the file away once you no longer need it",
+            )
+
     async def start(self) -> None:
         """Open (or create) the database; raise `BrokerUnavailableError` if it cannot be used. Idempotent."""
         async with self._lifecycle:
             if self._closed:
                 raise BrokerUnavailableError("the paper broker was closed; build a new one")
-            if self._book is not None:
+            if self._book is not None or self._joined_started:
                 return
             if self._settings.instruments_path is not None and self._rules is None:
                 from .master import DhanRules  # noqa: PLC0415 - the dhan modules load only for accounts with a master
@@ -138,6 +226,9 @@ class PaperBroker:
                 log.info("paper.instruments.loaded", path=str(self._settings.instruments_path), rows=len(self._rules))
             if self._settings.database is not None:
                 await self._start_shared(self._settings.database.url)
+                return
+            if self._journal is not None:
+                await self._start_joined(self._journal)
                 return
             if self._settings.synchronous != "full":
                 self._book = Book.open(self._settings.db_path, self._settings.prices, self._settings.synchronous)
@@ -175,30 +266,13 @@ class PaperBroker:
         # no I/O here: it connects at the first health check, on its thread (where its private loop runs)
         health_book = Book(PostgresTables(url, account), prices)
         self._book, self._executor, self._health = book, executor, (health_book, health_executor)
-        if outcome.copied:
-            log.warning(
-                "paper.sqlite_book_imported",
-                account=account,
-                path=str(path),
-                renamed_to=str(path) + IMPORTED_SUFFIX,
-                orders=outcome.copied.get("orders", 0),
-                positions=outcome.copied.get("positions", 0),
-                brackets=outcome.copied.get("brackets", 0),
-                noops=outcome.copied.get("noops", 0),
-            )
-        elif outcome.ignored:
-            log.warning(
-                "paper.sqlite_book_ignored",
-                account=account,
-                path=str(path),
-                why="the PostgreSQL database already holds this paper account's book; the file is not merged",
-                action="move the file away once you no longer need it",
-            )
+        self._log_import(outcome, path, into="the PostgreSQL database")
 
     async def aclose(self) -> None:
         """Close the database and stop the worker thread once the calls already queued have run. Idempotent."""
         self._closed = True  # at once, before waiting for a start() in progress: no new calls from here on
         async with self._lifecycle:
+            self._joined_started = False  # the journal's connection is the journal's to close
             book, executor, checkpointer = self._book, self._executor, self._checkpointer
             self._book = self._executor = self._checkpointer = None
             health, self._health = self._health, None
@@ -230,7 +304,7 @@ class PaperBroker:
         if self._settings.instruments_path is not None:
             leg = self._require_rules().check(request)  # what Dhan would refuse, refused here with its message
             request = attrs.evolve(request, leg=leg)
-        result = await self._call(lambda book: book.place(request))
+        result = await self._call(lambda book: book.place(request), write=True)
         moved = result.details.get("moved_orders")
         if moved:  # fills of earlier orders happen on this alert's price, outside their own alert's log lines
             log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
@@ -272,7 +346,7 @@ class PaperBroker:
         if self._settings.instruments_path is not None and request.leg.symbol:
             symbol = self._require_rules().booked_symbol(request.leg.symbol)
             request = attrs.evolve(request, leg=attrs.evolve(request.leg, symbol=symbol))
-        return await self._call(lambda book: book.cancel(request))
+        return await self._call(lambda book: book.cancel(request), write=True)
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         return await self._call(lambda book: book.lookup(client_order_id))
@@ -281,11 +355,11 @@ class PaperBroker:
         """Cancel the parts still pending or resting of every bracket in `leg`'s contract (EXIT_ALL, first),
         the contract read as `positions(leg)` reads it."""
         why = f"cancelled: EXIT_ALL on {leg.exchange}:{leg.symbol} closes the position"
-        return await self._call(lambda book: book.cancel_brackets(leg, why))
+        return await self._call(lambda book: book.cancel_brackets(leg, why), write=True)
 
     async def health(self) -> Health:
         """Healthy when the database file answers a query within 2 s."""
-        if self._book is None:
+        if self._book is None and not self._joined_started:
             return Health(ok=False, detail="paper broker is closed" if self._closed else "paper broker not started")
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
@@ -299,12 +373,17 @@ class PaperBroker:
         except BrokerError as e:
             return Health(ok=False, detail=str(e))
         where = "paper book in PostgreSQL" if self._settings.database else f"paper database {self._settings.db_path}"
+        if self._journal is not None:
+            where = f"paper book in the journal {self._journal.path}"
         return Health(ok=True, detail=f"{where}: {resting} resting order(s)")
 
     def state_files(self) -> list[Path]:
         """The book's database: tvbridge refuses alerts (503) once it is deleted or replaced under the server.
-        None when the book is in PostgreSQL (the file, if any, is only imported at start)."""
-        return [] if self._settings.database is not None else [self._settings.db_path]
+        None when the book is in PostgreSQL or in the journal's file (watched by tvbridge already); the account's
+        own file, if any, is only imported at start."""
+        if self._settings.database is not None or self._journal is not None:
+            return []
+        return [self._settings.db_path]
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
         """The open positions (the interface's view); with `leg`, those in its exchange and contract."""
@@ -324,7 +403,9 @@ class PaperBroker:
         """Positions with everything the book keeps (realized P&L; with `include_flat`, closed ones too)."""
         return await self._call(lambda book: book.positions(include_flat=include_flat))
 
-    async def _call(self, job: Callable[[Book], T]) -> T:
+    async def _call(self, job: Callable[[Book], T], *, write: bool = False) -> T:
+        if self._journal is not None:
+            return await self._call_joined(self._journal, job, write=write)
         book, executor = self._book, self._executor
         if book is None:
             state = "closed" if self._closed else "not started"
@@ -335,6 +416,24 @@ class PaperBroker:
         if executor is None:
             return job(book)
         return await asyncio.wrap_future(executor.submit(job, book))
+
+    async def _call_joined(self, journal: JournalDatabase, job: Callable[[Book], T], *, write: bool) -> T:
+        """On the journal's connection: a write in one of its group commits, a read at once."""
+        if not self._joined_started:
+            state = "closed" if self._closed else "not started"
+            raise BrokerUnavailableError(f"the paper broker is {state}: nothing was done")
+
+        def run(conn: sqlite3.Connection) -> T:
+            return job(self._joined_book(conn))
+
+        try:
+            return await (journal.write(run) if write else journal.read(run))
+        except sqlite3.ProgrammingError as e:  # the journal is closed: nothing ran
+            raise BrokerUnavailableError(f"the journal is closed, nothing was done: {e}") from e
+        except sqlite3.Error as e:
+            if write:  # the book's writes ran; the journal's commit failed
+                raise BrokerUnknownOutcomeError(f"paper book: the journal's commit failed: {e}") from e
+            raise BrokerUnavailableError(f"paper book cannot be read from the journal: {e}") from e
 
 
 def _close_if_opened(opening: Future[Book] | Future[tuple[Book, Outcome]]) -> None:

@@ -19,6 +19,7 @@ reader and writer out until the rows are in PostgreSQL and the file is renamed.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from .tables import PostgresTables
+    from tvbridge.broker import JournalDatabase
+
+    from .tables import JournalTables, PostgresTables
 
 IMPORTED_SUFFIX: Final = ".imported"
 COLUMNS: Final = {
@@ -115,7 +118,40 @@ def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
     return Outcome(copied={table: len(found) for table, found in rows.items()})
 
 
-def _holds_book(tables: PostgresTables) -> bool:
+async def import_into_journal(journal: JournalDatabase, account: str, path: Path) -> Outcome:
+    """The same import into the SQLite journal's file (the book joined the journal, issue 22): the rows copied in
+    one journal commit, then the file renamed. The file stays held from the read to the rename, as above."""
+    from .tables import JournalTables  # noqa: PLC0415 - tables imports nothing of this module, but keep it lazy
+
+    if not await asyncio.to_thread(path.exists):
+        return Outcome(copied={})
+    if await journal.read(lambda conn: _holds_book(JournalTables(conn, account))):
+        return Outcome(copied={}, ignored=True)
+    with _held(path) as db:
+        rows = _read(db, path)
+        if not any(rows.values()):
+            return Outcome(copied={})
+
+        def copy(conn: sqlite3.Connection) -> None:
+            tables = JournalTables(conn, account)
+            with tables.write():
+                for table, found in rows.items():
+                    tables.copy_rows(table, COLUMNS[table], found)
+
+        try:
+            await journal.write(copy)
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(f"paper book {path} cannot be imported into the journal: {e}") from e
+        try:
+            await asyncio.to_thread(path.rename, path.with_name(path.name + IMPORTED_SUFFIX))
+        except OSError as e:
+            raise BrokerUnavailableError(
+                f"paper book {path} was imported into the journal but cannot be renamed ({e}): rename it by hand"
+            ) from e
+    return Outcome(copied={table: len(found) for table, found in rows.items()})
+
+
+def _holds_book(tables: PostgresTables | JournalTables) -> bool:
     with tables.reading():
         holds = tables.fetchone(
             "SELECT 1 FROM {orders} WHERE 1 = 1{and_account} UNION ALL"

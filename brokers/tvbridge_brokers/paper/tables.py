@@ -18,8 +18,10 @@ store spells its own way. Two stores:
 runs each statement to completion on it. It must be used from one thread only, the broker's worker thread, which
 never is the server's event loop (`broker.py`). One connection per paper account per instance.
 
-A caller joining a transaction of its own (issue 22: the journal's SQLite write and the book's in one commit)
-would be a third implementation whose `write()` runs inside the caller's transaction instead of opening one.
+* `JournalTables` (the SQLite journal, issue 22): the tables of the PostgreSQL spelling (`paper_orders`, ...,
+  keyed by `account`) in tvbridge's own journal file, on the journal's connection. Its `write()` is a SAVEPOINT
+  inside the transaction the journal has open (a group commit, or `record_plan`'s: the alert and its order in one
+  commit); the journal commits. There is no second process to lock out: one server per journal (`<journal>.lock`).
 """
 
 from __future__ import annotations
@@ -392,3 +394,166 @@ def _db_errors() -> tuple[type[BaseException], ...]:
         return (OSError, TimeoutError)
     # InternalClientError: the driver's protocol state after the server ended the session under a statement
     return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+
+
+JOURNAL_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS paper_orders (
+        account          TEXT NOT NULL,
+        id               INTEGER NOT NULL,      -- numbered per account, as in the account's own file
+        client_order_id  TEXT NOT NULL,
+        alert_id         TEXT NOT NULL,
+        leg_number       INTEGER NOT NULL,
+        exchange         TEXT NOT NULL,
+        symbol           TEXT NOT NULL,
+        contract         TEXT NOT NULL,
+        instrument       TEXT NOT NULL,
+        option_type      TEXT,
+        strike_price     TEXT,
+        expiry_date      TEXT,
+        product          TEXT NOT NULL,
+        side             TEXT NOT NULL,
+        order_type       TEXT NOT NULL,
+        quantity         INTEGER NOT NULL CHECK (quantity > 0),
+        price            TEXT NOT NULL,
+        trigger_price    TEXT,
+        state            TEXT NOT NULL,
+        filled_quantity  INTEGER NOT NULL,
+        average_price    TEXT,
+        message          TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (account, id),
+        UNIQUE (account, client_order_id)       -- one order per client order id
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS paper_orders_by_contract ON paper_orders (account, exchange, contract, state)",
+    "CREATE INDEX IF NOT EXISTS paper_orders_by_symbol ON paper_orders (account, symbol, state)",
+    """
+    CREATE TABLE IF NOT EXISTS paper_noops (
+        account          TEXT NOT NULL,
+        client_order_id  TEXT NOT NULL,
+        alert_id         TEXT NOT NULL,
+        leg_number       INTEGER NOT NULL,
+        message          TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        PRIMARY KEY (account, client_order_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS paper_positions (
+        account          TEXT NOT NULL,
+        exchange         TEXT NOT NULL,
+        contract         TEXT NOT NULL,
+        product          TEXT NOT NULL,
+        symbol           TEXT NOT NULL,
+        instrument       TEXT NOT NULL,
+        option_type      TEXT,
+        strike_price     TEXT,
+        expiry_date      TEXT,
+        net_quantity     INTEGER NOT NULL,
+        average_price    TEXT,
+        realized_pnl     TEXT,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (account, exchange, contract, product)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS paper_brackets (
+        account          TEXT NOT NULL,
+        entry_id         INTEGER NOT NULL,
+        target_id        INTEGER,
+        stop_id          INTEGER,
+        trailing_jump    TEXT,
+        anchor           TEXT,
+        PRIMARY KEY (account, entry_id)
+    )
+    """,
+)
+"""The paper tables in the journal's file: the PostgreSQL migration 8's, spelled for SQLite (`CREATE ... IF NOT
+EXISTS`: the paper plugin creates them when it joins, so the journal's own schema knows nothing of paper)."""
+
+
+def create_journal_tables(conn: sqlite3.Connection) -> None:
+    """The paper tables in the journal's file (idempotent); runs inside a journal write."""
+    for statement in JOURNAL_SCHEMA:
+        conn.execute(statement)
+
+
+class JournalTables:
+    """This account's rows in the journal's SQLite file, on the journal's connection, inside its transaction.
+
+    Built per call with the connection the journal hands to a write or read (`JournalJoiner.place_joined`, or the
+    paper broker's calls through `JournalDatabase.write`/`read`). `write()` is a SAVEPOINT: a database error, or
+    the book's refusal, rolls back the book's writes only (the alert around it stays), and nothing is committed
+    here: the journal commits the whole transaction, and a failure there fails the caller's write."""
+
+    def __init__(self, conn: sqlite3.Connection, account: str) -> None:
+        self._db = conn
+        self.account = account
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        try:
+            self._db.execute("SAVEPOINT paper_book")
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(f"paper book unavailable in the journal, nothing was done: {e}") from e
+        try:
+            yield
+        except BaseException as e:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK TO paper_book")
+                self._db.execute("RELEASE paper_book")
+            if isinstance(e, sqlite3.Error):
+                raise BrokerUnavailableError(f"paper book error in the journal, nothing was done: {e}") from e
+            raise
+        try:
+            self._db.execute("RELEASE paper_book")
+        except sqlite3.Error as e:
+            raise BrokerUnknownOutcomeError(f"paper book error in the journal while releasing: {e}") from e
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(f"paper book cannot be read from the journal: {e}") from e
+
+    def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        text, extra = _journal_sql(sql)
+        return self._db.execute(text, (*params, *(self.account,) * extra)).fetchall()
+
+    def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        text, extra = _journal_sql(sql)
+        return self._db.execute(text, (*params, *(self.account,) * extra)).fetchone()
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        text, extra = _journal_sql(sql)
+        self._db.execute(text, (*params, *(self.account,) * extra))
+
+    def insert_order(self, sql: str, params: Sequence[object]) -> int:
+        text = sql.replace("{account_col}", _ORDER_ID_COLUMNS).replace("{account_val}", _ORDER_ID_VALUES)
+        spelled, _ = _journal_sql(text + " RETURNING id")
+        row = self._db.execute(spelled, (*params, self.account, self.account)).fetchone()  # the two of the id
+        if row is None:  # cannot happen after a successful INSERT; never report an order we cannot identify
+            raise BrokerUnknownOutcomeError("paper book did not return the new order's id")
+        return int(row[0])
+
+    def close(self) -> None:
+        """Nothing: the connection is the journal's."""
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        """Insert `rows` (values of `columns`, as the account's own file holds them) into `paper_<table>` for this
+        account, inside the current `write()` (the one-time import, `importer.py`)."""
+        names = ", ".join([*columns, "account"])
+        marks = ", ".join("?" for _ in range(len(columns) + 1))
+        statement = f"INSERT INTO paper_{table} ({names}) VALUES ({marks})"  # noqa: S608 - constant names
+        self._db.executemany(statement, [(*row, self.account) for row in rows])
+
+
+@functools.lru_cache(maxsize=256)
+def _journal_sql(sql: str) -> tuple[str, int]:
+    """The statement in the journal file's spelling and how many account parameters trail the caller's (the
+    markers' `?`s come after every `?` of the book's own, as for PostgreSQL)."""
+    spelled = sql.format_map(PG_MARKERS)
+    return spelled, spelled.count("?") - sql.count("?")

@@ -1,0 +1,80 @@
+"""An in-process broker's order booked inside the alert's own commit (issue 22): `record_plan(entry, join=...)`.
+
+`flow.accept` asks the executor to prepare the first leg of each account whose broker joined the SQLite journal
+(`JournalJoiner.join_journal`, the paper book) BEFORE the alert is recorded: its contract and size (`sizing.py`), the
+capabilities, the halts and the risk limits (`executor.Executor.prepare_joined`), exactly the checks a send runs.
+A leg that passes becomes an `OrderRequest` here; `Joined` is then the `join` of `record_plan`: inside the
+journal's transaction, after the alert's rows, it calls `place_joined(conn, request)` for each, each in a
+SAVEPOINT of its own, and keeps the outcome. The commit holds the alert, its plan and the book's order: both or
+neither. A refusal, by the checks or by the book, books nothing; the alert is still recorded, the leg failed.
+
+The executor reads the outcomes after the commit (`Executor.run(joined=...)`) as it reads a `place()` answer:
+an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rolled back) or anything else (an
+unknown outcome, resolved by `lookup()`). The group commit may run the join twice (after another alert's write
+failed, it runs every write again, each in a SAVEPOINT): the last run's outcomes are the committed ones.
+
+Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, the transaction not committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from tvbridge.broker import JournalJoiner, OrderRequest, OrderResult
+from tvbridge.crashpoints import crash_point
+from tvbridge.models import LegResult, OrderLeg
+
+if TYPE_CHECKING:
+    import sqlite3
+
+
+@attrs.frozen(kw_only=True)
+class JoinedLeg:
+    """One account's first leg, checked: the request to book, or the refusal (nothing booked)."""
+
+    account: str
+    number: int
+    leg: OrderLeg
+    """The leg as checked (sized for the account)."""
+    request: OrderRequest | None
+    refused: LegResult | None = None
+    contract: str | None = None
+    """The contract `contracts.py` chose, for the leg's message (as `executor.Prepared`)."""
+    note: str | None = None
+    """How the quantity was sized (`sizing.py`), for the leg's message."""
+
+
+@attrs.frozen(kw_only=True)
+class Joined:
+    """The `join` of `record_plan` for the joined legs of one alert; `outcomes` once it has run."""
+
+    legs: tuple[JoinedLeg, ...]
+    plugins: Mapping[str, JournalJoiner]
+    """Per account, the plugin itself (not the host's guard around it: `place_joined` is synchronous SQL)."""
+    outcomes: dict[tuple[str, int], OrderResult | Exception] = attrs.field(factory=dict)
+
+    def leg(self, account: str, number: int) -> JoinedLeg | None:
+        for leg in self.legs:
+            if leg.account == account and leg.number == number:
+                return leg
+        return None
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
+        leaves half-written when it raises is undone here, whatever it does itself."""
+        for leg in self.legs:
+            if leg.request is None:
+                continue
+            outcome: OrderResult | Exception
+            conn.execute("SAVEPOINT joined_leg")
+            try:
+                outcome = self.plugins[leg.account].place_joined(conn, leg.request)
+            except Exception as e:  # noqa: BLE001 - the executor maps it as it maps place()'s errors
+                conn.execute("ROLLBACK TO joined_leg")
+                outcome = e
+            conn.execute("RELEASE joined_leg")
+            self.outcomes[leg.account, leg.number] = outcome
+        crash_point("in_join")
