@@ -1,0 +1,302 @@
+"""Issue 22: a paper alert is ONE commit: the paper book joined the SQLite journal, and an alert's first order is
+booked inside the transaction that records the alert (`alerts/joined.py`, `JournalJoiner` in tvbridge/broker.py).
+
+Checked where a user sees it: the answer, the book's orders (in the journal's file), the journal's rows, the order
+log, `GET /alerts/<id>`, across real `kill -9` of a real `tvbridge serve` before and after the joined commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import sqlite3
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import attrs
+import pytest
+from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
+from helpers import ClientFactory, alert, leg, with_accounts
+
+from tvbridge.broker import BrokerContext, OrderRequest
+from tvbridge.config import RiskConfig
+from tvbridge.keys import BROKERS, JOINED, JOURNAL
+from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge_brokers.paper import PaperBroker
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tvbridge.config import Config
+
+PAPER_ENV = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]'}
+PAPER_TOML = '[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nRELIANCE = 100\nINFY = 100\n'
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_only(store_env: dict[str, str]) -> None:
+    """Joining is the SQLite journal's (with PostgreSQL the book keeps its own transactions there)."""
+    if store_env:
+        pytest.skip("the paper book joins the SQLite journal only")
+
+
+def book_orders(data_dir: Path, account: str = "paper") -> list[tuple[str, str]]:
+    """(client order id, state) of the account's paper orders, read from the journal's file."""
+    conn = sqlite3.connect(data_dir / "tvbridge.sqlite3")
+    try:
+        rows = conn.execute(
+            "SELECT client_order_id, state FROM paper_orders WHERE account = ? ORDER BY id", (account,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(row[0], row[1]) for row in rows]
+
+
+def order_log(data_dir: Path) -> list[dict[str, str]]:
+    path = data_dir / "webhook_orders.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+async def settle(journal: Any) -> None:
+    """The results handed over so far committed (the SQLite journal's `settle`)."""
+    await journal.settle()
+
+
+async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """(status, body), or None when the server died before answering."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/webhook", json=body, timeout=aiohttp.ClientTimeout(total=10)) as response,
+        ):
+            return response.status, await response.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def start(data_dir: Path, env: dict[str, str], name: str) -> KillableServer:
+    return await asyncio.to_thread(KillableServer(data_dir, env, name=name).start)
+
+
+async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_exists(tmp_path: Path) -> None:
+    """SIGKILL at `in_join` (the alert's rows and the paper order written, not committed): after the crash the
+    journal has no alert and the book no order, nothing was answered; the resend is placed once."""
+    (tmp_path / "config.toml").write_text(PAPER_TOML)
+    body = alert(leg(symbol="INFY", quantity="3"))
+    server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "in_join"}, "crashing")
+    assert await post(server.url, body) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, _, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert alerts == {}
+    assert book_orders(tmp_path) == []
+    assert order_log(tmp_path) == []
+
+    restarted = await start(tmp_path, PAPER_ENV, "restarted")
+    outcome = await post(restarted.url, body)
+    assert outcome is not None
+    status, answer = outcome
+    assert status == 200
+    assert answer["status"] == "success"
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert book_orders(tmp_path) == [(f"{answer['alert_id']}-1", "filled")]
+    alerts, legs, _ = journal_rows(tmp_path)
+    assert alerts == {answer["alert_id"]: "success"}
+    assert legs == {(answer["alert_id"], 1): "placed"}
+    assert [(r["alert_id"], r["status"]) for r in order_log(tmp_path)] == [(answer["alert_id"], "success")]
+
+
+async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_path: Path) -> None:
+    """SIGKILL at `after_record`: the alert (leg `sending`) and its paper order were committed together, nothing
+    answered. The restart's recovery finds the order by client order id (not placed again), the journal, the
+    order log and `GET /alerts/<id>` agree, and a resend of the same alert places nothing."""
+    (tmp_path / "config.toml").write_text(PAPER_TOML)
+    body = alert(leg(symbol="RELIANCE", quantity="2"))
+    server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "after_record"}, "crashing")
+    assert await post(server.url, body) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert alerts[alert_id] == "accepted"
+    assert legs[alert_id, 1] == "sending"
+    assert book_orders(tmp_path) == [(f"{alert_id}-1", "filled")]  # in the same commit as the alert
+
+    restarted = await start(tmp_path, PAPER_ENV, "restarted")
+    found = [e for e in restarted.events() if e["event"] == "recovery.leg_found"]
+    assert [e["alert_id"] for e in found] == [alert_id]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{restarted.url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as response,
+    ):
+        assert response.status == 200
+        record = await response.json()
+    assert record["status"] == "success"
+    assert record["legs"][0]["client_order_id"] == f"{alert_id}-1"
+    resent = await post(restarted.url, body)
+    assert resent is not None
+    assert resent[0] == 200
+    assert (resent[1]["status"], resent[1]["duplicate_of"]) == ("duplicate", alert_id)  # dedupe: nothing placed
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert book_orders(tmp_path) == [(f"{alert_id}-1", "filled")]
+    alerts, legs, _ = journal_rows(tmp_path)
+    assert alerts == {alert_id: "success"}
+    assert legs == {(alert_id, 1): "placed"}
+    assert [(r["alert_id"], r["leg_number"], r["status"]) for r in order_log(tmp_path)] == [(alert_id, "1", "success")]
+
+
+async def test_the_order_is_in_the_journals_file_and_no_paper_file_is_made(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A two-leg alert on two paper accounts: each account's first order in the alert's commit, the second ones
+    through the journal's group commits; every order in the journal's file under its account, no file of its own."""
+    config = with_accounts(
+        config,
+        {"paper": {"broker": "paper"}, "practice": {"broker": "paper"}},
+        routes=["paper", "practice"],
+    )
+    client = await make_client(config)
+    joined = client.app[JOINED]
+    assert sorted(joined) == ["paper", "practice"]
+    response = await client.post(
+        "/webhook",
+        json=alert(leg(symbol="INFY", price="100"), leg(symbol="TCS", price="200", sort_order="2")),
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert [r["status"] for r in body["results"]] == ["success"] * 4
+    await settle(client.app[JOURNAL])
+    alert_id = body["alert_id"]
+    for account in ("paper", "practice"):
+        assert book_orders(config.server.data_dir, account) == [
+            (f"{alert_id}-1", "filled"),
+            (f"{alert_id}-2", "filled"),
+        ]
+        assert not (config.server.data_dir / f"paper-{account}.sqlite3").exists()
+    positions = await client.app[BROKERS]["practice"].positions()
+    assert sorted((p.contract.symbol, p.net_quantity) for p in positions) == [("INFY", 10), ("TCS", 10)]
+
+
+async def test_a_failed_commit_books_nothing(make_client: ClientFactory, config: Config) -> None:
+    """The journal's transaction fails after the book wrote its order (a trigger rolls the whole transaction back
+    when the order row goes in): the alert is refused 503, the journal has no alert, the book no order."""
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    await journal.database.write(  # type: ignore[attr-defined]  # the SQLite journal's database
+        lambda conn: conn.execute(
+            "CREATE TRIGGER fail_the_commit AFTER INSERT ON paper_orders BEGIN SELECT RAISE(ROLLBACK, 'disk gone'); END"
+        )
+    )
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert response.status == 503
+    refused = await response.json()
+    rows = await journal.database.read(  # type: ignore[attr-defined]
+        lambda conn: (
+            conn.execute("SELECT count(*) FROM alerts").fetchone()[0],
+            conn.execute("SELECT count(*) FROM paper_orders").fetchone()[0],
+        )
+    )
+    assert rows == (0, 0)
+    assert "alert_id" not in refused or refused["alert_id"] not in order_log(config.server.data_dir)
+
+
+async def test_a_risk_refusal_books_nothing(make_client: ClientFactory, config: Config) -> None:
+    """`max_orders_per_day = 1`: the second alert's leg is refused by the risk limit before it could be booked
+    (the daily count taken once, for the first), and the book holds the first order only."""
+    config = attrs.evolve(config, risk=RiskConfig(max_orders_per_day=1))
+    client = await make_client(config)
+    first = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert first.status == 200
+    second = await client.post("/webhook", json=alert(leg(symbol="TCS", price="100")))
+    assert second.status == 200
+    refused = await second.json()
+    assert refused["status"] == "failed"
+    assert "max_orders_per_day" in refused["results"][0]["message"]
+    await settle(client.app[JOURNAL])
+    first_id = (await first.json())["alert_id"]
+    assert book_orders(config.server.data_dir) == [(f"{first_id}-1", "filled")]
+    record = await client.app[JOURNAL].get_alert(refused["alert_id"])
+    assert record is not None
+    assert record["legs"][0]["state"] == "failed"
+
+
+async def test_the_books_refusal_books_nothing_and_the_alert_is_recorded(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A leg the book refuses (a buy SL whose limit is under its trigger): failed with the book's reason, the
+    alert recorded `failed`, no order; the next alert books normally in the same file."""
+    client = await make_client(config)
+    bad = leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")
+    response = await client.post("/webhook", json=alert(bad))
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "failed"
+    assert "a buy SL needs price >= triggerPrice" in body["results"][0]["message"]
+    good = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    good_id = (await good.json())["alert_id"]
+    await settle(client.app[JOURNAL])
+    assert book_orders(config.server.data_dir) == [(f"{good_id}-1", "filled")]
+    record = await client.app[JOURNAL].get_alert(body["alert_id"])
+    assert record is not None
+    assert (record["status"], record["legs"][0]["state"]) == ("failed", "failed")
+
+
+async def test_an_existing_paper_file_is_imported_once(make_client: ClientFactory, config: Config) -> None:
+    """The account's book from before (its own file, a resting limit and a position) is in the journal's file
+    after the first start: the position is there, the limit is cancelled by its order id, the file is renamed."""
+    data_dir = config.server.data_dir
+    own = PaperBroker.from_settings({"prices": {"INFY": "100"}}, BrokerContext(account="paper", data_dir=data_dir))
+    await own.start()
+    bought = await own.place(
+        OrderRequest(client_order_id="old-1", alert_id="old", leg_number=1, leg=order_leg("INFY", "MKT", "0"))
+    )
+    resting = await own.place(
+        OrderRequest(client_order_id="old-2", alert_id="old", leg_number=1, leg=order_leg("TCS", "LMT", "50"))
+    )
+    await own.aclose()
+    client = await make_client(config)
+    assert not (data_dir / "paper-paper.sqlite3").exists()
+    assert (data_dir / "paper-paper.sqlite3.imported").exists()
+    positions = await client.app[BROKERS]["paper"].positions()
+    assert [(p.contract.symbol, p.net_quantity) for p in positions] == [("INFY", 1)]
+    cancel = alert({"order_id": resting.order_id}, alert_type="cancel_order")
+    response = await client.post("/webhook", json=cancel)
+    assert response.status == 200
+    assert (await response.json())["results"][0]["message"] == f"cancelled 1 order(s): {resting.order_id}"
+    assert book_orders(data_dir) == [("old-1", "filled"), ("old-2", "cancelled")]
+    placed = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    new_id = (await placed.json())["results"][0]["order_id"]
+    assert int(new_id.removeprefix("PAPER-")) > int(str(bought.order_id).removeprefix("PAPER-"))  # never reused
+
+
+def order_leg(symbol: str, order_type: str, price: str) -> OrderLeg:
+    """A buy of 1 on NSE, intraday, as the parser would make it."""
+    return OrderLeg(
+        side=Side.BUY,
+        order_type=OrderType(order_type),
+        quantity=1,
+        exchange=Exchange.NSE,
+        symbol=symbol,
+        instrument=Instrument.EQUITY,
+        product=Product.INTRADAY,
+        price=Decimal(price),
+    )
+
+
+async def test_a_plugin_broker_never_joins(make_client: ClientFactory, config: Config) -> None:
+    """Next to a paper account, a plugin broker (the `scripted` test plugin, a remote broker's shape) is not
+    offered the journal: its orders go through `place()` after the alert's commit, as before."""
+    config = with_accounts(
+        config, {"paper": {"broker": "paper"}, "sim": {"broker": "scripted"}}, routes=["paper", "sim"]
+    )
+    client = await make_client(config)
+    joined = client.app[JOINED]
+    assert sorted(joined) == ["paper"]
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200
+    assert [r["status"] for r in (await response.json())["results"]] == ["success", "success"]
