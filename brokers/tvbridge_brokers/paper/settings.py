@@ -16,8 +16,10 @@ Keys::
     "NIFTY FUT 2026-11-26" = 24100
     "NFO:NIFTY 2026-11-26 24000 CE" = 120.5
 
-With `[journal] url` set (PostgreSQL), the book is in that database, shared by every instance; `db_path` then
-names the SQLite book imported once at the first start (see `importer.py`).
+With the SQLite journal (the default) the book is in the journal's file (`broker.py`: it joins the journal, an
+alert's order is committed with the alert); with `[journal] url` set (PostgreSQL) it is in that database, shared
+by every instance. Either way `db_path` then names the SQLite book imported once at the first start (see
+`importer.py`). A `synchronous` stronger than the journal's keeps the book in `db_path` (its own commits).
 
 A reference price is what a market order with price 0 fills at, and what a new limit or stop order is checked
 against on arrival (see `book.py` for the rules). Contract names are spelled as `book.contract_key()` builds them.
