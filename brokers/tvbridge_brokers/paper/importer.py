@@ -28,13 +28,15 @@ import attrs
 
 from tvbridge.broker import BrokerUnavailableError
 
+from .tables import JournalTables
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
     from tvbridge.broker import JournalDatabase
 
-    from .tables import JournalTables, PostgresTables
+    from .tables import PostgresTables
 
 IMPORTED_SUFFIX: Final = ".imported"
 COLUMNS: Final = {
@@ -121,8 +123,6 @@ def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
 async def import_into_journal(journal: JournalDatabase, account: str, path: Path) -> Outcome:
     """The same import into the SQLite journal's file (the book joined the journal, issue 22): the rows copied in
     one journal commit, then the file renamed. The file stays held from the read to the rename, as above."""
-    from .tables import JournalTables  # noqa: PLC0415 - tables imports nothing of this module, but keep it lazy
-
     if not await asyncio.to_thread(path.exists):
         return Outcome(copied={})
     if await journal.read(lambda conn: _holds_book(JournalTables(conn, account))):
