@@ -59,6 +59,8 @@ def stub_storage() -> None:
     Journal.open = open_then_stub  # type: ignore[method-assign]
     Journal.find_by_dedupe_key = never_seen  # type: ignore[method-assign]
     PaperBroker.place = filled  # type: ignore[method-assign]
+    # the book would join the journal (its first order inside the dropped write): it keeps its stubbed place()
+    PaperBroker.join_journal = lambda self, database: False  # type: ignore[method-assign]  # noqa: ARG005
     OrderLog.append = no_rows  # type: ignore[method-assign]
 
 
