@@ -300,3 +300,29 @@ async def test_a_plugin_broker_never_joins(make_client: ClientFactory, config: C
     response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
     assert response.status == 200
     assert [r["status"] for r in (await response.json())["results"]] == ["success", "success"]
+
+
+async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None:
+    """`max_orders_per_day = 1`: the second alert's first leg is refused by the count before the commit and
+    recorded `failed` in it; killed right after that commit (`after_record`, 2nd hit), the restart's recovery
+    settles it as refused instead of looking it up and sending it past the limit: the book holds one order."""
+    (tmp_path / "config.toml").write_text(PAPER_TOML)
+    env = {**PAPER_ENV, "TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
+    server = await start(tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": "after_record:2"}, "crashing")
+    first = await post(server.url, alert(leg(symbol="INFY", quantity="1")))
+    assert first is not None
+    assert first[1]["status"] == "success"
+    assert await post(server.url, alert(leg(symbol="RELIANCE", quantity="1"))) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (second_id,) = (a for a in alerts if a != first[1]["alert_id"])
+    assert (alerts[second_id], legs[second_id, 1]) == ("accepted", "failed")
+
+    restarted = await start(tmp_path, env, "restarted")
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert book_orders(tmp_path) == [(f"{first[1]['alert_id']}-1", "filled")]
+    alerts, legs, _ = journal_rows(tmp_path)
+    assert (alerts[second_id], legs[second_id, 1]) == ("failed", "failed")
+    rows = [(r["alert_id"], r["status"]) for r in order_log(tmp_path)]
+    assert rows == [(first[1]["alert_id"], "success"), (second_id, "failed")]
+    assert "max_orders_per_day" in next(r["message"] for r in order_log(tmp_path) if r["alert_id"] == second_id)

@@ -107,7 +107,8 @@ async def accept(request: web.Request) -> web.Response:
     premarked = plan.first_sends()
     executor = app[EXECUTOR]
     joined = await executor.prepare_joined(alert_id, alert, premarked) if premarked else None
-    await app[JOURNAL].record_plan(entry_of(request, alert, plan), join=joined)
+    entry = entry_of(request, alert, plan)
+    await app[JOURNAL].record_plan(entry if joined is None else joined.recorded(entry), join=joined)
     crash_point("after_record")
     log.debug(  # the alert's one info line is the executor's `alert.done`
         "alert.accepted",

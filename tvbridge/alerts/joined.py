@@ -8,6 +8,10 @@ journal's transaction, after the alert's rows, it calls `place_joined(conn, requ
 SAVEPOINT of its own, and keeps the outcome. The commit holds the alert, its plan and the book's order: both or
 neither. A refusal, by the checks or by the book, books nothing; the alert is still recorded, the leg failed.
 
+A leg the checks refused is recorded `failed`, with its reason, in that same commit (not `sending`): after a
+crash before the alert's results, recovery settles it as refused (`recovery._planned_result`) instead of looking
+it up and sending it, past the very limit that refused it.
+
 The executor reads the outcomes after the commit (`Executor.run(joined=...)`) as it reads a `place()` answer:
 an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rolled back) or anything else (an
 unknown outcome, resolved by `lookup()`). The group commit may run the join twice (after another alert's write
@@ -29,6 +33,8 @@ from tvbridge.models import LegResult, OrderLeg
 
 if TYPE_CHECKING:
     import sqlite3
+
+    from tvbridge.alerts.records import AlertEntry
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +67,19 @@ class Joined:
             if leg.account == account and leg.number == number:
                 return leg
         return None
+
+    def recorded(self, entry: AlertEntry) -> AlertEntry:
+        """`entry` with each leg the checks refused recorded `failed` with its reason instead of `sending`."""
+        refused = {(leg.account, leg.number): leg.refused for leg in self.legs if leg.refused is not None}
+        if not refused:
+            return entry
+        legs = tuple(
+            attrs.evolve(leg, state="failed", message=result.message)
+            if (result := refused.get((leg.account, leg.leg_number))) is not None
+            else leg
+            for leg in entry.legs
+        )
+        return attrs.evolve(entry, legs=legs)
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
