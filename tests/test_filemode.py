@@ -33,8 +33,11 @@ DATA_FILES = (
 @pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask 022", "umask 000"])
 async def test_trading_data_files_are_created_0600(tmp_path: Path, umask: int) -> None:
     """A real server started under umask 022 (or 000) with a paper account and a log file takes an alert; the
-    journal and its WAL/SHM, the paper database and its WAL/SHM, the order log and the log file are all 0600."""
-    (tmp_path / "config.toml").write_text('[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nINFY = 100\n')
+    journal and its WAL/SHM, the paper database and its WAL/SHM, the order log and the log file are all 0600.
+    The paper account keeps a database of its own (`synchronous = "full"`: by default its book is in the journal)."""
+    (tmp_path / "config.toml").write_text(
+        '[accounts.paper]\nbroker = "paper"\nsynchronous = "full"\n[accounts.paper.prices]\nINFY = 100\n'
+    )
     env = {"TVBRIDGE_ROUTING__ACCOUNTS": '["paper"]', "TVBRIDGE_LOGGING__FILE": "webhook_server.log"}
     previous = os.umask(umask)  # inherited by the server process
     try:
