@@ -326,3 +326,31 @@ async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None
     rows = [(r["alert_id"], r["status"]) for r in order_log(tmp_path)]
     assert rows == [(first[1]["alert_id"], "success"), (second_id, "failed")]
     assert "max_orders_per_day" in next(r["message"] for r in order_log(tmp_path) if r["alert_id"] == second_id)
+
+
+async def test_a_booking_that_raises_half_way_leaves_nothing_booked(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin bug inside the joined booking (here: the order row written, then an untyped error) is rolled back
+    by the host around the call, whatever the plugin does: the alert is recorded, the leg is `unknown` after the
+    lookup found no order (never `placed`), and the book holds nothing."""
+    booked = PaperBroker.place_joined
+
+    def writes_then_raises(self: PaperBroker, conn: sqlite3.Connection, request: OrderRequest) -> Any:
+        booked(self, conn, request)  # the order is in the transaction now
+        raise RuntimeError("plugin bug after writing")
+
+    monkeypatch.setattr(PaperBroker, "place_joined", writes_then_raises)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200
+    body = await response.json()
+    (result,) = body["results"]
+    assert result["status"] == "unknown"
+    assert "RuntimeError: plugin bug after writing" in result["message"]
+    assert "has no order" in result["message"]
+    await settle(client.app[JOURNAL])
+    assert book_orders(config.server.data_dir) == []
+    record = await client.app[JOURNAL].get_alert(body["alert_id"])
+    assert record is not None
+    assert record["legs"][0]["state"] == "unknown"
