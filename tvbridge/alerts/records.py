@@ -15,8 +15,9 @@ An alert meets the store twice (issue 22):
 
 `join`: a function of the store's own connection that runs inside the transaction of `record_plan`, after the
 alert's rows; it is how rows that must never exist without the alert (or the other way round) share its commit:
-the closed-market queue's entries today (`alertqueue.inserter`), and the documented place for an in-process
-broker (the `paper` book) to book its order in the same commit, so that such an alert costs one commit in all.
+the closed-market queue's entries (`alertqueue.inserter`), and an in-process broker's order (the `paper` book,
+joined to the SQLite journal: `alerts/joined.py`, `JournalJoiner` in `tvbridge/broker.py`), so that such an
+alert costs one commit in all.
 A remote broker never joins: it is called only after `record_plan` returned (journal before send). A store whose
 connection is not SQLite's (PostgreSQL, issue 20) passes its own connection; a joiner that needs SQLite checks
 the type it gets and raises `TypeError`, which fails the write like any other error.
