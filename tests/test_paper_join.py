@@ -35,10 +35,14 @@ PAPER_TOML = '[accounts.paper]\nbroker = "paper"\n[accounts.paper.prices]\nRELIA
 
 
 @pytest.fixture(autouse=True)
-def _sqlite_only(store_env: dict[str, str]) -> None:
-    """Joining is the SQLite journal's (with PostgreSQL the book keeps its own transactions there)."""
-    if store_env:
+def _one_store(store_env: dict[str, str], request: pytest.FixtureRequest) -> None:
+    """Joining is the SQLite journal's: these tests run on it, except the one named `on_postgresql`, which runs
+    in the PostgreSQL pass (`TVBRIDGE_TEST_STORE=postgresql`) only."""
+    on_postgresql = "on_postgresql" in request.node.name
+    if store_env and not on_postgresql:
         pytest.skip("the paper book joins the SQLite journal only")
+    if on_postgresql and not store_env:
+        pytest.skip("runs in the PostgreSQL pass")
 
 
 def book_orders(data_dir: Path, account: str = "paper") -> list[tuple[str, str]]:
@@ -354,3 +358,21 @@ async def test_a_booking_that_raises_half_way_leaves_nothing_booked(
     record = await client.app[JOURNAL].get_alert(body["alert_id"])
     assert record is not None
     assert record["legs"][0]["state"] == "unknown"
+
+
+async def test_on_postgresql_nothing_joins_and_the_book_keeps_its_own_transactions(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """With the PostgreSQL store the paper book is not offered the journal: it books in the database in its own
+    transaction, as before, and no SQLite journal file is made."""
+    client = await make_client(config)
+    joined = client.app[JOINED]
+    assert dict(joined) == {}
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "success"
+    paper: Any = client.app[BROKERS]["paper"]  # the paper broker's own `orders()` (for tests and tools)
+    orders = await paper.orders()
+    assert [o.client_order_id for o in orders] == [f"{body['alert_id']}-1"]
+    assert not (config.server.data_dir / "tvbridge.sqlite3").exists()
