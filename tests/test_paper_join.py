@@ -229,6 +229,37 @@ async def test_a_risk_refusal_books_nothing(make_client: ClientFactory, config: 
     assert record["legs"][0]["state"] == "failed"
 
 
+async def test_an_alert_refused_503_does_not_use_up_the_daily_count(make_client: ClientFactory, config: Config) -> None:
+    """`max_orders_per_day = 2`: one order booked, then an alert whose journal write fails (503: not recorded,
+    nothing booked). The checks took the count before the write; it is given back, so a third alert is still
+    booked: one order was sent today, not two."""
+    config = attrs.evolve(config, risk=RiskConfig(max_orders_per_day=2))
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    first = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert (await first.json())["status"] == "success"
+    await journal.database.write(  # type: ignore[attr-defined]
+        lambda conn: conn.execute(
+            "CREATE TRIGGER fail_alerts AFTER INSERT ON alerts BEGIN SELECT RAISE(ROLLBACK, 'disk gone'); END"
+        )
+    )
+    second = await client.post("/webhook", json=alert(leg(symbol="TCS", price="100")))
+    assert second.status == 503
+    await journal.database.write(lambda conn: conn.execute("DROP TRIGGER fail_alerts"))  # type: ignore[attr-defined]
+    third = await client.post("/webhook", json=alert(leg(symbol="WIPRO", price="100")))
+    body = await third.json()
+    assert third.status == 200
+    assert body["status"] == "success", body["results"][0]["message"]
+    fourth = await (await client.post("/webhook", json=alert(leg(symbol="SBIN", price="100")))).json()
+    assert (
+        fourth["results"][0]["message"]
+        == "risk: 2 order(s) already sent today on account paper; max_orders_per_day is 2"
+    )
+    await settle(journal)
+    first_id = (await first.json())["alert_id"]
+    assert book_orders(config.server.data_dir) == [(f"{first_id}-1", "filled"), (f"{body['alert_id']}-1", "filled")]
+
+
 async def test_the_books_refusal_books_nothing_and_the_alert_is_recorded(
     make_client: ClientFactory, config: Config
 ) -> None:

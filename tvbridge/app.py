@@ -114,6 +114,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         own_brackets=book.own_brackets if config.strategies else None,
         own_orders=book.own_orders if config.strategies else None,
         joined=app.get(JOINED),
+        give_back=guard.give_back,
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

@@ -183,6 +183,7 @@ class Executor:
         own_brackets: Callable[[str, OrderLeg], Awaitable[list[str]]] | None = None,
         own_orders: Callable[[str, CancelLeg], Awaitable[list[str]]] | None = None,
         joined: Mapping[str, JournalJoiner] | None = None,
+        give_back: Callable[[str], None] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -224,6 +225,8 @@ class Executor:
         (`StrategyBook.own_orders`), cancelled by order id. None: the broker cancels by symbol."""
         self._joined = joined or {}
         """Per account whose plugin joined the SQLite journal, the plugin (`prepare_joined`)."""
+        self._give_back = give_back
+        """Undo `before_send`'s daily count of one leg of the account (`RiskGuard.give_back`): `unprepare_joined`."""
 
     async def prepare_joined(
         self, alert_id: str, alert: Alert, first_sends: frozenset[tuple[str, int]]
@@ -256,6 +259,16 @@ class Executor:
                 )
             )
         return Joined(legs=tuple(legs), plugins=self._joined) if legs else None
+
+    def unprepare_joined(self, joined: Joined) -> None:
+        """The alert's `record_plan` failed (nothing recorded, nothing booked): give back the daily order count
+        `prepare_joined` took for each leg it passed, as if the alert had never come (main's order: the count is
+        taken only after the alert is recorded)."""
+        if self._give_back is None:
+            return
+        for leg in joined.legs:
+            if leg.request is not None:
+                self._give_back(leg.account)
 
     async def run(
         self,

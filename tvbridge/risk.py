@@ -176,6 +176,23 @@ class RiskGuard:
         for key, _limit, _where in scopes:
             self._counts[key] += 1
 
+    def give_back(self, account: str) -> None:
+        """Undo the count of one leg of `account` that `before_send` passed but that was never recorded (the
+        alert's `record_plan` failed: nothing journaled, nothing sent, so it is not one of today's orders, as
+        the count read from the journal after a restart would say too). The running strategy's count too."""
+        day = self._clock().astimezone(EXCHANGE_TZ).date()
+        limits = self.limits.get(account)
+        name = current_strategy()
+        strategy = self._strategies.get(name)
+        keys: list[tuple[str, date]] = []
+        if limits is not None and limits.max_orders_per_day is not None:
+            keys.append((account, day))
+        if strategy is not None and strategy.max_orders_per_day is not None:
+            keys.append((f"strategy:{name}", day))
+        for key in keys:
+            if self._counts.get(key, 0) > 0:  # (taken just before on the same day, but midnight between them
+                self._counts[key] -= 1  # could give back a new day's order: one more allowed, never one fewer)
+
     def _check_halts(self, name: str, strategy: StrategyConfig | None) -> None:
         """The kill switch, then the strategy's own halt."""
         halt = read_halt(self._halt_file)

@@ -108,7 +108,14 @@ async def accept(request: web.Request) -> web.Response:
     executor = app[EXECUTOR]
     joined = await executor.prepare_joined(alert_id, alert, premarked) if premarked else None
     entry = entry_of(request, alert, plan)
-    await app[JOURNAL].record_plan(entry if joined is None else joined.recorded(entry), join=joined)
+    if joined is None:
+        await app[JOURNAL].record_plan(entry)
+    else:
+        try:
+            await app[JOURNAL].record_plan(joined.recorded(entry), join=joined)
+        except Exception:  # not recorded (503): its legs were never sent, so not one of today's orders
+            executor.unprepare_joined(joined)
+            raise
     crash_point("after_record")
     log.debug(  # the alert's one info line is the executor's `alert.done`
         "alert.accepted",
