@@ -21,6 +21,7 @@ from helpers import ClientFactory, alert, leg, with_accounts
 
 from tvbridge.broker import BrokerContext, OrderRequest
 from tvbridge.config import RiskConfig
+from tvbridge.halt import clear_halt, halt_path, set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge_brokers.paper import PaperBroker
@@ -258,6 +259,48 @@ async def test_an_alert_refused_503_does_not_use_up_the_daily_count(make_client:
     await settle(journal)
     first_id = (await first.json())["alert_id"]
     assert book_orders(config.server.data_dir) == [(f"{first_id}-1", "filled"), (f"{body['alert_id']}-1", "filled")]
+
+
+async def test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks passed, then the alert waits for its commit (another writer, a slow fsync) and meanwhile the kill
+    switch is set (`tvbridge halt`): nothing is booked, the leg is answered failed with the halt's reason (as a
+    send the halt refuses), and the commit itself records it `failed`, so a crash right after it cannot send it
+    at recovery. The daily count it took is given back: after the resume, the next alert is booked."""
+    config = attrs.evolve(config, risk=RiskConfig(max_orders_per_day=2))
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    seed = await client.post("/webhook", json=alert(leg(symbol="SBIN", price="100")))  # the count read: joins now
+    seeded = await seed.json()
+    assert seeded["status"] == "success"
+    record_plan = journal.record_plan
+    committed: list[dict[str, Any] | None] = []
+
+    async def halt_then_record(entry: Any, **kwargs: Any) -> None:
+        set_halt(halt_path(config.server.data_dir), reason="stop now", by="test")  # after the checks ran
+        await record_plan(entry, **kwargs)
+        committed.append(await journal.database.read(lambda conn: leg_row(conn, entry.alert_id)))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(journal, "record_plan", halt_then_record)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    monkeypatch.undo()
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "failed"
+    assert body["results"][0]["message"] == "trading halted (stop now): nothing was sent"
+    assert committed == [{"state": "failed", "message": "trading halted (stop now): nothing was sent"}]
+    await settle(journal)
+    assert book_orders(config.server.data_dir) == [(f"{seeded['alert_id']}-1", "filled")]
+    assert [row["status"] for row in order_log(config.server.data_dir)] == ["success", "failed"]
+    clear_halt(halt_path(config.server.data_dir))
+    after = await client.post("/webhook", json=alert(leg(symbol="TCS", price="100")))
+    assert (await after.json())["status"] == "success"
+
+
+def leg_row(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT state, message FROM legs WHERE alert_id = ?", (alert_id,)).fetchone()
+    return None if row is None else {"state": row[0], "message": row[1]}
 
 
 async def test_the_books_refusal_books_nothing_and_the_alert_is_recorded(

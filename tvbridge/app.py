@@ -115,6 +115,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         own_orders=book.own_orders if config.strategies else None,
         joined=app.get(JOINED),
         give_back=guard.give_back,
+        halted=guard.halted,
     )
     yield
     # an alert spawned while the server was stopping must not outlive the brokers and the journal

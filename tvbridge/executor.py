@@ -35,6 +35,7 @@ commit kept instead of calling `place()`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ import structlog
 
 from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
-from tvbridge.alerts.joined import Joined, JoinedLeg
+from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg
 from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
@@ -184,6 +185,7 @@ class Executor:
         own_orders: Callable[[str, CancelLeg], Awaitable[list[str]]] | None = None,
         joined: Mapping[str, JournalJoiner] | None = None,
         give_back: Callable[[str], None] | None = None,
+        halted: Callable[[str], str | None] | None = None,
     ) -> None:
         self._brokers = brokers
         self._broker_names = broker_names
@@ -227,6 +229,8 @@ class Executor:
         """Per account whose plugin joined the SQLite journal, the plugin (`prepare_joined`)."""
         self._give_back = give_back
         """Undo `before_send`'s daily count of one leg of the account (`RiskGuard.give_back`): `unprepare_joined`."""
+        self._halted = halted
+        """Strategy -> the halts' refusal or None (`RiskGuard.halted`), asked again inside the joined commit."""
 
     async def prepare_joined(
         self, alert_id: str, alert: Alert, first_sends: frozenset[tuple[str, int]]
@@ -258,7 +262,10 @@ class Executor:
                     note=prepared.note,
                 )
             )
-        return Joined(legs=tuple(legs), plugins=self._joined) if legs else None
+        if not legs:
+            return None
+        halted = functools.partial(self._halted, current_strategy()) if self._halted is not None else None
+        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted)
 
     def unprepare_joined(self, joined: Joined) -> None:
         """The alert's `record_plan` failed (nothing recorded, nothing booked): give back the daily order count
@@ -589,6 +596,12 @@ class Executor:
         prepared = Prepared(leg=joined.leg, contract=joined.contract, note=joined.note)
         if joined.refused is not None:
             return _noted(joined.refused, prepared)
+        if isinstance(outcome, HaltedError):  # as a send the halt refused: never sent, not one of today's orders
+            if self._give_back is not None:
+                self._give_back(account)
+            client_id = client_order_id(alert_id, number)
+            refused = self.result_for(account, number, joined.leg, LegStatus.FAILED, str(outcome), client_id=client_id)
+            return _noted(refused, prepared)
         if arrived is not None:
             self._metrics.to_broker(time.perf_counter() - arrived)
         leg, client_id = prepared.leg, client_order_id(alert_id, number)

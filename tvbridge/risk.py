@@ -143,7 +143,7 @@ class RiskGuard:
         a count it is part of."""
         name = current_strategy()
         strategy = self._strategies.get(name)
-        self._check_halts(name, strategy)
+        self._check_halts(name)
         limits = self.limits.get(account)
         price = reference_price(self._brokers.get(account), leg)
         if limits is not None:
@@ -193,14 +193,23 @@ class RiskGuard:
             if self._counts.get(key, 0) > 0:  # (taken just before on the same day, but midnight between them
                 self._counts[key] -= 1  # could give back a new day's order: one more allowed, never one fewer)
 
-    def _check_halts(self, name: str, strategy: StrategyConfig | None) -> None:
+    def _check_halts(self, name: str) -> None:
         """The kill switch, then the strategy's own halt."""
+        refusal = self.halted(name)
+        if refusal is not None:
+            raise RiskLimitError(refusal)
+
+    def halted(self, name: str) -> str | None:
+        """The refusal while the kill switch or strategy `name`'s own halt is on, else None. Synchronous, no
+        state but the files (one `stat()` each when not halted): the joined commit asks it again from the
+        journal's writer thread, since a halt may come while the alert waits for its commit (`alerts/joined.py`)."""
         halt = read_halt(self._halt_file)
         if halt is not None:
-            raise RiskLimitError(f"trading halted ({halt.reason}): nothing was sent")
-        halted = halted_reason(self._halt_file.parent, name) if strategy is not None else None
+            return f"trading halted ({halt.reason}): nothing was sent"
+        halted = halted_reason(self._halt_file.parent, name) if name in self._strategies else None
         if halted is not None:
-            raise RiskLimitError(f"strategy {name} halted ({halted}): nothing was sent")
+            return f"strategy {name} halted ({halted}): nothing was sent"
+        return None
 
     async def _check_strategy(
         self, name: str, strategy: StrategyConfig, account: str, leg: OrderLeg, price: Decimal | None

@@ -22,7 +22,7 @@ Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     import sqlite3
 
     from tvbridge.alerts.records import AlertEntry
+
+
+class HaltedError(Exception):
+    """A joined leg the kill switch (or its strategy's halt) stopped inside the commit: nothing booked."""
 
 
 @attrs.frozen(kw_only=True)
@@ -60,6 +64,9 @@ class Joined:
     legs: tuple[JoinedLeg, ...]
     plugins: Mapping[str, JournalJoiner]
     """Per account, the plugin itself (not the host's guard around it: `place_joined` is synchronous SQL)."""
+    halted: Callable[[], str | None] | None = None
+    """The kill switch and the running strategy's halt, asked again inside the commit (`RiskGuard.halted`): the
+    refusal, or None."""
     outcomes: dict[tuple[str, int], OrderResult | Exception] = attrs.field(factory=dict)
 
     def leg(self, account: str, number: int) -> JoinedLeg | None:
@@ -83,11 +90,24 @@ class Joined:
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
-        leaves half-written when it raises is undone here, whatever it does itself."""
+        leaves half-written when it raises is undone here, whatever it does itself.
+
+        The halts are read again first: the checks ran before the alert waited for its commit (behind another
+        writer, a slow fsync), and a halt set meanwhile must stop it as it stops a send. A halted leg is recorded
+        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it)."""
+        halted = self.halted() if self.halted is not None else None
         for leg in self.legs:
             if leg.request is None:
                 continue
             outcome: OrderResult | Exception
+            if halted is not None:
+                conn.execute(
+                    "UPDATE legs SET state = 'failed', message = ?"
+                    " WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                    (halted, leg.request.alert_id, leg.account, leg.number),
+                )
+                self.outcomes[leg.account, leg.number] = HaltedError(halted)
+                continue
             conn.execute("SAVEPOINT joined_leg")
             try:
                 outcome = self.plugins[leg.account].place_joined(conn, leg.request)
