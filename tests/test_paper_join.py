@@ -19,7 +19,7 @@ import pytest
 from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
 from helpers import ClientFactory, alert, leg, with_accounts
 
-from tvbridge.broker import BrokerContext, OrderRequest
+from tvbridge.broker import BrokerContext, BrokerRejectedError, OrderRequest
 from tvbridge.config import RiskConfig
 from tvbridge.halt import clear_halt, halt_path, set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
@@ -432,6 +432,34 @@ async def test_a_booking_that_raises_half_way_leaves_nothing_booked(
     record = await client.app[JOURNAL].get_alert(body["alert_id"])
     assert record is not None
     assert record["legs"][0]["state"] == "unknown"
+
+
+@pytest.mark.parametrize("habit", ["commit()", "COMMIT", "/* done */ end transaction", "ROLLBACK"])
+async def test_a_plugin_cannot_end_the_alerts_transaction(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, habit: str
+) -> None:
+    """A joining plugin that commits (a habit of sqlite3 code) or rolls back inside `place_joined`, then refuses:
+    the journal's transaction is not its to end (`JoinedSql`), so the alert is not committed half-way behind the
+    host's back and answered 503 "not recorded" while it is. The alert is recorded and answered, its leg failed
+    (the plugin's own error), and nothing is booked."""
+
+    def ends_then_refuses(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        conn.commit() if habit == "commit()" else conn.execute(habit)
+        raise BrokerRejectedError("no")
+
+    monkeypatch.setattr(PaperBroker, "place_joined", ends_then_refuses)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200
+    body = await response.json()
+    (result,) = body["results"]
+    assert result["status"] in {"failed", "unknown"}, result
+    await settle(client.app[JOURNAL])
+    record = await client.app[JOURNAL].get_alert(body["alert_id"])
+    assert record is not None
+    assert record["legs"][0]["state"] == result["status"]
+    assert book_orders(config.server.data_dir) == []
+    assert [row["alert_id"] for row in order_log(config.server.data_dir)] == [body["alert_id"]]
 
 
 async def test_on_postgresql_nothing_joins_and_the_book_keeps_its_own_transactions(

@@ -84,7 +84,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar, runtime_checkable
 
 import attrs
 import cattrs
@@ -129,6 +129,7 @@ __all__ = [
     "Health",
     "Instrument",
     "InstrumentInfo",
+    "JoinedConnection",
     "JournalDatabase",
     "JournalJoiner",
     "Listings",
@@ -618,11 +619,22 @@ class JournalJoiner(Protocol):
         Called only when `capabilities.joins_journal` is true."""
         ...
 
-    def place_joined(self, conn: sqlite3.Connection, request: OrderRequest) -> OrderResult:
+    def place_joined(self, conn: JoinedConnection, request: OrderRequest) -> OrderResult:
         """`place()`, synchronously, on the journal's connection inside the transaction that records the alert:
         SQL only, in a SAVEPOINT of its own (released, never committed: the journal commits). Same errors and
         idempotency as `place()`. Called only after `join_journal()` returned True."""
         ...
+
+
+class JoinedConnection(Protocol):
+    """What `place_joined` gets of the journal's connection: statements only. The transaction is the journal's:
+    COMMIT, ROLLBACK (but ROLLBACK TO a savepoint of one's own), END and BEGIN raise `sqlite3.ProgrammingError`,
+    and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). A plugin that ends the
+    transaction anyway fails the alert's write (`tvbridge/alerts/joined.py`). A `sqlite3.Connection` is one."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor: ...
 
 
 class JournalDatabase(Protocol):

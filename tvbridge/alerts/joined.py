@@ -22,8 +22,11 @@ Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, 
 
 from __future__ import annotations
 
+import functools
+import re
+import sqlite3
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -32,9 +35,47 @@ from tvbridge.crashpoints import crash_point
 from tvbridge.models import LegResult, OrderLeg
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from tvbridge.alerts.records import AlertEntry
+
+
+_FIRST_WORDS = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z))*(\w*)\s*(\w*)\s*(\w*)", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=256)
+def _ends_transaction(sql: str) -> bool:
+    """Whether `sql` begins or ends a transaction (COMMIT, END, BEGIN, ROLLBACK but ROLLBACK [TRANSACTION] TO)."""
+    match = _FIRST_WORDS.match(sql)
+    words = [w.upper() for w in match.groups()] if match else []
+    if not words or words[0] in {"COMMIT", "END", "BEGIN"}:
+        return bool(words)
+    if words[0] != "ROLLBACK":
+        return False
+    rest = words[1:] if words[1] != "TRANSACTION" else words[2:]
+    return rest[0] != "TO"
+
+
+class JoinedSql:
+    """The journal's connection as `place_joined` gets it (`broker.JoinedConnection`): statements, never the
+    transaction, which holds the alert and is the journal's to commit. A plugin's `conn.commit()` (a habit of
+    sqlite3 code) would commit the alert half-written and make the host answer 503 "not recorded" for an alert
+    that is; here there is no `commit()` and a COMMIT statement raises before it runs."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if _ends_transaction(sql):
+            raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end")
+        return self._conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        if _ends_transaction(sql):
+            raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end")
+        return self._conn.executemany(sql, parameters)
+
+
+class JoinEndedTransactionError(Exception):
+    """A joining plugin ended the journal's transaction (reaching past `JoinedSql`): the alert's write fails."""
 
 
 class HaltedError(Exception):
@@ -110,10 +151,13 @@ class Joined:
                 continue
             conn.execute("SAVEPOINT joined_leg")
             try:
-                outcome = self.plugins[leg.account].place_joined(conn, leg.request)
+                outcome = self.plugins[leg.account].place_joined(JoinedSql(conn), leg.request)
             except Exception as e:  # noqa: BLE001 - the executor maps it as it maps place()'s errors
-                conn.execute("ROLLBACK TO joined_leg")
                 outcome = e
+            if not conn.in_transaction:  # whatever it did is on disk or gone: never answer for it
+                raise JoinEndedTransactionError(f"the {leg.account} plugin ended the journal's transaction")
+            if isinstance(outcome, Exception):
+                conn.execute("ROLLBACK TO joined_leg")
             conn.execute("RELEASE joined_leg")
             self.outcomes[leg.account, leg.number] = outcome
         crash_point("in_join")

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         BrokerContext,
         CancelRequest,
         InstrumentInfo,
+        JoinedConnection,
         JournalDatabase,
         Listings,
         OpenOrder,
@@ -161,7 +162,7 @@ class PaperBroker:
         self._journal = database
         return True
 
-    def place_joined(self, conn: sqlite3.Connection, request: OrderRequest) -> OrderResult:
+    def place_joined(self, conn: JoinedConnection, request: OrderRequest) -> OrderResult:
         """`place()` on the journal's connection, inside the transaction that records the alert (tvbridge's
         `record_plan`): the order is committed with its alert or not at all."""
         if self._journal is None or not self._joined_started:
@@ -175,7 +176,7 @@ class PaperBroker:
             log.info("paper.orders_moved", order_ids=moved, by_client_order_id=request.client_order_id)
         return result
 
-    def _joined_book(self, conn: sqlite3.Connection) -> Book:
+    def _joined_book(self, conn: JoinedConnection) -> Book:
         return Book(JournalTables(conn, self._settings.account), self._settings.prices)
 
     async def _start_joined(self, journal: JournalDatabase) -> None:

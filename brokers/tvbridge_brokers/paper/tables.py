@@ -33,7 +33,7 @@ import sqlite3
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from tvbridge.broker import BrokerUnavailableError, BrokerUnknownOutcomeError
+from tvbridge.broker import BrokerUnavailableError, BrokerUnknownOutcomeError, JoinedConnection
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator, Sequence
@@ -488,7 +488,7 @@ class JournalTables:
     the book's refusal, rolls back the book's writes only (the alert around it stays), and nothing is committed
     here: the journal commits the whole transaction, and a failure there fails the caller's write."""
 
-    def __init__(self, conn: sqlite3.Connection, account: str) -> None:
+    def __init__(self, conn: JoinedConnection, account: str) -> None:
         self._db = conn
         self.account = account
 
