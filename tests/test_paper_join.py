@@ -16,14 +16,19 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import attrs
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
 from helpers import ClientFactory, alert, leg, with_accounts
 
+from tvbridge.app import create_app
 from tvbridge.broker import BrokerContext, BrokerRejectedError, OrderRequest
 from tvbridge.config import RiskConfig
+from tvbridge.errors import PluginStartError
 from tvbridge.halt import clear_halt, halt_path, set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.parsing import make_converter
+from tvbridge.secretstore import resolve_credentials
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
@@ -301,6 +306,34 @@ async def test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it(
 def leg_row(conn: sqlite3.Connection, alert_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT state, message FROM legs WHERE alert_id = ?", (alert_id,)).fetchone()
     return None if row is None else {"state": row[0], "message": row[1]}
+
+
+async def test_a_book_left_in_the_journal_is_never_started_empty(make_client: ClientFactory, config: Config) -> None:
+    """Journal and paper account both on synchronous = "full": the book joins the journal and holds a position.
+    The operator then lowers the journal to "normal" (the account still asks "full", so the book would keep a file
+    of its own): tvbridge refuses to start, naming the settings, instead of starting the account flat on an
+    empty file (EXIT_ALL would send nothing, a resend would book again). Set back, the position is there."""
+    accounts = {"paper": {"broker": "paper", "synchronous": "full", "prices": {"INFY": "100"}}}
+    full = with_accounts(attrs.evolve(config, journal=attrs.evolve(config.journal, synchronous="full")), accounts)
+    client = await make_client(full)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", quantity="5")))
+    assert (await response.json())["status"] == "success"
+    await client.close()
+
+    lowered = with_accounts(config, accounts)  # the journal back to the default "normal"
+    refusing = TestClient(TestServer(create_app(lowered, make_converter(), resolve_credentials(lowered))))
+    try:
+        with pytest.raises(PluginStartError) as refused:
+            await refusing.start_server()
+    finally:
+        await refusing.close()
+    assert "[journal] synchronous back to 'full'" in str(refused.value)
+    assert "this account's synchronous to 'normal'" in str(refused.value)
+    assert not (config.server.data_dir / "paper-paper.sqlite3").exists()
+
+    client = await make_client(full)
+    positions = await client.app[BROKERS]["paper"].positions()
+    assert [(p.contract.symbol, p.net_quantity) for p in positions] == [("INFY", 5)]
 
 
 async def test_the_books_refusal_books_nothing_and_the_alert_is_recorded(

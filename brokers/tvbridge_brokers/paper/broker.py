@@ -124,6 +124,8 @@ class PaperBroker:
         self._journal: JournalDatabase | None = None
         """The SQLite journal the book joined (`join_journal`): its tables are in the journal's file."""
         self._joined_started = False
+        self._declined: JournalDatabase | None = None
+        """The journal offered and declined (durability): `start()` refuses if it holds this account's book."""
         self._closed = False
         # start() and aclose() one at a time: two starts must not open two connections, and an aclose() that
         # arrives during start() must close what that start() opened
@@ -158,6 +160,7 @@ class PaperBroker:
                 why=f"synchronous = {self._settings.synchronous!r} asks more than the journal's"
                 f" {database.synchronous!r}: the book keeps its own file",
             )
+            self._declined = database
             return False
         self._journal = database
         return True
@@ -189,6 +192,34 @@ class PaperBroker:
         outcome = await import_into_journal(journal, account, path)
         self._log_import(outcome, path, into="the journal")
         self._joined_started = True
+
+    async def _refuse_a_book_left_in(self, journal: JournalDatabase) -> None:
+        """The book joined the journal on an earlier start and the settings now keep it in its own file (the
+        journal's `synchronous` lowered, or the account's raised): the journal's file holds its orders and
+        positions, its own file does not. Starting on the own file would show the account flat (EXIT_ALL sends
+        nothing, recovery cannot find the order, a resend books it again): refuse, naming the settings."""
+        account = self._settings.account
+
+        def holds(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'paper_orders'").fetchone():
+                return (
+                    conn.execute("SELECT 1 FROM paper_orders WHERE account = ? LIMIT 1", (account,)).fetchone()
+                    is not None
+                )
+            return False
+
+        try:
+            held = await journal.read(holds)
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(f"paper book: cannot read the journal's file to find this book: {e}") from e
+        if held:
+            raise BrokerUnavailableError(
+                f"paper account {account!r}: its book (orders, positions) is in the journal's file {journal.path}"
+                f" (it joined the journal when its durability allowed), but synchronous = "
+                f"{self._settings.synchronous!r} asks more than the journal's {journal.synchronous!r}, which would"
+                " start it on an empty file of its own: set [journal] synchronous back to"
+                f" {self._settings.synchronous!r}, or this account's synchronous to {journal.synchronous!r}"
+            )
 
     def _log_import(self, outcome: Outcome, path: Path, *, into: str) -> None:
         account = self._settings.account
@@ -231,6 +262,8 @@ class PaperBroker:
             if self._journal is not None:
                 await self._start_joined(self._journal)
                 return
+            if self._declined is not None:
+                await self._refuse_a_book_left_in(self._declined)
             if self._settings.synchronous != "full":
                 self._book = Book.open(self._settings.db_path, self._settings.prices, self._settings.synchronous)
                 self._identity = FileIdentity.of(self._settings.db_path)
