@@ -385,6 +385,28 @@ async def test_an_existing_paper_file_is_imported_once(make_client: ClientFactor
     assert int(new_id.removeprefix("PAPER-")) > int(str(bought.order_id).removeprefix("PAPER-"))  # never reused
 
 
+async def test_an_import_never_overwrites_an_earlier_imported_file(make_client: ClientFactory, config: Config) -> None:
+    """`paper-paper.sqlite3.imported` is already there (an earlier import's file, perhaps the only copy of an old
+    book) and a new `paper-paper.sqlite3` is imported: the new one is set aside as `.imported.2`, the earlier one
+    is kept byte for byte."""
+    data_dir = config.server.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    earlier = data_dir / "paper-paper.sqlite3.imported"
+    earlier.write_bytes(b"an earlier import, kept")
+    own = PaperBroker.from_settings({"prices": {"INFY": "100"}}, BrokerContext(account="paper", data_dir=data_dir))
+    await own.start()
+    await own.place(
+        OrderRequest(client_order_id="old-1", alert_id="old", leg_number=1, leg=order_leg("INFY", "MKT", "0"))
+    )
+    await own.aclose()
+    client = await make_client(config)
+    assert earlier.read_bytes() == b"an earlier import, kept"
+    assert not (data_dir / "paper-paper.sqlite3").exists()
+    assert (data_dir / "paper-paper.sqlite3.imported.2").exists()
+    positions = await client.app[BROKERS]["paper"].positions()
+    assert [(p.contract.symbol, p.net_quantity) for p in positions] == [("INFY", 1)]
+
+
 def order_leg(symbol: str, order_type: str, price: str) -> OrderLeg:
     """A buy of 1 on NSE, intraday, as the parser would make it."""
     return OrderLeg(

@@ -452,6 +452,26 @@ async def test_flatten_cli_acts_only_with_yes(start: Any, config: Config, capsys
     assert "account paper: 0 order(s) to cancel, 0 position(s) to close" in capsys.readouterr().out
 
 
+async def test_flatten_cli_preview_of_a_remote_broker_needs_no_journal(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The preview of `tvbridge flatten` on an account whose broker never joins the journal (a remote one) reads
+    only the broker, as before the paper book moved into the journal: it works even when the journal cannot be
+    opened (here: not a database), and leaves the journal's file alone. Only a paper account needs the journal
+    (its book is there)."""
+    from tvbridge.commands.trading import main as trading_main  # noqa: PLC0415 - the CLI entry under test
+
+    config = scripted(config, positions_answer="flat")
+    journal = config.server.data_dir / "tvbridge.sqlite3"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b"not a database, not even close" * 100)
+    assert await asyncio.to_thread(trading_main, config, ["flatten", "--account", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "account s: 0 order(s) to cancel, 0 position(s) to close" in out
+    assert "nothing was done: run again with --yes to do this" in out
+    assert journal.read_bytes() == b"not a database, not even close" * 100
+
+
 async def test_queued_alert_is_in_the_order_log_and_journal(start: Any, config: Config, clock: Clock) -> None:
     """A queued alert: the order log has a `queued` row, GET /alerts/<id> shows status `queued`."""
     config = sessions_on(scripted(config))

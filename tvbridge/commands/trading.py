@@ -129,20 +129,23 @@ async def _flatten(config: Config, account: str, *, confirm: bool) -> int:
         print(f"no routed account {account!r} (accounts: {', '.join(config.used_accounts)})")
         return 2
     broker = build_brokers(config)[account]
-    # the journal first: a paper book that joined it (the default) keeps its orders and positions in its file
-    journal = await _open_journal(config)
+    # a broker that may join the journal (paper) keeps its orders and positions in the journal's file: the journal
+    # first, offered to it. Any other previews without it, as before (a preview writes nothing)
+    journal = await _open_journal(config) if broker.capabilities.joins_journal else None
     try:
-        offer_journal(journal, {account: broker})
+        if journal is not None:
+            offer_journal(journal, {account: broker})
         await broker.start()
         try:
             return await _flatten_with(config, account, broker, journal, confirm=confirm)
         finally:
             await broker.aclose()
     finally:
-        await journal.close()
+        if journal is not None:
+            await journal.close()
 
 
-async def _flatten_with(config: Config, account: str, broker: Broker, journal: Store, *, confirm: bool) -> int:
+async def _flatten_with(config: Config, account: str, broker: Broker, journal: Store | None, *, confirm: bool) -> int:
     try:
         plan = await make_plan(account, broker)
     except BrokerError as e:
@@ -155,19 +158,24 @@ async def _flatten_with(config: Config, account: str, broker: Broker, journal: S
     if not confirm:
         print("nothing was done: run again with --yes to do this")
         return 0
+    store = journal if journal is not None else await _open_journal(config)
     order_log = OrderLog(config.data_path(config.order_log.file))
-    await order_log.open()
     try:
-        report = await execute(
-            plan,
-            broker,
-            broker_name=config.broker_of(account),
-            journal=journal,
-            order_log=order_log,
-            source=f"cli ({_user()})",
-        )
+        await order_log.open()
+        try:
+            report = await execute(
+                plan,
+                broker,
+                broker_name=config.broker_of(account),
+                journal=store,
+                order_log=order_log,
+                source=f"cli ({_user()})",
+            )
+        finally:
+            await order_log.close()
     finally:
-        await order_log.close()
+        if journal is None:
+            await store.close()
     for line in report.lines:
         print(line)
     print(f"recorded as {report.alert_id} ({report.status}): tvbridge's journal and order log")

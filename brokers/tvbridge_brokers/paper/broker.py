@@ -57,7 +57,7 @@ from tvbridge.fileid import FileIdentity
 from tvbridge.sqlite import Checkpointer
 
 from .book import Book
-from .importer import IMPORTED_SUFFIX, Outcome, import_into_journal, import_sqlite_book
+from .importer import Outcome, import_into_journal, import_sqlite_book
 from .models import open_order_of, position_of
 from .settings import PaperSettings, parse_settings
 from .tables import JournalTables, PostgresTables, create_journal_tables
@@ -229,7 +229,7 @@ class PaperBroker:
                 account=account,
                 path=str(path),
                 into=into,
-                renamed_to=str(path) + IMPORTED_SUFFIX,
+                renamed_to=str(outcome.renamed_to),
                 orders=outcome.copied.get("orders", 0),
                 positions=outcome.copied.get("positions", 0),
                 brackets=outcome.copied.get("brackets", 0),

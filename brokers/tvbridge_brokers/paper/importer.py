@@ -20,8 +20,11 @@ reader and writer out until the rows are in PostgreSQL and the file is renamed.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import sqlite3
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -32,7 +35,6 @@ from .tables import JournalTables
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tvbridge.broker import JournalDatabase
 
@@ -92,6 +94,23 @@ class Outcome:
 
     copied: dict[str, int]
     ignored: bool = False
+    renamed_to: Path | None = None
+    """Where the imported file was set aside (`set_aside`)."""
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an imported book to `<path>.imported`, or `.imported.2`, `.3`... when that name is taken (an earlier
+    import's file, kept: it may be the only copy of an older book). Never overwrites: `os.link` fails on an
+    existing name, then the original name is removed. Returns the new name; `OSError` if it cannot."""
+    for n in itertools.count(1):
+        target = path.with_name(path.name + IMPORTED_SUFFIX + ("" if n == 1 else f".{n}"))
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            continue
+        path.unlink()
+        return target
+    raise AssertionError  # pragma: no cover - itertools.count never ends
 
 
 def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
@@ -112,12 +131,12 @@ def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
             for table, found in rows.items():
                 tables.copy_rows(table, COLUMNS[table], found)
         try:
-            path.rename(path.with_name(path.name + IMPORTED_SUFFIX))
+            renamed = set_aside(path)
         except OSError as e:
             raise BrokerUnavailableError(
                 f"paper book {path} was imported into PostgreSQL but cannot be renamed ({e}): rename it by hand"
             ) from e
-    return Outcome(copied={table: len(found) for table, found in rows.items()})
+    return Outcome(copied={table: len(found) for table, found in rows.items()}, renamed_to=renamed)
 
 
 async def import_into_journal(journal: JournalDatabase, account: str, path: Path) -> Outcome:
@@ -143,12 +162,12 @@ async def import_into_journal(journal: JournalDatabase, account: str, path: Path
         except sqlite3.Error as e:
             raise BrokerUnavailableError(f"paper book {path} cannot be imported into the journal: {e}") from e
         try:
-            await asyncio.to_thread(path.rename, path.with_name(path.name + IMPORTED_SUFFIX))
+            renamed = await asyncio.to_thread(set_aside, path)
         except OSError as e:
             raise BrokerUnavailableError(
                 f"paper book {path} was imported into the journal but cannot be renamed ({e}): rename it by hand"
             ) from e
-    return Outcome(copied={table: len(found) for table, found in rows.items()})
+    return Outcome(copied={table: len(found) for table, found in rows.items()}, renamed_to=renamed)
 
 
 def _holds_book(tables: PostgresTables | JournalTables) -> bool:
