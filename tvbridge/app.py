@@ -6,6 +6,7 @@ last, so brokers that finish late still have somewhere to record what they did.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -75,6 +76,12 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _premark(guard: RiskGuard, prechecked: frozenset[str], account: str) -> bool:
+    """The plan's `premark` (`RiskGuard.premark`): an account whose broker joined the journal is checked before
+    the record (`Executor.prepare_joined`)."""
+    return guard.premark(account, prechecked=account in prechecked)
+
+
 async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     book = StrategyBook(app[JOURNAL], config.strategies, followup=app[FOLLOWUP])
@@ -93,7 +100,7 @@ async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
         risk=guard.limits,
         reference_price=lambda account, leg: reference_price(brokers.get(account), leg),
         capabilities={account: broker.capabilities for account, broker in brokers.items()},
-        premark=guard.counted,
+        premark=functools.partial(_premark, guard, frozenset(app.get(JOINED) or ())),
     )
     app[EXECUTOR] = Executor(
         brokers=instrument_brokers(app[BROKERS], app[METRICS], app[NOTIFIER]),

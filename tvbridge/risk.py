@@ -136,6 +136,26 @@ class RiskGuard:
         strategy = self._strategies.get(name)
         return strategy is None or strategy.max_orders_per_day is None or (f"strategy:{name}", day) in self._counts
 
+    def premark(self, account: str, *, prechecked: bool) -> bool:
+        """Whether the first leg of `account` may be journaled `sending` with the alert (`alerts/plan.py`).
+
+        `prechecked`: its checks, the daily count included, run before the alert is recorded (an account whose
+        broker joined the journal, `Executor.prepare_joined`), so a refused leg is recorded `failed`, never
+        `sending`: yes once today's count is read (`counted`). Otherwise the checks run after the record, and
+        a leg the daily count refuses there would stay `sending` if the process died before its result is
+        committed; recovery then looks it up, does not find it and sends it, and cannot tell it from a leg that
+        passed (both are in the journal's count). So with a daily count (the account's or the running
+        strategy's) such a leg is journaled `pending` and marked `sending` only after its checks pass (one
+        commit more per alert); without one there is no count to get past (halts and the other limits are
+        checked again at recovery)."""
+        if prechecked:
+            return self.counted(account)
+        limits = self.limits.get(account)
+        if limits is not None and limits.max_orders_per_day is not None:
+            return False
+        strategy = self._strategies.get(current_strategy())
+        return strategy is None or strategy.max_orders_per_day is None
+
     async def before_send(self, account: str, leg: OrderLeg, counted: bool = False) -> None:
         """Raise `RiskLimitError` if the leg must not be sent; otherwise count it as one of today's orders.
         `counted`: the leg is journaled `sending` (or `unknown`) from before a restart (crash recovery resends
