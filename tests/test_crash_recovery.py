@@ -296,18 +296,27 @@ async def test_unsent_leg_expires_after_max_age(tmp_path: Path) -> None:
         assert [(r["alert_id"], r["status"]) for r in csv.DictReader(f)] == [(alert_id, "expired")]
 
 
-async def test_a_leg_refused_by_the_daily_count_is_not_sent_by_recovery(tmp_path: Path) -> None:
-    """`max_orders_per_day = 1` over the remote `sim` account: the first alert is sent, the second is refused by the
-    daily count, and the process is killed after the order log rows and before the journal's results commit. The
-    restarted server must not send the refused leg: the unforgiving broker ends with one order, the refused alert's
-    leg is `failed`, never sent past the limit that refused it."""
-    limit = {"TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
+ALPHA_SECRET = "alpha-secret-0123456789abcdef"
+
+
+@pytest.mark.parametrize("scope", ["account", "strategy"])
+async def test_a_leg_refused_by_the_daily_count_is_not_sent_by_recovery(tmp_path: Path, scope: str) -> None:
+    """`max_orders_per_day = 1` over the remote `sim` account (or over strategy alpha's orders): the first alert is
+    sent, the second is refused by the daily count, and the process is killed after the order log rows and before
+    the journal's results commit. The restarted server must not send the refused leg: the unforgiving broker ends
+    with one order, the refused alert's leg is `failed`, never sent past the limit that refused it."""
+    limit = {"TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"} if scope == "account" else {}
+    if scope == "strategy":
+        (tmp_path / "config.toml").write_text(
+            f'[strategies.alpha]\nsecret = "{ALPHA_SECRET}"\nmax_orders_per_day = 1\n', encoding="utf-8"
+        )
+    secret = {"secret": ALPHA_SECRET} if scope == "strategy" else {}
     server = await asyncio.to_thread(start, tmp_path, {**limit, "TVBRIDGE_TEST_CRASH_AT": "after_order_log:2"}, "crash")
     async with aiohttp.ClientSession() as session:
-        first = await post(session, server.url, alert(leg(symbol="INFY")))
+        first = await post(session, server.url, {**alert(leg(symbol="INFY")), **secret})
         assert first is not None
         assert first[1]["status"] == "success", first
-        assert await post(session, server.url, alert(leg(symbol="TCS"))) is None  # killed before its answer
+        assert await post(session, server.url, {**alert(leg(symbol="TCS")), **secret}) is None  # killed: no answer
     assert await asyncio.to_thread(server.wait, 10) == -9
     restarted = await asyncio.to_thread(start, tmp_path, limit, "restarted")
     assert await asyncio.to_thread(restarted.terminate) == 0
