@@ -12,13 +12,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 from helpers import SECRET, ClientFactory, alert, with_accounts
 from structlog.testing import capture_logs
 
-from tvbridge.config import Config
+from tvbridge.app import create_app
+from tvbridge.config import Config, SessionsConfig
 from tvbridge.logsetup import configure_logging, reopen_log_files, reset_logging
+from tvbridge.secretstore import resolve_credentials
 
 
 class Tty(io.StringIO):
@@ -87,6 +90,29 @@ async def test_alert_done_carries_the_access_lines_facts_and_other_requests_keep
     assert alert_id not in access
     assert access[refused.headers["X-Request-ID"]]["status"] == 401
     assert access[health.headers["X-Request-ID"]]["status"] == 200
+
+
+async def test_a_queued_alert_writes_one_info_line_with_the_access_lines_facts(
+    log_file: Path, aiohttp_client: Any, converter: Any, config: Config
+) -> None:
+    """An alert queued at a closed market (202) writes one info line, `alert.queued` with the HTTP status,
+    duration, source, method and path; its `http.request` is at debug, as for a placed alert."""
+    sunday = datetime.fromisoformat("2026-11-29T10:00:00+05:30")
+    config = attrs.evolve(with_accounts(config, {"s": {"broker": "scripted"}}), sessions=SessionsConfig())
+    client = await aiohttp_client(create_app(config, converter, resolve_credentials(config), clock=lambda: sunday))
+    response = await client.post("/webhook", json=alert())
+    assert response.status == 202
+    alert_id = response.headers["X-Request-ID"]
+    [queued] = [line for line in lines(log_file) if line.get("alert_id") == alert_id]
+    assert (queued["event"], queued["level"], queued["account"]) == ("alert.queued", "info", "s")
+    assert queued["scheduled_at"] == "2026-11-30T09:15:00+05:30"
+    assert (queued["http_status"], queued["method"], queued["path"], queued["source"]) == (
+        202,
+        "POST",
+        "/webhook",
+        "127.0.0.1",
+    )
+    assert queued["request_ms"] > 0
 
 
 def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:
