@@ -126,6 +126,25 @@ def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:
     assert SECRET not in log_file.read_text()
 
 
+def test_secrets_inside_nested_values_are_redacted(log_file: Path) -> None:
+    """A line with nested values (`alert.done` and its legs) is cleaned at any depth, by key and by value; a line
+    with nothing to clean is written as it came."""
+    log = structlog.get_logger()
+    log.info("test.value", legs=[{"leg": 1, "message": "filled"}, {"leg": 2, "message": f"broker said {SECRET}"}])
+    log.info("test.key", legs=[{"leg": 1, "detail": {"access_token": "tok"}}])
+    log.info("test.tuple", pair=("a", f"x{SECRET}"))
+    log.info("test.clean", legs=[{"leg": 1, "message": "filled", "latency_ms": 0.4}], warnings=None)
+    every = {x["event"]: x for x in lines(log_file)}
+    assert every["test.value"]["legs"] == [
+        {"leg": 1, "message": "filled"},
+        {"leg": 2, "message": "broker said [redacted]"},
+    ]
+    assert every["test.key"]["legs"] == [{"leg": 1, "detail": {"access_token": "[redacted]"}}]
+    assert every["test.tuple"]["pair"] == ["a", "x[redacted]"]
+    assert every["test.clean"]["legs"] == [{"leg": 1, "message": "filled", "latency_ms": 0.4}]
+    assert SECRET not in log_file.read_text()
+
+
 def test_console_format_for_a_terminal_json_otherwise(tmp_path: Path) -> None:
     try:
         tty = Tty()
