@@ -12,6 +12,7 @@ import pytest
 from helpers import alert, leg
 from server_process import ServerProcess, run_cli
 
+from tvbridge.cli import main
 from tvbridge.errors import ConfigError
 from tvbridge.eventloop import loop_factory
 
@@ -64,3 +65,17 @@ def test_a_bad_event_loop_value_stops_the_start_naming_the_key(tmp_path: Path) -
     assert result.returncode == 2
     assert "server.event_loop" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_config_refuses_a_demanded_uvloop_that_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check-config` answers what `serve` would: exit 2 naming the key, not "config ok"."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    monkeypatch.chdir(tmp_path)
+    for name, value in {**ENV, "TVBRIDGE_SERVER__EVENT_LOOP": "uvloop"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert 'server.event_loop = "uvloop" but uvloop is not installed' in err
+    assert "config ok" not in err

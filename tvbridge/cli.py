@@ -126,6 +126,7 @@ def _check_config(config: Config, converter: cattrs.Converter) -> int:
     check_secrets(config, secret_in_use(config))  # a weak secret or path token with a live account on; a reused one
     brokers = build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
+    loop_factory(config.server.event_loop)  # server.event_loop = "uvloop" with uvloop missing
     if config.notify.urls:
         apprise_sender(config.notify.urls)  # notification URLs (from the file or the environment) apprise knows
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))

@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS probe (
     at      TEXT NOT NULL,
     filler  BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS alerts_dedupe_window ON alerts (received_at, dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS alerts_dedupe ON alerts (dedupe_key, received_at);
 CREATE TABLE IF NOT EXISTS legs (
     alert_id         TEXT NOT NULL REFERENCES alerts (alert_id),
     account          TEXT NOT NULL,
@@ -718,12 +718,6 @@ def _create(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
-    # `alerts_dedupe_window` (issue 22) holds the keys still in the dedupe window (pruned ones are NULL), ordered
-    # by arrival: each alert's key goes to the index's last page, shared with the alerts committed with it. The
-    # former (dedupe_key, received_at) index put each random key on a random page: one more WAL page per alert
-    # (bench/README.md). A look-up scans the window's keys; it is made only for a key `recentkeys.py` cannot
-    # rule out (a repeat, or ~1 in 100,000). Journals from before it lose the old index here.
-    conn.execute("DROP INDEX IF EXISTS alerts_dedupe")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
     if "order_log_offset" not in columns:  # a journal from before it existed: recovery reads the whole log
         conn.execute("ALTER TABLE alerts ADD COLUMN order_log_offset INTEGER")

@@ -25,8 +25,8 @@ BITS: Final = 1 << 23
 """Bits per generation (1 MiB). With `HASHES` bits per key, ~0.0005% false "maybe" with 120,000 keys in each
 generation (2,000 alerts/s over the default 60-second window), measured; it was ~0.07% with two bits."""
 HASHES: Final = 4
-"""Bits set per key. A false "maybe" costs a query that scans the window's keys (the journal's dedupe index is
-ordered by time: `tvbridge/journal.py`), so it must be rare."""
+"""Bits set per key. A false "maybe" costs the journal's indexed query that a key never recorded would otherwise
+skip (`tvbridge/journal.py`)."""
 _MASK: Final = BITS - 1
 
 
