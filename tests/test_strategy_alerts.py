@@ -561,6 +561,27 @@ async def test_a_target_without_the_positions_capability_fails_under_its_leg(
     )
 
 
+async def test_a_broker_that_lists_no_open_orders_is_never_asked_for_them(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A broker that reads positions but does not declare `orders` (it cannot list open orders) is never asked
+    for them, not even on a target after an earlier target or exit of this process (when one that does declare it
+    is): the position alone decides. Long 10, long 10 again (already there), short 5 (one SELL of 15)."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+
+    answers = [await post(client, alert(target(size, n))) for n, size in enumerate((10, 10, -5), start=1)]
+
+    results = [body["results"][0] for body in answers]
+    assert [(r["status"], r["transaction"], r["quantity"]) for r in results] == [
+        ("success", "B", "10"),
+        ("success", "", "0"),
+        ("success", "S", "15"),
+    ], results
+    assert results[1]["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10), ("S", 15)]
+
+
 async def test_a_target_logs_the_position_found_and_sends_the_difference(
     make_client: ClientFactory, config: Config
 ) -> None:
