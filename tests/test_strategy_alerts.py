@@ -656,6 +656,47 @@ async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
     assert [(lg["state"], lg["client_order_id"]) for lg in record["legs"]] == [("placed", f"{alert_id}-1")]
 
 
+@pytest.mark.parametrize("kind", ["plain", "target", "exit"])
+async def test_while_a_later_leg_is_at_the_broker_the_earlier_legs_result_is_journaled(
+    make_client: ClientFactory, config: Config, kind: str
+) -> None:
+    """Leg 2's `sending` mark carries leg 1's result (one commit a leg): while the broker holds leg 2, whether a
+    plain order, a target or an EXIT_ALL, the journal already shows leg 1 placed with its order id, so a crash then
+    finds leg 1 settled instead of asking the broker again; once leg 2 is answered both are placed."""
+    settings = {"broker": "scripted", "positions_answer": "held", "hold_legs": [2]}
+    config = with_accounts(config, {"sim": settings})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))  # a RELIANCE position for the exit to close
+    second = {
+        "plain": leg(quantity="5", sort_order="2"),
+        "target": target(20, 1, sort_order="2"),
+        "exit": {**exit_all_leg(), "sort_order": "2"},
+    }[kind]
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", quantity="1"), second))
+    assert response.status == 202, await response.text()
+    alert_id = (await response.json())["alert_id"]
+    [first_order] = [o["order_id"] for o in scripted_orders(config) if o["client_order_id"] == f"{alert_id}-1"]
+
+    record = await stored(client, alert_id)
+    assert [(lg["leg_number"], lg["state"], lg["order_id"]) for lg in record["legs"]] == [
+        (1, "placed", first_order),
+        (2, "sending", None),
+    ], record["legs"]
+    client.app[BROKERS]["sim"].release()  # type: ignore[attr-defined]  # the scripted broker, behind its guard
+    async with asyncio.timeout(10):  # bounded: the result lands once the broker answers
+        while True:
+            record = await stored(client, alert_id)
+            if record["status"] != "accepted":
+                break
+            await asyncio.sleep(0.05)
+    assert [(lg["leg_number"], lg["state"]) for lg in record["legs"]] == [(1, "placed"), (2, "placed")]
+    assert [(o["symbol"], o["side"], o["quantity"]) for o in scripted_orders(config)][1:] == [
+        ("INFY", "B", 1),
+        ("RELIANCE", {"plain": "B", "target": "B", "exit": "S"}[kind], {"plain": 5, "target": 10, "exit": 10}[kind]),
+    ]
+
+
 async def test_a_target_whose_sending_mark_fails_is_not_sent(
     make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:

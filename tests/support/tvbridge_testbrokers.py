@@ -59,6 +59,8 @@ class ScriptedSettings:
     hold_symbols: tuple[str, ...] = ()
     """Orders for these symbols wait, unplaced, until the test calls `release()`: a broker slower than any
     deadline, without a race against the machine's speed."""
+    hold_legs: tuple[int, ...] = ()
+    """Like `hold_symbols`, by the order's leg number in its alert: a later leg waits while the earlier ones go."""
     forgive_repeats: bool = False
     """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
     default): it is placed again, so a core that repeats itself is seen in the order count."""
@@ -131,6 +133,7 @@ class ScriptedBroker:
             "hang_after_place_symbols",
             "block_loop_symbols",
             "hold_symbols",
+            "hold_legs",
             "unknown_symbols",
         ):
             if key in values:
@@ -166,7 +169,7 @@ class ScriptedBroker:
         if self.settings.delay_s:
             await asyncio.sleep(self.settings.delay_s)
         leg = request.leg
-        if leg.symbol in self.settings.hold_symbols:
+        if leg.symbol in self.settings.hold_symbols or request.leg_number in self.settings.hold_legs:
             await self._released.wait()
         if leg.symbol in self.settings.hang_symbols:
             await asyncio.Event().wait()  # never set
