@@ -85,7 +85,10 @@ tests_of() {
             "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" \
             "tests/middlewares/test_body_limit.py tests/middlewares/test_ip_allowlist.py" \
             "tests/middlewares/test_client_cert.py tests/middlewares/test_rate_limit.py" ;;
-        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" ;;
+        # the guard's own tests, the SQLite journal's key filter, and two strategies sending the same alert (the
+        # strategy's prefix on the key)
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" \
+            "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
@@ -113,7 +116,7 @@ tests_of() {
         executor-edges) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py" \
             "tests/test_strategy_alerts.py tests/test_unknown_outcome.py tests/test_paper_webhook.py" \
             "tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py" \
-            "tests/test_strategies_review.py tests/test_brackets_paper.py" ;;
+            "tests/test_strategies_review.py tests/test_brackets_paper.py tests/brokers/test_dhan_strategy.py" ;;
         executor) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
