@@ -582,6 +582,23 @@ async def test_a_broker_that_lists_no_open_orders_is_never_asked_for_them(
     assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10), ("S", 15)]
 
 
+async def test_an_exit_on_a_broker_without_brackets_closes_and_says_only_that(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A broker without the `brackets` capability has no brackets to cancel first: EXIT_ALL sends the close, and
+    its message is what was found and sent, nothing about brackets."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))
+
+    body = await post(client, alert(exit_all_leg()))
+
+    [result] = body["results"]
+    assert (result["status"], result["transaction"], result["quantity"]) == ("success", "S", "10")
+    assert result["message"] == "EXIT_ALL closes the long position of 10 in NSE RELIANCE (C): SELL; filled"
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10), ("S", 10)]
+
+
 async def test_a_target_logs_the_position_found_and_sends_the_difference(
     make_client: ClientFactory, config: Config
 ) -> None:
