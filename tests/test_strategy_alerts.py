@@ -748,6 +748,58 @@ async def test_a_target_whose_sending_mark_fails_is_not_sent(
     }
 
 
+@pytest.mark.parametrize("quantity", [None, "7"])
+async def test_an_exit_when_flat_sends_nothing_under_its_client_order_id(
+    make_client: ClientFactory, config: Config, quantity: str | None
+) -> None:
+    """EXIT_ALL with nothing held: success, quantity 0 (whatever quantity the alert gave: the position decides),
+    no order, under the leg's client order id."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    body = await post(client, alert({**exit_all_leg(), **({"quantity": quantity} if quantity else {})}))
+    [result] = body["results"]
+    assert (result["status"], result["quantity"], result["order_id"]) == ("success", "0", None), result
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{body['alert_id']}-1")
+    assert result["message"].startswith("nothing to close"), result["message"]
+    assert scripted_orders(config) == []
+
+
+async def test_an_exit_whose_sending_mark_fails_is_not_sent(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close an EXIT_ALL worked out, whose `sending` mark the journal refuses, is not sent (unmarked, a crash
+    could resend it): failed with the journal's reason and the close it would have sent, one `leg.not_sent`
+    error line."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("journal unwritable")
+
+    monkeypatch.setattr(client.app[JOURNAL], "mark_sending", refused)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(exit_all_leg()))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["transaction"], result["quantity"]) == (
+        "failed",
+        "not sent: journal unwritable",
+        "S",
+        "10",
+    )
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10)]
+    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
+    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "error": "journal unwritable",
+    }
+
+
 @pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])
 def test_a_bad_quantity_multiplier_stops_the_start(tmp_path: Path, converter: Any, value: str) -> None:
     """`quantity_multiplier` must be a number > 0 and <= 1000: anything else names the key and does not start."""
