@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig
 from tvbridge.journal import Journal
-from tvbridge.keys import BROKERS, DEDUPER, JOURNAL, STATE
+from tvbridge.keys import BROKERS, CLOCK, DEDUPER, JOURNAL, STATE
 from tvbridge.middlewares.dedupe import Deduper, dedupe_key
 
 if TYPE_CHECKING:
@@ -433,3 +433,75 @@ async def test_a_claim_the_store_cannot_release_is_logged_and_the_refusal_stands
     assert released == [body["alert_id"]]
     assert [e["log_level"] for e in events if e["event"] == "dedupe.release_failed"] == ["warning"]
     assert orders_received(config) == []
+
+
+async def test_a_first_copy_answered_keeps_its_store_claim_and_a_refused_one_gives_it_back(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's claim (several instances on PostgreSQL) is given back only by a first copy that was refused: one
+    answered 2xx keeps it, so another instance's copy is answered from its record instead of running again."""
+    config = scripted(config)
+    client = await make_client(config)
+    released: list[str] = []
+
+    async def release(key: str, alert_id: str) -> None:
+        released.append(alert_id)
+
+    monkeypatch.setattr(client.app[JOURNAL], "release_dedupe", release)
+    placed = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert placed.status == 200
+    assert released == []
+    refused = await client.post("/webhook", json=alert(leg(quantity="0")))
+    assert refused.status == 422
+    assert released == [(await refused.json())["alert_id"]]
+    assert len(orders_received(config)) == 1
+
+
+class WatchedFuture(asyncio.Future[bool]):
+    """A claim's future that says when a copy starts waiting on it (`asyncio.wait` adds a done callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        super().add_done_callback(fn, context=context)
+        self.waited.set()
+
+
+@pytest.mark.parametrize(("failed", "status"), [(3, 200), (4, 503)])
+async def test_a_copy_sits_through_three_failed_first_copies_then_is_told_to_resend(
+    make_client: ClientFactory, config: Config, failed: int, status: int
+) -> None:
+    """A copy waiting on a first copy that fails may run, unless another copy claimed the alert meanwhile (it then
+    waits on that one). After three such failed first copies it runs itself; a fourth is a 503 (TradingView
+    resends later) rather than waiting on, and nothing is placed for it."""
+    config = scripted(config)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=WAIT_S))
+    client = await make_client(config)
+    deduper = client.app[DEDUPER]
+    raw = alert(leg(symbol="INFY"))
+    key = dedupe_key(raw)
+
+    def another_first_copy(n: int) -> WatchedFuture:
+        claim = deduper.claim(key, f"F{n}", client.app[CLOCK]())
+        claim.answered = WatchedFuture()
+        return claim.answered
+
+    answered = another_first_copy(1)
+    waiting = asyncio.create_task(client.post("/webhook", json=raw))
+    async with asyncio.timeout(WAIT_S):  # bounded: each step waits for the copy to wait on the claim
+        for n in range(1, min(failed, 3) + 1):  # the copy waits on three; it sees a fourth and gives up
+            await answered.waited.wait()
+            deduper.release(key, deduper.claims[key], answered=False)  # that first copy failed...
+            if n < failed:
+                answered = another_first_copy(n + 1)  # ...and another one claimed it before the waiter woke
+        response = await waiting
+    assert response.status == status, await response.text()
+    body = await response.json()
+    if status == 503:
+        assert body["message"] == "earlier copies of this alert failed; resend later"
+        assert orders_received(config) == []
+    else:
+        assert body["status"] == "success"
+        assert [o["symbol"] for o in orders_received(config)] == ["INFY"]
