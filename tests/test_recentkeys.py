@@ -7,7 +7,9 @@ a real SQLite journal; and that the filter stays two fixed generations (bounded 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from tvbridge.journal import Journal
 from tvbridge.recentkeys import BITS, RecentKeys
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -99,3 +102,34 @@ def test_never_recorded_keys_are_almost_always_answered_without_the_journal() ->
     maybes = sum(keys.maybe_since(f"body:new-{n:060x}", since) for n in range(20_000))
     assert maybes < 20_000 * 0.01
     assert BITS // 8 == 1 << 20  # two such arrays: the whole memory it takes, whatever the rate
+
+
+@pytest.fixture(params=["America/New_York", "Asia/Kolkata"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The process's local time zone, west and east of UTC, as on servers outside UTC."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_a_key_stays_within_the_window_whatever_the_local_time_zone(local_zone: str) -> None:
+    """The generations turn over by UTC instants, as the journal's timestamps are: on a server west or east of
+    UTC a key recorded a moment ago is still "maybe" at every look-up within the window (a wrong "never" there
+    would run a repeat)."""
+    keys = RecentKeys()
+    keys.add("body:recorded")
+    for _ in range(3):
+        assert keys.maybe_since("body:recorded", iso(-60)), local_zone
+    assert keys.maybe_since("body:other", iso(1)) is False  # time passed: a generation turned over
+    since = iso()
+    keys.add("body:after")
+    for _ in range(3):
+        assert keys.maybe_since("body:after", since), local_zone
