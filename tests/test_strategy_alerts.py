@@ -271,6 +271,11 @@ async def test_sizing_rounds_down_to_whole_lots_and_refuses_below_one_lot(
         "not sent: quantity_type capital: capital 1000000 / price 24000 = 41.67 units, below one lot of 65 units"
         " of NIFTY1!: not sent (never rounded up)"
     )
+    assert (refused["account"], refused["leg_number"], refused["client_order_id"]) == (
+        "paper",
+        1,
+        f"{too_small['alert_id']}-1",
+    )
     assert len(await paper_orders(client)) == 1
 
 
