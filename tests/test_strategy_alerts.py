@@ -651,6 +651,21 @@ async def test_a_target_over_a_risk_limit_is_refused_before_sending(make_client:
     assert journaled["state"] == "failed"
 
 
+async def test_target_orders_count_toward_the_days_order_limit(make_client: ClientFactory, config: Config) -> None:
+    """A target's order is an order like any other for `max_orders_per_day`: with a limit of 1, the first target's
+    order goes, the next target's is refused before sending, and the broker has one order."""
+    settings = {"broker": "scripted", "positions_answer": "held", "max_orders_per_day": 1}
+    config = with_accounts(config, {"sim": settings})
+    client = await make_client(config)
+    first = await post(client, alert(target(10, 1)))
+    second = await post(client, alert(target(20, 2)))
+    assert first["results"][0]["status"] == "success"
+    [refused] = second["results"]
+    assert refused["status"] == "failed"
+    assert "max_orders_per_day" in refused["message"], refused["message"]
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10)]
+
+
 async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
     make_client: ClientFactory, config: Config
 ) -> None:
