@@ -46,10 +46,13 @@ PLACES = (  # (label, regex searched in each frame, "Class.function (file:line)"
     ("dedupe guard (key, look-up)", r"^deduplicated \("),
     ("  dedupe_key", r"^dedupe_key \("),
     ("  find_by_dedupe_key", r"find_by_dedupe_key \("),
+    ("  plugin guard + metrics wrapper (with the plugin's call)", r"^TimedBroker\._timed \("),
     ("structlog lines", r"\(structlog/"),
+    ("  log redaction", r"^Redactor\.__call__ \("),
     ("order log append", r"append \(tvbridge/orderlog\.py"),
     ("metrics (prometheus_client)", r"\(prometheus_client/"),
     ("aiohttp finish_response", r"\.finish_response \("),
+    ("  of which the transport's write (the send)", r"_send_headers_with_payload \("),
     ("json (any)", r"\(json/"),
     ("checkpointer threads", r"^Checkpointer\.run \("),
 )

@@ -12,13 +12,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 from helpers import SECRET, ClientFactory, alert, with_accounts
 from structlog.testing import capture_logs
 
-from tvbridge.config import Config
+from tvbridge.app import create_app
+from tvbridge.config import Config, SessionsConfig
 from tvbridge.logsetup import configure_logging, reopen_log_files, reset_logging
+from tvbridge.secretstore import resolve_credentials
 
 
 class Tty(io.StringIO):
@@ -89,6 +92,29 @@ async def test_alert_done_carries_the_access_lines_facts_and_other_requests_keep
     assert access[health.headers["X-Request-ID"]]["status"] == 200
 
 
+async def test_a_queued_alert_writes_one_info_line_with_the_access_lines_facts(
+    log_file: Path, aiohttp_client: Any, converter: Any, config: Config
+) -> None:
+    """An alert queued at a closed market (202) writes one info line, `alert.queued` with the HTTP status,
+    duration, source, method and path; its `http.request` is at debug, as for a placed alert."""
+    sunday = datetime.fromisoformat("2026-11-29T10:00:00+05:30")
+    config = attrs.evolve(with_accounts(config, {"s": {"broker": "scripted"}}), sessions=SessionsConfig())
+    client = await aiohttp_client(create_app(config, converter, resolve_credentials(config), clock=lambda: sunday))
+    response = await client.post("/webhook", json=alert())
+    assert response.status == 202
+    alert_id = response.headers["X-Request-ID"]
+    [queued] = [line for line in lines(log_file) if line.get("alert_id") == alert_id]
+    assert (queued["event"], queued["level"], queued["account"]) == ("alert.queued", "info", "s")
+    assert queued["scheduled_at"] == "2026-11-30T09:15:00+05:30"
+    assert (queued["http_status"], queued["method"], queued["path"], queued["source"]) == (
+        202,
+        "POST",
+        "/webhook",
+        "127.0.0.1",
+    )
+    assert queued["request_ms"] > 0
+
+
 def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:
     log = structlog.get_logger()
     log.warning("test.event", secret="abc", access_token="tok", note=f"the secret is {SECRET}", nested={"token": "x"})
@@ -97,6 +123,25 @@ def test_secrets_are_redacted_by_key_and_by_value(log_file: Path) -> None:
     assert line["access_token"] == "[redacted]"
     assert line["nested"] == {"token": "[redacted]"}
     assert line["note"] == "the secret is [redacted]"
+    assert SECRET not in log_file.read_text()
+
+
+def test_secrets_inside_nested_values_are_redacted(log_file: Path) -> None:
+    """A line with nested values (`alert.done` and its legs) is cleaned at any depth, by key and by value; a line
+    with nothing to clean is written as it came."""
+    log = structlog.get_logger()
+    log.info("test.value", legs=[{"leg": 1, "message": "filled"}, {"leg": 2, "message": f"broker said {SECRET}"}])
+    log.info("test.key", legs=[{"leg": 1, "detail": {"access_token": "tok"}}])
+    log.info("test.tuple", pair=("a", f"x{SECRET}"))
+    log.info("test.clean", legs=[{"leg": 1, "message": "filled", "latency_ms": 0.4}], warnings=None)
+    every = {x["event"]: x for x in lines(log_file)}
+    assert every["test.value"]["legs"] == [
+        {"leg": 1, "message": "filled"},
+        {"leg": 2, "message": "broker said [redacted]"},
+    ]
+    assert every["test.key"]["legs"] == [{"leg": 1, "detail": {"access_token": "[redacted]"}}]
+    assert every["test.tuple"]["pair"] == ["a", "x[redacted]"]
+    assert every["test.clean"]["legs"] == [{"leg": 1, "message": "filled", "latency_ms": 0.4}]
     assert SECRET not in log_file.read_text()
 
 

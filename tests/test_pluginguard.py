@@ -172,3 +172,50 @@ async def test_a_plugins_own_coroutine_methods_are_guarded_too() -> None:
         BrokerUnavailableError, match=r"'extras' broker plugin \(account 'sim'\) did not answer positions\(\)"
     ):
         await guarded.positions()
+
+
+class _SteppedExtras:
+    """Coroutine methods that finish within their first step, or block the loop and then await."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    async def positions(self) -> list[str]:  # an in-process plugin: answers without awaiting anything
+        return ["RELIANCE"]
+
+    async def open_orders(self) -> list[str]:
+        raise ValueError("the plugin's own error")
+
+    async def refresh(self) -> None:
+        raise TimeoutError("the plugin's own timeout")
+
+    async def slow_then_await(self) -> str:
+        time.sleep(0.3)  # noqa: ASYNC251 - the mistake under test: past the 0.2 s bound before the first await
+        await asyncio.sleep(0.15)
+        self.finished = True
+        return "late"
+
+
+async def test_a_call_that_answers_without_awaiting_returns_its_result_or_its_own_error() -> None:
+    """A plugin method that is done within its first step (paper on SQLite) answers as it would unguarded: its
+    result, its own exception, its own `TimeoutError` (not taken for the host's bound)."""
+    plugin = _SteppedExtras()
+    guarded: Any = GuardedBroker(plugin, account="sim", plugin="extras", timeout_s=0.2)  # type: ignore[arg-type]  # only the methods under test
+    assert await guarded.positions() == ["RELIANCE"]
+    with pytest.raises(ValueError, match="the plugin's own error"):
+        await guarded.open_orders()
+    with pytest.raises(TimeoutError, match="the plugin's own timeout"):
+        await guarded.refresh()
+
+
+async def test_the_bound_counts_from_the_call_not_from_its_first_await() -> None:
+    """A plugin that blocks the loop past `broker_timeout_s` before it first awaits is cut off at that await:
+    the time it blocked counts against its bound (0.3 s of 0.2), though it would answer 0.15 s later."""
+    plugin = _SteppedExtras()
+    guarded: Any = GuardedBroker(plugin, account="sim", plugin="extras", timeout_s=0.2)  # type: ignore[arg-type]  # only the methods under test
+    with capture_logs() as logs, pytest.raises(BrokerUnavailableError, match=r"did not answer slow_then_await\(\)"):
+        await guarded.slow_then_await()
+    assert not plugin.finished
+    [blocked] = [e for e in logs if e["event"] == "broker.blocked_event_loop"]
+    assert blocked["operation"] == "slow_then_await"
+    assert blocked["blocked_s"] >= 0.3

@@ -30,6 +30,7 @@ from tvbridge.commands import status as status_command
 from tvbridge.config import effective_settings, find_config_file, is_secret_key, load_config
 from tvbridge.connections import ConnectionGuard, GuardedSite, handler_args
 from tvbridge.errors import ConfigError, PluginError, TvBridgeError
+from tvbridge.eventloop import loop_factory, loop_name
 from tvbridge.keys import METRICS, STATE
 from tvbridge.lifecycle import begin_shutdown
 from tvbridge.logsetup import configure_logging, reopen_log_files
@@ -125,6 +126,7 @@ def _check_config(config: Config, converter: cattrs.Converter) -> int:
     check_secrets(config, secret_in_use(config))  # a weak secret or path token with a live account on; a reused one
     brokers = build_brokers(config)  # each account's own settings are validated by its plugin
     server_context(config)  # the TLS certificate, key and client CA files load
+    loop_factory(config.server.event_loop)  # server.event_loop = "uvloop" with uvloop missing
     if config.notify.urls:
         apprise_sender(config.notify.urls)  # notification URLs (from the file or the environment) apprise knows
     print(json.dumps(effective_settings(config, converter), indent=2, default=str))
@@ -201,7 +203,8 @@ def _serve(config: Config, converter: cattrs.Converter, reload_config: Callable[
     ssl_context = server_context(config)
     app = create_app(config, converter, credentials, clock=wall_clock(os.environ))
     try:
-        return asyncio.run(_run(app, config, credentials, ssl_context, reload_config))
+        with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
+            return runner.run(_run(app, config, credentials, ssl_context, reload_config))
     except (OSError, sqlite3.Error) as e:  # a data file that cannot be opened (the order log, a broker's file)
         log.error("server.start_failed", error=str(e))
         return _fail(f"cannot start: {e}", EXIT_RUNTIME)
@@ -272,6 +275,7 @@ async def _run(
             port=port,
             version=__version__,
             tls=ssl_context is not None,
+            event_loop=loop_name(loop),
             accounts=list(config.routing.accounts),
             secret_source=str(credentials.secret_file) if credentials.secret_file else "config",
         )

@@ -93,6 +93,8 @@ class ServerConfig:
     """PEM certificate chain: serve HTTPS directly (TradingView calls only ports 80 and 443). Empty: plain HTTP."""
     tls_key: str = ""
     """PEM private key of `tls_cert` (empty: the key is in the `tls_cert` file)."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """`auto`: uvloop when installed, else asyncio's own loop (`tvbridge/eventloop.py`)."""
 
 
 @attrs.frozen(kw_only=True)

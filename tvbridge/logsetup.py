@@ -68,13 +68,16 @@ class Redactor:
         values = event_dict.values()
         shortest = self._shortest
         # the common line (scalars, known keys) costs a look at the value types, one search per secret in the
-        # strings long enough to hold one, joined, and a look at the keys
-        if not _SCALARS.issuperset(map(type, values)):
-            self._clean_values(event_dict)
-        elif shortest:
+        # strings long enough to hold one, joined, and a look at the keys; a line with nested values (`alert.done`
+        # and its legs) is walked once without copying, and copied clean only when something must change
+        dirty = False
+        if shortest:
             long = [value for value in values if type(value) is str and len(value) >= shortest]
-            if long and self._any_secret_in("\0".join(long)):
-                self._clean_values(event_dict)
+            dirty = bool(long) and self._any_secret_in("\0".join(long))
+        if not dirty and not _SCALARS.issuperset(map(type, values)):
+            dirty = any(self._dirty(value) for value in values if type(value) not in _SCALARS)
+        if dirty:
+            self._clean_values(event_dict)
         if not self._plain_keys.issuperset(event_dict):
             for key in self._secret_keys(event_dict):
                 event_dict[key] = REDACTED
@@ -101,6 +104,21 @@ class Redactor:
             elif len(self._plain_keys) < _KNOWN_KEYS:
                 self._plain_keys.add(key)
         return found
+
+    def _dirty(self, value: Any) -> bool:
+        """Whether `_clean` would change `value`: a secret in a string, a key naming a secret at any depth, or a
+        tuple (it becomes a list)."""
+        if isinstance(value, str):
+            return bool(self._shortest) and len(value) >= self._shortest and self._any_secret_in(value)
+        if isinstance(value, dict):
+            plain = self._plain_keys
+            return any(
+                (isinstance(key, str) and key not in plain and self._is_secret_key(key)) or self._dirty(item)
+                for key, item in value.items()
+            )
+        if isinstance(value, list):
+            return any(map(self._dirty, value))
+        return isinstance(value, tuple)
 
     def _clean_str(self, value: str) -> str:
         for secret in self.secrets:

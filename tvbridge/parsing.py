@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from datetime import UTC, date, datetime
@@ -181,6 +182,8 @@ def _structure_decimal(value: object, _: type) -> Decimal:
 
 def _structure_int(value: object, _: type) -> int:
     """ASCII digits only (at most 9, an optional `.0`); no exponent, `_`, other scripts' digits or booleans."""
+    if type(value) is str and len(value) <= MAX_INT_DIGITS and value.isdigit() and value.isascii():
+        return int(value)  # TradingView's common "10": what the checks below would make of it
     if isinstance(value, bool):
         raise ValueError(f"must be a whole number, got {_describe(value)}")
     text = _text_of(value)
@@ -194,6 +197,14 @@ def _structure_int(value: object, _: type) -> int:
 
 
 def _structure_enum(value: object, cls: type[E]) -> E:
+    if type(value) is str:
+        exact: E | None = _exact_members(cls).get(value)
+        if exact is not None:
+            return exact
+    return _enum_of_text(value, cls)
+
+
+def _enum_of_text(value: object, cls: type[E]) -> E:
     text = _text_of(value)
     normalized = text.lower() if cls in LOWER_CASE_ENUMS else text.upper()
     normalized = ALIASES.get(cls, {}).get(normalized, normalized)
@@ -202,6 +213,15 @@ def _structure_enum(value: object, cls: type[E]) -> E:
     except ValueError:
         allowed = ", ".join(str(member.value) for member in cls)
         raise ValueError(f"must be one of {allowed}, got {text!r}") from None
+
+
+@functools.cache
+def _exact_members(cls: type[E]) -> dict[str, E]:
+    """The common texts of `cls` (its values and aliases as written in the docs: `"B"`, `"MKT"`, `"BUY"`), each
+    with the member `_enum_of_text` makes of it, worked out by it once: the common alert's values then skip the
+    stripping, the case-folding and the placeholder search, with the same result."""
+    texts = [str(member.value) for member in cls] + list(ALIASES.get(cls, {}))
+    return {text: _enum_of_text(text, cls) for text in texts}
 
 
 def _structure_date(value: object, _: type) -> date:
@@ -671,7 +691,8 @@ def _check_alert(alert: Alert) -> Alert:
         ordered = sorted(
             enumerate(alert.legs), key=lambda p: (p[1].sort_order if p[1].sort_order is not None else p[0] + 1, p[0])
         )
-        return attrs.evolve(alert, legs=tuple(leg for _, leg in ordered))
+        if any(n != i for n, (i, _) in enumerate(ordered)):
+            return attrs.evolve(alert, legs=tuple(leg for _, leg in ordered))
     return alert
 
 
@@ -784,12 +805,106 @@ def _encodable(text: str) -> bool:
 
 
 def parse_alert(raw: Mapping[str, Any], converter: cattrs.Converter) -> Alert:
-    """The alert in `raw`; `InvalidAlertError` (422) lists every problem with its path."""
+    """The alert in `raw`; `InvalidAlertError` (422) lists every problem with its path.
+
+    The common alert (an order alert whose legs name only the plain order's keys) takes `common_order_alert`;
+    anything else, and any problem at all, goes through the converter, which says what is wrong."""
+    common = common_order_alert(raw)
+    if common is not None:
+        return common
     try:
         alert: Alert = converter.structure(raw, OrderAlert | CancelAlert)  # type: ignore[arg-type]  # a union is a valid target for a registered hook
     except (cattrs.BaseValidationError, ValueError) as e:
         raise InvalidAlertError(_capped(validation_messages(e, root="alert"))) from None
     return alert
+
+
+_COMMON_LEG: Final[Mapping[str, tuple[str, Callable[[object, Any], Any], type, bool]]] = {
+    # alert key: (attribute, the converter's own hook for it, its type, whether JSON null means "not given")
+    "transactionType": ("side", _structure_enum, Side, False),
+    "orderType": ("order_type", _structure_enum, OrderType, False),
+    "quantity": ("quantity", _structure_int, int, False),
+    "exchange": ("exchange", _structure_enum, Exchange, False),
+    "symbol": ("symbol", _structure_symbol, str, False),
+    "instrument": ("instrument", _structure_enum, Instrument, False),
+    "productType": ("product", _structure_enum, Product, False),
+    "sort_order": ("sort_order", _structure_int, int, True),
+    "price": ("price", _structure_decimal, Decimal, False),
+    "triggerPrice": ("trigger_price", _structure_decimal, Decimal, True),
+}
+_COMMON_REQUIRED: Final = frozenset(
+    {"transactionType", "orderType", "quantity", "exchange", "symbol", "instrument", "productType"}
+)
+_COMMON_ROOT: Final = frozenset({"secret", "alertType", "order_legs", "id", "idempotency_key", "meta"})
+_PLAIN_INSTRUMENTS: Final = frozenset({Instrument.EQUITY, Instrument.FUTURE})
+
+
+class _Unusual(Exception):  # noqa: N818 - not an error: "take the converter's way"
+    """Not the common shape: the converter parses it (and names its problems)."""
+
+
+def common_order_alert(raw: Mapping[str, Any]) -> OrderAlert | None:
+    """The common alert parsed without cattrs (issue 22: cattrs was ~5% of the CPU per alert), or None.
+
+    Only an order alert whose root has no keys but `secret`, `alertType`, `order_legs`, `id`,
+    `idempotency_key` and `meta`, and whose legs have no keys but those of `_COMMON_LEG` and `meta`, on an
+    equity or a future, with a symbol without an exchange prefix. Every value goes through the converter's own
+    hook for it, and the cross-field rules run as they do there (`_leg_problems`, `_check_alert`); on any
+    problem, or anything else, None: `parse_alert` then asks the converter, the one that words the 422. So the
+    result is the converter's, field for field (tests/test_parsing_common.py compares them)."""
+    try:
+        if not _COMMON_ROOT.issuperset(raw):
+            return None
+        alert_type = _structure_enum(raw["alertType"], AlertType)
+        if alert_type is AlertType.CANCEL_ORDER:
+            return None
+        legs = raw["order_legs"]
+        if not isinstance(legs, list) or not 0 < len(legs) <= MAX_LEGS:
+            return None
+        key = raw.get("id")
+        if "id" not in raw and raw.get("idempotency_key") is not None:
+            key = raw["idempotency_key"]
+        alert = OrderAlert(
+            alert_type=alert_type,
+            legs=tuple(_common_leg(leg) for leg in legs),
+            key=None if key is None else _structure_str(key, str),
+            meta=_common_meta(raw.get("meta")),
+        )
+        checked = _check_alert(alert)
+    except Exception:  # noqa: BLE001 - any problem at all: the converter's way says which
+        return None
+    assert isinstance(checked, OrderAlert)  # noqa: S101 - _check_alert keeps the alert's class
+    return checked
+
+
+def _common_leg(raw: object) -> OrderLeg:
+    if not isinstance(raw, dict) or not _COMMON_REQUIRED.issubset(raw):
+        raise _Unusual
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "meta":
+            fields["meta"] = _common_meta(value)
+            continue
+        name, hook, kind, optional = _COMMON_LEG[key]  # another key: KeyError, the converter's way
+        fields[name] = None if optional and value is None else hook(value, kind)
+    leg = OrderLeg(**fields)
+    if leg.instrument not in _PLAIN_INSTRUMENTS or ":" in leg.symbol or _leg_problems(leg):
+        raise _Unusual
+    return leg
+
+
+def _common_meta(raw: object) -> Meta | None:
+    """`meta` as the converter reads it: null is none, other keys are ignored (`unknown_keys` warns of them)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Unusual
+    interval, time, timenow = raw.get("interval"), raw.get("time"), raw.get("timenow")
+    return Meta(
+        interval=None if interval is None else _structure_str(interval, str),
+        time=None if time is None else _structure_str(time, str),
+        timenow=None if timenow is None else _structure_datetime(timenow, datetime),
+    )
 
 
 def _capped(lines: list[str]) -> list[str]:

@@ -107,7 +107,11 @@ class LoopWatchdog(threading.Thread):
 
 class _Stepped:
     """Awaits a coroutine while timing each step it runs synchronously; `on_step(seconds)` after each, and
-    `watchdog.in_call` names the call while a step runs."""
+    `watchdog.in_call` names the call while a step runs.
+
+    `first()` runs the first step before the awaiting starts: a call that finishes without awaiting anything (a
+    plugin that lives in the process, such as paper) is done there, and `GuardedBroker._call` arms no timeout
+    for it (none could fire during a synchronous step anyway)."""
 
     def __init__(
         self, coro: Any, on_step: Callable[[float], None], watchdog: LoopWatchdog | None = None, label: str = ""
@@ -116,31 +120,50 @@ class _Stepped:
         self._on_step = on_step
         self._watchdog = watchdog
         self._label = label
+        self._yielded: Any = _NOT_STARTED
+
+    def _step(self, value: Any, error: BaseException | None) -> tuple[bool, Any]:
+        """One synchronous stretch of the coroutine, timed: (True, its result) once it returned, else (False,
+        what it yielded to the event loop)."""
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.in_call = self._label
+        started = time.perf_counter()
+        try:
+            yielded = self._coro.throw(error) if error is not None else self._coro.send(value)
+        except StopIteration as stop:
+            return True, stop.value
+        finally:
+            self._on_step(time.perf_counter() - started)
+            if watchdog is not None:
+                watchdog.in_call = ""
+        return False, yielded
+
+    def first(self) -> tuple[bool, Any]:
+        """Runs the first step now: (True, the result) when the call is done already."""
+        done, value = self._step(None, None)
+        if not done:
+            self._yielded = value
+        return done, value
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, on_step, watchdog = self._coro, self._on_step, self._watchdog
-        value: Any = None
-        error: BaseException | None = None
+        yielded, self._yielded = self._yielded, _NOT_STARTED
+        if yielded is _NOT_STARTED:
+            done, yielded = self._step(None, None)
+            if done:
+                return yielded
         while True:
-            if watchdog is not None:
-                watchdog.in_call = self._label
-            started = time.perf_counter()
-            try:
-                yielded = coro.throw(error) if error is not None else coro.send(value)
-            except StopIteration as stop:
-                on_step(time.perf_counter() - started)
-                return stop.value
-            except BaseException:
-                on_step(time.perf_counter() - started)
-                raise
-            finally:
-                if watchdog is not None:
-                    watchdog.in_call = ""
-            on_step(time.perf_counter() - started)
             try:
                 value, error = (yield yielded), None
             except BaseException as e:  # noqa: BLE001 - handed to the coroutine, as `await` would
                 value, error = None, e
+            done, yielded = self._step(value, error)
+            if done:
+                return yielded
+
+
+_NOT_STARTED: Final = object()
+"""`_Stepped`: no first step has run yet (a coroutine may yield None itself, so None cannot say it)."""
 
 
 class GuardedBroker:
@@ -198,8 +221,13 @@ class GuardedBroker:
 
         label = f"the {self._plugin!r} broker plugin's {operation}() (account {self._account!r})"
         stepped: Awaitable[T] = _Stepped(call, on_step, self._watchdog, label) if inspect.iscoroutine(call) else call
-        deadline = asyncio.timeout(timeout_s)
+        deadline = asyncio.timeout(timeout_s)  # fixed now: the bound counts from the call, not from its first await
         try:
+            if isinstance(stepped, _Stepped):
+                done, value = stepped.first()  # done within its first step: no timer to arm (none could fire)
+                if done:
+                    result: T = value
+                    return result
             async with deadline:
                 return await stepped
         except TimeoutError:

@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from tvbridge import alertqueue, metrics, strategies
+from tvbridge.accessline import alert_queued
 from tvbridge.alerts.answer import combined_body, stale_body
 from tvbridge.alerts.plan import Checks, LegPlan, Plan, make_plan, with_amo
 from tvbridge.alerts.records import AlertEntry, LegEntry
@@ -265,8 +266,9 @@ async def not_all_now(request: web.Request, alert: Alert, plan: Plan, warnings: 
     entry = entry_of(request, alert, plan, status=status)
     entry = attrs.evolve(entry, legs=tuple(attrs.evolve(leg, state=_unmarked(leg.state)) for leg in entry.legs))
     await journal.record_plan(entry, join=_queue_rows(alert_id, queued))
-    for d in queued:
-        log.info("alert.queued", account=d.account, scheduled_at=d.at.isoformat() if d.at else None, reason=d.reason)
+    for d in queued:  # with the answer, carrying the access line's facts (`tvbridge/accessline.py`)
+        fields = {"account": d.account, "scheduled_at": d.at.isoformat() if d.at else None, "reason": d.reason}
+        alert_queued(request.get(ACCESS), fields)
     for d in rejected:
         log.warning("alert.rejected_closed", account=d.account, reason=d.reason)
     try:  # journaled already: a CSV problem must not turn the answer into a 500

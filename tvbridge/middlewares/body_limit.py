@@ -51,6 +51,9 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 async def read_body(config: LimitsConfig, request: web.Request) -> None:
     """Read the whole body within the limits into `BODY` (see the module docstring), or refuse (413, 400)."""
     try:
+        if request.content.is_eof():  # the whole body came with the headers (an alert's usual ~600 bytes):
+            request[BODY] = await read_limited(request, config.max_body_bytes)  # read without waiting: no timer
+            return
         async with asyncio.timeout(config.read_timeout_s):
             request[BODY] = await read_limited(request, config.max_body_bytes)
     except TimeoutError:
