@@ -25,6 +25,7 @@ from tvbridge.sessions import EXCHANGE_TZ
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
@@ -734,6 +735,18 @@ async def test_while_a_later_leg_is_at_the_broker_the_earlier_legs_result_is_jou
     ]
 
 
+def assert_one_not_sent_line(logs: Sequence[Mapping[str, Any]], alert_id: str) -> None:
+    """One `leg.not_sent` error line for leg 1 of account `sim`, naming the journal's refusal."""
+    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
+    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "error": "journal unwritable",
+    }
+
+
 async def test_a_target_whose_sending_mark_fails_is_not_sent(
     make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -758,14 +771,7 @@ async def test_a_target_whose_sending_mark_fails_is_not_sent(
     )
     assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
     assert scripted_orders(config) == []
-    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
-    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
-        "log_level": "error",
-        "alert_id": alert_id,
-        "leg": 1,
-        "account": "sim",
-        "error": "journal unwritable",
-    }
+    assert_one_not_sent_line(logs, alert_id)
 
 
 @pytest.mark.parametrize("quantity", [None, "7"])
@@ -810,14 +816,7 @@ async def test_an_exit_whose_sending_mark_fails_is_not_sent(
     )
     assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
     assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10)]
-    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
-    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
-        "log_level": "error",
-        "alert_id": alert_id,
-        "leg": 1,
-        "account": "sim",
-        "error": "journal unwritable",
-    }
+    assert_one_not_sent_line(logs, alert_id)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])
