@@ -3,8 +3,9 @@
 # leaks a secret, each group against its own tests. Too slow for every CI run (minutes to hours a group on 2
 # cores); run it before closing work on those modules, and record the score in docs/testing.md.
 #
-#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor recovery journal
-#                                    (or: all)
+#   scripts/mutation.sh GROUP...     groups: auth dedupe orderlog risk parsing mapping executor-core
+#                                    executor-edges recovery journal (or: all); executor: both executor groups in
+#                                    one run (every function of executor.py: hours)
 #   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
 #   MUTATION_JOBS=N                  mutants run at once (default 2)
 #
@@ -19,9 +20,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_WORK:-$(mktemp -d -t tvbridge-mutation.XXXXXX)}"
 jobs="${MUTATION_JOBS:-2}"
-[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor recovery journal | all)" >&2; exit 2; }
+[ "$#" -gt 0 ] || { echo "usage: scripts/mutation.sh GROUP... (auth dedupe orderlog risk parsing mapping executor-core executor-edges recovery journal | all)" >&2; exit 2; }
 groups=("$@")
-[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor recovery journal)
+[ "${groups[0]}" = all ] && groups=(auth dedupe orderlog risk parsing mapping executor-core executor-edges recovery journal)
 
 modules_of() {
     case "$1" in
@@ -37,7 +38,7 @@ modules_of() {
         risk) echo "tvbridge/risk.py" ;;
         parsing) echo "tvbridge/parsing.py tvbridge/tickers.py" ;;
         mapping) echo "tvbridge_brokers/dhan/mapping.py" ;;
-        executor) echo "tvbridge/executor.py" ;;
+        executor | executor-core | executor-edges) echo "tvbridge/executor.py" ;;
         # what the executor leans on: crash recovery, positions to close, lots to units (measured apart: faster)
         recovery) echo "tvbridge/recovery.py tvbridge/positions.py tvbridge/lots.py" ;;
         journal) echo "tvbridge/journal.py" ;;
@@ -50,6 +51,28 @@ mutants_of() {  # mutmut's mutant-name globs, for groups that take only some fun
             "tvbridge.strategies.x__digest__mutmut_* tvbridge.strategies.x_secrets_table__mutmut_*" \
             "tvbridge.strategies.x_path_tokens_table__mutmut_* tvbridge.routes.x_is_webhook__mutmut_*" \
             "tvbridge.middlewares.x_guards__mutmut_* tvbridge.middlewares.x_build_middlewares__mutmut_*" ;;
+        # what every alert goes through: run, the accounts, each leg's preparation, checks, mark and send, and
+        # the result it makes (each of these mutants runs every test that sends an alert: measured apart)
+        executor-core)
+            local f out=""
+            for f in "xǁExecutorǁ__init__" "xǁExecutorǁrun" "xǁExecutorǁ_run" "xǁExecutorǁ_recorded" \
+                "xǁExecutorǁ_run_account" "xǁExecutorǁ_leg" "xǁExecutorǁ_order_leg" "xǁExecutorǁexit_lock" \
+                "xǁExecutorǁ_send" "xǁExecutorǁ_recovered" "xǁExecutorǁ_prepare" "xǁExecutorǁresult_for" \
+                "xǁExecutorǁ_refuse_before_send" "xǁExecutorǁ_place" "xǁExecutorǁ_nudge" "xǁExecutorǁ_plugin_bug" \
+                "xǁExecutorǁ_from_order" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
+                out+="tvbridge.executor.${f}__mutmut_* "
+            done
+            echo "$out" ;;
+        # the rest: targets, exits and their brackets, recovery's lookups and expiries, unknown outcomes, cancels
+        executor-edges)
+            local f out=""
+            for f in "xǁExecutorǁ_account_crashed" "xǁExecutorǁ_move" "xǁExecutorǁ_send_move" "xǁExecutorǁ_exit" \
+                "xǁExecutorǁ_positions" "xǁExecutorǁ_cancel_brackets" "xǁExecutorǁ_recovery_lookup" \
+                "xǁExecutorǁ_expired" "xǁExecutorǁ_resolve_unknown" "xǁExecutorǁ_cancel" "xǁExecutorǁ_not_own" \
+                "xǁExecutorǁ_cancel_own" x__sent_scope; do
+                out+="tvbridge.executor.${f}__mutmut_* "
+            done
+            echo "$out" ;;
         *) echo "" ;;
     esac
 }
@@ -62,7 +85,10 @@ tests_of() {
             "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" \
             "tests/middlewares/test_body_limit.py tests/middlewares/test_ip_allowlist.py" \
             "tests/middlewares/test_client_cert.py tests/middlewares/test_rate_limit.py" ;;
-        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" ;;
+        # the guard's own tests, the SQLite journal's key filter, and two strategies sending the same alert (the
+        # strategy's prefix on the key)
+        dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" \
+            "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" ;;
         orderlog) echo "tests/test_orderlog.py" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
@@ -72,6 +98,25 @@ tests_of() {
         # the in-process tests that send alerts through the real app to a broker: the webhook, recovery at the
         # start on the unforgiving scripted broker, unknown outcomes, the deadline, targets and exits, strategies'
         # own orders and cancels (not test_positions.py: it calls positions.py alone and never reaches the executor)
+        # the in-process tests that send alerts through the real app and check what came of them, fast ones only
+        # (a surviving mutant runs each that reaches it): the answer, the order log and journal rows, refusals
+        # before sending, several accounts (mixed plans), sizing in lots, paper brackets, unknown outcomes and
+        # hung plugins, recovery at the start, the deadline, targets and exits, the metrics and a notification
+        # (not the chromium, storm-window or subprocess tests: seconds each, and a subprocess cannot be mutated)
+        executor-core) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_unknown_outcome.py" \
+            "tests/test_recovery_restart.py tests/test_recovery_count.py tests/test_refusal_journal.py" \
+            "tests/test_mixed_plans.py tests/test_paper_webhook.py tests/test_brackets_paper.py" \
+            "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/test_deadline.py" \
+            "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
+            "tests/test_notify.py::test_a_failed_leg_notifies_without_delaying_the_answer" \
+            "tests/test_followup.py::test_paper_resting_limit_filled_by_a_later_alert_shows_filled" \
+            "tests/test_followup.py::test_dhan_order_traded_later_shows_filled_and_polling_stops" \
+            "tests/test_pluginguard.py::test_a_plugin_that_places_then_hangs_is_resolved_by_lookup" \
+            "tests/test_pluginguard.py::test_a_plugin_that_hangs_before_placing_is_unknown_and_nothing_is_sent_late" ;;
+        executor-edges) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py" \
+            "tests/test_strategy_alerts.py tests/test_unknown_outcome.py tests/test_paper_webhook.py" \
+            "tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py" \
+            "tests/test_strategies_review.py tests/test_brackets_paper.py tests/brokers/test_dhan_strategy.py" ;;
         executor) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
@@ -96,6 +141,18 @@ import structlog.dev as _structlog_dev  # noqa: E402 - scripts/mutation.sh: plai
 _structlog_dev.RichTracebackFormatter.__call__ = lambda self, sio, exc_info: _structlog_dev.plain_traceback(  # type: ignore[method-assign]
     sio, exc_info
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """scripts/mutation.sh: a mutant's tests fastest first (mutmut hands them over as a set, in no order, and
+    stops at the first failure): a mutant the quick tests kill costs those alone, not half the list."""
+    import json as _json  # noqa: PLC0415
+    from pathlib import Path as _Path  # noqa: PLC0415
+
+    stats = _Path("mutmut-stats.json")  # mutmut runs the tests in its mutants/ directory, where it keeps it
+    if stats.exists():
+        durations = _json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
+        items.sort(key=lambda item: durations.get(item.nodeid.removeprefix("mutants/"), 0.0))
 PY
     sed -i -e 's/^where = \[".", "brokers"\]/where = ["."]/' \
         -e 's/^include = \["tvbridge\*"\]/include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]/' \

@@ -17,9 +17,11 @@ import attrs
 import pytest
 from durability_server import scripted_orders
 from helpers import SECRET, alert, leg, with_accounts
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from tvbridge.brackets import parts_of
-from tvbridge.broker import OrderRequest
+from tvbridge.broker import BrokerUnavailableError, OrderRequest
 from tvbridge.config import FollowupConfig
 from tvbridge.keys import BROKERS
 from tvbridge.models import OrderLeg
@@ -27,6 +29,7 @@ from tvbridge.parsing import make_converter
 from tvbridge_brokers.paper.book import Book
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from pathlib import Path
 
     from helpers import ClientFactory
@@ -188,16 +191,76 @@ async def test_exit_all_cancels_the_bracket_before_closing(make_client: ClientFa
     """EXIT_ALL sells the 10 and cancels target and stop first: a later drop through 95 sells nothing more."""
     client = await make_client(admin(config))
     body = await post(client, alert(bracket()))
-    exit_body = await post(
-        client, alert(leg(transactionType="S", quantity="", price="102", manage_position="EXIT_ALL"))
-    )
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        exit_body = await post(
+            client, alert(leg(transactionType="S", quantity="", price="102", manage_position="EXIT_ALL"))
+        )
     (result,) = exit_body["results"]
     assert (result["status"], result["transaction"], result["quantity"]) == ("success", "S", "10")
     assert "cancelled bracket order(s) first" in result["message"]
+    assert [(e["log_level"], e["alert_id"], e["leg"], e["account"], e["net_quantity"]) for e in exit_lines(logs)] == [
+        ("info", exit_body["alert_id"], 1, "paper", 10)
+    ]
+    [line] = [e for e in logs if e["event"] == "leg.brackets_cancelled"]
+    resting = {p["order_id"] for p in body["results"][0]["bracket"] if p["part"] != "entry"}
+    assert (line["alert_id"], line["leg"], line["account"], set(line["order_ids"])) == (
+        exit_body["alert_id"],
+        1,
+        "paper",
+        resting,
+    )
+    assert result["message"].endswith(f"; cancelled bracket order(s) first: {', '.join(line['order_ids'])}")
     await wait_for_parts(client, body["alert_id"], {"entry": "filled", "target": "cancelled", "stop_loss": "cancelled"})
     await probe(client, "90")
     paper: Any = client.app[BROKERS]["paper"]
     assert [(p.product.value, p.net_quantity) for p in await paper.positions()] == [("I", 1)]
+
+
+def exit_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "leg.exit_all"]
+
+
+@pytest.mark.parametrize(
+    ("error", "bug"),
+    [(BrokerUnavailableError("bracket API down"), False), (RuntimeError("bracket table missing"), True)],
+)
+async def test_an_exit_whose_brackets_cannot_be_cancelled_first_sends_nothing(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, error: Exception, bug: bool
+) -> None:
+    """EXIT_ALL cancels the brackets first; when the broker cannot, nothing is sent (the stops still protect the
+    position, and a close without them gone could be reopened the wrong way by a stop): the leg fails with the
+    reason under its account, number and client order id, in the answer and the journal; a plugin bug is logged
+    with its trace."""
+    client = await make_client(admin(config))
+    await post(client, alert(bracket()))
+    paper: Any = client.app[BROKERS]["paper"]
+
+    async def cannot_cancel(leg: OrderLeg) -> list[Any]:
+        raise error
+
+    monkeypatch.setattr(paper, "cancel_brackets", cannot_cancel)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(leg(transactionType="S", quantity="", price="102", manage_position="EXIT_ALL")))
+
+    alert_id = body["alert_id"]
+    (result,) = body["results"]
+    message = f"not sent: the brackets on RELIANCE could not be cancelled first ({error})"
+    assert (result["status"], result["message"]) == ("failed", message)
+    assert (result["account"], result["leg_number"], result["client_order_id"], result["symbol"]) == (
+        "paper",
+        1,
+        f"{alert_id}-1",
+        "RELIANCE",
+    )
+    response = await client.get(f"/alerts/{alert_id}", headers=AUTH)
+    (journaled,) = (await response.json())["legs"]
+    assert (journaled["state"], journaled["message"]) == ("failed", message)
+    assert [(p.product.value, p.net_quantity) for p in await paper.positions()] == [("C", 10)]
+    assert exit_lines(logs) == []
+    bugs = [
+        (e["log_level"], e["alert_id"], e["leg"], e["account"]) for e in logs if e["event"] == "broker.unexpected_error"
+    ]
+    assert bugs == ([("error", alert_id, 1, "paper")] if bug else [])
 
 
 async def test_a_broker_without_brackets_refuses_the_leg_before_sending(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge.errors import JournalError
 from tvbridge.keys import BROKERS, JOURNAL
 
 if TYPE_CHECKING:
@@ -172,3 +174,48 @@ async def test_a_broker_that_cannot_cancel_is_never_asked(make_client: ClientFac
     assert "this broker cannot cancel orders" in result["message"]
     broker: Any = client.app[BROKERS]["sim"]
     assert broker.cancel_requests == []
+
+
+async def test_legs_whose_sending_mark_fails_are_not_sent(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leg is marked `sending` (committed) before its broker call; when the journal refuses the mark, the leg is
+    not sent (unmarked, a crash could send it twice), fails with the journal's reason, and one `leg.not_sent`
+    error line says so. A plain order's second leg keeps its client order id; a cancel has none and cancels
+    nothing. (A plain order's first leg is marked with the alert itself.)"""
+    config = scripted(config, cancel_answer="cancel")
+    client = await make_client(config)
+    await post(client, alert(leg(symbol="INFY")))  # an order for the cancel to find
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("journal unwritable")
+
+    monkeypatch.setattr(client.app[JOURNAL], "mark_sending", refused)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        orders = await post(client, alert(leg(symbol="TCS"), leg(symbol="SBIN", sort_order="2")))
+        cancelled = await post(client, cancel(symbol="INFY", exchange="NSE"))
+
+    first, second = orders["results"]
+    assert (first["status"], first["symbol"]) == ("success", "TCS")
+    assert (second["status"], second["message"], second["symbol"]) == ("failed", "not sent: journal unwritable", "SBIN")
+    assert (second["account"], second["leg_number"], second["client_order_id"]) == (
+        "sim",
+        2,
+        f"{orders['alert_id']}-2",
+    )
+    [result] = cancelled["results"]
+    assert (result["status"], result["message"], result["client_order_id"]) == (
+        "failed",
+        "not sent: journal unwritable",
+        None,
+    )
+    assert client.app[BROKERS]["sim"].cancel_requests == []  # type: ignore[attr-defined]  # the scripted broker
+    lines = [
+        (e["log_level"], e["alert_id"], e["leg"], e["account"], e["error"])
+        for e in logs
+        if e["event"] == "leg.not_sent"
+    ]
+    assert lines == [
+        ("error", orders["alert_id"], 2, "sim", "journal unwritable"),
+        ("error", cancelled["alert_id"], 1, "sim", "journal unwritable"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,9 +66,14 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     """After a mix of alerts the scrape counts them by outcome, legs by account/broker/status, refusals by
     reason, broker calls and their errors, requests by route, journal commits; no secret is in it."""
     client = await make_client(scripted(config, reject_symbols=["BAD"]))
+    started = time.perf_counter()
     await send_mix(client)
+    elapsed = time.perf_counter() - started
     text = await scrape(client)
     found = samples(text)
+    # each order's time from its request's arrival to the broker call: 4 of them, within the alerts' own time
+    assert value(found, "tvbridge_alert_to_broker_seconds_count") == 4
+    assert 0 < value(found, "tvbridge_alert_to_broker_seconds_sum") < elapsed
     assert value(found, "tvbridge_alerts_total", outcome="success", strategy="default") == 3
     assert value(found, "tvbridge_alerts_total", outcome="failed", strategy="default") == 1
     assert value(found, "tvbridge_alerts_total", outcome="stale", strategy="default") == 1

@@ -7,7 +7,9 @@ a real SQLite journal; and that the filter stays two fixed generations (bounded 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from tvbridge.journal import Journal
 from tvbridge.recentkeys import BITS, RecentKeys
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -101,9 +104,40 @@ def test_never_recorded_keys_are_almost_always_answered_without_the_journal() ->
     assert BITS // 8 == 1 << 20  # two such arrays: the whole memory it takes, whatever the rate
 
 
+@pytest.fixture(params=["America/New_York", "Asia/Kolkata"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The process's local time zone, west and east of UTC, as on servers outside UTC."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_a_key_stays_within_the_window_whatever_the_local_time_zone(local_zone: str) -> None:
+    """The generations turn over by UTC instants, as the journal's timestamps are: on a server west or east of
+    UTC a key recorded a moment ago is still "maybe" at every look-up within the window (a wrong "never" there
+    would run a repeat)."""
+    keys = RecentKeys()
+    keys.add("body:recorded")
+    for _ in range(3):
+        assert keys.maybe_since("body:recorded", iso(-60)), local_zone
+    assert keys.maybe_since("body:other", iso(1)) is False  # time passed: a generation turned over
+    since = iso()
+    keys.add("body:after")
+    for _ in range(3):
+        assert keys.maybe_since("body:after", since), local_zone
+
+
 def test_a_key_never_recorded_rarely_costs_a_query() -> None:
     """With a generation as full as 2,000 alerts/s make it over the default window (120,000 keys), a key never
-    recorded is "maybe" (a query that scans the window's keys) fewer than 1 time in 10,000."""
+    recorded is "maybe" (a journal query) fewer than 1 time in 10,000."""
     keys = RecentKeys()
     for n in range(120_000):
         keys.add(f"body:{n:064x}")

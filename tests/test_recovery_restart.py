@@ -360,3 +360,57 @@ async def test_an_unknown_leg_is_looked_up_again(make_client: ClientFactory, con
     assert [o["client_order_id"] for o in broker_orders(config)] == ["A9-1"]
     record = await journal_of(client, "A9")
     assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE09")]
+
+
+async def test_a_leg_found_at_the_start_is_logged_and_recorded_under_its_client_order_id(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The order found by lookup is the leg's result under the leg's own client order id (the answer, the journal
+    and the order log), with one `recovery.leg_found` line naming the alert, leg, account and the broker's id."""
+    config = scripted(config)
+    await crashed_run(config, "A10", alert(leg(symbol="INFY")), sending=(1,))
+    broker_has(config, "A10", 1, "PRE10", "INFY")
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        client = await make_client(config)
+    found = [
+        (e["log_level"], e["alert_id"], e["leg"], e["account"], e["order_id"])
+        for e in logs
+        if e["event"] == "recovery.leg_found"
+    ]
+    assert found == [("info", "A10", 1, "sim", "PRE10")]
+    record = await journal_of(client, "A10")
+    [result] = record["response"]["results"]
+    assert (result["account"], result["leg_number"], result["client_order_id"], result["order_id"]) == (
+        "sim",
+        1,
+        "A10-1",
+        "PRE10",
+    )
+    assert [(row["client_order_id"], row["order_id"]) for row in order_log_rows(config)] == [("A10-1", "PRE10")]
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A10-1"]
+
+
+async def test_a_lookup_that_fails_at_the_start_leaves_the_leg_unknown_and_sends_nothing(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The broker cannot say whether it has a leg marked `sending`: never resent blind. The leg is `unknown` with
+    the reason, under its account, number and client order id; the leg after it is skipped, nothing is sent."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "lookup_error": "lookup API down"}})
+    await crashed_run(config, "A11", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")), sending=(1,))
+    client = await make_client(config)
+    record = await journal_of(client, "A11")
+    assert record["status"] == "failed"  # no leg went through
+    first, second = record["response"]["results"]
+    assert (first["status"], first["message"]) == (
+        "unknown",
+        "recovery: lookup of A11-1 failed (lookup API down): check the broker before resending",
+    )
+    assert (first["account"], first["leg_number"], first["client_order_id"], first["symbol"]) == (
+        "sim",
+        1,
+        "A11-1",
+        "INFY",
+    )
+    assert (second["status"], second["message"]) == ("skipped", "skipped: leg 1 has an unknown outcome")
+    assert [leg["state"] for leg in record["legs"]] == ["unknown", "skipped"]
+    assert broker_orders(config) == []

@@ -172,6 +172,29 @@ async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: A
     assert await net(client) == 4
 
 
+async def test_an_exit_names_every_bracket_of_its_strategy_it_cancelled(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha holds two brackets in the contract: its EXIT_ALL cancels both (one by one, by order id) and its
+    message names every part cancelled, not only the last bracket's."""
+    client = await start(aiohttp_client, make_config())
+    entries = [
+        await post(client, alert(intraday(quantity=q, target_price="3000", stoploss_price="2800"), secret=ALPHA))
+        for q in ("10", "5")
+    ]
+    resting = {p["order_id"] for body in entries for p in body["results"][0]["bracket"] if p["part"] != "entry"}
+    broker = client.app[BROKERS]["paper"]
+    assert {o.order_id for o in await broker.open_orders()} == resting
+
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+
+    [result] = body["results"]
+    assert (result["transaction"], result["quantity"]) == ("S", "15"), result
+    named = result["message"].rsplit("; cancelled bracket order(s) first: ", 1)[1]
+    assert sorted(named.split(", ")) == sorted(resting), result["message"]
+    assert await broker.open_orders() == []
+
+
 async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(
     aiohttp_client: Any, make_config: MakeConfig
 ) -> None:

@@ -25,6 +25,7 @@ from tvbridge.sessions import EXCHANGE_TZ
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
@@ -270,6 +271,11 @@ async def test_sizing_rounds_down_to_whole_lots_and_refuses_below_one_lot(
     assert refused["message"] == (
         "not sent: quantity_type capital: capital 1000000 / price 24000 = 41.67 units, below one lot of 65 units"
         " of NIFTY1!: not sent (never rounded up)"
+    )
+    assert (refused["account"], refused["leg_number"], refused["client_order_id"]) == (
+        "paper",
+        1,
+        f"{too_small['alert_id']}-1",
     )
     assert len(await paper_orders(client)) == 1
 
@@ -561,6 +567,44 @@ async def test_a_target_without_the_positions_capability_fails_under_its_leg(
     )
 
 
+async def test_a_broker_that_lists_no_open_orders_is_never_asked_for_them(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A broker that reads positions but does not declare `orders` (it cannot list open orders) is never asked
+    for them, not even on a target after an earlier target or exit of this process (when one that does declare it
+    is): the position alone decides. Long 10, long 10 again (already there), short 5 (one SELL of 15)."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+
+    answers = [await post(client, alert(target(size, n))) for n, size in enumerate((10, 10, -5), start=1)]
+
+    results = [body["results"][0] for body in answers]
+    assert [(r["status"], r["transaction"], r["quantity"]) for r in results] == [
+        ("success", "B", "10"),
+        ("success", "", "0"),
+        ("success", "S", "15"),
+    ], results
+    assert results[1]["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10), ("S", 15)]
+
+
+async def test_an_exit_on_a_broker_without_brackets_closes_and_says_only_that(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A broker without the `brackets` capability has no brackets to cancel first: EXIT_ALL sends the close, and
+    its message is what was found and sent, nothing about brackets."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))
+
+    body = await post(client, alert(exit_all_leg()))
+
+    [result] = body["results"]
+    assert (result["status"], result["transaction"], result["quantity"]) == ("success", "S", "10")
+    assert result["message"] == "EXIT_ALL closes the long position of 10 in NSE RELIANCE (C): SELL; filled"
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10), ("S", 10)]
+
+
 async def test_a_target_logs_the_position_found_and_sends_the_difference(
     make_client: ClientFactory, config: Config
 ) -> None:
@@ -608,6 +652,21 @@ async def test_a_target_over_a_risk_limit_is_refused_before_sending(make_client:
     assert journaled["state"] == "failed"
 
 
+async def test_target_orders_count_toward_the_days_order_limit(make_client: ClientFactory, config: Config) -> None:
+    """A target's order is an order like any other for `max_orders_per_day`: with a limit of 1, the first target's
+    order goes, the next target's is refused before sending, and the broker has one order."""
+    settings = {"broker": "scripted", "positions_answer": "held", "max_orders_per_day": 1}
+    config = with_accounts(config, {"sim": settings})
+    client = await make_client(config)
+    first = await post(client, alert(target(10, 1)))
+    second = await post(client, alert(target(20, 2)))
+    assert first["results"][0]["status"] == "success"
+    [refused] = second["results"]
+    assert refused["status"] == "failed"
+    assert "max_orders_per_day" in refused["message"], refused["message"]
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10)]
+
+
 async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
     make_client: ClientFactory, config: Config
 ) -> None:
@@ -635,6 +694,59 @@ async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
     assert [(lg["state"], lg["client_order_id"]) for lg in record["legs"]] == [("placed", f"{alert_id}-1")]
 
 
+@pytest.mark.parametrize("kind", ["plain", "target", "exit"])
+async def test_while_a_later_leg_is_at_the_broker_the_earlier_legs_result_is_journaled(
+    make_client: ClientFactory, config: Config, kind: str
+) -> None:
+    """Leg 2's `sending` mark carries leg 1's result (one commit a leg): while the broker holds leg 2, whether a
+    plain order, a target or an EXIT_ALL, the journal already shows leg 1 placed with its order id, so a crash then
+    finds leg 1 settled instead of asking the broker again; once leg 2 is answered both are placed."""
+    settings = {"broker": "scripted", "positions_answer": "held", "hold_legs": [2]}
+    config = with_accounts(config, {"sim": settings})
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))  # a RELIANCE position for the exit to close
+    second = {
+        "plain": leg(quantity="5", sort_order="2"),
+        "target": target(20, 1, sort_order="2"),
+        "exit": {**exit_all_leg(), "sort_order": "2"},
+    }[kind]
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", quantity="1"), second))
+    assert response.status == 202, await response.text()
+    alert_id = (await response.json())["alert_id"]
+    [first_order] = [o["order_id"] for o in scripted_orders(config) if o["client_order_id"] == f"{alert_id}-1"]
+
+    record = await stored(client, alert_id)
+    assert [(lg["leg_number"], lg["state"], lg["order_id"]) for lg in record["legs"]] == [
+        (1, "placed", first_order),
+        (2, "sending", None),
+    ], record["legs"]
+    client.app[BROKERS]["sim"].release()  # type: ignore[attr-defined]  # the scripted broker, behind its guard
+    async with asyncio.timeout(10):  # bounded: the result lands once the broker answers
+        while True:
+            record = await stored(client, alert_id)
+            if record["status"] != "accepted":
+                break
+            await asyncio.sleep(0.05)
+    assert [(lg["leg_number"], lg["state"]) for lg in record["legs"]] == [(1, "placed"), (2, "placed")]
+    assert [(o["symbol"], o["side"], o["quantity"]) for o in scripted_orders(config)][1:] == [
+        ("INFY", "B", 1),
+        ("RELIANCE", {"plain": "B", "target": "B", "exit": "S"}[kind], {"plain": 5, "target": 10, "exit": 10}[kind]),
+    ]
+
+
+def assert_one_not_sent_line(logs: Sequence[Mapping[str, Any]], alert_id: str) -> None:
+    """One `leg.not_sent` error line for leg 1 of account `sim`, naming the journal's refusal."""
+    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
+    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": "sim",
+        "error": "journal unwritable",
+    }
+
+
 async def test_a_target_whose_sending_mark_fails_is_not_sent(
     make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -659,14 +771,52 @@ async def test_a_target_whose_sending_mark_fails_is_not_sent(
     )
     assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
     assert scripted_orders(config) == []
-    [line] = [e for e in logs if e["event"] == "leg.not_sent"]
-    assert {k: line[k] for k in ("log_level", "alert_id", "leg", "account", "error")} == {
-        "log_level": "error",
-        "alert_id": alert_id,
-        "leg": 1,
-        "account": "sim",
-        "error": "journal unwritable",
-    }
+    assert_one_not_sent_line(logs, alert_id)
+
+
+@pytest.mark.parametrize("quantity", [None, "7"])
+async def test_an_exit_when_flat_sends_nothing_under_its_client_order_id(
+    make_client: ClientFactory, config: Config, quantity: str | None
+) -> None:
+    """EXIT_ALL with nothing held: success, quantity 0 (whatever quantity the alert gave: the position decides),
+    no order, under the leg's client order id."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    body = await post(client, alert({**exit_all_leg(), **({"quantity": quantity} if quantity else {})}))
+    [result] = body["results"]
+    assert (result["status"], result["quantity"], result["order_id"]) == ("success", "0", None), result
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{body['alert_id']}-1")
+    assert result["message"].startswith("nothing to close"), result["message"]
+    assert scripted_orders(config) == []
+
+
+async def test_an_exit_whose_sending_mark_fails_is_not_sent(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close an EXIT_ALL worked out, whose `sending` mark the journal refuses, is not sent (unmarked, a crash
+    could resend it): failed with the journal's reason and the close it would have sent, one `leg.not_sent`
+    error line."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held"}})
+    client = await make_client(config)
+    await post(client, alert(leg(quantity="10")))
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise JournalError("journal unwritable")
+
+    monkeypatch.setattr(client.app[JOURNAL], "mark_sending", refused)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        body = await post(client, alert(exit_all_leg()))
+    alert_id = body["alert_id"]
+    [result] = body["results"]
+    assert (result["status"], result["message"], result["transaction"], result["quantity"]) == (
+        "failed",
+        "not sent: journal unwritable",
+        "S",
+        "10",
+    )
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == ("sim", 1, f"{alert_id}-1")
+    assert [(o["side"], o["quantity"]) for o in scripted_orders(config)] == [("B", 10)]
+    assert_one_not_sent_line(logs, alert_id)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", '"2"', "1001", "true"])

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig
 from tvbridge.journal import Journal
-from tvbridge.keys import BROKERS, DEDUPER, JOURNAL, STATE
+from tvbridge.keys import BROKERS, CLOCK, DEDUPER, JOURNAL, STATE
 from tvbridge.middlewares.dedupe import Deduper, dedupe_key
 
 if TYPE_CHECKING:
@@ -312,3 +312,196 @@ async def test_a_repeat_whose_first_copy_the_journal_cannot_show_is_a_503(
                 break
             await asyncio.sleep(0.05)
     assert len(orders_received(config)) == 1
+
+
+# a first copy on another instance (PostgreSQL shared by several): the store's claim names its holder
+
+
+def another_instance_holds_the_claim(
+    client: Any, monkeypatch: pytest.MonkeyPatch, records: list[dict[str, Any] | None] | Exception
+) -> list[str]:
+    """The store answers this copy's claim with another instance's alert id `OTHER`, and the journal then shows
+    that copy's record as `records` say, one read after another (the last one repeats), or fails with the
+    exception. Returns the alert ids the claims were asked for."""
+    journal = client.app[JOURNAL]
+    asked: list[str] = []
+
+    async def claimed_elsewhere(key: str, alert_id: str, since: str) -> str:
+        asked.append(alert_id)
+        return OTHER
+
+    async def record_of_other(key: str, since: str) -> dict[str, Any] | None:
+        if isinstance(records, Exception):
+            raise records
+        return records.pop(0) if len(records) > 1 else records[0]
+
+    monkeypatch.setattr(journal, "claim_dedupe", claimed_elsewhere)
+    monkeypatch.setattr(journal, "find_by_dedupe_key", record_of_other)
+    return asked
+
+
+OTHER = "A-other-instance"
+OTHER_RESULT = {"leg_number": 1, "account": "s", "status": "success", "order_id": "X1"}
+OTHER_RECORD = {
+    "alert_id": OTHER,
+    "status": "success",
+    "response": {"alert_id": OTHER, "status": "success", "results": [OTHER_RESULT], "warnings": []},
+}
+
+
+async def test_a_copy_whose_first_runs_on_another_instance_waits_for_its_record(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other instance's copy is not recorded yet at the first two reads: this copy waits (polling, within
+    `server.response_deadline_s`) and is answered from that record once it appears: 200 duplicate of it, with its
+    results, and nothing placed here."""
+    config = scripted(config)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=WAIT_S))
+    client = await make_client(config)
+    asked = another_instance_holds_the_claim(client, monkeypatch, [None, None, OTHER_RECORD])
+
+    response = await client.post("/webhook", json=alert())
+
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert (body["status"], body["duplicate_of"], body["first_status"]) == ("duplicate", OTHER, "success")
+    assert body["results"] == [OTHER_RESULT]
+    assert len(asked) == 3  # claimed again at each poll until the record showed
+    assert orders_received(config) == []
+
+
+async def test_a_copy_whose_first_is_never_recorded_elsewhere_is_a_503_naming_it(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a 2xx for an alert nobody recorded: past `server.response_deadline_s` without the other copy's
+    record, 503 naming the copy that holds the claim (TradingView resends), and nothing placed."""
+    config = scripted(config)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    another_instance_holds_the_claim(client, monkeypatch, [None])
+
+    started = time.monotonic()
+    response = await client.post("/webhook", json=alert())
+
+    assert response.status == 503
+    assert (await response.json())["message"] == (
+        f"an identical alert ({OTHER}) is being accepted elsewhere; resend later"
+    )
+    assert time.monotonic() - started >= 0.2  # it waited the deadline out before giving up
+    assert orders_received(config) == []
+
+
+async def test_a_first_copy_elsewhere_that_the_journal_cannot_show_is_a_503(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim names another instance's copy, then reading that copy's record fails: 503 with the reason, a
+    `dedupe.lookup_failed` error line, nothing placed (it may be a repeat, so it is not run)."""
+    config = scripted(config)
+    client = await make_client(config)
+    another_instance_holds_the_claim(client, monkeypatch, OSError("disk I/O error"))
+
+    with capture_logs() as events:
+        response = await client.post("/webhook", json=alert())
+
+    assert response.status == 503
+    assert (await response.json())["message"] == (
+        "journal unreadable: cannot tell whether this alert is a repeat; resend later"
+    )
+    assert [e["log_level"] for e in events if e["event"] == "dedupe.lookup_failed"] == ["error"]
+    assert orders_received(config) == []
+
+
+async def test_a_claim_the_store_cannot_release_is_logged_and_the_refusal_stands(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first copy refused (422) gives its store claim back; when the store fails to, the refusal is answered
+    all the same and a `dedupe.release_failed` warning says so (the claim then expires by itself)."""
+    config = scripted(config)
+    client = await make_client(config)
+    released: list[str] = []
+
+    async def release_fails(key: str, alert_id: str) -> None:
+        released.append(alert_id)
+        raise OSError("connection lost")
+
+    monkeypatch.setattr(client.app[JOURNAL], "release_dedupe", release_fails)
+    with capture_logs() as events:
+        response = await client.post("/webhook", json=alert(leg(quantity="0")))
+
+    assert response.status == 422
+    body = await response.json()
+    assert released == [body["alert_id"]]
+    assert [e["log_level"] for e in events if e["event"] == "dedupe.release_failed"] == ["warning"]
+    assert orders_received(config) == []
+
+
+async def test_a_first_copy_answered_keeps_its_store_claim_and_a_refused_one_gives_it_back(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's claim (several instances on PostgreSQL) is given back only by a first copy that was refused: one
+    answered 2xx keeps it, so another instance's copy is answered from its record instead of running again."""
+    config = scripted(config)
+    client = await make_client(config)
+    released: list[str] = []
+
+    async def release(key: str, alert_id: str) -> None:
+        released.append(alert_id)
+
+    monkeypatch.setattr(client.app[JOURNAL], "release_dedupe", release)
+    placed = await client.post("/webhook", json=alert(leg(symbol="INFY")))
+    assert placed.status == 200
+    assert released == []
+    refused = await client.post("/webhook", json=alert(leg(quantity="0")))
+    assert refused.status == 422
+    assert released == [(await refused.json())["alert_id"]]
+    assert len(orders_received(config)) == 1
+
+
+class WatchedFuture(asyncio.Future[bool]):
+    """A claim's future that says when a copy starts waiting on it (`asyncio.wait` adds a done callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        super().add_done_callback(fn, context=context)
+        self.waited.set()
+
+
+@pytest.mark.parametrize(("failed", "status"), [(3, 200), (4, 503)])
+async def test_a_copy_sits_through_three_failed_first_copies_then_is_told_to_resend(
+    make_client: ClientFactory, config: Config, failed: int, status: int
+) -> None:
+    """A copy waiting on a first copy that fails may run, unless another copy claimed the alert meanwhile (it then
+    waits on that one). After three such failed first copies it runs itself; a fourth is a 503 (TradingView
+    resends later) rather than waiting on, and nothing is placed for it."""
+    config = scripted(config)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=WAIT_S))
+    client = await make_client(config)
+    deduper = client.app[DEDUPER]
+    raw = alert(leg(symbol="INFY"))
+    key = dedupe_key(raw)
+
+    def another_first_copy(n: int) -> WatchedFuture:
+        claim = deduper.claim(key, f"F{n}", client.app[CLOCK]())
+        claim.answered = WatchedFuture()
+        return claim.answered
+
+    answered = another_first_copy(1)
+    waiting = asyncio.create_task(client.post("/webhook", json=raw))
+    async with asyncio.timeout(WAIT_S):  # bounded: each step waits for the copy to wait on the claim
+        for n in range(1, min(failed, 3) + 1):  # the copy waits on three; it sees a fourth and gives up
+            await answered.waited.wait()
+            deduper.release(key, deduper.claims[key], answered=False)  # that first copy failed...
+            if n < failed:
+                answered = another_first_copy(n + 1)  # ...and another one claimed it before the waiter woke
+        response = await waiting
+    assert response.status == status, await response.text()
+    body = await response.json()
+    if status == 503:
+        assert body["message"] == "earlier copies of this alert failed; resend later"
+        assert orders_received(config) == []
+    else:
+        assert body["status"] == "success"
+        assert [o["symbol"] for o in orders_received(config)] == ["INFY"]

@@ -33,13 +33,14 @@ from tvbridge.broker import (
     BrokerUnknownOutcomeError,
     CancelRequest,
     Capabilities,
+    ContractId,
     Health,
     OrderRequest,
     OrderResult,
     OrderState,
     Position,
 )
-from tvbridge.models import OrderLeg, OrderType
+from tvbridge.models import OrderLeg, OrderType, Product, Side
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,6 +59,8 @@ class ScriptedSettings:
     hold_symbols: tuple[str, ...] = ()
     """Orders for these symbols wait, unplaced, until the test calls `release()`: a broker slower than any
     deadline, without a race against the machine's speed."""
+    hold_legs: tuple[int, ...] = ()
+    """Like `hold_symbols`, by the order's leg number in its alert: a later leg waits while the earlier ones go."""
     forgive_repeats: bool = False
     """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
     default): it is placed again, so a core that repeats itself is seen in the order count."""
@@ -77,8 +80,10 @@ class ScriptedSettings:
     lookup_error: str = ""
     """`lookup()` fails with a `BrokerError` of this message (the broker cannot say what it has)."""
     positions_answer: str = ""
-    """"": no `positions` capability; "flat": it has one and holds nothing; "unavailable": `positions()` fails
-    with `BrokerUnavailableError`; "bug": `positions()` raises a RuntimeError (a plugin bug)."""
+    """"": no `positions` capability; "flat": it has one and holds nothing; "held": it holds what its orders
+    bought and sold (each fills at once); "unavailable": `positions()` fails with `BrokerUnavailableError`; "bug":
+    `positions()` raises a RuntimeError (a plugin bug). It never declares `orders` (listing open orders): the core
+    must not ask (`Broker.open_orders` is not even defined here)."""
     cancel: bool = True
     """False: the broker does not declare the `cancel` capability."""
     cancel_answer: str = ""
@@ -128,6 +133,7 @@ class ScriptedBroker:
             "hang_after_place_symbols",
             "block_loop_symbols",
             "hold_symbols",
+            "hold_legs",
             "unknown_symbols",
         ):
             if key in values:
@@ -163,7 +169,7 @@ class ScriptedBroker:
         if self.settings.delay_s:
             await asyncio.sleep(self.settings.delay_s)
         leg = request.leg
-        if leg.symbol in self.settings.hold_symbols:
+        if leg.symbol in self.settings.hold_symbols or request.leg_number in self.settings.hold_legs:
             await self._released.wait()
         if leg.symbol in self.settings.hang_symbols:
             await asyncio.Event().wait()  # never set
@@ -255,10 +261,28 @@ class ScriptedBroker:
 class ScriptedPositionsBroker(ScriptedBroker):
     """`scripted` with `positions_answer` set: the `positions` capability and its method (see the setting)."""
 
+    def __init__(self, settings: ScriptedSettings, context: BrokerContext) -> None:
+        super().__init__(settings, context)
+        self.held: dict[tuple[ContractId, Product], int] = {}
+        """"held": the net units per contract and product of the orders placed since the start."""
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        result = await super().place(request)
+        leg = request.leg
+        contract = ContractId(exchange=leg.exchange, symbol=leg.symbol, instrument=leg.instrument)
+        signed = leg.quantity if leg.side is Side.BUY else -leg.quantity
+        self.held[(contract, leg.product)] = self.held.get((contract, leg.product), 0) + signed
+        return result
+
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
-        del leg
         if self.settings.positions_answer == "unavailable":
             raise BrokerUnavailableError("positions API down")
         if self.settings.positions_answer == "bug":
             raise RuntimeError("positions table missing")
-        return []
+        if self.settings.positions_answer != "held":
+            return []
+        return [
+            Position(contract=contract, product=product, net_quantity=net)
+            for (contract, product), net in self.held.items()
+            if net and (leg is None or (contract.exchange, contract.symbol) == (leg.exchange, leg.symbol))
+        ]
