@@ -62,18 +62,19 @@ class Access:
         if not self.pending and not self.pending_queued:
             return False
         request_ms = round((time.perf_counter() - self.arrived) * 1000, 3)
-        for event, pending in (("alert.queued", self.pending_queued), ("alert.done", self.pending)):
-            for fields in pending:
-                log.info(
-                    event,
-                    **fields,
-                    http_status=status,
-                    request_ms=request_ms,
-                    source=self.source,
-                    method=self.method,
-                    path=self.path,
-                )
-            pending.clear()
+        facts = {
+            "http_status": status,
+            "request_ms": request_ms,
+            "source": self.source,
+            "method": self.method,
+            "path": self.path,
+        }
+        for fields in self.pending_queued:
+            log.info("alert.queued", **fields, **facts)
+        self.pending_queued.clear()
+        for fields in self.pending:
+            log.info("alert.done", **fields, **facts)
+        self.pending.clear()
         return True
 
     def flush(self) -> None:
