@@ -35,6 +35,7 @@ commit kept instead of calling `place()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Mapping
@@ -301,30 +302,23 @@ class Executor:
         under when not the running one (crash recovery and the queue pass the journaled one). `access`: the
         webhook request's, which writes `alert.done` with its answer (`tvbridge/accessline.py`). `joined`: the
         legs booked in the alert's commit (`prepare_joined`), their outcome read, not sent again."""
-        if strategy is not None and strategy != current_strategy():
-            with use_strategy(strategy):
-                return await self._run(
-                    alert_id,
-                    alert,
-                    accounts,
-                    warnings,
-                    resume,
-                    premarked=premarked,
-                    arrived=arrived,
-                    access=access,
-                    joined=joined,
-                )
-        return await self._run(
-            alert_id,
-            alert,
-            accounts,
-            warnings,
-            resume,
-            premarked=premarked,
-            arrived=arrived,
-            access=access,
-            joined=joined,
+        scope = (
+            use_strategy(strategy)
+            if strategy is not None and strategy != current_strategy()
+            else contextlib.nullcontext()
         )
+        with scope:
+            return await self._run(
+                alert_id,
+                alert,
+                accounts,
+                warnings,
+                resume,
+                premarked=premarked,
+                arrived=arrived,
+                access=access,
+                joined=joined,
+            )
 
     async def _run(
         self,
