@@ -52,14 +52,16 @@ mutants_of() {  # mutmut's mutant-name globs, for groups that take only some fun
             "tvbridge.strategies.x_path_tokens_table__mutmut_* tvbridge.routes.x_is_webhook__mutmut_*" \
             "tvbridge.middlewares.x_guards__mutmut_* tvbridge.middlewares.x_build_middlewares__mutmut_*" ;;
         # what every alert goes through: run, the accounts, each leg's preparation, checks, mark and send, and
-        # the result it makes (each of these mutants runs every test that sends an alert: measured apart)
+        # the result it makes, and the paper book joined into the alert's commit (each of these mutants runs every
+        # test that sends an alert: measured apart)
         executor-core)
             local f out=""
             for f in "xǁExecutorǁ__init__" "xǁExecutorǁrun" "xǁExecutorǁ_run" "xǁExecutorǁ_recorded" \
                 "xǁExecutorǁ_run_account" "xǁExecutorǁ_leg" "xǁExecutorǁ_order_leg" "xǁExecutorǁexit_lock" \
                 "xǁExecutorǁ_send" "xǁExecutorǁ_recovered" "xǁExecutorǁ_prepare" "xǁExecutorǁresult_for" \
                 "xǁExecutorǁ_refuse_before_send" "xǁExecutorǁ_place" "xǁExecutorǁ_nudge" "xǁExecutorǁ_plugin_bug" \
-                "xǁExecutorǁ_from_order" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
+                "xǁExecutorǁ_from_order" "xǁExecutorǁprepare_joined" "xǁExecutorǁunprepare_joined" \
+                "xǁExecutorǁ_joined_result" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
                 out+="tvbridge.executor.${f}__mutmut_* "
             done
             echo "$out" ;;
@@ -102,7 +104,8 @@ tests_of() {
         # (a surviving mutant runs each that reaches it): the answer, the order log and journal rows, refusals
         # before sending, several accounts (mixed plans), sizing in lots, paper brackets, unknown outcomes and
         # hung plugins, recovery at the start, the deadline, targets and exits, the metrics and a notification
-        # (not the chromium, storm-window or subprocess tests: seconds each, and a subprocess cannot be mutated)
+        # (not the chromium, storm-window or subprocess tests: seconds each, and a subprocess cannot be mutated);
+        # the paper book joined into the alert's commit: test_paper_join.py's in-process tests (not its kill -9 ones)
         executor-core) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_unknown_outcome.py" \
             "tests/test_recovery_restart.py tests/test_recovery_count.py tests/test_refusal_journal.py" \
             "tests/test_mixed_plans.py tests/test_paper_webhook.py tests/test_brackets_paper.py" \
@@ -112,7 +115,19 @@ tests_of() {
             "tests/test_followup.py::test_paper_resting_limit_filled_by_a_later_alert_shows_filled" \
             "tests/test_followup.py::test_dhan_order_traded_later_shows_filled_and_polling_stops" \
             "tests/test_pluginguard.py::test_a_plugin_that_places_then_hangs_is_resolved_by_lookup" \
-            "tests/test_pluginguard.py::test_a_plugin_that_hangs_before_placing_is_unknown_and_nothing_is_sent_late" ;;
+            "tests/test_pluginguard.py::test_a_plugin_that_hangs_before_placing_is_unknown_and_nothing_is_sent_late" \
+            "tests/test_paper_join.py::test_the_order_is_in_the_journals_file_and_no_paper_file_is_made" \
+            "tests/test_paper_join.py::test_a_failed_commit_books_nothing" \
+            "tests/test_paper_join.py::test_a_risk_refusal_books_nothing" \
+            "tests/test_paper_join.py::test_an_alert_refused_503_does_not_use_up_the_daily_count" \
+            "tests/test_paper_join.py::test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it" \
+            "tests/test_paper_join.py::test_a_book_left_in_the_journal_is_never_started_empty" \
+            "tests/test_paper_join.py::test_the_books_refusal_books_nothing_and_the_alert_is_recorded" \
+            "tests/test_paper_join.py::test_an_existing_paper_file_is_imported_once" \
+            "tests/test_paper_join.py::test_an_import_never_overwrites_an_earlier_imported_file" \
+            "tests/test_paper_join.py::test_a_plugin_broker_never_joins" \
+            "tests/test_paper_join.py::test_a_booking_that_raises_half_way_leaves_nothing_booked" \
+            "tests/test_paper_join.py::test_a_plugin_cannot_end_the_alerts_transaction" ;;
         executor-edges) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py" \
             "tests/test_strategy_alerts.py tests/test_unknown_outcome.py tests/test_paper_webhook.py" \
             "tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py" \
