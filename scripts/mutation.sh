@@ -169,7 +169,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         durations = _json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
         items.sort(key=lambda item: durations.get(item.nodeid.removeprefix("mutants/"), 0.0))
 PY
+    # a test whose setup fails under a mutant (the app not built: the mutant raised in `Executor.__init__`) leaves
+    # its test client's session unclosed; pytest reports it at the end of the run, where mutmut's own runs (the
+    # forced-fail check, in its process) took it for a crash and stopped: ignored in the copies, that warning only
     sed -i -e 's/^where = \[".", "brokers"\]/where = ["."]/' \
+        -e 's/^    "error",$/    "error",\n    "ignore:Exception ignored in. <function ClientSession.__del__:pytest.PytestUnraisableExceptionWarning",/' \
         -e 's/^include = \["tvbridge\*"\]/include = ["tvbridge", "tvbridge.*", "tvbridge_brokers", "tvbridge_brokers.*"]/' \
         "$1/pyproject.toml"
 }

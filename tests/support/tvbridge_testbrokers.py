@@ -102,8 +102,10 @@ class ScriptedBroker:
         self.orders: dict[str, OrderResult] = {}
         """client order id -> the first order placed under it (what `lookup()` finds, like Dhan's lookup)."""
         self.placed = 0
-        self._released = asyncio.Event()
         """Every order placed, repeats included: the next order id is `S` and this count plus one."""
+        self._released = asyncio.Event()
+        self.holding = asyncio.Event()
+        """Set once an order waits for `release()` (`hold_symbols`, `hold_legs`): the broker has it now."""
         self.path = context.data_dir / f"scripted-{context.account}.jsonl"
         types = frozenset(OrderType(t) for t in settings.order_types) if settings.order_types else frozenset(OrderType)
         self.capabilities = Capabilities(
@@ -170,6 +172,7 @@ class ScriptedBroker:
             await asyncio.sleep(self.settings.delay_s)
         leg = request.leg
         if leg.symbol in self.settings.hold_symbols or request.leg_number in self.settings.hold_legs:
+            self.holding.set()
             await self._released.wait()
         if leg.symbol in self.settings.hang_symbols:
             await asyncio.Event().wait()  # never set
