@@ -106,6 +106,23 @@ async def test_counts_after_alerts(make_client: ClientFactory, config: Config) -
     assert client.app[CREDENTIALS].admin_token not in text
 
 
+async def test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The paper book is joined into the alert's commit on SQLite (`alerts/joined.py`), so its order reaches the
+    broker inside that commit, not through `place()`: its time from arrival is in the histogram all the same, once
+    per order, within the alert's own time."""
+    client = await make_client(config)  # the paper account
+    started = time.perf_counter()
+    for n in range(2):
+        response = await client.post("/webhook", json=alert(leg(quantity=str(n + 1), price="100")))
+        assert (await response.json())["status"] == "success"
+    elapsed = time.perf_counter() - started
+    found = samples(await scrape(client))
+    assert value(found, "tvbridge_alert_to_broker_seconds_count") == 2
+    assert 0 < value(found, "tvbridge_alert_to_broker_seconds_sum") < elapsed
+
+
 def found_python(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> str:
     (labels,) = [dict(labels) for name, labels in found if name == "tvbridge_build_info"]
     return labels["python"]

@@ -293,11 +293,21 @@ async def test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it(
     assert response.status == 200
     body = await response.json()
     assert body["status"] == "failed"
-    assert body["results"][0]["message"] == "trading halted (stop now): nothing was sent"
+    [refused] = body["results"]
+    assert (refused["leg_number"], refused["client_order_id"], refused["message"]) == (
+        1,
+        f"{body['alert_id']}-1",
+        "trading halted (stop now): nothing was sent",
+    )
     assert committed == [{"state": "failed", "message": "trading halted (stop now): nothing was sent"}]
     await settle(journal)
     assert book_orders(config.server.data_dir) == [(f"{seeded['alert_id']}-1", "filled")]
-    assert [row["status"] for row in order_log(config.server.data_dir)] == ["success", "failed"]
+    assert [
+        (row["status"], row["leg_number"], row["client_order_id"]) for row in order_log(config.server.data_dir)
+    ] == [
+        ("success", "1", f"{seeded['alert_id']}-1"),
+        ("failed", "1", f"{body['alert_id']}-1"),
+    ]
     clear_halt(halt_path(config.server.data_dir))
     after = await client.post("/webhook", json=alert(leg(symbol="TCS", price="100")))
     assert (await after.json())["status"] == "success"
