@@ -1,0 +1,94 @@
+"""How the executor reads the outcome of a paper order booked inside the alert's own commit (`alerts/joined.py`,
+`Executor._joined_result`): a refusal, a lost answer and a plugin bug each reach the answer, the order log and the
+log as a `place()` call's would. Checked where a user sees them, through the real app on the SQLite journal."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import alert, leg
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
+from tvbridge.keys import JOINED
+from tvbridge_brokers.paper import PaperBroker
+
+if TYPE_CHECKING:
+    from helpers import ClientFactory
+
+    from tvbridge.config import Config
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_only(store_env: dict[str, str]) -> None:
+    if store_env:
+        pytest.skip("the paper book joins the SQLite journal only")
+
+
+def order_log(config: Config) -> list[dict[str, str]]:
+    with config.data_path(config.order_log.file).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+async def test_a_booking_the_book_refuses_is_failed_under_its_client_order_id(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A buy SL whose limit is under its trigger, refused by the book inside the commit: failed with the book's
+    reason, under the leg's client order id in the answer and in the order log row (what an operator looks up)."""
+    client = await make_client(config)
+    joined = client.app[JOINED]
+    assert sorted(joined) == ["paper"]
+    bad = leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")
+    body = await (await client.post("/webhook", json=alert(bad))).json()
+    [result] = body["results"]
+    client_id = f"{body['alert_id']}-1"
+    assert (result["status"], result["client_order_id"]) == ("failed", client_id)
+    assert "a buy SL needs price >= triggerPrice" in result["message"]
+    assert [(row["status"], row["client_order_id"]) for row in order_log(config)] == [("failed", client_id)]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "logged"),
+    [
+        (RuntimeError("plugin bug"), "the 'paper' broker plugin raised RuntimeError: plugin bug", True),
+        (BrokerUnknownOutcomeError("connection dropped"), "connection dropped", False),
+    ],
+    ids=["plugin bug", "answer lost"],
+)
+async def test_a_booking_without_an_answer_is_looked_up_and_a_plugin_bug_is_logged(
+    make_client: ClientFactory,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    error: Exception,
+    reason: str,
+    logged: bool,
+) -> None:
+    """The booking raised before writing anything: the leg is `unknown` after the book's lookup found no order,
+    its message names why (the plugin's bug, or the lost answer's own reason); only a plugin bug is a
+    `broker.unexpected_error` line, naming the alert, leg, account and the error."""
+
+    def raises(self: PaperBroker, conn: sqlite3.Connection, request: OrderRequest) -> Any:
+        raise error
+
+    monkeypatch.setattr(PaperBroker, "place_joined", raises)
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    [result] = body["results"]
+    client_id = f"{body['alert_id']}-1"
+    assert (result["status"], result["client_order_id"]) == ("unknown", client_id)
+    assert result["message"] == (
+        f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending"
+    )
+    lines = [
+        {k: e.get(k) for k in ("log_level", "alert_id", "leg", "account", "error")}
+        for e in events
+        if e["event"] == "broker.unexpected_error"
+    ]
+    expected = {"log_level": "error", "alert_id": body["alert_id"], "leg": 1, "account": "paper", "error": repr(error)}
+    assert lines == ([expected] if logged else [])
