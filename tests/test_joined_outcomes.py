@@ -14,7 +14,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
-from tvbridge.keys import JOINED
+from tvbridge.keys import JOINED, JOURNAL
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
@@ -92,3 +92,27 @@ async def test_a_booking_without_an_answer_is_looked_up_and_a_plugin_bug_is_logg
     ]
     expected = {"log_level": "error", "alert_id": body["alert_id"], "leg": 1, "account": "paper", "error": repr(error)}
     assert lines == ([expected] if logged else [])
+
+
+async def test_a_booking_whose_outcome_never_came_back_is_unknown_and_looked_up(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert recorded but its booking's outcome not kept (a store that committed without running the join):
+    the leg is never taken as placed or refused, it is `unknown`, looked up, and its message says why."""
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    record_plan = journal.record_plan
+
+    async def without_the_booking(entry: Any, **kwargs: Any) -> Any:
+        kwargs.pop("join", None)
+        return await record_plan(entry, **kwargs)
+
+    monkeypatch.setattr(journal, "record_plan", without_the_booking)
+    body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    [result] = body["results"]
+    client_id = f"{body['alert_id']}-1"
+    assert (result["status"], result["client_order_id"]) == ("unknown", client_id)
+    assert result["message"] == (
+        f"outcome unknown (the booking's answer was lost); the broker has no order {client_id} yet: check before"
+        " resending"
+    )
