@@ -111,6 +111,8 @@ tests_of() {
             "tests/test_mixed_plans.py tests/test_paper_webhook.py tests/test_brackets_paper.py" \
             "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/test_deadline.py" \
             "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
+            "tests/test_metrics.py::test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time" \
+            "tests/test_joined_outcomes.py" \
             "tests/test_notify.py::test_a_failed_leg_notifies_without_delaying_the_answer" \
             "tests/test_followup.py::test_paper_resting_limit_filled_by_a_later_alert_shows_filled" \
             "tests/test_followup.py::test_dhan_order_traded_later_shows_filled_and_polling_stops" \
