@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import pytest
 from helpers import SECRET, ClientFactory, alert, leg, refusing_writes, with_accounts
+from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.config import AlertsConfig, Config
@@ -122,6 +123,8 @@ async def test_failed_leg_skips_the_later_legs(make_client: ClientFactory, confi
     assert body["results"][2]["message"] == "skipped: leg 2 failed"
     assert [o["symbol"] for o in orders_received(config)] == ["GOOD"]
     assert [row["status"] for row in order_log(config)] == ["success", "failed", "skipped"]
+    # the refused order's client order id, as the broker was asked under it (what an operator looks up)
+    assert body["results"][1]["client_order_id"] == order_log(config)[1]["client_order_id"] == f"{body['alert_id']}-2"
 
 
 async def test_on_leg_failure_continue_runs_the_rest(make_client: ClientFactory, config: Config) -> None:
@@ -358,8 +361,17 @@ async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: Clie
     alert is answered 200 and finished in the journal, and nothing is placed twice."""
     config = scripted(config, bad_answer_symbols=["ODD"])
     client = await make_client(config)
-    response = await client.post("/webhook", json=alert(leg(symbol="ODD")))
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=alert(leg(symbol="ODD")))
     body = await response.json()
+    [line] = [e for e in events if e["event"] == "broker.unexpected_error"]  # the bug logged with its traceback
+    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account", "exc_info")} == {
+        "log_level": "error",
+        "alert_id": body["alert_id"],
+        "leg": 1,
+        "account": "s",
+        "exc_info": True,
+    }
     assert response.status == 200
     assert body["status"] == "success"
     assert body["results"][0]["order_id"] == "S00001"
