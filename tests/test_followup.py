@@ -77,11 +77,16 @@ def dhan_config(config: Config, fake: FakeDhan, tmp_path: Path, **changes: Any) 
     return admin(with_accounts(config, {"dhan": account}), **changes)
 
 
-async def get_leg(client: TestClient[web.Request, web.Application], alert_id: str) -> dict[str, Any]:
+async def get_leg(
+    client: TestClient[web.Request, web.Application], alert_id: str, number: int | None = None
+) -> dict[str, Any]:
+    """The alert's leg `number`, or its only leg."""
     response = await client.get(f"/alerts/{alert_id}", headers=AUTH)
     assert response.status == 200
     record: dict[str, Any] = await response.json()
     legs: list[dict[str, Any]] = record["legs"]
+    if number is not None:
+        return next(found for found in legs if found["leg_number"] == number)
     (only,) = legs
     return only
 
@@ -222,23 +227,30 @@ async def test_partial_fill_is_shown_and_still_followed(
     assert (done["filled_quantity"], done["average_price"]) == (10, "2799.5")
 
 
+@pytest.mark.parametrize("filling_leg", [1, 2])
 async def test_paper_resting_limit_filled_by_a_later_alert_shows_filled(
-    make_client: ClientFactory, config: Config
+    make_client: ClientFactory, config: Config, filling_leg: int
 ) -> None:
     """A paper BUY limit below the reference price rests `open`; a later alert whose price reaches it fills it,
     and GET /alerts/<first> shows it filled at the limit. The first look-up is a minute away, so only the paper
-    broker's report of the orders it moved (`details["moved_orders"]`) can make it show this soon."""
-    paper = with_accounts(config, {"paper": {"broker": "paper", "prices": {"RELIANCE": 2900}}})
+    broker's report of the orders it moved (`details["moved_orders"]`) can make it show this soon. The filling
+    order is the later alert's first leg (on SQLite booked inside the alert's commit) or its second (sent)."""
+    prices = {"RELIANCE": 2900, "TCS": 4000}
+    paper = with_accounts(config, {"paper": {"broker": "paper", "prices": prices}})
     client = await make_client(admin(paper, FollowupConfig(first_interval_s=60, max_interval_s=60)))
     resting_id, resting = await place(client, alert(leg(orderType="LMT", price="2800")))
     assert resting["order_state"] == "open"
     assert (await get_leg(client, resting_id))["order_state"] == "open"
 
-    later_id, later = await place(client, alert(leg(orderType="LMT", price="2790", transactionType="S")))
+    filling = leg(orderType="LMT", price="2790", transactionType="S", sort_order=str(filling_leg))
+    legs = [filling] if filling_leg == 1 else [leg(symbol="TCS", quantity="1"), filling]
+    answer = await (await client.post("/webhook", json=alert(*legs))).json()
+    assert [r["status"] for r in answer["results"]] == ["success"] * len(legs), answer
+    later_id, later = answer["alert_id"], answer["results"][filling_leg - 1]
     assert later["order_state"] == "filled"
     filled = await wait_for_state(client, resting_id, "filled")
     assert (filled["filled_quantity"], filled["average_price"]) == (10, "2800")
-    later_leg = await get_leg(client, later_id)
+    later_leg = await get_leg(client, later_id, filling_leg)
     assert (later_leg["order_state"], later_leg["filled_quantity"], later_leg["average_price"]) == (
         "filled",
         10,

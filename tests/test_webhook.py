@@ -372,6 +372,15 @@ async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: Clie
         "account": "s",
         "exc_info": True,
     }
+    [found] = [e for e in events if e["event"] == "leg.resolved_by_lookup"]
+    assert {k: found.get(k) for k in ("log_level", "alert_id", "leg", "account", "order_id", "status")} == {
+        "log_level": "warning",
+        "alert_id": body["alert_id"],
+        "leg": 1,
+        "account": "s",
+        "order_id": "S00001",
+        "status": "success",
+    }
     assert response.status == 200
     assert body["status"] == "success"
     assert body["results"][0]["order_id"] == "S00001"
