@@ -9,7 +9,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import alert, leg
+from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
@@ -116,3 +116,51 @@ async def test_a_booking_whose_outcome_never_came_back_is_unknown_and_looked_up(
         f"outcome unknown (the booking's answer was lost); the broker has no order {client_id} yet: check before"
         " resending"
     )
+
+
+async def test_a_paper_account_after_another_account_is_still_booked_in_the_alerts_commit(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two accounts, the scripted `a` first in order and the joined paper book second: the paper leg is still
+    booked inside the alert's commit (never through `place()`, which fails here), and both legs are placed."""
+
+    def not_here(self: PaperBroker, request: OrderRequest) -> Any:
+        raise RuntimeError("booked outside the alert's commit")
+
+    monkeypatch.setattr(PaperBroker, "place", not_here)
+    config = with_accounts(config, {"a": {"broker": "scripted"}, "paper": dict(config.accounts["paper"])})
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    assert [(r["account"], r["status"]) for r in body["results"]] == [("a", "success"), ("paper", "success")], body
+
+
+@pytest.mark.parametrize("account", ["paper", "a"])
+async def test_a_size_that_cannot_be_worked_out_is_refused_and_logged(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, account: str
+) -> None:
+    """Sizing that fails with a bug (not a broker's refusal) never lets the leg through in the wrong size: refused,
+    nothing sent, and a `leg.check_failed` line names the alert, leg and account; whether the leg would have been
+    booked in the alert's commit (paper) or sent (the scripted `a`)."""
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("no size")
+
+    monkeypatch.setattr("tvbridge.executor.size", broken)
+    config = with_accounts(
+        config, {account: dict(config.accounts["paper"]) if account == "paper" else {"broker": "scripted"}}
+    )
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    [result] = body["results"]
+    assert (result["status"], result["message"]) == (
+        "failed",
+        "not sent: the contract or quantity could not be worked out (ValueError)",
+    )
+    [line] = [e for e in events if e["event"] == "leg.check_failed"]
+    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
+        "log_level": "error",
+        "alert_id": body["alert_id"],
+        "leg": 1,
+        "account": account,
+    }
