@@ -8,13 +8,15 @@ import csv
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
-from tvbridge.keys import JOINED, JOURNAL
+from tvbridge.config import RiskConfig
+from tvbridge.keys import BROKERS, JOINED, JOURNAL
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
@@ -164,3 +166,31 @@ async def test_a_size_that_cannot_be_worked_out_is_refused_and_logged(
         "leg": 1,
         "account": account,
     }
+
+
+async def test_a_refused_alert_that_is_not_recorded_gives_back_no_count_it_never_took(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """`max_orders_per_day = 1`, one order booked: the next alert's leg is refused by the limit, and then its
+    journal write fails (503). The refused leg never took a count, so none is given back: a third alert is still
+    refused by the limit, and the book holds one order."""
+    config = attrs.evolve(config, risk=RiskConfig(max_orders_per_day=1))
+    client = await make_client(config)
+    journal: Any = client.app[JOURNAL]  # the SQLite journal, whose database the test breaks for one write
+    first = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    assert first["status"] == "success"
+    await journal.database.write(
+        lambda conn: conn.execute(
+            "CREATE TRIGGER fail_alerts AFTER INSERT ON alerts BEGIN SELECT RAISE(ROLLBACK, 'disk gone'); END"
+        )
+    )
+    second = await client.post("/webhook", json=alert(leg(symbol="TCS", price="100")))
+    assert second.status == 503
+    await journal.database.write(lambda conn: conn.execute("DROP TRIGGER fail_alerts"))
+    third = await (await client.post("/webhook", json=alert(leg(symbol="WIPRO", price="100")))).json()
+    assert [(r["status"], r["message"]) for r in third["results"]] == [
+        ("failed", "risk: 1 order(s) already sent today on account paper; max_orders_per_day is 1")
+    ]
+    await journal.settle()
+    paper: Any = client.app[BROKERS]["paper"]  # the paper broker's own `orders()` (for tests and tools)
+    assert [o.client_order_id for o in await paper.orders()] == [f"{first['alert_id']}-1"]
