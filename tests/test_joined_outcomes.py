@@ -15,14 +15,19 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
-from tvbridge.config import RiskConfig
+from tvbridge.config import RiskConfig, StrategyConfig
+from tvbridge.halt import set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
+from tvbridge.strategies import strategy_halt_path
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
     from helpers import ClientFactory
 
     from tvbridge.config import Config
+
+
+ALPHA = "alpha-secret-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -194,3 +199,27 @@ async def test_a_refused_alert_that_is_not_recorded_gives_back_no_count_it_never
     await journal.settle()
     paper: Any = client.app[BROKERS]["paper"]  # the paper broker's own `orders()` (for tests and tools)
     assert [o.client_order_id for o in await paper.orders()] == [f"{first['alert_id']}-1"]
+
+
+async def test_a_strategys_halt_set_while_its_alert_waits_for_its_commit_stops_it(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks passed, then, while strategy alpha's alert waits for its commit, alpha alone is halted: the commit
+    asks alpha's halt again (not only the kill switch), so nothing is booked and the leg is failed with the halt."""
+    config = attrs.evolve(config, strategies={"alpha": StrategyConfig(secret=ALPHA)})
+    client = await make_client(config)
+    journal: Any = client.app[JOURNAL]
+    record_plan = journal.record_plan
+
+    async def halt_alpha_then_record(entry: Any, **kwargs: Any) -> Any:
+        set_halt(strategy_halt_path(config.server.data_dir, "alpha"), reason="alpha paused", by="test")
+        return await record_plan(entry, **kwargs)
+
+    monkeypatch.setattr(journal, "record_plan", halt_alpha_then_record)
+    body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100"), secret=ALPHA))).json()
+    assert [(r["status"], r["message"]) for r in body["results"]] == [
+        ("failed", "strategy alpha halted (alpha paused): nothing was sent")
+    ]
+    await journal.settle()
+    paper: Any = client.app[BROKERS]["paper"]
+    assert await paper.orders() == []
