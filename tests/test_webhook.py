@@ -14,7 +14,7 @@ from helpers import SECRET, ClientFactory, alert, leg, refusing_writes, with_acc
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from tvbridge.config import AlertsConfig, Config
+from tvbridge.config import AlertsConfig, Config, RiskConfig
 from tvbridge.keys import JOURNAL
 from tvbridge.orderlog import COLUMNS, GUIDE_COLUMNS
 
@@ -354,6 +354,22 @@ async def test_admin_token_with_undecodable_bytes_is_refused(make_client: Client
     client = await make_client(scripted(config))
     response = await client.get("/alerts/x", headers={"Authorization": "Bearer \udcff\udcfe"})
     assert response.status == 401
+
+
+async def test_a_leg_the_risk_limits_refuse_keeps_its_client_order_id(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A leg over `max_qty_per_order`, refused before it is sent: failed with the limit's reason, under its own
+    client order id in the answer, the journal and the order log, and nothing reaches the broker."""
+    config = attrs.evolve(scripted(config), risk=RiskConfig(max_qty_per_order=5))
+    client = await make_client(config)
+    body = await (await client.post("/webhook", json=alert(leg(quantity="10")))).json()
+    [result] = body["results"]
+    client_id = f"{body['alert_id']}-1"
+    assert (result["status"], result["client_order_id"]) == ("failed", client_id)
+    assert result["message"].startswith("risk: "), result["message"]
+    assert [(row["status"], row["client_order_id"]) for row in order_log(config)] == [("failed", client_id)]
+    assert orders_received(config) == []
 
 
 async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: ClientFactory, config: Config) -> None:
