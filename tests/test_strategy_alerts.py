@@ -694,20 +694,22 @@ async def test_a_target_order_is_journaled_sending_while_the_broker_has_it(
     assert [(lg["state"], lg["client_order_id"]) for lg in record["legs"]] == [("placed", f"{alert_id}-1")]
 
 
+@pytest.mark.parametrize("kind", ["target", "exit"])
 async def test_one_accounts_target_at_the_broker_does_not_hold_up_another_accounts(
-    make_client: ClientFactory, config: Config
+    make_client: ClientFactory, config: Config, kind: str
 ) -> None:
-    """The position lock (one reader of a position at a time) is per account: while account `a`'s target order
-    waits at its broker, under `a`'s lock, account `b`'s target of the same alert reads its own position and
-    reaches its broker too. One lock for every account would keep `b` waiting until `a`'s broker answered (one
-    slow broker then delays every account's exits and targets)."""
+    """The position lock (one reader of a position at a time) is per account: while account `a`'s target (or
+    EXIT_ALL) order waits at its broker, under `a`'s lock, account `b`'s leg of the same alert reads its own
+    position and reaches its broker too. One lock for every account would keep `b` waiting until `a`'s broker
+    answered (one slow broker then delays every account's exits and targets). The exit closes what leg 1 bought."""
     # the host's bound on a plugin call (8 s, within the PostgreSQL pass's 10 s lease) outlasts the wait below
-    held = {"broker": "scripted", "positions_answer": "flat", "hold_symbols": ["RELIANCE"], "broker_timeout_s": 8}
+    held = {"broker": "scripted", "positions_answer": "held", "hold_legs": [2], "broker_timeout_s": 8}
     config = with_accounts(config, {"a": held, "b": held})
     config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=60))
     client = await make_client(config)
     brokers: list[Any] = [client.app[BROKERS]["a"], client.app[BROKERS]["b"]]
-    response = asyncio.create_task(client.post("/webhook", json=alert(target(10, 1))))
+    second = target(10, 1, symbol="INFY", sort_order="2") if kind == "target" else {**exit_all_leg(), "sort_order": "2"}
+    response = asyncio.create_task(client.post("/webhook", json=alert(leg(quantity="10"), second)))
     try:
         async with asyncio.timeout(5):  # bounded: with one lock for both, the second waits for the first's answer
             await asyncio.gather(*(broker.holding.wait() for broker in brokers))
@@ -717,13 +719,19 @@ async def test_one_accounts_target_at_the_broker_does_not_hold_up_another_accoun
         answer = await response
     assert answer.status == 200, await answer.text()
     body = await answer.json()
-    assert [(r["account"], r["status"], r["transaction"], r["quantity"]) for r in body["results"]] == [
-        ("a", "success", "B", "10"),
-        ("b", "success", "B", "10"),
+    sent = ("INFY", "B", 10) if kind == "target" else ("RELIANCE", "S", 10)
+    assert [(r["account"], r["leg_number"], r["status"]) for r in body["results"]] == [
+        ("a", 1, "success"),
+        ("a", 2, "success"),
+        ("b", 1, "success"),
+        ("b", 2, "success"),
     ]
     for name in ("a", "b"):
         lines = config.data_path(f"scripted-{name}.jsonl").read_text().splitlines()
-        assert [(o["symbol"], o["side"], o["quantity"]) for o in map(json.loads, lines)] == [("RELIANCE", "B", 10)]
+        assert [(o["symbol"], o["side"], o["quantity"]) for o in map(json.loads, lines)] == [
+            ("RELIANCE", "B", 10),
+            sent,
+        ]
 
 
 @pytest.mark.parametrize("kind", ["plain", "target", "exit"])
