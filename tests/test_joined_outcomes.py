@@ -18,6 +18,7 @@ from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
 from tvbridge.config import RiskConfig, StrategyConfig
 from tvbridge.halt import set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
+from tvbridge.risk import RiskGuard
 from tvbridge.strategies import strategy_halt_path
 from tvbridge_brokers.paper import PaperBroker
 
@@ -223,3 +224,31 @@ async def test_a_strategys_halt_set_while_its_alert_waits_for_its_commit_stops_i
     await journal.settle()
     paper: Any = client.app[BROKERS]["paper"]
     assert await paper.orders() == []
+
+
+@pytest.mark.parametrize("account", ["paper", "a"])
+async def test_pre_send_checks_that_fail_with_a_bug_refuse_the_leg_and_log_it(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, account: str
+) -> None:
+    """The risk checks failing with a bug (not a refusal) never let the leg through: failed, nothing sent, and a
+    `leg.check_failed` line names the alert, leg and account; booked in the commit (paper) or sent (scripted)."""
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("no count")
+
+    monkeypatch.setattr(RiskGuard, "before_send", broken)
+    config = with_accounts(
+        config, {account: dict(config.accounts["paper"]) if account == "paper" else {"broker": "scripted"}}
+    )
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    [result] = body["results"]
+    assert (result["status"], result["message"]) == ("failed", "not sent: the pre-send checks failed (ValueError)")
+    [line] = [e for e in events if e["event"] == "leg.check_failed"]
+    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
+        "log_level": "error",
+        "alert_id": body["alert_id"],
+        "leg": 1,
+        "account": account,
+    }

@@ -372,6 +372,29 @@ async def test_a_leg_the_risk_limits_refuse_keeps_its_client_order_id(
     assert orders_received(config) == []
 
 
+async def test_a_leg_the_broker_cannot_take_is_refused_under_its_own_ids(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """An EXIT_ALL on a broker without the `positions` capability, after a plain order: refused before sending,
+    with its account, leg number and client order id in the answer and the order log row."""
+    client = await make_client(scripted(config))
+    exit_all = {**leg(sort_order="2"), "manage_position": "EXIT_ALL"}
+    exit_all.pop("quantity")
+    body = await (await client.post("/webhook", json=alert(leg(symbol="INFY"), exit_all))).json()
+    refused = body["results"][1]
+    client_id = f"{body['alert_id']}-2"
+    assert (refused["account"], refused["leg_number"], refused["status"], refused["client_order_id"]) == (
+        "s",
+        2,
+        "failed",
+        client_id,
+    )
+    assert refused["message"].startswith("not sent: manage_position EXIT_ALL needs the broker capability")
+    row = order_log(config)[1]
+    assert (row["account"], row["leg_number"], row["client_order_id"]) == ("s", "2", client_id)
+    assert [o["symbol"] for o in orders_received(config)] == ["INFY"]
+
+
 async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: ClientFactory, config: Config) -> None:
     """A plugin that places the order and then answers garbage: the order is found by client order id, the
     alert is answered 200 and finished in the journal, and nothing is placed twice."""
