@@ -542,7 +542,7 @@ class Executor:
         counted = resume is not None and (account, number) in resume.counted
         refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal, counted=counted)
         if refused is not None:
-            return refused
+            return await self._journal_refusal(alert_id, refused)
         if leg.manage_position is not None:
             async with self.exit_lock(account):
                 return await self._exit(alert_id, account, number, leg, done)
@@ -699,7 +699,7 @@ class Executor:
             return attrs.evolve(result, transaction="")  # no order, so no side (the leg's is a placeholder)
         refused = await self._refuse_before_send(alert_id, account, number, move.leg)
         if refused is not None:
-            return refused
+            return await self._journal_refusal(alert_id, refused)
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -874,6 +874,27 @@ class Executor:
             message = f"not sent: the pre-send checks failed ({type(e).__name__})"
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
         return None
+
+    async def _journal_refusal(self, alert_id: str, refused: LegResult) -> LegResult:
+        """Commit a leg's refusal (`failed`, with its reason) before the executor goes on: the leg is journaled
+        `sending` (marked with the alert) or `pending`, and its result would otherwise come only with the alert's
+        results, which the answer does not wait for. A crash in between left it open: recovery looked it up, did
+        not find it and, once the halt that refused it was lifted, SENT the order of an alert answered "refused".
+        Only refusals pay this commit, never a sent leg. If it cannot be written, the leg is still refused (never
+        sent), its message says so, and `leg.refusal_unjournaled` records the moment (docs/durability.md)."""
+        try:
+            await self._journal.record_leg(alert_id, refused)
+        except JournalError as e:
+            log.error(
+                "leg.refusal_unjournaled",
+                alert_id=alert_id,
+                leg=refused.leg_number,
+                account=refused.account,
+                error=str(e),
+            )
+            return attrs.evolve(refused, message=f"{refused.message}; the refusal could not be journaled: {e}")
+        crash_point("after_refusal")
+        return refused
 
     async def _place(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult:
         broker = self._brokers[account]
