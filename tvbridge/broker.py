@@ -628,9 +628,10 @@ class JournalJoiner(Protocol):
 
 class JoinedConnection(Protocol):
     """What `place_joined` gets of the journal's connection: statements only. The transaction is the journal's:
-    COMMIT, ROLLBACK (but ROLLBACK TO a savepoint of one's own), END and BEGIN raise `sqlite3.ProgrammingError`,
-    and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). A plugin that ends the
-    transaction anyway fails the alert's write (`tvbridge/alerts/joined.py`). A `sqlite3.Connection` is one."""
+    COMMIT, ROLLBACK, END, BEGIN and a RELEASE or ROLLBACK TO of the journal's own savepoints raise
+    `sqlite3.ProgrammingError` (SQLite's authorizer refuses them, however spelled; a savepoint of one's own is
+    fine), and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). See
+    `tvbridge/alerts/joined.py`'s `JoinGuard`. A `sqlite3.Connection` is one."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor: ...
 

@@ -48,7 +48,7 @@ import structlog
 
 from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
-from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg
+from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg, JoinGuard
 from tvbridge.alerts.plan import client_order_id
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
@@ -232,6 +232,8 @@ class Executor:
         """Undo `before_send`'s daily count of one leg of the account (`RiskGuard.give_back`): `unprepare_joined`."""
         self._halted = halted
         """Strategy -> the halts' refusal or None (`RiskGuard.halted`), asked again inside the joined commit."""
+        self._join_guard = JoinGuard()
+        """What joining plugins may do on the journal's connection: one authorizer, installed once (`JoinGuard`)."""
 
     async def prepare_joined(
         self, alert_id: str, alert: Alert, first_sends: frozenset[tuple[str, int]]
@@ -266,7 +268,7 @@ class Executor:
         if not legs:
             return None
         halted = functools.partial(self._halted, current_strategy()) if self._halted is not None else None
-        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted)
+        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted, guard=self._join_guard)
 
     def unprepare_joined(self, joined: Joined) -> None:
         """The alert's `record_plan` failed (nothing recorded, nothing booked): give back the daily order count
