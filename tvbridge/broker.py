@@ -257,6 +257,10 @@ class BrokerContext:
     database: SharedDatabase | None = None
     """The shared PostgreSQL database when `[journal] url` is set (several instances serve as one), else None
     (state stays in `data_dir`, per instance). See `SharedDatabase` and docs/plugins.md."""
+    sqlite_journal: Path | None = None
+    """With `database` set: the SQLite journal's file (`[journal] path`) the PostgreSQL store replaced. A plugin
+    whose state joined that journal on an earlier start (`join_journal`) finds it there, and must not start
+    without it (paper refuses). None without `database`."""
     cluster: Cluster = attrs.field(default=SOLO, eq=False, repr=False)
     """Several instances on one PostgreSQL store: `await cluster.is_leader()` before scheduled work that must run
     once (a token renewal, a daily download), `publish`/`load` to hand its result to the other instances
