@@ -68,7 +68,7 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.contracts import is_relative, resolve
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
-from tvbridge.metrics import Metrics
+from tvbridge.metrics import Metrics, error_code
 from tvbridge.models import (
     Alert,
     CancelLeg,
@@ -336,6 +336,8 @@ class Executor:
         joined: Joined | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        if joined is not None:
+            self._observe_bookings(joined)
         timings: dict[tuple[str, int], float] = {}
         """(account, leg number) -> the leg's milliseconds, for `alert.done`."""
         per_account: Sequence[list[LegResult] | BaseException]
@@ -401,6 +403,15 @@ class Executor:
             },
         )
         return body
+
+    def _observe_bookings(self, joined: Joined) -> None:
+        """The broker-call histogram and error count for the legs booked in the alert's commit, as `TimedBroker`
+        records a `place()`: the booking's own time (`Joined.booked_s`), not the commit around it."""
+        for (account, number), seconds in joined.booked_s.items():
+            self._metrics.child(self._metrics.broker_latency, account, "place").observe(seconds)
+            outcome = joined.outcomes.get((account, number))
+            if isinstance(outcome, Exception):
+                self._metrics.broker_errors.labels(account=account, operation="place", code=error_code(outcome)).inc()
 
     def _recorded(self, alert_id: str, results: Sequence[LegResult], written: asyncio.Task[bool]) -> None:
         """After the results' commit: order follow-up gets them (the placement's answer is on record before any

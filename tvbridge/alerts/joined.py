@@ -27,6 +27,7 @@ Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -158,6 +159,9 @@ class Joined:
     """What the plugins may do with the journal's connection (`JoinGuard`): the executor's one guard, so the
     authorizer is installed once, not per alert."""
     outcomes: dict[tuple[str, int], OrderResult | Exception] = attrs.field(factory=dict)
+    booked_s: dict[tuple[str, int], float] = attrs.field(factory=dict)
+    """Seconds each `place_joined` call took (the booking, not the commit), as `outcomes`: the broker-call
+    histogram's figure for a joined leg (`Executor._observe_bookings`, after the commit)."""
 
     def leg(self, account: str, number: int) -> JoinedLeg | None:
         for leg in self.legs:
@@ -199,12 +203,14 @@ class Joined:
                 self.outcomes[leg.account, leg.number] = HaltedError(halted)
                 continue
             conn.execute("SAVEPOINT joined_leg")
+            started = time.perf_counter()
             try:
                 outcome = self.plugins[leg.account].place_joined(self.guard.enter(conn), leg.request)
             except Exception as e:  # noqa: BLE001 - the executor maps it as it maps place()'s errors
                 outcome = e
             finally:
                 self.guard.leave()
+                self.booked_s[leg.account, leg.number] = time.perf_counter() - started
             if not conn.in_transaction:  # whatever it did is on disk or gone: never answer for it
                 raise JoinEndedTransactionError(f"the {leg.account} plugin ended the journal's transaction")
             if isinstance(outcome, Exception):
