@@ -374,3 +374,28 @@ async def test_a_first_leg_refused_by_a_halt_after_its_commit_is_not_sent_by_rec
     with (tmp_path / "webhook_orders.csv").open(newline="") as f:
         rows = [(r["alert_id"], r["status"], reason in r["message"]) for r in csv.DictReader(f)]
     assert rows == [(alert_id, "failed", True)]
+
+
+async def test_a_leg_the_broker_refused_is_not_sent_by_recovery(tmp_path: Path) -> None:
+    """The broker refuses the first leg (nothing placed: `BrokerRejectedError`), and the process is killed right
+    after that refusal's commit, before the alert's results. Restarted while the alert is young, with a broker that
+    would take the order now: recovery must not send the order of an alert answered "failed". The broker received
+    nothing; the journal and the order log say failed with the broker's reason."""
+    env = {"TVBRIDGE_ACCOUNTS__SIM__REJECT_SYMBOLS": '["TCS"]', "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
+    server = await asyncio.to_thread(start, tmp_path, env, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(leg(symbol="TCS"))) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
+
+    restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")  # the broker takes TCS now
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    assert rows == [(alert_id, "failed", "TCS is not tradeable here")]

@@ -889,12 +889,14 @@ class Executor:
         return None
 
     async def _journal_refusal(self, alert_id: str, refused: LegResult) -> LegResult:
-        """Commit a leg's refusal (`failed`, with its reason) before the executor goes on: the leg is journaled
-        `sending` (marked with the alert) or `pending`, and its result would otherwise come only with the alert's
-        results, which the answer does not wait for. A crash in between left it open: recovery looked it up, did
-        not find it and, once the halt that refused it was lifted, SENT the order of an alert answered "refused".
-        Only refusals pay this commit, never a sent leg. If it cannot be written, the leg is still refused (never
-        sent), its message says so, and `leg.refusal_unjournaled` records the moment (docs/durability.md)."""
+        """Commit a leg's refusal (`failed`, with its reason) before the executor goes on: refused by its checks
+        before the send, or by the broker (a `BrokerError` that is not an unknown outcome: nothing placed). The leg
+        is journaled `sending` (marked with the alert, or before the send) or `pending`, and its result would
+        otherwise come only with the alert's results, which the answer does not wait for. A crash in between left
+        it open: recovery looked it up, did not find it and, once the halt that refused it was lifted (or the
+        broker would take it), SENT the order of an alert answered "refused". Only refusals pay this commit,
+        never a placed leg. If it cannot be written, the leg is still refused (not sent again), its message says
+        so, and `leg.refusal_unjournaled` records the moment (docs/durability.md)."""
         try:
             await self._journal.record_leg(alert_id, refused)
         except JournalError as e:
@@ -919,8 +921,9 @@ class Executor:
             self._nudge(account, order)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=str(e))
-        except BrokerError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+        except BrokerError as e:  # nothing placed: refused now, never by a restart's recovery later
+            refused = self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+            return await self._journal_refusal(alert_id, refused)
         except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             return await self._resolve_unknown(
