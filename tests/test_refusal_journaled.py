@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from tvbridge.models import LegResult
 
 REASON = "desk says stop"
-FUTURE = leg(symbol="NIFTY", instrument="FUT", productType="M")
+
+
+def future() -> dict[str, Any]:
+    """A NIFTY future leg, stamped now (`meta.timenow`: built per test, never stale)."""
+    return leg(symbol="NIFTY", instrument="FUT", productType="M")
 
 
 def halting(config: Config) -> Config:
@@ -58,7 +62,7 @@ async def test_the_refusal_is_committed_without_the_alerts_results(
     client = await make_client(config)
     journal = client.app[JOURNAL]
     monkeypatch.setattr(journal, "record_results", lambda *args: asyncio.ensure_future(lost(*args)))
-    response = await client.post("/webhook", json=alert(FUTURE))
+    response = await client.post("/webhook", json=alert(future()))
     assert response.status == 200, await response.text()
     answer = await response.json()
     [result] = answer["results"]
@@ -87,7 +91,7 @@ async def test_a_refusal_the_journal_cannot_take_is_still_refused_and_says_so(
 
     monkeypatch.setattr(client.app[JOURNAL], "record_leg", refused)
     with capture_logs(processors=[merge_contextvars]) as logs:
-        response = await client.post("/webhook", json=alert(FUTURE))
+        response = await client.post("/webhook", json=alert(future()))
         assert response.status == 200, await response.text()
         answer = await response.json()
     [result] = answer["results"]
@@ -121,7 +125,7 @@ async def test_a_sent_leg_pays_no_refusal_write(
         await record_leg(alert_id, result)
 
     monkeypatch.setattr(journal, "record_leg", spy)
-    response = await client.post("/webhook", json=alert(FUTURE))
+    response = await client.post("/webhook", json=alert(future()))
     assert response.status == 200, await response.text()
     assert (await response.json())["status"] == "success"
     assert [o["quantity"] for o in orders(config)] == [20]
