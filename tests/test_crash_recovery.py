@@ -399,3 +399,30 @@ async def test_a_leg_the_broker_refused_is_not_sent_by_recovery(tmp_path: Path) 
     with (tmp_path / "webhook_orders.csv").open(newline="") as f:
         rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
     assert rows == [(alert_id, "failed", "TCS is not tradeable here")]
+
+
+async def test_a_target_whose_position_could_not_be_read_is_not_sent_by_recovery(tmp_path: Path) -> None:
+    """A target position (`position_size` 10) whose position read fails (the broker's positions API is down): the
+    leg is answered failed, nothing sent, and the process is killed right after that refusal's commit. Restarted
+    young, with the positions readable again (flat): recovery must not send the BUY 10 the trader was told was not
+    sent. The broker received nothing; the order log says why."""
+    target = leg(symbol="INFY", position_size="10")
+    del target["transactionType"], target["quantity"]
+    env = {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "unavailable", "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
+    server = await asyncio.to_thread(start, tmp_path, env, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(target)) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
+
+    restarted = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "flat"}, "again")
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    assert rows == [(alert_id, "failed", "not sent: the current position could not be read: positions API down")]

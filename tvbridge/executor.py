@@ -692,11 +692,15 @@ class Executor:
                 pending += self._sent_exits.still_open(_sent_scope(account), leg, found, listed)
         except BrokerError as e:
             message = f"not sent: the current position could not be read: {e}"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         except Exception as e:  # a plugin bug while reading: nothing was sent
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"not sent: reading the current position failed ({type(e).__name__}: {e})"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         move = to_target(leg, target, found, pending)
         log.info("leg.target", alert_id=alert_id, leg=number, account=account, before=move.before, target=target)
         return _moved(await self._send_move(alert_id, account, number, leg, move=move, done=done), move)
@@ -731,7 +735,7 @@ class Executor:
         broker = self._brokers[account]
         cancelled = await self._cancel_brackets(alert_id, account, number, leg)
         if isinstance(cancelled, LegResult):
-            return cancelled
+            return await self._journal_refusal(alert_id, cancelled)
         try:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
@@ -739,11 +743,15 @@ class Executor:
                 pending = self._sent_exits.still_open(_sent_scope(account), leg, found, await broker.open_orders())
         except BrokerError as e:
             message = f"not sent: the position to close could not be read: {e}"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         except Exception as e:  # a plugin bug while reading: nothing was sent
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"not sent: reading the position to close failed ({type(e).__name__}: {e})"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         exit_order = exit_all(leg, found, pending)
         log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
         if exit_order.leg is None:
