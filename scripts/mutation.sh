@@ -61,7 +61,7 @@ mutants_of() {  # mutmut's mutant-name globs, for groups that take only some fun
                 "xǁExecutorǁ_send" "xǁExecutorǁ_recovered" "xǁExecutorǁ_prepare" "xǁExecutorǁresult_for" \
                 "xǁExecutorǁ_refuse_before_send" "xǁExecutorǁ_place" "xǁExecutorǁ_nudge" "xǁExecutorǁ_plugin_bug" \
                 "xǁExecutorǁ_from_order" "xǁExecutorǁprepare_joined" "xǁExecutorǁunprepare_joined" \
-                "xǁExecutorǁ_joined_result" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
+                "xǁExecutorǁ_joined_result" "xǁExecutorǁ_observe_bookings" "xǁExecutorǁ_journal_refusal" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
                 out+="tvbridge.executor.${f}__mutmut_* "
             done
             echo "$out" ;;
@@ -112,7 +112,7 @@ tests_of() {
             "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/test_deadline.py" \
             "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
             "tests/test_metrics.py::test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time" \
-            "tests/test_joined_outcomes.py" \
+            "tests/test_joined_outcomes.py tests/test_joined_metrics.py tests/test_refusal_journaled.py" \
             "tests/test_notify.py::test_a_failed_leg_notifies_without_delaying_the_answer" \
             "tests/test_followup.py::test_paper_resting_limit_filled_by_a_later_alert_shows_filled" \
             "tests/test_followup.py::test_dhan_order_traded_later_shows_filled_and_polling_stops" \
