@@ -245,6 +245,7 @@ async def test_pre_send_checks_that_fail_with_a_bug_refuse_the_leg_and_log_it(
         body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
     [result] = body["results"]
     assert (result["status"], result["message"]) == ("failed", "not sent: the pre-send checks failed (ValueError)")
+    assert (result["account"], result["leg_number"], result["client_order_id"]) == (account, 1, f"{body['alert_id']}-1")
     [line] = [e for e in events if e["event"] == "leg.check_failed"]
     assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
         "log_level": "error",
