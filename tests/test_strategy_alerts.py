@@ -246,7 +246,8 @@ async def test_each_sizing_type_on_equity(
 
     [result] = body["results"]
     assert (result["status"], result["quantity"]) == ("success", quantity), result
-    assert result["message"].startswith(note), result["message"]
+    assert result["message"].startswith(f"{note}; "), result["message"]  # then the broker's own message
+    assert "contract" not in result  # no contract was chosen: the leg named its own
     [order] = await paper_orders(client)
     assert order.quantity == int(quantity)
     [row] = csv_rows(config)
@@ -344,13 +345,22 @@ async def test_atm_strikes_from_the_master_and_the_underlying_price(
         price="100",
     )
 
-    body = await post(client, alert(body_leg))
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body = await post(client, alert(body_leg))
 
     [result] = body["results"]
     assert result["status"] == "success", result
     contract = f"NIFTY-Dec2026-{expected}-{option_type} (expiry 2026-12-08, strike {expected}, security_id "
     assert result["contract"].startswith(contract), result["contract"]
-    assert result["message"].startswith(contract)
+    assert result["message"].startswith(f"{result['contract']}; "), result["message"]
+    [chosen] = [e for e in events if e["event"] == "leg.contract_chosen"]
+    assert {k: chosen.get(k) for k in ("log_level", "alert_id", "leg", "account", "contract")} == {
+        "log_level": "info",
+        "alert_id": body["alert_id"],
+        "leg": 1,
+        "account": "paper",
+        "contract": result["contract"],
+    }
     [order] = await paper_orders(client)
     assert str(order.strike_price) == expected
     assert csv_rows(config)[0]["message"].startswith(contract)
