@@ -20,6 +20,7 @@ from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge.config import StrategyConfig
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.keys import BROKERS, JOURNAL
 from tvbridge.models import LegResult, LegStatus
@@ -72,6 +73,7 @@ async def crashed_run(
     settled: tuple[LegResult, ...] = (),
     offset: int | None = 0,
     planned: bool = True,
+    strategy: str | None = None,
 ) -> None:
     """What a run killed mid-alert leaves in the journal: the alert accepted, its legs planned, some marked
     `sending`, some with their result."""
@@ -92,6 +94,7 @@ async def crashed_run(
         if planned
         else [],
         order_log_offset=offset,
+        strategy=strategy,
     )
     for number in sending:
         await journal.mark_sending(alert_id, "sim", number, None)
@@ -143,6 +146,20 @@ async def test_a_leg_never_sent_is_sent_once_at_the_start(make_client: ClientFac
         ("A1", "2", "success"),
     ]
     assert await client.app[JOURNAL].unfinished() == []
+
+
+async def test_a_strategys_alert_is_recovered_under_its_strategy(make_client: ClientFactory, config: Config) -> None:
+    """An unfinished alert of strategy alpha is run at the start under alpha, not under whatever runs then: its
+    leg's result (journal and order log) names alpha, whose own positions and limits it counts in."""
+    config = attrs.evolve(
+        scripted(config), strategies={"alpha": StrategyConfig(secret="alpha-secret-0123456789abcdef")}
+    )
+    await crashed_run(config, "A1", alert(leg(symbol="INFY")), strategy="alpha")
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A1-1"]
+    record = await journal_of(client, "A1")
+    assert [(leg["state"], leg["result"]["strategy"]) for leg in record["legs"]] == [("placed", "alpha")]
+    assert [(row["alert_id"], row["strategy"]) for row in order_log_rows(config)] == [("A1", "alpha")]
 
 
 async def test_a_leg_the_broker_has_is_found_not_sent_again(make_client: ClientFactory, config: Config) -> None:
