@@ -18,6 +18,7 @@ from notify_sink import Sink, running_sink
 
 from tvbridge.config import Config, NotifyConfig
 from tvbridge.errors import ConfigError
+from tvbridge.keys import JOURNAL
 from tvbridge.notify import Notifier, url_secrets
 
 SINK_DELAY_S = 1.0
@@ -161,3 +162,24 @@ def test_every_token_part_of_a_notification_url_is_a_secret(url: str, secret_par
     assert url in found
     assert set(secret_parts) <= set(found)
     assert not set(kept) & set(found)
+
+
+async def test_results_the_journal_cannot_take_are_a_journal_trouble_message(
+    make_client: ClientFactory, config: Config, sink: Sink
+) -> None:
+    """The alert is placed and answered, but its final state cannot be written (the database refuses the alert's
+    finishing update): the operator gets one `journal trouble` message naming the alert, and no other."""
+    client = await make_client(notifying(config, sink, 0))
+    journal: Any = client.app[JOURNAL]  # the SQLite journal, whose database the test breaks for the results
+    await journal.database.write(
+        lambda conn: conn.execute(
+            "CREATE TRIGGER refuse_results BEFORE UPDATE OF status ON alerts WHEN NEW.status != 'accepted'"
+            " BEGIN SELECT RAISE(ABORT, 'disk gone'); END"
+        )
+    )
+    response = await client.post("/webhook", json=alert())
+    body = await response.json()
+    assert body["status"] == "success"
+    (message,) = await sink.wait_for(1)
+    assert message["title"] == "tvbridge: journal trouble"
+    assert f"alert {body['alert_id']}: its final state could not be journaled" in message["message"]
