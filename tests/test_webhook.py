@@ -395,6 +395,34 @@ async def test_a_leg_the_broker_cannot_take_is_refused_under_its_own_ids(
     assert [o["symbol"] for o in orders_received(config)] == ["INFY"]
 
 
+async def test_alert_done_names_each_leg_and_why_a_failed_one_failed(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The alert's one info line, `alert.done`, lists every leg: its number, account, broker, status, order id and
+    time; the message only for a leg that did not go (a placed leg's message is the broker's chatter)."""
+    config = attrs.evolve(scripted(config, reject_symbols=["BAD"]), alerts=AlertsConfig(on_leg_failure="continue"))
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body = await (
+            await client.post("/webhook", json=alert(leg(symbol="GOOD"), leg(symbol="BAD", sort_order="2")))
+        ).json()
+    [done] = [e for e in events if e["event"] == "alert.done"]
+    assert done["alert_id"] == body["alert_id"]
+    legs = done["legs"]
+    assert all(isinstance(line.pop("latency_ms"), float) for line in legs), legs
+    assert legs == [
+        {"leg": 1, "account": "s", "broker": "scripted", "status": "success", "order_id": "S00001"},
+        {
+            "leg": 2,
+            "account": "s",
+            "broker": "scripted",
+            "status": "failed",
+            "order_id": None,
+            "message": "BAD is not tradeable here",
+        },
+    ]
+
+
 async def test_a_plugin_bug_after_placing_is_resolved_not_lost(make_client: ClientFactory, config: Config) -> None:
     """A plugin that places the order and then answers garbage: the order is found by client order id, the
     alert is answered 200 and finished in the journal, and nothing is placed twice."""
