@@ -87,7 +87,7 @@ async def test_cancel_by_order_id_cancels_that_order(make_client: ClientFactory,
     client = await make_client(config)
     await post(client, alert(leg(symbol="INFY", quantity="1")))
     await post(client, alert(leg(symbol="INFY", quantity="2")))
-    body = await post(client, cancel(order_id="S00002"))
+    body = await post(client, cancel(order_id="S00002", transactionType="B"))
     [result] = body["results"]
     assert (result["status"], result["message"], result["order_id"]) == (
         "success",
@@ -96,6 +96,16 @@ async def test_cancel_by_order_id_cancels_that_order(make_client: ClientFactory,
     )
     broker: Any = client.app[BROKERS]["sim"]
     assert [r.leg.order_id for r in broker.cancel_requests] == ["S00002"]
+    # the leg named only the order and its side: the row's other cells are empty, not made up
+    row = order_log_rows(config)[-1]
+    assert [row[c] for c in ("symbol", "exchange", "transaction", "quantity", "order_type", "product_type")] == [
+        "",
+        "",
+        "B",
+        "",
+        "CANCEL",
+        "",
+    ]
 
 
 async def test_a_cancel_that_finds_nothing_succeeds_with_no_order_id(
