@@ -25,6 +25,7 @@ from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.keys import BROKERS, JOURNAL
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.orderlog import OrderLog
+from tvbridge.positions import KEY_SEPARATOR
 
 if TYPE_CHECKING:
     from helpers import ClientFactory
@@ -159,6 +160,9 @@ async def test_a_strategys_alert_is_recovered_under_its_strategy(make_client: Cl
     assert [o["client_order_id"] for o in broker_orders(config)] == ["A1-1"]
     record = await journal_of(client, "A1")
     assert [(leg["state"], leg["result"]["strategy"]) for leg in record["legs"]] == [("placed", "alpha")]
+    # the contract alpha's own position is summed by, journaled with the result (exchange, symbol, instrument,
+    # expiry, strike, option type, product)
+    assert record["legs"][0]["result"]["position_key"] == KEY_SEPARATOR.join(["NSE", "INFY", "EQ", "", "", "", "C"])
     assert [(row["alert_id"], row["strategy"]) for row in order_log_rows(config)] == [("A1", "alpha")]
 
 
