@@ -121,9 +121,10 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
 
 
 async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_path: Path) -> None:
-    """SIGKILL at `after_record`: the alert (leg `sending`) and its paper order were committed together, nothing
-    answered. The restart's recovery finds the order by client order id (not placed again), the journal, the
-    order log and `GET /alerts/<id>` agree, and a resend of the same alert places nothing."""
+    """SIGKILL at `after_record`: the alert, its paper order and (one leg: one commit in all) its result and final
+    status were committed together, nothing answered, no order log row. The restart places and looks up nothing
+    (the alert is finished), writes the missing row once; the journal, the order log and `GET /alerts/<id>`
+    agree, and a resend of the same alert places nothing."""
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="RELIANCE", quantity="2"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "after_record"}, "crashing")
@@ -131,13 +132,16 @@ async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (alert_id,) = alerts
-    assert alerts[alert_id] == "accepted"
-    assert legs[alert_id, 1] == "sending"
+    assert alerts[alert_id] == "success"  # settled in its own commit (was `accepted`, leg `sending`, before)
+    assert legs[alert_id, 1] == "placed"
     assert book_orders(tmp_path) == [(f"{alert_id}-1", "filled")]  # in the same commit as the alert
+    assert order_log(tmp_path) == []
 
     restarted = await start(tmp_path, PAPER_ENV, "restarted")
-    found = [e for e in restarted.events() if e["event"] == "recovery.leg_found"]
-    assert [e["alert_id"] for e in found] == [alert_id]
+    events = restarted.events()
+    assert [e for e in events if e["event"] in {"recovery.alert", "recovery.leg_found"}] == []
+    rows = [e for e in events if e["event"] == "recovery.order_log_rows"]
+    assert [(e["alert_id"], e["written"]) for e in rows] == [(alert_id, ["paper#1"])]
     async with (
         aiohttp.ClientSession() as session,
         session.get(
@@ -437,8 +441,9 @@ async def test_a_plugin_broker_never_joins(make_client: ClientFactory, config: C
 
 async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None:
     """`max_orders_per_day = 1`: the second alert's first leg is refused by the count before the commit and
-    recorded `failed` in it; killed right after that commit (`after_record`, 2nd hit), the restart's recovery
-    settles it as refused instead of looking it up and sending it past the limit: the book holds one order."""
+    recorded `failed` in it (the alert settled `failed` in that commit: one leg, one commit in all); killed right
+    after that commit (`after_record`, 2nd hit), the restart's recovery does not look it up nor send it past the
+    limit: the book holds one order, and the refusal's order log row is written once."""
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     env = {**PAPER_ENV, "TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
     server = await start(tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": "after_record:2"}, "crashing")
@@ -449,7 +454,7 @@ async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (second_id,) = (a for a in alerts if a != first[1]["alert_id"])
-    assert (alerts[second_id], legs[second_id, 1]) == ("accepted", "failed")
+    assert (alerts[second_id], legs[second_id, 1]) == ("failed", "failed")  # was ("accepted", "failed")
 
     restarted = await start(tmp_path, env, "restarted")
     assert await asyncio.to_thread(restarted.terminate) == 0

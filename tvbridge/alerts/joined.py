@@ -17,6 +17,17 @@ an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rol
 unknown outcome, resolved by `lookup()`). The group commit may run the join twice (after another alert's write
 failed, it runs every write again, each in a SAVEPOINT): the last run's outcomes are the committed ones.
 
+ONE commit in all: when every leg of the alert is one of these joined first legs (one leg, every account joined),
+`prepare_joined` gives the join a `finish` (`Executor._finish_joined`, pure: no I/O, no metrics). After the
+bookings it turns the outcomes into the legs' results, the status and the answer exactly as the executor would
+after the commit, and the join returns them as a `Finished` (`alerts/records.py`): the journal writes them in this
+same transaction and marks the alert "order log row pending". When one outcome is not definite (an unknown
+outcome, a plugin bug: only `lookup()` can settle it) `finish` gives None and nothing changes: the executor
+settles it after the commit and hands the results over (`record_results`) as for any alert. So for the common
+paper alert the commit holds: the alert, its plan, the book's order, the leg's result, the final status and the
+answer. The executor then writes the order log row, tells the journal (`order_log_written`: the mark is cleared
+by the next write's transaction) and answers (`Executor._run`).
+
 Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, the transaction not committed.
 """
 
@@ -29,13 +40,17 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import structlog
 
+from tvbridge.alerts.records import Finished
 from tvbridge.broker import JournalJoiner, OrderRequest, OrderResult
 from tvbridge.crashpoints import crash_point
 from tvbridge.models import LegResult, OrderLeg
 
 if TYPE_CHECKING:
     from tvbridge.alerts.records import AlertEntry
+
+log = structlog.get_logger()
 
 
 _FIRST_WORDS = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z))*(\w*)\s*(\w*)\s*(\w*)", re.DOTALL)
@@ -98,9 +113,10 @@ class JoinedLeg:
     """How the quantity was sized (`sizing.py`), for the leg's message."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class Joined:
-    """The `join` of `record_plan` for the joined legs of one alert; `outcomes` once it has run."""
+    """The `join` of `record_plan` for the joined legs of one alert; `outcomes` (and `finished`) once it has run.
+    Not frozen: it keeps what its run inside the commit decided, for the executor to read after the commit."""
 
     legs: tuple[JoinedLeg, ...]
     plugins: Mapping[str, JournalJoiner]
@@ -109,6 +125,11 @@ class Joined:
     """The kill switch and the running strategy's halt, asked again inside the commit (`RiskGuard.halted`): the
     refusal, or None."""
     outcomes: dict[tuple[str, int], OrderResult | Exception] = attrs.field(factory=dict)
+    finish: Callable[[Joined], Finished | None] | None = None
+    """The whole alert's outcome from `outcomes` when every leg is joined (`Executor._finish_joined`): None when
+    one is not definite. Runs inside the commit: pure."""
+    finished: Finished | None = None
+    """What `finish` gave on the join's last run: written in the alert's commit (`record_plan`)."""
 
     def leg(self, account: str, number: int) -> JoinedLeg | None:
         for leg in self.legs:
@@ -129,13 +150,15 @@ class Joined:
         )
         return attrs.evolve(entry, legs=legs)
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, conn: sqlite3.Connection) -> Finished | None:
         """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
         leaves half-written when it raises is undone here, whatever it does itself.
 
         The halts are read again first: the checks ran before the alert waited for its commit (behind another
         writer, a slow fsync), and a halt set meanwhile must stop it as it stops a send. A halted leg is recorded
-        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it)."""
+        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it).
+
+        Returns `finish`'s `Finished` (the journal writes it in this transaction), or None."""
         halted = self.halted() if self.halted is not None else None
         for leg in self.legs:
             if leg.request is None:
@@ -160,4 +183,11 @@ class Joined:
                 conn.execute("ROLLBACK TO joined_leg")
             conn.execute("RELEASE joined_leg")
             self.outcomes[leg.account, leg.number] = outcome
+        self.finished = None
+        if self.finish is not None:
+            try:
+                self.finished = self.finish(self)
+            except Exception:  # a bug there must not cost the alert its commit: the executor settles it after
+                log.exception("joined.finish_failed")
         crash_point("in_join")
+        return self.finished
