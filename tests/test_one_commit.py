@@ -129,7 +129,7 @@ def two_writes(client: TestClient[Request, Application], monkeypatch: pytest.Mon
 
 
 CASES = {
-    "filled": (alert(leg(symbol="INFY", price="100")), RiskConfig()),
+    "filled, with a warning": (alert(leg(symbol="INFY", price="100"), comment="unknown key"), RiskConfig()),
     "resting limit": (alert(leg(symbol="INFY", orderType="LMT", price="90")), RiskConfig()),
     "refused by the book": (alert(leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")), RiskConfig()),
     "refused by the checks": (alert(leg(symbol="INFY", quantity="50")), RiskConfig(max_qty_per_order=5)),
@@ -149,15 +149,16 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
     for path in ("one", "two"):
         data_dir = tmp_path / path
         data_dir.mkdir()
-        server = attrs.evolve(config.server, data_dir=data_dir)
+        server = attrs.evolve(config.server, data_dir=data_dir, admin_token=ADMIN_TOKEN)
         client = await make_client(attrs.evolve(config, server=server, risk=risk))
         if path == "two":
             two_writes(client, monkeypatch)
         await warmed(client)  # and the daily count read: joins from now
         answer, costs[path] = await posted(client, body)
         alert_id = answer["alert_id"]
-        headers = {"Authorization": f"Bearer {config.server.admin_token}"} if config.server.admin_token else {}
-        record = await (await client.get(f"/alerts/{alert_id}", headers=headers)).json()
+        got = await client.get(f"/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert got.status == 200
+        record = await got.json()
         repeat = await (await client.post("/webhook", json=body)).json()
         await client.close()
         row = next(r for r in order_log(data_dir) if r["alert_id"] == alert_id)
@@ -167,10 +168,11 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
                     "rows": stored(data_dir, alert_id),
                     "answer": {k: v for k, v in answer.items() if k != "timestamp"},
                     "record": {
-                        "status": record.get("status"),
+                        "status": record["status"],
+                        "response": {k: v for k, v in record["response"].items() if k != "timestamp"},
                         "legs": [
                             {k: v for k, v in leg.items() if k not in {"updated_at", "order_updated_at"}}
-                            for leg in record.get("legs", [])
+                            for leg in record["legs"]
                         ],
                     },
                     "repeat": {k: v for k, v in repeat.items() if k not in {"timestamp", "alert_id"}},
@@ -181,6 +183,7 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
         assert marks(data_dir) == {}  # cleared at the clean stop
     assert found["one"] == found["two"]
     assert found["one"]["repeat"]["status"] == "duplicate"
+    assert found["one"]["answer"]["warnings"] == (["comment: unknown key, ignored"] if "warning" in case else [])
     assert costs == {"one": 1, "two": 2}
 
 
