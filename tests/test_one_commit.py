@@ -10,8 +10,10 @@ the commits counted, the order log, `GET /alerts/<id>`, the answer to a repeat, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import json
+import random
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ import attrs
 import pytest
 from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
 from helpers import ClientFactory, alert, leg, with_accounts
+from test_crash_recovery import seed, seed_on_failure  # noqa: F401 - `seed` is a fixture, used by name
 
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
 from tvbridge.config import RiskConfig
@@ -354,3 +357,55 @@ async def test_killed_between_the_commit_and_the_marks_clearing(
     alerts, legs, integrity = journal_rows(tmp_path)
     assert (alerts, legs, integrity) == ({alert_id: "success"}, {(alert_id, 1): "placed"}, "ok")
     assert marks(tmp_path) == {}
+
+
+async def test_random_kills_of_one_commit_alerts(tmp_path: Path, seed: int) -> None:  # noqa: F811 - the fixture
+    """Bursts of one-leg paper alerts (each one commit), each cut by SIGKILL at a random moment or at a random hit
+    of a crash point around the commit and the order log row, each followed by a restart: every alert answered
+    2xx is booked once and has one order log row; no order and no row without its alert; nothing unfinished or
+    marked at the end."""
+    (tmp_path / "config.toml").write_text(PAPER_TOML)
+    rng = random.Random(seed)  # noqa: S311 - a test schedule, not a secret
+    points = ["in_join", "after_record", "after_send", "before_order_log", "after_order_log"]
+    answered: set[str] = set()
+    with seed_on_failure(seed):
+        for round_ in range(3):
+            crash = (
+                {"TVBRIDGE_TEST_CRASH_AT": f"{rng.choice(points)}:{rng.randint(5, 40)}"} if rng.random() < 0.6 else {}
+            )
+            server = await start(tmp_path, {**PAPER_ENV, **crash}, f"round{round_}")
+            semaphore = asyncio.Semaphore(6)
+
+            async def one(
+                i: int, url: str = server.url, gate: asyncio.Semaphore = semaphore
+            ) -> tuple[int, dict[str, Any]] | None:
+                async with gate:
+                    return await post(url, alert(leg(symbol="INFY", quantity=str(i + 1))))
+
+            burst = asyncio.gather(*(one(round_ * 100 + i) for i in range(50)))
+            if crash:  # the server kills itself at the point, or the burst ends without reaching it
+                outcomes = await asyncio.wait_for(burst, 60)
+            else:
+                task = asyncio.ensure_future(burst)
+                await asyncio.sleep(rng.uniform(0.05, 0.5))  # the random kill moment, not a wait for a result
+                server.kill()
+                outcomes = await asyncio.wait_for(task, 60)
+            server.kill()
+            answered |= {o[1]["alert_id"] for o in outcomes if o is not None and 200 <= o[0] < 300}
+        final = await start(tmp_path, PAPER_ENV, "final")
+        assert await asyncio.to_thread(final.terminate) == 0
+        assert answered
+        alerts, legs, integrity = journal_rows(tmp_path)
+        assert integrity == "ok"
+        assert [a for a, status in alerts.items() if status == "accepted"] == []
+        assert marks(tmp_path) == {}
+        booked = collections.Counter(cid for cid, _ in book_orders(tmp_path))
+        assert [cid for cid, n in booked.items() if n > 1] == []
+        assert {cid.rsplit("-", 1)[0] for cid in booked} <= set(alerts)
+        rows = collections.Counter((r["alert_id"], r["leg_number"], r["account"]) for r in order_log(tmp_path))
+        assert [key for key, n in rows.items() if n > 1] == []
+        assert {a for a, _, _ in rows} == set(alerts)
+        for alert_id in answered:
+            assert booked[f"{alert_id}-1"] == 1
+            assert rows[alert_id, "1", "paper"] == 1
+            assert (alerts[alert_id], legs[alert_id, 1]) == ("success", "placed")
