@@ -24,6 +24,7 @@ from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
 from helpers import ClientFactory, alert, leg, with_accounts
 from test_crash_recovery import seed, seed_on_failure  # noqa: F401 - `seed` is a fixture, used by name
 
+from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
 from tvbridge.config import RiskConfig
 from tvbridge.journal import Journal
@@ -75,9 +76,9 @@ def stored(data_dir: Path, alert_id: str) -> dict[str, Any]:
     return same
 
 
-def marks(data_dir: Path) -> dict[str, int]:
+def marks(data_dir: Path, name: str = "tvbridge.sqlite3") -> dict[str, int]:
     """Alerts whose order log row may be missing (`order_log_pending`), by id."""
-    conn = sqlite3.connect(data_dir / "tvbridge.sqlite3")
+    conn = sqlite3.connect(data_dir / name)
     try:
         rows = conn.execute("SELECT alert_id, order_log_pending FROM alerts WHERE order_log_pending IS NOT NULL")
         return dict(rows.fetchall())
@@ -409,3 +410,37 @@ async def test_random_kills_of_one_commit_alerts(tmp_path: Path, seed: int) -> N
             assert booked[f"{alert_id}-1"] == 1
             assert rows[alert_id, "1", "paper"] == 1
             assert (alerts[alert_id], legs[alert_id, 1]) == ("success", "placed")
+
+
+async def test_many_marks_waiting_get_a_commit_of_their_own(tmp_path: Path) -> None:
+    """Alerts finished in their own commit, their rows written, and no later write to carry the clearing of their
+    marks: up to 255 they wait (no commit); the 256th gets them one commit, and none is marked after it."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    await journal.open()
+    try:
+        finished = Finished(status="success", response={"status": "success"}, results=())
+        ids = [f"A{i}" for i in range(256)]
+        await asyncio.gather(*(journal.record_plan(entry(alert_id), join=lambda _: finished) for alert_id in ids))
+        assert len(marks(tmp_path, "journal.sqlite3")) == 256
+        before = journal.database.batches
+        for alert_id in ids[:255]:
+            journal.order_log_written(alert_id)
+        await journal.settle()
+        assert (journal.database.batches - before, len(marks(tmp_path, "journal.sqlite3"))) == (0, 256)
+        journal.order_log_written(ids[255])
+        await journal.settle()
+        assert (journal.database.batches - before, marks(tmp_path, "journal.sqlite3")) == (1, {})
+    finally:
+        await journal.close()
+
+
+def entry(alert_id: str) -> AlertEntry:
+    return AlertEntry(
+        alert_id=alert_id,
+        alert_type="multi_leg_order",
+        payload={"alertType": "multi_leg_order"},
+        dedupe_key=None,
+        source=None,
+        order_log_offset=0,
+        legs=(LegEntry(account="paper", leg_number=1, client_order_id=f"{alert_id}-1", state="sending"),),
+    )

@@ -29,7 +29,9 @@ broker does not have them and the alert is still young enough.
 A broker that joined the SQLite journal (`JournalJoiner.join_journal`: the paper book) has the first leg of each
 account booked inside the alert's own commit (`alerts/joined.py`): `prepare_joined` runs that leg's checks
 (sizing, capabilities, halts, risk limits) before `record_plan`, and `run(joined=...)` reads the outcome the
-commit kept instead of calling `place()`.
+commit kept instead of calling `place()`. When that leg is the whole alert (one leg, every account joined), the
+commit also settles it (`_finish_joined`: results, status and answer, written by `record_plan`): `_run` then
+writes the order log row, tells the journal (`order_log_written`) and skips `record_results`: one commit in all.
 """
 
 from __future__ import annotations

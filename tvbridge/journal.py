@@ -225,8 +225,11 @@ class Journal:
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
-        ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
+        ones are not waited for, so a steady stream of alerts cannot keep a reader waiting. So is a commit of
+        order log marks under way (`order_log_written`, when many waited)."""
         await self._results_pending.settle()
+        if self._flushing is not None:
+            await self._flushing
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
