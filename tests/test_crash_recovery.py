@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import attrs
 import pytest
-from durability_server import KillableServer, journal_rows, scripted_orders
+from durability_server import ADMIN_TOKEN, KillableServer, journal_rows, scripted_orders
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import alert, leg
 
 from tvbridge.crashpoints import POINTS
+from tvbridge.halt import clear_halt, halt_path, read_halt
 from tvbridge_brokers.dhan.instruments import sample_master_path
 
 if TYPE_CHECKING:
@@ -41,9 +42,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 LEGS = 2
-NAMED_POINTS = sorted(POINTS - {"after_claim", "in_join"})
+NAMED_POINTS = sorted(POINTS - {"after_claim", "in_join", "after_refusal"})
 """The send path; the queue's point is in test_tradingday.py, `in_join` (only a broker that joins the journal, the
-paper book, reaches it) in the paper test below and test_paper_join.py."""
+paper book, reaches it) in the paper test below and test_paper_join.py, `after_refusal` (only a refused leg
+reaches it) in the halt test below."""
 
 
 @attrs.frozen(kw_only=True)
@@ -325,3 +327,102 @@ async def test_a_leg_refused_by_the_daily_count_is_not_sent_by_recovery(tmp_path
     (refused,) = (a for a in alerts if a != first[1]["alert_id"])
     assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{first[1]['alert_id']}-1"]
     assert legs[refused, 1] == "failed"
+
+
+HALTING_SIM = '[accounts.sim]\nbroker = "scripted"\nquantity_multiplier = 2\nlot_size = 1\n'
+"""A remote account whose first leg is journaled `sending` with the alert (no daily count) and whose derivative
+legs are sized through the broker's `instrument_info()` (the multiplier): the moment the test halts trading."""
+
+
+async def test_a_first_leg_refused_by_a_halt_after_its_commit_is_not_sent_by_recovery(tmp_path: Path) -> None:
+    """The kill switch comes between the alert's commit (its first leg journaled `sending`) and the leg's checks:
+    the leg is refused, and the process is killed right after the refusal's commit, before the alert's results.
+    The operator lifts the halt and restarts while the alert is young: recovery must not send the order of an
+    alert answered "refused". The unforgiving broker received nothing; the journal, the order log and
+    `GET /alerts/<id>` say failed with the halt's reason."""
+    reason = "desk says stop"
+    (tmp_path / "config.toml").write_text(f'{HALTING_SIM}halt_when_sizing = "{reason}"\n', encoding="utf-8")
+    server = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_TEST_CRASH_AT": "after_refusal"}, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(leg(symbol="NIFTY", instrument="FUT", productType="M"))) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")  # killed before the results' commit
+    halt = read_halt(halt_path(tmp_path))
+    assert halt is not None
+    assert halt.reason == reason
+
+    assert clear_halt(halt_path(tmp_path))  # the operator resumes trading, then restarts
+    (tmp_path / "config.toml").write_text(HALTING_SIM, encoding="utf-8")
+    restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{restarted.url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as response,
+    ):
+        assert response.status == 200
+        record = await response.json()
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    assert record["status"] == "failed"
+    assert [(leg_["state"], reason in leg_["message"]) for leg_ in record["legs"]] == [("failed", True)]
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [(r["alert_id"], r["status"], reason in r["message"]) for r in csv.DictReader(f)]
+    assert rows == [(alert_id, "failed", True)]
+
+
+async def test_a_leg_the_broker_refused_is_not_sent_by_recovery(tmp_path: Path) -> None:
+    """The broker refuses the first leg (nothing placed: `BrokerRejectedError`), and the process is killed right
+    after that refusal's commit, before the alert's results. Restarted while the alert is young, with a broker that
+    would take the order now: recovery must not send the order of an alert answered "failed". The broker received
+    nothing; the journal and the order log say failed with the broker's reason."""
+    env = {"TVBRIDGE_ACCOUNTS__SIM__REJECT_SYMBOLS": '["TCS"]', "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
+    server = await asyncio.to_thread(start, tmp_path, env, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(leg(symbol="TCS"))) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
+
+    restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")  # the broker takes TCS now
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    assert rows == [(alert_id, "failed", "TCS is not tradeable here")]
+
+
+async def test_a_target_whose_position_could_not_be_read_is_not_sent_by_recovery(tmp_path: Path) -> None:
+    """A target position (`position_size` 10) whose position read fails (the broker's positions API is down): the
+    leg is answered failed, nothing sent, and the process is killed right after that refusal's commit. Restarted
+    young, with the positions readable again (flat): recovery must not send the BUY 10 the trader was told was not
+    sent. The broker received nothing; the order log says why."""
+    target = leg(symbol="INFY", position_size="10")
+    del target["transactionType"], target["quantity"]
+    env = {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "unavailable", "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
+    server = await asyncio.to_thread(start, tmp_path, env, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(target)) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
+
+    restarted = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "flat"}, "again")
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    assert rows == [(alert_id, "failed", "not sent: the current position could not be read: positions API down")]

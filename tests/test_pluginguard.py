@@ -14,9 +14,10 @@ from helpers import alert, leg, with_accounts
 from server_process import run_cli
 from structlog.testing import capture_logs
 
-from tvbridge.broker import BrokerUnavailableError
+from tvbridge.broker import BrokerUnavailableError, OrderRequest, OrderResult, OrderState
 from tvbridge.errors import ConfigError
 from tvbridge.keys import JOURNAL
+from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.pluginguard import GuardedBroker
 
 if TYPE_CHECKING:
@@ -195,6 +196,25 @@ class _SteppedExtras:
         self.finished = True
         return "late"
 
+    async def slow_then_hang(self) -> str:
+        time.sleep(0.3)  # noqa: ASYNC251 - the mistake under test, then a wait that never ends
+        await asyncio.Event().wait()
+        return "never"
+
+
+class _SyncClientBroker:
+    """A plugin with a synchronous HTTP client on the loop (the mistake `broker.blocked_event_loop` names): its
+    `place()` places the order in a blocking first step longer than the bound, then awaits its bookkeeping."""
+
+    def __init__(self) -> None:
+        self.placed: list[str] = []
+
+    async def place(self, request: OrderRequest) -> OrderResult:
+        time.sleep(0.3)  # noqa: ASYNC251 - the synchronous client under test: 0.3 s of a 0.2 s bound
+        self.placed.append(request.client_order_id)
+        await asyncio.sleep(0.05)  # e.g. an async write of its own ledger
+        return OrderResult(order_id="B-1", state=OrderState.OPEN, client_order_id=request.client_order_id)
+
 
 async def test_a_call_that_answers_without_awaiting_returns_its_result_or_its_own_error() -> None:
     """A plugin method that is done within its first step (paper on SQLite) answers as it would unguarded: its
@@ -208,14 +228,51 @@ async def test_a_call_that_answers_without_awaiting_returns_its_result_or_its_ow
         await guarded.refresh()
 
 
-async def test_the_bound_counts_from_the_call_not_from_its_first_await() -> None:
-    """A plugin that blocks the loop past `broker_timeout_s` before it first awaits is cut off at that await:
-    the time it blocked counts against its bound (0.3 s of 0.2), though it would answer 0.15 s later."""
+async def test_a_first_step_that_blocks_past_the_bound_still_gets_its_answer() -> None:
+    """A plugin that blocks the loop past `broker_timeout_s` before it first awaits (0.3 s of 0.2) is named in
+    `broker.blocked_event_loop`, and the bound counts from that await: it answers 0.15 s later, and that answer
+    is the call's (cutting it off there would report a call that was about to answer as not answering)."""
     plugin = _SteppedExtras()
     guarded: Any = GuardedBroker(plugin, account="sim", plugin="extras", timeout_s=0.2)  # type: ignore[arg-type]  # only the methods under test
-    with capture_logs() as logs, pytest.raises(BrokerUnavailableError, match=r"did not answer slow_then_await\(\)"):
-        await guarded.slow_then_await()
-    assert not plugin.finished
+    with capture_logs() as logs:
+        assert await guarded.slow_then_await() == "late"
+    assert plugin.finished
     [blocked] = [e for e in logs if e["event"] == "broker.blocked_event_loop"]
     assert blocked["operation"] == "slow_then_await"
     assert blocked["blocked_s"] >= 0.3
+
+
+async def test_a_place_that_blocks_past_the_bound_is_its_answer_not_an_unknown_outcome() -> None:
+    """`place()` with a synchronous client: the order is placed in a first step longer than the bound, then the
+    plugin awaits. The leg's answer is the plugin's own order, not `BrokerUnknownOutcomeError` (which would leave
+    the trader an order to check by hand, or to find by lookup); it is placed once."""
+    plugin = _SyncClientBroker()
+    guarded = GuardedBroker(plugin, account="sim", plugin="syncclient", timeout_s=0.2)  # type: ignore[arg-type]  # only place() under test
+    request = OrderRequest(
+        client_order_id="a-1",
+        alert_id="a",
+        leg_number=1,
+        leg=OrderLeg(
+            side=Side.BUY,
+            order_type=OrderType.MARKET,
+            quantity=1,
+            exchange=Exchange.NSE,
+            symbol="INFY",
+            instrument=Instrument.EQUITY,
+            product=Product.INTRADAY,
+        ),
+    )
+    answer = await guarded.place(request)
+    assert (answer.order_id, answer.state) == ("B-1", OrderState.OPEN)
+    assert plugin.placed == ["a-1"]
+
+
+async def test_a_plugin_that_blocks_then_hangs_is_still_cut_off() -> None:
+    """The bound still holds after a blocking first step: a plugin that then waits forever is cut off
+    `broker_timeout_s` after its first await (0.3 s blocked + 0.2 s), `BrokerUnavailableError` naming it."""
+    plugin = _SteppedExtras()
+    guarded: Any = GuardedBroker(plugin, account="sim", plugin="extras", timeout_s=0.2)  # type: ignore[arg-type]  # only the methods under test
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match=r"did not answer slow_then_hang\(\) within 0.2 s"):
+        await guarded.slow_then_hang()
+    assert 0.5 <= time.monotonic() - started < 5

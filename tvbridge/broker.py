@@ -257,6 +257,10 @@ class BrokerContext:
     database: SharedDatabase | None = None
     """The shared PostgreSQL database when `[journal] url` is set (several instances serve as one), else None
     (state stays in `data_dir`, per instance). See `SharedDatabase` and docs/plugins.md."""
+    sqlite_journal: Path | None = None
+    """With `database` set: the SQLite journal's file (`[journal] path`) the PostgreSQL store replaced. A plugin
+    whose state joined that journal on an earlier start (`join_journal`) finds it there, and must not start
+    without it (paper refuses). None without `database`."""
     cluster: Cluster = attrs.field(default=SOLO, eq=False, repr=False)
     """Several instances on one PostgreSQL store: `await cluster.is_leader()` before scheduled work that must run
     once (a token renewal, a daily download), `publish`/`load` to hand its result to the other instances
@@ -628,9 +632,10 @@ class JournalJoiner(Protocol):
 
 class JoinedConnection(Protocol):
     """What `place_joined` gets of the journal's connection: statements only. The transaction is the journal's:
-    COMMIT, ROLLBACK (but ROLLBACK TO a savepoint of one's own), END and BEGIN raise `sqlite3.ProgrammingError`,
-    and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). A plugin that ends the
-    transaction anyway fails the alert's write (`tvbridge/alerts/joined.py`). A `sqlite3.Connection` is one."""
+    COMMIT, ROLLBACK, END, BEGIN and a RELEASE or ROLLBACK TO of the journal's own savepoints raise
+    `sqlite3.ProgrammingError` (SQLite's authorizer refuses them, however spelled; a savepoint of one's own is
+    fine), and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). See
+    `tvbridge/alerts/joined.py`'s `JoinGuard`. A `sqlite3.Connection` is one."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor: ...
 

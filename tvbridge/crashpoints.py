@@ -10,6 +10,8 @@ Points, in the order an alert reaches them:
                  in the journal's transaction, not committed: after the crash neither exists
   after_record   the alert and its pending legs are committed (with a joined broker's order); no answer sent yet,
                  nothing sent to a remote broker
+  after_refusal  a leg refused, before its send (a halt, a risk limit, sizing, capabilities) or by the broker
+                 (nothing placed), has its refusal committed (`failed`); the alert's results not journaled yet
   before_send    a leg's `sending` mark is committed; the broker has not been called
   after_send     the broker answered; the leg's result is not journaled yet
   before_finish  every leg is done; the alert's final status is not journaled yet
@@ -30,6 +32,7 @@ POINTS: Final = frozenset(
     {
         "in_join",
         "after_record",
+        "after_refusal",
         "before_send",
         "after_send",
         "before_finish",

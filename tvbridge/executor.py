@@ -50,7 +50,7 @@ import structlog
 
 from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
-from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg
+from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg, JoinGuard
 from tvbridge.alerts.plan import client_order_id
 from tvbridge.alerts.records import Finished
 from tvbridge.brackets import parts_of
@@ -71,7 +71,7 @@ from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.contracts import is_relative, resolve
 from tvbridge.crashpoints import crash_point
 from tvbridge.errors import JournalError
-from tvbridge.metrics import Metrics
+from tvbridge.metrics import Metrics, error_code
 from tvbridge.models import (
     Alert,
     CancelLeg,
@@ -235,6 +235,8 @@ class Executor:
         """Undo `before_send`'s daily count of one leg of the account (`RiskGuard.give_back`): `unprepare_joined`."""
         self._halted = halted
         """Strategy -> the halts' refusal or None (`RiskGuard.halted`), asked again inside the joined commit."""
+        self._join_guard = JoinGuard()
+        """What joining plugins may do on the journal's connection: one authorizer, installed once (`JoinGuard`)."""
 
     async def prepare_joined(
         self,
@@ -289,7 +291,7 @@ class Executor:
                 warnings=tuple(warnings),
                 strategy=strategy,
             )
-        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted, finish=finish)
+        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted, guard=self._join_guard, finish=finish)
 
     def _finish_joined(
         self,
@@ -387,6 +389,8 @@ class Executor:
         joined: Joined | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        if joined is not None:
+            self._observe_bookings(joined)
         timings: dict[tuple[str, int], float] = {}
         """(account, leg number) -> the leg's milliseconds, for `alert.done`."""
         per_account: Sequence[list[LegResult] | BaseException]
@@ -435,18 +439,7 @@ class Executor:
         if finished is not None:
             await self._log_finished(alert_id, alert.alert_type.value, results)
         else:
-            crash_point("before_finish")
-            crash_point("before_order_log")
-            # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
-            # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
-            rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
-            try:
-                await self._order_log.append(rows, alert_id=alert_id, alert_type=alert.alert_type.value)
-            except Exception:
-                log.exception("order_log.write_failed", alert_id=alert_id)
-            crash_point("after_order_log")
-            written = self._journal.record_results(alert_id, status_text, body, results)
-            written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
+            await self._hand_over(alert_id, alert.alert_type.value, status_text, body, results, resume=resume)
         now = time.perf_counter()
         alert_done(
             access,
@@ -461,6 +454,30 @@ class Executor:
             },
         )
         return body
+
+    async def _hand_over(
+        self,
+        alert_id: str,
+        alert_type: str,
+        status: str,
+        body: dict[str, Any],
+        results: list[LegResult],
+        *,
+        resume: Resume | None,
+    ) -> None:
+        """The order log rows, then the results handed to the journal (`record_results`), not waited for."""
+        crash_point("before_finish")
+        crash_point("before_order_log")
+        # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
+        # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
+        rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
+        try:
+            await self._order_log.append(rows, alert_id=alert_id, alert_type=alert_type)
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
+        crash_point("after_order_log")
+        written = self._journal.record_results(alert_id, status, body, results)
+        written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
 
     async def _log_finished(self, alert_id: str, alert_type: str, results: Sequence[LegResult]) -> None:
         """An alert finished in its own commit: its order log rows now (crash point `before_order_log` just
@@ -478,6 +495,15 @@ class Executor:
             self._journal.order_log_written(alert_id)
         if self._followup is not None:
             self._followup.follow(alert_id, results)
+
+    def _observe_bookings(self, joined: Joined) -> None:
+        """The broker-call histogram and error count for the legs booked in the alert's commit, as `TimedBroker`
+        records a `place()`: the booking's own time (`Joined.booked_s`), not the commit around it."""
+        for (account, number), seconds in joined.booked_s.items():
+            self._metrics.child(self._metrics.broker_latency, account, "place").observe(seconds)
+            outcome = joined.outcomes.get((account, number))
+            if isinstance(outcome, Exception):
+                self._metrics.broker_errors.labels(account=account, operation="place", code=error_code(outcome)).inc()
 
     def _recorded(self, alert_id: str, results: Sequence[LegResult], written: asyncio.Task[bool]) -> None:
         """After the results' commit: order follow-up gets them (the placement's answer is on record before any
@@ -624,7 +650,7 @@ class Executor:
         counted = resume is not None and (account, number) in resume.counted
         refused = await self._refuse_before_send(alert_id, account, number, leg, prepared.refusal, counted=counted)
         if refused is not None:
-            return refused
+            return await self._journal_refusal(alert_id, refused)
         if leg.manage_position is not None:
             async with self.exit_lock(account):
                 return await self._exit(alert_id, account, number, leg, done)
@@ -788,11 +814,15 @@ class Executor:
                 pending += self._sent_exits.still_open(_sent_scope(account), leg, found, listed)
         except BrokerError as e:
             message = f"not sent: the current position could not be read: {e}"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         except Exception as e:  # a plugin bug while reading: nothing was sent
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"not sent: reading the current position failed ({type(e).__name__}: {e})"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         move = to_target(leg, target, found, pending)
         log.info("leg.target", alert_id=alert_id, leg=number, account=account, before=move.before, target=target)
         return _moved(await self._send_move(alert_id, account, number, leg, move=move, done=done), move)
@@ -808,7 +838,7 @@ class Executor:
             return attrs.evolve(result, transaction="")  # no order, so no side (the leg's is a placeholder)
         refused = await self._refuse_before_send(alert_id, account, number, move.leg)
         if refused is not None:
-            return refused
+            return await self._journal_refusal(alert_id, refused)
         try:
             await self._journal.mark_sending(alert_id, account, number, done)
         except JournalError as e:
@@ -827,7 +857,7 @@ class Executor:
         broker = self._brokers[account]
         cancelled = await self._cancel_brackets(alert_id, account, number, leg)
         if isinstance(cancelled, LegResult):
-            return cancelled
+            return await self._journal_refusal(alert_id, cancelled)
         try:
             found = await self._positions(account, leg)
             pending: list[OpenOrder] = []
@@ -835,11 +865,15 @@ class Executor:
                 pending = self._sent_exits.still_open(_sent_scope(account), leg, found, await broker.open_orders())
         except BrokerError as e:
             message = f"not sent: the position to close could not be read: {e}"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         except Exception as e:  # a plugin bug while reading: nothing was sent
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"not sent: reading the position to close failed ({type(e).__name__}: {e})"
-            return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
+            )
         exit_order = exit_all(leg, found, pending)
         log.info("leg.exit_all", alert_id=alert_id, leg=number, account=account, net_quantity=exit_order.net_quantity)
         if exit_order.leg is None:
@@ -984,6 +1018,29 @@ class Executor:
             return self.result_for(account, number, leg, LegStatus.FAILED, message, client_id=client_id)
         return None
 
+    async def _journal_refusal(self, alert_id: str, refused: LegResult) -> LegResult:
+        """Commit a leg's refusal (`failed`, with its reason) before the executor goes on: refused by its checks
+        before the send, or by the broker (a `BrokerError` that is not an unknown outcome: nothing placed). The leg
+        is journaled `sending` (marked with the alert, or before the send) or `pending`, and its result would
+        otherwise come only with the alert's results, which the answer does not wait for. A crash in between left
+        it open: recovery looked it up, did not find it and, once the halt that refused it was lifted (or the
+        broker would take it), SENT the order of an alert answered "refused". Only refusals pay this commit,
+        never a placed leg. If it cannot be written, the leg is still refused (not sent again), its message says
+        so, and `leg.refusal_unjournaled` records the moment (docs/durability.md)."""
+        try:
+            await self._journal.record_leg(alert_id, refused)
+        except JournalError as e:
+            log.error(
+                "leg.refusal_unjournaled",
+                alert_id=alert_id,
+                leg=refused.leg_number,
+                account=refused.account,
+                error=str(e),
+            )
+            return attrs.evolve(refused, message=f"{refused.message}; the refusal could not be journaled: {e}")
+        crash_point("after_refusal")
+        return refused
+
     async def _place(self, alert_id: str, account: str, number: int, leg: OrderLeg) -> LegResult:
         broker = self._brokers[account]
         client_id = client_order_id(alert_id, number)
@@ -994,8 +1051,9 @@ class Executor:
             self._nudge(account, order)
         except BrokerUnknownOutcomeError as e:
             return await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=str(e))
-        except BrokerError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+        except BrokerError as e:  # nothing placed: refused now, never by a restart's recovery later
+            refused = self.result_for(account, number, leg, LegStatus.FAILED, str(e), client_id=client_id)
+            return await self._journal_refusal(alert_id, refused)
         except Exception as e:  # a plugin bug: the order may exist, so it is an unknown outcome
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             return await self._resolve_unknown(

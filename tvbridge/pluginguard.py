@@ -4,12 +4,14 @@ Each account's plugin is seen through a `GuardedBroker` (built in `registry.brok
 it: the executor, `/health`, flatten, the status page):
 
 * Every call (`place`, `cancel`, `lookup`, `health`, `aclose`, and the plugin's own coroutine methods such as
-  `positions()`) runs under the account's `broker_timeout_s`
-  (default 2.5 s; `start()` under `START_TIMEOUT_S`). A `place` or `cancel` that has not answered by then is an
-  unknown outcome (`BrokerUnknownOutcomeError`): the executor asks `lookup()` before reporting anything, so an
-  order the plugin places late is found, or the leg is `unknown` and says to check the broker; never a silent
-  late order and never a resend. A `lookup` that does not answer is `BrokerUnavailableError` (the leg stays
-  unknown); a `health` that does not answer is unhealthy.
+  `positions()`) runs under the account's `broker_timeout_s` (default 2.5 s; `start()` under
+  `START_TIMEOUT_S`), counted from the call's first await: no timer can cut a synchronous step, and a first
+  step that blocked past the bound (a synchronous client, reported below) still gets the bound for what it
+  awaits next, so its answer, not an unknown outcome, reaches the trader. A `place` or `cancel` that has not
+  answered by then is an unknown outcome (`BrokerUnknownOutcomeError`): the executor asks `lookup()` before
+  reporting anything, so an order the plugin places late is found, or the leg is `unknown` and says to check
+  the broker; never a silent late order and never a resend. A `lookup` that does not answer is
+  `BrokerUnavailableError` (the leg stays unknown); a `health` that does not answer is unhealthy.
 * The synchronous part of every call is timed, step by step (each stretch the plugin's coroutine runs before
   it awaits something). A step longer than `BLOCKED_WARN_S` blocked the event loop: every other alert and
   `/health` waited on it, and no timeout can fire meanwhile. It is logged as `broker.blocked_event_loop`
@@ -221,17 +223,21 @@ class GuardedBroker:
 
         label = f"the {self._plugin!r} broker plugin's {operation}() (account {self._account!r})"
         stepped: Awaitable[T] = _Stepped(call, on_step, self._watchdog, label) if inspect.iscoroutine(call) else call
-        deadline = asyncio.timeout(timeout_s)  # fixed now: the bound counts from the call, not from its first await
+        deadline: asyncio.Timeout | None = None
         try:
             if isinstance(stepped, _Stepped):
                 done, value = stepped.first()  # done within its first step: no timer to arm (none could fire)
                 if done:
                     result: T = value
                     return result
+            # the bound counts from the plugin's first await: a first step that blocked the loop past it (reported
+            # below) would otherwise be cut off at that await, the moment it may be about to confirm an order it
+            # just placed: an unknown outcome for the trader to check, where a moment more gives the answer
+            deadline = asyncio.timeout(timeout_s)
             async with deadline:
                 return await stepped
         except TimeoutError:
-            if not deadline.expired():  # the plugin's own TimeoutError: its to report, as any exception
+            if deadline is None or not deadline.expired():  # the plugin's own TimeoutError: its to report
                 raise
             raise PluginTimeoutError(
                 f"{self._who()} did not answer {operation}() within {timeout_s:g} s (broker_timeout_s)"

@@ -199,6 +199,7 @@ def build_brokers(
             data_dir=config.server.data_dir,
             cluster=cluster,
             database=SharedDatabase(config.journal.url) if config.journal.url else None,
+            sqlite_journal=config.data_path(config.journal.path) if config.journal.url else None,
         )
         if notify is not None:
             context = attrs.evolve(context, notify=notify)

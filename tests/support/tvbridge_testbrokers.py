@@ -35,11 +35,13 @@ from tvbridge.broker import (
     Capabilities,
     ContractId,
     Health,
+    InstrumentInfo,
     OrderRequest,
     OrderResult,
     OrderState,
     Position,
 )
+from tvbridge.halt import halt_path, set_halt
 from tvbridge.models import OrderLeg, OrderType, Product, Side
 
 if TYPE_CHECKING:
@@ -77,6 +79,13 @@ class ScriptedSettings:
     """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
     unknown_symbols: tuple[str, ...] = ()
     """`place()` loses the answer before placing anything (`BrokerUnknownOutcomeError`, nothing at the broker)."""
+    lot_size: int = 0
+    """Above 0: the `instrument_info` capability, and `instrument_info()` answers this lot size for any leg."""
+    halt_when_sizing: str = ""
+    """With `lot_size`: `instrument_info()` (asked while a derivative's quantity is sized, after the alert's
+    commit and before its checks) first halts trading with this reason (the kill switch in the data directory,
+    written as `tvbridge halt` writes it): an operator halting at that exact moment, without a race against the
+    machine's speed."""
     lookup_error: str = ""
     """`lookup()` fails with a `BrokerError` of this message (the broker cannot say what it has)."""
     positions_answer: str = ""
@@ -141,6 +150,8 @@ class ScriptedBroker:
         parsed = ScriptedSettings(**values)
         if parsed.positions_answer:  # only then a positions() method: plain `scripted` declares none, has none
             return ScriptedPositionsBroker(parsed, context)  # type: ignore[return-value]  # a subclass
+        if parsed.lot_size > 0:
+            return ScriptedLotsBroker(parsed, context)  # type: ignore[return-value]  # a subclass
         return cls(parsed, context)
 
     async def start(self) -> None:
@@ -286,3 +297,16 @@ class ScriptedPositionsBroker(ScriptedBroker):
             for (contract, product), net in self.held.items()
             if net and (leg is None or (contract.exchange, contract.symbol) == (leg.exchange, leg.symbol))
         ]
+
+
+class ScriptedLotsBroker(ScriptedBroker):
+    """`scripted` with `lot_size` set: the `instrument_info` capability (and `halt_when_sizing`, see there)."""
+
+    def __init__(self, settings: ScriptedSettings, context: BrokerContext) -> None:
+        super().__init__(settings, context)
+        self.capabilities = attrs.evolve(self.capabilities, instrument_info=True)
+
+    async def instrument_info(self, leg: OrderLeg) -> InstrumentInfo:
+        if self.settings.halt_when_sizing:
+            set_halt(halt_path(self.context.data_dir), reason=self.settings.halt_when_sizing, by="scripted broker")
+        return InstrumentInfo(trading_symbol=leg.symbol, lot_size=self.settings.lot_size)

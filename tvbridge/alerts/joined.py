@@ -17,6 +17,10 @@ an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rol
 unknown outcome, resolved by `lookup()`). The group commit may run the join twice (after another alert's write
 failed, it runs every write again, each in a SAVEPOINT): the last run's outcomes are the committed ones.
 
+The plugin gets the connection as `JoinedSql` (statements only); `JoinGuard`, SQLite's authorizer installed once
+on the journal's connection, refuses while it runs any statement that would begin or end the transaction or touch
+the host's savepoints, however spelled.
+
 ONE commit in all: when every leg of the alert is one of these joined first legs (one leg, every account joined),
 `prepare_joined` gives the join a `finish` (`Executor._finish_joined`, pure: no I/O, no metrics). After the
 bookings it turns the outcomes into the legs' results, the status and the answer exactly as the executor would
@@ -33,11 +37,10 @@ Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, 
 
 from __future__ import annotations
 
-import functools
-import re
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import structlog
@@ -53,40 +56,84 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-_FIRST_WORDS = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?(?:\*/|\Z))*(\w*)\s*(\w*)\s*(\w*)", re.DOTALL)
+HOST_SAVEPOINTS: Final = frozenset({"joined_leg", "job"})
+"""The savepoints the host opens around a plugin's call (`Joined.__call__`) and around each write of a group
+retried one by one (`sqlite.commit_group`): not the plugin's to release or roll back to."""
+PLUGIN_MARK: Final = "\n-- place_joined"
+"""Appended to every statement of a joining plugin (`JoinedSql`), so it is compiled apart from the host's own.
+SQLite asks the authorizer only when it compiles a statement, and sqlite3's statement cache hands out a compiled
+statement again for the same text: without the mark a plugin's `COMMIT` (or `RELEASE joined_leg`) would get the
+host's own, compiled while allowed, and pass unchecked. The host never runs a statement ending so."""
 
 
-@functools.lru_cache(maxsize=256)
-def _ends_transaction(sql: str) -> bool:
-    """Whether `sql` begins or ends a transaction (COMMIT, END, BEGIN, ROLLBACK but ROLLBACK [TRANSACTION] TO)."""
-    match = _FIRST_WORDS.match(sql)
-    words = [w.upper() for w in match.groups()] if match else []
-    if not words or words[0] in {"COMMIT", "END", "BEGIN"}:
-        return bool(words)
-    if words[0] != "ROLLBACK":
-        return False
-    rest = words[1:] if words[1] != "TRANSACTION" else words[2:]
-    return rest[0] != "TO"
+class JoinGuard:
+    """sqlite3's authorizer on the journal's connection (`Connection.set_authorizer`), installed once, with a flag
+    its callback reads: while a joining plugin runs (`enter()` to `leave()`), SQLite refuses to compile a statement
+    that begins or ends a transaction (BEGIN, COMMIT, END, ROLLBACK: `SQLITE_TRANSACTION`) or that touches the
+    host's own savepoints (`HOST_SAVEPOINTS`), whatever its spelling: comments, a leading `;`, a byte-order mark.
+    The plugin's own SAVEPOINT, RELEASE and ROLLBACK TO stay allowed (the paper book writes in one). The rest of
+    the time it allows everything.
+
+    Installed once rather than around each call: setting an authorizer expires every compiled statement of the
+    connection (each is compiled again at its next use, the host's included), which per alert cost more than the
+    check itself (see docs/plugins.md). One guard per executor, one connection: a guard seeing another
+    connection (a journal opened again) installs itself there too."""
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+        self._plugin = False
+
+    def _authorize(self, action: int, _arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
+        if not self._plugin:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_TRANSACTION:
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_SAVEPOINT and (arg2 or "").lower() in HOST_SAVEPOINTS:
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    def enter(self, conn: sqlite3.Connection) -> JoinedSql:
+        """The connection as the plugin gets it, checked until `leave()` (a try/finally around the plugin's call:
+        cheaper than a context manager, on every joined alert)."""
+        if self._conn is not conn:
+            conn.set_authorizer(self._authorize)
+            self._conn = conn
+        self._plugin = True
+        return JoinedSql(conn)
+
+    def leave(self) -> None:
+        self._plugin = False
 
 
 class JoinedSql:
     """The journal's connection as `place_joined` gets it (`broker.JoinedConnection`): statements, never the
     transaction, which holds the alert and is the journal's to commit. A plugin's `conn.commit()` (a habit of
     sqlite3 code) would commit the alert half-written and make the host answer 503 "not recorded" for an alert
-    that is; here there is no `commit()` and a COMMIT statement raises before it runs."""
+    that is; here there is no `commit()`, `rollback()` nor `executescript()`, and SQLite itself refuses a statement
+    that would begin or end the transaction (`JoinGuard`): `sqlite3.ProgrammingError`, before anything runs."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        if _ends_transaction(sql):
-            raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end")
-        return self._conn.execute(sql, parameters)
+        try:
+            return self._conn.execute(sql + PLUGIN_MARK, parameters)
+        except sqlite3.DatabaseError as e:
+            _say_refused(e)
+            raise
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
-        if _ends_transaction(sql):
-            raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end")
-        return self._conn.executemany(sql, parameters)
+        try:
+            return self._conn.executemany(sql + PLUGIN_MARK, parameters)
+        except sqlite3.DatabaseError as e:
+            _say_refused(e)
+            raise
+
+
+def _say_refused(error: sqlite3.DatabaseError) -> None:
+    """The authorizer's refusal ("not authorized") in words; any other error is left to go on as it was."""
+    if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:
+        raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end") from error
 
 
 class JoinEndedTransactionError(Exception):
@@ -124,7 +171,13 @@ class Joined:
     halted: Callable[[], str | None] | None = None
     """The kill switch and the running strategy's halt, asked again inside the commit (`RiskGuard.halted`): the
     refusal, or None."""
+    guard: JoinGuard
+    """What the plugins may do with the journal's connection (`JoinGuard`): the executor's one guard, so the
+    authorizer is installed once, not per alert."""
     outcomes: dict[tuple[str, int], OrderResult | Exception] = attrs.field(factory=dict)
+    booked_s: dict[tuple[str, int], float] = attrs.field(factory=dict)
+    """Seconds each `place_joined` call took (the booking, not the commit), as `outcomes`: the broker-call
+    histogram's figure for a joined leg (`Executor._observe_bookings`, after the commit)."""
     finish: Callable[[Joined], Finished | None] | None = None
     """The whole alert's outcome from `outcomes` when every leg is joined (`Executor._finish_joined`): None when
     one is not definite. Runs inside the commit: pure."""
@@ -173,10 +226,14 @@ class Joined:
                 self.outcomes[leg.account, leg.number] = HaltedError(halted)
                 continue
             conn.execute("SAVEPOINT joined_leg")
+            started = time.perf_counter()
             try:
-                outcome = self.plugins[leg.account].place_joined(JoinedSql(conn), leg.request)
+                outcome = self.plugins[leg.account].place_joined(self.guard.enter(conn), leg.request)
             except Exception as e:  # noqa: BLE001 - the executor maps it as it maps place()'s errors
                 outcome = e
+            finally:
+                self.guard.leave()
+                self.booked_s[leg.account, leg.number] = time.perf_counter() - started
             if not conn.in_transaction:  # whatever it did is on disk or gone: never answer for it
                 raise JoinEndedTransactionError(f"the {leg.account} plugin ended the journal's transaction")
             if isinstance(outcome, Exception):

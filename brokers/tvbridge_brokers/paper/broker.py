@@ -36,6 +36,7 @@ fails unsent with `BrokerUnavailableError` and `health()` says why, until a rest
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ from .book import Book
 from .importer import Outcome, import_into_journal, import_sqlite_book
 from .models import open_order_of, position_of
 from .settings import PaperSettings, parse_settings
-from .tables import JournalTables, PostgresTables, create_journal_tables
+from .tables import JournalTables, PostgresTables, book_in_journal_file, create_journal_tables, holds_book
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -200,16 +201,8 @@ class PaperBroker:
         nothing, recovery cannot find the order, a resend books it again): refuse, naming the settings."""
         account = self._settings.account
 
-        def holds(conn: sqlite3.Connection) -> bool:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'paper_orders'").fetchone():
-                return (
-                    conn.execute("SELECT 1 FROM paper_orders WHERE account = ? LIMIT 1", (account,)).fetchone()
-                    is not None
-                )
-            return False
-
         try:
-            held = await journal.read(holds)
+            held = await journal.read(functools.partial(holds_book, account=account))
         except sqlite3.Error as e:
             raise BrokerUnavailableError(f"paper book: cannot read the journal's file to find this book: {e}") from e
         if held:
@@ -219,6 +212,27 @@ class PaperBroker:
                 f"{self._settings.synchronous!r} asks more than the journal's {journal.synchronous!r}, which would"
                 " start it on an empty file of its own: set [journal] synchronous back to"
                 f" {self._settings.synchronous!r}, or this account's synchronous to {journal.synchronous!r}"
+            )
+
+    async def _refuse_a_book_left_in_sqlite(self, path: Path) -> None:
+        """The store is PostgreSQL now, and the book joined the SQLite journal on an earlier start: its orders and
+        positions are in that file, not in the database. Starting on the database would show the account flat
+        (EXIT_ALL sends nothing, recovery cannot find an order, a resend books it again): refuse, before
+        connecting, naming the file and what to do. The own file (`db_path`) is imported as before."""
+        account = self._settings.account
+        try:
+            held = await asyncio.to_thread(book_in_journal_file, path, account)
+        except sqlite3.Error as e:
+            raise BrokerUnavailableError(
+                f"paper account {account!r}: cannot read the SQLite journal's file {path} to find whether this"
+                f" account's book is there ({e}); move the file away if it is not tvbridge's journal"
+            ) from e
+        if held:
+            raise BrokerUnavailableError(  # one line of at most 500 characters at the start: the path once
+                f"paper account {account!r}: its book (orders, positions) is in the SQLite journal {path}, not in"
+                " PostgreSQL ([journal] url), where it would start flat: remove [journal] url (and DATABASE_URL) to"
+                " go on with the SQLite journal, or move that file away to start its paper accounts flat on"
+                " PostgreSQL"
             )
 
     def _log_import(self, outcome: Outcome, path: Path, *, into: str) -> None:
@@ -257,6 +271,8 @@ class PaperBroker:
                 self._rules = await DhanRules.load(self._settings.instruments_path, self._clock)
                 log.info("paper.instruments.loaded", path=str(self._settings.instruments_path), rows=len(self._rules))
             if self._settings.database is not None:
+                if self._settings.sqlite_journal is not None:
+                    await self._refuse_a_book_left_in_sqlite(self._settings.sqlite_journal)
                 await self._start_shared(self._settings.database.url)
                 return
             if self._journal is not None:

@@ -20,8 +20,10 @@ reader and writer out until the rows are in PostgreSQL and the file is renamed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
+import shutil
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from tvbridge.broker import BrokerUnavailableError
+from tvbridge.filemode import PRIVATE
 
 from .tables import JournalTables
 
@@ -100,17 +103,47 @@ class Outcome:
 
 def set_aside(path: Path) -> Path:
     """Rename an imported book to `<path>.imported`, or `.imported.2`, `.3`... when that name is taken (an earlier
-    import's file, kept: it may be the only copy of an older book). Never overwrites: `os.link` fails on an
-    existing name, then the original name is removed. Returns the new name; `OSError` if it cannot."""
+    import's file, kept: it may be the only copy of an older book). Never overwrites (`_claim`), then the original
+    name is removed. Returns the new name; `OSError` if it cannot."""
     for n in itertools.count(1):
         target = path.with_name(path.name + IMPORTED_SUFFIX + ("" if n == 1 else f".{n}"))
         try:
-            os.link(path, target)
+            _claim(path, target)
         except FileExistsError:
             continue
         path.unlink()
         return target
     raise AssertionError  # pragma: no cover - itertools.count never ends
+
+
+NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+"""What `link()` answers on a file system without hard links (FAT, exFAT, some network and FUSE mounts), or
+where the kernel refuses them (`fs.protected_hardlinks`)."""
+
+
+def _claim(path: Path, target: Path) -> None:
+    """`target` becomes the same book as `path`, never over an existing name (`FileExistsError` then): a hard link
+    (`os.rename` would overwrite), or, where the file system has none, a copy into `target` created exclusively
+    (`O_EXCL`), synced before the caller removes `path`. A failed copy leaves no partial `target` behind; a crash
+    during it leaves `path` whole (the next start finds the book imported and leaves the file alone)."""
+    try:
+        os.link(path, target)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in NO_HARD_LINKS:
+            raise
+    else:
+        return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    try:
+        with os.fdopen(fd, "wb") as copy, path.open("rb") as source:
+            shutil.copyfileobj(source, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:

@@ -65,6 +65,9 @@ class PaperSettings:
     database: SharedDatabase | None = attrs.field(default=None, repr=False)
     """tvbridge's PostgreSQL database (`[journal] url`): the book lives there, shared by every instance, and
     `db_path` is only the file imported once (`importer.py`); `synchronous` does not apply. None: the file."""
+    sqlite_journal: Path | None = None
+    """With `database`: the SQLite journal's file, where the book lives if it joined that journal before
+    (`BrokerContext.sqlite_journal`): the start refuses then rather than start the account flat."""
 
 
 def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> PaperSettings:
@@ -93,6 +96,7 @@ def parse_settings(settings: Mapping[str, object], context: BrokerContext) -> Pa
         instruments_path=Path(instruments).expanduser() if instruments is not None else None,
         account=context.account,
         database=context.database,
+        sqlite_journal=context.sqlite_journal,
     )
 
 

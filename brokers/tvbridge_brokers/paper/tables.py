@@ -37,6 +37,7 @@ from tvbridge.broker import BrokerUnavailableError, BrokerUnknownOutcomeError, J
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator, Sequence
+    from pathlib import Path
 
     import asyncpg
 
@@ -472,6 +473,27 @@ JOURNAL_SCHEMA: Final = (
 )
 """The paper tables in the journal's file: the PostgreSQL migration 8's, spelled for SQLite (`CREATE ... IF NOT
 EXISTS`: the paper plugin creates them when it joins, so the journal's own schema knows nothing of paper)."""
+
+
+def holds_book(conn: sqlite3.Connection, account: str) -> bool:
+    """Whether the journal's file on `conn` holds `account`'s book (an order or a position of it)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return any(
+        table in tables
+        and conn.execute(f"SELECT 1 FROM {table} WHERE account = ? LIMIT 1", (account,)).fetchone() is not None  # noqa: S608 - constant names
+        for table in ("paper_orders", "paper_positions")
+    )
+
+
+def book_in_journal_file(path: Path, account: str) -> bool:
+    """`holds_book` on the SQLite journal's file at `path`, opened read-only (False when there is no file)."""
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return holds_book(conn, account)
+    finally:
+        conn.close()
 
 
 def create_journal_tables(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,133 @@
+"""A joining plugin cannot end the journal's transaction, however it spells it (`alerts/joined.py`: `JoinGuard`).
+
+`place_joined` runs inside the transaction that records the alert. A plugin statement that commits, rolls back,
+begins, or releases the host's savepoint would commit the alert half-written (or lose the host's savepoint) and
+make the webhook answer 503 "not recorded" for an alert that is on disk, which recovery then sends. SQLite's own
+authorizer refuses such statements while the plugin runs, whatever their spelling; the checks here are what a
+trader sees: the answer, the journal's record, the book and the order log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import pytest
+from helpers import alert, leg
+
+from tvbridge.keys import JOURNAL
+from tvbridge_brokers.paper import PaperBroker
+
+if TYPE_CHECKING:
+    from helpers import ClientFactory
+
+    from tvbridge.broker import OrderRequest
+    from tvbridge.config import Config
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_only(store_env: dict[str, str]) -> None:
+    if store_env:
+        pytest.skip("the paper book joins the SQLite journal only")
+
+
+def rows(config: Config, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(config.data_path("tvbridge.sqlite3"))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return [tuple(row) for row in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+BYPASSES = {
+    "commit": "COMMIT",
+    "leading semicolon": ";COMMIT",
+    "semicolon and space": "; COMMIT",
+    "byte-order mark": "\ufeffCOMMIT",
+    "comment": "/**/COMMIT",
+    "line comment": "-- done\nCOMMIT",
+    "end": "END",
+    "end transaction": "end transaction",
+    "rollback": "ROLLBACK",
+    "begin": "BEGIN",
+    "release the host's savepoint": "RELEASE joined_leg",
+    "release it, quoted": 'RELEASE "JOINED_LEG"',
+    "rollback to the host's savepoint": "ROLLBACK TO joined_leg",
+    "release the group's savepoint": "RELEASE job",
+}
+
+
+@pytest.mark.parametrize(
+    ("how", "synchronous"),
+    [
+        *((how, "normal") for how in [*BYPASSES, "executescript", "commit()"]),
+        ("leading semicolon", "full"),  # the journal's connection on a thread of its own
+        ("commit", "full"),
+        ("release the host's savepoint", "full"),
+    ],
+)
+async def test_a_plugin_cannot_end_the_alerts_transaction_however_spelled(
+    make_client: ClientFactory,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    synchronous: Literal["normal", "full"],
+) -> None:
+    """After a first alert (so the host's own COMMIT and savepoint statements are in sqlite3's statement cache),
+    a joining plugin tries to end the alert's transaction, then books its order as if nothing happened. The
+    statement is refused before it runs: the alert is answered 200 and recorded, its leg failed or unknown (the
+    plugin's error), nothing of the second alert is booked, and the journal has both alerts."""
+    config = attrs.evolve(config, journal=attrs.evolve(config.journal, synchronous=synchronous))
+    client = await make_client(config)
+    first = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert first.status == 200
+    first_id = (await first.json())["alert_id"]
+    booked = PaperBroker.place_joined
+
+    def tries(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        if how == "executescript":
+            conn.executescript("COMMIT")
+        elif how == "commit()":
+            conn.commit()
+        else:
+            conn.execute(BYPASSES[how])
+        return booked(self, conn, request)
+
+    monkeypatch.setattr(PaperBroker, "place_joined", tries)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="3")))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    (result,) = body["results"]
+    assert result["status"] in {"failed", "unknown"}, result
+    journal: Any = client.app[JOURNAL]  # the SQLite journal: `settle()` waits for the results handed over
+    await journal.settle()
+    record = await journal.get_alert(body["alert_id"])
+    assert record is not None
+    assert (record["status"], record["legs"][0]["state"]) == (body["status"], result["status"])
+    assert rows(config, "SELECT client_order_id FROM paper_orders") == [(f"{first_id}-1",)]
+    assert rows(config, "SELECT alert_id FROM alerts ORDER BY received_at") == [(first_id,), (body["alert_id"],)]
+
+
+async def test_the_plugins_own_savepoints_and_statements_still_run(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard refuses only what ends the transaction or touches the host's savepoints: a plugin's own
+    SAVEPOINT, ROLLBACK TO and RELEASE (the paper book writes in one), with a statement ending in `;`, run; the
+    order is booked with its alert."""
+    booked = PaperBroker.place_joined
+
+    def own_savepoint(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        conn.execute("SAVEPOINT mine;")
+        conn.execute("ROLLBACK TO mine")
+        conn.execute("RELEASE mine")
+        return booked(self, conn, request)
+
+    monkeypatch.setattr(PaperBroker, "place_joined", own_savepoint)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "success", body
+    assert rows(config, "SELECT client_order_id FROM paper_orders") == [(f"{body['alert_id']}-1",)]
