@@ -27,8 +27,9 @@ from test_crash_recovery import seed, seed_on_failure  # noqa: F401 - `seed` is 
 from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
 from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
 from tvbridge.config import RiskConfig
+from tvbridge.halt import halt_path, set_halt
 from tvbridge.journal import Journal
-from tvbridge.keys import EXECUTOR, JOURNAL
+from tvbridge.keys import CONFIG, EXECUTOR, JOURNAL
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
@@ -137,7 +138,21 @@ CASES = {
     "resting limit": (alert(leg(symbol="INFY", orderType="LMT", price="90")), RiskConfig()),
     "refused by the book": (alert(leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")), RiskConfig()),
     "refused by the checks": (alert(leg(symbol="INFY", quantity="50")), RiskConfig(max_qty_per_order=5)),
+    "halted inside the commit": (alert(leg(symbol="INFY", price="100")), RiskConfig()),
 }
+
+
+def halt_before_the_commit(client: TestClient[Request, Application], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kill switch is set after the alert's checks passed, while it waits for its commit (as `tvbridge halt`
+    would): the commit reads the halts again and refuses the leg there."""
+    journal = client.app[JOURNAL]
+    record_plan = journal.record_plan
+
+    async def halt_then_record(entry: Any, **kwargs: Any) -> None:
+        set_halt(halt_path(client.app[CONFIG].server.data_dir), reason="stop now", by="test")
+        await record_plan(entry, **kwargs)
+
+    monkeypatch.setattr(journal, "record_plan", halt_then_record)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -158,6 +173,8 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
         if path == "two":
             two_writes(client, monkeypatch)
         await warmed(client)  # and the daily count read: joins from now
+        if "halted" in case:
+            halt_before_the_commit(client, monkeypatch)
         answer, costs[path] = await posted(client, body)
         alert_id = answer["alert_id"]
         got = await client.get(f"/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -189,6 +206,8 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
     assert found["one"]["repeat"]["status"] == "duplicate"
     assert found["one"]["answer"]["warnings"] == (["comment: unknown key, ignored"] if "warning" in case else [])
     assert costs == {"one": 1, "two": 2}
+    if "halted" in case:
+        assert found["one"]["answer"]["results"][0]["message"] == "trading halted (stop now): nothing was sent"
 
 
 async def test_two_paper_accounts_one_leg_is_one_commit(make_client: ClientFactory, config: Config) -> None:
