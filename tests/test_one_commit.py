@@ -33,6 +33,7 @@ from tvbridge.keys import CONFIG, EXECUTOR, JOURNAL
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
@@ -133,12 +134,17 @@ def two_writes(client: TestClient[Request, Application], monkeypatch: pytest.Mon
     monkeypatch.setattr(client.app[EXECUTOR], "_finish_joined", lambda *_, **__: None)
 
 
-CASES = {
-    "filled, with a warning": (alert(leg(symbol="INFY", price="100"), comment="unknown key"), RiskConfig()),
-    "resting limit": (alert(leg(symbol="INFY", orderType="LMT", price="90")), RiskConfig()),
-    "refused by the book": (alert(leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")), RiskConfig()),
-    "refused by the checks": (alert(leg(symbol="INFY", quantity="50")), RiskConfig(max_qty_per_order=5)),
-    "halted inside the commit": (alert(leg(symbol="INFY", price="100")), RiskConfig()),
+CASES: dict[str, tuple[Callable[[], dict[str, Any]], RiskConfig]] = {
+    # built when the test runs: a leg's `meta.timenow` is the moment it is built (made at import, the alert would
+    # be stale by the time a full run reaches the test)
+    "filled, with a warning": (lambda: alert(leg(symbol="INFY", price="100"), comment="unknown key"), RiskConfig()),
+    "resting limit": (lambda: alert(leg(symbol="INFY", orderType="LMT", price="90")), RiskConfig()),
+    "refused by the book": (
+        lambda: alert(leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")),
+        RiskConfig(),
+    ),
+    "refused by the checks": (lambda: alert(leg(symbol="INFY", quantity="50")), RiskConfig(max_qty_per_order=5)),
+    "halted inside the commit": (lambda: alert(leg(symbol="INFY", price="100")), RiskConfig()),
 }
 
 
@@ -162,7 +168,8 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
     """The same alert on two fresh servers, one settling it inside its commit, one with the results written after
     (the path of every other alert): the journal's rows (status, answer, every leg column), the answer, `GET
     /alerts/<id>`, the order log row and a repeat's answer are the same; one commit against two."""
-    body, risk = CASES[case]
+    make_body, risk = CASES[case]
+    body = make_body()
     found: dict[str, dict[str, Any]] = {}
     costs: dict[str, int] = {}
     for path in ("one", "two"):
