@@ -538,3 +538,33 @@ async def test_on_postgresql_nothing_joins_and_the_book_keeps_its_own_transactio
     orders = await paper.orders()
     assert [o.client_order_id for o in orders] == [f"{body['alert_id']}-1"]
     assert not (config.server.data_dir / "tvbridge.sqlite3").exists()
+
+
+async def test_a_leg_the_book_refuses_is_failed_in_the_alerts_commit(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A two-leg alert whose first leg the book refuses (nothing booked): the alert's own commit already records
+    that leg `failed` with the book's reason, not `sending`, so a crash before the alert's results cannot have
+    recovery look it up, miss it and send it. The second leg is skipped; the answer and the journal agree."""
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    await client.post("/webhook", json=alert(leg(symbol="SBIN", price="100")))  # the daily count read: joins now
+    record_plan = journal.record_plan
+    committed: list[dict[str, Any] | None] = []
+
+    async def record_then_read(entry: Any, **kwargs: Any) -> None:
+        await record_plan(entry, **kwargs)
+        committed.append(await journal.database.read(lambda conn: leg_row(conn, entry.alert_id)))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(journal, "record_plan", record_then_read)
+    refused_leg = leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")
+    response = await client.post("/webhook", json=alert(refused_leg, leg(symbol="TCS", price="100", sort_order="2")))
+    monkeypatch.undo()
+    body = await response.json()
+    assert [r["status"] for r in body["results"]] == ["failed", "skipped"]
+    reason = "a buy SL needs price >= triggerPrice (got price 90, trigger 100)"
+    assert committed == [{"state": "failed", "message": reason}]
+    await settle(journal)
+    record = await journal.get_alert(body["alert_id"])
+    assert record is not None
+    assert [(leg["leg_number"], leg["state"]) for leg in record["legs"]] == [(1, "failed"), (2, "skipped")]

@@ -10,7 +10,8 @@ neither. A refusal, by the checks or by the book, books nothing; the alert is st
 
 A leg the checks refused is recorded `failed`, with its reason, in that same commit (not `sending`): after a
 crash before the alert's results, recovery settles it as refused (`recovery._planned_result`) instead of looking
-it up and sending it, past the very limit that refused it.
+it up and sending it, past the very limit that refused it. So is a leg the book refused (a `BrokerError` other
+than an unknown outcome: nothing booked) and a leg a halt stopped inside the commit.
 
 The executor reads the outcomes after the commit (`Executor.run(joined=...)`) as it reads a `place()` answer:
 an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rolled back) or anything else (an
@@ -46,7 +47,7 @@ import attrs
 import structlog
 
 from tvbridge.alerts.records import Finished
-from tvbridge.broker import JournalJoiner, OrderRequest, OrderResult
+from tvbridge.broker import BrokerError, BrokerUnknownOutcomeError, JournalJoiner, OrderRequest, OrderResult
 from tvbridge.crashpoints import crash_point
 from tvbridge.models import LegResult, OrderLeg
 
@@ -239,6 +240,15 @@ class Joined:
             if isinstance(outcome, Exception):
                 conn.execute("ROLLBACK TO joined_leg")
             conn.execute("RELEASE joined_leg")
+            if isinstance(outcome, BrokerError) and not isinstance(outcome, BrokerUnknownOutcomeError):
+                # refused by the book, nothing booked: `failed` in this commit, as a refusal by the checks or a
+                # halt (left `sending`, a crash before the results would have recovery look it up, not find it,
+                # and send it: the order of a leg answered refused)
+                conn.execute(
+                    "UPDATE legs SET state = 'failed', message = ?"
+                    " WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                    (str(outcome), leg.request.alert_id, leg.account, leg.number),
+                )
             self.outcomes[leg.account, leg.number] = outcome
         self.finished = None
         if self.finish is not None:
