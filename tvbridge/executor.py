@@ -1125,7 +1125,9 @@ class Executor:
             if leg.order_id is None and self._own_orders is not None:
                 cancelled = await self._cancel_own(alert_id, account, number, leg)
             elif self._own_orders is not None and (refusal := await self._not_own(account, leg.order_id)):
-                return self.result_for(account, number, leg, LegStatus.FAILED, refusal)
+                return await self._journal_refusal(
+                    alert_id, self.result_for(account, number, leg, LegStatus.FAILED, refusal)
+                )
             else:
                 cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
@@ -1133,8 +1135,10 @@ class Executor:
         except BrokerUnknownOutcomeError as e:
             message = f"cancel outcome unknown ({e}): check the broker"
             return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
-        except BrokerError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
+        except BrokerError as e:  # nothing cancelled: refused now, never redone by a restart's recovery later
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, str(e))
+            )
         except Exception as e:  # a plugin bug: some orders may be cancelled already
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"cancel outcome unknown ({self._plugin_bug(account, e)}): check the broker"

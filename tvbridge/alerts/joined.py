@@ -40,14 +40,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import structlog
 
 from tvbridge.alerts.records import Finished
-from tvbridge.broker import BrokerError, BrokerUnknownOutcomeError, JournalJoiner, OrderRequest, OrderResult
+from tvbridge.broker import (
+    BrokerError,
+    BrokerUnknownOutcomeError,
+    JoinedRows,
+    JournalJoiner,
+    OrderRequest,
+    OrderResult,
+)
 from tvbridge.crashpoints import crash_point
 from tvbridge.models import LegResult, OrderLeg
 
@@ -67,6 +74,17 @@ statement again for the same text: without the mark a plugin's `COMMIT` (or `REL
 host's own, compiled while allowed, and pass unchecked. The host never runs a statement ending so."""
 
 
+_CONNECTION_WIDE: Final = frozenset({sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH})
+"""Statements whose effect stays on the journal's connection after the plugin's call (another file attached to
+every later alert's transaction); with a PRAGMA that sets a value (`locking_mode`, `query_only`, `busy_timeout`,
+`writable_schema`...: later writes of every alert fail or change meaning), refused while a plugin runs. A PRAGMA
+without a value (`PRAGMA busy_timeout` reads it) and those whose argument names what to read
+(`_PRAGMAS_THAT_READ`) stay allowed."""
+_PRAGMAS_THAT_READ: Final = frozenset(
+    {"table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list", "foreign_key_list"}
+)
+
+
 class JoinGuard:
     """sqlite3's authorizer on the journal's connection (`Connection.set_authorizer`), installed once, with a flag
     its callback reads: while a joining plugin runs (`enter()` to `leave()`), SQLite refuses to compile a statement
@@ -84,13 +102,17 @@ class JoinGuard:
         self._conn: sqlite3.Connection | None = None
         self._plugin = False
 
-    def _authorize(self, action: int, _arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
         if not self._plugin:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_TRANSACTION:
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_SAVEPOINT and (arg2 or "").lower() in HOST_SAVEPOINTS:
             return sqlite3.SQLITE_DENY
+        if action in _CONNECTION_WIDE or (
+            action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in _PRAGMAS_THAT_READ
+        ):
+            return sqlite3.SQLITE_DENY  # settings that outlive the call: the host's connection, not the plugin's
         return sqlite3.SQLITE_OK
 
     def enter(self, conn: sqlite3.Connection) -> JoinedSql:
@@ -116,19 +138,55 @@ class JoinedSql:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    def execute(self, sql: str, parameters: Any = (), /) -> JoinedRows:
         try:
-            return self._conn.execute(sql + PLUGIN_MARK, parameters)
+            return _Rows(self._conn.execute(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
 
-    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+    def executemany(self, sql: str, parameters: Any, /) -> JoinedRows:
         try:
-            return self._conn.executemany(sql + PLUGIN_MARK, parameters)
+            return _Rows(self._conn.executemany(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
+
+
+class _Rows:
+    """A plugin statement's answer (`broker.JoinedRows`): its rows and counts only. The cursor itself would let
+    the plugin run statements past the guard: `cursor.execute("COMMIT")` or `cursor.connection.execute(...)` get
+    the host's own compiled COMMIT (or RELEASE) from sqlite3's statement cache, which the authorizer never sees
+    again."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchmany(self, size: int = 1, /) -> list[Any]:
+        return self._cursor.fetchmany(size)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
 
 
 def _say_refused(error: sqlite3.DatabaseError) -> None:
