@@ -17,10 +17,9 @@ import random
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import attrs
 import pytest
-from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
+from durability_server import ADMIN_TOKEN, KillableServer, alert_record, journal_rows, post_alert
 from helpers import ClientFactory, alert, leg, with_accounts
 from test_crash_recovery import seed, seed_on_failure  # noqa: F401 - `seed` is a fixture, used by name
 
@@ -310,28 +309,6 @@ async def start(data_dir: Path, env: dict[str, str], name: str) -> KillableServe
     return await asyncio.to_thread(KillableServer(data_dir, env, name=name).start)
 
 
-async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-    """(status, body), or None when the server died before answering."""
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{url}/webhook", json=body, timeout=aiohttp.ClientTimeout(total=10)) as response,
-        ):
-            return response.status, await response.json()
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
-async def get_alert(url: str, alert_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response,
-    ):
-        assert response.status == 200
-        record: dict[str, Any] = await response.json()
-        return record
-
-
 @pytest.mark.parametrize(
     ("point", "written"),
     [("before_order_log", ["paper#1"]), ("after_order_log", None)],
@@ -346,7 +323,7 @@ async def test_killed_between_the_commit_and_the_marks_clearing(
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="INFY", quantity="3"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": point}, "crashing")
-    assert await post(server.url, body) is None
+    assert await post_alert(server.url, body) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, integrity = journal_rows(tmp_path)
     assert integrity == "ok"
@@ -360,10 +337,10 @@ async def test_killed_between_the_commit_and_the_marks_clearing(
     assert [e["event"] for e in events if e["event"].startswith(("recovery.alert", "recovery.leg", "leg."))] == []
     (rows,) = (e for e in events if e["event"] == "recovery.order_log_rows")
     assert (rows["alert_id"], rows["written"]) == (alert_id, written)
-    record = await get_alert(restarted.url, alert_id)
+    record = await alert_record(restarted.url, alert_id)
     assert (record["status"], [leg["state"] for leg in record["legs"]]) == ("success", ["placed"])
     first_answer = record["response"]
-    outcome = await post(restarted.url, body)
+    outcome = await post_alert(restarted.url, body)
     assert outcome is not None
     status, repeat = outcome
     assert (status, repeat["status"], repeat["duplicate_of"], repeat["first_status"]) == (
@@ -407,7 +384,7 @@ async def test_random_kills_of_one_commit_alerts(tmp_path: Path, seed: int) -> N
                 i: int, url: str = server.url, gate: asyncio.Semaphore = semaphore
             ) -> tuple[int, dict[str, Any]] | None:
                 async with gate:
-                    return await post(url, alert(leg(symbol="INFY", quantity=str(i + 1))))
+                    return await post_alert(url, alert(leg(symbol="INFY", quantity=str(i + 1))))
 
             burst = asyncio.gather(*(one(round_ * 100 + i) for i in range(50)))
             if crash:  # the server kills itself at the point, or the burst ends without reaching it

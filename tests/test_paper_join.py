@@ -13,11 +13,10 @@ import sqlite3
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
+from durability_server import KillableServer, alert_record, journal_rows, post_alert
 from helpers import ClientFactory, alert, leg, with_accounts
 
 from tvbridge.app import create_app
@@ -76,18 +75,6 @@ async def settle(journal: Any) -> None:
     await journal.settle()
 
 
-async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-    """(status, body), or None when the server died before answering."""
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{url}/webhook", json=body, timeout=aiohttp.ClientTimeout(total=10)) as response,
-        ):
-            return response.status, await response.json()
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
 async def start(data_dir: Path, env: dict[str, str], name: str) -> KillableServer:
     return await asyncio.to_thread(KillableServer(data_dir, env, name=name).start)
 
@@ -98,7 +85,7 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="INFY", quantity="3"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "in_join"}, "crashing")
-    assert await post(server.url, body) is None
+    assert await post_alert(server.url, body) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, _, integrity = journal_rows(tmp_path)
     assert integrity == "ok"
@@ -107,7 +94,7 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
     assert order_log(tmp_path) == []
 
     restarted = await start(tmp_path, PAPER_ENV, "restarted")
-    outcome = await post(restarted.url, body)
+    outcome = await post_alert(restarted.url, body)
     assert outcome is not None
     status, answer = outcome
     assert status == 200
@@ -128,7 +115,7 @@ async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="RELIANCE", quantity="2"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "after_record"}, "crashing")
-    assert await post(server.url, body) is None
+    assert await post_alert(server.url, body) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (alert_id,) = alerts
@@ -142,17 +129,10 @@ async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_
     assert [e for e in events if e["event"] in {"recovery.alert", "recovery.leg_found"}] == []
     rows = [e for e in events if e["event"] == "recovery.order_log_rows"]
     assert [(e["alert_id"], e["written"]) for e in rows] == [(alert_id, ["paper#1"])]
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{restarted.url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        ) as response,
-    ):
-        assert response.status == 200
-        record = await response.json()
+    record = await alert_record(restarted.url, alert_id)
     assert record["status"] == "success"
     assert record["legs"][0]["client_order_id"] == f"{alert_id}-1"
-    resent = await post(restarted.url, body)
+    resent = await post_alert(restarted.url, body)
     assert resent is not None
     assert resent[0] == 200
     assert (resent[1]["status"], resent[1]["duplicate_of"]) == ("duplicate", alert_id)  # dedupe: nothing placed
@@ -447,10 +427,10 @@ async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     env = {**PAPER_ENV, "TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
     server = await start(tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": "after_record:2"}, "crashing")
-    first = await post(server.url, alert(leg(symbol="INFY", quantity="1")))
+    first = await post_alert(server.url, alert(leg(symbol="INFY", quantity="1")))
     assert first is not None
     assert first[1]["status"] == "success"
-    assert await post(server.url, alert(leg(symbol="RELIANCE", quantity="1"))) is None
+    assert await post_alert(server.url, alert(leg(symbol="RELIANCE", quantity="1"))) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (second_id,) = (a for a in alerts if a != first[1]["alert_id"])
