@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import alert, leg
+from helpers import alert, leg, typed_leg
 
 from tvbridge.app import create_app
 from tvbridge.broker import BrokerContext, OrderRequest
 from tvbridge.errors import PluginStartError
 from tvbridge.keys import BROKERS
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
 from tvbridge_brokers.paper import PaperBroker, importer
@@ -63,16 +62,7 @@ async def own_book(data_dir: Path) -> None:
     """A paper book in the account's own file from before (a buy of 1 INFY)."""
     own = PaperBroker.from_settings({"prices": {"INFY": "100"}}, BrokerContext(account="paper", data_dir=data_dir))
     await own.start()
-    buy = OrderLeg(
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        quantity=1,
-        exchange=Exchange.NSE,
-        symbol="INFY",
-        instrument=Instrument.EQUITY,
-        product=Product.INTRADAY,
-        price=Decimal(0),
-    )
+    buy = typed_leg(quantity=1, symbol="INFY", price=Decimal(0))
     await own.place(OrderRequest(client_order_id="old-1", alert_id="old", leg_number=1, leg=buy))
     await own.aclose()
 

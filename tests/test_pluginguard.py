@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 from durability_server import scripted_orders, server_env
-from helpers import alert, leg, with_accounts
+from helpers import alert, leg, typed_leg, with_accounts
 from server_process import run_cli
 from structlog.testing import capture_logs
 
 from tvbridge.broker import BrokerUnavailableError, OrderRequest, OrderResult, OrderState
 from tvbridge.errors import ConfigError
 from tvbridge.keys import JOURNAL
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.pluginguard import GuardedBroker
 from tvbridge.registry import guard_brokers
 
@@ -254,15 +253,7 @@ async def test_a_place_that_blocks_past_the_bound_is_its_answer_not_an_unknown_o
         client_order_id="a-1",
         alert_id="a",
         leg_number=1,
-        leg=OrderLeg(
-            side=Side.BUY,
-            order_type=OrderType.MARKET,
-            quantity=1,
-            exchange=Exchange.NSE,
-            symbol="INFY",
-            instrument=Instrument.EQUITY,
-            product=Product.INTRADAY,
-        ),
+        leg=typed_leg(quantity=1, symbol="INFY"),
     )
     answer = await guarded.place(request)
     assert (answer.order_id, answer.state) == ("B-1", OrderState.OPEN)
