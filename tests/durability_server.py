@@ -8,6 +8,7 @@ to fill up and block it. It runs a `scripted` account `sim` (tests/support) whos
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -156,3 +157,12 @@ async def alert_record(url: str, alert_id: str) -> dict[str, Any]:
         assert response.status == 200
         record: dict[str, Any] = await response.json()
         return record
+
+
+def order_log(data_dir: Path) -> list[dict[str, str]]:
+    """The order log's rows (`webhook_orders.csv` in `data_dir`), none when it was never written."""
+    path = data_dir / "webhook_orders.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import csv
 import json
 import random
 import sqlite3
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
-from durability_server import ADMIN_TOKEN, KillableServer, alert_record, journal_rows, post_alert
+from durability_server import ADMIN_TOKEN, KillableServer, alert_record, journal_rows, order_log, post_alert
 from helpers import ClientFactory, alert, leg, with_accounts
 from test_crash_recovery import seed, seed_on_failure  # noqa: F401 - `seed` is a fixture, used by name
 
@@ -85,14 +84,6 @@ def marks(data_dir: Path, name: str = "tvbridge.sqlite3") -> dict[str, int]:
         return dict(rows.fetchall())
     finally:
         conn.close()
-
-
-def order_log(data_dir: Path) -> list[dict[str, str]]:
-    path = data_dir / "webhook_orders.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def book_orders(data_dir: Path) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ log, `GET /alerts/<id>`, across real `kill -9` of a real `tvbridge serve` before
 from __future__ import annotations
 
 import asyncio
-import csv
 import sqlite3
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from durability_server import KillableServer, alert_record, journal_rows, post_alert
+from durability_server import KillableServer, alert_record, journal_rows, order_log, post_alert
 from helpers import ClientFactory, alert, leg, with_accounts
 
 from tvbridge.app import create_app
@@ -60,14 +59,6 @@ def book_orders(data_dir: Path, account: str = "paper") -> list[tuple[str, str]]
     finally:
         conn.close()
     return [(row[0], row[1]) for row in rows]
-
-
-def order_log(data_dir: Path) -> list[dict[str, str]]:
-    path = data_dir / "webhook_orders.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 async def settle(journal: Any) -> None:
