@@ -8,6 +8,7 @@ to fill up and block it. It runs a `scripted` account `sim` (tests/support) whos
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
+
+import aiohttp
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -131,3 +134,35 @@ def journal_rows(data_dir: Path) -> tuple[dict[str, str], dict[tuple[str, int], 
     finally:
         conn.close()
     return alerts, legs, integrity
+
+
+async def post_alert(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """POST `body` to the server's `/webhook`: (status, answer), or None when the server died before answering."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/webhook", json=body, timeout=aiohttp.ClientTimeout(total=10)) as response,
+        ):
+            return response.status, await response.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def alert_record(url: str, alert_id: str) -> dict[str, Any]:
+    """`GET /alerts/<id>` with the admin token: the journal's record of the alert, as an operator reads it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as response,
+    ):
+        assert response.status == 200
+        record: dict[str, Any] = await response.json()
+        return record
+
+
+def order_log(data_dir: Path) -> list[dict[str, str]]:
+    """The order log's rows (`webhook_orders.csv` in `data_dir`), none when it was never written."""
+    path = data_dir / "webhook_orders.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

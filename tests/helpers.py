@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from pgcluster import SHARED_KEY
 
 from tvbridge.config import Config, RoutingConfig
+from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 
 SECRET = "test-secret-0123456789abcdef"
 STORES = ("sqlite", "postgresql")
@@ -80,3 +81,20 @@ def refusing_writes(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(full)
+
+
+TYPED_LEG = OrderLeg(
+    side=Side.BUY,
+    order_type=OrderType.MARKET,
+    quantity=10,
+    exchange=Exchange.NSE,
+    symbol="RELIANCE",
+    instrument=Instrument.EQUITY,
+    product=Product.INTRADAY,
+)
+
+
+def typed_leg(**changes: Any) -> OrderLeg:
+    """A parsed order leg, as a broker plugin gets it: a buy of 10 RELIANCE on NSE at market, intraday; `changes`
+    overrides any field (typed Any: each test passes the few fields it is about)."""
+    return attrs.evolve(TYPED_LEG, **changes)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import attrs
 import pytest
-from durability_server import ADMIN_TOKEN, KillableServer, journal_rows, scripted_orders
+from durability_server import KillableServer, alert_record, journal_rows, scripted_orders
 from fake_dhan import CLIENT_ID, TOKEN, FakeDhan
 from helpers import alert, leg
 
@@ -356,14 +356,7 @@ async def test_a_first_leg_refused_by_a_halt_after_its_commit_is_not_sent_by_rec
     assert clear_halt(halt_path(tmp_path))  # the operator resumes trading, then restarts
     (tmp_path / "config.toml").write_text(HALTING_SIM, encoding="utf-8")
     restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{restarted.url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        ) as response,
-    ):
-        assert response.status == 200
-        record = await response.json()
+    record = await alert_record(restarted.url, alert_id)
     assert await asyncio.to_thread(restarted.terminate) == 0
     assert scripted_orders(tmp_path) == []
     assert record["status"] == "failed"
@@ -376,28 +369,40 @@ async def test_a_first_leg_refused_by_a_halt_after_its_commit_is_not_sent_by_rec
     assert rows == [(alert_id, "failed", True)]
 
 
+async def killed_after_its_refusal(tmp_path: Path, env: dict[str, str], body: dict[str, Any]) -> str:
+    """Post `body` to a server killed at `env`'s crash point (`after_refusal`): nothing answered, the alert left
+    unfinished with its leg already `failed` (the refusal's own commit). Its id."""
+    server = await asyncio.to_thread(start, tmp_path, env, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, body) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (alert_id,) = alerts
+    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
+    return alert_id
+
+
+async def restarted_without_sending(tmp_path: Path, env: dict[str, str] | None) -> list[tuple[str, str, str]]:
+    """Restart (`env`: a broker that would take the order now) and stop: the broker received nothing, the one
+    alert and its leg are `failed`; the order log's rows (alert id, status, message)."""
+    restarted = await asyncio.to_thread(start, tmp_path, env, "restarted")
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert scripted_orders(tmp_path) == []
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert [(state, legs[alert_id, 1]) for alert_id, state in alerts.items()] == [("failed", "failed")]
+    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
+        return [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+
+
 async def test_a_leg_the_broker_refused_is_not_sent_by_recovery(tmp_path: Path) -> None:
     """The broker refuses the first leg (nothing placed: `BrokerRejectedError`), and the process is killed right
     after that refusal's commit, before the alert's results. Restarted while the alert is young, with a broker that
     would take the order now: recovery must not send the order of an alert answered "failed". The broker received
     nothing; the journal and the order log say failed with the broker's reason."""
     env = {"TVBRIDGE_ACCOUNTS__SIM__REJECT_SYMBOLS": '["TCS"]', "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
-    server = await asyncio.to_thread(start, tmp_path, env, "crash")
-    async with aiohttp.ClientSession() as session:
-        assert await post(session, server.url, alert(leg(symbol="TCS"))) is None
-    assert await asyncio.to_thread(server.wait, 10) == -9
-    alerts, legs, _ = journal_rows(tmp_path)
-    (alert_id,) = alerts
-    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
-
-    restarted = await asyncio.to_thread(start, tmp_path, None, "restarted")  # the broker takes TCS now
-    assert await asyncio.to_thread(restarted.terminate) == 0
-    assert scripted_orders(tmp_path) == []
-    alerts, legs, integrity = journal_rows(tmp_path)
-    assert integrity == "ok"
-    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
-    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
-        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    alert_id = await killed_after_its_refusal(tmp_path, env, alert(leg(symbol="TCS")))
+    rows = await restarted_without_sending(tmp_path, None)  # the broker takes TCS now
     assert rows == [(alert_id, "failed", "TCS is not tradeable here")]
 
 
@@ -409,20 +414,6 @@ async def test_a_target_whose_position_could_not_be_read_is_not_sent_by_recovery
     target = leg(symbol="INFY", position_size="10")
     del target["transactionType"], target["quantity"]
     env = {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "unavailable", "TVBRIDGE_TEST_CRASH_AT": "after_refusal"}
-    server = await asyncio.to_thread(start, tmp_path, env, "crash")
-    async with aiohttp.ClientSession() as session:
-        assert await post(session, server.url, alert(target)) is None
-    assert await asyncio.to_thread(server.wait, 10) == -9
-    alerts, legs, _ = journal_rows(tmp_path)
-    (alert_id,) = alerts
-    assert (alerts[alert_id], legs[alert_id, 1]) == ("accepted", "failed")
-
-    restarted = await asyncio.to_thread(start, tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "flat"}, "again")
-    assert await asyncio.to_thread(restarted.terminate) == 0
-    assert scripted_orders(tmp_path) == []
-    alerts, legs, integrity = journal_rows(tmp_path)
-    assert integrity == "ok"
-    assert (alerts[alert_id], legs[alert_id, 1]) == ("failed", "failed")
-    with (tmp_path / "webhook_orders.csv").open(newline="") as f:
-        rows = [(r["alert_id"], r["status"], r["message"]) for r in csv.DictReader(f)]
+    alert_id = await killed_after_its_refusal(tmp_path, env, alert(target))
+    rows = await restarted_without_sending(tmp_path, {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "flat"})
     assert rows == [(alert_id, "failed", "not sent: the current position could not be read: positions API down")]

@@ -8,6 +8,7 @@ In-process on purpose: the executor's cancel path is part of mutation testing's 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +141,28 @@ async def test_a_cancel_the_broker_refuses_fails_with_its_reason(make_client: Cl
     assert (body["status"], result["status"], result["message"]) == ("failed", "failed", "the order is already filled")
     [journaled] = await journal_legs(client, body["alert_id"])
     assert (journaled["state"], journaled["message"]) == ("failed", "the order is already filled")
+
+
+async def test_a_refused_cancel_is_journaled_before_the_alerts_results(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert's results are lost (as by a crash before their commit): the journal already has the refused
+    cancel `failed` with the broker's reason, so a restart's recovery settles it as refused and never asks the
+    broker to cancel again (the trader was told the cancel failed, and may have acted on it)."""
+    config = scripted(config, cancel_answer="rejected")
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+
+    async def lost(*_args: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(journal, "record_results", lambda *args: asyncio.ensure_future(lost(*args)))
+    body = await post(client, cancel(order_id="S00001"))
+    assert body["status"] == "failed"
+    record = await journal.get_alert(body["alert_id"])
+    assert record is not None
+    assert record["status"] == "accepted"  # the results were never written
+    assert [(leg_["state"], leg_["message"]) for leg_ in record["legs"]] == [("failed", "the order is already filled")]
 
 
 async def test_a_cancel_whose_answer_is_lost_is_unknown(make_client: ClientFactory, config: Config) -> None:

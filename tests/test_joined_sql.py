@@ -59,10 +59,20 @@ BYPASSES = {
 }
 
 
+THROUGH_THE_CURSOR = {
+    # a statement's answer is rows, not a cursor: the cursor's `execute` or `connection` would run the host's own
+    # COMMIT (or RELEASE), compiled while allowed and kept in sqlite3's statement cache, past the authorizer
+    "cursor.execute": lambda rows: rows.execute("COMMIT"),
+    "cursor.connection": lambda rows: rows.connection.execute("COMMIT"),
+    "cursor.connection, release": lambda rows: rows.connection.execute("RELEASE joined_leg"),
+    "cursor.executescript": lambda rows: rows.executescript("COMMIT"),
+}
+
+
 @pytest.mark.parametrize(
     ("how", "synchronous"),
     [
-        *((how, "normal") for how in [*BYPASSES, "executescript", "commit()"]),
+        *((how, "normal") for how in [*BYPASSES, *THROUGH_THE_CURSOR, "executescript", "commit()"]),
         ("leading semicolon", "full"),  # the journal's connection on a thread of its own
         ("commit", "full"),
         ("release the host's savepoint", "full"),
@@ -91,6 +101,8 @@ async def test_a_plugin_cannot_end_the_alerts_transaction_however_spelled(
             conn.executescript("COMMIT")
         elif how == "commit()":
             conn.commit()
+        elif how in THROUGH_THE_CURSOR:
+            THROUGH_THE_CURSOR[how](conn.execute("SELECT 1"))
         else:
             conn.execute(BYPASSES[how])
         return booked(self, conn, request)
@@ -131,3 +143,47 @@ async def test_the_plugins_own_savepoints_and_statements_still_run(
     body = await response.json()
     assert body["status"] == "success", body
     assert rows(config, "SELECT client_order_id FROM paper_orders") == [(f"{body['alert_id']}-1",)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "PRAGMA query_only = 1",
+        "PRAGMA locking_mode = EXCLUSIVE",
+        "PRAGMA busy_timeout = 0",
+        "PRAGMA writable_schema = ON",
+        "ATTACH DATABASE ':memory:' AS elsewhere",
+    ],
+)
+async def test_a_plugin_cannot_change_the_journals_connection_for_later_alerts(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    """A PRAGMA that sets a value, or an ATTACH, outlives the plugin's call on the journal's connection (with
+    `query_only` every later alert's write fails: 503 for every alert after it). Refused: that alert's leg fails
+    (nothing booked), and the next alert is recorded and booked as usual. A PRAGMA that only reads still runs."""
+    client = await make_client(config)
+    assert (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="1")))).status == 200
+    booked = PaperBroker.place_joined
+    reads: list[Any] = []
+
+    def tries(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        reads.append(conn.execute("PRAGMA table_info(alerts)").fetchone())
+        reads.append(conn.execute("PRAGMA busy_timeout").fetchone())
+        conn.execute(statement)
+        return booked(self, conn, request)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PaperBroker, "place_joined", tries)
+        refused = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="2")))
+        assert refused.status == 200, await refused.text()
+        (result,) = (await refused.json())["results"]
+        assert result["status"] in {"failed", "unknown"}, result
+    assert len(reads) == 2
+    assert all(row is not None for row in reads)
+    after = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="3")))
+    assert after.status == 200, await after.text()
+    body = await after.json()
+    assert body["status"] == "success", body
+    journal: Any = client.app[JOURNAL]
+    await journal.settle()
+    assert rows(config, "SELECT quantity FROM paper_orders ORDER BY rowid") == [(1,), (3,)]

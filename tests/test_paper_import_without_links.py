@@ -14,21 +14,22 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import alert, leg
+from helpers import alert, leg, typed_leg
 
 from tvbridge.app import create_app
 from tvbridge.broker import BrokerContext, OrderRequest
 from tvbridge.errors import PluginStartError
 from tvbridge.keys import BROKERS
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
-from tvbridge_brokers.paper import PaperBroker
+from tvbridge_brokers.paper import PaperBroker, importer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,16 +62,7 @@ async def own_book(data_dir: Path) -> None:
     """A paper book in the account's own file from before (a buy of 1 INFY)."""
     own = PaperBroker.from_settings({"prices": {"INFY": "100"}}, BrokerContext(account="paper", data_dir=data_dir))
     await own.start()
-    buy = OrderLeg(
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        quantity=1,
-        exchange=Exchange.NSE,
-        symbol="INFY",
-        instrument=Instrument.EQUITY,
-        product=Product.INTRADAY,
-        price=Decimal(0),
-    )
+    buy = typed_leg(quantity=1, symbol="INFY", price=Decimal(0))
     await own.place(OrderRequest(client_order_id="old-1", alert_id="old", leg_number=1, leg=buy))
     await own.aclose()
 
@@ -154,3 +146,44 @@ async def test_a_copy_that_fails_leaves_the_book_where_it_was(
     client = await make_client(config)
     assert await held(client) == [("INFY", 1)]
     assert (data_dir / "paper-paper.sqlite3").exists()  # ignored, not merged twice: `paper.sqlite_book_ignored`
+
+
+WRITER = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None);"
+    " c.execute('BEGIN IMMEDIATE'); c.execute('INSERT INTO t VALUES (2)'); c.execute('COMMIT'); print('wrote')"
+)
+
+
+def another_process_writes(path: Path) -> bool:
+    """Whether another process (a tvbridge still serving the old book, say) can write `path` now."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout.strip() == "wrote"
+
+
+def test_the_book_stays_held_while_it_is_copied_aside(tmp_path: Path, no_hard_links: list[tuple[str, str]]) -> None:
+    """The import holds the old book (`BEGIN EXCLUSIVE`) until it is set aside. Closing any descriptor of a file
+    drops every POSIX lock the process holds on it: had the copy closed its source before the old name was
+    removed, another process could write the book in between, and its rows would be in neither the copy nor
+    the journal. The copy's source stays open until then: the other process is kept out throughout."""
+    path = tmp_path / "paper.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    with importer._held(path):  # noqa: SLF001 - the window lies between two steps of one import
+        assert not another_process_writes(path)
+        source = importer._claim(path, tmp_path / "paper.sqlite3.imported")  # noqa: SLF001
+        assert no_hard_links  # the copy, not a link
+        assert source is not None
+        try:
+            assert not another_process_writes(path)
+        finally:
+            source.close()
+    copy = sqlite3.connect(tmp_path / "paper.sqlite3.imported")
+    try:
+        assert copy.execute("SELECT x FROM t").fetchall() == [(1,)]
+    finally:
+        copy.close()

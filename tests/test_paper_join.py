@@ -8,16 +8,14 @@ log, `GET /alerts/<id>`, across real `kill -9` of a real `tvbridge serve` before
 from __future__ import annotations
 
 import asyncio
-import csv
 import sqlite3
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from durability_server import ADMIN_TOKEN, KillableServer, journal_rows
+from durability_server import KillableServer, alert_record, journal_rows, order_log, post_alert
 from helpers import ClientFactory, alert, leg, with_accounts
 
 from tvbridge.app import create_app
@@ -63,29 +61,9 @@ def book_orders(data_dir: Path, account: str = "paper") -> list[tuple[str, str]]
     return [(row[0], row[1]) for row in rows]
 
 
-def order_log(data_dir: Path) -> list[dict[str, str]]:
-    path = data_dir / "webhook_orders.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 async def settle(journal: Any) -> None:
     """The results handed over so far committed (the SQLite journal's `settle`)."""
     await journal.settle()
-
-
-async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-    """(status, body), or None when the server died before answering."""
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{url}/webhook", json=body, timeout=aiohttp.ClientTimeout(total=10)) as response,
-        ):
-            return response.status, await response.json()
-    except (aiohttp.ClientError, TimeoutError):
-        return None
 
 
 async def start(data_dir: Path, env: dict[str, str], name: str) -> KillableServer:
@@ -98,7 +76,7 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="INFY", quantity="3"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "in_join"}, "crashing")
-    assert await post(server.url, body) is None
+    assert await post_alert(server.url, body) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, _, integrity = journal_rows(tmp_path)
     assert integrity == "ok"
@@ -107,7 +85,7 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
     assert order_log(tmp_path) == []
 
     restarted = await start(tmp_path, PAPER_ENV, "restarted")
-    outcome = await post(restarted.url, body)
+    outcome = await post_alert(restarted.url, body)
     assert outcome is not None
     status, answer = outcome
     assert status == 200
@@ -121,34 +99,31 @@ async def test_killed_inside_the_joined_commit_neither_the_alert_nor_its_order_e
 
 
 async def test_killed_after_the_joined_commit_recovery_finds_the_order_once(tmp_path: Path) -> None:
-    """SIGKILL at `after_record`: the alert (leg `sending`) and its paper order were committed together, nothing
-    answered. The restart's recovery finds the order by client order id (not placed again), the journal, the
-    order log and `GET /alerts/<id>` agree, and a resend of the same alert places nothing."""
+    """SIGKILL at `after_record`: the alert, its paper order and (one leg: one commit in all) its result and final
+    status were committed together, nothing answered, no order log row. The restart places and looks up nothing
+    (the alert is finished), writes the missing row once; the journal, the order log and `GET /alerts/<id>`
+    agree, and a resend of the same alert places nothing."""
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     body = alert(leg(symbol="RELIANCE", quantity="2"))
     server = await start(tmp_path, {**PAPER_ENV, "TVBRIDGE_TEST_CRASH_AT": "after_record"}, "crashing")
-    assert await post(server.url, body) is None
+    assert await post_alert(server.url, body) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (alert_id,) = alerts
-    assert alerts[alert_id] == "accepted"
-    assert legs[alert_id, 1] == "sending"
+    assert alerts[alert_id] == "success"  # settled in its own commit (was `accepted`, leg `sending`, before)
+    assert legs[alert_id, 1] == "placed"
     assert book_orders(tmp_path) == [(f"{alert_id}-1", "filled")]  # in the same commit as the alert
+    assert order_log(tmp_path) == []
 
     restarted = await start(tmp_path, PAPER_ENV, "restarted")
-    found = [e for e in restarted.events() if e["event"] == "recovery.leg_found"]
-    assert [e["alert_id"] for e in found] == [alert_id]
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            f"{restarted.url}/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        ) as response,
-    ):
-        assert response.status == 200
-        record = await response.json()
+    events = restarted.events()
+    assert [e for e in events if e["event"] in {"recovery.alert", "recovery.leg_found"}] == []
+    rows = [e for e in events if e["event"] == "recovery.order_log_rows"]
+    assert [(e["alert_id"], e["written"]) for e in rows] == [(alert_id, ["paper#1"])]
+    record = await alert_record(restarted.url, alert_id)
     assert record["status"] == "success"
     assert record["legs"][0]["client_order_id"] == f"{alert_id}-1"
-    resent = await post(restarted.url, body)
+    resent = await post_alert(restarted.url, body)
     assert resent is not None
     assert resent[0] == 200
     assert (resent[1]["status"], resent[1]["duplicate_of"]) == ("duplicate", alert_id)  # dedupe: nothing placed
@@ -447,19 +422,20 @@ async def test_a_plugin_broker_never_joins(make_client: ClientFactory, config: C
 
 async def test_a_refused_leg_stays_refused_after_a_crash(tmp_path: Path) -> None:
     """`max_orders_per_day = 1`: the second alert's first leg is refused by the count before the commit and
-    recorded `failed` in it; killed right after that commit (`after_record`, 2nd hit), the restart's recovery
-    settles it as refused instead of looking it up and sending it past the limit: the book holds one order."""
+    recorded `failed` in it (the alert settled `failed` in that commit: one leg, one commit in all); killed right
+    after that commit (`after_record`, 2nd hit), the restart's recovery does not look it up nor send it past the
+    limit: the book holds one order, and the refusal's order log row is written once."""
     (tmp_path / "config.toml").write_text(PAPER_TOML)
     env = {**PAPER_ENV, "TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
     server = await start(tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": "after_record:2"}, "crashing")
-    first = await post(server.url, alert(leg(symbol="INFY", quantity="1")))
+    first = await post_alert(server.url, alert(leg(symbol="INFY", quantity="1")))
     assert first is not None
     assert first[1]["status"] == "success"
-    assert await post(server.url, alert(leg(symbol="RELIANCE", quantity="1"))) is None
+    assert await post_alert(server.url, alert(leg(symbol="RELIANCE", quantity="1"))) is None
     assert await asyncio.to_thread(server.wait, 10) == -9
     alerts, legs, _ = journal_rows(tmp_path)
     (second_id,) = (a for a in alerts if a != first[1]["alert_id"])
-    assert (alerts[second_id], legs[second_id, 1]) == ("accepted", "failed")
+    assert (alerts[second_id], legs[second_id, 1]) == ("failed", "failed")  # was ("accepted", "failed")
 
     restarted = await start(tmp_path, env, "restarted")
     assert await asyncio.to_thread(restarted.terminate) == 0
@@ -543,3 +519,33 @@ async def test_on_postgresql_nothing_joins_and_the_book_keeps_its_own_transactio
     orders = await paper.orders()
     assert [o.client_order_id for o in orders] == [f"{body['alert_id']}-1"]
     assert not (config.server.data_dir / "tvbridge.sqlite3").exists()
+
+
+async def test_a_leg_the_book_refuses_is_failed_in_the_alerts_commit(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A two-leg alert whose first leg the book refuses (nothing booked): the alert's own commit already records
+    that leg `failed` with the book's reason, not `sending`, so a crash before the alert's results cannot have
+    recovery look it up, miss it and send it. The second leg is skipped; the answer and the journal agree."""
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    await client.post("/webhook", json=alert(leg(symbol="SBIN", price="100")))  # the daily count read: joins now
+    record_plan = journal.record_plan
+    committed: list[dict[str, Any] | None] = []
+
+    async def record_then_read(entry: Any, **kwargs: Any) -> None:
+        await record_plan(entry, **kwargs)
+        committed.append(await journal.database.read(lambda conn: leg_row(conn, entry.alert_id)))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(journal, "record_plan", record_then_read)
+    refused_leg = leg(symbol="INFY", orderType="SL", price="90", triggerPrice="100")
+    response = await client.post("/webhook", json=alert(refused_leg, leg(symbol="TCS", price="100", sort_order="2")))
+    monkeypatch.undo()
+    body = await response.json()
+    assert [r["status"] for r in body["results"]] == ["failed", "skipped"]
+    reason = "a buy SL needs price >= triggerPrice (got price 90, trigger 100)"
+    assert committed == [{"state": "failed", "message": reason}]
+    await settle(journal)
+    record = await journal.get_alert(body["alert_id"])
+    assert record is not None
+    assert [(leg["leg_number"], leg["state"]) for leg in record["legs"]] == [(1, "failed"), (2, "skipped")]

@@ -8,17 +8,18 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from durability_server import scripted_orders, server_env
-from helpers import alert, leg, with_accounts
+from helpers import alert, leg, typed_leg, with_accounts
 from server_process import run_cli
 from structlog.testing import capture_logs
 
 from tvbridge.broker import BrokerUnavailableError, OrderRequest, OrderResult, OrderState
 from tvbridge.errors import ConfigError
 from tvbridge.keys import JOURNAL
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 from tvbridge.pluginguard import GuardedBroker
+from tvbridge.registry import guard_brokers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -252,15 +253,7 @@ async def test_a_place_that_blocks_past_the_bound_is_its_answer_not_an_unknown_o
         client_order_id="a-1",
         alert_id="a",
         leg_number=1,
-        leg=OrderLeg(
-            side=Side.BUY,
-            order_type=OrderType.MARKET,
-            quantity=1,
-            exchange=Exchange.NSE,
-            symbol="INFY",
-            instrument=Instrument.EQUITY,
-            product=Product.INTRADAY,
-        ),
+        leg=typed_leg(quantity=1, symbol="INFY"),
     )
     answer = await guarded.place(request)
     assert (answer.order_id, answer.state) == ("B-1", OrderState.OPEN)
@@ -276,3 +269,23 @@ async def test_a_plugin_that_blocks_then_hangs_is_still_cut_off() -> None:
     with pytest.raises(BrokerUnavailableError, match=r"did not answer slow_then_hang\(\) within 0.2 s"):
         await guarded.slow_then_hang()
     assert 0.5 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_with_a_shared_journal_the_bound_counts_from_the_call(config: Config, shared: bool) -> None:
+    """With PostgreSQL (`journal.url`, several instances) a send must be over within `journal.leader_lease_s`,
+    or another instance takes the alert over while this call may still send: there, the bound counts from the
+    call itself, so a first step that blocked past it is cut off at its first await and never goes on
+    (`BrokerUnavailableError` for a method of its own, as any timeout). On SQLite (one instance) the same call
+    gets its answer (the test above)."""
+    journal = attrs.evolve(config.journal, url="postgresql://tvbridge@127.0.0.1:9/none" if shared else "")
+    config = attrs.evolve(with_accounts(config, {"sim": scripted(broker_timeout_s=0.2)}), journal=journal)
+    plugin = _SteppedExtras()
+    guarded: Any = guard_brokers(config, {"sim": plugin})["sim"]  # type: ignore[dict-item]  # only its own methods
+    if not shared:
+        assert await guarded.slow_then_await() == "late"
+        assert plugin.finished
+        return
+    with pytest.raises(BrokerUnavailableError, match=r"did not answer slow_then_await\(\) within 0.2 s"):
+        await guarded.slow_then_await()
+    assert not plugin.finished

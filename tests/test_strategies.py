@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import sqlite3
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from tvbridge.app import create_app
 from tvbridge.commands import trading
 from tvbridge.config import effective_settings, load_config
 from tvbridge.errors import ConfigError
-from tvbridge.keys import BROKERS, CREDENTIALS, SQUARE_OFF
+from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL, SQUARE_OFF
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
 from tvbridge.sessions import EXCHANGE_TZ
@@ -676,3 +677,37 @@ def test_a_weak_strategy_secret_is_refused_for_a_live_account(tmp_path: Path) ->
     config = load_config(path, make_converter(), env, tmp_path)
     with pytest.raises(ConfigError, match=r"strategies\.x\.secret is shorter than 16 characters"):
         resolve_credentials(config)
+
+
+async def test_alerts_of_two_strategies_committed_together_keep_their_own(
+    aiohttp_client: Any, make_config: MakeConfig, store_env: dict[str, str]
+) -> None:
+    """Eight one-leg paper alerts of alpha and beta at once share the journal's group commits, and each is
+    finished inside its own (the paper book joins it: one commit per alert). Each keeps its strategy: in the
+    journal's alert and leg result, in the order log's `strategy` column, and the journal's stored answer is the
+    one the client got, byte for byte (the in-commit finish runs under the alert's strategy, not the last one's)."""
+    if store_env:
+        pytest.skip("the paper book joins the SQLite journal only")
+    config = make_config()
+    client = await start(aiohttp_client, config)
+    await post(client, alert(intraday(quantity="1"), secret=ALPHA))
+    secrets = [ALPHA, BETA] * 4
+    bodies = [alert(intraday(quantity="1"), secret=s, id=uuid.uuid4().hex) for s in secrets]
+    responses = await asyncio.gather(*(client.post("/webhook", json=b) for b in bodies))
+    texts = [await r.text() for r in responses]
+    await client.app[JOURNAL].settle()
+    rows = {row["alert_id"]: row for row in csv_rows(config)}
+    conn = sqlite3.connect(config.data_path("tvbridge.sqlite3"))
+    try:
+        for response, text, secret in zip(responses, texts, secrets, strict=True):
+            assert response.status == 200, text
+            alert_id = json.loads(text)["alert_id"]
+            want = "alpha" if secret == ALPHA else "beta"
+            strategy, stored = conn.execute(
+                "SELECT strategy, response FROM alerts WHERE alert_id = ?", (alert_id,)
+            ).fetchone()
+            (result,) = conn.execute("SELECT result FROM legs WHERE alert_id = ?", (alert_id,)).fetchone()
+            assert (strategy, json.loads(result)["strategy"], rows[alert_id]["strategy"]) == (want, want, want)
+            assert stored == text
+    finally:
+        conn.close()

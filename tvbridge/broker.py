@@ -80,7 +80,7 @@ Errors::
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -630,16 +630,40 @@ class JournalJoiner(Protocol):
         ...
 
 
+class JoinedRows(Protocol):
+    """A statement's answer as a joining plugin gets it: its rows and counts, not the cursor itself, whose
+    `execute()` and `connection` would run statements past the journal's guard (`JoinedSql`). A
+    `sqlite3.Cursor` is one."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchmany(self, size: int = 1, /) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lastrowid(self) -> int | None: ...
+
+    @property
+    def description(self) -> Any: ...
+
+
 class JoinedConnection(Protocol):
     """What `place_joined` gets of the journal's connection: statements only. The transaction is the journal's:
     COMMIT, ROLLBACK, END, BEGIN and a RELEASE or ROLLBACK TO of the journal's own savepoints raise
     `sqlite3.ProgrammingError` (SQLite's authorizer refuses them, however spelled; a savepoint of one's own is
     fine), and there is no `commit()`, `rollback()` nor `executescript()` (which commits first). See
-    `tvbridge/alerts/joined.py`'s `JoinGuard`. A `sqlite3.Connection` is one."""
+    `tvbridge/alerts/joined.py`'s `JoinGuard`. Statements answer `JoinedRows` (rows and counts, no cursor to run
+    more statements on). A `sqlite3.Connection` is one."""
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor: ...
+    def execute(self, sql: str, parameters: Any = (), /) -> JoinedRows: ...
 
-    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor: ...
+    def executemany(self, sql: str, parameters: Any, /) -> JoinedRows: ...
 
 
 class JournalDatabase(Protocol):

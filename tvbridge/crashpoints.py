@@ -15,8 +15,11 @@ Points, in the order an alert reaches them:
   before_send    a leg's `sending` mark is committed; the broker has not been called
   after_send     the broker answered; the leg's result is not journaled yet
   before_finish  every leg is done; the alert's final status is not journaled yet
+  before_order_log  every leg is done, no order log row written; for an alert settled in its own commit (a
+                 one-leg paper alert: `alerts/joined.py`) the final status IS journaled, marked "row pending"
   after_claim    the closed-market queue's scheduler committed its claim (rows `sending`); nothing handed over
-  after_order_log  the legs' order log rows are written; the alert's final status is not journaled yet
+  after_order_log  the legs' order log rows are written; the alert's final status is not journaled yet (or,
+                 settled in its own commit, it is, and its "row pending" mark is not cleared yet)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ POINTS: Final = frozenset(
         "before_send",
         "after_send",
         "before_finish",
+        "before_order_log",
         "after_claim",
         "after_order_log",
     }

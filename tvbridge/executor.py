@@ -29,7 +29,9 @@ broker does not have them and the alert is still young enough.
 A broker that joined the SQLite journal (`JournalJoiner.join_journal`: the paper book) has the first leg of each
 account booked inside the alert's own commit (`alerts/joined.py`): `prepare_joined` runs that leg's checks
 (sizing, capabilities, halts, risk limits) before `record_plan`, and `run(joined=...)` reads the outcome the
-commit kept instead of calling `place()`.
+commit kept instead of calling `place()`. When that leg is the whole alert (one leg, every account joined), the
+commit also settles it (`_finish_joined`: results, status and answer, written by `record_plan`): `_run` then
+writes the order log row, tells the journal (`order_log_written`) and skips `record_results`: one commit in all.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from tvbridge.accessline import Access, alert_done
 from tvbridge.alerts.answer import response_body
 from tvbridge.alerts.joined import HaltedError, Joined, JoinedLeg, JoinGuard
 from tvbridge.alerts.plan import client_order_id
+from tvbridge.alerts.records import Finished
 from tvbridge.brackets import parts_of
 from tvbridge.broker import (
     BrokerError,
@@ -236,11 +239,20 @@ class Executor:
         """What joining plugins may do on the journal's connection: one authorizer, installed once (`JoinGuard`)."""
 
     async def prepare_joined(
-        self, alert_id: str, alert: Alert, first_sends: frozenset[tuple[str, int]]
+        self,
+        alert_id: str,
+        alert: Alert,
+        first_sends: frozenset[tuple[str, int]],
+        *,
+        accounts: Sequence[str] = (),
+        warnings: Sequence[str] = (),
     ) -> Joined | None:
         """The legs of `first_sends` (journaled `sending` with the alert) whose account joined the journal, checked
         as a send checks them (`_prepare`, `_refuse_before_send`: sizing, capabilities, halts, risk limits, the
-        daily count taken), to be booked inside the alert's commit (`alerts/joined.py`). None: nothing joins."""
+        daily count taken), to be booked inside the alert's commit (`alerts/joined.py`). None: nothing joins.
+
+        When they are every leg of the alert on `accounts` (one leg, each account joined), the join also settles
+        the alert inside the commit (`_finish_joined`, with `warnings` for its answer): one commit in all."""
         legs: list[JoinedLeg] = []
         for account, number in sorted(first_sends):
             leg = alert.legs[number - 1]
@@ -267,8 +279,49 @@ class Executor:
             )
         if not legs:
             return None
-        halted = functools.partial(self._halted, current_strategy()) if self._halted is not None else None
-        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted, guard=self._join_guard)
+        strategy = current_strategy()
+        halted = functools.partial(self._halted, strategy) if self._halted is not None else None
+        finish = None
+        if len(alert.legs) == 1 and accounts and sorted(accounts) == [leg.account for leg in legs]:
+            finish = functools.partial(
+                self._finish_joined,
+                alert_id=alert_id,
+                alert_type=alert.alert_type.value,
+                accounts=tuple(accounts),
+                warnings=tuple(warnings),
+                strategy=strategy,
+            )
+        return Joined(legs=tuple(legs), plugins=self._joined, halted=halted, guard=self._join_guard, finish=finish)
+
+    def _finish_joined(
+        self,
+        joined: Joined,
+        *,
+        alert_id: str,
+        alert_type: str,
+        accounts: Sequence[str],
+        warnings: Sequence[str],
+        strategy: str,
+    ) -> Finished | None:
+        """Inside the alert's commit (`Joined.__call__`), after the bookings: the alert's outcome, as `_run` builds
+        it after the commit (the same `_joined_definite` per leg, `summarize`, `response_body`); None when a leg's
+        outcome is not definite (only `lookup()`, after the commit, can settle it). Pure: the group commit may run
+        it twice, on the event loop or the journal's thread (`full`), in whichever alert's context: the strategy is
+        the alert's own, passed in."""
+        scope = use_strategy(strategy) if strategy != current_strategy() else contextlib.nullcontext()
+        with scope:
+            results: list[LegResult] = []
+            for account in accounts:
+                leg = joined.leg(account, 1)
+                result = (
+                    self._joined_definite(alert_id, leg, joined.outcomes.get((account, 1))) if leg is not None else None
+                )
+                if result is None:
+                    return None
+                results.append(result)
+        status = summarize(results).value
+        body = response_body(alert_id, alert_type, status, results, warnings)
+        return Finished(status=status, response=body, results=tuple(results))
 
     def unprepare_joined(self, joined: Joined) -> None:
         """The alert's `record_plan` failed (nothing recorded, nothing booked): give back the daily order count
@@ -375,27 +428,25 @@ class Executor:
                 results.extend(self._account_crashed(alert_id, alert, account, outcome))
             else:
                 results.extend(outcome)
-        status = summarize(results)
-        self._metrics.alert_finished(status.value)
-        body = response_body(alert_id, alert.alert_type.value, status.value, results, warnings)
-        crash_point("before_finish")
-        # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
-        # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
-        rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
-        try:
-            await self._order_log.append(rows, alert_id=alert_id, alert_type=alert.alert_type.value)
-        except Exception:
-            log.exception("order_log.write_failed", alert_id=alert_id)
-        crash_point("after_order_log")
-        written = self._journal.record_results(alert_id, status.value, body, results)
-        written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
+        finished = joined.finished if joined is not None else None
+        if finished is not None:  # settled and written in the alert's own commit (`_finish_joined`)
+            results = list(finished.results)
+            status_text, body = finished.status, dict(finished.response)
+        else:
+            status_text = summarize(results).value
+            body = response_body(alert_id, alert.alert_type.value, status_text, results, warnings)
+        self._metrics.alert_finished(status_text)
+        if finished is not None:
+            await self._log_finished(alert_id, alert.alert_type.value, results)
+        else:
+            await self._hand_over(alert_id, alert.alert_type.value, status_text, body, results, resume=resume)
         now = time.perf_counter()
         alert_done(
             access,
             {
                 "alert_id": alert_id,
                 "alert_type": alert.alert_type.value,
-                "status": status.value,
+                "status": status_text,
                 "legs": [_leg_line(r, timings.get((r.account, r.leg_number))) for r in results],
                 "warnings": list(warnings) or None,
                 "latency_ms": round((now - started) * 1000, 3),
@@ -403,6 +454,47 @@ class Executor:
             },
         )
         return body
+
+    async def _hand_over(
+        self,
+        alert_id: str,
+        alert_type: str,
+        status: str,
+        body: dict[str, Any],
+        results: list[LegResult],
+        *,
+        resume: Resume | None,
+    ) -> None:
+        """The order log rows, then the results handed to the journal (`record_results`), not waited for."""
+        crash_point("before_finish")
+        crash_point("before_order_log")
+        # the order log first: a crash between the two leaves the alert unfinished, and recovery finds the rows
+        # already written (`Resume.logged`) and writes only the missing ones: each leg's row once, never none
+        rows = results if resume is None else [r for r in results if (r.account, r.leg_number) not in resume.logged]
+        try:
+            await self._order_log.append(rows, alert_id=alert_id, alert_type=alert_type)
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
+        crash_point("after_order_log")
+        written = self._journal.record_results(alert_id, status, body, results)
+        written.add_done_callback(lambda task: self._recorded(alert_id, results, task))
+
+    async def _log_finished(self, alert_id: str, alert_type: str, results: Sequence[LegResult]) -> None:
+        """An alert finished in its own commit: its order log rows now (crash point `before_order_log` just
+        before), then the journal is told so (`order_log_written`: the alert's "row pending" mark is cleared by the
+        next write's transaction). A crash before that leaves the mark, and recovery writes the rows not in the
+        log, once (`recovery.write_pending_rows`). A failed write leaves the mark too: the next start writes the
+        rows. Order follow-up gets the results at once: they are committed."""
+        crash_point("before_order_log")
+        try:
+            await self._order_log.append(results, alert_id=alert_id, alert_type=alert_type)
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
+        else:
+            crash_point("after_order_log")
+            self._journal.order_log_written(alert_id)
+        if self._followup is not None:
+            self._followup.follow(alert_id, results)
 
     def _observe_bookings(self, joined: Joined) -> None:
         """The broker-call histogram and error count for the legs booked in the alert's commit, as `TimedBroker`
@@ -471,6 +563,7 @@ class Executor:
                 arrived=arrived,
                 joined=joined.leg(account, number) if joined is not None else None,
                 booked=joined.outcomes if joined is not None else None,
+                finished=joined.finished if joined is not None else None,
             )
             unjournaled = result
             results.append(result)
@@ -510,6 +603,7 @@ class Executor:
         arrived: float | None = None,
         joined: JoinedLeg | None = None,
         booked: Mapping[tuple[str, int], OrderResult | Exception] | None = None,
+        finished: Finished | None = None,
     ) -> LegResult:
         """One leg: its contract and quantity for this account (`_prepare`), (on recovery: reuse or look up first),
         mark `sending` (unless `premarked` with the alert), call the broker. A `joined` leg was checked and booked
@@ -517,7 +611,8 @@ class Executor:
         if resume is not None and (account, number) in resume.settled:
             return resume.settled[(account, number)]
         if joined is not None and isinstance(leg, OrderLeg):
-            return await self._joined_result(alert_id, joined, (booked or {}).get((account, number)), arrived)
+            outcome = (booked or {}).get((account, number))
+            return await self._joined_result(alert_id, joined, outcome, arrived, finished)
         if isinstance(leg, OrderLeg):
             prepared = await self._prepare(alert_id, account, number, leg)
             sent = await self._order_leg(
@@ -595,39 +690,66 @@ class Executor:
         crash_point("after_send")
         return result
 
-    async def _joined_result(
-        self, alert_id: str, joined: JoinedLeg, outcome: OrderResult | Exception | None, arrived: float | None
-    ) -> LegResult:
-        """A leg booked in the alert's commit (`alerts/joined.py`), read as `_place` reads a `place()` answer."""
+    def _joined_definite(
+        self, alert_id: str, joined: JoinedLeg, outcome: OrderResult | Exception | None
+    ) -> LegResult | None:
+        """A joined leg's result when its outcome settles it (refused by the checks, halted in the commit, booked,
+        refused by the book); None when only `lookup()` can say (unknown, a plugin bug, no outcome kept). Pure:
+        inside the commit (`_finish_joined`) and after it (`_joined_result`) alike."""
         account, number = joined.account, joined.number
         prepared = Prepared(leg=joined.leg, contract=joined.contract, note=joined.note)
         if joined.refused is not None:
             return _noted(joined.refused, prepared)
-        if isinstance(outcome, HaltedError):  # as a send the halt refused: never sent, not one of today's orders
-            if self._give_back is not None:
-                self._give_back(account)
-            client_id = client_order_id(alert_id, number)
-            refused = self.result_for(account, number, joined.leg, LegStatus.FAILED, str(outcome), client_id=client_id)
-            return _noted(refused, prepared)
-        if arrived is not None:
-            self._metrics.to_broker(time.perf_counter() - arrived)
         leg, client_id = prepared.leg, client_order_id(alert_id, number)
         if isinstance(outcome, OrderResult):
             result = self._from_order(account, number, leg, outcome, client_id)
-            self._nudge(account, outcome)
-        elif isinstance(outcome, BrokerError) and not isinstance(outcome, BrokerUnknownOutcomeError):
+        elif isinstance(outcome, HaltedError) or (
+            isinstance(outcome, BrokerError) and not isinstance(outcome, BrokerUnknownOutcomeError)
+        ):
             result = self.result_for(account, number, leg, LegStatus.FAILED, str(outcome), client_id=client_id)
-        else:  # unknown, a plugin bug, or no outcome kept: ask the book
-            if outcome is not None and not isinstance(outcome, BrokerError):
-                log.error(
-                    "broker.unexpected_error", alert_id=alert_id, leg=number, account=account, error=repr(outcome)
-                )
-            reason = (
-                str(outcome)
-                if isinstance(outcome, BrokerError)
-                else (self._plugin_bug(account, outcome) if outcome is not None else "the booking's answer was lost")
-            )
-            result = await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=reason)
+        else:
+            return None
+        return _noted(result, prepared)
+
+    async def _joined_result(
+        self,
+        alert_id: str,
+        joined: JoinedLeg,
+        outcome: OrderResult | Exception | None,
+        arrived: float | None,
+        finished: Finished | None = None,
+    ) -> LegResult:
+        """A leg booked in the alert's commit (`alerts/joined.py`), read as `_place` reads a `place()` answer; when
+        the commit settled the whole alert (`finished`), the result written there."""
+        account, number = joined.account, joined.number
+        definite = (
+            _result_of(finished, account, number)
+            if finished is not None
+            else self._joined_definite(alert_id, joined, outcome)
+        )
+        if definite is not None and (joined.refused is not None or isinstance(outcome, HaltedError)):
+            if joined.refused is None and self._give_back is not None:
+                # as a send the halt refused: never sent, not one of today's orders
+                self._give_back(account)
+            return definite
+        if arrived is not None:
+            self._metrics.to_broker(time.perf_counter() - arrived)
+        if isinstance(outcome, OrderResult):
+            self._nudge(account, outcome)
+        if definite is not None:
+            crash_point("after_send")
+            return definite
+        # unknown, a plugin bug, or no outcome kept: ask the book
+        prepared = Prepared(leg=joined.leg, contract=joined.contract, note=joined.note)
+        leg, client_id = prepared.leg, client_order_id(alert_id, number)
+        if outcome is not None and not isinstance(outcome, BrokerError):
+            log.error("broker.unexpected_error", alert_id=alert_id, leg=number, account=account, error=repr(outcome))
+        reason = "the booking's answer was lost"
+        if isinstance(outcome, BrokerError):
+            reason = str(outcome)
+        elif isinstance(outcome, Exception):
+            reason = self._plugin_bug(account, outcome)
+        result = await self._resolve_unknown(alert_id, account, number, leg, client_id=client_id, reason=reason)
         crash_point("after_send")
         return _noted(result, prepared)
 
@@ -1003,7 +1125,9 @@ class Executor:
             if leg.order_id is None and self._own_orders is not None:
                 cancelled = await self._cancel_own(alert_id, account, number, leg)
             elif self._own_orders is not None and (refusal := await self._not_own(account, leg.order_id)):
-                return self.result_for(account, number, leg, LegStatus.FAILED, refusal)
+                return await self._journal_refusal(
+                    alert_id, self.result_for(account, number, leg, LegStatus.FAILED, refusal)
+                )
             else:
                 cancelled = await broker.cancel(CancelRequest(alert_id=alert_id, leg_number=number, leg=leg))
             ids = [c.order_id for c in cancelled if c.order_id]
@@ -1011,8 +1135,10 @@ class Executor:
         except BrokerUnknownOutcomeError as e:
             message = f"cancel outcome unknown ({e}): check the broker"
             return self.result_for(account, number, leg, LegStatus.UNKNOWN, message)
-        except BrokerError as e:
-            return self.result_for(account, number, leg, LegStatus.FAILED, str(e))
+        except BrokerError as e:  # nothing cancelled: refused now, never redone by a restart's recovery later
+            return await self._journal_refusal(
+                alert_id, self.result_for(account, number, leg, LegStatus.FAILED, str(e))
+            )
         except Exception as e:  # a plugin bug: some orders may be cancelled already
             log.exception("broker.unexpected_error", alert_id=alert_id, leg=number, account=account)
             message = f"cancel outcome unknown ({self._plugin_bug(account, e)}): check the broker"
@@ -1083,6 +1209,14 @@ def _noted(result: LegResult, prepared: Prepared) -> LegResult:
     if not notes or result.message.startswith(notes[0]):
         return result
     return attrs.evolve(result, message="; ".join([*notes, result.message]), contract=prepared.contract)
+
+
+def _result_of(finished: Finished, account: str, number: int) -> LegResult | None:
+    """The leg's result among those the alert's commit settled (`_finish_joined`)."""
+    for result in finished.results:
+        if result.account == account and result.leg_number == number:
+            return result
+    return None
 
 
 def _with_order_id(result: LegResult, order_id: str) -> LegResult:

@@ -9,6 +9,7 @@ existing file keeps the mode it has: an operator who chose 0640 for a log shippe
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -19,5 +20,13 @@ PRIVATE: Final = 0o600
 
 
 def create_private(path: Path) -> None:
-    """Create `path` empty with mode 0600 unless it exists; `OSError` if it cannot be (a read-only directory)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
+    """Create `path` empty with mode 0600 unless it exists; `OSError` if it cannot be (a read-only directory).
+
+    An existing file is never opened (`O_EXCL`): closing any descriptor of a file drops every POSIX lock the
+    process holds on it, and SQLite's locks on a live database are such locks. Each new connection to the
+    journal (the checkpointer's, a reopen) came through here; its open-and-close released the server's shared
+    lock, so an outside reader (`sqlite3 tvbridge.sqlite3 'select ...'`) closing after it believed itself the
+    last connection and deleted the `-wal` file: the server's later commits went to a deleted file, lost at the
+    next crash."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE))

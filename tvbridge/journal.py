@@ -23,6 +23,7 @@ secret is removed from the stored payload. Durability per `journal.synchronous` 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -36,7 +37,7 @@ import attrs
 import structlog
 
 from tvbridge.alertqueue import SqliteQueue
-from tvbridge.alerts.records import AlertEntry, pending_entry
+from tvbridge.alerts.records import AlertEntry, Finished, pending_entry
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
@@ -48,7 +49,6 @@ from tvbridge.store.pending import PendingResults
 from tvbridge.store.rows import alert_record, dedupe_record, leg_record, strategy_fill
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     response     TEXT,
     updated_at   TEXT NOT NULL,
     order_log_offset INTEGER,
-    strategy     TEXT
+    strategy     TEXT,
+    order_log_pending INTEGER
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
 CREATE TABLE IF NOT EXISTS probe (
@@ -122,6 +123,9 @@ FOLLOWED_STATES: Final = ("pending", "open", "trigger_pending", "partially_fille
 """`tvbridge.broker.OPEN_STATES` as stored: the orders follow-up keeps asking about."""
 
 UNFINISHED: Final = "accepted"
+MAX_MARKS_WAITING: Final = 256
+"""Order log marks to clear (`order_log_written`) beyond which they get a commit of their own instead of waiting
+for the next write to carry them."""
 T = TypeVar("T")
 OPEN_LEG_STATES: Final = frozenset({"pending", "sending", "unknown"})
 """Legs whose outcome crash recovery still has to settle."""
@@ -176,6 +180,10 @@ class Journal:
         """Per alert id, its `record_results` write handed over and not committed yet (`tvbridge/store/pending.py`)."""
         self._recent_keys = RecentKeys()
         """The dedupe keys recorded lately: "never" without a query (`tvbridge/recentkeys.py`)."""
+        self._logged: list[str] = []
+        """Alerts finished in their own commit whose order log rows are written since: their mark
+        (`order_log_pending`) is cleared by the next write's transaction (`_write`), no commit of its own."""
+        self._flushing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -208,12 +216,20 @@ class Journal:
 
     async def close(self) -> None:
         await self._results_pending.drain()
+        if self._flushing is not None:
+            await self._flushing
+        if self._logged:  # a clean stop leaves no mark behind (the next start has no rows to look for)
+            with contextlib.suppress(JournalError):
+                await self._write(_nothing)
         await self._db.close()
 
     async def settle(self) -> None:
         """Wait until every `record_results` handed over so far is committed (or failed, and logged); later
-        ones are not waited for, so a steady stream of alerts cannot keep a reader waiting."""
+        ones are not waited for, so a steady stream of alerts cannot keep a reader waiting. So is a commit of
+        order log marks under way (`order_log_written`, when many waited)."""
         await self._results_pending.settle()
+        if self._flushing is not None:
+            await self._flushing
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Report the seconds each write took to be committed, waiting for its group commit included, to
@@ -222,14 +238,20 @@ class Journal:
 
     async def _write(self, fn: Any) -> Any:
         started = time.perf_counter()
+        marks, self._logged = self._logged, []
         try:
-            result = await self._db.write(fn)
+            result = await self._db.write(_clearing(marks, fn) if marks else fn)
         except sqlite3.IntegrityError as e:  # a bad row, not a bad disk: the journal itself is fine
+            self._logged.extend(marks)  # still set in the file (or cleared already: clearing twice is harmless)
             raise JournalError(f"journal refused the write: {e}") from e
         except Exception as e:
+            self._logged.extend(marks)
             self.healthy = False
             self.last_error = f"{type(e).__name__}: {e}"
             raise JournalError("journal unwritable: the alert was not recorded") from e
+        except BaseException:
+            self._logged.extend(marks)
+            raise
         self.healthy = True
         if self._on_commit is not None:
             self._on_commit(time.perf_counter() - started)
@@ -239,7 +261,9 @@ class Journal:
         self, entry: AlertEntry, *, join: Callable[[sqlite3.Connection], object] | None = None
     ) -> None:
         """The alert, its planned legs and `join`'s rows in one transaction, group-committed with concurrent
-        alerts; `JournalError` if it fails (see `tvbridge.alerts.records`)."""
+        alerts; `JournalError` if it fails (see `tvbridge.alerts.records`). A `join` that returns a `Finished`
+        (the alert settled inside this transaction) has it written here too, as `finish_alert` writes it, and the
+        alert marked "order log row pending" (`order_log_written` clears the mark)."""
         stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
         now = _now()
         alert_id = entry.alert_id
@@ -273,9 +297,62 @@ class Journal:
                     ],
                 )
             if join is not None:
-                join(conn)
+                finished = join(conn)
+                if isinstance(finished, Finished):
+                    _write_results(
+                        conn,
+                        alert_id,
+                        finished.status,
+                        json.dumps(finished.response, default=str),
+                        finished.results,
+                        order_log_pending=True,
+                    )
 
         await self._write(insert)
+
+    def order_log_written(self, alert_id: str) -> None:
+        """The order log rows of `alert_id`, finished in its own commit (`record_plan` with a `Finished`), are
+        written: its mark is cleared by the next write's transaction, which carries it without a commit of its
+        own. A crash before then leaves the mark, and recovery finds the rows in the log (`pending_order_log`)."""
+        self._logged.append(alert_id)
+        if len(self._logged) >= MAX_MARKS_WAITING and self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_marks())
+
+    async def _flush_marks(self) -> None:
+        """Many marks and no write to carry them: one commit for all of them."""
+        try:
+            await self._write(_nothing)
+        except JournalError:
+            log.warning("journal.order_log_marks_kept", waiting=len(self._logged))
+        finally:
+            self._flushing = None
+
+    async def pending_order_log(self) -> list[dict[str, Any]]:
+        """Alerts finished in their own commit whose order log rows may not be written (a crash between the commit
+        and the rows, or after the rows and before the mark's clearing): crash recovery's second list, oldest
+        first, each as `get_alert` gives it plus its `order_log_offset`."""
+
+        def fetch(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            marked = conn.execute(
+                "SELECT * FROM alerts WHERE order_log_pending IS NOT NULL ORDER BY received_at"
+            ).fetchall()
+            found = []
+            for row in marked:
+                legs = conn.execute(
+                    "SELECT account, leg_number, client_order_id, state, order_id, order_state, filled_quantity,"
+                    " average_price, order_message, order_updated_at, message, result, updated_at, bracket"
+                    " FROM legs WHERE alert_id = ? ORDER BY account, leg_number",
+                    (row["alert_id"],),
+                ).fetchall()
+                found.append({**alert_record(row, legs), "order_log_offset": row["order_log_offset"]})
+            return found
+
+        return await self._db.read(fetch)
+
+    async def clear_order_log_marks(self, alert_ids: Sequence[str]) -> None:
+        """Recovery wrote (or found) the rows of these alerts: their marks go, in one commit."""
+        if alert_ids:
+            await self._write(_clearing(list(alert_ids), _nothing))
 
     def record_results(
         self, alert_id: str, status: str, response: Mapping[str, Any], results: Sequence[LegResult] = ()
@@ -363,16 +440,7 @@ class Journal:
     ) -> None:
         """Store the final status, the answer given (or that would have been) and the legs' results."""
         text = json.dumps(response, default=str)
-
-        def finish(conn: sqlite3.Connection) -> None:
-            for result in results:
-                _update_leg(conn, alert_id, result)
-            conn.execute(
-                "UPDATE alerts SET status = ?, response = ?, updated_at = ? WHERE alert_id = ?",
-                (status, text, _now(), alert_id),
-            )
-
-        await self._write(finish)
+        await self._write(lambda conn: _write_results(conn, alert_id, status, text, results))
 
     async def set_order_state(self, alert_id: str, account: str, leg_number: int, order: OrderStateRecord) -> None:
         """Record what the broker now says about a leg's order (order follow-up), and touch the alert's
@@ -728,6 +796,13 @@ def _create(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE alerts ADD COLUMN order_log_offset INTEGER")
     if "strategy" not in columns:  # a journal from before strategies: its alerts were all `default`'s
         conn.execute("ALTER TABLE alerts ADD COLUMN strategy TEXT")
+    if "order_log_pending" not in columns:  # before one-commit alerts: none is marked
+        conn.execute("ALTER TABLE alerts ADD COLUMN order_log_pending INTEGER")
+    # recovery's look-up at start; only the few marked alerts are in it (the mark is cleared soon after its commit)
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS alerts_order_log_pending ON alerts (order_log_pending)"
+        " WHERE order_log_pending IS NOT NULL"
+    )
     _add_order_columns(conn)
 
 
@@ -747,6 +822,39 @@ def _add_order_columns(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS legs_followed ON legs (order_state) WHERE order_state IN ({marks})")
     # the strategies' own positions are summed from these rows (`Journal.fills`), per account
     conn.execute("CREATE INDEX IF NOT EXISTS legs_filled ON legs (account) WHERE filled_quantity > 0")
+
+
+def _write_results(
+    conn: sqlite3.Connection,
+    alert_id: str,
+    status: str,
+    response: str,
+    results: Sequence[LegResult],
+    *,
+    order_log_pending: bool = False,
+) -> None:
+    """The alert's outcome: each leg's result, the final status and the answer (`finish_alert`, and `record_plan`
+    for an alert finished in its own commit, which is also marked "order log row pending")."""
+    for result in results:
+        _update_leg(conn, alert_id, result)
+    conn.execute(
+        "UPDATE alerts SET status = ?, response = ?, updated_at = ?, order_log_pending = ? WHERE alert_id = ?",
+        (status, response, _now(), 1 if order_log_pending else None, alert_id),
+    )
+
+
+def _nothing(conn: sqlite3.Connection) -> None:  # noqa: ARG001 - a write that only carries the marks' clearing
+    return None
+
+
+def _clearing(alert_ids: list[str], fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """`fn`, preceded in its transaction by the clearing of these alerts' order log marks (their rows are written)."""
+
+    def both(conn: sqlite3.Connection) -> T:
+        conn.executemany("UPDATE alerts SET order_log_pending = NULL WHERE alert_id = ?", [(a,) for a in alert_ids])
+        return fn(conn)
+
+    return both
 
 
 def _bracket_json(parts: Sequence[Mapping[str, str | None]]) -> str | None:

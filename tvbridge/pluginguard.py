@@ -10,8 +10,11 @@ it: the executor, `/health`, flatten, the status page):
   awaits next, so its answer, not an unknown outcome, reaches the trader. A `place` or `cancel` that has not
   answered by then is an unknown outcome (`BrokerUnknownOutcomeError`): the executor asks `lookup()` before
   reporting anything, so an order the plugin places late is found, or the leg is `unknown` and says to check
-  the broker; never a silent late order and never a resend. A `lookup` that does not answer is
-  `BrokerUnavailableError` (the leg stays unknown); a `health` that does not answer is unhealthy.
+  the broker; never a silent late order and never a resend. With a shared journal (`journal.url`: several
+  instances, each send within `journal.leader_lease_s`) the bound counts from the call itself, first step
+  included: past the lease another instance may take the alert over, so this one must not send any more. A
+  `lookup` that does not answer is `BrokerUnavailableError` (the leg stays unknown); a `health` that does not
+  answer is unhealthy.
 * The synchronous part of every call is timed, step by step (each stretch the plugin's coroutine runs before
   it awaits something). A step longer than `BLOCKED_WARN_S` blocked the event loop: every other alert and
   `/health` waited on it, and no timeout can fire meanwhile. It is logged as `broker.blocked_event_loop`
@@ -173,13 +176,24 @@ class GuardedBroker:
     Every other attribute is the plugin's own (`capabilities`, `positions()`, `reconfigure()`...)."""
 
     def __init__(
-        self, broker: Broker, *, account: str, plugin: str, timeout_s: float, watchdog: LoopWatchdog | None = None
+        self,
+        broker: Broker,
+        *,
+        account: str,
+        plugin: str,
+        timeout_s: float,
+        watchdog: LoopWatchdog | None = None,
+        from_the_call: bool = False,
     ) -> None:
         self._broker = broker
         self._account = account
         self._plugin = plugin
         self._timeout_s = timeout_s
         self._watchdog = watchdog
+        self._from_the_call = from_the_call
+        """The bound counts from the call itself, not its first await: with a shared journal (PostgreSQL, several
+        instances) a send must be over before `journal.leader_lease_s` runs out (`config._check_lease`), or
+        another instance takes the alert over and may send it while this call still can."""
 
     def __getattr__(self, name: str) -> Any:
         """The plugin's own attribute; a method of its own that returns a coroutine (`positions()`,
@@ -224,6 +238,7 @@ class GuardedBroker:
         label = f"the {self._plugin!r} broker plugin's {operation}() (account {self._account!r})"
         stepped: Awaitable[T] = _Stepped(call, on_step, self._watchdog, label) if inspect.iscoroutine(call) else call
         deadline: asyncio.Timeout | None = None
+        called = asyncio.get_running_loop().time() if self._from_the_call else 0.0
         try:
             if isinstance(stepped, _Stepped):
                 done, value = stepped.first()  # done within its first step: no timer to arm (none could fire)
@@ -233,7 +248,7 @@ class GuardedBroker:
             # the bound counts from the plugin's first await: a first step that blocked the loop past it (reported
             # below) would otherwise be cut off at that await, the moment it may be about to confirm an order it
             # just placed: an unknown outcome for the trader to check, where a moment more gives the answer
-            deadline = asyncio.timeout(timeout_s)
+            deadline = asyncio.timeout_at(called + timeout_s) if self._from_the_call else asyncio.timeout(timeout_s)
             async with deadline:
                 return await stepped
         except TimeoutError:

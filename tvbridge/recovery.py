@@ -14,6 +14,13 @@ broker that did get it does not place it twice) while the alert is younger than 
 order log, log line. The killed run may have written the order log's rows and died before the journal's final
 commit: the rows found in the log after the offset journaled with the alert are not written again, so every leg
 has exactly one row.
+
+Before them, the alerts finished in their own commit (a one-leg paper alert, `alerts/joined.py`) whose order log
+row may be missing: the commit holds their final status and results and marks them "order log row pending"; the
+row is written after it, and the mark is cleared by a later write (`Journal.order_log_written`). A crash in
+between leaves the mark: `write_pending_rows` writes the rows of marked alerts that are not in the log after
+their journaled offset (once: a row the killed run wrote is found there) and clears the marks. Nothing is placed
+or looked up for them: they are finished.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import structlog
 
 from tvbridge.errors import InvalidAlertError
 from tvbridge.executor import Resume
-from tvbridge.journal import OPEN_LEG_STATES
+from tvbridge.journal import OPEN_LEG_STATES, Journal
 from tvbridge.models import LegResult, LegStatus, oldest_timenow
 from tvbridge.orderlog import neutralize
 from tvbridge.parsing import parse_alert, unknown_keys
@@ -73,10 +80,45 @@ def _planned_result(executor: Executor, alert: Alert, leg: Mapping[str, Any]) ->
     return executor.result_for(leg["account"], number, alert.legs[number - 1], status, leg.get("message") or "")
 
 
+async def write_pending_rows(journal: Journal, order_log: OrderLog) -> int:
+    """The order log rows of the alerts finished in their own commit and still marked "row pending" (see the module
+    docstring): each leg's row written unless the log has it after the alert's offset, then the marks cleared (an
+    alert whose rows could not be written keeps its mark, for the next start). Returns how many rows it wrote."""
+    marked = await journal.pending_order_log()
+    if not marked:
+        return 0
+    offsets = [record["order_log_offset"] for record in marked]
+    logged = order_log.logged_since(0 if None in offsets else min(offsets))
+    written = 0
+    done: list[str] = []
+    for record in marked:
+        alert_id = record["alert_id"]
+        results = [result for leg in record["legs"] if (result := _stored_result(leg)) is not None]
+        missing = [r for r in results if (neutralize(alert_id), neutralize(r.account), str(r.leg_number)) not in logged]
+        try:
+            await order_log.append(missing, alert_id=alert_id, alert_type=record["alert_type"])
+        except Exception:
+            log.exception("order_log.write_failed", alert_id=alert_id)
+            continue
+        written += len(missing)
+        done.append(alert_id)
+        log.warning(
+            "recovery.order_log_rows",
+            alert_id=alert_id,
+            written=[f"{r.account}#{r.leg_number}" for r in missing] or None,
+            already_in_order_log=sorted(f"{r.account}#{r.leg_number}" for r in results if r not in missing) or None,
+        )
+    await journal.clear_order_log_marks(done)
+    return written
+
+
 async def recover(
     journal: Store, executor: Executor, config: Config, converter: cattrs.Converter, order_log: OrderLog
 ) -> int:
-    """Finish every unfinished alert in the journal; returns how many there were."""
+    """Finish every unfinished alert in the journal; returns how many there were. First, the order log rows of
+    alerts finished in their own commit that a crash may have cut off (`write_pending_rows`)."""
+    if isinstance(journal, Journal):  # only the SQLite journal finishes an alert in its own commit
+        await write_pending_rows(journal, order_log)
     alert_ids = await journal.unfinished()
     logged: set[tuple[str, str, str]] = set()
     if alert_ids:

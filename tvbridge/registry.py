@@ -240,6 +240,7 @@ def guard_brokers(
                 plugin=config.broker_of(account),
                 timeout_s=config.broker_timeout_of(account),
                 watchdog=watchdog,
+                from_the_call=bool(config.journal.url),
             ),
         )
         for account, broker in brokers.items()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 import structlog.testing
+from helpers import typed_leg
 
 from tvbridge.broker import (
     BrokerContext,
@@ -37,7 +38,6 @@ from tvbridge.models import (
     Exchange,
     Instrument,
     OptionType,
-    OrderLeg,
     OrderType,
     PositionAction,
     Product,
@@ -80,21 +80,7 @@ async def broker(context: BrokerContext) -> AsyncIterator[PaperBroker]:
     await paper.aclose()
 
 
-BASE_LEG = OrderLeg(
-    side=Side.BUY,
-    order_type=OrderType.MARKET,
-    quantity=10,
-    exchange=Exchange.NSE,
-    symbol="RELIANCE",
-    instrument=Instrument.EQUITY,
-    product=Product.INTRADAY,
-)
-
-
-def make_leg(**changes: Any) -> OrderLeg:
-    """A buy of 10 RELIANCE on NSE at market (price 0), intraday; `changes` overrides any field (typed Any:
-    each test passes the few fields it is about, of whatever type that field has)."""
-    return attrs.evolve(BASE_LEG, **changes)
+make_leg = typed_leg
 
 
 def order(client_order_id: str, **changes: Any) -> OrderRequest:

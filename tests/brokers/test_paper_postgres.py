@@ -11,9 +11,9 @@ import sqlite3
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import pytest
 import structlog.testing
+from helpers import typed_leg
 from ops_tools import free_port
 
 from tvbridge.broker import (
@@ -28,7 +28,7 @@ from tvbridge.broker import (
     SharedDatabase,
 )
 from tvbridge.config import DEFAULT_BROKER_TIMEOUT_S as BROKER_TIMEOUT_S
-from tvbridge.models import CancelLeg, Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.models import CancelLeg, OrderType, Side
 from tvbridge.pluginguard import GuardedBroker
 from tvbridge.store.postgres import migrate_url
 from tvbridge_brokers.paper import PaperBroker
@@ -41,21 +41,10 @@ if TYPE_CHECKING:
     from pgcluster import PgCluster
 
 PRICES: dict[str, object] = {"RELIANCE": "2900"}
-BASE_LEG = OrderLeg(
-    side=Side.BUY,
-    order_type=OrderType.MARKET,
-    quantity=10,
-    exchange=Exchange.NSE,
-    symbol="RELIANCE",
-    instrument=Instrument.EQUITY,
-    product=Product.INTRADAY,
-)
 
 
 def order(client_order_id: str, **changes: Any) -> OrderRequest:
-    return OrderRequest(
-        client_order_id=client_order_id, alert_id="alert-1", leg_number=1, leg=attrs.evolve(BASE_LEG, **changes)
-    )
+    return OrderRequest(client_order_id=client_order_id, alert_id="alert-1", leg_number=1, leg=typed_leg(**changes))
 
 
 @pytest.fixture

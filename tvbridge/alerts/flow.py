@@ -10,12 +10,15 @@
 4. `Journal.record_plan`: the alert, its plan (queued and refused legs included) and the first legs' `sending`
    marks in one transaction, group-committed with concurrent alerts, before any broker call and any 2xx; for an
    account whose broker joined the SQLite journal (the paper book) its first leg is checked first
-   (`Executor.prepare_joined`) and booked inside that same transaction (`alerts/joined.py`): one commit;
+   (`Executor.prepare_joined`) and booked inside that same transaction (`alerts/joined.py`); when that leg is
+   the whole alert (one leg, every account joined) and its outcome is definite, the leg's result, the final
+   status and the answer are in that transaction too: one commit in all;
 5. the legs that send now run through `executor.Executor.run` (later legs marked `sending` one by one) under
    `deadline.answer_in_time` (202 past `server.response_deadline_s`), the rest are queued (`alertqueue.py`) or
    answered refused;
 6. the answer, built by `alerts/answer.py`; the results are handed to the journal (`record_results`) and not
-   waited for.
+   waited for, unless the alert's own commit already holds them (then the order log row is written and the
+   journal told so: `order_log_written`).
 
 A stale alert is a plan too: recorded with status `stale`, every leg `stale`, answered 422. The scheduler
 (`tradingday.send_queued`) runs a queued alert's accounts through `run_now` when their window opens.
@@ -107,7 +110,11 @@ async def accept(request: web.Request) -> web.Response:
         return await not_all_now(request, alert, plan, warnings)
     premarked = plan.first_sends()
     executor = app[EXECUTOR]
-    joined = await executor.prepare_joined(alert_id, alert, premarked) if premarked else None
+    joined = (
+        await executor.prepare_joined(alert_id, alert, premarked, accounts=accounts, warnings=warnings)
+        if premarked
+        else None
+    )
     entry = entry_of(request, alert, plan)
     if joined is None:
         await app[JOURNAL].record_plan(entry)

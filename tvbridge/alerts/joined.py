@@ -10,7 +10,8 @@ neither. A refusal, by the checks or by the book, books nothing; the alert is st
 
 A leg the checks refused is recorded `failed`, with its reason, in that same commit (not `sending`): after a
 crash before the alert's results, recovery settles it as refused (`recovery._planned_result`) instead of looking
-it up and sending it, past the very limit that refused it.
+it up and sending it, past the very limit that refused it. So is a leg the book refused (a `BrokerError` other
+than an unknown outcome: nothing booked) and a leg a halt stopped inside the commit.
 
 The executor reads the outcomes after the commit (`Executor.run(joined=...)`) as it reads a `place()` answer:
 an `OrderResult`, a `BrokerError` (failed, nothing booked: its SAVEPOINT was rolled back) or anything else (an
@@ -21,6 +22,17 @@ The plugin gets the connection as `JoinedSql` (statements only); `JoinGuard`, SQ
 on the journal's connection, refuses while it runs any statement that would begin or end the transaction or touch
 the host's savepoints, however spelled.
 
+ONE commit in all: when every leg of the alert is one of these joined first legs (one leg, every account joined),
+`prepare_joined` gives the join a `finish` (`Executor._finish_joined`, pure: no I/O, no metrics). After the
+bookings it turns the outcomes into the legs' results, the status and the answer exactly as the executor would
+after the commit, and the join returns them as a `Finished` (`alerts/records.py`): the journal writes them in this
+same transaction and marks the alert "order log row pending". When one outcome is not definite (an unknown
+outcome, a plugin bug: only `lookup()` can settle it) `finish` gives None and nothing changes: the executor
+settles it after the commit and hands the results over (`record_results`) as for any alert. So for the common
+paper alert the commit holds: the alert, its plan, the book's order, the leg's result, the final status and the
+answer. The executor then writes the order log row, tells the journal (`order_log_written`: the mark is cleared
+by the next write's transaction) and answers (`Executor._run`).
+
 Crash point `in_join` (`tvbridge/crashpoints.py`): the book's rows are written, the transaction not committed.
 """
 
@@ -28,17 +40,28 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+import structlog
 
-from tvbridge.broker import JournalJoiner, OrderRequest, OrderResult
+from tvbridge.alerts.records import Finished
+from tvbridge.broker import (
+    BrokerError,
+    BrokerUnknownOutcomeError,
+    JoinedRows,
+    JournalJoiner,
+    OrderRequest,
+    OrderResult,
+)
 from tvbridge.crashpoints import crash_point
 from tvbridge.models import LegResult, OrderLeg
 
 if TYPE_CHECKING:
     from tvbridge.alerts.records import AlertEntry
+
+log = structlog.get_logger()
 
 
 HOST_SAVEPOINTS: Final = frozenset({"joined_leg", "job"})
@@ -49,6 +72,17 @@ PLUGIN_MARK: Final = "\n-- place_joined"
 SQLite asks the authorizer only when it compiles a statement, and sqlite3's statement cache hands out a compiled
 statement again for the same text: without the mark a plugin's `COMMIT` (or `RELEASE joined_leg`) would get the
 host's own, compiled while allowed, and pass unchecked. The host never runs a statement ending so."""
+
+
+_CONNECTION_WIDE: Final = frozenset({sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH})
+"""Statements whose effect stays on the journal's connection after the plugin's call (another file attached to
+every later alert's transaction); with a PRAGMA that sets a value (`locking_mode`, `query_only`, `busy_timeout`,
+`writable_schema`...: later writes of every alert fail or change meaning), refused while a plugin runs. A PRAGMA
+without a value (`PRAGMA busy_timeout` reads it) and those whose argument names what to read
+(`_PRAGMAS_THAT_READ`) stay allowed."""
+_PRAGMAS_THAT_READ: Final = frozenset(
+    {"table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list", "foreign_key_list"}
+)
 
 
 class JoinGuard:
@@ -68,13 +102,17 @@ class JoinGuard:
         self._conn: sqlite3.Connection | None = None
         self._plugin = False
 
-    def _authorize(self, action: int, _arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
         if not self._plugin:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_TRANSACTION:
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_SAVEPOINT and (arg2 or "").lower() in HOST_SAVEPOINTS:
             return sqlite3.SQLITE_DENY
+        if action in _CONNECTION_WIDE or (
+            action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in _PRAGMAS_THAT_READ
+        ):
+            return sqlite3.SQLITE_DENY  # settings that outlive the call: the host's connection, not the plugin's
         return sqlite3.SQLITE_OK
 
     def enter(self, conn: sqlite3.Connection) -> JoinedSql:
@@ -100,19 +138,55 @@ class JoinedSql:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    def execute(self, sql: str, parameters: Any = (), /) -> JoinedRows:
         try:
-            return self._conn.execute(sql + PLUGIN_MARK, parameters)
+            return _Rows(self._conn.execute(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
 
-    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+    def executemany(self, sql: str, parameters: Any, /) -> JoinedRows:
         try:
-            return self._conn.executemany(sql + PLUGIN_MARK, parameters)
+            return _Rows(self._conn.executemany(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
+
+
+class _Rows:
+    """A plugin statement's answer (`broker.JoinedRows`): its rows and counts only. The cursor itself would let
+    the plugin run statements past the guard: `cursor.execute("COMMIT")` or `cursor.connection.execute(...)` get
+    the host's own compiled COMMIT (or RELEASE) from sqlite3's statement cache, which the authorizer never sees
+    again."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchmany(self, size: int = 1, /) -> list[Any]:
+        return self._cursor.fetchmany(size)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
 
 
 def _say_refused(error: sqlite3.DatabaseError) -> None:
@@ -145,9 +219,10 @@ class JoinedLeg:
     """How the quantity was sized (`sizing.py`), for the leg's message."""
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class Joined:
-    """The `join` of `record_plan` for the joined legs of one alert; `outcomes` once it has run."""
+    """The `join` of `record_plan` for the joined legs of one alert; `outcomes` (and `finished`) once it has run.
+    Not frozen: it keeps what its run inside the commit decided, for the executor to read after the commit."""
 
     legs: tuple[JoinedLeg, ...]
     plugins: Mapping[str, JournalJoiner]
@@ -162,6 +237,11 @@ class Joined:
     booked_s: dict[tuple[str, int], float] = attrs.field(factory=dict)
     """Seconds each `place_joined` call took (the booking, not the commit), as `outcomes`: the broker-call
     histogram's figure for a joined leg (`Executor._observe_bookings`, after the commit)."""
+    finish: Callable[[Joined], Finished | None] | None = None
+    """The whole alert's outcome from `outcomes` when every leg is joined (`Executor._finish_joined`): None when
+    one is not definite. Runs inside the commit: pure."""
+    finished: Finished | None = None
+    """What `finish` gave on the join's last run: written in the alert's commit (`record_plan`)."""
 
     def leg(self, account: str, number: int) -> JoinedLeg | None:
         for leg in self.legs:
@@ -182,13 +262,15 @@ class Joined:
         )
         return attrs.evolve(entry, legs=legs)
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, conn: sqlite3.Connection) -> Finished | None:
         """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
         leaves half-written when it raises is undone here, whatever it does itself.
 
         The halts are read again first: the checks ran before the alert waited for its commit (behind another
         writer, a slow fsync), and a halt set meanwhile must stop it as it stops a send. A halted leg is recorded
-        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it)."""
+        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it).
+
+        Returns `finish`'s `Finished` (the journal writes it in this transaction), or None."""
         halted = self.halted() if self.halted is not None else None
         for leg in self.legs:
             if leg.request is None:
@@ -216,5 +298,21 @@ class Joined:
             if isinstance(outcome, Exception):
                 conn.execute("ROLLBACK TO joined_leg")
             conn.execute("RELEASE joined_leg")
+            if isinstance(outcome, BrokerError) and not isinstance(outcome, BrokerUnknownOutcomeError):
+                # refused by the book, nothing booked: `failed` in this commit, as a refusal by the checks or a
+                # halt (left `sending`, a crash before the results would have recovery look it up, not find it,
+                # and send it: the order of a leg answered refused)
+                conn.execute(
+                    "UPDATE legs SET state = 'failed', message = ?"
+                    " WHERE alert_id = ? AND account = ? AND leg_number = ?",
+                    (str(outcome), leg.request.alert_id, leg.account, leg.number),
+                )
             self.outcomes[leg.account, leg.number] = outcome
+        self.finished = None
+        if self.finish is not None:
+            try:
+                self.finished = self.finish(self)
+            except Exception:  # a bug there must not cost the alert its commit: the executor settles it after
+                log.exception("joined.finish_failed")
         crash_point("in_join")
+        return self.finished

@@ -16,8 +16,17 @@ An alert meets the store twice (issue 22):
 `join`: a function of the store's own connection that runs inside the transaction of `record_plan`, after the
 alert's rows; it is how rows that must never exist without the alert (or the other way round) share its commit:
 the closed-market queue's entries (`alertqueue.inserter`), and an in-process broker's order (the `paper` book,
-joined to the SQLite journal: `alerts/joined.py`, `JournalJoiner` in `tvbridge/broker.py`), so that such an
-alert costs one commit in all.
+joined to the SQLite journal: `alerts/joined.py`, `JournalJoiner` in `tvbridge/broker.py`).
+
+A join that settles the whole alert inside the transaction (every leg a joined first leg with a definite
+outcome: booked, refused by the book, halted, refused by the checks) returns a `Finished`: the SQLite journal then
+writes, in that same transaction, exactly what `record_results` would have (the legs' results, the final status,
+the answer) and marks the alert "order log row pending" (`alerts.order_log_pending`). Such an alert costs ONE
+commit in all, and the executor does not call `record_results` for it (`Executor._run`). Its order log row is
+written after the commit; then `order_log_written(alert_id)` queues the mark's clearing, which rides on the next
+write's transaction (no commit of its own; flushed at `close()` and when many wait). A crash between the commit
+and the row leaves the mark: at start, `recovery.write_pending_rows` writes the rows not in the log after the
+alert's `order_log_offset`, once, and clears the marks; nothing is placed for such an alert (it is finished).
 A remote broker never joins: it is called only after `record_plan` returned (journal before send). A store whose
 connection is not SQLite's (PostgreSQL, issue 20) passes its own connection; a joiner that needs SQLite checks
 the type it gets and raises `TypeError`, which fails the write like any other error.
@@ -32,13 +41,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
+from tvbridge.models import LegResult
 from tvbridge.strategies import current_strategy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from tvbridge.journal import PlannedLeg
-    from tvbridge.models import LegResult
 
 PlannedState = Literal["pending", "sending", "queued", "failed"]
 """A leg's state as `record_plan` writes it (the journal's `LEG_STATES` has the rest)."""
@@ -72,6 +81,17 @@ class AlertEntry:
     legs: Sequence[LegEntry] = ()
     strategy: str = attrs.field(factory=current_strategy)
     """The strategy it runs under (`tvbridge/strategies.py`): by default the running one, which `auth` set."""
+
+
+@attrs.frozen(kw_only=True)
+class Finished:
+    """An alert settled inside its own `record_plan` transaction (returned by its `join`): what `record_results`
+    would write, written in that transaction instead (see the module docstring)."""
+
+    status: str
+    response: Mapping[str, Any]
+    """The answer, as the webhook gives it (`alerts/answer.response_body`)."""
+    results: tuple[LegResult, ...]
 
 
 def pending_entry(
@@ -108,7 +128,8 @@ class AlertJournal(Protocol):
     """The alert path's two writes (see the module docstring). `tvbridge.journal.Journal` implements it."""
 
     async def record_plan(self, entry: AlertEntry, *, join: Callable[[Any], object] | None = None) -> None:
-        """The alert, its plan and `join`'s rows in one committed transaction; `JournalError` if it fails."""
+        """The alert, its plan and `join`'s rows in one committed transaction; `JournalError` if it fails. A
+        store that cannot write a `Finished` in it (PostgreSQL) refuses joiners other than its own queue's."""
         ...
 
     def record_results(
@@ -116,4 +137,10 @@ class AlertJournal(Protocol):
     ) -> Awaitable[bool]:
         """Hand over the alert's outcome; grouped with other writes and committed soon. Awaiting it gives True
         once committed, False when it failed; the store logs a failure (`journal.finish_failed`) either way."""
+        ...
+
+    def order_log_written(self, alert_id: str) -> None:
+        """The order log rows of an alert finished in its own commit (`record_plan` with a `Finished`) are written:
+        its "row pending" mark may go, with a later write (no commit of its own). A store that never marks one
+        (it refuses such joins) does nothing."""
         ...

@@ -476,6 +476,9 @@ class PostgresStore:
             return False
         return True
 
+    def order_log_written(self, alert_id: str) -> None:
+        """Nothing to clear: no alert is finished in its own commit here (`record_plan` refuses SQLite joiners)."""
+
     async def finish_alert(
         self,
         alert_id: str,

@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 import attrs
 
@@ -108,10 +108,14 @@ def set_aside(path: Path) -> Path:
     for n in itertools.count(1):
         target = path.with_name(path.name + IMPORTED_SUFFIX + ("" if n == 1 else f".{n}"))
         try:
-            _claim(path, target)
+            source = _claim(path, target)
         except FileExistsError:
             continue
-        path.unlink()
+        try:
+            path.unlink()
+        finally:
+            if source is not None:
+                source.close()
         return target
     raise AssertionError  # pragma: no cover - itertools.count never ends
 
@@ -121,11 +125,16 @@ NO_HARD_LINKS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, 
 where the kernel refuses them (`fs.protected_hardlinks`)."""
 
 
-def _claim(path: Path, target: Path) -> None:
+def _claim(path: Path, target: Path) -> BinaryIO | None:
     """`target` becomes the same book as `path`, never over an existing name (`FileExistsError` then): a hard link
     (`os.rename` would overwrite), or, where the file system has none, a copy into `target` created exclusively
     (`O_EXCL`), synced before the caller removes `path`. A failed copy leaves no partial `target` behind; a crash
-    during it leaves `path` whole (the next start finds the book imported and leaves the file alone)."""
+    during it leaves `path` whole (the next start finds the book imported and leaves the file alone).
+
+    After a copy it returns the source, still open, for the caller to close only after it removed `path`: closing
+    any descriptor of a file drops every POSIX lock the process holds on it, the import's `BEGIN EXCLUSIVE`
+    (`_held`) included, and another process could then write the book between the copy and the removal: rows in
+    neither the copy nor the database."""
     try:
         os.link(path, target)
     except FileExistsError:
@@ -134,16 +143,19 @@ def _claim(path: Path, target: Path) -> None:
         if e.errno not in NO_HARD_LINKS:
             raise
     else:
-        return
+        return None
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    source = path.open("rb")
     try:
-        with os.fdopen(fd, "wb") as copy, path.open("rb") as source:
+        with os.fdopen(fd, "wb") as copy:
             shutil.copyfileobj(source, copy)
             copy.flush()
             os.fsync(copy.fileno())
     except BaseException:
         target.unlink(missing_ok=True)
+        source.close()
         raise
+    return source
 
 
 def import_sqlite_book(tables: PostgresTables, path: Path) -> Outcome:
