@@ -61,7 +61,9 @@ mutants_of() {  # mutmut's mutant-name globs, for groups that take only some fun
                 "xǁExecutorǁ_send" "xǁExecutorǁ_recovered" "xǁExecutorǁ_prepare" "xǁExecutorǁresult_for" \
                 "xǁExecutorǁ_refuse_before_send" "xǁExecutorǁ_place" "xǁExecutorǁ_nudge" "xǁExecutorǁ_plugin_bug" \
                 "xǁExecutorǁ_from_order" "xǁExecutorǁprepare_joined" "xǁExecutorǁunprepare_joined" \
-                "xǁExecutorǁ_joined_result" "xǁExecutorǁ_observe_bookings" "xǁExecutorǁ_journal_refusal" x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
+                "xǁExecutorǁ_joined_result" "xǁExecutorǁ_observe_bookings" "xǁExecutorǁ_journal_refusal" \
+                "xǁExecutorǁ_finish_joined" "xǁExecutorǁ_hand_over" "xǁExecutorǁ_log_finished" \
+                "xǁExecutorǁ_joined_definite" x__result_of x_leg_status x__leg_fields x__leg_line x__moved x__noted x__with_order_id; do
                 out+="tvbridge.executor.${f}__mutmut_* "
             done
             echo "$out" ;;
@@ -113,6 +115,10 @@ tests_of() {
             "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
             "tests/test_metrics.py::test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time" \
             "tests/test_joined_outcomes.py tests/test_joined_metrics.py tests/test_refusal_journaled.py" \
+            "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" \
+            "tests/test_one_commit.py::test_two_paper_accounts_one_leg_is_one_commit" \
+            "tests/test_one_commit.py::test_the_mark_is_cleared_by_the_next_alerts_commit" \
+            "tests/test_one_commit.py::test_paths_that_keep_two_writes" \
             "tests/test_notify.py::test_a_failed_leg_notifies_without_delaying_the_answer" \
             "tests/test_followup.py::test_paper_resting_limit_filled_by_a_later_alert_shows_filled" \
             "tests/test_followup.py::test_dhan_order_traded_later_shows_filled_and_polling_stops" \
