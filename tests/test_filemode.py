@@ -15,6 +15,8 @@ from durability_server import KillableServer, server_env
 from helpers import alert, leg
 from test_disk_trouble import mount_small_tmpfs, unmount
 
+from tvbridge.filemode import create_private
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -106,3 +108,22 @@ def test_a_read_only_data_directory_stops_the_start_in_one_line(tmp_path: Path, 
         assert_one_line_exit_1(run_serve(tmp_path, env), "Read-only file system")
     finally:
         unmount(data)
+
+
+def test_a_journal_path_that_is_a_symlink_to_no_file_yet_is_created_0600(tmp_path: Path) -> None:
+    """An operator who points the journal's path at another disk with a symlink, before the first start: the
+    file it names is created 0600 (SQLite gives `-wal` and `-shm` its mode), not left to SQLite's 0644; a file
+    that exists keeps the mode its owner chose, and is not opened at all (which would drop SQLite's locks)."""
+    target = tmp_path / "disk" / "tvbridge.sqlite3"
+    target.parent.mkdir()
+    link = tmp_path / "tvbridge.sqlite3"
+    link.symlink_to(target)
+    previous = os.umask(0o022)
+    try:
+        create_private(link)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    target.chmod(0o640)
+    create_private(link)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

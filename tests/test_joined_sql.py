@@ -66,6 +66,7 @@ THROUGH_THE_CURSOR = {
     "cursor.connection": lambda rows: rows.connection.execute("COMMIT"),
     "cursor.connection, release": lambda rows: rows.connection.execute("RELEASE joined_leg"),
     "cursor.executescript": lambda rows: rows.executescript("COMMIT"),
+    "iter(rows).execute": lambda rows: iter(rows).execute("COMMIT"),  # iter(cursor) is the cursor itself
 }
 
 
@@ -187,3 +188,44 @@ async def test_a_plugin_cannot_change_the_journals_connection_for_later_alerts(
     journal: Any = client.app[JOURNAL]
     await journal.settle()
     assert rows(config, "SELECT quantity FROM paper_orders ORDER BY rowid") == [(1,), (3,)]
+
+
+async def test_a_connection_kept_past_the_call_runs_nothing(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin that keeps the connection it got in `place_joined` (for `health()`, a task) can run nothing with
+    it afterwards: outside the call no check applies (a `PRAGMA query_only = 1` there failed every later alert),
+    and a COMMIT compiled there would be reused unchecked inside the next call. Every statement raises; the next
+    alert whose plugin tries that COMMIT is still recorded, and nothing of it is booked."""
+    client = await make_client(config)
+    booked = PaperBroker.place_joined
+    kept: list[Any] = []
+
+    def keeps(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        kept.append(conn)
+        return booked(self, conn, request)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PaperBroker, "place_joined", keeps)
+        first = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="1")))
+        assert first.status == 200
+    first_id = (await first.json())["alert_id"]
+    for statement in ("PRAGMA query_only = 1", "COMMIT", "SELECT 1"):
+        with pytest.raises(sqlite3.ProgrammingError, match="only during its place_joined call"):
+            kept[0].execute(statement)
+    with pytest.raises(sqlite3.ProgrammingError, match="only during its place_joined call"):
+        kept[0].executemany("SELECT ?", [(1,)])
+
+    def commits(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        conn.execute("COMMIT")
+        return booked(self, conn, request)
+
+    monkeypatch.setattr(PaperBroker, "place_joined", commits)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100", quantity="2")))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["results"][0]["status"] in {"failed", "unknown"}
+    journal: Any = client.app[JOURNAL]
+    await journal.settle()
+    assert rows(config, "SELECT client_order_id FROM paper_orders") == [(f"{first_id}-1",)]
+    assert rows(config, "SELECT alert_id FROM alerts ORDER BY received_at") == [(first_id,), (body["alert_id"],)]

@@ -4,6 +4,7 @@ nobody's, square-off cancels brackets and respects halts and sessions, exits pas
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -277,6 +278,55 @@ async def test_cancel_by_order_id_cancels_only_the_strategys_own_orders(
     body = await post(client, alert({"order_id": placed.order_id}, alertType="cancel_order"))
     assert body["results"][0]["status"] == "success", body
     assert await broker.open_orders() == []
+
+
+async def test_a_cancel_refused_as_another_strategys_order_is_journaled_before_the_results(
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alpha's cancel of beta's order is refused; the alert's results are lost (as by a crash before their
+    commit): the journal already holds the cancel leg `failed` with the reason, so a restart's recovery settles it
+    and never cancels beta's order on alpha's behalf."""
+    client = await start(aiohttp_client, make_config())
+    theirs = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=BETA))
+    beta_id = theirs["results"][0]["order_id"]
+    journal = client.app[JOURNAL]
+    await journal.settle()
+
+    async def lost(*_args: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(journal, "record_results", lambda *args: asyncio.ensure_future(lost(*args)))
+    body = await post(client, alert({"order_id": beta_id}, secret=ALPHA, alertType="cancel_order"))
+    assert body["results"][0]["status"] == "failed", body
+    record = await journal.get_alert(body["alert_id"])
+    assert record is not None
+    assert record["status"] == "accepted"  # the results were never written
+    assert [(leg_["state"], "another strategy's order" in leg_["message"]) for leg_ in record["legs"]] == [
+        ("failed", True)
+    ]
+
+
+async def test_a_cancel_whose_owner_cannot_be_read_is_refused_not_unknown(
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alpha's cancel by order id while the journal cannot say whose order it is: refused (`failed`, the reason
+    named), nothing asked of the broker, the order still resting; not an unknown outcome blamed on the plugin."""
+    client = await start(aiohttp_client, make_config())
+    broker = client.app[BROKERS]["paper"]
+    mine = await post(client, alert(intraday(orderType="LMT", price="2000", quantity="1"), secret=ALPHA))
+    order_id = mine["results"][0]["order_id"]
+
+    async def unreadable(*_args: Any) -> list[str]:
+        raise JournalError("disk I/O error")
+
+    monkeypatch.setattr(client.app[JOURNAL], "order_strategies", unreadable)
+    body = await post(client, alert({"order_id": order_id}, secret=ALPHA, alertType="cancel_order"))
+    [result] = body["results"]
+    assert (result["status"], result["message"].split("; the refusal")[0]) == (
+        "failed",
+        f"not cancelled: whose order {order_id} is could not be read from the journal (disk I/O error)",
+    )
+    assert [o.order_id for o in await broker.open_orders()] == [order_id]
 
 
 # 7. a square-off whose journal entry fails

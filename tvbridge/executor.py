@@ -1154,7 +1154,10 @@ class Executor:
         if order_id is None:
             return None
         strategy = current_strategy()
-        owners = await self._journal.order_strategies(account, order_id)
+        try:
+            owners = await self._journal.order_strategies(account, order_id)
+        except JournalError as e:  # nothing asked of the broker: a refusal, not a plugin's unknown outcome
+            return f"not cancelled: whose order {order_id} is could not be read from the journal ({e})"
         if strategy in owners or (strategy == DEFAULT_STRATEGY and not owners):
             return None
         whose = "another strategy's order" if owners else "an order tvbridge did not place under it"

@@ -28,5 +28,5 @@ def create_private(path: Path) -> None:
     lock, so an outside reader (`sqlite3 tvbridge.sqlite3 'select ...'`) closing after it believed itself the
     last connection and deleted the `-wal` file: the server's later commits went to a deleted file, lost at the
     next crash."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE))
+    with contextlib.suppress(FileExistsError):  # resolved: O_EXCL refuses a symlink, even to no file yet
+        os.close(os.open(path.resolve(), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE))

@@ -101,6 +101,7 @@ class JoinGuard:
     def __init__(self) -> None:
         self._conn: sqlite3.Connection | None = None
         self._plugin = False
+        self._lent: JoinedSql | None = None
 
     def _authorize(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
         if not self._plugin:
@@ -122,10 +123,14 @@ class JoinGuard:
             conn.set_authorizer(self._authorize)
             self._conn = conn
         self._plugin = True
-        return JoinedSql(conn)
+        self._lent = JoinedSql(conn)
+        return self._lent
 
     def leave(self) -> None:
         self._plugin = False
+        if self._lent is not None:
+            self._lent.end()  # kept by the plugin, it would run statements unchecked from anywhere, any time
+            self._lent = None
 
 
 class JoinedSql:
@@ -135,19 +140,32 @@ class JoinedSql:
     that is; here there is no `commit()`, `rollback()` nor `executescript()`, and SQLite itself refuses a statement
     that would begin or end the transaction (`JoinGuard`): `sqlite3.ProgrammingError`, before anything runs."""
 
+    __slots__ = ("_conn",)
+
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+        self._conn: sqlite3.Connection | None = conn
+
+    def end(self) -> None:
+        """The plugin's call is over (`JoinGuard.leave`): every later statement raises. Kept and used from
+        `health()` or a task, it ran outside any check (a `PRAGMA query_only = 1` failed every later alert), and
+        a COMMIT it ran there would be compiled unchecked and then reused, checked never, inside the next call."""
+        self._conn = None
+
+    def _lent(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the journal's connection is the plugin's only during its place_joined call")
+        return self._conn
 
     def execute(self, sql: str, parameters: Any = (), /) -> JoinedRows:
         try:
-            return _Rows(self._conn.execute(sql + PLUGIN_MARK, parameters))
+            return _Rows(self._lent().execute(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
 
     def executemany(self, sql: str, parameters: Any, /) -> JoinedRows:
         try:
-            return _Rows(self._conn.executemany(sql + PLUGIN_MARK, parameters))
+            return _Rows(self._lent().executemany(sql + PLUGIN_MARK, parameters))
         except sqlite3.DatabaseError as e:
             _say_refused(e)
             raise
@@ -174,7 +192,7 @@ class _Rows:
         return self._cursor.fetchmany(size)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._cursor)
+        yield from self._cursor  # a generator: `iter(cursor)` is the cursor itself, `execute()` and all
 
     @property
     def rowcount(self) -> int:
@@ -192,7 +210,10 @@ class _Rows:
 def _say_refused(error: sqlite3.DatabaseError) -> None:
     """The authorizer's refusal ("not authorized") in words; any other error is left to go on as it was."""
     if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:
-        raise sqlite3.ProgrammingError("the journal's transaction is not the plugin's to begin or end") from error
+        raise sqlite3.ProgrammingError(
+            "refused inside the journal's transaction: beginning or ending it, the journal's own savepoints, ATTACH,"
+            " DETACH and a PRAGMA that sets a value are not the plugin's"
+        ) from error
 
 
 class JoinEndedTransactionError(Exception):
