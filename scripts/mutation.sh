@@ -8,6 +8,8 @@
 #                                    one run (every function of executor.py: hours)
 #   MUTATION_WORK=DIR                where the copies and results go (default: a new temporary directory)
 #   MUTATION_JOBS=N                  mutants run at once (default 2)
+#   MUTATION_ONLY="GLOB..."          only these mutants of the group (mutmut's names, e.g.
+#                                    'tvbridge.executor.xǁExecutorǁ_leg__mutmut_*'): some functions on a fresh copy
 #
 # It works on copies of the committed tree (git archive HEAD), never on this checkout: mutmut rewrites the code it
 # mutates. In each copy the broker package moves from brokers/ to the top level, because mutmut imports mutated
@@ -245,7 +247,7 @@ process_isolation = "forkserver"
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 TOML
     set -f  # the globs are mutmut's, not the shell's
-    read -r -a only <<< "$(mutants_of "$group")"
+    read -r -a only <<< "${MUTATION_ONLY:-$(mutants_of "$group")}"
     set +f
     echo "mutation: $group: $(modules_of "$group")${only[*]:+ (only ${only[*]})}"
     (cd "$dir" && "$work/venv/bin/mutmut" run --max-children "$jobs" "${only[@]}" > run.log 2>&1 || true)
