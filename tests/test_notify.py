@@ -165,10 +165,12 @@ def test_every_token_part_of_a_notification_url_is_a_secret(url: str, secret_par
 
 
 async def test_results_the_journal_cannot_take_are_a_journal_trouble_message(
-    make_client: ClientFactory, config: Config, sink: Sink
+    make_client: ClientFactory, config: Config, sink: Sink, store_env: dict[str, str]
 ) -> None:
     """The alert is placed and answered, but its final state cannot be written (the database refuses the alert's
     finishing update): the operator gets one `journal trouble` message naming the alert, and no other."""
+    if store_env:
+        pytest.skip("breaks the SQLite journal's own database (a trigger through `Journal.database`)")
     client = await make_client(notifying(config, sink, 0))
     journal: Any = client.app[JOURNAL]  # the SQLite journal, whose database the test breaks for the results
     await journal.database.write(
