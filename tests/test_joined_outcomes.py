@@ -23,6 +23,8 @@ from tvbridge.strategies import strategy_halt_path
 from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
     from helpers import ClientFactory
 
     from tvbridge.config import Config
@@ -35,6 +37,20 @@ ALPHA = "alpha-secret-0123456789abcdef"
 def _sqlite_only(store_env: dict[str, str]) -> None:
     if store_env:
         pytest.skip("the paper book joins the SQLite journal only")
+
+
+async def alert_on_one_account(
+    make_client: ClientFactory, config: Config, account: str
+) -> tuple[dict[str, Any], list[MutableMapping[str, Any]]]:
+    """One INFY alert to `account` alone: `paper` (booked in the alert's commit) or the scripted remote `a` (sent
+    after it). The answer and the log lines it wrote."""
+    config = with_accounts(
+        config, {account: dict(config.accounts["paper"]) if account == "paper" else {"broker": "scripted"}}
+    )
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        body: dict[str, Any] = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    return body, events
 
 
 def order_log(config: Config) -> list[dict[str, str]]:
@@ -154,12 +170,7 @@ async def test_a_size_that_cannot_be_worked_out_is_refused_and_logged(
         raise ValueError("no size")
 
     monkeypatch.setattr("tvbridge.executor.size", broken)
-    config = with_accounts(
-        config, {account: dict(config.accounts["paper"]) if account == "paper" else {"broker": "scripted"}}
-    )
-    client = await make_client(config)
-    with capture_logs(processors=[merge_contextvars]) as events:
-        body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    body, events = await alert_on_one_account(make_client, config, account)
     [result] = body["results"]
     assert (result["status"], result["message"]) == (
         "failed",
@@ -237,12 +248,7 @@ async def test_pre_send_checks_that_fail_with_a_bug_refuse_the_leg_and_log_it(
         raise ValueError("no count")
 
     monkeypatch.setattr(RiskGuard, "before_send", broken)
-    config = with_accounts(
-        config, {account: dict(config.accounts["paper"]) if account == "paper" else {"broker": "scripted"}}
-    )
-    client = await make_client(config)
-    with capture_logs(processors=[merge_contextvars]) as events:
-        body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
+    body, events = await alert_on_one_account(make_client, config, account)
     [result] = body["results"]
     assert (result["status"], result["message"]) == ("failed", "not sent: the pre-send checks failed (ValueError)")
     assert (result["account"], result["leg_number"], result["client_order_id"]) == (account, 1, f"{body['alert_id']}-1")

@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any, Final
 
 import attrs
+from helpers import typed_leg
 
 from tvbridge.broker import OrderRequest
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.models import OrderLeg, Product
 from tvbridge_brokers.dhan import DhanBroker
 from tvbridge_brokers.dhan.broker import IST
 
@@ -20,15 +21,8 @@ MakeDhan = Callable[..., Awaitable["DhanBroker"]]
 NOW: Final = datetime(2026, 11, 25, 10, 0, tzinfo=IST)
 """A Wednesday: NIFTY's November future (2026-11-24) has expired, December's is the nearest."""
 
-EQUITY: Final = OrderLeg(
-    side=Side.BUY,
-    order_type=OrderType.MARKET,
-    quantity=10,
-    exchange=Exchange.NSE,
-    symbol="RELIANCE",
-    instrument=Instrument.EQUITY,
-    product=Product.CNC,
-)
+EQUITY: Final = typed_leg(product=Product.CNC)
+"""A delivery (CNC) buy of 10 RELIANCE on NSE at market."""
 
 
 def leg(**changes: Any) -> OrderLeg:
