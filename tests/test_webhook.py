@@ -398,16 +398,24 @@ async def test_a_leg_the_broker_cannot_take_is_refused_under_its_own_ids(
 async def test_alert_done_names_each_leg_and_why_a_failed_one_failed(
     make_client: ClientFactory, config: Config
 ) -> None:
-    """The alert's one info line, `alert.done`, lists every leg: its number, account, broker, status, order id and
-    time; the message only for a leg that did not go (a placed leg's message is the broker's chatter)."""
+    """The alert's one info line, `alert.done`: the alert's type, status, warnings and times, and every leg: its
+    number, account, broker, status, order id and time; the message only for a leg that did not go (a placed
+    leg's message is the broker's chatter)."""
     config = attrs.evolve(scripted(config, reject_symbols=["BAD"]), alerts=AlertsConfig(on_leg_failure="continue"))
     client = await make_client(config)
     with capture_logs(processors=[merge_contextvars]) as events:
         body = await (
-            await client.post("/webhook", json=alert(leg(symbol="GOOD"), leg(symbol="BAD", sort_order="2")))
+            await client.post(
+                "/webhook", json=alert(leg(symbol="GOOD"), leg(symbol="BAD", sort_order="2"), comment="unknown key")
+            )
         ).json()
     [done] = [e for e in events if e["event"] == "alert.done"]
     assert done["alert_id"] == body["alert_id"]
+    assert (done["alert_type"], done["status"]) == ("multi_leg_order", "partial")
+    assert done["warnings"] == ["comment: unknown key, ignored"] == body["warnings"]
+    for timing in ("latency_ms", "since_arrival_ms"):  # milliseconds to the microsecond
+        assert isinstance(done[timing], float), done
+        assert done[timing] == round(done[timing], 3)
     legs = done["legs"]
     assert all(isinstance(line.pop("latency_ms"), float) for line in legs), legs
     assert legs == [
