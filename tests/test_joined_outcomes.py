@@ -53,6 +53,16 @@ async def alert_on_one_account(
     return body, events
 
 
+def assert_unknown_and_not_found(body: dict[str, Any], reason: str) -> None:
+    """The alert's one leg is `unknown` for `reason`, looked up by its client order id and not found."""
+    [result] = body["results"]
+    client_id = f"{body['alert_id']}-1"
+    assert (result["status"], result["client_order_id"]) == ("unknown", client_id)
+    assert result["message"] == (
+        f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending"
+    )
+
+
 def order_log(config: Config) -> list[dict[str, str]]:
     with config.data_path(config.order_log.file).open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -103,12 +113,7 @@ async def test_a_booking_without_an_answer_is_looked_up_and_a_plugin_bug_is_logg
     client = await make_client(config)
     with capture_logs(processors=[merge_contextvars]) as events:
         body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
-    [result] = body["results"]
-    client_id = f"{body['alert_id']}-1"
-    assert (result["status"], result["client_order_id"]) == ("unknown", client_id)
-    assert result["message"] == (
-        f"outcome unknown ({reason}); the broker has no order {client_id} yet: check before resending"
-    )
+    assert_unknown_and_not_found(body, reason)
     lines = [
         {k: e.get(k) for k in ("log_level", "alert_id", "leg", "account", "error")}
         for e in events
@@ -133,13 +138,7 @@ async def test_a_booking_whose_outcome_never_came_back_is_unknown_and_looked_up(
 
     monkeypatch.setattr(journal, "record_plan", without_the_booking)
     body = await (await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))).json()
-    [result] = body["results"]
-    client_id = f"{body['alert_id']}-1"
-    assert (result["status"], result["client_order_id"]) == ("unknown", client_id)
-    assert result["message"] == (
-        f"outcome unknown (the booking's answer was lost); the broker has no order {client_id} yet: check before"
-        " resending"
-    )
+    assert_unknown_and_not_found(body, "the booking's answer was lost")
 
 
 async def test_a_paper_account_after_another_account_is_still_booked_in_the_alerts_commit(
