@@ -21,6 +21,7 @@ import attrs
 import pytest
 from structlog.testing import capture_logs
 
+from tvbridge.alerts.records import AlertEntry, Finished, LegEntry, SettlingJoin
 from tvbridge.errors import JournalError
 from tvbridge.journal import Journal, OrderStateRecord, PlannedLeg, leg_state
 from tvbridge.keys import JOURNAL
@@ -163,6 +164,58 @@ async def test_a_result_for_an_unplanned_leg_is_kept(journal: Journal) -> None:
         0,
         "99",
     )
+
+
+class Settles(SettlingJoin):
+    """A join that settles the alert inside its commit (as the paper book's does): leg 1 with a result that names no
+    client order id, leg 2 refused, and a result for a leg the plan did not list."""
+
+    def __init__(self) -> None:
+        self.alerts_seen: int | None = None
+
+    def __call__(self, conn: Any) -> Finished | None:
+        self.alerts_seen = conn.execute("SELECT count(*) FROM alerts WHERE alert_id = 'a1'").fetchone()[0]
+        results = (result(1, client_order_id=None, filled_quantity=10, average_price="101"), result(9, account="x"))
+        return Finished(status="success", response={"status": "success", "n": 2}, results=results)
+
+    def settled(self, entry: AlertEntry) -> AlertEntry:
+        legs = tuple(
+            attrs.evolve(leg, state="failed", message="refused in the commit") if leg.leg_number == 2 else leg
+            for leg in entry.legs
+        )
+        return attrs.evolve(entry, legs=legs)
+
+
+async def test_a_settling_join_runs_first_and_its_rows_are_inserted_settled(journal: Journal) -> None:
+    """`SettlingJoin`: the join runs before the alert's rows (it sees none), then the alert is inserted with the
+    final status, the answer and the "order log row pending" mark, each leg with its result (a result without a
+    client order id keeps the planned one), a refused leg `failed` with its reason, an unlisted leg's result kept."""
+    join = Settles()
+    legs = tuple(
+        LegEntry(account="paper", leg_number=n, client_order_id=f"cid-paper-{n}", state="sending") for n in (1, 2)
+    )
+    entry = AlertEntry(
+        alert_id="a1", alert_type="single_leg_order", payload={"secret": "s"}, dedupe_key=None, source=None, legs=legs
+    )
+    await journal.record_plan(entry, join=join)
+    assert join.alerts_seen == 0
+    shown = await journal.get_alert("a1")
+    assert shown is not None
+    assert (shown["status"], shown["response"]) == ("success", {"status": "success", "n": 2})
+    assert [a["alert_id"] for a in await journal.pending_order_log()] == ["a1"]
+    by_leg = {(leg["account"], leg["leg_number"]): leg for leg in shown["legs"]}
+    first = by_leg["paper", 1]
+    assert (first["state"], first["client_order_id"], first["order_id"], first["message"]) == (
+        "placed",
+        "cid-paper-1",
+        "ord-paper-1",
+        "placed",
+    )
+    assert (first["order_state"], first["filled_quantity"], first["average_price"]) == ("open", 10, "101")
+    assert first["result"]["client_order_id"] is None
+    second = by_leg["paper", 2]
+    assert (second["state"], second["message"], second["result"]) == ("failed", "refused in the commit", None)
+    assert (by_leg["x", 9]["state"], by_leg["x", 9]["client_order_id"]) == ("placed", "cid-x-9")
 
 
 async def test_the_final_write_keeps_what_follow_up_found(journal: Journal) -> None:

@@ -37,7 +37,7 @@ import attrs
 import structlog
 
 from tvbridge.alertqueue import SqliteQueue
-from tvbridge.alerts.records import AlertEntry, Finished, pending_entry
+from tvbridge.alerts.records import AlertEntry, Finished, SettlingJoin, pending_entry
 from tvbridge.config import DEFAULT_STRATEGY
 from tvbridge.errors import JournalError
 from tvbridge.fileid import FileIdentity
@@ -263,7 +263,8 @@ class Journal:
         """The alert, its planned legs and `join`'s rows in one transaction, group-committed with concurrent
         alerts; `JournalError` if it fails (see `tvbridge.alerts.records`). A `join` that returns a `Finished`
         (the alert settled inside this transaction) has it written here too, as `finish_alert` writes it, and the
-        alert marked "order log row pending" (`order_log_written` clears the mark)."""
+        alert marked "order log row pending" (`order_log_written` clears the mark). A `SettlingJoin` runs first
+        and the rows are then inserted as it settled them (one INSERT per row, no UPDATE after)."""
         stored = json.dumps({k: v for k, v in entry.payload.items() if k != "secret"}, default=str)
         now = _now()
         alert_id = entry.alert_id
@@ -271,31 +272,11 @@ class Journal:
             self._recent_keys.add(entry.dedupe_key)
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status,"
-                " updated_at, order_log_offset, strategy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    alert_id,
-                    now,
-                    entry.alert_type,
-                    entry.dedupe_key,
-                    entry.source,
-                    stored,
-                    entry.status,
-                    now,
-                    entry.order_log_offset,
-                    entry.strategy,
-                ),
-            )
-            if entry.legs:
-                conn.executemany(
-                    "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, message, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (alert_id, leg.account, leg.leg_number, leg.client_order_id, leg.state, leg.message, now)
-                        for leg in entry.legs
-                    ],
-                )
+            if isinstance(join, SettlingJoin):
+                settled = join(conn)
+                _insert_alert(conn, join.settled(entry), stored, now, settled)
+                return
+            _insert_alert(conn, entry, stored, now, None)
             if join is not None:
                 finished = join(conn)
                 if isinstance(finished, Finished):
@@ -843,6 +824,81 @@ def _write_results(
     )
 
 
+_INSERT_ALERT: Final = (
+    "INSERT INTO alerts (alert_id, received_at, alert_type, dedupe_key, source, payload, status, response,"
+    " updated_at, order_log_offset, strategy, order_log_pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_PLANNED_LEG: Final = (
+    "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, message, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_LEG_RESULT: Final = (
+    "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
+    " updated_at, order_state, filled_quantity, average_price, bracket) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_alert(
+    conn: sqlite3.Connection, entry: AlertEntry, stored: str, now: str, finished: Finished | None
+) -> None:
+    """The alert's row and its legs' (`record_plan`): as planned, or, settled in this transaction (`finished`), with
+    the final status, the answer, the "order log row pending" mark and each leg's result, as `_write_results` would
+    write them over the planned rows (a result's client order id, when it has none, is the planned leg's)."""
+    results = {(r.account, r.leg_number): r for r in finished.results} if finished is not None else {}
+    conn.execute(
+        _INSERT_ALERT,
+        (
+            entry.alert_id,
+            now,
+            entry.alert_type,
+            entry.dedupe_key,
+            entry.source,
+            stored,
+            entry.status if finished is None else finished.status,
+            None if finished is None else json.dumps(finished.response, default=str),
+            now,
+            entry.order_log_offset,
+            entry.strategy,
+            None if finished is None else 1,
+        ),
+    )
+    planned = [
+        (entry.alert_id, leg.account, leg.leg_number, leg.client_order_id, leg.state, leg.message, now)
+        for leg in entry.legs
+        if (leg.account, leg.leg_number) not in results
+    ]
+    if planned:
+        conn.executemany(_INSERT_PLANNED_LEG, planned)
+    if results:
+        client_ids = {(leg.account, leg.leg_number): leg.client_order_id for leg in entry.legs}
+        conn.executemany(
+            _INSERT_LEG_RESULT,
+            [
+                _leg_row(entry.alert_id, r, r.client_order_id or client_ids.get((r.account, r.leg_number)), now)
+                for r in results.values()
+            ],
+        )
+
+
+def _leg_row(alert_id: str, result: LegResult, client_order_id: str | None, now: str) -> tuple[object, ...]:
+    """A leg's row from its result (`_INSERT_LEG_RESULT`'s columns)."""
+    return (
+        alert_id,
+        result.account,
+        result.leg_number,
+        client_order_id,
+        leg_state(result),
+        result.order_id,
+        result.message,
+        json.dumps(attrs.asdict(result, recurse=False)),  # flat: str, int and a StrEnum
+        now,
+        result.order_state,
+        result.filled_quantity,
+        result.average_price,
+        _bracket_json(result.bracket),
+    )
+
+
 def _nothing(conn: sqlite3.Connection) -> None:  # noqa: ARG001 - a write that only carries the marks' clearing
     return None
 
@@ -891,26 +947,7 @@ def _update_leg(conn: sqlite3.Connection, alert_id: str, result: LegResult) -> N
         ),
     )
     if updated.rowcount == 0:
-        conn.execute(
-            "INSERT INTO legs (alert_id, account, leg_number, client_order_id, state, order_id, message, result,"
-            " updated_at, order_state, filled_quantity, average_price, bracket)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                alert_id,
-                result.account,
-                result.leg_number,
-                result.client_order_id,
-                state,
-                result.order_id,
-                result.message,
-                payload,
-                _now(),
-                result.order_state,
-                result.filled_quantity,
-                result.average_price,
-                _bracket_json(result.bracket),
-            ),
-        )
+        conn.execute(_INSERT_LEG_RESULT, _leg_row(alert_id, result, result.client_order_id, _now()))
 
 
 async def journal_ctx(app: web.Application) -> AsyncIterator[None]:

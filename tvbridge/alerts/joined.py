@@ -4,9 +4,11 @@
 (`JournalJoiner.join_journal`, the paper book) BEFORE the alert is recorded: its contract and size (`sizing.py`), the
 capabilities, the halts and the risk limits (`executor.Executor.prepare_joined`), exactly the checks a send runs.
 A leg that passes becomes an `OrderRequest` here; `Joined` is then the `join` of `record_plan`: inside the
-journal's transaction, after the alert's rows, it calls `place_joined(conn, request)` for each, each in a
-SAVEPOINT of its own, and keeps the outcome. The commit holds the alert, its plan and the book's order: both or
-neither. A refusal, by the checks or by the book, books nothing; the alert is still recorded, the leg failed.
+journal's transaction, BEFORE the alert's rows, it calls `place_joined(conn, request)` for each, each in a
+SAVEPOINT of its own, and keeps the outcome; the journal then inserts the alert and its legs as the join settled
+them (`records.SettlingJoin`: one INSERT per row, no UPDATE of a row just inserted). The commit holds the
+alert, its plan and the book's order: both or neither. A refusal, by the checks or by the book, books nothing;
+the alert is still recorded, the leg failed.
 
 A leg the checks refused is recorded `failed`, with its reason, in that same commit (not `sending`): after a
 crash before the alert's results, recovery settles it as refused (`recovery._planned_result`) instead of looking
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import structlog
 
-from tvbridge.alerts.records import Finished
+from tvbridge.alerts.records import Finished, SettlingJoin
 from tvbridge.broker import (
     BrokerError,
     BrokerUnknownOutcomeError,
@@ -241,9 +243,10 @@ class JoinedLeg:
 
 
 @attrs.define(kw_only=True)
-class Joined:
+class Joined(SettlingJoin):
     """The `join` of `record_plan` for the joined legs of one alert; `outcomes` (and `finished`) once it has run.
-    Not frozen: it keeps what its run inside the commit decided, for the executor to read after the commit."""
+    Not frozen: it keeps what its run inside the commit decided, for the executor to read after the commit.
+    A `SettlingJoin`: it runs before the alert's rows, which are then inserted as it settled them."""
 
     legs: tuple[JoinedLeg, ...]
     plugins: Mapping[str, JournalJoiner]
@@ -263,6 +266,9 @@ class Joined:
     one is not definite. Runs inside the commit: pure."""
     finished: Finished | None = None
     """What `finish` gave on the join's last run: written in the alert's commit (`record_plan`)."""
+    failed: dict[tuple[str, int], str] = attrs.field(factory=dict)
+    """The legs the join's last run refused (a halt read inside the commit, the book's refusal), with the reason:
+    recorded `failed` by `settled`, in the same commit."""
 
     def leg(self, account: str, number: int) -> JoinedLeg | None:
         for leg in self.legs:
@@ -283,26 +289,38 @@ class Joined:
         )
         return attrs.evolve(entry, legs=legs)
 
+    def settled(self, entry: AlertEntry) -> AlertEntry:
+        """`entry` with each leg the last run refused (`failed`) recorded `failed` with its reason: the journal
+        inserts the legs after the join has run (`SettlingJoin`), so they are written so at once."""
+        if not self.failed:
+            return entry
+        legs = tuple(
+            attrs.evolve(leg, state="failed", message=message)
+            if (message := self.failed.get((leg.account, leg.leg_number))) is not None
+            else leg
+            for leg in entry.legs
+        )
+        return attrs.evolve(entry, legs=legs)
+
     def __call__(self, conn: sqlite3.Connection) -> Finished | None:
-        """Inside the journal's transaction: book each request in a SAVEPOINT of its own, so whatever a plugin
-        leaves half-written when it raises is undone here, whatever it does itself.
+        """Inside the journal's transaction, before the alert's rows (`SettlingJoin`): book each request in a
+        SAVEPOINT of its own, so whatever a plugin leaves half-written when it raises is undone here, whatever it
+        does itself.
 
         The halts are read again first: the checks ran before the alert waited for its commit (behind another
         writer, a slow fsync), and a halt set meanwhile must stop it as it stops a send. A halted leg is recorded
-        `failed` with the halt's reason in this same commit (recovery settles it as refused, never sends it).
+        `failed` with the halt's reason in this same commit (`settled`: recovery settles it as refused, never
+        sends it).
 
         Returns `finish`'s `Finished` (the journal writes it in this transaction), or None."""
+        self.failed = {}  # a second run (the group commit's one by one) decides afresh
         halted = self.halted() if self.halted is not None else None
         for leg in self.legs:
             if leg.request is None:
                 continue
             outcome: OrderResult | Exception
             if halted is not None:
-                conn.execute(
-                    "UPDATE legs SET state = 'failed', message = ?"
-                    " WHERE alert_id = ? AND account = ? AND leg_number = ?",
-                    (halted, leg.request.alert_id, leg.account, leg.number),
-                )
+                self.failed[leg.account, leg.number] = halted
                 self.outcomes[leg.account, leg.number] = HaltedError(halted)
                 continue
             conn.execute("SAVEPOINT joined_leg")
@@ -323,11 +341,7 @@ class Joined:
                 # refused by the book, nothing booked: `failed` in this commit, as a refusal by the checks or a
                 # halt (left `sending`, a crash before the results would have recovery look it up, not find it,
                 # and send it: the order of a leg answered refused)
-                conn.execute(
-                    "UPDATE legs SET state = 'failed', message = ?"
-                    " WHERE alert_id = ? AND account = ? AND leg_number = ?",
-                    (str(outcome), leg.request.alert_id, leg.account, leg.number),
-                )
+                self.failed[leg.account, leg.number] = str(outcome)
             self.outcomes[leg.account, leg.number] = outcome
         self.finished = None
         if self.finish is not None:
