@@ -92,6 +92,13 @@ BUSY_TIMEOUT_S: Final = 1.0
 """How long a write waits for another process holding the file; well inside TradingView's 3 s."""
 
 RESTING: Final = (OrderState.OPEN, OrderState.TRIGGER_PENDING)
+RESTING_IN_CONTRACT: Final = (
+    "SELECT * FROM {orders} WHERE exchange = ? AND contract = ? AND state IN (?, ?){and_account} ORDER BY +id"
+)
+"""The resting orders a priced leg may cross, oldest first. `+id`, not `id`: in the journal's file the orders are
+keyed (account, id), and to return them in that order without sorting SQLite read every order the account ever
+had (filled ones included) instead of the few resting in the contract (`orders_by_contract`): a cost per priced
+alert that grew with the book. The expression makes it search the contract's index and sort what it found."""
 
 _SCHEMA: Final = (
     """
@@ -304,12 +311,15 @@ class Book:
             _check_stop_limit(leg, leg.side)
             decision = self._decide(leg, leg.side, leg.quantity, contract)
             order = self._insert(request, contract, decision, now)
-            if is_bracket(leg):
+            bracket = is_bracket(leg)
+            if bracket:
                 self._add_bracket(request, contract, order, now)
             if order.state is OrderState.FILLED:
                 self._apply_to_position(order, order.average_price, now)
-                self._on_filled(order, order.average_price, now)
-            return _with_moved(self._result(order), leg, moved, self._entries_of(moved))
+                if bracket:  # a new order is part of no bracket but its own: no look-up (two queries per order)
+                    self._on_filled(order, order.average_price, now)
+            result = self._result(order) if bracket else order.to_result()
+            return _with_moved(result, leg, moved, self._entries_of(moved))
 
     def cancel(self, request: CancelRequest) -> list[OrderResult]:
         leg = request.leg
@@ -328,7 +338,7 @@ class Book:
             if leg.side is not None:
                 sql += " AND side = ?"
                 params.append(str(leg.side))
-            rows = self._t.fetchall(sql + "{and_account} ORDER BY id", params)
+            rows = self._t.fetchall(sql + "{and_account} ORDER BY +id", params)  # +id: see RESTING_IN_CONTRACT
             done: set[str] = set()
             results: list[OrderResult] = []
             for row in rows:
@@ -555,10 +565,7 @@ class Book:
         source = f"alert {request.alert_id} leg {request.leg_number} brought price {_fmt(market)}"
         moved = self._trail(leg.exchange, contract, market, now)
         ended: set[int] = set()
-        rows = self._t.fetchall(
-            "SELECT * FROM {orders} WHERE exchange = ? AND contract = ? AND state IN (?, ?){and_account} ORDER BY id",
-            (str(leg.exchange), contract, *RESTING),
-        )
+        rows = self._t.fetchall(RESTING_IN_CONTRACT, (str(leg.exchange), contract, *RESTING))
         for row in rows:
             order = _order(row)
             if _row_id(order) in ended:  # the other exit of a bracket whose exit filled in this pass
