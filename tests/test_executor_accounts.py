@@ -1,0 +1,116 @@
+"""The executor's run of one alert across its accounts (`Executor._run`), seen where an operator sees it: the
+answer, the broker's orders, `GET /alerts/<id>`, the order log, the `account.failed` and `alert.done` log lines,
+the arrival-to-broker histogram on `/metrics` and the journal's commits.
+
+Issue 24's mutation testing found these unwatched: an account whose run breaks past every handler of its own
+(`_account_crashed`), what the second and later accounts get besides the alert (its arrival, the premarked
+`sending` marks, the per-leg timings), and the arithmetic of `alert.done`'s two times.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import tvbridge_testbrokers
+from helpers import ClientFactory, alert, leg, with_accounts
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from tvbridge.keys import CREDENTIALS
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient
+
+    from tvbridge.config import Config
+    from tvbridge.models import OrderLeg
+
+    Client = TestClient[web.Request, web.Application]
+
+UNKNOWN = "outcome unknown (internal error while sending): check the broker before resending"
+
+
+def accounts(config: Config, *names: str) -> Config:
+    """Scripted accounts that can read positions (flat), so an EXIT_ALL leg reaches the executor's exit."""
+    return with_accounts(config, {name: {"broker": "scripted", "positions_answer": "flat"} for name in names})
+
+
+def orders_received(config: Config, account: str) -> list[str]:
+    """The client order ids the account's broker received, in order."""
+    path = config.data_path(f"scripted-{account}.jsonl")
+    if not path.exists():
+        return []
+    return [json.loads(line)["client_order_id"] for line in path.read_text().splitlines()]
+
+
+def order_log(config: Config) -> list[tuple[str, str, str, str]]:
+    with config.data_path("webhook_orders.csv").open(newline="") as f:
+        return [(r["account"], r["leg_number"], r["status"], r["client_order_id"]) for r in csv.DictReader(f)]
+
+
+def admin(client: Client) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client.app[CREDENTIALS].admin_token}"}
+
+
+def metric(text: str, name: str) -> float:
+    [value] = [s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+    return value
+
+
+def buy_then_exit() -> dict[str, Any]:
+    """Leg 1 buys 10 RELIANCE; leg 2 closes the position EXIT_ALL finds (none: the accounts read flat). Built when
+    the test runs: a leg's `meta.timenow` is the moment it is built."""
+    return alert(leg(), leg(transactionType="S", quantity="", manage_position="EXIT_ALL", sort_order="2"))
+
+
+@pytest.mark.parametrize("names", [("a",), ("a", "b")], ids=["alone", "beside-another-account"])
+async def test_an_account_whose_run_breaks_has_its_legs_unknown_and_the_others_go_on(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]
+) -> None:
+    """A plugin bug no handler of the account's run catches (account `a`'s `positions()` answers dicts, not
+    positions: it breaks where EXIT_ALL works out the closing order, after the read's own handler): the account's
+    legs are answered `unknown` with their client order ids (leg 1 did reach its broker), logged `account.failed`
+    with the error, journaled and in the order log; another account of the same alert is untouched."""
+
+    async def garbage(self: tvbridge_testbrokers.ScriptedPositionsBroker, leg: OrderLeg | None = None) -> Any:
+        return [{"net_quantity": 10}] if self.context.account == "a" else []
+
+    monkeypatch.setattr(tvbridge_testbrokers.ScriptedPositionsBroker, "positions", garbage)
+    config = accounts(config, *names)
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=buy_then_exit())
+        body = await response.json()
+    alert_id = body["alert_id"]
+    assert response.status == 200, body
+    assert body["status"] == ("failed" if names == ("a",) else "partial")  # no leg answered placed
+    crashed = [
+        (r["account"], r["leg_number"], r["status"], r["message"], r["client_order_id"]) for r in body["results"]
+    ]
+    assert crashed[:2] == [("a", n, "unknown", UNKNOWN, f"{alert_id}-{n}") for n in (1, 2)]
+    [failed] = [e for e in events if e["event"] == "account.failed"]
+    assert {k: failed[k] for k in ("log_level", "alert_id", "account", "error")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "account": "a",
+        "error": "AttributeError: 'dict' object has no attribute 'product'",
+    }
+    assert orders_received(config, "a") == [f"{alert_id}-1"]  # sent before the break: hence "check the broker"
+    record = await (await client.get(f"/alerts/{alert_id}", headers=admin(client))).json()
+    states = [(r["account"], r["leg_number"], r["state"]) for r in record["legs"]]
+    logged = order_log(config)
+    assert states[:2] == [("a", 1, "unknown"), ("a", 2, "unknown")]
+    assert logged[:2] == [("a", str(n), "unknown", f"{alert_id}-{n}") for n in (1, 2)]
+    if names == ("a", "b"):
+        assert [(r["account"], r["leg_number"], r["status"]) for r in body["results"][2:]] == [
+            ("b", 1, "success"),
+            ("b", 2, "success"),
+        ]
+        assert orders_received(config, "b") == [f"{alert_id}-1"]
+        assert states[2:] == [("b", 1, "placed"), ("b", 2, "placed")]
+        assert logged[2:] == [("b", str(n), "success", f"{alert_id}-{n}") for n in (1, 2)]
+    assert len(states) == len(logged) == len(body["results"]) == 2 * len(names)
