@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from tvbridge.keys import CREDENTIALS
+from tvbridge.journal import Journal
+from tvbridge.keys import CREDENTIALS, JOURNAL
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -114,3 +115,43 @@ async def test_an_account_whose_run_breaks_has_its_legs_unknown_and_the_others_g
         assert states[2:] == [("b", 1, "placed"), ("b", 2, "placed")]
         assert logged[2:] == [("b", str(n), "success", f"{alert_id}-{n}") for n in (1, 2)]
     assert len(states) == len(logged) == len(body["results"]) == 2 * len(names)
+
+
+@pytest.mark.sqlite_only  # counts the SQLite journal's commits
+async def test_every_account_of_an_alert_gets_its_arrival_its_leg_time_and_no_second_sending_mark(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Two accounts (run side by side), one leg each: each leg's time is in `alert.done`, within the alert's own;
+    each order's time from the request's arrival is in the arrival-to-broker histogram, within the alert's time
+    since arrival; and each account's leg, marked `sending` in the alert's own commit, is not marked again: the
+    alert costs two journal commits, its own and its results'."""
+    config = with_accounts(config, {"a": {"broker": "scripted"}, "b": {"broker": "scripted"}})
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    assert isinstance(journal, Journal)
+    await client.post("/webhook", json=alert(leg(symbol="SBIN")))  # the server's first write after its start
+    await journal.settle()
+    commits = journal.database.batches
+    before = await (await client.get("/metrics")).text()
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=alert(leg()))
+        body = await response.json()
+    await journal.settle()
+    assert journal.database.batches - commits == 2
+    assert response.status == 200
+    assert [(r["account"], r["status"], r["order_id"]) for r in body["results"]] == [
+        ("a", "success", "S00002"),
+        ("b", "success", "S00002"),
+    ]
+    [done] = [e for e in events if e["event"] == "alert.done"]
+    legs = [(line["account"], line["leg"], line["latency_ms"]) for line in done["legs"]]
+    assert [(account, number) for account, number, _ in legs] == [("a", 1), ("b", 1)]
+    assert all(isinstance(ms, float) and 0 < ms <= done["latency_ms"] for _, _, ms in legs), done
+    after = await (await client.get("/metrics")).text()
+    count, total = (
+        metric(after, f"tvbridge_alert_to_broker_seconds_{part}")
+        - metric(before, f"tvbridge_alert_to_broker_seconds_{part}")
+        for part in ("count", "sum")
+    )
+    assert count == 2
+    assert 0 < total * 1000 < 2 * done["since_arrival_ms"]
