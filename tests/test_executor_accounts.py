@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
+    from tvbridge.broker import OrderRequest, OrderResult
     from tvbridge.config import Config
     from tvbridge.models import OrderLeg
 
@@ -155,3 +157,50 @@ async def test_every_account_of_an_alert_gets_its_arrival_its_leg_time_and_no_se
     )
     assert count == 2
     assert 0 < total * 1000 < 2 * done["since_arrival_ms"]
+
+
+class Clock:
+    """`time.perf_counter` standing still until the test moves it: the process's clock for durations."""
+
+    def __init__(self) -> None:
+        self.at = 1000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+async def test_alert_done_times_are_the_milliseconds_the_clock_moved(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`alert.done`'s `latency_ms` is the executor's time (here the broker's 12.3456 ms), `since_arrival_ms` the
+    time since the request arrived (the alert's own commit's 500 ms before it too), each rounded to the
+    microsecond; the arrival-to-broker histogram has the 500 ms, and the access facts the same 512.346 ms."""
+    config = with_accounts(config, {"s": {"broker": "scripted"}})
+    client = await make_client(config)
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    journal = client.app[JOURNAL]
+    record_plan = journal.record_plan
+    place = tvbridge_testbrokers.ScriptedBroker.place
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> None:
+        clock.at += 0.5
+        await record_plan(*args, **kwargs)
+
+    async def slow_place(self: tvbridge_testbrokers.ScriptedBroker, request: OrderRequest) -> OrderResult:
+        clock.at += 0.0123456
+        return await place(self, request)
+
+    monkeypatch.setattr(journal, "record_plan", slow_commit)
+    monkeypatch.setattr(tvbridge_testbrokers.ScriptedBroker, "place", slow_place)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=alert(leg()))
+        body = await response.json()
+    assert response.status == 200
+    assert body["status"] == "success"
+    [done] = [e for e in events if e["event"] == "alert.done"]
+    assert [line["latency_ms"] for line in done["legs"]] == [12.346]
+    assert (done["latency_ms"], done["since_arrival_ms"], done["request_ms"]) == (12.346, 512.346, 512.346)
+    found = await (await client.get("/metrics")).text()
+    assert metric(found, "tvbridge_alert_to_broker_seconds_count") == 1
+    assert metric(found, "tvbridge_alert_to_broker_seconds_sum") == 0.5
