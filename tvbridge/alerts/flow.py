@@ -184,10 +184,9 @@ def check_records(app: web.Application) -> None:
     the halt file changes its mtime, and a check is "clean" only when no halt file was there. A halt file that
     is there is read on every alert, as before."""
     journal, order_log, plugin_files = app[JOURNAL], app[ORDER_LOG], app.get(PLUGIN_FILES, ())
-    halt_file = halt_path(app[CONFIG].server.data_dir)
     unchanged = app[RECORD_DIRS]
     if unchanged.directories is None:  # the record files stay the same for the process's life
-        files = [order_log.path, *(f.path for f in plugin_files), halt_file]
+        files = [order_log.path, *(f.path for f in plugin_files), halt_path(app[CONFIG].server.data_dir)]
         if isinstance(journal, Journal):  # a file of ours (a PostgreSQL store has none to watch)
             files.append(journal.path)
         unchanged.directories = tuple(sorted({str(path.parent) for path in files}))
@@ -197,7 +196,7 @@ def check_records(app: web.Application) -> None:
     problem = journal.problem() or order_log.problem()
     for identity in plugin_files:
         problem = problem or identity.problem()
-    halt = None if problem else read_halt(halt_file)
+    halt = None if problem else read_halt(halt_path(app[CONFIG].server.data_dir))  # the path only when needed
     unchanged.checked(stamp, clean=not problem and halt is None)
     if problem:
         log.error("records.replaced", problem=problem)
