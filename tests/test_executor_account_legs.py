@@ -11,21 +11,28 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
-from helpers import alert, leg, with_accounts
+from helpers import SECRET, alert, leg, refusing_writes, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from tvbridge.config import AlertsConfig
-from tvbridge.keys import BROKERS, CREDENTIALS
+from tvbridge.config import AlertsConfig, load_config
+from tvbridge.journal import Journal
+from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from helpers import ClientFactory
 
     from tvbridge.config import Config
+
+
+ALPHA_SECRET = "alpha-secret-0123456789abcdef"
 
 
 def scripted(config: Config, **settings: Any) -> Config:
@@ -174,3 +181,112 @@ async def test_while_a_cancel_leg_is_at_the_broker_the_earlier_legs_result_is_jo
         (2, "success", order_ids["TCS"]),
     ]
     assert [(r.leg_number, r.leg.symbol) for r in broker.cancel_requests] == [(1, "INFY"), (2, "TCS")]
+
+
+# the paper book joined into the alert's commit (`Executor._finish_joined`): one commit settles the whole alert
+
+
+def journal_commits(client: Any) -> int:
+    journal = client.app[JOURNAL]
+    assert isinstance(journal, Journal)
+    return journal.database.batches
+
+
+async def posted(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The answer to `body` (200), and the journal commits it cost, its results' hand-over included."""
+    before = journal_commits(client)
+    response = await client.post("/webhook", json=body)
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    await client.app[JOURNAL].settle()
+    return answer, journal_commits(client) - before
+
+
+async def warmed(client: Any) -> None:
+    """One alert first: what a server writes once after its start is not counted as an alert's commit."""
+    await posted(client, alert(leg(symbol="SBIN", quantity="1", price="100")))
+
+
+def pending_rows(config: Config) -> dict[str, int]:
+    """Alerts whose order log row may be missing (`order_log_pending`), read from the journal's file."""
+    conn = sqlite3.connect(config.data_path("tvbridge.sqlite3"))
+    try:
+        return dict(conn.execute("SELECT alert_id, order_log_pending FROM alerts WHERE order_log_pending IS NOT NULL"))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sqlite_only(store_env: dict[str, str]) -> None:
+    if store_env:
+        pytest.skip("the paper book joins the SQLite journal only")
+
+
+@pytest.mark.usefixtures("sqlite_only")
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_a_strategys_alert_settled_in_its_one_commit_is_recorded_under_its_strategy(
+    make_client: ClientFactory, tmp_path: Path, converter: Any, synchronous: str
+) -> None:
+    """A paper alert of strategy `alpha`, settled inside its one commit: its leg's result is alpha's in
+    `GET /alerts/<id>` and in the order log's strategy column. With `synchronous = "full"` the commit
+    runs on the journal's own thread, where no alert's context is (the current strategy there is `default`), so
+    the settling must run under the alert's own strategy, not whichever it finds."""
+    (tmp_path / "config.toml").write_text(
+        f'[journal]\nsynchronous = "{synchronous}"\n[strategies.alpha]\nsecret = "{ALPHA_SECRET}"\n', encoding="utf-8"
+    )
+    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), "TVBRIDGE_SESSIONS__ENABLED": "false"}
+    config = load_config(tmp_path / "config.toml", converter, env, tmp_path)
+    client = await make_client(config)
+    await warmed(client)
+    answer, cost = await posted(client, alert(leg(symbol="INFY", price="100"), secret=ALPHA_SECRET))
+    assert cost == 1  # the one commit: settled inside it
+    assert [r["status"] for r in answer["results"]] == ["success"]
+    record = await stored(client, answer["alert_id"])
+    assert record["strategy"] == "alpha"
+    assert [lg["result"]["strategy"] for lg in record["legs"]] == ["alpha"]
+    [row] = [row for row in order_log(config) if row["alert_id"] == answer["alert_id"]]
+    assert row["strategy"] == "alpha"
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_two_paper_accounts_in_one_commit_each_leg_line_is_its_own_accounts(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Two paper accounts (the second trades twice the alert's quantity), one leg, settled in one commit: each
+    account's `leg.done` debug line has its own account's result, as the answer does (not the first account's
+    result twice)."""
+    practice = {"broker": "paper", "quantity_multiplier": 2}
+    config = with_accounts(config, {"paper": {"broker": "paper"}, "practice": practice})
+    client = await make_client(config)
+    await warmed(client)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        answer, cost = await posted(client, alert(leg(symbol="INFY", quantity="3", price="100")))
+    assert cost == 1
+    placed = [(r["account"], r["status"], r["order_id"], r["message"]) for r in answer["results"]]
+    assert [(account, status) for account, status, _, _ in placed] == [("paper", "success"), ("practice", "success")]
+    assert [r["quantity"] for r in answer["results"]] == ["3", "6"]
+    lines = [e for e in events if e["event"] in {"leg.done", "leg.failed"}]
+    assert sorted((e["account"], e["status"], e["order_id"], e["message"]) for e in lines) == placed
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_an_order_log_the_disk_refuses_after_the_one_commit_costs_no_answer_and_keeps_the_mark(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The alert settled in its one commit, then its order log row cannot be written (a full disk): still
+    answered 200 with its order, the failure is an `order_log.write_failed` error line with the alert's id and the
+    traceback, and the alert keeps its "order log row pending" mark in the journal, so the next start writes the
+    row."""
+    client = await make_client(config)
+    await warmed(client)
+    order_log_file = config.data_path(config.order_log.file)
+    with refusing_writes(order_log_file), capture_logs(processors=[merge_contextvars]) as logs:
+        answer, cost = await posted(client, alert(leg(symbol="INFY", price="100")))
+    assert cost == 1
+    assert [r["status"] for r in answer["results"]] == ["success"]
+    failed = [line for line in logs if line["event"] == "order_log.write_failed"]
+    assert [(line["log_level"], line["alert_id"], line.get("exc_info")) for line in failed] == [
+        ("error", answer["alert_id"], True)
+    ]
+    assert pending_rows(config) == {answer["alert_id"]: 1}
+    assert answer["alert_id"] not in {row["alert_id"] for row in order_log(config)}
