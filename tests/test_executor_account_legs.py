@@ -19,6 +19,7 @@ import pytest
 from helpers import SECRET, alert, leg, refusing_writes, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
+from test_strategy_alerts import NIFTY_OPTION, on_paper, paper_orders
 
 from tvbridge.config import AlertsConfig, load_config
 from tvbridge.journal import Journal
@@ -290,3 +291,36 @@ async def test_an_order_log_the_disk_refuses_after_the_one_commit_costs_no_answe
     ]
     assert pending_rows(config) == {answer["alert_id"]: 1}
     assert answer["alert_id"] not in {row["alert_id"] for row in order_log(config)}
+
+
+async def test_a_chosen_contract_too_small_to_size_is_named_in_the_refusal(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A relative option leg (ATM on the 2026-12-08 grid) whose contract is chosen, then sized below one lot (a
+    capital of 1000 at a price of 100 is 10 units; a lot is 65): the leg fails unsent, and the answer, the order log
+    row and the journal still name the contract it was refused for (what the trader checks before resending)."""
+    config = on_paper(config)
+    client = await make_client(config)
+    body_leg = leg(
+        **NIFTY_OPTION,
+        option_type="CE",
+        strike_price="ATM",
+        expiry_date="2026-12-08",
+        underlying_price="24012.35",
+        quantity_type="capital",
+        quantity="1000",
+        price="100",
+    )
+    response = await client.post("/webhook", json=alert(body_leg))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    [result] = body["results"]
+    assert result["status"] == "failed", result
+    contract = "NIFTY-Dec2026-24000-CE (expiry 2026-12-08, strike 24000, security_id "
+    assert result["contract"].startswith(contract), result
+    refusal = "not sent: quantity_type capital: capital 1000 / price 100 = 10 units, below one lot of 65 units"
+    assert result["message"].startswith(f"{result['contract']}; {refusal}"), result["message"]
+    assert await paper_orders(client) == []
+    [row] = order_log(config)
+    assert (row["status"], row["message"]) == ("failed", result["message"])
+    assert (await stored(client, body["alert_id"]))["legs"][0]["result"]["contract"] == result["contract"]
