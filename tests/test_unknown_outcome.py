@@ -91,6 +91,26 @@ async def test_an_answer_lost_before_placing_is_unknown_and_never_resent(
     )
 
 
+async def test_an_order_the_broker_does_not_show_yet_is_unknown_and_never_placed_again(
+    make_client: ClientFactory, config: Config, tmp_path: Path
+) -> None:
+    """The broker took the order and lost the answer, and its order book does not show it yet: the leg is
+    `unknown` (check before resending), never placed a second time to "make sure". The broker here does not
+    drop a repeated client order id, so a second placement would be a second order, a double position."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "late_symbols": ["TCS"]}})
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="TCS")))
+    body = await response.json()
+    alert_id = body["alert_id"]
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{alert_id}-1"], "placed again"
+    [result] = body["results"]
+    assert (result["status"], result["client_order_id"]) == ("unknown", f"{alert_id}-1")
+    assert result["message"] == (
+        f"outcome unknown (connection dropped after sending); the broker has no order {alert_id}-1 yet:"
+        " check before resending"
+    )
+
+
 async def test_a_lookup_that_fails_too_leaves_the_leg_unknown(
     make_client: ClientFactory, config: Config, tmp_path: Path
 ) -> None:

@@ -80,6 +80,10 @@ class ScriptedSettings:
     """The settings parser fails with an AttributeError (a plugin bug, not a bad value)."""
     unknown_symbols: tuple[str, ...] = ()
     """`place()` loses the answer before placing anything (`BrokerUnknownOutcomeError`, nothing at the broker)."""
+    late_symbols: tuple[str, ...] = ()
+    """`place()` places the order and loses the answer, and `lookup()` does not show it yet (a broker whose order
+    book lags behind its placements, as Dhan's can): the order is there, the core cannot see it. After a restart
+    (`start()` reads the file back) it is found."""
     lot_size: int = 0
     """Above 0: the `instrument_info` capability, and `instrument_info()` answers this lot size for any leg."""
     halt_when_sizing: str = ""
@@ -147,6 +151,7 @@ class ScriptedBroker:
             "hold_symbols",
             "hold_legs",
             "unknown_symbols",
+            "late_symbols",
         ):
             if key in values:
                 values[key] = tuple(values[key])
@@ -200,7 +205,8 @@ class ScriptedBroker:
             client_order_id=request.client_order_id,
             filled_quantity=leg.quantity,
         )
-        self.orders.setdefault(request.client_order_id, result)
+        if leg.symbol not in self.settings.late_symbols:
+            self.orders.setdefault(request.client_order_id, result)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(
                 json.dumps(
@@ -215,7 +221,7 @@ class ScriptedBroker:
                 )
                 + "\n"
             )
-        if leg.symbol in self.settings.lose_answer_symbols:
+        if leg.symbol in self.settings.lose_answer_symbols or leg.symbol in self.settings.late_symbols:
             raise BrokerUnknownOutcomeError("connection dropped after sending")
         if leg.symbol in self.settings.hang_after_place_symbols:
             await asyncio.Event().wait()  # never set
