@@ -293,12 +293,22 @@ async def test_an_order_log_the_disk_refuses_after_the_one_commit_costs_no_answe
     assert answer["alert_id"] not in {row["alert_id"] for row in order_log(config)}
 
 
-async def test_a_chosen_contract_too_small_to_size_is_named_in_the_refusal(
-    make_client: ClientFactory, config: Config
+@pytest.mark.parametrize("how", ["below one lot", "sizing bug"])
+async def test_a_chosen_contract_refused_for_its_size_is_named_in_the_refusal(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """A relative option leg (ATM on the 2026-12-08 grid) whose contract is chosen, then sized below one lot (a
-    capital of 1000 at a price of 100 is 10 units; a lot is 65): the leg fails unsent, and the answer, the order log
-    row and the journal still name the contract it was refused for (what the trader checks before resending)."""
+    """A relative option leg (ATM on the 2026-12-08 grid) whose contract is chosen, then refused while it is
+    sized: below one lot (a capital of 1000 at a price of 100 is 10 units; a lot is 65), or by a bug in the sizing
+    (it raises). The leg fails unsent, and the answer, the order log row and the journal still name the contract
+    it was refused for (what the trader checks before resending)."""
+    refusal = "not sent: quantity_type capital: capital 1000 / price 100 = 10 units, below one lot of 65 units"
+    if how == "sizing bug":
+        refusal = "not sent: the contract or quantity could not be worked out (ValueError)"
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise ValueError("no size")
+
+        monkeypatch.setattr("tvbridge.executor.size", broken)
     config = on_paper(config)
     client = await make_client(config)
     body_leg = leg(
@@ -318,7 +328,6 @@ async def test_a_chosen_contract_too_small_to_size_is_named_in_the_refusal(
     assert result["status"] == "failed", result
     contract = "NIFTY-Dec2026-24000-CE (expiry 2026-12-08, strike 24000, security_id "
     assert result["contract"].startswith(contract), result
-    refusal = "not sent: quantity_type capital: capital 1000 / price 100 = 10 units, below one lot of 65 units"
     assert result["message"].startswith(f"{result['contract']}; {refusal}"), result["message"]
     assert await paper_orders(client) == []
     [row] = order_log(config)
