@@ -21,9 +21,11 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 from test_strategy_alerts import NIFTY_OPTION, on_paper, paper_orders
 
-from tvbridge.config import AlertsConfig, load_config
+from tvbridge.broker import BrokerUnknownOutcomeError, OrderRequest
+from tvbridge.config import AlertsConfig, RiskConfig, load_config
 from tvbridge.journal import Journal
 from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL
+from tvbridge_brokers.paper import PaperBroker
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -333,3 +335,91 @@ async def test_a_chosen_contract_refused_for_its_size_is_named_in_the_refusal(
     [row] = order_log(config)
     assert (row["status"], row["message"]) == ("failed", result["message"])
     assert (await stored(client, body["alert_id"]))["legs"][0]["result"]["contract"] == result["contract"]
+
+
+# a joined booking's outcome read after the commit (`Executor._joined_result`)
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_a_booking_that_answers_garbage_after_booking_is_found_by_lookup_under_its_alert(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper book books the order in the alert's commit, then answers something that is not an order (a
+    plugin bug): the booking stands, so the lookup finds it; the leg is placed with the book's order id, its
+    message says it was found by lookup, and both the `broker.unexpected_error` and the `leg.resolved_by_lookup`
+    lines name the alert, the leg and the account. One order in the book."""
+    book = PaperBroker.place_joined
+
+    def garbage(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        book(self, conn, request)
+        return {"order": "booked"}
+
+    monkeypatch.setattr(PaperBroker, "place_joined", garbage)
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=alert(leg(symbol="INFY", price="100")))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    alert_id = body["alert_id"]
+    [order] = await paper_orders(client)
+    [result] = body["results"]
+    assert (result["status"], result["order_id"], result["client_order_id"]) == (
+        "success",
+        order.order_id,
+        f"{alert_id}-1",
+    )
+    assert result["message"].endswith("(found by lookup after: the booking's answer was lost)"), result
+    fields = ("log_level", "alert_id", "leg", "account")
+    lines = {
+        e["event"]: {k: e.get(k) for k in fields}
+        for e in events
+        if e["event"] in {"broker.unexpected_error", "leg.resolved_by_lookup"}
+    }
+    assert lines == {
+        "broker.unexpected_error": {"log_level": "error", "alert_id": alert_id, "leg": 1, "account": "paper"},
+        "leg.resolved_by_lookup": {"log_level": "warning", "alert_id": alert_id, "leg": 1, "account": "paper"},
+    }
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_a_leg_refused_before_its_commit_gives_back_no_daily_count(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """`max_orders_per_day = 1`: the first paper alert is booked; the second is refused by the limit (in its
+    checks, before its commit: it never took a count), and so must the third be. Giving back a count for the
+    refused leg would let the third through: two orders on a limit of one."""
+    config = attrs.evolve(config, risk=RiskConfig(max_orders_per_day=1))
+    client = await make_client(config)
+    answers = []
+    for symbol in ("INFY", "TCS", "SBIN"):
+        response = await client.post("/webhook", json=alert(leg(symbol=symbol, price="100")))
+        assert response.status == 200, await response.text()
+        answers.append(await response.json())
+    assert [r["status"] for body in answers for r in body["results"]] == ["success", "failed", "failed"]
+    assert all("max_orders_per_day" in body["results"][0]["message"] for body in answers[1:]), answers
+    assert [order.symbol for order in await paper_orders(client)] == ["INFY"]
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_a_sized_booking_whose_outcome_is_unknown_keeps_its_sizing_note(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paper account trading twice the alert's quantity (`quantity_multiplier = 2`); its booking loses its
+    answer (an unknown outcome, nothing booked): the leg is `unknown` after the lookup, and its message still
+    says how it was sized, as a placed leg's does."""
+
+    def lost(self: PaperBroker, conn: Any, request: OrderRequest) -> Any:
+        raise BrokerUnknownOutcomeError("the line went quiet")
+
+    monkeypatch.setattr(PaperBroker, "place_joined", lost)
+    config = with_accounts(config, {"paper": {**config.accounts["paper"], "quantity_multiplier": 2}})
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(leg(symbol="INFY", quantity="10", price="100")))
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    [result] = body["results"]
+    assert (result["status"], result["quantity"]) == ("unknown", "20"), result
+    assert result["message"].startswith(
+        "sized: 10 units x quantity_multiplier 2 = 20 units, rounded down to 20; outcome unknown (the line went quiet)"
+    ), result["message"]
+    assert await paper_orders(client) == []
