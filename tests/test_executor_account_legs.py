@@ -423,3 +423,21 @@ async def test_a_sized_booking_whose_outcome_is_unknown_keeps_its_sizing_note(
         "sized: 10 units x quantity_multiplier 2 = 20 units, rounded down to 20; outcome unknown (the line went quiet)"
     ), result["message"]
     assert await paper_orders(client) == []
+
+
+@pytest.mark.usefixtures("sqlite_only")
+async def test_an_alert_only_partly_booked_in_its_commit_logs_no_error(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A two-leg paper alert: its first leg is booked in the alert's commit, its second after it, so the commit
+    does not settle the alert (nothing to finish there). Both legs are placed, and the alert writes no error line
+    (a `joined.finish_failed` would send an operator looking for a bug that is not there)."""
+    client = await make_client(config)
+    legs = alert(leg(symbol="INFY", price="100"), leg(symbol="TCS", price="100", sort_order="2"))
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post("/webhook", json=legs)
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert [r["status"] for r in body["results"]] == ["success", "success"]
+    assert [order.symbol for order in await paper_orders(client)] == ["INFY", "TCS"]
+    assert [e["event"] for e in events if e["log_level"] in {"error", "critical"}] == []
