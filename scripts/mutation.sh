@@ -113,6 +113,7 @@ tests_of() {
         executor-core) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_unknown_outcome.py" \
             "tests/test_recovery_restart.py tests/test_recovery_count.py tests/test_refusal_journal.py" \
             "tests/test_mixed_plans.py tests/test_paper_webhook.py tests/test_brackets_paper.py" \
+            "tests/test_executor_accounts.py" \
             "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/test_deadline.py" \
             "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
             "tests/test_metrics.py::test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time" \
