@@ -118,6 +118,7 @@ tests_of() {
             "tests/test_strategy_alerts.py tests/test_metrics.py::test_counts_after_alerts" \
             "tests/test_metrics.py::test_a_paper_order_booked_in_the_alerts_commit_counts_its_arrival_to_broker_time" \
             "tests/test_joined_outcomes.py tests/test_joined_metrics.py tests/test_refusal_journaled.py" \
+            "tests/test_executor_account_legs.py" \
             "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" \
             "tests/test_one_commit.py::test_two_paper_accounts_one_leg_is_one_commit" \
             "tests/test_one_commit.py::test_the_mark_is_cleared_by_the_next_alerts_commit" \
@@ -243,7 +244,7 @@ pytest_add_cli_args_test_selection = $(toml_list $(tests_of "$group"))
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--timeout=30"]
 # each mutant's tests in a process forked from one that only collected them, not from mutmut's own, which ran the
 # whole list first: forked from that one, the fake Dhan API and notification tests (threads) hung until the
-# timeout and counted as kills of mutants they pass on (`test_dhan_order_traded_later...`: 60 s, "killed")
+# timeout and counted as kills of mutants they pass on (test_dhan_order_traded_later...: 60 s, "killed")
 process_isolation = "forkserver"
 also_copy = ["plugins", "bench", "docs", "config.toml", "README.md", "deploy", "scripts", "CHANGELOG.md", "brokers"]
 TOML

@@ -329,6 +329,37 @@ async def test_a_leg_refused_by_the_daily_count_is_not_sent_by_recovery(tmp_path
     assert legs[refused, 1] == "failed"
 
 
+async def test_a_leg_killed_before_its_send_is_resent_within_the_daily_limit_it_already_counts_in(
+    tmp_path: Path,
+) -> None:
+    """`max_orders_per_day = 1`: the day's first leg passes its checks, is journaled `sending` and the process is
+    killed before the broker call. The restarted server resends it (the broker lacks it): the journal's count
+    of today's orders already holds that `sending` leg, so the resend is neither counted again nor refused for
+    a limit it is itself the one order of. Then the day's limit holds: the next alert is refused."""
+    limit = {"TVBRIDGE_RISK__MAX_ORDERS_PER_DAY": "1"}
+    server = await asyncio.to_thread(start, tmp_path, {**limit, "TVBRIDGE_TEST_CRASH_AT": "before_send"}, "crash")
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, server.url, alert(leg(symbol="INFY"))) is None  # killed: no answer
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (interrupted,) = alerts
+    assert legs[interrupted, 1] == "sending"
+    assert scripted_orders(tmp_path) == []
+
+    restarted = await asyncio.to_thread(start, tmp_path, limit, "restarted")
+    async with aiohttp.ClientSession() as session:
+        later = await post(session, restarted.url, alert(leg(symbol="TCS")))
+    assert await asyncio.to_thread(restarted.terminate) == 0
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{interrupted}-1"]
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert legs[interrupted, 1] == "placed"
+    assert later is not None
+    assert later[1]["results"][0]["message"] == (
+        "risk: 1 order(s) already sent today on account sim; max_orders_per_day is 1"
+    )
+
+
 HALTING_SIM = '[accounts.sim]\nbroker = "scripted"\nquantity_multiplier = 2\nlot_size = 1\n'
 """A remote account whose first leg is journaled `sending` with the alert (no daily count) and whose derivative
 legs are sized through the broker's `instrument_info()` (the multiplier): the moment the test halts trading."""

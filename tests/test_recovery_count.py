@@ -1,5 +1,6 @@
-"""The daily order count after a crash (`max_orders_per_day`, `tvbridge/risk.py`): a leg journaled `sending`
-with its alert and resent by crash recovery counts once, not twice."""
+"""The daily order count after a crash (`max_orders_per_day`, `tvbridge/risk.py`): a leg recorded with its alert
+and resent by crash recovery counts once, not twice. (A leg already journaled `sending` when the process died is
+tested with a real `kill -9`: `tests/test_crash_recovery.py`, the daily limit it already counts in.)"""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def test_a_leg_resent_by_recovery_counts_once(
             raise KilledError(point)
 
     monkeypatch.setattr(flow, "crash_point", crash)
-    response = await client.post("/webhook", json=alert(leg(symbol="B")))  # journaled `sending`, never sent
+    response = await client.post("/webhook", json=alert(leg(symbol="B")))  # journaled `pending`, never sent
     assert response.status == 500
     await client.close()
     monkeypatch.undo()

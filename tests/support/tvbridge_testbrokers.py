@@ -62,7 +62,8 @@ class ScriptedSettings:
     """Orders for these symbols wait, unplaced, until the test calls `release()`: a broker slower than any
     deadline, without a race against the machine's speed."""
     hold_legs: tuple[int, ...] = ()
-    """Like `hold_symbols`, by the order's leg number in its alert: a later leg waits while the earlier ones go."""
+    """Like `hold_symbols`, by the order's leg number in its alert: a later leg waits while the earlier ones go.
+    A `cancel()` of such a leg waits too (a cancel leg at the broker)."""
     forgive_repeats: bool = False
     """True: a repeated client order id returns the order already placed (the contract's idempotency). False (the
     default): it is placed again, so a core that repeats itself is seen in the order count."""
@@ -241,6 +242,9 @@ class ScriptedBroker:
 
     async def cancel(self, request: CancelRequest) -> list[OrderResult]:
         self.cancel_requests.append(request)
+        if request.leg_number in self.settings.hold_legs:
+            self.holding.set()
+            await self._released.wait()
         answer = self.settings.cancel_answer
         if answer == "unknown":
             raise BrokerUnknownOutcomeError("connection dropped after the cancel was sent")
