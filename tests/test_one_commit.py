@@ -177,6 +177,9 @@ async def test_the_one_commit_writes_the_rows_the_two_writes_do(
         got = await client.get(f"/alerts/{alert_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert got.status == 200
         record = await got.json()
+        # on either path stamped when it was settled, after its arrival (the daily count reads `updated_at`)
+        assert record["updated_at"] > record["received_at"], (path, record)
+        assert all(lg["updated_at"] > record["received_at"] for lg in record["legs"]), (path, record["legs"])
         repeat = await (await client.post("/webhook", json=body)).json()
         await client.close()
         row = next(r for r in order_log(data_dir) if r["alert_id"] == alert_id)

@@ -845,6 +845,7 @@ def _insert_alert(
     the final status, the answer, the "order log row pending" mark and each leg's result, as `_write_results` would
     write them over the planned rows (a result's client order id, when it has none, is the planned leg's)."""
     results = {(r.account, r.leg_number): r for r in finished.results} if finished is not None else {}
+    settled_at = now if finished is None else _now()  # as `_write_results` stamps it: when it was settled
     conn.execute(
         _INSERT_ALERT,
         (
@@ -856,7 +857,7 @@ def _insert_alert(
             stored,
             entry.status if finished is None else finished.status,
             None if finished is None else json.dumps(finished.response, default=str),
-            now,
+            settled_at,
             entry.order_log_offset,
             entry.strategy,
             None if finished is None else 1,
@@ -874,7 +875,7 @@ def _insert_alert(
         conn.executemany(
             _INSERT_LEG_RESULT,
             [
-                _leg_row(entry.alert_id, r, r.client_order_id or client_ids.get((r.account, r.leg_number)), now)
+                _leg_row(entry.alert_id, r, r.client_order_id or client_ids.get((r.account, r.leg_number)), settled_at)
                 for r in results.values()
             ],
         )

@@ -14,7 +14,8 @@ An alert meets the store twice (issue 22):
    (`find_by_dedupe_key`, `get_alert`) see results handed over before them (read-your-writes).
 
 `join`: a function of the store's own connection that runs inside the transaction of `record_plan`, after the
-alert's rows; it is how rows that must never exist without the alert (or the other way round) share its commit:
+alert's rows (a `SettlingJoin`, the paper book's, runs before them: the alert's rows are then inserted already
+settled); it is how rows that must never exist without the alert (or the other way round) share its commit:
 the closed-market queue's entries (`alertqueue.inserter`), and an in-process broker's order (the `paper` book,
 joined to the SQLite journal: `alerts/joined.py`, `JournalJoiner` in `tvbridge/broker.py`).
 
