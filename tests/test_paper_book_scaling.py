@@ -16,9 +16,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
+from helpers import typed_leg
 
 from tvbridge.broker import CancelRequest, OrderRequest, OrderState
-from tvbridge.models import CancelLeg, Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.models import CancelLeg, OrderLeg, OrderType
 from tvbridge_brokers.paper.book import Book
 from tvbridge_brokers.paper.tables import JournalTables, create_journal_tables
 
@@ -32,16 +33,8 @@ STEPS_PER_CALL = 10
 
 
 def order_leg(symbol: str, order_type: OrderType = OrderType.MARKET, price: str = "0") -> OrderLeg:
-    return OrderLeg(
-        side=Side.BUY,
-        order_type=order_type,
-        quantity=1,
-        exchange=Exchange.NSE,
-        symbol=symbol,
-        instrument=Instrument.EQUITY,
-        product=Product.INTRADAY,
-        price=Decimal(price),
-    )
+    """A buy of 1 on NSE, intraday."""
+    return typed_leg(symbol=symbol, order_type=order_type, quantity=1, price=Decimal(price))
 
 
 def journal_book(path: Path, filled: int) -> tuple[sqlite3.Connection, Book]:

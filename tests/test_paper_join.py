@@ -16,7 +16,7 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from durability_server import KillableServer, alert_record, journal_rows, order_log, post_alert
-from helpers import ClientFactory, alert, leg, with_accounts
+from helpers import ClientFactory, alert, leg, typed_leg, with_accounts
 
 from tvbridge.app import create_app
 from tvbridge.broker import BrokerContext, BrokerRejectedError, OrderRequest
@@ -24,7 +24,7 @@ from tvbridge.config import RiskConfig
 from tvbridge.errors import PluginStartError
 from tvbridge.halt import clear_halt, halt_path, set_halt
 from tvbridge.keys import BROKERS, JOINED, JOURNAL
-from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.models import OrderLeg, OrderType
 from tvbridge.parsing import make_converter
 from tvbridge.secretstore import resolve_credentials
 from tvbridge_brokers.paper import PaperBroker
@@ -394,16 +394,7 @@ async def test_an_import_never_overwrites_an_earlier_imported_file(make_client: 
 
 def order_leg(symbol: str, order_type: str, price: str) -> OrderLeg:
     """A buy of 1 on NSE, intraday, as the parser would make it."""
-    return OrderLeg(
-        side=Side.BUY,
-        order_type=OrderType(order_type),
-        quantity=1,
-        exchange=Exchange.NSE,
-        symbol=symbol,
-        instrument=Instrument.EQUITY,
-        product=Product.INTRADAY,
-        price=Decimal(price),
-    )
+    return typed_leg(symbol=symbol, order_type=OrderType(order_type), quantity=1, price=Decimal(price))
 
 
 async def test_a_plugin_broker_never_joins(make_client: ClientFactory, config: Config) -> None:
