@@ -143,7 +143,8 @@ tests_of() {
         executor-edges) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py" \
             "tests/test_strategy_alerts.py tests/test_unknown_outcome.py tests/test_paper_webhook.py" \
             "tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py" \
-            "tests/test_strategies_review.py tests/test_brackets_paper.py tests/brokers/test_dhan_strategy.py" ;;
+            "tests/test_strategies_review.py tests/test_brackets_paper.py tests/brokers/test_dhan_strategy.py" \
+            "tests/test_executor_accounts.py" ;;
         executor) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
         recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
