@@ -63,6 +63,17 @@ def assert_unknown_and_not_found(body: dict[str, Any], reason: str) -> None:
     )
 
 
+def assert_check_failed_logged(events: list[MutableMapping[str, Any]], alert_id: str, account: str) -> None:
+    """One `leg.check_failed` error line, naming the alert, its first leg and the account."""
+    [line] = [e for e in events if e["event"] == "leg.check_failed"]
+    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
+        "log_level": "error",
+        "alert_id": alert_id,
+        "leg": 1,
+        "account": account,
+    }
+
+
 def order_log(config: Config) -> list[dict[str, str]]:
     with config.data_path(config.order_log.file).open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -175,13 +186,7 @@ async def test_a_size_that_cannot_be_worked_out_is_refused_and_logged(
         "failed",
         "not sent: the contract or quantity could not be worked out (ValueError)",
     )
-    [line] = [e for e in events if e["event"] == "leg.check_failed"]
-    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
-        "log_level": "error",
-        "alert_id": body["alert_id"],
-        "leg": 1,
-        "account": account,
-    }
+    assert_check_failed_logged(events, body["alert_id"], account)
 
 
 async def test_a_refused_alert_that_is_not_recorded_gives_back_no_count_it_never_took(
@@ -251,10 +256,4 @@ async def test_pre_send_checks_that_fail_with_a_bug_refuse_the_leg_and_log_it(
     [result] = body["results"]
     assert (result["status"], result["message"]) == ("failed", "not sent: the pre-send checks failed (ValueError)")
     assert (result["account"], result["leg_number"], result["client_order_id"]) == (account, 1, f"{body['alert_id']}-1")
-    [line] = [e for e in events if e["event"] == "leg.check_failed"]
-    assert {k: line.get(k) for k in ("log_level", "alert_id", "leg", "account")} == {
-        "log_level": "error",
-        "alert_id": body["alert_id"],
-        "leg": 1,
-        "account": account,
-    }
+    assert_check_failed_logged(events, body["alert_id"], account)
