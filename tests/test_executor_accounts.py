@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge.broker import OrderResult, OrderState
 from tvbridge.journal import Journal
 from tvbridge.keys import CREDENTIALS, JOURNAL
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.test_utils import TestClient
 
-    from tvbridge.broker import OrderRequest, OrderResult
+    from tvbridge.broker import CancelRequest, OrderRequest
     from tvbridge.config import Config
     from tvbridge.models import OrderLeg
 
@@ -117,6 +118,38 @@ async def test_an_account_whose_run_breaks_has_its_legs_unknown_and_the_others_g
         assert states[2:] == [("b", 1, "placed"), ("b", 2, "placed")]
         assert logged[2:] == [("b", str(n), "success", f"{alert_id}-{n}") for n in (1, 2)]
     assert len(states) == len(logged) == len(body["results"]) == 2 * len(names)
+
+
+async def test_an_account_whose_cancel_breaks_reports_the_cancel_unknown_without_a_client_order_id(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin bug past every handler of a cancel leg (the broker answers its cancel with an order id that is a
+    number, not text: it breaks where the answer's message names the ids): the leg is `unknown` (the cancel may
+    have gone through), and, a cancel placing nothing under a client order id, none is made up for it: not in
+    the answer, not in the order log."""
+
+    async def numbered(self: tvbridge_testbrokers.ScriptedBroker, request: CancelRequest) -> list[OrderResult]:
+        return [OrderResult(order_id=7, state=OrderState.CANCELLED, message="cancelled")]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tvbridge_testbrokers.ScriptedBroker, "cancel", numbered)
+    config = with_accounts(config, {"a": {"broker": "scripted"}})
+    client = await make_client(config)
+    with capture_logs(processors=[merge_contextvars]) as events:
+        response = await client.post(
+            "/webhook", json=alert({"symbol": "INFY", "exchange": "NSE"}, alert_type="cancel_order")
+        )
+        body = await response.json()
+    assert response.status == 200, body
+    [result] = body["results"]
+    assert (result["account"], result["leg_number"], result["status"], result["message"]) == (
+        "a",
+        1,
+        "unknown",
+        UNKNOWN,
+    )
+    assert result["client_order_id"] is None
+    assert [e["account"] for e in events if e["event"] == "account.failed"] == ["a"]
+    assert order_log(config) == [("a", "1", "unknown", "")]
 
 
 @pytest.mark.sqlite_only  # counts the SQLite journal's commits

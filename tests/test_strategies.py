@@ -19,6 +19,7 @@ from helpers import SECRET, alert, leg
 from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
+from tvbridge.broker import BrokerRejectedError, CancelRequest, OrderResult
 from tvbridge.commands import trading
 from tvbridge.config import effective_settings, load_config
 from tvbridge.errors import ConfigError
@@ -127,6 +128,26 @@ def csv_rows(config: Config) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def record_cancels(
+    monkeypatch: pytest.MonkeyPatch, broker: Any, refuse: frozenset[str] = frozenset()
+) -> list[CancelRequest]:
+    """Every cancel the paper broker is asked for, in order, as a plugin receives it (its `alert_id` and
+    `leg_number` are what tie the cancel to the alert in the plugin's own records, docs/plugins.md); a cancel of an
+    order in `refuse` is refused as the broker refuses one that filled meanwhile."""
+    requests: list[CancelRequest] = []
+    cancel = broker.cancel
+
+    async def recording(request: CancelRequest) -> list[OrderResult]:
+        requests.append(request)
+        if request.leg.order_id in refuse:
+            raise BrokerRejectedError(f"order {request.leg.order_id} is already traded")
+        result: list[OrderResult] = await cancel(request)
+        return result
+
+    monkeypatch.setattr(broker, "cancel", recording)
+    return requests
+
+
 # two strategies, one account, one symbol
 
 
@@ -174,10 +195,11 @@ async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: A
 
 
 async def test_an_exit_names_every_bracket_of_its_strategy_it_cancelled(
-    aiohttp_client: Any, make_config: MakeConfig
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """alpha holds two brackets in the contract: its EXIT_ALL cancels both (one by one, by order id) and its
-    message names every part cancelled, not only the last bracket's."""
+    """alpha holds two brackets in the contract: its EXIT_ALL cancels both (one by one, by order id, each request
+    under the alert's id and leg number) and its message names every part cancelled, not only the last
+    bracket's."""
     client = await start(aiohttp_client, make_config())
     entries = [
         await post(client, alert(intraday(quantity=q, target_price="3000", stoploss_price="2800"), secret=ALPHA))
@@ -187,10 +209,15 @@ async def test_an_exit_names_every_bracket_of_its_strategy_it_cancelled(
     broker = client.app[BROKERS]["paper"]
     assert {o.order_id for o in await broker.open_orders()} == resting
 
+    requests = record_cancels(monkeypatch, broker)
     body = await post(client, alert(exit_all(), secret=ALPHA))
 
     [result] = body["results"]
     assert (result["transaction"], result["quantity"]) == ("S", "15"), result
+    # one request a bracket, naming its entry (the broker cancels the bracket's resting parts), under this leg
+    assert [(r.alert_id, r.leg_number, r.leg.order_id) for r in requests] == [
+        (body["alert_id"], 1, entry["results"][0]["order_id"]) for entry in entries
+    ]
     named = result["message"].rsplit("; cancelled bracket order(s) first: ", 1)[1]
     assert sorted(named.split(", ")) == sorted(resting), result["message"]
     assert await broker.open_orders() == []
@@ -216,11 +243,13 @@ async def test_cancel_order_by_symbol_cancels_only_the_strategys_orders(
 
 
 async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(
-    aiohttp_client: Any, make_config: MakeConfig
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """alpha has two limit orders resting on RELIANCE: its `cancel_order` cancels both, one by one by order id,
-    and the answer names both (not only the last the broker answered for)."""
+    each request under the alert's id and leg number, and the answer names both (not only the last the broker
+    answered for)."""
     client = await start(aiohttp_client, make_config())
+    requests = record_cancels(monkeypatch, client.app[BROKERS]["paper"])
     # paper fills a resting buy when a later alert's price is at or below it: the second's is above the first's
     first = await post(client, alert(intraday(orderType="LMT", price="1970", quantity="1"), secret=ALPHA))
     second = await post(client, alert(intraday(orderType="LMT", price="1980", quantity="2"), secret=ALPHA))
@@ -232,6 +261,46 @@ async def test_a_strategys_cancel_by_symbol_names_each_of_its_orders(
     assert (result["status"], result["order_id"]) == ("success", ",".join(ids)), result
     assert result["message"] == f"cancelled 2 order(s): {', '.join(ids)}"
     assert await client.app[BROKERS]["paper"].open_orders() == []
+    assert [(r.alert_id, r.leg_number, r.leg.order_id) for r in requests] == [(body["alert_id"], 1, i) for i in ids]
+
+
+async def test_a_strategys_cancel_skips_an_order_that_finished_meanwhile_and_says_so_in_the_log(
+    aiohttp_client: Any, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alpha's two resting RELIANCE orders, the first traded by the time its cancel arrives (the broker refuses
+    that cancel): the second is cancelled, the answer names it alone, and one `leg.cancel_skipped` line names the
+    order skipped, its alert, leg and account, and the broker's reason."""
+    client = await start(aiohttp_client, make_config())
+    first = await post(client, alert(intraday(orderType="LMT", price="1970", quantity="1"), secret=ALPHA))
+    second = await post(client, alert(intraday(orderType="LMT", price="1980", quantity="2"), secret=ALPHA))
+    traded, resting = first["results"][0]["order_id"], second["results"][0]["order_id"]
+    requests = record_cancels(monkeypatch, client.app[BROKERS]["paper"], refuse=frozenset({traded}))
+
+    with capture_logs() as logs:
+        body = await post(
+            client, alert({"symbol": "RELIANCE", "exchange": "NSE"}, secret=ALPHA, alertType="cancel_order")
+        )
+
+    [result] = body["results"]
+    assert (result["status"], result["order_id"], result["message"]) == (
+        "success",
+        resting,
+        f"cancelled 1 order(s): {resting}",
+    )
+    assert [r.leg.order_id for r in requests] == [traded, resting]
+    skipped = [e for e in logs if e["event"] == "leg.cancel_skipped"]
+    assert skipped == [
+        {
+            "event": "leg.cancel_skipped",
+            "log_level": "info",
+            "alert_id": body["alert_id"],
+            "leg": 1,
+            "account": "paper",
+            "order_id": traded,
+            "reason": f"order {traded} is already traded",
+        }
+    ]
+    assert [o.order_id for o in await client.app[BROKERS]["paper"].open_orders()] == [traded]
 
 
 async def test_the_default_strategy_owns_what_the_named_ones_do_not(

@@ -563,6 +563,33 @@ async def test_a_position_that_cannot_be_read_sends_nothing(
     assert bugs == ([("error", alert_id, 1, "sim")] if answer == "bug" else [])
 
 
+async def test_a_target_refused_by_its_risk_limit_is_journaled_failed_before_the_alerts_results(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target from flat to 10 on an account allowing 5 a order: the move's order (10) is refused by the limit,
+    checked on what would be sent. The refusal is committed at once, under the alert, before the alert's
+    results: with those lost (as by a crash before their commit), the journal still has the leg `failed` with
+    the reason, not `sending`, so recovery never sends the target's order of an alert answered "refused"."""
+    config = with_accounts(config, {"sim": {"broker": "scripted", "positions_answer": "held", "max_qty_per_order": 5}})
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+
+    async def lost(*_args: Any) -> bool:  # `record_results` as a crash before the results' commit leaves it
+        return False
+
+    monkeypatch.setattr(journal, "record_results", lambda *args: asyncio.ensure_future(lost(*args)))
+    body = await post(client, alert(target(10, 1)))
+    [result] = body["results"]
+    assert (result["status"], result["transaction"], result["quantity"]) == ("failed", "B", "10"), result
+    reason = "risk: quantity 10 is over max_qty_per_order 5"
+    assert result["message"] == f"position 0 in NSE RELIANCE (C), target 10: BUY 10; {reason}"
+    assert scripted_orders(config) == []
+    record = await stored(client, body["alert_id"])
+    assert record["status"] == "accepted"  # the alert's results were never written
+    [journaled] = record["legs"]
+    assert (journaled["state"], journaled["message"]) == ("failed", reason)  # the refusal, committed on its own
+
+
 async def test_a_target_without_the_positions_capability_fails_under_its_leg(
     make_client: ClientFactory, config: Config
 ) -> None:
