@@ -183,6 +183,57 @@ async def test_kill_at_a_named_point_then_restart(tmp_path: Path, venue: Venue, 
     assert {(interrupted[0], "1"), (interrupted[0], "2")} <= logged
 
 
+def position_leg(kind: str) -> dict[str, Any]:
+    """A Pine strategy's target of long 10 INFY (no side, no quantity), or an EXIT_ALL of what is held."""
+    if kind == "exit":
+        return leg(symbol="INFY", transactionType="S", quantity="", manage_position="EXIT_ALL")
+    target = leg(symbol="INFY", position_size="10")
+    del target["transactionType"], target["quantity"]
+    return target
+
+
+@pytest.mark.parametrize("point", ["before_send", "after_send"])
+@pytest.mark.parametrize("kind", ["target", "exit"])
+async def test_a_target_or_an_exit_killed_at_its_send_is_sent_once_after_restart(
+    tmp_path: Path, kind: str, point: str
+) -> None:
+    """A target (flat to long 10) or an EXIT_ALL (of the 10 an earlier alert bought), the server killed with
+    SIGKILL just before or just after its order goes to the unforgiving scripted broker, whose position outlives
+    the kill. Restarted while the alert is young, recovery finishes it: looked up first, sent only if the broker
+    lacks it, worked out again from the position then. The broker ends with exactly one order for that leg and the
+    position the trader asked for; the journal and the order log have the alert finished."""
+    env = {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "held"}
+    hit = 2 if kind == "exit" else 1  # an exit's own send is the point's second hit (the entry's is the first)
+    server = await asyncio.to_thread(start, tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": f"{point}:{hit}"}, "crash")
+    async with aiohttp.ClientSession() as session:
+        if kind == "exit":
+            entry = await post(session, server.url, alert(leg(symbol="INFY", quantity="10")))
+            assert entry is not None
+            assert (entry[0], entry[1]["status"]) == (200, "success")
+        assert await post(session, server.url, alert(position_leg(kind))) is None
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    [interrupted] = [a for a, state in alerts.items() if state == "accepted"]
+    assert legs[interrupted, 1] == "sending"
+    placed_before = len(scripted_orders(tmp_path))
+
+    restarted = await asyncio.to_thread(start, tmp_path, env, "restarted")
+    assert any(e["event"] == "recovery.alert" and e["alert_id"] == interrupted for e in restarted.events())
+    assert await asyncio.to_thread(restarted.terminate) == 0
+
+    orders = scripted_orders(tmp_path)
+    assert [(o["side"], o["quantity"]) for o in orders if o["client_order_id"] == f"{interrupted}-1"] == [
+        ("S", 10) if kind == "exit" else ("B", 10)
+    ]
+    assert len(orders) == placed_before + (1 if point == "before_send" else 0)  # nothing twice
+    net = sum(o["quantity"] if o["side"] == "B" else -o["quantity"] for o in orders)
+    assert net == (0 if kind == "exit" else 10)
+    alerts, legs, integrity = journal_rows(tmp_path)
+    assert integrity == "ok"
+    assert (alerts[interrupted], legs[interrupted, 1]) == ("success", "placed")
+    assert order_log_rows(tmp_path)[interrupted, "1", "sim"] == 1
+
+
 @pytest.fixture
 def seed(request: pytest.FixtureRequest) -> int:
     """The random schedule's seed: `TVBRIDGE_TEST_SEED` when set (to replay a failure), else a new one. It is

@@ -42,7 +42,7 @@ from tvbridge.broker import (
     Position,
 )
 from tvbridge.halt import halt_path, set_halt
-from tvbridge.models import OrderLeg, OrderType, Product, Side
+from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -216,6 +216,9 @@ class ScriptedBroker:
                         "symbol": leg.symbol,
                         "side": leg.side.value,
                         "quantity": leg.quantity,
+                        "exchange": leg.exchange.value,
+                        "instrument": leg.instrument.value,
+                        "product": leg.product.value,
                         **({"amo_time": leg.amo_time} if leg.amo_time else {}),
                     }
                 )
@@ -288,15 +291,31 @@ class ScriptedPositionsBroker(ScriptedBroker):
     def __init__(self, settings: ScriptedSettings, context: BrokerContext) -> None:
         super().__init__(settings, context)
         self.held: dict[tuple[ContractId, Product], int] = {}
-        """"held": the net units per contract and product of the orders placed since the start."""
+        """"held": the net units per contract and product of every order placed (each fills at once), read back
+        from the broker's file at start as a real broker's position outlives a restart of tvbridge."""
+
+    async def start(self) -> None:
+        await super().start()
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.endswith("}") and "product" in (order := json.loads(line)):
+                    contract = ContractId(
+                        exchange=Exchange(order["exchange"]),
+                        symbol=order["symbol"],
+                        instrument=Instrument(order["instrument"]),
+                    )
+                    self._hold(contract, Product(order["product"]), Side(order["side"]), order["quantity"])
 
     async def place(self, request: OrderRequest) -> OrderResult:
         result = await super().place(request)
         leg = request.leg
         contract = ContractId(exchange=leg.exchange, symbol=leg.symbol, instrument=leg.instrument)
-        signed = leg.quantity if leg.side is Side.BUY else -leg.quantity
-        self.held[(contract, leg.product)] = self.held.get((contract, leg.product), 0) + signed
+        self._hold(contract, leg.product, leg.side, leg.quantity)
         return result
+
+    def _hold(self, contract: ContractId, product: Product, side: Side, quantity: int) -> None:
+        signed = quantity if side is Side.BUY else -quantity
+        self.held[(contract, product)] = self.held.get((contract, product), 0) + signed
 
     async def positions(self, leg: OrderLeg | None = None) -> list[Position]:
         if self.settings.positions_answer == "unavailable":
