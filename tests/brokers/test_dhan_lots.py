@@ -17,7 +17,7 @@ from dhan_support import request
 from fake_dhan import CLIENT_ID, TOKEN
 from helpers import alert, leg, with_accounts
 
-from tvbridge.broker import BrokerRejectedError, OrderState
+from tvbridge.broker import BrokerRejectedError, InstrumentInfo, OrderState
 from tvbridge.errors import PluginError
 from tvbridge.lots import in_units
 from tvbridge.models import Exchange, Instrument, PositionAction, Product, QuantityUnit
@@ -210,6 +210,31 @@ async def test_lots_need_a_broker_that_knows_lot_sizes(make_client: ClientFactor
         "not sent: quantity_unit lots: this broker cannot tell the lot size of NIFTY (it does not declare the"
         " instrument_info capability; a paper account needs instruments_path): send the quantity in units"
     )
+
+
+async def test_a_plugin_reporting_a_lot_size_below_one_has_the_lot_leg_refused(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party broker whose `instrument_info()` reports a lot of 0 (the shipped masters never do): a lot
+    cannot be turned into units, so the leg is refused with the lot size the broker gave, and nothing is sent
+    (sending 0 units, or the lots as units, would be the wrong order)."""
+    import tvbridge_testbrokers  # noqa: PLC0415 - the scripted test plugin, importable from tests/support
+
+    async def zero(self: Any, leg: Any) -> InstrumentInfo:
+        return InstrumentInfo(trading_symbol="NIFTY-Dec2026-FUT", lot_size=0)
+
+    monkeypatch.setattr(tvbridge_testbrokers.ScriptedLotsBroker, "instrument_info", zero)
+    config = with_accounts(config, {"sim": {"broker": "scripted", "lot_size": 65, "quantity_unit": "lots"}})
+    client = await make_client(config)
+
+    body = await post(client, leg(**NIFTY_DEC_FUT, quantity="1"))
+
+    [result] = body["results"]
+    assert (result["status"], result["message"]) == (
+        "failed",
+        "not sent: quantity_unit lots: the broker reports lot size 0 for NIFTY-Dec2026-FUT",
+    )
+    assert not config.data_path("scripted-sim.jsonl").exists()  # the broker received nothing
 
 
 async def test_continuous_future_lots_resolve_to_the_nearest_contract(dhan_dry: DhanBroker) -> None:
