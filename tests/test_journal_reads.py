@@ -580,6 +580,7 @@ async def test_the_daily_count_is_the_same_on_a_server_in_ist(journal: Journal) 
     assert await journal.count_orders("paper", since=now + timedelta(hours=1)) == 0
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own PRAGMA and the probe table through the SQLite journal's read()
 async def test_the_servers_journal_takes_its_settings_from_the_config(
     make_client: ClientFactory, config: Config
 ) -> None:
