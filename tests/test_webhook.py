@@ -71,6 +71,9 @@ async def test_alert_is_placed_whatever_the_content_type(
             "symbol": "RELIANCE",
             "side": "B",
             "quantity": 10,
+            "exchange": "NSE",
+            "instrument": "EQ",
+            "product": "C",
         }
     ]
 
