@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from dhan_support import leg, request
 from fake_dhan import CLIENT_ID, FakeDhan
@@ -161,3 +162,31 @@ def test_derivatives_on_bse_go_to_bse_fno() -> None:
         for instrument in (Instrument.FUTURE, Instrument.OPTION, Instrument.CALL, Instrument.PUT):
             segment = segment_for(exchange, instrument)
             assert (segment.exchange, segment.dhan) == ("BSE", "BSE_FNO")
+
+
+async def test_listings_read_a_continuous_future_as_its_underlying(dhan_dry: DhanBroker) -> None:
+    """`NIFTY1!` (TradingView's continuous future) lists NIFTY's own futures expiries: the relative expiries
+    (`current_month`...) of a leg naming it are chosen from the real contracts, not from nothing."""
+    nifty = await dhan_dry.listings(leg(exchange=Exchange.NFO, symbol="NIFTY", instrument=Instrument.FUTURE))
+    continuous = await dhan_dry.listings(leg(exchange=Exchange.NFO, symbol="NIFTY1!", instrument=Instrument.FUTURE))
+    assert nifty.expiries
+    assert continuous == nifty
+
+
+async def test_listings_of_a_ce_leg_without_option_type_give_the_calls_strikes(dhan_dry: DhanBroker) -> None:
+    """An option leg named by its instrument (`CE`) and an expiry, with no `option_type`, lists that expiry's call
+    strikes, as the same leg with `option_type = CE` does (the ATM strike is picked from them)."""
+    base = leg(exchange=Exchange.NFO, symbol="NIFTY", instrument=Instrument.OPTION)
+    expiry = (await dhan_dry.listings(base)).expiries[0]
+    by_instrument = await dhan_dry.listings(
+        leg(exchange=Exchange.NFO, symbol="NIFTY", instrument=Instrument.CALL, expiry_date=expiry)
+    )
+    by_option_type = await dhan_dry.listings(attrs.evolve(base, expiry_date=expiry, option_type=OptionType.CALL))
+    assert by_option_type.strikes
+    assert by_instrument == by_option_type
+
+
+async def test_listings_of_an_equity_leg_are_refused_naming_why(dhan_dry: DhanBroker) -> None:
+    with pytest.raises(BrokerRejectedError) as refused:
+        await dhan_dry.listings(leg(symbol="INFY"))
+    assert str(refused.value) == "instrument EQ: only futures and options have expiries and strikes"
