@@ -98,6 +98,25 @@ async def test_a_resend_while_the_order_is_still_open_sends_nothing_more(
     assert after["results"][0]["message"] == "position 10 in NSE RELIANCE (C), target 10: already there, no order sent"
 
 
+async def test_a_target_on_another_contract_does_not_make_tvbridge_forget_its_open_order(
+    make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
+) -> None:
+    """RELIANCE's target order is still open when a target on INFY comes (no order of tvbridge's there, so Dhan's
+    open orders are not read for it); RELIANCE's target sent again still counts its open order: nothing more is
+    sent (forgotten, a second BUY 10 would double the position once both fill)."""
+    client = await make_client(on_dhan(config, dhan_settings))
+
+    first = await post(client, alert(target(10, 1)))
+    other = await post(client, alert(target(5, 2, symbol="INFY")))
+    resent = await post(client, alert(target(10, 3)))
+
+    assert [r["results"][0]["status"] for r in (first, other, resent)] == ["success"] * 3
+    assert sent(fake_dhan) == [("BUY", 10), ("BUY", 5)]
+    assert resent["results"][0]["message"].startswith(
+        f"position 0 and +10 still to fill in open order(s) {first['results'][0]['order_id']} in NSE RELIANCE"
+    )
+
+
 async def test_a_lost_alert_is_corrected_on_dhan(
     make_client: ClientFactory, config: Config, fake_dhan: FakeDhan, dhan_settings: dict[str, object]
 ) -> None:
