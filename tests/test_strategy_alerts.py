@@ -141,6 +141,34 @@ async def test_the_same_target_twice_sends_once(make_client: ClientFactory, conf
     assert await positions(client) == {"RELIANCE": 10}
 
 
+async def test_a_target_already_there_records_no_quantity_even_when_the_alert_sends_pines(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Pine's `quantity` ({{strategy.order.contracts}}) may come with the target (docs/strategy-alerts.md: "send
+    them or leave them out"). Already at the target nothing is sent, so the answer, the journal and the order log
+    row say quantity 0, not the alert's 10: a row claiming 10 for an order never sent misleads a reconciliation."""
+    config = on_paper(config)
+    client = await make_client(config)
+
+    def with_pines(n: int) -> dict[str, Any]:
+        return {**target(10, n), "transactionType": "B", "quantity": "10"}
+
+    await post(client, alert(with_pines(1)))
+    second = await post(client, alert(with_pines(2)))
+
+    [again] = second["results"]
+    assert (again["status"], again["transaction"], again["quantity"], again["order_id"]) == ("success", "", "0", None)
+    journal = await stored(client, second["alert_id"])
+    assert (journal["legs"][0]["result"]["quantity"], journal["legs"][0]["result"]["transaction"]) == ("0", "")
+    rows = csv_rows(config)
+    assert [(r["alert_id"], r["transaction"], r["quantity"]) for r in rows] == [
+        (rows[0]["alert_id"], "B", "10"),
+        (second["alert_id"], "", "0"),
+    ]
+    assert len(await paper_orders(client)) == 1
+    assert await positions(client) == {"RELIANCE": 10}
+
+
 async def test_a_lost_alert_is_corrected_by_the_next(make_client: ClientFactory, config: Config) -> None:
     """Long 10, then the strategy goes flat (that alert is lost), then short 10: the short alert sells 20, so the
     account ends where the strategy is."""
