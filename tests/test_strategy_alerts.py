@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -17,7 +17,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from tvbridge.app import create_app
-from tvbridge.config import load_config
+from tvbridge.config import ExtraSession, load_config
 from tvbridge.errors import ConfigError, JournalError
 from tvbridge.keys import BROKERS, CREDENTIALS, JOURNAL
 from tvbridge.secretstore import resolve_credentials
@@ -458,6 +458,35 @@ async def test_relative_expiry_on_and_after_an_expiry_day(
     body = await post(client, alert(body_leg))
 
     [result] = body["results"]
+    assert result["status"] == "success", result
+    assert f"(expiry {expected}, strike 24000, security_id" in result["contract"]
+    [order] = await paper_orders(client)
+    assert order.expiry_date is not None
+    assert order.expiry_date.isoformat() == expected
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (datetime(2026, 12, 8, 16, 30, tzinfo=EXCHANGE_TZ), "2026-12-08"),
+        (datetime(2026, 12, 8, 17, 0, tzinfo=EXCHANGE_TZ), "2026-12-15"),
+    ],
+)
+async def test_an_expiry_day_with_an_extra_session_after_the_close_is_current_until_that_session_ends(
+    aiohttp_client: Any, converter: Any, config: Config, *, moment: datetime, expected: str
+) -> None:
+    """The expiry day's close comes from the app's sessions calendar, `[sessions] extra_sessions` included
+    (`contracts.py`: "the close from the sessions calendar"): with a special session 16:00-17:00 on the
+    2026-12-08 expiry day, current_week at 16:30 is still that day's contract; at 17:00 the next week's. An
+    executor on a calendar without the config's sessions sent the 2026-12-15 option at 16:30."""
+    special = ExtraSession(date=date(2026, 12, 8), open="16:00", close="17:00", name="special session")
+    config = attrs.evolve(on_paper(config), sessions=attrs.evolve(config.sessions, extra_sessions=(special,)))
+    client = await app_at(aiohttp_client, converter, config, moment)
+    body_leg = leg(**NIFTY_OPTION, option_type="CE", strike_price="24000", expiry_date="current_week", price="100")
+    body_leg["quantity"] = "65"
+
+    [result] = (await post(client, alert(body_leg)))["results"]
+
     assert result["status"] == "success", result
     assert f"(expiry {expected}, strike 24000, security_id" in result["contract"]
     [order] = await paper_orders(client)
