@@ -435,3 +435,38 @@ async def test_a_lookup_that_fails_at_the_start_leaves_the_leg_unknown_and_sends
     assert (second["status"], second["message"]) == ("skipped", "skipped: leg 1 has an unknown outcome")
     assert [leg["state"] for leg in record["legs"]] == ["unknown", "skipped"]
     assert broker_orders(config) == []
+
+
+async def test_an_alert_of_an_account_no_longer_configured_is_recorded_unknown_under_it(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The operator renamed the account between the crash and the start: the journal's legs name `sim`, the config
+    routes to `other`. Nothing is sent anywhere; each leg is `unknown` (check the broker) under `sim`, its broker
+    named by the account (no broker table is left to name it), in the answer, the journal and one order log row
+    each: the rows are what a trader reconciles against the broker, so none may be lost."""
+    await crashed_run(scripted(config), "A12", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")))
+    config = with_accounts(scripted(config), {"other": {"broker": "scripted"}})
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        client = await make_client(config)
+    record = await journal_of(client, "A12")
+    assert record["status"] == "failed"
+    expected = [("sim", "sim", n, f"A12-{n}", "unknown") for n in (1, 2)]
+    got = [
+        (r["account"], r["broker"], r["leg_number"], r["client_order_id"], r["status"])
+        for r in record["response"]["results"]
+    ]
+    assert got == expected
+    assert [(leg["account"], leg["state"], leg["result"]["broker"]) for leg in record["legs"]] == [
+        ("sim", "unknown", "sim"),
+        ("sim", "unknown", "sim"),
+    ]
+    rows = [
+        (row["account"], row["broker"], int(row["leg_number"]), row["client_order_id"], row["status"])
+        for row in order_log_rows(config)
+    ]
+    assert rows == expected
+    assert [(e["log_level"], e["alert_id"], e["account"]) for e in logs if e["event"] == "account.failed"] == [
+        ("error", "A12", "sim")
+    ]
+    assert not [e for e in logs if e["event"] == "order_log.write_failed"]
+    assert not config.data_path("scripted-other.jsonl").exists()  # nothing sent to the configured account
