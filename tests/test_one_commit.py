@@ -333,13 +333,13 @@ async def start(data_dir: Path, env: dict[str, str], name: str) -> KillableServe
 
 @pytest.mark.parametrize(
     ("point", "written"),
-    [("before_order_log", ["paper#1"]), ("after_order_log", None)],
+    [("after_send", ["paper#1"]), ("before_order_log", ["paper#1"]), ("after_order_log", None)],
 )
 async def test_killed_between_the_commit_and_the_marks_clearing(
     tmp_path: Path, point: str, written: list[str] | None
 ) -> None:
-    """SIGKILL after the one commit: before the order log row (`before_order_log`), or after it and before the
-    mark is cleared (`after_order_log`). The alert is finished and marked in the file; the restart places and
+    """SIGKILL after the one commit: as the executor reads the booking's outcome (`after_send`: the same state as
+    `before_order_log`), before the order log row, or after it and before the mark is cleared (`after_order_log`). The alert is finished and marked in the file; the restart places and
     looks up nothing, writes the row only when it is missing: one order in the book, one row in the log, the
     journal finished and unmarked, and a repeat of the alert after the restart answers the first answer."""
     (tmp_path / "config.toml").write_text(PAPER_TOML)
@@ -352,7 +352,7 @@ async def test_killed_between_the_commit_and_the_marks_clearing(
     (alert_id,) = alerts
     assert (alerts[alert_id], legs[alert_id, 1]) == ("success", "placed")
     assert marks(tmp_path) == {alert_id: 1}
-    assert len(order_log(tmp_path)) == (0 if point == "before_order_log" else 1)
+    assert len(order_log(tmp_path)) == (1 if point == "after_order_log" else 0)
 
     restarted = await start(tmp_path, PAPER_ENV, "restarted")
     events = restarted.events()
