@@ -44,7 +44,7 @@ def mutated(source: str, name: str, old: str, new: str) -> str:
     if start is None:
         raise SystemExit(f"{name}: no function {function} in the file")
     for by in ("", "    ", "        "):
-        at = source.find(indented(old, by), start.start())
+        at = source.find(indented(old, by), source.rfind("\n", 0, start.start()) + 1)  # the def's indent too
         if at >= 0:
             return source[:at] + indented(new, by) + source[at + len(indented(old, by)) :]
     raise SystemExit(f"{name}: its diff does not apply to this checkout (the code changed since the run)")
