@@ -343,3 +343,24 @@ async def test_logged_since_reads_the_outcomes_written_from_an_offset(tmp_path: 
     assert log.logged_since(end) == {("A3", "paper", "1")}
     assert log.logged_since(path.stat().st_size) == set()
     assert len(log.logged_since(path.stat().st_size + 1)) == 4  # the header and three rows
+
+
+async def test_rows_after_a_file_that_ends_mid_row_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    """A power loss or a hand edit can leave the file ending in the middle of a row (no line break): the rows
+    of the next start begin on a new line, so csv readers and crash recovery (`logged_since`) see them, instead of
+    a row glued to the torn one that no reader takes for the alert's."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    await log.close()
+    with path.open("ab") as f:
+        f.write(b"2026-12-06T00:00:00+00:00,multi_leg_order,INF")  # cut short
+    await log.open()
+    offset = log.size()
+    await log.append([result(2, 1)], alert_id="A2", alert_type="x")
+    await log.close()
+    lines = path.read_bytes().split(b"\n")
+    assert (len(lines), lines[2], lines[4]) == (5, b"2026-12-06T00:00:00+00:00,multi_leg_order,INF", b"")
+    assert [row["alert_id"] for row in rows(path)] == ["A1", None, "A2"]
+    assert log.logged_since(offset) == {("A2", "paper", "1")}

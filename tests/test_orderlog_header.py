@@ -117,6 +117,7 @@ async def test_a_first_line_that_is_not_exactly_the_header_is_set_aside(tmp_path
         pytest.param(b"", id="empty"),
         pytest.param(HEADER_LINE + b"\n", id="the header"),
         pytest.param(HEADER_LINE + b"\r\n", id="the header with CRLF"),
+        pytest.param(HEADER_LINE, id="the header without its line break"),
     ],
 )
 async def test_a_file_with_the_current_header_or_none_is_written_on(tmp_path: Path, content: bytes) -> None:
