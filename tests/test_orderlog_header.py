@@ -122,7 +122,8 @@ async def test_a_first_line_that_is_not_exactly_the_header_is_set_aside(tmp_path
 )
 async def test_a_file_with_the_current_header_or_none_is_written_on(tmp_path: Path, content: bytes) -> None:
     """A file with the current header (a spreadsheet may have saved it with CRLF), or an empty one, is the file
-    to go on with: nothing is set aside or logged, and the rows go into it under one header."""
+    to go on with: nothing is set aside or logged, and the rows go into it under one header, on the next line
+    (a header without its line break gets one; a whole one no empty line)."""
     path = tmp_path / "webhook_orders.csv"
     path.write_bytes(content)
     with capture_logs() as events:
@@ -132,6 +133,7 @@ async def test_a_file_with_the_current_header_or_none_is_written_on(tmp_path: Pa
     text = path.read_bytes()
     assert text.startswith(content or HEADER_LINE)
     assert text.count(b"timestamp") == 1
+    assert text.count(b"\n") == 2  # the header's line and the row's, no empty line between them
     assert [row["alert_id"] for row in rows(path)] == ["A1"]
 
 

@@ -170,7 +170,7 @@ class OrderLog:
         edit): the next rows start on a new line instead of being glued to it, where no reader would see them."""
         with self.path.open("rb") as f:
             f.seek(size - 1)
-            return f.read(1) != b"\n"
+            return f.read() != b"\n"  # the last byte (this process is the file's only writer)
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None
