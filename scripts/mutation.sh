@@ -97,7 +97,7 @@ tests_of() {
             "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" ;;
         # the order log's own tests, and the one that starts the real app on a file an older version wrote (its
         # header set aside at the start)
-        orderlog) echo "tests/test_orderlog.py" \
+        orderlog) echo "tests/test_orderlog.py tests/test_orderlog_header.py" \
             "tests/test_strategies_review.py::test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
