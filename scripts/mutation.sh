@@ -95,7 +95,10 @@ tests_of() {
         # strategy's prefix on the key)
         dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" \
             "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" ;;
-        orderlog) echo "tests/test_orderlog.py" ;;
+        # the order log's own tests, and the one that starts the real app on a file an older version wrote (its
+        # header set aside at the start)
+        orderlog) echo "tests/test_orderlog.py tests/test_orderlog_header.py" \
+            "tests/test_strategies_review.py::test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
         # the encodability check (the webhook tests reach all of it too, but make a run take hours)

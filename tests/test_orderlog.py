@@ -291,7 +291,8 @@ async def test_a_row_without_order_ids_has_empty_cells_and_a_utc_time(tmp_path: 
 
 async def test_rows_written_a_few_bytes_at_a_time_arrive_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The operating system may take part of a write (a signal, a pipe): the rest follows, once, in order, so
-    the file holds exactly the rows, as if written at once."""
+    the file holds exactly the rows, as if written at once, and nothing is written after them (a loop that
+    miscounts what was written fails here at once instead of writing forever)."""
     path = tmp_path / "webhook_orders.csv"
     log = OrderLog(path)
     await log.open()
@@ -301,6 +302,9 @@ async def test_rows_written_a_few_bytes_at_a_time_arrive_whole(tmp_path: Path, m
     def short_write(fd: int, data: bytes) -> int:
         nonlocal calls
         calls += 1
+        if not data or calls > 1000:  # the rows are about 200 bytes: they were written long ago
+            message = f"write call {calls} of {len(data)} bytes after the rows were written"
+            raise AssertionError(message)
         return real_write(fd, data[:7])
 
     monkeypatch.setattr(os, "write", short_write)
@@ -339,3 +343,24 @@ async def test_logged_since_reads_the_outcomes_written_from_an_offset(tmp_path: 
     assert log.logged_since(end) == {("A3", "paper", "1")}
     assert log.logged_since(path.stat().st_size) == set()
     assert len(log.logged_since(path.stat().st_size + 1)) == 4  # the header and three rows
+
+
+async def test_rows_after_a_file_that_ends_mid_row_start_on_a_line_of_their_own(tmp_path: Path) -> None:
+    """A power loss or a hand edit can leave the file ending in the middle of a row (no line break): the rows
+    of the next start begin on a new line, so csv readers and crash recovery (`logged_since`) see them, instead of
+    a row glued to the torn one that no reader takes for the alert's."""
+    path = tmp_path / "webhook_orders.csv"
+    log = OrderLog(path)
+    await log.open()
+    await log.append([result(1, 1)], alert_id="A1", alert_type="x")
+    await log.close()
+    with path.open("ab") as f:
+        f.write(b"2026-12-06T00:00:00+00:00,multi_leg_order,INF")  # cut short
+    await log.open()
+    offset = log.size()
+    await log.append([result(2, 1)], alert_id="A2", alert_type="x")
+    await log.close()
+    lines = path.read_bytes().split(b"\n")
+    assert (len(lines), lines[2], lines[4]) == (5, b"2026-12-06T00:00:00+00:00,multi_leg_order,INF", b"")
+    assert [row["alert_id"] for row in rows(path)] == ["A1", None, "A2"]
+    assert log.logged_since(offset) == {("A2", "paper", "1")}

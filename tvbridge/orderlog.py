@@ -130,8 +130,11 @@ class OrderLog:
         try:
             self._fd = fd
             self._identity = FileIdentity.of(self.path, fd)
-            if os.fstat(fd).st_size == 0:
+            size = os.fstat(fd).st_size
+            if size == 0:
                 self._write([list(COLUMNS)])
+            else:
+                self._torn = self._ends_mid_line(size)
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -161,6 +164,13 @@ class OrderLog:
             kept_as=str(aside),
             reason="its header is not the current columns (an older version wrote it); a new file was started",
         )
+
+    def _ends_mid_line(self, size: int) -> bool:
+        """The file's last byte is not a line break (a row or the header cut short by a power loss or a hand
+        edit): the next rows start on a new line instead of being glued to it, where no reader would see them."""
+        with self.path.open("rb") as f:
+            f.seek(size - 1)
+            return f.read() != b"\n"  # the last byte (this process is the file's only writer)
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None
