@@ -179,3 +179,15 @@ def test_a_key_is_maybe_only_when_every_one_of_its_bits_is_set(missing: int) -> 
     assert keys.maybe_since(key, since) is False
     keys.add(key_of("sets-the-last", missing, 1001))
     assert keys.maybe_since(key, since) is True
+
+
+def test_after_a_turnover_every_key_recorded_is_found() -> None:
+    """The generation started at a turnover takes every key as the first one did: a thousand keys recorded after
+    it are all "maybe" (none lost, no error on the way)."""
+    keys = RecentKeys()
+    assert keys.maybe_since("body:other", iso(1)) is False  # time passed: a generation turned over
+    since = iso()
+    recorded = [f"body:{n:064x}" for n in range(1000)]
+    for key in recorded:
+        keys.add(key)
+    assert all(keys.maybe_since(key, since) for key in recorded)
