@@ -92,9 +92,14 @@ tests_of() {
             "tests/middlewares/test_body_limit.py tests/middlewares/test_ip_allowlist.py" \
             "tests/middlewares/test_client_cert.py tests/middlewares/test_rate_limit.py" ;;
         # the guard's own tests, the SQLite journal's key filter, and two strategies sending the same alert (the
-        # strategy's prefix on the key)
+        # strategy's prefix on the key); the other in-process tests of a repeat, fast ones: a resend of a queued
+        # alert, the dedupe hits counted, the journal's look-up and prune of keys (through the filter)
         dedupe) echo "tests/middlewares/test_dedupe.py tests/middlewares/test_dedupe_edges.py tests/test_recentkeys.py" \
-            "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" ;;
+            "tests/test_strategies.py::test_the_same_alert_from_two_strategies_runs_twice" \
+            "tests/test_tradingday.py::test_resend_of_a_queued_alert_is_a_duplicate" \
+            "tests/test_metrics.py::test_counts_after_alerts" \
+            "tests/test_journal_reads.py::test_dedupe_finds_the_first_copy_in_the_window" \
+            "tests/test_journal_reads.py::test_pruned_keys_no_longer_dedupe" ;;
         # the order log's own tests, and the one that starts the real app on a file an older version wrote (its
         # header set aside at the start)
         orderlog) echo "tests/test_orderlog.py tests/test_orderlog_header.py" \

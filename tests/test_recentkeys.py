@@ -17,7 +17,7 @@ import pytest
 
 from tvbridge.alerts.records import AlertEntry
 from tvbridge.journal import Journal
-from tvbridge.recentkeys import BITS, RecentKeys
+from tvbridge.recentkeys import BITS, HASHES, RecentKeys
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -133,6 +133,9 @@ def test_a_key_stays_within_the_window_whatever_the_local_time_zone(local_zone: 
     keys.add("body:after")
     for _ in range(3):
         assert keys.maybe_since("body:after", since), local_zone
+    # and by UTC instants too: two turnovers after it was recorded the key is gone, east of UTC as west (a start
+    # taken in local time, hours ahead, kept the first generation, and every key it took, for hours)
+    assert keys.maybe_since("body:recorded", iso(5)) is False, local_zone
 
 
 def test_a_key_never_recorded_rarely_costs_a_query() -> None:
@@ -145,3 +148,46 @@ def test_a_key_never_recorded_rarely_costs_a_query() -> None:
     assert all(keys.maybe_since(f"body:{n:064x}", since) for n in range(0, 120_000, 97))
     false_maybe = sum(keys.maybe_since(f"body:{n:064x}", since) for n in range(120_000, 220_000))
     assert false_maybe < 10, false_maybe
+
+
+class Hashed(str):
+    """A key whose `hash()` is chosen (a str's is random per process), so which bits it sets is known: the number
+    after its last `#`."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return int(self.rsplit("#", 1)[1])
+
+
+def key_of(name: str, first: int, step: int) -> Hashed:
+    """A key whose `HASHES` bits are `first`, `first + step`, ... (`recentkeys._bits`)."""
+    return Hashed(f"body:{name}#{first | (step << 32)}")
+
+
+@pytest.mark.parametrize("missing", range(HASHES))
+def test_a_key_is_maybe_only_when_every_one_of_its_bits_is_set(missing: int) -> None:
+    """A key never recorded whose bits other keys set, all but one, is still "never" (no query); once the last
+    one is set too it is a false "maybe" (a journal query, never a missed repeat). A look-up that skipped one of
+    the bits, or keys that set fewer, would make false "maybe"s several times as frequent at the sized load."""
+    key = key_of("never-recorded", 0, 1)  # its bits: 0, 1, 2 and 3
+    keys = RecentKeys()
+    for bit in range(HASHES):
+        if bit != missing:
+            keys.add(key_of(f"sets-{bit}", bit, 1001))  # `bit`, and three bits far from 0 to 3
+    since = iso(-60)
+    assert keys.maybe_since(key, since) is False
+    keys.add(key_of("sets-the-last", missing, 1001))
+    assert keys.maybe_since(key, since) is True
+
+
+def test_after_a_turnover_every_key_recorded_is_found() -> None:
+    """The generation started at a turnover takes every key as the first one did: a thousand keys recorded after
+    it are all "maybe" (none lost, no error on the way)."""
+    keys = RecentKeys()
+    assert keys.maybe_since("body:other", iso(1)) is False  # time passed: a generation turned over
+    since = iso()
+    recorded = [f"body:{n:064x}" for n in range(1000)]
+    for key in recorded:
+        keys.add(key)
+    assert all(keys.maybe_since(key, since) for key in recorded)

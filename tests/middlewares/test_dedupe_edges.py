@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -505,3 +507,140 @@ async def test_a_copy_sits_through_three_failed_first_copies_then_is_told_to_res
     else:
         assert body["status"] == "success"
         assert [o["symbol"] for o in orders_received(config)] == ["INFY"]
+
+
+async def test_a_repeat_waits_no_longer_than_the_deadline_for_a_first_copy_not_yet_journaled(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first copy's journal write is stalled (a slow disk): when its repeat arrives it is neither recorded nor
+    answered. The repeat waits for it no longer than `server.response_deadline_s`, then is answered 202
+    `duplicate` of it, `first_status` `accepted` (running, not recorded yet), and places nothing; the first copy
+    then runs, once."""
+    config = scripted(config)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, response_deadline_s=0.2))
+    client = await make_client(config)
+    journal = client.app[JOURNAL]
+    record_plan = journal.record_plan
+    stalled, go_on = asyncio.Event(), asyncio.Event()
+
+    async def stalled_record_plan(*args: Any, **kwargs: Any) -> Any:
+        stalled.set()
+        await go_on.wait()
+        return await record_plan(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "record_plan", stalled_record_plan)
+    raw = alert()
+    first = asyncio.create_task(client.post("/webhook", json=raw))
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await stalled.wait()
+        async with asyncio.timeout(5.0):  # far past the deadline: the repeat must not wait on the first copy
+            repeat = await client.post("/webhook", json=raw)
+            body = await repeat.json()
+    finally:
+        go_on.set()
+    async with asyncio.timeout(WAIT_S):
+        first_body = await (await first).json()
+        await asyncio.gather(*client.app[STATE].tasks)
+    assert repeat.status == 202
+    first_id = first_body["alert_id"]
+    assert (body["status"], body["duplicate_of"], body["first_status"]) == ("duplicate", first_id, "accepted")
+    assert body["message"] == f"duplicate of alert {first_id}, still running: GET /alerts/{first_id} for the outcome"
+    assert len(orders_received(config)) == 1
+
+
+async def test_a_copy_whose_first_elsewhere_is_recorded_but_not_answered_yet_is_told_it_runs(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance's first copy is recorded with its plan (queued for the open) and its answer is not
+    written yet: this copy gets 202 `duplicate` "still running" with that status, not a 200 "not run again" with
+    no results; nothing is placed here."""
+    config = scripted(config)
+    client = await make_client(config)
+    another_instance_holds_the_claim(client, monkeypatch, [{"alert_id": OTHER, "status": "queued", "response": None}])
+
+    response = await client.post("/webhook", json=alert())
+
+    assert response.status == 202, await response.text()
+    body = await response.json()
+    assert (body["status"], body["duplicate_of"], body["first_status"]) == ("duplicate", OTHER, "queued")
+    assert body["message"] == f"duplicate of alert {OTHER}, still running: GET /alerts/{OTHER} for the outcome"
+    assert orders_received(config) == []
+
+
+async def test_copies_arriving_together_after_a_restart_are_answered_with_the_first_ones_id(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart two copies of an alert run before it arrive together: the first is answered from the
+    journal's record (its look-up is slow here), the second waits on that copy's claim and is answered as well,
+    both `duplicate` of the alert that ran, with its results; nothing more is placed."""
+    config = scripted(config)
+    client = await make_client(config)
+    raw = alert()
+    ran = await (await client.post("/webhook", json=raw)).json()
+    await client.close()
+    restarted = await make_client(config)
+    journal, deduper = restarted.app[JOURNAL], restarted.app[DEDUPER]
+    find, claim = journal.find_by_dedupe_key, deduper.claim
+    looking, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_find(key: str, since: str) -> dict[str, Any] | None:
+        looking.set()
+        await go_on.wait()
+        return await find(key, since)
+
+    def watched_claim(key: str, alert_id: str, now: float) -> Any:
+        taken = claim(key, alert_id, now)
+        taken.answered = WatchedFuture()
+        return taken
+
+    monkeypatch.setattr(journal, "find_by_dedupe_key", slow_find)
+    monkeypatch.setattr(deduper, "claim", watched_claim)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            one = asyncio.create_task(restarted.post("/webhook", json=raw))
+            await looking.wait()
+            other = asyncio.create_task(restarted.post("/webhook", json=raw))
+            await cast("WatchedFuture", deduper.claims[dedupe_key(raw)].answered).waited.wait()
+    finally:
+        go_on.set()
+    async with asyncio.timeout(WAIT_S):
+        responses = [await one, await other]
+    for response in responses:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert (body["status"], body["duplicate_of"]) == ("duplicate", ran["alert_id"])
+        assert body["results"] == ran["results"]
+    assert len(orders_received(config)) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (  # the canonical JSON: sorted keys, no spaces, other scripts as themselves (UTF-8), no secret or timenow
+            {"note": "खरीद ₹"},
+            "body:"
+            + hashlib.sha256(
+                '{"alertType":"multi_leg_order","note":"खरीद ₹","order_legs":[{"exchange":"NSE","instrument":"EQ",'
+                '"meta":{"interval":"1D","time":"2025-11-20T09:15:00Z"},"orderType":"MKT","price":"0",'
+                '"productType":"C","quantity":"10","sort_order":"1","symbol":"RELIANCE","transactionType":"B"}]}'.encode()
+            ).hexdigest(),
+        ),
+        ({"id": " ट्रेड-7 "}, "id:" + hashlib.sha256("ट्रेड-7".encode()).hexdigest()),  # the trader's own, trimmed
+    ],
+    ids=["content", "own id"],
+)
+async def test_the_journal_records_an_alert_under_the_key_every_version_computes(
+    make_client: ClientFactory, config: Config, extra: dict[str, str], key: str
+) -> None:
+    """The journal outlives the process: a resend that arrives after an upgrade is caught only if the new version
+    computes the key the old one recorded. So the key is fixed: the SHA-256 of the alert's canonical text (or of
+    the trader's own id) as written here, and the journal finds the alert under it."""
+    config = scripted(config)
+    client = await make_client(config)
+    response = await client.post("/webhook", json=alert(**extra))
+    assert response.status == 200, await response.text()
+    since = (datetime.now(UTC) - timedelta(seconds=60)).isoformat()
+    found = await client.app[JOURNAL].find_by_dedupe_key(key, since)
+    assert found is not None
+    assert found["alert_id"] == (await response.json())["alert_id"]
