@@ -13,12 +13,15 @@ from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
-from helpers import ClientFactory, alert, leg
+from helpers import SECRET, ClientFactory, alert, leg, with_accounts
 
-from tvbridge.config import RiskConfig
+from tvbridge.app import create_app
+from tvbridge.config import RiskConfig, StrategyConfig
 from tvbridge.keys import JOURNAL
 from tvbridge.models import Exchange, Instrument, OrderLeg, OrderType, Product, Side
+from tvbridge.parsing import make_converter
 from tvbridge.risk import RiskGuard, RiskLimitError
+from tvbridge.secretstore import resolve_credentials
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 
     from tvbridge.config import Config
     from tvbridge.journal import Journal
+
+ALPHA = "alpha-secret-0123456789abcdef"
+BETA = "beta-secret-0123456789abcdef"
 
 
 def order_leg() -> OrderLeg:
@@ -130,3 +136,56 @@ async def test_the_days_only_order_refused_503_is_given_back(make_client: Client
     finally:
         conn.close()
     assert booked == [(f"{second['alert_id']}-1",)]
+
+
+async def commits_of(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The answer to `body`, and how many journal commits it cost (its results handed over committed too)."""
+    journal = client.app[JOURNAL]
+    before = journal.database.batches
+    response = await client.post("/webhook", json=body)
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    await journal.settle()
+    return answer, journal.database.batches - before
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.usefixtures("utc_machine")
+async def test_with_daily_counts_a_paper_alert_is_one_commit_once_the_days_counts_are_read(
+    aiohttp_client: Any, config: Config
+) -> None:
+    """The paper account and strategy alpha have a daily count, strategy beta has none, at 19:00 UTC (00:30 IST:
+    the exchange's day is the machine's next). Once an alert of each has read today's counts, the next one is
+    ONE journal commit (the alert, its order booked, its result: issue 22), as without a count: a count keyed
+    by another day, or a strategy without a count taken for one still unread, would cost every alert two more."""
+    config = attrs.evolve(
+        config,
+        risk=RiskConfig(max_orders_per_day=100),
+        strategies={
+            "alpha": StrategyConfig(secret=ALPHA, max_orders_per_day=100),
+            "beta": StrategyConfig(secret=BETA),
+        },
+    )
+    app = create_app(
+        config, make_converter(), resolve_credentials(config), clock=lambda: datetime(2026, 12, 6, 19, tzinfo=UTC)
+    )
+    client = await aiohttp_client(app)
+    for secret in (SECRET, ALPHA, BETA):
+        first, _ = await commits_of(client, alert(leg(symbol="SBIN", price="100"), secret=secret))
+        assert first["status"] == "success", first
+        answer, cost = await commits_of(client, alert(leg(symbol="INFY", price="100"), secret=secret))
+        assert (answer["status"], cost) == ("success", 1), secret
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(("settings", "expected"), [({}, 2), ({"max_orders_per_day": 100}, 3)])
+async def test_a_remote_brokers_alert_without_a_daily_count_marks_its_leg_with_the_alert(
+    make_client: ClientFactory, config: Config, settings: dict[str, Any], expected: int
+) -> None:
+    """A broker that does not join the journal (the scripted broker, as Dhan), no daily count: the alert is
+    recorded with its first leg already `sending` (one commit), then its result (one more). With a daily count the
+    leg is recorded `pending` and marked `sending` only once its checks pass: a third commit."""
+    client = await make_client(with_accounts(config, {"s": {"broker": "scripted", **settings}}))
+    await commits_of(client, alert(leg(symbol="SBIN")))
+    answer, cost = await commits_of(client, alert(leg(symbol="INFY")))
+    assert (answer["status"], cost) == ("success", expected)
