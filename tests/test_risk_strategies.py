@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import pytest
 from helpers import ClientFactory, alert, leg, with_accounts
+from test_strategies import (
+    intraday,
+    make_config_fixture,  # noqa: F401 - the `make_config` fixture, used by name
+    net,
+    post,
+    start,
+)
+from test_strategies_review import manual
 
 from tvbridge.config import StrategyConfig
 from tvbridge.halt import halt_path, set_halt
@@ -24,6 +32,8 @@ from tvbridge.strategies import strategy_halt_path, use_strategy
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from test_strategies import MakeConfig
 
     from tvbridge.config import Config
     from tvbridge.journal import Journal
@@ -127,3 +137,68 @@ async def test_a_strategys_alert_refused_503_gives_its_daily_count_back(
     assert [(r["status"], r["message"]) for r in fourth["results"]] == [
         ("failed", "risk: 2 order(s) already sent today by strategy alpha; max_orders_per_day is 2")
     ]
+
+
+async def test_a_strategys_notional_limit_values_the_leg_at_its_price(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha's own max_notional_per_order 30000: 10 x 2900 is sent, 11 x 2900 is refused naming alpha's limit and
+    the notional (the leg's price values it, as for an account's limit)."""
+    client = await start(aiohttp_client, make_config(alpha="max_notional_per_order = 30000"))
+    assert (await post(client, alert(intraday(quantity="10"), secret=ALPHA)))["results"][0]["status"] == "success"
+    over = (await post(client, alert(intraday(quantity="11"), secret=ALPHA)))["results"][0]
+    assert (over["status"], over["message"]) == (
+        "failed",
+        "strategy alpha: risk: notional 31900 (11 x 2900) is over max_notional_per_order 30000",
+    )
+    assert await net(client) == 10
+
+
+async def test_at_its_daily_count_a_strategy_still_closes_with_a_plain_order(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha's max_orders_per_day 2, both used by BUYs of 10 and 5: a plain SELL of 5 (it only reduces alpha's
+    own long) is sent and counted; a SELL of 20 (a reversal into a short) and a BUY are refused by the count."""
+    client = await start(aiohttp_client, make_config(alpha="max_orders_per_day = 2"))
+    for quantity in ("10", "5"):
+        assert (await post(client, alert(intraday(quantity=quantity), secret=ALPHA)))["status"] == "success"
+    closing = (await post(client, alert(intraday(quantity="5", transactionType="S"), secret=ALPHA)))["results"][0]
+    assert closing["status"] == "success", closing
+    reversal = (await post(client, alert(intraday(quantity="20", transactionType="S"), secret=ALPHA)))["results"][0]
+    entry = (await post(client, alert(intraday(quantity="1"), secret=ALPHA)))["results"][0]
+    for refused in (reversal, entry):
+        assert (refused["status"], refused["message"]) == (
+            "failed",
+            "risk: 3 order(s) already sent today by strategy alpha; max_orders_per_day is 2",
+        )
+    assert await net(client) == 10
+
+
+async def test_a_strategys_side_rule_judges_the_share_the_broker_still_holds(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha (long_only) bought 10, then 6 were sold outside tvbridge: alpha's SELL of 10 would open a short of 6
+    at the broker, so it is an entry and refused; a SELL of 4 closes what is left."""
+    client = await start(aiohttp_client, make_config(alpha='allowed_sides = "long_only"'))
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await manual(client, Side.SELL, 6)
+    refused = (await post(client, alert(intraday(quantity="10", transactionType="S"), secret=ALPHA)))["results"][0]
+    assert refused["status"] == "failed"
+    assert refused["message"].startswith("strategy: allowed_sides is long_only"), refused
+    closing = (await post(client, alert(intraday(quantity="4", transactionType="S"), secret=ALPHA)))["results"][0]
+    assert closing["status"] == "success", closing
+    assert await net(client) == 0
+
+
+async def test_a_symbol_outside_a_strategys_symbols_is_refused_whatever_its_side(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha: symbols ["RELIANCE"], long_only. A BUY of INFY passes the side rule but not the symbols: refused,
+    nothing sent (the side rule passing does not clear the symbols' refusal)."""
+    client = await start(aiohttp_client, make_config(alpha='symbols = ["RELIANCE"]\nallowed_sides = "long_only"'))
+    infy = (await post(client, alert(intraday(symbol="INFY"), secret=ALPHA)))["results"][0]
+    assert (infy["status"], infy["message"]) == (
+        "failed",
+        "strategy: symbol INFY is not in this strategy's symbols; nothing was sent",
+    )
+    assert await net(client) == 0
