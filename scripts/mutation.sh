@@ -104,7 +104,20 @@ tests_of() {
         # header set aside at the start)
         orderlog) echo "tests/test_orderlog.py tests/test_orderlog_header.py" \
             "tests/test_strategies_review.py::test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started" ;;
-        risk) echo "tests/test_risk.py" ;;
+        # the limits' own tests, and the in-process tests that reach the strategies' limits, halts and daily count:
+        # strategies' rules and exits, the count at recovery and at a target, refusals and failed commits giving the
+        # count back (not the kill -9 or PostgreSQL-sync ones: a subprocess cannot be mutated)
+        risk) (cd "$repo" && echo tests/test_risk*.py) && echo "tests/test_strategies.py tests/test_strategies_review.py" \
+            "tests/test_recovery_count.py tests/test_refusal_journal.py" \
+            "tests/test_strategy_alerts.py::test_target_orders_count_toward_the_days_order_limit" \
+            "tests/test_executor_account_legs.py::test_a_leg_refused_before_its_commit_gives_back_no_daily_count" \
+            "tests/test_joined_outcomes.py::test_a_refused_alert_that_is_not_recorded_gives_back_no_count_it_never_took" \
+            "tests/test_joined_outcomes.py::test_a_strategys_halt_set_while_its_alert_waits_for_its_commit_stops_it" \
+            "tests/test_paper_join.py::test_a_failed_commit_books_nothing" \
+            "tests/test_paper_join.py::test_a_risk_refusal_books_nothing" \
+            "tests/test_paper_join.py::test_an_alert_refused_503_does_not_use_up_the_daily_count" \
+            "tests/test_paper_join.py::test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it" \
+            "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
         # the encodability check (the webhook tests reach all of it too, but make a run take hours)
         parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
