@@ -20,33 +20,42 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def hunk(diff: str) -> tuple[str, str, str]:
-    """The file, the text the mutant replaces and its replacement (mutmut's diff is of one function, dedented)."""
+def hunk(diff: str) -> tuple[str, list[tuple[str, str]]]:
+    """The file, and the (text the mutant replaces, its replacement) to try in turn: the hunk with its context
+    lines, then its changed lines alone (mutmut's diff is of one function, dedented, and leaves a multi-line
+    docstring's continuation lines as they were, so the context may not match the file)."""
     lines = diff.splitlines()
     path = next(line[4:] for line in lines if line.startswith("--- "))
     if path.startswith("tvbridge_brokers/"):  # the copies move the broker package to the top level
         path = f"brokers/{path}"
     body = lines[next(i for i, line in enumerate(lines) if line.startswith("@@")) + 1 :]
-    old = "\n".join(line[1:] for line in body if not line.startswith("+"))
-    new = "\n".join(line[1:] for line in body if not line.startswith("-"))
-    return path, old, new
+    with_context = (
+        "\n".join(line[1:] for line in body if not line.startswith("+")),
+        "\n".join(line[1:] for line in body if not line.startswith("-")),
+    )
+    changed_only = (
+        "\n".join(line[1:] for line in body if line.startswith("-")),
+        "\n".join(line[1:] for line in body if line.startswith("+")),
+    )
+    return path, [with_context, changed_only]
 
 
 def indented(text: str, by: str) -> str:
     return "\n".join(by + line if line else line for line in text.split("\n"))
 
 
-def mutated(source: str, name: str, old: str, new: str) -> str:
+def mutated(source: str, name: str, changes: list[tuple[str, str]]) -> str:
     """`source` with the mutant applied inside its function (a method's diff is dedented one level)."""
     head = name.split("__mutmut", maxsplit=1)[0]
     function = head.split("ǁ")[-1] if "ǁ" in head else head.rsplit(".", 1)[-1].removeprefix("x_")
     start = re.search(rf"def {re.escape(function)}\(", source)
     if start is None:
         raise SystemExit(f"{name}: no function {function} in the file")
-    for by in ("", "    ", "        "):
-        at = source.find(indented(old, by), source.rfind("\n", 0, start.start()) + 1)  # the def's indent too
-        if at >= 0:
-            return source[:at] + indented(new, by) + source[at + len(indented(old, by)) :]
+    for old, new in changes:
+        for by in ("", "    ", "        "):
+            at = source.find(indented(old, by), source.rfind("\n", 0, start.start()) + 1)  # the def's indent too
+            if old and at >= 0:
+                return source[:at] + indented(new, by) + source[at + len(indented(old, by)) :]
     raise SystemExit(f"{name}: its diff does not apply to this checkout (the code changed since the run)")
 
 
@@ -56,10 +65,10 @@ def main(argv: list[str]) -> int:
     rundir, name, tests = Path(argv[0]), argv[1], argv[3:]
     mutmut = rundir.parent / "venv" / "bin" / "mutmut"
     diff = subprocess.run([mutmut, "show", name], cwd=rundir, capture_output=True, text=True, check=True).stdout
-    path, old, new = hunk(diff)
+    path, changes = hunk(diff)
     target = REPO / path
     source = target.read_text(encoding="utf-8")
-    target.write_text(mutated(source, name, old, new), encoding="utf-8")
+    target.write_text(mutated(source, name, changes), encoding="utf-8")
     try:
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
