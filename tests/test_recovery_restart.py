@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
@@ -521,15 +522,20 @@ async def test_legs_the_plan_queued_or_refused_are_settled_as_planned_and_never_
     ]
 
 
+@pytest.mark.parametrize("state", ["sending", "unknown"])
 async def test_a_leg_journaled_sending_is_resent_within_the_daily_limit_it_already_counts_in(
-    make_client: ClientFactory, config: Config
+    make_client: ClientFactory, config: Config, state: str
 ) -> None:
     """max_orders_per_day = 1 and one leg journaled `sending` (its checks passed, it counts in today's orders; the
-    run was killed before the broker call): at the start the broker has no order for it, so it is sent, once, and
-    not refused for the order it already counts as."""
+    run was killed before the broker call) or `unknown` (its answer was lost): at the start the broker has no
+    order for it, so it is sent, once, and not refused for the order it already counts as."""
     config = scripted(config)
     config = attrs.evolve(config, risk=attrs.evolve(config.risk, max_orders_per_day=1))
-    await crashed_run(config, "D1", alert(leg(symbol="INFY")), sending=(1,))
+    if state == "sending":
+        await crashed_run(config, "D1", alert(leg(symbol="INFY")), sending=(1,))
+    else:
+        lost = attrs.evolve(placed_result("D1", 1, "INFY", "X"), status=LegStatus.UNKNOWN, order_id=None)
+        await crashed_run(config, "D1", alert(leg(symbol="INFY")), settled=(lost,))
     client = await make_client(config)
     assert [o["client_order_id"] for o in broker_orders(config)] == ["D1-1"]
     record = await journal_of(client, "D1")
