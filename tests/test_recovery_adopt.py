@@ -45,7 +45,8 @@ async def finished(client: Any, alert_id: str) -> dict[str, Any]:
 async def test_an_alert_another_instance_left_unfinished_is_finished_while_serving(
     make_client: ClientFactory, config: Config, pg_url: str
 ) -> None:
-    """The app serves; then another instance journals alert E1 (one pending leg) and stops before sending it.
+    """The app serves; then another instance journals alert E1 (one pending leg, on the ticker `NSE:INFY`) and
+    stops before sending it.
     Within a few lease periods the serving app sends the leg once, with its client order id, and finishes E1:
     its status, its leg's order, no longer unfinished."""
     config = with_accounts(config, {"sim": {"broker": "scripted", "broker_timeout_s": 0.5}})
@@ -56,7 +57,7 @@ async def test_an_alert_another_instance_left_unfinished_is_finished_while_servi
 
     other = PostgresStore(pg_url, lease_s=LEASE_S)
     await other.open()
-    raw = alert(leg(symbol="INFY"))
+    raw = alert(leg(symbol="NSE:INFY"))  # a TradingView ticker: parsed by the converter, not the common path
     await other.record_alert(
         alert_id="E1",
         alert_type=raw["alertType"],
@@ -70,5 +71,5 @@ async def test_an_alert_another_instance_left_unfinished_is_finished_while_servi
 
     record = await finished(client, "E1")
     assert (record["status"], [leg["state"] for leg in record["legs"]]) == ("success", ["placed"])
-    assert [o["client_order_id"] for o in broker_orders(config)] == ["E1-1"]
+    assert [(o["client_order_id"], o["symbol"]) for o in broker_orders(config)] == [("E1-1", "INFY")]
     assert await client.app[JOURNAL].unfinished() == []
