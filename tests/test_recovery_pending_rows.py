@@ -25,6 +25,8 @@ from tvbridge.keys import JOURNAL
 from tvbridge.orderlog import COLUMNS, OrderLog
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from helpers import ClientFactory
 
     from tvbridge.config import Config
@@ -87,7 +89,7 @@ def row_facts(config: Config) -> list[tuple[str, ...]]:
     ]
 
 
-def recovery_lines(logs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def recovery_lines(logs: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (e["log_level"], e["alert_id"], e["written"], e["already_in_order_log"])
         for e in logs
@@ -179,4 +181,23 @@ async def test_rows_the_disk_refuses_at_the_start_keep_their_mark_for_the_next(
         await make_client(config)
     assert recovery_lines(logs) == [("warning", "M1", ["sim#1"], None)]
     assert [(r["alert_id"], r["leg_number"]) for r in order_log_rows(config)][-1] == ("M1", "1")
+    assert marks(config) == []
+
+
+async def test_a_mark_without_an_offset_has_its_rows_looked_for_in_the_whole_log(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """A marked alert journaled without an order log offset (N1, its row already written) beside one with an
+    offset (M1, no row): the whole log is searched, so N1's row is not written again, and M1's is written."""
+    config = scripted(config)
+    n1 = (placed_result("N1", 1, "SBIN", "P0"),)
+    await logged_rows(config, "N1", n1, "single_order")
+    await finished_in_its_commit(config, "N1", alert(leg(symbol="SBIN"), alert_type="single_order"), n1, offset=None)
+    m1 = (placed_result("M1", 1, "INFY", "P1"),)
+    raw = alert(leg(symbol="INFY"), alert_type="single_order")
+    await finished_in_its_commit(config, "M1", raw, m1, offset=config.data_path(config.order_log.file).stat().st_size)
+    with capture_logs() as logs:
+        await make_client(config)
+    assert [(r["alert_id"], r["leg_number"]) for r in order_log_rows(config)] == [("N1", "1"), ("M1", "1")]
+    assert recovery_lines(logs) == [("warning", "N1", None, ["sim#1"]), ("warning", "M1", ["sim#1"], None)]
     assert marks(config) == []
