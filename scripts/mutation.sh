@@ -167,7 +167,14 @@ tests_of() {
             "tests/test_strategies_review.py tests/test_brackets_paper.py tests/brokers/test_dhan_strategy.py" \
             "tests/test_executor_accounts.py" ;;
         executor) echo "tests/test_webhook.py tests/test_executor_cancel.py tests/test_recovery_restart.py tests/test_strategy_alerts.py tests/test_pluginguard.py tests/test_unknown_outcome.py tests/test_deadline.py tests/test_paper_webhook.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_cancel.py tests/test_strategies.py tests/test_strategies_review.py" ;;
-        recovery) echo "tests/test_recovery_restart.py tests/test_positions.py tests/brokers/test_dhan_positions.py tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py tests/brokers/test_paper.py tests/test_strategy_alerts.py" ;;
+        # recovery at the start, positions and lots, and a strategy's share of a position (issue 19: the strategies'
+        # own exits and square-off, on paper and on Dhan), all in-process; the order log rows of one-commit alerts
+        # written at the start, and the adopt passes on a shared PostgreSQL store (in-process, not kill -9)
+        recovery) echo "tests/test_recovery_restart.py tests/test_recovery_pending_rows.py tests/test_recovery_adopt.py" \
+            "tests/test_positions.py tests/brokers/test_dhan_positions.py" \
+            "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py" \
+            "tests/brokers/test_paper.py tests/test_strategy_alerts.py tests/test_strategies.py" \
+            "tests/test_strategies_review.py tests/brokers/test_dhan_strategies.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
         # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
         journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" ;;

@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.config import StrategyConfig
 from tvbridge.journal import Journal, PlannedLeg
 from tvbridge.keys import BROKERS, JOURNAL
@@ -470,3 +472,106 @@ async def test_an_alert_of_an_account_no_longer_configured_is_recorded_unknown_u
     ]
     assert not [e for e in logs if e["event"] == "order_log.write_failed"]
     assert not config.data_path("scripted-other.jsonl").exists()  # nothing sent to the configured account
+
+
+async def test_an_alert_of_a_strategy_journaled_without_its_legs_goes_to_the_strategys_accounts(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Killed before its legs were planned, an alert of strategy alpha (own accounts: `own`) is sent at the start
+    to alpha's account, not to `routing.accounts`."""
+    config = with_accounts(scripted(config), {"sim": {"broker": "scripted"}, "own": {"broker": "scripted"}}, ["sim"])
+    alpha = StrategyConfig(secret="alpha-secret-0123456789abcdef", accounts=("own",))
+    config = attrs.evolve(config, strategies={"alpha": alpha})
+    await crashed_run(config, "C2", alert(leg(symbol="INFY")), planned=False, strategy="alpha")
+    client = await make_client(config)
+    assert broker_orders(config) == []  # the routed account `sim` got nothing
+    own = [json.loads(line) for line in config.data_path("scripted-own.jsonl").read_text().splitlines()]
+    assert [o["client_order_id"] for o in own] == ["C2-1"]
+    record = await journal_of(client, "C2")
+    assert [(leg["account"], leg["state"]) for leg in record["legs"]] == [("own", "placed")]
+
+
+async def planned_then_crashed(config: Config, alert_id: str, raw: dict[str, Any], states: list[LegEntry]) -> None:
+    """What a run killed after its plan's commit and before the alert's final write leaves: legs the plan queued
+    (a closed market) or refused (a risk check) with their state and reason, but no result yet."""
+    journal = Journal(config.data_path(config.journal.path))
+    await journal.open()
+    await journal.record_plan(
+        AlertEntry(
+            alert_id=alert_id,
+            alert_type=raw["alertType"],
+            payload=raw,
+            dedupe_key=None,
+            source="127.0.0.1",
+            order_log_offset=0,
+            legs=tuple(states),
+            strategy="alpha",
+        )
+    )
+    await journal.close()
+
+
+async def test_legs_the_plan_queued_or_refused_are_settled_as_planned_and_never_sent(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Alpha's alert of three legs, killed after its plan: leg 1 queued for the open (no reason journaled), leg 2
+    pending, leg 3 refused by a risk check. At the start only leg 2 is sent; legs 1 and 3 are settled as the plan
+    left them, each under its own contract, account, strategy and reason, in the journal and the order log (the
+    closed-market queue sends a queued leg at the open: sending it now too would place it twice)."""
+    config = attrs.evolve(
+        scripted(config), strategies={"alpha": StrategyConfig(secret="alpha-secret-0123456789abcdef")}
+    )
+    raw = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"), leg(symbol="WIPRO", sort_order="3"))
+    refused = "risk: 2 order(s) already sent today by strategy alpha; max_orders_per_day is 2"
+    await planned_then_crashed(
+        config,
+        "Q1",
+        raw,
+        [
+            LegEntry(account="sim", leg_number=1, client_order_id="Q1-1", state="queued"),
+            LegEntry(account="sim", leg_number=2, client_order_id="Q1-2"),
+            LegEntry(account="sim", leg_number=3, client_order_id="Q1-3", state="failed", message=refused),
+        ],
+    )
+    client = await make_client(config)
+    assert [(o["symbol"], o["client_order_id"]) for o in broker_orders(config)] == [("TCS", "Q1-2")]
+    record = await journal_of(client, "Q1")
+    legs = [
+        (leg["leg_number"], leg["state"], leg["result"]["status"], leg["result"]["symbol"], leg["result"]["message"])
+        for leg in record["legs"]
+    ]
+    assert legs == [
+        (1, "queued", "queued", "INFY", ""),
+        (2, "placed", "success", "TCS", "filled"),
+        (3, "failed", "failed", "WIPRO", refused),
+    ]
+    assert {
+        (leg["result"]["account"], leg["result"]["broker"], leg["result"]["strategy"]) for leg in record["legs"]
+    } == {("sim", "scripted", "alpha")}
+    assert record["legs"][2]["result"]["position_key"] == KEY_SEPARATOR.join(["NSE", "WIPRO", "EQ", "", "", "", "C"])
+    rows = [(r["leg_number"], r["symbol"], r["status"], r["message"], r["account"]) for r in order_log_rows(config)]
+    assert rows == [
+        ("1", "INFY", "queued", "", "sim"),
+        ("2", "TCS", "success", "filled", "sim"),
+        ("3", "WIPRO", "failed", refused, "sim"),
+    ]
+
+
+@pytest.mark.parametrize("state", ["sending", "unknown"])
+async def test_a_leg_journaled_sending_is_resent_within_the_daily_limit_it_already_counts_in(
+    make_client: ClientFactory, config: Config, state: str
+) -> None:
+    """max_orders_per_day = 1 and one leg journaled `sending` (its checks passed, it counts in today's orders; the
+    run was killed before the broker call) or `unknown` (its answer was lost): at the start the broker has no
+    order for it, so it is sent, once, and not refused for the order it already counts as."""
+    config = scripted(config)
+    config = attrs.evolve(config, risk=attrs.evolve(config.risk, max_orders_per_day=1))
+    if state == "sending":
+        await crashed_run(config, "D1", alert(leg(symbol="INFY")), sending=(1,))
+    else:
+        lost = attrs.evolve(placed_result("D1", 1, "INFY", "X"), status=LegStatus.UNKNOWN, order_id=None)
+        await crashed_run(config, "D1", alert(leg(symbol="INFY")), settled=(lost,))
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["D1-1"]
+    record = await journal_of(client, "D1")
+    assert (record["status"], [leg["state"] for leg in record["legs"]]) == ("success", ["placed"])

@@ -172,6 +172,27 @@ async def test_each_strategy_exits_only_its_own_share(aiohttp_client: Any, make_
     assert body["results"][0]["message"].startswith("nothing to close"), body
 
 
+async def test_a_one_unit_share_is_exited_and_a_share_the_broker_holds_the_other_side_of_is_not(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha buys 1 (the broker holds 1): its EXIT_ALL sells that 1. Then alpha buys 10 and the default strategy
+    sells 15 (the broker is short 5): alpha's EXIT_ALL closes nothing (its long is not what the broker holds;
+    buying would add to someone else's short) and the broker stays short 5."""
+    config = make_config()
+    client = await start(aiohttp_client, config)
+    await post(client, alert(intraday(quantity="1"), secret=ALPHA))
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+    assert [(r["status"], r["transaction"], r["quantity"]) for r in body["results"]] == [("success", "S", "1")]
+    assert await net(client) == 0
+
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    await post(client, alert(intraday(quantity="15", transactionType="S")))
+    assert await net(client) == -5
+    body = await post(client, alert(exit_all(), secret=ALPHA))
+    assert body["results"][0]["message"].startswith("nothing to close"), body
+    assert await net(client) == -5
+
+
 async def test_an_exit_cancels_only_its_own_strategys_brackets(aiohttp_client: Any, make_config: MakeConfig) -> None:
     """alpha and beta each hold a bracket (entry filled, target and stop resting) in the same contract: alpha's
     EXIT_ALL cancels alpha's target and stop and sells its 10; beta's stop and target keep protecting beta's 4."""
