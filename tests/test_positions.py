@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import attrs
 import pytest
@@ -20,7 +21,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
-from tvbridge.positions import SentExits, SentMoves, closing_leg, exit_all, to_target
+from tvbridge.positions import SentExits, SentMoves, book_key, closing_leg, exit_all, position_of_key, to_target
 
 RELIANCE = ContractId(exchange=Exchange.NSE, symbol="RELIANCE", instrument=Instrument.EQUITY, security_id="2885")
 LEG = OrderLeg(
@@ -290,3 +291,47 @@ def test_flatten_closes_an_option_by_its_type_and_expiry() -> None:
     leg = closing_leg(Position(contract=call, product=Product.MARGIN, net_quantity=1))
     assert (leg.side, leg.quantity, leg.instrument) == (Side.SELL, 1, Instrument.OPTION)
     assert (leg.option_type, leg.strike_price, leg.expiry_date) == (OptionType.CALL, Decimal(24000), date(2026, 12, 29))
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        {
+            "exchange": Exchange.NFO,
+            "symbol": "NIFTY",
+            "instrument": Instrument.OPTION,
+            "option_type": OptionType.CALL,
+            "strike_price": Decimal(24050),
+            "expiry_date": date(2026, 12, 8),
+        },
+        {
+            "exchange": Exchange.NFO,
+            "symbol": "BANKNIFTY",
+            "instrument": Instrument.OPTION,
+            "option_type": OptionType.PUT,
+            "strike_price": Decimal("51000.5"),
+            "expiry_date": date(2026, 12, 29),
+        },
+        {
+            "exchange": Exchange.NFO,
+            "symbol": "NIFTY",
+            "instrument": Instrument.FUTURE,
+            "expiry_date": date(2026, 12, 29),
+        },
+        {"exchange": Exchange.NSE, "symbol": "RELIANCE", "instrument": Instrument.EQUITY},
+    ],
+    ids=["call", "put", "future", "equity"],
+)
+def test_a_strategys_share_is_closed_in_the_very_contract_it_was_bought_in(contract: dict[str, Any]) -> None:
+    """A strategy's position is kept by the contract key of its fills (`book_key`); square-off and a strategy's
+    EXIT_ALL rebuild the position from that key (`position_of_key`) and close it. The close must name the same
+    contract: the option type, strike and expiry of an option, the expiry of a future (the wrong strike or week
+    would open a second position instead of closing the first), in the fill's product, opposite side, whole size."""
+    bought = attrs.evolve(LEG, manage_position=None, quantity=75, product=Product.INTRADAY, **contract)
+    position = position_of_key(book_key(bought), 75)
+    close = closing_leg(position)
+    fields = ("exchange", "symbol", "instrument", "option_type", "strike_price", "expiry_date", "product")
+    assert {f: getattr(close, f) for f in fields} == {f: getattr(bought, f) for f in fields}
+    assert (close.side, close.quantity, close.order_type) == (Side.SELL, 75, OrderType.MARKET)
+    assert position_of_key(book_key(bought), -30).net_quantity == -30
+    assert closing_leg(position_of_key(book_key(bought), -30)).side is Side.BUY
