@@ -21,7 +21,7 @@ from tvbridge.models import (
     Product,
     Side,
 )
-from tvbridge.positions import SentExits, SentMoves, book_key, closing_leg, exit_all, position_of_key, to_target
+from tvbridge.positions import SentExits, SentMoves, book_key, closing_leg, exit_all, position_of_key, share, to_target
 
 RELIANCE = ContractId(exchange=Exchange.NSE, symbol="RELIANCE", instrument=Instrument.EQUITY, security_id="2885")
 LEG = OrderLeg(
@@ -335,3 +335,22 @@ def test_a_strategys_share_is_closed_in_the_very_contract_it_was_bought_in(contr
     assert (close.side, close.quantity, close.order_type) == (Side.SELL, 75, OrderType.MARKET)
     assert position_of_key(book_key(bought), -30).net_quantity == -30
     assert closing_leg(position_of_key(book_key(bought), -30)).side is Side.BUY
+
+
+def test_a_strategys_share_is_sized_in_the_legs_product_and_built_when_the_broker_lists_none() -> None:
+    """`share` gives an exit the strategy's own net in the leg's product, the broker's other products untouched;
+    when the broker lists nothing in that product (its view and the strategy's fills disagree: the caller
+    reports it), the position is built from the leg's own contract, so the exit still closes the strategy's net."""
+    leg = attrs.evolve(LEG, product=Product.INTRADAY)
+    cnc, intraday = held(40, Product.CNC), held(25, Product.INTRADAY)
+    assert share(leg, [cnc, intraday], 10) == [cnc, attrs.evolve(intraday, net_quantity=10)]
+    assert share(leg, [intraday, cnc], -3) == [cnc, attrs.evolve(intraday, net_quantity=-3)]
+    assert share(leg, [cnc, intraday], 0) == [cnc]
+    [kept, built] = share(leg, [cnc], 7)
+    assert kept == cnc
+    assert (built.product, built.net_quantity) == (Product.INTRADAY, 7)
+    assert (built.contract.exchange, built.contract.symbol, built.contract.instrument) == (
+        Exchange.NSE,
+        "RELIANCE",
+        Instrument.EQUITY,
+    )
