@@ -101,8 +101,9 @@ tests_of() {
             "tests/test_strategies_review.py::test_an_order_log_with_an_older_header_is_set_aside_and_a_new_one_started" ;;
         risk) echo "tests/test_risk.py" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
-        # the encodability check (the webhook tests reach all of it too, but make a run take hours)
-        parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
+        # the encodability check, the common alert's own parser compared with the converter (issue 22) (the webhook
+        # tests reach all of it too, but make a run take hours)
+        parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_parsing_common.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
         # the in-process tests that send alerts through the real app to a broker: the webhook, recovery at the
         # start on the unforgiving scripted broker, unknown outcomes, the deadline, targets and exits, strategies'
