@@ -189,6 +189,20 @@ def test_idempotency_key_is_the_alerts_key_unless_id_is_given() -> None:
     assert both.key == "i1"
 
 
+@pytest.mark.parametrize(
+    ("value", "got"), [([], "a list"), ([1], "a list"), ({}, "an object"), ({"B": 1}, "an object")]
+)
+def test_a_list_or_an_object_for_a_choice_is_named_as_such(value: object, got: str) -> None:
+    """Each field with a fixed set of words (alertType, side, order type, exchange, instrument, product) given a JSON
+    list or object: the 422 says what came, field by field, and nothing breaks on looking the value up."""
+    enums = ("transactionType", "orderType", "exchange", "instrument", "productType")
+    raw = alert(leg(**dict.fromkeys(enums, value)), alert_type=value)
+    assert errors_of(raw) == [
+        f"alertType: expected a value, got {got}",
+        *(f"order_legs[0].{key}: expected a value, got {got}" for key in enums),
+    ]
+
+
 CONVERTERS_ALERTS: dict[str, dict[str, Any]] = {
     # alerts the common parser leaves to the converter: its own reading of the key must be the same
     "a cancel": alert({"order_id": "123"}, alert_type="cancel_order"),
