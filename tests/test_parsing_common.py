@@ -8,6 +8,7 @@ import copy
 import itertools
 from typing import Any
 
+import cattrs
 import pytest
 from helpers import alert, leg
 
@@ -125,6 +126,13 @@ def test_the_guides_alerts_take_the_common_parser(monkeypatch: pytest.MonkeyPatc
     assert len(taken) >= 0.6 * len(valid), (len(taken), len(valid))
 
 
+class Unused(cattrs.Converter):
+    """A converter `parse_alert` must not ask: the common alert is parsed without it."""
+
+    def structure(self, obj: Any, cl: Any) -> Any:
+        raise AssertionError(f"parse_alert asked the converter for a {cl} from {obj!r}")
+
+
 FULL_META = {"interval": "5", "time": "2025-11-20T09:15:00Z", "timenow": "2025-11-20T09:15:01Z"}
 TAKEN: dict[str, dict[str, Any]] = {
     # every valid alert of the common shape: the converter would give the same, only slower (issue 22)
@@ -158,3 +166,4 @@ def test_every_valid_alert_of_the_common_shape_takes_the_common_parser(
     expected = by_converter(raw, monkeypatch)
     assert not isinstance(expected, list), expected
     assert common_order_alert(copy.deepcopy(raw)) == expected
+    assert parse_alert(copy.deepcopy(raw), Unused()) == expected

@@ -196,7 +196,7 @@ def test_a_list_or_an_object_for_a_choice_is_named_as_such(value: object, got: s
     """Each field with a fixed set of words (alertType, side, order type, exchange, instrument, product) given a JSON
     list or object: the 422 says what came, field by field, and nothing breaks on looking the value up."""
     enums = ("transactionType", "orderType", "exchange", "instrument", "productType")
-    raw = alert(leg(**dict.fromkeys(enums, value)), alert_type=value)
+    raw = {**alert(leg(**dict.fromkeys(enums, value))), "alertType": value}
     assert errors_of(raw) == [
         f"alertType: expected a value, got {got}",
         *(f"order_legs[0].{key}: expected a value, got {got}" for key in enums),
