@@ -119,8 +119,9 @@ tests_of() {
             "tests/test_paper_join.py::test_a_halt_set_while_the_alert_waits_for_its_commit_stops_it" \
             "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" ;;
         # the parser's own tests, in-process and fast: the config it also structures, the 422 lines word for word,
-        # the encodability check (the webhook tests reach all of it too, but make a run take hours)
-        parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
+        # the encodability check, the common alert's own parser compared with the converter (issue 22) (the webhook
+        # tests reach all of it too, but make a run take hours)
+        parsing) echo "tests/test_parsing.py tests/test_parsing_edges.py tests/test_parsing_common.py tests/test_strategy_parsing.py tests/test_tickers.py tests/test_config.py" ;;
         mapping) (cd "$repo" && echo tests/brokers/test_dhan_*.py) ;;
         # the in-process tests that send alerts through the real app to a broker: the webhook, recovery at the
         # start on the unforgiving scripted broker, unknown outcomes, the deadline, targets and exits, strategies'

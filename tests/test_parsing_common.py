@@ -8,6 +8,7 @@ import copy
 import itertools
 from typing import Any
 
+import cattrs
 import pytest
 from helpers import alert, leg
 
@@ -123,3 +124,46 @@ def test_the_guides_alerts_take_the_common_parser(monkeypatch: pytest.MonkeyPatc
     taken = [raw for raw in alerts() if common_order_alert(copy.deepcopy(raw)) is not None]
     valid = [raw for raw in alerts() if not isinstance(by_converter(raw, monkeypatch), list)]
     assert len(taken) >= 0.6 * len(valid), (len(taken), len(valid))
+
+
+class Unused(cattrs.Converter):
+    """A converter `parse_alert` must not ask: the common alert is parsed without it."""
+
+    def structure(self, obj: Any, cl: Any) -> Any:
+        raise AssertionError(f"parse_alert asked the converter for a {cl} from {obj!r}")
+
+
+FULL_META = {"interval": "5", "time": "2025-11-20T09:15:00Z", "timenow": "2025-11-20T09:15:01Z"}
+TAKEN: dict[str, dict[str, Any]] = {
+    # every valid alert of the common shape: the converter would give the same, only slower (issue 22)
+    "the guide's alert": alert(),
+    "meta at the root too": alert(meta=FULL_META),
+    "meta null at the root and on the leg": alert(leg(meta=None), meta=None),
+    "a leg without meta": alert({k: v for k, v in leg().items() if k != "meta"}),
+    "meta with only timenow, in epoch ms": alert(leg(meta={"timenow": "1763630101000"})),
+    "meta with only interval and time": alert(leg(meta={"interval": "1D", "time": "x"}), meta={"interval": 15}),
+    "meta with a key it ignores": alert(leg(meta={**FULL_META, "close": "101.5"})),
+    "sort_order and triggerPrice null": alert(leg(sort_order=None, triggerPrice=None)),
+    "a stop-loss with its trigger": alert(leg(orderType="SL", price="101", triggerPrice="100")),
+    "a future": alert(leg(instrument="FUT", exchange="NFO", symbol="NIFTY-Dec2026-FUT", productType="M")),
+    "JSON numbers": alert(leg(quantity=10, price=101.5, sort_order=2, orderType="LMT")),
+    "an id": alert(id="abc-1"),
+    "an idempotency_key": alert(idempotency_key="k-2"),
+    "an id null and an idempotency_key": alert(id=None, idempotency_key="k-1"),
+    "both: the id wins": alert(id="a", idempotency_key="b"),
+    "a single order": alert(alert_type="single_order"),
+    "two legs": alert(leg(sort_order="2"), leg(symbol="TCS", transactionType="S")),
+    "the most legs an alert may have": alert(*(leg(symbol=f"S{n}", sort_order=None) for n in range(parsing.MAX_LEGS))),
+}
+
+
+@pytest.mark.parametrize("raw", TAKEN.values(), ids=TAKEN.keys())
+def test_every_valid_alert_of_the_common_shape_takes_the_common_parser(
+    raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each is parsed without the converter, to exactly the converter's alert: the common parser giving up on one
+    would still answer right, but at the converter's cost on every alert TradingView sends (issue 22)."""
+    expected = by_converter(raw, monkeypatch)
+    assert not isinstance(expected, list), expected
+    assert common_order_alert(copy.deepcopy(raw)) == expected
+    assert parse_alert(copy.deepcopy(raw), Unused()) == expected

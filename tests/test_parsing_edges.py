@@ -189,6 +189,38 @@ def test_idempotency_key_is_the_alerts_key_unless_id_is_given() -> None:
     assert both.key == "i1"
 
 
+@pytest.mark.parametrize(
+    ("value", "got"), [([], "a list"), ([1], "a list"), ({}, "an object"), ({"B": 1}, "an object")]
+)
+def test_a_list_or_an_object_for_a_choice_is_named_as_such(value: object, got: str) -> None:
+    """Each field with a fixed set of words (alertType, side, order type, exchange, instrument, product) given a JSON
+    list or object: the 422 says what came, field by field, and nothing breaks on looking the value up."""
+    enums = ("transactionType", "orderType", "exchange", "instrument", "productType")
+    raw = {**alert(leg(**dict.fromkeys(enums, value))), "alertType": value}
+    assert errors_of(raw) == [
+        f"alertType: expected a value, got {got}",
+        *(f"order_legs[0].{key}: expected a value, got {got}" for key in enums),
+    ]
+
+
+CONVERTERS_ALERTS: dict[str, dict[str, Any]] = {
+    # alerts the common parser leaves to the converter: its own reading of the key must be the same
+    "a cancel": alert({"order_id": "123"}, alert_type="cancel_order"),
+    "an option leg": alert(leg(instrument="OPT", option_type="CE", strike_price="24000", expiry_date="2026-12-29")),
+}
+
+
+@pytest.mark.parametrize("raw", CONVERTERS_ALERTS.values(), ids=CONVERTERS_ALERTS.keys())
+def test_the_converter_reads_the_key_as_the_common_parser_does(raw: dict[str, Any]) -> None:
+    """`idempotency_key` is the key when there is no `id`; an `id`, even null, wins: on every alert, not only on
+    the common ones (a cancel or an option alert resent under the same key must be recognised as a repeat)."""
+    assert parsed({**raw, "idempotency_key": "k1"}).key == "k1"
+    assert parsed({**raw, "idempotency_key": "k1", "id": "i1"}).key == "i1"
+    assert parsed({**raw, "idempotency_key": "k1", "id": None}).key is None
+    assert parsed({**raw, "id": "i1"}).key == "i1"
+    assert parsed(raw).key is None
+
+
 def test_legs_without_sort_order_keep_their_place() -> None:
     """A leg without `sort_order` counts as its position (1, 2, ...); ties keep the alert's order."""
     first, second = legs_of(alert(leg(sort_order=None, symbol="A"), leg(sort_order="1", symbol="B")))
