@@ -1,0 +1,114 @@
+"""The SQLite journal's one-commit marks and its Store answers, on a real file: what crash recovery and the
+dedupe guard read back (`order_log_pending`, `pending_order_log`, `claim_dedupe`), and what a clean stop leaves.
+
+Issue 24's `journal` mutation group: each test here names the mistakes it catches."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
+from tvbridge.errors import JournalError
+from tvbridge.journal import Journal
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+FINISHED = Finished(status="success", response={"status": "success", "orders": ["X1"]}, results=())
+
+
+def entry(alert_id: str, *, offset: int = 0, dedupe_key: str | None = None) -> AlertEntry:
+    return AlertEntry(
+        alert_id=alert_id,
+        alert_type="multi_leg_order",
+        payload={"alertType": "multi_leg_order"},
+        dedupe_key=dedupe_key,
+        source=None,
+        order_log_offset=offset,
+        legs=(LegEntry(account="paper", leg_number=1, client_order_id=f"{alert_id}-1", state="sending"),),
+    )
+
+
+async def test_a_mark_left_lists_the_alert_with_its_answer_and_order_log_offset(tmp_path: Path) -> None:
+    """An alert finished in its own commit whose rows were never reported written (a crash): after a restart,
+    recovery's list has it, with the order log offset to search from and the answer the client got."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    await journal.record_plan(entry("A1", offset=1234), join=lambda _: FINISHED)
+    await journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        [found] = await journal.pending_order_log()
+        assert (found["alert_id"], found["status"], found["response"], found["order_log_offset"]) == (
+            "A1",
+            "success",
+            {"status": "success", "orders": ["X1"]},
+            1234,
+        )
+    finally:
+        await journal.close()
+
+
+async def test_a_clean_stop_clears_the_marks_of_rows_written(tmp_path: Path) -> None:
+    """Rows written, no later write to carry the clearing: a clean stop commits it, so the next start has no
+    alert to look for in the order log (recovery would search the log for nothing)."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    await journal.record_plan(entry("A1"), join=lambda _: FINISHED)
+    journal.order_log_written("A1")
+    await journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        assert await journal.pending_order_log() == []
+    finally:
+        await journal.close()
+
+
+async def test_a_refused_write_keeps_the_marks_it_carried_for_the_next(tmp_path: Path) -> None:
+    """A write the file refuses (the same alert id twice) is a `JournalError`, the alert's rows stay as they
+    were, and the marks it carried are cleared by the next write instead."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        await journal.record_plan(entry("A1"), join=lambda _: FINISHED)
+        journal.order_log_written("A1")
+        with pytest.raises(JournalError, match="refused"):
+            await journal.record_plan(entry("A1"))
+        assert [r["alert_id"] for r in await journal.pending_order_log()] == ["A1"]
+        await journal.record_plan(entry("A2"))
+        assert await journal.pending_order_log() == []
+        assert journal.healthy
+    finally:
+        await journal.close()
+
+
+async def test_a_repeat_claims_the_first_copys_alert_id(tmp_path: Path) -> None:
+    """The dedupe guard's claim on the journal: a key recorded before answers with the first copy's id (the
+    repeat's answer names it), an unknown key with None."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        await journal.record_plan(entry("A1", dedupe_key="k1"))
+        assert await journal.claim_dedupe("k1", "A2", "2000-01-01T00:00:00+00:00") == "A1"
+        assert await journal.claim_dedupe("k2", "A3", "2000-01-01T00:00:00+00:00") is None
+        assert await journal.is_leader() is True  # one process owns the file: it runs the queue and follow-ups
+    finally:
+        await journal.close()
+
+
+async def test_run_commits_each_statement_with_its_arguments(tmp_path: Path) -> None:
+    """`Store.run` (the refusal journal's writes): every statement, with its arguments, committed."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    await journal.run([("CREATE TABLE t (x INTEGER, y TEXT)", ()), ("INSERT INTO t VALUES (?, ?)", [7, "seven"])])
+    await journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        assert [tuple(row) for row in await journal.fetch("SELECT x, y FROM t WHERE x = ?", 7)] == [(7, "seven")]
+    finally:
+        await journal.close()
