@@ -5,6 +5,7 @@ Issue 24's `journal` mutation group: each test here names the mistakes it catche
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -110,5 +111,46 @@ async def test_run_commits_each_statement_with_its_arguments(tmp_path: Path) -> 
     await journal.open()
     try:
         assert [tuple(row) for row in await journal.fetch("SELECT x, y FROM t WHERE x = ?", 7)] == [(7, "seven")]
+    finally:
+        await journal.close()
+
+
+async def test_a_failed_write_keeps_the_marks_it_carried_and_reports_the_journal_unwritable(tmp_path: Path) -> None:
+    """A write that fails for another reason than a bad row (here: the function raising) is the journal unwritable,
+    the marks it carried wait for the next write, and the next write that succeeds makes the journal healthy."""
+
+    def failing(conn: object) -> None:
+        raise OSError("disk I/O error")
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        await journal.record_plan(entry("A1"), join=lambda _: FINISHED)
+        journal.order_log_written("A1")
+        with pytest.raises(JournalError, match="unwritable"):
+            await journal.write(failing)
+        assert (journal.healthy, journal.last_error) == (False, "OSError: disk I/O error")
+        assert [r["alert_id"] for r in await journal.pending_order_log()] == ["A1"]
+        await journal.record_plan(entry("A2"))
+        assert (journal.healthy, await journal.pending_order_log()) == (True, [])
+    finally:
+        await journal.close()
+
+
+async def test_a_write_cancelled_while_it_waits_is_cancelled_and_its_marks_still_cleared(tmp_path: Path) -> None:
+    """A client gone while its alert waits for the group commit: the write is cancelled as such (not another error
+    in its place), and the marks it carried are cleared all the same, by that commit or the next."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        await journal.record_plan(entry("A1"), join=lambda _: FINISHED)
+        journal.order_log_written("A1")
+        waiting = asyncio.create_task(journal.record_plan(entry("A2")))
+        await asyncio.sleep(0)  # not a wait for time: lets the write reach its group commit's queue
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await journal.record_plan(entry("A3"))
+        assert await journal.pending_order_log() == []
     finally:
         await journal.close()
