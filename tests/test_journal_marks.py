@@ -154,3 +154,23 @@ async def test_a_write_cancelled_while_it_waits_is_cancelled_and_its_marks_still
         assert await journal.pending_order_log() == []
     finally:
         await journal.close()
+
+
+async def test_an_alert_finished_in_a_later_commit_is_not_marked(tmp_path: Path) -> None:
+    """Only an alert settled inside its first commit waits for its order log rows: one finished by a later write
+    (`finish_alert`, after the executor wrote its rows) is never on recovery's list, before or after a restart."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    await journal.record_plan(entry("A1"))
+    await journal.finish_alert("A1", "success", {"status": "success"})
+    assert await journal.pending_order_log() == []
+    await journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        assert (await journal.pending_order_log(), (await journal.get_alert("A1") or {}).get("status")) == (
+            [],
+            "success",
+        )
+    finally:
+        await journal.close()
