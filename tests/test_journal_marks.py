@@ -174,3 +174,25 @@ async def test_an_alert_finished_in_a_later_commit_is_not_marked(tmp_path: Path)
         )
     finally:
         await journal.close()
+
+
+async def test_a_stop_whose_last_write_fails_still_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fails as a clean stop commits the marks' clearing: the stop still closes the file, raising
+    nothing (the mark stays, and the next start's recovery finds the rows in the order log)."""
+
+    async def failing(fn: object) -> None:
+        raise OSError("disk I/O error")
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    await journal.record_plan(entry("A1"), join=lambda _: FINISHED)
+    journal.order_log_written("A1")
+    with monkeypatch.context() as patch:
+        patch.setattr(journal.database, "write", failing)
+        await journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        assert [r["alert_id"] for r in await journal.pending_order_log()] == ["A1"]
+    finally:
+        await journal.close()
