@@ -17,6 +17,9 @@ from tvbridge.journal import Journal
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient
+
 FINISHED = Finished(status="success", response={"status": "success", "orders": ["X1"]}, results=())
 
 
@@ -196,3 +199,13 @@ async def test_a_stop_whose_last_write_fails_still_closes(tmp_path: Path, monkey
         assert [r["alert_id"] for r in await journal.pending_order_log()] == ["A1"]
     finally:
         await journal.close()
+
+
+async def test_a_server_on_the_sqlite_journal_runs_no_instance_sharing(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """One process owns a SQLite journal: no loop re-running recovery while it serves (it would take the alerts in
+    flight for a dead instance's and send their legs again), no sharing of the rate limits between instances."""
+    assert (await client.get("/health")).status == 200
+    running = {task.get_name() for task in asyncio.all_tasks()}
+    assert not running & {"recovery-adopt", "rate-limit-share"}, running
