@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
+import tvbridge.journal
+from tvbridge.alerts.records import AlertEntry, Finished, LegEntry, SettlingJoin
 from tvbridge.errors import JournalError
 from tvbridge.journal import Journal
 
 if TYPE_CHECKING:
+    import sqlite3
     from pathlib import Path
 
     from aiohttp import web
@@ -209,3 +211,35 @@ async def test_a_server_on_the_sqlite_journal_runs_no_instance_sharing(
     assert (await client.get("/health")).status == 200
     running = {task.get_name() for task in asyncio.all_tasks()}
     assert not running & {"recovery-adopt", "rate-limit-share"}, running
+
+
+class _Settled(SettlingJoin):
+    """A join that settles the alert in its first commit (as the paper book does), refusing no leg."""
+
+    def __call__(self, conn: sqlite3.Connection) -> Finished | None:  # noqa: ARG002 - the interface
+        return FINISHED
+
+    def settled(self, entry: AlertEntry) -> AlertEntry:
+        return entry
+
+
+async def test_an_alert_settled_in_its_first_commit_is_stamped_when_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert's `updated_at` (what the daily counts compare with their day's start) is the time it was settled,
+    taken after the join ran, as a later `finish_alert` would stamp it; `received_at` is when it arrived."""
+    stamps = iter(["2026-01-05T09:14:59.999000+00:00", "2026-01-05T09:15:00.001000+00:00"])
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        monkeypatch.setattr(tvbridge.journal, "_now", lambda: next(stamps))
+        await journal.record_plan(entry("A1"), join=_Settled())
+        monkeypatch.undo()
+        record = await journal.get_alert("A1") or {}
+        assert (record.get("received_at"), record.get("updated_at"), record.get("status")) == (
+            "2026-01-05T09:14:59.999000+00:00",
+            "2026-01-05T09:15:00.001000+00:00",
+            "success",
+        )
+    finally:
+        await journal.close()
