@@ -243,3 +243,19 @@ async def test_an_alert_settled_in_its_first_commit_is_stamped_when_settled(
         )
     finally:
         await journal.close()
+
+
+async def test_recovery_clears_the_marks_of_the_alerts_it_found_in_one_commit(tmp_path: Path) -> None:
+    """After a restart recovery found (or wrote) the rows of the marked alerts: their marks go, and only theirs."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    await journal.open()
+    try:
+        for alert_id in ("A1", "A2", "A3"):
+            await journal.record_plan(entry(alert_id), join=lambda _: FINISHED)
+        batches = journal.database.batches
+        await journal.clear_order_log_marks(("A1", "A3"))
+        await journal.clear_order_log_marks(())
+        assert journal.database.batches - batches == 1
+        assert [r["alert_id"] for r in await journal.pending_order_log()] == ["A2"]
+    finally:
+        await journal.close()
