@@ -177,8 +177,18 @@ tests_of() {
             "tests/brokers/test_paper.py tests/test_strategy_alerts.py tests/test_strategies.py" \
             "tests/test_strategies_review.py tests/brokers/test_dhan_strategies.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
-        # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks
-        journal) echo "tests/test_journal.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" ;;
+        # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks; the
+        # strategies' reads (their open orders, brackets, fills, counts), a refusal's record, the status page's
+        # admin actions (fetch), and the one-commit marks (test_one_commit.py's in-process tests, not its kill -9 ones)
+        journal) echo "tests/test_journal.py tests/test_journal_marks.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" \
+            "tests/test_strategies.py tests/test_strategies_review.py tests/test_refusal_journal.py tests/test_status_actions.py" \
+            "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" \
+            "tests/test_one_commit.py::test_two_paper_accounts_one_leg_is_one_commit" \
+            "tests/test_one_commit.py::test_the_one_commit_inserts_each_row_once" \
+            "tests/test_one_commit.py::test_the_mark_is_cleared_by_the_next_alerts_commit" \
+            "tests/test_one_commit.py::test_paths_that_keep_two_writes" \
+            "tests/test_one_commit.py::test_an_older_journal_gets_the_mark_column" \
+            "tests/test_one_commit.py::test_many_marks_waiting_get_a_commit_of_their_own" ;;
     esac
 }
 toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
