@@ -3,8 +3,9 @@
     python scripts/mutation_survivors.py WORK/GROUP [GLOB...]
 
 One block a mutant: its name, its outcome (`survived`, `no tests`), its kind and its changed lines. The kind
-`case` marks a mutant whose every changed line differs from the code only in letter case: SQL text, a codec or
-header name, a `sqlite3.Row` key. Such a mutant is usually equivalent (SQLite reads keywords and names, aiohttp
+`case` marks a mutant whose every changed line differs from the code only in letter case, outside single-quoted
+SQL literals (which SQLite compares byte for byte): SQL keywords and names, a codec or header name, a
+`sqlite3.Row` key. Such a mutant is usually equivalent (SQLite reads keywords and names, aiohttp
 header names, Python codec names without regard to case), but each still has to be read: the case of a symbol or
 of a value compared byte for byte is not. The last line counts them: `mutation: GROUP: K/T killed (P%); of the
 N not killed, C change only letter case; without those, K/(T-C) (Q%)`. GLOBs (mutmut's names) restrict the count
@@ -31,11 +32,20 @@ def changed_lines(rundir: Path, name: str) -> tuple[list[str], list[str]]:
 
 
 def case_only(removed: list[str], added: list[str]) -> bool:
+    """Every changed line differs only in letter case, and none inside a single-quoted SQL literal (`'SUCCESS'`,
+    a JSON path `'$.position_key'`): SQLite compares those byte for byte, so such a change is a real one."""
     return (
         bool(removed)
         and len(removed) == len(added)
-        and all(a != b and a.lower() == b.lower() for a, b in zip(removed, added, strict=True))
+        and all(
+            a != b and a.lower() == b.lower() and not _in_sql_literal(a, b) for a, b in zip(removed, added, strict=True)
+        )
     )
+
+
+def _in_sql_literal(a: str, b: str) -> bool:
+    """Whether a character that differs between `a` and `b` sits between single quotes in `a`."""
+    return any(x != y and a.count("'", 0, i) % 2 == 1 for i, (x, y) in enumerate(zip(a, b, strict=True)))
 
 
 def main(argv: list[str]) -> int:
