@@ -4,13 +4,12 @@ that already has the header is written on, never set aside."""
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Self
 
 import pytest
+from helpers import in_time_zone
 from structlog.testing import capture_logs
 from test_orderlog import result, rows
 
@@ -30,17 +29,8 @@ OLD_ROW = "2026-12-01T04:00:00+00:00,multi_leg_order,INFY,NSE,B,1,MKT,I,1500,suc
 @pytest.fixture
 def india_time() -> Iterator[None]:
     """The server's local zone is IST (UTC+05:30), as on a machine in India: a name in local time would be off."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Kolkata"
-    time.tzset()
-    try:
+    with in_time_zone("Asia/Kolkata"):
         yield
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 async def open_and_write(path: Path, alert_id: str) -> None:

@@ -7,13 +7,12 @@ a real SQLite journal; and that the filter stays two fixed generations (bounded 
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import in_time_zone
 
 from tvbridge.alerts.records import AlertEntry
 from tvbridge.journal import Journal
@@ -107,17 +106,8 @@ def test_never_recorded_keys_are_almost_always_answered_without_the_journal() ->
 @pytest.fixture(params=["America/New_York", "Asia/Kolkata"])
 def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
     """The process's local time zone, west and east of UTC, as on servers outside UTC."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    try:
+    with in_time_zone(request.param):
         yield request.param
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 def test_a_key_stays_within_the_window_whatever_the_local_time_zone(local_zone: str) -> None:

@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pytest
-from helpers import alert, leg, with_accounts
+from helpers import alert, in_time_zone, leg, with_accounts
 from structlog.testing import capture_logs
 
 from tvbridge.config import Config, DedupeConfig
@@ -142,17 +141,8 @@ async def test_a_copy_waiting_for_the_first_is_answered_when_it_is_done(
 @pytest.fixture
 def india_time() -> Iterator[None]:
     """The process's local time zone is IST, as on a server in India (naive local times are 5.5 h ahead of UTC)."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Kolkata"
-    time.tzset()
-    try:
+    with in_time_zone("Asia/Kolkata"):
         yield
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 @pytest.mark.usefixtures("india_time")
