@@ -205,21 +205,26 @@ async def test_a_target_or_an_exit_killed_at_its_send_is_sent_once_after_restart
     env = {"TVBRIDGE_ACCOUNTS__SIM__POSITIONS_ANSWER": "held"}
     hit = 2 if kind == "exit" else 1  # an exit's own send is the point's second hit (the entry's is the first)
     server = await asyncio.to_thread(start, tmp_path, {**env, "TVBRIDGE_TEST_CRASH_AT": f"{point}:{hit}"}, "crash")
-    async with aiohttp.ClientSession() as session:
-        if kind == "exit":
-            entry = await post(session, server.url, alert(leg(symbol="INFY", quantity="10")))
-            assert entry is not None
-            assert (entry[0], entry[1]["status"]) == (200, "success")
-        assert await post(session, server.url, alert(position_leg(kind))) is None
-    assert await asyncio.to_thread(server.wait, 10) == -9
+    try:
+        async with aiohttp.ClientSession() as session:
+            if kind == "exit":
+                entry = await post(session, server.url, alert(leg(symbol="INFY", quantity="10")))
+                assert entry is not None
+                assert (entry[0], entry[1]["status"]) == (200, "success")
+            assert await post(session, server.url, alert(position_leg(kind))) is None
+        assert await asyncio.to_thread(server.wait, 10) == -9
+    finally:
+        await asyncio.to_thread(server.kill)  # a server that did not die at its point is not left running
     alerts, legs, _ = journal_rows(tmp_path)
     [interrupted] = [a for a, state in alerts.items() if state == "accepted"]
     assert legs[interrupted, 1] == "sending"
     placed_before = len(scripted_orders(tmp_path))
 
     restarted = await asyncio.to_thread(start, tmp_path, env, "restarted")
-    assert any(e["event"] == "recovery.alert" and e["alert_id"] == interrupted for e in restarted.events())
-    assert await asyncio.to_thread(restarted.terminate) == 0
+    try:
+        assert any(e["event"] == "recovery.alert" and e["alert_id"] == interrupted for e in restarted.events())
+    finally:
+        assert await asyncio.to_thread(restarted.terminate) == 0
 
     orders = scripted_orders(tmp_path)
     assert [(o["side"], o["quantity"]) for o in orders if o["client_order_id"] == f"{interrupted}-1"] == [
