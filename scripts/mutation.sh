@@ -180,7 +180,7 @@ tests_of() {
         # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks; the
         # strategies' reads (their open orders, brackets, fills, counts), a refusal's record, the status page's
         # admin actions (fetch), and the one-commit marks (test_one_commit.py's in-process tests, not its kill -9 ones)
-        journal) echo "tests/test_journal.py tests/test_journal_marks.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" \
+        journal) echo "tests/test_risk_strategies.py tests/test_journal.py tests/test_journal_marks.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" \
             "tests/test_strategies.py tests/test_strategies_review.py tests/test_refusal_journal.py tests/test_status_actions.py" \
             "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" \
             "tests/test_one_commit.py::test_two_paper_accounts_one_leg_is_one_commit" \

@@ -110,6 +110,28 @@ async def test_a_strategys_daily_count_on_a_remote_broker_sends_exactly_its_limi
     assert [o["symbol"] for o in received(config)] == ["A", "B"]
 
 
+async def test_a_strategys_order_with_an_unknown_outcome_counts_in_its_daily_limit_after_a_restart(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """alpha (`max_orders_per_day = 1`): its first order's answer is lost (unknown outcome, no order id: it may be
+    at the broker). After a restart the day's count, read from the journal, must include it: the next alert is
+    refused by alpha's limit, not sent as if the day were empty."""
+    config = attrs.evolve(
+        with_accounts(config, {"s": {"broker": "scripted", "unknown_symbols": ["A"]}}),
+        strategies={"alpha": StrategyConfig(secret=ALPHA, accounts=("s",), max_orders_per_day=1)},
+    )
+    client = await make_client(config)
+    first = await (await client.post("/webhook", json=alert(leg(symbol="A"), secret=ALPHA))).json()
+    assert [(r["status"], r["order_id"]) for r in first["results"]] == [("unknown", None)], first
+    await client.close()
+    client = await make_client(config)
+    second = await (await client.post("/webhook", json=alert(leg(symbol="B"), secret=ALPHA))).json()
+    assert [(r["status"], r["message"]) for r in second["results"]] == [
+        ("failed", "risk: 1 order(s) already sent today by strategy alpha; max_orders_per_day is 1")
+    ]
+    assert received(config) == []
+
+
 @pytest.mark.sqlite_only
 async def test_a_strategys_alert_refused_503_gives_its_daily_count_back(
     make_client: ClientFactory, config: Config
