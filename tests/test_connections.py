@@ -181,8 +181,9 @@ async def test_a_kept_alive_connection_is_closed_after_the_keepalive_timeout(tmp
             length = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")).split(b":")[1])
             await asyncio.wait_for(reader.readexactly(length), WAIT_S)
             answered = time.monotonic()
+            # closed within WAIT_S, half the header timeout: by the keep-alive timeout, and not before it
             assert await closed_by_server(reader, WAIT_S)
-            assert 1.5 <= time.monotonic() - answered < 30
+            assert time.monotonic() - answered >= 1.5
 
 
 async def test_one_address_cannot_hold_more_than_its_share(tmp_path: Path) -> None:

@@ -73,9 +73,8 @@ async def test_grace_runs_out_the_alert_stays_journaled_and_recovery_sends_it(tm
     ):
         assert response.status == 202
         alert_id = (await response.json())["alert_id"]
-    started = time.monotonic()
+    # 15 s, half the broker's 30: a shutdown that waited for the broker instead of its grace would not exit in it
     assert await asyncio.to_thread(server.terminate, 15) == 0
-    assert time.monotonic() - started < 10
     alerts, legs, _ = journal_rows(tmp_path)
     assert alerts[alert_id] == "accepted"
     assert legs[alert_id, 1] == "sending"

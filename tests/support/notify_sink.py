@@ -35,9 +35,10 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def running_sink(answer_after_s: float = 0.0) -> AsyncIterator[Sink]:
+async def running_sink(answer_after_s: float = 0.0, hold: asyncio.Event | None = None) -> AsyncIterator[Sink]:
     """The sink on a loopback port; `answer_after_s` makes it a slow API (each message is kept at once, then
-    answered that much later), not a way to wait for anything."""
+    answered that much later), not a way to wait for anything; `hold` makes it an API that keeps each message
+    and answers none until the test sets it (what a caller that waits for the answer would hang on)."""
     received: list[dict[str, Any]] = []
     arrived = asyncio.Condition()
 
@@ -47,6 +48,8 @@ async def running_sink(answer_after_s: float = 0.0) -> AsyncIterator[Sink]:
             arrived.notify_all()
         if answer_after_s:
             await asyncio.sleep(answer_after_s)  # a slow target, not synchronisation
+        if hold is not None:
+            await hold.wait()
         return web.json_response({"ok": True})
 
     app = web.Application()
