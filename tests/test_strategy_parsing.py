@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from helpers import alert, leg
 
 from tvbridge.errors import InvalidAlertError
-from tvbridge.models import ExpiryRef, MarketPosition, OrderAlert, OrderLeg, QuantityType
+from tvbridge.models import ExpiryRef, MarketPosition, OptionType, OrderAlert, OrderLeg, QuantityType
 from tvbridge.parsing import make_converter, parse_alert, unknown_keys
 
 OPTION = {"exchange": "NFO", "symbol": "NIFTY", "instrument": "OPT", "option_type": "CE", "productType": "M"}
@@ -65,6 +67,24 @@ def test_relative_strike_and_expiry_are_kept_for_the_executor() -> None:
             "order_legs[0].strike_price: ATM strikes are for options only, got FUT",
         ),
         (
+            {"instrument": "FUT", "exchange": "NFO", "symbol": "NIFTY", "option_type": "PE", "productType": "M"},
+            (
+                "order_legs[0].option_type: is for options only (instrument OPT, CE or PE), got FUT: remove it, or"
+                " trade the option"
+            ),
+        ),
+        (
+            {"strike_price": "2900"},
+            (
+                "order_legs[0].strike_price: is for options only (instrument OPT, CE or PE), got EQ: remove it, or"
+                " trade the option"
+            ),
+        ),
+        (
+            {"expiry_date": "2026-12-29"},
+            "order_legs[0].expiry_date: is for futures and options only, got EQ: remove it",
+        ),
+        (
             {"expiry_date": "current_week"},
             "order_legs[0].expiry_date: current_week names an expiry: only for instrument FUT or OPT, got EQ",
         ),
@@ -99,6 +119,19 @@ def test_relative_strike_and_expiry_are_kept_for_the_executor() -> None:
 def test_bad_strategy_fields_are_named(fields: dict[str, Any], expected: str) -> None:
     """Each problem is a 422 line naming the key the trader has to fix."""
     assert expected in errors_of(**fields)
+
+
+def test_a_future_keeps_its_expiry_and_an_option_its_fields() -> None:
+    """Only an option takes `option_type` and a strike, only a future or an option an expiry: a future with its
+    date, and an option given as `CE` with its strike and date, parse with nothing refused."""
+    future = parsed(instrument="FUT", exchange="NFO", symbol="NIFTY", productType="M", expiry_date="2026-12-29")
+    assert (future.expiry_date, future.option_type, future.strike_price) == (date(2026, 12, 29), None, None)
+    call = parsed(**{**OPTION, "instrument": "CE"}, strike_price="24000", expiry_date="2026-12-29")
+    assert (call.option_type, call.strike_price, call.expiry_date) == (
+        OptionType.CALL,
+        Decimal(24000),
+        date(2026, 12, 29),
+    )
 
 
 def test_quantity_types_parse() -> None:

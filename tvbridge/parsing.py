@@ -273,6 +273,8 @@ def _leg_problems(leg: OrderLeg) -> list[Exception]:
         add("symbol", "must not be empty")
     if leg.instrument is Instrument.OPTION:
         problems.extend(_option_problems(leg))
+    else:
+        problems.extend(_contract_field_problems(leg))
     problems.extend(_field_error(field, message) for field, message in bracket_problems(leg))
     return problems
 
@@ -373,6 +375,24 @@ def _option_problems(leg: OrderLeg) -> list[Exception]:
         problems.append(_field_error("underlying_price", "is required for a strike relative to ATM ({{close}})"))
     if leg.strike_price is not None and leg.strike_price <= 0:
         problems.append(_field_error("strike_price", f"must be > 0 for options, got {leg.strike_price}"))
+    return problems
+
+
+def _contract_field_problems(leg: OrderLeg) -> list[Exception]:
+    """An option's fields on a future or a share: the broker would trade the future (or the share) and leave them
+    out, while the alert may have meant the option; and the position would be booked under a contract nobody
+    holds (`positions.book_key`), out of reach of the exits that name the real one. Refused, not guessed."""
+    problems: list[Exception] = []
+    option_only = (
+        f"is for options only (instrument OPT, CE or PE), got {leg.instrument}: remove it, or trade the option"
+    )
+    if leg.option_type is not None:
+        problems.append(_field_error("option_type", option_only))
+    if leg.strike_price is not None:
+        problems.append(_field_error("strike_price", option_only))
+    if leg.expiry_date is not None and leg.instrument is Instrument.EQUITY:
+        message = f"is for futures and options only, got {leg.instrument}: remove it"
+        problems.append(_field_error("expiry_date", message))
     return problems
 
 

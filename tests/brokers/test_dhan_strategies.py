@@ -177,3 +177,39 @@ async def test_a_repeated_exit_before_follow_up_looks_closes_nothing_more(
         ("BUY", 4),
         ("SELL", 10),
     ]
+
+
+async def test_an_options_field_on_a_future_or_a_share_is_refused_before_dhan(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    fake_dhan: FakeDhan,
+    dhan_settings: dict[str, object],
+    store_env: dict[str, str],
+) -> None:
+    """A NIFTY future with `option_type` CE or a strike (did the trader mean the option?), a share with an expiry:
+    Dhan would trade the future or the share and drop the field, and the strategy's fill would be booked under a
+    contract nobody holds, out of reach of the EXIT_ALL that names the real one (it sold another strategy's lots
+    instead). A 422 naming the field, nothing sent; the same leg without it is placed."""
+    client = await start(aiohttp_client, tmp_path, dhan_settings, store_env)
+    future = {"exchange": "NFO", "symbol": "NIFTY", "instrument": "FUT", "productType": "M", "quantity": "65"}
+    future["expiry_date"] = "2026-12-29"
+    option_only = "is for options only (instrument OPT, CE or PE), got FUT: remove it, or trade the option"
+    refused = [
+        ({**future, "option_type": "CE"}, f"order_legs[0].option_type: {option_only}"),
+        ({**future, "strike_price": "24000"}, f"order_legs[0].strike_price: {option_only}"),
+        (
+            intraday(expiry_date="2026-12-29"),
+            "order_legs[0].expiry_date: is for futures and options only, got EQ: remove it",
+        ),
+    ]
+    for body, line in refused:
+        response = await client.post("/webhook", json=alert(leg(**body), secret=ALPHA, id=uuid.uuid4().hex))
+        answer = await response.json()
+        assert (response.status, answer["status"]) == (422, "error"), answer
+        assert line in answer["errors"], answer
+    assert fake_dhan.placed() == []
+
+    placed = await send(client, ALPHA, leg(**future))
+    (sent,) = fake_dhan.placed()
+    assert (sent["transactionType"], sent["quantity"], sent["productType"]) == ("BUY", 65, "MARGIN")
+    assert placed["symbol"] == "NIFTY"
