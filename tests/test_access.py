@@ -1,5 +1,6 @@
 """The admin token, wherever it opens something: `GET /alerts/<id>`, `POST /admin/halt` and `/admin/resume`
-(Bearer), `GET /status` and `GET /metrics` with `metrics.require_token` (Bearer, or Basic's password).
+(Bearer), `GET /status` and `GET /metrics` with `metrics.require_token` (Bearer, or Basic's password); and the
+two values the status page derives from it: the event stream's `key` and the controls' CSRF token.
 
 Only the exact token opens them: a token with something after it, one character short, with a changed character,
 or only its beginning is a 401 and changes nothing, so a compare that checks a prefix (or lets a prefix pass)
@@ -9,6 +10,7 @@ fails here.
 from __future__ import annotations
 
 import base64
+import re
 from typing import TYPE_CHECKING
 
 import attrs
@@ -108,3 +110,32 @@ async def test_basic_credentials_with_bytes_outside_base64_are_a_401(
         mixed = encoded[:8] + stray + encoded[8:]
         assert (await client.get("/status", headers={"Authorization": f"Basic {mixed}"})).status == 401, stray
     assert (await client.get("/status", headers={"Authorization": f"Basic {encoded}"})).status == 200
+
+
+async def test_the_status_streams_key_and_the_csrf_token_take_no_near_miss(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """The page's event stream (`/status/events?key=`, opened by the browser without a header) answers 401 to
+    every near miss of its key, and its controls (`POST /status/actions/halt`, with the admin token) answer 403
+    to every near miss of the CSRF token, trading staying open; the exact values open the stream and halt."""
+    client = await admin_client(make_client, config)
+    page = await (await client.get("/status", headers=bearer(ADMIN_TOKEN))).text()
+    key = page.split("/status/events?key=", 1)[1].split('"', 1)[0]
+    found = re.search(r'const CSRF = "([0-9a-f]{64})";', page)
+    assert found is not None
+    csrf = found.group(1)
+    for name, guess in near_misses(key).items():
+        async with client.get("/status/events", params={"key": guess}) as response:
+            assert response.status == 401, name
+    for name, guess in near_misses(csrf).items():
+        headers = {**bearer(ADMIN_TOKEN), "X-CSRF-Token": guess}
+        response = await client.post("/status/actions/halt", json={"reason": "x"}, headers=headers)
+        assert response.status == 403, name
+    assert (await client.post("/webhook", json=alert())).status == 200
+    async with client.get("/status/events", params={"key": key}) as response:
+        assert response.status == 200
+    halted = await client.post(
+        "/status/actions/halt", json={"reason": "x"}, headers={**bearer(ADMIN_TOKEN), "X-CSRF-Token": csrf}
+    )
+    assert halted.status == 200
+    assert (await client.post("/webhook", json=alert(leg(symbol="INFY")))).status == 503

@@ -89,6 +89,31 @@ async def test_a_storm_of_failures_is_one_message_with_a_count(sink: Sink) -> No
     assert len(sink.received) == 2
 
 
+async def test_a_secret_in_a_message_reaches_the_chat_redacted(sink: Sink) -> None:
+    """A message that carries a configured secret (a plugin echoing its token in a refusal, which
+    docs/plugins.md forbids, or a trader's symbol) reaches the chat with `[redacted]` in its place: the first
+    message and the folded one after it alike."""
+    clock = StoppedClock()
+    token = "plugin-token-5f0c9a1e27d84b36"
+    notifier = Notifier(NotifyConfig(urls=(sink.url,), min_interval_s=0.5), secrets=[SECRET, token], clock=clock)
+    await notifier.start()
+    try:
+        notifier.event("leg_failed", f"s leg 1 (B 1 INFY): refused, token {token} expired")
+        (first,) = await sink.wait_for(1)
+        notifier.event("leg_failed", f"s leg 1 (B 2 INFY): refused, token {token} expired")
+        notifier.event("leg_failed", f"s leg 1 (B 3 {SECRET}): not tradeable here")
+        clock.at += 0.5
+        _, folded = await sink.wait_for(2)
+    finally:
+        await notifier.close()
+    assert first["message"] == "s leg 1 (B 1 INFY): refused, token [redacted] expired"
+    assert folded["message"] == (
+        "2 more since the last message. The latest: s leg 1 (B 3 [redacted]): not tradeable here"
+    )
+    assert token not in str(sink.received)
+    assert SECRET not in str(sink.received)
+
+
 async def test_held_back_failures_are_sent_at_shutdown(config: Config, sink: Sink, converter: Any) -> None:
     """Failures folded into a later message are not lost when the server stops first."""
     from tvbridge.app import create_app  # noqa: PLC0415 - a server stopped by hand here

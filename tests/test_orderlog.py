@@ -153,8 +153,10 @@ TEXT_FIELDS = (
     "message",
     "order_id",
     "client_order_id",
+    "strategy",
 )
-"""Every text field of a result that reaches a cell; the alert's own text (symbol, message echoes) among them."""
+"""Every text field of a result that reaches a cell; the alert's own text (symbol, message echoes) among them, and
+the strategy's name (`[strategies.NAME]` allows a leading `-`)."""
 
 
 def text_result(text: str) -> LegResult:

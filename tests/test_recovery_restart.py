@@ -251,6 +251,28 @@ async def test_an_alert_older_than_max_age_is_not_sent(make_client: ClientFactor
     ]
 
 
+async def test_a_leg_of_an_alert_too_old_to_send_is_still_looked_up_and_found(
+    make_client: ClientFactory, config: Config
+) -> None:
+    """Past `alerts.max_age_s`, a leg marked `sending` whose order reached the broker before the crash is
+    looked up first and recorded as placed, with the broker's order id (an open position the trader must see),
+    never as "expired: not sent ... the broker has no order"; only the leg never sent expires. Nothing is sent."""
+    config = scripted(config, max_age_s=600)
+    old = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale_meta = {"interval": "1D", "time": old, "timenow": old}
+    raw = alert(leg(symbol="INFY", meta=stale_meta), leg(symbol="TCS", sort_order="2"))
+    await crashed_run(config, "A7", raw, sending=(1,))
+    broker_has(config, "A7", 1, "PRE07", "INFY")
+    client = await make_client(config)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A7-1"]  # the one placed before the crash
+    record = await journal_of(client, "A7")
+    assert [(leg["state"], leg["order_id"]) for leg in record["legs"]] == [("placed", "PRE07"), ("expired", None)]
+    assert [(row["status"], row["order_id"]) for row in order_log_rows(config)] == [
+        ("success", "PRE07"),
+        ("expired", ""),
+    ]
+
+
 async def test_an_expired_cancel_leg_names_no_order_and_cancels_nothing(
     make_client: ClientFactory, config: Config
 ) -> None:

@@ -26,11 +26,18 @@ def stamp(age_s: float) -> str:
     return (datetime.now(UTC) - timedelta(seconds=age_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ROOTS = {"common parser": {}, "converter": {"comment": "an unknown key: the converter reads this alert"}}
+"""The two parsers of an alert (`tvbridge/parsing.py`): the common shape's own, and the converter for the rest."""
+
+
 @pytest.mark.sqlite_only
+@pytest.mark.parametrize("root", ROOTS.values(), ids=ROOTS.keys())
 @pytest.mark.parametrize("stale_at", [0, 1, 2], ids=["stale leg first", "stale leg in the middle", "stale leg last"])
-async def test_one_stale_leg_makes_the_alert_stale(make_client: ClientFactory, config: Config, stale_at: int) -> None:
+async def test_one_stale_leg_makes_the_alert_stale(
+    make_client: ClientFactory, config: Config, stale_at: int, root: dict[str, str]
+) -> None:
     """Three legs, two fresh and one past `alerts.max_age_s`: 422 `stale`, no order at the broker, every leg
-    `stale` in the answer, the order log and the journal."""
+    `stale` in the answer, the order log and the journal; whichever parser read the alert."""
     config = with_accounts(config, {"s": {"broker": "scripted"}})
     client = await make_client(config)
     ages = [0.0, 0.0, 0.0]
@@ -39,7 +46,7 @@ async def test_one_stale_leg_makes_the_alert_stale(make_client: ClientFactory, c
         leg(symbol=symbol, sort_order=str(n), meta={"timenow": stamp(age)})
         for n, (symbol, age) in enumerate(zip(["INFY", "TCS", "SBIN"], ages, strict=True), start=1)
     ]
-    response = await client.post("/webhook", json=alert(*legs))
+    response = await client.post("/webhook", json=alert(*legs, **root))
     body = await response.json()
 
     assert response.status == 422

@@ -14,7 +14,7 @@ from helpers import SECRET, STORES, ClientFactory, alert, leg, on_store, with_ac
 from server_process import ServerProcess
 from structlog.testing import capture_logs
 
-from tvbridge.config import Config, DedupeConfig, JournalConfig, RateLimitConfig, ServerConfig
+from tvbridge.config import Config, DedupeConfig, RateLimitConfig, ServerConfig
 from tvbridge.keys import JOURNAL, STATE
 from tvbridge.middlewares.dedupe import dedupe_key
 
@@ -94,7 +94,7 @@ async def test_fifty_simultaneous_copies_place_one_order(
 
     With the default rate limits (a strategy burst of 20): the repeats cost no strategy tokens.
     """
-    config = attrs.evolve(scripted(config), journal=JournalConfig(synchronous=synchronous))
+    config = attrs.evolve(scripted(config), journal=attrs.evolve(config.journal, synchronous=synchronous))
     assert config.rate_limit == RateLimitConfig()
     client = await make_client(config)
     raw = alert()
@@ -106,6 +106,28 @@ async def test_fifty_simultaneous_copies_place_one_order(
     assert statuses == ["duplicate"] * 49 + ["success"]
     [first] = [b for b in bodies if b["status"] == "success"]
     assert {b["duplicate_of"] for b in bodies if b["status"] == "duplicate"} == {first["alert_id"]}
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_fifty_copies_of_an_alert_whose_key_left_the_window_place_one_more_order(
+    make_client: ClientFactory, config: Config, synchronous: Literal["normal", "full"]
+) -> None:
+    """An alert ran; its dedupe key has left the window since (cleared, as the background task clears it); then
+    fifty identical copies arrive at once: it runs once more (one more order at the strict broker), forty-nine
+    are its duplicates. The journal has seen this key, so every copy's look-up is a real query (with
+    `journal.synchronous = "full"` a hop to the journal's thread, where the other copies run on): a copy that
+    looked before claiming would find nothing and run too."""
+    config = attrs.evolve(scripted(config), journal=attrs.evolve(config.journal, synchronous=synchronous))
+    client = await make_client(config)
+    raw = alert()
+    assert (await (await client.post("/webhook", json=raw)).json())["status"] == "success"
+    assert await client.app[JOURNAL].prune_dedupe_keys((datetime.now(UTC) + timedelta(seconds=1)).isoformat()) == 1
+    responses = await asyncio.wait_for(asyncio.gather(*(client.post("/webhook", json=raw) for _ in range(50))), WAIT_S)
+    bodies = [await r.json() for r in responses]
+    assert len(orders_received(config)) == 2, "fifty copies of an alert out of its window placed more than one order"
+    assert sorted(b["status"] for b in bodies) == ["duplicate"] * 49 + ["success"]
+    [second] = [b for b in bodies if b["status"] == "success"]
+    assert {b["duplicate_of"] for b in bodies if b["status"] == "duplicate"} == {second["alert_id"]}
 
 
 async def test_duplicate_after_a_restart_is_caught(make_client: ClientFactory, config: Config) -> None:
