@@ -32,12 +32,12 @@ if TYPE_CHECKING:
 
 KEY = "NSE|RELIANCE|EQ||||I"
 OTHER_KEY = "NSE|INFY|EQ||||I"
-OPEN_BRACKET = (
+OPEN_BRACKET: tuple[dict[str, str | None], ...] = (
     {"part": "entry", "order_id": "E", "state": "filled"},
     {"part": "target", "order_id": "T", "state": "open"},
     {"part": "stop_loss", "order_id": "S", "state": "trigger_pending"},
 )
-CLOSED_BRACKET = (
+CLOSED_BRACKET: tuple[dict[str, str | None], ...] = (
     {"part": "entry", "order_id": "E", "state": "filled"},
     {"part": "target", "order_id": "T", "state": "filled"},
     {"part": "stop_loss", "order_id": "S", "state": "cancelled"},
