@@ -11,22 +11,39 @@ square-off after a restart, its daily count after a crash) is in the tests furth
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
-from helpers import STORES, in_time_zone
+from durability_server import KillableServer, alert_record, journal_rows, post_alert, scripted_orders
+from helpers import STORES, alert, in_time_zone, leg
 from structlog.testing import capture_logs
+from test_strategies import (
+    ALPHA,
+    BETA,
+    MONDAY_10,
+    Clock,
+    csv_rows,
+    intraday,
+    make_config_fixture,  # noqa: F401 - the `make_config` fixture, used by name
+    net,
+    post,
+    start,
+)
 
 from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
 from tvbridge.journal import MAX_MARKS_WAITING, Journal, OrderStateRecord, PlannedLeg
+from tvbridge.keys import BROKERS, SQUARE_OFF
 from tvbridge.models import LegResult, LegStatus
 from tvbridge.store.postgres import PostgresStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from test_strategies import MakeConfig
 
     from tvbridge.store import Store
 
@@ -287,6 +304,10 @@ async def test_a_strategys_day_count_is_the_same_on_a_server_outside_utc(store: 
         assert await store.count_strategy_orders("alpha", since=now + timedelta(minutes=1)) == 0
 
 
+def start_server(data_dir: Path, env: dict[str, str] | None, name: str) -> KillableServer:
+    return KillableServer(data_dir, env, name=name).start()
+
+
 FINISHED = Finished(status="success", response={"status": "success"}, results=())
 
 
@@ -332,3 +353,114 @@ async def test_marks_a_failed_commit_keeps_are_logged_with_their_count(tmp_path:
         assert await journal.pending_order_log() == []
     finally:
         await journal.close()
+
+
+# What a user sees of these reads: through the real app (paper, in process) and a real `kill -9`.
+
+
+async def test_a_strategys_cancel_by_side_cancels_its_bracket_and_leaves_its_other_side(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha holds a filled bracket entry (BUY 10, its target and stop resting) and a resting SELL; beta a
+    resting BUY. alpha's `cancel_order` for RELIANCE BUY cancels its bracket (the stop and target go) and
+    nothing else; its `cancel_order` for SELL then cancels its SELL; beta's order rests through both.
+
+    Kills `open_orders_of` 23 (the side's path upper-cased: a cancel naming a side cancels nothing), 32 and 34
+    (a bracket part's state upper-cased: the entry of a bracket whose stop rests is not found, and its stop and
+    target stay at the broker)."""
+    client = await start(aiohttp_client, make_config())
+    broker = client.app[BROKERS]["paper"]
+    # paper moves its price to each alert's: these stay between the stop (2800) and the target (3000)
+    bracket = await post(
+        client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA)
+    )
+    assert bracket["results"][0]["order_state"] == "filled", bracket
+    sell = await post(
+        client, alert(intraday(orderType="LMT", price="2950", quantity="1", transactionType="S"), secret=ALPHA)
+    )
+    theirs = await post(client, alert(intraday(orderType="LMT", price="2850", quantity="1"), secret=BETA))
+    parts = {o.order_id for o in await broker.open_orders()} - {
+        sell["results"][0]["order_id"],
+        theirs["results"][0]["order_id"],
+    }
+    assert len(parts) == 2  # the bracket's target and stop rest
+
+    by_side = {"symbol": "RELIANCE", "exchange": "NSE", "transactionType": "B"}
+    body = await post(client, alert(by_side, secret=ALPHA, alertType="cancel_order"))
+
+    [result] = body["results"]
+    assert (result["status"], set(result["order_id"].split(","))) == ("success", parts), result
+    assert {o.order_id for o in await broker.open_orders()} == {
+        sell["results"][0]["order_id"],
+        theirs["results"][0]["order_id"],
+    }
+    body = await post(client, alert({**by_side, "transactionType": "S"}, secret=ALPHA, alertType="cancel_order"))
+    assert body["results"][0]["order_id"] == sell["results"][0]["order_id"], body
+    assert [o.order_id for o in await broker.open_orders()] == [theirs["results"][0]["order_id"]]
+    assert await net(client) == 10
+
+
+async def test_a_square_off_done_before_a_restart_is_not_done_again_that_day(
+    aiohttp_client: Any, make_config: MakeConfig
+) -> None:
+    """alpha (`square_off_at 15:15`) squares off its 10 at 15:16; at 15:20 it buys 3 again, and the server is
+    restarted: the square-off journaled today is not run again (the 3 stay, the order log has one flatten); the
+    next trading day it runs and closes them.
+
+    Kills `has_run` 1 and 3 (the journal's "already ran" read lost: every restart that day squares off again)."""
+    config = make_config(alpha='square_off_at = "15:15"')
+    clock = Clock(MONDAY_10)
+    client = await start(aiohttp_client, config, clock)
+    await post(client, alert(intraday(quantity="10"), secret=ALPHA))
+    clock.at = MONDAY_10.replace(hour=15, minute=16)
+    [report] = await client.app[SQUARE_OFF].run_due()
+    assert [(r.transaction, r.quantity) for r in report.results] == [("S", "10")]
+    clock.at = MONDAY_10.replace(hour=15, minute=20)
+    await post(client, alert(intraday(quantity="3"), secret=ALPHA))
+    await client.close()
+
+    client = await start(aiohttp_client, config, clock)
+    assert await client.app[SQUARE_OFF].run_due() == []
+    assert await net(client) == 3
+    assert [(r["alert_type"], r["transaction"], r["quantity"]) for r in csv_rows(config)] == [
+        ("multi_leg_order", "B", "10"),
+        ("flatten", "S", "10"),
+        ("multi_leg_order", "B", "3"),
+    ]
+    clock.at += timedelta(days=1)
+    [report] = await client.app[SQUARE_OFF].run_due()
+    assert [(r.transaction, r.quantity) for r in report.results] == [("S", "3")]
+
+
+async def test_a_strategys_leg_killed_while_sending_counts_in_its_day_after_the_restart(tmp_path: Path) -> None:
+    """alpha (`max_orders_per_day = 1`) sends a two-leg alert to the unforgiving scripted broker; the process is
+    killed (SIGKILL) after leg 1 is journaled `sending`, before its broker call. The restarted server resends
+    leg 1 (the broker lacks it) and then checks leg 2, reading alpha's day from the journal while leg 1 is
+    still `sending` there: leg 2 is refused by alpha's limit, as it was before the crash would have been. The
+    broker got one order, and alpha's next alert is refused too.
+
+    Kills `count_strategy_orders_20` (`'sending'` upper-cased: leg 1 left out of alpha's day, so leg 2 and the
+    next alert are sent: three orders on a limit of one)."""
+    (tmp_path / "config.toml").write_text(
+        f'[strategies.alpha]\nsecret = "{ALPHA}"\naccounts = ["sim"]\nmax_orders_per_day = 1\n', encoding="utf-8"
+    )
+    two_legs = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"), secret=ALPHA)
+    server = await asyncio.to_thread(start_server, tmp_path, {"TVBRIDGE_TEST_CRASH_AT": "before_send"}, "crash")
+    assert await post_alert(server.url, two_legs) is None  # killed: no answer
+    assert await asyncio.to_thread(server.wait, 10) == -9
+    alerts, legs, _ = journal_rows(tmp_path)
+    (interrupted,) = alerts
+    assert (legs[interrupted, 1], legs[interrupted, 2]) == ("sending", "pending")
+    assert scripted_orders(tmp_path) == []
+
+    restarted = await asyncio.to_thread(start_server, tmp_path, None, "restarted")
+    try:
+        record = await alert_record(restarted.url, interrupted)
+        later = await post_alert(restarted.url, alert(leg(symbol="WIPRO"), secret=ALPHA))
+    finally:
+        assert await asyncio.to_thread(restarted.terminate) == 0
+    assert [o["client_order_id"] for o in scripted_orders(tmp_path)] == [f"{interrupted}-1"]
+    refusal = "risk: 1 order(s) already sent today by strategy alpha; max_orders_per_day is 1"
+    assert [(leg["state"], leg["message"]) for leg in record["legs"]][1] == ("failed", refusal), record
+    assert later is not None
+    assert [(r["status"], r["message"]) for r in later[1]["results"]] == [("failed", refusal)]
