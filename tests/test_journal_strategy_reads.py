@@ -311,6 +311,7 @@ def start_server(data_dir: Path, env: dict[str, str] | None, name: str) -> Killa
 FINISHED = Finished(status="success", response={"status": "success"}, results=())
 
 
+@pytest.mark.sqlite_only  # the SQLite journal's own marks (PostgreSQL has none)
 async def test_marks_a_failed_commit_keeps_are_logged_with_their_count(tmp_path: Path) -> None:
     """Many alerts finished in their own commit (`MAX_MARKS_WAITING`) with their order log rows written, and the
     disk refusing the commit meant to clear their marks: the operator's warning
@@ -432,6 +433,7 @@ async def test_a_square_off_done_before_a_restart_is_not_done_again_that_day(
     assert [(r.transaction, r.quantity) for r in report.results] == [("S", "3")]
 
 
+@pytest.mark.sqlite_only  # a `serve` subprocess on its SQLite journal, read straight from the file
 async def test_a_strategys_leg_killed_while_sending_counts_in_its_day_after_the_restart(tmp_path: Path) -> None:
     """alpha (`max_orders_per_day = 1`) sends a two-leg alert to the unforgiving scripted broker; the process is
     killed (SIGKILL) after leg 1 is journaled `sending`, before its broker call. The restarted server resends
