@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 from durability_server import KillableServer, alert_record, journal_rows, post_alert, scripted_orders
-from helpers import STORES, alert, in_time_zone, leg
+from helpers import SECRET, STORES, alert, in_time_zone, leg
 from structlog.testing import capture_logs
 from test_strategies import (
     ALPHA,
@@ -466,3 +466,28 @@ async def test_a_strategys_leg_killed_while_sending_counts_in_its_day_after_the_
     assert [(leg["state"], leg["message"]) for leg in record["legs"]][1] == ("failed", refusal), record
     assert later is not None
     assert [(r["status"], r["message"]) for r in later[1]["results"]] == [("failed", refusal)]
+
+
+async def test_a_brackets_stop_is_its_strategys_own_to_cancel(aiohttp_client: Any, make_config: MakeConfig) -> None:
+    """alpha's bracket entry filled on paper, its stop resting: a `cancel_order` naming the stop's order id from
+    beta, or from the global secret (`default`), is refused as another strategy's order and the stop keeps
+    resting; alpha's own cancel of it goes through.
+
+    Kills `order_strategies_14` (a part's order id path upper-cased: the stop is no one's, and `default`, which
+    may cancel orders tvbridge did not place, cancels alpha's stop, leaving its 10 unprotected)."""
+    client = await start(aiohttp_client, make_config())
+    broker = client.app[BROKERS]["paper"]
+    entry = await post(client, alert(intraday(quantity="10", target_price="3000", stoploss_price="2800"), secret=ALPHA))
+    stop = next(part["order_id"] for part in entry["results"][0]["bracket"] if part["part"] == "stop_loss")
+    resting = {o.order_id for o in await broker.open_orders()}
+    assert stop in resting
+
+    for secret, strategy in ((BETA, "beta"), (SECRET, "default")):
+        body = await post(client, alert({"order_id": stop}, secret=secret, alertType="cancel_order"))
+        refusal = f"not cancelled: order {stop} is another strategy's order; strategy {strategy} cancels only its own"
+        assert [(r["status"], r["message"]) for r in body["results"]] == [("failed", f"{refusal} orders")], body
+    assert {o.order_id for o in await broker.open_orders()} == resting
+
+    body = await post(client, alert({"order_id": stop}, secret=ALPHA, alertType="cancel_order"))
+    assert body["results"][0]["status"] == "success", body
+    assert stop not in {o.order_id for o in await broker.open_orders()}
