@@ -448,8 +448,11 @@ async def test_a_strategys_leg_killed_while_sending_counts_in_its_day_after_the_
     )
     two_legs = alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2"), secret=ALPHA)
     server = await asyncio.to_thread(start_server, tmp_path, {"TVBRIDGE_TEST_CRASH_AT": "before_send"}, "crash")
-    assert await post_alert(server.url, two_legs) is None  # killed: no answer
-    assert await asyncio.to_thread(server.wait, 10) == -9
+    try:
+        assert await post_alert(server.url, two_legs) is None  # killed: no answer
+        assert await asyncio.to_thread(server.wait, 10) == -9
+    finally:
+        await asyncio.to_thread(server.kill)  # a server that did not die at its point is not left running
     alerts, legs, _ = journal_rows(tmp_path)
     (interrupted,) = alerts
     assert (legs[interrupted, 1], legs[interrupted, 2]) == ("sending", "pending")
