@@ -116,3 +116,40 @@ async def test_a_pass_the_database_fails_is_logged_and_the_next_pass_finishes_th
     assert failed == [("error", True)]
     assert record["status"] == "success"
     assert [o["client_order_id"] for o in broker_orders(config)] == ["E2-1"]
+
+
+async def test_the_serving_app_looks_for_orphaned_alerts_every_half_lease(
+    make_client: ClientFactory, config: Config, pg_url: str
+) -> None:
+    """While serving, the app asks the store for alerts a dead instance left unfinished every half
+    `leader_lease_s` (recovery's module docstring): an orphan's legs wait at most half a lease after that
+    instance's lease expired. Measured from the end of one pass's look-up to the start of the next (the pause
+    between passes; a pause never ends early): not shorter than half the lease (a third: the database asked
+    half as often again as documented), and well short of twice the lease (an orphan's order left waiting up to
+    two whole leases). With a lease of 2 s the upper bound leaves 2 s for the event loop to wake up."""
+    lease_s = 2.0
+    config = with_accounts(config, {"sim": {"broker": "scripted", "broker_timeout_s": 0.5}})
+    journal = attrs.evolve(config.journal, url=pg_url, shared_secret_key=SHARED_KEY, leader_lease_s=lease_s)
+    client = await make_client(attrs.evolve(config, journal=journal))
+    store = client.app[JOURNAL]
+    listed = store.unfinished
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+    answered: list[float] = []
+    third = asyncio.Event()
+
+    async def timed() -> list[str]:
+        asked.append(loop.time())
+        if len(asked) == 3:
+            third.set()
+        try:
+            return await listed()
+        finally:
+            answered.append(loop.time())
+
+    store.unfinished = timed  # type: ignore[method-assign]
+    async with asyncio.timeout(10 * lease_s):
+        await third.wait()
+    pauses = [start - end for end, start in zip(answered, asked[1:], strict=False)]
+    assert len(pauses) == 2
+    assert all(lease_s / 2 - 0.01 <= pause < 1.5 * lease_s for pause in pauses), pauses

@@ -21,6 +21,7 @@ from helpers import alert, leg, with_accounts
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from tvbridge import recovery
 from tvbridge.alerts.records import AlertEntry, LegEntry
 from tvbridge.config import StrategyConfig
 from tvbridge.journal import Journal, PlannedLeg
@@ -313,6 +314,39 @@ async def test_a_young_alert_within_max_age_is_sent(make_client: ClientFactory, 
     client = await make_client(config)
     assert [o["client_order_id"] for o in broker_orders(config)] == ["A6-1"]
     record = await journal_of(client, "A6")
+    assert [leg["state"] for leg in record["legs"]] == ["placed"]
+
+
+async def test_an_alert_exactly_max_age_old_at_the_start_is_still_sent(
+    make_client: ClientFactory, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The age limit holds its bound as the arrival's does (`alerts.plan.staleness` refuses an age above
+    `alerts.max_age_s`, not one equal to it): an alert whose `meta.timenow` is exactly `max_age_s` old when
+    recovery runs is sent, not expired. Recovery reads the wall clock itself (`datetime.now`), so the test stops
+    that clock at the instant the age equals the limit."""
+    config = scripted(config, max_age_s=600)
+    timenow = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    stamp = timenow.strftime("%Y-%m-%dT%H:%M:%SZ")
+    await crashed_run(config, "A7", alert(leg(symbol="INFY", meta={"interval": "1D", "time": stamp, "timenow": stamp})))
+    at_the_limit = timenow + timedelta(seconds=600)
+
+    class StoppedClock:
+        """recovery's `datetime`: `now()` at the limit, everything else as it is."""
+
+        fromisoformat = datetime.fromisoformat
+
+        @staticmethod
+        def now(tz: object = None) -> datetime:
+            assert tz is UTC
+            return at_the_limit
+
+    monkeypatch.setattr(recovery, "datetime", StoppedClock)
+    with capture_logs() as logs:
+        client = await make_client(config)
+    [line] = [e for e in logs if e["event"] == "recovery.alert"]
+    assert (line["age_s"], line["may_send"]) == (600.0, True)
+    assert [o["client_order_id"] for o in broker_orders(config)] == ["A7-1"]
+    record = await journal_of(client, "A7")
     assert [leg["state"] for leg in record["legs"]] == ["placed"]
 
 
