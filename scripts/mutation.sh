@@ -175,11 +175,12 @@ tests_of() {
             "tests/test_positions.py tests/brokers/test_dhan_positions.py" \
             "tests/brokers/test_dhan_lots.py tests/brokers/test_dhan_part_lots.py tests/brokers/test_paper_master.py" \
             "tests/brokers/test_paper.py tests/test_strategy_alerts.py tests/test_strategies.py" \
-            "tests/test_strategies_review.py tests/brokers/test_dhan_strategies.py" ;;
+            "tests/test_strategies_review.py tests/brokers/test_dhan_strategies.py tests/test_positions_share.py" ;;
         # the journal's reads and writes on a real file, and the steps that read it back in-process: recovery at
         # the start, the daily risk count, dedupe's lookup, follow-up's schedule, the file-identity checks; the
         # strategies' reads (their open orders, brackets, fills, counts), a refusal's record, the status page's
-        # admin actions (fetch), and the one-commit marks (test_one_commit.py's in-process tests, not its kill -9 ones)
+        # admin actions (fetch), and the one-commit marks (test_one_commit.py's in-process tests, not its kill -9 ones);
+        # the strategies' reads on SQLite only (their PostgreSQL twins would start a cluster per mutant) and in-process
         journal) echo "tests/test_risk_strategies.py tests/test_journal.py tests/test_journal_marks.py tests/test_journal_reads.py tests/alerts/test_records.py tests/test_sqlite.py tests/test_fileid.py tests/test_recovery_restart.py tests/test_risk.py tests/middlewares/test_dedupe_edges.py tests/test_followup_schedule.py" \
             "tests/test_strategies.py tests/test_strategies_review.py tests/test_refusal_journal.py tests/test_status_actions.py" \
             "tests/test_one_commit.py::test_the_one_commit_writes_the_rows_the_two_writes_do" \
@@ -188,7 +189,20 @@ tests_of() {
             "tests/test_one_commit.py::test_the_mark_is_cleared_by_the_next_alerts_commit" \
             "tests/test_one_commit.py::test_paths_that_keep_two_writes" \
             "tests/test_one_commit.py::test_an_older_journal_gets_the_mark_column" \
-            "tests/test_one_commit.py::test_many_marks_waiting_get_a_commit_of_their_own" ;;
+            "tests/test_one_commit.py::test_many_marks_waiting_get_a_commit_of_their_own" \
+            "tests/brokers/test_dhan_strategies.py tests/brokers/test_dhan_strategy_brackets.py" \
+            "tests/test_journal_strategy_reads.py::test_the_fills_still_open_are_the_open_orders_and_open_bracket_parts_of_the_contract[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_a_strategys_cancel_by_symbol_finds_its_own_open_orders_by_exchange_and_side[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_whose_order_an_id_is_includes_a_brackets_stop_and_target[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_the_brackets_square_off_cancels_are_the_open_ones_with_their_quantity[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_a_square_off_journaled_today_has_run_for_its_strategy_and_account_only[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_a_strategys_day_count_holds_the_legs_that_may_be_at_the_broker[sqlite]" \
+            "tests/test_journal_strategy_reads.py::test_a_strategys_day_count_is_the_same_on_a_server_outside_utc[sqlite-Asia/Kolkata]" \
+            "tests/test_journal_strategy_reads.py::test_a_strategys_day_count_is_the_same_on_a_server_outside_utc[sqlite-America/New_York]" \
+            "tests/test_journal_strategy_reads.py::test_marks_a_failed_commit_keeps_are_logged_with_their_count" \
+            "tests/test_journal_strategy_reads.py::test_a_strategys_cancel_by_side_cancels_its_bracket_and_leaves_its_other_side" \
+            "tests/test_journal_strategy_reads.py::test_a_square_off_done_before_a_restart_is_not_done_again_that_day" \
+            "tests/test_journal_strategy_reads.py::test_a_brackets_stop_is_its_strategys_own_to_cancel" ;;
     esac
 }
 toml_list() { printf '['; local first=1; for x in "$@"; do [ $first = 1 ] || printf ', '; printf '"%s"' "$x"; first=0; done; printf ']'; }
