@@ -190,7 +190,7 @@ tests_of() {
             "tests/test_one_commit.py::test_paths_that_keep_two_writes" \
             "tests/test_one_commit.py::test_an_older_journal_gets_the_mark_column" \
             "tests/test_one_commit.py::test_many_marks_waiting_get_a_commit_of_their_own" \
-            "tests/brokers/test_dhan_strategies.py tests/brokers/test_dhan_strategy_brackets.py" \
+            "tests/brokers/test_dhan_strategies.py" \
             "tests/test_journal_strategy_reads.py::test_the_fills_still_open_are_the_open_orders_and_open_bracket_parts_of_the_contract[sqlite]" \
             "tests/test_journal_strategy_reads.py::test_a_strategys_cancel_by_symbol_finds_its_own_open_orders_by_exchange_and_side[sqlite]" \
             "tests/test_journal_strategy_reads.py::test_whose_order_an_id_is_includes_a_brackets_stop_and_target[sqlite]" \

@@ -20,6 +20,7 @@ import pytest
 from durability_server import KillableServer, alert_record, journal_rows, post_alert, scripted_orders
 from helpers import SECRET, STORES, alert, in_time_zone, leg
 from structlog.testing import capture_logs
+from test_one_commit import entry as one_leg_entry
 from test_strategies import (
     ALPHA,
     BETA,
@@ -33,7 +34,7 @@ from test_strategies import (
     start,
 )
 
-from tvbridge.alerts.records import AlertEntry, Finished, LegEntry
+from tvbridge.alerts.records import Finished
 from tvbridge.journal import MAX_MARKS_WAITING, Journal, OrderStateRecord, PlannedLeg
 from tvbridge.keys import BROKERS, SQUARE_OFF
 from tvbridge.models import LegResult, LegStatus
@@ -324,16 +325,7 @@ async def test_marks_a_failed_commit_keeps_are_logged_with_their_count(tmp_path:
     try:
         ids = [f"A{n}" for n in range(MAX_MARKS_WAITING)]
         for alert_id in ids:
-            entry = AlertEntry(
-                alert_id=alert_id,
-                alert_type="multi_leg_order",
-                payload={"alertType": "multi_leg_order"},
-                dedupe_key=None,
-                source=None,
-                order_log_offset=0,
-                legs=(LegEntry(account="paper", leg_number=1, client_order_id=f"{alert_id}-1", state="sending"),),
-            )
-            await journal.record_plan(entry, join=lambda _: FINISHED)
+            await journal.record_plan(one_leg_entry(alert_id), join=lambda _: FINISHED)
         write = journal.database.write
 
         async def refused(fn: object) -> None:

@@ -1,6 +1,8 @@
 """Two strategies on one Dhan account and one symbol (issue 19): the real dhanhq client against the fake Dhan API,
 through the real app. Each strategy's position is what its own orders filled (order follow-up records Dhan's
-fills in the journal), so each EXIT_ALL closes only its own share of the account's net position."""
+fills in the journal), so each EXIT_ALL closes only its own share of the account's net position. Before a share
+is read, the contract's orders that are not final are looked up (`Journal.unsettled`), a bracket whose entry
+filled but whose target or stop still rests included: its exit may have filled since."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 from helpers import SECRET, alert, leg
+from test_strategies import admin
 
 from tvbridge.app import create_app
 from tvbridge.config import load_config
@@ -27,29 +30,40 @@ BETA: Final = "beta-secret-0123456789abcdef"
 WAIT_S: Final = 10.0
 
 
+FAST_FOLLOWUP: Final = "first_interval_s = 0.05\nmax_interval_s = 0.2\nmax_lookups_per_s = 50"
+SLOW_FOLLOWUP: Final = "first_interval_s = 60\nmax_interval_s = 120"  # never within a test
+
+
 async def start(
-    aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object], store_env: dict[str, str]
+    aiohttp_client: Any,
+    tmp_path: Path,
+    dhan_settings: dict[str, object],
+    store_env: dict[str, str],
+    *,
+    followup: str = FAST_FOLLOWUP,
+    strategies: dict[str, str] | None = None,
 ) -> Any:
+    """The app on one Dhan account with the strategies given (name to secret; alpha and beta unless said).
+    `SLOW_FOLLOWUP`: order follow-up never looks within the test, so only the lookups before a share is read can
+    see a fill."""
     account = "\n".join(f"{key} = {json.dumps(value)}" for key, value in dhan_settings.items())
+    own = "".join(
+        f'[strategies.{name}]\nsecret = "{secret}"\n'
+        for name, secret in (strategies or {"alpha": ALPHA, "beta": BETA}).items()
+    )
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
 [sessions]
 enabled = false
 [followup]
-first_interval_s = 0.05
-max_interval_s = 0.2
-max_lookups_per_s = 50
+{followup}
 [routing]
 accounts = ["dhan"]
 [accounts.dhan]
 broker = "dhan"
 {account}
-[strategies.alpha]
-secret = "{ALPHA}"
-[strategies.beta]
-secret = "{BETA}"
-""",
+{own}""",
         encoding="utf-8",
     )
     env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}  # conftest
@@ -117,37 +131,6 @@ async def test_each_strategy_exits_only_its_own_share_on_dhan(
     assert len(fake_dhan.placed()) == 4
 
 
-async def start_slow_followup(
-    aiohttp_client: Any, tmp_path: Path, dhan_settings: dict[str, object], store_env: dict[str, str]
-) -> Any:
-    """As `start`, with order follow-up's first look after 60 s (never within a test): only the settling before a
-    share is read can see a fill."""
-    account = "\n".join(f"{key} = {json.dumps(value)}" for key, value in dhan_settings.items())
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[sessions]
-enabled = false
-[followup]
-first_interval_s = 60
-max_interval_s = 120
-[routing]
-accounts = ["dhan"]
-[accounts.dhan]
-broker = "dhan"
-{account}
-[strategies.alpha]
-secret = "{ALPHA}"
-[strategies.beta]
-secret = "{BETA}"
-""",
-        encoding="utf-8",
-    )
-    env = {"WEBHOOK_SECRET": SECRET, "TVBRIDGE_SERVER__DATA_DIR": str(tmp_path), **store_env}  # conftest
-    config = load_config(path, make_converter(), env, tmp_path)
-    return await aiohttp_client(create_app(config, make_converter(), resolve_credentials(config)))
-
-
 async def test_a_repeated_exit_before_follow_up_looks_closes_nothing_more(
     aiohttp_client: Any,
     tmp_path: Path,
@@ -158,7 +141,7 @@ async def test_a_repeated_exit_before_follow_up_looks_closes_nothing_more(
     """alpha 10 and beta 4 filled at Dhan (follow-up has not looked yet): alpha's EXIT_ALL sells its 10; Dhan
     fills it at once; alpha's repeated EXIT_ALL, before follow-up's next look, sends nothing (before: the journal
     still had alpha +10, so it sold 10 more: closed beta's 4 and opened a short of 6)."""
-    client = await start_slow_followup(aiohttp_client, tmp_path, dhan_settings, store_env)
+    client = await start(aiohttp_client, tmp_path, dhan_settings, store_env, followup=SLOW_FOLLOWUP)
     fake_dhan.trade((await send(client, ALPHA, intraday(quantity="10")))["order_id"], price="2900")
     fake_dhan.trade((await send(client, BETA, intraday(quantity="4")))["order_id"], price="2900")
     fake_dhan.set_position("2885", 14, product="INTRADAY", trading_symbol="RELIANCE")
@@ -213,3 +196,53 @@ async def test_an_options_field_on_a_future_or_a_share_is_refused_before_dhan(
     (sent,) = fake_dhan.placed()
     assert (sent["transactionType"], sent["quantity"], sent["productType"]) == ("BUY", 65, "MARGIN")
     assert placed["symbol"] == "NIFTY"
+
+
+GAMMA: Final = "gamma-secret-0123456789abcdef"
+
+
+async def test_a_bracket_whose_target_filled_unseen_leaves_its_strategy_nothing_to_close(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    fake_dhan: FakeDhan,
+    dhan_settings: dict[str, object],
+    store_env: dict[str, str],
+) -> None:
+    """alpha's bracket (BUY 10, target 3000, stop 2850) and beta's BUY 4 fill at Dhan; gamma's EXIT_ALL (it holds
+    nothing) makes tvbridge look them up, so the journal has alpha's entry filled with its target and stop
+    resting. Dhan then fills the target (alpha is flat; Dhan holds beta's 4) before follow-up looks again:
+    alpha's EXIT_ALL looks the bracket up (a part was still open), finds the target's fill and sends nothing
+    (without that look, alpha's +10 cut to Dhan's 4 sold beta's 4)."""
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        dhan_settings,
+        store_env,
+        followup=SLOW_FOLLOWUP,
+        strategies={"alpha": ALPHA, "beta": BETA, "gamma": GAMMA},
+    )
+    entry = await send(
+        client,
+        ALPHA,
+        intraday(orderType="LMT", price="2900", target_price="3000", stoploss_price="2850", quantity="10"),
+    )
+    fake_dhan.trade((await send(client, BETA, intraday(quantity="4")))["order_id"], price="2900")
+    fake_dhan.super_trade_entry(entry["order_id"], price="2900")
+    fake_dhan.set_position("2885", 14, product="INTRADAY", trading_symbol="RELIANCE")
+
+    nothing = await send(client, GAMMA, exit_all())
+
+    assert nothing["message"].startswith("nothing to close"), nothing
+    record = await (await client.get(f"/alerts/{entry['alert_id']}", headers=admin(client))).json()
+    (leg,) = record["legs"]
+    assert (leg["order_state"], {p["part"]: p["state"] for p in leg["bracket"]}) == (
+        "filled",
+        {"entry": "filled", "target": "open", "stop_loss": "trigger_pending"},
+    ), leg
+    fake_dhan.super_fill(entry["order_id"], "TARGET_LEG")
+    fake_dhan.set_position("2885", 4, product="INTRADAY", trading_symbol="RELIANCE")
+
+    closing = await send(client, ALPHA, exit_all())
+
+    assert closing["message"].startswith("nothing to close"), closing
+    assert [(p["transactionType"], p["quantity"]) for p in fake_dhan.placed()] == [("BUY", 4)]
