@@ -499,7 +499,8 @@ async def test_an_alert_of_an_account_no_longer_configured_is_recorded_unknown_u
     make_client: ClientFactory, config: Config
 ) -> None:
     """The operator renamed the account between the crash and the start: the journal's legs name `sim`, the config
-    routes to `other`. Nothing is sent anywhere; each leg is `unknown` (check the broker) under `sim`, its broker
+    routes to `other`. Nothing is sent anywhere; each leg is `unknown` under `sim`, saying the account is gone (not
+    "internal error": the trader must know what to check), its broker
     named by the account (no broker table is left to name it), in the answer, the journal and one order log row
     each: the rows are what a trader reconciles against the broker, so none may be lost."""
     await crashed_run(scripted(config), "A12", alert(leg(symbol="INFY"), leg(symbol="TCS", sort_order="2")))
@@ -514,6 +515,8 @@ async def test_an_alert_of_an_account_no_longer_configured_is_recorded_unknown_u
         for r in record["response"]["results"]
     ]
     assert got == expected
+    gone = "outcome unknown: account sim is not configured any more, so nothing was looked up or sent: check its"
+    assert [r["message"] for r in record["response"]["results"]] == [f"{gone} broker before resending"] * 2
     assert [(leg["account"], leg["state"], leg["result"]["broker"]) for leg in record["legs"]] == [
         ("sim", "unknown", "sim"),
         ("sim", "unknown", "sim"),
@@ -523,6 +526,7 @@ async def test_an_alert_of_an_account_no_longer_configured_is_recorded_unknown_u
         for row in order_log_rows(config)
     ]
     assert rows == expected
+    assert {row["message"] for row in order_log_rows(config)} == {f"{gone} broker before resending"}
     assert [(e["log_level"], e["alert_id"], e["account"]) for e in logs if e["event"] == "account.failed"] == [
         ("error", "A12", "sim")
     ]

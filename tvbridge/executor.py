@@ -515,9 +515,15 @@ class Executor:
 
     def _account_crashed(self, alert_id: str, alert: Alert, account: str, error: Exception) -> list[LegResult]:
         """A bug while running one account must not cost the other accounts their records: this account's legs
-        are reported `unknown` (some may have been sent) and the journal keeps them for a check."""
+        are reported `unknown` (some may have been sent) and the journal keeps them for a check. At recovery, an
+        account the config no longer has ends here too: the message says so, for the trader to know what to check."""
         log.error("account.failed", alert_id=alert_id, account=account, error=f"{type(error).__name__}: {error}")
         message = "outcome unknown (internal error while sending): check the broker before resending"
+        if account not in self._brokers:  # recovery of an alert whose account was renamed or removed since
+            message = (
+                f"outcome unknown: account {account} is not configured any more, so nothing was looked up or sent:"
+                " check its broker before resending"
+            )
         legs: tuple[OrderLeg | CancelLeg, ...] = alert.legs
         return [
             self.result_for(
