@@ -44,6 +44,24 @@ async def finished(client: Any, alert_id: str) -> dict[str, Any]:
             await asyncio.sleep(LEASE_S / 10)
 
 
+async def left_unfinished(pg_url: str, alert_id: str, symbol: str) -> None:
+    """Another instance journals `alert_id` (one pending leg of `symbol` on account `sim`) and stops before
+    sending it, as an instance killed mid-alert leaves it."""
+    other = PostgresStore(pg_url, lease_s=LEASE_S)
+    await other.open()
+    raw = alert(leg(symbol=symbol))
+    await other.record_alert(
+        alert_id=alert_id,
+        alert_type=raw["alertType"],
+        payload=raw,
+        dedupe_key=None,
+        source="127.0.0.1",
+        legs=[PlannedLeg(account="sim", leg_number=1, client_order_id=client_order_id(alert_id, 1))],
+        order_log_offset=0,
+    )
+    await other.close()
+
+
 async def test_an_alert_another_instance_left_unfinished_is_finished_while_serving(
     make_client: ClientFactory, config: Config, pg_url: str
 ) -> None:
@@ -57,19 +75,7 @@ async def test_an_alert_another_instance_left_unfinished_is_finished_while_servi
     client = await make_client(config)
     assert client.app[JOURNAL].shared
 
-    other = PostgresStore(pg_url, lease_s=LEASE_S)
-    await other.open()
-    raw = alert(leg(symbol="NSE:INFY"))  # a TradingView ticker: parsed by the converter, not the common path
-    await other.record_alert(
-        alert_id="E1",
-        alert_type=raw["alertType"],
-        payload=raw,
-        dedupe_key=None,
-        source="127.0.0.1",
-        legs=[PlannedLeg(account="sim", leg_number=1, client_order_id=client_order_id("E1", 1))],
-        order_log_offset=0,
-    )
-    await other.close()
+    await left_unfinished(pg_url, "E1", "NSE:INFY")  # a TradingView ticker: parsed by the converter
 
     record = await finished(client, "E1")
     assert (record["status"], [leg["state"] for leg in record["legs"]]) == ("success", ["placed"])
@@ -97,19 +103,7 @@ async def test_a_pass_the_database_fails_is_logged_and_the_next_pass_finishes_th
 
     with capture_logs() as logs:
         store.unfinished = outage_once  # type: ignore[method-assign]
-        other = PostgresStore(pg_url, lease_s=LEASE_S)
-        await other.open()
-        raw = alert(leg(symbol="INFY"))
-        await other.record_alert(
-            alert_id="E2",
-            alert_type=raw["alertType"],
-            payload=raw,
-            dedupe_key=None,
-            source="127.0.0.1",
-            legs=[PlannedLeg(account="sim", leg_number=1, client_order_id=client_order_id("E2", 1))],
-            order_log_offset=0,
-        )
-        await other.close()
+        await left_unfinished(pg_url, "E2", "INFY")
         record = await finished(client, "E2")
     assert failures == []
     failed = [(e["log_level"], e.get("exc_info")) for e in logs if e["event"] == "recovery.failed"]
